@@ -1,0 +1,84 @@
+"""creditapp: prepaid credits for an AI chat product. `create_app` builds the service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from creditapp.config import Config, load_config
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
+    """Build the app from the environment's config, optionally overridden (tests)."""
+    app = Flask(__name__, instance_relative_config=True)
+    settings = load_config()
+    app.config.from_object(settings)
+    if isinstance(config, Config):
+        app.config.from_object(config)
+    elif config:
+        app.config.update(config)
+
+    register_logging(app)
+    register_extensions(app)
+    register_http(app)
+    register_commands(app)
+    register_celery(app)
+    return app
+
+
+def register_logging(app: Flask) -> None:
+    from creditapp.logging import configure_logging
+
+    configure_logging("WARNING" if app.testing else "INFO")
+
+
+def register_extensions(app: Flask) -> None:
+    from creditapp.database import configure_engine
+    from creditapp.extensions import api, db, jwt, limiter, migrate
+
+    sqlite_prefix = "sqlite:///"
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith(sqlite_prefix):
+        database_file = Path(app.config["SQLALCHEMY_DATABASE_URI"][len(sqlite_prefix) :])
+        database_file.parent.mkdir(parents=True, exist_ok=True)
+    # Every model must be imported before the metadata is used by Alembic or create_all.
+    from creditapp import idempotency  # noqa: F401
+    from creditapp.auth import models as auth_models  # noqa: F401
+    from creditapp.ledger import models as ledger_models  # noqa: F401
+
+    db.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine)
+    migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
+    jwt.init_app(app)
+    api.init_app(app)
+
+
+def register_http(app: Flask) -> None:
+    from creditapp.api import register_blueprints
+    from creditapp.api.errors import register_error_handlers
+    from creditapp.api.identity import register_identity
+    from creditapp.api.request_context import register_request_context
+    from creditapp.extensions import limiter
+
+    # Request ids first, so that even a rate-limited response carries one.
+    register_request_context(app)
+    limiter.init_app(app)
+    register_identity()
+    register_blueprints(app)
+    register_error_handlers(app)
+
+
+def register_commands(app: Flask) -> None:
+    from creditapp.cli import register_cli
+
+    register_cli(app)
+
+
+def register_celery(app: Flask) -> None:
+    from creditapp.celery_app import celery_init_app
+
+    celery_init_app(app)

@@ -1,0 +1,186 @@
+"""Admin credit operations: grant, adjust, inspect a user's credit, read the audit trail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import current_app
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from sqlalchemy import select
+
+from creditapp import ledger
+from creditapp.api.identity import audit_context, authenticated
+from creditapp.api.idempotency import idempotent
+from creditapp.api.pagination import decode_cursor, page
+from creditapp.api.parsing import Blueprint
+from creditapp.api.schemas import (
+    AmountsSchema,
+    BalanceSchema,
+    Credits,
+    GrantSchema,
+    Id,
+    PageArgs,
+    UtcDateTime,
+)
+from creditapp.auth import users
+from creditapp.errors import ValidationFailed
+from creditapp.extensions import db, limiter
+from creditapp.ledger.models import Account, AuditRecord, Grant
+
+blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration")
+
+_REASON = validate.Length(min=1, max=500)
+
+
+def _sensitive_limit() -> str:
+    return str(current_app.config["RATELIMIT_SENSITIVE"])
+
+
+class GrantArgs(Schema):
+    user_id = Id(required=True)
+    amount = Credits(required=True)
+    reason = fields.String(required=True, validate=_REASON)
+    source = fields.String(
+        load_default="admin", validate=validate.OneOf(["purchase", "promo", "admin"])
+    )
+    expires_at = UtcDateTime(load_default=None, allow_none=True)
+
+
+class AdjustArgs(Schema):
+    user_id = Id(required=True)
+    amount = Credits(required=True, signed=True)
+    reason = fields.String(required=True, validate=_REASON)
+
+
+class GrantResultSchema(Schema):
+    grant = fields.Nested(GrantSchema)
+    balance = fields.Nested(AmountsSchema)
+
+
+class AdjustResultSchema(Schema):
+    amount = Credits()
+    balance = fields.Nested(AmountsSchema)
+
+
+class UserCreditSchema(BalanceSchema):
+    user_id = Id()
+    email = fields.String()
+    grants = fields.List(fields.Nested(GrantSchema))
+
+
+class AuditArgs(PageArgs):
+    user_id = Id(load_default=None)
+    action = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    from_ = UtcDateTime(data_key="from", load_default=None)
+    to = UtcDateTime(load_default=None)
+
+    @validates_schema
+    def _ordered(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if data["from_"] and data["to"] and data["from_"] > data["to"]:
+            raise ValidationError("Must not be after 'to'.", field_name="from")
+
+
+class AuditRecordSchema(Schema):
+    id = Id()
+    actor_type = fields.String()
+    actor_id = fields.String(allow_none=True)
+    action = fields.String()
+    user_id = Id(allow_none=True)
+    balance_before = Credits(allow_none=True)
+    balance_after = Credits(allow_none=True)
+    reserved_before = Credits(allow_none=True)
+    reserved_after = Credits(allow_none=True)
+    request_id = fields.String(allow_none=True)
+    client_ip = fields.String(allow_none=True)
+    details = fields.Dict()
+    created_at = UtcDateTime()
+
+
+class AuditPageSchema(Schema):
+    items = fields.List(fields.Nested(AuditRecordSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+@blp.route("/credit/grant", methods=["POST"])
+@limiter.limit(_sensitive_limit)
+@authenticated(admin=True)
+@idempotent()
+@blp.arguments(GrantArgs)
+@blp.response(201, GrantResultSchema)
+def grant(args: dict[str, Any]) -> Any:
+    now = datetime.now(UTC)
+    if args["expires_at"] is not None and args["expires_at"] <= now:
+        raise ValidationFailed(details={"expires_at": ["Must be in the future."]})
+    result = ledger.grant(
+        db.session,
+        account_id=users.account_id_of(db.session, args["user_id"]),
+        amount=args["amount"],
+        source=args["source"],
+        reason=args["reason"],
+        expires_at=args["expires_at"],
+        context=audit_context(),
+        now=now,
+    )
+    return {"grant": db.session.get(Grant, result.grant_id), "balance": result.balance}
+
+
+@blp.route("/credit/adjust", methods=["POST"])
+@limiter.limit(_sensitive_limit)
+@authenticated(admin=True)
+@idempotent()
+@blp.arguments(AdjustArgs)
+@blp.response(200, AdjustResultSchema)
+def adjust(args: dict[str, Any]) -> Any:
+    balance = ledger.adjust(
+        db.session,
+        account_id=users.account_id_of(db.session, args["user_id"]),
+        amount=args["amount"],
+        reason=args["reason"],
+        context=audit_context(),
+        now=datetime.now(UTC),
+    )
+    return {"amount": args["amount"], "balance": balance}
+
+
+@blp.route("/users/<user_id>/credit", methods=["GET"])
+@authenticated(admin=True)
+@blp.response(200, UserCreditSchema)
+def user_credit(user_id: str) -> Any:
+    if not user_id.isdigit() or len(user_id) > 18:
+        raise ValidationFailed(details={"user_id": ["Not a valid id."]})
+    user = users.get(db.session, int(user_id))
+    summary = users.credit_summary(db.session, user=user, now=datetime.now(UTC))
+    live_grants = db.session.execute(
+        select(Grant)
+        .where(Grant.account_id == users.account_id_of(db.session, user.id), Grant.remaining > 0)
+        .order_by(Grant.id.desc())
+    ).scalars()
+    return {**vars(summary), "user_id": user.id, "email": user.email, "grants": live_grants.all()}
+
+
+@blp.route("/credit/audit", methods=["GET"])
+@authenticated(admin=True)
+@blp.arguments(AuditArgs, location="query")
+@blp.response(200, AuditPageSchema)
+def audit(args: dict[str, Any]) -> Any:
+    query = select(AuditRecord, Account.user_id).outerjoin(
+        Account, Account.id == AuditRecord.account_id
+    )
+    if args["user_id"] is not None:
+        query = query.where(Account.user_id == args["user_id"])
+    if args["action"]:
+        query = query.where(AuditRecord.action == args["action"])
+    if args["from_"]:
+        query = query.where(AuditRecord.created_at >= args["from_"])
+    if args["to"]:
+        query = query.where(AuditRecord.created_at <= args["to"])
+    if (below := decode_cursor(args["cursor"])) is not None:
+        query = query.where(AuditRecord.id < below)
+    rows = db.session.execute(query.order_by(AuditRecord.id.desc()).limit(args["limit"] + 1))
+    records = [{**_columns(record), "user_id": user_id} for record, user_id in rows]
+    return page(records, limit=args["limit"], position=lambda record: record["id"])
+
+
+def _columns(record: AuditRecord) -> dict[str, Any]:
+    return {column.key: getattr(record, column.key) for column in AuditRecord.__table__.columns}

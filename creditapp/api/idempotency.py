@@ -1,0 +1,85 @@
+"""The Idempotency-Key header on mutating endpoints (see creditapp.idempotency for the design).
+
+The decorated view runs inside one write transaction; the stored response commits with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import Response, current_app, make_response, request
+
+from creditapp import idempotency
+from creditapp.api.identity import caller
+from creditapp.database import write_transaction
+from creditapp.errors import ValidationFailed
+from creditapp.extensions import db
+
+F = TypeVar("F", bound=Callable[..., Any])
+HEADER = "Idempotency-Key"
+
+
+def _valid_key(key: str) -> bool:
+    return 1 <= len(key) <= 255 and all(" " <= char <= "~" for char in key)
+
+
+def _replay(stored: idempotency.StoredResponse) -> Response:
+    response = Response(stored.body, status=stored.status, content_type=stored.content_type)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def idempotent(*, required: bool = False) -> Callable[[F], F]:
+    """Run the view at most once per (user, Idempotency-Key); replay its response after.
+
+    Must sit inside `authenticated`: keys belong to the calling user.
+    """
+
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Response:
+            key = request.headers.get(HEADER)
+            if key is None and required:
+                raise ValidationFailed(details={HEADER: ["This header is required here."]})
+            if key is not None and not _valid_key(key):
+                raise ValidationFailed(details={HEADER: ["Must be 1-255 printable ASCII."]})
+            if key is None:
+                with write_transaction(db.session):
+                    return make_response(view(*args, **kwargs))
+
+            config = current_app.config
+            outcome = idempotency.claim(
+                db.session,
+                user_id=caller().id,
+                key=key,
+                request_fingerprint=idempotency.fingerprint(
+                    request.method, request.full_path, request.get_data(cache=True)
+                ),
+                now=datetime.now(UTC),
+                retention=config["IDEMPOTENCY_RETENTION"],
+                takeover_after=config["IDEMPOTENCY_TAKEOVER"],
+            )
+            if isinstance(outcome, idempotency.StoredResponse):
+                return _replay(outcome)
+            try:
+                with write_transaction(db.session):
+                    response = make_response(view(*args, **kwargs))
+                    idempotency.complete(
+                        db.session,
+                        outcome,
+                        response=idempotency.StoredResponse(
+                            response.status_code, response.get_data(), response.content_type
+                        ),
+                    )
+            except BaseException:
+                # Nothing the view did was committed: free the key so a retry runs again.
+                idempotency.release(db.session, outcome)
+                raise
+            return response
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator

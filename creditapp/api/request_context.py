@@ -1,0 +1,56 @@
+"""Per-request plumbing: request id, JSON-only bodies, security headers, access log."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from flask import Flask, Response, g, request
+
+from creditapp.errors import UnsupportedMediaType
+
+log = structlog.get_logger("creditapp.access")
+
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_CSP = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+
+
+def _begin_request() -> None:
+    g.started = time.perf_counter()
+    offered = request.headers.get("X-Request-ID", "")
+    g.request_id = offered if _SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=g.request_id)
+    if request.method in ("POST", "PUT", "PATCH") and (
+        request.content_length or request.headers.get("Transfer-Encoding")
+    ):
+        if not request.is_json:
+            raise UnsupportedMediaType()
+
+
+def _finish_response(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers.setdefault("Content-Security-Policy", _CSP)
+    if request.path.startswith("/api/"):
+        response.headers["Cache-Control"] = "no-store"
+    if request.is_secure:
+        response.headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+    log.info(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=response.status_code,
+        duration_ms=round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000),
+    )
+    return response
+
+
+def register_request_context(app: Flask) -> None:
+    app.before_request(_begin_request)
+    app.after_request(_finish_response)
+

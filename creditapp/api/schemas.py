@@ -1,0 +1,103 @@
+"""Marshmallow fields and schemas shared by the blueprints (they also generate the OpenAPI doc)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from creditapp.money import AmountError, format_credits, parse_credits
+
+
+class Credits(fields.Field):
+    """An amount: micro-credits inside, a credit decimal string on the wire."""
+
+    def __init__(self, *, signed: bool = False, **kwargs: Any):
+        self.signed = signed
+        kwargs.setdefault(
+            "metadata",
+            {"type": "string", "example": "12.5", "description": "credits, at most 6 decimals"},
+        )
+        super().__init__(**kwargs)
+
+    def _serialize(self, value: int | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return None if value is None else format_credits(value)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        try:
+            return parse_credits(value, signed=self.signed)
+        except AmountError as error:
+            raise ValidationError(str(error)) from error
+
+
+class UtcDateTime(fields.DateTime):
+    """ISO 8601 timestamps, always UTC with a trailing Z; naive input is read as UTC."""
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        if value is None:
+            return None
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class Id(fields.Field):
+    """Ids are opaque strings on the wire; whole numbers inside."""
+
+    def _serialize(self, value: int | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return None if value is None else str(value)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, str) and value.isdigit() and len(value) <= 18:
+            return int(value)
+        raise ValidationError("Not a valid id.")
+
+
+class PageArgs(Schema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(load_default=None)
+
+
+class AmountsSchema(Schema):
+    balance = Credits()
+    reserved = Credits()
+    available = Credits()
+
+
+class BalanceSchema(AmountsSchema):
+    tier = fields.String()
+    last_credit_refresh = UtcDateTime(allow_none=True)
+    next_refresh_at = UtcDateTime(allow_none=True)
+
+
+class GrantSchema(Schema):
+    id = Id()
+    source = fields.String()
+    amount = Credits()
+    remaining = Credits()
+    expires_at = UtcDateTime(allow_none=True)
+    period = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    created_at = UtcDateTime()
+
+
+class GrantPageSchema(Schema):
+    items = fields.List(fields.Nested(GrantSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class TransactionSchema(Schema):
+    id = Id()
+    type = fields.String()
+    amount = Credits()
+    balance_after = Credits()
+    reference = fields.String(allow_none=True)
+    created_at = UtcDateTime()
+
+
+class TransactionPageSchema(Schema):
+    items = fields.List(fields.Nested(TransactionSchema))
+    next_cursor = fields.String(allow_none=True)

@@ -1,0 +1,1 @@
+"""Users, tiers and subscription periods."""

@@ -1,0 +1,50 @@
+"""Tables of users and subscription tiers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from creditapp.database import BigIntId, UTCDateTime
+from creditapp.extensions import db
+
+ROLES = ("user", "admin")
+
+
+class Tier(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "tiers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    monthly_credits: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    allowed_models: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    default_max_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_max_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    rate_limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("monthly_credits >= 0", name="monthly_credits_not_negative"),
+        CheckConstraint(
+            "default_max_tokens > 0 AND max_max_tokens >= default_max_tokens",
+            name="max_tokens_ordered",
+        ),
+    )
+
+
+class User(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True, nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False, default="user")
+    tier_name: Mapped[str] = mapped_column(String(64), ForeignKey("tiers.name"), nullable=False)
+    # Subscription periods are calendar months counted from this moment.
+    period_anchor: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("role IN ('user', 'admin')", name="role_known"),
+        CheckConstraint("email = lower(email)", name="email_lowercase"),
+    )

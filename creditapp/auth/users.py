@@ -1,0 +1,130 @@
+"""Users: creation with their account and first subscription grant, look-ups, tier refresh."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from creditapp import ledger
+from creditapp.auth.models import Tier, User
+from creditapp.auth.subscription import period_at
+from creditapp.errors import Conflict, NotFound, ValidationFailed
+from creditapp.ledger.models import Account, Grant
+
+DEFAULT_TIER = "free"
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def normalize_email(email: str) -> str:
+    normalized = email.strip().lower()
+    if len(normalized) > 320 or not _EMAIL.fullmatch(normalized):
+        raise ValidationFailed(details={"email": ["Not a valid email address."]})
+    return normalized
+
+
+def get(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user.")
+    return user
+
+
+def find_by_email(session: Session, email: str) -> User | None:
+    return session.execute(
+        select(User).where(User.email == normalize_email(email))
+    ).scalar_one_or_none()
+
+
+def get_by_email(session: Session, email: str) -> User:
+    user = find_by_email(session, email)
+    if user is None:
+        raise NotFound("No such user.")
+    return user
+
+
+def account_id_of(session: Session, user_id: int) -> int:
+    account_id = session.execute(
+        select(Account.id).where(Account.user_id == user_id)
+    ).scalar_one_or_none()
+    if account_id is None:
+        raise NotFound("No such user.")
+    return account_id
+
+
+def refresh_subscription(
+    session: Session, *, user: User, context: ledger.AuditContext, now: datetime
+) -> ledger.GrantResult | None:
+    """Grant the tier's credits for the period containing `now`, once per period."""
+    tier = session.get(Tier, user.tier_name)
+    if tier is None or tier.monthly_credits == 0:
+        return None
+    period = period_at(user.period_anchor, now)
+    return ledger.refresh(
+        session,
+        account_id=account_id_of(session, user.id),
+        period=period.label,
+        amount=tier.monthly_credits,
+        expires_at=period.end,
+        context=context,
+        now=now,
+    )
+
+
+def create(
+    session: Session,
+    *,
+    email: str,
+    context: ledger.AuditContext,
+    now: datetime,
+    role: str = "user",
+    tier_name: str = DEFAULT_TIER,
+) -> User:
+    """Create a user with an account and the first subscription grant of their tier."""
+    normalized = normalize_email(email)
+    if role not in ("user", "admin"):
+        raise ValidationFailed(details={"role": ["Must be user or admin."]})
+    if session.get(Tier, tier_name) is None:
+        raise ValidationFailed(details={"tier": [f"No tier named {tier_name!r}."]})
+    if session.execute(select(User.id).where(User.email == normalized)).first():
+        raise Conflict("A user with this email exists.")
+    user = User(email=normalized, role=role, tier_name=tier_name, period_anchor=now, created_at=now)
+    session.add(user)
+    session.flush()
+    ledger.open_account(session, user_id=user.id, now=now)
+    refresh_subscription(session, user=user, context=context, now=now)
+    return user
+
+
+@dataclass(frozen=True)
+class CreditSummary:
+    balance: int
+    reserved: int
+    available: int
+    tier: str
+    last_credit_refresh: datetime | None
+    next_refresh_at: datetime | None
+
+
+def credit_summary(session: Session, *, user: User, now: datetime) -> CreditSummary:
+    """What the balance endpoint shows: expired credits never count."""
+    account_id = account_id_of(session, user.id)
+    current = ledger.balance(session, account_id=account_id, now=now)
+    last_refresh = session.execute(
+        select(func.max(Grant.created_at)).where(
+            Grant.account_id == account_id, Grant.source == "subscription"
+        )
+    ).scalar_one()
+    tier = session.get(Tier, user.tier_name)
+    renews = tier is not None and tier.monthly_credits > 0
+    return CreditSummary(
+        balance=current.balance,
+        reserved=current.reserved,
+        available=current.available,
+        tier=user.tier_name,
+        last_credit_refresh=last_refresh,
+        next_refresh_at=period_at(user.period_anchor, now).end if renews else None,
+    )

@@ -1,0 +1,169 @@
+"""Flask CLI commands: users, credit and demo data (`flask --app wsgi --help`)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from creditapp import ledger
+from creditapp.api.identity import issue_access_token
+from creditapp.auth import users
+from creditapp.auth.models import User
+from creditapp.database import write_transaction
+from creditapp.errors import CreditAppError
+from creditapp.extensions import db
+from creditapp.money import AmountError, format_credits, parse_credits
+
+CLI_CONTEXT = ledger.AuditContext(actor_type="admin", actor_id="cli")
+
+users_cli = AppGroup("users", help="Create users and issue their access tokens.")
+credit_cli = AppGroup("credit", help="Grant credits and reconcile the ledger.")
+demo_cli = AppGroup("demo", help="Demo data for the embedded default.")
+
+
+def _user_json(user: User) -> str:
+    return json.dumps(
+        {"id": str(user.id), "email": user.email, "role": user.role, "tier": user.tier_name}
+    )
+
+
+def _fail_on_domain_error(error: CreditAppError) -> click.ClickException:
+    detail = f" {json.dumps(error.details)}" if error.details else ""
+    return click.ClickException(f"{error.code}: {error.message}{detail}")
+
+
+@users_cli.command("create")
+@click.option("--email", required=True)
+@click.option("--admin", is_flag=True, help="Give the user the admin role.")
+@click.option("--tier", "tier_name", default=users.DEFAULT_TIER, show_default=True)
+def create_user(email: str, admin: bool, tier_name: str) -> None:
+    """Create a user with their account and first subscription grant; print it as JSON."""
+    try:
+        with write_transaction(db.session):
+            user = users.create(
+                db.session,
+                email=email,
+                role="admin" if admin else "user",
+                tier_name=tier_name,
+                context=CLI_CONTEXT,
+                now=datetime.now(UTC),
+            )
+    except CreditAppError as error:
+        raise _fail_on_domain_error(error) from error
+    click.echo(_user_json(user))
+
+
+@users_cli.command("token")
+@click.option("--email", required=True)
+@click.option("--hours", default=24, show_default=True, type=click.IntRange(1, 24 * 30))
+def user_token(email: str, hours: int) -> None:
+    """Print an access token for the user."""
+    try:
+        user = users.get_by_email(db.session, email)
+    except CreditAppError as error:
+        raise _fail_on_domain_error(error) from error
+    click.echo(issue_access_token(user, timedelta(hours=hours)))
+
+
+@credit_cli.command("grant")
+@click.option("--email", required=True)
+@click.option("--amount", required=True, help='Credits, e.g. "250" or "0.5".')
+@click.option("--reason", required=True)
+@click.option(
+    "--source", default="admin", type=click.Choice(["purchase", "promo", "admin"]),
+    show_default=True,
+)
+def grant_credit(email: str, amount: str, reason: str, source: str) -> None:
+    """Grant credits to a user and print the new balance."""
+    try:
+        micro = parse_credits(amount)
+    except AmountError as error:
+        raise click.BadParameter(str(error), param_hint="--amount") from error
+    try:
+        with write_transaction(db.session):
+            user = users.get_by_email(db.session, email)
+            result = ledger.grant(
+                db.session,
+                account_id=users.account_id_of(db.session, user.id),
+                amount=micro,
+                source=source,
+                reason=reason,
+                context=CLI_CONTEXT,
+                now=datetime.now(UTC),
+            )
+    except CreditAppError as error:
+        raise _fail_on_domain_error(error) from error
+    click.echo(
+        json.dumps(
+            {
+                "grant_id": str(result.grant_id),
+                "balance": format_credits(result.balance.balance),
+                "available": format_credits(result.balance.available),
+            }
+        )
+    )
+
+
+@credit_cli.command("reconcile")
+def reconcile_credit() -> None:
+    """Check every ledger invariant of every account; exit 1 if anything drifted."""
+    drift = ledger.reconcile(db.session)
+    click.echo(
+        json.dumps(
+            {
+                "ran_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "drift": [
+                    {
+                        "user_id": str(item.user_id),
+                        "invariant": item.invariant,
+                        "expected": format_credits(item.expected),
+                        "actual": format_credits(item.actual),
+                    }
+                    for item in drift
+                ],
+            }
+        )
+    )
+    if drift:
+        raise SystemExit(1)
+
+
+DEMO_ADMIN = "admin@demo.creditapp"
+DEMO_USER = "user@demo.creditapp"
+DEMO_CREDITS = 1_000 * 1_000_000
+
+
+@demo_cli.command("seed")
+def seed_demo() -> None:
+    """Create a demo admin and a demo user with credits (once), and print their tokens."""
+    now = datetime.now(UTC)
+    with write_transaction(db.session):
+        for email, role, tier in ((DEMO_ADMIN, "admin", "pro"), (DEMO_USER, "user", "free")):
+            if users.find_by_email(db.session, email) is not None:
+                continue
+            user = users.create(
+                db.session, email=email, role=role, tier_name=tier, context=CLI_CONTEXT, now=now
+            )
+            if role == "user":
+                ledger.grant(
+                    db.session,
+                    account_id=users.account_id_of(db.session, user.id),
+                    amount=DEMO_CREDITS,
+                    source="promo",
+                    reason="demo credits",
+                    context=CLI_CONTEXT,
+                    now=now,
+                )
+    for email in (DEMO_ADMIN, DEMO_USER):
+        user = users.get_by_email(db.session, email)
+        click.echo(f"{user.role:5}  {email}  token (24 h):")
+        click.echo(f"  {issue_access_token(user, timedelta(hours=24))}")
+
+
+def register_cli(app: Flask) -> None:
+    for group in (users_cli, credit_cli, demo_cli):
+        app.cli.add_command(group)

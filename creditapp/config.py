@@ -1,0 +1,132 @@
+"""Settings from the environment (12-factor), one class per environment."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from creditapp.errors import ConfigurationError
+
+INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
+DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me-0123456789"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Point plain `postgresql://` URLs at the psycopg 3 driver we ship."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be positive, got {value}")
+    return value
+
+
+class Config:
+    ENV_NAME = "development"
+    TESTING = False
+    DEMO_MODE = True
+
+    MAX_CONTENT_LENGTH = 64 * 1024
+    JSON_SORT_KEYS = False
+
+    SQLALCHEMY_TRACK_MODIFICATIONS = False
+    SQLALCHEMY_SESSION_OPTIONS = {"expire_on_commit": False}
+
+    JWT_ACCESS_TOKEN_EXPIRES = timedelta(hours=1)
+    JWT_ALGORITHM = "HS256"
+    JWT_DECODE_ALGORITHMS = ["HS256"]
+    JWT_TOKEN_LOCATION = ["headers"]
+
+    RATELIMIT_HEADERS_ENABLED = True
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+    RATELIMIT_DEFAULT = "100 per minute"
+    RATELIMIT_SPENDING = "30 per minute"
+    RATELIMIT_SENSITIVE = "10 per 5 minutes"
+
+    API_TITLE = "creditapp"
+    API_VERSION = "1"
+    OPENAPI_VERSION = "3.0.3"
+    OPENAPI_URL_PREFIX = "/api"
+    OPENAPI_JSON_PATH = "openapi.json"
+
+    IDEMPOTENCY_RETENTION = timedelta(hours=24)
+
+    def __init__(self) -> None:
+        env = os.environ
+        default_db = f"sqlite:///{INSTANCE_DIR / 'creditapp.db'}"
+        self.SQLALCHEMY_DATABASE_URI = sqlalchemy_url(env.get("DATABASE_URL") or default_db)
+        self.REDIS_URL = env.get("REDIS_URL") or None
+        self.CELERY_BROKER_URL = env.get("CELERY_BROKER_URL") or self.REDIS_URL
+        self.RATELIMIT_STORAGE_URI = self.REDIS_URL or "memory://"
+        self.RATELIMIT_ENABLED = env.get("RATELIMIT_ENABLED", "true").lower() != "false"
+        self.JWT_SECRET_KEY = env.get("JWT_SECRET_KEY") or DEV_JWT_SECRET
+        self.SECRET_KEY = self.JWT_SECRET_KEY
+        self.GOOGLE_CLIENT_ID = env.get("GOOGLE_CLIENT_ID") or None
+        self.HOLD_TTL_SECONDS = _int_env("HOLD_TTL_SECONDS", 600)
+        self.PROVIDER_TIMEOUT_SECONDS = _int_env("PROVIDER_TIMEOUT_SECONDS", 120)
+        # A claimed Idempotency-Key whose request never finished (a killed worker) may be
+        # taken over after this long; the final transaction of the first request then fails
+        # to complete its claim and rolls back, so the work still happens once.
+        self.IDEMPOTENCY_TAKEOVER = timedelta(seconds=self.HOLD_TTL_SECONDS)
+        if self.SQLALCHEMY_DATABASE_URI.startswith("postgresql"):
+            self.SQLALCHEMY_ENGINE_OPTIONS = {
+                "pool_size": _int_env("DATABASE_POOL_SIZE", 10),
+                "max_overflow": 20,
+                "pool_pre_ping": True,
+            }
+        else:
+            self.SQLALCHEMY_ENGINE_OPTIONS = {}
+
+
+class DevelopmentConfig(Config):
+    pass
+
+
+class TestingConfig(Config):
+    ENV_NAME = "testing"
+    TESTING = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.RATELIMIT_ENABLED = os.environ.get("RATELIMIT_ENABLED", "false").lower() == "true"
+
+
+class ProductionConfig(Config):
+    ENV_NAME = "production"
+    DEMO_MODE = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        missing = [name for name in ("JWT_SECRET_KEY", "DATABASE_URL") if not os.environ.get(name)]
+        if missing:
+            raise ConfigurationError(f"production needs {', '.join(missing)} in the environment")
+        if len(self.JWT_SECRET_KEY) < 32:
+            raise ConfigurationError("JWT_SECRET_KEY must be at least 32 characters in production")
+
+
+CONFIGS: dict[str, type[Config]] = {
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+    "production": ProductionConfig,
+}
+
+
+def load_config(env_name: str | None = None) -> Config:
+    name = env_name or os.environ.get("CREDITAPP_ENV", "development")
+    if name not in CONFIGS:
+        raise ConfigurationError(
+            f"CREDITAPP_ENV must be one of {', '.join(CONFIGS)}, got {name!r}"
+        )
+    return CONFIGS[name]()

@@ -1,0 +1,93 @@
+"""Transactions as the ledger needs them, on PostgreSQL and on the embedded SQLite file.
+
+PostgreSQL runs READ COMMITTED; the ledger's conditional updates and row locks make each
+operation safe. SQLite allows one writer at a time: a write transaction starts with
+`BEGIN IMMEDIATE` so that it takes the write lock up front instead of failing half way
+when it upgrades from reading, and waits for it under `busy_timeout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, Integer, event
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Session, scoped_session
+
+_WRITE_OPTION = "creditapp_write"
+
+
+def configure_engine(engine: Engine) -> None:
+    """Install the SQLite pragmas and the BEGIN IMMEDIATE hook; PostgreSQL needs nothing."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(connection):  # type: ignore[no-untyped-def]
+        if connection.get_execution_options().get(_WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+
+@contextmanager
+def write_transaction(session: Session | scoped_session[Session]) -> Iterator[Session]:
+    """One short write transaction: commits on success, rolls back on any error.
+
+    A read transaction the session has open (for example from loading the caller) is ended
+    first, so that SQLite takes its write lock at BEGIN rather than failing on an upgrade.
+    """
+    if isinstance(session, scoped_session):
+        session = session()
+    if session.in_transaction():
+        session.commit()
+    session.connection(execution_options={_WRITE_OPTION: True})
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps are stored in UTC and always come back timezone-aware.
+
+    SQLite has no time zones, so values are stored there as naive UTC; every comparison binds
+    through this type, so the stored text and the parameters agree.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real bigint.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")

@@ -1,0 +1,153 @@
+"""One exception class per broken rule; the HTTP layer turns each into the contract's error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigurationError(RuntimeError):
+    """The service cannot start with these settings (a missing secret, a bad number)."""
+
+
+class CreditAppError(Exception):
+    """A request broke a rule. `code` and `status` are what the client sees."""
+
+    code = "error"
+    status = 400
+    message = "The request could not be completed."
+
+    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None):
+        self.message = message or self.message
+        self.details = details or {}
+        super().__init__(self.message)
+
+
+class ValidationFailed(CreditAppError):
+    """A field of the request is missing or not of the allowed form; `details` names each field."""
+
+    code = "validation_error"
+    status = 400
+    message = "The request is not valid."
+
+
+class MalformedJson(CreditAppError):
+    """The body claims to be JSON but does not parse (NaN and Infinity are not JSON either)."""
+
+    code = "malformed_json"
+    status = 400
+    message = "The request body is not valid JSON."
+
+
+class Unauthorized(CreditAppError):
+    """The request needs a valid, unexpired, correctly signed access token."""
+
+    code = "unauthorized"
+    status = 401
+    message = "A valid access token is required."
+
+
+class Forbidden(CreditAppError):
+    """The caller is authenticated but their role may not do this."""
+
+    code = "forbidden"
+    status = 403
+    message = "Your role does not allow this."
+
+
+class NotFound(CreditAppError):
+    """The object does not exist, or it belongs to someone else (the two look the same)."""
+
+    code = "not_found"
+    status = 404
+    message = "Not found."
+
+
+class InsufficientCredits(CreditAppError):
+    """A hold needs `required` micro-credits available; the account has only `available`."""
+
+    code = "insufficient_credits"
+    status = 402
+    message = "Not enough credits available."
+
+    def __init__(self, *, required: int, available: int):
+        # Amounts cross the wire as credit strings; money is imported lazily to keep this
+        # module free of dependencies.
+        from creditapp.money import format_credits
+
+        super().__init__(
+            details={"required": format_credits(required), "available": format_credits(available)}
+        )
+        self.required = required
+        self.available = available
+
+
+class BalanceWouldGoNegative(CreditAppError):
+    """A negative adjustment may take at most the available credits: a balance is never below
+    zero, and credits reserved by open holds are not the admin's to take."""
+
+    code = "balance_would_go_negative"
+    status = 409
+    message = "The adjustment would take more than the account has available."
+
+    def __init__(self, *, requested: int, available: int):
+        from creditapp.money import format_credits
+
+        super().__init__(
+            details={"requested": format_credits(requested), "available": format_credits(available)}
+        )
+
+
+class IdempotencyKeyReused(CreditAppError):
+    """An Idempotency-Key names one request: same method, path and body."""
+
+    code = "idempotency_key_reused"
+    status = 409
+    message = "This Idempotency-Key was used with a different request."
+
+
+class RequestInProgress(CreditAppError):
+    """A request with this Idempotency-Key is still running; retry after it finishes."""
+
+    code = "request_in_progress"
+    status = 409
+    message = "A request with this Idempotency-Key is still in progress."
+
+
+class Conflict(CreditAppError):
+    """The request conflicts with the current state of the object."""
+
+    code = "conflict"
+    status = 409
+    message = "The request conflicts with the current state."
+
+
+class PayloadTooLarge(CreditAppError):
+    """Request bodies are limited to 64 KiB."""
+
+    code = "payload_too_large"
+    status = 413
+    message = "The request body is larger than 64 KiB."
+
+
+class UnsupportedMediaType(CreditAppError):
+    """Request bodies must be JSON (`Content-Type: application/json`)."""
+
+    code = "unsupported_media_type"
+    status = 415
+    message = "The request body must be JSON (Content-Type: application/json)."
+
+
+class RateLimited(CreditAppError):
+    """Too many requests in the current window; `Retry-After` says when to come back."""
+
+    code = "rate_limited"
+    status = 429
+    message = "Too many requests."
+
+
+class DependencyUnavailable(CreditAppError):
+    """A service the request needs (database, Redis) cannot be reached."""
+
+    code = "service_unavailable"
+    status = 503
+    message = "A service this request needs is unavailable."

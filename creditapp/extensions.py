@@ -1,0 +1,34 @@
+"""Flask extensions, created unbound here and bound to an app in create_app."""
+
+from __future__ import annotations
+
+from flask_jwt_extended import JWTManager
+from flask_limiter import Limiter
+from flask_migrate import Migrate
+from flask_smorest import Api
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import MetaData
+
+# Named constraints keep Alembic migrations identical on SQLite and PostgreSQL.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
+migrate = Migrate()
+jwt = JWTManager()
+api = Api()
+
+
+def _rate_limit_key() -> str:
+    # Imported here: the key function runs per request, after the app is built.
+    from creditapp.api.identity import rate_limit_key
+
+    return rate_limit_key()
+
+
+limiter = Limiter(key_func=_rate_limit_key)

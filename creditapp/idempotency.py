@@ -1,0 +1,185 @@
+"""Idempotency keys: a mutating request runs once per user and key; repeats get its response.
+
+A request first *claims* its key in a transaction of its own, so a concurrent twin sees the
+claim. The request's last transaction *completes* the claim together with its own changes and
+the response to replay: a crash can never leave the work done without the response stored, or
+the response stored without the work. A request that fails *releases* its key, so a retry runs
+again. A claim left by a killed process can be taken over after a while; the original then
+fails to complete (its claim token no longer matches) and its last transaction rolls back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from creditapp.database import BigIntId, UTCDateTime, write_transaction
+from creditapp.errors import IdempotencyKeyReused, RequestInProgress
+from creditapp.extensions import db
+
+
+class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "idempotency_keys"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    key: Mapped[str] = mapped_column(String(255), nullable=False)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    claim_token: Mapped[str] = mapped_column(String(32), nullable=False)
+    response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    response_content_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_key"),
+        CheckConstraint("status IN ('in_progress', 'completed')", name="status_known"),
+        CheckConstraint(
+            "status = 'in_progress' OR response_status IS NOT NULL", name="completed_has_response"
+        ),
+    )
+
+
+keys = IdempotencyKey.__table__
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: int
+    token: str
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: bytes
+    content_type: str
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    """What makes two requests 'the same': method, path with query, and the exact body bytes."""
+    digest = hashlib.sha256()
+    for part in (method.upper().encode(), path.encode(), body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def claim(
+    session: Session,
+    *,
+    user_id: int,
+    key: str,
+    request_fingerprint: str,
+    now: datetime,
+    retention: timedelta,
+    takeover_after: timedelta,
+) -> Claim | StoredResponse:
+    """Claim the key for this request, or return the response to replay. Commits."""
+    for _attempt in range(3):
+        try:
+            with write_transaction(session):
+                return _claim_once(
+                    session, user_id, key, request_fingerprint, now, retention, takeover_after
+                )
+        except IntegrityError:
+            # A concurrent twin inserted the key between our look and our insert: look again.
+            continue
+    raise RequestInProgress()
+
+
+def _claim_once(
+    session: Session,
+    user_id: int,
+    key: str,
+    request_fingerprint: str,
+    now: datetime,
+    retention: timedelta,
+    takeover_after: timedelta,
+) -> Claim | StoredResponse:
+    token = secrets.token_hex(16)
+    existing = session.execute(
+        select(keys).where(keys.c.user_id == user_id, keys.c.key == key).with_for_update()
+    ).one_or_none()
+    if existing is not None and existing.expires_at <= now:
+        session.execute(delete(keys).where(keys.c.id == existing.id))
+        existing = None
+    if existing is None:
+        claim_id = session.execute(
+            insert(keys)
+            .values(
+                user_id=user_id,
+                key=key,
+                fingerprint=request_fingerprint,
+                status="in_progress",
+                claim_token=token,
+                claimed_at=now,
+                expires_at=now + retention,
+            )
+            .returning(keys.c.id)
+        ).scalar_one()
+        return Claim(claim_id, token)
+    if existing.fingerprint != request_fingerprint:
+        raise IdempotencyKeyReused()
+    if existing.status == "completed":
+        return StoredResponse(
+            existing.response_status, existing.response_body, existing.response_content_type
+        )
+    if existing.claimed_at + takeover_after > now:
+        raise RequestInProgress()
+    session.execute(
+        update(keys).where(keys.c.id == existing.id).values(claim_token=token, claimed_at=now)
+    )
+    return Claim(existing.id, token)
+
+
+def complete(session: Session, held: Claim, *, response: StoredResponse) -> None:
+    """Store the response in the caller's transaction; fails if the claim was taken over."""
+    stored = session.execute(
+        update(keys)
+        .where(
+            keys.c.id == held.id,
+            keys.c.claim_token == held.token,
+            keys.c.status == "in_progress",
+        )
+        .values(
+            status="completed",
+            response_status=response.status,
+            response_body=response.body,
+            response_content_type=response.content_type,
+        )
+    )
+    if stored.rowcount != 1:
+        raise RequestInProgress("This request's Idempotency-Key was taken over by a retry.")
+
+
+def release(session: Session, held: Claim) -> None:
+    """Free the key of a request that failed without doing anything durable. Commits."""
+    with write_transaction(session):
+        session.execute(
+            delete(keys).where(
+                keys.c.id == held.id,
+                keys.c.claim_token == held.token,
+                keys.c.status == "in_progress",
+            )
+        )
+

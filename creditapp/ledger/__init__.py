@@ -1,0 +1,79 @@
+"""The ledger: the only code that changes a balance.
+
+Design overview
+---------------
+Each user has one **account** with a `balance` and a `reserved` amount, in integer micro-credits;
+`available = balance - reserved`. Credits live in **grants** (subscription, purchase, promo,
+admin), each with an `amount`, a `remaining` and an optional `expires_at`; the balance is the sum
+of the grants' remainders. Spending draws grants soonest-expiring first (never-expiring last),
+then oldest first.
+
+Every change of a balance is a **ledger entry** for one grant (`grant`, `refresh`, `expire`,
+`charge`, `refund`, `adjust`; signed amount, `balance_after`), and every operation writes one
+**audit record** that its entries point to. Entries of an account form a chain (`seq`,
+`balance_before` = previous `balance_after`), and the account's balance must equal the newest
+entry's `balance_after`: the database refuses to commit a balance change without its entry.
+
+Spending is two-phase, like pending transfers: `hold` reserves the worst case or fails with
+`insufficient_credits`; the hold resolves exactly once, by `settle(actual)` (charges `actual`,
+capped at the hold plus what is available, the rest recorded as uncollected), `void` or expiry.
+Resolving a resolved hold returns the first outcome and changes nothing.
+
+A grant is never spent after it expires. The first operation on the account after that time
+writes its remainder off (an `expire` entry), except what open holds placed before the expiry
+still need: that part stays payable to those holds and is written off when they resolve.
+
+Invariants (database constraints, or checked by `reconcile`):
+- balance >= 0 and 0 <= reserved <= balance;
+- balance == sum(entries) == newest entry's balance_after == sum(grants' remaining);
+- each grant's remaining == sum(its entries);
+- reserved == sum(pending holds);
+- every balance change has exactly one entry and one audit record, committed together.
+
+Concurrency: each operation runs in one short transaction owned by the caller (see
+`creditapp.database.write_transaction`). On PostgreSQL (READ COMMITTED) a hold is a single
+conditional `UPDATE ... WHERE balance - reserved >= :amount`; other operations lock the account
+row, always in the order hold -> account -> grants, so they cannot deadlock. On SQLite the
+write transaction holds the database's write lock from `BEGIN IMMEDIATE`.
+"""
+
+from creditapp.ledger.operations import (
+    AuditContext,
+    Balance,
+    GrantResult,
+    HoldResult,
+    Resolution,
+    adjust,
+    balance,
+    expire_grants,
+    expire_hold,
+    grant,
+    hold,
+    open_account,
+    overdue_hold_ids,
+    refresh,
+    settle,
+    void,
+)
+from creditapp.ledger.reconcile import Drift, reconcile
+
+__all__ = [
+    "AuditContext",
+    "Balance",
+    "Drift",
+    "GrantResult",
+    "HoldResult",
+    "Resolution",
+    "adjust",
+    "balance",
+    "expire_grants",
+    "expire_hold",
+    "grant",
+    "hold",
+    "open_account",
+    "overdue_hold_ids",
+    "reconcile",
+    "refresh",
+    "settle",
+    "void",
+]

@@ -1,0 +1,211 @@
+"""Tables of the ledger: accounts, grants, holds, ledger entries and audit records.
+
+The rules money depends on are constraints here, so that even code that bypasses the ledger
+module cannot commit a broken state:
+- an account's `balance` is the `balance_after` of its newest ledger entry (a deferred composite
+  foreign key), and every entry continues the previous one (`balance_before` is the previous
+  entry's `balance_after`, `seq` counts up by one). By induction the balance is the sum of the
+  account's entries, and no balance change can be committed without its entry;
+- every ledger entry names the audit record written with it (NOT NULL foreign key);
+- balance >= 0, 0 <= reserved <= balance, 0 <= remaining <= amount, one subscription grant per
+  account and period, a hold is pending exactly while it has no resolution time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from creditapp.database import BigIntId, UTCDateTime
+from creditapp.extensions import db
+
+GRANT_SOURCES = ("subscription", "purchase", "promo", "admin")
+ENTRY_TYPES = ("grant", "refresh", "expire", "charge", "refund", "adjust")
+HOLD_STATUSES = ("pending", "settled", "voided", "expired")
+ACTOR_TYPES = ("user", "admin", "job", "system")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Account(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "accounts"
+
+    # Explicit: being part of the balance foreign key would otherwise switch autoincrement off.
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("users.id"), unique=True, nullable=False
+    )
+    balance: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    reserved: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # seq of the newest ledger entry; NULL until the first one.
+    last_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("balance >= 0", name="balance_not_negative"),
+        CheckConstraint("reserved >= 0 AND reserved <= balance", name="reserved_within_balance"),
+        CheckConstraint("last_seq IS NOT NULL OR balance = 0", name="balance_has_entries"),
+        ForeignKeyConstraint(
+            ["id", "last_seq", "balance"],
+            ["ledger_entries.account_id", "ledger_entries.seq", "ledger_entries.balance_after"],
+            name="fk_accounts_balance_is_last_entry",
+            deferrable=True,
+            initially="DEFERRED",
+            use_alter=True,
+        ),
+    )
+
+
+class Grant(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("accounts.id"), nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    remaining: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    period: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(_one_of("source", GRANT_SOURCES), name="source_known"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_within_amount"),
+        CheckConstraint(
+            "(source = 'subscription' AND period IS NOT NULL)"
+            " OR (source <> 'subscription' AND period IS NULL)",
+            name="period_iff_subscription",
+        ),
+        UniqueConstraint("account_id", "period", name="uq_grants_account_period"),
+        # Draw order and the expiry check read live grants of one account.
+        Index(
+            "ix_grants_live",
+            "account_id",
+            "expires_at",
+            postgresql_where=text("remaining > 0"),
+            sqlite_where=text("remaining > 0"),
+        ),
+    )
+
+
+class Hold(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "holds"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("accounts.id"), nullable=False)
+    amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    captured: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    uncollected: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint(_one_of("status", HOLD_STATUSES), name="status_known"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint(
+            "(status = 'pending' AND resolved_at IS NULL AND captured IS NULL)"
+            " OR (status <> 'pending' AND resolved_at IS NOT NULL AND captured IS NOT NULL)",
+            name="resolved_once",
+        ),
+        CheckConstraint("captured IS NULL OR captured >= 0", name="captured_not_negative"),
+        CheckConstraint("uncollected >= 0", name="uncollected_not_negative"),
+        Index(
+            "ix_holds_pending_expiry",
+            "expires_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index("ix_holds_account", "account_id"),
+    )
+
+
+class AuditRecord(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "audit_records"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    actor_type: Mapped[str] = mapped_column(String(16), nullable=False)
+    actor_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    account_id: Mapped[int | None] = mapped_column(
+        BigIntId, ForeignKey("accounts.id"), nullable=True
+    )
+    balance_before: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    balance_after: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reserved_before: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reserved_after: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    client_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(_one_of("actor_type", ACTOR_TYPES), name="actor_type_known"),
+        Index("ix_audit_records_account_id", "account_id", "id"),
+        Index("ix_audit_records_action", "action", "id"),
+    )
+
+
+class LedgerEntry(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("accounts.id"), nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    prev_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    type: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    balance_before: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    balance_after: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    grant_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("grants.id"), nullable=False)
+    hold_id: Mapped[int | None] = mapped_column(BigIntId, ForeignKey("holds.id"), nullable=True)
+    audit_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("audit_records.id"), nullable=False
+    )
+    reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(_one_of("type", ENTRY_TYPES), name="type_known"),
+        CheckConstraint("amount <> 0", name="amount_not_zero"),
+        CheckConstraint("balance_after = balance_before + amount", name="balance_follows"),
+        CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
+        CheckConstraint(
+            "(seq = 1 AND prev_seq IS NULL AND balance_before = 0)"
+            " OR (seq > 1 AND prev_seq = seq - 1)",
+            name="seq_chain",
+        ),
+        UniqueConstraint("account_id", "seq", name="uq_ledger_entries_account_seq"),
+        # The targets of the two chain foreign keys (PostgreSQL wants an exact unique key).
+        UniqueConstraint(
+            "account_id", "seq", "balance_after", name="uq_ledger_entries_account_seq_balance"
+        ),
+        ForeignKeyConstraint(
+            ["account_id", "prev_seq", "balance_before"],
+            ["ledger_entries.account_id", "ledger_entries.seq", "ledger_entries.balance_after"],
+            name="fk_ledger_entries_continues_previous",
+        ),
+        Index("ix_ledger_entries_grant_id", "grant_id"),
+        Index("ix_ledger_entries_hold_id", "hold_id"),
+        Index("ix_ledger_entries_audit_id", "audit_id"),
+    )

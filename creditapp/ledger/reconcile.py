@@ -1,0 +1,129 @@
+"""Reconciliation: recompute every ledger invariant from the rows and report drift, never fix it."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, func, select
+from sqlalchemy.orm import Session
+
+from creditapp.ledger.models import Account, Grant, Hold, LedgerEntry
+
+accounts = Account.__table__
+grants = Grant.__table__
+holds = Hold.__table__
+entries = LedgerEntry.__table__
+
+
+@dataclass(frozen=True)
+class Drift:
+    account_id: int
+    user_id: int
+    invariant: str
+    expected: int
+    actual: int
+
+
+class _Scope:
+    """Restricts every query of one reconciliation to the accounts asked for."""
+
+    def __init__(self, account_ids: list[int] | None):
+        self.account_ids = account_ids
+
+    def where(self, query: Any, table: Table) -> Any:
+        column = table.c.id if table is accounts else table.c.account_id
+        return query if self.account_ids is None else query.where(column.in_(self.account_ids))
+
+    def totals(
+        self, session: Session, table: Table, aggregate: Any, *conditions: Any
+    ) -> dict[int, int]:
+        query = select(table.c.account_id, aggregate).where(*conditions)
+        query = self.where(query, table).group_by(table.c.account_id)
+        return {account_id: int(total or 0) for account_id, total in session.execute(query)}
+
+
+def reconcile(session: Session, *, account_ids: list[int] | None = None) -> list[Drift]:
+    """Check the invariants of the accounts named (all when None). Reads only."""
+    scope = _Scope(account_ids)
+    entry_sums = scope.totals(session, entries, func.sum(entries.c.amount))
+    entry_counts = scope.totals(session, entries, func.count())
+    grant_sums = scope.totals(session, grants, func.sum(grants.c.remaining))
+    pending_sums = scope.totals(
+        session, holds, func.sum(holds.c.amount), holds.c.status == "pending"
+    )
+
+    newest_seq = select(entries.c.account_id, func.max(entries.c.seq).label("seq")).group_by(
+        entries.c.account_id
+    )
+    newest = scope.where(newest_seq, entries).subquery()
+    last_balances = {
+        account_id: balance_after
+        for account_id, balance_after in session.execute(
+            select(entries.c.account_id, entries.c.balance_after).join(
+                newest,
+                (newest.c.account_id == entries.c.account_id) & (newest.c.seq == entries.c.seq),
+            )
+        )
+    }
+
+    per_grant = (
+        select(entries.c.grant_id, func.sum(entries.c.amount).label("total"))
+        .group_by(entries.c.grant_id)
+        .subquery()
+    )
+    grant_drift: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    grant_rows = session.execute(
+        scope.where(
+            select(
+                grants.c.account_id,
+                grants.c.id,
+                grants.c.remaining,
+                func.coalesce(per_grant.c.total, 0),
+            ).outerjoin(per_grant, per_grant.c.grant_id == grants.c.id),
+            grants,
+        )
+    )
+    for account_id, grant_id, remaining, total in grant_rows:
+        if remaining != int(total):
+            grant_drift[account_id].append((grant_id, int(total), remaining))
+
+    drift: list[Drift] = []
+    account_rows = session.execute(
+        scope.where(
+            select(
+                accounts.c.id,
+                accounts.c.user_id,
+                accounts.c.balance,
+                accounts.c.reserved,
+                accounts.c.last_seq,
+            ),
+            accounts,
+        ).order_by(accounts.c.id)
+    )
+    for account in account_rows:
+        checks = [
+            ("balance >= 0", max(account.balance, 0), account.balance),
+            ("reserved >= 0", max(account.reserved, 0), account.reserved),
+            ("reserved <= balance", min(account.reserved, account.balance), account.reserved),
+            ("balance == sum(ledger entries)", entry_sums.get(account.id, 0), account.balance),
+            (
+                "balance == newest entry's balance_after",
+                last_balances.get(account.id, 0),
+                account.balance,
+            ),
+            ("last_seq == number of entries", entry_counts.get(account.id, 0), account.last_seq or 0),
+            ("balance == sum(grants' remaining)", grant_sums.get(account.id, 0), account.balance),
+            ("reserved == sum(pending holds)", pending_sums.get(account.id, 0), account.reserved),
+        ]
+        checks += [
+            (f"grant {grant_id}: remaining == sum(its entries)", expected, actual)
+            for grant_id, expected, actual in grant_drift.get(account.id, [])
+        ]
+        drift += [
+            Drift(account.id, account.user_id, invariant, expected, actual)
+            for invariant, expected, actual in checks
+            if expected != actual
+        ]
+    return drift

@@ -1,0 +1,180 @@
+"""Test fixtures. The whole suite runs twice: on SQLite and on PostgreSQL + Redis.
+
+CREDITAPP_TEST_DATABASE picks the run (sqlite | postgresql). The PostgreSQL run creates its own
+database through TEST_PG_ADMIN_URL and drops it afterwards; it uses Redis at TEST_REDIS_URL for
+rate limits. With CI=true an unreachable PostgreSQL or Redis fails the run; elsewhere the
+PostgreSQL run is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+os.environ["CREDITAPP_ENV"] = "testing"
+
+import psycopg
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from flask_migrate import upgrade
+from sqlalchemy import text
+
+from creditapp import create_app, ledger
+from creditapp.api.identity import issue_access_token
+from creditapp.auth import users
+from creditapp.auth.models import Tier, User
+from creditapp.database import write_transaction
+from creditapp.extensions import db, limiter
+
+BACKEND = os.environ.get("CREDITAPP_TEST_DATABASE", "sqlite")
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+TABLES = (
+    "idempotency_keys",
+    "ledger_entries",
+    "audit_records",
+    "holds",
+    "grants",
+    "accounts",
+    "users",
+)
+UNFUNDED_TIER = "unfunded"
+TEST_CONTEXT = ledger.AuditContext(actor_type="system", actor_id="tests")
+
+
+def _unreachable(what: str, error: Exception) -> None:
+    message = f"{what} is unreachable: {error}"
+    if IN_CI:
+        pytest.exit(f"FAIL: {message} (CI=true: the PostgreSQL run may not be skipped)", 1)
+    pytest.exit(f"SKIPPED the PostgreSQL run: {message}", 0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if BACKEND == "postgresql":
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL row locks and concurrent commits")
+    for item in items:
+        if "postgres_only" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if BACKEND == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'creditapp.db'}"
+        return
+    name = f"creditapp_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as error:
+        _unreachable("PostgreSQL", error)
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str | None:
+    if BACKEND == "sqlite":
+        return None
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+        client.ping()
+        client.flushdb()
+    except redis.RedisError as error:
+        _unreachable("Redis", error)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def app(database_url: str, redis_url: str | None) -> Iterator[Flask]:
+    os.environ["DATABASE_URL"] = database_url
+    if redis_url:
+        os.environ["REDIS_URL"] = redis_url
+    else:
+        os.environ.pop("REDIS_URL", None)
+    application = create_app()
+    with application.app_context():
+        upgrade(directory=str(Path(__file__).resolve().parent.parent / "migrations"))
+        with write_transaction(db.session):
+            # A tier without subscription credits, so that balances in tests are exact.
+            db.session.add(
+                Tier(name=UNFUNDED_TIER, monthly_credits=0, allowed_models=["*"],
+                     default_max_tokens=256, max_max_tokens=1024)
+            )
+        db.session.remove()
+    yield application
+    with application.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def ctx(app: Flask) -> Iterator[Flask]:
+    """An app context for tests that call services directly."""
+    with app.app_context():
+        yield app
+        db.session.remove()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@dataclass
+class Person:
+    id: int
+    email: str
+    account_id: int
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_person(
+    app: Flask, email: str, *, role: str = "user", tier: str = UNFUNDED_TIER, credits: int = 0
+) -> Person:
+    """A committed user with an account (and `credits` µcr granted as promo credits)."""
+    with app.app_context():
+        with write_transaction(db.session):
+            user: User = users.create(
+                db.session, email=email, role=role, tier_name=tier, context=TEST_CONTEXT,
+                now=utcnow(),
+            )
+            account_id = users.account_id_of(db.session, user.id)
+            if credits:
+                ledger.grant(
+                    db.session, account_id=account_id, amount=credits, source="promo",
+                    reason="test credits", context=TEST_CONTEXT, now=utcnow(),
+                )
+        token = issue_access_token(user, timedelta(hours=1))
+        person = Person(user.id, user.email, account_id, token)
+        db.session.remove()
+        return person
+
+
+@pytest.fixture
+def person_factory(app: Flask):  # type: ignore[no-untyped-def]
+    def make(email: str | None = None, **kwargs) -> Person:  # type: ignore[no-untyped-def]
+        return create_person(app, email or f"{secrets.token_hex(4)}@example.com", **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def admin(person_factory) -> Person:  # type: ignore[no-untyped-def]
+    return person_factory("admin@example.com", role="admin")

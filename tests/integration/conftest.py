@@ -1,0 +1,28 @@
+"""Integration tests use a real database; each test leaves it empty for the next."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from sqlalchemy import text
+
+from creditapp.database import write_transaction
+from creditapp.extensions import db, limiter
+from tests.conftest import BACKEND, TABLES
+
+
+@pytest.fixture(autouse=True)
+def clean_database(app: Flask) -> Iterator[None]:
+    yield
+    with app.app_context():
+        db.session.remove()
+        with write_transaction(db.session) as session:
+            if BACKEND == "postgresql":
+                session.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+            else:
+                for table in TABLES:
+                    session.execute(text(f"DELETE FROM {table}"))
+        if app.config["RATELIMIT_ENABLED"]:
+            limiter.reset()

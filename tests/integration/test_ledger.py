@@ -1,0 +1,236 @@
+"""Worked examples of the ledger: every operation, its entries, its audit record, its edge cases."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, text
+
+from creditapp import ledger
+from creditapp.database import write_transaction
+from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits
+from creditapp.extensions import db
+from creditapp.ledger.models import AuditRecord, Grant, Hold, LedgerEntry
+from tests.conftest import TEST_CONTEXT, utcnow
+
+CR = 1_000_000  # one credit in micro-credits
+TTL = timedelta(minutes=10)
+
+
+def run(operation, **kwargs):  # type: ignore[no-untyped-def]
+    """One ledger operation in its own committed transaction."""
+    kwargs.setdefault("context", TEST_CONTEXT)
+    kwargs.setdefault("now", utcnow())
+    with write_transaction(db.session):
+        return operation(db.session, **kwargs)
+
+
+def state(account_id: int, now=None) -> ledger.Balance:  # type: ignore[no-untyped-def]
+    return ledger.balance(db.session, account_id=account_id, now=now or utcnow())
+
+
+def entry_rows(account_id: int) -> list[tuple[str, int, int]]:
+    return [
+        (e.type, e.amount, e.balance_after)
+        for e in db.session.execute(
+            select(LedgerEntry).where(LedgerEntry.account_id == account_id).order_by(LedgerEntry.seq)
+        ).scalars()
+    ]
+
+
+def assert_consistent(account_id: int) -> None:
+    db.session.rollback()
+    assert ledger.reconcile(db.session, account_ids=[account_id]) == []
+
+
+@pytest.fixture
+def account(ctx, person_factory) -> int:  # type: ignore[no-untyped-def]
+    return person_factory().account_id
+
+
+def test_grant_adds_a_grant_an_entry_and_an_audit_record(account: int) -> None:
+    result = run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="hi")
+    assert result.balance == ledger.Balance(10 * CR, 0)
+    assert entry_rows(account) == [("grant", 10 * CR, 10 * CR)]
+    entry = db.session.execute(select(LedgerEntry)).scalar_one()
+    audit = db.session.get(AuditRecord, entry.audit_id)
+    assert (audit.action, audit.balance_before, audit.balance_after) == ("grant", 0, 10 * CR)
+    assert audit.details["reason"] == "hi"
+    assert_consistent(account)
+
+
+def test_hold_reserves_and_refuses_more_than_available(account: int) -> None:
+    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    held = run(ledger.hold, account_id=account, amount=6 * CR, ttl=TTL)
+    assert held.balance == ledger.Balance(10 * CR, 6 * CR)
+    with pytest.raises(InsufficientCredits) as refused:
+        run(ledger.hold, account_id=account, amount=4 * CR + 1, ttl=TTL)
+    assert (refused.value.required, refused.value.available) == (4 * CR + 1, 4 * CR)
+    assert db.session.execute(select(Hold.id)).scalars().all() == [held.hold_id]
+    assert state(account) == ledger.Balance(10 * CR, 6 * CR)
+    assert_consistent(account)
+
+
+def test_settle_below_the_hold_charges_actual_and_releases_the_rest(account: int) -> None:
+    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL, reference="msg-1")
+    outcome = run(ledger.settle, hold_id=held.hold_id, actual=1_500_000)
+    assert outcome == ledger.Resolution(held.hold_id, "settled", 1_500_000, 0, applied=True)
+    assert state(account) == ledger.Balance(8_500_000, 0)
+    charge = db.session.execute(select(LedgerEntry).where(LedgerEntry.type == "charge")).scalar_one()
+    assert (charge.amount, charge.hold_id, charge.reference) == (-1_500_000, held.hold_id, "msg-1")
+    assert_consistent(account)
+
+
+def test_settle_above_the_hold_is_capped_and_records_the_shortfall(account: int) -> None:
+    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL)
+    outcome = run(ledger.settle, hold_id=held.hold_id, actual=15 * CR)
+    assert (outcome.captured, outcome.uncollected) == (10 * CR, 5 * CR)
+    assert state(account) == ledger.Balance(0, 0)
+    hold = db.session.get(Hold, held.hold_id)
+    assert (hold.status, hold.captured, hold.uncollected) == ("settled", 10 * CR, 5 * CR)
+    assert_consistent(account)
+
+
+def test_a_hold_resolves_exactly_once(account: int) -> None:
+    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL)
+    first = run(ledger.settle, hold_id=held.hold_id, actual=2 * CR)
+    again = run(ledger.settle, hold_id=held.hold_id, actual=3 * CR)
+    voided = run(ledger.void, hold_id=held.hold_id)
+    assert first.applied and not again.applied and not voided.applied
+    assert again == voided == ledger.Resolution(held.hold_id, "settled", 2 * CR, 0, applied=False)
+    assert state(account) == ledger.Balance(8 * CR, 0)
+    assert [row[0] for row in entry_rows(account)] == ["grant", "charge"]
+    assert_consistent(account)
+
+
+def test_void_releases_everything_and_charges_nothing(account: int) -> None:
+    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL)
+    outcome = run(ledger.void, hold_id=held.hold_id)
+    assert outcome == ledger.Resolution(held.hold_id, "voided", 0, 0, applied=True)
+    assert state(account) == ledger.Balance(10 * CR, 0)
+    assert entry_rows(account) == [("grant", 10 * CR, 10 * CR)]
+    assert_consistent(account)
+
+
+def test_spending_draws_soonest_expiring_first_then_oldest(account: int) -> None:
+    now = utcnow()
+    never = run(ledger.grant, account_id=account, amount=5 * CR, source="purchase", reason="a")
+    later = run(ledger.grant, account_id=account, amount=5 * CR, source="promo", reason="b",
+                expires_at=now + timedelta(days=2))
+    sooner = run(ledger.grant, account_id=account, amount=5 * CR, source="promo", reason="c",
+                 expires_at=now + timedelta(days=1))
+    held = run(ledger.hold, account_id=account, amount=12 * CR, ttl=TTL)
+    run(ledger.settle, hold_id=held.hold_id, actual=12 * CR)
+    remaining = {
+        g.id: g.remaining for g in db.session.execute(select(Grant)).scalars()
+    }
+    assert remaining == {sooner.grant_id: 0, later.grant_id: 0, never.grant_id: 3 * CR}
+    charges = db.session.execute(
+        select(LedgerEntry.grant_id, LedgerEntry.amount)
+        .where(LedgerEntry.type == "charge")
+        .order_by(LedgerEntry.seq)
+    ).all()
+    assert charges == [(sooner.grant_id, -5 * CR), (later.grant_id, -5 * CR),
+                       (never.grant_id, -2 * CR)]
+    assert_consistent(account)
+
+
+def test_expired_credits_are_never_shown_and_written_off_by_the_next_operation(account: int) -> None:
+    now = utcnow()
+    run(ledger.grant, account_id=account, amount=3 * CR, source="promo", reason="soon",
+        expires_at=now + timedelta(hours=1))
+    run(ledger.grant, account_id=account, amount=2 * CR, source="purchase", reason="kept")
+    after = now + timedelta(hours=2)
+    assert state(account, after) == ledger.Balance(2 * CR, 0)
+    with pytest.raises(InsufficientCredits) as refused:
+        run(ledger.hold, account_id=account, amount=3 * CR, ttl=TTL, now=after)
+    assert refused.value.available == 2 * CR
+    run(ledger.hold, account_id=account, amount=2 * CR, ttl=TTL, now=after)
+    assert entry_rows(account) == [
+        ("grant", 3 * CR, 3 * CR), ("grant", 2 * CR, 5 * CR), ("expire", -3 * CR, 2 * CR)
+    ]
+    assert_consistent(account)
+
+
+def test_a_hold_placed_before_an_expiry_can_still_be_paid(account: int) -> None:
+    now = utcnow()
+    run(ledger.grant, account_id=account, amount=5 * CR, source="promo", reason="r",
+        expires_at=now + timedelta(minutes=5))
+    held = run(ledger.hold, account_id=account, amount=3 * CR, ttl=TTL, now=now)
+    after = now + timedelta(minutes=6)
+    # The next operation writes off only what the open hold does not need.
+    run(ledger.expire_grants, account_id=account, now=after)
+    assert db.session.execute(select(Grant.remaining)).scalar_one() == 3 * CR
+    assert state(account, after) == ledger.Balance(3 * CR, 3 * CR)
+    run(ledger.settle, hold_id=held.hold_id, actual=1 * CR, now=after)
+    assert state(account, after) == ledger.Balance(0, 0)
+    assert [row[:2] for row in entry_rows(account)] == [
+        ("grant", 5 * CR), ("expire", -2 * CR), ("charge", -1 * CR), ("expire", -2 * CR)
+    ]
+    assert_consistent(account)
+
+
+def test_refresh_is_once_per_period_and_ends_the_previous_subscription_grant(account: int) -> None:
+    now = utcnow()
+    run(ledger.grant, account_id=account, amount=7 * CR, source="promo", reason="kept")
+    first = run(ledger.refresh, account_id=account, period="2026-10", amount=100 * CR,
+                expires_at=now + timedelta(days=30), now=now)
+    repeat = run(ledger.refresh, account_id=account, period="2026-10", amount=100 * CR,
+                 expires_at=now + timedelta(days=30), now=now)
+    assert first.created and not repeat.created and repeat.grant_id == first.grant_id
+    held = run(ledger.hold, account_id=account, amount=30 * CR, ttl=TTL, now=now)
+    run(ledger.settle, hold_id=held.hold_id, actual=30 * CR, now=now)
+    later = now + timedelta(days=31)
+    run(ledger.refresh, account_id=account, period="2026-11", amount=100 * CR,
+        expires_at=later + timedelta(days=30), now=later)
+    assert state(account, later) == ledger.Balance(107 * CR, 0)
+    assert [row[:2] for row in entry_rows(account)] == [
+        ("grant", 7 * CR), ("refresh", 100 * CR), ("charge", -30 * CR), ("expire", -70 * CR),
+        ("refresh", 100 * CR),
+    ]
+    assert_consistent(account)
+
+
+def test_adjust_adds_credits_or_takes_only_what_is_available(account: int) -> None:
+    run(ledger.adjust, account_id=account, amount=10 * CR, reason="goodwill")
+    run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL)
+    with pytest.raises(BalanceWouldGoNegative):
+        run(ledger.adjust, account_id=account, amount=-6 * CR - 1, reason="too much")
+    result = run(ledger.adjust, account_id=account, amount=-6 * CR, reason="correction")
+    assert result == ledger.Balance(4 * CR, 4 * CR)
+    assert [row[:2] for row in entry_rows(account)] == [("adjust", 10 * CR), ("adjust", -6 * CR)]
+    assert_consistent(account)
+
+
+def test_only_overdue_holds_expire(account: int) -> None:
+    now = utcnow()
+    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL, now=now)
+    assert ledger.overdue_hold_ids(db.session, now=now + TTL - timedelta(seconds=1)) == []
+    with pytest.raises(ValueError):
+        run(ledger.expire_hold, hold_id=held.hold_id, now=now)
+    assert ledger.overdue_hold_ids(db.session, now=now + TTL) == [held.hold_id]
+    outcome = run(ledger.expire_hold, hold_id=held.hold_id, now=now + TTL)
+    assert (outcome.status, outcome.captured, outcome.applied) == ("expired", 0, True)
+    assert state(account) == ledger.Balance(10 * CR, 0)
+    assert_consistent(account)
+
+
+def test_reconcile_reports_drift_it_did_not_cause(account: int) -> None:
+    grant = run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    with write_transaction(db.session):
+        # A grant's remainder is not tied to the balance by a constraint; reconcile catches it.
+        db.session.execute(
+            text("UPDATE grants SET remaining = remaining - 1 WHERE id = :id"), {"id": grant.grant_id}
+        )
+    drift = {d.invariant: (d.expected, d.actual) for d in ledger.reconcile(db.session)}
+    assert drift == {
+        "balance == sum(grants' remaining)": (10 * CR - 1, 10 * CR),
+        f"grant {grant.grant_id}: remaining == sum(its entries)": (10 * CR, 10 * CR - 1),
+    }
+    assert state(account) == ledger.Balance(10 * CR, 0)
