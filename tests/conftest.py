@@ -97,6 +97,8 @@ def redis_url() -> str | None:
 @pytest.fixture(scope="session")
 def app(database_url: str, redis_url: str | None) -> Iterator[Flask]:
     os.environ["DATABASE_URL"] = database_url
+    # Room for 64 threads to hold a connection each at the same moment.
+    os.environ.setdefault("DATABASE_POOL_SIZE", "50")
     if redis_url:
         os.environ["REDIS_URL"] = redis_url
     else:

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import flask_smorest
+import marshmallow as ma
 from flask import Request
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
@@ -24,6 +25,8 @@ def load_json(raw: bytes) -> Any:
 
 class RequestParser(FlaskParser):
     DEFAULT_VALIDATION_STATUS = 400
+    # An unknown query parameter is most often a typo ("limt"): say so instead of ignoring it.
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": ma.RAISE}
 
     def _raw_load_json(self, req: Request) -> Any:
         if not is_json_request(req):

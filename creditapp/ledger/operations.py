@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits, NotFound
@@ -146,39 +146,30 @@ class _AccountState:
 
 
 def _lock(session: Session, account_id: int) -> _AccountState:
-    """Lock the account row (PostgreSQL) and read it with its live grants in draw order."""
-    rows = session.execute(
-        select(
-            accounts.c.balance,
-            accounts.c.reserved,
-            accounts.c.last_seq,
-            grants.c.id,
-            grants.c.remaining,
-            grants.c.expires_at,
-            grants.c.source,
-        )
-        .select_from(
-            accounts.outerjoin(
-                grants, and_(grants.c.account_id == accounts.c.id, grants.c.remaining > 0)
-            )
-        )
+    """Lock the account row (PostgreSQL), then read its live grants in draw order.
+
+    Two statements on purpose: under READ COMMITTED a statement that waited for the row lock
+    sees the locked row's newest version but every other row as of its start, so grants read
+    in the same statement could be stale. The second statement starts after the lock is ours.
+    """
+    account = session.execute(
+        select(accounts.c.balance, accounts.c.reserved, accounts.c.last_seq)
         .where(accounts.c.id == account_id)
-        .order_by(grants.c.expires_at.asc().nulls_last(), grants.c.created_at, grants.c.id)
-        .with_for_update(of=accounts)
-    ).all()
-    if not rows:
+        .with_for_update()
+    ).one_or_none()
+    if account is None:
         raise NotFound("No such account.")
-    first = rows[0]
+    live_grants = session.execute(
+        select(grants.c.id, grants.c.remaining, grants.c.expires_at, grants.c.source)
+        .where(grants.c.account_id == account_id, grants.c.remaining > 0)
+        .order_by(grants.c.expires_at.asc().nulls_last(), grants.c.created_at, grants.c.id)
+    )
     return _AccountState(
         id=account_id,
-        balance=first.balance,
-        reserved=first.reserved,
-        last_seq=first.last_seq,
-        grants=[
-            _LiveGrant(row.id, row.remaining, row.expires_at, row.source)
-            for row in rows
-            if row.id is not None
-        ],
+        balance=account.balance,
+        reserved=account.reserved,
+        last_seq=account.last_seq,
+        grants=[_LiveGrant(*row) for row in live_grants],
     )
 
 

@@ -33,10 +33,10 @@ def upgrade() -> None:
         sa.Column("default_max_tokens", sa.Integer(), nullable=False),
         sa.Column("max_max_tokens", sa.Integer(), nullable=False),
         sa.Column("rate_limits", sa.JSON(), nullable=True),
-        sa.CheckConstraint("monthly_credits >= 0", name="ck_tiers_monthly_credits_not_negative"),
+        sa.CheckConstraint("monthly_credits >= 0", name="monthly_credits_not_negative"),
         sa.CheckConstraint(
             "default_max_tokens > 0 AND max_max_tokens >= default_max_tokens",
-            name="ck_tiers_max_tokens_ordered",
+            name="max_tokens_ordered",
         ),
     )
     op.bulk_insert(
@@ -70,8 +70,8 @@ def upgrade() -> None:
         sa.Column("period_anchor", TIMESTAMP, nullable=False),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.UniqueConstraint("email", name="uq_users_email"),
-        sa.CheckConstraint("role IN ('user', 'admin')", name="ck_users_role_known"),
-        sa.CheckConstraint("email = lower(email)", name="ck_users_email_lowercase"),
+        sa.CheckConstraint("role IN ('user', 'admin')", name="role_known"),
+        sa.CheckConstraint("email = lower(email)", name="email_lowercase"),
     )
 
     # The account's balance must be its newest entry's balance_after. SQLite accepts the
@@ -92,12 +92,12 @@ def upgrade() -> None:
         sa.Column("last_seq", sa.BigInteger(), nullable=True),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.UniqueConstraint("user_id", name="uq_accounts_user_id"),
-        sa.CheckConstraint("balance >= 0", name="ck_accounts_balance_not_negative"),
+        sa.CheckConstraint("balance >= 0", name="balance_not_negative"),
         sa.CheckConstraint(
-            "reserved >= 0 AND reserved <= balance", name="ck_accounts_reserved_within_balance"
+            "reserved >= 0 AND reserved <= balance", name="reserved_within_balance"
         ),
         sa.CheckConstraint(
-            "last_seq IS NOT NULL OR balance = 0", name="ck_accounts_balance_has_entries"
+            "last_seq IS NOT NULL OR balance = 0", name="balance_has_entries"
         ),
         *([sa.ForeignKeyConstraint(**balance_is_last_entry)] if sqlite else []),
     )
@@ -119,7 +119,7 @@ def upgrade() -> None:
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.CheckConstraint(
             "actor_type IN ('user', 'admin', 'job', 'system')",
-            name="ck_audit_records_actor_type_known",
+            name="actor_type_known",
         ),
     )
     op.create_index("ix_audit_records_account_id", "audit_records", ["account_id", "id"])
@@ -139,16 +139,16 @@ def upgrade() -> None:
         sa.UniqueConstraint("account_id", "period", name="uq_grants_account_period"),
         sa.CheckConstraint(
             "source IN ('subscription', 'purchase', 'promo', 'admin')",
-            name="ck_grants_source_known",
+            name="source_known",
         ),
-        sa.CheckConstraint("amount > 0", name="ck_grants_amount_positive"),
+        sa.CheckConstraint("amount > 0", name="amount_positive"),
         sa.CheckConstraint(
-            "remaining >= 0 AND remaining <= amount", name="ck_grants_remaining_within_amount"
+            "remaining >= 0 AND remaining <= amount", name="remaining_within_amount"
         ),
         sa.CheckConstraint(
             "(source = 'subscription' AND period IS NOT NULL)"
             " OR (source <> 'subscription' AND period IS NULL)",
-            name="ck_grants_period_iff_subscription",
+            name="period_iff_subscription",
         ),
     )
     op.create_index(
@@ -173,16 +173,16 @@ def upgrade() -> None:
         sa.Column("resolved_at", TIMESTAMP, nullable=True),
         sa.CheckConstraint(
             "status IN ('pending', 'settled', 'voided', 'expired')",
-            name="ck_holds_status_known",
+            name="status_known",
         ),
-        sa.CheckConstraint("amount > 0", name="ck_holds_amount_positive"),
+        sa.CheckConstraint("amount > 0", name="amount_positive"),
         sa.CheckConstraint(
             "(status = 'pending' AND resolved_at IS NULL AND captured IS NULL)"
             " OR (status <> 'pending' AND resolved_at IS NOT NULL AND captured IS NOT NULL)",
-            name="ck_holds_resolved_once",
+            name="resolved_once",
         ),
-        sa.CheckConstraint("captured IS NULL OR captured >= 0", name="ck_holds_captured_not_negative"),
-        sa.CheckConstraint("uncollected >= 0", name="ck_holds_uncollected_not_negative"),
+        sa.CheckConstraint("captured IS NULL OR captured >= 0", name="captured_not_negative"),
+        sa.CheckConstraint("uncollected >= 0", name="uncollected_not_negative"),
     )
     op.create_index("ix_holds_account", "holds", ["account_id"])
     op.create_index(
@@ -220,19 +220,19 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint(
             "type IN ('grant', 'refresh', 'expire', 'charge', 'refund', 'adjust')",
-            name="ck_ledger_entries_type_known",
+            name="type_known",
         ),
-        sa.CheckConstraint("amount <> 0", name="ck_ledger_entries_amount_not_zero"),
+        sa.CheckConstraint("amount <> 0", name="amount_not_zero"),
         sa.CheckConstraint(
-            "balance_after = balance_before + amount", name="ck_ledger_entries_balance_follows"
+            "balance_after = balance_before + amount", name="balance_follows"
         ),
         sa.CheckConstraint(
-            "balance_after >= 0", name="ck_ledger_entries_balance_after_not_negative"
+            "balance_after >= 0", name="balance_after_not_negative"
         ),
         sa.CheckConstraint(
             "(seq = 1 AND prev_seq IS NULL AND balance_before = 0)"
             " OR (seq > 1 AND prev_seq = seq - 1)",
-            name="ck_ledger_entries_seq_chain",
+            name="seq_chain",
         ),
     )
     op.create_index("ix_ledger_entries_grant_id", "ledger_entries", ["grant_id"])
@@ -265,11 +265,11 @@ def upgrade() -> None:
         sa.Column("expires_at", TIMESTAMP, nullable=False),
         sa.UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_key"),
         sa.CheckConstraint(
-            "status IN ('in_progress', 'completed')", name="ck_idempotency_keys_status_known"
+            "status IN ('in_progress', 'completed')", name="status_known"
         ),
         sa.CheckConstraint(
             "status = 'in_progress' OR response_status IS NOT NULL",
-            name="ck_idempotency_keys_completed_has_response",
+            name="completed_has_response",
         ),
     )
 

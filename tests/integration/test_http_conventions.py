@@ -1,0 +1,102 @@
+"""Contract section 4: request ids, security headers, and the one error shape for every failure."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import Person
+
+
+def assert_error(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json
+    error = response.get_json()["error"]
+    assert error["code"] == code
+    assert error["request_id"] == response.headers["X-Request-ID"]
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+@pytest.fixture
+def user(person_factory) -> Person:  # type: ignore[no-untyped-def]
+    return person_factory()
+
+
+def test_a_sane_request_id_is_echoed_and_an_insane_one_replaced(client: FlaskClient, user) -> None:
+    sane = client.get("/api/me", headers={**user.headers, "X-Request-ID": "abc.DEF_1-2"})
+    assert sane.headers["X-Request-ID"] == "abc.DEF_1-2"
+    for insane in ("has space", "x" * 129, "semi;colon", ""):
+        response = client.get("/api/me", headers={**user.headers, "X-Request-ID": insane})
+        assert response.headers["X-Request-ID"] != insane
+        assert len(response.headers["X-Request-ID"]) == 32
+
+
+def test_security_headers_are_on_every_response(client: FlaskClient, user) -> None:
+    for response in (client.get("/api/me", headers=user.headers), client.get("/nope"),
+                     client.get("/healthz")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert "default-src" in response.headers["Content-Security-Policy"]
+        assert "Strict-Transport-Security" not in response.headers
+    assert client.get("/api/me", headers=user.headers).headers["Cache-Control"] == "no-store"
+    secure = client.get("/api/me", headers=user.headers, base_url="https://localhost")
+    assert secure.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_unknown_route_and_wrong_method(client: FlaskClient, user) -> None:
+    assert_error(client.get("/api/nothing-here", headers=user.headers), 404, "not_found")
+    response = client.delete("/api/credit/balance", headers=user.headers)
+    assert_error(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["Allow"]
+
+
+def test_bodies_over_64_kib_are_refused(client: FlaskClient, admin) -> None:
+    body = '{"reason": "' + "x" * (64 * 1024) + '"}'
+    response = client.post("/api/admin/credit/grant", headers=admin.headers, data=body,
+                           content_type="application/json")
+    assert_error(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_non_json_bodies_are_refused(client: FlaskClient, admin, content_type: str) -> None:
+    response = client.post("/api/admin/credit/grant", headers=admin.headers, data="a=1",
+                           content_type=content_type)
+    assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("body", ["{", '{"amount": NaN}', '{"amount": Infinity}', "[1,", "\xff"])
+def test_malformed_json_is_refused(client: FlaskClient, admin, body: str) -> None:
+    response = client.post("/api/admin/credit/grant", headers=admin.headers, data=body,
+                           content_type="application/json")
+    assert_error(response, 400, "malformed_json")
+
+
+def test_an_unexpected_error_is_a_500_without_internals(app: Flask) -> None:
+    with app.test_request_context("/api/me"):
+        app.preprocess_request()
+        response = app.make_response(
+            app.handle_user_exception(RuntimeError("secret internals at /srv/x.py"))
+        )
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["error"]["code"] == "internal_error"
+    assert "secret" not in response.get_data(as_text=True)
+
+
+def test_health_and_readiness(client: FlaskClient, app: Flask) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz").get_json()
+    expected = {"database": "ok"} | ({"redis": "ok"} if app.config["REDIS_URL"] else {})
+    assert ready == {"status": "ready", "checks": expected}
+
+
+def test_openapi_document_lists_the_endpoints(client: FlaskClient) -> None:
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    for path in ("/api/me", "/api/credit/balance", "/api/credit/grants",
+                 "/api/credit/transactions", "/api/admin/credit/grant",
+                 "/api/admin/credit/adjust", "/api/admin/users/{user_id}/credit",
+                 "/api/admin/credit/audit"):
+        assert path in paths

@@ -1,0 +1,166 @@
+"""Real threads, real connections, real commits on PostgreSQL: the ledger under contention.
+
+Each thread opens its write transaction and then waits at a barrier, so that all of them run
+their operation at the same moment. Any deadlock or serialization error would surface as an
+unexpected exception and fail the test.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from creditapp import ledger
+from creditapp.database import write_transaction
+from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits
+from creditapp.extensions import db
+from creditapp.ledger.models import Grant
+from tests.conftest import TEST_CONTEXT, utcnow
+
+pytestmark = pytest.mark.postgres_only
+
+CR = 1_000_000
+TTL = timedelta(minutes=10)
+
+
+def at_once(app: Flask, operations: list[Callable[[], Any]]) -> list[Any]:
+    """Run each operation in its own thread and transaction, all released together.
+
+    Returns each operation's result, or the expected domain exception it raised.
+    """
+    barrier = threading.Barrier(len(operations))
+
+    def worker(operation: Callable[[], Any]) -> Any:
+        with app.app_context():
+            try:
+                with write_transaction(db.session):
+                    barrier.wait(timeout=60)
+                    return operation()
+            except (InsufficientCredits, BalanceWouldGoNegative) as refused:
+                return refused
+            finally:
+                db.session.remove()
+
+    with ThreadPoolExecutor(max_workers=len(operations)) as pool:
+        return list(pool.map(worker, operations))
+
+
+def assert_consistent(app: Flask) -> None:
+    with app.app_context():
+        assert ledger.reconcile(db.session) == []
+        db.session.remove()
+
+
+def test_64_concurrent_holds_succeed_exactly_as_often_as_affordable(app, person_factory) -> None:
+    affordable = 23
+    account = person_factory(credits=affordable * 3 * CR).account_id
+
+    def hold() -> Any:
+        return ledger.hold(db.session, account_id=account, amount=3 * CR, ttl=TTL,
+                           context=TEST_CONTEXT, now=utcnow())
+
+    results = at_once(app, [hold] * 64)
+    outcomes = Counter(type(result).__name__ for result in results)
+    assert outcomes == {"HoldResult": affordable, "InsufficientCredits": 64 - affordable}
+    with app.app_context():
+        assert ledger.balance(db.session, account_id=account, now=utcnow()) == ledger.Balance(
+            affordable * 3 * CR, affordable * 3 * CR
+        )
+    assert_consistent(app)
+
+
+def test_concurrent_settle_and_void_of_one_hold_resolve_it_once(app, person_factory) -> None:
+    account = person_factory(credits=10 * CR).account_id
+    with app.app_context(), write_transaction(db.session):
+        hold_id = ledger.hold(db.session, account_id=account, amount=4 * CR, ttl=TTL,
+                              context=TEST_CONTEXT, now=utcnow()).hold_id
+
+    def settle() -> ledger.Resolution:
+        return ledger.settle(db.session, hold_id=hold_id, actual=3 * CR, context=TEST_CONTEXT,
+                             now=utcnow())
+
+    def void() -> ledger.Resolution:
+        return ledger.void(db.session, hold_id=hold_id, context=TEST_CONTEXT, now=utcnow())
+
+    results = at_once(app, [settle, void] * 8)
+    winners = [result for result in results if result.applied]
+    assert len(winners) == 1
+    # Every caller sees the one outcome that stands.
+    assert {(r.status, r.captured) for r in results} == {(winners[0].status, winners[0].captured)}
+    expected_balance = 7 * CR if winners[0].status == "settled" else 10 * CR
+    with app.app_context():
+        assert ledger.balance(db.session, account_id=account, now=utcnow()) == ledger.Balance(
+            expected_balance, 0
+        )
+    assert_consistent(app)
+
+
+def test_concurrent_refreshes_of_one_period_grant_once(app, person_factory) -> None:
+    account = person_factory().account_id
+    now = utcnow()
+
+    def refresh() -> ledger.GrantResult:
+        return ledger.refresh(db.session, account_id=account, period="2026-11", amount=100 * CR,
+                              expires_at=now + timedelta(days=30), context=TEST_CONTEXT, now=now)
+
+    results = at_once(app, [refresh] * 16)
+    assert sum(result.created for result in results) == 1
+    assert len({result.grant_id for result in results}) == 1
+    with app.app_context():
+        assert db.session.execute(select(Grant.amount)).scalars().all() == [100 * CR]
+    assert_consistent(app)
+
+
+def test_mixed_operations_on_one_hot_account_keep_every_invariant(app, person_factory) -> None:
+    account = person_factory(credits=200 * CR).account_id
+    rng = random.Random(7)
+
+    def session_of_work(seed: int) -> Any:
+        local = random.Random(seed)
+        for _ in range(25):
+            now = utcnow()
+            choice = local.random()
+            with write_transaction(db.session):
+                if choice < 0.6:
+                    try:
+                        held = ledger.hold(db.session, account_id=account,
+                                           amount=local.randint(1, 5 * CR), ttl=TTL,
+                                           context=TEST_CONTEXT, now=now)
+                    except InsufficientCredits:
+                        continue
+                    pending = held.hold_id
+                elif choice < 0.8:
+                    ledger.grant(db.session, account_id=account, amount=local.randint(1, 3 * CR),
+                                 source="promo", reason="stress", context=TEST_CONTEXT, now=now,
+                                 expires_at=now + timedelta(seconds=local.randint(1, 5)))
+                    continue
+                else:
+                    try:
+                        ledger.adjust(db.session, account_id=account,
+                                      amount=-local.randint(1, CR), reason="stress",
+                                      context=TEST_CONTEXT, now=now)
+                    except BalanceWouldGoNegative:
+                        pass
+                    continue
+            with write_transaction(db.session):
+                if local.random() < 0.7:
+                    ledger.settle(db.session, hold_id=pending, actual=local.randint(0, 6 * CR),
+                                  context=TEST_CONTEXT, now=utcnow())
+                else:
+                    ledger.void(db.session, hold_id=pending, context=TEST_CONTEXT, now=utcnow())
+        return "done"
+
+    results = at_once(app, [lambda s=rng.randint(0, 10**6): session_of_work(s) for _ in range(8)])
+    assert results == ["done"] * 8
+    assert_consistent(app)
+    with app.app_context():
+        assert ledger.balance(db.session, account_id=account, now=utcnow()).reserved == 0
