@@ -38,7 +38,7 @@ def register_logging(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     from creditapp.database import configure_engine
-    from creditapp.extensions import api, db, jwt, limiter, migrate
+    from creditapp.extensions import api, db, jwt, migrate
 
     sqlite_prefix = "sqlite:///"
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith(sqlite_prefix):

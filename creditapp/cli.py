@@ -74,7 +74,9 @@ def user_token(email: str, hours: int) -> None:
 @click.option("--amount", required=True, help='Credits, e.g. "250" or "0.5".')
 @click.option("--reason", required=True)
 @click.option(
-    "--source", default="admin", type=click.Choice(["purchase", "promo", "admin"]),
+    "--source",
+    default="admin",
+    type=click.Choice(["purchase", "promo", "admin"]),
     show_default=True,
 )
 def grant_credit(email: str, amount: str, reason: str, source: str) -> None:

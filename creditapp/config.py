@@ -126,7 +126,5 @@ CONFIGS: dict[str, type[Config]] = {
 def load_config(env_name: str | None = None) -> Config:
     name = env_name or os.environ.get("CREDITAPP_ENV", "development")
     if name not in CONFIGS:
-        raise ConfigurationError(
-            f"CREDITAPP_ENV must be one of {', '.join(CONFIGS)}, got {name!r}"
-        )
+        raise ConfigurationError(f"CREDITAPP_ENV must be one of {', '.join(CONFIGS)}, got {name!r}")
     return CONFIGS[name]()

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Integer, event
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.types import TypeDecorator
 
 _WRITE_OPTION = "creditapp_write"
+
+# Services take either a plain session or Flask-SQLAlchemy's scoped one (`db.session`).
+DbSession = Session | scoped_session[Any]
 
 
 def configure_engine(engine: Engine) -> None:
@@ -46,22 +49,21 @@ def configure_engine(engine: Engine) -> None:
 
 
 @contextmanager
-def write_transaction(session: Session | scoped_session[Session]) -> Iterator[Session]:
+def write_transaction(session: DbSession) -> Iterator[Session]:
     """One short write transaction: commits on success, rolls back on any error.
 
     A read transaction the session has open (for example from loading the caller) is ended
     first, so that SQLite takes its write lock at BEGIN rather than failing on an upgrade.
     """
-    if isinstance(session, scoped_session):
-        session = session()
-    if session.in_transaction():
-        session.commit()
-    session.connection(execution_options={_WRITE_OPTION: True})
+    plain: Session = session() if isinstance(session, scoped_session) else session
+    if plain.in_transaction():
+        plain.commit()
+    plain.connection(execution_options={_WRITE_OPTION: True})
     try:
-        yield session
-        session.commit()
+        yield plain
+        plain.commit()
     except BaseException:
-        session.rollback()
+        plain.rollback()
         raise
 
 

@@ -1,4 +1,4 @@
-"""One exception class per broken rule; the HTTP layer turns each into the contract's error shape."""
+"""One exception class per broken rule; the HTTP layer renders each in the contract's shape."""
 
 from __future__ import annotations
 

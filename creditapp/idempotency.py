@@ -28,9 +28,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-from creditapp.database import BigIntId, UTCDateTime, write_transaction
+from creditapp.database import BigIntId, DbSession, UTCDateTime, write_transaction
 from creditapp.errors import IdempotencyKeyReused, RequestInProgress
 from creditapp.extensions import db
 
@@ -85,7 +85,7 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
 
 
 def claim(
-    session: Session,
+    session: DbSession,
     *,
     user_id: int,
     key: str,
@@ -108,7 +108,7 @@ def claim(
 
 
 def _claim_once(
-    session: Session,
+    session: DbSession,
     user_id: int,
     key: str,
     request_fingerprint: str,
@@ -152,7 +152,7 @@ def _claim_once(
     return Claim(existing.id, token)
 
 
-def complete(session: Session, held: Claim, *, response: StoredResponse) -> None:
+def complete(session: DbSession, held: Claim, *, response: StoredResponse) -> None:
     """Store the response in the caller's transaction; fails if the claim was taken over."""
     stored = session.execute(
         update(keys)
@@ -168,11 +168,11 @@ def complete(session: Session, held: Claim, *, response: StoredResponse) -> None
             response_content_type=response.content_type,
         )
     )
-    if stored.rowcount != 1:
+    if stored.rowcount != 1:  # type: ignore[attr-defined]
         raise RequestInProgress("This request's Idempotency-Key was taken over by a retry.")
 
 
-def release(session: Session, held: Claim) -> None:
+def release(session: DbSession, held: Claim) -> None:
     """Free the key of a request that failed without doing anything durable. Commits."""
     with write_transaction(session):
         session.execute(
@@ -182,4 +182,3 @@ def release(session: Session, held: Claim) -> None:
                 keys.c.status == "in_progress",
             )
         )
-

@@ -34,7 +34,7 @@ def parse_credits(value: object, *, signed: bool = False) -> int:
         match = _AMOUNT.fullmatch(value)
         if match is None:
             raise AmountError(
-                "must be a decimal string in credits with at most 6 decimals, e.g. \"12.5\""
+                'must be a decimal string in credits with at most 6 decimals, e.g. "12.5"'
             )
         fraction = (match["fraction"] or "").ljust(6, "0")
         micro = int(match["whole"]) * MICRO_PER_CREDIT + int(fraction or "0")

@@ -23,14 +23,13 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
-from sqlalchemy import text
 
 from creditapp import create_app, ledger
 from creditapp.api.identity import issue_access_token
 from creditapp.auth import users
 from creditapp.auth.models import Tier, User
 from creditapp.database import write_transaction
-from creditapp.extensions import db, limiter
+from creditapp.extensions import db
 
 BACKEND = os.environ.get("CREDITAPP_TEST_DATABASE", "sqlite")
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -109,8 +108,13 @@ def app(database_url: str, redis_url: str | None) -> Iterator[Flask]:
         with write_transaction(db.session):
             # A tier without subscription credits, so that balances in tests are exact.
             db.session.add(
-                Tier(name=UNFUNDED_TIER, monthly_credits=0, allowed_models=["*"],
-                     default_max_tokens=256, max_max_tokens=1024)
+                Tier(
+                    name=UNFUNDED_TIER,
+                    monthly_credits=0,
+                    allowed_models=["*"],
+                    default_max_tokens=256,
+                    max_max_tokens=1024,
+                )
             )
         db.session.remove()
     yield application
@@ -154,14 +158,23 @@ def create_person(
     with app.app_context():
         with write_transaction(db.session):
             user: User = users.create(
-                db.session, email=email, role=role, tier_name=tier, context=TEST_CONTEXT,
+                db.session,
+                email=email,
+                role=role,
+                tier_name=tier,
+                context=TEST_CONTEXT,
                 now=utcnow(),
             )
             account_id = users.account_id_of(db.session, user.id)
             if credits:
                 ledger.grant(
-                    db.session, account_id=account_id, amount=credits, source="promo",
-                    reason="test credits", context=TEST_CONTEXT, now=utcnow(),
+                    db.session,
+                    account_id=account_id,
+                    amount=credits,
+                    source="promo",
+                    reason="test credits",
+                    context=TEST_CONTEXT,
+                    now=utcnow(),
                 )
         token = issue_access_token(user, timedelta(hours=1))
         person = Person(user.id, user.email, account_id, token)

@@ -10,8 +10,8 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from sqlalchemy import select
 
 from creditapp import ledger
-from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.idempotency import idempotent
+from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import decode_cursor, page
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import (
@@ -153,7 +153,10 @@ def user_credit(user_id: str) -> Any:
     summary = users.credit_summary(db.session, user=user, now=datetime.now(UTC))
     live_grants = db.session.execute(
         select(Grant)
-        .where(Grant.account_id == users.account_id_of(db.session, user.id), Grant.remaining > 0)
+        .where(
+            Grant.account_id == users.account_id_of(db.session, user.id),
+            Grant.__table__.c.remaining > 0,
+        )
         .order_by(Grant.id.desc())
     ).scalars()
     return {**vars(summary), "user_id": user.id, "email": user.email, "grants": live_grants.all()}

@@ -63,5 +63,3 @@ def transactions(args: dict[str, Any]) -> Any:
         query.order_by(LedgerEntry.seq.desc()).limit(args["limit"] + 1)
     ).scalars()
     return page(rows.all(), limit=args["limit"], position=lambda entry: entry.seq)
-
-

@@ -74,7 +74,9 @@ def _http_error(error: HTTPException) -> Response:
             return from_error(MalformedJson())
         return from_error(ValidationFailed(details=_field_details(messages)))
     if status == 429:
-        response = error_response(429, RateLimited.code, f"Rate limit exceeded: {error.description}")
+        response = error_response(
+            429, RateLimited.code, f"Rate limit exceeded: {error.description}"
+        )
         if error.response is not None and error.response.headers.get("Retry-After"):
             response.headers["Retry-After"] = error.response.headers["Retry-After"]
         return response

@@ -101,5 +101,7 @@ def register_identity() -> None:
     jwt.token_verification_failed_loader(
         lambda _h, _p: from_error(Unauthorized("The token failed verification."))
     )
-    jwt.needs_fresh_token_loader(lambda _h, _p: from_error(Unauthorized("A fresh token is needed.")))
+    jwt.needs_fresh_token_loader(
+        lambda _h, _p: from_error(Unauthorized("A fresh token is needed."))
+    )
     jwt.revoked_token_loader(lambda _h, _p: from_error(Unauthorized("The token was revoked.")))

@@ -30,9 +30,7 @@ def decode_cursor(cursor: str | None) -> int | None:
     raise ValidationFailed(details={"cursor": ["Not a valid cursor."]})
 
 
-def page(
-    rows: Sequence[Row], *, limit: int, position: Callable[[Row], int]
-) -> dict[str, Any]:
+def page(rows: Sequence[Row], *, limit: int, position: Callable[[Row], int]) -> dict[str, Any]:
     """`rows` were fetched with limit + 1 to tell whether another page exists."""
     items = list(rows[:limit])
     more = len(rows) > limit

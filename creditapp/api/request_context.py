@@ -23,11 +23,12 @@ def _begin_request() -> None:
     g.request_id = offered if _SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=g.request_id)
-    if request.method in ("POST", "PUT", "PATCH") and (
-        request.content_length or request.headers.get("Transfer-Encoding")
+    if (
+        request.method in ("POST", "PUT", "PATCH")
+        and (request.content_length or request.headers.get("Transfer-Encoding"))
+        and not request.is_json
     ):
-        if not request.is_json:
-            raise UnsupportedMediaType()
+        raise UnsupportedMediaType()
 
 
 def _finish_response(response: Response) -> Response:
@@ -53,4 +54,3 @@ def _finish_response(response: Response) -> Response:
 def register_request_context(app: Flask) -> None:
     app.before_request(_begin_request)
     app.after_request(_finish_response)
-

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from creditapp import ledger
 from creditapp.auth.models import Tier, User
 from creditapp.auth.subscription import period_at
+from creditapp.database import DbSession
 from creditapp.errors import Conflict, NotFound, ValidationFailed
 from creditapp.ledger.models import Account, Grant
 
@@ -26,27 +26,27 @@ def normalize_email(email: str) -> str:
     return normalized
 
 
-def get(session: Session, user_id: int) -> User:
+def get(session: DbSession, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
         raise NotFound("No such user.")
     return user
 
 
-def find_by_email(session: Session, email: str) -> User | None:
+def find_by_email(session: DbSession, email: str) -> User | None:
     return session.execute(
         select(User).where(User.email == normalize_email(email))
     ).scalar_one_or_none()
 
 
-def get_by_email(session: Session, email: str) -> User:
+def get_by_email(session: DbSession, email: str) -> User:
     user = find_by_email(session, email)
     if user is None:
         raise NotFound("No such user.")
     return user
 
 
-def account_id_of(session: Session, user_id: int) -> int:
+def account_id_of(session: DbSession, user_id: int) -> int:
     account_id = session.execute(
         select(Account.id).where(Account.user_id == user_id)
     ).scalar_one_or_none()
@@ -56,7 +56,7 @@ def account_id_of(session: Session, user_id: int) -> int:
 
 
 def refresh_subscription(
-    session: Session, *, user: User, context: ledger.AuditContext, now: datetime
+    session: DbSession, *, user: User, context: ledger.AuditContext, now: datetime
 ) -> ledger.GrantResult | None:
     """Grant the tier's credits for the period containing `now`, once per period."""
     tier = session.get(Tier, user.tier_name)
@@ -75,7 +75,7 @@ def refresh_subscription(
 
 
 def create(
-    session: Session,
+    session: DbSession,
     *,
     email: str,
     context: ledger.AuditContext,
@@ -109,7 +109,7 @@ class CreditSummary:
     next_refresh_at: datetime | None
 
 
-def credit_summary(session: Session, *, user: User, now: datetime) -> CreditSummary:
+def credit_summary(session: DbSession, *, user: User, now: datetime) -> CreditSummary:
     """What the balance endpoint shows: expired credits never count."""
     account_id = account_id_of(session, user.id)
     current = ledger.balance(session, account_id=account_id, now=now)

@@ -178,9 +178,7 @@ class LedgerEntry(db.Model):  # type: ignore[name-defined,misc]
     balance_after: Mapped[int] = mapped_column(BigInteger, nullable=False)
     grant_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("grants.id"), nullable=False)
     hold_id: Mapped[int | None] = mapped_column(BigIntId, ForeignKey("holds.id"), nullable=True)
-    audit_id: Mapped[int] = mapped_column(
-        BigIntId, ForeignKey("audit_records.id"), nullable=False
-    )
+    audit_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("audit_records.id"), nullable=False)
     reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, exists, func, insert, select, update
-from sqlalchemy.orm import Session
 
+from creditapp.database import DbSession
 from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits, NotFound
 from creditapp.ledger.models import GRANT_SOURCES, Account, AuditRecord, Grant, Hold, LedgerEntry
 from creditapp.money import format_credits
@@ -145,7 +145,7 @@ class _AccountState:
             raise AssertionError(f"draw of {amount} left {left} undrawn on account {self.id}")
 
 
-def _lock(session: Session, account_id: int) -> _AccountState:
+def _lock(session: DbSession, account_id: int) -> _AccountState:
     """Lock the account row (PostgreSQL), then read its live grants in draw order.
 
     Two statements on purpose: under READ COMMITTED a statement that waited for the row lock
@@ -173,8 +173,44 @@ def _lock(session: Session, account_id: int) -> _AccountState:
     )
 
 
+def _links(hold_id: int | None, reference: str | None) -> dict[str, str]:
+    links = {"hold_id": str(hold_id)} if hold_id is not None else {}
+    return links | ({"reference": reference} if reference is not None else {})
+
+
+def _audit(
+    session: DbSession,
+    *,
+    account_id: int,
+    action: str,
+    context: AuditContext,
+    now: datetime,
+    before: Balance,
+    after: Balance,
+    details: dict[str, Any],
+) -> int:
+    return session.execute(
+        insert(audit_records)
+        .values(
+            actor_type=context.actor_type,
+            actor_id=context.actor_id,
+            action=action,
+            account_id=account_id,
+            balance_before=before.balance,
+            balance_after=after.balance,
+            reserved_before=before.reserved,
+            reserved_after=after.reserved,
+            request_id=context.request_id,
+            client_ip=context.client_ip,
+            details=details,
+            created_at=now,
+        )
+        .returning(audit_records.c.id)
+    ).scalar_one()
+
+
 def _persist(
-    session: Session,
+    session: DbSession,
     state: _AccountState,
     *,
     action: str,
@@ -185,29 +221,16 @@ def _persist(
     details: dict[str, Any] | None = None,
 ) -> Balance:
     """Write the operation's audit record, its entries, the grants' and the account's new state."""
-    audit_details = dict(details or {})
-    if hold_id is not None:
-        audit_details["hold_id"] = str(hold_id)
-    if reference is not None:
-        audit_details["reference"] = reference
-    audit_id = session.execute(
-        insert(audit_records)
-        .values(
-            actor_type=context.actor_type,
-            actor_id=context.actor_id,
-            action=action,
-            account_id=state.id,
-            balance_before=state.initial_balance,
-            balance_after=state.balance,
-            reserved_before=state.initial_reserved,
-            reserved_after=state.reserved,
-            request_id=context.request_id,
-            client_ip=context.client_ip,
-            details=audit_details,
-            created_at=now,
-        )
-        .returning(audit_records.c.id)
-    ).scalar_one()
+    audit_id = _audit(
+        session,
+        account_id=state.id,
+        action=action,
+        context=context,
+        now=now,
+        before=Balance(state.initial_balance, state.initial_reserved),
+        after=Balance(state.balance, state.reserved),
+        details={**(details or {}), **_links(hold_id, reference)},
+    )
 
     seq = state.last_seq or 0
     if state.pending:
@@ -251,7 +274,7 @@ def _persist(
     return Balance(state.balance, state.reserved)
 
 
-def open_account(session: Session, *, user_id: int, now: datetime) -> int:
+def open_account(session: DbSession, *, user_id: int, now: datetime) -> int:
     """Create the user's empty account and return its id."""
     return session.execute(
         insert(accounts)
@@ -261,7 +284,7 @@ def open_account(session: Session, *, user_id: int, now: datetime) -> int:
 
 
 def _new_grant(
-    session: Session,
+    session: DbSession,
     state: _AccountState,
     *,
     source: str,
@@ -298,7 +321,7 @@ def _new_grant(
 
 
 def grant(
-    session: Session,
+    session: DbSession,
     *,
     account_id: int,
     amount: int,
@@ -342,7 +365,7 @@ def grant(
 
 
 def adjust(
-    session: Session,
+    session: DbSession,
     *,
     account_id: int,
     amount: int,
@@ -377,7 +400,7 @@ def adjust(
 
 
 def refresh(
-    session: Session,
+    session: DbSession,
     *,
     account_id: int,
     period: str,
@@ -423,7 +446,7 @@ def refresh(
 
 
 def expire_grants(
-    session: Session, *, account_id: int, context: AuditContext, now: datetime
+    session: DbSession, *, account_id: int, context: AuditContext, now: datetime
 ) -> Balance:
     """Write off expired remainders now (also done by every other operation on the account)."""
     state = _lock(session, account_id)
@@ -434,7 +457,7 @@ def expire_grants(
 
 
 def hold(
-    session: Session,
+    session: DbSession,
     *,
     account_id: int,
     amount: int,
@@ -464,14 +487,50 @@ def hold(
         .values(reserved=accounts.c.reserved + amount)
         .returning(accounts.c.balance, accounts.c.reserved)
     ).one_or_none()
-    state: _AccountState | None = None
-    if reserved_row is None:
-        state = _lock(session, account_id)
-        state.write_off_overdue(now)
-        if state.available < amount:
-            raise InsufficientCredits(required=amount, available=state.available)
-        state.reserved += amount
-    hold_id = session.execute(
+    details = {"amount": format_credits(amount), "expires_at": expires_at.isoformat()}
+    if reserved_row is not None:
+        after = Balance(reserved_row.balance, reserved_row.reserved)
+        hold_id = _insert_hold(session, account_id, amount, reference, expires_at, now)
+        _audit(
+            session,
+            account_id=account_id,
+            action="hold",
+            context=context,
+            now=now,
+            before=Balance(after.balance, after.reserved - amount),
+            after=after,
+            details={**details, **_links(hold_id, reference)},
+        )
+        return HoldResult(hold_id, amount, expires_at, after)
+
+    state = _lock(session, account_id)
+    state.write_off_overdue(now)
+    if state.available < amount:
+        raise InsufficientCredits(required=amount, available=state.available)
+    state.reserved += amount
+    hold_id = _insert_hold(session, account_id, amount, reference, expires_at, now)
+    result = _persist(
+        session,
+        state,
+        action="hold",
+        context=context,
+        now=now,
+        hold_id=hold_id,
+        reference=reference,
+        details=details,
+    )
+    return HoldResult(hold_id, amount, expires_at, result)
+
+
+def _insert_hold(
+    session: DbSession,
+    account_id: int,
+    amount: int,
+    reference: str | None,
+    expires_at: datetime,
+    now: datetime,
+) -> int:
+    return session.execute(
         insert(holds)
         .values(
             account_id=account_id,
@@ -484,40 +543,9 @@ def hold(
         )
         .returning(holds.c.id)
     ).scalar_one()
-    details = {"amount": format_credits(amount), "expires_at": expires_at.isoformat()}
-    if state is not None:
-        result = _persist(
-            session,
-            state,
-            action="hold",
-            context=context,
-            now=now,
-            hold_id=hold_id,
-            reference=reference,
-            details=details,
-        )
-    else:
-        result = Balance(reserved_row.balance, reserved_row.reserved)
-        session.execute(
-            insert(audit_records).values(
-                actor_type=context.actor_type,
-                actor_id=context.actor_id,
-                action="hold",
-                account_id=account_id,
-                balance_before=result.balance,
-                balance_after=result.balance,
-                reserved_before=result.reserved - amount,
-                reserved_after=result.reserved,
-                request_id=context.request_id,
-                client_ip=context.client_ip,
-                details={**details, "hold_id": str(hold_id), "reference": reference},
-                created_at=now,
-            )
-        )
-    return HoldResult(hold_id, amount, expires_at, result)
 
 
-def _stored_resolution(session: Session, hold_id: int) -> Resolution:
+def _stored_resolution(session: DbSession, hold_id: int) -> Resolution:
     row = session.execute(
         select(holds.c.status, holds.c.captured, holds.c.uncollected).where(holds.c.id == hold_id)
     ).one()
@@ -525,7 +553,7 @@ def _stored_resolution(session: Session, hold_id: int) -> Resolution:
 
 
 def _resolve(
-    session: Session,
+    session: DbSession,
     *,
     hold_id: int,
     status: str,
@@ -581,7 +609,7 @@ def _resolve(
 
 
 def settle(
-    session: Session, *, hold_id: int, actual: int, context: AuditContext, now: datetime
+    session: DbSession, *, hold_id: int, actual: int, context: AuditContext, now: datetime
 ) -> Resolution:
     """Charge `actual` against the hold and release the rest (exactly once)."""
     if actual < 0:
@@ -591,19 +619,19 @@ def settle(
     )
 
 
-def void(session: Session, *, hold_id: int, context: AuditContext, now: datetime) -> Resolution:
+def void(session: DbSession, *, hold_id: int, context: AuditContext, now: datetime) -> Resolution:
     """Release the whole hold, charging nothing (exactly once)."""
     return _resolve(session, hold_id=hold_id, status="voided", actual=0, context=context, now=now)
 
 
 def expire_hold(
-    session: Session, *, hold_id: int, context: AuditContext, now: datetime
+    session: DbSession, *, hold_id: int, context: AuditContext, now: datetime
 ) -> Resolution:
     """Void a hold whose time ran out (a request that never came back)."""
     return _resolve(session, hold_id=hold_id, status="expired", actual=0, context=context, now=now)
 
 
-def overdue_hold_ids(session: Session, *, now: datetime, limit: int = 500) -> list[int]:
+def overdue_hold_ids(session: DbSession, *, now: datetime, limit: int = 500) -> list[int]:
     """Pending holds past their expiry, oldest first."""
     return list(
         session.execute(
@@ -615,7 +643,7 @@ def overdue_hold_ids(session: Session, *, now: datetime, limit: int = 500) -> li
     )
 
 
-def balance(session: Session, *, account_id: int, now: datetime) -> Balance:
+def balance(session: DbSession, *, account_id: int, now: datetime) -> Balance:
     """The account as of `now`, expired credits excluded even before they are written off."""
     overdue = (
         select(grants.c.remaining)

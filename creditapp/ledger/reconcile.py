@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, func, select
-from sqlalchemy.orm import Session
 
+from creditapp.database import DbSession
 from creditapp.ledger.models import Account, Grant, Hold, LedgerEntry
 
 accounts = Account.__table__
@@ -37,14 +37,14 @@ class _Scope:
         return query if self.account_ids is None else query.where(column.in_(self.account_ids))
 
     def totals(
-        self, session: Session, table: Table, aggregate: Any, *conditions: Any
+        self, session: DbSession, table: Table, aggregate: Any, *conditions: Any
     ) -> dict[int, int]:
         query = select(table.c.account_id, aggregate).where(*conditions)
         query = self.where(query, table).group_by(table.c.account_id)
         return {account_id: int(total or 0) for account_id, total in session.execute(query)}
 
 
-def reconcile(session: Session, *, account_ids: list[int] | None = None) -> list[Drift]:
+def reconcile(session: DbSession, *, account_ids: list[int] | None = None) -> list[Drift]:
     """Check the invariants of the accounts named (all when None). Reads only."""
     scope = _Scope(account_ids)
     entry_sums = scope.totals(session, entries, func.sum(entries.c.amount))
@@ -113,7 +113,11 @@ def reconcile(session: Session, *, account_ids: list[int] | None = None) -> list
                 last_balances.get(account.id, 0),
                 account.balance,
             ),
-            ("last_seq == number of entries", entry_counts.get(account.id, 0), account.last_seq or 0),
+            (
+                "last_seq == number of entries",
+                entry_counts.get(account.id, 0),
+                account.last_seq or 0,
+            ),
             ("balance == sum(grants' remaining)", grant_sums.get(account.id, 0), account.balance),
             ("reserved == sum(pending holds)", pending_sums.get(account.id, 0), account.reserved),
         ]

@@ -78,7 +78,11 @@ def upgrade() -> None:
     # forward reference at CREATE time; PostgreSQL gets the key once ledger_entries exists.
     balance_is_last_entry = dict(
         columns=["id", "last_seq", "balance"],
-        refcolumns=["ledger_entries.account_id", "ledger_entries.seq", "ledger_entries.balance_after"],
+        refcolumns=[
+            "ledger_entries.account_id",
+            "ledger_entries.seq",
+            "ledger_entries.balance_after",
+        ],
         name="fk_accounts_balance_is_last_entry",
         deferrable=True,
         initially="DEFERRED",
@@ -93,12 +97,8 @@ def upgrade() -> None:
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.UniqueConstraint("user_id", name="uq_accounts_user_id"),
         sa.CheckConstraint("balance >= 0", name="balance_not_negative"),
-        sa.CheckConstraint(
-            "reserved >= 0 AND reserved <= balance", name="reserved_within_balance"
-        ),
-        sa.CheckConstraint(
-            "last_seq IS NOT NULL OR balance = 0", name="balance_has_entries"
-        ),
+        sa.CheckConstraint("reserved >= 0 AND reserved <= balance", name="reserved_within_balance"),
+        sa.CheckConstraint("last_seq IS NOT NULL OR balance = 0", name="balance_has_entries"),
         *([sa.ForeignKeyConstraint(**balance_is_last_entry)] if sqlite else []),
     )
 
@@ -223,12 +223,8 @@ def upgrade() -> None:
             name="type_known",
         ),
         sa.CheckConstraint("amount <> 0", name="amount_not_zero"),
-        sa.CheckConstraint(
-            "balance_after = balance_before + amount", name="balance_follows"
-        ),
-        sa.CheckConstraint(
-            "balance_after >= 0", name="balance_after_not_negative"
-        ),
+        sa.CheckConstraint("balance_after = balance_before + amount", name="balance_follows"),
+        sa.CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
         sa.CheckConstraint(
             "(seq = 1 AND prev_seq IS NULL AND balance_before = 0)"
             " OR (seq > 1 AND prev_seq = seq - 1)",
@@ -264,9 +260,7 @@ def upgrade() -> None:
         sa.Column("claimed_at", TIMESTAMP, nullable=False),
         sa.Column("expires_at", TIMESTAMP, nullable=False),
         sa.UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_key"),
-        sa.CheckConstraint(
-            "status IN ('in_progress', 'completed')", name="status_known"
-        ),
+        sa.CheckConstraint("status IN ('in_progress', 'completed')", name="status_known"),
         sa.CheckConstraint(
             "status = 'in_progress' OR response_status IS NOT NULL",
             name="completed_has_response",

@@ -21,8 +21,9 @@ ADJUST = "/api/admin/credit/adjust"
 def ledger_rows(app: Flask) -> list[tuple]:
     with app.app_context():
         rows = db.session.execute(
-            select(LedgerEntry.type, LedgerEntry.amount, LedgerEntry.balance_after)
-            .order_by(LedgerEntry.id)
+            select(LedgerEntry.type, LedgerEntry.amount, LedgerEntry.balance_after).order_by(
+                LedgerEntry.id
+            )
         ).all()
         db.session.remove()
     return [tuple(row) for row in rows]
@@ -33,19 +34,31 @@ def user(person_factory) -> Person:  # type: ignore[no-untyped-def]
     return person_factory()
 
 
-def test_grant_credits_a_user_with_entry_and_audit(app: Flask, client: FlaskClient, admin,
-                                                   user) -> None:
+def test_grant_credits_a_user_with_entry_and_audit(
+    app: Flask, client: FlaskClient, admin, user
+) -> None:
     response = client.post(
-        GRANT, headers={**admin.headers, "X-Request-ID": "req-grant-1"},
-        json={"user_id": str(user.id), "amount": "12.5", "reason": "support ticket 7",
-              "source": "purchase"},
+        GRANT,
+        headers={**admin.headers, "X-Request-ID": "req-grant-1"},
+        json={
+            "user_id": str(user.id),
+            "amount": "12.5",
+            "reason": "support ticket 7",
+            "source": "purchase",
+        },
     )
     assert response.status_code == 201
     body = response.get_json()
     assert body["balance"] == {"balance": "12.5", "reserved": "0", "available": "12.5"}
     assert body["grant"] | {"id": None, "created_at": None} == {
-        "id": None, "created_at": None, "source": "purchase", "amount": "12.5",
-        "remaining": "12.5", "expires_at": None, "period": None, "reason": "support ticket 7",
+        "id": None,
+        "created_at": None,
+        "source": "purchase",
+        "amount": "12.5",
+        "remaining": "12.5",
+        "expires_at": None,
+        "period": None,
+        "reason": "support ticket 7",
     }
     assert ledger_rows(app) == [("grant", 12_500_000, 12_500_000)]
     with app.app_context():
@@ -60,33 +73,67 @@ def test_grant_credits_a_user_with_entry_and_audit(app: Flask, client: FlaskClie
 
 def test_grant_with_an_expiry(client: FlaskClient, admin, user) -> None:
     expires = (utcnow() + timedelta(days=3)).replace(microsecond=0)
-    body = client.post(GRANT, headers=admin.headers, json={
-        "user_id": str(user.id), "amount": 5, "reason": "promo", "source": "promo",
-        "expires_at": expires.isoformat().replace("+00:00", "Z"),
-    }).get_json()
+    body = client.post(
+        GRANT,
+        headers=admin.headers,
+        json={
+            "user_id": str(user.id),
+            "amount": 5,
+            "reason": "promo",
+            "source": "promo",
+            "expires_at": expires.isoformat().replace("+00:00", "Z"),
+        },
+    ).get_json()
     assert body["grant"]["expires_at"] == expires.isoformat().replace("+00:00", "Z")
     assert body["grant"]["amount"] == "5"
 
 
 # Contract section 1: every one of these is a 400 naming the field, and nothing is written.
-BAD_AMOUNTS = ["0", 0, "-5", -5, "1.1234567", "1e3", "NaN", "Infinity", 1.5, True, "abc", "",
-               "1000000000.000001", 1_000_000_001, None, [], {"a": 1}, " 5"]
+BAD_AMOUNTS = [
+    "0",
+    0,
+    "-5",
+    -5,
+    "1.1234567",
+    "1e3",
+    "NaN",
+    "Infinity",
+    1.5,
+    True,
+    "abc",
+    "",
+    "1000000000.000001",
+    1_000_000_001,
+    None,
+    [],
+    {"a": 1},
+    " 5",
+]
 
 
 @pytest.mark.parametrize("amount", BAD_AMOUNTS)
-def test_grant_refuses_bad_amounts(app: Flask, client: FlaskClient, admin, user,
-                                   amount: object) -> None:
-    response = client.post(GRANT, headers=admin.headers,
-                           json={"user_id": str(user.id), "amount": amount, "reason": "x"})
+def test_grant_refuses_bad_amounts(
+    app: Flask, client: FlaskClient, admin, user, amount: object
+) -> None:
+    response = client.post(
+        GRANT,
+        headers=admin.headers,
+        json={"user_id": str(user.id), "amount": amount, "reason": "x"},
+    )
     error = assert_error(response, 400, "validation_error")
     assert list(error["details"]) == ["amount"]
     assert ledger_rows(app) == []
 
 
-def test_grant_refuses_a_json_float_written_with_a_fraction_of_zero(client: FlaskClient, admin,
-                                                                    user) -> None:
-    response = client.post(GRANT, headers=admin.headers, content_type="application/json",
-                           data=f'{{"user_id": "{user.id}", "amount": 5.0, "reason": "x"}}')
+def test_grant_refuses_a_json_float_written_with_a_fraction_of_zero(
+    client: FlaskClient, admin, user
+) -> None:
+    response = client.post(
+        GRANT,
+        headers=admin.headers,
+        content_type="application/json",
+        data=f'{{"user_id": "{user.id}", "amount": 5.0, "reason": "x"}}',
+    )
     assert list(assert_error(response, 400, "validation_error")["details"]) == ["amount"]
 
 
@@ -99,79 +146,117 @@ def test_grant_refuses_a_json_float_written_with_a_fraction_of_zero(client: Flas
         ({"amount": "1", "reason": "x", "user_id": "1", "source": "subscription"}, {"source"}),
         ({"amount": "1", "reason": "x", "user_id": "1", "extra": True}, {"extra"}),
         ({"amount": "1", "reason": "x", "user_id": "1", "expires_at": "tomorrow"}, {"expires_at"}),
-        ({"amount": "1", "reason": "x", "user_id": "1", "expires_at": "2020-01-01T00:00:00Z"},
-         {"expires_at"}),
+        (
+            {"amount": "1", "reason": "x", "user_id": "1", "expires_at": "2020-01-01T00:00:00Z"},
+            {"expires_at"},
+        ),
     ],
 )
-def test_grant_names_every_bad_field(client: FlaskClient, admin, body: dict,
-                                     fields: set[str]) -> None:
-    error = assert_error(client.post(GRANT, headers=admin.headers, json=body), 400,
-                         "validation_error")
+def test_grant_names_every_bad_field(
+    client: FlaskClient, admin, body: dict, fields: set[str]
+) -> None:
+    error = assert_error(
+        client.post(GRANT, headers=admin.headers, json=body), 400, "validation_error"
+    )
     assert set(error["details"]) == fields
 
 
 def test_grant_to_an_unknown_user_is_404(client: FlaskClient, admin) -> None:
-    response = client.post(GRANT, headers=admin.headers,
-                           json={"user_id": "999999", "amount": "1", "reason": "x"})
+    response = client.post(
+        GRANT, headers=admin.headers, json={"user_id": "999999", "amount": "1", "reason": "x"}
+    )
     assert_error(response, 404, "not_found")
 
 
-def test_adjust_adds_and_takes_but_never_below_zero(app: Flask, client: FlaskClient, admin,
-                                                    user) -> None:
-    up = client.post(ADJUST, headers=admin.headers,
-                     json={"user_id": str(user.id), "amount": "10", "reason": "goodwill"})
+def test_adjust_adds_and_takes_but_never_below_zero(
+    app: Flask, client: FlaskClient, admin, user
+) -> None:
+    up = client.post(
+        ADJUST,
+        headers=admin.headers,
+        json={"user_id": str(user.id), "amount": "10", "reason": "goodwill"},
+    )
     assert up.status_code == 200
-    assert up.get_json() == {"amount": "10",
-                             "balance": {"balance": "10", "reserved": "0", "available": "10"}}
-    down = client.post(ADJUST, headers=admin.headers,
-                       json={"user_id": str(user.id), "amount": "-2.5", "reason": "correction"})
+    assert up.get_json() == {
+        "amount": "10",
+        "balance": {"balance": "10", "reserved": "0", "available": "10"},
+    }
+    down = client.post(
+        ADJUST,
+        headers=admin.headers,
+        json={"user_id": str(user.id), "amount": "-2.5", "reason": "correction"},
+    )
     assert down.get_json()["balance"]["balance"] == "7.5"
-    too_far = client.post(ADJUST, headers=admin.headers,
-                          json={"user_id": str(user.id), "amount": "-7.500001", "reason": "x"})
+    too_far = client.post(
+        ADJUST,
+        headers=admin.headers,
+        json={"user_id": str(user.id), "amount": "-7.500001", "reason": "x"},
+    )
     error = assert_error(too_far, 409, "balance_would_go_negative")
     assert error["details"] == {"requested": "7.500001", "available": "7.5"}
-    assert ledger_rows(app) == [("adjust", 10_000_000, 10_000_000),
-                                ("adjust", -2_500_000, 7_500_000)]
+    assert ledger_rows(app) == [
+        ("adjust", 10_000_000, 10_000_000),
+        ("adjust", -2_500_000, 7_500_000),
+    ]
 
 
 @pytest.mark.parametrize("amount", ["0", 0, "-0", "1.0000001", 2.5, "--1"])
 def test_adjust_refuses_bad_amounts(client: FlaskClient, admin, user, amount: object) -> None:
-    response = client.post(ADJUST, headers=admin.headers,
-                           json={"user_id": str(user.id), "amount": amount, "reason": "x"})
+    response = client.post(
+        ADJUST,
+        headers=admin.headers,
+        json={"user_id": str(user.id), "amount": amount, "reason": "x"},
+    )
     assert list(assert_error(response, 400, "validation_error")["details"]) == ["amount"]
 
 
 def test_user_credit_view(client: FlaskClient, admin, user) -> None:
-    client.post(GRANT, headers=admin.headers,
-                json={"user_id": str(user.id), "amount": "3", "reason": "x"})
+    client.post(
+        GRANT, headers=admin.headers, json={"user_id": str(user.id), "amount": "3", "reason": "x"}
+    )
     body = client.get(f"/api/admin/users/{user.id}/credit", headers=admin.headers).get_json()
     assert (body["user_id"], body["email"], body["balance"], body["available"]) == (
-        str(user.id), user.email, "3", "3")
+        str(user.id),
+        user.email,
+        "3",
+        "3",
+    )
     assert [g["remaining"] for g in body["grants"]] == ["3"]
-    assert_error(client.get("/api/admin/users/424242/credit", headers=admin.headers), 404,
-                 "not_found")
-    assert_error(client.get("/api/admin/users/abc/credit", headers=admin.headers), 400,
-                 "validation_error")
+    assert_error(
+        client.get("/api/admin/users/424242/credit", headers=admin.headers), 404, "not_found"
+    )
+    assert_error(
+        client.get("/api/admin/users/abc/credit", headers=admin.headers), 400, "validation_error"
+    )
 
 
 def test_audit_trail_filters_and_pages(client: FlaskClient, admin, person_factory) -> None:
     alice, bob = person_factory(), person_factory()
     for person, amount in ((alice, "1"), (bob, "2"), (alice, "3")):
-        client.post(GRANT, headers=admin.headers,
-                    json={"user_id": str(person.id), "amount": amount, "reason": "x"})
-    client.post(ADJUST, headers=admin.headers,
-                json={"user_id": str(alice.id), "amount": "-1", "reason": "y"})
+        client.post(
+            GRANT,
+            headers=admin.headers,
+            json={"user_id": str(person.id), "amount": amount, "reason": "x"},
+        )
+    client.post(
+        ADJUST,
+        headers=admin.headers,
+        json={"user_id": str(alice.id), "amount": "-1", "reason": "y"},
+    )
     everything = client.get("/api/admin/credit/audit", headers=admin.headers).get_json()
     assert [r["action"] for r in everything["items"]] == ["adjust", "grant", "grant", "grant"]
-    alices = client.get(f"/api/admin/credit/audit?user_id={alice.id}&action=grant",
-                        headers=admin.headers).get_json()
+    alices = client.get(
+        f"/api/admin/credit/audit?user_id={alice.id}&action=grant", headers=admin.headers
+    ).get_json()
     assert [r["details"]["amount"] for r in alices["items"]] == ["3", "1"]
     assert {r["user_id"] for r in alices["items"]} == {str(alice.id)}
     page = client.get("/api/admin/credit/audit?limit=3", headers=admin.headers).get_json()
-    rest = client.get(f"/api/admin/credit/audit?limit=3&cursor={page['next_cursor']}",
-                      headers=admin.headers).get_json()
+    rest = client.get(
+        f"/api/admin/credit/audit?limit=3&cursor={page['next_cursor']}", headers=admin.headers
+    ).get_json()
     assert [r["id"] for r in page["items"] + rest["items"]] == [
-        r["id"] for r in everything["items"]]
+        r["id"] for r in everything["items"]
+    ]
     future = (utcnow() + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
     none = client.get(f"/api/admin/credit/audit?from={future}", headers=admin.headers)
     assert none.get_json()["items"] == []
@@ -181,10 +266,12 @@ def test_audit_trail_filters_and_pages(client: FlaskClient, admin, person_factor
 
 
 def test_every_admin_change_is_audited_once(app: Flask, client: FlaskClient, admin, user) -> None:
-    client.post(GRANT, headers=admin.headers,
-                json={"user_id": str(user.id), "amount": "4", "reason": "x"})
-    client.post(ADJUST, headers=admin.headers,
-                json={"user_id": str(user.id), "amount": "-1", "reason": "y"})
+    client.post(
+        GRANT, headers=admin.headers, json={"user_id": str(user.id), "amount": "4", "reason": "x"}
+    )
+    client.post(
+        ADJUST, headers=admin.headers, json={"user_id": str(user.id), "amount": "-1", "reason": "y"}
+    )
     with app.app_context():
         entries = db.session.execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
         audited = db.session.execute(

@@ -22,9 +22,14 @@ def grant(app: Flask, person: Person, amount: int, **kwargs) -> int:  # type: ig
     with app.app_context():
         with write_transaction(db.session):
             result = ledger.grant(
-                db.session, account_id=person.account_id, amount=amount,
-                source=kwargs.pop("source", "promo"), reason=kwargs.pop("reason", "test"),
-                context=TEST_CONTEXT, now=kwargs.pop("now", utcnow()), **kwargs,
+                db.session,
+                account_id=person.account_id,
+                amount=amount,
+                source=kwargs.pop("source", "promo"),
+                reason=kwargs.pop("reason", "test"),
+                context=TEST_CONTEXT,
+                now=kwargs.pop("now", utcnow()),
+                **kwargs,
             )
         db.session.remove()
     return result.grant_id
@@ -36,60 +41,85 @@ def test_balance_of_a_new_free_user_shows_the_first_subscription(
     person = person_factory(tier="free")
     body = client.get("/api/credit/balance", headers=person.headers).get_json()
     refreshed = body.pop("last_credit_refresh")
-    assert body == {"balance": "100", "reserved": "0", "available": "100", "tier": "free",
-                    "next_refresh_at": body["next_refresh_at"]}
+    assert body == {
+        "balance": "100",
+        "reserved": "0",
+        "available": "100",
+        "tier": "free",
+        "next_refresh_at": body["next_refresh_at"],
+    }
     from datetime import datetime
+
     anchor = datetime.fromisoformat(refreshed.replace("Z", "+00:00"))
     assert body["next_refresh_at"] == add_months(anchor, 1).isoformat().replace("+00:00", "Z")
 
 
-def test_balance_shows_holds_and_never_expired_credits(app: Flask, client: FlaskClient,
-                                                       person_factory) -> None:
+def test_balance_shows_holds_and_never_expired_credits(
+    app: Flask, client: FlaskClient, person_factory
+) -> None:
     person = person_factory()
     grant(app, person, 12_500_000)
     grant(app, person, 3 * CR, expires_at=utcnow() + timedelta(milliseconds=300))
     with app.app_context():
         with write_transaction(db.session):
-            ledger.hold(db.session, account_id=person.account_id, amount=2 * CR,
-                        ttl=timedelta(minutes=5), context=TEST_CONTEXT, now=utcnow())
+            ledger.hold(
+                db.session,
+                account_id=person.account_id,
+                amount=2 * CR,
+                ttl=timedelta(minutes=5),
+                context=TEST_CONTEXT,
+                now=utcnow(),
+            )
         db.session.remove()
     body = client.get("/api/credit/balance", headers=person.headers).get_json()
     assert (body["balance"], body["reserved"], body["available"]) == ("15.5", "2", "13.5")
     import time
+
     time.sleep(0.4)
     body = client.get("/api/credit/balance", headers=person.headers).get_json()
     assert (body["balance"], body["reserved"], body["available"]) == ("12.5", "2", "10.5")
     assert body["next_refresh_at"] is None and body["last_credit_refresh"] is None
 
 
-def test_grants_are_listed_newest_first_with_cursor_pages(app: Flask, client: FlaskClient,
-                                                          person_factory) -> None:
+def test_grants_are_listed_newest_first_with_cursor_pages(
+    app: Flask, client: FlaskClient, person_factory
+) -> None:
     person = person_factory()
     ids = [grant(app, person, (n + 1) * CR) for n in range(5)]
     first = client.get("/api/credit/grants?limit=2", headers=person.headers).get_json()
     assert [item["id"] for item in first["items"]] == [str(ids[4]), str(ids[3])]
     assert first["items"][0] | {"created_at": None} == {
-        "id": str(ids[4]), "source": "promo", "amount": "5", "remaining": "5",
-        "expires_at": None, "period": None, "reason": "test", "created_at": None,
+        "id": str(ids[4]),
+        "source": "promo",
+        "amount": "5",
+        "remaining": "5",
+        "expires_at": None,
+        "period": None,
+        "reason": "test",
+        "created_at": None,
     }
-    second = client.get(f"/api/credit/grants?limit=2&cursor={first['next_cursor']}",
-                        headers=person.headers).get_json()
-    third = client.get(f"/api/credit/grants?limit=2&cursor={second['next_cursor']}",
-                       headers=person.headers).get_json()
+    second = client.get(
+        f"/api/credit/grants?limit=2&cursor={first['next_cursor']}", headers=person.headers
+    ).get_json()
+    third = client.get(
+        f"/api/credit/grants?limit=2&cursor={second['next_cursor']}", headers=person.headers
+    ).get_json()
     assert [i["id"] for i in second["items"] + third["items"]] == [str(i) for i in ids[2::-1]]
     assert third["next_cursor"] is None
 
 
-def test_transaction_pages_are_stable_under_concurrent_inserts(app: Flask, client: FlaskClient,
-                                                               person_factory) -> None:
+def test_transaction_pages_are_stable_under_concurrent_inserts(
+    app: Flask, client: FlaskClient, person_factory
+) -> None:
     person = person_factory()
     for n in range(4):
         grant(app, person, (n + 1) * CR)
     first = client.get("/api/credit/transactions?limit=2", headers=person.headers).get_json()
     assert [item["amount"] for item in first["items"]] == ["4", "3"]
     grant(app, person, 9 * CR)  # arrives between two page reads
-    second = client.get(f"/api/credit/transactions?limit=2&cursor={first['next_cursor']}",
-                        headers=person.headers).get_json()
+    second = client.get(
+        f"/api/credit/transactions?limit=2&cursor={first['next_cursor']}", headers=person.headers
+    ).get_json()
     assert [item["amount"] for item in second["items"]] == ["2", "1"]
     assert second["next_cursor"] is None
     assert second["items"][0]["balance_after"] == "3"
@@ -97,40 +127,53 @@ def test_transaction_pages_are_stable_under_concurrent_inserts(app: Flask, clien
     assert newest["items"][0]["amount"] == "9" and newest["items"][0]["balance_after"] == "19"
 
 
-def test_transactions_filter_by_type_and_carry_the_signed_amount(app: Flask, client: FlaskClient,
-                                                                  person_factory) -> None:
+def test_transactions_filter_by_type_and_carry_the_signed_amount(
+    app: Flask, client: FlaskClient, person_factory
+) -> None:
     person = person_factory()
     grant(app, person, 10 * CR)
     with app.app_context():
         with write_transaction(db.session):
-            held = ledger.hold(db.session, account_id=person.account_id, amount=2 * CR,
-                               ttl=timedelta(minutes=5), context=TEST_CONTEXT, now=utcnow(),
-                               reference="message:42")
+            held = ledger.hold(
+                db.session,
+                account_id=person.account_id,
+                amount=2 * CR,
+                ttl=timedelta(minutes=5),
+                context=TEST_CONTEXT,
+                now=utcnow(),
+                reference="message:42",
+            )
         with write_transaction(db.session):
-            ledger.settle(db.session, hold_id=held.hold_id, actual=1_250_000,
-                          context=TEST_CONTEXT, now=utcnow())
+            ledger.settle(
+                db.session,
+                hold_id=held.hold_id,
+                actual=1_250_000,
+                context=TEST_CONTEXT,
+                now=utcnow(),
+            )
         db.session.remove()
     body = client.get("/api/credit/transactions?type=charge", headers=person.headers).get_json()
-    assert [(i["type"], i["amount"], i["balance_after"], i["reference"]) for i in body["items"]] == [
-        ("charge", "-1.25", "8.75", "message:42")
-    ]
+    assert [
+        (i["type"], i["amount"], i["balance_after"], i["reference"]) for i in body["items"]
+    ] == [("charge", "-1.25", "8.75", "message:42")]
 
 
 @pytest.mark.parametrize(
     "query",
-    ["limit=0", "limit=201", "limit=abc", "cursor=%%%", "cursor=djE6eA", "type=bogus",
-     "unknown=1"],
+    ["limit=0", "limit=201", "limit=abc", "cursor=%%%", "cursor=djE6eA", "type=bogus", "unknown=1"],
 )
 def test_bad_list_parameters_get_400(client: FlaskClient, person_factory, query: str) -> None:
     person = person_factory()
     path = "/api/credit/transactions" if "type" in query else "/api/credit/grants"
-    error = assert_error(client.get(f"{path}?{query}", headers=person.headers), 400,
-                         "validation_error")
+    error = assert_error(
+        client.get(f"{path}?{query}", headers=person.headers), 400, "validation_error"
+    )
     assert set(error["details"]) == {query.split("=")[0]}
 
 
-def test_each_user_sees_only_their_own_credits(app: Flask, client: FlaskClient,
-                                               person_factory) -> None:
+def test_each_user_sees_only_their_own_credits(
+    app: Flask, client: FlaskClient, person_factory
+) -> None:
     alice, bob = person_factory(), person_factory()
     grant(app, alice, 7 * CR)
     assert client.get("/api/credit/balance", headers=bob.headers).get_json()["balance"] == "0"

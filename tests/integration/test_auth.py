@@ -27,8 +27,13 @@ def _b64(data: dict) -> str:
 def test_me_returns_the_caller(client: FlaskClient, person_factory) -> None:
     person: Person = person_factory("Me@Example.com")
     body = client.get("/api/me", headers=person.headers).get_json()
-    assert body == {"id": str(person.id), "email": "me@example.com", "role": "user",
-                    "tier": "unfunded", "created_at": body["created_at"]}
+    assert body == {
+        "id": str(person.id),
+        "email": "me@example.com",
+        "role": "user",
+        "tier": "unfunded",
+        "created_at": body["created_at"],
+    }
     assert body["created_at"].endswith("Z")
 
 
@@ -36,15 +41,17 @@ def bad_tokens(app: Flask, person: Person) -> dict[str, str]:
     secret = app.config["JWT_SECRET_KEY"]
     claims = jwt.decode(person.token, secret, algorithms=["HS256"])
     return {
-        "forged signature": jwt.encode(claims, "another-secret-of-sufficient-length-123",
-                                       algorithm="HS256"),
+        "forged signature": jwt.encode(
+            claims, "another-secret-of-sufficient-length-123", algorithm="HS256"
+        ),
         "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}.",
         "expired": jwt.encode({**claims, "exp": claims["iat"] - 10}, secret, algorithm="HS256"),
         "unknown user": jwt.encode({**claims, "sub": "987654"}, secret, algorithm="HS256"),
         "non-numeric subject": jwt.encode({**claims, "sub": "admin"}, secret, algorithm="HS256"),
         "garbage": "not.a.token",
-        "refresh token used as access": jwt.encode({**claims, "type": "refresh"}, secret,
-                                                   algorithm="HS256"),
+        "refresh token used as access": jwt.encode(
+            {**claims, "type": "refresh"}, secret, algorithm="HS256"
+        ),
     }
 
 
@@ -52,8 +59,11 @@ def test_missing_or_bad_tokens_get_401(app: Flask, client: FlaskClient, person_f
     person = person_factory()
     assert_error(client.get("/api/me"), 401, "unauthorized")
     assert_error(client.get("/api/me", headers={"Authorization": "Bearer"}), 401, "unauthorized")
-    assert_error(client.get("/api/me", headers={"Authorization": f"Basic {person.token}"}), 401,
-                 "unauthorized")
+    assert_error(
+        client.get("/api/me", headers={"Authorization": f"Basic {person.token}"}),
+        401,
+        "unauthorized",
+    )
     for name, token in bad_tokens(app, person).items():
         response = client.get("/api/credit/balance", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 401, name
@@ -62,13 +72,17 @@ def test_missing_or_bad_tokens_get_401(app: Flask, client: FlaskClient, person_f
 
 def test_admin_endpoints_need_the_admin_role(client: FlaskClient, person_factory, admin) -> None:
     user = person_factory()
-    for method, path in (("get", f"/api/admin/users/{user.id}/credit"),
-                         ("get", "/api/admin/credit/audit"),
-                         ("post", "/api/admin/credit/grant"),
-                         ("post", "/api/admin/credit/adjust")):
+    for method, path in (
+        ("get", f"/api/admin/users/{user.id}/credit"),
+        ("get", "/api/admin/credit/audit"),
+        ("post", "/api/admin/credit/grant"),
+        ("post", "/api/admin/credit/adjust"),
+    ):
         response = getattr(client, method)(path, headers=user.headers, json={})
         assert_error(response, 403, "forbidden")
-    assert client.get(f"/api/admin/users/{user.id}/credit", headers=admin.headers).status_code == 200
+    assert (
+        client.get(f"/api/admin/users/{user.id}/credit", headers=admin.headers).status_code == 200
+    )
 
 
 def test_the_role_comes_from_the_user_not_the_token(app: Flask, client: FlaskClient, admin) -> None:

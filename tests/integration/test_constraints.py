@@ -47,7 +47,10 @@ def test_a_balance_change_with_an_entry_that_does_not_chain_cannot_commit(funded
         "INSERT INTO ledger_entries (account_id, seq, prev_seq, type, amount, balance_before,"
         " balance_after, grant_id, audit_id, created_at)"
         " VALUES (:a, 2, 1, 'adjust', 5, 999, 1004, :g, :audit, :now)",
-        a=funded, g=grant_id, audit=audit_id, now=_now_param(),
+        a=funded,
+        g=grant_id,
+        audit=audit_id,
+        now=_now_param(),
     )
 
 
@@ -57,7 +60,10 @@ def test_a_ledger_entry_without_an_audit_record_cannot_commit(funded: int) -> No
         "INSERT INTO ledger_entries (account_id, seq, prev_seq, type, amount, balance_before,"
         " balance_after, grant_id, audit_id, created_at)"
         " VALUES (:a, 2, 1, 'adjust', 5, :b, :b + 5, :g, NULL, :now)",
-        a=funded, b=10 * CR, g=grant_id, now=_now_param(),
+        a=funded,
+        b=10 * CR,
+        g=grant_id,
+        now=_now_param(),
     )
 
 
@@ -81,35 +87,49 @@ def test_impossible_states_cannot_commit(funded: int, sql: str) -> None:
 
 
 def test_a_balance_cannot_go_below_zero_even_with_a_valid_chain(funded: int) -> None:
-    with pytest.raises(IntegrityError):
-        with write_transaction(db.session):
-            audit_id = _audit(funded, commit=False)
-            grant_id = db.session.execute(text("SELECT id FROM grants")).scalar_one()
-            db.session.execute(
-                text(
-                    "INSERT INTO ledger_entries (account_id, seq, prev_seq, type, amount,"
-                    " balance_before, balance_after, grant_id, audit_id, created_at)"
-                    " VALUES (:a, 2, 1, 'adjust', :amount, :b, :after, :g, :audit, :now)"
-                ),
-                {"a": funded, "amount": -11 * CR, "b": 10 * CR, "after": -CR, "g": grant_id,
-                 "audit": audit_id, "now": _now_param()},
-            )
-            db.session.execute(
-                text("UPDATE accounts SET balance = :after, last_seq = 2 WHERE id = :a"),
-                {"after": -CR, "a": funded},
-            )
+    with pytest.raises(IntegrityError), write_transaction(db.session):
+        audit_id = _audit(funded, commit=False)
+        grant_id = db.session.execute(text("SELECT id FROM grants")).scalar_one()
+        db.session.execute(
+            text(
+                "INSERT INTO ledger_entries (account_id, seq, prev_seq, type, amount,"
+                " balance_before, balance_after, grant_id, audit_id, created_at)"
+                " VALUES (:a, 2, 1, 'adjust', :amount, :b, :after, :g, :audit, :now)"
+            ),
+            {
+                "a": funded,
+                "amount": -11 * CR,
+                "b": 10 * CR,
+                "after": -CR,
+                "g": grant_id,
+                "audit": audit_id,
+                "now": _now_param(),
+            },
+        )
+        db.session.execute(
+            text("UPDATE accounts SET balance = :after, last_seq = 2 WHERE id = :a"),
+            {"after": -CR, "a": funded},
+        )
     assert ledger.reconcile(db.session) == []
 
 
 def test_two_subscription_grants_for_one_period_cannot_commit(funded: int) -> None:
     now = utcnow()
     with write_transaction(db.session):
-        ledger.refresh(db.session, account_id=funded, period="2026-11", amount=CR,
-                       expires_at=now.replace(year=now.year + 1), context=TEST_CONTEXT, now=now)
+        ledger.refresh(
+            db.session,
+            account_id=funded,
+            period="2026-11",
+            amount=CR,
+            expires_at=now.replace(year=now.year + 1),
+            context=TEST_CONTEXT,
+            now=now,
+        )
     assert_refused(
         "INSERT INTO grants (account_id, source, amount, remaining, period, created_at)"
         " VALUES (:a, 'subscription', 1, 0, '2026-11', :now)",
-        a=funded, now=_now_param(),
+        a=funded,
+        now=_now_param(),
     )
 
 

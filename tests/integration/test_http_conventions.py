@@ -34,8 +34,11 @@ def test_a_sane_request_id_is_echoed_and_an_insane_one_replaced(client: FlaskCli
 
 
 def test_security_headers_are_on_every_response(client: FlaskClient, user) -> None:
-    for response in (client.get("/api/me", headers=user.headers), client.get("/nope"),
-                     client.get("/healthz")):
+    for response in (
+        client.get("/api/me", headers=user.headers),
+        client.get("/nope"),
+        client.get("/healthz"),
+    ):
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["X-Frame-Options"] == "DENY"
         assert response.headers["Referrer-Policy"] == "no-referrer"
@@ -55,22 +58,25 @@ def test_unknown_route_and_wrong_method(client: FlaskClient, user) -> None:
 
 def test_bodies_over_64_kib_are_refused(client: FlaskClient, admin) -> None:
     body = '{"reason": "' + "x" * (64 * 1024) + '"}'
-    response = client.post("/api/admin/credit/grant", headers=admin.headers, data=body,
-                           content_type="application/json")
+    response = client.post(
+        "/api/admin/credit/grant", headers=admin.headers, data=body, content_type="application/json"
+    )
     assert_error(response, 413, "payload_too_large")
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
 def test_non_json_bodies_are_refused(client: FlaskClient, admin, content_type: str) -> None:
-    response = client.post("/api/admin/credit/grant", headers=admin.headers, data="a=1",
-                           content_type=content_type)
+    response = client.post(
+        "/api/admin/credit/grant", headers=admin.headers, data="a=1", content_type=content_type
+    )
     assert_error(response, 415, "unsupported_media_type")
 
 
 @pytest.mark.parametrize("body", ["{", '{"amount": NaN}', '{"amount": Infinity}', "[1,", "\xff"])
 def test_malformed_json_is_refused(client: FlaskClient, admin, body: str) -> None:
-    response = client.post("/api/admin/credit/grant", headers=admin.headers, data=body,
-                           content_type="application/json")
+    response = client.post(
+        "/api/admin/credit/grant", headers=admin.headers, data=body, content_type="application/json"
+    )
     assert_error(response, 400, "malformed_json")
 
 
@@ -95,8 +101,14 @@ def test_health_and_readiness(client: FlaskClient, app: Flask) -> None:
 
 def test_openapi_document_lists_the_endpoints(client: FlaskClient) -> None:
     paths = client.get("/api/openapi.json").get_json()["paths"]
-    for path in ("/api/me", "/api/credit/balance", "/api/credit/grants",
-                 "/api/credit/transactions", "/api/admin/credit/grant",
-                 "/api/admin/credit/adjust", "/api/admin/users/{user_id}/credit",
-                 "/api/admin/credit/audit"):
+    for path in (
+        "/api/me",
+        "/api/credit/balance",
+        "/api/credit/grants",
+        "/api/credit/transactions",
+        "/api/admin/credit/grant",
+        "/api/admin/credit/adjust",
+        "/api/admin/users/{user_id}/credit",
+        "/api/admin/credit/audit",
+    ):
         assert path in paths

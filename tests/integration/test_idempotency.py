@@ -24,8 +24,9 @@ def keyed(person, key: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {**person.headers, "Idempotency-Key": key}
 
 
-def test_a_repeat_is_replayed_byte_for_byte_and_runs_once(app: Flask, client: FlaskClient, admin,
-                                                          person_factory) -> None:
+def test_a_repeat_is_replayed_byte_for_byte_and_runs_once(
+    app: Flask, client: FlaskClient, admin, person_factory
+) -> None:
     user = person_factory()
     body = {"user_id": str(user.id), "amount": "2", "reason": "x"}
     first = client.post(GRANT, headers=keyed(admin, "grant-1"), json=body)
@@ -37,8 +38,9 @@ def test_a_repeat_is_replayed_byte_for_byte_and_runs_once(app: Flask, client: Fl
     assert ledger_rows(app) == [("grant", 2_000_000, 2_000_000)]
 
 
-def test_the_same_key_for_another_request_is_a_conflict(app: Flask, client: FlaskClient, admin,
-                                                        person_factory) -> None:
+def test_the_same_key_for_another_request_is_a_conflict(
+    app: Flask, client: FlaskClient, admin, person_factory
+) -> None:
     user = person_factory()
     body = {"user_id": str(user.id), "amount": "2", "reason": "x"}
     client.post(GRANT, headers=keyed(admin, "k"), json=body)
@@ -49,14 +51,19 @@ def test_the_same_key_for_another_request_is_a_conflict(app: Flask, client: Flas
     assert ledger_rows(app) == [("grant", 2_000_000, 2_000_000)]
 
 
-def test_a_failed_request_frees_its_key(app: Flask, client: FlaskClient, admin,
-                                        person_factory) -> None:
+def test_a_failed_request_frees_its_key(
+    app: Flask, client: FlaskClient, admin, person_factory
+) -> None:
     user = person_factory()
     take = {"user_id": str(user.id), "amount": "-5", "reason": "x"}
-    assert_error(client.post(ADJUST, headers=keyed(admin, "take-5"), json=take), 409,
-                 "balance_would_go_negative")
-    client.post(GRANT, headers=admin.headers,
-                json={"user_id": str(user.id), "amount": "5", "reason": "x"})
+    assert_error(
+        client.post(ADJUST, headers=keyed(admin, "take-5"), json=take),
+        409,
+        "balance_would_go_negative",
+    )
+    client.post(
+        GRANT, headers=admin.headers, json={"user_id": str(user.id), "amount": "5", "reason": "x"}
+    )
     retried = client.post(ADJUST, headers=keyed(admin, "take-5"), json=take)
     assert retried.status_code == 200 and "Idempotent-Replayed" not in retried.headers
     assert ledger_rows(app)[-1] == ("adjust", -5_000_000, 0)
@@ -78,20 +85,26 @@ def test_malformed_keys_are_refused(client: FlaskClient, admin, key: str) -> Non
     assert set(assert_error(response, 400, "validation_error")["details"]) == {"Idempotency-Key"}
 
 
-def test_a_request_still_running_is_a_conflict(app: Flask, client: FlaskClient, admin,
-                                               person_factory) -> None:
+def test_a_request_still_running_is_a_conflict(
+    app: Flask, client: FlaskClient, admin, person_factory
+) -> None:
     user = person_factory()
     body = b'{"user_id": "%d", "amount": "1", "reason": "x"}' % user.id
     with app.app_context():
         # The first request has claimed the key and is still working.
         idempotency.claim(
-            db.session, user_id=admin.id, key="busy",
+            db.session,
+            user_id=admin.id,
+            key="busy",
             request_fingerprint=idempotency.fingerprint("POST", f"{GRANT}?", body),
-            now=utcnow(), retention=DAY, takeover_after=timedelta(minutes=10),
+            now=utcnow(),
+            retention=DAY,
+            takeover_after=timedelta(minutes=10),
         )
         db.session.remove()
-    response = client.post(GRANT, headers=keyed(admin, "busy"), data=body,
-                           content_type="application/json")
+    response = client.post(
+        GRANT, headers=keyed(admin, "busy"), data=body, content_type="application/json"
+    )
     assert_error(response, 409, "request_in_progress")
     assert ledger_rows(app) == []
 
@@ -102,23 +115,30 @@ def test_claims_expire_and_abandoned_ones_are_taken_over(ctx) -> None:
     first = idempotency.claim(db.session, request_fingerprint="a", now=t0, **args)
     assert isinstance(first, idempotency.Claim)
     with pytest.raises(RequestInProgress):
-        idempotency.claim(db.session, request_fingerprint="a", now=t0 + timedelta(minutes=9),
-                          **args)
+        idempotency.claim(
+            db.session, request_fingerprint="a", now=t0 + timedelta(minutes=9), **args
+        )
     with pytest.raises(IdempotencyKeyReused):
         idempotency.claim(db.session, request_fingerprint="b", now=t0, **args)
-    takeover = idempotency.claim(db.session, request_fingerprint="a",
-                                 now=t0 + timedelta(minutes=10), **args)
+    takeover = idempotency.claim(
+        db.session, request_fingerprint="a", now=t0 + timedelta(minutes=10), **args
+    )
     assert isinstance(takeover, idempotency.Claim) and takeover.token != first.token
     # The abandoned request comes back: it may not complete, so its work rolls back.
     with pytest.raises(RequestInProgress):
-        idempotency.complete(db.session, first, response=idempotency.StoredResponse(201, b"{}",
-                                                                                    "x"))
+        idempotency.complete(
+            db.session, first, response=idempotency.StoredResponse(201, b"{}", "x")
+        )
     db.session.rollback()
-    idempotency.complete(db.session, takeover,
-                         response=idempotency.StoredResponse(201, b'{"ok": 1}', "application/json"))
+    idempotency.complete(
+        db.session,
+        takeover,
+        response=idempotency.StoredResponse(201, b'{"ok": 1}', "application/json"),
+    )
     db.session.commit()
-    replay = idempotency.claim(db.session, request_fingerprint="a", now=t0 + DAY - timedelta(1),
-                               **args)
+    replay = idempotency.claim(
+        db.session, request_fingerprint="a", now=t0 + DAY - timedelta(1), **args
+    )
     assert replay == idempotency.StoredResponse(201, b'{"ok": 1}', "application/json")
     # After 24 hours the key is forgotten: another request may use it.
     fresh = idempotency.claim(db.session, request_fingerprint="b", now=t0 + DAY, **args)
@@ -142,6 +162,9 @@ def test_the_same_key_sent_concurrently_runs_once(app: Flask, admin, person_fact
         results = list(pool.map(lambda _: send(), range(12)))
     ran = [r for r in results if r == (201, None, "no")]
     assert len(ran) == 1
-    assert all(r in ((201, None, "true"), (409, "request_in_progress", "no")) for r in results
-               if r not in ran)
+    assert all(
+        r in ((201, None, "true"), (409, "request_in_progress", "no"))
+        for r in results
+        if r not in ran
+    )
     assert ledger_rows(app) == [("grant", 1_000_000, 1_000_000)]

@@ -34,7 +34,9 @@ def entry_rows(account_id: int) -> list[tuple[str, int, int]]:
     return [
         (e.type, e.amount, e.balance_after)
         for e in db.session.execute(
-            select(LedgerEntry).where(LedgerEntry.account_id == account_id).order_by(LedgerEntry.seq)
+            select(LedgerEntry)
+            .where(LedgerEntry.account_id == account_id)
+            .order_by(LedgerEntry.seq)
         ).scalars()
     ]
 
@@ -78,7 +80,9 @@ def test_settle_below_the_hold_charges_actual_and_releases_the_rest(account: int
     outcome = run(ledger.settle, hold_id=held.hold_id, actual=1_500_000)
     assert outcome == ledger.Resolution(held.hold_id, "settled", 1_500_000, 0, applied=True)
     assert state(account) == ledger.Balance(8_500_000, 0)
-    charge = db.session.execute(select(LedgerEntry).where(LedgerEntry.type == "charge")).scalar_one()
+    charge = db.session.execute(
+        select(LedgerEntry).where(LedgerEntry.type == "charge")
+    ).scalar_one()
     assert (charge.amount, charge.hold_id, charge.reference) == (-1_500_000, held.hold_id, "msg-1")
     assert_consistent(account)
 
@@ -120,30 +124,51 @@ def test_void_releases_everything_and_charges_nothing(account: int) -> None:
 def test_spending_draws_soonest_expiring_first_then_oldest(account: int) -> None:
     now = utcnow()
     never = run(ledger.grant, account_id=account, amount=5 * CR, source="purchase", reason="a")
-    later = run(ledger.grant, account_id=account, amount=5 * CR, source="promo", reason="b",
-                expires_at=now + timedelta(days=2))
-    sooner = run(ledger.grant, account_id=account, amount=5 * CR, source="promo", reason="c",
-                 expires_at=now + timedelta(days=1))
+    later = run(
+        ledger.grant,
+        account_id=account,
+        amount=5 * CR,
+        source="promo",
+        reason="b",
+        expires_at=now + timedelta(days=2),
+    )
+    sooner = run(
+        ledger.grant,
+        account_id=account,
+        amount=5 * CR,
+        source="promo",
+        reason="c",
+        expires_at=now + timedelta(days=1),
+    )
     held = run(ledger.hold, account_id=account, amount=12 * CR, ttl=TTL)
     run(ledger.settle, hold_id=held.hold_id, actual=12 * CR)
-    remaining = {
-        g.id: g.remaining for g in db.session.execute(select(Grant)).scalars()
-    }
+    remaining = {g.id: g.remaining for g in db.session.execute(select(Grant)).scalars()}
     assert remaining == {sooner.grant_id: 0, later.grant_id: 0, never.grant_id: 3 * CR}
     charges = db.session.execute(
         select(LedgerEntry.grant_id, LedgerEntry.amount)
         .where(LedgerEntry.type == "charge")
         .order_by(LedgerEntry.seq)
     ).all()
-    assert charges == [(sooner.grant_id, -5 * CR), (later.grant_id, -5 * CR),
-                       (never.grant_id, -2 * CR)]
+    assert charges == [
+        (sooner.grant_id, -5 * CR),
+        (later.grant_id, -5 * CR),
+        (never.grant_id, -2 * CR),
+    ]
     assert_consistent(account)
 
 
-def test_expired_credits_are_never_shown_and_written_off_by_the_next_operation(account: int) -> None:
+def test_expired_credits_are_never_shown_and_written_off_by_the_next_operation(
+    account: int,
+) -> None:
     now = utcnow()
-    run(ledger.grant, account_id=account, amount=3 * CR, source="promo", reason="soon",
-        expires_at=now + timedelta(hours=1))
+    run(
+        ledger.grant,
+        account_id=account,
+        amount=3 * CR,
+        source="promo",
+        reason="soon",
+        expires_at=now + timedelta(hours=1),
+    )
     run(ledger.grant, account_id=account, amount=2 * CR, source="purchase", reason="kept")
     after = now + timedelta(hours=2)
     assert state(account, after) == ledger.Balance(2 * CR, 0)
@@ -152,15 +177,23 @@ def test_expired_credits_are_never_shown_and_written_off_by_the_next_operation(a
     assert refused.value.available == 2 * CR
     run(ledger.hold, account_id=account, amount=2 * CR, ttl=TTL, now=after)
     assert entry_rows(account) == [
-        ("grant", 3 * CR, 3 * CR), ("grant", 2 * CR, 5 * CR), ("expire", -3 * CR, 2 * CR)
+        ("grant", 3 * CR, 3 * CR),
+        ("grant", 2 * CR, 5 * CR),
+        ("expire", -3 * CR, 2 * CR),
     ]
     assert_consistent(account)
 
 
 def test_a_hold_placed_before_an_expiry_can_still_be_paid(account: int) -> None:
     now = utcnow()
-    run(ledger.grant, account_id=account, amount=5 * CR, source="promo", reason="r",
-        expires_at=now + timedelta(minutes=5))
+    run(
+        ledger.grant,
+        account_id=account,
+        amount=5 * CR,
+        source="promo",
+        reason="r",
+        expires_at=now + timedelta(minutes=5),
+    )
     held = run(ledger.hold, account_id=account, amount=3 * CR, ttl=TTL, now=now)
     after = now + timedelta(minutes=6)
     # The next operation writes off only what the open hold does not need.
@@ -170,7 +203,10 @@ def test_a_hold_placed_before_an_expiry_can_still_be_paid(account: int) -> None:
     run(ledger.settle, hold_id=held.hold_id, actual=1 * CR, now=after)
     assert state(account, after) == ledger.Balance(0, 0)
     assert [row[:2] for row in entry_rows(account)] == [
-        ("grant", 5 * CR), ("expire", -2 * CR), ("charge", -1 * CR), ("expire", -2 * CR)
+        ("grant", 5 * CR),
+        ("expire", -2 * CR),
+        ("charge", -1 * CR),
+        ("expire", -2 * CR),
     ]
     assert_consistent(account)
 
@@ -178,19 +214,40 @@ def test_a_hold_placed_before_an_expiry_can_still_be_paid(account: int) -> None:
 def test_refresh_is_once_per_period_and_ends_the_previous_subscription_grant(account: int) -> None:
     now = utcnow()
     run(ledger.grant, account_id=account, amount=7 * CR, source="promo", reason="kept")
-    first = run(ledger.refresh, account_id=account, period="2026-10", amount=100 * CR,
-                expires_at=now + timedelta(days=30), now=now)
-    repeat = run(ledger.refresh, account_id=account, period="2026-10", amount=100 * CR,
-                 expires_at=now + timedelta(days=30), now=now)
+    first = run(
+        ledger.refresh,
+        account_id=account,
+        period="2026-10",
+        amount=100 * CR,
+        expires_at=now + timedelta(days=30),
+        now=now,
+    )
+    repeat = run(
+        ledger.refresh,
+        account_id=account,
+        period="2026-10",
+        amount=100 * CR,
+        expires_at=now + timedelta(days=30),
+        now=now,
+    )
     assert first.created and not repeat.created and repeat.grant_id == first.grant_id
     held = run(ledger.hold, account_id=account, amount=30 * CR, ttl=TTL, now=now)
     run(ledger.settle, hold_id=held.hold_id, actual=30 * CR, now=now)
     later = now + timedelta(days=31)
-    run(ledger.refresh, account_id=account, period="2026-11", amount=100 * CR,
-        expires_at=later + timedelta(days=30), now=later)
+    run(
+        ledger.refresh,
+        account_id=account,
+        period="2026-11",
+        amount=100 * CR,
+        expires_at=later + timedelta(days=30),
+        now=later,
+    )
     assert state(account, later) == ledger.Balance(107 * CR, 0)
     assert [row[:2] for row in entry_rows(account)] == [
-        ("grant", 7 * CR), ("refresh", 100 * CR), ("charge", -30 * CR), ("expire", -70 * CR),
+        ("grant", 7 * CR),
+        ("refresh", 100 * CR),
+        ("charge", -30 * CR),
+        ("expire", -70 * CR),
         ("refresh", 100 * CR),
     ]
     assert_consistent(account)
@@ -226,7 +283,8 @@ def test_reconcile_reports_drift_it_did_not_cause(account: int) -> None:
     with write_transaction(db.session):
         # A grant's remainder is not tied to the balance by a constraint; reconcile catches it.
         db.session.execute(
-            text("UPDATE grants SET remaining = remaining - 1 WHERE id = :id"), {"id": grant.grant_id}
+            text("UPDATE grants SET remaining = remaining - 1 WHERE id = :id"),
+            {"id": grant.grant_id},
         )
     drift = {d.invariant: (d.expected, d.actual) for d in ledger.reconcile(db.session)}
     assert drift == {

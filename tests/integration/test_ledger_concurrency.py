@@ -7,12 +7,14 @@ unexpected exception and fail the test.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -65,8 +67,14 @@ def test_64_concurrent_holds_succeed_exactly_as_often_as_affordable(app, person_
     account = person_factory(credits=affordable * 3 * CR).account_id
 
     def hold() -> Any:
-        return ledger.hold(db.session, account_id=account, amount=3 * CR, ttl=TTL,
-                           context=TEST_CONTEXT, now=utcnow())
+        return ledger.hold(
+            db.session,
+            account_id=account,
+            amount=3 * CR,
+            ttl=TTL,
+            context=TEST_CONTEXT,
+            now=utcnow(),
+        )
 
     results = at_once(app, [hold] * 64)
     outcomes = Counter(type(result).__name__ for result in results)
@@ -81,12 +89,19 @@ def test_64_concurrent_holds_succeed_exactly_as_often_as_affordable(app, person_
 def test_concurrent_settle_and_void_of_one_hold_resolve_it_once(app, person_factory) -> None:
     account = person_factory(credits=10 * CR).account_id
     with app.app_context(), write_transaction(db.session):
-        hold_id = ledger.hold(db.session, account_id=account, amount=4 * CR, ttl=TTL,
-                              context=TEST_CONTEXT, now=utcnow()).hold_id
+        hold_id = ledger.hold(
+            db.session,
+            account_id=account,
+            amount=4 * CR,
+            ttl=TTL,
+            context=TEST_CONTEXT,
+            now=utcnow(),
+        ).hold_id
 
     def settle() -> ledger.Resolution:
-        return ledger.settle(db.session, hold_id=hold_id, actual=3 * CR, context=TEST_CONTEXT,
-                             now=utcnow())
+        return ledger.settle(
+            db.session, hold_id=hold_id, actual=3 * CR, context=TEST_CONTEXT, now=utcnow()
+        )
 
     def void() -> ledger.Resolution:
         return ledger.void(db.session, hold_id=hold_id, context=TEST_CONTEXT, now=utcnow())
@@ -109,8 +124,15 @@ def test_concurrent_refreshes_of_one_period_grant_once(app, person_factory) -> N
     now = utcnow()
 
     def refresh() -> ledger.GrantResult:
-        return ledger.refresh(db.session, account_id=account, period="2026-11", amount=100 * CR,
-                              expires_at=now + timedelta(days=30), context=TEST_CONTEXT, now=now)
+        return ledger.refresh(
+            db.session,
+            account_id=account,
+            period="2026-11",
+            amount=100 * CR,
+            expires_at=now + timedelta(days=30),
+            context=TEST_CONTEXT,
+            now=now,
+        )
 
     results = at_once(app, [refresh] * 16)
     assert sum(result.created for result in results) == 1
@@ -132,34 +154,55 @@ def test_mixed_operations_on_one_hot_account_keep_every_invariant(app, person_fa
             with write_transaction(db.session):
                 if choice < 0.6:
                     try:
-                        held = ledger.hold(db.session, account_id=account,
-                                           amount=local.randint(1, 5 * CR), ttl=TTL,
-                                           context=TEST_CONTEXT, now=now)
+                        held = ledger.hold(
+                            db.session,
+                            account_id=account,
+                            amount=local.randint(1, 5 * CR),
+                            ttl=TTL,
+                            context=TEST_CONTEXT,
+                            now=now,
+                        )
                     except InsufficientCredits:
                         continue
                     pending = held.hold_id
                 elif choice < 0.8:
-                    ledger.grant(db.session, account_id=account, amount=local.randint(1, 3 * CR),
-                                 source="promo", reason="stress", context=TEST_CONTEXT, now=now,
-                                 expires_at=now + timedelta(seconds=local.randint(1, 5)))
+                    ledger.grant(
+                        db.session,
+                        account_id=account,
+                        amount=local.randint(1, 3 * CR),
+                        source="promo",
+                        reason="stress",
+                        context=TEST_CONTEXT,
+                        now=now,
+                        expires_at=now + timedelta(seconds=local.randint(1, 5)),
+                    )
                     continue
                 else:
-                    try:
-                        ledger.adjust(db.session, account_id=account,
-                                      amount=-local.randint(1, CR), reason="stress",
-                                      context=TEST_CONTEXT, now=now)
-                    except BalanceWouldGoNegative:
-                        pass
+                    with contextlib.suppress(BalanceWouldGoNegative):
+                        ledger.adjust(
+                            db.session,
+                            account_id=account,
+                            amount=-local.randint(1, CR),
+                            reason="stress",
+                            context=TEST_CONTEXT,
+                            now=now,
+                        )
                     continue
             with write_transaction(db.session):
                 if local.random() < 0.7:
-                    ledger.settle(db.session, hold_id=pending, actual=local.randint(0, 6 * CR),
-                                  context=TEST_CONTEXT, now=utcnow())
+                    ledger.settle(
+                        db.session,
+                        hold_id=pending,
+                        actual=local.randint(0, 6 * CR),
+                        context=TEST_CONTEXT,
+                        now=utcnow(),
+                    )
                 else:
                     ledger.void(db.session, hold_id=pending, context=TEST_CONTEXT, now=utcnow())
         return "done"
 
-    results = at_once(app, [lambda s=rng.randint(0, 10**6): session_of_work(s) for _ in range(8)])
+    seeds = [rng.randint(0, 10**6) for _ in range(8)]
+    results = at_once(app, [partial(session_of_work, seed) for seed in seeds])
     assert results == ["done"] * 8
     assert_consistent(app)
     with app.app_context():

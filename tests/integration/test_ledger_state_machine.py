@@ -54,9 +54,7 @@ class LedgerMachine(RuleBasedStateMachine):
         with self.app.app_context():
             try:
                 with write_transaction(db.session):
-                    return operation(
-                        db.session, context=TEST_CONTEXT, now=self.now, **kwargs
-                    )
+                    return operation(db.session, context=TEST_CONTEXT, now=self.now, **kwargs)
             finally:
                 db.session.remove()
 
@@ -69,9 +67,17 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(amount=amounts, expires_in_hours=st.none() | st.integers(min_value=1, max_value=72))
     def grant(self, amount: int, expires_in_hours: int | None) -> None:
-        expires_at = None if expires_in_hours is None else self.now + timedelta(hours=expires_in_hours)
-        self._run(ledger.grant, account_id=self.account, amount=amount, source="promo",
-                  reason="machine", expires_at=expires_at)
+        expires_at = (
+            None if expires_in_hours is None else self.now + timedelta(hours=expires_in_hours)
+        )
+        self._run(
+            ledger.grant,
+            account_id=self.account,
+            amount=amount,
+            source="promo",
+            reason="machine",
+            expires_at=expires_at,
+        )
         self.credited += amount
 
     @rule(amount=st.integers(min_value=-50 * CR, max_value=50 * CR).filter(bool))
@@ -92,8 +98,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def hold(self, amount: int):  # type: ignore[no-untyped-def]
         before = self._view()
         try:
-            held = self._run(ledger.hold, account_id=self.account, amount=amount,
-                             ttl=timedelta(minutes=30))
+            held = self._run(
+                ledger.hold, account_id=self.account, amount=amount, ttl=timedelta(minutes=30)
+            )
         except InsufficientCredits as refused:
             assert amount > before.available
             assert refused.available == before.available
@@ -147,8 +154,13 @@ class LedgerMachine(RuleBasedStateMachine):
         self.period += 1
         label = f"p{self.period}"
         for _ in range(2):  # the second call must change nothing
-            result = self._run(ledger.refresh, account_id=self.account, period=label,
-                               amount=amount, expires_at=self.now + timedelta(days=30))
+            result = self._run(
+                ledger.refresh,
+                account_id=self.account,
+                period=label,
+                amount=amount,
+                expires_at=self.now + timedelta(days=30),
+            )
         assert not result.created
         self.credited += amount
 

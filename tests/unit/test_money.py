@@ -29,8 +29,15 @@ def test_parses_credit_strings_and_integers(wire: object, micro: int) -> None:
 
 @pytest.mark.parametrize(
     ("micro", "wire"),
-    [(5_750_000_000, "5750"), (15_000, "0.015"), (12_345_678, "12.345678"), (1, "0.000001"),
-     (0, "0"), (-2_500_000, "-2.5"), (1_500_000, "1.5")],
+    [
+        (5_750_000_000, "5750"),
+        (15_000, "0.015"),
+        (12_345_678, "12.345678"),
+        (1, "0.000001"),
+        (0, "0"),
+        (-2_500_000, "-2.5"),
+        (1_500_000, "1.5"),
+    ],
 )
 def test_formats_shortest_exact_string(micro: int, wire: str) -> None:
     assert format_credits(micro) == wire
@@ -39,9 +46,37 @@ def test_formats_shortest_exact_string(micro: int, wire: str) -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        "0", 0, "-1", -1, "0.0000001", "1.1234567", "1e3", "1E3", "NaN", "nan", "Infinity",
-        "-Infinity", "inf", 1.5, Decimal("1.5"), True, False, "abc", "", " 1", "1 ", "+1",
-        "1.", ".5", "1,5", "0x10", "1000000000.000001", 1_000_000_001, None, [], {},
+        "0",
+        0,
+        "-1",
+        -1,
+        "0.0000001",
+        "1.1234567",
+        "1e3",
+        "1E3",
+        "NaN",
+        "nan",
+        "Infinity",
+        "-Infinity",
+        "inf",
+        1.5,
+        Decimal("1.5"),
+        True,
+        False,
+        "abc",
+        "",
+        " 1",
+        "1 ",
+        "+1",
+        "1.",
+        ".5",
+        "1,5",
+        "0x10",
+        "1000000000.000001",
+        1_000_000_001,
+        None,
+        [],
+        {},
     ],
 )
 def test_refuses_every_bad_amount(bad: object) -> None:

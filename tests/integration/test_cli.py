@@ -1,0 +1,84 @@
+"""The flask CLI commands of contract section 7, run through Click as a shell would run them."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text
+
+from creditapp.cli import DEMO_ADMIN, DEMO_USER
+from creditapp.database import write_transaction
+from creditapp.extensions import db
+
+
+def cli(app: Flask, *args: str):  # type: ignore[no-untyped-def]
+    return app.test_cli_runner().invoke(args=list(args))
+
+
+def test_users_create_prints_the_user_and_token_authenticates(
+    app: Flask, client: FlaskClient
+) -> None:
+    created = cli(app, "users", "create", "--email", "Ann@Example.com", "--tier", "pro")
+    assert created.exit_code == 0, created.output
+    user = json.loads(created.output)
+    assert user == {"id": user["id"], "email": "ann@example.com", "role": "user", "tier": "pro"}
+    token = cli(app, "users", "token", "--email", "ann@example.com").output.strip()
+    balance = client.get("/api/credit/balance", headers={"Authorization": f"Bearer {token}"})
+    assert balance.get_json()["balance"] == "5000"
+
+
+def test_users_create_refuses_duplicates_and_bad_input(app: Flask) -> None:
+    assert cli(app, "users", "create", "--email", "a@example.com", "--admin").exit_code == 0
+    duplicate = cli(app, "users", "create", "--email", "A@example.com")
+    assert duplicate.exit_code == 1 and "conflict" in duplicate.output
+    assert cli(app, "users", "create", "--email", "not-an-email").exit_code == 1
+    assert cli(app, "users", "create", "--email", "b@example.com", "--tier", "gold").exit_code == 1
+    assert cli(app, "users", "token", "--email", "nobody@example.com").exit_code == 1
+
+
+def test_credit_grant_and_reconcile(app: Flask) -> None:
+    cli(app, "users", "create", "--email", "c@example.com")
+    granted = cli(
+        app, "credit", "grant", "--email", "c@example.com", "--amount", "2.5", "--reason", "support"
+    )
+    assert granted.exit_code == 0, granted.output
+    assert json.loads(granted.output) | {"grant_id": None} == {
+        "grant_id": None,
+        "balance": "102.5",
+        "available": "102.5",
+    }
+    assert (
+        cli(
+            app, "credit", "grant", "--email", "c@example.com", "--amount", "1.5e3", "--reason", "x"
+        ).exit_code
+        == 2
+    )
+    clean = cli(app, "credit", "reconcile")
+    assert clean.exit_code == 0 and json.loads(clean.output)["drift"] == []
+    with app.app_context():
+        with write_transaction(db.session):
+            db.session.execute(text("UPDATE grants SET remaining = remaining - 1"))
+        db.session.remove()
+    drifted = cli(app, "credit", "reconcile")
+    assert drifted.exit_code == 1
+    assert {d["invariant"] for d in json.loads(drifted.output)["drift"]} >= {
+        "balance == sum(grants' remaining)"
+    }
+
+
+def test_demo_seed_is_repeatable_and_its_tokens_work(app: Flask, client: FlaskClient) -> None:
+    first = cli(app, "demo", "seed")
+    second = cli(app, "demo", "seed")
+    assert first.exit_code == second.exit_code == 0
+    tokens = [line.strip() for line in second.output.splitlines() if line.startswith("  ")]
+    admin_token, user_token = tokens
+    me = client.get("/api/me", headers={"Authorization": f"Bearer {admin_token}"}).get_json()
+    assert (me["email"], me["role"]) == (DEMO_ADMIN, "admin")
+    balance = client.get(
+        "/api/credit/balance", headers={"Authorization": f"Bearer {user_token}"}
+    ).get_json()
+    # 100 credits of the free tier plus 1,000 demo credits, granted once however often seeded.
+    assert balance["balance"] == "1100"
+    assert DEMO_USER in second.output

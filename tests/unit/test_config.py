@@ -1,0 +1,65 @@
+"""Configuration from the environment; production refuses insecure defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from creditapp import create_app
+from creditapp.config import load_config, sqlalchemy_url
+from creditapp.errors import ConfigurationError
+
+
+def test_development_defaults_to_an_sqlite_file_and_memory_limits(monkeypatch) -> None:
+    for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "JWT_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    config = load_config("development")
+    assert config.SQLALCHEMY_DATABASE_URI.startswith("sqlite:///")
+    assert config.SQLALCHEMY_DATABASE_URI.endswith("instance/creditapp.db")
+    assert config.RATELIMIT_STORAGE_URI == "memory://"
+    assert (config.HOLD_TTL_SECONDS, config.PROVIDER_TIMEOUT_SECONDS) == (600, 120)
+
+
+def test_postgres_urls_use_the_psycopg_driver() -> None:
+    assert sqlalchemy_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert sqlalchemy_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert sqlalchemy_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DATABASE_URL": "postgresql://db/x"}, "JWT_SECRET_KEY"),
+        ({"JWT_SECRET_KEY": "k" * 40}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://db/x", "JWT_SECRET_KEY": "short"}, "at least 32"),
+    ],
+)
+def test_production_refuses_to_start_without_secure_settings(monkeypatch, env, message) -> None:
+    for name in ("DATABASE_URL", "JWT_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CREDITAPP_ENV", "production")
+    with pytest.raises(ConfigurationError, match=message):
+        create_app()
+
+
+def test_bad_settings_are_named(monkeypatch) -> None:
+    with pytest.raises(ConfigurationError, match="CREDITAPP_ENV"):
+        load_config("staging")
+    monkeypatch.setenv("HOLD_TTL_SECONDS", "ten")
+    with pytest.raises(ConfigurationError, match="HOLD_TTL_SECONDS"):
+        load_config("development")
+    monkeypatch.setenv("HOLD_TTL_SECONDS", "0")
+    with pytest.raises(ConfigurationError, match="HOLD_TTL_SECONDS"):
+        load_config("development")
+
+
+def test_production_with_secure_settings_loads(monkeypatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/x")
+    monkeypatch.setenv("JWT_SECRET_KEY", "k" * 40)
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
+    config = load_config("production")
+    assert config.SQLALCHEMY_DATABASE_URI == "postgresql+psycopg://db/x"
+    assert config.RATELIMIT_STORAGE_URI == "redis://cache:6379/0"
+    assert config.CELERY_BROKER_URL == "redis://cache:6379/0"
+    assert not config.DEMO_MODE
