@@ -81,10 +81,13 @@ class Config:
         # to complete its claim and rolls back, so the work still happens once.
         self.IDEMPOTENCY_TAKEOVER = timedelta(seconds=self.HOLD_TTL_SECONDS)
         if self.SQLALCHEMY_DATABASE_URI.startswith("postgresql"):
+            # No pre-ping: it costs a round trip per checkout on the ledger's hot path. A
+            # connection the server dropped fails one request with 503 and SQLAlchemy then
+            # replaces the whole pool; recycling keeps connections from going stale quietly.
             self.SQLALCHEMY_ENGINE_OPTIONS = {
                 "pool_size": _int_env("DATABASE_POOL_SIZE", 10),
                 "max_overflow": 20,
-                "pool_pre_ping": True,
+                "pool_recycle": 1800,
             }
         else:
             self.SQLALCHEMY_ENGINE_OPTIONS = {}

@@ -135,7 +135,6 @@ class Hold(db.Model):  # type: ignore[name-defined,misc]
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
-        Index("ix_holds_account", "account_id"),
     )
 
 
@@ -203,7 +202,4 @@ class LedgerEntry(db.Model):  # type: ignore[name-defined,misc]
             ["ledger_entries.account_id", "ledger_entries.seq", "ledger_entries.balance_after"],
             name="fk_ledger_entries_continues_previous",
         ),
-        Index("ix_ledger_entries_grant_id", "grant_id"),
-        Index("ix_ledger_entries_hold_id", "hold_id"),
-        Index("ix_ledger_entries_audit_id", "audit_id"),
     )

@@ -12,18 +12,84 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, insert, select, update
-
 from creditapp.database import DbSession
 from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits, NotFound
-from creditapp.ledger.models import GRANT_SOURCES, Account, AuditRecord, Grant, Hold, LedgerEntry
+from creditapp.ledger.models import GRANT_SOURCES
+from creditapp.ledger.sql import LedgerSql, Statement
 from creditapp.money import format_credits
 
-accounts = Account.__table__
-grants = Grant.__table__
-holds = Hold.__table__
-entries = LedgerEntry.__table__
-audit_records = AuditRecord.__table__
+LOCK_ACCOUNT = Statement(
+    "SELECT balance, reserved, last_seq FROM accounts WHERE id = :account", lock="FOR UPDATE"
+)
+LOCK_ACCOUNT_OF_HOLD = Statement(
+    """SELECT h.account_id, h.amount, h.status, h.expires_at, a.balance, a.reserved, a.last_seq
+       FROM holds h JOIN accounts a ON a.id = h.account_id WHERE h.id = :hold""",
+    lock="FOR UPDATE OF a",
+)
+LIVE_GRANTS = Statement(
+    """SELECT id, remaining, expires_at, source FROM grants
+       WHERE account_id = :account AND remaining > 0
+       ORDER BY expires_at ASC NULLS LAST, created_at, id"""
+)
+RESERVE = Statement(
+    """UPDATE accounts SET reserved = reserved + :amount
+       WHERE id = :account AND balance - reserved >= :amount
+         AND NOT EXISTS (SELECT 1 FROM grants WHERE grants.account_id = accounts.id
+                         AND grants.remaining > 0 AND grants.expires_at <= :now)
+       RETURNING balance, reserved"""
+)
+STORE_ACCOUNT = Statement(
+    """UPDATE accounts SET balance = :balance, reserved = :reserved, last_seq = :last_seq
+       WHERE id = :account"""
+)
+CHANGE_GRANT = Statement("UPDATE grants SET remaining = remaining + :change WHERE id = :grant")
+RESOLVE_HOLD = Statement(
+    """UPDATE holds SET status = :status, resolved_at = :now, captured = :captured,
+              uncollected = :uncollected
+       WHERE id = :hold AND status = 'pending' RETURNING reference"""
+)
+STORED_RESOLUTION = Statement("SELECT status, captured, uncollected FROM holds WHERE id = :hold")
+PERIOD_GRANT = Statement("SELECT id FROM grants WHERE account_id = :account AND period = :period")
+OVERDUE_HOLDS = Statement(
+    """SELECT id FROM holds WHERE status = 'pending' AND expires_at <= :now
+       ORDER BY expires_at LIMIT :limit"""
+)
+BALANCE_AS_OF = Statement(
+    """SELECT balance, reserved,
+              (SELECT COALESCE(SUM(remaining), 0) FROM grants
+               WHERE account_id = :account AND remaining > 0 AND expires_at <= :now)
+       FROM accounts WHERE id = :account"""
+)
+INSERT_ACCOUNT = Statement(
+    """INSERT INTO accounts (user_id, balance, reserved, last_seq, created_at)
+       VALUES (:user, 0, 0, NULL, :now) RETURNING id"""
+)
+INSERT_GRANT = Statement(
+    """INSERT INTO grants (account_id, source, amount, remaining, expires_at, period, reason,
+                          created_at)
+       VALUES (:account, :source, :amount, 0, :expires_at, :period, :reason, :now)
+       RETURNING id"""
+)
+INSERT_HOLD = Statement(
+    """INSERT INTO holds (account_id, amount, status, uncollected, reference, expires_at,
+                         created_at)
+       VALUES (:account, :amount, 'pending', 0, :reference, :expires_at, :now) RETURNING id"""
+)
+INSERT_AUDIT = Statement(
+    """INSERT INTO audit_records (actor_type, actor_id, action, account_id, balance_before,
+                                 balance_after, reserved_before, reserved_after, request_id,
+                                 client_ip, details, created_at)
+       VALUES (:actor_type, :actor_id, :action, :account, :balance_before, :balance_after,
+               :reserved_before, :reserved_after, :request_id, :client_ip, :details, :now)
+       RETURNING id"""
+)
+INSERT_ENTRY = Statement(
+    """INSERT INTO ledger_entries (account_id, seq, prev_seq, type, amount, balance_before,
+                                  balance_after, grant_id, hold_id, audit_id, reference,
+                                  request_id, created_at)
+       VALUES (:account, :seq, :prev_seq, :type, :amount, :balance_before, :balance_after,
+               :grant, :hold, :audit, :reference, :request_id, :now)"""
+)
 
 
 @dataclass(frozen=True)
@@ -145,31 +211,32 @@ class _AccountState:
             raise AssertionError(f"draw of {amount} left {left} undrawn on account {self.id}")
 
 
-def _lock(session: DbSession, account_id: int) -> _AccountState:
+def _lock(sql: LedgerSql, account_id: int) -> _AccountState:
     """Lock the account row (PostgreSQL), then read its live grants in draw order.
 
     Two statements on purpose: under READ COMMITTED a statement that waited for the row lock
     sees the locked row's newest version but every other row as of its start, so grants read
     in the same statement could be stale. The second statement starts after the lock is ours.
     """
-    account = session.execute(
-        select(accounts.c.balance, accounts.c.reserved, accounts.c.last_seq)
-        .where(accounts.c.id == account_id)
-        .with_for_update()
-    ).one_or_none()
+    account = sql.one(LOCK_ACCOUNT, account=account_id)
     if account is None:
         raise NotFound("No such account.")
-    live_grants = session.execute(
-        select(grants.c.id, grants.c.remaining, grants.c.expires_at, grants.c.source)
-        .where(grants.c.account_id == account_id, grants.c.remaining > 0)
-        .order_by(grants.c.expires_at.asc().nulls_last(), grants.c.created_at, grants.c.id)
-    )
+    balance_now, reserved, last_seq = account
+    return _state_with_grants(sql, account_id, balance_now, reserved, last_seq)
+
+
+def _state_with_grants(
+    sql: LedgerSql, account_id: int, balance_now: int, reserved: int, last_seq: int | None
+) -> _AccountState:
     return _AccountState(
         id=account_id,
-        balance=account.balance,
-        reserved=account.reserved,
-        last_seq=account.last_seq,
-        grants=[_LiveGrant(*row) for row in live_grants],
+        balance=balance_now,
+        reserved=reserved,
+        last_seq=last_seq,
+        grants=[
+            _LiveGrant(grant_id, remaining, sql.read_time(expires_at), source)
+            for grant_id, remaining, expires_at, source in sql.all(LIVE_GRANTS, account=account_id)
+        ],
     )
 
 
@@ -179,7 +246,7 @@ def _links(hold_id: int | None, reference: str | None) -> dict[str, str]:
 
 
 def _audit(
-    session: DbSession,
+    sql: LedgerSql,
     *,
     account_id: int,
     action: str,
@@ -189,28 +256,27 @@ def _audit(
     after: Balance,
     details: dict[str, Any],
 ) -> int:
-    return session.execute(
-        insert(audit_records)
-        .values(
-            actor_type=context.actor_type,
-            actor_id=context.actor_id,
-            action=action,
-            account_id=account_id,
-            balance_before=before.balance,
-            balance_after=after.balance,
-            reserved_before=before.reserved,
-            reserved_after=after.reserved,
-            request_id=context.request_id,
-            client_ip=context.client_ip,
-            details=details,
-            created_at=now,
-        )
-        .returning(audit_records.c.id)
-    ).scalar_one()
+    row = sql.one(
+        INSERT_AUDIT,
+        actor_type=context.actor_type,
+        actor_id=context.actor_id,
+        action=action,
+        account=account_id,
+        balance_before=before.balance,
+        balance_after=after.balance,
+        reserved_before=before.reserved,
+        reserved_after=after.reserved,
+        request_id=context.request_id,
+        client_ip=context.client_ip,
+        details=sql.json(details),
+        now=sql.time(now),
+    )
+    assert row is not None
+    return int(row[0])
 
 
 def _persist(
-    session: DbSession,
+    sql: LedgerSql,
     state: _AccountState,
     *,
     action: str,
@@ -222,7 +288,7 @@ def _persist(
 ) -> Balance:
     """Write the operation's audit record, its entries, the grants' and the account's new state."""
     audit_id = _audit(
-        session,
+        sql,
         account_id=state.id,
         action=action,
         context=context,
@@ -233,42 +299,42 @@ def _persist(
     )
 
     seq = state.last_seq or 0
-    if state.pending:
-        running = state.initial_balance
-        rows = []
-        grant_changes: dict[int, int] = defaultdict(int)
-        for pending in state.pending:
-            seq += 1
-            rows.append(
-                {
-                    "account_id": state.id,
-                    "seq": seq,
-                    "prev_seq": seq - 1 if seq > 1 else None,
-                    "type": pending.type,
-                    "amount": pending.amount,
-                    "balance_before": running,
-                    "balance_after": running + pending.amount,
-                    "grant_id": pending.grant_id,
-                    "hold_id": hold_id,
-                    "audit_id": audit_id,
-                    "reference": reference,
-                    "request_id": context.request_id,
-                    "created_at": now,
-                }
-            )
-            running += pending.amount
-            grant_changes[pending.grant_id] += pending.amount
-        session.execute(insert(entries), rows)
-        session.execute(
-            update(grants)
-            .where(grants.c.id == bindparam("changed_grant"))
-            .values(remaining=grants.c.remaining + bindparam("change")),
-            [{"changed_grant": gid, "change": change} for gid, change in grant_changes.items()],
+    running = state.initial_balance
+    rows = []
+    grant_changes: dict[int, int] = defaultdict(int)
+    for pending in state.pending:
+        seq += 1
+        rows.append(
+            {
+                "account": state.id,
+                "seq": seq,
+                "prev_seq": seq - 1 if seq > 1 else None,
+                "type": pending.type,
+                "amount": pending.amount,
+                "balance_before": running,
+                "balance_after": running + pending.amount,
+                "grant": pending.grant_id,
+                "hold": hold_id,
+                "audit": audit_id,
+                "reference": reference,
+                "request_id": context.request_id,
+                "now": sql.time(now),
+            }
         )
-    session.execute(
-        update(accounts)
-        .where(accounts.c.id == state.id)
-        .values(balance=state.balance, reserved=state.reserved, last_seq=seq or None)
+        running += pending.amount
+        grant_changes[pending.grant_id] += pending.amount
+    if rows:
+        sql.run_many(INSERT_ENTRY, rows)
+        sql.run_many(
+            CHANGE_GRANT,
+            [{"grant": grant_id, "change": change} for grant_id, change in grant_changes.items()],
+        )
+    sql.run(
+        STORE_ACCOUNT,
+        account=state.id,
+        balance=state.balance,
+        reserved=state.reserved,
+        last_seq=seq or None,
     )
     state.pending.clear()
     return Balance(state.balance, state.reserved)
@@ -276,15 +342,14 @@ def _persist(
 
 def open_account(session: DbSession, *, user_id: int, now: datetime) -> int:
     """Create the user's empty account and return its id."""
-    return session.execute(
-        insert(accounts)
-        .values(user_id=user_id, balance=0, reserved=0, last_seq=None, created_at=now)
-        .returning(accounts.c.id)
-    ).scalar_one()
+    sql = LedgerSql(session)
+    row = sql.one(INSERT_ACCOUNT, user=user_id, now=sql.time(now))
+    assert row is not None
+    return int(row[0])
 
 
 def _new_grant(
-    session: DbSession,
+    sql: LedgerSql,
     state: _AccountState,
     *,
     source: str,
@@ -300,20 +365,18 @@ def _new_grant(
     if amount <= 0:
         raise ValueError("a grant's amount must be positive")
     # Inserted empty: the entry below fills it, so the grant's remaining is its entries' sum.
-    grant_id = session.execute(
-        insert(grants)
-        .values(
-            account_id=state.id,
-            source=source,
-            amount=amount,
-            remaining=0,
-            expires_at=expires_at,
-            period=period,
-            reason=reason,
-            created_at=now,
-        )
-        .returning(grants.c.id)
-    ).scalar_one()
+    row = sql.one(
+        INSERT_GRANT,
+        account=state.id,
+        source=source,
+        amount=amount,
+        expires_at=sql.time(expires_at),
+        period=period,
+        reason=reason,
+        now=sql.time(now),
+    )
+    assert row is not None
+    grant_id = int(row[0])
     live_grant = _LiveGrant(grant_id, 0, expires_at, source)
     state.grants.append(live_grant)
     state.post(entry_type, live_grant, amount)
@@ -336,10 +399,11 @@ def grant(
         raise ValueError("subscription credits come only from refresh")
     if expires_at is not None and expires_at <= now:
         raise ValueError("a grant must expire in the future")
-    state = _lock(session, account_id)
+    sql = LedgerSql(session)
+    state = _lock(sql, account_id)
     state.write_off_overdue(now)
     grant_id = _new_grant(
-        session,
+        sql,
         state,
         source=source,
         amount=amount,
@@ -349,7 +413,7 @@ def grant(
         reason=reason,
     )
     result = _persist(
-        session,
+        sql,
         state,
         action="grant",
         context=context,
@@ -377,13 +441,14 @@ def adjust(
     available credits (never below zero, never what open holds reserved)."""
     if amount == 0:
         raise ValueError("an adjustment must not be zero")
-    state = _lock(session, account_id)
+    sql = LedgerSql(session)
+    state = _lock(sql, account_id)
     state.write_off_overdue(now)
     details: dict[str, Any] = {"reason": reason, "amount": format_credits(amount)}
     if amount > 0:
         details["grant_id"] = str(
             _new_grant(
-                session,
+                sql,
                 state,
                 source="admin",
                 amount=amount,
@@ -396,7 +461,7 @@ def adjust(
         if -amount > state.available:
             raise BalanceWouldGoNegative(requested=-amount, available=state.available)
         state.draw(-amount, "adjust", now, include_overdue=False)
-    return _persist(session, state, action="adjust", context=context, now=now, details=details)
+    return _persist(sql, state, action="adjust", context=context, now=now, details=details)
 
 
 def refresh(
@@ -411,12 +476,11 @@ def refresh(
 ) -> GrantResult:
     """Start a subscription period: expire what is left of earlier subscription grants and
     grant this period's credits. Exactly once per account and period (also a unique key)."""
-    state = _lock(session, account_id)
-    existing = session.execute(
-        select(grants.c.id).where(grants.c.account_id == account_id, grants.c.period == period)
-    ).scalar_one_or_none()
+    sql = LedgerSql(session)
+    state = _lock(sql, account_id)
+    existing = sql.one(PERIOD_GRANT, account=account_id, period=period)
     if existing is not None:
-        return GrantResult(existing, False, Balance(state.balance, state.reserved))
+        return GrantResult(int(existing[0]), False, Balance(state.balance, state.reserved))
     # Earlier periods' subscription credits end now, as if they had expired.
     for live_grant in state.grants:
         if live_grant.source == "subscription" and (
@@ -425,7 +489,7 @@ def refresh(
             live_grant.expires_at = now
     state.write_off_overdue(now)
     grant_id = _new_grant(
-        session,
+        sql,
         state,
         source="subscription",
         amount=amount,
@@ -435,7 +499,7 @@ def refresh(
         period=period,
     )
     result = _persist(
-        session,
+        sql,
         state,
         action="refresh",
         context=context,
@@ -449,11 +513,12 @@ def expire_grants(
     session: DbSession, *, account_id: int, context: AuditContext, now: datetime
 ) -> Balance:
     """Write off expired remainders now (also done by every other operation on the account)."""
-    state = _lock(session, account_id)
+    sql = LedgerSql(session)
+    state = _lock(sql, account_id)
     state.write_off_overdue(now)
     if not state.pending:
         return Balance(state.balance, state.reserved)
-    return _persist(session, state, action="expire_grants", context=context, now=now)
+    return _persist(sql, state, action="expire_grants", context=context, now=now)
 
 
 def hold(
@@ -469,30 +534,17 @@ def hold(
     """Reserve `amount` for a spend in flight, or raise InsufficientCredits."""
     if amount <= 0:
         raise ValueError("a hold's amount must be positive")
+    sql = LedgerSql(session)
     expires_at = now + ttl
-    has_overdue_grant = exists().where(
-        grants.c.account_id == accounts.c.id,
-        grants.c.remaining > 0,
-        grants.c.expires_at <= now,
-    )
-    # The common case is one conditional UPDATE: no lock is taken before it, and 0 rows means
-    # "not enough available" or "an expired grant must be written off first".
-    reserved_row = session.execute(
-        update(accounts)
-        .where(
-            accounts.c.id == account_id,
-            accounts.c.balance - accounts.c.reserved >= amount,
-            ~has_overdue_grant,
-        )
-        .values(reserved=accounts.c.reserved + amount)
-        .returning(accounts.c.balance, accounts.c.reserved)
-    ).one_or_none()
     details = {"amount": format_credits(amount), "expires_at": expires_at.isoformat()}
+    # The common case is one conditional UPDATE: no lock is taken before it, and no row means
+    # "not enough available" or "an expired grant must be written off first".
+    reserved_row = sql.one(RESERVE, account=account_id, amount=amount, now=sql.time(now))
     if reserved_row is not None:
-        after = Balance(reserved_row.balance, reserved_row.reserved)
-        hold_id = _insert_hold(session, account_id, amount, reference, expires_at, now)
+        after = Balance(*reserved_row)
+        hold_id = _insert_hold(sql, account_id, amount, reference, expires_at, now)
         _audit(
-            session,
+            sql,
             account_id=account_id,
             action="hold",
             context=context,
@@ -503,14 +555,14 @@ def hold(
         )
         return HoldResult(hold_id, amount, expires_at, after)
 
-    state = _lock(session, account_id)
+    state = _lock(sql, account_id)
     state.write_off_overdue(now)
     if state.available < amount:
         raise InsufficientCredits(required=amount, available=state.available)
     state.reserved += amount
-    hold_id = _insert_hold(session, account_id, amount, reference, expires_at, now)
+    hold_id = _insert_hold(sql, account_id, amount, reference, expires_at, now)
     result = _persist(
-        session,
+        sql,
         state,
         action="hold",
         context=context,
@@ -523,33 +575,30 @@ def hold(
 
 
 def _insert_hold(
-    session: DbSession,
+    sql: LedgerSql,
     account_id: int,
     amount: int,
     reference: str | None,
     expires_at: datetime,
     now: datetime,
 ) -> int:
-    return session.execute(
-        insert(holds)
-        .values(
-            account_id=account_id,
-            amount=amount,
-            status="pending",
-            uncollected=0,
-            reference=reference,
-            expires_at=expires_at,
-            created_at=now,
-        )
-        .returning(holds.c.id)
-    ).scalar_one()
+    row = sql.one(
+        INSERT_HOLD,
+        account=account_id,
+        amount=amount,
+        reference=reference,
+        expires_at=sql.time(expires_at),
+        now=sql.time(now),
+    )
+    assert row is not None
+    return int(row[0])
 
 
-def _stored_resolution(session: DbSession, hold_id: int) -> Resolution:
-    row = session.execute(
-        select(holds.c.status, holds.c.captured, holds.c.uncollected).where(holds.c.id == hold_id)
-    ).one()
-    return Resolution(hold_id, row.status, row.captured or 0, row.uncollected, applied=False)
+def _stored_resolution(sql: LedgerSql, hold_id: int) -> Resolution:
+    row = sql.one(STORED_RESOLUTION, hold=hold_id)
+    assert row is not None
+    status, captured, uncollected = row
+    return Resolution(hold_id, status, captured or 0, uncollected, applied=False)
 
 
 def _resolve(
@@ -561,46 +610,49 @@ def _resolve(
     context: AuditContext,
     now: datetime,
 ) -> Resolution:
-    found = session.execute(
-        select(holds.c.account_id, holds.c.amount, holds.c.status, holds.c.expires_at).where(
-            holds.c.id == hold_id
-        )
-    ).one_or_none()
+    sql = LedgerSql(session)
+    # Locks the hold's account. The hold's status read here may be stale if the lock had to
+    # wait; the conditional UPDATE below is what decides who resolves it.
+    found = sql.one(LOCK_ACCOUNT_OF_HOLD, hold=hold_id)
     if found is None:
         raise NotFound("No such hold.")
-    if found.status != "pending":
-        return _stored_resolution(session, hold_id)
-    if status == "expired" and found.expires_at > now:
+    account_id, hold_amount, hold_status, hold_expires_at, balance_now, reserved, last_seq = found
+    if hold_status != "pending":
+        return _stored_resolution(sql, hold_id)
+    expiry = sql.read_time(hold_expires_at)
+    if status == "expired" and expiry is not None and expiry > now:
         raise ValueError("the hold has not expired yet")
 
-    state = _lock(session, found.account_id)
+    state = _state_with_grants(sql, account_id, balance_now, reserved, last_seq)
     state.write_off_overdue(now)
-    state.reserved -= found.amount
+    state.reserved -= hold_amount
     # Above the hold, a charge is capped at what the account can pay; the rest is uncollected.
     captured = min(actual, state.available)
     if captured:
         state.draw(captured, "charge", now, include_overdue=True)
     # What the hold kept of expired grants is no longer needed.
     state.write_off_overdue(now)
-    resolved = session.execute(
-        update(holds)
-        .where(holds.c.id == hold_id, holds.c.status == "pending")
-        .values(status=status, resolved_at=now, captured=captured, uncollected=actual - captured)
-        .returning(holds.c.reference)
-    ).one_or_none()
+    resolved = sql.one(
+        RESOLVE_HOLD,
+        hold=hold_id,
+        status=status,
+        now=sql.time(now),
+        captured=captured,
+        uncollected=actual - captured,
+    )
     if resolved is None:
         # Another transaction resolved it first: its outcome stands, ours is discarded.
-        return _stored_resolution(session, hold_id)
+        return _stored_resolution(sql, hold_id)
     _persist(
-        session,
+        sql,
         state,
         action={"settled": "settle", "voided": "void", "expired": "expire_hold"}[status],
         context=context,
         now=now,
         hold_id=hold_id,
-        reference=resolved.reference,
+        reference=resolved[0],
         details={
-            "hold_amount": format_credits(found.amount),
+            "hold_amount": format_credits(hold_amount),
             "actual": format_credits(actual),
             "captured": format_credits(captured),
         },
@@ -633,34 +685,14 @@ def expire_hold(
 
 def overdue_hold_ids(session: DbSession, *, now: datetime, limit: int = 500) -> list[int]:
     """Pending holds past their expiry, oldest first."""
-    return list(
-        session.execute(
-            select(holds.c.id)
-            .where(holds.c.status == "pending", holds.c.expires_at <= now)
-            .order_by(holds.c.expires_at)
-            .limit(limit)
-        ).scalars()
-    )
+    sql = LedgerSql(session)
+    return [int(row[0]) for row in sql.all(OVERDUE_HOLDS, now=sql.time(now), limit=limit)]
 
 
 def balance(session: DbSession, *, account_id: int, now: datetime) -> Balance:
     """The account as of `now`, expired credits excluded even before they are written off."""
-    overdue = (
-        select(grants.c.remaining)
-        .where(
-            grants.c.account_id == account_id,
-            grants.c.remaining > 0,
-            grants.c.expires_at <= now,
-        )
-        .subquery()
-    )
-    row = session.execute(
-        select(
-            accounts.c.balance,
-            accounts.c.reserved,
-            select(func.coalesce(func.sum(overdue.c.remaining), 0)).scalar_subquery(),
-        ).where(accounts.c.id == account_id)
-    ).one_or_none()
+    sql = LedgerSql(session)
+    row = sql.one(BALANCE_AS_OF, account=account_id, now=sql.time(now))
     if row is None:
         raise NotFound("No such account.")
     current, reserved, overdue_total = row

@@ -184,7 +184,6 @@ def upgrade() -> None:
         sa.CheckConstraint("captured IS NULL OR captured >= 0", name="captured_not_negative"),
         sa.CheckConstraint("uncollected >= 0", name="uncollected_not_negative"),
     )
-    op.create_index("ix_holds_account", "holds", ["account_id"])
     op.create_index(
         "ix_holds_pending_expiry",
         "holds",
@@ -231,9 +230,8 @@ def upgrade() -> None:
             name="seq_chain",
         ),
     )
-    op.create_index("ix_ledger_entries_grant_id", "ledger_entries", ["grant_id"])
-    op.create_index("ix_ledger_entries_hold_id", "ledger_entries", ["hold_id"])
-    op.create_index("ix_ledger_entries_audit_id", "ledger_entries", ["audit_id"])
+    # No secondary indexes on ledger_entries beyond the chain: every one costs each write, and
+    # the readers (per-account pages, reconciliation's full aggregates) do not need them.
     if not sqlite:
         fk = balance_is_last_entry
         op.create_foreign_key(
