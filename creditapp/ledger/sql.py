@@ -26,12 +26,19 @@ _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class Statement:
-    """SQL written with `:name` parameters; `lock` is PostgreSQL's row-locking clause."""
+    """SQL written with `:name` parameters; `lock` is PostgreSQL's row-locking clause.
+
+    Parameters are bound by position (psycopg would otherwise reorder a dict on every call).
+    """
 
     def __init__(self, sql: str, *, lock: str = ""):
         text = " ".join(sql.split())
-        self.sqlite = text
-        self.postgresql = _NAMED_PARAMETER.sub(r"%(\1)s", text) + (f" {lock}" if lock else "")
+        self.names = tuple(_NAMED_PARAMETER.findall(text))
+        self.sqlite = _NAMED_PARAMETER.sub("?", text)
+        self.postgresql = _NAMED_PARAMETER.sub("%s", text) + (f" {lock}" if lock else "")
+
+    def values(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(params[name] for name in self.names)
 
 
 class LedgerSql:
@@ -44,7 +51,7 @@ class LedgerSql:
 
     def _execute(self, statement: Statement, params: dict[str, Any]) -> Any:
         sql = statement.postgresql if self.postgresql else statement.sqlite
-        self._cursor.execute(sql, params)
+        self._cursor.execute(sql, statement.values(params))
         return self._cursor
 
     def one(self, statement: Statement, **params: Any) -> tuple[Any, ...] | None:
@@ -59,8 +66,11 @@ class LedgerSql:
         self._execute(statement, params)
 
     def run_many(self, statement: Statement, rows: list[dict[str, Any]]) -> None:
+        if len(rows) == 1:  # the usual case, and executemany costs more for a single row
+            self._execute(statement, rows[0])
+            return
         sql = statement.postgresql if self.postgresql else statement.sqlite
-        self._cursor.executemany(sql, rows)
+        self._cursor.executemany(sql, [statement.values(row) for row in rows])
 
     def time(self, value: datetime | None) -> Any:
         """A timestamp as this database stores it."""
