@@ -12,7 +12,7 @@ from sqlalchemy import select
 from creditapp import ledger
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
-from creditapp.api.pagination import decode_cursor, page
+from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import (
     AmountsSchema,
@@ -178,11 +178,14 @@ def audit(args: dict[str, Any]) -> Any:
         query = query.where(AuditRecord.created_at >= args["from_"])
     if args["to"]:
         query = query.where(AuditRecord.created_at <= args["to"])
-    if (below := decode_cursor(args["cursor"])) is not None:
-        query = query.where(AuditRecord.id < below)
-    rows = db.session.execute(query.order_by(AuditRecord.id.desc()).limit(args["limit"] + 1))
-    records = [{**_columns(record), "user_id": user_id} for record, user_id in rows]
-    return page(records, limit=args["limit"], position=lambda record: record["id"])
+    return keyset_page(
+        db.session,
+        query,
+        key=AuditRecord.id,
+        args=args,
+        item=lambda row: {**_columns(row[0]), "user_id": row[1]},
+        position=lambda record: record["id"],
+    )
 
 
 def _columns(record: AuditRecord) -> dict[str, Any]:

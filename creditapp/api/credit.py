@@ -9,7 +9,7 @@ from marshmallow import fields, validate
 from sqlalchemy import select
 
 from creditapp.api.identity import authenticated, caller
-from creditapp.api.pagination import decode_cursor, page
+from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import (
     BalanceSchema,
@@ -42,10 +42,7 @@ def balance() -> Any:
 def grants(args: dict[str, Any]) -> Any:
     account_id = users.account_id_of(db.session, caller().id)
     query = select(Grant).where(Grant.account_id == account_id)
-    if (below := decode_cursor(args["cursor"])) is not None:
-        query = query.where(Grant.id < below)
-    rows = db.session.execute(query.order_by(Grant.id.desc()).limit(args["limit"] + 1)).scalars()
-    return page(rows.all(), limit=args["limit"], position=lambda grant: grant.id)
+    return keyset_page(db.session, query, key=Grant.id, args=args, position=lambda g: g.id)
 
 
 @blp.route("/transactions", methods=["GET"])
@@ -57,9 +54,6 @@ def transactions(args: dict[str, Any]) -> Any:
     query = select(LedgerEntry).where(LedgerEntry.account_id == account_id)
     if args["type"]:
         query = query.where(LedgerEntry.type == args["type"])
-    if (below := decode_cursor(args["cursor"])) is not None:
-        query = query.where(LedgerEntry.seq < below)
-    rows = db.session.execute(
-        query.order_by(LedgerEntry.seq.desc()).limit(args["limit"] + 1)
-    ).scalars()
-    return page(rows.all(), limit=args["limit"], position=lambda entry: entry.seq)
+    return keyset_page(
+        db.session, query, key=LedgerEntry.seq, args=args, position=lambda entry: entry.seq
+    )

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
+from sqlalchemy import Select
+
+from creditapp.database import DbSession
 from creditapp.errors import ValidationFailed
 
-Row = TypeVar("Row")
+Item = TypeVar("Item")
 
 
 def encode_cursor(position: int) -> str:
@@ -30,8 +33,24 @@ def decode_cursor(cursor: str | None) -> int | None:
     raise ValidationFailed(details={"cursor": ["Not a valid cursor."]})
 
 
-def page(rows: Sequence[Row], *, limit: int, position: Callable[[Row], int]) -> dict[str, Any]:
-    """`rows` were fetched with limit + 1 to tell whether another page exists."""
-    items = list(rows[:limit])
+def keyset_page(
+    session: DbSession,
+    query: Select[*tuple[Any, ...]],
+    *,
+    key: Any,
+    args: dict[str, Any],
+    item: Callable[[Any], Item] = lambda row: row[0],
+    position: Callable[[Item], int],
+) -> dict[str, Any]:
+    """One page of `query`, newest (highest `key`) first, after the cursor in `args`.
+
+    One row more than the limit is fetched to tell whether another page exists.
+    """
+    limit = args["limit"]
+    below = decode_cursor(args["cursor"])
+    if below is not None:
+        query = query.where(key < below)
+    rows = session.execute(query.order_by(key.desc()).limit(limit + 1)).all()
+    items = [item(row) for row in rows[:limit]]
     more = len(rows) > limit
     return {"items": items, "next_cursor": encode_cursor(position(items[-1])) if more else None}

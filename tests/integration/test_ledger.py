@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -24,6 +25,13 @@ def run(operation, **kwargs):  # type: ignore[no-untyped-def]
     kwargs.setdefault("now", utcnow())
     with write_transaction(db.session):
         return operation(db.session, **kwargs)
+
+
+def give(account: int, amount: int, **kwargs: Any) -> ledger.GrantResult:
+    """Grant promo credits (or `source=`) to the account, committed."""
+    kwargs.setdefault("source", "promo")
+    kwargs.setdefault("reason", "test")
+    return run(ledger.grant, account_id=account, amount=amount, **kwargs)  # type: ignore[no-any-return]
 
 
 def state(account_id: int, now=None) -> ledger.Balance:  # type: ignore[no-untyped-def]
@@ -52,7 +60,7 @@ def account(ctx, person_factory) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_grant_adds_a_grant_an_entry_and_an_audit_record(account: int) -> None:
-    result = run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="hi")
+    result = give(account, 10 * CR, reason="hi")
     assert result.balance == ledger.Balance(10 * CR, 0)
     assert entry_rows(account) == [("grant", 10 * CR, 10 * CR)]
     entry = db.session.execute(select(LedgerEntry)).scalar_one()
@@ -63,7 +71,7 @@ def test_grant_adds_a_grant_an_entry_and_an_audit_record(account: int) -> None:
 
 
 def test_hold_reserves_and_refuses_more_than_available(account: int) -> None:
-    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    give(account, 10 * CR)
     held = run(ledger.hold, account_id=account, amount=6 * CR, ttl=TTL)
     assert held.balance == ledger.Balance(10 * CR, 6 * CR)
     with pytest.raises(InsufficientCredits) as refused:
@@ -75,7 +83,7 @@ def test_hold_reserves_and_refuses_more_than_available(account: int) -> None:
 
 
 def test_settle_below_the_hold_charges_actual_and_releases_the_rest(account: int) -> None:
-    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    give(account, 10 * CR)
     held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL, reference="msg-1")
     outcome = run(ledger.settle, hold_id=held.hold_id, actual=1_500_000)
     assert outcome == ledger.Resolution(held.hold_id, "settled", 1_500_000, 0, applied=True)
@@ -88,7 +96,7 @@ def test_settle_below_the_hold_charges_actual_and_releases_the_rest(account: int
 
 
 def test_settle_above_the_hold_is_capped_and_records_the_shortfall(account: int) -> None:
-    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    give(account, 10 * CR)
     held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL)
     outcome = run(ledger.settle, hold_id=held.hold_id, actual=15 * CR)
     assert (outcome.captured, outcome.uncollected) == (10 * CR, 5 * CR)
@@ -99,7 +107,7 @@ def test_settle_above_the_hold_is_capped_and_records_the_shortfall(account: int)
 
 
 def test_a_hold_resolves_exactly_once(account: int) -> None:
-    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    give(account, 10 * CR)
     held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL)
     first = run(ledger.settle, hold_id=held.hold_id, actual=2 * CR)
     again = run(ledger.settle, hold_id=held.hold_id, actual=3 * CR)
@@ -112,7 +120,7 @@ def test_a_hold_resolves_exactly_once(account: int) -> None:
 
 
 def test_void_releases_everything_and_charges_nothing(account: int) -> None:
-    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    give(account, 10 * CR)
     held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL)
     outcome = run(ledger.void, hold_id=held.hold_id)
     assert outcome == ledger.Resolution(held.hold_id, "voided", 0, 0, applied=True)
@@ -123,23 +131,9 @@ def test_void_releases_everything_and_charges_nothing(account: int) -> None:
 
 def test_spending_draws_soonest_expiring_first_then_oldest(account: int) -> None:
     now = utcnow()
-    never = run(ledger.grant, account_id=account, amount=5 * CR, source="purchase", reason="a")
-    later = run(
-        ledger.grant,
-        account_id=account,
-        amount=5 * CR,
-        source="promo",
-        reason="b",
-        expires_at=now + timedelta(days=2),
-    )
-    sooner = run(
-        ledger.grant,
-        account_id=account,
-        amount=5 * CR,
-        source="promo",
-        reason="c",
-        expires_at=now + timedelta(days=1),
-    )
+    never = give(account, 5 * CR, source="purchase", reason="a")
+    later = give(account, 5 * CR, reason="b", expires_at=now + timedelta(days=2))
+    sooner = give(account, 5 * CR, reason="c", expires_at=now + timedelta(days=1))
     held = run(ledger.hold, account_id=account, amount=12 * CR, ttl=TTL)
     run(ledger.settle, hold_id=held.hold_id, actual=12 * CR)
     remaining = {g.id: g.remaining for g in db.session.execute(select(Grant)).scalars()}
@@ -161,15 +155,8 @@ def test_expired_credits_are_never_shown_and_written_off_by_the_next_operation(
     account: int,
 ) -> None:
     now = utcnow()
-    run(
-        ledger.grant,
-        account_id=account,
-        amount=3 * CR,
-        source="promo",
-        reason="soon",
-        expires_at=now + timedelta(hours=1),
-    )
-    run(ledger.grant, account_id=account, amount=2 * CR, source="purchase", reason="kept")
+    give(account, 3 * CR, reason="soon", expires_at=now + timedelta(hours=1))
+    give(account, 2 * CR, source="purchase", reason="kept")
     after = now + timedelta(hours=2)
     assert state(account, after) == ledger.Balance(2 * CR, 0)
     with pytest.raises(InsufficientCredits) as refused:
@@ -186,14 +173,7 @@ def test_expired_credits_are_never_shown_and_written_off_by_the_next_operation(
 
 def test_a_hold_placed_before_an_expiry_can_still_be_paid(account: int) -> None:
     now = utcnow()
-    run(
-        ledger.grant,
-        account_id=account,
-        amount=5 * CR,
-        source="promo",
-        reason="r",
-        expires_at=now + timedelta(minutes=5),
-    )
+    give(account, 5 * CR, reason="r", expires_at=now + timedelta(minutes=5))
     held = run(ledger.hold, account_id=account, amount=3 * CR, ttl=TTL, now=now)
     after = now + timedelta(minutes=6)
     # The next operation writes off only what the open hold does not need.
@@ -213,22 +193,17 @@ def test_a_hold_placed_before_an_expiry_can_still_be_paid(account: int) -> None:
 
 def test_refresh_is_once_per_period_and_ends_the_previous_subscription_grant(account: int) -> None:
     now = utcnow()
-    run(ledger.grant, account_id=account, amount=7 * CR, source="promo", reason="kept")
-    first = run(
-        ledger.refresh,
-        account_id=account,
-        period="2026-10",
-        amount=100 * CR,
-        expires_at=now + timedelta(days=30),
-        now=now,
-    )
-    repeat = run(
-        ledger.refresh,
-        account_id=account,
-        period="2026-10",
-        amount=100 * CR,
-        expires_at=now + timedelta(days=30),
-        now=now,
+    give(account, 7 * CR, reason="kept")
+    first, repeat = (
+        run(
+            ledger.refresh,
+            account_id=account,
+            period="2026-10",
+            amount=100 * CR,
+            expires_at=now + timedelta(days=30),
+            now=now,
+        )
+        for _ in range(2)
     )
     assert first.created and not repeat.created and repeat.grant_id == first.grant_id
     held = run(ledger.hold, account_id=account, amount=30 * CR, ttl=TTL, now=now)
@@ -266,7 +241,7 @@ def test_adjust_adds_credits_or_takes_only_what_is_available(account: int) -> No
 
 def test_only_overdue_holds_expire(account: int) -> None:
     now = utcnow()
-    run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    give(account, 10 * CR)
     held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL, now=now)
     assert ledger.overdue_hold_ids(db.session, now=now + TTL - timedelta(seconds=1)) == []
     with pytest.raises(ValueError):
@@ -279,7 +254,7 @@ def test_only_overdue_holds_expire(account: int) -> None:
 
 
 def test_reconcile_reports_drift_it_did_not_cause(account: int) -> None:
-    grant = run(ledger.grant, account_id=account, amount=10 * CR, source="promo", reason="r")
+    grant = give(account, 10 * CR)
     with write_transaction(db.session):
         # A grant's remainder is not tied to the balance by a constraint; reconcile catches it.
         db.session.execute(
