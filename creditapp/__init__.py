@@ -33,7 +33,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
 def register_logging(app: Flask) -> None:
     from creditapp.logging import configure_logging
 
-    configure_logging("WARNING" if app.testing else "INFO")
+    configure_logging(app.config["LOG_LEVEL"])
 
 
 def register_extensions(app: Flask) -> None:

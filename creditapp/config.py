@@ -74,6 +74,11 @@ class Config:
         self.JWT_SECRET_KEY = env.get("JWT_SECRET_KEY") or DEV_JWT_SECRET
         self.SECRET_KEY = self.JWT_SECRET_KEY
         self.GOOGLE_CLIENT_ID = env.get("GOOGLE_CLIENT_ID") or None
+        self.LOG_LEVEL = (env.get("LOG_LEVEL") or "INFO").upper()
+        if self.LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigurationError(
+                f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.LOG_LEVEL!r}"
+            )
         self.HOLD_TTL_SECONDS = _int_env("HOLD_TTL_SECONDS", 600)
         self.PROVIDER_TIMEOUT_SECONDS = _int_env("PROVIDER_TIMEOUT_SECONDS", 120)
         # A claimed Idempotency-Key whose request never finished (a killed worker) may be

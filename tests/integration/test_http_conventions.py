@@ -112,3 +112,15 @@ def test_openapi_document_lists_the_endpoints(client: FlaskClient) -> None:
         "/api/admin/credit/audit",
     ):
         assert path in paths
+
+
+def test_log_lines_carry_the_request_id(client: FlaskClient, user, capfd) -> None:
+    import json
+
+    capfd.readouterr()
+    response = client.get("/api/me", headers={**user.headers, "X-Request-ID": "trace-me-1"})
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line]
+    access = [line for line in lines if line.get("event") == "request"]
+    assert response.headers["X-Request-ID"] == "trace-me-1"
+    assert access and all(line["request_id"] == "trace-me-1" for line in access)
+    assert access[-1]["status"] == 200 and access[-1]["path"] == "/api/me"
