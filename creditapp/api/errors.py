@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import psycopg
 import structlog
 from flask import Flask, Response, g, jsonify
 from sqlalchemy.exc import OperationalError
@@ -88,9 +90,14 @@ def _http_error(error: HTTPException) -> Response:
     return response
 
 
+# The database could not serve the request (unreachable, connection lost, timed out): the
+# ledger's own SQL raises the drivers' errors directly, the rest comes through SQLAlchemy.
+_DATABASE_DOWN = (OperationalError, psycopg.OperationalError, sqlite3.OperationalError)
+
+
 def _unexpected(error: Exception) -> Response:
-    if isinstance(error, OperationalError) and error.connection_invalidated:
-        log.error("database_unreachable", error=str(error.orig))
+    if isinstance(error, _DATABASE_DOWN):
+        log.error("database_unavailable", error=str(error))
         return from_error(DependencyUnavailable())
     log.exception("unhandled_error")
     return error_response(500, "internal_error", "An unexpected error occurred.")
