@@ -32,7 +32,7 @@ def _replay(stored: idempotency.StoredResponse) -> Response:
     return response
 
 
-def idempotent(*, required: bool = False) -> Callable[[F], F]:
+def idempotent() -> Callable[[F], F]:
     """Run the view at most once per (user, Idempotency-Key); replay its response after.
 
     Must sit inside `authenticated`: keys belong to the calling user.
@@ -42,8 +42,6 @@ def idempotent(*, required: bool = False) -> Callable[[F], F]:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Response:
             key = request.headers.get(HEADER)
-            if key is None and required:
-                raise ValidationFailed(details={HEADER: ["This header is required here."]})
             if key is not None and not _valid_key(key):
                 raise ValidationFailed(details={HEADER: ["Must be 1-255 printable ASCII."]})
             if key is None:

@@ -31,10 +31,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def issue_access_token(user: User, expires_in: timedelta | None = None) -> str:
+    """An access token for the user; without `expires_in`, JWT_ACCESS_TOKEN_EXPIRES applies."""
     return create_access_token(
-        identity=str(user.id),
-        additional_claims={"role": user.role},
-        expires_delta=expires_in if expires_in is not None else None,  # None: configured default
+        identity=str(user.id), additional_claims={"role": user.role}, expires_delta=expires_in
     )
 
 

@@ -1,0 +1,42 @@
+"""Transactions as the ledger needs them (creditapp.database)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from flask import Flask
+from sqlalchemy import text
+
+from creditapp.database import write_transaction
+from creditapp.extensions import db
+
+
+def test_sqlite_write_transactions_take_the_write_lock_at_begin(ctx: Flask) -> None:
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL locks rows, not the database")
+    path = db.engine.url.database
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        # No statement has run yet, and still no other writer may begin.
+        with write_transaction(db.session), pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        # Plain reads begin a deferred transaction and leave writers alone.
+        db.session.execute(text("SELECT 1"))
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        db.session.rollback()
+        other.close()
+
+
+def test_write_transaction_rolls_back_on_error(ctx: Flask) -> None:
+    with pytest.raises(RuntimeError), write_transaction(db.session):
+        db.session.execute(text("UPDATE tiers SET monthly_credits = 7 WHERE name = 'free'"))
+        raise RuntimeError("boom")
+    credits = db.session.execute(
+        text("SELECT monthly_credits FROM tiers WHERE name = 'free'")
+    ).scalar_one()
+    assert credits == 100_000_000
