@@ -124,11 +124,15 @@ class Hold(db.Model):  # type: ignore[name-defined,misc]
         ),
         CheckConstraint("captured IS NULL OR captured >= 0", name="captured_not_negative"),
         CheckConstraint("uncollected >= 0", name="uncollected_not_negative"),
+        # The expiry job's index. Its predicate is `resolved_at IS NULL` (the same as pending, by
+        # resolved_once) rather than `status = 'pending'`: resolving a hold filters on status,
+        # and a plan cached while the table was small could otherwise scan every pending hold
+        # through this index instead of using the primary key.
         Index(
-            "ix_holds_pending_expiry",
+            "ix_holds_unresolved_expiry",
             "expires_at",
-            postgresql_where=text("status = 'pending'"),
-            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("resolved_at IS NULL"),
+            sqlite_where=text("resolved_at IS NULL"),
         ),
     )
 

@@ -51,7 +51,7 @@ RESOLVE_HOLD = Statement(
 STORED_RESOLUTION = Statement("SELECT status, captured, uncollected FROM holds WHERE id = :hold")
 PERIOD_GRANT = Statement("SELECT id FROM grants WHERE account_id = :account AND period = :period")
 OVERDUE_HOLDS = Statement(
-    """SELECT id FROM holds WHERE status = 'pending' AND expires_at <= :now
+    """SELECT id FROM holds WHERE resolved_at IS NULL AND expires_at <= :now
        ORDER BY expires_at LIMIT :limit"""
 )
 BALANCE_AS_OF = Statement(

@@ -178,12 +178,13 @@ def upgrade() -> None:
         sa.CheckConstraint("captured IS NULL OR captured >= 0", name="captured_not_negative"),
         sa.CheckConstraint("uncollected >= 0", name="uncollected_not_negative"),
     )
+    # Not `status = 'pending'`: see the Hold model on why the predicate names resolved_at.
     op.create_index(
-        "ix_holds_pending_expiry",
+        "ix_holds_unresolved_expiry",
         "holds",
         ["expires_at"],
-        postgresql_where=sa.text("status = 'pending'"),
-        sqlite_where=sa.text("status = 'pending'"),
+        postgresql_where=sa.text("resolved_at IS NULL"),
+        sqlite_where=sa.text("resolved_at IS NULL"),
     )
 
     op.create_table(
