@@ -21,11 +21,6 @@ from creditapp.money import format_credits
 LOCK_ACCOUNT = Statement(
     "SELECT balance, reserved, last_seq FROM accounts WHERE id = :account", lock="FOR UPDATE"
 )
-LOCK_ACCOUNT_OF_HOLD = Statement(
-    """SELECT h.account_id, h.amount, h.status, h.expires_at, a.balance, a.reserved, a.last_seq
-       FROM holds h JOIN accounts a ON a.id = h.account_id WHERE h.id = :hold""",
-    lock="FOR UPDATE OF a",
-)
 LIVE_GRANTS = Statement(
     """SELECT id, remaining, expires_at, source FROM grants
        WHERE account_id = :account AND remaining > 0
@@ -43,12 +38,19 @@ STORE_ACCOUNT = Statement(
        WHERE id = :account"""
 )
 CHANGE_GRANT = Statement("UPDATE grants SET remaining = remaining + :change WHERE id = :grant")
+# Resolves a pending hold, charging min(actual, hold) for now: what the account can pay above
+# the hold is known only once the account is locked (RECORD_CAPTURE then corrects it).
 RESOLVE_HOLD = Statement(
-    """UPDATE holds SET status = :status, resolved_at = :now, captured = :captured,
-              uncollected = :uncollected
-       WHERE id = :hold AND status = 'pending' RETURNING reference"""
+    """UPDATE holds SET status = :status, resolved_at = :now,
+              captured = CASE WHEN :actual < amount THEN :actual ELSE amount END,
+              uncollected = CASE WHEN :actual < amount THEN 0 ELSE :actual - amount END
+       WHERE id = :hold AND status = 'pending' AND (:status <> 'expired' OR expires_at <= :now)
+       RETURNING account_id, amount, reference"""
 )
-STORED_RESOLUTION = Statement("SELECT status, captured, uncollected FROM holds WHERE id = :hold")
+RECORD_CAPTURE = Statement(
+    "UPDATE holds SET captured = :captured, uncollected = :uncollected WHERE id = :hold"
+)
+HOLD_STATE = Statement("SELECT status, captured, uncollected FROM holds WHERE id = :hold")
 PERIOD_GRANT = Statement("SELECT id FROM grants WHERE account_id = :account AND period = :period")
 OVERDUE_HOLDS = Statement(
     """SELECT id FROM holds WHERE resolved_at IS NULL AND expires_at <= :now
@@ -222,12 +224,6 @@ def _lock(sql: LedgerSql, account_id: int) -> _AccountState:
     if account is None:
         raise NotFound("No such account.")
     balance_now, reserved, last_seq = account
-    return _state_with_grants(sql, account_id, balance_now, reserved, last_seq)
-
-
-def _state_with_grants(
-    sql: LedgerSql, account_id: int, balance_now: int, reserved: int, last_seq: int | None
-) -> _AccountState:
     return _AccountState(
         id=account_id,
         balance=balance_now,
@@ -594,13 +590,6 @@ def _insert_hold(
     return int(row[0])
 
 
-def _stored_resolution(sql: LedgerSql, hold_id: int) -> Resolution:
-    row = sql.one(STORED_RESOLUTION, hold=hold_id)
-    assert row is not None
-    status, captured, uncollected = row
-    return Resolution(hold_id, status, captured or 0, uncollected, applied=False)
-
-
 def _resolve(
     session: DbSession,
     *,
@@ -611,19 +600,14 @@ def _resolve(
     now: datetime,
 ) -> Resolution:
     sql = LedgerSql(session)
-    # Locks the hold's account. The hold's status read here may be stale if the lock had to
-    # wait; the conditional UPDATE below is what decides who resolves it.
-    found = sql.one(LOCK_ACCOUNT_OF_HOLD, hold=hold_id)
-    if found is None:
-        raise NotFound("No such hold.")
-    account_id, hold_amount, hold_status, hold_expires_at, balance_now, reserved, last_seq = found
-    if hold_status != "pending":
-        return _stored_resolution(sql, hold_id)
-    expiry = sql.read_time(hold_expires_at)
-    if status == "expired" and expiry is not None and expiry > now:
-        raise ValueError("the hold has not expired yet")
+    # The conditional UPDATE decides who resolves the hold, before the account is locked: a
+    # concurrent twin waits for this row, then finds it resolved and returns our outcome.
+    resolved = sql.one(RESOLVE_HOLD, hold=hold_id, status=status, now=sql.time(now), actual=actual)
+    if resolved is None:
+        return _unresolved(sql, hold_id)
+    account_id, hold_amount, reference = resolved
 
-    state = _state_with_grants(sql, account_id, balance_now, reserved, last_seq)
+    state = _lock(sql, account_id)
     state.write_off_overdue(now)
     state.reserved -= hold_amount
     # Above the hold, a charge is capped at what the account can pay; the rest is uncollected.
@@ -632,17 +616,8 @@ def _resolve(
         state.draw(captured, "charge", now, include_overdue=True)
     # What the hold kept of expired grants is no longer needed.
     state.write_off_overdue(now)
-    resolved = sql.one(
-        RESOLVE_HOLD,
-        hold=hold_id,
-        status=status,
-        now=sql.time(now),
-        captured=captured,
-        uncollected=actual - captured,
-    )
-    if resolved is None:
-        # Another transaction resolved it first: its outcome stands, ours is discarded.
-        return _stored_resolution(sql, hold_id)
+    if captured != min(actual, hold_amount):
+        sql.run(RECORD_CAPTURE, hold=hold_id, captured=captured, uncollected=actual - captured)
     _persist(
         sql,
         state,
@@ -650,7 +625,7 @@ def _resolve(
         context=context,
         now=now,
         hold_id=hold_id,
-        reference=resolved[0],
+        reference=reference,
         details={
             "hold_amount": format_credits(hold_amount),
             "actual": format_credits(actual),
@@ -658,6 +633,17 @@ def _resolve(
         },
     )
     return Resolution(hold_id, status, captured, actual - captured, applied=True)
+
+
+def _unresolved(sql: LedgerSql, hold_id: int) -> Resolution:
+    """Why a hold was not resolved now: it does not exist, has not expired, or was resolved."""
+    row = sql.one(HOLD_STATE, hold=hold_id)
+    if row is None:
+        raise NotFound("No such hold.")
+    status, captured, uncollected = row
+    if status == "pending":
+        raise ValueError("the hold has not expired yet")
+    return Resolution(hold_id, status, captured, uncollected, applied=False)
 
 
 def settle(
