@@ -198,8 +198,8 @@ def raw_work(url: str, statements: dict, pick: Callable[[random.Random], int]): 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="per round and side")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per round and side")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--verbose", action="store_true", help="print every round")
     args = parser.parse_args()
 
