@@ -32,9 +32,11 @@ Invariants (database constraints, or checked by `reconcile`):
 
 Concurrency: each operation runs in one short transaction owned by the caller (see
 `creditapp.database.write_transaction`). On PostgreSQL (READ COMMITTED) a hold is a single
-conditional `UPDATE ... WHERE balance - reserved >= :amount`; other operations lock the account
-row, always in the order hold -> account -> grants, so they cannot deadlock. On SQLite the
-write transaction holds the database's write lock from `BEGIN IMMEDIATE`.
+conditional `UPDATE ... WHERE balance - reserved >= :amount`; resolving a hold starts with the
+hold's own conditional `UPDATE ... WHERE status = 'pending'`, which decides who resolves it;
+operations then lock the account row. Locks are always taken in the order hold -> account ->
+grants, so operations cannot deadlock. On SQLite the write transaction holds the database's
+write lock from `BEGIN IMMEDIATE`.
 """
 
 from creditapp.ledger.operations import (
