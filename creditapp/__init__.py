@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-from creditapp.config import Config, load_config
+from creditapp.config import load_config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
-    """Build the app from the environment's config, optionally overridden (tests)."""
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from the environment's settings, with `overrides` applied on top."""
     app = Flask(__name__, instance_relative_config=True)
-    settings = load_config()
-    app.config.from_object(settings)
-    if isinstance(config, Config):
-        app.config.from_object(config)
-    elif config:
-        app.config.update(config)
+    app.config.from_object(load_config())
+    app.config.update(overrides or {})
 
     register_logging(app)
     register_extensions(app)

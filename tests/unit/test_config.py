@@ -63,3 +63,28 @@ def test_production_with_secure_settings_loads(monkeypatch) -> None:
     assert config.RATELIMIT_STORAGE_URI == "redis://cache:6379/0"
     assert config.CELERY_BROKER_URL == "redis://cache:6379/0"
     assert not config.DEMO_MODE
+
+
+def test_the_factory_applies_overrides_on_top_of_the_environment(tmp_path) -> None:
+    # In a process of its own: a second app would rebind this process's extensions.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import json; from creditapp import create_app; "
+        "app = create_app({'HOLD_TTL_SECONDS': 42}); "
+        "print(json.dumps([app.config['HOLD_TTL_SECONDS'], app.config['ENV_NAME'], "
+        "app.config['SQLALCHEMY_DATABASE_URI']]))"
+    )
+    env = {
+        **os.environ,
+        "CREDITAPP_ENV": "testing",
+        "HOLD_TTL_SECONDS": "99",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+    }
+    output = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(output.splitlines()[-1]) == [42, "testing", f"sqlite:///{tmp_path / 'x.db'}"]
