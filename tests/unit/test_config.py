@@ -88,3 +88,32 @@ def test_the_factory_applies_overrides_on_top_of_the_environment(tmp_path) -> No
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert json.loads(output.splitlines()[-1]) == [42, "testing", f"sqlite:///{tmp_path / 'x.db'}"]
+
+
+def test_celery_uses_redis_in_production_and_a_serverless_broker_embedded(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = "import celery_worker; print(celery_worker.celery.conf.broker_url)"
+    base = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    base.pop("REDIS_URL", None)
+    base.pop("CELERY_BROKER_URL", None)
+
+    def broker(**env: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.splitlines()[-1]
+
+    assert broker(CREDITAPP_ENV="development") == "filesystem://"
+    assert (
+        broker(
+            CREDITAPP_ENV="production", JWT_SECRET_KEY="k" * 40, REDIS_URL="redis://cache:6379/0"
+        )
+        == "redis://cache:6379/0"
+    )
