@@ -39,7 +39,6 @@ class Config:
     DEMO_MODE = True
 
     MAX_CONTENT_LENGTH = 64 * 1024
-    JSON_SORT_KEYS = False
 
     SQLALCHEMY_TRACK_MODIFICATIONS = False
     SQLALCHEMY_SESSION_OPTIONS = {"expire_on_commit": False}
@@ -52,7 +51,6 @@ class Config:
     RATELIMIT_HEADERS_ENABLED = True
     RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
     RATELIMIT_DEFAULT = "100 per minute"
-    RATELIMIT_SPENDING = "30 per minute"
     RATELIMIT_SENSITIVE = "10 per 5 minutes"
 
     API_TITLE = "creditapp"
@@ -72,7 +70,6 @@ class Config:
         self.RATELIMIT_STORAGE_URI = self.REDIS_URL or "memory://"
         self.RATELIMIT_ENABLED = env.get("RATELIMIT_ENABLED", "true").lower() != "false"
         self.JWT_SECRET_KEY = env.get("JWT_SECRET_KEY") or DEV_JWT_SECRET
-        self.SECRET_KEY = self.JWT_SECRET_KEY
         self.GOOGLE_CLIENT_ID = env.get("GOOGLE_CLIENT_ID") or None
         self.LOG_LEVEL = (env.get("LOG_LEVEL") or "INFO").upper()
         if self.LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR"):

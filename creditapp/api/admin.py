@@ -153,10 +153,8 @@ def user_credit(user_id: str) -> Any:
     summary = users.credit_summary(db.session, user=user, now=datetime.now(UTC))
     live_grants = db.session.execute(
         select(Grant)
-        .where(
-            Grant.account_id == users.account_id_of(db.session, user.id),
-            Grant.__table__.c.remaining > 0,
-        )
+        .join(Account, Account.id == Grant.account_id)
+        .where(Account.user_id == user.id, Grant.__table__.c.remaining > 0)
         .order_by(Grant.id.desc())
     ).scalars()
     return {**vars(summary), "user_id": user.id, "email": user.email, "grants": live_grants.all()}

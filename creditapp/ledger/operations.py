@@ -170,8 +170,8 @@ class _AccountState:
     reserved: int
     last_seq: int | None
     grants: list[_LiveGrant]
-    initial_balance: int = 0
-    initial_reserved: int = 0
+    initial_balance: int = field(init=False)
+    initial_reserved: int = field(init=False)
     pending: list[_PendingEntry] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -296,6 +296,7 @@ def _persist(
 
     seq = state.last_seq or 0
     running = state.initial_balance
+    stored_now = sql.time(now)
     rows = []
     grant_changes: dict[int, int] = defaultdict(int)
     for pending in state.pending:
@@ -314,7 +315,7 @@ def _persist(
                 "audit": audit_id,
                 "reference": reference,
                 "request_id": context.request_id,
-                "now": sql.time(now),
+                "now": stored_now,
             }
         )
         running += pending.amount
