@@ -35,6 +35,22 @@ def grant(app: Flask, person: Person, amount: int, **kwargs) -> int:  # type: ig
     return result.grant_id
 
 
+def hold(app: Flask, person: Person, amount: int, reference: str | None = None):  # type: ignore[no-untyped-def]
+    with app.app_context():
+        with write_transaction(db.session):
+            held = ledger.hold(
+                db.session,
+                account_id=person.account_id,
+                amount=amount,
+                ttl=timedelta(minutes=5),
+                context=TEST_CONTEXT,
+                now=utcnow(),
+                reference=reference,
+            )
+        db.session.remove()
+    return held
+
+
 def test_balance_of_a_new_free_user_shows_the_first_subscription(
     client: FlaskClient, person_factory
 ) -> None:
@@ -60,17 +76,7 @@ def test_balance_shows_holds_and_never_expired_credits(
     person = person_factory()
     grant(app, person, 12_500_000)
     grant(app, person, 3 * CR, expires_at=utcnow() + timedelta(milliseconds=300))
-    with app.app_context():
-        with write_transaction(db.session):
-            ledger.hold(
-                db.session,
-                account_id=person.account_id,
-                amount=2 * CR,
-                ttl=timedelta(minutes=5),
-                context=TEST_CONTEXT,
-                now=utcnow(),
-            )
-        db.session.remove()
+    hold(app, person, 2 * CR)
     body = client.get("/api/credit/balance", headers=person.headers).get_json()
     assert (body["balance"], body["reserved"], body["available"]) == ("15.5", "2", "13.5")
     import time
@@ -132,17 +138,8 @@ def test_transactions_filter_by_type_and_carry_the_signed_amount(
 ) -> None:
     person = person_factory()
     grant(app, person, 10 * CR)
+    held = hold(app, person, 2 * CR, reference="message:42")
     with app.app_context():
-        with write_transaction(db.session):
-            held = ledger.hold(
-                db.session,
-                account_id=person.account_id,
-                amount=2 * CR,
-                ttl=timedelta(minutes=5),
-                context=TEST_CONTEXT,
-                now=utcnow(),
-                reference="message:42",
-            )
         with write_transaction(db.session):
             ledger.settle(
                 db.session,
