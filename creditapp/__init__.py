@@ -21,6 +21,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     register_logging(app)
     register_extensions(app)
+    register_providers(app)
     register_http(app)
     register_commands(app)
     register_celery(app)
@@ -44,7 +45,9 @@ def register_extensions(app: Flask) -> None:
     # Every model must be imported before the metadata is used by Alembic or create_all.
     from creditapp import idempotency  # noqa: F401
     from creditapp.auth import models as auth_models  # noqa: F401
+    from creditapp.chat import models as chat_models  # noqa: F401
     from creditapp.ledger import models as ledger_models  # noqa: F401
+    from creditapp.pricing import models as pricing_models  # noqa: F401
 
     db.init_app(app)
     with app.app_context():
@@ -52,6 +55,22 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     jwt.init_app(app)
     api.init_app(app)
+
+
+def register_providers(app: Flask) -> None:
+    from creditapp.metering.providers import Connection, Providers
+
+    app.extensions["providers"] = Providers(
+        {
+            name: Connection(
+                base_url=settings.base_url,
+                api_key=settings.api_key,
+                timeout_seconds=app.config["PROVIDER_TIMEOUT_SECONDS"],
+                max_retries=app.config["PROVIDER_MAX_RETRIES"],
+            )
+            for name, settings in app.config["PROVIDER_SETTINGS"].items()
+        }
+    )
 
 
 def register_http(app: Flask) -> None:

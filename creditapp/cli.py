@@ -1,28 +1,35 @@
-"""Flask CLI commands: users, credit and demo data (`flask --app wsgi --help`)."""
+"""Flask CLI commands: users, credit, pricing and demo data (`flask --app wsgi --help`)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
+from sqlalchemy import select
 
 from creditapp import ledger
 from creditapp.api.identity import issue_access_token
 from creditapp.auth import users
 from creditapp.auth.models import User
+from creditapp.chat import service as chat
+from creditapp.chat.models import Character
 from creditapp.database import write_transaction
 from creditapp.errors import CreditAppError
 from creditapp.extensions import db
 from creditapp.money import AmountError, format_credits, parse_credits
+from creditapp.pricing import book, catalogue
+from creditapp.pricing.models import Price
 
 CLI_CONTEXT = ledger.AuditContext(actor_type="admin", actor_id="cli")
 
 users_cli = AppGroup("users", help="Create users and issue their access tokens.")
 credit_cli = AppGroup("credit", help="Grant credits and reconcile the ledger.")
 demo_cli = AppGroup("demo", help="Demo data for the embedded default.")
+pricing_cli = AppGroup("pricing", help="The price book.")
 
 
 def _user_json(user: User) -> str:
@@ -134,9 +141,49 @@ def reconcile_credit() -> None:
         raise SystemExit(1)
 
 
+@pricing_cli.command("sync")
+def sync_pricing() -> None:
+    """Add the bundled genai-prices catalogue's prices to the price book (never rewrites)."""
+    with write_transaction(db.session):
+        result = catalogue.sync(db.session, now=datetime.now(UTC))
+    click.echo(json.dumps(vars(result)))
+
+
 DEMO_ADMIN = "admin@demo.creditapp"
 DEMO_USER = "user@demo.creditapp"
 DEMO_CREDITS = 1_000 * 1_000_000
+DEMO_MODEL = "demo-chat"
+# The demo provider's price, in USD per 1M tokens: cents per conversation, so balances visibly move.
+DEMO_RATES = book.Rates(input=Decimal("2"), output=Decimal("8"), cached_input=Decimal("0.5"))
+DEMO_CHARACTER = "Ada"
+
+
+def _seed_demo_chat(admin: User, now: datetime) -> Character:
+    if db.session.scalar(select(Price.id).where(Price.provider == "demo")) is None:
+        book.add(
+            db.session,
+            provider="demo",
+            model=DEMO_MODEL,
+            rates=DEMO_RATES,
+            effective_from=now,
+            source="demo seed",
+            now=now,
+        )
+    character = db.session.scalar(
+        select(Character).where(Character.owner_id == admin.id, Character.name == DEMO_CHARACTER)
+    )
+    if character is None:
+        character = chat.create_character(
+            db.session,
+            owner=admin,
+            name=DEMO_CHARACTER,
+            system_prompt="You are Ada, a patient and curious guide. Answer briefly.",
+            provider="demo",
+            model=DEMO_MODEL,
+            public=True,
+            now=now,
+        )
+    return character
 
 
 @demo_cli.command("seed")
@@ -160,6 +207,11 @@ def seed_demo() -> None:
                     context=CLI_CONTEXT,
                     now=now,
                 )
+        character = _seed_demo_chat(users.get_by_email(db.session, DEMO_ADMIN), now)
+    click.echo(
+        f"demo character {character.name}: id {character.id}"
+        f" ({character.provider}:{character.model})"
+    )
     for email in (DEMO_ADMIN, DEMO_USER):
         user = users.get_by_email(db.session, email)
         click.echo(f"{user.role:5}  {email}  token (24 h):")
@@ -167,5 +219,5 @@ def seed_demo() -> None:
 
 
 def register_cli(app: Flask) -> None:
-    for group in (users_cli, credit_cli, demo_cli):
+    for group in (users_cli, credit_cli, demo_cli, pricing_cli):
         app.cli.add_command(group)

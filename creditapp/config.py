@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +21,13 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-def _int_env(name: str, default: int) -> int:
+@dataclass(frozen=True)
+class ProviderSettings:
+    base_url: str | None
+    api_key: str | None
+
+
+def _int_env(name: str, default: int, *, minimum: int = 1) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -28,8 +35,8 @@ def _int_env(name: str, default: int) -> int:
         value = int(raw)
     except ValueError as exc:
         raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from exc
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be positive, got {value}")
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
@@ -52,6 +59,7 @@ class Config:
     RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
     RATELIMIT_DEFAULT = "100 per minute"
     RATELIMIT_SENSITIVE = "10 per 5 minutes"
+    RATELIMIT_SPENDING = "30 per minute"
 
     API_TITLE = "creditapp"
     API_VERSION = "1"
@@ -78,6 +86,21 @@ class Config:
             )
         self.HOLD_TTL_SECONDS = _int_env("HOLD_TTL_SECONDS", 600)
         self.PROVIDER_TIMEOUT_SECONDS = _int_env("PROVIDER_TIMEOUT_SECONDS", 120)
+        # Retries inside the SDKs, bounded so that a hold never outlives a slow provider.
+        self.PROVIDER_MAX_RETRIES = _int_env("PROVIDER_MAX_RETRIES", 2, minimum=0)
+        self.PROVIDER_SETTINGS = {
+            name: ProviderSettings(
+                base_url=env.get(f"{prefix}_BASE_URL") or None,
+                api_key=env.get(f"{key_prefix}_API_KEY") or None,
+            )
+            for name, prefix, key_prefix in (
+                ("openai", "OPENAI", "OPENAI"),
+                ("anthropic", "ANTHROPIC", "ANTHROPIC"),
+                ("google", "GOOGLE_GEMINI", "GEMINI"),
+            )
+        }
+        # How many earlier messages of a conversation are sent with a new one.
+        self.CHAT_HISTORY_MESSAGES = _int_env("CHAT_HISTORY_MESSAGES", 40)
         # A claimed Idempotency-Key whose request never finished (a killed worker) may be
         # taken over after this long; the final transaction of the first request then fails
         # to complete its claim and rolls back, so the work still happens once.

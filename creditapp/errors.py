@@ -113,6 +113,39 @@ class RequestInProgress(CreditAppError):
     message = "A request with this Idempotency-Key is still in progress."
 
 
+class ModelNotPriced(CreditAppError):
+    """A model is only used once the price book has a price for it in force; never charged zero."""
+
+    code = "model_not_priced"
+    status = 400
+    message = "This model has no price in force."
+
+
+class ModelNotAllowed(CreditAppError):
+    """A tier's `allowed_models` names the models its users may chat with."""
+
+    code = "model_not_allowed"
+    status = 403
+    message = "Your tier does not allow this model."
+
+
+class ProviderFailed(CreditAppError):
+    """The AI provider failed, timed out or answered something unusable; nothing is charged
+    unless `details` says what was charged and refunded."""
+
+    code = "provider_error"
+    status = 502
+    message = "The AI provider failed; nothing was charged."
+
+
+class AlreadyRefunded(CreditAppError):
+    """A message's charge is refunded at most once."""
+
+    code = "already_refunded"
+    status = 409
+    message = "This message was already refunded."
+
+
 class Conflict(CreditAppError):
     """The request conflicts with the current state of the object."""
 

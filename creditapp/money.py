@@ -20,10 +20,11 @@ class AmountError(ValueError):
     """An amount is not of the wire format, or outside what the field allows."""
 
 
-def parse_credits(value: object, *, signed: bool = False) -> int:
+def parse_credits(value: object, *, signed: bool = False, allow_zero: bool = False) -> int:
     """Parse a wire amount (a credit string or a JSON integer) into micro-credits.
 
-    Unsigned amounts must be positive; signed amounts (adjustments) must be non-zero.
+    Unsigned amounts must be positive (or zero, with `allow_zero`); signed amounts
+    (adjustments) must be non-zero.
     """
     if isinstance(value, bool) or not isinstance(value, int | str):
         # bool is an int subclass; a JSON float arrives as Decimal or float: both refused.
@@ -42,7 +43,7 @@ def parse_credits(value: object, *, signed: bool = False) -> int:
             micro = -micro
     if abs(micro) > MAX_MICRO:
         raise AmountError(f"must be at most {MAX_CREDITS:,} credits")
-    if micro == 0:
+    if micro == 0 and not allow_zero:
         raise AmountError("must not be zero")
     if micro < 0 and not signed:
         raise AmountError("must be positive")

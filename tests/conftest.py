@@ -30,12 +30,19 @@ from creditapp.auth import users
 from creditapp.auth.models import Tier, User
 from creditapp.database import write_transaction
 from creditapp.extensions import db
+from tests.fake_providers import FakeProviders
 
 BACKEND = os.environ.get("CREDITAPP_TEST_DATABASE", "sqlite")
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TABLES = (
+    "compensations",
+    "messages",
+    "usage_records",
+    "conversations",
+    "characters",
+    "prices",
     "idempotency_keys",
     "ledger_entries",
     "audit_records",
@@ -94,7 +101,19 @@ def redis_url() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def app(database_url: str, redis_url: str | None) -> Iterator[Flask]:
+def fake_providers() -> Iterator[FakeProviders]:
+    """The providers' loopback twin; the app's SDK clients point at it."""
+    fake = FakeProviders()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="session")
+def app(database_url: str, redis_url: str | None, fake_providers: FakeProviders) -> Iterator[Flask]:
+    os.environ.update(fake_providers.base_urls())
+    # Failures reach the tests at once: retries are tested on their own.
+    os.environ["PROVIDER_MAX_RETRIES"] = "0"
+    os.environ["PROVIDER_TIMEOUT_SECONDS"] = "1"
     os.environ["DATABASE_URL"] = database_url
     # Room for 64 threads to hold a connection each at the same moment.
     os.environ.setdefault("DATABASE_POOL_SIZE", "50")

@@ -13,7 +13,7 @@ from creditapp import ledger
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
-from creditapp.api.parsing import Blueprint
+from creditapp.api.parsing import Blueprint, path_id
 from creditapp.api.schemas import (
     AmountsSchema,
     BalanceSchema,
@@ -24,6 +24,7 @@ from creditapp.api.schemas import (
     UtcDateTime,
 )
 from creditapp.auth import users
+from creditapp.chat import compensations
 from creditapp.errors import ValidationFailed
 from creditapp.extensions import db, limiter
 from creditapp.ledger.models import Account, AuditRecord, Grant
@@ -143,13 +144,48 @@ def adjust(args: dict[str, Any]) -> Any:
     return {"amount": args["amount"], "balance": balance}
 
 
+class RefundArgs(Schema):
+    message_id = Id(required=True)
+    reason = fields.String(required=True, validate=_REASON)
+
+
+class RefundSchema(Schema):
+    compensation_id = Id(attribute="id")
+    message_id = Id()
+    amount = Credits()
+    status = fields.String()
+    balance = fields.Nested(AmountsSchema)
+
+
+@blp.route("/credit/refund", methods=["POST"])
+@limiter.limit(_sensitive_limit)
+@authenticated(admin=True)
+@idempotent()
+@blp.arguments(RefundArgs)
+@blp.response(201, RefundSchema)
+def refund(args: dict[str, Any]) -> Any:
+    now = datetime.now(UTC)
+    compensation = compensations.refund_message(
+        db.session,
+        message_id=args["message_id"],
+        reason=args["reason"],
+        context=audit_context(),
+        now=now,
+    )
+    return {
+        "id": compensation.id,
+        "message_id": args["message_id"],
+        "amount": compensation.amount,
+        "status": compensation.status,
+        "balance": ledger.balance(db.session, account_id=compensation.account_id, now=now),
+    }
+
+
 @blp.route("/users/<user_id>/credit", methods=["GET"])
 @authenticated(admin=True)
 @blp.response(200, UserCreditSchema)
 def user_credit(user_id: str) -> Any:
-    if not user_id.isdigit() or len(user_id) > 18:
-        raise ValidationFailed(details={"user_id": ["Not a valid id."]})
-    user = users.get(db.session, int(user_id))
+    user = users.get(db.session, path_id(user_id, "user_id"))
     summary = users.credit_summary(db.session, user=user, now=datetime.now(UTC))
     live_grants = db.session.execute(
         select(Grant)

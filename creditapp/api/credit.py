@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from marshmallow import fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from sqlalchemy import select
 
 from creditapp.api.identity import authenticated, caller
@@ -13,15 +13,73 @@ from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import (
     BalanceSchema,
+    Credits,
     GrantPageSchema,
     PageArgs,
     TransactionPageSchema,
+    UtcDateTime,
 )
 from creditapp.auth import users
+from creditapp.chat import usage_report
+from creditapp.chat.usage_report import GROUPINGS
 from creditapp.extensions import db
 from creditapp.ledger.models import ENTRY_TYPES, Grant, LedgerEntry
 
 blp = Blueprint("credit", __name__, url_prefix="/api/credit", description="Your credits")
+
+
+MAX_USAGE_RANGE = timedelta(days=366)
+
+
+class DateOrDateTime(fields.Field):
+    """A date (a whole UTC day) or an ISO 8601 datetime; loads as (start, end) of the span."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and len(value) == 10:
+            day = fields.Date()._deserialize(value, attr, data, **kwargs)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return start, start + timedelta(days=1) - timedelta(microseconds=1)
+        moment = UtcDateTime()._deserialize(value, attr, data, **kwargs)
+        return moment, moment
+
+
+class UsageArgs(Schema):
+    from_ = DateOrDateTime(data_key="from", load_default=None)
+    to = DateOrDateTime(load_default=None)
+    group_by = fields.String(load_default="day", validate=validate.OneOf(GROUPINGS))
+
+    @validates_schema
+    def _range(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        now = datetime.now(UTC)
+        end = data["to"][1] if data["to"] else now
+        start = data["from_"][0] if data["from_"] else end - timedelta(days=30)
+        if start > end:
+            raise ValidationError("Must not be after 'to'.", field_name="from")
+        if end - start > MAX_USAGE_RANGE:
+            raise ValidationError("The range may span at most 366 days.", field_name="to")
+        data["start"], data["end"] = start, end
+
+
+class UsageCountsSchema(Schema):
+    requests = fields.Integer()
+    input_tokens = fields.Integer()
+    cached_tokens = fields.Integer()
+    cache_write_tokens = fields.Integer()
+    output_tokens = fields.Integer()
+    reasoning_tokens = fields.Integer()
+    credits = Credits()
+
+
+class UsageGroupSchema(UsageCountsSchema):
+    key = fields.String()
+
+
+class UsageReportSchema(Schema):
+    from_ = UtcDateTime(data_key="from", attribute="start")
+    to = UtcDateTime(attribute="end")
+    group_by = fields.String()
+    totals = fields.Nested(UsageCountsSchema)
+    groups = fields.List(fields.Nested(UsageGroupSchema))
 
 
 class TransactionArgs(PageArgs):
@@ -43,6 +101,20 @@ def grants(args: dict[str, Any]) -> Any:
     account_id = users.account_id_of(db.session, caller().id)
     query = select(Grant).where(Grant.account_id == account_id)
     return keyset_page(db.session, query, key=Grant.id, args=args, position=lambda g: g.id)
+
+
+@blp.route("/usage", methods=["GET"])
+@authenticated()
+@blp.arguments(UsageArgs, location="query")
+@blp.response(200, UsageReportSchema)
+def usage(args: dict[str, Any]) -> Any:
+    return usage_report.report(
+        db.session,
+        user_id=caller().id,
+        start=args["start"],
+        end=args["end"],
+        group_by=args["group_by"],
+    )
 
 
 @blp.route("/transactions", methods=["GET"])

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Response, current_app, make_response, request
+from flask import Response, current_app, g, make_response, request
 
 from creditapp import idempotency
 from creditapp.api.identity import caller
@@ -32,11 +32,29 @@ def _replay(stored: idempotency.StoredResponse) -> Response:
     return response
 
 
-def idempotent() -> Callable[[F], F]:
+def complete_with(session: Any, response: Response) -> None:
+    """Store the response of a `runs_own_transactions` view, in the view's last transaction."""
+    held: idempotency.Claim = g.idempotency_claim
+    idempotency.complete(
+        session,
+        held,
+        response=idempotency.StoredResponse(
+            response.status_code, response.get_data(), response.content_type
+        ),
+    )
+
+
+def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -> Callable[[F], F]:
     """Run the view at most once per (user, Idempotency-Key); replay its response after.
 
-    Must sit inside `authenticated`: keys belong to the calling user.
+    Must sit inside `authenticated`: keys belong to the calling user. By default the view runs
+    in one write transaction, which also stores its response. A view that `runs_own_transactions`
+    (it must not hold one across a slow call) stores its response itself with `complete_with` in
+    its last transaction; if it fails, its key is freed.
     """
+
+    if runs_own_transactions and not required:
+        raise ValueError("a view that runs its own transactions needs a required key")
 
     def decorator(view: F) -> F:
         @wraps(view)
@@ -44,6 +62,10 @@ def idempotent() -> Callable[[F], F]:
             key = request.headers.get(HEADER)
             if key is not None and not _valid_key(key):
                 raise ValidationFailed(details={HEADER: ["Must be 1-255 printable ASCII."]})
+            if key is None and required:
+                raise ValidationFailed(
+                    f"The {HEADER} header is required here.", details={HEADER: ["Required."]}
+                )
             if key is None:
                 with write_transaction(db.session):
                     return make_response(view(*args, **kwargs))
@@ -62,6 +84,13 @@ def idempotent() -> Callable[[F], F]:
             )
             if isinstance(outcome, idempotency.StoredResponse):
                 return _replay(outcome)
+            if runs_own_transactions:
+                g.idempotency_claim = outcome
+                try:
+                    return make_response(view(*args, **kwargs))
+                except BaseException:
+                    idempotency.release(db.session, outcome)
+                    raise
             try:
                 with write_transaction(db.session):
                     response = make_response(view(*args, **kwargs))

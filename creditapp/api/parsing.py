@@ -13,6 +13,8 @@ from flask import Request
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
+from creditapp.errors import ValidationFailed
+
 
 def _refuse_constant(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
@@ -36,3 +38,10 @@ class RequestParser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = RequestParser()
+
+
+def path_id(value: str, name: str) -> int:
+    """An id from the URL path; a malformed one is a 400 naming the parameter."""
+    if value.isdigit() and len(value) <= 18:
+        return int(value)
+    raise ValidationFailed(details={name: ["Not a valid id."]})

@@ -13,8 +13,9 @@ from creditapp.money import AmountError, format_credits, parse_credits
 class Credits(fields.Field):
     """An amount: micro-credits inside, a credit decimal string on the wire."""
 
-    def __init__(self, *, signed: bool = False, **kwargs: Any):
+    def __init__(self, *, signed: bool = False, allow_zero: bool = False, **kwargs: Any):
         self.signed = signed
+        self.allow_zero = allow_zero
         kwargs.setdefault(
             "metadata",
             {"type": "string", "example": "12.5", "description": "credits, at most 6 decimals"},
@@ -26,7 +27,7 @@ class Credits(fields.Field):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         try:
-            return parse_credits(value, signed=self.signed)
+            return parse_credits(value, signed=self.signed, allow_zero=self.allow_zero)
         except AmountError as error:
             raise ValidationError(str(error)) from error
 

@@ -53,7 +53,9 @@ from creditapp.ledger.operations import (
     hold,
     open_account,
     overdue_hold_ids,
+    record_action,
     refresh,
+    refund,
     settle,
     void,
 )
@@ -75,7 +77,9 @@ __all__ = [
     "open_account",
     "overdue_hold_ids",
     "reconcile",
+    "record_action",
     "refresh",
+    "refund",
     "settle",
     "void",
 ]

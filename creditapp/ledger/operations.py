@@ -337,6 +337,34 @@ def _persist(
     return Balance(state.balance, state.reserved)
 
 
+def record_action(
+    session: DbSession,
+    *,
+    action: str,
+    context: AuditContext,
+    now: datetime,
+    details: dict[str, Any],
+    account_id: int | None = None,
+) -> None:
+    """Audit an action that changes no balance (a tier change, a new price)."""
+    sql = LedgerSql(session)
+    sql.one(
+        INSERT_AUDIT,
+        actor_type=context.actor_type,
+        actor_id=context.actor_id,
+        action=action,
+        account=account_id,
+        balance_before=None,
+        balance_after=None,
+        reserved_before=None,
+        reserved_after=None,
+        request_id=context.request_id,
+        client_ip=context.client_ip,
+        details=sql.json(details),
+        now=sql.time(now),
+    )
+
+
 def open_account(session: DbSession, *, user_id: int, now: datetime) -> int:
     """Create the user's empty account and return its id."""
     sql = LedgerSql(session)
@@ -459,6 +487,39 @@ def adjust(
             raise BalanceWouldGoNegative(requested=-amount, available=state.available)
         state.draw(-amount, "adjust", now, include_overdue=False)
     return _persist(sql, state, action="adjust", context=context, now=now, details=details)
+
+
+def refund(
+    session: DbSession,
+    *,
+    account_id: int,
+    amount: int,
+    reason: str,
+    reference: str,
+    context: AuditContext,
+    now: datetime,
+) -> GrantResult:
+    """Give back a charge as a new never-expiring `admin` grant (a `refund` entry).
+
+    The credits charged may have come from grants that expire or have expired since; a refund
+    returns their value, not their expiry.
+    """
+    sql = LedgerSql(session)
+    state = _lock(sql, account_id)
+    state.write_off_overdue(now)
+    grant_id = _new_grant(
+        sql, state, source="admin", amount=amount, entry_type="refund", now=now, reason=reason
+    )
+    result = _persist(
+        sql,
+        state,
+        action="refund",
+        context=context,
+        now=now,
+        reference=reference,
+        details={"grant_id": str(grant_id), "reason": reason, "amount": format_credits(amount)},
+    )
+    return GrantResult(grant_id, True, result)
 
 
 def refresh(

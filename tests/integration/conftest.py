@@ -11,11 +11,13 @@ from sqlalchemy import text
 from creditapp.database import write_transaction
 from creditapp.extensions import db, limiter
 from tests.conftest import BACKEND, TABLES
+from tests.fake_providers import FakeProviders
 
 
 @pytest.fixture(autouse=True)
-def clean_database(app: Flask) -> Iterator[None]:
+def clean_database(app: Flask, fake_providers: FakeProviders) -> Iterator[None]:
     yield
+    fake_providers.reset()
     with app.app_context():
         db.session.remove()
         with write_transaction(db.session) as session:

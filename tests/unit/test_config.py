@@ -10,13 +10,47 @@ from creditapp.errors import ConfigurationError
 
 
 def test_development_defaults_to_an_sqlite_file_and_memory_limits(monkeypatch) -> None:
-    for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "JWT_SECRET_KEY"):
+    for name in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "CELERY_BROKER_URL",
+        "JWT_SECRET_KEY",
+        "PROVIDER_TIMEOUT_SECONDS",
+        "PROVIDER_MAX_RETRIES",
+        "OPENAI_BASE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     config = load_config("development")
     assert config.SQLALCHEMY_DATABASE_URI.startswith("sqlite:///")
     assert config.SQLALCHEMY_DATABASE_URI.endswith("instance/creditapp.db")
     assert config.RATELIMIT_STORAGE_URI == "memory://"
     assert (config.HOLD_TTL_SECONDS, config.PROVIDER_TIMEOUT_SECONDS) == (600, 120)
+    assert config.PROVIDER_MAX_RETRIES == 2
+    assert config.PROVIDER_SETTINGS["openai"].base_url is None
+
+
+def test_provider_settings_come_from_the_contracts_variables(monkeypatch) -> None:
+    env = {
+        "OPENAI_BASE_URL": "http://o/v1",
+        "OPENAI_API_KEY": "ko",
+        "ANTHROPIC_BASE_URL": "http://a",
+        "ANTHROPIC_API_KEY": "ka",
+        "GOOGLE_GEMINI_BASE_URL": "http://g",
+        "GEMINI_API_KEY": "kg",
+        "PROVIDER_MAX_RETRIES": "0",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = load_config("development")
+    assert {name: (s.base_url, s.api_key) for name, s in config.PROVIDER_SETTINGS.items()} == {
+        "openai": ("http://o/v1", "ko"),
+        "anthropic": ("http://a", "ka"),
+        "google": ("http://g", "kg"),
+    }
+    assert config.PROVIDER_MAX_RETRIES == 0
+    monkeypatch.setenv("PROVIDER_MAX_RETRIES", "-1")
+    with pytest.raises(ConfigurationError, match="PROVIDER_MAX_RETRIES must be at least 0"):
+        load_config("development")
 
 
 def test_postgres_urls_use_the_psycopg_driver() -> None:

@@ -1,0 +1,226 @@
+"""Characters, conversations and messages: where credits are spent."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import Response, current_app, jsonify
+from marshmallow import Schema, fields, validate
+from sqlalchemy import select
+
+from creditapp.api.errors import from_error
+from creditapp.api.idempotency import complete_with, idempotent
+from creditapp.api.identity import audit_context, authenticated, caller
+from creditapp.api.pagination import keyset_page
+from creditapp.api.parsing import Blueprint, path_id
+from creditapp.api.schemas import AmountsSchema, Credits, Id, PageArgs, UtcDateTime
+from creditapp.chat import service
+from creditapp.chat.models import Character, Conversation, Message
+from creditapp.database import DbSession
+from creditapp.errors import ProviderFailed
+from creditapp.extensions import db, limiter
+from creditapp.metering.providers import PROVIDER_NAMES
+from creditapp.money import format_credits
+
+blp = Blueprint("chat", __name__, url_prefix="/api", description="Characters and conversations")
+
+MAX_MESSAGE_CHARS = 16_000
+
+
+def _spending_limit() -> str:
+    return str(current_app.config["RATELIMIT_SPENDING"])
+
+
+class CharacterArgs(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    system_prompt = fields.String(required=True, validate=validate.Length(min=1, max=8000))
+    provider = fields.String(required=True, validate=validate.OneOf(PROVIDER_NAMES))
+    model = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    public = fields.Boolean(load_default=False, truthy={True}, falsy={False})
+
+
+class CharacterSchema(Schema):
+    id = Id()
+    name = fields.String()
+    system_prompt = fields.String()
+    provider = fields.String()
+    model = fields.String()
+    public = fields.Boolean()
+    owner_id = Id()
+    created_at = UtcDateTime()
+
+
+class CharacterPageSchema(Schema):
+    items = fields.List(fields.Nested(CharacterSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class ConversationArgs(Schema):
+    character_id = Id(required=True)
+
+
+class ConversationSchema(Schema):
+    id = Id()
+    character_id = Id()
+    created_at = UtcDateTime()
+
+
+class ConversationPageSchema(Schema):
+    items = fields.List(fields.Nested(ConversationSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class MessageArgs(Schema):
+    content = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MESSAGE_CHARS))
+    max_tokens = fields.Integer(
+        load_default=None, strict=True, validate=validate.Range(min=1, max=1_000_000)
+    )
+
+
+class MessageSchema(Schema):
+    id = Id()
+    conversation_id = Id()
+    role = fields.String()
+    content = fields.String()
+    created_at = UtcDateTime()
+
+
+class MessagePageSchema(Schema):
+    items = fields.List(fields.Nested(MessageSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class UsageSchema(Schema):
+    input_tokens = fields.Integer()
+    cached_tokens = fields.Integer()
+    cache_write_tokens = fields.Integer()
+    output_tokens = fields.Integer()
+    reasoning_tokens = fields.Integer()
+    estimated = fields.Boolean()
+
+
+class ExchangeSchema(Schema):
+    message = fields.Nested(MessageSchema)
+    reply = fields.Nested(MessageSchema)
+    usage = fields.Nested(UsageSchema)
+    credits_charged = Credits()
+    balance = fields.Nested(AmountsSchema)
+
+
+@blp.route("/characters", methods=["GET"])
+@authenticated()
+@blp.arguments(PageArgs, location="query")
+@blp.response(200, CharacterPageSchema)
+def characters(args: dict[str, Any]) -> Any:
+    query = service.visible_characters(caller())
+    return keyset_page(db.session, query, key=Character.id, args=args, position=lambda c: c.id)
+
+
+@blp.route("/characters", methods=["POST"])
+@authenticated()
+@idempotent()
+@blp.arguments(CharacterArgs)
+@blp.response(201, CharacterSchema)
+def create_character(args: dict[str, Any]) -> Any:
+    return service.create_character(db.session, owner=caller(), now=datetime.now(UTC), **args)
+
+
+@blp.route("/characters/<character_id>", methods=["GET"])
+@authenticated()
+@blp.response(200, CharacterSchema)
+def character(character_id: str) -> Any:
+    return service.get_character(
+        db.session, user=caller(), character_id=path_id(character_id, "character_id")
+    )
+
+
+@blp.route("/conversations", methods=["GET"])
+@authenticated()
+@blp.arguments(PageArgs, location="query")
+@blp.response(200, ConversationPageSchema)
+def conversations(args: dict[str, Any]) -> Any:
+    query = select(Conversation).where(Conversation.user_id == caller().id)
+    return keyset_page(db.session, query, key=Conversation.id, args=args, position=lambda c: c.id)
+
+
+@blp.route("/conversations", methods=["POST"])
+@authenticated()
+@idempotent()
+@blp.arguments(ConversationArgs)
+@blp.response(201, ConversationSchema)
+def create_conversation(args: dict[str, Any]) -> Any:
+    return service.create_conversation(
+        db.session, user=caller(), character_id=args["character_id"], now=datetime.now(UTC)
+    )
+
+
+@blp.route("/conversations/<conversation_id>", methods=["GET"])
+@authenticated()
+@blp.response(200, ConversationSchema)
+def conversation(conversation_id: str) -> Any:
+    return service.get_conversation(
+        db.session, user=caller(), conversation_id=path_id(conversation_id, "conversation_id")
+    )
+
+
+@blp.route("/conversations/<conversation_id>/messages", methods=["GET"])
+@authenticated()
+@blp.arguments(PageArgs, location="query")
+@blp.response(200, MessagePageSchema)
+def messages(args: dict[str, Any], conversation_id: str) -> Any:
+    found = service.get_conversation(
+        db.session, user=caller(), conversation_id=path_id(conversation_id, "conversation_id")
+    )
+    query = select(Message).where(Message.conversation_id == found.id)
+    return keyset_page(db.session, query, key=Message.id, args=args, position=lambda m: m.id)
+
+
+def _exchange_response(exchange: service.Exchange) -> Response:
+    if exchange.reply is None:
+        # Charged as the provider billed, and refunded: the stored (replayed) answer says so.
+        details: dict[str, Any] = {"credits_charged": format_credits(exchange.credits_charged)}
+        if exchange.compensation is not None:
+            details["compensation_id"] = str(exchange.compensation.id)
+        return from_error(
+            ProviderFailed(
+                "The AI provider returned no reply; its charge is refunded.", details=details
+            )
+        )
+    response = jsonify(ExchangeSchema().dump(exchange))
+    response.status_code = 201
+    return response
+
+
+@blp.route("/conversations/<conversation_id>/messages", methods=["POST"])
+@limiter.limit(_spending_limit)
+@authenticated()
+@idempotent(required=True, runs_own_transactions=True)
+@blp.arguments(MessageArgs)
+@blp.response(201, ExchangeSchema)
+@blp.alt_response(402, description="Not enough credits for the worst case of this message")
+@blp.alt_response(502, description="The AI provider failed; nothing was charged")
+def send_message(args: dict[str, Any], conversation_id: str) -> Any:
+    config = current_app.config
+    responses: list[Response] = []
+
+    def store_response(session: DbSession, exchange: service.Exchange) -> None:
+        responses.append(_exchange_response(exchange))
+        complete_with(session, responses[0])
+
+    service.send_message(
+        db.session,
+        user=caller(),
+        conversation_id=path_id(conversation_id, "conversation_id"),
+        content=args["content"],
+        max_tokens=args["max_tokens"],
+        providers=current_app.extensions["providers"],
+        settings=service.ChatSettings(
+            hold_ttl=timedelta(seconds=config["HOLD_TTL_SECONDS"]),
+            history_messages=config["CHAT_HISTORY_MESSAGES"],
+        ),
+        context=audit_context(),
+        clock=lambda: datetime.now(UTC),
+        with_exchange=store_response,
+    )
+    return responses[0]

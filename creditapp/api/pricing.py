@@ -1,0 +1,229 @@
+"""Admin: the price book and the tiers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from flask import current_app
+from marshmallow import Schema, ValidationError, fields, validate
+from sqlalchemy import select
+
+from creditapp import ledger
+from creditapp.api.idempotency import idempotent
+from creditapp.api.identity import audit_context, authenticated, caller
+from creditapp.api.pagination import keyset_page
+from creditapp.api.parsing import Blueprint, path_id
+from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime
+from creditapp.auth import tiers, users
+from creditapp.auth.models import Tier
+from creditapp.errors import Conflict, ValidationFailed
+from creditapp.extensions import db, limiter
+from creditapp.metering.providers import PROVIDER_NAMES
+from creditapp.pricing import book
+from creditapp.pricing.models import Price
+
+blp = Blueprint("pricing", __name__, url_prefix="/api/admin", description="Prices and tiers")
+
+MAX_PRICE = Decimal(1_000_000)
+# A price may take effect a little before the request arrives (clock skew), never earlier:
+# a row in the past would claim a price was in force when calls were charged otherwise.
+EFFECTIVE_FROM_SKEW = timedelta(seconds=60)
+
+
+def _sensitive_limit() -> str:
+    return str(current_app.config["RATELIMIT_SENSITIVE"])
+
+
+class UsdPerMillion(fields.Field):
+    """USD per 1M tokens: a decimal string (or integer) >= 0 with at most 6 decimals."""
+
+    def _serialize(self, value: Decimal | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return None if value is None else format(value.normalize(), "f")
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ValidationError("Must be a decimal string of USD per 1M tokens.")
+        try:
+            price = Decimal(value) if isinstance(value, int) else Decimal(value.strip())
+        except InvalidOperation as error:
+            raise ValidationError("Must be a decimal string of USD per 1M tokens.") from error
+        if isinstance(value, str) and ("e" in value.lower() or not price.is_finite()):
+            raise ValidationError("Must be a plain decimal, without exponent.")
+        if price < 0 or price > MAX_PRICE:
+            raise ValidationError("Must be between 0 and 1000000.")
+        if price.as_tuple().exponent < -6:  # type: ignore[operator]
+            raise ValidationError("At most 6 decimals.")
+        return price
+
+
+class PriceArgs(Schema):
+    provider = fields.String(required=True, validate=validate.OneOf(PROVIDER_NAMES))
+    model = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    input = UsdPerMillion(required=True)
+    output = UsdPerMillion(required=True)
+    cached_input = UsdPerMillion(load_default=None, allow_none=True)
+    cache_write = UsdPerMillion(load_default=None, allow_none=True)
+    effective_from = UtcDateTime(load_default=None, allow_none=True)
+
+
+class PriceListArgs(PageArgs):
+    provider = fields.String(load_default=None, validate=validate.OneOf(PROVIDER_NAMES))
+    model = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
+
+
+class PriceSchema(Schema):
+    id = Id()
+    provider = fields.String()
+    model = fields.String()
+    input = UsdPerMillion()
+    output = UsdPerMillion()
+    cached_input = UsdPerMillion(allow_none=True)
+    cache_write = UsdPerMillion(allow_none=True)
+    prompt_tiers = fields.List(fields.Dict(), allow_none=True)
+    effective_from = UtcDateTime()
+    source = fields.String()
+    created_at = UtcDateTime()
+
+
+class PricePageSchema(Schema):
+    items = fields.List(fields.Nested(PriceSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class TierArgs(Schema):
+    name = fields.String(
+        required=True, validate=[validate.Length(min=1, max=64), validate.Regexp(r"^[a-z0-9_-]+$")]
+    )
+    monthly_credits = Credits(required=True, allow_zero=True)
+    allowed_models = fields.List(
+        fields.String(
+            validate=validate.Regexp(r"^(\*|(openai|anthropic|google|demo):(\*|[^\s:*]{1,200}))$")
+        ),
+        required=True,
+        validate=validate.Length(max=500),
+    )
+    default_max_tokens = fields.Integer(
+        required=True, strict=True, validate=validate.Range(min=1, max=1_000_000)
+    )
+    max_max_tokens = fields.Integer(
+        required=True, strict=True, validate=validate.Range(min=1, max=1_000_000)
+    )
+    rate_limits = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(["default", "spending"])),
+        values=fields.String(
+            validate=validate.Regexp(r"^\d{1,6} per \d{0,4} ?(second|minute|hour|day)s?$")
+        ),
+        load_default=None,
+        allow_none=True,
+    )
+
+
+class TierSchema(Schema):
+    name = fields.String()
+    monthly_credits = Credits()
+    allowed_models = fields.List(fields.String())
+    default_max_tokens = fields.Integer()
+    max_max_tokens = fields.Integer()
+    rate_limits = fields.Dict(allow_none=True)
+
+
+class TierListSchema(Schema):
+    items = fields.List(fields.Nested(TierSchema))
+
+
+class UserTierArgs(Schema):
+    tier = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+class UserTierSchema(Schema):
+    user_id = Id()
+    tier = fields.String()
+
+
+@blp.route("/pricing", methods=["GET"])
+@authenticated(admin=True)
+@blp.arguments(PriceListArgs, location="query")
+@blp.response(200, PricePageSchema)
+def prices(args: dict[str, Any]) -> Any:
+    query = select(Price)
+    if args["provider"]:
+        query = query.where(Price.provider == args["provider"])
+    if args["model"]:
+        query = query.where(Price.model == args["model"])
+    return keyset_page(db.session, query, key=Price.id, args=args, position=lambda p: p.id)
+
+
+@blp.route("/pricing", methods=["PUT"])
+@limiter.limit(_sensitive_limit)
+@authenticated(admin=True)
+@idempotent()
+@blp.arguments(PriceArgs)
+@blp.response(201, PriceSchema)
+def add_price(args: dict[str, Any]) -> Any:
+    now = datetime.now(UTC)
+    effective_from = args["effective_from"] or now
+    if effective_from < now - EFFECTIVE_FROM_SKEW:
+        raise ValidationFailed(details={"effective_from": ["Must not be in the past."]})
+    exists = db.session.scalar(
+        select(Price.id).where(
+            Price.provider == args["provider"],
+            Price.model == args["model"],
+            Price.effective_from == effective_from,
+        )
+    )
+    if exists is not None:
+        raise Conflict("A price for this model takes effect at that moment already.")
+    price = book.add(
+        db.session,
+        provider=args["provider"],
+        model=args["model"],
+        rates=book.Rates(args["input"], args["output"], args["cached_input"], args["cache_write"]),
+        effective_from=effective_from,
+        source=f"admin:{caller().id}",
+        now=now,
+    )
+    ledger.record_action(
+        db.session,
+        action="price_added",
+        context=audit_context(),
+        now=now,
+        details={"price_id": str(price.id), **PriceSchema().dump(price)},
+    )
+    return price
+
+
+@blp.route("/tiers", methods=["GET"])
+@authenticated(admin=True)
+@blp.response(200, TierListSchema)
+def tier_list() -> Any:
+    return {"items": db.session.scalars(select(Tier).order_by(Tier.name)).all()}
+
+
+@blp.route("/tiers", methods=["PUT"])
+@limiter.limit(_sensitive_limit)
+@authenticated(admin=True)
+@idempotent()
+@blp.arguments(TierArgs)
+@blp.response(200, TierSchema)
+def put_tier(args: dict[str, Any]) -> Any:
+    return tiers.put(db.session, **args, context=audit_context(), now=datetime.now(UTC))
+
+
+@blp.route("/users/<user_id>/tier", methods=["PUT"])
+@limiter.limit(_sensitive_limit)
+@authenticated(admin=True)
+@idempotent()
+@blp.arguments(UserTierArgs)
+@blp.response(200, UserTierSchema)
+def put_user_tier(args: dict[str, Any], user_id: str) -> Any:
+    user = users.get(db.session, path_id(user_id, "user_id"))
+    tiers.assign(
+        db.session,
+        user=user,
+        tier_name=args["tier"],
+        context=audit_context(),
+        now=datetime.now(UTC),
+    )
+    return {"user_id": user.id, "tier": user.tier_name}

@@ -1,0 +1,84 @@
+"""Tiers: what a subscription gives (monthly credits, models, token limits, rate limits)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from creditapp import ledger
+from creditapp.auth.models import Tier, User
+from creditapp.auth.users import account_id_of
+from creditapp.database import DbSession
+from creditapp.errors import ValidationFailed
+from creditapp.money import format_credits
+
+
+def put(
+    session: DbSession,
+    *,
+    name: str,
+    monthly_credits: int,
+    allowed_models: list[str],
+    default_max_tokens: int,
+    max_max_tokens: int,
+    rate_limits: dict[str, str] | None,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> Tier:
+    """Create the tier or replace its settings. A new `monthly_credits` applies from each
+    user's next subscription period; models and token limits apply to the next message."""
+    if max_max_tokens < default_max_tokens:
+        raise ValidationFailed(details={"max_max_tokens": ["Must be at least default_max_tokens."]})
+    tier = session.get(Tier, name)
+    created = tier is None
+    if tier is None:
+        tier = Tier(name=name)
+        session.add(tier)
+    settings: dict[str, Any] = {
+        "monthly_credits": monthly_credits,
+        "allowed_models": sorted(set(allowed_models)),
+        "default_max_tokens": default_max_tokens,
+        "max_max_tokens": max_max_tokens,
+        "rate_limits": rate_limits,
+    }
+    for key, value in settings.items():
+        setattr(tier, key, value)
+    session.flush()
+    ledger.record_action(
+        session,
+        action="tier_created" if created else "tier_updated",
+        context=context,
+        now=now,
+        details={
+            "tier": name,
+            **settings,
+            "monthly_credits": format_credits(monthly_credits),
+        },
+    )
+    return tier
+
+
+def assign(
+    session: DbSession,
+    *,
+    user: User,
+    tier_name: str,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> User:
+    """Move a user to another tier. Its models and limits apply at once; its monthly credits
+    from the user's next period (credits already granted for this period stay)."""
+    if session.get(Tier, tier_name) is None:
+        raise ValidationFailed(details={"tier": [f"No tier named {tier_name!r}."]})
+    previous = user.tier_name
+    user.tier_name = tier_name
+    session.flush()
+    ledger.record_action(
+        session,
+        action="tier_assigned",
+        context=context,
+        now=now,
+        account_id=account_id_of(session, user.id),
+        details={"from": previous, "to": tier_name},
+    )
+    return user

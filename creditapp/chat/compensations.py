@@ -1,0 +1,113 @@
+"""Refunds of a call's charge: recorded once per usage record, paid exactly once.
+
+A compensation is recorded in the transaction that finds it owed, and paid in a later one
+(at once when possible, else by the retry job). Paying starts with a conditional UPDATE of the
+compensation's status, so of two workers paying the same compensation only one refunds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from creditapp import ledger
+from creditapp.chat.models import Compensation, Message, UsageRecord
+from creditapp.database import DbSession
+from creditapp.errors import AlreadyRefunded, Conflict, NotFound
+from creditapp.money import format_credits
+
+
+def record(
+    session: DbSession,
+    *,
+    usage: UsageRecord,
+    reason: str,
+    requested_by: str,
+    now: datetime,
+) -> Compensation:
+    """Owe the account the usage record's charge (the caller's transaction)."""
+    if usage.credits_charged <= 0:
+        raise Conflict("Nothing was charged for this message.")
+    if session.scalar(select(Compensation.id).where(Compensation.usage_id == usage.id)):
+        raise AlreadyRefunded()
+    compensation = Compensation(
+        account_id=usage.account_id,
+        usage_id=usage.id,
+        amount=usage.credits_charged,
+        reason=reason,
+        status="pending",
+        attempts=0,
+        next_attempt_at=now,
+        requested_by=requested_by,
+        created_at=now,
+    )
+    session.add(compensation)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as error:  # a concurrent refund of the same message won
+        raise AlreadyRefunded() from error
+    return compensation
+
+
+def pay(
+    session: DbSession, *, compensation_id: int, context: ledger.AuditContext, now: datetime
+) -> bool:
+    """Refund a pending compensation; False if someone else already paid it."""
+    claimed = session.execute(
+        update(Compensation)
+        .where(
+            Compensation.id == compensation_id,
+            Compensation.status.in_(("pending", "processing")),
+        )
+        .values(status="completed", completed_at=now, attempts=Compensation.attempts + 1)
+        .returning(Compensation.account_id, Compensation.amount, Compensation.reason)
+    ).one_or_none()
+    if claimed is None:
+        return False
+    account_id, amount, reason = claimed
+    ledger.refund(
+        session,
+        account_id=account_id,
+        amount=amount,
+        reason=reason,
+        reference=f"compensation:{compensation_id}",
+        context=context,
+        now=now,
+    )
+    return True
+
+
+def refund_message(
+    session: DbSession,
+    *,
+    message_id: int,
+    reason: str,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> Compensation:
+    """An admin's refund of the charge for a message (either message of the exchange)."""
+    usage_id = session.scalar(select(Message.usage_id).where(Message.id == message_id))
+    usage = session.get(UsageRecord, usage_id) if usage_id is not None else None
+    if usage is None:
+        raise NotFound("No such message, or no charge belongs to it.")
+    compensation = record(
+        session,
+        usage=usage,
+        reason=f"refund of message {message_id}: {reason}",
+        requested_by=f"{context.actor_type}:{context.actor_id}",
+        now=now,
+    )
+    pay(session, compensation_id=compensation.id, context=context, now=now)
+    session.refresh(compensation)
+    return compensation
+
+
+def describe(compensation: Compensation) -> dict[str, str]:
+    return {
+        "compensation_id": str(compensation.id),
+        "amount": format_credits(compensation.amount),
+        "status": compensation.status,
+    }

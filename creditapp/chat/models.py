@@ -1,0 +1,142 @@
+"""Tables of chat: characters, conversations, messages, usage records and compensations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from creditapp.database import BigIntId, UTCDateTime
+from creditapp.extensions import db
+
+COMPENSATION_STATUSES = ("pending", "processing", "completed", "failed")
+
+
+class Character(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "characters"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id"), nullable=False)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    system_prompt: Mapped[str] = mapped_column(Text, nullable=False)
+    provider: Mapped[str] = mapped_column(String(32), nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    public: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (Index("ix_characters_owner_id", "owner_id"),)
+
+
+class Conversation(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id"), nullable=False)
+    character_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("characters.id"), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (Index("ix_conversations_user_id", "user_id"),)
+
+
+class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
+    """One provider call: its normalized usage, the price row that priced it and the charge."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id"), nullable=False)
+    account_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("accounts.id"), nullable=False)
+    conversation_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("conversations.id"), nullable=False
+    )
+    hold_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("holds.id"), unique=True, nullable=False
+    )
+    price_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("prices.id"), nullable=False)
+    provider: Mapped[str] = mapped_column(String(32), nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    estimated: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    # The exact cost under the price row, and what the account paid of it (less only when the
+    # account could not cover a cost above the hold).
+    cost: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    credits_charged: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(
+            "input_tokens >= cached_tokens + cache_write_tokens AND cached_tokens >= 0"
+            " AND cache_write_tokens >= 0 AND output_tokens >= reasoning_tokens"
+            " AND reasoning_tokens >= 0",
+            name="token_counts_consistent",
+        ),
+        CheckConstraint("credits_charged >= 0 AND credits_charged <= cost", name="charge_bounded"),
+        Index("ix_usage_records_user_created", "user_id", "created_at"),
+    )
+
+
+class Message(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("conversations.id"), nullable=False
+    )
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    # Both messages of an exchange point to the usage record of the call that answered.
+    usage_id: Mapped[int | None] = mapped_column(
+        BigIntId, ForeignKey("usage_records.id"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("role IN ('user', 'assistant')", name="role_known"),
+        Index("ix_messages_conversation_id", "conversation_id", "id"),
+    )
+
+
+class Compensation(db.Model):  # type: ignore[name-defined,misc]
+    """A refund owed for a call's charge: at most one per usage record, paid exactly once."""
+
+    __tablename__ = "compensations"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("accounts.id"), nullable=False)
+    usage_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("usage_records.id"), unique=True, nullable=False
+    )
+    amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    reason: Mapped[str] = mapped_column(String(500), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    requested_by: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint(
+            "status IN ('pending', 'processing', 'completed', 'failed')", name="status_known"
+        ),
+        CheckConstraint(
+            "(status = 'completed') = (completed_at IS NOT NULL)", name="completed_has_time"
+        ),
+        Index("ix_compensations_status_next", "status", "next_attempt_at"),
+    )

@@ -1,0 +1,374 @@
+"""Chat: characters, conversations, and sending a message, where credits are spent.
+
+Sending a message is three steps, and no database transaction or lock is open during the
+provider call in the middle:
+1. check the tier allows the model, find the price in force and hold the worst case
+   (`insufficient_credits` here means no provider call);
+2. call the provider;
+3. in one transaction, price the normalized usage, settle the hold and store both messages and
+   the usage record (and whatever the caller stores with them, such as the idempotent response).
+A provider failure voids the hold and charges nothing. A reply that is empty although the
+provider billed for it is charged as the provider reported and refunded at once by a
+compensation (or by the retry job, when paying at once fails).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import Select, or_, select
+
+from creditapp import ledger
+from creditapp.auth.models import Tier, User
+from creditapp.auth.users import account_id_of
+from creditapp.chat import compensations
+from creditapp.chat.models import Character, Compensation, Conversation, Message, UsageRecord
+from creditapp.database import DbSession, write_transaction
+from creditapp.errors import ModelNotAllowed, NotFound, ProviderFailed, ValidationFailed
+from creditapp.metering.estimate import estimate_tokens, upper_bound_tokens
+from creditapp.metering.providers import (
+    PROVIDER_NAMES,
+    ChatMessage,
+    ChatRequest,
+    Completion,
+    ProviderError,
+    Providers,
+)
+from creditapp.metering.usage import Usage
+from creditapp.pricing import book
+from creditapp.pricing.models import Price
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def model_allowed(allowed_models: list[str], provider: str, model: str) -> bool:
+    """`allowed_models` holds "provider:model", "provider:*" or "*"."""
+    return bool({"*", f"{provider}:*", f"{provider}:{model}"} & set(allowed_models))
+
+
+# Characters
+
+
+def visible_characters(user: User) -> Select[tuple[Character]]:
+    return select(Character).where(or_(Character.public.is_(True), Character.owner_id == user.id))
+
+
+def get_character(session: DbSession, *, user: User, character_id: int) -> Character:
+    character = session.get(Character, character_id)
+    if character is None or not (character.public or character.owner_id == user.id):
+        raise NotFound("No such character.")
+    return character
+
+
+def create_character(
+    session: DbSession,
+    *,
+    owner: User,
+    name: str,
+    system_prompt: str,
+    provider: str,
+    model: str,
+    public: bool,
+    now: datetime,
+) -> Character:
+    if public and owner.role != "admin":
+        raise ValidationFailed(details={"public": ["Only admins may create public characters."]})
+    if provider not in PROVIDER_NAMES:
+        raise ValidationFailed(
+            details={"provider": [f"Must be one of {', '.join(PROVIDER_NAMES)}."]}
+        )
+    book.price_in_force(session, provider=provider, model=model, at=now)
+    character = Character(
+        owner_id=owner.id,
+        name=name,
+        system_prompt=system_prompt,
+        provider=provider,
+        model=model,
+        public=public,
+        created_at=now,
+    )
+    session.add(character)
+    session.flush()
+    return character
+
+
+# Conversations
+
+
+def create_conversation(
+    session: DbSession, *, user: User, character_id: int, now: datetime
+) -> Conversation:
+    character = get_character(session, user=user, character_id=character_id)
+    conversation = Conversation(user_id=user.id, character_id=character.id, created_at=now)
+    session.add(conversation)
+    session.flush()
+    return conversation
+
+
+def get_conversation(session: DbSession, *, user: User, conversation_id: int) -> Conversation:
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is None or conversation.user_id != user.id:
+        raise NotFound("No such conversation.")
+    return conversation
+
+
+# Messages
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    hold_ttl: timedelta
+    history_messages: int
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """The outcome of one message. `reply` is None when the provider gave no reply and the
+    charge is being refunded by `compensation`."""
+
+    message: Message
+    reply: Message | None
+    usage: Usage
+    credits_charged: int
+    balance: ledger.Balance
+    compensation: Compensation | None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    account_id: int
+    character: Character
+    price: Price
+    request: ChatRequest
+    hold_amount: int
+
+
+def _prepare(
+    session: DbSession,
+    *,
+    user: User,
+    conversation_id: int,
+    content: str,
+    max_tokens: int | None,
+    settings: ChatSettings,
+    now: datetime,
+) -> _Prepared:
+    conversation = get_conversation(session, user=user, conversation_id=conversation_id)
+    character = session.get(Character, conversation.character_id)
+    tier = session.get(Tier, user.tier_name)
+    assert character is not None and tier is not None
+    if not model_allowed(tier.allowed_models, character.provider, character.model):
+        raise ModelNotAllowed(
+            f"Your tier ({tier.name}) does not allow {character.provider}:{character.model}.",
+            details={"tier": tier.name, "model": f"{character.provider}:{character.model}"},
+        )
+    if max_tokens is None:
+        max_tokens = tier.default_max_tokens
+    elif max_tokens > tier.max_max_tokens:
+        raise ValidationFailed(
+            details={"max_tokens": [f"At most {tier.max_max_tokens} on your tier ({tier.name})."]}
+        )
+    price = book.price_in_force(session, provider=character.provider, model=character.model, at=now)
+    history = session.scalars(
+        select(Message)
+        .where(Message.conversation_id == conversation.id)
+        .order_by(Message.id.desc())
+        .limit(settings.history_messages)
+    ).all()
+    earlier = [ChatMessage(m.role, m.content) for m in reversed(history)]
+    messages = (*earlier, ChatMessage("user", content))
+    request = ChatRequest(character.model, character.system_prompt, messages, max_tokens)
+    input_bound = upper_bound_tokens([character.system_prompt, *(m.content for m in messages)])
+    hold_amount = book.worst_case(price, input_tokens=input_bound, max_output_tokens=max_tokens)
+    return _Prepared(account_id_of(session, user.id), character, price, request, hold_amount)
+
+
+def _usage_of(completion: Completion, request: ChatRequest) -> Usage:
+    if completion.usage is not None:
+        return completion.usage
+    prompt = [request.system_prompt, *(m.content for m in request.messages)]
+    return Usage(
+        input_tokens=estimate_tokens(prompt),
+        output_tokens=estimate_tokens([completion.text]) if completion.text else 0,
+        estimated=True,
+    )
+
+
+def send_message(
+    session: DbSession,
+    *,
+    user: User,
+    conversation_id: int,
+    content: str,
+    max_tokens: int | None,
+    providers: Providers,
+    settings: ChatSettings,
+    context: ledger.AuditContext,
+    clock: Clock,
+    with_exchange: Callable[[DbSession, Exchange], None] = lambda _session, _exchange: None,
+) -> Exchange:
+    """Send `content` to the conversation's character and charge exactly what the call cost.
+
+    `with_exchange` runs inside the final transaction, so that what it writes commits together
+    with the charge and the messages, or not at all.
+    """
+    asked_at = clock()
+    prepared = _prepare(
+        session,
+        user=user,
+        conversation_id=conversation_id,
+        content=content,
+        max_tokens=max_tokens,
+        settings=settings,
+        now=asked_at,
+    )
+    with write_transaction(session):
+        held = ledger.hold(
+            session,
+            account_id=prepared.account_id,
+            amount=prepared.hold_amount,
+            ttl=settings.hold_ttl,
+            context=context,
+            now=asked_at,
+            reference=f"conversation:{conversation_id}",
+        )
+
+    try:
+        completion = providers.get(prepared.character.provider).complete(prepared.request)
+        usage = _usage_of(completion, prepared.request)
+    except ProviderError as error:
+        log.warning(
+            "provider_failed", provider=error.provider, reason=error.reason, status=error.status
+        )
+        with write_transaction(session):
+            ledger.void(session, hold_id=held.hold_id, context=context, now=clock())
+        raise ProviderFailed(
+            details={"provider": error.provider, "reason": error.reason}
+        ) from error
+    except BaseException:
+        # Anything else: release the hold before the error propagates (the expiry job would).
+        with write_transaction(session):
+            ledger.void(session, hold_id=held.hold_id, context=context, now=clock())
+        raise
+
+    with write_transaction(session):
+        exchange = _settle(
+            session,
+            user=user,
+            conversation_id=conversation_id,
+            content=content,
+            prepared=prepared,
+            hold_id=held.hold_id,
+            completion=completion,
+            usage=usage,
+            asked_at=asked_at,
+            context=context,
+            now=clock(),
+        )
+        with_exchange(session, exchange)
+
+    if exchange.compensation is not None:
+        exchange = _pay_at_once(session, exchange, context=context, now=clock())
+    return exchange
+
+
+def _settle(
+    session: DbSession,
+    *,
+    user: User,
+    conversation_id: int,
+    content: str,
+    prepared: _Prepared,
+    hold_id: int,
+    completion: Completion,
+    usage: Usage,
+    asked_at: datetime,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> Exchange:
+    cost = book.cost(prepared.price, usage)
+    resolution = ledger.settle(session, hold_id=hold_id, actual=cost, context=context, now=now)
+    record = UsageRecord(
+        user_id=user.id,
+        account_id=prepared.account_id,
+        conversation_id=conversation_id,
+        hold_id=hold_id,
+        price_id=prepared.price.id,
+        provider=prepared.character.provider,
+        model=prepared.character.model,
+        input_tokens=usage.input_tokens,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        output_tokens=usage.output_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        estimated=usage.estimated,
+        cost=cost,
+        credits_charged=resolution.captured,
+        created_at=now,
+    )
+    session.add(record)
+    session.flush()
+    message = Message(
+        conversation_id=conversation_id,
+        role="user",
+        content=content,
+        usage_id=record.id,
+        created_at=asked_at,
+    )
+    session.add(message)
+    reply = None
+    compensation = None
+    if completion.text:
+        reply = Message(
+            conversation_id=conversation_id,
+            role="assistant",
+            content=completion.text,
+            usage_id=record.id,
+            created_at=now,
+        )
+        session.add(reply)
+    elif record.credits_charged > 0:
+        compensation = compensations.record(
+            session,
+            usage=record,
+            reason="the provider returned no reply",
+            requested_by="system",
+            now=now,
+        )
+    session.flush()
+    return Exchange(
+        message=message,
+        reply=reply,
+        usage=usage,
+        credits_charged=record.credits_charged,
+        balance=ledger.balance(session, account_id=prepared.account_id, now=now),
+        compensation=compensation,
+    )
+
+
+def _pay_at_once(
+    session: DbSession, exchange: Exchange, *, context: ledger.AuditContext, now: datetime
+) -> Exchange:
+    assert exchange.compensation is not None
+    try:
+        with write_transaction(session):
+            compensations.pay(
+                session, compensation_id=exchange.compensation.id, context=context, now=now
+            )
+            balance = ledger.balance(session, account_id=exchange.compensation.account_id, now=now)
+    except Exception:
+        log.exception("compensation_deferred", compensation_id=exchange.compensation.id)
+        return exchange
+    return Exchange(
+        exchange.message,
+        None,
+        exchange.usage,
+        exchange.credits_charged,
+        balance,
+        exchange.compensation,
+    )

@@ -1,0 +1,4 @@
+"""Metering: provider adapters, normalized usage, token estimates.
+
+Imports no other domain module.
+"""

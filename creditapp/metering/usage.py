@@ -1,0 +1,42 @@
+"""Normalized usage of one provider call (contract section 3), never double counted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one call.
+
+    `input_tokens` counts every prompt token processed, cached or not; `cached_tokens` and
+    `cache_write_tokens` are parts of it. `output_tokens` counts every generated token,
+    reasoning included; `reasoning_tokens` is the part spent thinking. `estimated` is true when
+    the provider reported nothing and the counts were estimated from the text.
+    """
+
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    def __post_init__(self) -> None:
+        counts = (
+            self.input_tokens,
+            self.output_tokens,
+            self.cached_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+        )
+        if any(not isinstance(count, int) or count < 0 for count in counts):
+            raise ValueError(f"token counts must be whole numbers >= 0: {self}")
+        if self.cached_tokens + self.cache_write_tokens > self.input_tokens:
+            raise ValueError(f"cached and cache-write tokens exceed the input tokens: {self}")
+        if self.reasoning_tokens > self.output_tokens:
+            raise ValueError(f"reasoning tokens exceed the output tokens: {self}")
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        return self.input_tokens - self.cached_tokens - self.cache_write_tokens

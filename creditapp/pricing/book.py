@@ -1,0 +1,148 @@
+"""The price book: which price is in force, and what a call costs under it.
+
+Cost arithmetic (contract sections 1 and 3) is exact: `Decimal` USD per million tokens in,
+an integer number of micro-credits out, rounded up once. 1 USD per 1M tokens is 1,000
+micro-credits per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+from sqlalchemy import select
+
+from creditapp.database import DbSession
+from creditapp.errors import ModelNotPriced
+from creditapp.metering.usage import Usage
+from creditapp.pricing.models import Price
+
+MICRO_CREDITS_PER_USD_PER_MILLION_TOKENS = Decimal(1000)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """The four per-token prices of one tier of a price row, in USD per 1M tokens."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None
+    cache_write: Decimal | None = None
+
+    def exact_micro_credits(self, usage: Usage) -> Decimal:
+        """The exact cost in micro-credits, before rounding."""
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        write_rate = self.input if self.cache_write is None else self.cache_write
+        per_million = (
+            usage.uncached_input_tokens * self.input
+            + usage.cached_tokens * cached_rate
+            + usage.cache_write_tokens * write_rate
+            + usage.output_tokens * self.output
+        )
+        return per_million * MICRO_CREDITS_PER_USD_PER_MILLION_TOKENS
+
+    @property
+    def highest_input(self) -> Decimal:
+        return max(
+            rate for rate in (self.input, self.cached_input, self.cache_write) if rate is not None
+        )
+
+
+def _decimal_or_none(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def tiers_of(price: Price) -> list[tuple[int, Rates]]:
+    """The row's rates by prompt size: [(above_input_tokens, rates)], the base rates at 0."""
+    tiers = [(0, Rates(price.input, price.output, price.cached_input, price.cache_write))]
+    for tier in price.prompt_tiers or ():
+        tiers.append(
+            (
+                int(tier["above_input_tokens"]),
+                Rates(
+                    Decimal(str(tier["input"])),
+                    Decimal(str(tier["output"])),
+                    _decimal_or_none(tier.get("cached_input")),
+                    _decimal_or_none(tier.get("cache_write")),
+                ),
+            )
+        )
+    return sorted(tiers, key=lambda pair: pair[0])
+
+
+def rates_for(price: Price, input_tokens: int) -> Rates:
+    """The tier a call falls in: the last whose threshold its input tokens exceed."""
+    tiers = tiers_of(price)
+    applicable = tiers[0][1]
+    for threshold, rates in tiers[1:]:
+        if input_tokens > threshold:
+            applicable = rates
+    return applicable
+
+
+def round_up(exact: Decimal) -> int:
+    return int(exact.to_integral_value(rounding=ROUND_CEILING))
+
+
+def cost(price: Price, usage: Usage) -> int:
+    """What a call costs, in micro-credits, rounded up once."""
+    return round_up(rates_for(price, usage.input_tokens).exact_micro_credits(usage))
+
+
+def worst_case(price: Price, *, input_tokens: int, max_output_tokens: int) -> int:
+    """The most a call can cost: every input token at the model's highest input rate (any tier,
+    cached or not) and `max_output_tokens` at its highest output rate."""
+    all_rates = [rates for _threshold, rates in tiers_of(price)]
+    highest_input = max(rates.highest_input for rates in all_rates)
+    highest_output = max(rates.output for rates in all_rates)
+    exact = (
+        input_tokens * highest_input + max_output_tokens * highest_output
+    ) * MICRO_CREDITS_PER_USD_PER_MILLION_TOKENS
+    return round_up(exact)
+
+
+def price_in_force(session: DbSession, *, provider: str, model: str, at: datetime) -> Price:
+    """The newest row that took effect at or before `at`, or ModelNotPriced."""
+    price = session.scalars(
+        select(Price)
+        .where(Price.provider == provider, Price.model == model, Price.effective_from <= at)
+        .order_by(Price.effective_from.desc())
+        .limit(1)
+    ).first()
+    if price is None:
+        raise ModelNotPriced(
+            f"{provider}:{model} has no price in force.",
+            details={"provider": provider, "model": model},
+        )
+    return price
+
+
+def add(
+    session: DbSession,
+    *,
+    provider: str,
+    model: str,
+    rates: Rates,
+    effective_from: datetime,
+    source: str,
+    now: datetime,
+    prompt_tiers: list[dict[str, Any]] | None = None,
+) -> Price:
+    """Add a row to the book (the caller's transaction; rows are never edited)."""
+    price = Price(
+        provider=provider,
+        model=model,
+        effective_from=effective_from,
+        input=rates.input,
+        output=rates.output,
+        cached_input=rates.cached_input,
+        cache_write=rates.cache_write,
+        prompt_tiers=prompt_tiers,
+        source=source,
+        created_at=now,
+    )
+    session.add(price)
+    session.flush()
+    return price
