@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
+def live_server(env: dict[str, str], workers: int = 1, threads: int = 1) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
         [
@@ -34,6 +34,8 @@ def live_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
             f"127.0.0.1:{port}",
             "--workers",
             str(workers),
+            "--threads",
+            str(threads),
             "--log-level",
             "warning",
             "wsgi:app",
@@ -61,8 +63,14 @@ def live_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
         process.stderr.close()  # type: ignore[union-attr]
 
 
-def call(method: str, url: str, token: str | None = None, body: bytes | None = None):  # type: ignore[no-untyped-def]
-    request = urllib.request.Request(url, method=method, data=body)
+def call(  # type: ignore[no-untyped-def]
+    method: str,
+    url: str,
+    token: str | None = None,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+):
+    request = urllib.request.Request(url, method=method, data=body, headers=headers or {})
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     if body is not None:

@@ -1,0 +1,140 @@
+"""GET /api/credit/usage: the caller's calls and credits, grouped, over validated ranges."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import Person, utcnow
+from tests.fake_providers import Answer, FakeProviders
+from tests.integration.chat import add_price, send, start_conversation
+from tests.integration.test_http_conventions import assert_error
+
+ZERO = {
+    "requests": 0,
+    "input_tokens": 0,
+    "cached_tokens": 0,
+    "cache_write_tokens": 0,
+    "output_tokens": 0,
+    "reasoning_tokens": 0,
+    "credits": "0",
+}
+
+
+@pytest.fixture
+def spender(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> Person:
+    """Three calls: two to OpenAI (one cached, one reasoning), one to Anthropic (cache write)."""
+    add_price(app, "openai", "gpt-test", input="1", cached_input="0.5", output="2")
+    add_price(app, "anthropic", "claude-test", input="3", cache_write="3.75", output="15")
+    person: Person = person_factory(credits=100_000_000)
+    openai = start_conversation(client, person, "openai", "gpt-test")
+    anthropic = start_conversation(client, person, "anthropic", "claude-test")
+    fake_providers.script(
+        "openai",
+        Answer(
+            usage={
+                "prompt_tokens": 100,
+                "completion_tokens": 10,
+                "prompt_tokens_details": {"cached_tokens": 40},
+            }
+        ),
+        Answer(
+            usage={
+                "prompt_tokens": 50,
+                "completion_tokens": 30,
+                "completion_tokens_details": {"reasoning_tokens": 20},
+            }
+        ),
+    )
+    fake_providers.script(
+        "anthropic",
+        Answer(usage={"input_tokens": 10, "cache_creation_input_tokens": 100, "output_tokens": 5}),
+    )
+    for conversation in (openai, openai, anthropic):
+        assert send(client, person, conversation).status_code == 201
+    # Someone else's usage is never counted.
+    other = person_factory(credits=100_000_000)
+    send(client, other, start_conversation(client, other, "openai", "gpt-test"))
+    return person
+
+
+def counts(
+    requests: int, input: int, cached: int, write: int, output: int, reasoning: int, credits: str
+) -> dict[str, Any]:
+    return {
+        "requests": requests,
+        "input_tokens": input,
+        "cached_tokens": cached,
+        "cache_write_tokens": write,
+        "output_tokens": output,
+        "reasoning_tokens": reasoning,
+        "credits": credits,
+    }
+
+
+# OpenAI: 60*1000 + 40*500 + 10*2000 = 100000 and 50*1000 + 30*2000 = 110000 µcr;
+# Anthropic: 10*3000 + 100*3750 + 5*15000 = 480000 µcr.
+OPENAI = counts(2, 150, 40, 0, 40, 20, "0.21")
+ANTHROPIC = counts(1, 110, 0, 100, 5, 0, "0.48")
+TOTAL = counts(3, 260, 40, 100, 45, 20, "0.69")
+
+
+def test_usage_grouped_by_model_provider_and_day(client: FlaskClient, spender: Person) -> None:
+    by_model = client.get("/api/credit/usage?group_by=model", headers=spender.headers).get_json()
+    assert by_model["totals"] == TOTAL
+    assert by_model["groups"] == [
+        {"key": "anthropic:claude-test", **ANTHROPIC},
+        {"key": "openai:gpt-test", **OPENAI},
+    ]
+    by_provider = client.get(
+        "/api/credit/usage?group_by=provider", headers=spender.headers
+    ).get_json()
+    assert [g["key"] for g in by_provider["groups"]] == ["anthropic", "openai"]
+    today = utcnow().date().isoformat()
+    by_day = client.get(
+        f"/api/credit/usage?from={today}&to={today}", headers=spender.headers
+    ).get_json()
+    assert by_day["group_by"] == "day"
+    assert by_day["groups"] == [{"key": today, **TOTAL}]
+    assert by_day["from"] == f"{today}T00:00:00Z"
+    assert by_day["to"] == f"{today}T23:59:59.999999Z"
+
+
+def test_ranges_are_inclusive_and_exclude_what_lies_outside(
+    client: FlaskClient, spender: Person
+) -> None:
+    yesterday = (utcnow() - timedelta(days=1)).date().isoformat()
+    before = client.get(
+        f"/api/credit/usage?from=2026-01-01&to={yesterday}", headers=spender.headers
+    )
+    assert before.get_json()["totals"] == ZERO and before.get_json()["groups"] == []
+    moment = (utcnow() + timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    up_to_now = client.get(f"/api/credit/usage?to={moment}", headers=spender.headers).get_json()
+    assert up_to_now["totals"] == TOTAL
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("from=2026-05-02&to=2026-05-01", "from"),
+        ("from=2025-01-01&to=2026-05-01", "to"),
+        ("from=2026-02-30", "from"),
+        ("to=tomorrow", "to"),
+        ("group_by=week", "group_by"),
+        ("groupby=day", "groupby"),
+    ],
+)
+def test_bad_ranges_are_400(
+    client: FlaskClient, person_factory: Any, query: str, field: str
+) -> None:
+    person = person_factory()
+    error = assert_error(
+        client.get(f"/api/credit/usage?{query}", headers=person.headers), 400, "validation_error"
+    )
+    assert field in error["details"]

@@ -1,0 +1,103 @@
+"""Cost arithmetic: exact Decimal prices in, integer micro-credits out, rounded up once."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from creditapp.metering.estimate import estimate_tokens, upper_bound_tokens
+from creditapp.metering.usage import Usage
+from creditapp.pricing import book
+from creditapp.pricing.models import Price
+
+TIERED = [
+    {
+        "above_input_tokens": 1000,
+        "input": "4",
+        "cached_input": "0.4",
+        "cache_write": None,
+        "output": "20",
+    }
+]
+
+
+def price(**fields: object) -> Price:
+    values = {
+        "input": Decimal("2"),
+        "output": Decimal("10"),
+        "cached_input": None,
+        "cache_write": None,
+    }
+    values.update(fields)
+    return Price(**values)
+
+
+def test_missing_cache_prices_fall_back_to_the_input_price() -> None:
+    usage = Usage(input_tokens=100, cached_tokens=30, cache_write_tokens=20, output_tokens=0)
+    assert book.cost(price(), usage) == 100 * 2000
+    priced = price(cached_input=Decimal("0.5"), cache_write=Decimal("3"))
+    assert book.cost(priced, usage) == 50 * 2000 + 30 * 500 + 20 * 3000
+
+
+def test_a_call_above_a_tier_threshold_pays_the_tier_for_every_token() -> None:
+    tiered = price(prompt_tiers=TIERED)
+    assert book.cost(tiered, Usage(input_tokens=1000, output_tokens=1)) == 1000 * 2000 + 10_000
+    assert book.cost(tiered, Usage(input_tokens=1001, output_tokens=1)) == 1001 * 4000 + 20_000
+    cached = Usage(input_tokens=2000, cached_tokens=1000, output_tokens=0)
+    assert book.cost(tiered, cached) == 1000 * 4000 + 1000 * 400
+
+
+def test_the_worst_case_uses_the_highest_rates_of_every_tier() -> None:
+    tiered = price(prompt_tiers=TIERED, cache_write=Decimal("5"))
+    # The highest input-side rate is the base tier's cache write (5) here, output the tier's 20.
+    assert (
+        book.worst_case(tiered, input_tokens=10, max_output_tokens=100) == 10 * 5000 + 100 * 20_000
+    )
+
+
+@given(
+    input_tokens=st.integers(0, 10**7),
+    output_tokens=st.integers(0, 10**6),
+    input_millionths=st.integers(0, 10**8),
+    output_millionths=st.integers(0, 10**8),
+)
+def test_the_cost_is_the_exact_value_rounded_up_once(
+    input_tokens: int, output_tokens: int, input_millionths: int, output_millionths: int
+) -> None:
+    row = price(input=Decimal(input_millionths) / 10**6, output=Decimal(output_millionths) / 10**6)
+    usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+    # In integers: µcr = tokens * millionths / 1000, rounded up.
+    exact_thousandths = input_tokens * input_millionths + output_tokens * output_millionths
+    assert book.cost(row, usage) == -(-exact_thousandths // 1000)
+    assert book.worst_case(
+        row, input_tokens=input_tokens, max_output_tokens=output_tokens
+    ) >= book.cost(row, usage)
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        {"input_tokens": -1, "output_tokens": 0},
+        {"input_tokens": 10, "output_tokens": 0, "cached_tokens": 8, "cache_write_tokens": 3},
+        {"input_tokens": 1, "output_tokens": 5, "reasoning_tokens": 6},
+    ],
+)
+def test_inconsistent_usage_is_refused(counts: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        Usage(**counts)  # type: ignore[arg-type]
+
+
+@given(st.lists(st.text(max_size=200), max_size=5))
+def test_the_hold_bound_is_never_below_the_estimate_nor_the_bytes(texts: list[str]) -> None:
+    bound = upper_bound_tokens(texts)
+    assert bound >= estimate_tokens(texts)
+    assert bound >= sum(len(text.encode()) for text in texts)
+
+
+def test_estimates_are_about_four_bytes_a_token() -> None:
+    assert estimate_tokens(["a" * 400]) == 100 + 4
+    assert estimate_tokens(["日本語"]) == 3 + 4  # 9 UTF-8 bytes
+    assert upper_bound_tokens(["日本語"]) == 9 + 8
