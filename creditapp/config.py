@@ -48,7 +48,6 @@ class Config:
     MAX_CONTENT_LENGTH = 64 * 1024
 
     SQLALCHEMY_TRACK_MODIFICATIONS = False
-    SQLALCHEMY_SESSION_OPTIONS = {"expire_on_commit": False}
 
     JWT_ACCESS_TOKEN_EXPIRES = timedelta(hours=1)
     JWT_ALGORITHM = "HS256"

@@ -18,7 +18,12 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
+# Objects stay loaded after a commit: a request commits several short transactions (idempotency
+# claim, hold, settle) and must not reload what it already read after each of them.
+db = SQLAlchemy(
+    metadata=MetaData(naming_convention=NAMING_CONVENTION),
+    session_options={"expire_on_commit": False},
+)
 migrate = Migrate()
 jwt = JWTManager()
 api = Api()

@@ -14,6 +14,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -23,11 +24,11 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     delete,
-    insert,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
 from creditapp.database import BigIntId, DbSession, UTCDateTime, write_transaction
@@ -96,15 +97,18 @@ def claim(
 ) -> Claim | StoredResponse:
     """Claim the key for this request, or return the response to replay. Commits."""
     for _attempt in range(3):
-        try:
-            with write_transaction(session):
-                return _claim_once(
-                    session, user_id, key, request_fingerprint, now, retention, takeover_after
-                )
-        except IntegrityError:
-            # A concurrent twin inserted the key between our look and our insert: look again.
-            continue
+        with write_transaction(session):
+            outcome = _claim_once(
+                session, user_id, key, request_fingerprint, now, retention, takeover_after
+            )
+        if outcome is not None:
+            return outcome
     raise RequestInProgress()
+
+
+def _insert_if_new(session: DbSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql_insert if dialect == "postgresql" else sqlite_insert)(keys)
 
 
 def _claim_once(
@@ -115,29 +119,36 @@ def _claim_once(
     now: datetime,
     retention: timedelta,
     takeover_after: timedelta,
-) -> Claim | StoredResponse:
+) -> Claim | StoredResponse | None:
     token = secrets.token_hex(16)
+    fresh_claim = {
+        "fingerprint": request_fingerprint,
+        "status": "in_progress",
+        "claim_token": token,
+        "claimed_at": now,
+        "expires_at": now + retention,
+        "response_status": None,
+        "response_body": None,
+        "response_content_type": None,
+    }
+    # The common case, a new key, is one statement; a key seen before is looked at under lock.
+    claimed = session.execute(
+        _insert_if_new(session)
+        .values(user_id=user_id, key=key, **fresh_claim)
+        .on_conflict_do_nothing(index_elements=["user_id", "key"])
+        .returning(keys.c.id)
+    ).scalar_one_or_none()
+    if claimed is not None:
+        return Claim(claimed, token)
     existing = session.execute(
         select(keys).where(keys.c.user_id == user_id, keys.c.key == key).with_for_update()
     ).one_or_none()
-    if existing is not None and existing.expires_at <= now:
-        session.execute(delete(keys).where(keys.c.id == existing.id))
-        existing = None
     if existing is None:
-        claim_id = session.execute(
-            insert(keys)
-            .values(
-                user_id=user_id,
-                key=key,
-                fingerprint=request_fingerprint,
-                status="in_progress",
-                claim_token=token,
-                claimed_at=now,
-                expires_at=now + retention,
-            )
-            .returning(keys.c.id)
-        ).scalar_one()
-        return Claim(claim_id, token)
+        return None  # released by its request meanwhile: try again
+    if existing.expires_at <= now:
+        # A key older than the retention is free for a new request.
+        session.execute(update(keys).where(keys.c.id == existing.id).values(**fresh_claim))
+        return Claim(existing.id, token)
     if existing.fingerprint != request_fingerprint:
         raise IdempotencyKeyReused()
     if existing.status == "completed":

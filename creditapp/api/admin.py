@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from sqlalchemy import select
 
 from creditapp import ledger
+from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
@@ -22,6 +22,7 @@ from creditapp.api.schemas import (
     Id,
     PageArgs,
     UtcDateTime,
+    page_of,
 )
 from creditapp.auth import users
 from creditapp.chat import compensations
@@ -32,10 +33,6 @@ from creditapp.ledger.models import Account, AuditRecord, Grant
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration")
 
 _REASON = validate.Length(min=1, max=500)
-
-
-def _sensitive_limit() -> str:
-    return str(current_app.config["RATELIMIT_SENSITIVE"])
 
 
 class GrantArgs(Schema):
@@ -98,13 +95,11 @@ class AuditRecordSchema(Schema):
     created_at = UtcDateTime()
 
 
-class AuditPageSchema(Schema):
-    items = fields.List(fields.Nested(AuditRecordSchema))
-    next_cursor = fields.String(allow_none=True)
+AuditPageSchema = page_of(AuditRecordSchema)
 
 
 @blp.route("/credit/grant", methods=["POST"])
-@limiter.limit(_sensitive_limit)
+@limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(GrantArgs)
@@ -127,7 +122,7 @@ def grant(args: dict[str, Any]) -> Any:
 
 
 @blp.route("/credit/adjust", methods=["POST"])
-@limiter.limit(_sensitive_limit)
+@limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(AdjustArgs)
@@ -158,7 +153,7 @@ class RefundSchema(Schema):
 
 
 @blp.route("/credit/refund", methods=["POST"])
-@limiter.limit(_sensitive_limit)
+@limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(RefundArgs)

@@ -9,12 +9,13 @@ from flask import Response, current_app, jsonify
 from marshmallow import Schema, fields, validate
 from sqlalchemy import select
 
+from creditapp.api import limits
 from creditapp.api.errors import from_error
 from creditapp.api.idempotency import complete_with, idempotent
 from creditapp.api.identity import audit_context, authenticated, caller
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
-from creditapp.api.schemas import AmountsSchema, Credits, Id, PageArgs, UtcDateTime
+from creditapp.api.schemas import AmountsSchema, Credits, Id, PageArgs, UtcDateTime, page_of
 from creditapp.chat import service
 from creditapp.chat.models import Character, Conversation, Message
 from creditapp.database import DbSession
@@ -26,10 +27,6 @@ from creditapp.money import format_credits
 blp = Blueprint("chat", __name__, url_prefix="/api", description="Characters and conversations")
 
 MAX_MESSAGE_CHARS = 16_000
-
-
-def _spending_limit() -> str:
-    return str(current_app.config["RATELIMIT_SPENDING"])
 
 
 class CharacterArgs(Schema):
@@ -51,9 +48,7 @@ class CharacterSchema(Schema):
     created_at = UtcDateTime()
 
 
-class CharacterPageSchema(Schema):
-    items = fields.List(fields.Nested(CharacterSchema))
-    next_cursor = fields.String(allow_none=True)
+CharacterPageSchema = page_of(CharacterSchema)
 
 
 class ConversationArgs(Schema):
@@ -66,9 +61,7 @@ class ConversationSchema(Schema):
     created_at = UtcDateTime()
 
 
-class ConversationPageSchema(Schema):
-    items = fields.List(fields.Nested(ConversationSchema))
-    next_cursor = fields.String(allow_none=True)
+ConversationPageSchema = page_of(ConversationSchema)
 
 
 class MessageArgs(Schema):
@@ -86,9 +79,7 @@ class MessageSchema(Schema):
     created_at = UtcDateTime()
 
 
-class MessagePageSchema(Schema):
-    items = fields.List(fields.Nested(MessageSchema))
-    next_cursor = fields.String(allow_none=True)
+MessagePageSchema = page_of(MessageSchema)
 
 
 class UsageSchema(Schema):
@@ -193,7 +184,7 @@ def _exchange_response(exchange: service.Exchange) -> Response:
 
 
 @blp.route("/conversations/<conversation_id>/messages", methods=["POST"])
-@limiter.limit(_spending_limit)
+@limiter.limit(limits.spending)
 @authenticated()
 @idempotent(required=True, runs_own_transactions=True)
 @blp.arguments(MessageArgs)

@@ -6,16 +6,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate
 from sqlalchemy import select
 
 from creditapp import ledger
+from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated, caller
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
-from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime
+from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, page_of
 from creditapp.auth import tiers, users
 from creditapp.auth.models import Tier
 from creditapp.errors import Conflict, ValidationFailed
@@ -30,10 +30,6 @@ MAX_PRICE = Decimal(1_000_000)
 # A price may take effect a little before the request arrives (clock skew), never earlier:
 # a row in the past would claim a price was in force when calls were charged otherwise.
 EFFECTIVE_FROM_SKEW = timedelta(seconds=60)
-
-
-def _sensitive_limit() -> str:
-    return str(current_app.config["RATELIMIT_SENSITIVE"])
 
 
 class UsdPerMillion(fields.Field):
@@ -87,9 +83,7 @@ class PriceSchema(Schema):
     created_at = UtcDateTime()
 
 
-class PricePageSchema(Schema):
-    items = fields.List(fields.Nested(PriceSchema))
-    next_cursor = fields.String(allow_none=True)
+PricePageSchema = page_of(PriceSchema)
 
 
 class TierArgs(Schema):
@@ -156,7 +150,7 @@ def prices(args: dict[str, Any]) -> Any:
 
 
 @blp.route("/pricing", methods=["PUT"])
-@limiter.limit(_sensitive_limit)
+@limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(PriceArgs)
@@ -202,7 +196,7 @@ def tier_list() -> Any:
 
 
 @blp.route("/tiers", methods=["PUT"])
-@limiter.limit(_sensitive_limit)
+@limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(TierArgs)
@@ -212,7 +206,7 @@ def put_tier(args: dict[str, Any]) -> Any:
 
 
 @blp.route("/users/<user_id>/tier", methods=["PUT"])
-@limiter.limit(_sensitive_limit)
+@limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(UserTierArgs)

@@ -57,6 +57,14 @@ class Id(fields.Field):
         raise ValidationError("Not a valid id.")
 
 
+def page_of(item: type[Schema]) -> type[Schema]:
+    """The shape of every list response: `{"items": [...], "next_cursor": "..." | null}`."""
+    return Schema.from_dict(
+        {"items": fields.List(fields.Nested(item)), "next_cursor": fields.String(allow_none=True)},
+        name=f"{item.__name__.removesuffix('Schema')}PageSchema",
+    )
+
+
 class PageArgs(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
     cursor = fields.String(load_default=None)
@@ -85,9 +93,7 @@ class GrantSchema(Schema):
     created_at = UtcDateTime()
 
 
-class GrantPageSchema(Schema):
-    items = fields.List(fields.Nested(GrantSchema))
-    next_cursor = fields.String(allow_none=True)
+GrantPageSchema = page_of(GrantSchema)
 
 
 class TransactionSchema(Schema):
@@ -99,6 +105,4 @@ class TransactionSchema(Schema):
     created_at = UtcDateTime()
 
 
-class TransactionPageSchema(Schema):
-    items = fields.List(fields.Nested(TransactionSchema))
-    next_cursor = fields.String(allow_none=True)
+TransactionPageSchema = page_of(TransactionSchema)

@@ -23,11 +23,11 @@ from sqlalchemy import Select, or_, select
 
 from creditapp import ledger
 from creditapp.auth.models import Tier, User
-from creditapp.auth.users import account_id_of
 from creditapp.chat import compensations
 from creditapp.chat.models import Character, Compensation, Conversation, Message, UsageRecord
 from creditapp.database import DbSession, write_transaction
 from creditapp.errors import ModelNotAllowed, NotFound, ProviderFailed, ValidationFailed
+from creditapp.ledger.models import Account
 from creditapp.metering.estimate import estimate_tokens, upper_bound_tokens
 from creditapp.metering.providers import (
     PROVIDER_NAMES,
@@ -158,10 +158,17 @@ def _prepare(
     settings: ChatSettings,
     now: datetime,
 ) -> _Prepared:
-    conversation = get_conversation(session, user=user, conversation_id=conversation_id)
-    character = session.get(Character, conversation.character_id)
-    tier = session.get(Tier, user.tier_name)
-    assert character is not None and tier is not None
+    # One round trip for what the message depends on (it is on every message's path).
+    found = session.execute(
+        select(Character, Tier, Account.id)
+        .join(Conversation, Conversation.character_id == Character.id)
+        .join(Tier, Tier.name == user.tier_name)
+        .join(Account, Account.user_id == user.id)
+        .where(Conversation.id == conversation_id, Conversation.user_id == user.id)
+    ).one_or_none()
+    if found is None:
+        raise NotFound("No such conversation.")
+    character, tier, account_id = found
     if not model_allowed(tier.allowed_models, character.provider, character.model):
         raise ModelNotAllowed(
             f"Your tier ({tier.name}) does not allow {character.provider}:{character.model}.",
@@ -176,7 +183,7 @@ def _prepare(
     price = book.price_in_force(session, provider=character.provider, model=character.model, at=now)
     history = session.scalars(
         select(Message)
-        .where(Message.conversation_id == conversation.id)
+        .where(Message.conversation_id == conversation_id)
         .order_by(Message.id.desc())
         .limit(settings.history_messages)
     ).all()
@@ -185,7 +192,7 @@ def _prepare(
     request = ChatRequest(character.model, character.system_prompt, messages, max_tokens)
     input_bound = upper_bound_tokens([character.system_prompt, *(m.content for m in messages)])
     hold_amount = book.worst_case(price, input_tokens=input_bound, max_output_tokens=max_tokens)
-    return _Prepared(account_id_of(session, user.id), character, price, request, hold_amount)
+    return _Prepared(account_id, character, price, request, hold_amount)
 
 
 def _usage_of(completion: Completion, request: ChatRequest) -> Usage:

@@ -84,6 +84,7 @@ class OpenAIProvider:
         import openai
 
         self._errors = (openai.OpenAIError,)
+        self._completion_type = openai.types.chat.ChatCompletion
         self._client = openai.OpenAI(
             api_key=connection.api_key or "unset",
             base_url=connection.base_url,
@@ -92,11 +93,20 @@ class OpenAIProvider:
         )
 
     def complete(self, request: ChatRequest) -> Completion:
-        messages: list[Any] = [{"role": "system", "content": request.system_prompt}]
+        messages = [{"role": "system", "content": request.system_prompt}]
         messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        body = {
+            "model": request.model,
+            "messages": messages,
+            "max_completion_tokens": request.max_tokens,
+        }
         try:
-            response = self._client.chat.completions.create(
-                model=request.model, messages=messages, max_completion_tokens=request.max_tokens
+            # The SDK's typed `chat.completions.create` checks every message against each
+            # member of a union of message types: ~1 ms of CPU per 20 messages of history,
+            # measured. Our body is plain JSON already, so it goes through the SDK's own
+            # client (retries, timeouts, errors, parsing) without that step.
+            response = self._client.post(
+                "/chat/completions", body=body, cast_to=self._completion_type
             )
             text = response.choices[0].message.content or ""
         except self._errors as error:
@@ -130,6 +140,7 @@ class AnthropicProvider:
         import anthropic
 
         self._errors = (anthropic.AnthropicError,)
+        self._message_type = anthropic.types.Message
         self._client = anthropic.Anthropic(
             api_key=connection.api_key or "unset",
             base_url=connection.base_url,
@@ -139,11 +150,16 @@ class AnthropicProvider:
 
     def complete(self, request: ChatRequest) -> Completion:
         try:
-            response = self._client.messages.create(
-                model=request.model,
-                max_tokens=request.max_tokens,
-                system=request.system_prompt,
-                messages=[{"role": m.role, "content": m.content} for m in request.messages],  # type: ignore[misc]
+            # Plain JSON through the SDK's client, as for OpenAI above.
+            response = self._client.post(
+                "/v1/messages",
+                body={
+                    "model": request.model,
+                    "max_tokens": request.max_tokens,
+                    "system": request.system_prompt,
+                    "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+                },
+                cast_to=self._message_type,
             )
             text = "".join(block.text for block in response.content if block.type == "text")
         except self._errors as error:
