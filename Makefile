@@ -17,6 +17,7 @@ venv: $(VENV)/.installed  ## create the virtual environment and install pinned p
 
 run: venv  ## migrate, seed demo data and serve on http://127.0.0.1:5000 (SQLite, no servers)
 	$(FLASK) db upgrade
+	$(FLASK) pricing sync
 	$(FLASK) demo seed
 	$(FLASK) run --host 127.0.0.1 --port 5000
 
