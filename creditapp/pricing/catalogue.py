@@ -46,7 +46,6 @@ class CataloguePrice:
 class SyncReport:
     catalogue_version: str
     added: int
-    unchanged: int
     skipped_models: int
 
 
@@ -152,7 +151,7 @@ def sync(session: DbSession, *, now: datetime) -> SyncReport:
     for row in rows:
         by_model.setdefault((row.provider, row.model), []).append(row)
 
-    added = unchanged = 0
+    added = 0
     for (provider, model), model_rows in by_model.items():
         model_rows.sort(key=lambda row: row.effective_from)
         book_rows = session.scalars(
@@ -178,7 +177,6 @@ def sync(session: DbSession, *, now: datetime) -> SyncReport:
                     wanted.insert(
                         0, CataloguePrice(provider, model, now, row.rates, row.prompt_tiers)
                     )
-        unchanged += len(model_rows) - len(wanted)
         for row in wanted:
             book.add(
                 session,
@@ -191,4 +189,4 @@ def sync(session: DbSession, *, now: datetime) -> SyncReport:
                 now=now,
             )
             added += 1
-    return SyncReport(source, added, max(unchanged, 0), skipped)
+    return SyncReport(source, added, skipped)

@@ -286,3 +286,22 @@ def test_the_catalogue_sync_seeds_dated_and_tiered_prices_once(app: Flask) -> No
         ).all()
         assert [moment.date().isoformat() for moment in o3] == ["2000-01-01", "2025-06-10"]
         db.session.remove()
+
+
+def test_the_sync_never_rewrites_history_and_adds_a_changed_current_price(app: Flask) -> None:
+    earlier = add_price(app, "anthropic", "claude-3-5-sonnet", input="9", output="9")
+    now = utcnow()
+    with app.app_context():
+        with write_transaction(db.session):
+            catalogue.sync(db.session, now=now)
+        rows = db.session.execute(
+            select(Price.id, Price.input, Price.effective_from)
+            .where(Price.provider == "anthropic", Price.model == "claude-3-5-sonnet")
+            .order_by(Price.effective_from)
+        ).all()
+        db.session.remove()
+    assert [(row.id, row.input) for row in rows] == [
+        (earlier, Decimal("9")),
+        (rows[1].id, Decimal("3")),
+    ]
+    assert rows[1].effective_from == now
