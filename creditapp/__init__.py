@@ -46,6 +46,7 @@ def register_extensions(app: Flask) -> None:
     from creditapp import idempotency  # noqa: F401
     from creditapp.auth import models as auth_models  # noqa: F401
     from creditapp.chat import models as chat_models  # noqa: F401
+    from creditapp.jobs import models as jobs_models  # noqa: F401
     from creditapp.ledger import models as ledger_models  # noqa: F401
     from creditapp.pricing import models as pricing_models  # noqa: F401
 

@@ -1,7 +1,8 @@
 """Celery the Flask way: tasks run inside the app context, configured from the app's config.
 
-Production uses Redis (`CELERY_BROKER_URL` or `REDIS_URL`). The embedded default uses Kombu's
-filesystem transport under instance/, a broker that needs no server yet works across processes.
+Production uses Redis (`CELERY_BROKER_URL` or `REDIS_URL`) and redbeat, so that only one beat
+schedules, however many run. The embedded default uses Kombu's filesystem transport under
+instance/, a broker that needs no server yet works across processes, and beat's file schedule.
 """
 
 from __future__ import annotations
@@ -12,11 +13,29 @@ from typing import Any
 from celery import Celery, Task
 from flask import Flask
 
+from creditapp.jobs.schedule import beat_schedule
+
 
 def _broker_settings(app: Flask) -> dict[str, Any]:
     broker_url = app.config.get("CELERY_BROKER_URL")
+    redis_url = app.config.get("REDIS_URL")
     if broker_url:
-        return {"broker_url": broker_url, "result_backend": app.config.get("REDIS_URL") or None}
+        settings: dict[str, Any] = {
+            "broker_url": broker_url,
+            "result_backend": redis_url or None,
+            "broker_transport_options": {
+                "visibility_timeout": app.config["CELERY_VISIBILITY_TIMEOUT"]
+            },
+        }
+        if redis_url:
+            # One beat across all machines: redbeat holds a lock in Redis, so a second beat
+            # process waits instead of scheduling every job twice.
+            settings.update(
+                beat_scheduler="redbeat.RedBeatScheduler",
+                redbeat_redis_url=redis_url,
+                redbeat_lock_timeout=max(app.config["JOB_PERIODS"].values()) * 5,
+            )
+        return settings
     queue_dir = Path(app.instance_path) / "celery-queue"
     queue_dir.mkdir(parents=True, exist_ok=True)
     return {
@@ -26,6 +45,7 @@ def _broker_settings(app: Flask) -> dict[str, Any]:
             "data_folder_out": str(queue_dir),
         },
         "result_backend": None,
+        "beat_schedule_filename": str(Path(app.instance_path) / "celery-beat-schedule"),
     }
 
 
@@ -35,8 +55,13 @@ def celery_init_app(app: Flask) -> Celery:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
-    celery = Celery(app.name, task_cls=FlaskTask)
-    celery.conf.update(task_ignore_result=False, **_broker_settings(app))
+    celery = Celery(app.name, task_cls=FlaskTask, include=["tasks.jobs"])
+    celery.conf.update(
+        task_ignore_result=False,
+        beat_schedule=beat_schedule(app.config),
+        worker_hijack_root_logger=False,
+        **_broker_settings(app),
+    )
     celery.set_default()
     app.extensions["celery"] = celery
     return celery

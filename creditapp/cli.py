@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
@@ -20,6 +20,7 @@ from creditapp.chat.models import Character
 from creditapp.database import write_transaction
 from creditapp.errors import CreditAppError
 from creditapp.extensions import db
+from creditapp.jobs import JOBS, run_job
 from creditapp.money import AmountError, format_credits, parse_credits
 from creditapp.pricing import book, catalogue
 from creditapp.pricing.models import Price
@@ -30,6 +31,7 @@ users_cli = AppGroup("users", help="Create users and issue their access tokens."
 credit_cli = AppGroup("credit", help="Grant credits and reconcile the ledger.")
 demo_cli = AppGroup("demo", help="Demo data for the embedded default.")
 pricing_cli = AppGroup("pricing", help="The price book.")
+jobs_cli = AppGroup("jobs", help="Run a background job in the foreground.")
 
 
 def _user_json(user: User) -> str:
@@ -149,6 +151,21 @@ def sync_pricing() -> None:
     click.echo(json.dumps(vars(result)))
 
 
+@jobs_cli.command("run")
+@click.argument("name", type=click.Choice(list(JOBS)))
+@click.option("--now", "now_text", help="Run as of this ISO 8601 time (catch-up, tests).")
+def run_job_command(name: str, now_text: str | None) -> None:
+    """Run one job to completion (the same code the Celery task runs); print its summary."""
+    try:
+        now = datetime.fromisoformat(now_text) if now_text else datetime.now(UTC)
+    except ValueError as error:
+        raise click.BadParameter("not an ISO 8601 time", param_hint="--now") from error
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    summary = run_job(name, db.session, now=now, actor="cli", settings=current_app.config)
+    click.echo(json.dumps({"job": name, "now": now.isoformat(), **summary}))
+
+
 DEMO_ADMIN = "admin@demo.creditapp"
 DEMO_USER = "user@demo.creditapp"
 DEMO_CREDITS = 1_000 * 1_000_000
@@ -219,5 +236,5 @@ def seed_demo() -> None:
 
 
 def register_cli(app: Flask) -> None:
-    for group in (users_cli, credit_cli, demo_cli, pricing_cli):
+    for group in (users_cli, credit_cli, demo_cli, pricing_cli, jobs_cli):
         app.cli.add_command(group)

@@ -11,6 +11,14 @@ from creditapp.errors import ConfigurationError
 
 INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
 DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me-0123456789"
+# Seconds between two runs of each job, unless JOB_PERIOD_<NAME>_SECONDS says otherwise.
+JOB_PERIODS = {
+    "refresh": 300,  # users renew at any time of day: a renewal waits at most this long
+    "compensations": 60,
+    "rollup": 300,
+    "expire-holds": 60,
+    "reconcile": 3600,
+}
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -98,6 +106,16 @@ class Config:
                 ("google", "GOOGLE_GEMINI", "GEMINI"),
             )
         }
+        # How often beat runs each job (creditapp.jobs.schedule).
+        self.JOB_PERIODS = {
+            job: _int_env(f"JOB_PERIOD_{job.upper().replace('-', '_')}_SECONDS", seconds)
+            for job, seconds in JOB_PERIODS.items()
+        }
+        # A compensation whose payment failed this many times is `failed`, for an admin.
+        self.COMPENSATION_MAX_ATTEMPTS = _int_env("COMPENSATION_MAX_ATTEMPTS", 5)
+        self.COMPENSATION_BASE_DELAY_SECONDS = _int_env("COMPENSATION_BASE_DELAY_SECONDS", 60)
+        # A task a dead worker held goes back to the queue after this long (Redis broker).
+        self.CELERY_VISIBILITY_TIMEOUT = _int_env("CELERY_VISIBILITY_TIMEOUT", 900)
         # How many earlier messages of a conversation are sent with a new one.
         self.CHAT_HISTORY_MESSAGES = _int_env("CHAT_HISTORY_MESSAGES", 40)
         # A claimed Idempotency-Key whose request never finished (a killed worker) may be

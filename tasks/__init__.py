@@ -1,1 +1,1 @@
-"""Thin Celery tasks: they take ids and call creditapp's job bodies and services."""
+"""Celery tasks: thin wrappers that name a job and call `creditapp.jobs`, nothing more."""

@@ -1,18 +1,23 @@
-"""Tables of chat: characters, conversations, messages, usage records and compensations."""
+"""Tables of chat: characters, conversations, messages, usage records and their roll-ups,
+compensations."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
+    UniqueConstraint,
+    false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -76,6 +81,10 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
     cost: Mapped[int] = mapped_column(BigInteger, nullable=False)
     credits_charged: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # Counted in usage_rollups (by the roll-up job, in the transaction that set this).
+    rolled_up: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
 
     __table_args__ = (
         CheckConstraint(
@@ -86,6 +95,14 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
         ),
         CheckConstraint("credits_charged >= 0 AND credits_charged <= cost", name="charge_bounded"),
         Index("ix_usage_records_user_created", "user_id", "created_at"),
+        # What the roll-up job has still to do, and what the usage report reads raw.
+        Index(
+            "ix_usage_records_not_rolled_up",
+            "user_id",
+            "created_at",
+            postgresql_where=text("NOT rolled_up"),
+            sqlite_where=text("NOT rolled_up"),
+        ),
     )
 
 
@@ -139,4 +156,27 @@ class Compensation(db.Model):  # type: ignore[name-defined,misc]
             "(status = 'completed') = (completed_at IS NOT NULL)", name="completed_has_time"
         ),
         Index("ix_compensations_status_next", "status", "next_attempt_at"),
+    )
+
+
+class UsageRollup(db.Model):  # type: ignore[name-defined,misc]
+    """The sums of one user's usage records of one UTC day, provider and model."""
+
+    __tablename__ = "usage_rollups"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    day: Mapped[date] = mapped_column(Date, nullable=False)
+    provider: Mapped[str] = mapped_column(String(32), nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    credits: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    __table_args__ = (
+        UniqueConstraint("user_id", "day", "provider", "model", name="uq_usage_rollups_key"),
     )

@@ -1,0 +1,42 @@
+"""The background jobs (contract section 6). Each is a plain function of a session, a time and
+an audit context, safe to run several times at once and to crash anywhere; the Celery task in
+`tasks/` and `flask jobs run` call the same `run_job`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from creditapp import ledger
+from creditapp.database import DbSession
+from creditapp.jobs import compensations, holds, reconciliation, refresh, rollup
+
+Job = Callable[..., dict[str, Any]]
+
+JOBS: dict[str, Job] = {
+    "refresh": refresh.run,
+    "compensations": compensations.run,
+    "rollup": rollup.run,
+    "expire-holds": holds.run,
+    "reconcile": reconciliation.run,
+}
+
+
+def _options(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    if name == "compensations":
+        return {
+            "policy": compensations.RetryPolicy(
+                max_attempts=settings["COMPENSATION_MAX_ATTEMPTS"],
+                base_delay=timedelta(seconds=settings["COMPENSATION_BASE_DELAY_SECONDS"]),
+            )
+        }
+    return {}
+
+
+def run_job(
+    name: str, session: DbSession, *, now: datetime, actor: str, settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Run one job to completion as of `now` and return its summary."""
+    context = ledger.AuditContext(actor_type="job", actor_id=f"{name}:{actor}")
+    return JOBS[name](session, now=now, context=context, **_options(name, settings))

@@ -1,0 +1,53 @@
+"""Reconciliation: check every ledger invariant of every account, store and log the report.
+It never changes a balance: drift is for people to look at."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select
+
+from creditapp import ledger
+from creditapp.database import DbSession, write_transaction
+from creditapp.jobs.models import ReconciliationReport
+from creditapp.ledger.models import Account
+
+log = structlog.get_logger(__name__)
+
+
+def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> dict[str, Any]:
+    checked = session.scalar(select(func.count()).select_from(Account)) or 0
+    drift = ledger.reconcile(session)
+    for item in drift:
+        log.error(
+            "ledger_drift",
+            user_id=item.user_id,
+            invariant=item.invariant,
+            expected=item.expected,
+            actual=item.actual,
+        )
+    with write_transaction(session):
+        session.add(
+            ReconciliationReport(
+                ran_at=now,
+                checked_accounts=checked,
+                drift=[
+                    {
+                        "user_id": item.user_id,
+                        "invariant": item.invariant,
+                        "expected": item.expected,
+                        "actual": item.actual,
+                    }
+                    for item in drift
+                ],
+            )
+        )
+    return {"checked_accounts": checked, "drift": len(drift)}
+
+
+def latest(session: DbSession) -> ReconciliationReport | None:
+    return session.scalars(
+        select(ReconciliationReport).order_by(ReconciliationReport.id.desc()).limit(1)
+    ).first()
