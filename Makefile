@@ -15,10 +15,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed  ## create the virtual environment and install pinned packages
 
-run: venv  ## migrate, seed demo data and serve on http://127.0.0.1:5000 (SQLite, no servers)
+run: venv  ## migrate, seed demo data; serve http://127.0.0.1:5000 with a worker and beat (SQLite, no servers)
 	$(FLASK) db upgrade
 	$(FLASK) pricing sync
 	$(FLASK) demo seed
+	trap 'kill 0' EXIT; \
+	$(VENV)/bin/celery -A celery_worker:celery worker --beat --concurrency 1 --loglevel INFO & \
 	$(FLASK) run --host 127.0.0.1 --port 5000
 
 test: venv lint test-sqlite test-postgres  ## the whole suite on SQLite, then on PostgreSQL + Redis

@@ -1,4 +1,4 @@
-"""The Celery entry point: `celery -A celery_worker worker` / `beat`."""
+"""The Celery entry point: `celery -A celery_worker:celery worker` (add `--beat`, or run `beat`)."""
 
 from creditapp import create_app
 

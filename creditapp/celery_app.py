@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
+from celery.signals import worker_process_init
 from flask import Flask
 
+from creditapp.extensions import db
 from creditapp.jobs.schedule import beat_schedule
 
 
@@ -64,4 +66,11 @@ def celery_init_app(app: Flask) -> Celery:
     )
     celery.set_default()
     app.extensions["celery"] = celery
+
+    @worker_process_init.connect(weak=False)
+    def _own_connections(**_kwargs: Any) -> None:
+        # A forked pool process must not share the parent's database connections.
+        with app.app_context():
+            db.engine.dispose(close=False)
+
     return celery

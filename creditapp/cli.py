@@ -127,15 +127,7 @@ def reconcile_credit() -> None:
         json.dumps(
             {
                 "ran_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-                "drift": [
-                    {
-                        "user_id": str(item.user_id),
-                        "invariant": item.invariant,
-                        "expected": format_credits(item.expected),
-                        "actual": format_credits(item.actual),
-                    }
-                    for item in drift
-                ],
+                "drift": [item.as_wire() for item in drift],
             }
         )
     )

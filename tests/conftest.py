@@ -121,8 +121,11 @@ def app(database_url: str, redis_url: str | None, fake_providers: FakeProviders)
     os.environ.setdefault("DATABASE_POOL_SIZE", "50")
     if redis_url:
         os.environ["REDIS_URL"] = redis_url
+        os.environ["CELERY_BROKER_URL"] = redis_url
     else:
         os.environ.pop("REDIS_URL", None)
+        # Tasks enqueued on SQLite runs stay in this process (no worker is started there).
+        os.environ["CELERY_BROKER_URL"] = "memory://"
     application = create_app()
     with application.app_context():
         upgrade(directory=str(Path(__file__).resolve().parent.parent / "migrations"))

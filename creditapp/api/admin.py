@@ -22,6 +22,7 @@ from creditapp.api.schemas import (
     Id,
     PageArgs,
     UtcDateTime,
+    columns,
     page_of,
 )
 from creditapp.auth import users
@@ -212,10 +213,6 @@ def audit(args: dict[str, Any]) -> Any:
         query,
         key=AuditRecord.id,
         args=args,
-        item=lambda row: {**_columns(row[0]), "user_id": row[1]},
+        item=lambda row: {**columns(row[0]), "user_id": row[1]},
         position=lambda record: record["id"],
     )
-
-
-def _columns(record: AuditRecord) -> dict[str, Any]:
-    return {column.key: getattr(record, column.key) for column in AuditRecord.__table__.columns}

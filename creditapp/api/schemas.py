@@ -57,6 +57,11 @@ class Id(fields.Field):
         raise ValidationError("Not a valid id.")
 
 
+def columns(row: Any) -> dict[str, Any]:
+    """A mapped object's column values, to dump with extra fields beside them."""
+    return {column.key: getattr(row, column.key) for column in row.__table__.columns}
+
+
 def page_of(item: type[Schema]) -> type[Schema]:
     """The shape of every list response: `{"items": [...], "next_cursor": "..." | null}`."""
     return Schema.from_dict(

@@ -33,15 +33,7 @@ def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> d
             ReconciliationReport(
                 ran_at=now,
                 checked_accounts=checked,
-                drift=[
-                    {
-                        "user_id": item.user_id,
-                        "invariant": item.invariant,
-                        "expected": item.expected,
-                        "actual": item.actual,
-                    }
-                    for item in drift
-                ],
+                drift=[item.as_wire() for item in drift],
             )
         )
     return {"checked_accounts": checked, "drift": len(drift)}

@@ -10,11 +10,15 @@ from sqlalchemy import Table, func, select
 
 from creditapp.database import DbSession
 from creditapp.ledger.models import Account, Grant, Hold, LedgerEntry
+from creditapp.money import format_credits
 
 accounts = Account.__table__
 grants = Grant.__table__
 holds = Hold.__table__
 entries = LedgerEntry.__table__
+
+
+COUNT_INVARIANTS = frozenset({"last_seq == number of entries"})
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,16 @@ class Drift:
     invariant: str
     expected: int
     actual: int
+
+    def as_wire(self) -> dict[str, str]:
+        """The report's shape: amounts as credit strings, counts as whole numbers."""
+        show = str if self.invariant in COUNT_INVARIANTS else format_credits
+        return {
+            "user_id": str(self.user_id),
+            "invariant": self.invariant,
+            "expected": show(self.expected),
+            "actual": show(self.actual),
+        }
 
 
 class _Scope:

@@ -23,8 +23,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+class ServerUrl(str):
+    """The server's base URL, knowing the gunicorn master's process id."""
+
+    pid: int
+
+
 @contextmanager
-def live_server(env: dict[str, str], workers: int = 1, threads: int = 1) -> Iterator[str]:
+def live_server(env: dict[str, str], workers: int = 1, threads: int = 1) -> Iterator[ServerUrl]:
     port = free_port()
     # A file, not a pipe: nobody reads the log while the server runs, and a full pipe would
     # block the server on its next log line.
@@ -49,7 +55,8 @@ def live_server(env: dict[str, str], workers: int = 1, threads: int = 1) -> Iter
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
-        base = f"http://127.0.0.1:{port}"
+        base = ServerUrl(f"http://127.0.0.1:{port}")
+        base.pid = process.pid
         try:
             deadline = time.monotonic() + 30
             while True:

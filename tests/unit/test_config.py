@@ -92,6 +92,7 @@ def test_production_with_secure_settings_loads(monkeypatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://db/x")
     monkeypatch.setenv("JWT_SECRET_KEY", "k" * 40)
     monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     config = load_config("production")
     assert config.SQLALCHEMY_DATABASE_URI == "postgresql+psycopg://db/x"
     assert config.RATELIMIT_STORAGE_URI == "redis://cache:6379/0"

@@ -1,0 +1,165 @@
+"""A real Celery worker process against Redis and PostgreSQL: enqueued through the admin
+endpoint, and killed with SIGKILL half way through a job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select, text
+
+from creditapp import ledger
+from creditapp.auth.models import User
+from creditapp.database import write_transaction
+from creditapp.extensions import db
+from creditapp.jobs.schedule import TASK
+from creditapp.ledger.models import Grant
+from tests.conftest import Person, utcnow
+from tests.fake_providers import FakeProviders
+from tests.integration.live_server import ROOT
+from tests.integration.test_jobs import CREDIT, _charged_messages, _owe
+
+pytestmark = pytest.mark.postgres_only
+
+VISIBILITY_SECONDS = 2
+
+
+@contextmanager
+def worker(app: Flask) -> Iterator[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_SECONDS),
+        "DATABASE_POOL_SIZE": "4",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_worker:celery",
+            "worker",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "WARNING",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, so SIGKILL reaches the pool too
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def test_the_admin_endpoint_enqueues_and_a_worker_pays(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    admin: Person,
+    fake_providers: FakeProviders,
+) -> None:
+    person = person_factory(credits=10 * CREDIT)
+    _charged_messages(app, client, person, fake_providers, 3)
+    _owe(app, 3)
+    assert client.get("/api/credit/balance", headers=person.headers).get_json()["balance"] == "9.4"
+
+    with worker(app):
+        response = client.post("/api/admin/credit/process-compensations", headers=admin.headers)
+        assert response.status_code == 202 and response.get_json()["pending"] == 3
+
+        def completed() -> bool:
+            listed = client.get(
+                "/api/admin/credit/compensations?status=completed", headers=admin.headers
+            )
+            return len(listed.get_json()["items"]) == 3
+
+        wait_for(completed)
+    assert client.get("/api/credit/balance", headers=person.headers).get_json()["balance"] == "10"
+
+
+def _many_users(app: Flask, count: int) -> None:
+    """`count` users of the free tier, created in bulk (the refresh job is what is tested)."""
+    with app.app_context(), write_transaction(db.session) as session:
+        session.execute(
+            text("""
+            INSERT INTO users (email, role, tier_name, period_anchor, created_at)
+            SELECT 'bulk' || n || '@example.com', 'user', 'free', now(), now()
+            FROM generate_series(1, :count) AS n"""),
+            {"count": count},
+        )
+        session.execute(
+            text("""
+            INSERT INTO accounts (user_id, balance, reserved, last_seq, created_at)
+            SELECT id, 0, 0, NULL, now() FROM users WHERE email LIKE 'bulk%'""")
+        )
+
+
+def test_a_worker_killed_half_way_through_refresh_leaves_nothing_lost_or_doubled(
+    app: Flask,
+) -> None:
+    users = 600
+    _many_users(app, users)
+    later = utcnow() + timedelta(days=40)
+
+    def granted() -> int:
+        with app.app_context():
+            count = db.session.scalar(
+                select(func.count()).select_from(Grant).where(Grant.source == "subscription")
+            )
+            db.session.remove()
+        return int(count or 0)
+
+    with worker(app) as first:
+        app.extensions["celery"].send_task(TASK, args=("refresh", later.isoformat()))
+        wait_for(lambda: granted() >= 50)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    at_kill = granted()
+    assert 0 < at_kill < users, "the job must be killed half way"
+
+    # The task was acknowledged late: once its visibility timeout passes, a new worker runs it
+    # again from the start, and users refreshed before the kill are not refreshed twice.
+    time.sleep(VISIBILITY_SECONDS + 1)
+    with worker(app):
+        wait_for(lambda: granted() == users, seconds=90)
+        time.sleep(1)
+    assert granted() == users
+    with app.app_context():
+        per_user = db.session.execute(
+            select(Grant.account_id, func.count())
+            .where(Grant.source == "subscription")
+            .group_by(Grant.account_id)
+            .having(func.count() > 1)
+        ).all()
+        assert per_user == []
+        assert ledger.reconcile(db.session) == []
+        assert db.session.scalar(select(func.count()).select_from(User)) == users
+        db.session.remove()
