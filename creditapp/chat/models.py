@@ -15,7 +15,6 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    UniqueConstraint,
     false,
     text,
 )
@@ -95,11 +94,17 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
         ),
         CheckConstraint("credits_charged >= 0 AND credits_charged <= cost", name="charge_bounded"),
         Index("ix_usage_records_user_created", "user_id", "created_at"),
-        # What the roll-up job has still to do, and what the usage report reads raw.
+        # What the usage report reads raw, and what the roll-up job has still to do.
         Index(
             "ix_usage_records_not_rolled_up",
             "user_id",
             "created_at",
+            postgresql_where=text("NOT rolled_up"),
+            sqlite_where=text("NOT rolled_up"),
+        ),
+        Index(
+            "ix_usage_records_to_roll_up",
+            "id",
             postgresql_where=text("NOT rolled_up"),
             sqlite_where=text("NOT rolled_up"),
         ),
@@ -178,5 +183,23 @@ class UsageRollup(db.Model):  # type: ignore[name-defined,misc]
     credits: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
     __table_args__ = (
-        UniqueConstraint("user_id", "day", "provider", "model", name="uq_usage_rollups_key"),
+        # Unique per key (the roll-up's upserts arbitrate on it), and covering on PostgreSQL:
+        # a user's year is read from the index alone, not from rows spread over the table.
+        Index(
+            "uq_usage_rollups_key",
+            "user_id",
+            "day",
+            "provider",
+            "model",
+            unique=True,
+            postgresql_include=[
+                "requests",
+                "input_tokens",
+                "cached_tokens",
+                "cache_write_tokens",
+                "output_tokens",
+                "reasoning_tokens",
+                "credits",
+            ],
+        ),
     )

@@ -1,13 +1,18 @@
 """The usage report: a user's calls and credits over a time range, grouped by day, model or
-provider, summed in the database from the raw usage records."""
+provider.
+
+Whole UTC days inside the range are read from the roll-ups plus the records not rolled up yet;
+the partial days at the ends of the range from the records. Either way every record counts
+once, so the report always equals the sums of the raw records. One statement adds it all up.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal, or_, select
+from sqlalchemy import ColumnElement, func, literal, select, union_all
 
 from creditapp.chat.models import UsageRecord, UsageRollup
 from creditapp.database import DbSession
@@ -20,62 +25,35 @@ COUNTERS = (
     "output_tokens",
     "reasoning_tokens",
 )
+FIELDS = ("requests", *COUNTERS, "credits")
 
 
-@dataclass
-class UsageTotals:
-    requests: int = 0
-    input_tokens: int = 0
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    credits: int = 0
-
-    def add(self, other: UsageTotals) -> None:
-        for name in ("requests", *COUNTERS, "credits"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-@dataclass
-class UsageGroup(UsageTotals):
-    key: str = ""
-
-    @classmethod
-    def of_row(cls, row: Any) -> UsageGroup:
-        key, *sums = row
-        names = ("requests", *COUNTERS, "credits")
-        values = {name: int(value) for name, value in zip(names, sums, strict=True)}
-        return cls(key=key.isoformat() if isinstance(key, date) else str(key), **values)
-
-
-@dataclass
+@dataclass(frozen=True)
 class UsageReport:
     start: datetime
     end: datetime
     group_by: str
-    totals: UsageTotals = field(default_factory=UsageTotals)
-    groups: list[UsageGroup] = field(default_factory=list)
+    totals: dict[str, int]
+    # (key, {field: sum}) in key order
+    groups: list[tuple[str, dict[str, int]]]
 
 
-def _raw_key(session: DbSession, group_by: str) -> ColumnElement[Any]:
-    records = UsageRecord.__table__.c
+def _day_key(session: DbSession, column: Any, *, is_date: bool) -> ColumnElement[Any]:
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite stores both as text starting with "YYYY-MM-DD".
+        return func.substr(column, 1, 10)
+    value = column if is_date else func.timezone("UTC", column)
+    return func.to_char(value, "YYYY-MM-DD")
+
+
+def _key(session: DbSession, table: Any, group_by: str) -> ColumnElement[Any]:
     if group_by == "day":
-        if session.get_bind().dialect.name == "sqlite":
-            return func.substr(records.created_at, 1, 10)  # naive UTC text "YYYY-MM-DD HH:..."
-        return func.to_char(func.timezone("UTC", records.created_at), "YYYY-MM-DD")
+        is_rollup = table is UsageRollup.__table__
+        column = table.c.day if is_rollup else table.c.created_at
+        return _day_key(session, column, is_date=is_rollup)
     if group_by == "model":
-        return records.provider + literal(":") + records.model
-    return records.provider
-
-
-def _rollup_key(group_by: str) -> ColumnElement[Any]:
-    rollups = UsageRollup.__table__.c
-    if group_by == "day":
-        return rollups.day
-    if group_by == "model":
-        return rollups.provider + literal(":") + rollups.model
-    return rollups.provider
+        return table.c.provider + literal(":") + table.c.model
+    return table.c.provider
 
 
 def _whole_days(start: datetime, end: datetime) -> tuple[date, date]:
@@ -88,52 +66,42 @@ def _whole_days(start: datetime, end: datetime) -> tuple[date, date]:
 def report(
     session: DbSession, *, user_id: int, start: datetime, end: datetime, group_by: str
 ) -> UsageReport:
-    """Usage of calls made at or after `start` and at or before `end`.
-
-    Whole days inside the range come from the roll-ups plus the records not rolled up yet;
-    the partial days at its ends come from the records. Either way every record counts once.
-    """
+    """Usage of calls made at or after `start` and at or before `end`."""
     first, stop = _whole_days(start, end)
     day_start = datetime(first.year, first.month, first.day, tzinfo=UTC)
     day_stop = datetime(stop.year, stop.month, stop.day, tzinfo=UTC)
-    records = UsageRecord.__table__.c
-    raw_key = _raw_key(session, group_by).label("key")
-    raw = (
+
+    records = UsageRecord.__table__
+    r = records.c
+
+    def raw(*conditions: Any) -> Any:
+        return select(
+            _key(session, records, group_by).label("key"),
+            literal(1).label("requests"),
+            *(r[name].label(name) for name in COUNTERS),
+            r.credits_charged.label("credits"),
+        ).where(r.user_id == user_id, r.created_at >= start, r.created_at <= end, *conditions)
+
+    # Separate parts, each able to use its index: the records not rolled up (a partial index),
+    # and the rolled-up records of the partial days at the ends of the range.
+    parts = [raw(~r.rolled_up)]
+    if start < day_start:
+        parts.append(raw(r.rolled_up, r.created_at < day_start))
+    if day_stop <= end:
+        parts.append(raw(r.rolled_up, r.created_at >= day_stop))
+    rollups = UsageRollup.__table__
+    parts.append(
         select(
-            raw_key,
-            func.count(),
-            *(func.sum(records[name]) for name in COUNTERS),
-            func.sum(records.credits_charged),
-        )
-        .where(
-            records.user_id == user_id,
-            records.created_at >= start,
-            records.created_at <= end,
-            or_(~records.rolled_up, records.created_at < day_start, records.created_at >= day_stop),
-        )
-        .group_by(raw_key)
+            _key(session, rollups, group_by).label("key"),
+            *(rollups.c[name].label(name) for name in FIELDS),
+        ).where(rollups.c.user_id == user_id, rollups.c.day >= first, rollups.c.day < stop)
     )
-    rollups = UsageRollup.__table__.c
-    rolled_key = _rollup_key(group_by).label("key")
-    rolled = (
-        select(
-            rolled_key,
-            func.sum(rollups.requests),
-            *(func.sum(rollups[name]) for name in COUNTERS),
-            func.sum(rollups.credits),
-        )
-        .where(rollups.user_id == user_id, rollups.day >= first, rollups.day < stop)
-        .group_by(rolled_key)
-    )
-    groups: dict[str, UsageGroup] = {}
-    for row in [*session.execute(raw), *session.execute(rolled)]:
-        group = UsageGroup.of_row(row)
-        if group.key in groups:
-            groups[group.key].add(group)
-        else:
-            groups[group.key] = group
-    result = UsageReport(start, end, group_by)
-    for key in sorted(groups):
-        result.groups.append(groups[key])
-        result.totals.add(groups[key])
-    return result
+    combined = union_all(*parts).subquery()
+    rows = session.execute(
+        select(combined.c.key, *(func.sum(combined.c[name]) for name in FIELDS))
+        .group_by(combined.c.key)
+        .order_by(combined.c.key)
+    ).all()
+    groups = [(str(key), dict(zip(FIELDS, map(int, sums), strict=True))) for key, *sums in rows]
+    totals = {name: sum(values[name] for _key, values in groups) for name in FIELDS}
+    return UsageReport(start, end, group_by, totals, groups)

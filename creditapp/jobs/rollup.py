@@ -1,9 +1,10 @@
 """Usage roll-up: usage records summed per user, UTC day, provider and model.
 
-Each batch locks the records it takes (skipping those another run holds), adds their sums to
-the roll-ups and marks them rolled up, all in one transaction: a record is counted in the
-roll-ups exactly when it is marked, so re-running, overlapping or crashing never counts one
-twice or loses one.
+Each batch locks the records it takes (on PostgreSQL skipping those another run holds), adds
+their sums to the roll-ups and marks them rolled up, all in one transaction: a record is
+counted in the roll-ups exactly when it is marked, so re-running, overlapping or crashing never
+counts one twice or loses one. Batches walk the not-yet-rolled-up records by id (a partial
+index holds exactly those), so a run never rescans what it has done.
 """
 
 from __future__ import annotations
@@ -12,23 +13,53 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from creditapp import ledger
 from creditapp.chat.models import UsageRecord, UsageRollup
-from creditapp.chat.usage_report import COUNTERS
+from creditapp.chat.usage_report import COUNTERS, FIELDS
 from creditapp.database import DbSession, write_transaction
 
-BATCH = 5000
-SUMMED = ("requests", *COUNTERS, "credits")
+BATCH = 20_000
+SUMMED = FIELDS
+
+# PostgreSQL does a batch in one statement: lock, mark, sum, upsert.
+_ROLL_UP_BATCH = text(f"""
+WITH batch AS (
+    SELECT id FROM usage_records
+    WHERE NOT rolled_up AND id > :after AND created_at < :before
+    ORDER BY id LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE usage_records AS record SET rolled_up = true FROM batch
+    WHERE record.id = batch.id
+    RETURNING record.id, record.user_id, record.created_at, record.provider, record.model,
+              {", ".join(f"record.{name}" for name in COUNTERS)}, record.credits_charged
+), summed AS (
+    INSERT INTO usage_rollups (user_id, day, provider, model, {", ".join(SUMMED)})
+    SELECT user_id, (created_at AT TIME ZONE 'UTC')::date, provider, model, count(*),
+           {", ".join(f"sum({name})" for name in COUNTERS)}, sum(credits_charged)
+    FROM marked GROUP BY 1, 2, 3, 4
+    ON CONFLICT (user_id, day, provider, model) DO UPDATE SET
+        {", ".join(f"{name} = usage_rollups.{name} + excluded.{name}" for name in SUMMED)}
+    RETURNING 1
+)
+SELECT count(*), max(id), (SELECT count(*) FROM summed) FROM marked
+""")
 
 
-def _roll_up_batch(session: DbSession, *, before: datetime) -> int:
+def _batch_on_postgresql(session: DbSession, *, before: datetime, after: int) -> tuple[int, int]:
+    count, last_id, _groups = session.execute(
+        _ROLL_UP_BATCH, {"after": after, "before": before, "limit": BATCH}
+    ).one()
+    return int(count), int(last_id or after)
+
+
+def _batch_in_python(session: DbSession, *, before: datetime, after: int) -> tuple[int, int]:
+    """The same for SQLite (a single writer: its write transaction already excludes others)."""
     records = UsageRecord.__table__.c
-    is_postgresql = session.get_bind().dialect.name == "postgresql"
-    query = (
+    rows = session.execute(
         select(
             records.id,
             records.user_id,
@@ -38,24 +69,19 @@ def _roll_up_batch(session: DbSession, *, before: datetime) -> int:
             *(records[name] for name in COUNTERS),
             records.credits_charged,
         )
-        .where(~records.rolled_up, records.created_at < before)
+        .where(~records.rolled_up, records.id > after, records.created_at < before)
         .order_by(records.id)
         .limit(BATCH)
-    )
-    if is_postgresql:
-        query = query.with_for_update(skip_locked=True)
-    rows = session.execute(query).all()
+    ).all()
     if not rows:
-        return 0
+        return 0, after
     sums: dict[tuple[int, Any, str, str], list[int]] = defaultdict(lambda: [0] * len(SUMMED))
     for row in rows:
         totals = sums[(row.user_id, row.created_at.date(), row.provider, row.model)]
-        for index, value in enumerate(
-            (1, *(row._mapping[name] for name in COUNTERS), row.credits_charged)
-        ):
+        counts = (1, *(row._mapping[name] for name in COUNTERS), row.credits_charged)
+        for index, value in enumerate(counts):
             totals[index] += value
-    insert = (postgresql_insert if is_postgresql else sqlite_insert)(UsageRollup)
-    insert = insert.values(
+    insert = sqlite_insert(UsageRollup).values(
         [
             {
                 "user_id": user_id,
@@ -78,15 +104,20 @@ def _roll_up_batch(session: DbSession, *, before: datetime) -> int:
         .where(UsageRecord.id.in_([row.id for row in rows]))
         .values(rolled_up=True)
     )
-    return len(rows)
+    return len(rows), rows[-1].id
 
 
 def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> dict[str, int]:
     """Roll up every record made before `now`."""
-    rolled = 0
+    batch = (
+        _batch_on_postgresql
+        if session.get_bind().dialect.name == "postgresql"
+        else _batch_in_python
+    )
+    rolled = after = 0
     while True:
         with write_transaction(session):
-            count = _roll_up_batch(session, before=now)
+            count, after = batch(session, before=now, after=after)
         if not count:
             return {"rolled_up": rolled}
         rolled += count
