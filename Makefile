@@ -40,6 +40,7 @@ lint: venv  ## ruff and mypy
 bench: venv  ## benchmarks on PostgreSQL; see docs/benchmarks.md
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/ledger.py
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/messages.py
+	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/usage.py
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache

@@ -22,7 +22,7 @@ from creditapp.api.schemas import (
 )
 from creditapp.auth import users
 from creditapp.chat import usage_report
-from creditapp.chat.usage_report import GROUPINGS
+from creditapp.chat.usage_report import FIELDS, GROUPINGS
 from creditapp.extensions import db
 from creditapp.ledger.models import ENTRY_TYPES, Grant, LedgerEntry
 from creditapp.money import format_credits
@@ -31,6 +31,7 @@ blp = Blueprint("credit", __name__, url_prefix="/api/credit", description="Your 
 
 
 MAX_USAGE_RANGE = timedelta(days=366)
+COUNTED = FIELDS[:-1]  # every field but credits, which goes out as a credit string
 
 
 class DateOrDateTime(fields.Field):
@@ -125,14 +126,17 @@ def usage(args: dict[str, Any]) -> Any:
             "from": moment._serialize(report.start, None, None),
             "to": moment._serialize(report.end, None, None),
             "group_by": report.group_by,
-            "totals": _counts(report.totals),
-            "groups": [{"key": key, **_counts(values)} for key, values in report.groups],
+            "totals": {**report.totals, "credits": format_credits(report.totals["credits"])},
+            "groups": [
+                {
+                    "key": key,
+                    **dict(zip(COUNTED, sums, strict=False)),
+                    "credits": format_credits(sums[-1]),
+                }
+                for key, sums in report.groups
+            ],
         }
     )
-
-
-def _counts(values: dict[str, int]) -> dict[str, Any]:
-    return {**values, "credits": format_credits(values["credits"])}
 
 
 @blp.route("/transactions", methods=["GET"])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal, select, union_all
+from sqlalchemy import ColumnElement, Date, cast, func, literal, select, union_all
 
 from creditapp.chat.models import UsageRecord, UsageRollup
 from creditapp.database import DbSession
@@ -34,16 +34,16 @@ class UsageReport:
     end: datetime
     group_by: str
     totals: dict[str, int]
-    # (key, {field: sum}) in key order
-    groups: list[tuple[str, dict[str, int]]]
+    # (key, sums in the order of FIELDS), in key order
+    groups: list[tuple[str, tuple[int, ...]]]
 
 
 def _day_key(session: DbSession, column: Any, *, is_date: bool) -> ColumnElement[Any]:
     if session.get_bind().dialect.name == "sqlite":
         # SQLite stores both as text starting with "YYYY-MM-DD".
         return func.substr(column, 1, 10)
-    value = column if is_date else func.timezone("UTC", column)
-    return func.to_char(value, "YYYY-MM-DD")
+    # Grouped as dates (cheaper than formatting every row); formatted once per group.
+    return column if is_date else cast(func.timezone("UTC", column), Date)
 
 
 def _key(session: DbSession, table: Any, group_by: str) -> ColumnElement[Any]:
@@ -102,6 +102,9 @@ def report(
         .group_by(combined.c.key)
         .order_by(combined.c.key)
     ).all()
-    groups = [(str(key), dict(zip(FIELDS, map(int, sums), strict=True))) for key, *sums in rows]
-    totals = {name: sum(values[name] for _key, values in groups) for name in FIELDS}
+    groups = [
+        (key.isoformat() if isinstance(key, date) else str(key), tuple(map(int, sums)))
+        for key, *sums in rows
+    ]
+    totals = {name: sum(sums[index] for _key, sums in groups) for index, name in enumerate(FIELDS)}
     return UsageReport(start, end, group_by, totals, groups)
