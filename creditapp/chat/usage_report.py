@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Date, cast, func, literal, select, union_all
+from sqlalchemy import BigInteger, ColumnElement, Date, cast, func, literal, select, union_all
 
 from creditapp.chat.models import UsageRecord, UsageRollup
 from creditapp.database import DbSession
@@ -35,7 +35,7 @@ class UsageReport:
     group_by: str
     totals: dict[str, int]
     # (key, sums in the order of FIELDS), in key order
-    groups: list[tuple[str, tuple[int, ...]]]
+    groups: list[tuple[str, list[int]]]
 
 
 def _day_key(session: DbSession, column: Any, *, is_date: bool) -> ColumnElement[Any]:
@@ -98,13 +98,13 @@ def report(
     )
     combined = union_all(*parts).subquery()
     rows = session.execute(
-        select(combined.c.key, *(func.sum(combined.c[name]) for name in FIELDS))
+        # Sums cast back to bigint: whole numbers arrive as ints, not as Decimals to convert.
+        select(combined.c.key, *(cast(func.sum(combined.c[name]), BigInteger) for name in FIELDS))
         .group_by(combined.c.key)
         .order_by(combined.c.key)
     ).all()
-    groups = [
-        (key.isoformat() if isinstance(key, date) else str(key), tuple(map(int, sums)))
-        for key, *sums in rows
-    ]
-    totals = {name: sum(sums[index] for _key, sums in groups) for index, name in enumerate(FIELDS)}
+    groups = [(key.isoformat() if isinstance(key, date) else key, sums) for key, *sums in rows]
+    columns = zip(*(sums for _key, sums in groups), strict=True)
+    totals = dict(zip(FIELDS, (sum(column) for column in columns), strict=False))
+    totals = {name: totals.get(name, 0) for name in FIELDS}
     return UsageReport(start, end, group_by, totals, groups)
