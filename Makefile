@@ -19,9 +19,7 @@ run: venv  ## migrate, seed demo data; serve http://127.0.0.1:5000 with a worker
 	$(FLASK) db upgrade
 	$(FLASK) pricing sync
 	$(FLASK) demo seed
-	trap 'kill 0' EXIT; \
-	$(VENV)/bin/celery -A celery_worker:celery worker --beat --concurrency 1 --loglevel INFO & \
-	$(FLASK) run --host 127.0.0.1 --port 5000
+	$(PY) scripts/run_embedded.py
 
 test: venv lint test-sqlite test-postgres  ## the whole suite on SQLite, then on PostgreSQL + Redis
 
@@ -33,8 +31,8 @@ test-postgres: venv
 	TEST_REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -p no:cacheprovider
 
 lint: venv  ## ruff and mypy
-	$(VENV)/bin/ruff check creditapp tasks tests bench migrations wsgi.py celery_worker.py
-	$(VENV)/bin/ruff format --check creditapp tasks tests bench migrations wsgi.py celery_worker.py
+	$(VENV)/bin/ruff check creditapp tasks tests bench migrations scripts wsgi.py celery_worker.py
+	$(VENV)/bin/ruff format --check creditapp tasks tests bench migrations scripts wsgi.py celery_worker.py
 	$(VENV)/bin/mypy
 
 bench: venv  ## benchmarks on PostgreSQL; see docs/benchmarks.md
