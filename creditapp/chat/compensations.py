@@ -16,7 +16,6 @@ from creditapp import ledger
 from creditapp.chat.models import Compensation, Message, UsageRecord
 from creditapp.database import DbSession
 from creditapp.errors import AlreadyRefunded, Conflict, NotFound
-from creditapp.money import format_credits
 
 
 def record(
@@ -104,10 +103,3 @@ def refund_message(
     session.refresh(compensation)
     return compensation
 
-
-def describe(compensation: Compensation) -> dict[str, str]:
-    return {
-        "compensation_id": str(compensation.id),
-        "amount": format_credits(compensation.amount),
-        "status": compensation.status,
-    }
