@@ -102,4 +102,3 @@ def refund_message(
     pay(session, compensation_id=compensation.id, context=context, now=now)
     session.refresh(compensation)
     return compensation
-
