@@ -29,8 +29,6 @@ def record(
     """Owe the account the usage record's charge (the caller's transaction)."""
     if usage.credits_charged <= 0:
         raise Conflict("Nothing was charged for this message.")
-    if session.scalar(select(Compensation.id).where(Compensation.usage_id == usage.id)):
-        raise AlreadyRefunded()
     compensation = Compensation(
         account_id=usage.account_id,
         usage_id=usage.id,
@@ -46,7 +44,7 @@ def record(
     try:
         with session.begin_nested():
             session.flush()
-    except IntegrityError as error:  # a concurrent refund of the same message won
+    except IntegrityError as error:  # one per usage record (a unique key): already owed
         raise AlreadyRefunded() from error
     return compensation
 

@@ -14,19 +14,14 @@ BATCH = 500
 
 def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> dict[str, int]:
     expired = 0
-    seen: set[int] = set()
     while True:
-        overdue = [
-            hold_id
-            for hold_id in ledger.overdue_hold_ids(session, now=now, limit=BATCH)
-            if hold_id not in seen
-        ]
+        overdue = ledger.overdue_hold_ids(session, now=now, limit=BATCH)
         session.rollback()
         if not overdue:
-            break
+            return {"expired": expired}
         for hold_id in overdue:
-            seen.add(hold_id)
+            # A hold resolved meanwhile (by its request or another run) is left as it is, and
+            # no longer overdue.
             with write_transaction(session):
                 resolution = ledger.expire_hold(session, hold_id=hold_id, context=context, now=now)
             expired += resolution.applied
-    return {"expired": expired}

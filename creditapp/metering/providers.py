@@ -10,7 +10,8 @@ reported none.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,7 +19,6 @@ from creditapp.metering.estimate import estimate_tokens
 from creditapp.metering.usage import Usage
 
 PROVIDER_NAMES = ("openai", "anthropic", "google", "demo")
-# What reading a body that is not the provider's documented shape raises (bad JSON included).
 _UNREADABLE = (ValueError, KeyError, IndexError, AttributeError, TypeError)
 
 
@@ -66,6 +66,18 @@ class Connection:
     max_retries: int
 
 
+@contextmanager
+def _as_provider_errors(provider: str, sdk_errors: tuple[type[Exception], ...]) -> Iterator[None]:
+    """Every way an SDK call can fail (its own errors, or a body not of the documented shape,
+    bad JSON included) becomes a ProviderError."""
+    try:
+        yield
+    except sdk_errors as error:
+        raise ProviderError(provider, type(error).__name__, status=_status(error)) from error
+    except _UNREADABLE as error:
+        raise ProviderError(provider, "unreadable response") from error
+
+
 def _count(value: Any) -> int:
     return int(value or 0)
 
@@ -100,7 +112,7 @@ class OpenAIProvider:
             "messages": messages,
             "max_completion_tokens": request.max_tokens,
         }
-        try:
+        with _as_provider_errors(self.name, self._errors):
             # The SDK's typed `chat.completions.create` checks every message against each
             # member of a union of message types: ~1 ms of CPU per 20 messages of history,
             # measured. Our body is plain JSON already, so it goes through the SDK's own
@@ -109,10 +121,6 @@ class OpenAIProvider:
                 "/chat/completions", body=body, cast_to=self._completion_type
             )
             text = response.choices[0].message.content or ""
-        except self._errors as error:
-            raise ProviderError(self.name, type(error).__name__, status=_status(error)) from error
-        except _UNREADABLE as error:
-            raise ProviderError(self.name, "unreadable response") from error
         usage = response.usage
         if usage is None:
             return Completion(text, None)
@@ -149,7 +157,7 @@ class AnthropicProvider:
         )
 
     def complete(self, request: ChatRequest) -> Completion:
-        try:
+        with _as_provider_errors(self.name, self._errors):
             # Plain JSON through the SDK's client, as for OpenAI above.
             response = self._client.post(
                 "/v1/messages",
@@ -162,10 +170,6 @@ class AnthropicProvider:
                 cast_to=self._message_type,
             )
             text = "".join(block.text for block in response.content if block.type == "text")
-        except self._errors as error:
-            raise ProviderError(self.name, type(error).__name__, status=_status(error)) from error
-        except _UNREADABLE as error:
-            raise ProviderError(self.name, "unreadable response") from error
         usage = response.usage
         if usage is None:
             return Completion(text, None)
@@ -213,7 +217,7 @@ class GoogleProvider:
             )
             for m in request.messages
         ]
-        try:
+        with _as_provider_errors(self.name, self._errors):
             response = self._client.models.generate_content(
                 model=request.model,
                 contents=contents,  # type: ignore[arg-type]
@@ -224,10 +228,6 @@ class GoogleProvider:
             )
             # The text of the first candidate, without its thought parts.
             text = response.text or ""
-        except self._errors as error:
-            raise ProviderError(self.name, type(error).__name__, status=_status(error)) from error
-        except _UNREADABLE as error:
-            raise ProviderError(self.name, "unreadable response") from error
         usage = response.usage_metadata
         if usage is None or usage.prompt_token_count is None:
             return Completion(text, None)
