@@ -19,7 +19,6 @@ import secrets
 import statistics
 import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +27,8 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.harness import rate  # noqa: E402
 
 THREADS = 8
 ACCOUNTS = 10_000  # per side: the ledger uses 1..ACCOUNTS, raw SQL the next ACCOUNTS
@@ -67,26 +68,8 @@ INSERT INTO raw_accounts SELECT n, {START_BALANCE}, 0 FROM generate_series(1, {A
 
 
 def run_threads(work: Callable[[random.Random, threading.Event], int], seconds: float) -> float:
-    """Run `work` on THREADS threads for `seconds`; return completed pairs per second."""
-    stop = threading.Event()
-    counts = [0] * THREADS
-    ready = threading.Barrier(THREADS + 1)
-
-    def worker(index: int) -> None:
-        rng = random.Random(index)
-        ready.wait()
-        counts[index] = work(rng, stop)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    ready.wait()
-    started = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    return sum(counts) / (time.perf_counter() - started)
+    """Completed pairs per second of `work` on THREADS threads, each with a seeded random."""
+    return rate(lambda index, stop: work(random.Random(index), stop), THREADS, seconds)
 
 
 def ledger_work(app, pick: Callable[[random.Random], int]):  # type: ignore[no-untyped-def]

@@ -34,6 +34,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import rate  # noqa: E402
 from tests.integration.live_server import live_server  # noqa: E402
 
 ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -62,33 +63,21 @@ class Client:
 
 def run_clients(make_request: Callable[[Client, int], int], base: str, seconds: float) -> float:
     """Requests per second over CLIENTS connections; every response must be a success."""
-    stop = threading.Event()
-    counts = [0] * CLIENTS
     failures: list[int] = []
-    ready = threading.Barrier(CLIENTS + 1)
 
-    def worker(index: int) -> None:
-        client = Client(base)
-        ready.wait()
+    def requests(index: int, stop: threading.Event) -> int:
+        client, sent = Client(base), 0
         while not stop.is_set():
             status = make_request(client, index)
             if status >= 300:
                 failures.append(status)
-            counts[index] += 1
+            sent += 1
+        return sent
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    ready.wait()
-    started = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    per_second = rate(requests, CLIENTS, seconds)
     if failures:
         raise SystemExit(f"{len(failures)} requests failed, e.g. HTTP {failures[0]}")
-    return sum(counts) / elapsed
+    return per_second
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,30 @@
+"""What the benchmarks share: run work on threads started together and measure its rate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+def rate(work: Callable[[int, threading.Event], int], threads: int, seconds: float) -> float:
+    """Run `work(index, stop)` on `threads` threads released together for `seconds`; each
+    returns how many operations it completed once `stop` is set. Operations per second."""
+    stop = threading.Event()
+    counts = [0] * threads
+    ready = threading.Barrier(threads + 1)
+
+    def worker(index: int) -> None:
+        ready.wait()
+        counts[index] = work(index, stop)
+
+    running = [threading.Thread(target=worker, args=(index,)) for index in range(threads)]
+    for thread in running:
+        thread.start()
+    ready.wait()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for thread in running:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - started)
