@@ -18,7 +18,26 @@ JOB_PERIODS = {
     "rollup": 300,
     "expire-holds": 60,
     "reconcile": 3600,
+    "expire-grants": 300,
+    "purge-idempotency": 3600,
 }
+
+
+# The SDKs wait between attempts as the provider's Retry-After says, up to 60 s (OpenAI's and
+# Anthropic's cap; Gemini's backoff is capped at 60 s too).
+PROVIDER_RETRY_WAIT_SECONDS = 60
+# Preparing the call before it and reaching the settle after it.
+PROVIDER_CALL_MARGIN_SECONDS = 30
+
+
+def longest_provider_call_seconds(timeout_seconds: int, max_retries: int) -> int:
+    """How long a message can wait on its provider, every attempt timing out: a hold must
+    outlive this, or the expiry job would release it while the call still runs."""
+    return (
+        timeout_seconds * (max_retries + 1)
+        + PROVIDER_RETRY_WAIT_SECONDS * max_retries
+        + PROVIDER_CALL_MARGIN_SECONDS
+    )
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -106,6 +125,16 @@ class Config:
                 ("google", "GOOGLE_GEMINI", "GEMINI"),
             )
         }
+        longest_call = longest_provider_call_seconds(
+            self.PROVIDER_TIMEOUT_SECONDS, self.PROVIDER_MAX_RETRIES
+        )
+        if longest_call >= self.HOLD_TTL_SECONDS:
+            raise ConfigurationError(
+                f"HOLD_TTL_SECONDS ({self.HOLD_TTL_SECONDS}) must be longer than the longest "
+                f"provider call can take: {longest_call} s with PROVIDER_TIMEOUT_SECONDS="
+                f"{self.PROVIDER_TIMEOUT_SECONDS} and PROVIDER_MAX_RETRIES="
+                f"{self.PROVIDER_MAX_RETRIES}"
+            )
         # How often beat runs each job (creditapp.jobs.schedule).
         self.JOB_PERIODS = {
             job: _int_env(f"JOB_PERIOD_{job.upper().replace('-', '_')}_SECONDS", seconds)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, event
+from sqlalchemy import BigInteger, DateTime, Integer, event, text
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session, scoped_session
 from sqlalchemy.types import TypeDecorator
@@ -89,6 +89,34 @@ def write_transaction(session: DbSession) -> Iterator[Session]:
     except BaseException:
         plain.rollback()
         raise
+
+
+_SNAPSHOT = "creditapp.snapshot"
+
+
+@contextmanager
+def snapshot(session: DbSession) -> Iterator[Session]:
+    """A read-only transaction in which every query sees the database as of one moment, so that
+    sums read one after another agree while others write. Nested use joins the outer snapshot.
+
+    PostgreSQL: REPEATABLE READ READ ONLY, which takes no lock and so slows no writer. SQLite
+    (WAL): a deferred read transaction reads one snapshot from its first statement on. Whatever
+    transaction the session had open is ended first (rolled back: a snapshot follows writes,
+    never carries them).
+    """
+    plain: Session = session() if isinstance(session, scoped_session) else session
+    if plain.info.get(_SNAPSHOT):
+        yield plain
+        return
+    plain.rollback()
+    if plain.get_bind().dialect.name == "postgresql":
+        plain.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+    plain.info[_SNAPSHOT] = True
+    try:
+        yield plain
+    finally:
+        plain.info.pop(_SNAPSHOT, None)
+        plain.rollback()
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -97,6 +97,99 @@ class BalanceWouldGoNegative(CreditAppError):
         )
 
 
+class AmountNotPositive(CreditAppError):
+    """Grants and holds move a positive number of micro-credits; zero or less moves nothing."""
+
+    code = "amount_not_positive"
+    status = 400
+    message = "The amount must be positive."
+
+    def __init__(self, message: str | None = None, *, field: str = "amount"):
+        super().__init__(message, details={field: [message or self.message]})
+
+
+class UnknownGrantSource(CreditAppError):
+    """Credits come from a subscription, a purchase, a promotion or an admin; nothing else."""
+
+    code = "unknown_grant_source"
+    status = 400
+    message = "The grant source must be subscription, purchase, promo or admin."
+
+    def __init__(self, source: str):
+        super().__init__(details={"source": [f"Unknown source {source!r}."]})
+
+
+class SubscriptionCreditsByRefreshOnly(CreditAppError):
+    """Subscription credits are granted only by the subscription refresh, once per period; an
+    admin grants purchase, promo or admin credits."""
+
+    code = "subscription_credits_by_refresh_only"
+    status = 400
+    message = "Subscription credits are granted only by the subscription refresh."
+
+    def __init__(self) -> None:
+        super().__init__(details={"source": [self.message]})
+
+
+class ExpiryNotInFuture(CreditAppError):
+    """A grant that expires must expire after the moment it is made: credits born expired
+    would be written off at once."""
+
+    code = "expiry_not_in_future"
+    status = 400
+    message = "A grant must expire in the future."
+
+    def __init__(self) -> None:
+        super().__init__(details={"expires_at": ["Must be in the future."]})
+
+
+class ZeroAdjustment(CreditAppError):
+    """An adjustment changes the balance: adding or taking zero credits is not one."""
+
+    code = "zero_adjustment"
+    status = 400
+    message = "An adjustment must not be zero."
+
+    def __init__(self) -> None:
+        super().__init__(details={"amount": [self.message]})
+
+
+class NegativeCharge(CreditAppError):
+    """A settle charges what a call cost, which is never below zero."""
+
+    code = "negative_charge"
+    status = 400
+    message = "A charge cannot be negative."
+
+
+class HoldNotExpired(CreditAppError):
+    """Only a hold past its expiry time may be expired; before that it belongs to its request."""
+
+    code = "hold_not_expired"
+    status = 409
+    message = "The hold has not expired yet."
+
+
+class PriceTooPrecise(CreditAppError):
+    """Prices carry at most 6 decimals of USD per 1M tokens, so that each is stored exactly."""
+
+    code = "price_too_precise"
+    status = 400
+    message = "A price has at most 6 decimals."
+
+    def __init__(self, field: str, value: object):
+        super().__init__(details={field: [f"At most 6 decimals, got {value}."]})
+
+
+class InconsistentUsage(CreditAppError):
+    """Token counts are whole numbers >= 0; cached and cache-write tokens are part of the input,
+    reasoning tokens part of the output. A provider answer that breaks this cannot be priced."""
+
+    code = "inconsistent_usage"
+    status = 502
+    message = "The AI provider reported token counts that contradict each other."
+
+
 class IdempotencyKeyReused(CreditAppError):
     """An Idempotency-Key names one request: same method, path and body."""
 

@@ -19,11 +19,13 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Index,
     Integer,
     LargeBinary,
     String,
     UniqueConstraint,
     delete,
+    or_,
     select,
     update,
 )
@@ -57,6 +59,8 @@ class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
         CheckConstraint(
             "status = 'in_progress' OR response_status IS NOT NULL", name="completed_has_response"
         ),
+        # The purge job's walk over keys past their retention.
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
     )
 
 
@@ -193,3 +197,21 @@ def release(session: DbSession, held: Claim) -> None:
                 keys.c.status == "in_progress",
             )
         )
+
+
+def purge_expired(session: DbSession, *, now: datetime, retention: timedelta, limit: int) -> int:
+    """Delete up to `limit` keys past their retention, in the caller's transaction; returns how
+    many. A claim still in progress stays until its claim too is older than the retention (no
+    request runs that long), and a key a request has locked right now is skipped (PostgreSQL)
+    rather than waited for."""
+    doomed = (
+        select(keys.c.id)
+        .where(
+            keys.c.expires_at <= now,
+            or_(keys.c.status == "completed", keys.c.claimed_at <= now - retention),
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    deleted = session.execute(delete(keys).where(keys.c.id.in_(doomed.scalar_subquery())))
+    return int(deleted.rowcount)  # type: ignore[attr-defined]

@@ -37,6 +37,7 @@ PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TABLES = (
+    "unbilled_usage",
     "reconciliation_reports",
     "usage_rollups",
     "compensations",

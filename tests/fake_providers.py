@@ -33,6 +33,9 @@ class Answer:
     status: int = 200
     delay: float = 0.0
     raw_body: bytes | None = None
+    # When set, the answer waits for it (at most a minute): a provider that answers exactly
+    # when the test says so.
+    gate: threading.Event | None = None
     thinking: str | None = None
 
 
@@ -228,6 +231,8 @@ class FakeProviders:
         delay = answer.delay + self.delay
         if delay:
             time.sleep(delay)
+        if answer.gate is not None:
+            answer.gate.wait(timeout=60)
         if answer.raw_body is not None:
             self._send(handler, answer.status, answer.raw_body)
             return

@@ -27,9 +27,8 @@ from creditapp.api.schemas import (
 )
 from creditapp.auth import users
 from creditapp.chat import compensations
-from creditapp.errors import ValidationFailed
 from creditapp.extensions import db, limiter
-from creditapp.ledger.models import Account, AuditRecord, Grant
+from creditapp.ledger.models import GRANT_SOURCES, Account, AuditRecord, Grant
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration")
 
@@ -40,15 +39,15 @@ class GrantArgs(Schema):
     user_id = Id(required=True)
     amount = Credits(required=True)
     reason = fields.String(required=True, validate=_REASON)
-    source = fields.String(
-        load_default="admin", validate=validate.OneOf(["purchase", "promo", "admin"])
-    )
+    # Which sources an admin may grant is the ledger's rule (subscription credits come only
+    # from refresh); the schema names the sources that exist.
+    source = fields.String(load_default="admin", validate=validate.OneOf(GRANT_SOURCES))
     expires_at = UtcDateTime(load_default=None, allow_none=True)
 
 
 class AdjustArgs(Schema):
     user_id = Id(required=True)
-    amount = Credits(required=True, signed=True)
+    amount = Credits(required=True, signed=True, allow_zero=True)
     reason = fields.String(required=True, validate=_REASON)
 
 
@@ -107,8 +106,6 @@ AuditPageSchema = page_of(AuditRecordSchema)
 @blp.response(201, GrantResultSchema)
 def grant(args: dict[str, Any]) -> Any:
     now = datetime.now(UTC)
-    if args["expires_at"] is not None and args["expires_at"] <= now:
-        raise ValidationFailed(details={"expires_at": ["Must be in the future."]})
     result = ledger.grant(
         db.session,
         account_id=users.account_id_of(db.session, args["user_id"]),
@@ -182,14 +179,22 @@ def refund(args: dict[str, Any]) -> Any:
 @blp.response(200, UserCreditSchema)
 def user_credit(user_id: str) -> Any:
     user = users.get(db.session, path_id(user_id, "user_id"))
-    summary = users.credit_summary(db.session, user=user, now=datetime.now(UTC))
-    live_grants = db.session.execute(
+    now = datetime.now(UTC)
+    summary = users.credit_summary(db.session, user=user, now=now)
+    account_id = users.account_id_of(db.session, user.id)
+    live_grants = db.session.scalars(
         select(Grant)
-        .join(Account, Account.id == Grant.account_id)
-        .where(Account.user_id == user.id, Grant.__table__.c.remaining > 0)
+        .where(Grant.account_id == account_id, Grant.__table__.c.remaining > 0)
         .order_by(Grant.id.desc())
-    ).scalars()
-    return {**vars(summary), "user_id": user.id, "email": user.email, "grants": live_grants.all()}
+    ).all()
+    return {
+        **vars(summary),
+        "user_id": user.id,
+        "email": user.email,
+        "grants": ledger.grant_standings(
+            db.session, account_id=account_id, grants=list(live_grants), now=now
+        ),
+    }
 
 
 @blp.route("/credit/audit", methods=["GET"])

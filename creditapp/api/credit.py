@@ -9,6 +9,7 @@ from flask import jsonify
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from sqlalchemy import select
 
+from creditapp import ledger
 from creditapp.api.identity import authenticated, caller
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
@@ -103,7 +104,11 @@ def balance() -> Any:
 def grants(args: dict[str, Any]) -> Any:
     account_id = users.account_id_of(db.session, caller().id)
     query = select(Grant).where(Grant.account_id == account_id)
-    return keyset_page(db.session, query, key=Grant.id, args=args, position=lambda g: g.id)
+    page = keyset_page(db.session, query, key=Grant.id, args=args, position=lambda g: g.id)
+    page["items"] = ledger.grant_standings(
+        db.session, account_id=account_id, grants=page["items"], now=datetime.now(UTC)
+    )
+    return page
 
 
 @blp.route("/usage", methods=["GET"])

@@ -17,7 +17,7 @@ from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, columns, page_of
-from creditapp.chat.models import COMPENSATION_STATUSES, Compensation
+from creditapp.chat.models import COMPENSATION_STATUSES, Compensation, UnbilledUsage
 from creditapp.database import after_commit
 from creditapp.errors import NotFound
 from creditapp.extensions import db, limiter
@@ -63,6 +63,29 @@ class ReconciliationSchema(Schema):
     ran_at = UtcDateTime()
     checked_accounts = fields.Integer()
     drift = fields.List(fields.Nested(DriftSchema))
+    unbilled_calls = fields.Integer(
+        metadata={"description": "provider calls answered but never billed (a failed settle)"}
+    )
+    unbilled_cost = Credits(metadata={"type": "string", "description": "what those calls cost"})
+
+
+class UnbilledUsageSchema(Schema):
+    id = Id()
+    user_id = Id()
+    conversation_id = Id()
+    hold_id = Id()
+    price_id = Id()
+    provider = fields.String()
+    model = fields.String()
+    input_tokens = fields.Integer()
+    cached_tokens = fields.Integer()
+    cache_write_tokens = fields.Integer()
+    output_tokens = fields.Integer()
+    reasoning_tokens = fields.Integer()
+    estimated = fields.Boolean()
+    cost = Credits()
+    error = fields.String()
+    created_at = UtcDateTime()
 
 
 @blp.route("/process-compensations", methods=["POST"])
@@ -106,6 +129,21 @@ def compensation_list(args: dict[str, Any]) -> Any:
         args=args,
         item=lambda row: {**columns(row[0]), "user_id": row[1]},
         position=lambda item: item["id"],
+    )
+
+
+@blp.route("/unbilled", methods=["GET"])
+@authenticated(admin=True)
+@blp.arguments(PageArgs, location="query")
+@blp.response(200, page_of(UnbilledUsageSchema))
+def unbilled_list(args: dict[str, Any]) -> Any:
+    """Provider calls whose settle failed: voided, nothing charged, kept here to explain."""
+    return keyset_page(
+        db.session,
+        select(UnbilledUsage),
+        key=UnbilledUsage.id,
+        args=args,
+        position=lambda item: item.id,
     )
 
 

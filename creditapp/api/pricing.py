@@ -33,7 +33,8 @@ EFFECTIVE_FROM_SKEW = timedelta(seconds=60)
 
 
 class UsdPerMillion(fields.Field):
-    """USD per 1M tokens: a decimal string (or integer) >= 0 with at most 6 decimals."""
+    """USD per 1M tokens: a decimal string (or integer) >= 0; the price book allows at most 6
+    decimals."""
 
     def _serialize(self, value: Decimal | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         return None if value is None else format(value.normalize(), "f")
@@ -49,8 +50,6 @@ class UsdPerMillion(fields.Field):
             raise ValidationError("Must be a plain decimal, without exponent.")
         if price < 0 or price > MAX_PRICE:
             raise ValidationError("Must be between 0 and 1000000.")
-        if price.as_tuple().exponent < -6:  # type: ignore[operator]
-            raise ValidationError("At most 6 decimals.")
         return price
 
 

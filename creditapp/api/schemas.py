@@ -96,6 +96,12 @@ class GrantSchema(Schema):
     period = fields.String(allow_none=True)
     reason = fields.String(allow_none=True)
     created_at = UtcDateTime()
+    status = fields.String(
+        metadata={
+            "enum": ["active", "expired", "used_up"],
+            "description": "an expired grant's remaining is only what open holds still need",
+        }
+    )
 
 
 GrantPageSchema = page_of(GrantSchema)

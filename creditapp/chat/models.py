@@ -111,6 +111,42 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
     )
 
 
+class UnbilledUsage(db.Model):  # type: ignore[name-defined,misc]
+    """A provider call that answered but whose settle failed: its hold was voided (the user paid
+    nothing), and its usage and cost are kept here for admins and reconciliation, so that no
+    call the provider billed goes unrecorded."""
+
+    __tablename__ = "unbilled_usage"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id"), nullable=False)
+    account_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("accounts.id"), nullable=False)
+    conversation_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("conversations.id"), nullable=False
+    )
+    hold_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("holds.id"), unique=True, nullable=False
+    )
+    price_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("prices.id"), nullable=False)
+    provider: Mapped[str] = mapped_column(String(32), nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    estimated: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    cost: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # Why the settle failed (the exception's type and message, cut to fit).
+    error: Mapped[str] = mapped_column(String(500), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("cost >= 0", name="cost_not_negative"),
+        Index("ix_unbilled_usage_created_at", "created_at"),
+    )
+
+
 class Message(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "messages"
 

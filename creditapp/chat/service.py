@@ -24,7 +24,14 @@ from sqlalchemy import Select, or_, select
 from creditapp import ledger
 from creditapp.auth.models import Tier, User
 from creditapp.chat import compensations
-from creditapp.chat.models import Character, Compensation, Conversation, Message, UsageRecord
+from creditapp.chat.models import (
+    Character,
+    Compensation,
+    Conversation,
+    Message,
+    UnbilledUsage,
+    UsageRecord,
+)
 from creditapp.database import DbSession, write_transaction
 from creditapp.errors import ModelNotAllowed, NotFound, ProviderFailed, ValidationFailed
 from creditapp.ledger.models import Account
@@ -263,21 +270,38 @@ def send_message(
             ledger.void(session, hold_id=held.hold_id, context=context, now=clock())
         raise
 
-    with write_transaction(session):
-        exchange = _settle(
+    cost = book.cost(prepared.price, usage)
+    try:
+        with write_transaction(session):
+            exchange = _settle(
+                session,
+                user=user,
+                conversation_id=conversation_id,
+                content=content,
+                prepared=prepared,
+                hold_id=held.hold_id,
+                completion=completion,
+                usage=usage,
+                cost=cost,
+                asked_at=asked_at,
+                context=context,
+                now=clock(),
+            )
+            with_exchange(session, exchange)
+    except BaseException as error:
+        _keep_unbilled(
             session,
             user=user,
             conversation_id=conversation_id,
-            content=content,
             prepared=prepared,
             hold_id=held.hold_id,
-            completion=completion,
             usage=usage,
-            asked_at=asked_at,
+            cost=cost,
+            error=error,
             context=context,
             now=clock(),
         )
-        with_exchange(session, exchange)
+        raise
 
     if exchange.compensation is not None:
         exchange = _pay_at_once(session, exchange, context=context, now=clock())
@@ -294,11 +318,11 @@ def _settle(
     hold_id: int,
     completion: Completion,
     usage: Usage,
+    cost: int,
     asked_at: datetime,
     context: ledger.AuditContext,
     now: datetime,
 ) -> Exchange:
-    cost = book.cost(prepared.price, usage)
     resolution = ledger.settle(session, hold_id=hold_id, actual=cost, context=context, now=now)
     record = UsageRecord(
         user_id=user.id,
@@ -308,11 +332,7 @@ def _settle(
         price_id=prepared.price.id,
         provider=prepared.character.provider,
         model=prepared.character.model,
-        input_tokens=usage.input_tokens,
-        cached_tokens=usage.cached_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        output_tokens=usage.output_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
+        **usage.counts(),
         estimated=usage.estimated,
         cost=cost,
         credits_charged=resolution.captured,
@@ -356,6 +376,56 @@ def _settle(
         balance=ledger.balance(session, account_id=prepared.account_id, now=now),
         compensation=compensation,
     )
+
+
+def _keep_unbilled(
+    session: DbSession,
+    *,
+    user: User,
+    conversation_id: int,
+    prepared: _Prepared,
+    hold_id: int,
+    usage: Usage,
+    cost: int,
+    error: BaseException,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> None:
+    """The provider answered but the settle transaction failed: release the hold at once
+    (nothing is charged to the user) and keep the usage as unbilled, in a transaction of its
+    own, so that the call is neither lost nor left reserving credits until the expiry job."""
+    log.error(
+        "settle_failed",
+        hold_id=hold_id,
+        error=type(error).__name__,
+        provider=prepared.character.provider,
+        model=prepared.character.model,
+        cost=cost,
+        **usage.counts(),
+    )
+    try:
+        with write_transaction(session):
+            ledger.void(session, hold_id=hold_id, context=context, now=now)
+            session.add(
+                UnbilledUsage(
+                    user_id=user.id,
+                    account_id=prepared.account_id,
+                    conversation_id=conversation_id,
+                    hold_id=hold_id,
+                    price_id=prepared.price.id,
+                    provider=prepared.character.provider,
+                    model=prepared.character.model,
+                    **usage.counts(),
+                    estimated=usage.estimated,
+                    cost=cost,
+                    error=f"{type(error).__name__}: {error}"[:500],
+                    created_at=now,
+                )
+            )
+    except Exception:
+        # The database refuses even this: the log line above keeps the usage, and the expiry
+        # job releases the hold.
+        log.exception("unbilled_usage_not_recorded", hold_id=hold_id)
 
 
 def _pay_at_once(

@@ -10,7 +10,15 @@ from typing import Any
 
 from creditapp import ledger
 from creditapp.database import DbSession
-from creditapp.jobs import compensations, holds, reconciliation, refresh, rollup
+from creditapp.jobs import (
+    compensations,
+    grants,
+    holds,
+    idempotency,
+    reconciliation,
+    refresh,
+    rollup,
+)
 
 Job = Callable[..., dict[str, Any]]
 
@@ -20,6 +28,8 @@ JOBS: dict[str, Job] = {
     "rollup": rollup.run,
     "expire-holds": holds.run,
     "reconcile": reconciliation.run,
+    "expire-grants": grants.run,
+    "purge-idempotency": idempotency.run,
 }
 
 
@@ -31,6 +41,8 @@ def _options(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
                 base_delay=timedelta(seconds=settings["COMPENSATION_BASE_DELAY_SECONDS"]),
             )
         }
+    if name == "purge-idempotency":
+        return {"retention": settings["IDEMPOTENCY_RETENTION"]}
     return {}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer
+from sqlalchemy import JSON, BigInteger, Index, Integer
 from sqlalchemy.orm import Mapped, mapped_column
 
 from creditapp.database import BigIntId, UTCDateTime
@@ -19,5 +19,8 @@ class ReconciliationReport(db.Model):  # type: ignore[name-defined,misc]
     ran_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     checked_accounts: Mapped[int] = mapped_column(Integer, nullable=False)
     drift: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False)
+    # Provider calls answered but never billed (their settle failed): how many, what they cost.
+    unbilled_calls: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    unbilled_cost: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
 
     __table_args__ = (Index("ix_reconciliation_reports_ran_at", "ran_at"),)

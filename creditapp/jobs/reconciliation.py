@@ -10,7 +10,8 @@ import structlog
 from sqlalchemy import func, select
 
 from creditapp import ledger
-from creditapp.database import DbSession, write_transaction
+from creditapp.chat.models import UnbilledUsage
+from creditapp.database import DbSession, snapshot, write_transaction
 from creditapp.jobs.models import ReconciliationReport
 from creditapp.ledger.models import Account
 
@@ -18,8 +19,14 @@ log = structlog.get_logger(__name__)
 
 
 def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> dict[str, Any]:
-    checked = session.scalar(select(func.count()).select_from(Account)) or 0
-    drift = ledger.reconcile(session)
+    with snapshot(session):
+        checked = session.scalar(select(func.count()).select_from(Account)) or 0
+        drift = ledger.reconcile(session)
+        unbilled_calls, unbilled_cost = session.execute(
+            select(func.count(), func.coalesce(func.sum(UnbilledUsage.cost), 0))
+        ).one()
+    if unbilled_calls:
+        log.warning("unbilled_usage", calls=unbilled_calls, cost=int(unbilled_cost))
     for item in drift:
         log.error(
             "ledger_drift",
@@ -34,9 +41,11 @@ def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> d
                 ran_at=now,
                 checked_accounts=checked,
                 drift=[item.as_wire() for item in drift],
+                unbilled_calls=unbilled_calls,
+                unbilled_cost=int(unbilled_cost),
             )
         )
-    return {"checked_accounts": checked, "drift": len(drift)}
+    return {"checked_accounts": checked, "drift": len(drift), "unbilled_calls": unbilled_calls}
 
 
 def latest(session: DbSession) -> ReconciliationReport | None:

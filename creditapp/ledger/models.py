@@ -54,6 +54,8 @@ class Account(db.Model):  # type: ignore[name-defined,misc]
     reserved: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     # seq of the newest ledger entry; NULL until the first one.
     last_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # created_at of the newest ledger entry: the next entry is never stamped earlier.
+    last_entry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
     __table_args__ = (
@@ -97,6 +99,8 @@ class Grant(db.Model):  # type: ignore[name-defined,misc]
         # Draw order and the expiry check read the few grants of one account. The index names
         # no column a draw changes, so PostgreSQL can update `remaining` in place (HOT).
         Index("ix_grants_account_id", "account_id"),
+        # The expire-grants job's search for expired credits; `expires_at` never changes.
+        Index("ix_grants_expires_at", "expires_at"),
     )
 
 

@@ -13,14 +13,25 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from creditapp.database import DbSession
-from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits, NotFound
-from creditapp.ledger.models import GRANT_SOURCES
+from creditapp.errors import (
+    AmountNotPositive,
+    BalanceWouldGoNegative,
+    ExpiryNotInFuture,
+    HoldNotExpired,
+    InsufficientCredits,
+    NegativeCharge,
+    NotFound,
+    SubscriptionCreditsByRefreshOnly,
+    UnknownGrantSource,
+    ZeroAdjustment,
+)
+from creditapp.ledger.models import GRANT_SOURCES, Grant
 from creditapp.ledger.sql import LedgerSql, Statement
 from creditapp.money import format_credits
 
-LOCK_ACCOUNT = Statement(
-    "SELECT balance, reserved, last_seq FROM accounts WHERE id = :account", lock="FOR UPDATE"
-)
+_ACCOUNT_ROW = "SELECT balance, reserved, last_seq, last_entry_at FROM accounts WHERE id = :account"
+LOCK_ACCOUNT = Statement(_ACCOUNT_ROW, lock="FOR UPDATE")
+READ_ACCOUNT = Statement(_ACCOUNT_ROW)
 LIVE_GRANTS = Statement(
     """SELECT id, remaining, expires_at, source FROM grants
        WHERE account_id = :account AND remaining > 0
@@ -34,7 +45,8 @@ RESERVE = Statement(
        RETURNING balance, reserved"""
 )
 STORE_ACCOUNT = Statement(
-    """UPDATE accounts SET balance = :balance, reserved = :reserved, last_seq = :last_seq
+    """UPDATE accounts SET balance = :balance, reserved = :reserved, last_seq = :last_seq,
+              last_entry_at = :last_entry_at
        WHERE id = :account"""
 )
 CHANGE_GRANT = Statement("UPDATE grants SET remaining = remaining + :change WHERE id = :grant")
@@ -47,6 +59,13 @@ RESOLVE_HOLD = Statement(
        WHERE id = :hold AND status = 'pending' AND (:status <> 'expired' OR expires_at <= :now)
        RETURNING account_id, amount, reference"""
 )
+# A settle that finds its hold expired still charges the call: the hold becomes settled (once),
+# and the charge comes from what is available now, since the expiry released the reservation.
+SETTLE_EXPIRED_HOLD = Statement(
+    """UPDATE holds SET status = 'settled', resolved_at = :now
+       WHERE id = :hold AND status = 'expired'
+       RETURNING account_id, amount, reference"""
+)
 RECORD_CAPTURE = Statement(
     "UPDATE holds SET captured = :captured, uncollected = :uncollected WHERE id = :hold"
 )
@@ -55,6 +74,11 @@ PERIOD_GRANT = Statement("SELECT id FROM grants WHERE account_id = :account AND 
 OVERDUE_HOLDS = Statement(
     """SELECT id FROM holds WHERE resolved_at IS NULL AND expires_at <= :now
        ORDER BY expires_at LIMIT :limit"""
+)
+EXPIRED_CREDIT_ACCOUNTS = Statement(
+    """SELECT DISTINCT account_id FROM grants
+       WHERE expires_at <= :now AND remaining > 0 AND account_id > :after
+       ORDER BY account_id LIMIT :limit"""
 )
 BALANCE_AS_OF = Statement(
     """SELECT balance, reserved,
@@ -131,13 +155,15 @@ class HoldResult:
 
 @dataclass(frozen=True)
 class Resolution:
-    """How a hold was resolved. `applied` is true only for the call that resolved it."""
+    """How a hold was resolved. `applied` is true only for the call that resolved it; `late`
+    marks a settle that came after the hold had expired."""
 
     hold_id: int
     status: str
     captured: int
     uncollected: int
     applied: bool
+    late: bool = False
 
 
 @dataclass
@@ -169,6 +195,7 @@ class _AccountState:
     balance: int
     reserved: int
     last_seq: int | None
+    last_entry_at: datetime | None
     grants: list[_LiveGrant]
     initial_balance: int = field(init=False)
     initial_reserved: int = field(init=False)
@@ -213,22 +240,24 @@ class _AccountState:
             raise AssertionError(f"draw of {amount} left {left} undrawn on account {self.id}")
 
 
-def _lock(sql: LedgerSql, account_id: int) -> _AccountState:
+def _lock(sql: LedgerSql, account_id: int, *, read: Statement = LOCK_ACCOUNT) -> _AccountState:
     """Lock the account row (PostgreSQL), then read its live grants in draw order.
 
     Two statements on purpose: under READ COMMITTED a statement that waited for the row lock
     sees the locked row's newest version but every other row as of its start, so grants read
     in the same statement could be stale. The second statement starts after the lock is ours.
+    (`read=READ_ACCOUNT` reads the same without a lock, for what only looks.)
     """
-    account = sql.one(LOCK_ACCOUNT, account=account_id)
+    account = sql.one(read, account=account_id)
     if account is None:
         raise NotFound("No such account.")
-    balance_now, reserved, last_seq = account
+    balance_now, reserved, last_seq, last_entry_at = account
     return _AccountState(
         id=account_id,
         balance=balance_now,
         reserved=reserved,
         last_seq=last_seq,
+        last_entry_at=sql.read_time(last_entry_at),
         grants=[
             _LiveGrant(grant_id, remaining, sql.read_time(expires_at), source)
             for grant_id, remaining, expires_at, source in sql.all(LIVE_GRANTS, account=account_id)
@@ -282,7 +311,14 @@ def _persist(
     reference: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> Balance:
-    """Write the operation's audit record, its entries, the grants' and the account's new state."""
+    """Write the operation's audit record, its entries, the grants' and the account's new state.
+
+    They are stamped `now`, or the time of the account's newest entry if that is later: `now`
+    was taken before the account's lock was ours, and an operation that got the lock first may
+    have stamped a later time. Along an account's chain, time never goes backwards.
+    """
+    if state.last_entry_at is not None and state.last_entry_at > now:
+        now = state.last_entry_at
     audit_id = _audit(
         sql,
         account_id=state.id,
@@ -332,7 +368,10 @@ def _persist(
         balance=state.balance,
         reserved=state.reserved,
         last_seq=seq or None,
+        last_entry_at=stored_now if rows else sql.time(state.last_entry_at),
     )
+    if rows:
+        state.last_entry_at = now
     state.pending.clear()
     return Balance(state.balance, state.reserved)
 
@@ -386,9 +425,9 @@ def _new_grant(
     reason: str | None = None,
 ) -> int:
     if source not in GRANT_SOURCES:
-        raise ValueError(f"unknown grant source {source!r}")
+        raise UnknownGrantSource(source)
     if amount <= 0:
-        raise ValueError("a grant's amount must be positive")
+        raise AmountNotPositive("A grant's amount must be positive.")
     # Inserted empty: the entry below fills it, so the grant's remaining is its entries' sum.
     row = sql.one(
         INSERT_GRANT,
@@ -421,9 +460,9 @@ def grant(
 ) -> GrantResult:
     """Add credits as a new grant (purchase, promo or admin)."""
     if source == "subscription":
-        raise ValueError("subscription credits come only from refresh")
+        raise SubscriptionCreditsByRefreshOnly()
     if expires_at is not None and expires_at <= now:
-        raise ValueError("a grant must expire in the future")
+        raise ExpiryNotInFuture()
     sql = LedgerSql(session)
     state = _lock(sql, account_id)
     state.write_off_overdue(now)
@@ -465,7 +504,7 @@ def adjust(
     """Correct a balance: a positive amount adds an admin grant, a negative one draws the
     available credits (never below zero, never what open holds reserved)."""
     if amount == 0:
-        raise ValueError("an adjustment must not be zero")
+        raise ZeroAdjustment()
     sql = LedgerSql(session)
     state = _lock(sql, account_id)
     state.write_off_overdue(now)
@@ -569,14 +608,25 @@ def refresh(
 
 def expire_grants(
     session: DbSession, *, account_id: int, context: AuditContext, now: datetime
-) -> Balance:
-    """Write off expired remainders now (also done by every other operation on the account)."""
+) -> int:
+    """Write off expired remainders now (also done by every other operation on the account);
+    returns the micro-credits written off."""
     sql = LedgerSql(session)
     state = _lock(sql, account_id)
     state.write_off_overdue(now)
-    if not state.pending:
-        return Balance(state.balance, state.reserved)
-    return _persist(sql, state, action="expire_grants", context=context, now=now)
+    written_off = -sum(pending.amount for pending in state.pending)
+    if written_off:
+        _persist(sql, state, action="expire_grants", context=context, now=now)
+    return written_off
+
+
+def accounts_with_expired_credits(
+    session: DbSession, *, now: datetime, after: int, limit: int
+) -> list[int]:
+    """Accounts above `after` (by id) holding a grant past its expiry with credits left."""
+    sql = LedgerSql(session)
+    rows = sql.all(EXPIRED_CREDIT_ACCOUNTS, now=sql.time(now), after=after, limit=limit)
+    return [int(row[0]) for row in rows]
 
 
 def hold(
@@ -591,7 +641,7 @@ def hold(
 ) -> HoldResult:
     """Reserve `amount` for a spend in flight, or raise InsufficientCredits."""
     if amount <= 0:
-        raise ValueError("a hold's amount must be positive")
+        raise AmountNotPositive("A hold's amount must be positive.")
     sql = LedgerSql(session)
     expires_at = now + ttl
     details = {"amount": format_credits(amount), "expires_at": expires_at.isoformat()}
@@ -665,20 +715,28 @@ def _resolve(
     # The conditional UPDATE decides who resolves the hold, before the account is locked: a
     # concurrent twin waits for this row, then finds it resolved and returns our outcome.
     resolved = sql.one(RESOLVE_HOLD, hold=hold_id, status=status, now=sql.time(now), actual=actual)
+    late = False
+    if resolved is None and status == "settled":
+        resolved = sql.one(SETTLE_EXPIRED_HOLD, hold=hold_id, now=sql.time(now))
+        late = resolved is not None
     if resolved is None:
         return _unresolved(sql, hold_id)
     account_id, hold_amount, reference = resolved
 
     state = _lock(sql, account_id)
     state.write_off_overdue(now)
-    state.reserved -= hold_amount
-    # Above the hold, a charge is capped at what the account can pay; the rest is uncollected.
+    if not late:
+        state.reserved -= hold_amount
+    # A charge is capped at what the account can pay (above the hold, or at all once the hold
+    # expired); the rest is uncollected.
     captured = min(actual, state.available)
     if captured:
-        state.draw(captured, "charge", now, include_overdue=True)
+        # A live hold may spend the expired credits it reserved; a late settle reserved none,
+        # and after the write-off above what is available lies in unexpired grants.
+        state.draw(captured, "charge", now, include_overdue=not late)
     # What the hold kept of expired grants is no longer needed.
     state.write_off_overdue(now)
-    if captured != min(actual, hold_amount):
+    if late or captured != min(actual, hold_amount):
         sql.run(RECORD_CAPTURE, hold=hold_id, captured=captured, uncollected=actual - captured)
     _persist(
         sql,
@@ -692,9 +750,10 @@ def _resolve(
             "hold_amount": format_credits(hold_amount),
             "actual": format_credits(actual),
             "captured": format_credits(captured),
+            **({"late": True} if late else {}),
         },
     )
-    return Resolution(hold_id, status, captured, actual - captured, applied=True)
+    return Resolution(hold_id, status, captured, actual - captured, applied=True, late=late)
 
 
 def _unresolved(sql: LedgerSql, hold_id: int) -> Resolution:
@@ -704,16 +763,20 @@ def _unresolved(sql: LedgerSql, hold_id: int) -> Resolution:
         raise NotFound("No such hold.")
     status, captured, uncollected = row
     if status == "pending":
-        raise ValueError("the hold has not expired yet")
+        raise HoldNotExpired()
     return Resolution(hold_id, status, captured, uncollected, applied=False)
 
 
 def settle(
     session: DbSession, *, hold_id: int, actual: int, context: AuditContext, now: datetime
 ) -> Resolution:
-    """Charge `actual` against the hold and release the rest (exactly once)."""
+    """Charge `actual` against the hold and release the rest (exactly once).
+
+    A settle that arrives after the expiry job released its hold still charges `actual`, from
+    what is available now, the shortfall recorded as uncollected: a late answer is never free.
+    """
     if actual < 0:
-        raise ValueError("a settled amount cannot be negative")
+        raise NegativeCharge()
     return _resolve(
         session, hold_id=hold_id, status="settled", actual=actual, context=context, now=now
     )
@@ -747,3 +810,52 @@ def balance(session: DbSession, *, account_id: int, now: datetime) -> Balance:
     # Mirrors write_off_overdue: what open holds still need stays until they resolve.
     pending_write_off = min(int(overdue_total), current - reserved)
     return Balance(current - pending_write_off, reserved)
+
+
+@dataclass(frozen=True)
+class GrantStanding:
+    """A grant as a client sees it at a moment: an expired grant is never spendable, so its
+    `remaining` is only what open holds placed before its expiry still need."""
+
+    id: int
+    source: str
+    amount: int
+    remaining: int
+    expires_at: datetime | None
+    period: str | None
+    reason: str | None
+    created_at: datetime
+    status: str  # active | expired | used_up
+
+
+def grant_standings(
+    session: DbSession, *, account_id: int, grants: list[Grant], now: datetime
+) -> list[GrantStanding]:
+    """How the account's `grants` stand at `now`, as if expired remainders were written off."""
+    sql = LedgerSql(session)
+    state = _lock(sql, account_id, read=READ_ACCOUNT)
+    state.write_off_overdue(now)  # in memory only: nothing is persisted
+    remaining_now = {live_grant.id: live_grant.remaining for live_grant in state.grants}
+    standings = []
+    for row in grants:
+        remaining = remaining_now.get(row.id, 0)
+        if row.expires_at is not None and row.expires_at <= now:
+            status = "expired"
+        elif remaining == 0:
+            status = "used_up"
+        else:
+            status = "active"
+        standings.append(
+            GrantStanding(
+                id=row.id,
+                source=row.source,
+                amount=row.amount,
+                remaining=remaining,
+                expires_at=row.expires_at,
+                period=row.period,
+                reason=row.reason,
+                created_at=row.created_at,
+                status=status,
+            )
+        )
+    return standings

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Table, func, select
 
-from creditapp.database import DbSession
+from creditapp.database import DbSession, snapshot
 from creditapp.ledger.models import Account, Grant, Hold, LedgerEntry
 from creditapp.money import format_credits
 
@@ -59,8 +59,14 @@ class _Scope:
 
 
 def reconcile(session: DbSession, *, account_ids: list[int] | None = None) -> list[Drift]:
-    """Check the invariants of the accounts named (all when None). Reads only."""
-    scope = _Scope(account_ids)
+    """Check the invariants of the accounts named (all when None). Reads only, from one
+    snapshot (see `creditapp.database.snapshot`): its queries run one after another, and
+    numbers read at different moments of a busy account would look like drift."""
+    with snapshot(session):
+        return _reconcile(session, _Scope(account_ids))
+
+
+def _reconcile(session: DbSession, scope: _Scope) -> list[Drift]:
     entry_sums = scope.totals(session, entries, func.sum(entries.c.amount))
     entry_counts = scope.totals(session, entries, func.count())
     grant_sums = scope.totals(session, grants, func.sum(grants.c.remaining))

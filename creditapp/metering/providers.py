@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from creditapp.errors import InconsistentUsage
 from creditapp.metering.estimate import estimate_tokens
 from creditapp.metering.usage import Usage
 
@@ -85,7 +86,7 @@ def _count(value: Any) -> int:
 def _usage(provider: str, **counts: int) -> Usage:
     try:
         return Usage(**counts)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as error:
+    except (TypeError, InconsistentUsage) as error:
         raise ProviderError(provider, f"inconsistent usage: {error}") from error
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from creditapp.errors import InconsistentUsage
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -31,11 +33,23 @@ class Usage:
             self.reasoning_tokens,
         )
         if any(not isinstance(count, int) or count < 0 for count in counts):
-            raise ValueError(f"token counts must be whole numbers >= 0: {self}")
+            raise InconsistentUsage(f"Token counts must be whole numbers >= 0: {self}")
         if self.cached_tokens + self.cache_write_tokens > self.input_tokens:
-            raise ValueError(f"cached and cache-write tokens exceed the input tokens: {self}")
+            raise InconsistentUsage(
+                f"Cached and cache-write tokens exceed the input tokens: {self}"
+            )
         if self.reasoning_tokens > self.output_tokens:
-            raise ValueError(f"reasoning tokens exceed the output tokens: {self}")
+            raise InconsistentUsage(f"Reasoning tokens exceed the output tokens: {self}")
+
+    def counts(self) -> dict[str, int]:
+        """The five token counts by their column names (usage records and the like)."""
+        return {
+            "input_tokens": self.input_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
 
     @property
     def uncached_input_tokens(self) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from creditapp.database import DbSession
-from creditapp.errors import ModelNotPriced
+from creditapp.errors import ModelNotPriced, PriceTooPrecise
 from creditapp.metering.usage import Usage
 from creditapp.pricing.models import Price
 
@@ -119,6 +119,17 @@ def price_in_force(session: DbSession, *, provider: str, model: str, at: datetim
     return price
 
 
+def _check_precision(field_name: str, price: Decimal | None) -> None:
+    """Counted on the digits themselves: arithmetic would round a long price to 28 digits."""
+    if price is None or not price.is_finite():
+        return
+    _sign, digits, exponent = price.as_tuple()
+    assert isinstance(exponent, int)
+    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    if exponent + min(trailing_zeros, -exponent if exponent < 0 else 0) < -6:
+        raise PriceTooPrecise(field_name, price)
+
+
 def add(
     session: DbSession,
     *,
@@ -131,6 +142,11 @@ def add(
     prompt_tiers: list[dict[str, Any]] | None = None,
 ) -> Price:
     """Add a row to the book (the caller's transaction; rows are never edited)."""
+    for field_name in ("input", "output", "cached_input", "cache_write"):
+        _check_precision(field_name, getattr(rates, field_name))
+    for tier in prompt_tiers or ():
+        for field_name in ("input", "output", "cached_input", "cache_write"):
+            _check_precision("prompt_tiers", _decimal_or_none(tier.get(field_name)))
     price = Price(
         provider=provider,
         model=model,

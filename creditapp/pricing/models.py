@@ -12,6 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from creditapp.database import BigIntId, UTCDateTime
+from creditapp.errors import PriceTooPrecise
 from creditapp.extensions import db
 
 PRICE_SCALE = 1_000_000  # prices carry at most 6 decimals (USD per 1M tokens)
@@ -31,7 +32,8 @@ class UsdPerMillionTokens(TypeDecorator[Decimal]):
             return None
         scaled = value * PRICE_SCALE
         if scaled != scaled.to_integral_value():
-            raise ValueError(f"price {value} has more than 6 decimals")
+            # The price book refuses such a price first; this keeps any other writer exact.
+            raise PriceTooPrecise("price", value)
         return int(scaled)
 
     def process_result_value(self, value: int | None, dialect: Dialect) -> Decimal | None:

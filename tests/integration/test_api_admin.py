@@ -143,13 +143,9 @@ def test_grant_refuses_a_json_float_written_with_a_fraction_of_zero(
         ({}, {"user_id", "amount", "reason"}),
         ({"amount": "1", "reason": "x", "user_id": "abc"}, {"user_id"}),
         ({"amount": "1", "reason": "", "user_id": "1"}, {"reason"}),
-        ({"amount": "1", "reason": "x", "user_id": "1", "source": "subscription"}, {"source"}),
+        ({"amount": "1", "reason": "x", "user_id": "1", "source": "gift"}, {"source"}),
         ({"amount": "1", "reason": "x", "user_id": "1", "extra": True}, {"extra"}),
         ({"amount": "1", "reason": "x", "user_id": "1", "expires_at": "tomorrow"}, {"expires_at"}),
-        (
-            {"amount": "1", "reason": "x", "user_id": "1", "expires_at": "2020-01-01T00:00:00Z"},
-            {"expires_at"},
-        ),
     ],
 )
 def test_grant_names_every_bad_field(
@@ -200,7 +196,7 @@ def test_adjust_adds_and_takes_but_never_below_zero(
     ]
 
 
-@pytest.mark.parametrize("amount", ["0", 0, "-0", "1.0000001", 2.5, "--1"])
+@pytest.mark.parametrize("amount", ["1.0000001", 2.5, "--1", "", None])
 def test_adjust_refuses_bad_amounts(client: FlaskClient, admin, user, amount: object) -> None:
     response = client.post(
         ADJUST,

@@ -103,6 +103,7 @@ def test_grants_are_listed_newest_first_with_cursor_pages(
         "period": None,
         "reason": "test",
         "created_at": None,
+        "status": "active",
     }
     second = client.get(
         f"/api/credit/grants?limit=2&cursor={first['next_cursor']}", headers=person.headers

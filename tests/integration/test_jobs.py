@@ -339,12 +339,16 @@ def test_reconciliation_reports_and_changes_nothing(
         if BACKEND == "postgresql"
         else [run(app, "reconcile", ran_at)]
     )
-    assert all(result == {"checked_accounts": 2, "drift": 0} for result in runs)
+    assert all(
+        result == {"checked_accounts": 2, "drift": 0, "unbilled_calls": 0} for result in runs
+    )
     report = client.get("/api/admin/credit/reconciliation", headers=admin.headers).get_json()
     assert report == {
         "ran_at": ran_at.isoformat().replace("+00:00", "Z"),
         "checked_accounts": 2,
         "drift": [],
+        "unbilled_calls": 0,
+        "unbilled_cost": "0",
     }
     assert scalar(app, select(func.count()).select_from(LedgerEntry)) == entries_before
     assert client.get("/api/credit/balance", headers=person.headers).get_json()["balance"] == "5"

@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 
 from creditapp import ledger
 from creditapp.database import write_transaction
-from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits
+from creditapp.errors import BalanceWouldGoNegative, HoldNotExpired, InsufficientCredits
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord, Grant, Hold, LedgerEntry
 from tests.conftest import TEST_CONTEXT, utcnow
@@ -244,7 +244,7 @@ def test_only_overdue_holds_expire(account: int) -> None:
     give(account, 10 * CR)
     held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL, now=now)
     assert ledger.overdue_hold_ids(db.session, now=now + TTL - timedelta(seconds=1)) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(HoldNotExpired):
         run(ledger.expire_hold, hold_id=held.hold_id, now=now)
     assert ledger.overdue_hold_ids(db.session, now=now + TTL) == [held.hold_id]
     outcome = run(ledger.expire_hold, hold_id=held.hold_id, now=now + TTL)

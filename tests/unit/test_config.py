@@ -88,6 +88,24 @@ def test_bad_settings_are_named(monkeypatch) -> None:
         load_config("development")
 
 
+@pytest.mark.parametrize("environment", ["development", "testing", "production"])
+def test_a_hold_must_outlive_the_longest_provider_call(monkeypatch, environment: str) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/x")
+    monkeypatch.setenv("JWT_SECRET_KEY", "k" * 40)
+    # 20 s a try, 3 tries, 2 waits of up to 60 s between them, 30 s to spare: 210 s.
+    monkeypatch.setenv("PROVIDER_TIMEOUT_SECONDS", "20")
+    monkeypatch.setenv("PROVIDER_MAX_RETRIES", "2")
+    monkeypatch.setenv("HOLD_TTL_SECONDS", "210")
+    with pytest.raises(ConfigurationError, match=r"HOLD_TTL_SECONDS \(210\) must be longer"):
+        load_config(environment)
+    monkeypatch.setenv("HOLD_TTL_SECONDS", "211")
+    assert load_config(environment).HOLD_TTL_SECONDS == 211
+    # The defaults agree with each other: 120 s x 3 + 120 s + 30 s = 510 s < 600 s.
+    for name in ("HOLD_TTL_SECONDS", "PROVIDER_TIMEOUT_SECONDS", "PROVIDER_MAX_RETRIES"):
+        monkeypatch.delenv(name)
+    assert load_config(environment).HOLD_TTL_SECONDS == 600
+
+
 def test_production_with_secure_settings_loads(monkeypatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://db/x")
     monkeypatch.setenv("JWT_SECRET_KEY", "k" * 40)
@@ -117,6 +135,8 @@ def test_the_factory_applies_overrides_on_top_of_the_environment(tmp_path) -> No
         **os.environ,
         "CREDITAPP_ENV": "testing",
         "HOLD_TTL_SECONDS": "99",
+        "PROVIDER_TIMEOUT_SECONDS": "1",
+        "PROVIDER_MAX_RETRIES": "0",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
     }
     output = subprocess.run(

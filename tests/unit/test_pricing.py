@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from creditapp.errors import InconsistentUsage
 from creditapp.metering.estimate import estimate_tokens, upper_bound_tokens
 from creditapp.metering.usage import Usage
 from creditapp.pricing import book
@@ -86,7 +87,7 @@ def test_the_cost_is_the_exact_value_rounded_up_once(
     ],
 )
 def test_inconsistent_usage_is_refused(counts: dict[str, int]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InconsistentUsage):
         Usage(**counts)  # type: ignore[arg-type]
 
 

@@ -1,0 +1,153 @@
+"""Reconciliation reads one snapshot: writes running beside it never look like drift, and drift
+that is really there is named, with its account and invariant."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select, text
+
+from creditapp import ledger
+from creditapp.database import write_transaction
+from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits
+from creditapp.extensions import db
+from creditapp.jobs import run_job
+from creditapp.ledger.models import Grant
+from tests.conftest import TEST_CONTEXT, Person, utcnow
+
+CR = 1_000_000
+
+
+def _in_transaction(app: Flask, operation: Any, **kwargs: Any) -> Any:
+    with app.app_context():
+        try:
+            with write_transaction(db.session):
+                return operation(db.session, context=TEST_CONTEXT, now=utcnow(), **kwargs)
+        except (InsufficientCredits, BalanceWouldGoNegative):
+            return None
+        finally:
+            db.session.remove()
+
+
+def _busy_account(app: Flask, account_id: int, seed: int, stop: threading.Event) -> int:
+    """Grant, hold, settle and adjust on one account until told to stop; returns how many."""
+    chance = random.Random(seed)
+    done = 0
+    while not stop.is_set():
+        step = chance.choice(["grant", "hold-settle", "adjust"])
+        if step == "grant":
+            _in_transaction(
+                app,
+                ledger.grant,
+                account_id=account_id,
+                amount=chance.randint(1, 5 * CR),
+                source="promo",
+                reason="busy",
+            )
+        elif step == "adjust":
+            _in_transaction(
+                app, ledger.adjust, account_id=account_id, amount=-chance.randint(1, CR), reason="x"
+            )
+        else:
+            held = _in_transaction(
+                app,
+                ledger.hold,
+                account_id=account_id,
+                amount=chance.randint(1, 2 * CR),
+                ttl=timedelta(minutes=10),
+            )
+            if held is not None:
+                _in_transaction(
+                    app, ledger.settle, hold_id=held.hold_id, actual=chance.randint(0, 3 * CR)
+                )
+        done += 1
+    return done
+
+
+@pytest.mark.postgres_only
+def test_no_drift_is_reported_while_accounts_are_written(app: Flask, person_factory: Any) -> None:
+    people = [person_factory(credits=20 * CR) for _ in range(4)]
+    stop = threading.Event()
+    reports: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        writers = [
+            pool.submit(_busy_account, app, people[index % 4].account_id, index, stop)
+            for index in range(8)
+        ]
+        started = time.monotonic()
+        while len(reports) < 20 or time.monotonic() - started < 4:
+            with app.app_context():
+                reports.append(
+                    run_job("reconcile", db.session, now=utcnow(), actor="tests", settings={})
+                )
+                db.session.remove()
+        stop.set()
+        operations = sum(writer.result(timeout=60) for writer in writers)
+    assert operations > 100  # the writers really ran beside the checks
+    assert [report["drift"] for report in reports] == [0] * len(reports)
+    assert all(report["checked_accounts"] == 4 for report in reports)
+
+
+def _report(client: FlaskClient, admin: Person, app: Flask) -> list[dict[str, str]]:
+    with app.app_context():
+        run_job("reconcile", db.session, now=utcnow(), actor="tests", settings={})
+        db.session.remove()
+    response = client.get("/api/admin/credit/reconciliation", headers=admin.headers)
+    assert response.status_code == 200
+    drift: list[dict[str, str]] = response.get_json()["drift"]
+    return drift
+
+
+def _corrupt(app: Flask, statement: str, **params: Any) -> None:
+    with app.app_context():
+        with write_transaction(db.session):
+            assert db.session.execute(text(statement), params).rowcount == 1  # type: ignore[attr-defined]
+        db.session.remove()
+
+
+def test_a_grant_corrupted_behind_the_ledgers_back_is_named(
+    app: Flask, client: FlaskClient, person_factory: Any, admin: Person
+) -> None:
+    person_factory(credits=3 * CR)  # a bystander, reported clean
+    victim = person_factory(credits=5 * CR)
+    with app.app_context():
+        grant_id = db.session.scalar(select(Grant.id).where(Grant.account_id == victim.account_id))
+        db.session.remove()
+    _corrupt(app, "UPDATE grants SET remaining = remaining - 1 WHERE id = :grant", grant=grant_id)
+    drift = _report(client, admin, app)
+    assert {item["user_id"] for item in drift} == {str(victim.id)}
+    assert sorted((item["invariant"], item["expected"], item["actual"]) for item in drift) == [
+        ("balance == sum(grants' remaining)", "4.999999", "5"),
+        (f"grant {grant_id}: remaining == sum(its entries)", "5", "4.999999"),
+    ]
+
+
+def test_a_hold_amount_corrupted_behind_the_ledgers_back_is_named(
+    app: Flask, client: FlaskClient, person_factory: Any, admin: Person
+) -> None:
+    victim = person_factory(credits=5 * CR)
+    person_factory(credits=5 * CR)
+    _in_transaction(
+        app, ledger.hold, account_id=victim.account_id, amount=2 * CR, ttl=timedelta(minutes=10)
+    )
+    _corrupt(
+        app,
+        "UPDATE holds SET amount = amount + 7 WHERE account_id = :account",
+        account=victim.account_id,
+    )
+    assert _report(client, admin, app) == [
+        {
+            "user_id": str(victim.id),
+            "invariant": "reserved == sum(pending holds)",
+            "expected": "2.000007",
+            "actual": "2",
+        }
+    ]
