@@ -253,6 +253,22 @@ def test_only_overdue_holds_expire(account: int) -> None:
     assert_consistent(account)
 
 
+def test_an_operation_timed_before_the_newest_entry_is_stamped_no_earlier(account: int) -> None:
+    now = utcnow()
+    give(account, 10 * CR, now=now + timedelta(seconds=10))
+    # Timed earlier, as an operation that waited for the lock behind the grant would be.
+    run(ledger.adjust, account_id=account, amount=-CR, reason="later in the chain", now=now)
+    chain = db.session.execute(
+        select(LedgerEntry.type, LedgerEntry.created_at, AuditRecord.created_at)
+        .join(AuditRecord, AuditRecord.id == LedgerEntry.audit_id)
+        .where(LedgerEntry.account_id == account)
+        .order_by(LedgerEntry.seq)
+    ).all()
+    stamped = now + timedelta(seconds=10)
+    assert chain == [("grant", stamped, stamped), ("adjust", stamped, stamped)]
+    assert_consistent(account)
+
+
 def test_reconcile_reports_drift_it_did_not_cause(account: int) -> None:
     grant = give(account, 10 * CR)
     with write_transaction(db.session):

@@ -25,7 +25,7 @@ from creditapp import ledger
 from creditapp.database import write_transaction
 from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits
 from creditapp.extensions import db
-from creditapp.ledger.models import Grant
+from creditapp.ledger.models import AuditRecord, Grant, LedgerEntry
 from tests.conftest import TEST_CONTEXT, utcnow
 
 pytestmark = pytest.mark.postgres_only
@@ -207,3 +207,48 @@ def test_mixed_operations_on_one_hot_account_keep_every_invariant(app, person_fa
     assert_consistent(app)
     with app.app_context():
         assert ledger.balance(db.session, account_id=account, now=utcnow()).reserved == 0
+
+
+def test_entry_times_never_go_backwards_along_an_account_chain(app, person_factory) -> None:
+    account = person_factory(credits=100 * CR).account_id
+    start = utcnow()
+
+    # Each operation's time is taken before it waits for the account's lock (as a request's
+    # is), a millisecond apart, and all of them then race for the lock.
+    def operation(index: int) -> Callable[[], Any]:
+        now = start + timedelta(milliseconds=index)
+        if index % 2:
+            return partial(
+                ledger.grant,
+                db.session,
+                account_id=account,
+                amount=CR,
+                source="promo",
+                reason="race",
+                context=TEST_CONTEXT,
+                now=now,
+            )
+        return partial(
+            ledger.adjust,
+            db.session,
+            account_id=account,
+            amount=-CR,
+            reason="race",
+            context=TEST_CONTEXT,
+            now=now,
+        )
+
+    at_once(app, [operation(index) for index in range(16)])
+    with app.app_context():
+        chain = db.session.execute(
+            select(LedgerEntry.seq, LedgerEntry.created_at, AuditRecord.created_at)
+            .join(AuditRecord, AuditRecord.id == LedgerEntry.audit_id)
+            .where(LedgerEntry.account_id == account)
+            .order_by(LedgerEntry.seq)
+        ).all()
+        db.session.remove()
+    assert len(chain) == 17
+    times = [entry_time for _seq, entry_time, _audit_time in chain]
+    assert times == sorted(times)
+    assert all(entry_time == audit_time for _seq, entry_time, audit_time in chain)
+    assert_consistent(app)

@@ -1,0 +1,167 @@
+"""Every rule the domain owns breaks as its own error, with its code and 4xx status: through
+HTTP where a request can reach it, on the domain function where only code can."""
+
+from __future__ import annotations
+
+import inspect
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from creditapp import errors, ledger
+from creditapp.database import write_transaction
+from creditapp.extensions import db
+from creditapp.ledger.models import Grant, LedgerEntry
+from creditapp.pricing.models import Price
+from tests.conftest import TEST_CONTEXT, Person, utcnow
+from tests.fake_providers import Answer, FakeProviders
+from tests.integration.chat import add_price, send, start_conversation
+from tests.integration.test_http_conventions import assert_error
+
+CR = 1_000_000
+
+
+def _count(app: Flask, model: Any) -> int:
+    with app.app_context():
+        total = int(db.session.scalar(select(func.count()).select_from(model)) or 0)
+        db.session.remove()
+    return total
+
+
+def test_admins_grant_no_subscription_credits(
+    app: Flask, client: FlaskClient, admin: Person, person_factory: Any
+) -> None:
+    user = person_factory()
+    response = client.post(
+        "/api/admin/credit/grant",
+        headers=admin.headers,
+        json={"user_id": str(user.id), "amount": "5", "reason": "x", "source": "subscription"},
+    )
+    error = assert_error(response, 400, "subscription_credits_by_refresh_only")
+    assert list(error["details"]) == ["source"]
+    assert _count(app, Grant) == 0
+
+
+@pytest.mark.parametrize("expires_at", ["2020-01-01T00:00:00Z", "now"])
+def test_a_grant_expires_in_the_future(
+    app: Flask, client: FlaskClient, admin: Person, person_factory: Any, expires_at: str
+) -> None:
+    user = person_factory()
+    if expires_at == "now":
+        expires_at = (utcnow() - timedelta(milliseconds=1)).isoformat()
+    response = client.post(
+        "/api/admin/credit/grant",
+        headers=admin.headers,
+        json={"user_id": str(user.id), "amount": "5", "reason": "x", "expires_at": expires_at},
+    )
+    assert assert_error(response, 400, "expiry_not_in_future")["details"] == {
+        "expires_at": ["Must be in the future."]
+    }
+    assert _count(app, Grant) == 0
+
+
+@pytest.mark.parametrize("amount", ["0", 0, "-0", "0.000000"])
+def test_an_adjustment_is_never_zero(
+    app: Flask, client: FlaskClient, admin: Person, person_factory: Any, amount: object
+) -> None:
+    user = person_factory(credits=CR)
+    response = client.post(
+        "/api/admin/credit/adjust",
+        headers=admin.headers,
+        json={"user_id": str(user.id), "amount": amount, "reason": "x"},
+    )
+    assert list(assert_error(response, 400, "zero_adjustment")["details"]) == ["amount"]
+    assert _count(app, LedgerEntry) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "price"),
+    [
+        ("input", "0.0000001"),
+        ("output", "1.00000000000000000000000000000001"),
+        ("cached_input", "2.1234567"),
+    ],
+)
+def test_a_price_has_at_most_6_decimals(
+    app: Flask, client: FlaskClient, admin: Person, field: str, price: str
+) -> None:
+    body = {"provider": "openai", "model": "gpt-new", "input": "2.5", "output": "10", field: price}
+    response = client.put("/api/admin/pricing", json=body, headers=admin.headers)
+    assert list(assert_error(response, 400, "price_too_precise")["details"]) == [field]
+    assert _count(app, Price) == 0
+
+
+def test_usage_that_contradicts_itself_is_a_provider_error_and_charges_nothing(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    person = person_factory(credits=10 * CR)
+    add_price(app, "openai", "gpt-rules", input="1", output="1")
+    conversation = start_conversation(client, person, "openai", "gpt-rules")
+    fake_providers.script(
+        "openai",
+        Answer(
+            usage={
+                "prompt_tokens": 10,
+                "completion_tokens": 5,
+                "completion_tokens_details": {"reasoning_tokens": 6},
+            }
+        ),
+    )
+    error = assert_error(send(client, person, conversation), 502, "provider_error")
+    assert error["details"]["reason"].startswith("inconsistent usage")
+    balance = client.get("/api/credit/balance", headers=person.headers).get_json()
+    assert (balance["balance"], balance["reserved"]) == ("10", "0")
+
+
+@pytest.fixture
+def account(ctx: Flask, person_factory: Any) -> int:
+    return int(person_factory(credits=10 * CR).account_id)
+
+
+def _ledger(operation: Any, **kwargs: Any) -> Any:
+    with write_transaction(db.session):
+        return operation(db.session, context=TEST_CONTEXT, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("operation", "kwargs", "error"),
+    [
+        (ledger.grant, {"amount": 0, "source": "promo", "reason": "x"}, errors.AmountNotPositive),
+        (ledger.grant, {"amount": 1, "source": "gift", "reason": "x"}, errors.UnknownGrantSource),
+        (ledger.hold, {"amount": -1, "ttl": timedelta(minutes=1)}, errors.AmountNotPositive),
+        (ledger.adjust, {"amount": 0, "reason": "x"}, errors.ZeroAdjustment),
+    ],
+)
+def test_rules_only_code_can_reach_raise_their_own_errors(
+    account: int, operation: Any, kwargs: dict[str, Any], error: type[errors.CreditAppError]
+) -> None:
+    with pytest.raises(error):
+        _ledger(operation, account_id=account, now=utcnow(), **kwargs)
+
+
+def test_a_charge_is_never_negative_and_only_an_overdue_hold_expires(account: int) -> None:
+    now = utcnow()
+    held = _ledger(ledger.hold, account_id=account, amount=CR, ttl=timedelta(minutes=5), now=now)
+    with pytest.raises(errors.NegativeCharge):
+        _ledger(ledger.settle, hold_id=held.hold_id, actual=-1, now=now)
+    with pytest.raises(errors.HoldNotExpired):
+        _ledger(ledger.expire_hold, hold_id=held.hold_id, now=now + timedelta(minutes=4))
+
+
+def test_every_error_states_its_rule_with_a_code_and_a_status() -> None:
+    classes = [
+        member
+        for _name, member in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(member, errors.CreditAppError) and member is not errors.CreditAppError
+    ]
+    assert len(classes) > 20
+    for error_class in classes:
+        assert error_class.__doc__ and error_class.__doc__ != errors.CreditAppError.__doc__
+        assert error_class.code != errors.CreditAppError.code, error_class
+        assert 400 <= error_class.status < 600
+    codes = [error_class.code for error_class in classes]
+    assert len(codes) == len(set(codes)), "each rule has its own code"
