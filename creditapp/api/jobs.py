@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from creditapp import ledger
 from creditapp.api import limits
+from creditapp.api.chat import UsageSchema
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
@@ -69,7 +70,7 @@ class ReconciliationSchema(Schema):
     unbilled_cost = Credits(metadata={"type": "string", "description": "what those calls cost"})
 
 
-class UnbilledUsageSchema(Schema):
+class UnbilledUsageSchema(UsageSchema):
     id = Id()
     user_id = Id()
     conversation_id = Id()
@@ -77,12 +78,6 @@ class UnbilledUsageSchema(Schema):
     price_id = Id()
     provider = fields.String()
     model = fields.String()
-    input_tokens = fields.Integer()
-    cached_tokens = fields.Integer()
-    cache_write_tokens = fields.Integer()
-    output_tokens = fields.Integer()
-    reasoning_tokens = fields.Integer()
-    estimated = fields.Boolean()
     cost = Credits()
     error = fields.String()
     created_at = UtcDateTime()

@@ -52,12 +52,10 @@ class Conversation(db.Model):  # type: ignore[name-defined,misc]
     __table_args__ = (Index("ix_conversations_user_id", "user_id"),)
 
 
-class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
-    """One provider call: its normalized usage, the price row that priced it and the charge."""
+class ProviderCall:
+    """The columns of one provider call: whose, in which conversation under which hold, the
+    price row that priced it, its normalized usage and its exact cost."""
 
-    __tablename__ = "usage_records"
-
-    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
     user_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id"), nullable=False)
     account_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("accounts.id"), nullable=False)
     conversation_id: Mapped[int] = mapped_column(
@@ -75,11 +73,19 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
     output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
     estimated: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    # The exact cost under the price row, and what the account paid of it (less only when the
-    # account could not cover a cost above the hold).
     cost: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    credits_charged: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class UsageRecord(ProviderCall, db.Model):  # type: ignore[name-defined,misc]
+    """One provider call: its normalized usage, the price row that priced it and the charge."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    # What the account paid of the exact cost: less only when the account could not cover it
+    # (a cost above the hold, or a settle after the hold expired).
+    credits_charged: Mapped[int] = mapped_column(BigInteger, nullable=False)
     # Counted in usage_rollups (by the roll-up job, in the transaction that set this).
     rolled_up: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()
@@ -111,7 +117,7 @@ class UsageRecord(db.Model):  # type: ignore[name-defined,misc]
     )
 
 
-class UnbilledUsage(db.Model):  # type: ignore[name-defined,misc]
+class UnbilledUsage(ProviderCall, db.Model):  # type: ignore[name-defined,misc]
     """A provider call that answered but whose settle failed: its hold was voided (the user paid
     nothing), and its usage and cost are kept here for admins and reconciliation, so that no
     call the provider billed goes unrecorded."""
@@ -119,27 +125,8 @@ class UnbilledUsage(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "unbilled_usage"
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
-    user_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id"), nullable=False)
-    account_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("accounts.id"), nullable=False)
-    conversation_id: Mapped[int] = mapped_column(
-        BigIntId, ForeignKey("conversations.id"), nullable=False
-    )
-    hold_id: Mapped[int] = mapped_column(
-        BigIntId, ForeignKey("holds.id"), unique=True, nullable=False
-    )
-    price_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("prices.id"), nullable=False)
-    provider: Mapped[str] = mapped_column(String(32), nullable=False)
-    model: Mapped[str] = mapped_column(String(200), nullable=False)
-    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    estimated: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    cost: Mapped[int] = mapped_column(BigInteger, nullable=False)
     # Why the settle failed (the exception's type and message, cut to fit).
     error: Mapped[str] = mapped_column(String(500), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
     __table_args__ = (
         CheckConstraint("cost >= 0", name="cost_not_negative"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import Select, or_, select
@@ -308,6 +309,31 @@ def send_message(
     return exchange
 
 
+def _call_columns(
+    user: User,
+    conversation_id: int,
+    prepared: _Prepared,
+    hold_id: int,
+    usage: Usage,
+    cost: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """What a usage record and an unbilled call both say of the call (`ProviderCall`)."""
+    return {
+        "user_id": user.id,
+        "account_id": prepared.account_id,
+        "conversation_id": conversation_id,
+        "hold_id": hold_id,
+        "price_id": prepared.price.id,
+        "provider": prepared.character.provider,
+        "model": prepared.character.model,
+        **usage.counts(),
+        "estimated": usage.estimated,
+        "cost": cost,
+        "created_at": now,
+    }
+
+
 def _settle(
     session: DbSession,
     *,
@@ -325,18 +351,8 @@ def _settle(
 ) -> Exchange:
     resolution = ledger.settle(session, hold_id=hold_id, actual=cost, context=context, now=now)
     record = UsageRecord(
-        user_id=user.id,
-        account_id=prepared.account_id,
-        conversation_id=conversation_id,
-        hold_id=hold_id,
-        price_id=prepared.price.id,
-        provider=prepared.character.provider,
-        model=prepared.character.model,
-        **usage.counts(),
-        estimated=usage.estimated,
-        cost=cost,
+        **_call_columns(user, conversation_id, prepared, hold_id, usage, cost, now),
         credits_charged=resolution.captured,
-        created_at=now,
     )
     session.add(record)
     session.flush()
@@ -408,18 +424,8 @@ def _keep_unbilled(
             ledger.void(session, hold_id=hold_id, context=context, now=now)
             session.add(
                 UnbilledUsage(
-                    user_id=user.id,
-                    account_id=prepared.account_id,
-                    conversation_id=conversation_id,
-                    hold_id=hold_id,
-                    price_id=prepared.price.id,
-                    provider=prepared.character.provider,
-                    model=prepared.character.model,
-                    **usage.counts(),
-                    estimated=usage.estimated,
-                    cost=cost,
+                    **_call_columns(user, conversation_id, prepared, hold_id, usage, cost, now),
                     error=f"{type(error).__name__}: {error}"[:500],
-                    created_at=now,
                 )
             )
     except Exception:

@@ -17,13 +17,18 @@ entry's `balance_after`: the database refuses to commit a balance change without
 Spending is two-phase, like pending transfers: `hold` reserves the worst case or fails with
 `insufficient_credits`; the hold resolves exactly once, by `settle(actual)` (charges `actual`,
 capped at the hold plus what is available, the rest recorded as uncollected), `void` or expiry.
-Resolving a resolved hold returns the first outcome and changes nothing.
+Resolving a resolved hold returns the first outcome and changes nothing, with one exception: a
+settle that finds its hold expired still charges `actual`, from what is available then (a late
+answer is never free), and the hold becomes settled.
 
 A grant is never spent after it expires. The first operation on the account after that time
 writes its remainder off (an `expire` entry), except what open holds placed before the expiry
 still need: that part stays payable to those holds and is written off when they resolve.
 
-Invariants (database constraints, or checked by `reconcile`):
+Entries are stamped no earlier than the account's newest entry, so along the chain time never
+goes backwards.
+
+Invariants (database constraints, or checked by `reconcile`, which reads one snapshot):
 - balance >= 0 and 0 <= reserved <= balance;
 - balance == sum(entries) == newest entry's balance_after == sum(grants' remaining);
 - each grant's remaining == sum(its entries);
