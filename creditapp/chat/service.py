@@ -271,37 +271,23 @@ def send_message(
             ledger.void(session, hold_id=held.hold_id, context=context, now=clock())
         raise
 
-    cost = book.cost(prepared.price, usage)
+    call = _AnsweredCall(
+        user_id=user.id,
+        conversation_id=conversation_id,
+        prepared=prepared,
+        hold_id=held.hold_id,
+        completion=completion,
+        usage=usage,
+        cost=book.cost(prepared.price, usage),
+    )
     try:
         with write_transaction(session):
             exchange = _settle(
-                session,
-                user=user,
-                conversation_id=conversation_id,
-                content=content,
-                prepared=prepared,
-                hold_id=held.hold_id,
-                completion=completion,
-                usage=usage,
-                cost=cost,
-                asked_at=asked_at,
-                context=context,
-                now=clock(),
+                session, call, content=content, asked_at=asked_at, context=context, now=clock()
             )
             with_exchange(session, exchange)
     except BaseException as error:
-        _keep_unbilled(
-            session,
-            user=user,
-            conversation_id=conversation_id,
-            prepared=prepared,
-            hold_id=held.hold_id,
-            usage=usage,
-            cost=cost,
-            error=error,
-            context=context,
-            now=clock(),
-        )
+        _keep_unbilled(session, call, error=error, context=context, now=clock())
         raise
 
     if exchange.compensation is not None:
@@ -309,55 +295,52 @@ def send_message(
     return exchange
 
 
-def _call_columns(
-    user: User,
-    conversation_id: int,
-    prepared: _Prepared,
-    hold_id: int,
-    usage: Usage,
-    cost: int,
-    now: datetime,
-) -> dict[str, Any]:
-    """What a usage record and an unbilled call both say of the call (`ProviderCall`)."""
-    return {
-        "user_id": user.id,
-        "account_id": prepared.account_id,
-        "conversation_id": conversation_id,
-        "hold_id": hold_id,
-        "price_id": prepared.price.id,
-        "provider": prepared.character.provider,
-        "model": prepared.character.model,
-        **usage.counts(),
-        "estimated": usage.estimated,
-        "cost": cost,
-        "created_at": now,
-    }
+@dataclass(frozen=True)
+class _AnsweredCall:
+    """A provider call that answered: what is settled, or kept as unbilled if that fails."""
+
+    user_id: int
+    conversation_id: int
+    prepared: _Prepared
+    hold_id: int
+    completion: Completion
+    usage: Usage
+    cost: int
+
+    def columns(self, now: datetime) -> dict[str, Any]:
+        """What a usage record and an unbilled call both say of it (`ProviderCall`)."""
+        return {
+            "user_id": self.user_id,
+            "account_id": self.prepared.account_id,
+            "conversation_id": self.conversation_id,
+            "hold_id": self.hold_id,
+            "price_id": self.prepared.price.id,
+            "provider": self.prepared.character.provider,
+            "model": self.prepared.character.model,
+            **self.usage.counts(),
+            "estimated": self.usage.estimated,
+            "cost": self.cost,
+            "created_at": now,
+        }
 
 
 def _settle(
     session: DbSession,
+    call: _AnsweredCall,
     *,
-    user: User,
-    conversation_id: int,
     content: str,
-    prepared: _Prepared,
-    hold_id: int,
-    completion: Completion,
-    usage: Usage,
-    cost: int,
     asked_at: datetime,
     context: ledger.AuditContext,
     now: datetime,
 ) -> Exchange:
-    resolution = ledger.settle(session, hold_id=hold_id, actual=cost, context=context, now=now)
-    record = UsageRecord(
-        **_call_columns(user, conversation_id, prepared, hold_id, usage, cost, now),
-        credits_charged=resolution.captured,
+    resolution = ledger.settle(
+        session, hold_id=call.hold_id, actual=call.cost, context=context, now=now
     )
+    record = UsageRecord(**call.columns(now), credits_charged=resolution.captured)
     session.add(record)
     session.flush()
     message = Message(
-        conversation_id=conversation_id,
+        conversation_id=call.conversation_id,
         role="user",
         content=content,
         usage_id=record.id,
@@ -366,11 +349,11 @@ def _settle(
     session.add(message)
     reply = None
     compensation = None
-    if completion.text:
+    if call.completion.text:
         reply = Message(
-            conversation_id=conversation_id,
+            conversation_id=call.conversation_id,
             role="assistant",
-            content=completion.text,
+            content=call.completion.text,
             usage_id=record.id,
             created_at=now,
         )
@@ -387,22 +370,17 @@ def _settle(
     return Exchange(
         message=message,
         reply=reply,
-        usage=usage,
+        usage=call.usage,
         credits_charged=record.credits_charged,
-        balance=ledger.balance(session, account_id=prepared.account_id, now=now),
+        balance=ledger.balance(session, account_id=call.prepared.account_id, now=now),
         compensation=compensation,
     )
 
 
 def _keep_unbilled(
     session: DbSession,
+    call: _AnsweredCall,
     *,
-    user: User,
-    conversation_id: int,
-    prepared: _Prepared,
-    hold_id: int,
-    usage: Usage,
-    cost: int,
     error: BaseException,
     context: ledger.AuditContext,
     now: datetime,
@@ -412,26 +390,23 @@ def _keep_unbilled(
     own, so that the call is neither lost nor left reserving credits until the expiry job."""
     log.error(
         "settle_failed",
-        hold_id=hold_id,
+        hold_id=call.hold_id,
         error=type(error).__name__,
-        provider=prepared.character.provider,
-        model=prepared.character.model,
-        cost=cost,
-        **usage.counts(),
+        provider=call.prepared.character.provider,
+        model=call.prepared.character.model,
+        cost=call.cost,
+        **call.usage.counts(),
     )
     try:
         with write_transaction(session):
-            ledger.void(session, hold_id=hold_id, context=context, now=now)
+            ledger.void(session, hold_id=call.hold_id, context=context, now=now)
             session.add(
-                UnbilledUsage(
-                    **_call_columns(user, conversation_id, prepared, hold_id, usage, cost, now),
-                    error=f"{type(error).__name__}: {error}"[:500],
-                )
+                UnbilledUsage(**call.columns(now), error=f"{type(error).__name__}: {error}"[:500])
             )
     except Exception:
         # The database refuses even this: the log line above keeps the usage, and the expiry
         # job releases the hold.
-        log.exception("unbilled_usage_not_recorded", hold_id=hold_id)
+        log.exception("unbilled_usage_not_recorded", hold_id=call.hold_id)
 
 
 def _pay_at_once(
