@@ -20,6 +20,7 @@ os.environ["CREDITAPP_ENV"] = "testing"
 import psycopg
 import pytest
 import redis
+import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
@@ -36,6 +37,9 @@ BACKEND = os.environ.get("CREDITAPP_TEST_DATABASE", "sqlite")
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# CREDITAPP_TEST_CLOCK=2028-02-29T12:00:00Z runs the suite as if it were then (the clock ticks
+# on from there): no test may depend on today's date.
+TEST_CLOCK = os.environ.get("CREDITAPP_TEST_CLOCK")
 TABLES = (
     "unbilled_usage",
     "reconciliation_reports",
@@ -65,13 +69,24 @@ def _unreachable(what: str, error: Exception) -> None:
     pytest.exit(f"SKIPPED the PostgreSQL run: {message}", 0)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if TEST_CLOCK:
+        moment = datetime.fromisoformat(TEST_CLOCK.replace("Z", "+00:00"))
+        time_machine.travel(moment, tick=True).start()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"creditapp: {BACKEND}" + (f", clock moved to {TEST_CLOCK}" if TEST_CLOCK else "")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if BACKEND == "postgresql":
-        return
-    skip = pytest.mark.skip(reason="needs PostgreSQL row locks and concurrent commits")
+    needs_postgres = pytest.mark.skip(reason="needs PostgreSQL row locks and concurrent commits")
+    needs_real_clock = pytest.mark.skip(reason="other processes read the real clock")
     for item in items:
-        if "postgres_only" in item.keywords:
-            item.add_marker(skip)
+        if BACKEND != "postgresql" and "postgres_only" in item.keywords:
+            item.add_marker(needs_postgres)
+        if TEST_CLOCK and "real_clock" in item.keywords:
+            item.add_marker(needs_real_clock)
 
 
 @pytest.fixture(scope="session")
@@ -177,9 +192,17 @@ def utcnow() -> datetime:
 
 
 def create_person(
-    app: Flask, email: str, *, role: str = "user", tier: str = UNFUNDED_TIER, credits: int = 0
+    app: Flask,
+    email: str,
+    *,
+    role: str = "user",
+    tier: str = UNFUNDED_TIER,
+    credits: int = 0,
+    joined_at: datetime | None = None,
 ) -> Person:
-    """A committed user with an account (and `credits` µcr granted as promo credits)."""
+    """A committed user with an account (and `credits` µcr granted as promo credits), who
+    joined now or at `joined_at` (their subscription's anchor and first period)."""
+    joined_at = joined_at or utcnow()
     with app.app_context():
         with write_transaction(db.session):
             user: User = users.create(
@@ -188,7 +211,7 @@ def create_person(
                 role=role,
                 tier_name=tier,
                 context=TEST_CONTEXT,
-                now=utcnow(),
+                now=joined_at,
             )
             account_id = users.account_id_of(db.session, user.id)
             if credits:
@@ -199,7 +222,7 @@ def create_person(
                     source="promo",
                     reason="test credits",
                     context=TEST_CONTEXT,
-                    now=utcnow(),
+                    now=joined_at,
                 )
         token = issue_access_token(user, timedelta(hours=1))
         person = Person(user.id, user.email, account_id, token)

@@ -29,7 +29,7 @@ from tests.fake_providers import FakeProviders
 from tests.integration.live_server import ROOT
 from tests.integration.test_jobs import CREDIT, _charged_messages, _owe
 
-pytestmark = pytest.mark.postgres_only
+pytestmark = [pytest.mark.postgres_only, pytest.mark.real_clock]
 
 VISIBILITY_SECONDS = 2
 

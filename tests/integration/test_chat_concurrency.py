@@ -19,7 +19,7 @@ from tests.fake_providers import Answer, FakeProviders
 from tests.integration.chat import add_price, start_conversation
 from tests.integration.live_server import call, live_server
 
-pytestmark = pytest.mark.postgres_only
+pytestmark = [pytest.mark.postgres_only, pytest.mark.real_clock]
 
 # "Be brief." and "Hello there", each with 8 tokens of format: 36 input tokens at 1 USD/1M,
 # and 100 output tokens at 2 USD/1M.

@@ -5,6 +5,8 @@ These tests really commit: a deferred constraint only speaks at COMMIT.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -121,7 +123,7 @@ def test_two_subscription_grants_for_one_period_cannot_commit(funded: int) -> No
             account_id=funded,
             period="2026-11",
             amount=CR,
-            expires_at=now.replace(year=now.year + 1),
+            expires_at=now + timedelta(days=365),
             context=TEST_CONTEXT,
             now=now,
         )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from flask import Flask
 
 from tests.integration.live_server import call, live_server
 
 UNREACHABLE_DATABASE = "postgresql://postgres@127.0.0.1:1/creditapp"
+
+pytestmark = pytest.mark.real_clock
 
 
 def test_an_unreachable_database_is_a_503(app: Flask, person_factory) -> None:

@@ -77,18 +77,6 @@ def subscription_grants(app: Flask, person: Person) -> list[tuple[str, int, int]
     return [tuple(row) for row in rows]
 
 
-def anchor(app: Flask, person: Person, moment: datetime) -> None:
-    """Move the user's anchor (and first grant's period) as if they had joined at `moment`."""
-    with app.app_context(), write_transaction(db.session) as session:
-        session.execute(
-            text("UPDATE users SET period_anchor = :moment WHERE id = :id"),
-            {
-                "moment": moment if BACKEND == "postgresql" else moment.replace(tzinfo=None),
-                "id": person.id,
-            },
-        )
-
-
 CREDIT = 1_000_000
 
 
@@ -114,14 +102,17 @@ def test_refresh_renews_at_the_end_of_each_period_and_ends_the_old_grant(
 def test_a_user_anchored_on_the_31st_renews_on_the_last_day_of_february(
     app: Flask, person_factory: Any
 ) -> None:
-    person = person_factory(tier="free")
-    anchor(app, person, datetime(2027, 1, 31, 9, 0, tzinfo=UTC))
-    assert run(app, "refresh", datetime(2027, 2, 28, 8, 59, tzinfo=UTC))["granted"] == 1  # 2027-01
+    # Every time is given: whatever today is, the user joined on 31 January 2027 at 09:00.
+    person = person_factory(tier="free", joined_at=datetime(2027, 1, 31, 9, 0, tzinfo=UTC))
+    assert run(app, "refresh", datetime(2027, 2, 28, 8, 59, tzinfo=UTC))["granted"] == 0
     assert run(app, "refresh", datetime(2027, 2, 28, 9, 0, tzinfo=UTC))["granted"] == 1
     assert run(app, "refresh", datetime(2027, 3, 30, 9, 0, tzinfo=UTC))["granted"] == 0
     assert run(app, "refresh", datetime(2027, 3, 31, 9, 0, tzinfo=UTC))["granted"] == 1
-    periods = [g[0] for g in subscription_grants(app, person)]
-    assert periods[-3:] == ["2027-01", "2027-02", "2027-03"]
+    assert subscription_grants(app, person) == [
+        ("2027-01", 100 * CREDIT, 0),
+        ("2027-02", 100 * CREDIT, 0),
+        ("2027-03", 100 * CREDIT, 100 * CREDIT),
+    ]
 
 
 @postgres_only
@@ -382,6 +373,7 @@ def test_process_compensations_answers_202_and_lists_by_status(
     )
 
 
+@pytest.mark.real_clock
 def test_a_hold_left_by_a_killed_web_worker_is_expired(
     app: Flask, person_factory: Any, fake_providers: FakeProviders
 ) -> None:

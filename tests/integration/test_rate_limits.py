@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from flask import Flask
 
 from tests.integration.live_server import call, live_server
+
+pytestmark = pytest.mark.real_clock
 
 
 def test_limits_per_user_with_headers_and_retry_after(app: Flask, person_factory, admin) -> None:

@@ -109,9 +109,11 @@ def test_usage_grouped_by_model_provider_and_day(client: FlaskClient, spender: P
 def test_ranges_are_inclusive_and_exclude_what_lies_outside(
     client: FlaskClient, spender: Person
 ) -> None:
-    yesterday = (utcnow() - timedelta(days=1)).date().isoformat()
+    yesterday = (utcnow() - timedelta(days=1)).date()
+    a_year_before = (yesterday - timedelta(days=365)).isoformat()
     before = client.get(
-        f"/api/credit/usage?from=2026-01-01&to={yesterday}", headers=spender.headers
+        f"/api/credit/usage?from={a_year_before}&to={yesterday.isoformat()}",
+        headers=spender.headers,
     )
     assert before.get_json()["totals"] == ZERO and before.get_json()["groups"] == []
     moment = (utcnow() + timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
