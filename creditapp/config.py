@@ -157,7 +157,9 @@ class Config:
             # replaces the whole pool; recycling keeps connections from going stale quietly.
             self.SQLALCHEMY_ENGINE_OPTIONS = {
                 "pool_size": _int_env("DATABASE_POOL_SIZE", 10),
-                "max_overflow": 20,
+                # Connections beyond the pool are closed when returned: a burst does not
+                # leave the process holding them.
+                "max_overflow": _int_env("DATABASE_MAX_OVERFLOW", 20, minimum=0),
                 "pool_recycle": 1800,
             }
         else:

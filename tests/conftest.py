@@ -35,7 +35,13 @@ from tests.fake_providers import FakeProviders
 
 BACKEND = os.environ.get("CREDITAPP_TEST_DATABASE", "sqlite")
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Each xdist worker (gw0, gw1, ...) has a Redis database of its own, counting down from
+# TEST_REDIS_URL's: its rate limits, Celery broker and beat never meet another worker's.
+XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_REDIS_BASE, _REDIS_DB = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15").rsplit(
+    "/", 1
+)
+REDIS_URL = f"{_REDIS_BASE}/{int(_REDIS_DB) - XDIST_WORKER}"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # CREDITAPP_TEST_CLOCK=2028-02-29T12:00:00Z runs the suite as if it were then (the clock ticks
 # on from there): no test may depend on today's date.
@@ -82,11 +88,16 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     needs_postgres = pytest.mark.skip(reason="needs PostgreSQL row locks and concurrent commits")
     needs_real_clock = pytest.mark.skip(reason="other processes read the real clock")
+    # Tests that open tens of connections or start servers run on one xdist worker, one after
+    # another (`--dist loadgroup`): two at once would exceed PostgreSQL's 100 connections.
+    one_at_a_time = pytest.mark.xdist_group("many_connections")
     for item in items:
         if BACKEND != "postgresql" and "postgres_only" in item.keywords:
             item.add_marker(needs_postgres)
         if TEST_CLOCK and "real_clock" in item.keywords:
             item.add_marker(needs_real_clock)
+        if "postgres_only" in item.keywords or "real_clock" in item.keywords:
+            item.add_marker(one_at_a_time)
 
 
 @pytest.fixture(scope="session")
@@ -133,8 +144,10 @@ def app(database_url: str, redis_url: str | None, fake_providers: FakeProviders)
     os.environ["PROVIDER_MAX_RETRIES"] = "0"
     os.environ["PROVIDER_TIMEOUT_SECONDS"] = "1"
     os.environ["DATABASE_URL"] = database_url
-    # Room for 64 threads to hold a connection each at the same moment.
-    os.environ.setdefault("DATABASE_POOL_SIZE", "50")
+    # Room for 64 threads to hold a connection each at the same moment, closed again after:
+    # a burst leaves no idle connections behind for the next test to run short of.
+    os.environ.setdefault("DATABASE_POOL_SIZE", "5")
+    os.environ.setdefault("DATABASE_MAX_OVERFLOW", "70")
     if redis_url:
         os.environ["REDIS_URL"] = redis_url
         os.environ["CELERY_BROKER_URL"] = redis_url

@@ -4,16 +4,19 @@ that is really there is named, with its account and invariant."""
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 
 from creditapp import ledger
 from creditapp.database import write_transaction
@@ -21,7 +24,7 @@ from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits
 from creditapp.extensions import db
 from creditapp.jobs import run_job
 from creditapp.ledger.models import Grant
-from tests.conftest import TEST_CONTEXT, Person, utcnow
+from tests.conftest import BACKEND, TEST_CONTEXT, Person, utcnow
 
 CR = 1_000_000
 
@@ -151,3 +154,125 @@ def test_a_hold_amount_corrupted_behind_the_ledgers_back_is_named(
             "actual": "2",
         }
     ]
+
+
+def _commit_bypassing_foreign_keys(app: Flask, statement: str, **params: Any) -> None:
+    """Commit `statement` on a connection of its own with foreign keys not enforced: damage
+    only a broken restore or a hand edit could do. CHECK constraints still hold."""
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    if BACKEND == "postgresql":
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as raw:
+            raw.execute("SET session_replication_role = replica")  # skips foreign key triggers
+            assert raw.execute(statement, params).rowcount == 1
+        return
+    raw_sqlite = sqlite3.connect(url.removeprefix("sqlite:///"))  # foreign keys off by default
+    with raw_sqlite:
+        assert (
+            raw_sqlite.execute(statement.replace("%(account)s", ":account"), params).rowcount == 1
+        )
+    raw_sqlite.close()
+
+
+# Each invariant reconciliation checks, and a corruption of exactly it.
+REFUSED_BY_A_CHECK = [
+    ("balance >= 0", "UPDATE accounts SET balance = -1 WHERE id = :account"),
+    ("reserved >= 0", "UPDATE accounts SET reserved = -1 WHERE id = :account"),
+    ("reserved <= balance", "UPDATE accounts SET reserved = balance + 1 WHERE id = :account"),
+]
+REFUSED_BY_A_FOREIGN_KEY = [
+    (
+        "balance == sum(ledger entries)",
+        "UPDATE accounts SET balance = balance + 1 WHERE id = %(account)s",
+    ),
+    (
+        "balance == newest entry's balance_after",
+        "UPDATE ledger_entries SET amount = amount + 1, balance_after = balance_after + 1"
+        " WHERE account_id = %(account)s AND seq = 2",
+    ),
+    (
+        "last_seq == number of entries",
+        "UPDATE accounts SET last_seq = last_seq + 1 WHERE id = %(account)s",
+    ),
+]
+UNGUARDED = [
+    ("balance == sum(grants' remaining)", "UPDATE grants SET remaining = remaining - 1"),
+    ("grant {grant}: remaining == sum(its entries)", "UPDATE grants SET remaining = remaining - 1"),
+    ("reserved == sum(pending holds)", "UPDATE holds SET amount = amount + 1"),
+]
+
+
+@pytest.fixture
+def victim(app: Flask, person_factory: Any) -> Person:
+    """An account with two entries, a grant and an open hold, beside a clean bystander."""
+    person_factory(credits=3 * CR)
+    person: Person = person_factory(credits=5 * CR)
+    _in_transaction(
+        app, ledger.grant, account_id=person.account_id, amount=CR, source="promo", reason="2nd"
+    )
+    _in_transaction(
+        app, ledger.hold, account_id=person.account_id, amount=2 * CR, ttl=timedelta(minutes=10)
+    )
+    return person
+
+
+def _drift_of(app: Flask) -> dict[int, set[str]]:
+    with app.app_context():
+        found = ledger.reconcile(db.session)
+        db.session.remove()
+    named: dict[int, set[str]] = {}
+    for item in found:
+        named.setdefault(item.user_id, set()).add(item.invariant)
+    return named
+
+
+@pytest.mark.parametrize(("invariant", "corruption"), REFUSED_BY_A_CHECK)
+def test_a_check_constraint_refuses_breaking(
+    app: Flask, victim: Person, invariant: str, corruption: str
+) -> None:
+    with pytest.raises(IntegrityError), app.app_context():
+        try:
+            with write_transaction(db.session):
+                db.session.execute(text(corruption), {"account": victim.account_id})
+        finally:
+            db.session.remove()
+    assert _drift_of(app) == {}
+
+
+@pytest.mark.parametrize(("invariant", "corruption"), REFUSED_BY_A_FOREIGN_KEY)
+def test_a_foreign_key_refuses_breaking_and_reconciliation_names_it_when_bypassed(
+    app: Flask, victim: Person, invariant: str, corruption: str
+) -> None:
+    with pytest.raises(IntegrityError), app.app_context():
+        try:
+            with write_transaction(db.session):
+                db.session.execute(
+                    text(corruption.replace("%(account)s", ":account")),
+                    {"account": victim.account_id},
+                )
+        finally:
+            db.session.remove()
+    assert _drift_of(app) == {}
+    _commit_bypassing_foreign_keys(app, corruption, account=victim.account_id)
+    drift = _drift_of(app)
+    assert set(drift) == {victim.id}
+    assert invariant in drift[victim.id]
+
+
+@pytest.mark.parametrize(("invariant", "corruption"), UNGUARDED)
+def test_reconciliation_names_what_no_constraint_guards(
+    app: Flask, victim: Person, invariant: str, corruption: str
+) -> None:
+    with app.app_context():
+        grant_id = db.session.scalars(
+            select(Grant.id).where(Grant.account_id == victim.account_id).order_by(Grant.id)
+        ).first()
+        db.session.remove()
+    _corrupt(
+        app,
+        f"{corruption} WHERE id = (SELECT MIN(id) FROM {corruption.split()[1]}"
+        " WHERE account_id = :account)",
+        account=victim.account_id,
+    )
+    drift = _drift_of(app)
+    assert set(drift) == {victim.id}
+    assert invariant.format(grant=grant_id) in drift[victim.id]
