@@ -4,8 +4,15 @@ PY := $(VENV)/bin/python
 FLASK := $(VENV)/bin/flask --app wsgi
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+# Two processes per half (tests that need many connections share one; see docs/testing.md).
+PYTEST := $(PY) -m pytest -p no:cacheprovider -n 2 --dist loadgroup
+# Moments the suite runs at again, to prove no test depends on today's date.
+SQLITE_CLOCKS := 2027-01-03T12:00:00Z 2028-02-29T12:00:00Z 2027-12-31T23:59:50Z
+POSTGRES_CLOCK := 2027-12-31T23:59:00Z
+PG_TEST_ENV := CREDITAPP_TEST_DATABASE=postgresql TEST_PG_ADMIN_URL=$(PG_ADMIN_URL) \
+	TEST_REDIS_URL=$(TEST_REDIS_URL)
 
-.PHONY: venv run test test-sqlite test-postgres lint bench clean
+.PHONY: venv run test test-sqlite test-postgres test-clock lint bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3.11 -m venv $(VENV)
@@ -21,14 +28,20 @@ run: venv  ## migrate, seed demo data; serve http://127.0.0.1:5000 with a worker
 	$(FLASK) demo seed
 	$(PY) scripts/run_embedded.py
 
-test: venv lint test-sqlite test-postgres  ## the whole suite on SQLite, then on PostgreSQL + Redis
+test: venv lint test-sqlite test-postgres test-clock  ## the whole suite on SQLite, on PostgreSQL + Redis, then with the clock moved
 
 test-sqlite: venv
-	CREDITAPP_TEST_DATABASE=sqlite $(PY) -m pytest -p no:cacheprovider
+	CREDITAPP_TEST_DATABASE=sqlite $(PYTEST)
 
 test-postgres: venv
-	CREDITAPP_TEST_DATABASE=postgresql TEST_PG_ADMIN_URL=$(PG_ADMIN_URL) \
-	TEST_REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -p no:cacheprovider
+	$(PG_TEST_ENV) $(PYTEST)
+
+test-clock: venv  ## the suite again at other dates (a leap day, a year's last minute)
+	for moment in $(SQLITE_CLOCKS); do \
+	  CREDITAPP_TEST_CLOCK=$$moment LEDGER_MACHINE_EXAMPLES=20 CREDITAPP_TEST_DATABASE=sqlite \
+	  $(PYTEST) -q || exit 1; \
+	done
+	CREDITAPP_TEST_CLOCK=$(POSTGRES_CLOCK) LEDGER_MACHINE_EXAMPLES=20 $(PG_TEST_ENV) $(PYTEST) -q
 
 lint: venv  ## ruff and mypy
 	$(VENV)/bin/ruff check creditapp tasks tests bench migrations scripts wsgi.py celery_worker.py

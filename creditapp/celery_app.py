@@ -31,11 +31,16 @@ def _broker_settings(app: Flask) -> dict[str, Any]:
         }
         if redis_url:
             # One beat across all machines: redbeat holds a lock in Redis, so a second beat
-            # process waits instead of scheduling every job twice.
+            # process waits instead of scheduling every job twice. The holder renews the lock
+            # at least every loop; a waiting beat tries for it every loop, so when the holder
+            # dies without releasing it (a killed process, a lost machine), another takes over
+            # within the lock's timeout plus one loop.
+            loop = app.config["BEAT_MAX_LOOP_SECONDS"]
             settings.update(
                 beat_scheduler="redbeat.RedBeatScheduler",
+                beat_max_loop_interval=loop,
                 redbeat_redis_url=redis_url,
-                redbeat_lock_timeout=max(app.config["JOB_PERIODS"].values()) * 5,
+                redbeat_lock_timeout=loop * 5,
             )
         return settings
     queue_dir = Path(app.instance_path) / "celery-queue"

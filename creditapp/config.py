@@ -140,6 +140,8 @@ class Config:
             job: _int_env(f"JOB_PERIOD_{job.upper().replace('-', '_')}_SECONDS", seconds)
             for job, seconds in JOB_PERIODS.items()
         }
+        # How long beat sleeps at most between two looks at its schedule and its lock.
+        self.BEAT_MAX_LOOP_SECONDS = _int_env("BEAT_MAX_LOOP_SECONDS", 30)
         # A compensation whose payment failed this many times is `failed`, for an admin.
         self.COMPENSATION_MAX_ATTEMPTS = _int_env("COMPENSATION_MAX_ATTEMPTS", 5)
         self.COMPENSATION_BASE_DELAY_SECONDS = _int_env("COMPENSATION_BASE_DELAY_SECONDS", 60)

@@ -46,24 +46,6 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # CREDITAPP_TEST_CLOCK=2028-02-29T12:00:00Z runs the suite as if it were then (the clock ticks
 # on from there): no test may depend on today's date.
 TEST_CLOCK = os.environ.get("CREDITAPP_TEST_CLOCK")
-TABLES = (
-    "unbilled_usage",
-    "reconciliation_reports",
-    "usage_rollups",
-    "compensations",
-    "messages",
-    "usage_records",
-    "conversations",
-    "characters",
-    "prices",
-    "idempotency_keys",
-    "ledger_entries",
-    "audit_records",
-    "holds",
-    "grants",
-    "accounts",
-    "users",
-)
 UNFUNDED_TIER = "unfunded"
 TEST_CONTEXT = ledger.AuditContext(actor_type="system", actor_id="tests")
 

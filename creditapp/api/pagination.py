@@ -14,6 +14,7 @@ from creditapp.database import DbSession
 from creditapp.errors import ValidationFailed
 
 Item = TypeVar("Item")
+MAX_POSITION = 2**63 - 1
 
 
 def encode_cursor(position: int) -> str:
@@ -26,7 +27,10 @@ def decode_cursor(cursor: str | None) -> int | None:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, position = text.split(":")
-        if version == "v1" and position.isdigit():
+        # ASCII digits only (str.isdigit also takes superscripts and other scripts' digits),
+        # within a BIGINT.
+        ascii_digits = position.isascii() and position.isdigit()
+        if version == "v1" and ascii_digits and int(position) <= MAX_POSITION:
             return int(position)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

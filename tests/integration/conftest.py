@@ -10,8 +10,15 @@ from sqlalchemy import text
 
 from creditapp.database import write_transaction
 from creditapp.extensions import db, limiter
-from tests.conftest import BACKEND, TABLES
+from tests.conftest import BACKEND
 from tests.fake_providers import FakeProviders
+
+# Every table the models define, dependents first, but the seeded tiers every test relies on.
+SEEDED = {"tiers"}
+
+
+def _tables() -> list[str]:
+    return [t.name for t in reversed(db.metadata.sorted_tables) if t.name not in SEEDED]
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +29,9 @@ def clean_database(app: Flask, fake_providers: FakeProviders) -> Iterator[None]:
         db.session.remove()
         with write_transaction(db.session) as session:
             if BACKEND == "postgresql":
-                session.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+                session.execute(text(f"TRUNCATE {', '.join(_tables())} RESTART IDENTITY CASCADE"))
             else:
-                for table in TABLES:
+                for table in _tables():
                     session.execute(text(f"DELETE FROM {table}"))
         if app.config["RATELIMIT_ENABLED"]:
             limiter.reset()

@@ -12,21 +12,7 @@ from sqlalchemy import func, select
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord, Grant, LedgerEntry
 from tests.conftest import Person, utcnow
-from tests.integration.test_http_conventions import assert_error
-
-GRANT = "/api/admin/credit/grant"
-ADJUST = "/api/admin/credit/adjust"
-
-
-def ledger_rows(app: Flask) -> list[tuple]:
-    with app.app_context():
-        rows = db.session.execute(
-            select(LedgerEntry.type, LedgerEntry.amount, LedgerEntry.balance_after).order_by(
-                LedgerEntry.id
-            )
-        ).all()
-        db.session.remove()
-    return [tuple(row) for row in rows]
+from tests.helpers import ADJUST, GRANT, assert_error, ledger_rows
 
 
 @pytest.fixture

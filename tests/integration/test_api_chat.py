@@ -10,8 +10,7 @@ from flask.testing import FlaskClient
 
 from tests.conftest import Person
 from tests.fake_providers import FakeProviders
-from tests.integration.chat import add_price, send, start_conversation
-from tests.integration.test_http_conventions import assert_error
+from tests.helpers import add_price, assert_error, send, start_conversation
 
 CHARACTER = {"name": "Ada", "system_prompt": "Be kind.", "provider": "openai", "model": "gpt-test"}
 
@@ -39,7 +38,16 @@ def test_users_see_public_characters_and_their_own(
 
     listed = client.get("/api/characters", headers=user.headers).get_json()
     assert [c["id"] for c in listed["items"]] == [own["id"], public.get_json()["id"]]
-    assert client.get(f"/api/characters/{own['id']}", headers=user.headers).status_code == 200
+    read = client.get(f"/api/characters/{own['id']}", headers=user.headers)
+    assert read.status_code == 200
+    assert read.get_json() == {
+        **CHARACTER,
+        "id": own["id"],
+        "public": False,
+        "owner_id": str(user.id),
+        "created_at": own["created_at"],
+    }
+    assert own["created_at"].endswith("Z")
     assert_error(
         client.get(f"/api/characters/{hidden['id']}", headers=user.headers), 404, "not_found"
     )
@@ -93,9 +101,19 @@ def test_conversations_belong_to_their_user(
 ) -> None:
     conversation = start_conversation(client, user, "openai", "gpt-test")
     other = person_factory(credits=10_000_000)
-    assert client.get(f"/api/conversations/{conversation}", headers=user.headers).status_code == 200
+    read = client.get(f"/api/conversations/{conversation}", headers=user.headers)
+    assert read.status_code == 200
     listed = client.get("/api/conversations", headers=user.headers).get_json()
-    assert [c["id"] for c in listed["items"]] == [conversation]
+    assert listed["items"] == [read.get_json()]
+    assert read.get_json() == {
+        "id": conversation,
+        "character_id": read.get_json()["character_id"],
+        "created_at": read.get_json()["created_at"],
+    }
+    character = client.get(
+        f"/api/characters/{read.get_json()['character_id']}", headers=user.headers
+    ).get_json()
+    assert (character["name"], character["model"]) == ("Tester", "gpt-test")
     for path in (
         f"/api/conversations/{conversation}",
         f"/api/conversations/{conversation}/messages",

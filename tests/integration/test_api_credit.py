@@ -13,7 +13,7 @@ from creditapp.auth.subscription import add_months
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from tests.conftest import TEST_CONTEXT, Person, utcnow
-from tests.integration.test_http_conventions import assert_error
+from tests.helpers import assert_error
 
 CR = 1_000_000
 

@@ -17,7 +17,7 @@ from creditapp.auth.models import User
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from tests.conftest import Person
-from tests.integration.test_http_conventions import assert_error
+from tests.helpers import assert_error
 
 
 def _b64(data: dict) -> str:

@@ -17,7 +17,7 @@ from creditapp.ledger.models import LedgerEntry
 from creditapp.money import parse_credits
 from tests.conftest import Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.integration.chat import MILLION_CREDITS, add_price, send, start_conversation
+from tests.helpers import MILLION_CREDITS, add_price, send, start_conversation
 
 GEMINI_TIERS = [
     {

@@ -1,5 +1,5 @@
-"""A real Celery worker process against Redis and PostgreSQL: enqueued through the admin
-endpoint, and killed with SIGKILL half way through a job."""
+"""Real Celery processes against Redis and PostgreSQL: a worker enqueued through the admin
+endpoint and killed with SIGKILL half way through a job; two beats, of which one schedules."""
 
 from __future__ import annotations
 
@@ -11,27 +11,46 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, text
 
 from creditapp import ledger
 from creditapp.auth.models import User
+from creditapp.config import JOB_PERIODS
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.jobs.schedule import TASK
 from creditapp.ledger.models import Grant
 from tests.conftest import Person, utcnow
 from tests.fake_providers import FakeProviders
+from tests.helpers import charged_messages, owe
 from tests.integration.live_server import ROOT
-from tests.integration.test_jobs import CREDIT, _charged_messages, _owe
+
+CREDIT = 1_000_000
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.real_clock]
 
 VISIBILITY_SECONDS = 2
+
+
+@pytest.fixture(autouse=True)
+def empty_queue(app: Flask) -> Iterator[None]:
+    """No task another test enqueued (and no worker ran) reaches this test's worker, and
+    nothing this test's beats sent reaches a later one."""
+    broker = redis.Redis.from_url(app.config["REDIS_URL"])
+
+    def empty() -> None:
+        broker.delete("celery", "unacked", "unacked_index", *broker.keys("redbeat*"))
+
+    empty()
+    yield
+    empty()
 
 
 @contextmanager
@@ -87,8 +106,8 @@ def test_the_admin_endpoint_enqueues_and_a_worker_pays(
     fake_providers: FakeProviders,
 ) -> None:
     person = person_factory(credits=10 * CREDIT)
-    _charged_messages(app, client, person, fake_providers, 3)
-    _owe(app, 3)
+    charged_messages(app, client, person, fake_providers, 3)
+    owe(app, 3)
     assert client.get("/api/credit/balance", headers=person.headers).get_json()["balance"] == "9.4"
 
     with worker(app):
@@ -163,3 +182,51 @@ def test_a_worker_killed_half_way_through_refresh_leaves_nothing_lost_or_doubled
         assert ledger.reconcile(db.session) == []
         assert db.session.scalar(select(func.count()).select_from(User)) == users
         db.session.remove()
+
+
+@contextmanager
+def beat(app: Flask, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A `celery beat` with redbeat on the test's Redis, every job due each second."""
+    periods = {f"JOB_PERIOD_{job.upper().replace('-', '_')}_SECONDS": "1" for job in JOB_PERIODS}
+    env = {
+        **os.environ,
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "BEAT_MAX_LOOP_SECONDS": "1",  # the lock times out after 5 s
+        **periods,
+    }
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "celery_worker:celery", "beat", "-l", "INFO"],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def _sent(log: Path) -> int:
+    return log.read_text(errors="replace").count("Sending due task")
+
+
+def test_of_two_beats_one_schedules_and_the_other_takes_over_when_it_dies(
+    app: Flask, tmp_path: Path
+) -> None:
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    with beat(app, first_log) as first:
+        wait_for(lambda: _sent(first_log) > 0, seconds=30)
+        with beat(app, second_log):
+            time.sleep(4)
+            # Every job was due every second, yet only the lock's holder sent any.
+            assert _sent(first_log) >= 2 * len(JOB_PERIODS)
+            assert _sent(second_log) == 0
+            # The holder dies without releasing its lock; the lock times out (5 loops).
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=10)
+            wait_for(lambda: _sent(second_log) > 0, seconds=30)

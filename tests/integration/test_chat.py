@@ -18,7 +18,7 @@ from creditapp.metering.providers import ChatMessage, ChatRequest, Connection, O
 from creditapp.money import parse_credits
 from tests.conftest import Person
 from tests.fake_providers import Answer, FakeProviders
-from tests.integration.chat import add_price, send, start_conversation
+from tests.helpers import add_price, send, start_conversation
 
 CREDITS = 100 * 1_000_000
 MODELS = {"openai": "gpt-test", "anthropic": "claude-test", "google": "gemini-test"}

@@ -16,7 +16,7 @@ from creditapp.chat.models import UsageRecord
 from creditapp.extensions import db
 from creditapp.ledger.models import Hold
 from tests.fake_providers import Answer, FakeProviders
-from tests.integration.chat import add_price, start_conversation
+from tests.helpers import add_price, start_conversation
 from tests.integration.live_server import call, live_server
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.real_clock]

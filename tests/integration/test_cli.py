@@ -82,3 +82,39 @@ def test_demo_seed_is_repeatable_and_its_tokens_work(app: Flask, client: FlaskCl
     # 100 credits of the free tier plus 1,000 demo credits, granted once however often seeded.
     assert balance["balance"] == "1100"
     assert DEMO_USER in second.output
+
+
+def test_jobs_run_prints_its_summary_and_refuses_unknown_jobs_and_times(app: Flask) -> None:
+    cli(app, "users", "create", "--email", "j@example.com")
+    ran = cli(app, "jobs", "run", "reconcile", "--now", "2027-03-01T10:00:00Z")
+    assert ran.exit_code == 0, ran.output
+    assert json.loads(ran.output) == {
+        "job": "reconcile",
+        "now": "2027-03-01T10:00:00+00:00",
+        "checked_accounts": 1,
+        "drift": 0,
+        "unbilled_calls": 0,
+    }
+    naive = cli(app, "jobs", "run", "expire-holds", "--now", "2027-03-01T10:00:00")
+    assert json.loads(naive.output) == {
+        "job": "expire-holds",
+        "now": "2027-03-01T10:00:00+00:00",  # a time without a zone is UTC
+        "expired": 0,
+    }
+    assert cli(app, "jobs", "run", "launder-money").exit_code == 2
+    assert cli(app, "jobs", "run", "reconcile", "--now", "yesterday").exit_code == 2
+
+
+def test_pricing_sync_adds_the_catalogue_once(app: Flask) -> None:
+    first = cli(app, "pricing", "sync")
+    assert first.exit_code == 0, first.output
+    added = json.loads(first.output)
+    again = json.loads(cli(app, "pricing", "sync").output)
+    assert again["added"] == 0 < added["added"]
+    with app.app_context():
+        rows = db.session.scalar(text("SELECT COUNT(*) FROM prices"))
+        openai = db.session.scalar(
+            text("SELECT COUNT(*) FROM prices WHERE provider = 'openai' AND model = 'gpt-4o'")
+        )
+        db.session.remove()
+    assert rows == added["added"] and openai >= 1

@@ -19,8 +19,7 @@ from creditapp.ledger.models import Grant, LedgerEntry
 from creditapp.pricing.models import Price
 from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.integration.chat import add_price, send, start_conversation
-from tests.integration.test_http_conventions import assert_error
+from tests.helpers import add_price, assert_error, send, start_conversation
 
 CR = 1_000_000
 

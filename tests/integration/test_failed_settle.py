@@ -10,57 +10,28 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from creditapp.chat.models import Message, UnbilledUsage, UsageRecord
-from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.jobs import run_job
 from creditapp.ledger.models import Hold
-from tests.conftest import BACKEND, Person, utcnow
+from tests.conftest import Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.integration.chat import add_price, send, start_conversation
-from tests.integration.test_http_conventions import assert_error
+from tests.helpers import add_price, assert_error, database_refuses, send, start_conversation
 
 CR = 1_000_000
 POISON = "poison pill"
 # 1 USD per 1M tokens in and out: 30 + 20 tokens cost 0.05 credits.
 USAGE = {"prompt_tokens": 30, "completion_tokens": 20}
 
-TRIGGER = {
-    "sqlite": [
-        f"""CREATE TRIGGER refuse_poison BEFORE INSERT ON messages
-            WHEN NEW.content = '{POISON}' BEGIN SELECT RAISE(ABORT, 'refused'); END"""
-    ],
-    "postgresql": [
-        f"""CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN
-              IF NEW.content = '{POISON}' THEN RAISE EXCEPTION 'refused'; END IF;
-              RETURN NEW; END $$ LANGUAGE plpgsql""",
-        """CREATE TRIGGER refuse_poison BEFORE INSERT ON messages
-           FOR EACH ROW EXECUTE FUNCTION refuse_poison()""",
-    ],
-}
-UNTRIGGER = {
-    "sqlite": ["DROP TRIGGER refuse_poison"],
-    "postgresql": ["DROP TRIGGER refuse_poison ON messages", "DROP FUNCTION refuse_poison()"],
-}
-
-
-def _execute(app: Flask, statements: list[str]) -> None:
-    with app.app_context():
-        with write_transaction(db.session):
-            for statement in statements:
-                db.session.execute(text(statement))
-        db.session.remove()
-
 
 @pytest.fixture
 def settle_refuses_poison(app: Flask) -> Iterator[None]:
     """The database refuses to store a message saying POISON: the settle transaction fails
     after the provider answered."""
-    _execute(app, TRIGGER[BACKEND])
-    yield
-    _execute(app, UNTRIGGER[BACKEND])
+    with database_refuses(app, "messages", f"NEW.content = '{POISON}'"):
+        yield
 
 
 @pytest.fixture

@@ -7,16 +7,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import Person
-
-
-def assert_error(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.is_json
-    error = response.get_json()["error"]
-    assert error["code"] == code
-    assert error["request_id"] == response.headers["X-Request-ID"]
-    assert isinstance(error["message"], str) and error["message"]
-    return error
+from tests.helpers import assert_error
 
 
 @pytest.fixture

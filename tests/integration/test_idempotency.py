@@ -14,8 +14,7 @@ from creditapp import idempotency
 from creditapp.errors import IdempotencyKeyReused, RequestInProgress
 from creditapp.extensions import db
 from tests.conftest import utcnow
-from tests.integration.test_api_admin import ADJUST, GRANT, ledger_rows
-from tests.integration.test_http_conventions import assert_error
+from tests.helpers import ADJUST, GRANT, assert_error, ledger_rows
 
 DAY = timedelta(hours=24)
 

@@ -22,7 +22,7 @@ from creditapp.ledger.models import AuditRecord, Hold
 from creditapp.metering.providers import Connection, Providers
 from tests.conftest import TEST_CONTEXT, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.integration.chat import add_price, send, start_conversation
+from tests.helpers import add_price, send, start_conversation
 
 CREDIT = 1_000_000
 # 1 USD per 1M tokens in and out: 1,000 µcr a token. 100 + 50 tokens cost 0.15 credits.

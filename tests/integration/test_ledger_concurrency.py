@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from creditapp import ledger
 from creditapp.database import write_transaction
 from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits
 from creditapp.extensions import db
-from creditapp.ledger.models import AuditRecord, Grant, LedgerEntry
+from creditapp.ledger.models import Account, AuditRecord, Grant, LedgerEntry
 from tests.conftest import TEST_CONTEXT, utcnow
 
 pytestmark = pytest.mark.postgres_only
@@ -146,8 +146,10 @@ def test_mixed_operations_on_one_hot_account_keep_every_invariant(app, person_fa
     account = person_factory(credits=200 * CR).account_id
     rng = random.Random(7)
 
-    def session_of_work(seed: int) -> Any:
+    def session_of_work(seed: int) -> Counter[str]:
+        """Random operations; returns what they granted, charged and took by adjustment."""
         local = random.Random(seed)
+        moved: Counter[str] = Counter()
         for _ in range(25):
             now = utcnow()
             choice = local.random()
@@ -166,10 +168,12 @@ def test_mixed_operations_on_one_hot_account_keep_every_invariant(app, person_fa
                         continue
                     pending = held.hold_id
                 elif choice < 0.8:
+                    amount = local.randint(1, 3 * CR)
+                    moved["granted"] += amount
                     ledger.grant(
                         db.session,
                         account_id=account,
-                        amount=local.randint(1, 3 * CR),
+                        amount=amount,
                         source="promo",
                         reason="stress",
                         context=TEST_CONTEXT,
@@ -178,35 +182,47 @@ def test_mixed_operations_on_one_hot_account_keep_every_invariant(app, person_fa
                     )
                     continue
                 else:
+                    amount = local.randint(1, CR)
                     with contextlib.suppress(BalanceWouldGoNegative):
                         ledger.adjust(
                             db.session,
                             account_id=account,
-                            amount=-local.randint(1, CR),
+                            amount=-amount,
                             reason="stress",
                             context=TEST_CONTEXT,
                             now=now,
                         )
+                        moved["adjusted"] += amount
                     continue
             with write_transaction(db.session):
                 if local.random() < 0.7:
-                    ledger.settle(
+                    moved["charged"] += ledger.settle(
                         db.session,
                         hold_id=pending,
                         actual=local.randint(0, 6 * CR),
                         context=TEST_CONTEXT,
                         now=utcnow(),
-                    )
+                    ).captured
                 else:
                     ledger.void(db.session, hold_id=pending, context=TEST_CONTEXT, now=utcnow())
-        return "done"
+        return moved
 
     seeds = [rng.randint(0, 10**6) for _ in range(8)]
-    results = at_once(app, [partial(session_of_work, seed) for seed in seeds])
-    assert results == ["done"] * 8
+    moved = sum(at_once(app, [partial(session_of_work, seed) for seed in seeds]), Counter())
+    assert moved["granted"] and moved["charged"]
     assert_consistent(app)
     with app.app_context():
         assert ledger.balance(db.session, account_id=account, now=utcnow()).reserved == 0
+        stored = db.session.get(Account, account).balance
+        expired = -db.session.scalar(
+            select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+                LedgerEntry.account_id == account, LedgerEntry.type == "expire"
+            )
+        )
+        db.session.remove()
+    # Conservation: every credit granted is still there, or was charged, adjusted or expired.
+    initial = 200 * CR
+    assert stored == initial + moved["granted"] - moved["charged"] - moved["adjusted"] - expired
 
 
 def test_entry_times_never_go_backwards_along_an_account_chain(app, person_factory) -> None:

@@ -5,11 +5,24 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis
 from flask import Flask
 
+from tests.helpers import add_price, start_conversation
 from tests.integration.live_server import call, live_server
 
 pytestmark = pytest.mark.real_clock
+
+
+@pytest.fixture(autouse=True)
+def fresh_limits(app: Flask) -> None:
+    """Counters are kept per user id (and ids restart with every test) or per client IP: each
+    test starts with whole budgets."""
+    if app.config["REDIS_URL"]:
+        storage = redis.Redis.from_url(app.config["REDIS_URL"])
+        keys = storage.keys("LIMITS*")
+        if keys:
+            storage.delete(*keys)
 
 
 def test_limits_per_user_with_headers_and_retry_after(app: Flask, person_factory, admin) -> None:
@@ -47,3 +60,32 @@ def test_limits_fall_back_to_memory_when_redis_is_down(app: Flask, person_factor
         assert status == 200
         assert headers["X-RateLimit-Limit"] == "100"
         assert call("GET", f"{base}/readyz")[0] == 503
+
+
+def test_spending_is_limited_to_30_a_minute(app: Flask, client, person_factory) -> None:  # type: ignore[no-untyped-def]
+    user = person_factory(credits=1_000 * 1_000_000)
+    add_price(app, "openai", "gpt-limits", input="1", output="1")
+    conversation = start_conversation(client, user, "openai", "gpt-limits")
+    env = {"RATELIMIT_ENABLED": "true", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
+    body = b'{"content": "Hello", "max_tokens": 5}'
+    path = f"/api/conversations/{conversation}/messages"
+    with live_server(env) as base:
+        statuses = [
+            call("POST", f"{base}{path}", user.token, body, headers={"Idempotency-Key": f"k{n}"})[0]
+            for n in range(31)
+        ]
+        assert statuses == [201] * 30 + [429]
+        # Spending is limited apart: reading the balance still works.
+        assert call("GET", f"{base}/api/credit/balance", user.token)[0] == 200
+
+
+def test_without_a_token_requests_are_limited_by_client_ip(app: Flask) -> None:
+    env = {"RATELIMIT_ENABLED": "true", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
+    with live_server(env) as base:
+        statuses = [call("GET", f"{base}/api/me")[0] for _ in range(101)]
+        assert statuses == [401] * 100 + [429]
+        # A forged X-Forwarded-For does not buy a new budget: no proxy is trusted here.
+        status, _headers, _body = call(
+            "GET", f"{base}/api/me", headers={"X-Forwarded-For": "10.1.2.3"}
+        )
+        assert status == 429

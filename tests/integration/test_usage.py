@@ -11,8 +11,7 @@ from flask.testing import FlaskClient
 
 from tests.conftest import Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.integration.chat import add_price, send, start_conversation
-from tests.integration.test_http_conventions import assert_error
+from tests.helpers import add_price, assert_error, send, start_conversation
 
 ZERO = {
     "requests": 0,

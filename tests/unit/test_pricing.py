@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from creditapp.errors import InconsistentUsage
-from creditapp.metering.estimate import estimate_tokens, upper_bound_tokens
 from creditapp.metering.usage import Usage
 from creditapp.pricing import book
 from creditapp.pricing.models import Price
@@ -76,29 +73,3 @@ def test_the_cost_is_the_exact_value_rounded_up_once(
     assert book.worst_case(
         row, input_tokens=input_tokens, max_output_tokens=output_tokens
     ) >= book.cost(row, usage)
-
-
-@pytest.mark.parametrize(
-    "counts",
-    [
-        {"input_tokens": -1, "output_tokens": 0},
-        {"input_tokens": 10, "output_tokens": 0, "cached_tokens": 8, "cache_write_tokens": 3},
-        {"input_tokens": 1, "output_tokens": 5, "reasoning_tokens": 6},
-    ],
-)
-def test_inconsistent_usage_is_refused(counts: dict[str, int]) -> None:
-    with pytest.raises(InconsistentUsage):
-        Usage(**counts)  # type: ignore[arg-type]
-
-
-@given(st.lists(st.text(max_size=200), max_size=5))
-def test_the_hold_bound_is_never_below_the_estimate_nor_the_bytes(texts: list[str]) -> None:
-    bound = upper_bound_tokens(texts)
-    assert bound >= estimate_tokens(texts)
-    assert bound >= sum(len(text.encode()) for text in texts)
-
-
-def test_estimates_are_about_four_bytes_a_token() -> None:
-    assert estimate_tokens(["a" * 400]) == 100 + 4
-    assert estimate_tokens(["日本語"]) == 3 + 4  # 9 UTF-8 bytes
-    assert upper_bound_tokens(["日本語"]) == 9 + 8

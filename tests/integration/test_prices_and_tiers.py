@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -11,16 +10,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from creditapp.chat.models import Compensation, Message
-from creditapp.database import write_transaction
 from creditapp.extensions import db
-from creditapp.ledger.models import AuditRecord, LedgerEntry
-from creditapp.pricing import catalogue
-from creditapp.pricing.models import Price
+from creditapp.ledger.models import AuditRecord
 from tests.conftest import Person, utcnow
-from tests.fake_providers import Answer, FakeProviders
-from tests.integration.chat import add_price, send, start_conversation
-from tests.integration.test_http_conventions import assert_error
+from tests.helpers import assert_error
 
 PRICE = {"provider": "openai", "model": "gpt-new", "input": "2.5", "output": "10"}
 TIER = {
@@ -189,118 +182,3 @@ def test_bad_tiers_are_400(
         "validation_error",
     )
     assert field in error["details"]
-
-
-def test_a_message_is_refunded_at_most_once(
-    app: Flask,
-    client: FlaskClient,
-    admin: Person,
-    person_factory: Any,
-    fake_providers: FakeProviders,
-) -> None:
-    add_price(app, "openai", "gpt-test", input="1", output="2")
-    user = person_factory(credits=10_000_000)
-    conversation = start_conversation(client, user, "openai", "gpt-test")
-    fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 50}))
-    reply_id = send(client, user, conversation).get_json()["reply"]["id"]
-    assert client.get("/api/credit/balance", headers=user.headers).get_json()["balance"] == "9.8"
-
-    refunded = client.post(
-        "/api/admin/credit/refund",
-        json={"message_id": reply_id, "reason": "bad answer"},
-        headers=admin.headers,
-    )
-    assert refunded.status_code == 201
-    body = refunded.get_json()
-    assert (body["amount"], body["status"], body["balance"]["balance"]) == (
-        "0.2",
-        "completed",
-        "10",
-    )
-    with app.app_context():
-        question_id = db.session.scalar(select(Message.id).where(Message.role == "user"))
-    again = client.post(
-        "/api/admin/credit/refund",
-        json={"message_id": str(question_id), "reason": "again"},
-        headers=admin.headers,
-    )
-    assert_error(again, 409, "already_refunded")
-    with app.app_context():
-        refunds = db.session.scalars(
-            select(LedgerEntry.amount).where(LedgerEntry.type == "refund")
-        ).all()
-        assert refunds == [200_000]
-        assert db.session.scalar(select(func.count()).select_from(Compensation)) == 1
-    assert_error(
-        client.post(
-            "/api/admin/credit/refund",
-            json={"message_id": "424242", "reason": "x"},
-            headers=admin.headers,
-        ),
-        404,
-        "not_found",
-    )
-    assert_error(
-        client.post(
-            "/api/admin/credit/refund", json={"message_id": reply_id}, headers=admin.headers
-        ),
-        400,
-        "validation_error",
-    )
-
-
-def test_the_catalogue_sync_seeds_dated_and_tiered_prices_once(app: Flask) -> None:
-    now = utcnow()
-    with app.app_context():
-        with write_transaction(db.session):
-            first = catalogue.sync(db.session, now=now)
-        with write_transaction(db.session):
-            second = catalogue.sync(db.session, now=now + timedelta(minutes=1))
-        assert first.catalogue_version.startswith("genai-prices ")
-        assert first.added > 100 and second.added == 0
-        rows = db.session.scalars(
-            select(Price).where(Price.provider == "anthropic", Price.model == "claude-3-5-sonnet")
-        ).all()
-        assert [(r.input, r.cached_input, r.cache_write, r.output) for r in rows] == [
-            (Decimal("3"), Decimal("0.3"), Decimal("3.75"), Decimal("15"))
-        ]
-        assert rows[0].source == first.catalogue_version
-        # A model priced by prompt size keeps its tiers; one with dated prices gets a row per date.
-        gemini = db.session.scalars(
-            select(Price).where(Price.provider == "google", Price.model == "gemini-2.5-pro")
-        ).one()
-        assert gemini.prompt_tiers == [
-            {
-                "above_input_tokens": 200000,
-                "input": "2.5",
-                "output": "15",
-                "cached_input": "0.25",
-                "cache_write": None,
-            }
-        ]
-        o3 = db.session.scalars(
-            select(Price.effective_from)
-            .where(Price.provider == "openai", Price.model == "o3")
-            .order_by(Price.effective_from)
-        ).all()
-        assert [moment.date().isoformat() for moment in o3] == ["2000-01-01", "2025-06-10"]
-        db.session.remove()
-
-
-def test_the_sync_never_rewrites_history_and_adds_a_changed_current_price(app: Flask) -> None:
-    earlier = add_price(app, "anthropic", "claude-3-5-sonnet", input="9", output="9")
-    now = utcnow()
-    with app.app_context():
-        with write_transaction(db.session):
-            catalogue.sync(db.session, now=now)
-        rows = db.session.execute(
-            select(Price.id, Price.input, Price.effective_from)
-            .where(Price.provider == "anthropic", Price.model == "claude-3-5-sonnet")
-            .order_by(Price.effective_from)
-        ).all()
-        db.session.remove()
-    assert [(row.id, row.input) for row in rows] == [
-        (earlier, Decimal("9")),
-        (rows[1].id, Decimal("3")),
-    ]
-    assert rows[1].effective_from == now

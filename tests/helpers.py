@@ -1,0 +1,227 @@
+"""Helpers every test module may use (no test module imports another's): the error shape, the
+chat path, jobs, and looking into the database."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select, text
+from werkzeug.test import TestResponse
+
+from creditapp import ledger
+from creditapp.chat import compensations
+from creditapp.chat.models import UsageRecord
+from creditapp.database import write_transaction
+from creditapp.extensions import db
+from creditapp.jobs import run_job
+from creditapp.ledger.models import LedgerEntry
+from creditapp.pricing import book
+from tests.conftest import BACKEND, Person, utcnow
+from tests.fake_providers import Answer, FakeProviders
+
+MILLION_CREDITS = 1_000_000 * 1_000_000
+GRANT = "/api/admin/credit/grant"
+ADJUST = "/api/admin/credit/adjust"
+
+
+def assert_error(response: TestResponse, status: int, code: str) -> dict[str, Any]:
+    """The response is the contract's error shape with this status and code."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json
+    error: dict[str, Any] = response.get_json()["error"]
+    assert error["code"] == code
+    assert error["request_id"] == response.headers["X-Request-ID"]
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+# The database
+
+
+def scalar(app: Flask, query: Any) -> Any:
+    with app.app_context():
+        value = db.session.scalar(query)
+        db.session.remove()
+    return value
+
+
+def ledger_rows(app: Flask) -> list[tuple[str, int, int]]:
+    """Every ledger entry as (type, amount, balance_after), oldest first."""
+    with app.app_context():
+        rows = db.session.execute(
+            select(LedgerEntry.type, LedgerEntry.amount, LedgerEntry.balance_after).order_by(
+                LedgerEntry.id
+            )
+        ).all()
+        db.session.remove()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def assert_consistent(app: Flask, account_ids: list[int] | None = None) -> None:
+    """Reconciliation finds no drift (in the accounts named, or all)."""
+    with app.app_context():
+        assert ledger.reconcile(db.session, account_ids=account_ids) == []
+        db.session.remove()
+
+
+# Jobs
+
+
+def run_job_at(app: Flask, name: str, now: datetime) -> dict[str, Any]:
+    """Run a job to completion as of `now`, as `flask jobs run` does."""
+    with app.app_context():
+        try:
+            return run_job(name, db.session, now=now, actor="tests", settings=app.config)
+        finally:
+            db.session.remove()
+
+
+def run_job_at_once(app: Flask, name: str, now: datetime, times: int) -> list[dict[str, Any]]:
+    """The job `times` times in threads released together, each with its own connections."""
+    barrier = threading.Barrier(times)
+
+    def one(_index: int) -> dict[str, Any]:
+        barrier.wait(timeout=30)
+        return run_job_at(app, name, now)
+
+    with ThreadPoolExecutor(max_workers=times) as pool:
+        return list(pool.map(one, range(times)))
+
+
+# The chat path
+
+
+def add_price(
+    app: Flask,
+    provider: str,
+    model: str,
+    *,
+    input: str,
+    output: str,
+    cached_input: str | None = None,
+    cache_write: str | None = None,
+    prompt_tiers: list[dict[str, Any]] | None = None,
+    effective_from: Any = None,
+) -> int:
+    """A committed price row, in force since an hour ago unless told otherwise."""
+    with app.app_context():
+        with write_transaction(db.session):
+            price = book.add(
+                db.session,
+                provider=provider,
+                model=model,
+                rates=book.Rates(
+                    Decimal(input),
+                    Decimal(output),
+                    None if cached_input is None else Decimal(cached_input),
+                    None if cache_write is None else Decimal(cache_write),
+                ),
+                effective_from=effective_from or utcnow() - timedelta(hours=1),
+                prompt_tiers=prompt_tiers,
+                source="tests",
+                now=utcnow(),
+            )
+        price_id = price.id
+        db.session.remove()
+    return int(price_id)
+
+
+def start_conversation(client: FlaskClient, person: Person, provider: str, model: str) -> str:
+    """A character of the person's own for the model, and a conversation with it."""
+    character = client.post(
+        "/api/characters",
+        json={"name": "Tester", "system_prompt": "Be brief.", "provider": provider, "model": model},
+        headers=person.headers,
+    )
+    assert character.status_code == 201, character.get_json()
+    conversation = client.post(
+        "/api/conversations",
+        json={"character_id": character.get_json()["id"]},
+        headers=person.headers,
+    )
+    assert conversation.status_code == 201, conversation.get_json()
+    return str(conversation.get_json()["id"])
+
+
+def send(
+    client: FlaskClient,
+    person: Person,
+    conversation_id: str,
+    content: str = "Hello there",
+    *,
+    key: str | None = None,
+    **fields: Any,
+) -> TestResponse:
+    return client.post(
+        f"/api/conversations/{conversation_id}/messages",
+        json={"content": content, **fields},
+        headers={**person.headers, "Idempotency-Key": key or secrets.token_hex(8)},
+    )
+
+
+def charged_messages(
+    app: Flask, client: FlaskClient, person: Person, fake: FakeProviders, count: int
+) -> list[str]:
+    """`count` messages to an OpenAI model, 0.2 credits each; returns the replies' ids."""
+    add_price(app, "openai", "gpt-jobs", input="1", output="2")
+    conversation = start_conversation(client, person, "openai", "gpt-jobs")
+    usage = {"prompt_tokens": 100, "completion_tokens": 50}
+    fake.script("openai", *(Answer(usage=usage) for _ in range(count)))
+    return [send(client, person, conversation).get_json()["reply"]["id"] for _ in range(count)]
+
+
+def owe(app: Flask, count: int) -> None:
+    """A pending compensation for each of the first `count` usage records."""
+    with app.app_context():
+        with write_transaction(db.session):
+            for usage in db.session.scalars(
+                select(UsageRecord).order_by(UsageRecord.id).limit(count)
+            ):
+                compensations.record(
+                    db.session, usage=usage, reason="test", requested_by="tests", now=utcnow()
+                )
+        db.session.remove()
+
+
+@contextmanager
+def database_refuses(app: Flask, table: str, condition: str = "TRUE") -> Iterator[None]:
+    """While open, the database refuses to insert rows into `table` for which `condition` (SQL
+    on NEW) holds: a real failure inside whatever transaction tries it, on either database."""
+    if BACKEND == "postgresql":
+        create = [
+            f"""CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+                  IF {condition} THEN RAISE EXCEPTION 'refused by the test'; END IF;
+                  RETURN NEW; END $$""",
+            f"""CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} FOR EACH ROW
+                EXECUTE FUNCTION refuse_{table}()""",
+        ]
+        drop = [f"DROP TRIGGER refuse_{table} ON {table}", f"DROP FUNCTION refuse_{table}()"]
+    else:
+        sqlite_condition = condition.replace("TRUE", "1")
+        create = [
+            f"""CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} WHEN {sqlite_condition}
+                BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"""
+        ]
+        drop = [f"DROP TRIGGER refuse_{table}"]
+    _execute(app, create)
+    try:
+        yield
+    finally:
+        _execute(app, drop)
+
+
+def _execute(app: Flask, statements: list[str]) -> None:
+    with app.app_context():
+        with write_transaction(db.session):
+            for statement in statements:
+                db.session.execute(text(statement))
+        db.session.remove()

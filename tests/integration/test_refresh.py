@@ -1,0 +1,81 @@
+"""Subscription refresh: exactly once per user and period, on the calendar's edges, under
+concurrent runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from creditapp.extensions import db
+from creditapp.ledger.models import Grant
+from tests.conftest import Person, utcnow
+from tests.helpers import (
+    assert_consistent,
+    run_job_at,
+    run_job_at_once,
+)
+
+postgres_only = pytest.mark.postgres_only
+
+CREDIT = 1_000_000
+
+
+def subscription_grants(app: Flask, person: Person) -> list[tuple[str, int, int]]:
+    with app.app_context():
+        rows = db.session.execute(
+            select(Grant.period, Grant.amount, Grant.remaining)
+            .where(Grant.account_id == person.account_id, Grant.source == "subscription")
+            .order_by(Grant.id)
+        ).all()
+        db.session.remove()
+    return [tuple(row) for row in rows]
+
+
+def test_refresh_renews_at_the_end_of_each_period_and_ends_the_old_grant(
+    app: Flask, person_factory: Any
+) -> None:
+    person = person_factory(tier="free")  # 100 credits a month, granted at creation
+    joined = utcnow()
+    assert subscription_grants(app, person) == [(f"{joined:%Y-%m}", 100 * CREDIT, 100 * CREDIT)]
+
+    assert run_job_at(app, "refresh", joined + timedelta(days=1))["granted"] == 0
+    next_period = joined + timedelta(days=40)
+    assert run_job_at(app, "refresh", next_period)["granted"] == 1
+    grants = subscription_grants(app, person)
+    assert [g[2] for g in grants] == [0, 100 * CREDIT]  # the old remainder expired
+    # Several missed periods: one grant, for the period containing now.
+    assert run_job_at(app, "refresh", joined + timedelta(days=200))["granted"] == 1
+    assert len(subscription_grants(app, person)) == 3
+    assert run_job_at(app, "refresh", joined + timedelta(days=200))["granted"] == 0
+    assert_consistent(app)
+
+
+def test_a_user_anchored_on_the_31st_renews_on_the_last_day_of_february(
+    app: Flask, person_factory: Any
+) -> None:
+    # Every time is given: whatever today is, the user joined on 31 January 2027 at 09:00.
+    person = person_factory(tier="free", joined_at=datetime(2027, 1, 31, 9, 0, tzinfo=UTC))
+    assert run_job_at(app, "refresh", datetime(2027, 2, 28, 8, 59, tzinfo=UTC))["granted"] == 0
+    assert run_job_at(app, "refresh", datetime(2027, 2, 28, 9, 0, tzinfo=UTC))["granted"] == 1
+    assert run_job_at(app, "refresh", datetime(2027, 3, 30, 9, 0, tzinfo=UTC))["granted"] == 0
+    assert run_job_at(app, "refresh", datetime(2027, 3, 31, 9, 0, tzinfo=UTC))["granted"] == 1
+    assert subscription_grants(app, person) == [
+        ("2027-01", 100 * CREDIT, 0),
+        ("2027-02", 100 * CREDIT, 0),
+        ("2027-03", 100 * CREDIT, 100 * CREDIT),
+    ]
+
+
+@postgres_only
+def test_refresh_three_times_at_once_grants_once(app: Flask, person_factory: Any) -> None:
+    people = [person_factory(tier="free") for _ in range(20)]
+    later = utcnow() + timedelta(days=40)
+    results = run_job_at_once(app, "refresh", later, 3)
+    assert sum(result["granted"] for result in results) == 20
+    for person in people:
+        assert len(subscription_grants(app, person)) == 2
+    assert_consistent(app)
