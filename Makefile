@@ -12,7 +12,7 @@ POSTGRES_CLOCK := 2027-12-31T23:59:00Z
 PG_TEST_ENV := CREDITAPP_TEST_DATABASE=postgresql TEST_PG_ADMIN_URL=$(PG_ADMIN_URL) \
 	TEST_REDIS_URL=$(TEST_REDIS_URL)
 
-.PHONY: venv run test test-sqlite test-postgres test-clock lint bench clean
+.PHONY: venv run test test-sqlite test-postgres test-clock mutation lint bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3.11 -m venv $(VENV)
@@ -43,6 +43,12 @@ test-clock: venv  ## the suite again at other dates (a leap day, a year's last m
 	done
 	CREDITAPP_TEST_CLOCK=$(POSTGRES_CLOCK) LEDGER_MACHINE_EXAMPLES=20 $(PG_TEST_ENV) $(PYTEST) -q
 
+mutation: venv  ## mutation testing of the ledger, pricing and money code (docs/testing.md)
+	rm -rf mutants
+	CREDITAPP_TEST_DATABASE=sqlite LEDGER_MACHINE_EXAMPLES=10 LEDGER_MACHINE_SEED=1 \
+	$(VENV)/bin/mutmut run
+	$(VENV)/bin/mutmut results
+
 lint: venv  ## ruff and mypy
 	$(VENV)/bin/ruff check creditapp tasks tests bench migrations scripts wsgi.py celery_worker.py
 	$(VENV)/bin/ruff format --check creditapp tasks tests bench migrations scripts wsgi.py celery_worker.py
@@ -54,4 +60,4 @@ bench: venv  ## benchmarks on PostgreSQL; see docs/benchmarks.md
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/usage.py
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) instance mutants .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,3 +94,25 @@ def call(  # type: ignore[no-untyped-def]
     except urllib.error.HTTPError as error:
         with error:
             return error.code, dict(error.headers), error.read()
+
+
+@contextmanager
+def celery_process(
+    *arguments: str, env: dict[str, str], output: Any = subprocess.DEVNULL
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`celery -A celery_worker:celery <arguments>` with `env` (the whole environment), in a
+    process group of its own so that a signal reaches its pool too; ended on exit."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celery_worker:celery", *arguments],
+        cwd=ROOT,
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not subprocess.DEVNULL else subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from creditapp.ledger.models import Grant
 from tests.conftest import Person, utcnow
 from tests.fake_providers import FakeProviders
 from tests.helpers import charged_messages, owe
-from tests.integration.live_server import ROOT
+from tests.integration.live_server import celery_process
 
 CREDIT = 1_000_000
 
@@ -61,33 +60,9 @@ def worker(app: Flask) -> Iterator[subprocess.Popen[bytes]]:
         "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_SECONDS),
         "DATABASE_POOL_SIZE": "4",
     }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "celery_worker:celery",
-            "worker",
-            "--concurrency",
-            "1",
-            "--loglevel",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group, so SIGKILL reaches the pool too
-    )
-    try:
+    arguments = ("worker", "--concurrency", "1", "--loglevel", "WARNING")
+    with celery_process(*arguments, "--without-mingle", "--without-gossip", env=env) as process:
         yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 60) -> None:
@@ -194,21 +169,11 @@ def beat(app: Flask, log: Path) -> Iterator[subprocess.Popen[bytes]]:
         "BEAT_MAX_LOOP_SECONDS": "1",  # the lock times out after 5 s
         **periods,
     }
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "celery_worker:celery", "beat", "-l", "INFO"],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with (
+        log.open("wb") as output,
+        celery_process("beat", "-l", "INFO", env=env, output=output) as process,
+    ):
         yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 def _sent(log: Path) -> int:

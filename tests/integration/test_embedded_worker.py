@@ -4,7 +4,6 @@ another process enqueued, against the service's database."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from creditapp.extensions import db
 from creditapp.ledger.models import Hold
 from tests.conftest import TEST_CONTEXT, utcnow
 from tests.helpers import scalar
-from tests.integration.live_server import ROOT
+from tests.integration.live_server import ROOT, celery_process
 
 pytestmark = pytest.mark.real_clock
 
@@ -56,36 +55,13 @@ def test_a_file_system_worker_runs_a_job_enqueued_by_another_process(
         f"celery_worker.celery.send_task('creditapp.run_job', args=('expire-holds', '{later}'))"
     )
     subprocess.run([sys.executable, "-c", enqueue], cwd=ROOT, env=env, check=True, timeout=60)
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "celery_worker:celery",
-            "worker",
-            "--pool",
-            "solo",
-            "--loglevel",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    arguments = ("worker", "--pool", "solo", "--loglevel", "WARNING", "--without-mingle")
+    with celery_process(*arguments, env=env):
         deadline = time.monotonic() + 60
         status = select(Hold.status).where(Hold.id == held.hold_id)
         while scalar(app, status) != "expired":
             assert time.monotonic() < deadline, "the worker did not run the job"
             time.sleep(0.1)
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
     with app.app_context():
         assert ledger.balance(db.session, account_id=person.account_id, now=utcnow()).reserved == 0
         db.session.remove()

@@ -27,6 +27,7 @@ from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits
 from creditapp.extensions import db
 from creditapp.ledger.models import Account, AuditRecord, Grant, LedgerEntry
 from tests.conftest import TEST_CONTEXT, utcnow
+from tests.helpers import assert_consistent
 
 pytestmark = pytest.mark.postgres_only
 
@@ -54,12 +55,6 @@ def at_once(app: Flask, operations: list[Callable[[], Any]]) -> list[Any]:
 
     with ThreadPoolExecutor(max_workers=len(operations)) as pool:
         return list(pool.map(worker, operations))
-
-
-def assert_consistent(app: Flask) -> None:
-    with app.app_context():
-        assert ledger.reconcile(db.session) == []
-        db.session.remove()
 
 
 def test_64_concurrent_holds_succeed_exactly_as_often_as_affordable(app, person_factory) -> None:
