@@ -38,7 +38,7 @@ def parse_credits(value: object, *, signed: bool = False, allow_zero: bool = Fal
                 'must be a decimal string in credits with at most 6 decimals, e.g. "12.5"'
             )
         fraction = (match["fraction"] or "").ljust(6, "0")
-        micro = int(match["whole"]) * MICRO_PER_CREDIT + int(fraction or "0")
+        micro = int(match["whole"]) * MICRO_PER_CREDIT + int(fraction)
         if match["sign"]:
             micro = -micro
     if abs(micro) > MAX_MICRO:

@@ -132,6 +132,8 @@ def _ledger(operation: Any, **kwargs: Any) -> Any:
         (ledger.grant, {"amount": 0, "source": "promo", "reason": "x"}, errors.AmountNotPositive),
         (ledger.grant, {"amount": 1, "source": "gift", "reason": "x"}, errors.UnknownGrantSource),
         (ledger.hold, {"amount": -1, "ttl": timedelta(minutes=1)}, errors.AmountNotPositive),
+        (ledger.hold, {"amount": 0, "ttl": timedelta(minutes=1)}, errors.AmountNotPositive),
+        (ledger.refund, {"amount": 0, "reason": "x", "reference": "r"}, errors.AmountNotPositive),
         (ledger.adjust, {"amount": 0, "reason": "x"}, errors.ZeroAdjustment),
     ],
 )

@@ -10,7 +10,12 @@ from sqlalchemy import select, text
 
 from creditapp import ledger
 from creditapp.database import write_transaction
-from creditapp.errors import BalanceWouldGoNegative, HoldNotExpired, InsufficientCredits
+from creditapp.errors import (
+    BalanceWouldGoNegative,
+    ExpiryNotInFuture,
+    HoldNotExpired,
+    InsufficientCredits,
+)
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord, Grant, Hold, LedgerEntry
 from tests.conftest import TEST_CONTEXT, utcnow
@@ -239,6 +244,32 @@ def test_adjust_adds_credits_or_takes_only_what_is_available(account: int) -> No
     assert_consistent(account)
 
 
+def test_a_hold_that_first_writes_off_expired_credits_adds_to_what_is_reserved(
+    account: int,
+) -> None:
+    now = utcnow()
+    give(account, 5 * CR, now=now, expires_at=now + timedelta(minutes=1))
+    give(account, 10 * CR, now=now)
+    first = run(ledger.hold, account_id=account, amount=3 * CR, ttl=TTL, now=now)
+    # A minute later the first grant has expired: this hold writes it off before reserving.
+    later = now + timedelta(minutes=2)
+    second = run(ledger.hold, account_id=account, amount=2 * CR, ttl=TTL, now=later)
+    assert (first.balance, second.balance) == (
+        ledger.Balance(15 * CR, 3 * CR),
+        ledger.Balance(10 * CR, 5 * CR),
+    )
+    assert state(account, later) == ledger.Balance(10 * CR, 5 * CR)
+    holds = db.session.scalars(
+        select(AuditRecord).where(AuditRecord.action == "hold").order_by(AuditRecord.id)
+    ).all()
+    assert [
+        (h.balance_before, h.balance_after, h.reserved_before, h.reserved_after) for h in holds
+    ] == [(15 * CR, 15 * CR, 0, 3 * CR), (15 * CR, 10 * CR, 3 * CR, 5 * CR)]
+    assert [h.details["hold_id"] for h in holds] == [str(first.hold_id), str(second.hold_id)]
+    assert [h.details["amount"] for h in holds] == ["3", "2"]
+    assert_consistent(account)
+
+
 def test_only_overdue_holds_expire(account: int) -> None:
     now = utcnow()
     give(account, 10 * CR)
@@ -283,3 +314,83 @@ def test_reconcile_reports_drift_it_did_not_cause(account: int) -> None:
         f"grant {grant.grant_id}: remaining == sum(its entries)": (10 * CR, 10 * CR - 1),
     }
     assert state(account) == ledger.Balance(10 * CR, 0)
+
+
+def test_a_grant_is_expired_at_its_expiry_time_exactly(account: int) -> None:
+    now = utcnow()
+    with pytest.raises(ExpiryNotInFuture):
+        give(account, CR, now=now, expires_at=now)
+    give(account, 4 * CR, now=now, expires_at=now + timedelta(hours=1))
+    give(account, CR, now=now)
+    at_expiry = now + timedelta(hours=1)
+    assert state(account, at_expiry - timedelta(microseconds=1)) == ledger.Balance(5 * CR, 0)
+    assert state(account, at_expiry) == ledger.Balance(CR, 0)
+    run(ledger.expire_grants, account_id=account, now=at_expiry)
+    assert entry_rows(account)[-1] == ("expire", -4 * CR, CR)
+    assert_consistent(account)
+
+
+def test_expired_grants_are_written_off_in_draw_order_to_the_last_microcredit(
+    account: int,
+) -> None:
+    now = utcnow()
+    expiry = now + timedelta(hours=1)
+    tiny = give(account, 1, now=now, expires_at=expiry).grant_id  # 1 µcr, goes first
+    first = give(account, 3 * CR, now=now, expires_at=expiry).grant_id
+    second = give(account, 4 * CR, now=now, expires_at=expiry).grant_id
+    lasting = give(account, 2 * CR, now=now).grant_id
+    # Reserved before the expiry: all but 1 µcr of what the unexpired grant cannot cover.
+    held = run(ledger.hold, account_id=account, amount=6 * CR - 1, ttl=TTL * 12, now=now)
+    later = expiry + timedelta(minutes=1)
+    run(ledger.expire_grants, account_id=account, now=later)
+    remaining = dict(db.session.execute(select(Grant.id, Grant.remaining)).all())
+    # 9 µcr... written off: the 1 µcr grant, the first whole, 1 µcr of the second; the hold's
+    # need (6 credits - 1 µcr, less the 2 unexpired credits) stays in the second.
+    assert remaining == {tiny: 0, first: 0, second: 4 * CR - 1, lasting: 2 * CR}
+    assert state(account, later) == ledger.Balance(6 * CR - 1, 6 * CR - 1)
+    # Settling spends the expired credits it kept first; what is left of them goes.
+    outcome = run(ledger.settle, hold_id=held.hold_id, actual=4 * CR - 1, now=later)
+    assert outcome.captured == 4 * CR - 1
+    remaining = dict(db.session.execute(select(Grant.id, Grant.remaining)).all())
+    assert remaining == {tiny: 0, first: 0, second: 0, lasting: 2 * CR}
+    assert_consistent(account)
+
+
+def test_a_settle_draws_past_a_grant_it_just_wrote_off(account: int) -> None:
+    now = utcnow()
+    expiring = give(account, CR, now=now, expires_at=now + timedelta(hours=1)).grant_id
+    crumb = give(account, 1, now=now, expires_at=now + timedelta(days=1)).grant_id
+    lasting = give(account, 10 * CR, now=now).grant_id
+    held = run(ledger.hold, account_id=account, amount=2 * CR, ttl=TTL * 12, now=now)
+    # Two hours on, the settle first writes the expired grant off (the hold does not need
+    # it), then draws in order: the 1 µcr crumb, then the lasting grant.
+    outcome = run(ledger.settle, hold_id=held.hold_id, actual=CR + 1, now=now + timedelta(hours=2))
+    assert outcome.captured == CR + 1
+    remaining = dict(db.session.execute(select(Grant.id, Grant.remaining)).all())
+    assert remaining == {expiring: 0, crumb: 0, lasting: 9 * CR}
+    assert [row[:2] for row in entry_rows(account)[-3:]] == [
+        ("expire", -CR),
+        ("charge", -1),
+        ("charge", -CR),
+    ]
+    # The smallest positive adjustment is a grant of its own.
+    run(ledger.adjust, account_id=account, amount=1, reason="give", now=now + timedelta(hours=2))
+    assert entry_rows(account)[-1] == ("adjust", 1, 9 * CR + 1)
+    assert_consistent(account)
+
+
+def test_reconciling_some_accounts_looks_at_those_alone(account: int, person_factory) -> None:  # type: ignore[no-untyped-def]
+    other = person_factory(credits=CR).account_id
+    give(account, CR)
+    with write_transaction(db.session):
+        db.session.execute(
+            text("UPDATE grants SET remaining = remaining - 1 WHERE account_id = :a"), {"a": other}
+        )
+    assert ledger.reconcile(db.session, account_ids=[account]) == []
+    drift = ledger.reconcile(db.session, account_ids=[other])
+    assert {d.account_id for d in drift} == {other}
+    grant_id = db.session.scalar(select(Grant.id).where(Grant.account_id == other))
+    assert {d.as_wire()["invariant"]: d.as_wire()["actual"] for d in drift} == {
+        "balance == sum(grants' remaining)": "1",
+        f"grant {grant_id}: remaining == sum(its entries)": "0.999999",
+    }

@@ -116,3 +116,27 @@ def test_round_trip_of_signed_amounts(micro: int) -> None:
 @given(st.decimals(min_value=Decimal("0.000001"), max_value=Decimal(10**9), places=6))
 def test_decimal_strings_parse_exactly(value: Decimal) -> None:
     assert parse_credits(format(value, "f")) == int(value * 1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("value", "options", "message"),
+    [
+        (1.5, {}, "must be a decimal string in credits or a whole number, not a JSON float"),
+        (True, {}, "must be a decimal string in credits or a whole number, not a JSON float"),
+        ("1e3", {}, 'must be a decimal string in credits with at most 6 decimals, e.g. "12.5"'),
+        ("1000000001", {}, "must be at most 1,000,000,000 credits"),
+        ("0", {}, "must not be zero"),
+        ("-0", {"signed": True}, "must not be zero"),
+        ("-1", {}, "must be positive"),
+        ("-1", {"allow_zero": True}, "must be positive"),
+    ],
+)
+def test_each_refusal_says_why(value: object, options: dict[str, bool], message: str) -> None:
+    with pytest.raises(AmountError) as refused:
+        parse_credits(value, **options)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("zero", ["0", 0, "-0", "0.000000"])
+def test_zero_is_an_amount_where_the_field_allows_it(zero: object) -> None:
+    assert parse_credits(zero, allow_zero=True) == 0
