@@ -16,6 +16,7 @@ from creditapp import errors, ledger
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.ledger.models import Grant, LedgerEntry
+from creditapp.pricing import book
 from creditapp.pricing.models import Price
 from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
@@ -92,6 +93,25 @@ def test_a_price_has_at_most_6_decimals(
     response = client.put("/api/admin/pricing", json=body, headers=admin.headers)
     assert list(assert_error(response, 400, "price_too_precise")["details"]) == [field]
     assert _count(app, Price) == 0
+
+
+@pytest.mark.parametrize("price", ["2.5000000000", "1000", "0.000001", "0"])
+def test_trailing_zeros_are_not_decimals(client: FlaskClient, admin: Person, price: str) -> None:
+    body = {"provider": "openai", "model": "gpt-new", "input": price, "output": "10"}
+    assert client.put("/api/admin/pricing", json=body, headers=admin.headers).status_code == 201
+
+
+def test_a_model_is_priced_by_its_own_providers_row(app: Flask) -> None:
+    add_price(app, "openai", "same-name", input="1", output="1")
+    add_price(app, "anthropic", "same-name", input="3", output="3")
+    with app.app_context():
+        anthropic = book.price_in_force(
+            db.session, provider="anthropic", model="same-name", at=utcnow()
+        )
+        assert anthropic.input == 3
+        with pytest.raises(errors.ModelNotPriced):
+            book.price_in_force(db.session, provider="google", model="same-name", at=utcnow())
+        db.session.remove()
 
 
 def test_usage_that_contradicts_itself_is_a_provider_error_and_charges_nothing(

@@ -376,6 +376,50 @@ def test_a_settle_draws_past_a_grant_it_just_wrote_off(account: int) -> None:
     # The smallest positive adjustment is a grant of its own.
     run(ledger.adjust, account_id=account, amount=1, reason="give", now=now + timedelta(hours=2))
     assert entry_rows(account)[-1] == ("adjust", 1, 9 * CR + 1)
+    newest = db.session.scalars(select(Grant).order_by(Grant.id.desc()).limit(1)).one()
+    assert (newest.source, newest.amount, newest.remaining) == ("admin", 1, 1)
+    assert_consistent(account)
+
+
+def test_adjustments_and_refunds_write_off_expired_credits_first(account: int) -> None:
+    now = utcnow()
+    give(account, 2 * CR, now=now, expires_at=now + timedelta(hours=1))
+    give(account, 3 * CR, now=now)
+    later = now + timedelta(hours=2)
+    run(ledger.adjust, account_id=account, amount=-CR, reason="take", now=later)
+    assert [row[:2] for row in entry_rows(account)[-2:]] == [("expire", -2 * CR), ("adjust", -CR)]
+    give(account, CR, now=later, expires_at=later + timedelta(hours=1))
+    run(
+        ledger.refund,
+        account_id=account,
+        amount=CR,
+        reason="r",
+        reference="m",
+        now=later + timedelta(hours=2),
+    )
+    assert [row[:2] for row in entry_rows(account)[-2:]] == [("expire", -CR), ("refund", CR)]
+    assert state(account, later + timedelta(hours=2)) == ledger.Balance(3 * CR, 0)
+    assert_consistent(account)
+
+
+def test_a_settle_of_nothing_and_a_late_settle_say_what_they_were(account: int) -> None:
+    now = utcnow()
+    give(account, 10 * CR, now=now)
+    free = run(ledger.hold, account_id=account, amount=CR, ttl=TTL, now=now)
+    assert run(ledger.settle, hold_id=free.hold_id, actual=0, now=now) == ledger.Resolution(
+        free.hold_id, "settled", 0, 0, applied=True, late=False
+    )
+    late = run(ledger.hold, account_id=account, amount=CR, ttl=TTL, now=now)
+    run(ledger.expire_hold, hold_id=late.hold_id, now=now + TTL)
+    outcome = run(ledger.settle, hold_id=late.hold_id, actual=CR // 2, now=now + TTL * 2)
+    assert outcome == ledger.Resolution(
+        late.hold_id, "settled", CR // 2, 0, applied=True, late=True
+    )
+    settles = db.session.scalars(
+        select(AuditRecord).where(AuditRecord.action == "settle").order_by(AuditRecord.id)
+    ).all()
+    assert ["late" in record.details for record in settles] == [False, True]
+    assert state(account, now + TTL * 2) == ledger.Balance(10 * CR - CR // 2, 0)
     assert_consistent(account)
 
 

@@ -73,3 +73,9 @@ def test_the_cost_is_the_exact_value_rounded_up_once(
     assert book.worst_case(
         row, input_tokens=input_tokens, max_output_tokens=output_tokens
     ) >= book.cost(row, usage)
+
+
+def test_a_tiers_own_cache_write_price_prices_its_cache_writes() -> None:
+    tiered = price(prompt_tiers=[{**TIERED[0], "cache_write": "6"}])
+    writes = Usage(input_tokens=2000, cache_write_tokens=500, output_tokens=0)
+    assert book.cost(tiered, writes) == 1500 * 4000 + 500 * 6000
