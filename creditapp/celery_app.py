@@ -50,6 +50,8 @@ def _broker_settings(app: Flask) -> dict[str, Any]:
         "broker_transport_options": {
             "data_folder_in": str(queue_dir),
             "data_folder_out": str(queue_dir),
+            # Kombu's exchange tables, written at run time (by default into the working directory).
+            "control_folder": str(Path(app.instance_path) / "celery-control"),
         },
         "result_backend": None,
         "beat_schedule_filename": str(Path(app.instance_path) / "celery-beat-schedule"),
