@@ -104,8 +104,8 @@ class AmountNotPositive(CreditAppError):
     status = 400
     message = "The amount must be positive."
 
-    def __init__(self, message: str | None = None, *, field: str = "amount"):
-        super().__init__(message, details={field: [message or self.message]})
+    def __init__(self, message: str | None = None):
+        super().__init__(message, details={"amount": [message or self.message]})
 
 
 class UnknownGrantSource(CreditAppError):

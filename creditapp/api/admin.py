@@ -181,10 +181,9 @@ def user_credit(user_id: str) -> Any:
     user = users.get(db.session, path_id(user_id, "user_id"))
     now = datetime.now(UTC)
     summary = users.credit_summary(db.session, user=user, now=now)
-    account_id = users.account_id_of(db.session, user.id)
     live_grants = db.session.scalars(
         select(Grant)
-        .where(Grant.account_id == account_id, Grant.__table__.c.remaining > 0)
+        .where(Grant.account_id == summary.account_id, Grant.__table__.c.remaining > 0)
         .order_by(Grant.id.desc())
     ).all()
     return {
@@ -192,7 +191,7 @@ def user_credit(user_id: str) -> Any:
         "user_id": user.id,
         "email": user.email,
         "grants": ledger.grant_standings(
-            db.session, account_id=account_id, grants=list(live_grants), now=now
+            db.session, account_id=summary.account_id, grants=list(live_grants), now=now
         ),
     }
 

@@ -70,8 +70,10 @@ class RequestParser(FlaskParser):
 
     def load_querystring(self, req: Request, schema: ma.Schema) -> Any:
         for name, value in req.args.items(multi=True):
-            if not (_storable(name) and _storable(value)):
-                raise ValidationFailed(details={name if _storable(name) else "query": [UNSTORABLE]})
+            if not _storable(name):
+                raise ValidationFailed(details={"query": [UNSTORABLE]})
+            if not _storable(value):
+                raise ValidationFailed(details={name: [UNSTORABLE]})
         return super().load_querystring(req, schema)
 
     def _raw_load_json(self, req: Request) -> Any:

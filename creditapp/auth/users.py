@@ -101,6 +101,7 @@ def create(
 
 @dataclass(frozen=True)
 class CreditSummary:
+    account_id: int
     balance: int
     reserved: int
     available: int
@@ -121,6 +122,7 @@ def credit_summary(session: DbSession, *, user: User, now: datetime) -> CreditSu
     tier = session.get(Tier, user.tier_name)
     renews = tier is not None and tier.monthly_credits > 0
     return CreditSummary(
+        account_id=account_id,
         balance=current.balance,
         reserved=current.reserved,
         available=current.available,

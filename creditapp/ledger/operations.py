@@ -240,15 +240,15 @@ class _AccountState:
             raise AssertionError(f"draw of {amount} left {left} undrawn on account {self.id}")
 
 
-def _lock(sql: LedgerSql, account_id: int, *, read: Statement = LOCK_ACCOUNT) -> _AccountState:
-    """Lock the account row (PostgreSQL), then read its live grants in draw order.
+def _load(sql: LedgerSql, account_id: int, *, lock: bool = True) -> _AccountState:
+    """Lock the account row (PostgreSQL; `lock=False` for what only looks), then read its live
+    grants in draw order.
 
     Two statements on purpose: under READ COMMITTED a statement that waited for the row lock
     sees the locked row's newest version but every other row as of its start, so grants read
     in the same statement could be stale. The second statement starts after the lock is ours.
-    (`read=READ_ACCOUNT` reads the same without a lock, for what only looks.)
     """
-    account = sql.one(read, account=account_id)
+    account = sql.one(LOCK_ACCOUNT if lock else READ_ACCOUNT, account=account_id)
     if account is None:
         raise NotFound("No such account.")
     balance_now, reserved, last_seq, last_entry_at = account
@@ -464,7 +464,7 @@ def grant(
     if expires_at is not None and expires_at <= now:
         raise ExpiryNotInFuture()
     sql = LedgerSql(session)
-    state = _lock(sql, account_id)
+    state = _load(sql, account_id)
     state.write_off_overdue(now)
     grant_id = _new_grant(
         sql,
@@ -506,7 +506,7 @@ def adjust(
     if amount == 0:
         raise ZeroAdjustment()
     sql = LedgerSql(session)
-    state = _lock(sql, account_id)
+    state = _load(sql, account_id)
     state.write_off_overdue(now)
     details: dict[str, Any] = {"reason": reason, "amount": format_credits(amount)}
     if amount > 0:
@@ -544,7 +544,7 @@ def refund(
     returns their value, not their expiry.
     """
     sql = LedgerSql(session)
-    state = _lock(sql, account_id)
+    state = _load(sql, account_id)
     state.write_off_overdue(now)
     grant_id = _new_grant(
         sql, state, source="admin", amount=amount, entry_type="refund", now=now, reason=reason
@@ -574,7 +574,7 @@ def refresh(
     """Start a subscription period: expire what is left of earlier subscription grants and
     grant this period's credits. Exactly once per account and period (also a unique key)."""
     sql = LedgerSql(session)
-    state = _lock(sql, account_id)
+    state = _load(sql, account_id)
     existing = sql.one(PERIOD_GRANT, account=account_id, period=period)
     if existing is not None:
         return GrantResult(int(existing[0]), False, Balance(state.balance, state.reserved))
@@ -612,7 +612,7 @@ def expire_grants(
     """Write off expired remainders now (also done by every other operation on the account);
     returns the micro-credits written off."""
     sql = LedgerSql(session)
-    state = _lock(sql, account_id)
+    state = _load(sql, account_id)
     state.write_off_overdue(now)
     written_off = -sum(pending.amount for pending in state.pending)
     if written_off:
@@ -663,7 +663,7 @@ def hold(
         )
         return HoldResult(hold_id, amount, expires_at, after)
 
-    state = _lock(sql, account_id)
+    state = _load(sql, account_id)
     state.write_off_overdue(now)
     if state.available < amount:
         raise InsufficientCredits(required=amount, available=state.available)
@@ -723,7 +723,7 @@ def _resolve(
         return _unresolved(sql, hold_id)
     account_id, hold_amount, reference = resolved
 
-    state = _lock(sql, account_id)
+    state = _load(sql, account_id)
     state.write_off_overdue(now)
     if not late:
         state.reserved -= hold_amount
@@ -833,7 +833,7 @@ def grant_standings(
 ) -> list[GrantStanding]:
     """How the account's `grants` stand at `now`, as if expired remainders were written off."""
     sql = LedgerSql(session)
-    state = _lock(sql, account_id, read=READ_ACCOUNT)
+    state = _load(sql, account_id, lock=False)
     state.write_off_overdue(now)  # in memory only: nothing is persisted
     remaining_now = {live_grant.id: live_grant.remaining for live_grant in state.grants}
     standings = []
