@@ -93,8 +93,8 @@ def seed(app: Any, user_count: int) -> list[Chatter]:
     from decimal import Decimal
 
     from creditapp import ledger
-    from creditapp.api.identity import issue_access_token
     from creditapp.auth import users
+    from creditapp.auth.tokens import issue_access_token
     from creditapp.chat import service
     from creditapp.database import write_transaction
     from creditapp.extensions import db

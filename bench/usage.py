@@ -115,8 +115,8 @@ def prepare(url: str, rows: int) -> float:
 def time_usage(url: str, requests: int) -> list[float]:
     """Milliseconds per `GET /api/credit/usage` for a year by day, random users, one client."""
     from creditapp import create_app
-    from creditapp.api.identity import issue_access_token
     from creditapp.auth.models import User
+    from creditapp.auth.tokens import issue_access_token
     from creditapp.extensions import db
 
     os.environ["DATABASE_URL"] = url

@@ -35,6 +35,7 @@ def register_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
+    from creditapp.auth.tokens import register_token_users
     from creditapp.database import configure_engine
     from creditapp.extensions import api, db, jwt, migrate
 
@@ -55,6 +56,7 @@ def register_extensions(app: Flask) -> None:
         configure_engine(db.engine)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     jwt.init_app(app)
+    register_token_users(jwt)
     api.init_app(app)
 
 
@@ -75,18 +77,10 @@ def register_providers(app: Flask) -> None:
 
 
 def register_http(app: Flask) -> None:
-    from creditapp.api import register_blueprints
-    from creditapp.api.errors import register_error_handlers
-    from creditapp.api.identity import register_identity
-    from creditapp.api.request_context import register_request_context
-    from creditapp.extensions import limiter
+    # The app factory is the one place outside the HTTP layer that knows it.
+    from creditapp.api import register_api
 
-    # Request ids first, so that even a rate-limited response carries one.
-    register_request_context(app)
-    limiter.init_app(app)
-    register_identity()
-    register_blueprints(app)
-    register_error_handlers(app)
+    register_api(app)
 
 
 def register_commands(app: Flask) -> None:

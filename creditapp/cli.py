@@ -12,9 +12,9 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from creditapp import ledger
-from creditapp.api.identity import issue_access_token
 from creditapp.auth import users
 from creditapp.auth.models import User
+from creditapp.auth.tokens import issue_access_token
 from creditapp.chat import service as chat
 from creditapp.chat.models import Character
 from creditapp.database import write_transaction

@@ -143,5 +143,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """A CHECK constraint's condition: `column` holds one of `values`."""
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real bigint.
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")

@@ -1,9 +1,9 @@
-"""Flask extensions, created unbound here and bound to an app in create_app."""
+"""Flask extensions, created unbound here and bound to an app in create_app (the rate limiter
+belongs to the HTTP layer: `creditapp.api.limits`)."""
 
 from __future__ import annotations
 
 from flask_jwt_extended import JWTManager
-from flask_limiter import Limiter
 from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
@@ -27,13 +27,3 @@ db = SQLAlchemy(
 migrate = Migrate()
 jwt = JWTManager()
 api = Api()
-
-
-def _rate_limit_key() -> str:
-    # Imported here: the key function runs per request, after the app is built.
-    from creditapp.api.identity import rate_limit_key
-
-    return rate_limit_key()
-
-
-limiter = Limiter(key_func=_rate_limit_key)

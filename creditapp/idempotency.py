@@ -33,9 +33,11 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
-from creditapp.database import BigIntId, DbSession, UTCDateTime, write_transaction
+from creditapp.database import BigIntId, DbSession, UTCDateTime, one_of, write_transaction
 from creditapp.errors import IdempotencyKeyReused, RequestInProgress
 from creditapp.extensions import db
+
+KEY_STATUSES = ("in_progress", "completed")
 
 
 class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
@@ -55,7 +57,7 @@ class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
 
     __table_args__ = (
         UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_key"),
-        CheckConstraint("status IN ('in_progress', 'completed')", name="status_known"),
+        CheckConstraint(one_of("status", KEY_STATUSES), name="status_known"),
         CheckConstraint(
             "status = 'in_progress' OR response_status IS NOT NULL", name="completed_has_response"
         ),

@@ -26,9 +26,9 @@ from flask.testing import FlaskClient
 from flask_migrate import upgrade
 
 from creditapp import create_app, ledger
-from creditapp.api.identity import issue_access_token
 from creditapp.auth import users
 from creditapp.auth.models import Tier, User
+from creditapp.auth.tokens import issue_access_token
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from tests.fake_providers import FakeProviders

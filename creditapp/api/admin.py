@@ -27,7 +27,7 @@ from creditapp.api.schemas import (
 )
 from creditapp.auth import users
 from creditapp.chat import compensations
-from creditapp.extensions import db, limiter
+from creditapp.extensions import db
 from creditapp.ledger.models import GRANT_SOURCES, Account, AuditRecord, Grant
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration")
@@ -99,7 +99,7 @@ AuditPageSchema = page_of(AuditRecordSchema)
 
 
 @blp.route("/credit/grant", methods=["POST"])
-@limiter.limit(limits.sensitive)
+@limits.limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(GrantArgs)
@@ -120,7 +120,7 @@ def grant(args: dict[str, Any]) -> Any:
 
 
 @blp.route("/credit/adjust", methods=["POST"])
-@limiter.limit(limits.sensitive)
+@limits.limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(AdjustArgs)
@@ -151,7 +151,7 @@ class RefundSchema(Schema):
 
 
 @blp.route("/credit/refund", methods=["POST"])
-@limiter.limit(limits.sensitive)
+@limits.limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(RefundArgs)

@@ -20,7 +20,7 @@ from creditapp.chat import service
 from creditapp.chat.models import Character, Conversation, Message
 from creditapp.database import DbSession
 from creditapp.errors import ProviderFailed
-from creditapp.extensions import db, limiter
+from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
 from creditapp.money import format_credits
 
@@ -184,7 +184,7 @@ def _exchange_response(exchange: service.Exchange) -> Response:
 
 
 @blp.route("/conversations/<conversation_id>/messages", methods=["POST"])
-@limiter.limit(limits.spending)
+@limits.limiter.limit(limits.spending)
 @authenticated()
 @idempotent(required=True, runs_own_transactions=True)
 @blp.arguments(MessageArgs)

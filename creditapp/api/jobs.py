@@ -21,7 +21,7 @@ from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, columns, p
 from creditapp.chat.models import COMPENSATION_STATUSES, Compensation, UnbilledUsage
 from creditapp.database import after_commit
 from creditapp.errors import NotFound
-from creditapp.extensions import db, limiter
+from creditapp.extensions import db
 from creditapp.jobs import compensations, reconciliation
 from creditapp.jobs.schedule import TASK
 from creditapp.ledger.models import Account
@@ -84,7 +84,7 @@ class UnbilledUsageSchema(UsageSchema):
 
 
 @blp.route("/process-compensations", methods=["POST"])
-@limiter.limit(limits.sensitive)
+@limits.limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.response(202, ProcessingSchema)

@@ -10,8 +10,9 @@ from flask import Blueprint, current_app
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from creditapp.api.limits import limiter
 from creditapp.errors import DependencyUnavailable
-from creditapp.extensions import db, limiter
+from creditapp.extensions import db
 
 blp = Blueprint("ops", __name__)
 log = structlog.get_logger(__name__)

@@ -14,6 +14,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
 from creditapp.errors import ValidationFailed
+from creditapp.ids import NOT_AN_ID, parse_id
 
 
 def _refuse_constant(name: str) -> Any:
@@ -88,6 +89,7 @@ class Blueprint(flask_smorest.Blueprint):
 
 def path_id(value: str, name: str) -> int:
     """An id from the URL path; a malformed one is a 400 naming the parameter."""
-    if value.isdigit() and len(value) <= 18:
-        return int(value)
-    raise ValidationFailed(details={name: ["Not a valid id."]})
+    parsed = parse_id(value)
+    if parsed is None:
+        raise ValidationFailed(details={name: [NOT_AN_ID]})
+    return parsed

@@ -19,7 +19,7 @@ from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, page_of
 from creditapp.auth import tiers, users
 from creditapp.auth.models import Tier
 from creditapp.errors import Conflict, ValidationFailed
-from creditapp.extensions import db, limiter
+from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
 from creditapp.pricing import book
 from creditapp.pricing.models import Price
@@ -149,7 +149,7 @@ def prices(args: dict[str, Any]) -> Any:
 
 
 @blp.route("/pricing", methods=["PUT"])
-@limiter.limit(limits.sensitive)
+@limits.limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(PriceArgs)
@@ -195,7 +195,7 @@ def tier_list() -> Any:
 
 
 @blp.route("/tiers", methods=["PUT"])
-@limiter.limit(limits.sensitive)
+@limits.limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(TierArgs)
@@ -205,7 +205,7 @@ def put_tier(args: dict[str, Any]) -> Any:
 
 
 @blp.route("/users/<user_id>/tier", methods=["PUT"])
-@limiter.limit(limits.sensitive)
+@limits.limiter.limit(limits.sensitive)
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(UserTierArgs)

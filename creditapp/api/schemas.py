@@ -7,6 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from creditapp.ids import NOT_AN_ID, parse_id
 from creditapp.money import AmountError, format_credits, parse_credits
 
 
@@ -52,9 +53,10 @@ class Id(fields.Field):
         return None if value is None else str(value)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
-        if isinstance(value, str) and value.isdigit() and len(value) <= 18:
-            return int(value)
-        raise ValidationError("Not a valid id.")
+        parsed = parse_id(value)
+        if parsed is None:
+            raise ValidationError(NOT_AN_ID)
+        return parsed
 
 
 def columns(row: Any) -> dict[str, Any]:

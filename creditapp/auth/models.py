@@ -8,10 +8,11 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from creditapp.database import BigIntId, UTCDateTime
+from creditapp.database import BigIntId, UTCDateTime, one_of
 from creditapp.extensions import db
 
-ROLES = ("user", "admin")
+USER, ADMIN = "user", "admin"
+ROLES = (USER, ADMIN)
 
 
 class Tier(db.Model):  # type: ignore[name-defined,misc]
@@ -38,13 +39,17 @@ class User(db.Model):  # type: ignore[name-defined,misc]
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True, nullable=False)
-    role: Mapped[str] = mapped_column(String(16), nullable=False, default="user")
+    role: Mapped[str] = mapped_column(String(16), nullable=False, default=USER)
     tier_name: Mapped[str] = mapped_column(String(64), ForeignKey("tiers.name"), nullable=False)
     # Subscription periods are calendar months counted from this moment.
     period_anchor: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
+
     __table_args__ = (
-        CheckConstraint("role IN ('user', 'admin')", name="role_known"),
+        CheckConstraint(one_of("role", ROLES), name="role_known"),
         CheckConstraint("email = lower(email)", name="email_lowercase"),
     )

@@ -20,10 +20,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from creditapp.database import BigIntId, UTCDateTime
+from creditapp.database import BigIntId, UTCDateTime, one_of
 from creditapp.extensions import db
 
 COMPENSATION_STATUSES = ("pending", "processing", "completed", "failed")
+MESSAGE_ROLES = ("user", "assistant")
 
 
 class Character(db.Model):  # type: ignore[name-defined,misc]
@@ -150,7 +151,7 @@ class Message(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
     __table_args__ = (
-        CheckConstraint("role IN ('user', 'assistant')", name="role_known"),
+        CheckConstraint(one_of("role", MESSAGE_ROLES), name="role_known"),
         Index("ix_messages_conversation_id", "conversation_id", "id"),
     )
 
@@ -177,9 +178,7 @@ class Compensation(db.Model):  # type: ignore[name-defined,misc]
 
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
-        CheckConstraint(
-            "status IN ('pending', 'processing', 'completed', 'failed')", name="status_known"
-        ),
+        CheckConstraint(one_of("status", COMPENSATION_STATUSES), name="status_known"),
         CheckConstraint(
             "(status = 'completed') = (completed_at IS NOT NULL)", name="completed_has_time"
         ),

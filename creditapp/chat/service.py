@@ -84,7 +84,7 @@ def create_character(
     public: bool,
     now: datetime,
 ) -> Character:
-    if public and owner.role != "admin":
+    if public and not owner.is_admin:
         raise ValidationFailed(details={"public": ["Only admins may create public characters."]})
     if provider not in PROVIDER_NAMES:
         raise ValidationFailed(

@@ -29,17 +29,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from creditapp.database import BigIntId, UTCDateTime
+from creditapp.database import BigIntId, UTCDateTime, one_of
 from creditapp.extensions import db
 
 GRANT_SOURCES = ("subscription", "purchase", "promo", "admin")
 ENTRY_TYPES = ("grant", "refresh", "expire", "charge", "refund", "adjust")
 HOLD_STATUSES = ("pending", "settled", "voided", "expired")
 ACTOR_TYPES = ("user", "admin", "job", "system")
-
-
-def _one_of(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
 class Account(db.Model):  # type: ignore[name-defined,misc]
@@ -87,7 +83,7 @@ class Grant(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
     __table_args__ = (
-        CheckConstraint(_one_of("source", GRANT_SOURCES), name="source_known"),
+        CheckConstraint(one_of("source", GRANT_SOURCES), name="source_known"),
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_within_amount"),
         CheckConstraint(
@@ -119,7 +115,7 @@ class Hold(db.Model):  # type: ignore[name-defined,misc]
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
-        CheckConstraint(_one_of("status", HOLD_STATUSES), name="status_known"),
+        CheckConstraint(one_of("status", HOLD_STATUSES), name="status_known"),
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint(
             "(status = 'pending' AND resolved_at IS NULL AND captured IS NULL)"
@@ -161,7 +157,7 @@ class AuditRecord(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
     __table_args__ = (
-        CheckConstraint(_one_of("actor_type", ACTOR_TYPES), name="actor_type_known"),
+        CheckConstraint(one_of("actor_type", ACTOR_TYPES), name="actor_type_known"),
         Index("ix_audit_records_account_id", "account_id", "id"),
     )
 
@@ -185,7 +181,7 @@ class LedgerEntry(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
     __table_args__ = (
-        CheckConstraint(_one_of("type", ENTRY_TYPES), name="type_known"),
+        CheckConstraint(one_of("type", ENTRY_TYPES), name="type_known"),
         CheckConstraint("amount <> 0", name="amount_not_zero"),
         CheckConstraint("balance_after = balance_before + amount", name="balance_follows"),
         CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),

@@ -8,8 +8,9 @@ import pytest
 from flask import Flask
 from sqlalchemy import text
 
+from creditapp.api.limits import limiter
 from creditapp.database import write_transaction
-from creditapp.extensions import db, limiter
+from creditapp.extensions import db
 from tests.conftest import BACKEND
 from tests.fake_providers import FakeProviders
 

@@ -12,8 +12,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from creditapp.api.identity import issue_access_token
 from creditapp.auth.models import User
+from creditapp.auth.tokens import issue_access_token
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from tests.conftest import Person
