@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from creditapp.errors import ConfigurationError
 
@@ -147,6 +148,7 @@ class Config:
         self.COMPENSATION_BASE_DELAY_SECONDS = _int_env("COMPENSATION_BASE_DELAY_SECONDS", 60)
         # A task a dead worker held goes back to the queue after this long (Redis broker).
         self.CELERY_VISIBILITY_TIMEOUT = _int_env("CELERY_VISIBILITY_TIMEOUT", 900)
+        self.CELERY = self._celery_settings()
         # How many earlier messages of a conversation are sent with a new one.
         self.CHAT_HISTORY_MESSAGES = _int_env("CHAT_HISTORY_MESSAGES", 40)
         # A claimed Idempotency-Key whose request never finished (a killed worker) may be
@@ -166,6 +168,44 @@ class Config:
             }
         else:
             self.SQLALCHEMY_ENGINE_OPTIONS = {}
+
+    def _celery_settings(self) -> dict[str, Any]:
+        """Celery's own settings (`celery.config_from_object`): Redis and redbeat when a broker
+        is configured, else Kombu's file-system transport under instance/, a broker that needs
+        no server yet works across processes, with beat's schedule in a file beside it."""
+        common = {"task_ignore_result": False, "worker_hijack_root_logger": False}
+        if not self.CELERY_BROKER_URL:
+            return {
+                **common,
+                "broker_url": "filesystem://",
+                "broker_transport_options": {
+                    "data_folder_in": str(INSTANCE_DIR / "celery-queue"),
+                    "data_folder_out": str(INSTANCE_DIR / "celery-queue"),
+                    # Kombu's exchange tables (by default written into the working directory).
+                    "control_folder": str(INSTANCE_DIR / "celery-control"),
+                },
+                "result_backend": None,
+                "beat_schedule_filename": str(INSTANCE_DIR / "celery-beat-schedule"),
+            }
+        settings: dict[str, Any] = {
+            **common,
+            "broker_url": self.CELERY_BROKER_URL,
+            "result_backend": self.REDIS_URL,
+            "broker_transport_options": {"visibility_timeout": self.CELERY_VISIBILITY_TIMEOUT},
+        }
+        if self.REDIS_URL:
+            # One beat across all machines: redbeat holds a lock in Redis, so a second beat
+            # process waits instead of scheduling every job twice. The holder renews the lock
+            # at least every loop; a waiting beat tries for it every loop, so when the holder
+            # dies without releasing it (a killed process, a lost machine), another takes over
+            # within the lock's timeout plus one loop.
+            settings.update(
+                beat_scheduler="redbeat.RedBeatScheduler",
+                beat_max_loop_interval=self.BEAT_MAX_LOOP_SECONDS,
+                redbeat_redis_url=self.REDIS_URL,
+                redbeat_lock_timeout=self.BEAT_MAX_LOOP_SECONDS * 5,
+            )
+        return settings
 
 
 class DevelopmentConfig(Config):

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
-from sqlalchemy import select
 
 from creditapp import ledger
 from creditapp.api import limits
@@ -28,7 +27,7 @@ from creditapp.api.schemas import (
 from creditapp.auth import users
 from creditapp.chat import compensations
 from creditapp.extensions import db
-from creditapp.ledger.models import GRANT_SOURCES, Account, AuditRecord, Grant
+from creditapp.ledger.models import GRANT_SOURCES, AuditRecord, Grant
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration")
 
@@ -181,17 +180,13 @@ def user_credit(user_id: str) -> Any:
     user = users.get(db.session, path_id(user_id, "user_id"))
     now = datetime.now(UTC)
     summary = users.credit_summary(db.session, user=user, now=now)
-    live_grants = db.session.scalars(
-        select(Grant)
-        .where(Grant.account_id == summary.account_id, Grant.__table__.c.remaining > 0)
-        .order_by(Grant.id.desc())
-    ).all()
+    live_grants = ledger.live_grants(db.session, account_id=summary.account_id)
     return {
         **vars(summary),
         "user_id": user.id,
         "email": user.email,
         "grants": ledger.grant_standings(
-            db.session, account_id=summary.account_id, grants=list(live_grants), now=now
+            db.session, account_id=summary.account_id, grants=live_grants, now=now
         ),
     }
 
@@ -201,17 +196,9 @@ def user_credit(user_id: str) -> Any:
 @blp.arguments(AuditArgs, location="query")
 @blp.response(200, AuditPageSchema)
 def audit(args: dict[str, Any]) -> Any:
-    query = select(AuditRecord, Account.user_id).outerjoin(
-        Account, Account.id == AuditRecord.account_id
+    query = ledger.audit_trail(
+        user_id=args["user_id"], action=args["action"], start=args["from_"], end=args["to"]
     )
-    if args["user_id"] is not None:
-        query = query.where(Account.user_id == args["user_id"])
-    if args["action"]:
-        query = query.where(AuditRecord.action == args["action"])
-    if args["from_"]:
-        query = query.where(AuditRecord.created_at >= args["from_"])
-    if args["to"]:
-        query = query.where(AuditRecord.created_at <= args["to"])
     return keyset_page(
         db.session,
         query,

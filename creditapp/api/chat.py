@@ -7,7 +7,6 @@ from typing import Any
 
 from flask import Response, current_app, jsonify
 from marshmallow import Schema, fields, validate
-from sqlalchemy import select
 
 from creditapp.api import limits
 from creditapp.api.errors import from_error
@@ -131,7 +130,7 @@ def character(character_id: str) -> Any:
 @blp.arguments(PageArgs, location="query")
 @blp.response(200, ConversationPageSchema)
 def conversations(args: dict[str, Any]) -> Any:
-    query = select(Conversation).where(Conversation.user_id == caller().id)
+    query = service.user_conversations(caller())
     return keyset_page(db.session, query, key=Conversation.id, args=args, position=lambda c: c.id)
 
 
@@ -163,7 +162,7 @@ def messages(args: dict[str, Any], conversation_id: str) -> Any:
     found = service.get_conversation(
         db.session, user=caller(), conversation_id=path_id(conversation_id, "conversation_id")
     )
-    query = select(Message).where(Message.conversation_id == found.id)
+    query = service.conversation_messages(found)
     return keyset_page(db.session, query, key=Message.id, args=args, position=lambda m: m.id)
 
 

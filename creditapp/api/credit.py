@@ -7,7 +7,6 @@ from typing import Any
 
 from flask import jsonify
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
-from sqlalchemy import select
 
 from creditapp import ledger
 from creditapp.api.identity import authenticated, caller
@@ -103,7 +102,7 @@ def balance() -> Any:
 @blp.response(200, GrantPageSchema)
 def grants(args: dict[str, Any]) -> Any:
     account_id = users.account_id_of(db.session, caller().id)
-    query = select(Grant).where(Grant.account_id == account_id)
+    query = ledger.grants_of(account_id)
     page = keyset_page(db.session, query, key=Grant.id, args=args, position=lambda g: g.id)
     page["items"] = ledger.grant_standings(
         db.session, account_id=account_id, grants=page["items"], now=datetime.now(UTC)
@@ -150,9 +149,7 @@ def usage(args: dict[str, Any]) -> Any:
 @blp.response(200, TransactionPageSchema)
 def transactions(args: dict[str, Any]) -> Any:
     account_id = users.account_id_of(db.session, caller().id)
-    query = select(LedgerEntry).where(LedgerEntry.account_id == account_id)
-    if args["type"]:
-        query = query.where(LedgerEntry.type == args["type"])
+    query = ledger.entries_of(account_id, entry_type=args["type"])
     return keyset_page(
         db.session, query, key=LedgerEntry.seq, args=args, position=lambda entry: entry.seq
     )

@@ -5,12 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from celery.utils import uuid as new_task_id
-from flask import current_app
 from marshmallow import Schema, fields, validate
-from sqlalchemy import select
 
-from creditapp import ledger
 from creditapp.api import limits
 from creditapp.api.chat import UsageSchema
 from creditapp.api.idempotency import idempotent
@@ -18,13 +14,12 @@ from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, columns, page_of
+from creditapp.chat import compensations as chat_compensations
+from creditapp.chat import service
 from creditapp.chat.models import COMPENSATION_STATUSES, Compensation, UnbilledUsage
-from creditapp.database import after_commit
-from creditapp.errors import NotFound
 from creditapp.extensions import db
 from creditapp.jobs import compensations, reconciliation
-from creditapp.jobs.schedule import TASK
-from creditapp.ledger.models import Account
+from tasks.jobs import enqueue
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/admin/credit", description="Background jobs")
 
@@ -61,7 +56,7 @@ class DriftSchema(Schema):
 
 
 class ReconciliationSchema(Schema):
-    ran_at = UtcDateTime()
+    ran_at = UtcDateTime(allow_none=True)
     checked_accounts = fields.Integer()
     drift = fields.List(fields.Nested(DriftSchema))
     unbilled_calls = fields.Integer(
@@ -89,22 +84,8 @@ class UnbilledUsageSchema(UsageSchema):
 @idempotent()
 @blp.response(202, ProcessingSchema)
 def process_compensations() -> Any:
-    pending = compensations.pending_count(db.session)
-    ledger.record_action(
-        db.session,
-        action="compensations_requested",
-        context=audit_context(),
-        now=datetime.now(UTC),
-        details={"pending": pending},
-    )
-    celery = current_app.extensions["celery"]
-    # The task id is chosen now, so the stored (replayable) response can name it; the task is
-    # sent only once this request's transaction has committed.
-    task_id = new_task_id()
-    after_commit(
-        db.session, lambda: celery.send_task(TASK, args=("compensations",), task_id=task_id)
-    )
-    return {"task_id": task_id, "pending": pending}
+    pending = compensations.request_run(db.session, context=audit_context(), now=datetime.now(UTC))
+    return {"task_id": enqueue(db.session, "compensations"), "pending": pending}
 
 
 @blp.route("/compensations", methods=["GET"])
@@ -112,14 +93,9 @@ def process_compensations() -> Any:
 @blp.arguments(CompensationArgs, location="query")
 @blp.response(200, page_of(CompensationSchema))
 def compensation_list(args: dict[str, Any]) -> Any:
-    query = select(Compensation, Account.user_id).join(
-        Account, Account.id == Compensation.account_id
-    )
-    if args["status"]:
-        query = query.where(Compensation.status == args["status"])
     return keyset_page(
         db.session,
-        query,
+        chat_compensations.get_all(status=args["status"]),
         key=Compensation.id,
         args=args,
         item=lambda row: {**columns(row[0]), "user_id": row[1]},
@@ -135,7 +111,7 @@ def unbilled_list(args: dict[str, Any]) -> Any:
     """Provider calls whose settle failed: voided, nothing charged, kept here to explain."""
     return keyset_page(
         db.session,
-        select(UnbilledUsage),
+        service.unbilled_calls(),
         key=UnbilledUsage.id,
         args=args,
         position=lambda item: item.id,
@@ -146,7 +122,5 @@ def unbilled_list(args: dict[str, Any]) -> Any:
 @authenticated(admin=True)
 @blp.response(200, ReconciliationSchema)
 def reconciliation_report() -> Any:
-    report = reconciliation.latest(db.session)
-    if report is None:
-        raise NotFound("No reconciliation has run yet.")
-    return report
+    """The newest report; before the first run, an empty one with `ran_at` null."""
+    return reconciliation.latest(db.session)

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
-from sqlalchemy import select
 
-from creditapp import ledger
 from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
-from creditapp.api.identity import audit_context, authenticated, caller
+from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
 from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, page_of
 from creditapp.auth import tiers, users
-from creditapp.auth.models import Tier
-from creditapp.errors import Conflict, ValidationFailed
 from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
 from creditapp.pricing import book
@@ -27,9 +23,6 @@ from creditapp.pricing.models import Price
 blp = Blueprint("pricing", __name__, url_prefix="/api/admin", description="Prices and tiers")
 
 MAX_PRICE = Decimal(1_000_000)
-# A price may take effect a little before the request arrives (clock skew), never earlier:
-# a row in the past would claim a price was in force when calls were charged otherwise.
-EFFECTIVE_FROM_SKEW = timedelta(seconds=60)
 
 
 class UsdPerMillion(fields.Field):
@@ -140,11 +133,7 @@ class UserTierSchema(Schema):
 @blp.arguments(PriceListArgs, location="query")
 @blp.response(200, PricePageSchema)
 def prices(args: dict[str, Any]) -> Any:
-    query = select(Price)
-    if args["provider"]:
-        query = query.where(Price.provider == args["provider"])
-    if args["model"]:
-        query = query.where(Price.model == args["model"])
+    query = book.get_all(provider=args["provider"], model=args["model"])
     return keyset_page(db.session, query, key=Price.id, args=args, position=lambda p: p.id)
 
 
@@ -155,43 +144,22 @@ def prices(args: dict[str, Any]) -> Any:
 @blp.arguments(PriceArgs)
 @blp.response(201, PriceSchema)
 def add_price(args: dict[str, Any]) -> Any:
-    now = datetime.now(UTC)
-    effective_from = args["effective_from"] or now
-    if effective_from < now - EFFECTIVE_FROM_SKEW:
-        raise ValidationFailed(details={"effective_from": ["Must not be in the past."]})
-    exists = db.session.scalar(
-        select(Price.id).where(
-            Price.provider == args["provider"],
-            Price.model == args["model"],
-            Price.effective_from == effective_from,
-        )
-    )
-    if exists is not None:
-        raise Conflict("A price for this model takes effect at that moment already.")
-    price = book.add(
+    return book.put(
         db.session,
         provider=args["provider"],
         model=args["model"],
-        rates=book.Rates(args["input"], args["output"], args["cached_input"], args["cache_write"]),
-        effective_from=effective_from,
-        source=f"admin:{caller().id}",
-        now=now,
-    )
-    ledger.record_action(
-        db.session,
-        action="price_added",
+        rates=book.Rates(*(args[name] for name in book.RATE_NAMES)),
+        effective_from=args["effective_from"],
         context=audit_context(),
-        now=now,
-        details={"price_id": str(price.id), **PriceSchema().dump(price)},
+        now=datetime.now(UTC),
     )
-    return price
 
 
 @blp.route("/tiers", methods=["GET"])
 @authenticated(admin=True)
 @blp.response(200, TierListSchema)
 def tier_list() -> Any:
-    return {"items": db.session.scalars(select(Tier).order_by(Tier.name)).all()}
+    return {"items": tiers.get_all(db.session)}
 
 
 @blp.route("/tiers", methods=["PUT"])

@@ -5,12 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from creditapp import ledger
 from creditapp.auth.models import Tier, User
 from creditapp.auth.users import account_id_of
 from creditapp.database import DbSession
 from creditapp.errors import ValidationFailed
 from creditapp.money import format_credits
+
+
+def get_all(session: DbSession) -> list[Tier]:
+    return list(session.scalars(select(Tier).order_by(Tier.name)))
 
 
 def put(

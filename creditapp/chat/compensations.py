@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 
 from creditapp import ledger
 from creditapp.chat.models import Compensation, Message, UsageRecord
 from creditapp.database import DbSession
 from creditapp.errors import AlreadyRefunded, Conflict, NotFound
+from creditapp.ledger.models import Account
+
+
+def get_all(*, status: str | None = None) -> Select[Compensation, int]:
+    """Compensations with the user they are owed to."""
+    query = select(Compensation, Account.user_id).join(
+        Account, Account.id == Compensation.account_id
+    )
+    return query if status is None else query.where(Compensation.status == status)
 
 
 def record(

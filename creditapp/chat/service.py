@@ -125,6 +125,19 @@ def get_conversation(session: DbSession, *, user: User, conversation_id: int) ->
     return conversation
 
 
+def user_conversations(user: User) -> Select[Conversation]:
+    return select(Conversation).where(Conversation.user_id == user.id)
+
+
+def conversation_messages(conversation: Conversation) -> Select[Message]:
+    return select(Message).where(Message.conversation_id == conversation.id)
+
+
+def unbilled_calls() -> Select[UnbilledUsage]:
+    """Provider calls whose settle failed: voided, nothing charged, kept to be explained."""
+    return select(UnbilledUsage)
+
+
 # Messages
 
 

@@ -38,13 +38,22 @@ class RetryPolicy:
         return now + self.base_delay * 2 ** max(attempts - 1, 0)
 
 
-def pending_count(session: DbSession) -> int:
-    return (
+def request_run(session: DbSession, *, context: ledger.AuditContext, now: datetime) -> int:
+    """Audit an admin's request to process compensations now; returns how many are due."""
+    pending = (
         session.scalar(
             select(func.count()).select_from(Compensation).where(Compensation.status.in_(DUE))
         )
         or 0
     )
+    ledger.record_action(
+        session,
+        action="compensations_requested",
+        context=context,
+        now=now,
+        details={"pending": pending},
+    )
+    return pending
 
 
 def _claim(session: DbSession, compensation_id: int, now: datetime, lease: timedelta) -> int | None:

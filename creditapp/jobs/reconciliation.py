@@ -48,7 +48,13 @@ def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> d
     return {"checked_accounts": checked, "drift": len(drift), "unbilled_calls": unbilled_calls}
 
 
-def latest(session: DbSession) -> ReconciliationReport | None:
-    return session.scalars(
+def latest(session: DbSession) -> ReconciliationReport:
+    """The newest report; before the first run, an empty one whose `ran_at` is None."""
+    report = session.scalars(
         select(ReconciliationReport).order_by(ReconciliationReport.id.desc()).limit(1)
     ).first()
+    if report is None:
+        return ReconciliationReport(
+            ran_at=None, checked_accounts=0, drift=[], unbilled_calls=0, unbilled_cost=0
+        )
+    return report

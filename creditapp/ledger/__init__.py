@@ -67,6 +67,7 @@ from creditapp.ledger.operations import (
     settle,
     void,
 )
+from creditapp.ledger.queries import audit_trail, entries_of, grants_of, live_grants
 from creditapp.ledger.reconcile import Drift, reconcile
 
 __all__ = [
@@ -79,12 +80,16 @@ __all__ = [
     "Resolution",
     "accounts_with_expired_credits",
     "adjust",
+    "audit_trail",
     "balance",
+    "entries_of",
     "expire_grants",
     "expire_hold",
     "grant",
     "grant_standings",
+    "grants_of",
     "hold",
+    "live_grants",
     "open_account",
     "overdue_hold_ids",
     "reconcile",

@@ -8,18 +8,23 @@ micro-credits per token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from creditapp.database import DbSession
-from creditapp.errors import ModelNotPriced, PriceTooPrecise
+from creditapp.errors import Conflict, ModelNotPriced, PriceTooPrecise, ValidationFailed
+from creditapp.ledger import AuditContext, record_action
 from creditapp.metering.usage import Usage
 from creditapp.pricing.models import Price
 
 MICRO_CREDITS_PER_USD_PER_MILLION_TOKENS = Decimal(1000)
+RATE_NAMES = ("input", "output", "cached_input", "cache_write")
+# A price may take effect a little before the request arrives (clock skew), never earlier:
+# a row in the past would claim a price was in force when calls were charged otherwise.
+EFFECTIVE_FROM_SKEW = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,13 @@ def price_in_force(session: DbSession, *, provider: str, model: str, at: datetim
     return price
 
 
+def get_all(*, provider: str | None = None, model: str | None = None) -> Select[Price]:
+    query = select(Price)
+    if provider is not None:
+        query = query.where(Price.provider == provider)
+    return query if model is None else query.where(Price.model == model)
+
+
 def _check_precision(field_name: str, price: Decimal | None) -> None:
     """Counted on the digits themselves: arithmetic would round a long price to 28 digits."""
     if price is None or not price.is_finite():
@@ -142,10 +154,10 @@ def add(
     prompt_tiers: list[dict[str, Any]] | None = None,
 ) -> Price:
     """Add a row to the book (the caller's transaction; rows are never edited)."""
-    for field_name in ("input", "output", "cached_input", "cache_write"):
+    for field_name in RATE_NAMES:
         _check_precision(field_name, getattr(rates, field_name))
     for tier in prompt_tiers or ():
-        for field_name in ("input", "output", "cached_input", "cache_write"):
+        for field_name in RATE_NAMES:
             _check_precision("prompt_tiers", _decimal_or_none(tier.get(field_name)))
     price = Price(
         provider=provider,
@@ -161,4 +173,57 @@ def add(
     )
     session.add(price)
     session.flush()
+    return price
+
+
+def _usd(rate: Decimal | None) -> str | None:
+    return None if rate is None else format(rate.normalize(), "f")
+
+
+def put(
+    session: DbSession,
+    *,
+    provider: str,
+    model: str,
+    rates: Rates,
+    effective_from: datetime | None,
+    context: AuditContext,
+    now: datetime,
+) -> Price:
+    """An admin's new price row, audited: it takes effect at `effective_from` (default now),
+    never in the past, and never at a moment another row of the model takes effect."""
+    effective_from = effective_from or now
+    if effective_from < now - EFFECTIVE_FROM_SKEW:
+        raise ValidationFailed(details={"effective_from": ["Must not be in the past."]})
+    taken = session.scalar(
+        select(Price.id).where(
+            Price.provider == provider,
+            Price.model == model,
+            Price.effective_from == effective_from,
+        )
+    )
+    if taken is not None:
+        raise Conflict("A price for this model takes effect at that moment already.")
+    price = add(
+        session,
+        provider=provider,
+        model=model,
+        rates=rates,
+        effective_from=effective_from,
+        source=f"{context.actor_type}:{context.actor_id}",
+        now=now,
+    )
+    record_action(
+        session,
+        action="price_added",
+        context=context,
+        now=now,
+        details={
+            "price_id": str(price.id),
+            "provider": provider,
+            "model": model,
+            **{name: _usd(getattr(rates, name)) for name in RATE_NAMES},
+            "effective_from": effective_from.isoformat(),
+        },
+    )
     return price

@@ -24,7 +24,7 @@ from creditapp.auth.models import User
 from creditapp.config import JOB_PERIODS
 from creditapp.database import write_transaction
 from creditapp.extensions import db
-from creditapp.jobs.schedule import TASK
+from tasks.jobs import run
 from creditapp.ledger.models import Grant
 from tests.conftest import Person, utcnow
 from tests.fake_providers import FakeProviders
@@ -132,7 +132,7 @@ def test_a_worker_killed_half_way_through_refresh_leaves_nothing_lost_or_doubled
         return int(count or 0)
 
     with worker(app) as first:
-        app.extensions["celery"].send_task(TASK, args=("refresh", later.isoformat()))
+        app.extensions["celery"].send_task(run.name, args=("refresh", later.isoformat()))
         wait_for(lambda: granted() >= 50)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=10)

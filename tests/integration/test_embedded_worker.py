@@ -52,7 +52,8 @@ def test_a_file_system_worker_runs_a_job_enqueued_by_another_process(
     enqueue = (
         "import celery_worker; "
         "assert celery_worker.celery.conf.broker_url == 'filesystem://'; "
-        f"celery_worker.celery.send_task('creditapp.run_job', args=('expire-holds', '{later}'))"
+        "from tasks.jobs import run; "
+        f"run.delay('expire-holds', '{later}')"
     )
     subprocess.run([sys.executable, "-c", enqueue], cwd=ROOT, env=env, check=True, timeout=60)
     arguments = ("worker", "--pool", "solo", "--loglevel", "WARNING", "--without-mingle")

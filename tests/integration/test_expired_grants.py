@@ -16,7 +16,7 @@ from creditapp import ledger
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.jobs import run_job
-from creditapp.jobs.schedule import beat_schedule
+from tasks.jobs import beat_schedule
 from creditapp.ledger.models import AuditRecord, LedgerEntry
 from tests.conftest import BACKEND, TEST_CONTEXT, Person, utcnow
 
@@ -168,6 +168,6 @@ def test_the_job_runs_from_the_cli_and_on_beats_schedule(app: Flask, person_fact
     assert result.exit_code == 0, result.output
     assert '"accounts": 1' in result.output and '"written_off": 1000000' in result.output
     assert _expired_entries(app, person.account_id) == [-CR]
-    schedule = beat_schedule(app.config)
+    schedule = beat_schedule(app.config["JOB_PERIODS"])
     assert schedule["job:expire-grants"]["args"] == ("expire-grants",)
     assert schedule["job:purge-idempotency"]["args"] == ("purge-idempotency",)
