@@ -8,16 +8,16 @@ from typing import Any
 from flask import Response, current_app, jsonify
 from marshmallow import Schema, fields, validate
 
+from creditapp import idempotency
 from creditapp.api import limits
 from creditapp.api.errors import from_error
-from creditapp.api.idempotency import complete_with, idempotent
+from creditapp.api.idempotency import from_store, idempotent, to_store
 from creditapp.api.identity import audit_context, authenticated, caller
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
 from creditapp.api.schemas import AmountsSchema, Credits, Id, PageArgs, UtcDateTime, page_of
 from creditapp.chat import service
 from creditapp.chat.models import Character, Conversation, Message
-from creditapp.database import DbSession
 from creditapp.errors import ProviderFailed
 from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
@@ -190,15 +190,9 @@ def _exchange_response(exchange: service.Exchange) -> Response:
 @blp.response(201, ExchangeSchema)
 @blp.alt_response(402, description="Not enough credits for the worst case of this message")
 @blp.alt_response(502, description="The AI provider failed; nothing was charged")
-def send_message(args: dict[str, Any], conversation_id: str) -> Any:
+def send_message(args: dict[str, Any], conversation_id: str, claim: idempotency.Claim) -> Any:
     config = current_app.config
-    responses: list[Response] = []
-
-    def store_response(session: DbSession, exchange: service.Exchange) -> None:
-        responses.append(_exchange_response(exchange))
-        complete_with(session, responses[0])
-
-    service.send_message(
+    sent = service.send_message(
         db.session,
         user=caller(),
         conversation_id=path_id(conversation_id, "conversation_id"),
@@ -211,6 +205,7 @@ def send_message(args: dict[str, Any], conversation_id: str) -> Any:
         ),
         context=audit_context(),
         clock=lambda: datetime.now(UTC),
-        with_exchange=store_response,
+        claim=claim,
+        respond=lambda exchange: to_store(_exchange_response(exchange)),
     )
-    return responses[0]
+    return from_store(sent.response)

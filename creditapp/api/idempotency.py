@@ -1,6 +1,7 @@
 """The Idempotency-Key header on mutating endpoints (see creditapp.idempotency for the design).
 
-The decorated view runs inside one write transaction; the stored response commits with it.
+The decorated view runs inside one write transaction; the stored response commits with it. A
+view that runs its own transactions is handed the claim instead, and completes it itself.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Response, current_app, g, make_response, request
+from flask import Response, current_app, make_response, request
 
 from creditapp import idempotency
 from creditapp.api.identity import caller
@@ -26,22 +27,21 @@ def _valid_key(key: str) -> bool:
     return 1 <= len(key) <= 255 and all(" " <= char <= "~" for char in key)
 
 
+def to_store(response: Response) -> idempotency.StoredResponse:
+    """What is kept of a response, to replay it."""
+    return idempotency.StoredResponse(
+        response.status_code, response.get_data(), response.content_type
+    )
+
+
+def from_store(stored: idempotency.StoredResponse) -> Response:
+    return Response(stored.body, status=stored.status, content_type=stored.content_type)
+
+
 def _replay(stored: idempotency.StoredResponse) -> Response:
-    response = Response(stored.body, status=stored.status, content_type=stored.content_type)
+    response = from_store(stored)
     response.headers["Idempotent-Replayed"] = "true"
     return response
-
-
-def complete_with(session: Any, response: Response) -> None:
-    """Store the response of a `runs_own_transactions` view, in the view's last transaction."""
-    held: idempotency.Claim = g.idempotency_claim
-    idempotency.complete(
-        session,
-        held,
-        response=idempotency.StoredResponse(
-            response.status_code, response.get_data(), response.content_type
-        ),
-    )
 
 
 def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -> Callable[[F], F]:
@@ -49,8 +49,8 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
 
     Must sit inside `authenticated`: keys belong to the calling user. By default the view runs
     in one write transaction, which also stores its response. A view that `runs_own_transactions`
-    (it must not hold one across a slow call) stores its response itself with `complete_with` in
-    its last transaction; if it fails, its key is freed.
+    (it must not hold one across a slow call) gets the claim as its `claim` argument and
+    completes it in its last transaction; if it fails, its key is freed.
     """
 
     if runs_own_transactions and not required:
@@ -85,22 +85,15 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
             if isinstance(outcome, idempotency.StoredResponse):
                 return _replay(outcome)
             if runs_own_transactions:
-                g.idempotency_claim = outcome
                 try:
-                    return make_response(view(*args, **kwargs))
+                    return make_response(view(*args, claim=outcome, **kwargs))
                 except BaseException:
                     idempotency.release(db.session, outcome)
                     raise
             try:
                 with write_transaction(db.session):
                     response = make_response(view(*args, **kwargs))
-                    idempotency.complete(
-                        db.session,
-                        outcome,
-                        response=idempotency.StoredResponse(
-                            response.status_code, response.get_data(), response.content_type
-                        ),
-                    )
+                    idempotency.complete(db.session, outcome, response=to_store(response))
             except BaseException:
                 # Nothing the view did was committed: free the key so a retry runs again.
                 idempotency.release(db.session, outcome)

@@ -5,8 +5,9 @@ provider call in the middle:
 1. check the tier allows the model, find the price in force and hold the worst case
    (`insufficient_credits` here means no provider call);
 2. call the provider;
-3. in one transaction, price the normalized usage, settle the hold and store both messages and
-   the usage record (and whatever the caller stores with them, such as the idempotent response).
+3. in one transaction, price the normalized usage, settle the hold, store both messages and the
+   usage record, and complete the request's Idempotency-Key claim with the response the caller
+   builds from the exchange (so the response to replay commits with the charge, or neither does).
 A provider failure voids the hold and charges nothing. A reply that is empty although the
 provider billed for it is charged as the provider reported and refunded at once by a
 compensation (or by the retry job, when paying at once fails).
@@ -22,7 +23,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Select, or_, select
 
-from creditapp import ledger
+from creditapp import idempotency, ledger
 from creditapp.auth.models import Tier, User
 from creditapp.chat import compensations
 from creditapp.chat.models import (
@@ -161,6 +162,15 @@ class Exchange:
 
 
 @dataclass(frozen=True)
+class Sent:
+    """A sent message: its exchange, and the response stored for its Idempotency-Key (built
+    before a refund owed was paid, as a replay will show it)."""
+
+    exchange: Exchange
+    response: idempotency.StoredResponse
+
+
+@dataclass(frozen=True)
 class _Prepared:
     account_id: int
     character: Character
@@ -238,12 +248,13 @@ def send_message(
     settings: ChatSettings,
     context: ledger.AuditContext,
     clock: Clock,
-    with_exchange: Callable[[DbSession, Exchange], None] = lambda _session, _exchange: None,
-) -> Exchange:
+    claim: idempotency.Claim,
+    respond: Callable[[Exchange], idempotency.StoredResponse],
+) -> Sent:
     """Send `content` to the conversation's character and charge exactly what the call cost.
 
-    `with_exchange` runs inside the final transaction, so that what it writes commits together
-    with the charge and the messages, or not at all.
+    `respond` builds the request's response from the exchange, inside the settle transaction;
+    it is stored under `claim` in that transaction and returned with the exchange.
     """
     asked_at = clock()
     prepared = _prepare(
@@ -298,14 +309,15 @@ def send_message(
             exchange = _settle(
                 session, call, content=content, asked_at=asked_at, context=context, now=clock()
             )
-            with_exchange(session, exchange)
+            response = respond(exchange)
+            idempotency.complete(session, claim, response=response)
     except BaseException as error:
         _keep_unbilled(session, call, error=error, context=context, now=clock())
         raise
 
     if exchange.compensation is not None:
         exchange = _pay_at_once(session, exchange, context=context, now=clock())
-    return exchange
+    return Sent(exchange, response)
 
 
 @dataclass(frozen=True)
