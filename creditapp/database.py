@@ -1,4 +1,6 @@
-"""Transactions as the ledger needs them, on PostgreSQL and on the embedded SQLite file.
+"""Transactions as the ledger needs them, and the one seam where the two databases we run on
+differ: PostgreSQL in production, the embedded SQLite file by default. Nothing outside this
+module asks which database it talks to; it asks `dialect_of(session)` for what differs.
 
 PostgreSQL runs READ COMMITTED; the ledger's conditional updates and row locks make each
 operation safe. SQLite allows one writer at a time: a write transaction starts with
@@ -8,12 +10,15 @@ when it upgrades from reading, and waits for it under `busy_timeout`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, event, text
+from psycopg.types.json import Json
+from sqlalchemy import BigInteger, ColumnElement, Date, DateTime, Integer, cast, event, func, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session, scoped_session
 from sqlalchemy.types import TypeDecorator
@@ -79,7 +84,7 @@ def write_transaction(session: DbSession) -> Iterator[Session]:
     earlier is relied on as a snapshot), which saves a COMMIT and a BEGIN.
     """
     plain: Session = session() if isinstance(session, scoped_session) else session
-    if plain.get_bind().dialect.name == "sqlite":
+    if dialect_of(plain) is SQLite:
         if plain.in_transaction():
             plain.commit()
         plain.connection(execution_options={_WRITE_OPTION: True})
@@ -109,7 +114,7 @@ def snapshot(session: DbSession) -> Iterator[Session]:
         yield plain
         return
     plain.rollback()
-    if plain.get_bind().dialect.name == "postgresql":
+    if dialect_of(plain) is PostgreSQL:
         plain.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
     plain.info[_SNAPSHOT] = True
     try:
@@ -146,6 +151,77 @@ class UTCDateTime(TypeDecorator[datetime]):
 def one_of(column: str, values: tuple[str, ...]) -> str:
     """A CHECK constraint's condition: `column` holds one of `values`."""
     return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
+class PostgreSQL:
+    """What PostgreSQL does its own way."""
+
+    # INSERT with ON CONFLICT DO NOTHING / DO UPDATE (insert-if-new, upsert).
+    insert = staticmethod(postgresql.insert)
+    # The driver's parameter marker, for statements sent to it directly.
+    placeholder = "%s"
+    # Rows can be locked (`FOR UPDATE`); SQLite's write transaction locks the whole database.
+    locks_rows = True
+    # INSERT and UPDATE inside WITH: a batch can lock, mark, sum and upsert in one statement.
+    writes_in_with = True
+
+    @staticmethod
+    def stored_time(value: datetime | None) -> Any:
+        """A timestamp as a parameter of a statement sent to the driver."""
+        return value
+
+    @staticmethod
+    def stored_json(value: dict[str, Any]) -> Any:
+        return Json(value)
+
+    @staticmethod
+    def utc_day(column: Any, *, is_date: bool) -> ColumnElement[Any]:
+        """The UTC day of a timestamp (or date) column, as something to group by."""
+        # Grouped as dates (cheaper than formatting every row); formatted once per group.
+        return column if is_date else cast(func.timezone("UTC", column), Date)
+
+
+class SQLite:
+    """What the embedded SQLite file does its own way (see PostgreSQL for each)."""
+
+    insert = staticmethod(sqlite.insert)
+    placeholder = "?"
+    locks_rows = False
+    writes_in_with = False
+
+    @staticmethod
+    def stored_time(value: datetime | None) -> Any:
+        # As SQLAlchemy's DateTime stores it: naive UTC text that sorts like time.
+        if value is None:
+            return None
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    @staticmethod
+    def stored_json(value: dict[str, Any]) -> Any:
+        return json.dumps(value)
+
+    @staticmethod
+    def utc_day(column: Any, *, is_date: bool) -> ColumnElement[Any]:
+        # Dates and timestamps are both stored as text starting with "YYYY-MM-DD".
+        return func.substr(column, 1, 10)
+
+
+DatabaseDialect = type[PostgreSQL] | type[SQLite]
+_DIALECTS: dict[str, DatabaseDialect] = {"postgresql": PostgreSQL, "sqlite": SQLite}
+
+
+def dialect_of(session: DbSession) -> DatabaseDialect:
+    """What differs on the database the session talks to."""
+    return _DIALECTS[session.get_bind().dialect.name]
+
+
+def read_time(value: Any) -> datetime | None:
+    """A timestamp as the driver returns it (a datetime, or SQLite's text), aware, in UTC."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real bigint.

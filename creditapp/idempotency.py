@@ -14,7 +14,6 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -29,11 +28,16 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
-from creditapp.database import BigIntId, DbSession, UTCDateTime, one_of, write_transaction
+from creditapp.database import (
+    BigIntId,
+    DbSession,
+    UTCDateTime,
+    dialect_of,
+    one_of,
+    write_transaction,
+)
 from creditapp.errors import IdempotencyKeyReused, RequestInProgress
 from creditapp.extensions import db
 
@@ -112,11 +116,6 @@ def claim(
     raise RequestInProgress()
 
 
-def _insert_if_new(session: DbSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql_insert if dialect == "postgresql" else sqlite_insert)(keys)
-
-
 def _claim_once(
     session: DbSession,
     user_id: int,
@@ -139,7 +138,8 @@ def _claim_once(
     }
     # The common case, a new key, is one statement; a key seen before is looked at under lock.
     claimed = session.execute(
-        _insert_if_new(session)
+        dialect_of(session)
+        .insert(keys)
         .values(user_id=user_id, key=key, **fresh_claim)
         .on_conflict_do_nothing(index_elements=["user_id", "key"])
         .returning(keys.c.id)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Date, cast, func, literal, select, union_all
+from sqlalchemy import BigInteger, ColumnElement, cast, func, literal, select, union_all
 
 from creditapp.chat.models import UsageRecord, UsageRollup
-from creditapp.database import DbSession
+from creditapp.database import DbSession, dialect_of
 
 GROUPINGS = ("day", "model", "provider")
 COUNTERS = (
@@ -38,19 +38,11 @@ class UsageReport:
     groups: list[tuple[str, list[int]]]
 
 
-def _day_key(session: DbSession, column: Any, *, is_date: bool) -> ColumnElement[Any]:
-    if session.get_bind().dialect.name == "sqlite":
-        # SQLite stores both as text starting with "YYYY-MM-DD".
-        return func.substr(column, 1, 10)
-    # Grouped as dates (cheaper than formatting every row); formatted once per group.
-    return column if is_date else cast(func.timezone("UTC", column), Date)
-
-
 def _key(session: DbSession, table: Any, group_by: str) -> ColumnElement[Any]:
     if group_by == "day":
         is_rollup = table is UsageRollup.__table__
         column = table.c.day if is_rollup else table.c.created_at
-        return _day_key(session, column, is_date=is_rollup)
+        return dialect_of(session).utc_day(column, is_date=is_rollup)
     if group_by == "model":
         return table.c.provider + literal(":") + table.c.model
     return table.c.provider

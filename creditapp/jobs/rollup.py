@@ -14,17 +14,15 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, text, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from creditapp import ledger
 from creditapp.chat.models import UsageRecord, UsageRollup
 from creditapp.chat.usage_report import COUNTERS, FIELDS
-from creditapp.database import DbSession, write_transaction
+from creditapp.database import DbSession, dialect_of, write_transaction
 
 BATCH = 20_000
-SUMMED = FIELDS
 
-# PostgreSQL does a batch in one statement: lock, mark, sum, upsert.
+# Where statements write inside WITH (PostgreSQL), a batch is one: lock, mark, sum, upsert.
 _ROLL_UP_BATCH = text(f"""
 WITH batch AS (
     SELECT id FROM usage_records
@@ -37,19 +35,19 @@ WITH batch AS (
     RETURNING record.id, record.user_id, record.created_at, record.provider, record.model,
               {", ".join(f"record.{name}" for name in COUNTERS)}, record.credits_charged
 ), summed AS (
-    INSERT INTO usage_rollups (user_id, day, provider, model, {", ".join(SUMMED)})
+    INSERT INTO usage_rollups (user_id, day, provider, model, {", ".join(FIELDS)})
     SELECT user_id, (created_at AT TIME ZONE 'UTC')::date, provider, model, count(*),
            {", ".join(f"sum({name})" for name in COUNTERS)}, sum(credits_charged)
     FROM marked GROUP BY 1, 2, 3, 4
     ON CONFLICT (user_id, day, provider, model) DO UPDATE SET
-        {", ".join(f"{name} = usage_rollups.{name} + excluded.{name}" for name in SUMMED)}
+        {", ".join(f"{name} = usage_rollups.{name} + excluded.{name}" for name in FIELDS)}
     RETURNING 1
 )
 SELECT count(*), max(id), (SELECT count(*) FROM summed) FROM marked
 """)
 
 
-def _batch_on_postgresql(session: DbSession, *, before: datetime, after: int) -> tuple[int, int]:
+def _batch_in_one_statement(session: DbSession, *, before: datetime, after: int) -> tuple[int, int]:
     count, last_id, _groups = session.execute(
         _ROLL_UP_BATCH, {"after": after, "before": before, "limit": BATCH}
     ).one()
@@ -57,7 +55,8 @@ def _batch_on_postgresql(session: DbSession, *, before: datetime, after: int) ->
 
 
 def _batch_in_python(session: DbSession, *, before: datetime, after: int) -> tuple[int, int]:
-    """The same for SQLite (a single writer: its write transaction already excludes others)."""
+    """The same where a statement cannot write inside WITH (SQLite, a single writer: its write
+    transaction already excludes others)."""
     records = UsageRecord.__table__.c
     rows = session.execute(
         select(
@@ -75,28 +74,32 @@ def _batch_in_python(session: DbSession, *, before: datetime, after: int) -> tup
     ).all()
     if not rows:
         return 0, after
-    sums: dict[tuple[int, Any, str, str], list[int]] = defaultdict(lambda: [0] * len(SUMMED))
+    sums: dict[tuple[int, Any, str, str], list[int]] = defaultdict(lambda: [0] * len(FIELDS))
     for row in rows:
         totals = sums[(row.user_id, row.created_at.date(), row.provider, row.model)]
         counts = (1, *(row._mapping[name] for name in COUNTERS), row.credits_charged)
         for index, value in enumerate(counts):
             totals[index] += value
-    insert = sqlite_insert(UsageRollup).values(
-        [
-            {
-                "user_id": user_id,
-                "day": day,
-                "provider": provider,
-                "model": model,
-                **dict(zip(SUMMED, totals, strict=True)),
-            }
-            for (user_id, day, provider, model), totals in sums.items()
-        ]
+    insert = (
+        dialect_of(session)
+        .insert(UsageRollup)
+        .values(
+            [
+                {
+                    "user_id": user_id,
+                    "day": day,
+                    "provider": provider,
+                    "model": model,
+                    **dict(zip(FIELDS, totals, strict=True)),
+                }
+                for (user_id, day, provider, model), totals in sums.items()
+            ]
+        )
     )
     session.execute(
         insert.on_conflict_do_update(
             index_elements=["user_id", "day", "provider", "model"],
-            set_={name: getattr(UsageRollup, name) + insert.excluded[name] for name in SUMMED},
+            set_={name: getattr(UsageRollup, name) + insert.excluded[name] for name in FIELDS},
         )
     )
     session.execute(
@@ -109,11 +112,7 @@ def _batch_in_python(session: DbSession, *, before: datetime, after: int) -> tup
 
 def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> dict[str, int]:
     """Roll up every record made before `now`."""
-    batch = (
-        _batch_on_postgresql
-        if session.get_bind().dialect.name == "postgresql"
-        else _batch_in_python
-    )
+    batch = _batch_in_one_statement if dialect_of(session).writes_in_with else _batch_in_python
     rolled = after = 0
     while True:
         with write_transaction(session):

@@ -26,96 +26,29 @@ from creditapp.errors import (
     ZeroAdjustment,
 )
 from creditapp.ledger.models import GRANT_SOURCES, Grant
-from creditapp.ledger.sql import LedgerSql, Statement
+from creditapp.ledger.sql import (
+    BALANCE_AS_OF,
+    CHANGE_GRANT,
+    EXPIRED_CREDIT_ACCOUNTS,
+    HOLD_STATE,
+    INSERT_ACCOUNT,
+    INSERT_AUDIT,
+    INSERT_ENTRY,
+    INSERT_GRANT,
+    INSERT_HOLD,
+    LIVE_GRANTS,
+    LOCK_ACCOUNT,
+    OVERDUE_HOLDS,
+    PERIOD_GRANT,
+    READ_ACCOUNT,
+    RECORD_CAPTURE,
+    RESERVE,
+    RESOLVE_HOLD,
+    SETTLE_EXPIRED_HOLD,
+    STORE_ACCOUNT,
+    LedgerSql,
+)
 from creditapp.money import format_credits
-
-_ACCOUNT_ROW = "SELECT balance, reserved, last_seq, last_entry_at FROM accounts WHERE id = :account"
-LOCK_ACCOUNT = Statement(_ACCOUNT_ROW, lock="FOR UPDATE")
-READ_ACCOUNT = Statement(_ACCOUNT_ROW)
-LIVE_GRANTS = Statement(
-    """SELECT id, remaining, expires_at, source FROM grants
-       WHERE account_id = :account AND remaining > 0
-       ORDER BY expires_at ASC NULLS LAST, created_at, id"""
-)
-RESERVE = Statement(
-    """UPDATE accounts SET reserved = reserved + :amount
-       WHERE id = :account AND balance - reserved >= :amount
-         AND NOT EXISTS (SELECT 1 FROM grants WHERE grants.account_id = accounts.id
-                         AND grants.remaining > 0 AND grants.expires_at <= :now)
-       RETURNING balance, reserved"""
-)
-STORE_ACCOUNT = Statement(
-    """UPDATE accounts SET balance = :balance, reserved = :reserved, last_seq = :last_seq,
-              last_entry_at = :last_entry_at
-       WHERE id = :account"""
-)
-CHANGE_GRANT = Statement("UPDATE grants SET remaining = remaining + :change WHERE id = :grant")
-# Resolves a pending hold, charging min(actual, hold) for now: what the account can pay above
-# the hold is known only once the account is locked (RECORD_CAPTURE then corrects it).
-RESOLVE_HOLD = Statement(
-    """UPDATE holds SET status = :status, resolved_at = :now,
-              captured = CASE WHEN :actual < amount THEN :actual ELSE amount END,
-              uncollected = CASE WHEN :actual < amount THEN 0 ELSE :actual - amount END
-       WHERE id = :hold AND status = 'pending' AND (:status <> 'expired' OR expires_at <= :now)
-       RETURNING account_id, amount, reference"""
-)
-# A settle that finds its hold expired still charges the call: the hold becomes settled (once),
-# and the charge comes from what is available now, since the expiry released the reservation.
-SETTLE_EXPIRED_HOLD = Statement(
-    """UPDATE holds SET status = 'settled', resolved_at = :now
-       WHERE id = :hold AND status = 'expired'
-       RETURNING account_id, amount, reference"""
-)
-RECORD_CAPTURE = Statement(
-    "UPDATE holds SET captured = :captured, uncollected = :uncollected WHERE id = :hold"
-)
-HOLD_STATE = Statement("SELECT status, captured, uncollected FROM holds WHERE id = :hold")
-PERIOD_GRANT = Statement("SELECT id FROM grants WHERE account_id = :account AND period = :period")
-OVERDUE_HOLDS = Statement(
-    """SELECT id FROM holds WHERE resolved_at IS NULL AND expires_at <= :now
-       ORDER BY expires_at LIMIT :limit"""
-)
-EXPIRED_CREDIT_ACCOUNTS = Statement(
-    """SELECT DISTINCT account_id FROM grants
-       WHERE expires_at <= :now AND remaining > 0 AND account_id > :after
-       ORDER BY account_id LIMIT :limit"""
-)
-BALANCE_AS_OF = Statement(
-    """SELECT balance, reserved,
-              (SELECT COALESCE(SUM(remaining), 0) FROM grants
-               WHERE account_id = :account AND remaining > 0 AND expires_at <= :now)
-       FROM accounts WHERE id = :account"""
-)
-INSERT_ACCOUNT = Statement(
-    """INSERT INTO accounts (user_id, balance, reserved, last_seq, created_at)
-       VALUES (:user, 0, 0, NULL, :now) RETURNING id"""
-)
-INSERT_GRANT = Statement(
-    """INSERT INTO grants (account_id, source, amount, remaining, expires_at, period, reason,
-                          created_at)
-       VALUES (:account, :source, :amount, 0, :expires_at, :period, :reason, :now)
-       RETURNING id"""
-)
-INSERT_HOLD = Statement(
-    """INSERT INTO holds (account_id, amount, status, uncollected, reference, expires_at,
-                         created_at)
-       VALUES (:account, :amount, 'pending', 0, :reference, :expires_at, :now) RETURNING id"""
-)
-INSERT_AUDIT = Statement(
-    """INSERT INTO audit_records (actor_type, actor_id, action, account_id, balance_before,
-                                 balance_after, reserved_before, reserved_after, request_id,
-                                 client_ip, details, created_at)
-       VALUES (:actor_type, :actor_id, :action, :account, :balance_before, :balance_after,
-               :reserved_before, :reserved_after, :request_id, :client_ip, :details, :now)
-       RETURNING id"""
-)
-INSERT_ENTRY = Statement(
-    """INSERT INTO ledger_entries (account_id, seq, prev_seq, type, amount, balance_before,
-                                  balance_after, grant_id, hold_id, audit_id, reference,
-                                  request_id, created_at)
-       VALUES (:account, :seq, :prev_seq, :type, :amount, :balance_before, :balance_after,
-               :grant, :hold, :audit, :reference, :request_id, :now)"""
-)
 
 
 @dataclass(frozen=True)
@@ -273,24 +206,26 @@ def _links(hold_id: int | None, reference: str | None) -> dict[str, str]:
 def _audit(
     sql: LedgerSql,
     *,
-    account_id: int,
+    account_id: int | None,
     action: str,
     context: AuditContext,
     now: datetime,
-    before: Balance,
-    after: Balance,
+    before: Balance | None,
+    after: Balance | None,
     details: dict[str, Any],
 ) -> int:
+    """Write the audit record of an operation (`before` and `after` None if it moved no
+    credits) and return its id."""
     row = sql.one(
         INSERT_AUDIT,
         actor_type=context.actor_type,
         actor_id=context.actor_id,
         action=action,
         account=account_id,
-        balance_before=before.balance,
-        balance_after=after.balance,
-        reserved_before=before.reserved,
-        reserved_after=after.reserved,
+        balance_before=None if before is None else before.balance,
+        balance_after=None if after is None else after.balance,
+        reserved_before=None if before is None else before.reserved,
+        reserved_after=None if after is None else after.reserved,
         request_id=context.request_id,
         client_ip=context.client_ip,
         details=sql.json(details),
@@ -386,21 +321,15 @@ def record_action(
     account_id: int | None = None,
 ) -> None:
     """Audit an action that changes no balance (a tier change, a new price)."""
-    sql = LedgerSql(session)
-    sql.one(
-        INSERT_AUDIT,
-        actor_type=context.actor_type,
-        actor_id=context.actor_id,
+    _audit(
+        LedgerSql(session),
+        account_id=account_id,
         action=action,
-        account=account_id,
-        balance_before=None,
-        balance_after=None,
-        reserved_before=None,
-        reserved_after=None,
-        request_id=context.request_id,
-        client_ip=context.client_ip,
-        details=sql.json(details),
-        now=sql.time(now),
+        context=context,
+        now=now,
+        before=None,
+        after=None,
+        details=details,
     )
 
 

@@ -4,29 +4,24 @@ Why not SQLAlchemy Core here: the ledger runs ten statements per hold+settle, an
 Core statement costs about three times the CPU of the driver's cursor. With several threads
 per process that CPU is serialized, and on a hot account it stretches the time a row lock is
 held. So the ledger speaks SQL to the driver directly, inside the transaction the session
-opened (and commits), and this module hides the two differences between the databases we run
-on: the parameter style and how timestamps are stored. The schema itself stays defined by the
-models and migrations.
+opened (and commits); what differs between the databases (the parameter marker, row locks,
+how timestamps and JSON are passed) comes from `creditapp.database.dialect_of`. The schema
+itself stays defined by the models and migrations.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from psycopg.types.json import Json
-
-from creditapp.database import DbSession
+from creditapp.database import DbSession, PostgreSQL, SQLite, dialect_of, read_time
 
 _NAMED_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
-# How SQLAlchemy's DateTime stores values in SQLite: naive UTC text that sorts like time.
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class Statement:
-    """SQL written with `:name` parameters; `lock` is PostgreSQL's row-locking clause.
+    """SQL written with `:name` parameters; `lock` is a row-locking clause, where rows lock.
 
     Parameters are bound by position (psycopg would otherwise reorder a dict on every call).
     """
@@ -34,8 +29,11 @@ class Statement:
     def __init__(self, sql: str, *, lock: str = ""):
         text = " ".join(sql.split())
         self.names = tuple(_NAMED_PARAMETER.findall(text))
-        self.sqlite = _NAMED_PARAMETER.sub("?", text)
-        self.postgresql = _NAMED_PARAMETER.sub("%s", text) + (f" {lock}" if lock else "")
+        self.sql = {
+            dialect: _NAMED_PARAMETER.sub(dialect.placeholder, text)
+            + (f" {lock}" if lock and dialect.locks_rows else "")
+            for dialect in (PostgreSQL, SQLite)
+        }
 
     def values(self, params: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(params[name] for name in self.names)
@@ -46,12 +44,11 @@ class LedgerSql:
 
     def __init__(self, session: DbSession):
         connection = session.connection()
-        self.postgresql = connection.dialect.name == "postgresql"
+        self._dialect = dialect_of(session)
         self._cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
     def _execute(self, statement: Statement, params: dict[str, Any]) -> Any:
-        sql = statement.postgresql if self.postgresql else statement.sqlite
-        self._cursor.execute(sql, statement.values(params))
+        self._cursor.execute(statement.sql[self._dialect], statement.values(params))
         return self._cursor
 
     def one(self, statement: Statement, **params: Any) -> tuple[Any, ...] | None:
@@ -69,21 +66,106 @@ class LedgerSql:
         if len(rows) == 1:  # the usual case, and executemany costs more for a single row
             self._execute(statement, rows[0])
             return
-        sql = statement.postgresql if self.postgresql else statement.sqlite
-        self._cursor.executemany(sql, [statement.values(row) for row in rows])
+        self._cursor.executemany(
+            statement.sql[self._dialect], [statement.values(row) for row in rows]
+        )
 
     def time(self, value: datetime | None) -> Any:
-        """A timestamp as this database stores it."""
-        if value is None or self.postgresql:
-            return value
-        return value.astimezone(UTC).strftime(_SQLITE_TIME)
+        """A timestamp as this database takes it."""
+        return self._dialect.stored_time(value)
 
-    def read_time(self, value: Any) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, datetime):
-            return value.astimezone(UTC)
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    @staticmethod
+    def read_time(value: Any) -> datetime | None:
+        return read_time(value)
 
     def json(self, value: dict[str, Any]) -> Any:
-        return Json(value) if self.postgresql else json.dumps(value)
+        return self._dialect.stored_json(value)
+
+
+_ACCOUNT_ROW = "SELECT balance, reserved, last_seq, last_entry_at FROM accounts WHERE id = :account"
+LOCK_ACCOUNT = Statement(_ACCOUNT_ROW, lock="FOR UPDATE")
+READ_ACCOUNT = Statement(_ACCOUNT_ROW)
+LIVE_GRANTS = Statement(
+    """SELECT id, remaining, expires_at, source FROM grants
+       WHERE account_id = :account AND remaining > 0
+       ORDER BY expires_at ASC NULLS LAST, created_at, id"""
+)
+RESERVE = Statement(
+    """UPDATE accounts SET reserved = reserved + :amount
+       WHERE id = :account AND balance - reserved >= :amount
+         AND NOT EXISTS (SELECT 1 FROM grants WHERE grants.account_id = accounts.id
+                         AND grants.remaining > 0 AND grants.expires_at <= :now)
+       RETURNING balance, reserved"""
+)
+STORE_ACCOUNT = Statement(
+    """UPDATE accounts SET balance = :balance, reserved = :reserved, last_seq = :last_seq,
+              last_entry_at = :last_entry_at
+       WHERE id = :account"""
+)
+CHANGE_GRANT = Statement("UPDATE grants SET remaining = remaining + :change WHERE id = :grant")
+# Resolves a pending hold, charging min(actual, hold) for now: what the account can pay above
+# the hold is known only once the account is locked (RECORD_CAPTURE then corrects it).
+RESOLVE_HOLD = Statement(
+    """UPDATE holds SET status = :status, resolved_at = :now,
+              captured = CASE WHEN :actual < amount THEN :actual ELSE amount END,
+              uncollected = CASE WHEN :actual < amount THEN 0 ELSE :actual - amount END
+       WHERE id = :hold AND status = 'pending' AND (:status <> 'expired' OR expires_at <= :now)
+       RETURNING account_id, amount, reference"""
+)
+# A settle that finds its hold expired still charges the call: the hold becomes settled (once),
+# and the charge comes from what is available now, since the expiry released the reservation.
+SETTLE_EXPIRED_HOLD = Statement(
+    """UPDATE holds SET status = 'settled', resolved_at = :now
+       WHERE id = :hold AND status = 'expired'
+       RETURNING account_id, amount, reference"""
+)
+RECORD_CAPTURE = Statement(
+    "UPDATE holds SET captured = :captured, uncollected = :uncollected WHERE id = :hold"
+)
+HOLD_STATE = Statement("SELECT status, captured, uncollected FROM holds WHERE id = :hold")
+PERIOD_GRANT = Statement("SELECT id FROM grants WHERE account_id = :account AND period = :period")
+OVERDUE_HOLDS = Statement(
+    """SELECT id FROM holds WHERE resolved_at IS NULL AND expires_at <= :now
+       ORDER BY expires_at LIMIT :limit"""
+)
+EXPIRED_CREDIT_ACCOUNTS = Statement(
+    """SELECT DISTINCT account_id FROM grants
+       WHERE expires_at <= :now AND remaining > 0 AND account_id > :after
+       ORDER BY account_id LIMIT :limit"""
+)
+BALANCE_AS_OF = Statement(
+    """SELECT balance, reserved,
+              (SELECT COALESCE(SUM(remaining), 0) FROM grants
+               WHERE account_id = :account AND remaining > 0 AND expires_at <= :now)
+       FROM accounts WHERE id = :account"""
+)
+INSERT_ACCOUNT = Statement(
+    """INSERT INTO accounts (user_id, balance, reserved, last_seq, created_at)
+       VALUES (:user, 0, 0, NULL, :now) RETURNING id"""
+)
+INSERT_GRANT = Statement(
+    """INSERT INTO grants (account_id, source, amount, remaining, expires_at, period, reason,
+                          created_at)
+       VALUES (:account, :source, :amount, 0, :expires_at, :period, :reason, :now)
+       RETURNING id"""
+)
+INSERT_HOLD = Statement(
+    """INSERT INTO holds (account_id, amount, status, uncollected, reference, expires_at,
+                         created_at)
+       VALUES (:account, :amount, 'pending', 0, :reference, :expires_at, :now) RETURNING id"""
+)
+INSERT_AUDIT = Statement(
+    """INSERT INTO audit_records (actor_type, actor_id, action, account_id, balance_before,
+                                 balance_after, reserved_before, reserved_after, request_id,
+                                 client_ip, details, created_at)
+       VALUES (:actor_type, :actor_id, :action, :account, :balance_before, :balance_after,
+               :reserved_before, :reserved_after, :request_id, :client_ip, :details, :now)
+       RETURNING id"""
+)
+INSERT_ENTRY = Statement(
+    """INSERT INTO ledger_entries (account_id, seq, prev_seq, type, amount, balance_before,
+                                  balance_after, grant_id, hold_id, audit_id, reference,
+                                  request_id, created_at)
+       VALUES (:account, :seq, :prev_seq, :type, :amount, :balance_before, :balance_after,
+               :grant, :hold, :audit, :reference, :request_id, :now)"""
+)
