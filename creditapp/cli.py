@@ -21,6 +21,7 @@ from creditapp.database import write_transaction
 from creditapp.errors import CreditAppError
 from creditapp.extensions import db
 from creditapp.jobs import JOBS, run_job
+from creditapp.ledger.models import ADMIN_GRANT_SOURCES
 from creditapp.money import AmountError, format_credits, parse_credits
 from creditapp.pricing import book, catalogue
 from creditapp.pricing.models import Price
@@ -85,7 +86,7 @@ def user_token(email: str, hours: int) -> None:
 @click.option(
     "--source",
     default="admin",
-    type=click.Choice(["purchase", "promo", "admin"]),
+    type=click.Choice(ADMIN_GRANT_SOURCES),
     show_default=True,
 )
 def grant_credit(email: str, amount: str, reason: str, source: str) -> None:

@@ -15,7 +15,15 @@ from creditapp.api.idempotency import from_store, idempotent, to_store
 from creditapp.api.identity import audit_context, authenticated, caller
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
-from creditapp.api.schemas import AmountsSchema, Credits, Id, PageArgs, UtcDateTime, page_of
+from creditapp.api.schemas import (
+    AmountsSchema,
+    Credits,
+    Id,
+    PageArgs,
+    UtcDateTime,
+    page_of,
+    token_counts,
+)
 from creditapp.chat import service
 from creditapp.chat.models import Character, Conversation, Message
 from creditapp.errors import ProviderFailed
@@ -82,12 +90,8 @@ MessagePageSchema = page_of(MessageSchema)
 
 
 class UsageSchema(Schema):
-    input_tokens = fields.Integer()
-    cached_tokens = fields.Integer()
-    cache_write_tokens = fields.Integer()
-    output_tokens = fields.Integer()
-    reasoning_tokens = fields.Integer()
-    estimated = fields.Boolean()
+    class Meta:
+        include = {**token_counts(), "estimated": fields.Boolean()}
 
 
 class ExchangeSchema(Schema):

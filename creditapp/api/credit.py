@@ -19,10 +19,12 @@ from creditapp.api.schemas import (
     PageArgs,
     TransactionPageSchema,
     UtcDateTime,
+    token_counts,
 )
 from creditapp.auth import users
 from creditapp.chat import usage_report
-from creditapp.chat.usage_report import FIELDS, GROUPINGS
+from creditapp.chat.models import ROLLUP_SUMS
+from creditapp.chat.usage_report import GROUPINGS
 from creditapp.extensions import db
 from creditapp.ledger.models import ENTRY_TYPES, Grant, LedgerEntry
 from creditapp.money import format_credits
@@ -31,7 +33,7 @@ blp = Blueprint("credit", __name__, url_prefix="/api/credit", description="Your 
 
 
 MAX_USAGE_RANGE = timedelta(days=366)
-COUNTED = FIELDS[:-1]  # every field but credits, which goes out as a credit string
+COUNTED = ROLLUP_SUMS[:-1]  # every field but credits, which goes out as a credit string
 
 
 class DateOrDateTime(fields.Field):
@@ -64,13 +66,8 @@ class UsageArgs(Schema):
 
 
 class UsageCountsSchema(Schema):
-    requests = fields.Integer()
-    input_tokens = fields.Integer()
-    cached_tokens = fields.Integer()
-    cache_write_tokens = fields.Integer()
-    output_tokens = fields.Integer()
-    reasoning_tokens = fields.Integer()
-    credits = Credits()
+    class Meta:
+        include = {"requests": fields.Integer(), **token_counts(), "credits": Credits()}
 
 
 class UsageGroupSchema(UsageCountsSchema):

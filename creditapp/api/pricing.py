@@ -85,7 +85,7 @@ class TierArgs(Schema):
     monthly_credits = Credits(required=True, allow_zero=True)
     allowed_models = fields.List(
         fields.String(
-            validate=validate.Regexp(r"^(\*|(openai|anthropic|google|demo):(\*|[^\s:*]{1,200}))$")
+            validate=validate.Regexp(rf"^(\*|({'|'.join(PROVIDER_NAMES)}):(\*|[^\s:*]{{1,200}}))$")
         ),
         required=True,
         validate=validate.Length(max=500),

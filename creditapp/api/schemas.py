@@ -8,6 +8,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate
 
 from creditapp.ids import NOT_AN_ID, parse_id
+from creditapp.metering.usage import TOKEN_COUNTERS
 from creditapp.money import AmountError, format_credits, parse_credits
 
 
@@ -57,6 +58,11 @@ class Id(fields.Field):
         if parsed is None:
             raise ValidationError(NOT_AN_ID)
         return parsed
+
+
+def token_counts() -> dict[str, fields.Field]:
+    """One whole-number field per token count of a call (for a schema's `Meta.include`)."""
+    return {name: fields.Integer() for name in TOKEN_COUNTERS}
 
 
 def columns(row: Any) -> dict[str, Any]:

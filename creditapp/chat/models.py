@@ -22,9 +22,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from creditapp.database import BigIntId, UTCDateTime, one_of
 from creditapp.extensions import db
+from creditapp.metering.usage import TOKEN_COUNTERS
 
 COMPENSATION_STATUSES = ("pending", "processing", "completed", "failed")
 MESSAGE_ROLES = ("user", "assistant")
+# What a roll-up sums of its usage records: how many, their token counts, the credits charged.
+ROLLUP_SUMS = ("requests", *TOKEN_COUNTERS, "credits")
 
 
 class Character(db.Model):  # type: ignore[name-defined,misc]
@@ -214,14 +217,6 @@ class UsageRollup(db.Model):  # type: ignore[name-defined,misc]
             "provider",
             "model",
             unique=True,
-            postgresql_include=[
-                "requests",
-                "input_tokens",
-                "cached_tokens",
-                "cache_write_tokens",
-                "output_tokens",
-                "reasoning_tokens",
-                "credits",
-            ],
+            postgresql_include=list(ROLLUP_SUMS),
         ),
     )

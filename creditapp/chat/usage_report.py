@@ -14,18 +14,11 @@ from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, cast, func, literal, select, union_all
 
-from creditapp.chat.models import UsageRecord, UsageRollup
+from creditapp.chat.models import ROLLUP_SUMS, UsageRecord, UsageRollup
 from creditapp.database import DbSession, dialect_of
+from creditapp.metering.usage import TOKEN_COUNTERS
 
 GROUPINGS = ("day", "model", "provider")
-COUNTERS = (
-    "input_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
-FIELDS = ("requests", *COUNTERS, "credits")
 
 
 @dataclass(frozen=True)
@@ -34,7 +27,7 @@ class UsageReport:
     end: datetime
     group_by: str
     totals: dict[str, int]
-    # (key, sums in the order of FIELDS), in key order
+    # (key, sums in the order of ROLLUP_SUMS), in key order
     groups: list[tuple[str, list[int]]]
 
 
@@ -70,7 +63,7 @@ def report(
         return select(
             _key(session, records, group_by).label("key"),
             literal(1).label("requests"),
-            *(r[name].label(name) for name in COUNTERS),
+            *(r[name].label(name) for name in TOKEN_COUNTERS),
             r.credits_charged.label("credits"),
         ).where(r.user_id == user_id, r.created_at >= start, r.created_at <= end, *conditions)
 
@@ -85,18 +78,20 @@ def report(
     parts.append(
         select(
             _key(session, rollups, group_by).label("key"),
-            *(rollups.c[name].label(name) for name in FIELDS),
+            *(rollups.c[name].label(name) for name in ROLLUP_SUMS),
         ).where(rollups.c.user_id == user_id, rollups.c.day >= first, rollups.c.day < stop)
     )
     combined = union_all(*parts).subquery()
     rows = session.execute(
         # Sums cast back to bigint: whole numbers arrive as ints, not as Decimals to convert.
-        select(combined.c.key, *(cast(func.sum(combined.c[name]), BigInteger) for name in FIELDS))
+        select(
+            combined.c.key, *(cast(func.sum(combined.c[name]), BigInteger) for name in ROLLUP_SUMS)
+        )
         .group_by(combined.c.key)
         .order_by(combined.c.key)
     ).all()
     groups = [(key.isoformat() if isinstance(key, date) else key, sums) for key, *sums in rows]
     columns = zip(*(sums for _key, sums in groups), strict=True)
-    totals = dict(zip(FIELDS, (sum(column) for column in columns), strict=False))
-    totals = {name: totals.get(name, 0) for name in FIELDS}
+    totals = dict(zip(ROLLUP_SUMS, (sum(column) for column in columns), strict=False))
+    totals = {name: totals.get(name, 0) for name in ROLLUP_SUMS}
     return UsageReport(start, end, group_by, totals, groups)

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import select, text, update
 
 from creditapp import ledger
-from creditapp.chat.models import UsageRecord, UsageRollup
-from creditapp.chat.usage_report import COUNTERS, FIELDS
+from creditapp.chat.models import ROLLUP_SUMS, UsageRecord, UsageRollup
 from creditapp.database import DbSession, dialect_of, write_transaction
+from creditapp.metering.usage import TOKEN_COUNTERS
 
 BATCH = 20_000
 
@@ -33,14 +33,14 @@ WITH batch AS (
     UPDATE usage_records AS record SET rolled_up = true FROM batch
     WHERE record.id = batch.id
     RETURNING record.id, record.user_id, record.created_at, record.provider, record.model,
-              {", ".join(f"record.{name}" for name in COUNTERS)}, record.credits_charged
+              {", ".join(f"record.{name}" for name in TOKEN_COUNTERS)}, record.credits_charged
 ), summed AS (
-    INSERT INTO usage_rollups (user_id, day, provider, model, {", ".join(FIELDS)})
+    INSERT INTO usage_rollups (user_id, day, provider, model, {", ".join(ROLLUP_SUMS)})
     SELECT user_id, (created_at AT TIME ZONE 'UTC')::date, provider, model, count(*),
-           {", ".join(f"sum({name})" for name in COUNTERS)}, sum(credits_charged)
+           {", ".join(f"sum({name})" for name in TOKEN_COUNTERS)}, sum(credits_charged)
     FROM marked GROUP BY 1, 2, 3, 4
     ON CONFLICT (user_id, day, provider, model) DO UPDATE SET
-        {", ".join(f"{name} = usage_rollups.{name} + excluded.{name}" for name in FIELDS)}
+        {", ".join(f"{name} = usage_rollups.{name} + excluded.{name}" for name in ROLLUP_SUMS)}
     RETURNING 1
 )
 SELECT count(*), max(id), (SELECT count(*) FROM summed) FROM marked
@@ -65,7 +65,7 @@ def _batch_in_python(session: DbSession, *, before: datetime, after: int) -> tup
             records.created_at,
             records.provider,
             records.model,
-            *(records[name] for name in COUNTERS),
+            *(records[name] for name in TOKEN_COUNTERS),
             records.credits_charged,
         )
         .where(~records.rolled_up, records.id > after, records.created_at < before)
@@ -74,10 +74,10 @@ def _batch_in_python(session: DbSession, *, before: datetime, after: int) -> tup
     ).all()
     if not rows:
         return 0, after
-    sums: dict[tuple[int, Any, str, str], list[int]] = defaultdict(lambda: [0] * len(FIELDS))
+    sums: dict[tuple[int, Any, str, str], list[int]] = defaultdict(lambda: [0] * len(ROLLUP_SUMS))
     for row in rows:
         totals = sums[(row.user_id, row.created_at.date(), row.provider, row.model)]
-        counts = (1, *(row._mapping[name] for name in COUNTERS), row.credits_charged)
+        counts = (1, *(row._mapping[name] for name in TOKEN_COUNTERS), row.credits_charged)
         for index, value in enumerate(counts):
             totals[index] += value
     insert = (
@@ -90,7 +90,7 @@ def _batch_in_python(session: DbSession, *, before: datetime, after: int) -> tup
                     "day": day,
                     "provider": provider,
                     "model": model,
-                    **dict(zip(FIELDS, totals, strict=True)),
+                    **dict(zip(ROLLUP_SUMS, totals, strict=True)),
                 }
                 for (user_id, day, provider, model), totals in sums.items()
             ]
@@ -99,7 +99,7 @@ def _batch_in_python(session: DbSession, *, before: datetime, after: int) -> tup
     session.execute(
         insert.on_conflict_do_update(
             index_elements=["user_id", "day", "provider", "model"],
-            set_={name: getattr(UsageRollup, name) + insert.excluded[name] for name in FIELDS},
+            set_={name: getattr(UsageRollup, name) + insert.excluded[name] for name in ROLLUP_SUMS},
         )
     )
     session.execute(

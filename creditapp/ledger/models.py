@@ -32,7 +32,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from creditapp.database import BigIntId, UTCDateTime, one_of
 from creditapp.extensions import db
 
-GRANT_SOURCES = ("subscription", "purchase", "promo", "admin")
+# Subscription credits come only from the refresh; an admin grants the others.
+ADMIN_GRANT_SOURCES = ("purchase", "promo", "admin")
+GRANT_SOURCES = ("subscription", *ADMIN_GRANT_SOURCES)
 ENTRY_TYPES = ("grant", "refresh", "expire", "charge", "refund", "adjust")
 HOLD_STATUSES = ("pending", "settled", "voided", "expired")
 ACTOR_TYPES = ("user", "admin", "job", "system")

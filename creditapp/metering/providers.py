@@ -19,7 +19,9 @@ from creditapp.errors import InconsistentUsage
 from creditapp.metering.estimate import estimate_tokens
 from creditapp.metering.usage import Usage
 
-PROVIDER_NAMES = ("openai", "anthropic", "google", "demo")
+# Called through their official SDKs (and priced by the genai-prices catalogue).
+SDK_PROVIDERS = ("openai", "anthropic", "google")
+PROVIDER_NAMES = (*SDK_PROVIDERS, "demo")
 _UNREADABLE = (ValueError, KeyError, IndexError, AttributeError, TypeError)
 
 

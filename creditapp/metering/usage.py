@@ -6,6 +6,15 @@ from dataclasses import dataclass
 
 from creditapp.errors import InconsistentUsage
 
+# The token counts of a call, by the names their columns and wire fields have everywhere.
+TOKEN_COUNTERS = (
+    "input_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -25,14 +34,7 @@ class Usage:
     estimated: bool = False
 
     def __post_init__(self) -> None:
-        counts = (
-            self.input_tokens,
-            self.output_tokens,
-            self.cached_tokens,
-            self.cache_write_tokens,
-            self.reasoning_tokens,
-        )
-        if any(not isinstance(count, int) or count < 0 for count in counts):
+        if any(not isinstance(count, int) or count < 0 for count in self.counts().values()):
             raise InconsistentUsage(f"Token counts must be whole numbers >= 0: {self}")
         if self.cached_tokens + self.cache_write_tokens > self.input_tokens:
             raise InconsistentUsage(
@@ -43,13 +45,7 @@ class Usage:
 
     def counts(self) -> dict[str, int]:
         """The five token counts by their column names (usage records and the like)."""
-        return {
-            "input_tokens": self.input_tokens,
-            "cached_tokens": self.cached_tokens,
-            "cache_write_tokens": self.cache_write_tokens,
-            "output_tokens": self.output_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-        }
+        return {name: getattr(self, name) for name in TOKEN_COUNTERS}
 
     @property
     def uncached_input_tokens(self) -> int:

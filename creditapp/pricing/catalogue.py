@@ -20,10 +20,10 @@ from genai_prices.types import ConditionalPrice, ModelPrice, StartDateConstraint
 from sqlalchemy import select
 
 from creditapp.database import DbSession
+from creditapp.metering.providers import SDK_PROVIDERS
 from creditapp.pricing import book
 from creditapp.pricing.models import Price
 
-PROVIDERS = ("openai", "anthropic", "google")
 CATALOGUE_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _FIELDS = {
     "input": "input_mtok",
@@ -112,7 +112,7 @@ def catalogue_prices() -> tuple[list[CataloguePrice], int]:
     rows: list[CataloguePrice] = []
     skipped = 0
     for provider in data_snapshot.get_snapshot().providers:
-        if provider.id not in PROVIDERS:
+        if provider.id not in SDK_PROVIDERS:
             continue
         for model in provider.models:
             dated: list[tuple[datetime, ModelPrice]]
