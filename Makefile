@@ -1,7 +1,6 @@
 # The two commands a newcomer needs are `make run` and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-FLASK := $(VENV)/bin/flask --app wsgi
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 # Two processes per half (tests that need many connections share one; see docs/testing.md).
@@ -22,10 +21,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed  ## create the virtual environment and install pinned packages
 
-run: venv  ## migrate, seed demo data; serve http://127.0.0.1:5000 with a worker and beat (SQLite, no servers)
-	$(FLASK) db upgrade
-	$(FLASK) pricing sync
-	$(FLASK) demo seed
+run: venv  ## migrate, seed demo data; serve http://127.0.0.1:$PORT (default 5000) with a worker and beat (SQLite, no servers)
 	$(PY) scripts/run_embedded.py
 
 test: venv lint test-sqlite test-postgres test-clock  ## the whole suite on SQLite, on PostgreSQL + Redis, then with the clock moved

@@ -222,10 +222,10 @@ def seed_demo() -> None:
         f"demo character {character.name}: id {character.id}"
         f" ({character.provider}:{character.model})"
     )
-    for email in (DEMO_ADMIN, DEMO_USER):
+    click.echo(f"# Access tokens of {DEMO_ADMIN} and {DEMO_USER} (24 h), to paste into a shell:")
+    for variable, email in (("ADMIN_TOKEN", DEMO_ADMIN), ("USER_TOKEN", DEMO_USER)):
         user = users.get_by_email(db.session, email)
-        click.echo(f"{user.role:5}  {email}  token (24 h):")
-        click.echo(f"  {issue_access_token(user, timedelta(hours=24))}")
+        click.echo(f"export {variable}={issue_access_token(user, timedelta(hours=24))}")
 
 
 def register_cli(app: Flask) -> None:

@@ -14,6 +14,7 @@ from creditapp.errors import UnsupportedMediaType
 log = structlog.get_logger("creditapp.access")
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+RETRY_AFTER_STATUSES = (429, 503)
 _CSP = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
 
@@ -32,6 +33,9 @@ def _begin_request() -> None:
 
 
 def _finish_response(response: Response) -> Response:
+    if response.status_code not in RETRY_AFTER_STATUSES:
+        # The rate limiter adds it to every response; only a refusal says when to come back.
+        response.headers.pop("Retry-After", None)
     response.headers["X-Request-ID"] = g.get("request_id", "")
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"

@@ -7,9 +7,10 @@ A period is named by the month it starts in ("2026-11"), which is unique per use
 
 from __future__ import annotations
 
-import calendar
 from dataclasses import dataclass
 from datetime import datetime
+
+from dateutil.relativedelta import relativedelta
 
 
 @dataclass(frozen=True)
@@ -19,17 +20,15 @@ class Period:
     end: datetime
 
 
-def add_months(anchor: datetime, months: int) -> datetime:
-    month_index = anchor.month - 1 + months
-    year, month = anchor.year + month_index // 12, month_index % 12 + 1
-    day = min(anchor.day, calendar.monthrange(year, month)[1])
-    return anchor.replace(year=year, month=month, day=day)
+def _months_after(anchor: datetime, months: int) -> datetime:
+    # relativedelta keeps the anchor's day, clamped to the last day of shorter months.
+    return anchor + relativedelta(months=months)
 
 
 def period_at(anchor: datetime, now: datetime) -> Period:
     """The period containing `now` (the first period if `now` is before the anchor)."""
     months = max((now.year - anchor.year) * 12 + now.month - anchor.month, 0)
-    while months > 0 and add_months(anchor, months) > now:
+    while months > 0 and _months_after(anchor, months) > now:
         months -= 1
-    start = add_months(anchor, months)
-    return Period(f"{start.year:04d}-{start.month:02d}", start, add_months(anchor, months + 1))
+    start = _months_after(anchor, months)
+    return Period(f"{start.year:04d}-{start.month:02d}", start, _months_after(anchor, months + 1))

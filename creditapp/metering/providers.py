@@ -10,7 +10,7 @@ reported none.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -253,9 +253,6 @@ class DemoProvider:
 
     name = "demo"
 
-    def __init__(self, connection: Connection | None = None):
-        pass
-
     def complete(self, request: ChatRequest) -> Completion:
         last = request.messages[-1].content if request.messages else ""
         digest = hashlib.sha256(
@@ -277,13 +274,11 @@ def _status(error: BaseException) -> int | None:
     return None
 
 
-_ADAPTERS: Mapping[
-    str, type[OpenAIProvider | AnthropicProvider | GoogleProvider | DemoProvider]
-] = {
+_ADAPTERS: Mapping[str, Callable[[Connection], Provider]] = {
     "openai": OpenAIProvider,
     "anthropic": AnthropicProvider,
     "google": GoogleProvider,
-    "demo": DemoProvider,
+    "demo": lambda _connection: DemoProvider(),  # offline: nothing to connect to
 }
 
 

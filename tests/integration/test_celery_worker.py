@@ -24,8 +24,8 @@ from creditapp.auth.models import User
 from creditapp.config import JOB_PERIODS
 from creditapp.database import write_transaction
 from creditapp.extensions import db
-from tasks.jobs import run
 from creditapp.ledger.models import Grant
+from tasks.jobs import run
 from tests.conftest import Person, utcnow
 from tests.fake_providers import FakeProviders
 from tests.helpers import charged_messages, owe

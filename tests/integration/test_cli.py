@@ -72,8 +72,13 @@ def test_demo_seed_is_repeatable_and_its_tokens_work(app: Flask, client: FlaskCl
     first = cli(app, "demo", "seed")
     second = cli(app, "demo", "seed")
     assert first.exit_code == second.exit_code == 0
-    tokens = [line.strip() for line in second.output.splitlines() if line.startswith("  ")]
-    admin_token, user_token = tokens
+    exports = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in second.output.splitlines()
+        if line.startswith("export ")
+    )
+    admin_token, user_token = exports.pop("ADMIN_TOKEN"), exports.pop("USER_TOKEN")
+    assert exports == {}
     me = client.get("/api/me", headers={"Authorization": f"Bearer {admin_token}"}).get_json()
     assert (me["email"], me["role"]) == (DEMO_ADMIN, "admin")
     balance = client.get(

@@ -16,8 +16,8 @@ from creditapp import ledger
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.jobs import run_job
-from tasks.jobs import beat_schedule
 from creditapp.ledger.models import AuditRecord, LedgerEntry
+from tasks.jobs import beat_schedule
 from tests.conftest import BACKEND, TEST_CONTEXT, Person, utcnow
 
 CR = 1_000_000

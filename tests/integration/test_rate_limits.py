@@ -29,8 +29,10 @@ def test_limits_per_user_with_headers_and_retry_after(app: Flask, person_factory
     user, other = person_factory(), person_factory()
     env = {"RATELIMIT_ENABLED": "true", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
     with live_server(env) as base:
-        statuses = [call("GET", f"{base}/api/me", user.token)[0] for _ in range(100)]
-        assert statuses == [200] * 100
+        answers = [call("GET", f"{base}/api/me", user.token) for _ in range(100)]
+        assert [status for status, _headers, _body in answers] == [200] * 100
+        # Only a refusal says when to come back.
+        assert all("Retry-After" not in headers for _status, headers, _body in answers)
         status, headers, body = call("GET", f"{base}/api/me", user.token)
         assert status == 429
         assert json.loads(body)["error"]["code"] == "rate_limited"
@@ -43,9 +45,12 @@ def test_limits_per_user_with_headers_and_retry_after(app: Flask, person_factory
         # Admin mutations are sensitive: 10 per 5 minutes.
         grant = json.dumps({"user_id": str(user.id), "amount": "1", "reason": "x"}).encode()
         results = [
-            call("POST", f"{base}/api/admin/credit/grant", admin.token, grant)[0] for _ in range(11)
+            call("POST", f"{base}/api/admin/credit/grant", admin.token, grant) for _ in range(11)
         ]
-        assert results == [201] * 10 + [429]
+        assert [status for status, _headers, _body in results] == [201] * 10 + [429]
+        assert ["Retry-After" in headers for _status, headers, _body in results] == [False] * 10 + [
+            True
+        ]
 
 
 def test_limits_fall_back_to_memory_when_redis_is_down(app: Flask, person_factory) -> None:

@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 from creditapp.ledger.models import LedgerEntry
 from tests.conftest import BACKEND, Person, utcnow
 from tests.helpers import (
-    assert_error,
     run_job_at,
     run_job_at_once,
     scalar,

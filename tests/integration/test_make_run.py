@@ -1,0 +1,157 @@
+"""`make run` as a newcomer meets it (scripts/run_embedded.py): a busy port stops it at once,
+and otherwise the README's walk-through gives the numbers the README shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.live_server import ROOT, call, free_port
+
+# real_clock also runs these one after another with the embedded worker's test, which shares
+# the file-system broker under instance/.
+pytestmark = pytest.mark.real_clock
+RUN = [sys.executable, "scripts/run_embedded.py"]
+
+
+def _embedded_env(tmp_path: Path, port: int | str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "CREDITAPP_ENV": "development",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'run.db'}",
+        "PORT": str(port),
+    }
+    for name in ("REDIS_URL", "CELERY_BROKER_URL"):
+        env.pop(name, None)
+    return env
+
+
+def test_a_busy_port_stops_it_before_anything_is_done(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            RUN, cwd=ROOT, env=_embedded_env(tmp_path, port), capture_output=True, text=True
+        )
+    assert done.returncode == 1
+    assert f"Port {port} on 127.0.0.1 is in use" in done.stderr
+    assert f"PORT={port + 1} make run" in done.stderr
+    assert not (tmp_path / "run.db").exists()
+
+
+def test_a_port_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        RUN,
+        cwd=ROOT,
+        env=_embedded_env(tmp_path, "\uff15\uff10\uff10\uff10"),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "PORT must be a TCP port number" in done.stderr
+
+
+def _answers(url: str) -> bool:
+    try:
+        return call("GET", url)[0] == 200
+    except OSError:  # not listening yet
+        return False
+
+
+@contextmanager
+def _running(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[bytes]]]:
+    port = free_port()
+    output = tmp_path / "run.log"
+    with output.open("wb") as log:
+        process = subprocess.Popen(
+            RUN,
+            cwd=ROOT,
+            env=_embedded_env(tmp_path, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(f"{base}/healthz"):
+            assert process.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.2)
+        exports = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in output.read_text().splitlines()
+            if line.startswith("export ")
+        )
+        yield base, exports, process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _json(method: str, url: str, token: str, body: dict[str, Any] | None = None, **headers: str):  # type: ignore[no-untyped-def]
+    status, _headers, raw = call(
+        method, url, token, None if body is None else json.dumps(body).encode(), headers
+    )
+    return status, json.loads(raw)
+
+
+def test_the_readme_walk_through_adds_up_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    with _running(tmp_path) as (base, tokens, process):
+        assert set(tokens) == {"ADMIN_TOKEN", "USER_TOKEN"}
+        user, admin = tokens["USER_TOKEN"], tokens["ADMIN_TOKEN"]
+        assert _json("GET", f"{base}/api/credit/balance", user)[1]["balance"] == "1100"
+        assert _json("GET", f"{base}/api/me", user)[1]["id"] == "2"
+        # Each request is logged once, as one JSON line.
+        logged = [
+            line for line in (tmp_path / "run.log").read_text().splitlines() if "/api/me" in line
+        ]
+        assert [json.loads(line)["path"] for line in logged] == ["/api/me"]
+        status, granted = _json(
+            "POST",
+            f"{base}/api/admin/credit/grant",
+            admin,
+            {"user_id": "2", "amount": "250", "reason": "welcome", "source": "promo"},
+            **{"Idempotency-Key": "first-grant"},
+        )
+        assert (status, granted["balance"]["balance"]) == (201, "1350")
+        status, conversation = _json(
+            "POST", f"{base}/api/conversations", user, {"character_id": "1"}
+        )
+        assert (status, conversation["id"]) == (201, "1")
+        status, exchange = _json(
+            "POST",
+            f"{base}/api/conversations/1/messages",
+            user,
+            {"content": "Hello Ada!"},
+            **{"Idempotency-Key": "hello-1"},
+        )
+        assert status == 201
+        assert exchange["credits_charged"] == "0.156"
+        assert exchange["balance"] == {
+            "available": "1349.844",
+            "balance": "1349.844",
+            "reserved": "0",
+        }
+        assert (exchange["usage"]["input_tokens"], exchange["usage"]["output_tokens"]) == (26, 13)
+        assert exchange["reply"]["content"] == "Tell me more. You said: Hello Ada!"
+        assert _json("GET", f"{base}/api/credit/balance", user)[1]["balance"] == "1349.844"
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=40) == 0
+        with socket.socket() as probe:  # gunicorn is gone with it
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", int(base.rsplit(":", 1)[1])))
