@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,7 +85,7 @@ def write_transaction(session: DbSession) -> Iterator[Session]:
     earlier is relied on as a snapshot), which saves a COMMIT and a BEGIN.
     """
     plain: Session = session() if isinstance(session, scoped_session) else session
-    if dialect_of(plain) is SQLite:
+    if dialect_of(plain) is SQLITE:
         if plain.in_transaction():
             plain.commit()
         plain.connection(execution_options={_WRITE_OPTION: True})
@@ -114,7 +115,7 @@ def snapshot(session: DbSession) -> Iterator[Session]:
         yield plain
         return
     plain.rollback()
-    if dialect_of(plain) is PostgreSQL:
+    if dialect_of(plain) is POSTGRESQL:
         plain.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
     plain.info[_SNAPSHOT] = True
     try:
@@ -153,66 +154,68 @@ def one_of(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(value) for value in values)})"
 
 
-class PostgreSQL:
-    """What PostgreSQL does its own way."""
+@dataclass(frozen=True)
+class DatabaseDialect:
+    """What one of the databases we run on does its own way."""
 
+    name: str
     # INSERT with ON CONFLICT DO NOTHING / DO UPDATE (insert-if-new, upsert).
-    insert = staticmethod(postgresql.insert)
+    insert: Callable[[Any], Any]
     # The driver's parameter marker, for statements sent to it directly.
-    placeholder = "%s"
+    placeholder: str
     # Rows can be locked (`FOR UPDATE`); SQLite's write transaction locks the whole database.
-    locks_rows = True
+    locks_rows: bool
     # INSERT and UPDATE inside WITH: a batch can lock, mark, sum and upsert in one statement.
-    writes_in_with = True
-
-    @staticmethod
-    def stored_time(value: datetime | None) -> Any:
-        """A timestamp as a parameter of a statement sent to the driver."""
-        return value
-
-    @staticmethod
-    def stored_json(value: dict[str, Any]) -> Any:
-        return Json(value)
-
-    @staticmethod
-    def utc_day(column: Any, *, is_date: bool) -> ColumnElement[Any]:
-        """The UTC day of a timestamp (or date) column, as something to group by."""
-        # Grouped as dates (cheaper than formatting every row); formatted once per group.
-        return column if is_date else cast(func.timezone("UTC", column), Date)
+    writes_in_with: bool
+    # A timestamp, and a JSON document, as parameters of a statement sent to the driver.
+    stored_time: Callable[[datetime | None], Any]
+    stored_json: Callable[[dict[str, Any]], Any]
+    # The UTC day of a timestamp column (`is_date`: a date column), as something to group by.
+    utc_day: Callable[..., ColumnElement[Any]]
 
 
-class SQLite:
-    """What the embedded SQLite file does its own way (see PostgreSQL for each)."""
-
-    insert = staticmethod(sqlite.insert)
-    placeholder = "?"
-    locks_rows = False
-    writes_in_with = False
-
-    @staticmethod
-    def stored_time(value: datetime | None) -> Any:
-        # As SQLAlchemy's DateTime stores it: naive UTC text that sorts like time.
-        if value is None:
-            return None
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-    @staticmethod
-    def stored_json(value: dict[str, Any]) -> Any:
-        return json.dumps(value)
-
-    @staticmethod
-    def utc_day(column: Any, *, is_date: bool) -> ColumnElement[Any]:
-        # Dates and timestamps are both stored as text starting with "YYYY-MM-DD".
-        return func.substr(column, 1, 10)
+def _sqlite_time(value: datetime | None) -> Any:
+    # As SQLAlchemy's DateTime stores it: naive UTC text that sorts like time.
+    return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-DatabaseDialect = type[PostgreSQL] | type[SQLite]
-_DIALECTS: dict[str, DatabaseDialect] = {"postgresql": PostgreSQL, "sqlite": SQLite}
+def _postgresql_day(column: Any, *, is_date: bool) -> ColumnElement[Any]:
+    # Grouped as dates (cheaper than formatting every row); formatted once per group.
+    return column if is_date else cast(func.timezone("UTC", column), Date)
+
+
+def _sqlite_day(column: Any, *, is_date: bool) -> ColumnElement[Any]:
+    # Dates and timestamps are both stored as text starting with "YYYY-MM-DD".
+    return func.substr(column, 1, 10)
+
+
+POSTGRESQL = DatabaseDialect(
+    name="postgresql",
+    insert=postgresql.insert,
+    placeholder="%s",
+    locks_rows=True,
+    writes_in_with=True,
+    stored_time=lambda value: value,
+    stored_json=Json,
+    utc_day=_postgresql_day,
+)
+SQLITE = DatabaseDialect(
+    name="sqlite",
+    insert=sqlite.insert,
+    placeholder="?",
+    locks_rows=False,
+    writes_in_with=False,
+    stored_time=_sqlite_time,
+    stored_json=json.dumps,
+    utc_day=_sqlite_day,
+)
+DIALECTS = (POSTGRESQL, SQLITE)
+_BY_NAME = {dialect.name: dialect for dialect in DIALECTS}
 
 
 def dialect_of(session: DbSession) -> DatabaseDialect:
     """What differs on the database the session talks to."""
-    return _DIALECTS[session.get_bind().dialect.name]
+    return _BY_NAME[session.get_bind().dialect.name]
 
 
 def read_time(value: Any) -> datetime | None:

@@ -56,7 +56,17 @@ class Conversation(db.Model):  # type: ignore[name-defined,misc]
     __table_args__ = (Index("ix_conversations_user_id", "user_id"),)
 
 
-class ProviderCall:
+class TokenCounts:
+    """The token counts of a call, or sums of them (one column per `TOKEN_COUNTERS`)."""
+
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class ProviderCall(TokenCounts):
     """The columns of one provider call: whose, in which conversation under which hold, the
     price row that priced it, its normalized usage and its exact cost."""
 
@@ -71,11 +81,6 @@ class ProviderCall:
     price_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("prices.id"), nullable=False)
     provider: Mapped[str] = mapped_column(String(32), nullable=False)
     model: Mapped[str] = mapped_column(String(200), nullable=False)
-    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
     estimated: Mapped[bool] = mapped_column(Boolean, nullable=False)
     cost: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
@@ -189,7 +194,7 @@ class Compensation(db.Model):  # type: ignore[name-defined,misc]
     )
 
 
-class UsageRollup(db.Model):  # type: ignore[name-defined,misc]
+class UsageRollup(TokenCounts, db.Model):  # type: ignore[name-defined,misc]
     """The sums of one user's usage records of one UTC day, provider and model."""
 
     __tablename__ = "usage_rollups"
@@ -200,11 +205,6 @@ class UsageRollup(db.Model):  # type: ignore[name-defined,misc]
     provider: Mapped[str] = mapped_column(String(32), nullable=False)
     model: Mapped[str] = mapped_column(String(200), nullable=False)
     requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
     credits: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
     __table_args__ = (

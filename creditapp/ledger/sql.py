@@ -15,7 +15,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from creditapp.database import DbSession, PostgreSQL, SQLite, dialect_of, read_time
+from creditapp.database import DIALECTS, DbSession, dialect_of, read_time
 
 _NAMED_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
 
@@ -30,9 +30,9 @@ class Statement:
         text = " ".join(sql.split())
         self.names = tuple(_NAMED_PARAMETER.findall(text))
         self.sql = {
-            dialect: _NAMED_PARAMETER.sub(dialect.placeholder, text)
+            dialect.name: _NAMED_PARAMETER.sub(dialect.placeholder, text)
             + (f" {lock}" if lock and dialect.locks_rows else "")
-            for dialect in (PostgreSQL, SQLite)
+            for dialect in DIALECTS
         }
 
     def values(self, params: dict[str, Any]) -> tuple[Any, ...]:
@@ -48,7 +48,7 @@ class LedgerSql:
         self._cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
     def _execute(self, statement: Statement, params: dict[str, Any]) -> Any:
-        self._cursor.execute(statement.sql[self._dialect], statement.values(params))
+        self._cursor.execute(statement.sql[self._dialect.name], statement.values(params))
         return self._cursor
 
     def one(self, statement: Statement, **params: Any) -> tuple[Any, ...] | None:
@@ -67,7 +67,7 @@ class LedgerSql:
             self._execute(statement, rows[0])
             return
         self._cursor.executemany(
-            statement.sql[self._dialect], [statement.values(row) for row in rows]
+            statement.sql[self._dialect.name], [statement.values(row) for row in rows]
         )
 
     def time(self, value: datetime | None) -> Any:
