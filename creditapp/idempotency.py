@@ -95,6 +95,18 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """A request asking for its key."""
+
+    user_id: int
+    key: str
+    fingerprint: str
+    now: datetime
+    retention: timedelta
+    takeover_after: timedelta
+
+
 def claim(
     session: DbSession,
     *,
@@ -106,32 +118,23 @@ def claim(
     takeover_after: timedelta,
 ) -> Claim | StoredResponse:
     """Claim the key for this request, or return the response to replay. Commits."""
+    asked = _Asked(user_id, key, request_fingerprint, now, retention, takeover_after)
     for _attempt in range(3):
         with write_transaction(session):
-            outcome = _claim_once(
-                session, user_id, key, request_fingerprint, now, retention, takeover_after
-            )
+            outcome = _claim_once(session, asked)
         if outcome is not None:
             return outcome
     raise RequestInProgress()
 
 
-def _claim_once(
-    session: DbSession,
-    user_id: int,
-    key: str,
-    request_fingerprint: str,
-    now: datetime,
-    retention: timedelta,
-    takeover_after: timedelta,
-) -> Claim | StoredResponse | None:
+def _claim_once(session: DbSession, asked: _Asked) -> Claim | StoredResponse | None:
     token = secrets.token_hex(16)
     fresh_claim = {
-        "fingerprint": request_fingerprint,
+        "fingerprint": asked.fingerprint,
         "status": "in_progress",
         "claim_token": token,
-        "claimed_at": now,
-        "expires_at": now + retention,
+        "claimed_at": asked.now,
+        "expires_at": asked.now + asked.retention,
         "response_status": None,
         "response_body": None,
         "response_content_type": None,
@@ -140,31 +143,33 @@ def _claim_once(
     claimed = session.execute(
         dialect_of(session)
         .insert(keys)
-        .values(user_id=user_id, key=key, **fresh_claim)
+        .values(user_id=asked.user_id, key=asked.key, **fresh_claim)
         .on_conflict_do_nothing(index_elements=["user_id", "key"])
         .returning(keys.c.id)
     ).scalar_one_or_none()
     if claimed is not None:
         return Claim(claimed, token)
     existing = session.execute(
-        select(keys).where(keys.c.user_id == user_id, keys.c.key == key).with_for_update()
+        select(keys)
+        .where(keys.c.user_id == asked.user_id, keys.c.key == asked.key)
+        .with_for_update()
     ).one_or_none()
     if existing is None:
         return None  # released by its request meanwhile: try again
-    if existing.expires_at <= now:
+    if existing.expires_at <= asked.now:
         # A key older than the retention is free for a new request.
         session.execute(update(keys).where(keys.c.id == existing.id).values(**fresh_claim))
         return Claim(existing.id, token)
-    if existing.fingerprint != request_fingerprint:
+    if existing.fingerprint != asked.fingerprint:
         raise IdempotencyKeyReused()
     if existing.status == "completed":
         return StoredResponse(
             existing.response_status, existing.response_body, existing.response_content_type
         )
-    if existing.claimed_at + takeover_after > now:
+    if existing.claimed_at + asked.takeover_after > asked.now:
         raise RequestInProgress()
     session.execute(
-        update(keys).where(keys.c.id == existing.id).values(claim_token=token, claimed_at=now)
+        update(keys).where(keys.c.id == existing.id).values(claim_token=token, claimed_at=asked.now)
     )
     return Claim(existing.id, token)
 
