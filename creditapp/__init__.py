@@ -35,7 +35,7 @@ def register_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from creditapp.auth.tokens import register_token_users
+    from creditapp.auth.tokens import register_token_rules
     from creditapp.database import configure_engine
     from creditapp.extensions import api, db, jwt, migrate
 
@@ -56,7 +56,7 @@ def register_extensions(app: Flask) -> None:
         configure_engine(db.engine)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     jwt.init_app(app)
-    register_token_users(jwt)
+    register_token_rules(jwt)
     api.init_app(app)
 
 

@@ -27,7 +27,8 @@ def parse_credits(value: object, *, signed: bool = False, allow_zero: bool = Fal
     (adjustments) must be non-zero.
     """
     if isinstance(value, bool) or not isinstance(value, int | str):
-        # bool is an int subclass; a JSON float arrives as Decimal or float: both refused.
+        # bool is an int subclass; a JSON float (or an integer longer than any amount) arrives
+        # as a Decimal: refused.
         raise AmountError("must be a decimal string in credits or a whole number, not a JSON float")
     if isinstance(value, int):
         micro = value * MICRO_PER_CREDIT
@@ -37,6 +38,9 @@ def parse_credits(value: object, *, signed: bool = False, allow_zero: bool = Fal
             raise AmountError(
                 'must be a decimal string in credits with at most 6 decimals, e.g. "12.5"'
             )
+        if len(match["whole"].lstrip("0")) > len(str(MAX_CREDITS)):
+            # Refused before int(), which gives up on strings of thousands of digits.
+            raise AmountError(f"must be at most {MAX_CREDITS:,} credits")
         fraction = (match["fraction"] or "").ljust(6, "0")
         micro = int(match["whole"]) * MICRO_PER_CREDIT + int(fraction)
         if match["sign"]:

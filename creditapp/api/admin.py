@@ -20,6 +20,7 @@ from creditapp.api.schemas import (
     GrantSchema,
     Id,
     PageArgs,
+    Text,
     UtcDateTime,
     columns,
     page_of,
@@ -31,23 +32,23 @@ from creditapp.ledger.models import GRANT_SOURCES, AuditRecord, Grant
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration")
 
-_REASON = validate.Length(min=1, max=500)
+REASON_CHARS = 500
 
 
 class GrantArgs(Schema):
     user_id = Id(required=True)
     amount = Credits(required=True)
-    reason = fields.String(required=True, validate=_REASON)
+    reason = Text(required=True, max_length=REASON_CHARS)
     # Which sources an admin may grant is the ledger's rule (subscription credits come only
     # from refresh); the schema names the sources that exist.
-    source = fields.String(load_default="admin", validate=validate.OneOf(GRANT_SOURCES))
+    source = Text(load_default="admin", max_length=32, validate=validate.OneOf(GRANT_SOURCES))
     expires_at = UtcDateTime(load_default=None, allow_none=True)
 
 
 class AdjustArgs(Schema):
     user_id = Id(required=True)
     amount = Credits(required=True, signed=True, allow_zero=True)
-    reason = fields.String(required=True, validate=_REASON)
+    reason = Text(required=True, max_length=REASON_CHARS)
 
 
 class GrantResultSchema(Schema):
@@ -68,7 +69,7 @@ class UserCreditSchema(BalanceSchema):
 
 class AuditArgs(PageArgs):
     user_id = Id(load_default=None)
-    action = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    action = Text(load_default=None, max_length=64)
     from_ = UtcDateTime(data_key="from", load_default=None)
     to = UtcDateTime(load_default=None)
 
@@ -138,7 +139,7 @@ def adjust(args: dict[str, Any]) -> Any:
 
 class RefundArgs(Schema):
     message_id = Id(required=True)
-    reason = fields.String(required=True, validate=_REASON)
+    reason = Text(required=True, max_length=REASON_CHARS)
 
 
 class RefundSchema(Schema):

@@ -20,6 +20,7 @@ from creditapp.api.schemas import (
     Credits,
     Id,
     PageArgs,
+    Text,
     UtcDateTime,
     page_of,
     token_counts,
@@ -37,10 +38,10 @@ MAX_MESSAGE_CHARS = 16_000
 
 
 class CharacterArgs(Schema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
-    system_prompt = fields.String(required=True, validate=validate.Length(min=1, max=8000))
-    provider = fields.String(required=True, validate=validate.OneOf(PROVIDER_NAMES))
-    model = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    name = Text(required=True, max_length=100)
+    system_prompt = Text(required=True, max_length=8000)
+    provider = Text(required=True, max_length=32, validate=validate.OneOf(PROVIDER_NAMES))
+    model = Text(required=True, max_length=200)
     public = fields.Boolean(load_default=False, truthy={True}, falsy={False})
 
 
@@ -72,7 +73,7 @@ ConversationPageSchema = page_of(ConversationSchema)
 
 
 class MessageArgs(Schema):
-    content = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MESSAGE_CHARS))
+    content = Text(required=True, max_length=MAX_MESSAGE_CHARS)
     max_tokens = fields.Integer(
         load_default=None, strict=True, validate=validate.Range(min=1, max=1_000_000)
     )

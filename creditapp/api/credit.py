@@ -17,8 +17,10 @@ from creditapp.api.schemas import (
     Credits,
     GrantPageSchema,
     PageArgs,
+    Text,
     TransactionPageSchema,
     UtcDateTime,
+    in_range,
     token_counts,
 )
 from creditapp.auth import users
@@ -42,7 +44,7 @@ class DateOrDateTime(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, str) and len(value) == 10:
             day = fields.Date()._deserialize(value, attr, data, **kwargs)
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            start = in_range(datetime(day.year, day.month, day.day, tzinfo=UTC))
             return start, start + timedelta(days=1) - timedelta(microseconds=1)
         moment = UtcDateTime()._deserialize(value, attr, data, **kwargs)
         return moment, moment
@@ -51,7 +53,7 @@ class DateOrDateTime(fields.Field):
 class UsageArgs(Schema):
     from_ = DateOrDateTime(data_key="from", load_default=None)
     to = DateOrDateTime(load_default=None)
-    group_by = fields.String(load_default="day", validate=validate.OneOf(GROUPINGS))
+    group_by = Text(load_default="day", max_length=16, validate=validate.OneOf(GROUPINGS))
 
     @validates_schema
     def _range(self, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -83,7 +85,7 @@ class UsageReportSchema(Schema):
 
 
 class TransactionArgs(PageArgs):
-    type = fields.String(load_default=None, validate=validate.OneOf(ENTRY_TYPES))
+    type = Text(load_default=None, max_length=16, validate=validate.OneOf(ENTRY_TYPES))
 
 
 @blp.route("/balance", methods=["GET"])

@@ -13,7 +13,7 @@ from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
-from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, columns, page_of
+from creditapp.api.schemas import Credits, Id, PageArgs, Text, UtcDateTime, columns, page_of
 from creditapp.chat import compensations as chat_compensations
 from creditapp.chat import service
 from creditapp.chat.models import COMPENSATION_STATUSES, Compensation, UnbilledUsage
@@ -25,7 +25,7 @@ blp = Blueprint("jobs", __name__, url_prefix="/api/admin/credit", description="B
 
 
 class CompensationArgs(PageArgs):
-    status = fields.String(load_default=None, validate=validate.OneOf(COMPENSATION_STATUSES))
+    status = Text(load_default=None, max_length=16, validate=validate.OneOf(COMPENSATION_STATUSES))
 
 
 class CompensationSchema(Schema):

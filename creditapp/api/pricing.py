@@ -13,7 +13,7 @@ from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
-from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, page_of
+from creditapp.api.schemas import Credits, Id, PageArgs, Text, UtcDateTime, page_of
 from creditapp.auth import tiers, users
 from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
@@ -47,8 +47,8 @@ class UsdPerMillion(fields.Field):
 
 
 class PriceArgs(Schema):
-    provider = fields.String(required=True, validate=validate.OneOf(PROVIDER_NAMES))
-    model = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    provider = Text(required=True, max_length=32, validate=validate.OneOf(PROVIDER_NAMES))
+    model = Text(required=True, max_length=200)
     input = UsdPerMillion(required=True)
     output = UsdPerMillion(required=True)
     cached_input = UsdPerMillion(load_default=None, allow_none=True)
@@ -57,8 +57,8 @@ class PriceArgs(Schema):
 
 
 class PriceListArgs(PageArgs):
-    provider = fields.String(load_default=None, validate=validate.OneOf(PROVIDER_NAMES))
-    model = fields.String(load_default=None, validate=validate.Length(min=1, max=200))
+    provider = Text(load_default=None, max_length=32, validate=validate.OneOf(PROVIDER_NAMES))
+    model = Text(load_default=None, max_length=200)
 
 
 class PriceSchema(Schema):
@@ -79,13 +79,12 @@ PricePageSchema = page_of(PriceSchema)
 
 
 class TierArgs(Schema):
-    name = fields.String(
-        required=True, validate=[validate.Length(min=1, max=64), validate.Regexp(r"^[a-z0-9_-]+$")]
-    )
+    name = Text(required=True, max_length=64, validate=validate.Regexp(r"^[a-z0-9_-]+$"))
     monthly_credits = Credits(required=True, allow_zero=True)
     allowed_models = fields.List(
-        fields.String(
-            validate=validate.Regexp(rf"^(\*|({'|'.join(PROVIDER_NAMES)}):(\*|[^\s:*]{{1,200}}))$")
+        Text(
+            max_length=300,
+            validate=validate.Regexp(rf"^(\*|({'|'.join(PROVIDER_NAMES)}):(\*|[^\s:*]{{1,200}}))$"),
         ),
         required=True,
         validate=validate.Length(max=500),
@@ -97,9 +96,10 @@ class TierArgs(Schema):
         required=True, strict=True, validate=validate.Range(min=1, max=1_000_000)
     )
     rate_limits = fields.Dict(
-        keys=fields.String(validate=validate.OneOf(["default", "spending"])),
-        values=fields.String(
-            validate=validate.Regexp(r"^\d{1,6} per \d{0,4} ?(second|minute|hour|day)s?$")
+        keys=Text(max_length=16, validate=validate.OneOf(["default", "spending"])),
+        values=Text(
+            max_length=40,
+            validate=validate.Regexp(r"^[0-9]{1,6} per [0-9]{0,4} ?(second|minute|hour|day)s?$"),
         ),
         load_default=None,
         allow_none=True,
@@ -120,7 +120,7 @@ class TierListSchema(Schema):
 
 
 class UserTierArgs(Schema):
-    tier = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    tier = Text(required=True, max_length=64)
 
 
 class UserTierSchema(Schema):

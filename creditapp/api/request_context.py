@@ -1,15 +1,19 @@
-"""Per-request plumbing: request id, JSON-only bodies, security headers, access log."""
+"""Per-request plumbing: bounded bodies, request id, JSON-only bodies, security headers, access
+log."""
 
 from __future__ import annotations
 
+import io
 import re
 import time
 import uuid
+from collections.abc import Iterable
+from typing import Any
 
 import structlog
 from flask import Flask, Response, g, request
 
-from creditapp.errors import UnsupportedMediaType
+from creditapp.errors import PayloadTooLarge, UnsupportedMediaType
 
 log = structlog.get_logger("creditapp.access")
 
@@ -18,12 +22,37 @@ RETRY_AFTER_STATUSES = (429, 503)
 _CSP = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
 
+_TOO_LARGE = "creditapp.body_too_large"
+
+
+class BoundedBody:
+    """WSGI middleware: a body sent without Content-Length (chunked) is read here, at most one
+    byte more than the limit, so that one too large is refused (413) instead of being cut at the
+    limit and parsed as if it were whole."""
+
+    def __init__(self, wsgi_app: Any, limit: int):
+        self.wsgi_app = wsgi_app
+        self.limit = limit
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if not environ.get("CONTENT_LENGTH") and environ.get("wsgi.input_terminated"):
+            body = environ["wsgi.input"].read(self.limit + 1)
+            if len(body) > self.limit:
+                environ[_TOO_LARGE] = True
+                body = b""
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]
+
+
 def _begin_request() -> None:
     g.started = time.perf_counter()
     offered = request.headers.get("X-Request-ID", "")
     g.request_id = offered if _SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=g.request_id)
+    if request.environ.get(_TOO_LARGE):
+        raise PayloadTooLarge()
     if (
         request.method in ("POST", "PUT", "PATCH")
         and (request.content_length or request.headers.get("Transfer-Encoding"))
@@ -56,5 +85,6 @@ def _finish_response(response: Response) -> Response:
 
 
 def register_request_context(app: Flask) -> None:
+    app.wsgi_app = BoundedBody(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
     app.before_request(_begin_request)
     app.after_request(_finish_response)

@@ -34,6 +34,65 @@ class Credits(fields.Field):
             raise ValidationError(str(error)) from error
 
 
+UNSTORABLE = "Text may not contain NUL characters or unpaired surrogates."
+
+
+def storable(text: str) -> bool:
+    """Whether both databases can store `text`: PostgreSQL's text refuses NUL, and UTF-8 (either
+    database) has no unpaired surrogates."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class Text(fields.String):
+    """Every text a request carries: `min_length` to `max_length` characters the database can
+    store. A request that passed here cannot fail later on its own text."""
+
+    def __init__(self, *, max_length: int, min_length: int = 1, **kwargs: Any):
+        more = kwargs.pop("validate", None)
+        extra = [] if more is None else more if isinstance(more, list) else [more]
+        super().__init__(
+            validate=[validate.Length(min=min_length, max=max_length), *extra], **kwargs
+        )
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text: str = super()._deserialize(value, attr, data, **kwargs)
+        if not storable(text):
+            raise ValidationError(UNSTORABLE)
+        return text
+
+
+class Count(fields.Integer):
+    """A whole number: a JSON integer, or (in a query string) 1-18 ASCII digits, never "+5",
+    " 5" or other scripts' digits (the rule of ids)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        parsed = parse_id(value)
+        if parsed is None:
+            raise ValidationError("Not a valid whole number.")
+        return parsed
+
+
+# Timestamps a request may carry: well inside what datetime arithmetic (a day, a month, a year
+# on either side) and both databases can hold.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+OUT_OF_RANGE = "Must be between 1970-01-01 and 9000-01-01."
+
+
+def in_range(moment: datetime) -> datetime:
+    if not EARLIEST <= moment < LATEST:
+        raise ValidationError(OUT_OF_RANGE)
+    return moment
+
+
 class UtcDateTime(fields.DateTime):
     """ISO 8601 timestamps, always UTC with a trailing Z; naive input is read as UTC."""
 
@@ -44,7 +103,11 @@ class UtcDateTime(fields.DateTime):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
         parsed = super()._deserialize(value, attr, data, **kwargs)
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        try:
+            moment = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except OverflowError as error:  # year 1 or 9999 with an offset
+            raise ValidationError(OUT_OF_RANGE) from error
+        return in_range(moment)
 
 
 class Id(fields.Field):
@@ -79,8 +142,8 @@ def page_of(item: type[Schema]) -> type[Schema]:
 
 
 class PageArgs(Schema):
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(load_default=None)
+    limit = Count(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = Text(max_length=100, load_default=None)
 
 
 class AmountsSchema(Schema):
