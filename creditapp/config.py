@@ -27,6 +27,8 @@ JOB_PERIODS = {
 # The SDKs wait between attempts as the provider's Retry-After says, up to 60 s (OpenAI's and
 # Anthropic's cap; Gemini's backoff is capped at 60 s too).
 PROVIDER_RETRY_WAIT_SECONDS = 60
+# How long connecting to the broker may take before a request that queues a job gives up.
+BROKER_CONNECT_TIMEOUT_SECONDS = 1
 # Preparing the call before it and reaching the settle after it.
 PROVIDER_CALL_MARGIN_SECONDS = 30
 
@@ -84,7 +86,8 @@ class Config:
 
     RATELIMIT_HEADERS_ENABLED = True
     RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
-    RATELIMIT_DEFAULT = "100 per minute"
+    # One budget per user (or client IP) across every endpoint; the kinds below come on top.
+    RATELIMIT_APPLICATION = "100 per minute"
     RATELIMIT_SENSITIVE = "10 per 5 minutes"
     RATELIMIT_SPENDING = "30 per minute"
 
@@ -173,7 +176,12 @@ class Config:
         """Celery's own settings (`celery.config_from_object`): Redis and redbeat when a broker
         is configured, else Kombu's file-system transport under instance/, a broker that needs
         no server yet works across processes, with beat's schedule in a file beside it."""
-        common = {"task_ignore_result": False, "worker_hijack_root_logger": False}
+        common = {
+            "task_ignore_result": False,
+            "worker_hijack_root_logger": False,
+            # A request that queues a job fails fast (503) when the broker is unreachable.
+            "broker_connection_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
+        }
         if not self.CELERY_BROKER_URL:
             return {
                 **common,
@@ -191,7 +199,10 @@ class Config:
             **common,
             "broker_url": self.CELERY_BROKER_URL,
             "result_backend": self.REDIS_URL,
-            "broker_transport_options": {"visibility_timeout": self.CELERY_VISIBILITY_TIMEOUT},
+            "broker_transport_options": {
+                "visibility_timeout": self.CELERY_VISIBILITY_TIMEOUT,
+                "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
+            },
         }
         if self.REDIS_URL:
             # One beat across all machines: redbeat holds a lock in Redis, so a second beat

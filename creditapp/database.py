@@ -54,27 +54,6 @@ def configure_engine(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN")
 
 
-_AFTER_COMMIT = "creditapp.after_commit"
-
-
-def after_commit(session: DbSession, action: Callable[[], None]) -> None:
-    """Run `action` once the session's current transaction has committed, never if it rolls
-    back: how work for Celery is enqueued only after what asked for it is durable."""
-    plain: Session = session() if isinstance(session, scoped_session) else session
-    plain.info.setdefault(_AFTER_COMMIT, []).append(action)
-
-
-@event.listens_for(Session, "after_commit")
-def _run_after_commit(session: Session) -> None:
-    for action in session.info.pop(_AFTER_COMMIT, []):
-        action()
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_after_commit(session: Session) -> None:
-    session.info.pop(_AFTER_COMMIT, None)
-
-
 @contextmanager
 def write_transaction(session: DbSession) -> Iterator[Session]:
     """One short write transaction: commits on success, rolls back on any error.

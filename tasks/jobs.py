@@ -1,5 +1,5 @@
 """The Celery side of the jobs: one task runs any job by name, beat's schedule maps the jobs'
-periods onto it, and `enqueue` queues a job for an HTTP request once its transaction commits.
+periods onto it, and `enqueue` queues a job an HTTP request asks for.
 
 Every job is idempotent, so the task is acknowledged late and put back when a worker dies: a
 task a killed worker held runs again on another.
@@ -11,13 +11,16 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import kombu.exceptions
+import structlog
 from celery import shared_task
-from celery.utils import uuid as new_task_id
 from flask import current_app
 
-from creditapp.database import DbSession, after_commit
+from creditapp.errors import DependencyUnavailable
 from creditapp.extensions import db
 from creditapp.jobs import run_job
+
+log = structlog.get_logger(__name__)
 
 
 @shared_task(name="creditapp.run_job", acks_late=True, reject_on_worker_lost=True)
@@ -37,10 +40,20 @@ def beat_schedule(job_periods: Mapping[str, int]) -> dict[str, dict[str, Any]]:
     }
 
 
-def enqueue(session: DbSession, job: str) -> str:
-    """Queue `job` once the session's current transaction has committed (never if it rolls
-    back). The task id is chosen now, so that what the transaction stores can name it."""
+def enqueue(job: str) -> str:
+    """Queue `job` now, inside the caller's transaction, and return its task id; a broker that
+    cannot be reached within a second or two is DependencyUnavailable (503), so the transaction
+    rolls back and stores no response naming a task that was never queued.
+
+    If the transaction then fails to commit, the job runs anyway: harmless, since every job is
+    idempotent and works only from committed state (no job needs the request's own writes).
+    """
     celery = current_app.extensions["celery"]
-    task_id = new_task_id()
-    after_commit(session, lambda: celery.send_task(run.name, args=(job,), task_id=task_id))
-    return task_id
+    try:
+        sent = celery.send_task(run.name, args=(job,), retry=False, ignore_result=True)
+    except kombu.exceptions.OperationalError as error:
+        log.error("broker_unavailable", job=job, error=str(error))
+        raise DependencyUnavailable(
+            "The job queue is unreachable; nothing was started.", details={"broker": "unreachable"}
+        ) from error
+    return str(sent.id)

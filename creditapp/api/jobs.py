@@ -85,7 +85,7 @@ class UnbilledUsageSchema(UsageSchema):
 @blp.response(202, ProcessingSchema)
 def process_compensations() -> Any:
     pending = compensations.request_run(db.session, context=audit_context(), now=datetime.now(UTC))
-    return {"task_id": enqueue(db.session, "compensations"), "pending": pending}
+    return {"task_id": enqueue("compensations"), "pending": pending}
 
 
 @blp.route("/compensations", methods=["GET"])

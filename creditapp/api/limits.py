@@ -8,6 +8,7 @@ from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 from flask_limiter import Limiter
 from jwt.exceptions import PyJWTError
+from limits.storage import MemoryStorage
 
 
 def rate_limit_key() -> str:
@@ -26,6 +27,18 @@ def rate_limit_key() -> str:
 
 
 limiter = Limiter(key_func=rate_limit_key)
+
+
+def storage_in_use() -> str:
+    """Where limits are counted now: `redis`, `memory` (the embedded default), or
+    `memory_fallback` while Redis is unreachable, when each process counts on its own (`off`
+    when RATELIMIT_ENABLED is false)."""
+    if not current_app.config["RATELIMIT_ENABLED"]:
+        return "off"
+    counting_in_memory = isinstance(limiter.limiter.storage, MemoryStorage)
+    if current_app.config["RATELIMIT_STORAGE_URI"].startswith("memory"):
+        return "memory"
+    return "memory_fallback" if counting_in_memory else "redis"
 
 
 def sensitive() -> str:

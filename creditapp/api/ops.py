@@ -10,7 +10,7 @@ from flask import Blueprint, current_app
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from creditapp.api.limits import limiter
+from creditapp.api.limits import limiter, storage_in_use
 from creditapp.errors import DependencyUnavailable
 from creditapp.extensions import db
 
@@ -43,6 +43,7 @@ def readyz() -> Any:
         except redis.RedisError as error:
             log.warning("readiness_redis_down", error=str(error))
             checks["redis"] = "unreachable"
+    rate_limits = storage_in_use()
     if any(state != "ok" for state in checks.values()):
-        raise DependencyUnavailable(details=checks)
-    return {"status": "ready", "checks": checks}
+        raise DependencyUnavailable(details={**checks, "rate_limits": rate_limits})
+    return {"status": "ready", "checks": checks, "rate_limits": rate_limits}

@@ -3,6 +3,8 @@ them."""
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +15,7 @@ from sqlalchemy import func, select
 
 from creditapp.chat.models import Compensation
 from creditapp.extensions import db
-from creditapp.ledger.models import LedgerEntry
+from creditapp.ledger.models import AuditRecord, LedgerEntry
 from tests.conftest import BACKEND, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import (
@@ -29,6 +31,7 @@ from tests.helpers import (
     send,
     start_conversation,
 )
+from tests.integration.live_server import call, live_server
 
 postgres_only = pytest.mark.postgres_only
 
@@ -125,6 +128,33 @@ def test_process_compensations_answers_202_and_lists_by_status(
         403,
         "forbidden",
     )
+
+
+@pytest.mark.real_clock
+def test_with_the_broker_unreachable_processing_fails_fast_and_stores_nothing(
+    app: Flask, client: FlaskClient, admin: Person
+) -> None:
+    database = {"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
+    key = {"Idempotency-Key": "process-1"}
+    dead_broker = {**database, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
+    with live_server(dead_broker) as base:
+        started = time.monotonic()
+        status, _headers, body = call(
+            "POST", f"{base}/api/admin/credit/process-compensations", admin.token, headers=key
+        )
+        took = time.monotonic() - started
+    assert (status, json.loads(body)["error"]["code"]) == (503, "service_unavailable")
+    assert took < 5
+    # Nothing was recorded, and the key is free: the retry runs, it is not a replay of a 202
+    # naming a task that was never queued.
+    requested = select(func.count()).where(AuditRecord.action == "compensations_requested")
+    assert scalar(app, requested) == 0
+    retried = client.post(
+        "/api/admin/credit/process-compensations", headers={**admin.headers, **key}
+    )
+    assert retried.status_code == 202
+    assert "Idempotent-Replayed" not in retried.headers
+    assert scalar(app, requested) == 1
 
 
 def test_a_refund_that_cannot_be_paid_at_once_is_paid_by_the_job(

@@ -87,7 +87,10 @@ def test_health_and_readiness(client: FlaskClient, app: Flask) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz").get_json()
     expected = {"database": "ok"} | ({"redis": "ok"} if app.config["REDIS_URL"] else {})
-    assert ready == {"status": "ready", "checks": expected}
+    # Where rate limits are counted: in Redis when there is one, else in each process's memory.
+    counted = "redis" if app.config["REDIS_URL"] else "memory"
+    counted = counted if app.config["RATELIMIT_ENABLED"] else "off"
+    assert ready == {"status": "ready", "checks": expected, "rate_limits": counted}
 
 
 def test_openapi_document_lists_the_endpoints(client: FlaskClient) -> None:

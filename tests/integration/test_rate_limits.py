@@ -29,11 +29,13 @@ def test_limits_per_user_with_headers_and_retry_after(app: Flask, person_factory
     user, other = person_factory(), person_factory()
     env = {"RATELIMIT_ENABLED": "true", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
     with live_server(env) as base:
-        answers = [call("GET", f"{base}/api/me", user.token) for _ in range(100)]
+        # One budget across every endpoint, not 100 on each.
+        paths = ["/api/me", "/api/credit/balance", "/api/characters", "/api/conversations"]
+        answers = [call("GET", f"{base}{paths[n % 4]}", user.token) for n in range(100)]
         assert [status for status, _headers, _body in answers] == [200] * 100
         # Only a refusal says when to come back.
         assert all("Retry-After" not in headers for _status, headers, _body in answers)
-        status, headers, body = call("GET", f"{base}/api/me", user.token)
+        status, headers, body = call("GET", f"{base}/api/credit/grants", user.token)
         assert status == 429
         assert json.loads(body)["error"]["code"] == "rate_limited"
         assert int(headers["Retry-After"]) > 0
@@ -41,6 +43,9 @@ def test_limits_per_user_with_headers_and_retry_after(app: Flask, person_factory
         # Another user has a budget of their own.
         status, headers, _ = call("GET", f"{base}/api/me", other.token)
         assert status == 200 and headers["X-RateLimit-Remaining"] == "99"
+
+        ready = json.loads(call("GET", f"{base}/readyz")[2])
+        assert ready["rate_limits"] == ("redis" if app.config["REDIS_URL"] else "memory")
 
         # Admin mutations are sensitive: 10 per 5 minutes.
         grant = json.dumps({"user_id": str(user.id), "amount": "1", "reason": "x"}).encode()
@@ -64,7 +69,10 @@ def test_limits_fall_back_to_memory_when_redis_is_down(app: Flask, person_factor
         status, headers, _ = call("GET", f"{base}/api/me", user.token)
         assert status == 200
         assert headers["X-RateLimit-Limit"] == "100"
-        assert call("GET", f"{base}/readyz")[0] == 503
+        status, _headers, body = call("GET", f"{base}/readyz")
+        assert status == 503
+        # Each process counts on its own until Redis is back: /readyz says so.
+        assert json.loads(body)["error"]["details"]["rate_limits"] == "memory_fallback"
 
 
 def test_spending_is_limited_to_30_a_minute(app: Flask, client, person_factory) -> None:  # type: ignore[no-untyped-def]
