@@ -92,11 +92,11 @@ def _http_error(error: HTTPException) -> Response:
 
 # The database could not serve the request (unreachable, connection lost, timed out): the
 # ledger's own SQL raises the drivers' errors directly, the rest comes through SQLAlchemy.
-_DATABASE_DOWN = (OperationalError, psycopg.OperationalError, sqlite3.OperationalError)
+DATABASE_DOWN = (OperationalError, psycopg.OperationalError, sqlite3.OperationalError)
 
 
 def _unexpected(error: Exception) -> Response:
-    if isinstance(error, _DATABASE_DOWN):
+    if isinstance(error, DATABASE_DOWN):
         log.error("database_unavailable", error=str(error))
         return from_error(DependencyUnavailable())
     log.exception("unhandled_error")

@@ -6,20 +6,25 @@ view that runs its own transactions is handed the claim instead, and completes i
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Response, current_app, make_response, request
+import structlog
+from flask import Flask, Response, current_app, make_response, request
 
 from creditapp import idempotency
+from creditapp.api.errors import DATABASE_DOWN
 from creditapp.api.identity import caller
 from creditapp.database import write_transaction
 from creditapp.errors import ValidationFailed
 from creditapp.extensions import db
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = structlog.get_logger(__name__)
 HEADER = "Idempotency-Key"
 
 
@@ -42,6 +47,43 @@ def _replay(stored: idempotency.StoredResponse) -> Response:
     response = from_store(stored)
     response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+# Seconds between attempts to free a key while the database is unreachable (about a minute in
+# all); past that, a retry may take the key over after IDEMPOTENCY_TAKEOVER.
+RELEASE_BACKOFF = (0.25, 0.5, 1, 2, 4, 8, 16, 32)
+
+
+def _free(claim: idempotency.Claim) -> None:
+    """Free the key of a request that failed, so that the client's retry runs again. When the
+    database itself is what failed, keep trying in the background with a short backoff: the
+    retry is then refused as in progress only until the database is back, not for as long as
+    a takeover waits. (Freeing is conditional on the claim still being in progress and ours: a
+    request whose commit reached the database after all keeps its stored response.)"""
+    try:
+        db.session.rollback()
+        idempotency.release(db.session, claim)
+    except DATABASE_DOWN as error:
+        log.warning("idempotency_release_deferred", claim_id=claim.id, error=str(error))
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        threading.Thread(
+            target=_release_later, args=(app, claim), name="idempotency-release", daemon=True
+        ).start()
+
+
+def _release_later(app: Flask, claim: idempotency.Claim) -> None:
+    for delay in RELEASE_BACKOFF:
+        time.sleep(delay)
+        with app.app_context():
+            try:
+                idempotency.release(db.session, claim)
+            except DATABASE_DOWN:
+                continue
+            finally:
+                db.session.remove()
+        log.info("idempotency_release_done", claim_id=claim.id)
+        return
+    log.error("idempotency_release_gave_up", claim_id=claim.id)
 
 
 def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -> Callable[[F], F]:
@@ -88,7 +130,7 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
                 try:
                     return make_response(view(*args, claim=outcome, **kwargs))
                 except BaseException:
-                    idempotency.release(db.session, outcome)
+                    _free(outcome)
                     raise
             try:
                 with write_transaction(db.session):
@@ -96,7 +138,7 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
                     idempotency.complete(db.session, outcome, response=to_store(response))
             except BaseException:
                 # Nothing the view did was committed: free the key so a retry runs again.
-                idempotency.release(db.session, outcome)
+                _free(outcome)
                 raise
             return response
 

@@ -1,0 +1,70 @@
+"""The database drops out in the middle of a message: the request fails with 503, and once the
+database is back its Idempotency-Key is freed within seconds, not after the takeover time, so
+that the client's retry runs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.engine import make_url
+
+from tests.fake_providers import Answer, FakeProviders
+from tests.helpers import add_price, start_conversation
+from tests.integration.live_server import call, live_server
+from tests.integration.tcp_proxy import TcpProxy
+
+pytestmark = [pytest.mark.postgres_only, pytest.mark.real_clock]
+
+
+def test_a_key_whose_request_lost_the_database_is_freed_once_it_is_back(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    person = person_factory(credits=10 * 1_000_000)
+    add_price(app, "openai", "gpt-cut", input="1", output="1")
+    conversation = start_conversation(client, person, "openai", "gpt-cut")
+    database = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    proxy = TcpProxy(database.host or "127.0.0.1", database.port or 5432)
+    env = {
+        "DATABASE_URL": database.set(port=proxy.port).render_as_string(hide_password=False),
+        # The provider is held back while the database is cut: the call must outlast that.
+        "PROVIDER_TIMEOUT_SECONDS": "30",
+    }
+    gate = threading.Event()
+    fake_providers.script("openai", Answer(text="Held back.", gate=gate))
+    path = f"/api/conversations/{conversation}/messages"
+    body = json.dumps({"content": "Hello", "max_tokens": 20}).encode()
+    key = {"Idempotency-Key": "cut-1"}
+    try:
+        with live_server(env, threads=4) as base, ThreadPoolExecutor(max_workers=1) as pool:
+            sending = pool.submit(call, "POST", f"{base}{path}", person.token, body, key)
+            deadline = time.monotonic() + 20
+            while not fake_providers.calls("openai"):
+                assert time.monotonic() < deadline, "the provider was never called"
+                time.sleep(0.02)
+            proxy.cut()
+            gate.set()
+            status, _headers, answer = sending.result(timeout=60)
+            assert (status, json.loads(answer)["error"]["code"]) == (503, "service_unavailable")
+            time.sleep(1)
+            proxy.restore()
+            # The retry: refused while the key is still held (or the pool meets a dropped
+            # connection once), then run.
+            deadline = time.monotonic() + 20
+            while True:
+                status, headers, answer = call("POST", f"{base}{path}", person.token, body, key)
+                if status == 201 or time.monotonic() > deadline:
+                    break
+                assert status in (409, 503), answer
+                time.sleep(0.25)
+            assert status == 201, answer
+            assert "Idempotent-Replayed" not in headers  # it ran; nothing was stored before
+            assert json.loads(answer)["reply"]["content"].startswith("Fake reply")
+    finally:
+        proxy.close()
