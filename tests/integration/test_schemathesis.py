@@ -1,0 +1,57 @@
+"""Schemathesis over the whole API, as an attacker would fuzz it: every operation of the
+OpenAPI document, with an admin's token and a user's, against a real gunicorn; no request may
+get a 5xx (`--checks not_a_server_error`). `SCHEMATHESIS_EXAMPLES` sets the examples per
+operation (default 25); the seed it used is in the output to replay a failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import Person
+from tests.helpers import add_price, start_conversation
+from tests.integration.live_server import live_server
+
+pytestmark = pytest.mark.real_clock
+EXAMPLES = os.environ.get("SCHEMATHESIS_EXAMPLES") or "25"
+SCHEMATHESIS = Path(sys.executable).parent / "st"
+
+
+@pytest.mark.parametrize("role", ["admin", "user"])
+def test_no_generated_request_gets_a_5xx(
+    app: Flask, client: FlaskClient, admin: Person, person_factory: Any, role: str
+) -> None:
+    user = person_factory(credits=1_000 * 1_000_000)
+    add_price(app, "openai", "gpt-fuzz", input="1", output="1")
+    start_conversation(client, user, "openai", "gpt-fuzz")
+    token = (admin if role == "admin" else user).token
+    with live_server({"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}, threads=4) as base:
+        run = subprocess.run(
+            [
+                str(SCHEMATHESIS),
+                "run",
+                f"{base}/api/openapi.json",
+                "--header",
+                f"Authorization: Bearer {token}",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                EXAMPLES,
+                "--workers",
+                "2",
+                "--request-timeout",
+                "20",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
