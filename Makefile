@@ -11,7 +11,7 @@ POSTGRES_CLOCK := 2027-12-31T23:59:00Z
 PG_TEST_ENV := CREDITAPP_TEST_DATABASE=postgresql TEST_PG_ADMIN_URL=$(PG_ADMIN_URL) \
 	TEST_REDIS_URL=$(TEST_REDIS_URL)
 
-.PHONY: venv run test test-sqlite test-postgres test-clock mutation lint bench clean
+.PHONY: venv tools run test test-sqlite test-postgres test-clock mutation lint bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3.11 -m venv $(VENV)
@@ -21,15 +21,19 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed  ## create the virtual environment and install pinned packages
 
+tools:  ## Debian's nginx, for the production-edge tests (installed when missing; needs root)
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
+	  apt-get install -y nginx || (apt-get update && apt-get install -y nginx)
+
 run: venv  ## migrate, seed demo data; serve http://127.0.0.1:$PORT (default 5000) with a worker and beat (SQLite, no servers)
 	$(PY) scripts/run_embedded.py
 
-test: venv lint test-sqlite test-postgres test-clock  ## the whole suite on SQLite, on PostgreSQL + Redis, then with the clock moved
+test: venv tools lint test-sqlite test-postgres test-clock  ## the whole suite on SQLite, on PostgreSQL + Redis, then with the clock moved
 
-test-sqlite: venv
+test-sqlite: venv tools
 	CREDITAPP_TEST_DATABASE=sqlite $(PYTEST)
 
-test-postgres: venv
+test-postgres: venv tools
 	$(PG_TEST_ENV) $(PYTEST)
 
 test-clock: venv  ## the suite again at other dates (a leap day, a year's last minute)

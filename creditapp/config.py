@@ -114,6 +114,9 @@ class Config:
             raise ConfigurationError(
                 f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.LOG_LEVEL!r}"
             )
+        # Proxies in front whose X-Forwarded-For / -Proto entries are believed (nginx: 1); with
+        # 0 the client is whoever connected, and forwarded headers are ignored.
+        self.TRUSTED_PROXY_HOPS = _int_env("TRUSTED_PROXY_HOPS", 0, minimum=0)
         self.HOLD_TTL_SECONDS = _int_env("HOLD_TTL_SECONDS", 600)
         self.PROVIDER_TIMEOUT_SECONDS = _int_env("PROVIDER_TIMEOUT_SECONDS", 120)
         # Retries inside the SDKs, bounded so that a hold never outlives a slow provider.

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from creditapp.errors import PayloadTooLarge, UnsupportedMediaType
 
@@ -86,5 +87,10 @@ def _finish_response(response: Response) -> Response:
 
 def register_request_context(app: Flask) -> None:
     app.wsgi_app = BoundedBody(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
+    hops = app.config["TRUSTED_PROXY_HOPS"]
+    if hops:
+        # The client's address and scheme as the trusted proxies saw them (rate limits, audit
+        # records, HSTS); what the client itself sends in those headers is not believed.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.before_request(_begin_request)
     app.after_request(_finish_response)

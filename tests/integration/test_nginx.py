@@ -1,0 +1,178 @@
+"""The production edge: Debian's nginx with the shipped deploy/nginx/creditapp.conf in front of
+a real gunicorn. Slow clients do not hold gunicorn's threads, nginx's own errors are JSON in the
+contract's shape, and the app sees the client's address (TRUSTED_PROXY_HOPS=1)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from creditapp.ledger.models import AuditRecord
+from tests.conftest import Person
+from tests.helpers import scalar
+from tests.integration.live_server import free_port, live_server
+from tests.integration.nginx import nginx_in_front
+
+pytestmark = pytest.mark.real_clock
+
+
+def _port(base: str) -> int:
+    port = urlsplit(base).port
+    assert port is not None
+    return port
+
+
+@contextmanager
+def _edge(app: Flask) -> Iterator[tuple[str, str]]:
+    """(nginx, gunicorn): eight gunicorn threads behind nginx, as production runs them."""
+    env = {"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "TRUSTED_PROXY_HOPS": "1"}
+    with (
+        live_server(env, workers=2, threads=4) as gunicorn,
+        nginx_in_front(_port(gunicorn)) as nginx,
+    ):
+        yield nginx, gunicorn
+
+
+def _request(
+    base: str, method: str, path: str, **options: Any
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection, sent as given (headers, body, source address)."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1",
+        _port(base),
+        timeout=options.get("timeout", 10),
+        source_address=options.get("source"),
+    )
+    try:
+        connection.request(
+            method, path, body=options.get("body"), headers=options.get("headers", {})
+        )
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def _assert_json_error(answer: tuple[int, dict[str, str], bytes], status: int, code: str) -> None:
+    got, headers, body = answer
+    assert got == status, body
+    assert headers["Content-Type"].startswith("application/json"), headers
+    error = json.loads(body)["error"]
+    assert (error["code"], error["details"]) == (code, {})
+    assert error["request_id"] == headers["X-Request-ID"] and error["message"]
+
+
+@contextmanager
+def _slow_clients(base: str, person: Person, count: int) -> Iterator[None]:
+    """`count` clients that send their headers and half a body, then nothing."""
+    clients = []
+    head = (
+        "POST /api/admin/credit/grant HTTP/1.1\r\nHost: creditapp\r\n"
+        f"Authorization: Bearer {person.token}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 60000\r\n\r\n"
+    ).encode()
+    try:
+        for _ in range(count):
+            client = socket.create_connection(("127.0.0.1", _port(base)))
+            client.sendall(head + b"{" + b" " * 30_000)
+            clients.append(client)
+        time.sleep(0.5)  # let the server take them in
+        yield
+    finally:
+        for client in clients:
+            with suppress(OSError):
+                client.close()
+
+
+def test_ten_slow_clients_do_not_delay_balance_reads(app: Flask, admin: Person) -> None:
+    with _edge(app) as (nginx, gunicorn):
+        # Without nginx, ten stalled bodies hold all eight of gunicorn's threads.
+        with _slow_clients(gunicorn, admin, 10), pytest.raises(TimeoutError):
+            _request(gunicorn, "GET", "/api/credit/balance", headers=_auth(admin), timeout=2)
+        with _slow_clients(nginx, admin, 10):
+            connection = http.client.HTTPConnection("127.0.0.1", _port(nginx), timeout=10)
+            timings = []
+            for _ in range(60):
+                started = time.perf_counter()
+                connection.request("GET", "/api/credit/balance", headers=_auth(admin))
+                response = connection.getresponse()
+                response.read()
+                timings.append(time.perf_counter() - started)
+                assert response.status == 200
+            connection.close()
+    p95 = statistics.quantiles(timings, n=20)[-1]
+    assert p95 < 0.1, f"p95 {p95 * 1000:.1f} ms"
+
+
+def _auth(person: Person) -> dict[str, str]:
+    return {"Authorization": f"Bearer {person.token}"}
+
+
+def test_nginx_answers_oversized_requests_in_json(app: Flask, admin: Person) -> None:
+    with _edge(app) as (nginx, _gunicorn):
+        big_header = {"X-Padding": "x" * 16_000}
+        _assert_json_error(
+            _request(nginx, "GET", "/api/me", headers=big_header), 431, "headers_too_large"
+        )
+        _assert_json_error(_request(nginx, "GET", "/api/me?" + "q" * 10_000), 414, "uri_too_long")
+        body = json.dumps({"user_id": str(admin.id), "amount": "1", "reason": "x" * 70_000})
+        headers = {**_auth(admin), "Content-Type": "application/json"}
+        _assert_json_error(
+            _request(nginx, "POST", "/api/admin/credit/grant", body=body, headers=headers),
+            413,
+            "payload_too_large",
+        )
+        chunks = (body[start : start + 8192].encode() for start in range(0, len(body), 8192))
+        _assert_json_error(
+            _request(nginx, "POST", "/api/admin/credit/grant", body=chunks, headers=headers),
+            413,
+            "payload_too_large",
+        )
+        # The client's own sane request id is kept, by nginx's errors and the app alike.
+        status, answer_headers, _ = _request(
+            nginx,
+            "POST",
+            "/api/admin/credit/grant",
+            body=body,
+            headers={**headers, "X-Request-ID": "trace-42"},
+        )
+        assert (status, answer_headers["X-Request-ID"]) == (413, "trace-42")
+        status, answer_headers, _ = _request(
+            nginx, "GET", "/api/me", headers={**_auth(admin), "X-Request-ID": "trace-43"}
+        )
+        assert (status, answer_headers["X-Request-ID"]) == (200, "trace-43")
+
+
+def test_an_unreachable_gunicorn_is_a_json_502() -> None:
+    with nginx_in_front(free_port()) as nginx:
+        _assert_json_error(_request(nginx, "GET", "/api/me"), 502, "bad_gateway")
+
+
+def test_the_app_sees_the_clients_address_not_what_the_client_claims(
+    app: Flask, admin: Person
+) -> None:
+    body = json.dumps({"user_id": str(admin.id), "amount": "1", "reason": "where from"})
+    headers = {**_auth(admin), "Content-Type": "application/json", "X-Forwarded-For": "6.6.6.6"}
+    with _edge(app) as (nginx, _gunicorn):
+        status, _, answer = _request(
+            nginx,
+            "POST",
+            "/api/admin/credit/grant",
+            body=body,
+            headers=headers,
+            source=("127.0.0.2", 0),
+        )
+    assert status == 201, answer
+    seen = select(AuditRecord.client_ip).where(AuditRecord.action == "grant")
+    assert scalar(app, seen) == "127.0.0.2"
