@@ -44,8 +44,10 @@ def test_no_generated_request_gets_a_5xx(
                 "not_a_server_error",
                 "--max-examples",
                 EXAMPLES,
+                # One worker: schemathesis's threads meet a CPython 3.11 race in ast.parse
+                # ("AST constructor recursion depth mismatch") that fails the run, not the API.
                 "--workers",
-                "2",
+                "1",
                 "--request-timeout",
                 "20",
                 "--no-color",
