@@ -35,10 +35,11 @@ def _port(base: str) -> int:
 
 @contextmanager
 def _edge(app: Flask) -> Iterator[tuple[str, str]]:
-    """(nginx, gunicorn): eight gunicorn threads behind nginx, as production runs them."""
+    """(nginx, gunicorn): eight gunicorn threads behind nginx. In one process, so that ten
+    stalled clients are sure to take all eight (two processes might share them unevenly)."""
     env = {"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "TRUSTED_PROXY_HOPS": "1"}
     with (
-        live_server(env, workers=2, threads=4) as gunicorn,
+        live_server(env, workers=1, threads=8) as gunicorn,
         nginx_in_front(_port(gunicorn)) as nginx,
     ):
         yield nginx, gunicorn
