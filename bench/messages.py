@@ -144,7 +144,10 @@ def seed(app: Any, user_count: int) -> list[Chatter]:
                     ).id
                     for _ in range(CONVERSATIONS_PER_USER)
                 ]
-            token = issue_access_token(user, timedelta(hours=2))
+            with write_transaction(db.session):
+                token = issue_access_token(
+                    db.session, user, now=datetime.now(UTC), expires_in=timedelta(hours=2)
+                )
             chatters.append(Chatter(token, conversation_ids))
     return chatters
 

@@ -117,15 +117,22 @@ def time_usage(url: str, requests: int) -> list[float]:
     from creditapp import create_app
     from creditapp.auth.models import User
     from creditapp.auth.tokens import issue_access_token
+    from creditapp.database import write_transaction
     from creditapp.extensions import db
 
     os.environ["DATABASE_URL"] = url
     app = create_app()
     with app.app_context():
-        tokens = [
-            issue_access_token(db.session.get(User, user_id), timedelta(hours=1))
-            for user_id in range(1, USERS + 1)
-        ]
+        with write_transaction(db.session):
+            tokens = [
+                issue_access_token(
+                    db.session,
+                    db.session.get(User, user_id),
+                    now=datetime.now(UTC),
+                    expires_in=timedelta(hours=1),
+                )
+                for user_id in range(1, USERS + 1)
+            ]
         db.engine.dispose()
     query = (
         f"/api/credit/usage?from={YEAR_START.date()}"

@@ -12,7 +12,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from creditapp import ledger
-from creditapp.auth import users
+from creditapp.auth import sessions, users
 from creditapp.auth.models import User
 from creditapp.auth.tokens import issue_access_token
 from creditapp.chat import service as chat
@@ -71,12 +71,31 @@ def create_user(email: str, admin: bool, tier_name: str) -> None:
 @click.option("--email", required=True)
 @click.option("--hours", default=24, show_default=True, type=click.IntRange(1, 24 * 30))
 def user_token(email: str, hours: int) -> None:
-    """Print an access token for the user."""
+    """Print an access token for the user (of a session of its own)."""
     try:
-        user = users.get_by_email(db.session, email)
+        with write_transaction(db.session):
+            user = users.get_by_email(db.session, email)
+            token = issue_access_token(
+                db.session, user, now=datetime.now(UTC), expires_in=timedelta(hours=hours)
+            )
     except CreditAppError as error:
         raise _fail_on_domain_error(error) from error
-    click.echo(issue_access_token(user, timedelta(hours=hours)))
+    click.echo(token)
+
+
+@users_cli.command("revoke")
+@click.option("--email", required=True)
+def revoke_user_sessions(email: str) -> None:
+    """Revoke every session of the user: all their tokens are refused from now on."""
+    try:
+        with write_transaction(db.session):
+            user = users.get_by_email(db.session, email)
+            revoked = sessions.revoke_all(
+                db.session, user_id=user.id, reason="cli", now=datetime.now(UTC)
+            )
+    except CreditAppError as error:
+        raise _fail_on_domain_error(error) from error
+    click.echo(json.dumps({"email": user.email, "revoked_sessions": revoked}))
 
 
 @credit_cli.command("grant")
@@ -160,7 +179,7 @@ def run_job_command(name: str, now_text: str | None) -> None:
 
 
 DEMO_ADMIN = "admin@demo.creditapp"
-DEMO_USER = "user@demo.creditapp"
+DEMO_USER = users.DEMO_USER
 DEMO_CREDITS = 1_000 * 1_000_000
 DEMO_MODEL = "demo-chat"
 # The demo provider's price, in USD per 1M tokens: cents per conversation, so balances visibly move.
@@ -224,8 +243,14 @@ def seed_demo() -> None:
     )
     click.echo(f"# Access tokens of {DEMO_ADMIN} and {DEMO_USER} (24 h), to paste into a shell:")
     for variable, email in (("ADMIN_TOKEN", DEMO_ADMIN), ("USER_TOKEN", DEMO_USER)):
-        user = users.get_by_email(db.session, email)
-        click.echo(f"export {variable}={issue_access_token(user, timedelta(hours=24))}")
+        with write_transaction(db.session):
+            token = issue_access_token(
+                db.session,
+                users.get_by_email(db.session, email),
+                now=datetime.now(UTC),
+                expires_in=timedelta(hours=24),
+            )
+        click.echo(f"export {variable}={token}")
 
 
 def register_cli(app: Flask) -> None:

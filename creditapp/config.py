@@ -11,6 +11,7 @@ from typing import Any
 from creditapp.errors import ConfigurationError
 
 INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me-0123456789"
 # Seconds between two runs of each job, unless JOB_PERIOD_<NAME>_SECONDS says otherwise.
 JOB_PERIODS = {
@@ -73,13 +74,11 @@ def _int_env(name: str, default: int, *, minimum: int = 1) -> int:
 class Config:
     ENV_NAME = "development"
     TESTING = False
-    DEMO_MODE = True
 
     MAX_CONTENT_LENGTH = 64 * 1024
 
     SQLALCHEMY_TRACK_MODIFICATIONS = False
 
-    JWT_ACCESS_TOKEN_EXPIRES = timedelta(hours=1)
     JWT_ALGORITHM = "HS256"
     JWT_DECODE_ALGORITHMS = ["HS256"]
     JWT_TOKEN_LOCATION = ["headers"]
@@ -108,7 +107,17 @@ class Config:
         self.RATELIMIT_STORAGE_URI = self.REDIS_URL or "memory://"
         self.RATELIMIT_ENABLED = env.get("RATELIMIT_ENABLED", "true").lower() != "false"
         self.JWT_SECRET_KEY = env.get("JWT_SECRET_KEY") or DEV_JWT_SECRET
-        self.GOOGLE_CLIENT_ID = env.get("GOOGLE_CLIENT_ID") or None
+        # Google sign-in: the OAuth client ids whose ID tokens are accepted (web, mobile, ...).
+        self.GOOGLE_CLIENT_IDS = [
+            client_id.strip()
+            for client_id in (env.get("GOOGLE_CLIENT_ID") or "").split(",")
+            if client_id.strip()
+        ]
+        self.GOOGLE_CERTS_URL = env.get("GOOGLE_CERTS_URL") or GOOGLE_CERTS_URL
+        self.JWT_ACCESS_TOKEN_EXPIRES = timedelta(minutes=_int_env("JWT_ACCESS_MINUTES", 15))
+        self.JWT_REFRESH_TOKEN_EXPIRES = timedelta(days=_int_env("JWT_REFRESH_DAYS", 30))
+        # `POST /api/auth/demo` signs anyone in as the demo user: `make run` turns it on.
+        self.DEMO_MODE = (env.get("DEMO_MODE") or "false").lower() == "true"
         self.LOG_LEVEL = (env.get("LOG_LEVEL") or "INFO").upper()
         if self.LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigurationError(
@@ -237,13 +246,16 @@ class TestingConfig(Config):
 
 class ProductionConfig(Config):
     ENV_NAME = "production"
-    DEMO_MODE = False
 
     def __init__(self) -> None:
         super().__init__()
         missing = [name for name in ("JWT_SECRET_KEY", "DATABASE_URL") if not os.environ.get(name)]
         if missing:
             raise ConfigurationError(f"production needs {', '.join(missing)} in the environment")
+        if self.DEMO_MODE:
+            raise ConfigurationError(
+                "DEMO_MODE signs anyone in as the demo user: not in production"
+            )
         if len(self.JWT_SECRET_KEY) < 32:
             raise ConfigurationError("JWT_SECRET_KEY must be at least 32 characters in production")
 

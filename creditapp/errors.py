@@ -277,3 +277,21 @@ class DependencyUnavailable(CreditAppError):
     code = "service_unavailable"
     status = 503
     message = "A service this request needs is unavailable."
+
+
+class TokenRevoked(CreditAppError):
+    """A token of a session that was signed out, revoked by an admin, or whose rotated-away
+    refresh token was presented again (a stolen copy), is refused."""
+
+    code = "token_revoked"
+    status = 401
+    message = "The token was revoked."
+
+
+class InvalidIdToken(CreditAppError):
+    """A sign-in needs a Google ID token that is correctly signed by Google, meant for this
+    service (`aud`), issued by Google (`iss`), unexpired, and for a verified email address."""
+
+    code = "invalid_id_token"
+    status = 401
+    message = "The ID token is not valid."

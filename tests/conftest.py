@@ -219,7 +219,10 @@ def create_person(
                     context=TEST_CONTEXT,
                     now=joined_at,
                 )
-        token = issue_access_token(user, timedelta(hours=1))
+        with write_transaction(db.session):
+            token = issue_access_token(
+                db.session, user, now=utcnow(), expires_in=timedelta(hours=1)
+            )
         person = Person(user.id, user.email, account_id, token)
         db.session.remove()
         return person

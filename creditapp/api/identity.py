@@ -8,13 +8,19 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import g, request
-from flask_jwt_extended import JWTManager, current_user, verify_jwt_in_request
+from flask import Response, g, request
+from flask_jwt_extended import (
+    JWTManager,
+    current_user,
+    get_current_user,
+    verify_jwt_in_request,
+)
 
 from creditapp import ledger
 from creditapp.api.errors import from_error
+from creditapp.auth import tokens
 from creditapp.auth.models import User
-from creditapp.errors import Forbidden, Unauthorized
+from creditapp.errors import Forbidden, TokenRevoked, Unauthorized
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,7 +37,7 @@ def authenticated(*, admin: bool = False) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            verify_jwt_in_request()
+            _verify_once()
             if admin and not caller().is_admin:
                 raise Forbidden()
             return view(*args, **kwargs)
@@ -39,6 +45,17 @@ def authenticated(*, admin: bool = False) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorator
+
+
+def _verify_once() -> None:
+    """Verify the access token and load its user, unless the rate limiter already did so in
+    this request (one user lookup per request)."""
+    try:
+        if get_current_user() is not None:
+            return
+    except RuntimeError:  # not verified yet in this request
+        pass
+    verify_jwt_in_request()
 
 
 def audit_context() -> ledger.AuditContext:
@@ -51,11 +68,15 @@ def audit_context() -> ledger.AuditContext:
     )
 
 
+def _user_not_loaded(_header: dict[str, Any], claims: dict[str, Any]) -> Response:
+    if tokens.was_revoked(claims):
+        return from_error(TokenRevoked())
+    return from_error(Unauthorized("The token's user or session does not exist."))
+
+
 def register_token_errors(jwt: JWTManager) -> None:
     """Route every token failure through the contract's error shape."""
-    jwt.user_lookup_error_loader(
-        lambda _h, _p: from_error(Unauthorized("The token's user does not exist."))
-    )
+    jwt.user_lookup_error_loader(_user_not_loaded)
     jwt.expired_token_loader(
         lambda _h, _p: from_error(Unauthorized("The access token has expired."))
     )
@@ -67,4 +88,4 @@ def register_token_errors(jwt: JWTManager) -> None:
     jwt.needs_fresh_token_loader(
         lambda _h, _p: from_error(Unauthorized("A fresh token is needed."))
     )
-    jwt.revoked_token_loader(lambda _h, _p: from_error(Unauthorized("The token was revoked.")))
+    jwt.revoked_token_loader(lambda _h, _p: from_error(TokenRevoked()))

@@ -1,32 +1,69 @@
 """Rate limits (contract section 4): who a request counts against, and the limits by kind of
-operation, read from the settings per request."""
+operation: the service-wide settings, or what the caller's tier says instead.
+
+The caller is the user of a valid access token (loaded once per request: the view reuses it),
+else the client's IP. A tier's `rate_limits` come from a short in-process cache of the tiers,
+never a query per request.
+"""
 
 from __future__ import annotations
 
 from flask import current_app, request
-from flask_jwt_extended import decode_token
+from flask_jwt_extended import get_current_user, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTExtendedException
 from flask_limiter import Limiter
 from jwt.exceptions import PyJWTError
 from limits.storage import MemoryStorage
 
+from creditapp.auth import tiers
+from creditapp.auth.models import User
+from creditapp.extensions import db
 
-def rate_limit_key() -> str:
-    """Limits count per user when the request carries a valid token, else per client IP.
 
-    The token's signature and expiry are checked, but the user is not loaded: the view does
-    that once, and the limiter runs on every request.
-    """
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme == "Bearer" and token:
-        try:
-            return f"user:{decode_token(token)['sub']}"
-        except (JWTExtendedException, PyJWTError, KeyError):
-            pass
+def _caller() -> User | None:
+    try:
+        verify_jwt_in_request(optional=True)
+    except (JWTExtendedException, PyJWTError):
+        return None  # the view refuses the token in the contract's shape
+    user: User | None = get_current_user()
+    return user
+
+
+def client_ip() -> str:
     return f"ip:{request.remote_addr}"
 
 
-limiter = Limiter(key_func=rate_limit_key)
+def rate_limit_key() -> str:
+    """Limits count per user when the request carries a valid access token, else per IP."""
+    user = _caller()
+    return client_ip() if user is None else f"user:{user.id}"
+
+
+def _limit(kind: str, setting: str) -> str:
+    user = _caller()
+    if user is not None:
+        chosen = tiers.rate_limits(db.session, user.tier_name).get(kind)
+        if chosen:
+            return str(chosen)
+    return str(current_app.config[setting])
+
+
+def everything() -> str:
+    """One budget across every endpoint."""
+    return _limit("default", "RATELIMIT_APPLICATION")
+
+
+def sensitive() -> str:
+    """Admin mutations and sign-in."""
+    return _limit("sensitive", "RATELIMIT_SENSITIVE")
+
+
+def spending() -> str:
+    """Operations that spend credits."""
+    return _limit("spending", "RATELIMIT_SPENDING")
+
+
+limiter = Limiter(key_func=rate_limit_key, application_limits=[everything])
 
 
 def storage_in_use() -> str:
@@ -39,13 +76,3 @@ def storage_in_use() -> str:
     if current_app.config["RATELIMIT_STORAGE_URI"].startswith("memory"):
         return "memory"
     return "memory_fallback" if counting_in_memory else "redis"
-
-
-def sensitive() -> str:
-    """Admin mutations and sign-in."""
-    return str(current_app.config["RATELIMIT_SENSITIVE"])
-
-
-def spending() -> str:
-    """Operations that spend credits."""
-    return str(current_app.config["RATELIMIT_SPENDING"])

@@ -96,7 +96,7 @@ class TierArgs(Schema):
         required=True, strict=True, validate=validate.Range(min=1, max=1_000_000)
     )
     rate_limits = fields.Dict(
-        keys=Text(max_length=16, validate=validate.OneOf(["default", "spending"])),
+        keys=Text(max_length=16, validate=validate.OneOf(["default", "spending", "sensitive"])),
         values=Text(
             max_length=40,
             validate=validate.Regexp(r"^[0-9]{1,6} per [0-9]{0,4} ?(second|minute|hour|day)s?$"),

@@ -1,11 +1,11 @@
-"""Tables of users and subscription tiers."""
+"""Tables of users, their sign-in sessions and subscription tiers."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from creditapp.database import BigIntId, UTCDateTime, one_of
@@ -39,6 +39,8 @@ class User(db.Model):  # type: ignore[name-defined,misc]
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True, nullable=False)
+    # Google's stable id of the person ("sub" of their ID tokens), once they signed in with it.
+    google_sub: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
     role: Mapped[str] = mapped_column(String(16), nullable=False, default=USER)
     tier_name: Mapped[str] = mapped_column(String(64), ForeignKey("tiers.name"), nullable=False)
     # Subscription periods are calendar months counted from this moment.
@@ -53,3 +55,21 @@ class User(db.Model):  # type: ignore[name-defined,misc]
         CheckConstraint(one_of("role", ROLES), name="role_known"),
         CheckConstraint("email = lower(email)", name="email_lowercase"),
     )
+
+
+class AuthSession(db.Model):  # type: ignore[name-defined,misc]
+    """One sign-in: every access and refresh token issued from it carries its id (`sid`).
+    `refresh_jti` is the one refresh token that may still be used; rotating it is a
+    conditional update. A revoked session refuses all of its tokens."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id"), nullable=False)
+    refresh_jti: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # logout, logout_all, admin, refresh_reused, cli
+    revoked_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+    __table_args__ = (Index("ix_auth_sessions_user_id", "user_id"),)

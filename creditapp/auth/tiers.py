@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,21 @@ from creditapp.auth.users import account_id_of
 from creditapp.database import DbSession
 from creditapp.errors import ValidationFailed
 from creditapp.money import format_credits
+
+# How long a process trusts its copy of a tier's rate limits: a change made through another
+# process applies everywhere within this (at once in the process that made it).
+RATE_LIMITS_CACHE_SECONDS = 5.0
+_rate_limits: dict[str, tuple[float, dict[str, str]]] = {}
+
+
+def rate_limits(session: DbSession, name: str) -> dict[str, str]:
+    """The tier's own rate limits by kind (`default`, `spending`, `sensitive`), cached."""
+    cached = _rate_limits.get(name)
+    if cached is not None and time.monotonic() - cached[0] < RATE_LIMITS_CACHE_SECONDS:
+        return cached[1]
+    limits = session.scalar(select(Tier.rate_limits).where(Tier.name == name)) or {}
+    _rate_limits[name] = (time.monotonic(), limits)
+    return limits
 
 
 def get_all(session: DbSession) -> list[Tier]:
@@ -50,6 +66,7 @@ def put(
     for key, value in settings.items():
         setattr(tier, key, value)
     session.flush()
+    _rate_limits.pop(name, None)
     ledger.record_action(
         session,
         action="tier_created" if created else "tier_updated",

@@ -16,6 +16,8 @@ from creditapp.errors import Conflict, NotFound, ValidationFailed
 from creditapp.ledger.models import Account, Grant
 
 DEFAULT_TIER = "free"
+# Who `POST /api/auth/demo` signs in as (in demo mode), seeded by `flask demo seed`.
+DEMO_USER = "user@demo.creditapp"
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
@@ -96,6 +98,35 @@ def create(
     session.flush()
     ledger.open_account(session, user_id=user.id, now=now)
     refresh_subscription(session, user=user, context=context, now=now)
+    return user
+
+
+def of_google_identity(
+    session: DbSession,
+    *,
+    sub: str,
+    email: str,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> User:
+    """The user a verified Google identity signs in as (the caller's transaction): matched by
+    Google's `sub`; else the user who already has this (verified) email and no Google identity
+    yet, now linked; else a new user of the default tier with their first grant. Two first
+    sign-ins at once make one user: the unique email and `google_sub` keys refuse the second
+    (IntegrityError), whose caller retries and then finds the first."""
+    user = session.scalars(select(User).where(User.google_sub == sub)).one_or_none()
+    if user is not None:
+        return user
+    user = find_by_email(session, email)
+    if user is not None and user.google_sub is None:
+        user.google_sub = sub
+        session.flush()
+        return user
+    if user is not None:
+        raise Conflict("This email belongs to a user of another Google account.")
+    user = create(session, email=email, context=context, now=now)
+    user.google_sub = sub
+    session.flush()
     return user
 
 

@@ -16,7 +16,7 @@ from creditapp.auth.models import User
 from creditapp.auth.tokens import issue_access_token
 from creditapp.database import write_transaction
 from creditapp.extensions import db
-from tests.conftest import Person
+from tests.conftest import Person, utcnow
 from tests.helpers import assert_error
 
 
@@ -90,7 +90,13 @@ def test_the_role_comes_from_the_user_not_the_token(app: Flask, client: FlaskCli
         with write_transaction(db.session):
             db.session.execute(update(User).where(User.id == admin.id).values(role="user"))
         # A token issued while the user was an admin still says "admin".
-        stale_token = issue_access_token(db.session.get(User, admin.id), timedelta(minutes=5))
+        with write_transaction(db.session):
+            stale_token = issue_access_token(
+                db.session,
+                db.session.get(User, admin.id),
+                now=utcnow(),
+                expires_in=timedelta(minutes=5),
+            )
         db.session.remove()
     claims = jwt.decode(stale_token, app.config["JWT_SECRET_KEY"], algorithms=["HS256"])
     assert claims["role"] == "user"

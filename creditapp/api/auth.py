@@ -1,0 +1,146 @@
+"""Sign-in and sessions: Google sign-in, the demo sign-in, refresh with rotation, logout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from flask import current_app, g, request
+from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from marshmallow import Schema, fields
+from sqlalchemy.exc import IntegrityError
+
+from creditapp import ledger
+from creditapp.api import limits
+from creditapp.api.identity import authenticated, caller
+from creditapp.api.me import UserSchema
+from creditapp.api.parsing import Blueprint
+from creditapp.api.schemas import Text
+from creditapp.auth import google, sessions, tokens, users
+from creditapp.auth.models import User
+from creditapp.database import DbSession, write_transaction
+from creditapp.errors import InvalidIdToken, NotFound, TokenRevoked
+from creditapp.extensions import db
+
+blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Sign-in and sessions")
+log = structlog.get_logger(__name__)
+
+
+class GoogleArgs(Schema):
+    id_token = Text(required=True, max_length=8192)
+
+
+class TokensSchema(Schema):
+    access_token = fields.String()
+    refresh_token = fields.String()
+
+
+class SignInSchema(TokensSchema):
+    user = fields.Nested(UserSchema)
+
+
+def _sign_in(find_user: Callable[[DbSession, datetime], User]) -> dict[str, Any]:
+    """Find (or create) the user and start a session, in one transaction. A first sign-in that
+    raced another for the same person (a unique key refused it) runs again and finds theirs."""
+    for attempt in (1, 2):
+        try:
+            with write_transaction(db.session):
+                now = datetime.now(UTC)
+                user = find_user(db.session, now)
+                issued = tokens.sign_in(db.session, user=user, now=now)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            continue
+        return {**vars(issued), "user": user}
+    raise AssertionError("unreachable")
+
+
+def _sign_in_context() -> ledger.AuditContext:
+    return ledger.AuditContext(
+        actor_type="system",
+        actor_id="sign-in",
+        request_id=g.get("request_id"),
+        client_ip=request.remote_addr,
+    )
+
+
+@blp.route("/google", methods=["POST"])
+@limits.limiter.limit(limits.sensitive, key_func=limits.client_ip)
+@blp.arguments(GoogleArgs)
+@blp.response(200, SignInSchema)
+def google_sign_in(args: dict[str, Any]) -> Any:
+    config = current_app.config
+    try:
+        identity = google.verify(
+            args["id_token"],
+            client_ids=config["GOOGLE_CLIENT_IDS"],
+            certs_url=config["GOOGLE_CERTS_URL"],
+        )
+    except InvalidIdToken as error:
+        log.warning(
+            "security_event",
+            kind="invalid_id_token",
+            reason=error.message,
+            client_ip=request.remote_addr,
+        )
+        raise
+    return _sign_in(
+        lambda session, now: users.of_google_identity(
+            session, sub=identity.sub, email=identity.email, context=_sign_in_context(), now=now
+        )
+    )
+
+
+@blp.route("/demo", methods=["POST"])
+@limits.limiter.limit(limits.sensitive, key_func=limits.client_ip)
+@blp.response(200, SignInSchema)
+def demo_sign_in() -> Any:
+    """Only in demo mode (`make run`): signs in as the demo user. Elsewhere it does not exist."""
+    if not current_app.config["DEMO_MODE"]:
+        raise NotFound("The resource does not exist.")
+
+    def demo_user(session: DbSession, _now: datetime) -> User:
+        user = users.find_by_email(session, users.DEMO_USER)
+        if user is None:
+            raise NotFound("There is no demo user: run `flask --app wsgi demo seed`.")
+        return user
+
+    return _sign_in(demo_user)
+
+
+@blp.route("/refresh", methods=["POST"])
+@blp.response(200, TokensSchema)
+def refresh() -> Any:
+    """With the refresh token as bearer: new tokens, the old refresh token spent."""
+    verify_jwt_in_request(refresh=True)
+    with write_transaction(db.session):
+        issued = tokens.refresh(db.session, user=caller(), claims=get_jwt(), now=datetime.now(UTC))
+    if issued is None:  # a copy of a rotated-away token: the session is revoked now
+        log.warning("security_event", kind="refresh_token_reused", session_id=get_jwt()["sid"])
+        raise TokenRevoked("This refresh token was already used; its session is revoked.")
+    return vars(issued)
+
+
+@blp.route("/logout", methods=["POST"])
+@authenticated()
+@blp.response(204)
+def logout() -> None:
+    """Revoke this session: its access and refresh tokens are refused from now on."""
+    with write_transaction(db.session):
+        sessions.revoke(
+            db.session, session_id=get_jwt()["sid"], reason="logout", now=datetime.now(UTC)
+        )
+
+
+@blp.route("/logout-all", methods=["POST"])
+@authenticated()
+@blp.response(204)
+def logout_all() -> None:
+    """Revoke every session of the caller."""
+    with write_transaction(db.session):
+        sessions.revoke_all(
+            db.session, user_id=caller().id, reason="logout_all", now=datetime.now(UTC)
+        )

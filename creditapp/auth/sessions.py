@@ -1,0 +1,86 @@
+"""Sign-in sessions: every token is issued from one, and revoking the session refuses them all.
+
+A session keeps the id (`jti`) of the one refresh token that may still be used. Refreshing
+rotates it with a conditional update; presenting a refresh token that was already rotated away
+means a copy is in someone else's hands, so the whole session is revoked. PostgreSQL (or the
+SQLite file) is the record of revocation: every process sees it at once, and it survives any
+cache or Redis restart.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from creditapp.auth.models import AuthSession, User
+from creditapp.database import DbSession
+
+
+def new_jti() -> str:
+    return secrets.token_hex(16)
+
+
+def start(session: DbSession, *, user: User, now: datetime) -> AuthSession:
+    """A new session for the user (the caller's transaction)."""
+    started = AuthSession(user_id=user.id, refresh_jti=new_jti(), created_at=now)
+    session.add(started)
+    session.flush()
+    return started
+
+
+def rotate(session: DbSession, *, session_id: int, presented_jti: str, now: datetime) -> str | None:
+    """Replace the session's refresh token and return the new one's id. A refresh token that is
+    not the current one (a rotated-away copy) revokes the session instead: None."""
+    replacement = new_jti()
+    rotated = session.execute(
+        update(AuthSession)
+        .where(
+            AuthSession.id == session_id,
+            AuthSession.refresh_jti == presented_jti,
+            AuthSession.revoked_at.is_(None),
+        )
+        .values(refresh_jti=replacement)
+    )
+    if rotated.rowcount == 1:  # type: ignore[attr-defined]
+        return replacement
+    revoke(session, session_id=session_id, reason="refresh_reused", now=now)
+    return None
+
+
+def revoke(session: DbSession, *, session_id: int, reason: str, now: datetime) -> None:
+    session.execute(
+        update(AuthSession)
+        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+    )
+
+
+def revoke_all(session: DbSession, *, user_id: int, reason: str, now: datetime) -> int:
+    """Revoke every live session of the user; returns how many."""
+    revoked = session.execute(
+        update(AuthSession)
+        .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+    )
+    return int(revoked.rowcount)  # type: ignore[attr-defined]
+
+
+def user_of_live_session(session: DbSession, *, user_id: int, session_id: int) -> User | None:
+    """The user, if this session of theirs is live: one query, the request's only user lookup."""
+    return session.scalars(
+        select(User)
+        .join(AuthSession, AuthSession.user_id == User.id)
+        .where(
+            User.id == user_id,
+            AuthSession.id == session_id,
+            AuthSession.revoked_at.is_(None),
+        )
+    ).one_or_none()
+
+
+def is_revoked(session: DbSession, *, session_id: int) -> bool:
+    """Whether the session exists and was revoked (why a token was refused)."""
+    revoked_at = session.scalar(select(AuthSession.revoked_at).where(AuthSession.id == session_id))
+    return revoked_at is not None
