@@ -25,7 +25,7 @@ from creditapp.api.schemas import (
     columns,
     page_of,
 )
-from creditapp.auth import users
+from creditapp.auth import sessions, users
 from creditapp.chat import compensations
 from creditapp.extensions import db
 from creditapp.ledger.models import GRANT_SOURCES, AuditRecord, Grant
@@ -190,6 +190,32 @@ def user_credit(user_id: str) -> Any:
             db.session, account_id=summary.account_id, grants=live_grants, now=now
         ),
     }
+
+
+class RevokedSchema(Schema):
+    user_id = Id()
+    revoked_sessions = fields.Integer()
+
+
+@blp.route("/users/<user_id>/revoke-sessions", methods=["POST"])
+@limits.limiter.limit(limits.sensitive)
+@authenticated(admin=True)
+@idempotent()
+@blp.response(200, RevokedSchema)
+def revoke_sessions(user_id: str) -> Any:
+    """Sign the user out everywhere: every token of every session is refused from now on."""
+    user = users.get(db.session, path_id(user_id, "user_id"))
+    now = datetime.now(UTC)
+    revoked = sessions.revoke_all(db.session, user_id=user.id, reason="admin", now=now)
+    ledger.record_action(
+        db.session,
+        action="sessions_revoked",
+        context=audit_context(),
+        now=now,
+        account_id=users.account_id_of(db.session, user.id),
+        details={"revoked_sessions": revoked},
+    )
+    return {"user_id": user.id, "revoked_sessions": revoked}
 
 
 @blp.route("/credit/audit", methods=["GET"])

@@ -1,0 +1,119 @@
+"""Google sign-in (`POST /api/auth/google`) against a local certificates server whose keys the
+test generates: every check google-auth and we make, and who the person becomes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from creditapp.auth.models import User
+from creditapp.ledger.models import Grant
+from tests.conftest import utcnow
+from tests.helpers import assert_error, scalar
+from tests.integration.google_certs import CLIENT_ID, GoogleCertificates
+
+
+@pytest.fixture
+def google(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[GoogleCertificates]:
+    certificates = GoogleCertificates()
+    monkeypatch.setitem(app.config, "GOOGLE_CERTS_URL", certificates.url)
+    monkeypatch.setitem(app.config, "GOOGLE_CLIENT_IDS", [CLIENT_ID, "creditapp-ios.example"])
+    yield certificates
+    certificates.close()
+
+
+def _sign_in(client: FlaskClient, token: str) -> Any:
+    return client.post("/api/auth/google", json={"id_token": token})
+
+
+def test_a_first_sign_in_creates_the_user_with_the_tiers_first_grant(
+    app: Flask, client: FlaskClient, google: GoogleCertificates
+) -> None:
+    first = _sign_in(client, google.id_token())
+    assert first.status_code == 200, first.get_json()
+    body = first.get_json()
+    assert set(body) == {"access_token", "refresh_token", "user"}
+    assert (body["user"]["email"], body["user"]["tier"]) == ("ada@example.com", "free")
+    me = client.get("/api/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert me.get_json()["id"] == body["user"]["id"]
+    subscription = select(func.count()).where(Grant.source == "subscription")
+    assert scalar(app, subscription) == 1
+    # Signing in again is the same person, and grants nothing more; another client id works.
+    again = _sign_in(client, google.id_token(aud="creditapp-ios.example")).get_json()
+    assert again["user"]["id"] == body["user"]["id"]
+    assert scalar(app, subscription) == 1
+    assert scalar(app, select(func.count()).select_from(User)) == 1
+    # The certificates were fetched once, then served from the cache.
+    assert google.fetches == 1
+
+
+def test_a_verified_email_of_an_existing_user_links_to_them(
+    client: FlaskClient, google: GoogleCertificates, person_factory: Any
+) -> None:
+    person = person_factory("ada@example.com")
+    body = _sign_in(client, google.id_token()).get_json()
+    assert body["user"]["id"] == str(person.id)
+
+
+@pytest.mark.parametrize(
+    ("claims", "says"),
+    [
+        ({"aud": "someone-else.apps.googleusercontent.com"}, "audience"),
+        ({"iss": "https://evil.example.com"}, "issuer"),
+        ({"exp": utcnow() - timedelta(minutes=5), "iat": utcnow() - timedelta(hours=1)}, "xpired"),
+        ({"email_verified": False}, "not verified"),
+        ({"email_verified": None}, "not verified"),
+    ],
+)
+def test_a_token_failing_a_check_is_refused_saying_which(
+    client: FlaskClient, google: GoogleCertificates, claims: dict[str, Any], says: str
+) -> None:
+    error = assert_error(_sign_in(client, google.id_token(**claims)), 401, "invalid_id_token")
+    assert says in error["message"]
+
+
+def test_tokens_not_signed_by_a_served_key_are_refused(
+    client: FlaskClient, google: GoogleCertificates
+) -> None:
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for token in (
+        google.id_token(key=other_key),  # the right kid, the wrong key
+        google.id_token(kid="unknown-kid"),
+        "not-a-token",
+        google.id_token()[:-10] + "AAAAAAAAAA",
+    ):
+        assert_error(_sign_in(client, token), 401, "invalid_id_token")
+
+
+def test_an_unreachable_certificates_server_is_a_503(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    down = GoogleCertificates()
+    token = down.id_token()
+    monkeypatch.setitem(app.config, "GOOGLE_CERTS_URL", down.url)
+    monkeypatch.setitem(app.config, "GOOGLE_CLIENT_IDS", [CLIENT_ID])
+    down.close()
+    assert_error(_sign_in(client, token), 503, "service_unavailable")
+
+
+def test_two_first_sign_ins_at_once_make_one_user(app: Flask, google: GoogleCertificates) -> None:
+    token = google.id_token(sub="4242", email="twice@example.com")
+
+    def sign_in(_: int) -> Any:
+        with app.test_client() as client:
+            return _sign_in(client, token)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(sign_in, range(4)))
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert len({answer.get_json()["user"]["id"] for answer in answers}) == 1
+    assert scalar(app, select(func.count()).select_from(User)) == 1
+    assert scalar(app, select(func.count()).where(Grant.source == "subscription")) == 1
