@@ -1,0 +1,156 @@
+"""Sessions: refresh with rotation and reuse detection, logout, logout-all, admin revocation,
+the demo sign-in; a revoked token refused by every gunicorn worker at once, and after Redis is
+flushed (the database is the record)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from creditapp.ledger.models import AuditRecord
+from tests.conftest import Person
+from tests.helpers import assert_error, scalar
+from tests.integration.live_server import call, live_server
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _demo_sign_in(app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setitem(app.config, "DEMO_MODE", True)
+    assert app.test_cli_runner().invoke(args=["demo", "seed"]).exit_code == 0
+    answer = client.post("/api/auth/demo")
+    assert answer.status_code == 200, answer.get_json()
+    return answer.get_json()
+
+
+def test_the_demo_sign_in_exists_only_in_demo_mode(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(app.config, "DEMO_MODE", False)
+    assert_error(client.post("/api/auth/demo"), 404, "not_found")
+    signed_in = _demo_sign_in(app, client, monkeypatch)
+    assert signed_in["user"]["email"] == "user@demo.creditapp"
+    me = client.get("/api/me", headers=_bearer(signed_in["access_token"]))
+    assert me.get_json()["email"] == "user@demo.creditapp"
+
+
+def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_session(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _demo_sign_in(app, client, monkeypatch)
+    second = client.post("/api/auth/refresh", headers=_bearer(first["refresh_token"]))
+    assert second.status_code == 200, second.get_json()
+    rotated = second.get_json()
+    assert set(rotated) == {"access_token", "refresh_token"}
+    assert client.get("/api/me", headers=_bearer(rotated["access_token"])).status_code == 200
+    # The spent refresh token presented again: a stolen copy. The whole session goes.
+    assert_error(
+        client.post("/api/auth/refresh", headers=_bearer(first["refresh_token"])),
+        401,
+        "token_revoked",
+    )
+    for token in (rotated["access_token"], first["access_token"]):
+        assert_error(client.get("/api/me", headers=_bearer(token)), 401, "token_revoked")
+    assert_error(
+        client.post("/api/auth/refresh", headers=_bearer(rotated["refresh_token"])),
+        401,
+        "token_revoked",
+    )
+
+
+def test_each_kind_of_token_works_only_where_it_belongs(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signed_in = _demo_sign_in(app, client, monkeypatch)
+    assert_error(
+        client.get("/api/me", headers=_bearer(signed_in["refresh_token"])), 401, "unauthorized"
+    )
+    assert_error(
+        client.post("/api/auth/refresh", headers=_bearer(signed_in["access_token"])),
+        401,
+        "unauthorized",
+    )
+    claims = jwt.decode(signed_in["access_token"], options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 15 * 60  # JWT_ACCESS_MINUTES
+    refresh = jwt.decode(signed_in["refresh_token"], options={"verify_signature": False})
+    assert refresh["exp"] - refresh["iat"] == 30 * 24 * 3600  # JWT_REFRESH_DAYS
+
+
+def test_logout_ends_one_session_and_logout_all_every_one(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laptop, phone, tablet = (_demo_sign_in(app, client, monkeypatch) for _ in range(3))
+    assert (
+        client.post("/api/auth/logout", headers=_bearer(laptop["access_token"])).status_code == 204
+    )
+    assert_error(
+        client.get("/api/me", headers=_bearer(laptop["access_token"])), 401, "token_revoked"
+    )
+    assert_error(
+        client.post("/api/auth/refresh", headers=_bearer(laptop["refresh_token"])),
+        401,
+        "token_revoked",
+    )
+    assert client.get("/api/me", headers=_bearer(phone["access_token"])).status_code == 200
+    everywhere = client.post("/api/auth/logout-all", headers=_bearer(phone["access_token"]))
+    assert everywhere.status_code == 204
+    for device in (phone, tablet):
+        assert_error(
+            client.get("/api/me", headers=_bearer(device["access_token"])), 401, "token_revoked"
+        )
+
+
+def test_an_admin_revokes_a_users_sessions(
+    app: Flask, client: FlaskClient, person_factory: Any, admin: Person
+) -> None:
+    user = person_factory()
+    revoked = client.post(f"/api/admin/users/{user.id}/revoke-sessions", headers=admin.headers)
+    assert revoked.get_json() == {"user_id": str(user.id), "revoked_sessions": 1}
+    assert_error(client.get("/api/me", headers=user.headers), 401, "token_revoked")
+    assert scalar(app, select(AuditRecord.action).where(AuditRecord.action == "sessions_revoked"))
+    assert_error(
+        client.post(f"/api/admin/users/{user.id}/revoke-sessions", headers=user.headers),
+        401,
+        "token_revoked",
+    )
+
+
+def test_the_cli_revokes_every_session_of_a_user(
+    app: Flask, client: FlaskClient, person_factory: Any
+) -> None:
+    user = person_factory()
+    ran = app.test_cli_runner().invoke(args=["users", "revoke", "--email", user.email])
+    assert json.loads(ran.output) == {"email": user.email, "revoked_sessions": 1}
+    assert_error(client.get("/api/me", headers=user.headers), 401, "token_revoked")
+
+
+@pytest.mark.real_clock
+def test_every_worker_refuses_a_revoked_token_at_once_even_after_a_redis_flush(
+    app: Flask, person_factory: Any
+) -> None:
+    user = person_factory()
+    env = {"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
+    with live_server(env, workers=3, threads=2) as base:
+        assert all(call("GET", f"{base}/api/me", user.token)[0] == 200 for _ in range(12))
+        assert call("POST", f"{base}/api/auth/logout", user.token)[0] == 204
+        revoked_at = time.monotonic()
+        answers = [call("GET", f"{base}/api/me", user.token)]
+        assert time.monotonic() - revoked_at < 1
+        # Every worker (requests spread over three processes) refuses it from the first.
+        answers += [call("GET", f"{base}/api/me", user.token) for _ in range(30)]
+        assert all(status == 401 for status, _, _ in answers)
+        assert {json.loads(body)["error"]["code"] for _, _, body in answers} == {"token_revoked"}
+        if app.config["REDIS_URL"]:
+            redis.Redis.from_url(app.config["REDIS_URL"]).flushdb()
+            status, _, body = call("GET", f"{base}/api/me", user.token)
+            assert (status, json.loads(body)["error"]["code"]) == (401, "token_revoked")
