@@ -93,6 +93,8 @@ def _serve(commands: dict[str, list[str]]) -> int:
 def main() -> int:
     port = _port()
     _refuse_busy(port)
+    # The embedded default is the demo: `POST /api/auth/demo` signs in as the demo user.
+    os.environ.setdefault("DEMO_MODE", "true")
     for step in (["db", "upgrade"], ["pricing", "sync"], ["demo", "seed"]):
         prepared = subprocess.run([*FLASK, *step])
         if prepared.returncode:

@@ -112,7 +112,13 @@ def _json(method: str, url: str, token: str, body: dict[str, Any] | None = None,
 def test_the_readme_walk_through_adds_up_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     with _running(tmp_path) as (base, tokens, process):
         assert set(tokens) == {"ADMIN_TOKEN", "USER_TOKEN"}
-        user, admin = tokens["USER_TOKEN"], tokens["ADMIN_TOKEN"]
+        admin = tokens["ADMIN_TOKEN"]
+        # A person signs in through the demo sign-in and uses its token from here on.
+        status, _headers, raw = call("POST", f"{base}/api/auth/demo")
+        assert status == 200, raw
+        signed_in = json.loads(raw)
+        assert signed_in["user"]["email"] == "user@demo.creditapp"
+        user = signed_in["access_token"]
         assert _json("GET", f"{base}/api/credit/balance", user)[1]["balance"] == "1100"
         assert _json("GET", f"{base}/api/me", user)[1]["id"] == "2"
         # Each request is logged once, as one JSON line.

@@ -50,6 +50,10 @@ def test_no_generated_request_gets_a_5xx(
                 "1",
                 "--request-timeout",
                 "20",
+                # Signing its own token out would leave the rest of the run only 401s; the
+                # generated-input test covers these operations, last.
+                "--exclude-path-regex",
+                "logout|revoke-sessions",
                 "--no-color",
             ],
             capture_output=True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from creditapp import create_app
@@ -172,3 +174,24 @@ def test_celery_uses_redis_in_production_and_a_serverless_broker_embedded(tmp_pa
         )
         == "redis://cache:6379/0"
     )
+
+
+def test_demo_mode_is_off_unless_set_and_refused_in_production(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("DEMO_MODE", raising=False)
+    assert not load_config("development").DEMO_MODE
+    monkeypatch.setenv("DEMO_MODE", "true")
+    assert load_config("development").DEMO_MODE
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/x")
+    monkeypatch.setenv("JWT_SECRET_KEY", "k" * 40)
+    with pytest.raises(ConfigurationError, match="DEMO_MODE"):
+        load_config("production")
+
+
+def test_token_lifetimes_and_google_client_ids_come_from_the_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("JWT_ACCESS_MINUTES", "5")
+    monkeypatch.setenv("JWT_REFRESH_DAYS", "7")
+    monkeypatch.setenv("GOOGLE_CLIENT_ID", " web.example , ios.example,")
+    config = load_config("development")
+    lifetimes = (config.JWT_ACCESS_TOKEN_EXPIRES, config.JWT_REFRESH_TOKEN_EXPIRES)
+    assert lifetimes == (timedelta(minutes=5), timedelta(days=7))
+    assert config.GOOGLE_CLIENT_IDS == ["web.example", "ios.example"]
