@@ -6,7 +6,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
 from flask import current_app, g, request
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from marshmallow import Schema, fields
@@ -18,6 +17,7 @@ from creditapp.api.identity import authenticated, caller
 from creditapp.api.me import UserSchema
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import Text
+from creditapp.api.security import security_event
 from creditapp.auth import google, sessions, tokens, users
 from creditapp.auth.models import User
 from creditapp.database import DbSession, write_transaction
@@ -25,7 +25,6 @@ from creditapp.errors import InvalidIdToken, NotFound, TokenRevoked
 from creditapp.extensions import db
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Sign-in and sessions")
-log = structlog.get_logger(__name__)
 
 
 class GoogleArgs(Schema):
@@ -80,12 +79,7 @@ def google_sign_in(args: dict[str, Any]) -> Any:
             certs_url=config["GOOGLE_CERTS_URL"],
         )
     except InvalidIdToken as error:
-        log.warning(
-            "security_event",
-            kind="invalid_id_token",
-            reason=error.message,
-            client_ip=request.remote_addr,
-        )
+        security_event("invalid_id_token", message=error.message)
         raise
     return _sign_in(
         lambda session, now: users.of_google_identity(
@@ -119,7 +113,7 @@ def refresh() -> Any:
     with write_transaction(db.session):
         issued = tokens.refresh(db.session, user=caller(), claims=get_jwt(), now=datetime.now(UTC))
     if issued is None:  # a copy of a rotated-away token: the session is revoked now
-        log.warning("security_event", kind="refresh_token_reused", session_id=get_jwt()["sid"])
+        security_event("refresh_token_reused", session_id=get_jwt()["sid"])
         raise TokenRevoked("This refresh token was already used; its session is revoked.")
     return vars(issued)
 

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from creditapp.auth.models import User
@@ -76,8 +77,18 @@ def test_a_verified_email_of_an_existing_user_links_to_them(
 def test_a_token_failing_a_check_is_refused_saying_which(
     client: FlaskClient, google: GoogleCertificates, claims: dict[str, Any], says: str
 ) -> None:
+    refused_before = _refused()
     error = assert_error(_sign_in(client, google.id_token(**claims)), 401, "invalid_id_token")
     assert says in error["message"]
+    # A security event: counted (and logged).
+    assert _refused() == refused_before + 1
+
+
+def _refused() -> float:
+    return (
+        REGISTRY.get_sample_value("creditapp_auth_failures_total", {"reason": "invalid_id_token"})
+        or 0.0
+    )
 
 
 def test_tokens_not_signed_by_a_served_key_are_refused(
