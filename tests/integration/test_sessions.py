@@ -25,6 +25,14 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def _me(client: FlaskClient, token: str) -> Any:
+    return client.get("/api/me", headers=_bearer(token))
+
+
+def _refresh(client: FlaskClient, token: str) -> Any:
+    return client.post("/api/auth/refresh", headers=_bearer(token))
+
+
 def _demo_sign_in(app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setitem(app.config, "DEMO_MODE", True)
     assert app.test_cli_runner().invoke(args=["demo", "seed"]).exit_code == 0
@@ -40,7 +48,7 @@ def test_the_demo_sign_in_exists_only_in_demo_mode(
     assert_error(client.post("/api/auth/demo"), 404, "not_found")
     signed_in = _demo_sign_in(app, client, monkeypatch)
     assert signed_in["user"]["email"] == "user@demo.creditapp"
-    me = client.get("/api/me", headers=_bearer(signed_in["access_token"]))
+    me = _me(client, signed_in["access_token"])
     assert me.get_json()["email"] == "user@demo.creditapp"
 
 
@@ -48,21 +56,21 @@ def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_session(
     app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = _demo_sign_in(app, client, monkeypatch)
-    second = client.post("/api/auth/refresh", headers=_bearer(first["refresh_token"]))
+    second = _refresh(client, first["refresh_token"])
     assert second.status_code == 200, second.get_json()
     rotated = second.get_json()
     assert set(rotated) == {"access_token", "refresh_token"}
-    assert client.get("/api/me", headers=_bearer(rotated["access_token"])).status_code == 200
+    assert _me(client, rotated["access_token"]).status_code == 200
     # The spent refresh token presented again: a stolen copy. The whole session goes.
     assert_error(
-        client.post("/api/auth/refresh", headers=_bearer(first["refresh_token"])),
+        _refresh(client, first["refresh_token"]),
         401,
         "token_revoked",
     )
     for token in (rotated["access_token"], first["access_token"]):
-        assert_error(client.get("/api/me", headers=_bearer(token)), 401, "token_revoked")
+        assert_error(_me(client, token), 401, "token_revoked")
     assert_error(
-        client.post("/api/auth/refresh", headers=_bearer(rotated["refresh_token"])),
+        _refresh(client, rotated["refresh_token"]),
         401,
         "token_revoked",
     )
@@ -72,11 +80,9 @@ def test_each_kind_of_token_works_only_where_it_belongs(
     app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     signed_in = _demo_sign_in(app, client, monkeypatch)
+    assert_error(_me(client, signed_in["refresh_token"]), 401, "unauthorized")
     assert_error(
-        client.get("/api/me", headers=_bearer(signed_in["refresh_token"])), 401, "unauthorized"
-    )
-    assert_error(
-        client.post("/api/auth/refresh", headers=_bearer(signed_in["access_token"])),
+        _refresh(client, signed_in["access_token"]),
         401,
         "unauthorized",
     )
@@ -93,21 +99,17 @@ def test_logout_ends_one_session_and_logout_all_every_one(
     assert (
         client.post("/api/auth/logout", headers=_bearer(laptop["access_token"])).status_code == 204
     )
+    assert_error(_me(client, laptop["access_token"]), 401, "token_revoked")
     assert_error(
-        client.get("/api/me", headers=_bearer(laptop["access_token"])), 401, "token_revoked"
-    )
-    assert_error(
-        client.post("/api/auth/refresh", headers=_bearer(laptop["refresh_token"])),
+        _refresh(client, laptop["refresh_token"]),
         401,
         "token_revoked",
     )
-    assert client.get("/api/me", headers=_bearer(phone["access_token"])).status_code == 200
+    assert _me(client, phone["access_token"]).status_code == 200
     everywhere = client.post("/api/auth/logout-all", headers=_bearer(phone["access_token"]))
     assert everywhere.status_code == 204
     for device in (phone, tablet):
-        assert_error(
-            client.get("/api/me", headers=_bearer(device["access_token"])), 401, "token_revoked"
-        )
+        assert_error(_me(client, device["access_token"]), 401, "token_revoked")
 
 
 def test_an_admin_revokes_a_users_sessions(
