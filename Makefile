@@ -50,8 +50,8 @@ mutation: venv  ## mutation testing of the ledger, pricing and money code (docs/
 	$(VENV)/bin/mutmut results
 
 lint: venv  ## ruff and mypy
-	$(VENV)/bin/ruff check creditapp tasks tests bench migrations scripts wsgi.py celery_worker.py
-	$(VENV)/bin/ruff format --check creditapp tasks tests bench migrations scripts wsgi.py celery_worker.py
+	$(VENV)/bin/ruff check creditapp tasks tests bench migrations scripts wsgi.py celery_worker.py gunicorn.conf.py
+	$(VENV)/bin/ruff format --check creditapp tasks tests bench migrations scripts wsgi.py celery_worker.py gunicorn.conf.py
 	$(VENV)/bin/mypy
 
 bench: venv  ## benchmarks on PostgreSQL; see docs/benchmarks.md

@@ -126,6 +126,8 @@ class Config:
         # Proxies in front whose X-Forwarded-For / -Proto entries are believed (nginx: 1); with
         # 0 the client is whoever connected, and forwarded headers are ignored.
         self.TRUSTED_PROXY_HOPS = _int_env("TRUSTED_PROXY_HOPS", 0, minimum=0)
+        # When set, `/metrics` answers only `Authorization: Bearer <METRICS_TOKEN>`.
+        self.METRICS_TOKEN = env.get("METRICS_TOKEN") or None
         self.HOLD_TTL_SECONDS = _int_env("HOLD_TTL_SECONDS", 600)
         self.PROVIDER_TIMEOUT_SECONDS = _int_env("PROVIDER_TIMEOUT_SECONDS", 120)
         # Retries inside the SDKs, bounded so that a hold never outlives a slow provider.

@@ -15,11 +15,13 @@ from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from creditapp.errors import PayloadTooLarge, UnsupportedMediaType
+from creditapp.metrics import HTTP_DURATION, HTTP_REQUESTS
 
 log = structlog.get_logger("creditapp.access")
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 RETRY_AFTER_STATUSES = (429, 503)
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 _CSP = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
 
@@ -75,12 +77,19 @@ def _finish_response(response: Response) -> Response:
         response.headers["Cache-Control"] = "no-store"
     if request.is_secure:
         response.headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+    took = time.perf_counter() - g.get("started", time.perf_counter())
+    # The URL rule, never the raw path: ids must not multiply the label values.
+    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+    method = request.method if request.method in _METHODS else "OTHER"
+    HTTP_REQUESTS.labels(method, route, str(response.status_code)).inc()
+    HTTP_DURATION.labels(method, route).observe(took)
     log.info(
         "request",
         method=request.method,
+        route=route,
         path=request.path,
         status=response.status_code,
-        duration_ms=round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000),
+        duration_ms=round(took * 1000),
     )
     return response
 

@@ -7,13 +7,10 @@ from typing import Any
 
 import structlog
 from flask import request
-from prometheus_client import Counter
+
+from creditapp.metrics import AUTH_FAILURES
 
 log = structlog.get_logger("creditapp.security")
-
-AUTH_FAILURES = Counter(
-    "creditapp_auth_failures", "Refused sign-ins and token misuse, by reason", ["reason"]
-)
 
 
 def security_event(reason: str, **details: Any) -> None:

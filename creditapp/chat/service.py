@@ -35,7 +35,14 @@ from creditapp.chat.models import (
     UsageRecord,
 )
 from creditapp.database import DbSession, write_transaction
-from creditapp.errors import ModelNotAllowed, NotFound, ProviderFailed, ValidationFailed
+from creditapp.errors import (
+    CreditAppError,
+    InsufficientCredits,
+    ModelNotAllowed,
+    NotFound,
+    ProviderFailed,
+    ValidationFailed,
+)
 from creditapp.ledger.models import Account
 from creditapp.metering.estimate import estimate_tokens, upper_bound_tokens
 from creditapp.metering.providers import (
@@ -47,6 +54,7 @@ from creditapp.metering.providers import (
     Providers,
 )
 from creditapp.metering.usage import Usage
+from creditapp.metrics import CREDITS_CHARGED, MESSAGES, PROVIDER_DURATION
 from creditapp.pricing import book
 from creditapp.pricing.models import Price
 
@@ -200,30 +208,39 @@ def _prepare(
     if found is None:
         raise NotFound("No such conversation.")
     character, tier, account_id = found
-    if not model_allowed(tier.allowed_models, character.provider, character.model):
-        raise ModelNotAllowed(
-            f"Your tier ({tier.name}) does not allow {character.provider}:{character.model}.",
-            details={"tier": tier.name, "model": f"{character.provider}:{character.model}"},
+    # A message refused here is counted with the model it was for.
+    try:
+        if not model_allowed(tier.allowed_models, character.provider, character.model):
+            raise ModelNotAllowed(
+                f"Your tier ({tier.name}) does not allow {character.provider}:{character.model}.",
+                details={"tier": tier.name, "model": f"{character.provider}:{character.model}"},
+            )
+        if max_tokens is None:
+            max_tokens = tier.default_max_tokens
+        elif max_tokens > tier.max_max_tokens:
+            raise ValidationFailed(
+                details={
+                    "max_tokens": [f"At most {tier.max_max_tokens} on your tier ({tier.name})."]
+                }
+            )
+        price = book.price_in_force(
+            session, provider=character.provider, model=character.model, at=now
         )
-    if max_tokens is None:
-        max_tokens = tier.default_max_tokens
-    elif max_tokens > tier.max_max_tokens:
-        raise ValidationFailed(
-            details={"max_tokens": [f"At most {tier.max_max_tokens} on your tier ({tier.name})."]}
-        )
-    price = book.price_in_force(session, provider=character.provider, model=character.model, at=now)
-    history = session.scalars(
-        select(Message)
-        .where(Message.conversation_id == conversation_id)
-        .order_by(Message.id.desc())
-        .limit(settings.history_messages)
-    ).all()
-    earlier = [ChatMessage(m.role, m.content) for m in reversed(history)]
-    messages = (*earlier, ChatMessage("user", content))
-    request = ChatRequest(character.model, character.system_prompt, messages, max_tokens)
-    input_bound = upper_bound_tokens([character.system_prompt, *(m.content for m in messages)])
-    hold_amount = book.worst_case(price, input_tokens=input_bound, max_output_tokens=max_tokens)
-    return _Prepared(account_id, character, price, request, hold_amount)
+        history = session.scalars(
+            select(Message)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.id.desc())
+            .limit(settings.history_messages)
+        ).all()
+        earlier = [ChatMessage(m.role, m.content) for m in reversed(history)]
+        messages = (*earlier, ChatMessage("user", content))
+        request = ChatRequest(character.model, character.system_prompt, messages, max_tokens)
+        input_bound = upper_bound_tokens([character.system_prompt, *(m.content for m in messages)])
+        hold_amount = book.worst_case(price, input_tokens=input_bound, max_output_tokens=max_tokens)
+        return _Prepared(account_id, character, price, request, hold_amount)
+    except CreditAppError:
+        MESSAGES.labels(character.provider, character.model, "refused").inc()
+        raise
 
 
 def _usage_of(completion: Completion, request: ChatRequest) -> Usage:
@@ -266,21 +283,28 @@ def send_message(
         settings=settings,
         now=asked_at,
     )
-    with write_transaction(session):
-        held = ledger.hold(
-            session,
-            account_id=prepared.account_id,
-            amount=prepared.hold_amount,
-            ttl=settings.hold_ttl,
-            context=context,
-            now=asked_at,
-            reference=f"conversation:{conversation_id}",
-        )
+    provider, model = prepared.character.provider, prepared.character.model
+    try:
+        with write_transaction(session):
+            held = ledger.hold(
+                session,
+                account_id=prepared.account_id,
+                amount=prepared.hold_amount,
+                ttl=settings.hold_ttl,
+                context=context,
+                now=asked_at,
+                reference=f"conversation:{conversation_id}",
+            )
+    except InsufficientCredits:
+        MESSAGES.labels(provider, model, "insufficient_credits").inc()
+        raise
 
     try:
-        completion = providers.get(prepared.character.provider).complete(prepared.request)
+        with PROVIDER_DURATION.labels(provider, model).time():
+            completion = providers.get(provider).complete(prepared.request)
         usage = _usage_of(completion, prepared.request)
     except ProviderError as error:
+        MESSAGES.labels(provider, model, "provider_error").inc()
         log.warning(
             "provider_failed", provider=error.provider, reason=error.reason, status=error.status
         )
@@ -312,9 +336,12 @@ def send_message(
             response = respond(exchange)
             idempotency.complete(session, claim, response=response)
     except BaseException as error:
+        MESSAGES.labels(provider, model, "settle_failed").inc()
         _keep_unbilled(session, call, error=error, context=context, now=clock())
         raise
 
+    MESSAGES.labels(provider, model, "charged" if exchange.reply else "refunded").inc()
+    CREDITS_CHARGED.labels(provider, model).inc(exchange.credits_charged)
     if exchange.compensation is not None:
         exchange = _pay_at_once(session, exchange, context=context, now=clock())
     return Sent(exchange, response)

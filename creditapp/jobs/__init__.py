@@ -5,11 +5,11 @@ an audit context, safe to run several times at once and to crash anywhere; the C
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from creditapp import ledger
-from creditapp.database import DbSession
+from creditapp.database import DbSession, dialect_of, write_transaction
 from creditapp.jobs import (
     compensations,
     grants,
@@ -19,6 +19,7 @@ from creditapp.jobs import (
     refresh,
     rollup,
 )
+from creditapp.jobs.models import JobOutcome
 
 Job = Callable[..., dict[str, Any]]
 
@@ -49,6 +50,29 @@ def _options(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
 def run_job(
     name: str, session: DbSession, *, now: datetime, actor: str, settings: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Run one job to completion as of `now` and return its summary."""
+    """Run one job to completion as of `now` and return its summary; its outcome is counted
+    (`job_outcomes`, for `/metrics`) in a transaction of its own."""
     context = ledger.AuditContext(actor_type="job", actor_id=f"{name}:{actor}")
-    return JOBS[name](session, now=now, context=context, **_options(name, settings))
+    try:
+        summary = JOBS[name](session, now=now, context=context, **_options(name, settings))
+    except Exception:
+        session.rollback()
+        _count(session, name, "failure")
+        raise
+    _count(session, name, "success")
+    return summary
+
+
+def _count(session: DbSession, name: str, outcome: str) -> None:
+    # The time the run ended: a catch-up run "as of" another time still finished now.
+    finished = datetime.now(UTC)
+    with write_transaction(session):
+        insert = dialect_of(session).insert(JobOutcome)
+        session.execute(
+            insert.values(
+                job=name, outcome=outcome, runs=1, last_at=finished
+            ).on_conflict_do_update(
+                index_elements=["job", "outcome"],
+                set_={"runs": JobOutcome.runs + 1, "last_at": insert.excluded.last_at},
+            )
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer
+from sqlalchemy import JSON, BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from creditapp.database import BigIntId, UTCDateTime
@@ -24,3 +24,15 @@ class ReconciliationReport(db.Model):  # type: ignore[name-defined,misc]
     unbilled_cost: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
 
     __table_args__ = (Index("ix_reconciliation_reports_ran_at", "ran_at"),)
+
+
+class JobOutcome(db.Model):  # type: ignore[name-defined,misc]
+    """How often each job finished with each outcome (`success`, `failure`), and when it last
+    did: written by whichever worker ran it, read by `/metrics` on any machine."""
+
+    __tablename__ = "job_outcomes"
+
+    job: Mapped[str] = mapped_column(String(32), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16), primary_key=True)
+    runs: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -8,14 +8,17 @@ commit together (and, for HTTP requests, together with the stored idempotent res
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
 
 from creditapp.database import DbSession
 from creditapp.errors import (
     AmountNotPositive,
     BalanceWouldGoNegative,
+    CreditAppError,
     ExpiryNotInFuture,
     HoldNotExpired,
     InsufficientCredits,
@@ -48,7 +51,31 @@ from creditapp.ledger.sql import (
     STORE_ACCOUNT,
     LedgerSql,
 )
+from creditapp.metrics import LEDGER_OPERATIONS
 from creditapp.money import format_credits
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _counted(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Count the operation in `creditapp_ledger_operations_total{operation,outcome}`: `ok`, or
+    the code of the rule that refused it (counted when it returns, before its caller commits)."""
+
+    def decorator(function: Callable[P, R]) -> Callable[P, R]:
+        @wraps(function)
+        def counted(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                result = function(*args, **kwargs)
+            except CreditAppError as error:
+                LEDGER_OPERATIONS.labels(operation, error.code).inc()
+                raise
+            LEDGER_OPERATIONS.labels(operation, "ok").inc()
+            return result
+
+        return counted
+
+    return decorator
 
 
 @dataclass(frozen=True)
@@ -376,6 +403,7 @@ def _new_grant(
     return grant_id
 
 
+@_counted("grant")
 def grant(
     session: DbSession,
     *,
@@ -421,6 +449,7 @@ def grant(
     return GrantResult(grant_id, True, result)
 
 
+@_counted("adjust")
 def adjust(
     session: DbSession,
     *,
@@ -457,6 +486,7 @@ def adjust(
     return _persist(sql, state, action="adjust", context=context, now=now, details=details)
 
 
+@_counted("refund")
 def refund(
     session: DbSession,
     *,
@@ -490,6 +520,7 @@ def refund(
     return GrantResult(grant_id, True, result)
 
 
+@_counted("refresh")
 def refresh(
     session: DbSession,
     *,
@@ -535,6 +566,7 @@ def refresh(
     return GrantResult(grant_id, True, result)
 
 
+@_counted("expire_grants")
 def expire_grants(
     session: DbSession, *, account_id: int, context: AuditContext, now: datetime
 ) -> int:
@@ -558,6 +590,7 @@ def accounts_with_expired_credits(
     return [int(row[0]) for row in rows]
 
 
+@_counted("hold")
 def hold(
     session: DbSession,
     *,
@@ -696,6 +729,7 @@ def _unresolved(sql: LedgerSql, hold_id: int) -> Resolution:
     return Resolution(hold_id, status, captured, uncollected, applied=False)
 
 
+@_counted("settle")
 def settle(
     session: DbSession, *, hold_id: int, actual: int, context: AuditContext, now: datetime
 ) -> Resolution:
@@ -711,11 +745,13 @@ def settle(
     )
 
 
+@_counted("void")
 def void(session: DbSession, *, hold_id: int, context: AuditContext, now: datetime) -> Resolution:
     """Release the whole hold, charging nothing (exactly once)."""
     return _resolve(session, hold_id=hold_id, status="voided", actual=0, context=context, now=now)
 
 
+@_counted("expire_hold")
 def expire_hold(
     session: DbSession, *, hold_id: int, context: AuditContext, now: datetime
 ) -> Resolution:

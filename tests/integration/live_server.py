@@ -35,8 +35,8 @@ class ServerUrl(str):
 def live_server(env: dict[str, str], workers: int = 1, threads: int = 1) -> Iterator[ServerUrl]:
     port = free_port()
     # A file, not a pipe: nobody reads the log while the server runs, and a full pipe would
-    # block the server on its next log line.
-    with tempfile.TemporaryFile() as log:
+    # block the server on its next log line. Metrics get a directory of this server's own.
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as metrics_dir:
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -53,7 +53,7 @@ def live_server(env: dict[str, str], workers: int = 1, threads: int = 1) -> Iter
                 "wsgi:app",
             ],
             cwd=ROOT,
-            env={**os.environ, **env},
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir, **env},
             stdout=subprocess.DEVNULL,
             stderr=log,
         )

@@ -1,0 +1,45 @@
+"""What the service counts for Prometheus, named as operators will query it.
+
+Counters and histograms live in each process (under gunicorn, in multiprocess mode: every
+worker writes its samples to PROMETHEUS_MULTIPROC_DIR and `/metrics` sums them). What must be
+true across every machine is read from the database when scraped (`creditapp.monitoring`).
+This module imports nothing of ours, so any module may count.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+HTTP_REQUESTS = Counter(
+    "creditapp_http_requests",
+    "HTTP requests answered, by route (the URL rule)",
+    ["method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "creditapp_http_request_duration_seconds", "Time to answer an HTTP request", ["method", "route"]
+)
+MESSAGES = Counter(
+    "creditapp_messages",
+    "Chat messages by outcome: charged, refunded, insufficient_credits, provider_error,"
+    " refused, settle_failed",
+    ["provider", "model", "outcome"],
+)
+CREDITS_CHARGED = Counter(
+    "creditapp_credits_charged_microcredits",
+    "Micro-credits charged for messages (the sum of their credits_charged)",
+    ["provider", "model"],
+)
+PROVIDER_DURATION = Histogram(
+    "creditapp_provider_request_duration_seconds",
+    "Time an AI provider took to answer (or fail)",
+    ["provider", "model"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160),
+)
+LEDGER_OPERATIONS = Counter(
+    "creditapp_ledger_operations",
+    "Ledger operations by outcome (ok or the refusal's code)",
+    ["operation", "outcome"],
+)
+AUTH_FAILURES = Counter(
+    "creditapp_auth_failures", "Refused sign-ins and token misuse, by reason", ["reason"]
+)

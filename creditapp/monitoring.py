@@ -1,0 +1,97 @@
+"""What `/metrics` reads from the database when scraped: true across every machine (the jobs'
+runs, open holds, compensations owed, drift), with a few cheap indexed queries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from creditapp.chat.models import Compensation
+from creditapp.database import DbSession
+from creditapp.jobs.models import JobOutcome, ReconciliationReport
+from creditapp.ledger.models import Hold
+
+
+class DatabaseCollector(Collector):
+    """Metrics read from the database at scrape time. `read` runs the queries (in a session
+    the caller provides) and returns the rows this turns into metric families."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]):
+        self._read = read
+
+    def collect(self) -> Iterator[Any]:
+        state = self._read()
+        holds = GaugeMetricFamily("creditapp_open_holds", "Pending holds")
+        holds.add_metric([], state["open_holds"])
+        reserved = GaugeMetricFamily(
+            "creditapp_open_holds_reserved_microcredits", "Micro-credits reserved by pending holds"
+        )
+        reserved.add_metric([], state["reserved"])
+        compensations = GaugeMetricFamily(
+            "creditapp_compensations", "Compensations owed, by status", labels=["status"]
+        )
+        for status, count in state["compensations"].items():
+            compensations.add_metric([status], count)
+        drift = GaugeMetricFamily(
+            "creditapp_reconciliation_drift_accounts",
+            "Accounts with drift in the newest reconciliation report",
+        )
+        drift.add_metric([], state["drift_accounts"])
+        oldest = GaugeMetricFamily(
+            "creditapp_oldest_open_hold_age_seconds", "Age of the oldest pending hold (0: none)"
+        )
+        oldest.add_metric([], state["oldest_hold_age"])
+        runs = CounterMetricFamily(
+            "creditapp_job_runs", "Job runs by outcome (all workers)", labels=["job", "outcome"]
+        )
+        last_success = GaugeMetricFamily(
+            "creditapp_job_last_success_timestamp_seconds",
+            "When each job last finished without error",
+            labels=["job"],
+        )
+        for (job, outcome), (count, last_at) in state["job_runs"].items():
+            runs.add_metric([job, outcome], count)
+            if outcome == "success":
+                last_success.add_metric([job], last_at)
+        yield from (holds, reserved, compensations, drift, oldest, runs, last_success)
+
+
+def database_state(session: DbSession) -> dict[str, Any]:
+    """What `DatabaseCollector` reports, read with a few indexed queries."""
+    now = datetime.now(UTC)
+    count, reserved, oldest = session.execute(
+        select(
+            func.count(), func.coalesce(func.sum(Hold.amount), 0), func.min(Hold.created_at)
+        ).where(Hold.resolved_at.is_(None))
+    ).one()
+    if isinstance(oldest, str):  # SQLite returns min() of a timestamp column as its text
+        oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
+    compensations = dict.fromkeys(("pending", "processing", "failed"), 0)
+    compensations.update(
+        session.execute(
+            select(Compensation.status, func.count())
+            .where(Compensation.status.in_(tuple(compensations)))
+            .group_by(Compensation.status)
+        ).all()
+    )
+    report = session.scalars(
+        select(ReconciliationReport).order_by(ReconciliationReport.id.desc()).limit(1)
+    ).first()
+    drifted = {item["user_id"] for item in report.drift} if report is not None else set()
+    runs = {
+        (row.job, row.outcome): (row.runs, row.last_at.timestamp())
+        for row in session.scalars(select(JobOutcome))
+    }
+    return {
+        "open_holds": count,
+        "reserved": int(reserved),
+        "oldest_hold_age": (now - oldest).total_seconds() if oldest is not None else 0.0,
+        "compensations": compensations,
+        "drift_accounts": len(drifted),
+        "job_runs": runs,
+    }

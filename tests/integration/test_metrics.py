@@ -1,0 +1,122 @@
+"""`/metrics`: Prometheus text that agrees with the database: messages and credits counted
+exactly across gunicorn workers, the jobs' runs from whichever worker ran them, drift and open
+holds read when scraped; `METRICS_TOKEN` guards it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select, text
+
+from creditapp.chat.models import UsageRecord
+from creditapp.database import write_transaction
+from creditapp.extensions import db
+from tests.conftest import Person, utcnow
+from tests.fake_providers import Answer, FakeProviders
+from tests.helpers import add_price, run_job_at, scalar, start_conversation
+from tests.integration.live_server import call, celery_process, live_server
+
+
+def _samples(body: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def _value(body: str, name: str, **labels: str) -> float:
+    return _samples(body).get((name, frozenset(labels.items())), 0.0)
+
+
+def test_the_database_gauges_and_the_token(
+    app: Flask, client: FlaskClient, person_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    person = person_factory(credits=5_000_000)
+    with app.app_context():
+        with write_transaction(db.session):
+            db.session.execute(
+                text("UPDATE grants SET remaining = remaining - 1 WHERE account_id = :id"),
+                {"id": person.account_id},
+            )
+        db.session.remove()
+    run_job_at(app, "reconcile", utcnow())
+    body = client.get("/metrics").get_data(as_text=True)
+    assert _value(body, "creditapp_reconciliation_drift_accounts") == 1
+    assert _value(body, "creditapp_job_runs_total", job="reconcile", outcome="success") == 1
+    assert _value(body, "creditapp_job_last_success_timestamp_seconds", job="reconcile") > 0
+    assert _value(body, "creditapp_open_holds") == 0
+    assert _value(body, "creditapp_compensations", status="failed") == 0
+
+    monkeypatch.setitem(app.config, "METRICS_TOKEN", "s3cret-scrape-token")
+    refused = client.get("/metrics")
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (401, "unauthorized")
+    wrong = client.get("/metrics", headers={"Authorization": "Bearer guess"})
+    assert wrong.status_code == 401
+    allowed = client.get("/metrics", headers={"Authorization": "Bearer s3cret-scrape-token"})
+    assert allowed.status_code == 200
+    assert allowed.content_type.startswith("text/plain")
+
+
+@pytest.mark.real_clock
+def test_messages_and_credits_add_up_across_gunicorn_workers(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    person: Person = person_factory(credits=100 * 1_000_000)
+    add_price(app, "openai", "gpt-metrics", input="1", output="3")
+    conversation = start_conversation(client, person, "openai", "gpt-metrics")
+    fake_providers.script(
+        "openai",
+        *(Answer(usage={"prompt_tokens": 10 * n, "completion_tokens": n}) for n in range(1, 8)),
+    )
+    env = {"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
+    body = json.dumps({"content": "Count me", "max_tokens": 50}).encode()
+    with live_server(env, workers=3, threads=2) as base:
+        statuses = [
+            call(
+                "POST",
+                f"{base}/api/conversations/{conversation}/messages",
+                person.token,
+                body,
+                {"Idempotency-Key": f"m-{n}"},
+            )[0]
+            for n in range(7)
+        ]
+        assert statuses == [201] * 7
+        scraped = call("GET", f"{base}/metrics")[2].decode()
+    labels = {"provider": "openai", "model": "gpt-metrics"}
+    charged = scalar(app, select(func.sum(UsageRecord.credits_charged)))
+    assert _value(scraped, "creditapp_messages_total", outcome="charged", **labels) == 7
+    assert _value(scraped, "creditapp_credits_charged_microcredits_total", **labels) == charged
+    assert _value(scraped, "creditapp_provider_request_duration_seconds_count", **labels) == 7
+    route = "/api/conversations/<conversation_id>/messages"
+    assert (
+        _value(scraped, "creditapp_http_requests_total", method="POST", route=route, status="201")
+        == 7
+    )
+    assert (
+        _value(scraped, "creditapp_ledger_operations_total", operation="settle", outcome="ok") == 7
+    )
+
+
+@pytest.mark.postgres_only
+@pytest.mark.real_clock
+def test_a_job_a_celery_worker_ran_shows_in_the_metrics(app: Flask, client: FlaskClient) -> None:
+    env = {**os.environ, "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
+    arguments = ("worker", "--concurrency", "1", "--loglevel", "WARNING", "--without-mingle")
+    with celery_process(*arguments, "--without-gossip", env=env):
+        app.extensions["celery"].send_task("creditapp.run_job", args=("expire-holds",))
+        deadline = time.monotonic() + 60
+        while True:
+            body = client.get("/metrics").get_data(as_text=True)
+            if _value(body, "creditapp_job_runs_total", job="expire-holds", outcome="success"):
+                break
+            assert time.monotonic() < deadline, "the worker's run never showed"
+            time.sleep(0.2)
