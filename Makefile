@@ -21,9 +21,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed  ## create the virtual environment and install pinned packages
 
-tools:  ## Debian's nginx, for the production-edge tests (installed when missing; needs root)
+tools:  ## Debian's nginx and Chromium, for the edge and browser tests (installed when missing; root)
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
 	  apt-get install -y nginx || (apt-get update && apt-get install -y nginx)
+	@test -x /usr/bin/chromium || \
+	  apt-get install -y chromium || (apt-get update && apt-get install -y chromium)
 
 run: venv  ## migrate, seed demo data; serve http://127.0.0.1:$PORT (default 5000) with a worker and beat (SQLite, no servers)
 	$(PY) scripts/run_embedded.py

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from creditapp.api import admin, auth, chat, credit, jobs, me, ops, pricing
+from creditapp.api import admin, auth, chat, credit, docs, jobs, me, ops, pricing
 from creditapp.api.errors import register_error_handlers
 from creditapp.api.identity import register_token_errors
 from creditapp.api.limits import limiter
@@ -21,4 +21,5 @@ def register_api(app: Flask) -> None:
     for blueprint in (auth.blp, me.blp, credit.blp, chat.blp, admin.blp, pricing.blp, jobs.blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(ops.blp)
+    app.register_blueprint(docs.blp)
     register_error_handlers(app)
