@@ -11,6 +11,7 @@ from flask import Flask, Response, g, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from creditapp.api.security import security_event
 from creditapp.errors import (
     CreditAppError,
     DependencyUnavailable,
@@ -76,6 +77,7 @@ def _http_error(error: HTTPException) -> Response:
             return from_error(MalformedJson())
         return from_error(ValidationFailed(details=_field_details(messages)))
     if status == 429:
+        security_event("rate_limited", limit=str(error.description))
         response = error_response(
             429, RateLimited.code, f"Rate limit exceeded: {error.description}"
         )

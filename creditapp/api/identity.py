@@ -18,6 +18,7 @@ from flask_jwt_extended import (
 
 from creditapp import ledger
 from creditapp.api.errors import from_error
+from creditapp.api.security import security_event
 from creditapp.auth import tokens
 from creditapp.auth.models import User
 from creditapp.errors import Forbidden, TokenRevoked, Unauthorized
@@ -70,6 +71,7 @@ def audit_context() -> ledger.AuditContext:
 
 def _user_not_loaded(_header: dict[str, Any], claims: dict[str, Any]) -> Response:
     if tokens.was_revoked(claims):
+        security_event("token_revoked", session_id=claims.get("sid"))
         return from_error(TokenRevoked())
     return from_error(Unauthorized("The token's user or session does not exist."))
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, g, request
+from flask_jwt_extended import get_current_user
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from creditapp.errors import PayloadTooLarge, UnsupportedMediaType
@@ -90,8 +91,18 @@ def _finish_response(response: Response) -> Response:
         path=request.path,
         status=response.status_code,
         duration_ms=round(took * 1000),
+        user_id=_user_id(),
     )
     return response
+
+
+def _user_id() -> str | None:
+    """The authenticated caller's id, if this request loaded one."""
+    try:
+        user = get_current_user()
+    except RuntimeError:  # no token was verified in this request
+        return None
+    return None if user is None else str(user.id)
 
 
 def register_request_context(app: Flask) -> None:

@@ -4,9 +4,12 @@ an audit context, safe to run several times at once and to crash anywhere; the C
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import structlog
 
 from creditapp import ledger
 from creditapp.database import DbSession, dialect_of, write_transaction
@@ -21,6 +24,7 @@ from creditapp.jobs import (
 )
 from creditapp.jobs.models import JobOutcome
 
+log = structlog.get_logger(__name__)
 Job = Callable[..., dict[str, Any]]
 
 JOBS: dict[str, Job] = {
@@ -53,13 +57,19 @@ def run_job(
     """Run one job to completion as of `now` and return its summary; its outcome is counted
     (`job_outcomes`, for `/metrics`) in a transaction of its own."""
     context = ledger.AuditContext(actor_type="job", actor_id=f"{name}:{actor}")
+    started = time.perf_counter()
     try:
         summary = JOBS[name](session, now=now, context=context, **_options(name, settings))
-    except Exception:
+    except Exception as error:
         session.rollback()
         _count(session, name, "failure")
+        log.error("job_run", job=name, outcome="failure", actor=actor, error=str(error))
         raise
     _count(session, name, "success")
+    took_ms = round((time.perf_counter() - started) * 1000)
+    log.info(
+        "job_run", job=name, outcome="success", actor=actor, duration_ms=took_ms, summary=summary
+    )
     return summary
 
 

@@ -1,0 +1,50 @@
+"""The log an operator reads: one JSON line per request (method, route, status, duration, user
+id, request id), one per job run, and security events at warning level."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import Person, utcnow
+from tests.helpers import run_job_at
+
+
+def _lines(captured: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in captured.splitlines() if line.startswith("{")]
+
+
+def test_each_request_job_run_and_security_event_is_one_json_line(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    person: Person = person_factory()
+    capsys.readouterr()
+    client.get(f"/api/conversations/{12}", headers={**person.headers, "X-Request-ID": "trace-7"})
+    run_job_at(app, "expire-holds", utcnow())
+    client.post("/api/auth/logout", headers=person.headers)
+    client.get("/api/me", headers=person.headers)  # a revoked token presented
+    lines = _lines(capsys.readouterr().err)
+
+    requests = [line for line in lines if line["event"] == "request"]
+    first = requests[0]
+    assert {key: first[key] for key in ("method", "route", "status", "user_id", "request_id")} == {
+        "method": "GET",
+        "route": "/api/conversations/<conversation_id>",
+        "status": 404,
+        "user_id": str(person.id),
+        "request_id": "trace-7",
+    }
+    assert isinstance(first["duration_ms"], int) and first["level"] == "info"
+    runs = [line for line in lines if line["event"] == "job_run"]
+    assert [(run["job"], run["outcome"], run["summary"]) for run in runs] == [
+        ("expire-holds", "success", {"expired": 0})
+    ]
+    events = [line for line in lines if line["event"] == "security_event"]
+    assert [(event["reason"], event["level"]) for event in events] == [("token_revoked", "warning")]
