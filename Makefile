@@ -21,11 +21,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed  ## create the virtual environment and install pinned packages
 
-tools:  ## Debian's nginx and Chromium, for the edge and browser tests (installed when missing; root)
+tools:  ## Debian's nginx, Chromium and promtool for the edge, browser and alert tests (when missing; root)
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
 	  apt-get install -y nginx || (apt-get update && apt-get install -y nginx)
 	@test -x /usr/bin/chromium || \
 	  apt-get install -y chromium || (apt-get update && apt-get install -y chromium)
+	@command -v promtool >/dev/null 2>&1 || apt-get install -y --no-install-recommends prometheus \
+	  || (apt-get update && apt-get install -y --no-install-recommends prometheus)
 
 run: venv  ## migrate, seed demo data; serve http://127.0.0.1:$PORT (default 5000) with a worker and beat (SQLite, no servers)
 	$(PY) scripts/run_embedded.py

@@ -19,10 +19,15 @@ from creditapp.ledger.models import Hold
 
 class DatabaseCollector(Collector):
     """Metrics read from the database at scrape time. `read` runs the queries (in a session
-    the caller provides) and returns the rows this turns into metric families."""
+    the caller provides) and returns the rows this turns into metric families. The settings
+    alert rules compare with (each job's period, the holds' time to live) come along."""
 
-    def __init__(self, read: Callable[[], dict[str, Any]]):
+    def __init__(
+        self, read: Callable[[], dict[str, Any]], *, job_periods: dict[str, int], hold_ttl: int
+    ):
         self._read = read
+        self._job_periods = job_periods
+        self._hold_ttl = hold_ttl
 
     def collect(self) -> Iterator[Any]:
         state = self._read()
@@ -58,7 +63,15 @@ class DatabaseCollector(Collector):
             runs.add_metric([job, outcome], count)
             if outcome == "success":
                 last_success.add_metric([job], last_at)
+        periods = GaugeMetricFamily(
+            "creditapp_job_period_seconds", "How often beat runs each job", labels=["job"]
+        )
+        for job, seconds in self._job_periods.items():
+            periods.add_metric([job], seconds)
+        ttl = GaugeMetricFamily("creditapp_hold_ttl_seconds", "How long a hold may stay pending")
+        ttl.add_metric([], self._hold_ttl)
         yield from (holds, reserved, compensations, drift, oldest, runs, last_success)
+        yield from (periods, ttl)
 
 
 def database_state(session: DbSession) -> dict[str, Any]:

@@ -52,7 +52,13 @@ def metrics() -> Any:
         if not hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):
             raise Unauthorized("The metrics need the METRICS_TOKEN as a bearer token.")
     database = CollectorRegistry()
-    database.register(DatabaseCollector(lambda: database_state(db.session)))
+    database.register(
+        DatabaseCollector(
+            lambda: database_state(db.session),
+            job_periods=current_app.config["JOB_PERIODS"],
+            hold_ttl=current_app.config["HOLD_TTL_SECONDS"],
+        )
+    )
     try:
         body = _process_metrics() + generate_latest(database)
     finally:

@@ -1,0 +1,38 @@
+"""The alert rules in deploy/prometheus: valid (`promtool check rules`), behaving as their unit
+tests say (`promtool test rules`, Debian's prometheus package, which make test installs), and
+about metrics the service really exposes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.live_server import ROOT
+
+RULES = ROOT / "deploy" / "prometheus"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+
+
+def _promtool(*arguments: str) -> None:
+    done = subprocess.run(
+        [PROMTOOL, *arguments], cwd=RULES, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_rules_are_valid_and_pass_their_unit_tests() -> None:
+    _promtool("check", "rules", "alerts.yml")
+    _promtool("test", "rules", "alerts_test.yml")
+
+
+def test_every_metric_the_rules_use_is_exposed(client: FlaskClient) -> None:
+    used = set(re.findall(r"\bcreditapp_[a-z_]+", (RULES / "alerts.yml").read_text()))
+    exposed = {
+        family.name
+        for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+    }
+    assert {name.removesuffix("_total") for name in used} <= exposed
