@@ -1,9 +1,10 @@
 """The alert rules in deploy/prometheus: valid (`promtool check rules`), behaving as their unit
-tests say (`promtool test rules`, Debian's prometheus package, which make test installs), and
-about metrics the service really exposes."""
+tests say (`promtool test rules`, Debian's prometheus package, which make test installs); they
+and the Grafana dashboard in deploy/grafana speak of metrics the service really exposes."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -29,10 +30,15 @@ def test_the_rules_are_valid_and_pass_their_unit_tests() -> None:
     _promtool("test", "rules", "alerts_test.yml")
 
 
-def test_every_metric_the_rules_use_is_exposed(client: FlaskClient) -> None:
+def test_every_metric_the_rules_and_the_dashboard_use_is_exposed(client: FlaskClient) -> None:
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "creditapp.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     used = set(re.findall(r"\bcreditapp_[a-z_]+", (RULES / "alerts.yml").read_text()))
+    used |= {name for expr in expressions for name in re.findall(r"\bcreditapp_[a-z_]+", expr)}
     exposed = {
         family.name
         for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
     }
-    assert {name.removesuffix("_total") for name in used} <= exposed
+    # Counters' samples end in _total, histograms' in _bucket/_count/_sum.
+    families = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in used}
+    assert families <= exposed, families - exposed
