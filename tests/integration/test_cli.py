@@ -22,9 +22,9 @@ def test_users_create_prints_the_user_and_token_authenticates(
 ) -> None:
     created = cli(app, "users", "create", "--email", "Ann@Example.com", "--tier", "pro")
     assert created.exit_code == 0, created.output
-    user = json.loads(created.output)
+    user = json.loads(created.stdout)
     assert user == {"id": user["id"], "email": "ann@example.com", "role": "user", "tier": "pro"}
-    token = cli(app, "users", "token", "--email", "ann@example.com").output.strip()
+    token = cli(app, "users", "token", "--email", "ann@example.com").stdout.strip()
     balance = client.get("/api/credit/balance", headers={"Authorization": f"Bearer {token}"})
     assert balance.get_json()["balance"] == "5000"
 
@@ -44,7 +44,7 @@ def test_credit_grant_and_reconcile(app: Flask) -> None:
         app, "credit", "grant", "--email", "c@example.com", "--amount", "2.5", "--reason", "support"
     )
     assert granted.exit_code == 0, granted.output
-    assert json.loads(granted.output) | {"grant_id": None} == {
+    assert json.loads(granted.stdout) | {"grant_id": None} == {
         "grant_id": None,
         "balance": "102.5",
         "available": "102.5",
@@ -56,14 +56,14 @@ def test_credit_grant_and_reconcile(app: Flask) -> None:
         == 2
     )
     clean = cli(app, "credit", "reconcile")
-    assert clean.exit_code == 0 and json.loads(clean.output)["drift"] == []
+    assert clean.exit_code == 0 and json.loads(clean.stdout)["drift"] == []
     with app.app_context():
         with write_transaction(db.session):
             db.session.execute(text("UPDATE grants SET remaining = remaining - 1"))
         db.session.remove()
     drifted = cli(app, "credit", "reconcile")
     assert drifted.exit_code == 1
-    assert {d["invariant"] for d in json.loads(drifted.output)["drift"]} >= {
+    assert {d["invariant"] for d in json.loads(drifted.stdout)["drift"]} >= {
         "balance == sum(grants' remaining)"
     }
 
@@ -93,7 +93,7 @@ def test_jobs_run_prints_its_summary_and_refuses_unknown_jobs_and_times(app: Fla
     cli(app, "users", "create", "--email", "j@example.com")
     ran = cli(app, "jobs", "run", "reconcile", "--now", "2027-03-01T10:00:00Z")
     assert ran.exit_code == 0, ran.output
-    assert json.loads(ran.output) == {
+    assert json.loads(ran.stdout) == {
         "job": "reconcile",
         "now": "2027-03-01T10:00:00+00:00",
         "checked_accounts": 1,
@@ -101,7 +101,7 @@ def test_jobs_run_prints_its_summary_and_refuses_unknown_jobs_and_times(app: Fla
         "unbilled_calls": 0,
     }
     naive = cli(app, "jobs", "run", "expire-holds", "--now", "2027-03-01T10:00:00")
-    assert json.loads(naive.output) == {
+    assert json.loads(naive.stdout) == {
         "job": "expire-holds",
         "now": "2027-03-01T10:00:00+00:00",  # a time without a zone is UTC
         "expired": 0,
@@ -113,8 +113,8 @@ def test_jobs_run_prints_its_summary_and_refuses_unknown_jobs_and_times(app: Fla
 def test_pricing_sync_adds_the_catalogue_once(app: Flask) -> None:
     first = cli(app, "pricing", "sync")
     assert first.exit_code == 0, first.output
-    added = json.loads(first.output)
-    again = json.loads(cli(app, "pricing", "sync").output)
+    added = json.loads(first.stdout)
+    again = json.loads(cli(app, "pricing", "sync").stdout)
     assert again["added"] == 0 < added["added"]
     with app.app_context():
         rows = db.session.scalar(text("SELECT COUNT(*) FROM prices"))

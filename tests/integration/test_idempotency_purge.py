@@ -56,7 +56,7 @@ def _purge(app: Flask, now: datetime) -> dict[str, Any]:
         args=["jobs", "run", "purge-idempotency", "--now", now.isoformat()]
     )
     assert result.exit_code == 0, result.output
-    summary: dict[str, Any] = json.loads(result.output)
+    summary: dict[str, Any] = json.loads(result.stdout)
     return summary
 
 

@@ -57,7 +57,7 @@ def _send_while_the_expiry_job_runs(
         later = (utcnow() + timedelta(hours=1)).isoformat()
         expired = app.test_cli_runner().invoke(args=["jobs", "run", "expire-holds", "--now", later])
         assert expired.exit_code == 0, expired.output
-        assert json.loads(expired.output)["expired"] == 1
+        assert json.loads(expired.stdout)["expired"] == 1
         meanwhile()
         gate.set()
         return sending.result(timeout=30)

@@ -132,7 +132,7 @@ def test_the_cli_revokes_every_session_of_a_user(
 ) -> None:
     user = person_factory()
     ran = app.test_cli_runner().invoke(args=["users", "revoke", "--email", user.email])
-    assert json.loads(ran.output) == {"email": user.email, "revoked_sessions": 1}
+    assert json.loads(ran.stdout) == {"email": user.email, "revoked_sessions": 1}
     assert_error(client.get("/api/me", headers=user.headers), 401, "token_revoked")
 
 
