@@ -26,7 +26,12 @@ SCHEMATHESIS = Path(sys.executable).parent / "st"
 
 @pytest.mark.parametrize("role", ["admin", "user"])
 def test_no_generated_request_gets_a_5xx(
-    app: Flask, client: FlaskClient, admin: Person, person_factory: Any, role: str
+    app: Flask,
+    client: FlaskClient,
+    admin: Person,
+    person_factory: Any,
+    role: str,
+    tmp_path: Path,
 ) -> None:
     user = person_factory(credits=1_000 * 1_000_000)
     add_price(app, "openai", "gpt-fuzz", input="1", output="1")
@@ -56,6 +61,8 @@ def test_no_generated_request_gets_a_5xx(
                 "logout|revoke-sessions",
                 "--no-color",
             ],
+            # Its cache of earlier runs (.schemathesis/) goes in a folder of this test's own.
+            cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=600,
