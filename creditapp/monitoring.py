@@ -12,8 +12,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from creditapp.chat.models import Compensation
-from creditapp.database import DbSession
-from creditapp.jobs.models import JobOutcome, ReconciliationReport
+from creditapp.database import DbSession, read_time
+from creditapp.jobs import reconciliation
+from creditapp.jobs.models import JobOutcome
 from creditapp.ledger.models import Hold
 
 
@@ -77,13 +78,13 @@ class DatabaseCollector(Collector):
 def database_state(session: DbSession) -> dict[str, Any]:
     """What `DatabaseCollector` reports, read with a few indexed queries."""
     now = datetime.now(UTC)
-    count, reserved, oldest = session.execute(
+    count, reserved, oldest_created = session.execute(
         select(
             func.count(), func.coalesce(func.sum(Hold.amount), 0), func.min(Hold.created_at)
         ).where(Hold.resolved_at.is_(None))
     ).one()
-    if isinstance(oldest, str):  # SQLite returns min() of a timestamp column as its text
-        oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
+    # min() of a timestamp comes back as the driver's value (SQLite: text), not through the type.
+    oldest = read_time(oldest_created)
     compensations = dict.fromkeys(("pending", "processing", "failed"), 0)
     compensations.update(
         session.execute(
@@ -92,10 +93,7 @@ def database_state(session: DbSession) -> dict[str, Any]:
             .group_by(Compensation.status)
         ).all()
     )
-    report = session.scalars(
-        select(ReconciliationReport).order_by(ReconciliationReport.id.desc()).limit(1)
-    ).first()
-    drifted = {item["user_id"] for item in report.drift} if report is not None else set()
+    drifted = {item["user_id"] for item in reconciliation.latest(session).drift}
     runs = {
         (row.job, row.outcome): (row.runs, row.last_at.timestamp())
         for row in session.scalars(select(JobOutcome))

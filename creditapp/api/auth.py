@@ -43,18 +43,18 @@ class SignInSchema(TokensSchema):
 def _sign_in(find_user: Callable[[DbSession, datetime], User]) -> dict[str, Any]:
     """Find (or create) the user and start a session, in one transaction. A first sign-in that
     raced another for the same person (a unique key refused it) runs again and finds theirs."""
-    for attempt in (1, 2):
-        try:
-            with write_transaction(db.session):
-                now = datetime.now(UTC)
-                user = find_user(db.session, now)
-                issued = tokens.sign_in(db.session, user=user, now=now)
-        except IntegrityError:
-            if attempt == 2:
-                raise
-            continue
-        return {**vars(issued), "user": user}
-    raise AssertionError("unreachable")
+    try:
+        return _sign_in_once(find_user)
+    except IntegrityError:
+        return _sign_in_once(find_user)
+
+
+def _sign_in_once(find_user: Callable[[DbSession, datetime], User]) -> dict[str, Any]:
+    with write_transaction(db.session):
+        now = datetime.now(UTC)
+        user = find_user(db.session, now)
+        issued = tokens.sign_in(db.session, user=user, now=now)
+    return {**vars(issued), "user": user}
 
 
 def _sign_in_context() -> ledger.AuditContext:

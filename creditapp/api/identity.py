@@ -15,6 +15,8 @@ from flask_jwt_extended import (
     get_current_user,
     verify_jwt_in_request,
 )
+from flask_jwt_extended.exceptions import JWTExtendedException
+from jwt.exceptions import PyJWTError
 
 from creditapp import ledger
 from creditapp.api.errors import from_error
@@ -51,12 +53,24 @@ def authenticated(*, admin: bool = False) -> Callable[[F], F]:
 def _verify_once() -> None:
     """Verify the access token and load its user, unless the rate limiter already did so in
     this request (one user lookup per request)."""
+    if request_user() is None:
+        verify_jwt_in_request()  # refuses the request in the contract's shape
+
+
+def request_user() -> User | None:
+    """The user of this request's valid access token, or None: the token is verified and its
+    user loaded once per request, whoever asks first (the rate limiter, then the view)."""
     try:
-        if get_current_user() is not None:
-            return
+        user: User | None = get_current_user()
+        return user
     except RuntimeError:  # not verified yet in this request
         pass
-    verify_jwt_in_request()
+    try:
+        verify_jwt_in_request(optional=True)
+    except (JWTExtendedException, PyJWTError):
+        return None  # refused by the view, in the contract's shape
+    loaded: User | None = get_current_user()
+    return loaded
 
 
 def audit_context() -> ledger.AuditContext:

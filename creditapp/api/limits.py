@@ -9,24 +9,12 @@ never a query per request.
 from __future__ import annotations
 
 from flask import current_app, request
-from flask_jwt_extended import get_current_user, verify_jwt_in_request
-from flask_jwt_extended.exceptions import JWTExtendedException
 from flask_limiter import Limiter
-from jwt.exceptions import PyJWTError
 from limits.storage import MemoryStorage
 
+from creditapp.api.identity import request_user
 from creditapp.auth import tiers
-from creditapp.auth.models import User
 from creditapp.extensions import db
-
-
-def _caller() -> User | None:
-    try:
-        verify_jwt_in_request(optional=True)
-    except (JWTExtendedException, PyJWTError):
-        return None  # the view refuses the token in the contract's shape
-    user: User | None = get_current_user()
-    return user
 
 
 def client_ip() -> str:
@@ -35,12 +23,12 @@ def client_ip() -> str:
 
 def rate_limit_key() -> str:
     """Limits count per user when the request carries a valid access token, else per IP."""
-    user = _caller()
+    user = request_user()
     return client_ip() if user is None else f"user:{user.id}"
 
 
 def _limit(kind: str, setting: str) -> str:
-    user = _caller()
+    user = request_user()
     if user is not None:
         chosen = tiers.rate_limits(db.session, user.tier_name).get(kind)
         if chosen:

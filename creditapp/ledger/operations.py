@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
-from creditapp.database import DbSession
+from creditapp.database import DbSession, read_time
 from creditapp.errors import (
     AmountNotPositive,
     BalanceWouldGoNegative,
@@ -217,9 +217,9 @@ def _load(sql: LedgerSql, account_id: int, *, lock: bool = True) -> _AccountStat
         balance=balance_now,
         reserved=reserved,
         last_seq=last_seq,
-        last_entry_at=sql.read_time(last_entry_at),
+        last_entry_at=read_time(last_entry_at),
         grants=[
-            _LiveGrant(grant_id, remaining, sql.read_time(expires_at), source)
+            _LiveGrant(grant_id, remaining, read_time(expires_at), source)
             for grant_id, remaining, expires_at, source in sql.all(LIVE_GRANTS, account=account_id)
         ],
     )

@@ -15,7 +15,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from creditapp.database import DIALECTS, DbSession, dialect_of, read_time
+from creditapp.database import DIALECTS, DbSession, dialect_of
 
 _NAMED_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
 
@@ -73,10 +73,6 @@ class LedgerSql:
     def time(self, value: datetime | None) -> Any:
         """A timestamp as this database takes it."""
         return self._dialect.stored_time(value)
-
-    @staticmethod
-    def read_time(value: Any) -> datetime | None:
-        return read_time(value)
 
     def json(self, value: dict[str, Any]) -> Any:
         return self._dialect.stored_json(value)
