@@ -37,7 +37,7 @@ def register_logging(app: Flask) -> None:
 def register_extensions(app: Flask) -> None:
     from creditapp.auth.tokens import register_token_rules
     from creditapp.database import configure_engine
-    from creditapp.extensions import api, db, jwt, migrate
+    from creditapp.extensions import db, jwt, migrate
 
     sqlite_prefix = "sqlite:///"
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith(sqlite_prefix):
@@ -57,7 +57,6 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     jwt.init_app(app)
     register_token_rules(jwt)
-    api.init_app(app)
 
 
 def register_providers(app: Flask) -> None:

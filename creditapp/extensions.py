@@ -1,11 +1,11 @@
 """Flask extensions, created unbound here and bound to an app in create_app (the rate limiter
-belongs to the HTTP layer: `creditapp.api.limits`)."""
+and the OpenAPI document belong to the HTTP layer: `creditapp.api.limits`,
+`creditapp.api.openapi`)."""
 
 from __future__ import annotations
 
 from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
-from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
 
@@ -26,4 +26,3 @@ db = SQLAlchemy(
 )
 migrate = Migrate()
 jwt = JWTManager()
-api = Api()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import cast
 
-from creditapp.api import admin, auth, chat, credit, docs, jobs, me, ops, pricing
+from flask import Blueprint, Flask
+
+from creditapp.api import admin, auth, chat, credit, docs, jobs, me, openapi, ops, pricing
 from creditapp.api.errors import register_error_handlers
 from creditapp.api.identity import register_token_errors
 from creditapp.api.limits import limiter
 from creditapp.api.request_context import register_request_context
-from creditapp.extensions import api, jwt
+from creditapp.extensions import jwt
 
 
 def register_api(app: Flask) -> None:
@@ -18,8 +20,11 @@ def register_api(app: Flask) -> None:
     register_request_context(app)
     limiter.init_app(app)
     register_token_errors(jwt)
-    for blueprint in (auth.blp, me.blp, credit.blp, chat.blp, admin.blp, pricing.blp, jobs.blp):
-        api.register_blueprint(blueprint)
-    app.register_blueprint(ops.blp)
-    app.register_blueprint(docs.blp)
+    openapi.api.init_app(app)
+    limiter.exempt(cast(Blueprint, app.blueprints[openapi.DOCUMENT_BLUEPRINT]))
+    openapi.document_openapi_json(openapi.api, app)
+    blueprints = (auth, me, credit, chat, admin, pricing, jobs, ops, docs)
+    for module in blueprints:
+        openapi.api.register_blueprint(module.blp)
+    app.register_blueprint(docs.assets)
     register_error_handlers(app)

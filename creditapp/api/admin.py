@@ -11,6 +11,7 @@ from creditapp import ledger
 from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
+from creditapp.api.openapi import answers
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
 from creditapp.api.schemas import (
@@ -104,6 +105,7 @@ AuditPageSchema = page_of(AuditRecordSchema)
 @idempotent()
 @blp.arguments(GrantArgs)
 @blp.response(201, GrantResultSchema)
+@answers(404)
 def grant(args: dict[str, Any]) -> Any:
     now = datetime.now(UTC)
     result = ledger.grant(
@@ -125,6 +127,7 @@ def grant(args: dict[str, Any]) -> Any:
 @idempotent()
 @blp.arguments(AdjustArgs)
 @blp.response(200, AdjustResultSchema)
+@answers(404, 409)
 def adjust(args: dict[str, Any]) -> Any:
     balance = ledger.adjust(
         db.session,
@@ -156,6 +159,7 @@ class RefundSchema(Schema):
 @idempotent()
 @blp.arguments(RefundArgs)
 @blp.response(201, RefundSchema)
+@answers(404, 409)
 def refund(args: dict[str, Any]) -> Any:
     now = datetime.now(UTC)
     compensation = compensations.refund_message(

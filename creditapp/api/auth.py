@@ -15,6 +15,7 @@ from creditapp import ledger
 from creditapp.api import limits
 from creditapp.api.identity import authenticated, caller
 from creditapp.api.me import UserSchema
+from creditapp.api.openapi import answers, declares
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import Text
 from creditapp.api.security import security_event
@@ -70,6 +71,7 @@ def _sign_in_context() -> ledger.AuditContext:
 @limits.limiter.limit(limits.sensitive, key_func=limits.client_ip)
 @blp.arguments(GoogleArgs)
 @blp.response(200, SignInSchema)
+@answers(401, 409)
 def google_sign_in(args: dict[str, Any]) -> Any:
     config = current_app.config
     try:
@@ -91,6 +93,7 @@ def google_sign_in(args: dict[str, Any]) -> Any:
 @blp.route("/demo", methods=["POST"])
 @limits.limiter.limit(limits.sensitive, key_func=limits.client_ip)
 @blp.response(200, SignInSchema)
+@answers(404)
 def demo_sign_in() -> Any:
     """Only in demo mode (`make run`): signs in as the demo user. Elsewhere it does not exist."""
     if not current_app.config["DEMO_MODE"]:
@@ -106,6 +109,7 @@ def demo_sign_in() -> Any:
 
 
 @blp.route("/refresh", methods=["POST"])
+@declares(security="refresh_token")
 @blp.response(200, TokensSchema)
 def refresh() -> Any:
     """With the refresh token as bearer: new tokens, the old refresh token spent."""

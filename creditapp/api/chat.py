@@ -13,6 +13,7 @@ from creditapp.api import limits
 from creditapp.api.errors import from_error
 from creditapp.api.idempotency import from_store, idempotent, to_store
 from creditapp.api.identity import audit_context, authenticated, caller
+from creditapp.api.openapi import answers
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
 from creditapp.api.schemas import (
@@ -144,6 +145,7 @@ def conversations(args: dict[str, Any]) -> Any:
 @idempotent()
 @blp.arguments(ConversationArgs)
 @blp.response(201, ConversationSchema)
+@answers(404)
 def create_conversation(args: dict[str, Any]) -> Any:
     return service.create_conversation(
         db.session, user=caller(), character_id=args["character_id"], now=datetime.now(UTC)
@@ -193,8 +195,7 @@ def _exchange_response(exchange: service.Exchange) -> Response:
 @idempotent(required=True, runs_own_transactions=True)
 @blp.arguments(MessageArgs)
 @blp.response(201, ExchangeSchema)
-@blp.alt_response(402, description="Not enough credits for the worst case of this message")
-@blp.alt_response(502, description="The AI provider failed; nothing was charged")
+@answers(402, 403, 502)
 def send_message(args: dict[str, Any], conversation_id: str, claim: idempotency.Claim) -> Any:
     config = current_app.config
     sent = service.send_message(

@@ -7,12 +7,17 @@ runs no inline script, so its Content-Security-Policy allows scripts from the se
 
 from __future__ import annotations
 
+import flask
 import swagger_ui_bundle
-from flask import Blueprint, Response, send_from_directory
+from flask import Response, send_from_directory
 
-from creditapp.api.limits import limiter
+from creditapp.api import limits
+from creditapp.api.openapi import declares
+from creditapp.api.parsing import Blueprint
 
-blp = Blueprint("docs", __name__, url_prefix="/api/docs")
+# The page is an operation of the API document; the files it loads are not.
+blp = Blueprint("docs", __name__, url_prefix="/api/docs", description="API documentation")
+assets = flask.Blueprint("docs_assets", __name__, url_prefix="/api/docs")
 
 # Swagger UI sets inline styles and draws icons as data: images; scripts stay 'self' only.
 _CSP = (
@@ -51,18 +56,21 @@ def _with_policy(response: Response) -> Response:
 
 
 @blp.route("", methods=["GET"])
-@limiter.exempt
+@limits.exempt
+@declares(uses_database=False)
+@blp.response(200, {"type": "string"}, content_type="text/html", description="Swagger UI")
 def page() -> Response:
+    """Interactive API docs (Swagger UI over this document), served with no internet access."""
     return _with_policy(Response(_PAGE, content_type="text/html; charset=utf-8"))
 
 
-@blp.route("/start.js", methods=["GET"])
-@limiter.exempt
+@assets.route("/start.js", methods=["GET"])
+@limits.limiter.exempt
 def start() -> Response:
     return _with_policy(Response(_START, content_type="text/javascript; charset=utf-8"))
 
 
-@blp.route("/assets/<path:name>", methods=["GET"])
-@limiter.exempt
+@assets.route("/assets/<path:name>", methods=["GET"])
+@limits.limiter.exempt
 def asset(name: str) -> Response:
     return _with_policy(send_from_directory(swagger_ui_bundle.swagger_ui_path, name))

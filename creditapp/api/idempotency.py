@@ -17,6 +17,7 @@ import structlog
 from flask import Flask, Response, current_app, make_response, request
 
 from creditapp import idempotency
+from creditapp.api import openapi
 from creditapp.api.errors import DATABASE_DOWN
 from creditapp.api.identity import caller
 from creditapp.database import write_transaction
@@ -142,6 +143,7 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
                 raise
             return response
 
-        return wrapper  # type: ignore[return-value]
+        documented = openapi.declare(wrapper, idempotency="required" if required else "optional")
+        return documented  # type: ignore[return-value]
 
     return decorator

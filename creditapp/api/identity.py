@@ -19,6 +19,7 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt.exceptions import PyJWTError
 
 from creditapp import ledger
+from creditapp.api import openapi
 from creditapp.api.errors import from_error
 from creditapp.api.security import security_event
 from creditapp.auth import tokens
@@ -45,7 +46,7 @@ def authenticated(*, admin: bool = False) -> Callable[[F], F]:
                 raise Forbidden()
             return view(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return openapi.declare(wrapper, security="access_token", admin=admin)  # type: ignore[return-value]
 
     return decorator
 

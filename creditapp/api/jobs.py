@@ -62,7 +62,7 @@ class ReconciliationSchema(Schema):
     unbilled_calls = fields.Integer(
         metadata={"description": "provider calls answered but never billed (a failed settle)"}
     )
-    unbilled_cost = Credits(metadata={"type": "string", "description": "what those calls cost"})
+    unbilled_cost = Credits(metadata={"description": "what those calls cost"})
 
 
 class UnbilledUsageSchema(UsageSchema):

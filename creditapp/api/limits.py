@@ -8,13 +8,19 @@ never a query per request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from flask import current_app, request
 from flask_limiter import Limiter
 from limits.storage import MemoryStorage
 
+from creditapp.api import openapi
 from creditapp.api.identity import request_user
 from creditapp.auth import tiers
 from creditapp.extensions import db
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def client_ip() -> str:
@@ -52,6 +58,11 @@ def spending() -> str:
 
 
 limiter = Limiter(key_func=rate_limit_key, application_limits=[everything])
+
+
+def exempt(view: F) -> F:
+    """No rate limit counts this view (probes, metrics, docs)."""
+    return openapi.declare(limiter.exempt(view), rate_limited=False)  # type: ignore[return-value]
 
 
 def storage_in_use() -> str:

@@ -8,7 +8,8 @@ from typing import Any
 
 import redis
 import structlog
-from flask import Blueprint, Response, current_app, request
+from flask import Response, current_app, request
+from marshmallow import Schema, fields, validate
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -19,18 +20,39 @@ from prometheus_client import (
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from creditapp.api.limits import limiter, storage_in_use
+from creditapp.api import limits
+from creditapp.api.openapi import declares
+from creditapp.api.parsing import Blueprint
 from creditapp.errors import DependencyUnavailable, Unauthorized
 from creditapp.extensions import db
 from creditapp.monitoring import DatabaseCollector, database_state
 
-blp = Blueprint("ops", __name__)
+blp = Blueprint("ops", __name__, description="Probes and metrics, for operators")
 log = structlog.get_logger(__name__)
 
 
+class HealthSchema(Schema):
+    status = fields.String(required=True, validate=validate.Equal("ok"))
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(required=True, validate=validate.Equal("ready"))
+    checks = fields.Dict(
+        required=True,
+        keys=fields.String(validate=validate.OneOf(["database", "redis"])),
+        values=fields.String(validate=validate.Equal("ok")),
+    )
+    rate_limits = fields.String(
+        required=True, validate=validate.OneOf(["redis", "memory", "memory_fallback", "off"])
+    )
+
+
 @blp.route("/healthz", methods=["GET"])
-@limiter.exempt
+@limits.exempt
+@declares(uses_database=False)
+@blp.response(200, HealthSchema)
 def healthz() -> Any:
+    """The process is up (it reads nothing else)."""
     return {"status": "ok"}
 
 
@@ -43,9 +65,18 @@ def _process_metrics() -> bytes:
 
 
 @blp.route("/metrics", methods=["GET"])
-@limiter.exempt
+@limits.exempt
+@declares(security="metrics_token")
+@blp.response(
+    200,
+    {"type": "string"},
+    content_type="text/plain",
+    description="Prometheus text exposition format",
+)
 def metrics() -> Any:
-    """Prometheus text format. With METRICS_TOKEN set, only for `Authorization: Bearer <it>`."""
+    """Prometheus metrics: requests, messages, charges, ledger operations, jobs, and gauges read
+    from the database when scraped. With METRICS_TOKEN set, only for `Authorization: Bearer
+    <it>`."""
     token = current_app.config["METRICS_TOKEN"]
     if token:
         offered = request.headers.get("Authorization", "")
@@ -67,8 +98,11 @@ def metrics() -> Any:
 
 
 @blp.route("/readyz", methods=["GET"])
-@limiter.exempt
+@limits.exempt
+@blp.response(200, ReadinessSchema)
 def readyz() -> Any:
+    """Ready to serve: the database and, when configured, Redis answer (else 503, with the
+    same checks in `details`)."""
     checks: dict[str, str] = {}
     try:
         db.session.execute(text("SELECT 1"))
@@ -85,7 +119,7 @@ def readyz() -> Any:
         except redis.RedisError as error:
             log.warning("readiness_redis_down", error=str(error))
             checks["redis"] = "unreachable"
-    rate_limits = storage_in_use()
+    rate_limits = limits.storage_in_use()
     if any(state != "ok" for state in checks.values()):
         raise DependencyUnavailable(details={**checks, "rate_limits": rate_limits})
     return {"status": "ready", "checks": checks, "rate_limits": rate_limits}

@@ -15,6 +15,7 @@ from flask import Request
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
+from creditapp.api import openapi
 from creditapp.errors import ValidationFailed
 from creditapp.ids import NOT_AN_ID, parse_id
 
@@ -73,7 +74,21 @@ class RequestParser(FlaskParser):
 
 
 class Blueprint(flask_smorest.Blueprint):
+    """Every view's blueprint: requests parsed as above, and OpenAPI operations completed from
+    what the views declare (`creditapp.api.openapi`)."""
+
     ARGUMENTS_PARSER = RequestParser()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prepare_doc_cbks.append(openapi.document_operation)
+
+    def add_url_rule(
+        self, rule: str, endpoint: str | None = None, view_func: Any = None, **options: Any
+    ) -> None:
+        if "<" in rule and view_func is not None:  # an id in the path: malformed 400, unknown 404
+            view_func = openapi.declare(view_func, errors=(400, 404))
+        super().add_url_rule(rule, endpoint, view_func, **options)
 
 
 def path_id(value: str, name: str) -> int:

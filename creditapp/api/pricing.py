@@ -11,6 +11,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
+from creditapp.api.openapi import answers
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
 from creditapp.api.schemas import Credits, Id, PageArgs, Text, UtcDateTime, page_of
@@ -28,6 +29,18 @@ MAX_PRICE = Decimal(1_000_000)
 class UsdPerMillion(fields.Field):
     """USD per 1M tokens: a decimal string (or integer) >= 0; the price book allows at most 6
     decimals."""
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault(
+            "metadata",
+            {
+                "type": "string",
+                "pattern": r"^[0-9]+(\.[0-9]{1,6})?$",
+                "example": "2.5",
+                "description": "USD per 1M tokens, at most 6 decimals",
+            },
+        )
+        super().__init__(**kwargs)
 
     def _serialize(self, value: Decimal | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         return None if value is None else format(value.normalize(), "f")
@@ -143,6 +156,7 @@ def prices(args: dict[str, Any]) -> Any:
 @idempotent()
 @blp.arguments(PriceArgs)
 @blp.response(201, PriceSchema)
+@answers(409)
 def add_price(args: dict[str, Any]) -> Any:
     return book.put(
         db.session,

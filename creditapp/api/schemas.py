@@ -18,10 +18,13 @@ class Credits(fields.Field):
     def __init__(self, *, signed: bool = False, allow_zero: bool = False, **kwargs: Any):
         self.signed = signed
         self.allow_zero = allow_zero
-        kwargs.setdefault(
-            "metadata",
-            {"type": "string", "example": "12.5", "description": "credits, at most 6 decimals"},
-        )
+        kwargs["metadata"] = {
+            "type": "string",
+            "pattern": r"^-?[0-9]+(\.[0-9]{1,6})?$",
+            "example": "12.5",
+            "description": "credits, at most 6 decimals (a request may send a JSON integer)",
+            **kwargs.get("metadata", {}),
+        }
         super().__init__(**kwargs)
 
     def _serialize(self, value: int | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
@@ -112,6 +115,10 @@ class UtcDateTime(fields.DateTime):
 
 class Id(fields.Field):
     """Ids are opaque strings on the wire; whole numbers inside."""
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("metadata", {"type": "string", "example": "42", "description": "an id"})
+        super().__init__(**kwargs)
 
     def _serialize(self, value: int | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         return None if value is None else str(value)

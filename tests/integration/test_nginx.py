@@ -155,6 +155,31 @@ def test_nginx_answers_oversized_requests_in_json(app: Flask, admin: Person) -> 
         assert (status, answer_headers["X-Request-ID"]) == (200, "trace-43")
 
 
+def test_gunicorns_own_errors_are_json_and_nginx_lets_through_what_it_takes(
+    app: Flask, admin: Person
+) -> None:
+    with _edge(app) as (nginx, gunicorn):
+        # A request line of 6 KiB is within nginx's limit: gunicorn takes it too (its default
+        # 4 KiB would answer an HTML 414 that nginx passed on).
+        long_query = "/api/me?" + "q" * 6_000
+        assert _request(nginx, "GET", long_query, headers=_auth(admin))[0] == 200
+        # What gunicorn refuses itself, before the app, is JSON in the contract's shape.
+        _assert_json_error(
+            _request(gunicorn, "GET", "/api/me?" + "q" * 10_000), 414, "uri_too_long"
+        )
+        _assert_json_error(
+            _request(gunicorn, "GET", "/api/me", headers={"X-Padding": "x" * 16_000}),
+            431,
+            "headers_too_large",
+        )
+        with socket.create_connection(("127.0.0.1", _port(gunicorn)), timeout=10) as raw:
+            raw.sendall(b"GET /api/me HTTP/9.9\r\nHost: creditapp\r\n\r\n")
+            answer = raw.makefile("rb").read()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/json" in head
+        assert json.loads(body)["error"]["code"] == "bad_request"
+
+
 def test_an_unreachable_gunicorn_is_a_json_502() -> None:
     with nginx_in_front(free_port()) as nginx:
         _assert_json_error(_request(nginx, "GET", "/api/me"), 502, "bad_gateway")
