@@ -155,6 +155,18 @@ def test_the_readme_walk_through_adds_up_and_ctrl_c_stops_everything(tmp_path: P
         assert (exchange["usage"]["input_tokens"], exchange["usage"]["output_tokens"]) == (26, 13)
         assert exchange["reply"]["content"] == "Tell me more. You said: Hello Ada!"
         assert _json("GET", f"{base}/api/credit/balance", user)[1]["balance"] == "1349.844"
+        # What the README points operators and integrators to answers too.
+        status, headers, metrics = call("GET", f"{base}/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        charged = 'creditapp_messages_total{model="demo-chat",outcome="charged",provider="demo"}'
+        assert f"{charged} 1.0" in metrics.decode()
+        status, headers, page = call("GET", f"{base}/api/docs")
+        assert status == 200 and b'<div id="swagger-ui">' in page
+        status, _headers, document = call("GET", f"{base}/api/openapi.json")
+        assert (
+            status == 200
+            and "/api/conversations/{conversation_id}/messages" in json.loads(document)["paths"]
+        )
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=40) == 0
