@@ -3,7 +3,10 @@ tests drive the official SDKs end to end.
 
 Each provider has a queue of scripted answers (usage, text, status, delay, raw body, missing
 usage); with nothing scripted it answers like the provider would, with usage counted from the
-request. Every request is recorded. Answers are JSON, or SSE when the request asks to stream.
+request. Every request is recorded. Answers are JSON, or SSE when the request asks to stream:
+the text then comes word by word in each provider's own event format, `piece_delay` apart, and
+a stream can be cut after `fail_after` words (the provider failing mid-stream). `streams`
+records how each stream ended, so a test can see that a client stopped reading.
 """
 
 from __future__ import annotations
@@ -37,6 +40,114 @@ class Answer:
     # when the test says so.
     gate: threading.Event | None = None
     thinking: str | None = None
+    # Streaming: seconds between words, and the words sent before the connection is cut.
+    piece_delay: float = 0.0
+    fail_after: int | None = None
+
+
+@dataclass
+class StreamRecord:
+    """How one streamed answer went: words sent, and whether the client closed it early."""
+
+    provider: str
+    words: int
+    sent: int = 0
+    client_closed: bool = False
+    finished: bool = False
+
+
+def _words(text: str) -> list[str]:
+    words = text.split(" ")
+    return [word if index == 0 else f" {word}" for index, word in enumerate(words)] if text else []
+
+
+# An event: its SSE name (or ""), its data, and whether it carries a word of the reply.
+Event = tuple[str, Any, bool]
+
+
+def _openai_events(payload: dict[str, Any], words: list[str]) -> list[Event]:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        # With `include_usage`, every chunk but the last has `"usage": null`.
+        return {**payload, "object": "chat.completion.chunk", "choices": [choice], "usage": None}
+
+    events = [("", chunk({"role": "assistant", "content": ""}), False)]
+    events += [("", chunk({"content": word}), True) for word in words]
+    events.append(("", chunk({}, "stop"), False))
+    if payload.get("usage") is not None:
+        events.append(("", {**payload, "object": "chat.completion.chunk", "choices": []}, False))
+    return [*events, ("", "[DONE]", False)]
+
+
+def _anthropic_events(payload: dict[str, Any], words: list[str]) -> list[Event]:
+    usage = payload.get("usage")
+    start = {key: value for key, value in payload.items() if key != "usage"}
+    if usage is not None:  # the start reports the input, and the first output token
+        start["usage"] = {**usage, "output_tokens": 1}
+    events: list[Event] = [
+        ("message_start", {"type": "message_start", "message": {**start, "content": []}}, False)
+    ]
+    for index, block in enumerate(payload["content"]):
+        opened = {**block, "text": ""} if block["type"] == "text" else block
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": opened},
+                False,
+            )
+        )
+        if block["type"] == "text":
+            events += [
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": word},
+                    },
+                    True,
+                )
+                for word in words
+            ]
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}, False))
+    delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
+    if usage is not None:
+        delta["usage"] = usage
+    return [
+        *events,
+        ("message_delta", delta, False),
+        ("message_stop", {"type": "message_stop"}, False),
+    ]
+
+
+def _google_events(payload: dict[str, Any], words: list[str]) -> list[Event]:
+    usage = payload.get("usageMetadata")
+    candidate = payload["candidates"][0]
+    thoughts = [part for part in candidate["content"]["parts"] if part.get("thought")]
+    events: list[Event] = []
+    pieces: list[list[dict[str, Any]]] = [thoughts] if thoughts else []
+    pieces += [[{"text": word}] for word in words]
+    for index, parts in enumerate(pieces, start=1):
+        last = index == len(pieces)
+        chunk: dict[str, Any] = {
+            **payload,
+            "candidates": [
+                {
+                    "content": {"parts": parts, "role": "model"},
+                    "index": 0,
+                    **({"finishReason": "STOP"} if last else {}),
+                }
+            ],
+        }
+        chunk.pop("usageMetadata", None)
+        if usage is not None:  # on every chunk: the output so far, whole on the last
+            so_far = usage["candidatesTokenCount"] * index // len(pieces)
+            chunk["usageMetadata"] = usage if last else {**usage, "candidatesTokenCount": so_far}
+        events.append(("", chunk, "thought" not in parts[0]))
+    return events
+
+
+_EVENTS = {"openai": _openai_events, "anthropic": _anthropic_events, "google": _google_events}
 
 
 def _default_usage(provider: str, body: dict[str, Any], text: str) -> dict[str, Any]:
@@ -136,6 +247,7 @@ class FakeProviders:
         self._scripts: dict[str, deque[Answer]] = {name: deque() for name in PROVIDERS}
         self._calls: dict[str, list[dict[str, Any]]] = {name: [] for name in PROVIDERS}
         self.delay = 0.0  # added to every answer (a slow provider)
+        self.streams: list[StreamRecord] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -193,6 +305,7 @@ class FakeProviders:
             for name in PROVIDERS:
                 self._scripts[name].clear()
                 self._calls[name].clear()
+            self.streams.clear()
         self.delay = 0.0
 
     def close(self) -> None:
@@ -242,7 +355,7 @@ class FakeProviders:
         model = path_model or body.get("model", "")
         payload = _BODIES[provider](model, answer, usage)  # type: ignore[arg-type]
         if body.get("stream") or google_stream:
-            self._send_sse(handler, provider, payload)
+            self._send_sse(handler, provider, payload, answer)
             return
         self._send(handler, 200, json.dumps(payload).encode())
 
@@ -256,67 +369,47 @@ class FakeProviders:
         handler.end_headers()
         handler.wfile.write(body)
 
-    @staticmethod
-    def _send_sse(handler: BaseHTTPRequestHandler, provider: str, payload: dict[str, Any]) -> None:
-        """The whole answer as one event stream (final event carries the usage)."""
-        if provider == "openai":
-            events = [
-                (
-                    "",
-                    {
-                        **payload,
-                        "object": "chat.completion.chunk",
-                        "choices": [
-                            {
-                                "index": 0,
-                                "delta": {
-                                    "role": "assistant",
-                                    "content": payload["choices"][0]["message"]["content"],
-                                },
-                                "finish_reason": "stop",
-                            }
-                        ],
-                        "usage": payload.get("usage"),
-                    },
-                ),
-                ("", "[DONE]"),
-            ]
-        elif provider == "anthropic":
-            events = [
-                ("message_start", {"type": "message_start", "message": {**payload, "content": []}}),
-                *(
-                    (kind, event)
-                    for index, block in enumerate(payload["content"])
-                    for kind, event in (
-                        (
-                            "content_block_start",
-                            {"type": "content_block_start", "index": index, "content_block": block},
-                        ),
-                        ("content_block_stop", {"type": "content_block_stop", "index": index}),
-                    )
-                ),
-                (
-                    "message_delta",
-                    {
-                        "type": "message_delta",
-                        "delta": {"stop_reason": "end_turn"},
-                        "usage": payload.get("usage", {}),
-                    },
-                ),
-                ("message_stop", {"type": "message_stop"}),
-            ]
-        else:
-            events = [("", payload)]
-        chunks = []
-        for kind, data in events:
-            encoded = data if isinstance(data, str) else json.dumps(data)
-            chunks.append((f"event: {kind}\n" if kind else "") + f"data: {encoded}\n\n")
-        body = "".join(chunks).encode()
+    def _send_sse(
+        self,
+        handler: BaseHTTPRequestHandler,
+        provider: str,
+        payload: dict[str, Any],
+        answer: Answer,
+    ) -> None:
+        """The answer as the provider streams it, an event per word. With `fail_after`, the
+        connection is cut after that many words, mid-body."""
+        words = _words(answer.text)
+        record = StreamRecord(provider, len(words))
+        with self._lock:
+            self.streams.append(record)
+        events = [
+            (((f"event: {kind}\n" if kind else "") + f"data: {_encoded(data)}\n\n").encode(), word)
+            for kind, data, word in _EVENTS[provider](payload, words)
+        ]
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
-        handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("Content-Length", str(sum(len(event) for event, _ in events)))
         handler.end_headers()
-        handler.wfile.write(body)
+        try:
+            handler.wfile.flush()
+            for event, is_word in events:
+                if is_word and record.sent == answer.fail_after:
+                    handler.close_connection = True
+                    handler.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if is_word and answer.piece_delay:
+                    time.sleep(answer.piece_delay)
+                handler.wfile.write(event)
+                handler.wfile.flush()
+                record.sent += is_word
+            record.finished = True
+        except OSError:  # the client closed the stream before its end
+            record.client_closed = True
+            handler.close_connection = True
+
+
+def _encoded(data: Any) -> str:
+    return data if isinstance(data, str) else json.dumps(data)
 
 
 def main() -> None:

@@ -1,16 +1,18 @@
-"""Provider adapters behind one small interface: send a chat, get the reply and its usage.
+"""Provider adapters behind one small interface: send a chat, get the reply and its usage,
+whole (`complete`) or as it is generated (`stream`).
 
 `openai` (Chat Completions), `anthropic` (Messages) and `google` (Gemini generate_content) use
-the official SDKs, configured from the environment; `demo` answers offline, deterministically,
-with realistic usage. Each adapter turns every way its SDK can fail into `ProviderError`, and
-reads usage into `Usage` exactly as contract section 3 defines it, or None when the provider
-reported none.
+the official SDKs, configured from the environment, and their streaming APIs; `demo` answers
+offline, deterministically, with realistic usage (streamed word by word). Each adapter turns
+every way its SDK can fail into `ProviderError`, and reads usage into `Usage` exactly as
+contract section 3 defines it, or None when the provider reported none.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -55,10 +57,42 @@ class ProviderError(Exception):
         super().__init__(f"{provider}: {reason}" + (f" (HTTP {status})" if status else ""))
 
 
+class ReplyStream:
+    """A reply as the provider generates it: iterating gives its text piece by piece; `usage`
+    is the latest usage the provider reported (complete once the stream has ended). `close`
+    stops reading and releases the connection, from any thread."""
+
+    def __init__(
+        self,
+        provider: str,
+        items: Iterable[str | Usage],
+        close: Callable[[], None],
+        errors: tuple[type[Exception], ...],
+    ):
+        self.provider = provider
+        self.usage: Usage | None = None
+        self._items = items
+        self._close = close
+        self._errors = errors
+
+    def __iter__(self) -> Iterator[str]:
+        with _as_provider_errors(self.provider, self._errors):
+            for item in self._items:
+                if isinstance(item, Usage):
+                    self.usage = item
+                elif item:
+                    yield item
+
+    def close(self) -> None:
+        self._close()
+
+
 class Provider(Protocol):
     name: str
 
     def complete(self, request: ChatRequest) -> Completion: ...
+
+    def stream(self, request: ChatRequest) -> ReplyStream: ...
 
 
 @dataclass(frozen=True)
@@ -96,10 +130,14 @@ class OpenAIProvider:
     name = "openai"
 
     def __init__(self, connection: Connection):
+        import httpx2
         import openai
 
-        self._errors = (openai.OpenAIError,)
+        # httpx2: a stream cut short fails while it is read, outside the SDK's own errors.
+        self._errors = (openai.OpenAIError, httpx2.HTTPError)
         self._completion_type = openai.types.chat.ChatCompletion
+        self._chunk_type = openai.types.chat.ChatCompletionChunk
+        self._stream_type = openai.Stream[openai.types.chat.ChatCompletionChunk]
         self._client = openai.OpenAI(
             api_key=connection.api_key or "unset",
             base_url=connection.base_url,
@@ -107,40 +145,60 @@ class OpenAIProvider:
             max_retries=connection.max_retries,
         )
 
-    def complete(self, request: ChatRequest) -> Completion:
+    @staticmethod
+    def _body(request: ChatRequest) -> dict[str, Any]:
         messages = [{"role": "system", "content": request.system_prompt}]
         messages += [{"role": m.role, "content": m.content} for m in request.messages]
-        body = {
+        return {
             "model": request.model,
             "messages": messages,
             "max_completion_tokens": request.max_tokens,
         }
+
+    def complete(self, request: ChatRequest) -> Completion:
         with _as_provider_errors(self.name, self._errors):
             # The SDK's typed `chat.completions.create` checks every message against each
             # member of a union of message types: ~1 ms of CPU per 20 messages of history,
             # measured. Our body is plain JSON already, so it goes through the SDK's own
             # client (retries, timeouts, errors, parsing) without that step.
             response = self._client.post(
-                "/chat/completions", body=body, cast_to=self._completion_type
+                "/chat/completions", body=self._body(request), cast_to=self._completion_type
             )
             text = response.choices[0].message.content or ""
-        usage = response.usage
-        if usage is None:
-            return Completion(text, None)
+        return Completion(text, None if response.usage is None else self._usage(response.usage))
+
+    def stream(self, request: ChatRequest) -> ReplyStream:
+        body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
+        with _as_provider_errors(self.name, self._errors):
+            chunks = self._client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=self._chunk_type,
+                stream=True,
+                stream_cls=self._stream_type,
+            )
+
+        def items() -> Iterator[str | Usage]:
+            for chunk in chunks:
+                for choice in chunk.choices:
+                    yield choice.delta.content or ""
+                if chunk.usage is not None:  # the last chunk, with `include_usage`
+                    yield self._usage(chunk.usage)
+
+        return ReplyStream(self.name, items(), chunks.close, self._errors)
+
+    def _usage(self, usage: Any) -> Usage:
         prompt_details = usage.prompt_tokens_details
         completion_details = usage.completion_tokens_details
-        return Completion(
-            text,
-            _usage(
-                self.name,
-                input_tokens=_count(usage.prompt_tokens),
-                cached_tokens=_count(prompt_details and prompt_details.cached_tokens),
-                cache_write_tokens=_count(
-                    prompt_details and getattr(prompt_details, "cache_write_tokens", None)
-                ),
-                output_tokens=_count(usage.completion_tokens),
-                reasoning_tokens=_count(completion_details and completion_details.reasoning_tokens),
+        return _usage(
+            self.name,
+            input_tokens=_count(usage.prompt_tokens),
+            cached_tokens=_count(prompt_details and prompt_details.cached_tokens),
+            cache_write_tokens=_count(
+                prompt_details and getattr(prompt_details, "cache_write_tokens", None)
             ),
+            output_tokens=_count(usage.completion_tokens),
+            reasoning_tokens=_count(completion_details and completion_details.reasoning_tokens),
         )
 
 
@@ -149,9 +207,11 @@ class AnthropicProvider:
 
     def __init__(self, connection: Connection):
         import anthropic
+        import httpx2
 
-        self._errors = (anthropic.AnthropicError,)
+        self._errors = (anthropic.AnthropicError, httpx2.HTTPError)
         self._message_type = anthropic.types.Message
+        self._stream_type = anthropic.Stream[anthropic.types.RawMessageStreamEvent]
         self._client = anthropic.Anthropic(
             api_key=connection.api_key or "unset",
             base_url=connection.base_url,
@@ -159,36 +219,65 @@ class AnthropicProvider:
             max_retries=connection.max_retries,
         )
 
+    @staticmethod
+    def _body(request: ChatRequest) -> dict[str, Any]:
+        return {
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "system": request.system_prompt,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+
     def complete(self, request: ChatRequest) -> Completion:
         with _as_provider_errors(self.name, self._errors):
             # Plain JSON through the SDK's client, as for OpenAI above.
             response = self._client.post(
-                "/v1/messages",
-                body={
-                    "model": request.model,
-                    "max_tokens": request.max_tokens,
-                    "system": request.system_prompt,
-                    "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-                },
-                cast_to=self._message_type,
+                "/v1/messages", body=self._body(request), cast_to=self._message_type
             )
             text = "".join(block.text for block in response.content if block.type == "text")
         usage = response.usage
-        if usage is None:
-            return Completion(text, None)
-        cache_read = _count(usage.cache_read_input_tokens)
-        cache_write = _count(usage.cache_creation_input_tokens)
-        details = getattr(usage, "output_tokens_details", None)
-        return Completion(
-            text,
-            _usage(
-                self.name,
-                input_tokens=_count(usage.input_tokens) + cache_read + cache_write,
-                cached_tokens=cache_read,
-                cache_write_tokens=cache_write,
-                output_tokens=_count(usage.output_tokens),
-                reasoning_tokens=_count(details and details.thinking_tokens),
-            ),
+        return Completion(text, None if usage is None else self._usage(vars(usage)))
+
+    def stream(self, request: ChatRequest) -> ReplyStream:
+        with _as_provider_errors(self.name, self._errors):
+            events = self._client.post(
+                "/v1/messages",
+                body={**self._body(request), "stream": True},
+                cast_to=self._message_type,
+                stream=True,
+                stream_cls=self._stream_type,
+            )
+
+        def items() -> Iterator[str | Usage]:
+            # `message_start` reports the input; each `message_delta` the counts so far, which
+            # replace those of the start (the output count is cumulative).
+            counts: dict[str, Any] = {}
+            for event in events:
+                if event.type == "message_start":
+                    started = getattr(event.message, "usage", None)
+                    counts = {} if started is None else vars(started)
+                    if counts:
+                        yield self._usage(counts)
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    yield event.delta.text
+                elif event.type == "message_delta" and getattr(event, "usage", None):
+                    reported = vars(event.usage)
+                    counts = {**counts, **{k: v for k, v in reported.items() if v is not None}}
+                    yield self._usage(counts)
+
+        return ReplyStream(self.name, items(), events.close, self._errors)
+
+    def _usage(self, counts: dict[str, Any]) -> Usage:
+        cache_read = _count(counts.get("cache_read_input_tokens"))
+        cache_write = _count(counts.get("cache_creation_input_tokens"))
+        details = counts.get("output_tokens_details")
+        return _usage(
+            self.name,
+            input_tokens=_count(counts.get("input_tokens")) + cache_read + cache_write,
+            cached_tokens=cache_read,
+            cache_write_tokens=cache_write,
+            output_tokens=_count(counts.get("output_tokens")),
+            reasoning_tokens=_count(details and details.thinking_tokens),
         )
 
 
@@ -211,7 +300,7 @@ class GoogleProvider:
             ),
         )
 
-    def complete(self, request: ChatRequest) -> Completion:
+    def _arguments(self, request: ChatRequest) -> dict[str, Any]:
         types = self._types
         contents = [
             types.Content(
@@ -220,38 +309,75 @@ class GoogleProvider:
             )
             for m in request.messages
         ]
+        return {
+            "model": request.model,
+            "contents": contents,
+            "config": types.GenerateContentConfig(
+                system_instruction=request.system_prompt, max_output_tokens=request.max_tokens
+            ),
+        }
+
+    def complete(self, request: ChatRequest) -> Completion:
         with _as_provider_errors(self.name, self._errors):
-            response = self._client.models.generate_content(
-                model=request.model,
-                contents=contents,  # type: ignore[arg-type]
-                config=types.GenerateContentConfig(
-                    system_instruction=request.system_prompt,
-                    max_output_tokens=request.max_tokens,
-                ),
-            )
+            response = self._client.models.generate_content(**self._arguments(request))
             # The text of the first candidate, without its thought parts.
             text = response.text or ""
-        usage = response.usage_metadata
+        return Completion(text, self._usage(response.usage_metadata))
+
+    def stream(self, request: ChatRequest) -> ReplyStream:
+        with _as_provider_errors(self.name, self._errors):
+            chunks = self._client.models.generate_content_stream(**self._arguments(request))
+
+        def items() -> Iterator[str | Usage]:
+            for chunk in chunks:
+                yield chunk.text or ""
+                usage = self._usage(chunk.usage_metadata)  # on every chunk; the last is whole
+                if usage is not None:
+                    yield usage
+
+        # The SDK's stream is a generator: closing it closes the HTTP response it reads.
+        return ReplyStream(self.name, items(), chunks.close, self._errors)  # type: ignore[attr-defined]
+
+    def _usage(self, usage: Any) -> Usage | None:
         if usage is None or usage.prompt_token_count is None:
-            return Completion(text, None)
+            return None
         thoughts = _count(usage.thoughts_token_count)
-        return Completion(
-            text,
-            _usage(
-                self.name,
-                input_tokens=_count(usage.prompt_token_count)
-                + _count(usage.tool_use_prompt_token_count),
-                cached_tokens=_count(usage.cached_content_token_count),
-                output_tokens=_count(usage.candidates_token_count) + thoughts,
-                reasoning_tokens=thoughts,
-            ),
+        return _usage(
+            self.name,
+            input_tokens=_count(usage.prompt_token_count)
+            + _count(usage.tool_use_prompt_token_count),
+            cached_tokens=_count(usage.cached_content_token_count),
+            output_tokens=_count(usage.candidates_token_count) + thoughts,
+            reasoning_tokens=thoughts,
         )
 
 
 class DemoProvider:
-    """Offline and deterministic: the same conversation always gets the same reply and usage."""
+    """Offline and deterministic: the same conversation always gets the same reply and usage.
+    Streamed, the reply comes word by word, `WORD_SECONDS` apart (so streaming shows)."""
 
     name = "demo"
+    WORD_SECONDS = 0.05
+
+    def stream(self, request: ChatRequest) -> ReplyStream:
+        completion = self.complete(request)
+        closed = False
+
+        def close() -> None:
+            nonlocal closed
+            closed = True
+
+        def items() -> Iterator[str | Usage]:
+            words = completion.text.split(" ")
+            for index, word in enumerate(words):
+                if closed:
+                    return
+                time.sleep(self.WORD_SECONDS)
+                yield word if index == 0 else f" {word}"
+            if completion.usage is not None:
+                yield completion.usage
+
+        return ReplyStream(self.name, items(), close, ())
 
     def complete(self, request: ChatRequest) -> Completion:
         last = request.messages[-1].content if request.messages else ""

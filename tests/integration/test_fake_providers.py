@@ -1,5 +1,5 @@
-"""The fake provider server speaks each provider's streaming format too (SSE), read here by the
-official SDKs' own stream parsers, so later streaming work has a faithful twin to test against."""
+"""The fake provider server speaks each provider's streaming format too (SSE, a word an event),
+read here by the official SDKs' own stream parsers: the twin the streaming tests run against."""
 
 from __future__ import annotations
 
@@ -19,15 +19,20 @@ USAGE = {
 
 def test_openai_streams_chunks_and_usage(fake_providers: FakeProviders) -> None:
     urls = fake_providers.base_urls()
-    fake_providers.script("openai", Answer(text="Streamed.", usage=USAGE["openai"]))
+    fake_providers.script("openai", Answer(text="Streamed in words.", usage=USAGE["openai"]))
     client = openai.OpenAI(base_url=urls["OPENAI_BASE_URL"], api_key="k", max_retries=0)
     chunks = list(
         client.chat.completions.create(
             model="gpt-test", messages=[{"role": "user", "content": "Hi"}], stream=True
         )
     )
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Streamed."
-    assert chunks[0].usage is not None and chunks[0].usage.prompt_tokens == 12
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert pieces == ["Streamed", " in", " words."]
+    # With `include_usage`, the usage comes alone in the last chunk, null in the others.
+    assert [c.usage is not None for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 12
     assert fake_providers.calls("openai")[0]["body"]["stream"] is True
 
 
