@@ -4,6 +4,7 @@
   PROMETHEUS_MULTIPROC_DIR (default instance/prometheus) is emptied when gunicorn starts, and a
   worker that exits is marked dead, so its live gauges stop counting. Give each gunicorn on a
   machine a directory of its own.
+- gthread workers: a streamed reply holds one of a process's GUNICORN_THREADS threads.
 - The errors gunicorn answers itself, before the app sees the request (a request line or a
   header over its limit, a request that is not valid HTTP), come in the contract's JSON error
   body with an `X-Request-ID`, as nginx's own errors do (deploy/nginx/creditapp.conf), instead
@@ -19,6 +20,11 @@ from pathlib import Path
 from gunicorn import util
 
 limit_request_line = 8190  # gunicorn's largest; nginx's large_client_header_buffers are 8k
+
+# A streamed reply holds a thread while it flows: threads per process for the streams it should
+# carry at once, plus short requests (README, "Streams hold a thread each").
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 
 metrics_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", str(Path(__file__).resolve().parent / "instance" / "prometheus")

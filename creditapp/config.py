@@ -168,6 +168,8 @@ class Config:
         self.CELERY = self._celery_settings()
         # How many earlier messages of a conversation are sent with a new one.
         self.CHAT_HISTORY_MESSAGES = _int_env("CHAT_HISTORY_MESSAGES", 40)
+        # A streamed reply sends a keep-alive comment after this long without a word.
+        self.STREAM_KEEPALIVE_SECONDS = _int_env("STREAM_KEEPALIVE_SECONDS", 15)
         # A claimed Idempotency-Key whose request never finished (a killed worker) may be
         # taken over after this long; the final transaction of the first request then fails
         # to complete its claim and rolls back, so the work still happens once.

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, stream_with_context
 from marshmallow import Schema, fields, validate
 
 from creditapp import idempotency
 from creditapp.api import limits
-from creditapp.api.errors import from_error
+from creditapp.api.errors import error_body, from_error
 from creditapp.api.idempotency import from_store, idempotent, to_store
 from creditapp.api.identity import audit_context, authenticated, caller
 from creditapp.api.openapi import answers
@@ -78,6 +80,12 @@ class MessageArgs(Schema):
     max_tokens = fields.Integer(
         load_default=None, strict=True, validate=validate.Range(min=1, max=1_000_000)
     )
+    stream = fields.Boolean(
+        load_default=False,
+        truthy={True},
+        falsy={False},
+        metadata={"description": "Stream the reply as Server-Sent Events (200 text/event-stream)"},
+    )
 
 
 class MessageSchema(Schema):
@@ -85,6 +93,12 @@ class MessageSchema(Schema):
     conversation_id = Id()
     role = fields.String()
     content = fields.String()
+    # (`partial` is a Schema attribute of marshmallow's own.)
+    is_partial = fields.Boolean(
+        attribute="partial",
+        data_key="partial",
+        metadata={"description": "a streamed reply cut short: the part that was delivered"},
+    )
     created_at = UtcDateTime()
 
 
@@ -189,29 +203,112 @@ def _exchange_response(exchange: service.Exchange) -> Response:
     return response
 
 
+STREAM_DESCRIPTION = """With `"stream": true`: Server-Sent Events. `message` (the stored user
+message), then `delta` (`{"text"}`) for each piece of the reply, and last `done` (the object
+answered without streaming) or `error` (the error object, `credits_charged` for the part
+delivered, `balance`). `: keep-alive` comments while the provider is silent."""
+
+
 @blp.route("/conversations/<conversation_id>/messages", methods=["POST"])
 @limits.limiter.limit(limits.spending)
 @authenticated()
 @idempotent(required=True, runs_own_transactions=True)
 @blp.arguments(MessageArgs)
 @blp.response(201, ExchangeSchema)
+@blp.alt_response(
+    200,
+    success=True,
+    schema={"type": "string"},
+    content_type="text/event-stream",
+    description=STREAM_DESCRIPTION,
+)
 @answers(402, 403, 502)
 def send_message(args: dict[str, Any], conversation_id: str, claim: idempotency.Claim) -> Any:
     config = current_app.config
-    sent = service.send_message(
-        db.session,
-        user=caller(),
-        conversation_id=path_id(conversation_id, "conversation_id"),
-        content=args["content"],
-        max_tokens=args["max_tokens"],
-        providers=current_app.extensions["providers"],
-        settings=service.ChatSettings(
+    arguments = {
+        "user": caller(),
+        "conversation_id": path_id(conversation_id, "conversation_id"),
+        "content": args["content"],
+        "max_tokens": args["max_tokens"],
+        "providers": current_app.extensions["providers"],
+        "settings": service.ChatSettings(
             hold_ttl=timedelta(seconds=config["HOLD_TTL_SECONDS"]),
             history_messages=config["CHAT_HISTORY_MESSAGES"],
         ),
-        context=audit_context(),
-        clock=lambda: datetime.now(UTC),
-        claim=claim,
+        "context": audit_context(),
+        "clock": lambda: datetime.now(UTC),
+        "claim": claim,
+    }
+    if args["stream"]:
+        streaming = service.stream_message(
+            db.session,
+            **arguments,
+            respond=_stored_stream,
+            silence=config["STREAM_KEEPALIVE_SECONDS"],
+        )
+        return _event_stream(_live_events(streaming))
+    sent = service.send_message(
+        db.session,
+        **arguments,
         respond=lambda exchange: to_store(_exchange_response(exchange)),
     )
     return from_store(sent.response)
+
+
+KEEP_ALIVE = b": keep-alive\n\n"
+
+
+def _event(name: str, data: Any) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _last_event(exchange: service.Exchange | None, failure: ProviderFailed | None) -> bytes:
+    if failure is None and exchange is not None:
+        return _event("done", ExchangeSchema().dump(exchange))
+    assert failure is not None
+    charged = 0 if exchange is None else exchange.credits_charged
+    data = {
+        **error_body(failure.code, failure.message, failure.details),
+        "credits_charged": format_credits(charged),
+    }
+    if exchange is not None:
+        data["balance"] = AmountsSchema().dump(exchange.balance)
+    return _event("error", data)
+
+
+def _live_events(streaming: service.Streaming) -> Iterator[bytes]:
+    try:
+        yield _event("message", MessageSchema().dump(streaming.message))
+        for event in streaming.events:
+            if isinstance(event, service.Delta):
+                yield _event("delta", {"text": event.text})
+            elif isinstance(event, service.Silence):
+                yield KEEP_ALIVE
+            else:
+                yield _last_event(event.exchange, event.failure)
+    finally:
+        # The client is gone when this closes early: the stream is charged for what it got.
+        streaming.events.close()  # type: ignore[attr-defined]
+
+
+def _stored_stream(
+    exchange: service.Exchange | None, failure: ProviderFailed | None
+) -> idempotency.StoredResponse:
+    """What a retry with the same Idempotency-Key replays: the stream in three events."""
+    assert exchange is not None
+    body = _event("message", MessageSchema().dump(exchange.message))
+    if exchange.reply is not None:
+        body += _event("delta", {"text": exchange.reply.content})
+    body += _last_event(exchange, failure)
+    return idempotency.StoredResponse(200, body, EVENT_STREAM)
+
+
+EVENT_STREAM = "text/event-stream; charset=utf-8"
+
+
+def _event_stream(events: Iterator[bytes]) -> Response:
+    response = Response(stream_with_context(events), status=200, content_type=EVENT_STREAM)
+    # nginx and other proxies pass each event on at once instead of buffering the reply.
+    response.headers["X-Accel-Buffering"] = "no"
+    response.headers["Cache-Control"] = "no-store"
+    return response

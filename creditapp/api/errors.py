@@ -37,10 +37,9 @@ _CODES_BY_STATUS = {
 }
 
 
-def error_response(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None
-) -> Response:
-    body = {
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The contract's error object."""
+    return {
         "error": {
             "code": code,
             "message": message,
@@ -48,7 +47,12 @@ def error_response(
             "details": details or {},
         }
     }
-    response = jsonify(body)
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> Response:
+    response = jsonify(error_body(code, message, details))
     response.status_code = status
     return response
 

@@ -26,6 +26,9 @@ from creditapp.metering.usage import TOKEN_COUNTERS
 
 COMPENSATION_STATUSES = ("pending", "processing", "completed", "failed")
 MESSAGE_ROLES = ("user", "assistant")
+# How a provider call ended: its reply whole, the client gone mid-stream, the provider failing
+# mid-stream (the last two are charged for what was delivered).
+CALL_ENDINGS = ("completed", "client_closed", "provider_failed")
 # What a roll-up sums of its usage records: how many, their token counts, the credits charged.
 ROLLUP_SUMS = ("requests", *TOKEN_COUNTERS, "credits")
 
@@ -82,6 +85,9 @@ class ProviderCall(TokenCounts):
     provider: Mapped[str] = mapped_column(String(32), nullable=False)
     model: Mapped[str] = mapped_column(String(200), nullable=False)
     estimated: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    ending: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="completed", server_default="completed"
+    )
     cost: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
@@ -108,6 +114,7 @@ class UsageRecord(ProviderCall, db.Model):  # type: ignore[name-defined,misc]
             name="token_counts_consistent",
         ),
         CheckConstraint("credits_charged >= 0 AND credits_charged <= cost", name="charge_bounded"),
+        CheckConstraint(one_of("ending", CALL_ENDINGS), name="ending_known"),
         Index("ix_usage_records_user_created", "user_id", "created_at"),
         # What the usage report reads raw, and what the roll-up job has still to do.
         Index(
@@ -139,6 +146,7 @@ class UnbilledUsage(ProviderCall, db.Model):  # type: ignore[name-defined,misc]
 
     __table_args__ = (
         CheckConstraint("cost >= 0", name="cost_not_negative"),
+        CheckConstraint(one_of("ending", CALL_ENDINGS), name="ending_known"),
         Index("ix_unbilled_usage_created_at", "created_at"),
     )
 
@@ -152,6 +160,10 @@ class Message(db.Model):  # type: ignore[name-defined,misc]
     )
     role: Mapped[str] = mapped_column(String(16), nullable=False)
     content: Mapped[str] = mapped_column(Text, nullable=False)
+    # A reply cut short (the client left, or the provider failed, mid-stream): what was delivered.
+    partial: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
     # Both messages of an exchange point to the usage record of the call that answered.
     usage_id: Mapped[int | None] = mapped_column(
         BigIntId, ForeignKey("usage_records.id"), nullable=True

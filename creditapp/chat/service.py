@@ -15,7 +15,9 @@ compensation (or by the retry job, when paying at once fails).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,6 +54,7 @@ from creditapp.metering.providers import (
     Completion,
     ProviderError,
     Providers,
+    ReplyStream,
 )
 from creditapp.metering.usage import Usage
 from creditapp.metrics import CREDITS_CHARGED, MESSAGES, PROVIDER_DURATION
@@ -181,6 +184,7 @@ class Sent:
 @dataclass(frozen=True)
 class _Prepared:
     account_id: int
+    conversation_id: int
     character: Character
     price: Price
     request: ChatRequest
@@ -237,7 +241,7 @@ def _prepare(
         request = ChatRequest(character.model, character.system_prompt, messages, max_tokens)
         input_bound = upper_bound_tokens([character.system_prompt, *(m.content for m in messages)])
         hold_amount = book.worst_case(price, input_tokens=input_bound, max_output_tokens=max_tokens)
-        return _Prepared(account_id, character, price, request, hold_amount)
+        return _Prepared(account_id, conversation_id, character, price, request, hold_amount)
     except CreditAppError:
         MESSAGES.labels(character.provider, character.model, "refused").inc()
         raise
@@ -284,20 +288,8 @@ def send_message(
         now=asked_at,
     )
     provider, model = prepared.character.provider, prepared.character.model
-    try:
-        with write_transaction(session):
-            held = ledger.hold(
-                session,
-                account_id=prepared.account_id,
-                amount=prepared.hold_amount,
-                ttl=settings.hold_ttl,
-                context=context,
-                now=asked_at,
-                reference=f"conversation:{conversation_id}",
-            )
-    except InsufficientCredits:
-        MESSAGES.labels(provider, model, "insufficient_credits").inc()
-        raise
+    with write_transaction(session):
+        held = _hold(session, prepared, settings=settings, context=context, now=asked_at)
 
     try:
         with PROVIDER_DURATION.labels(provider, model).time():
@@ -328,23 +320,77 @@ def send_message(
         usage=usage,
         cost=book.cost(prepared.price, usage),
     )
+    message = Message(
+        conversation_id=conversation_id, role="user", content=content, created_at=asked_at
+    )
+    exchange, response = _finish(
+        session, call, message, claim=claim, respond=respond, context=context, clock=clock
+    )
+    return Sent(exchange, response)
+
+
+def _hold(
+    session: DbSession,
+    prepared: _Prepared,
+    *,
+    settings: ChatSettings,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> ledger.HoldResult:
+    """Reserve the message's worst case (inside the caller's transaction)."""
+    try:
+        return ledger.hold(
+            session,
+            account_id=prepared.account_id,
+            amount=prepared.hold_amount,
+            ttl=settings.hold_ttl,
+            context=context,
+            now=now,
+            reference=f"conversation:{prepared.conversation_id}",
+        )
+    except InsufficientCredits:
+        MESSAGES.labels(
+            prepared.character.provider, prepared.character.model, "insufficient_credits"
+        ).inc()
+        raise
+
+
+# The `outcome` label of a charged message, by how its call ended.
+_OUTCOMES = {
+    "completed": "charged",
+    "client_closed": "client_closed",
+    "provider_failed": "provider_error",
+}
+
+
+def _finish(
+    session: DbSession,
+    call: _AnsweredCall,
+    message: Message,
+    *,
+    claim: idempotency.Claim,
+    respond: Callable[[Exchange], idempotency.StoredResponse],
+    context: ledger.AuditContext,
+    clock: Clock,
+) -> tuple[Exchange, idempotency.StoredResponse]:
+    """Settle an answered call and complete its claim with the response, in one transaction;
+    then count it, and pay at once a refund it is owed."""
+    provider, model = call.prepared.character.provider, call.prepared.character.model
     try:
         with write_transaction(session):
-            exchange = _settle(
-                session, call, content=content, asked_at=asked_at, context=context, now=clock()
-            )
+            exchange = _settle(session, call, message, context=context, now=clock())
             response = respond(exchange)
             idempotency.complete(session, claim, response=response)
     except BaseException as error:
         MESSAGES.labels(provider, model, "settle_failed").inc()
         _keep_unbilled(session, call, error=error, context=context, now=clock())
         raise
-
-    MESSAGES.labels(provider, model, "charged" if exchange.reply else "refunded").inc()
+    outcome = _OUTCOMES[call.ending] if exchange.reply or call.ending != "completed" else "refunded"
+    MESSAGES.labels(provider, model, outcome).inc()
     CREDITS_CHARGED.labels(provider, model).inc(exchange.credits_charged)
     if exchange.compensation is not None:
         exchange = _pay_at_once(session, exchange, context=context, now=clock())
-    return Sent(exchange, response)
+    return exchange, response
 
 
 @dataclass(frozen=True)
@@ -358,6 +404,15 @@ class _AnsweredCall:
     completion: Completion
     usage: Usage
     cost: int
+    ending: str = "completed"  # or how a stream ended early (CALL_ENDINGS)
+
+    @property
+    def to_charge(self) -> int:
+        """What the settle asks for: the cost, except that a streamed reply that ended early or
+        whose usage was estimated is never charged above its hold."""
+        if self.ending == "completed" and not self.usage.estimated:
+            return self.cost
+        return min(self.cost, self.prepared.hold_amount)
 
     def columns(self, now: datetime) -> dict[str, Any]:
         """What a usage record and an unbilled call both say of it (`ProviderCall`)."""
@@ -371,6 +426,7 @@ class _AnsweredCall:
             "model": self.prepared.character.model,
             **self.usage.counts(),
             "estimated": self.usage.estimated,
+            "ending": self.ending,
             "cost": self.cost,
             "created_at": now,
         }
@@ -379,25 +435,20 @@ class _AnsweredCall:
 def _settle(
     session: DbSession,
     call: _AnsweredCall,
+    message: Message,
     *,
-    content: str,
-    asked_at: datetime,
     context: ledger.AuditContext,
     now: datetime,
 ) -> Exchange:
+    """Charge the call and store its usage record and its messages (the user's `message`, new
+    or stored when its stream began, and the reply) in the caller's transaction."""
     resolution = ledger.settle(
-        session, hold_id=call.hold_id, actual=call.cost, context=context, now=now
+        session, hold_id=call.hold_id, actual=call.to_charge, context=context, now=now
     )
     record = UsageRecord(**call.columns(now), credits_charged=resolution.captured)
     session.add(record)
     session.flush()
-    message = Message(
-        conversation_id=call.conversation_id,
-        role="user",
-        content=content,
-        usage_id=record.id,
-        created_at=asked_at,
-    )
+    message.usage_id = record.id
     session.add(message)
     reply = None
     compensation = None
@@ -406,11 +457,12 @@ def _settle(
             conversation_id=call.conversation_id,
             role="assistant",
             content=call.completion.text,
+            partial=call.ending != "completed",
             usage_id=record.id,
             created_at=now,
         )
         session.add(reply)
-    elif record.credits_charged > 0:
+    elif call.ending == "completed" and record.credits_charged > 0:
         compensation = compensations.record(
             session,
             usage=record,
@@ -481,4 +533,250 @@ def _pay_at_once(
         exchange.credits_charged,
         balance,
         exchange.compensation,
+    )
+
+
+# Streamed messages
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of the reply, as the provider sent it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Silence:
+    """The provider has sent nothing for a while (the transport may send a keep-alive)."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of a stream: the exchange as charged, and the provider's failure when it failed
+    mid-stream (`exchange` is None when it failed before delivering anything: nothing charged,
+    nothing kept)."""
+
+    exchange: Exchange | None
+    failure: ProviderFailed | None
+
+
+StreamEvent = Delta | Silence | Finished
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """A message whose reply streams: the stored user message, then `events` (iterate them to
+    the end, or close them: a closed stream is charged for what it delivered)."""
+
+    message: Message
+    events: Iterator[StreamEvent]
+
+
+_END = object()
+
+
+def _pieces(reply: ReplyStream, silence: float) -> Iterator[str | None]:
+    """The reply's pieces, read in a thread of its own, and None each time the provider stays
+    silent for `silence` seconds. The provider's failure is raised here."""
+    pending: queue.Queue[object] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for piece in reply:
+                pending.put(piece)
+            pending.put(_END)
+        except BaseException as error:  # handed to the reader, or dropped once it is gone
+            pending.put(error)
+
+    threading.Thread(target=read, name="provider-stream", daemon=True).start()
+    while True:
+        try:
+            item = pending.get(timeout=silence)
+        except queue.Empty:
+            yield None
+            continue
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield str(item)
+
+
+def stream_message(
+    session: DbSession,
+    *,
+    user: User,
+    conversation_id: int,
+    content: str,
+    max_tokens: int | None,
+    providers: Providers,
+    settings: ChatSettings,
+    context: ledger.AuditContext,
+    clock: Clock,
+    claim: idempotency.Claim,
+    respond: Callable[[Exchange | None, ProviderFailed | None], idempotency.StoredResponse],
+    silence: float,
+) -> Streaming:
+    """Send `content` and stream the reply. What can fail before the provider answers raises
+    here, as `send_message` does (nothing is charged, nothing kept). The user message is stored
+    with the hold, so that the stream can name it; no transaction is open while the reply flows.
+
+    At the end, however it comes, one transaction settles what was delivered, stores the reply
+    (flagged `partial` when cut short) and completes `claim` with `respond(exchange, failure)`:
+    - the reply came whole: charged as the provider reported (estimated when it did not);
+    - the client closed the stream, or the provider failed after delivering part of it: the
+      input plus the output delivered (the provider's counts when larger), never above the hold;
+    - the provider failed before delivering anything: the hold is voided, the user message
+      removed and the claim released, as when `send_message` fails.
+    """
+    asked_at = clock()
+    prepared = _prepare(
+        session,
+        user=user,
+        conversation_id=conversation_id,
+        content=content,
+        max_tokens=max_tokens,
+        settings=settings,
+        now=asked_at,
+    )
+    message = Message(
+        conversation_id=conversation_id, role="user", content=content, created_at=asked_at
+    )
+    with write_transaction(session):
+        held = _hold(session, prepared, settings=settings, context=context, now=asked_at)
+        session.add(message)
+    try:
+        reply = providers.get(prepared.character.provider).stream(prepared.request)
+    except ProviderError as error:
+        _drop(session, prepared, held.hold_id, message, claim, context=context, now=clock())
+        raise _provider_failed(error, prepared) from error
+    except BaseException:
+        _drop(session, prepared, held.hold_id, message, claim, context=context, now=clock())
+        raise
+    events = _relay(
+        session,
+        reply,
+        prepared=prepared,
+        hold_id=held.hold_id,
+        message=message,
+        user_id=user.id,
+        claim=claim,
+        respond=respond,
+        context=context,
+        clock=clock,
+        silence=silence,
+    )
+    next(events)  # started: closing it from now on, even before its first event, settles
+    return Streaming(message, events)
+
+
+def _provider_failed(error: ProviderError, prepared: _Prepared) -> ProviderFailed:
+    log.warning(
+        "provider_failed", provider=error.provider, reason=error.reason, status=error.status
+    )
+    return ProviderFailed(details={"provider": error.provider, "reason": error.reason})
+
+
+def _drop(
+    session: DbSession,
+    prepared: _Prepared,
+    hold_id: int,
+    message: Message,
+    claim: idempotency.Claim,
+    *,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> None:
+    """Undo a streamed message that got nothing from the provider: void its hold, remove the
+    user message and free the Idempotency-Key, in one transaction."""
+    MESSAGES.labels(prepared.character.provider, prepared.character.model, "provider_error").inc()
+    with write_transaction(session):
+        ledger.void(session, hold_id=hold_id, context=context, now=now)
+        session.delete(message)
+        idempotency.release(session, claim)
+
+
+def _relay(
+    session: DbSession,
+    reply: ReplyStream,
+    *,
+    prepared: _Prepared,
+    hold_id: int,
+    message: Message,
+    user_id: int,
+    claim: idempotency.Claim,
+    respond: Callable[[Exchange | None, ProviderFailed | None], idempotency.StoredResponse],
+    context: ledger.AuditContext,
+    clock: Clock,
+    silence: float,
+) -> Iterator[StreamEvent]:
+    delivered: list[str] = []
+
+    def finish(ending: str, failure: ProviderFailed | None = None) -> Finished:
+        reply.close()
+        text = "".join(delivered)
+        if failure is not None and not text:
+            _drop(session, prepared, hold_id, message, claim, context=context, now=clock())
+            return Finished(None, failure)
+        usage = _streamed_usage(reply.usage, prepared.request, text, whole=ending == "completed")
+        call = _AnsweredCall(
+            user_id=user_id,
+            conversation_id=prepared.conversation_id,
+            prepared=prepared,
+            hold_id=hold_id,
+            completion=Completion(text, usage),
+            usage=usage,
+            cost=book.cost(prepared.price, usage),
+            ending=ending,
+        )
+        exchange, _response = _finish(
+            session,
+            call,
+            message,
+            claim=claim,
+            respond=lambda exchange: respond(exchange, failure),
+            context=context,
+            clock=clock,
+        )
+        return Finished(exchange, failure)
+
+    try:
+        yield Silence()  # taken by stream_message, to start the generator
+        with PROVIDER_DURATION.labels(prepared.character.provider, prepared.character.model).time():
+            for piece in _pieces(reply, silence):
+                if piece is None:
+                    yield Silence()
+                    continue
+                delivered.append(piece)
+                yield Delta(piece)
+    except ProviderError as error:
+        finished = finish("provider_failed", _provider_failed(error, prepared))
+    except BaseException:  # the client went away (GeneratorExit), or the server failed
+        finish("client_closed")
+        raise
+    else:
+        finished = finish("completed")
+    yield finished
+
+
+def _streamed_usage(
+    reported: Usage | None, request: ChatRequest, text: str, *, whole: bool
+) -> Usage:
+    """The usage to charge for a stream. Whole: the provider's report, or an estimate. Cut
+    short: the input, and the output delivered, estimated from its text (at most max_tokens)
+    unless the provider counted more."""
+    if whole:
+        return _usage_of(Completion(text, reported), request)
+    delivered = min(estimate_tokens([text]) if text else 0, request.max_tokens)
+    if reported is None:
+        prompt = [request.system_prompt, *(m.content for m in request.messages)]
+        return Usage(input_tokens=estimate_tokens(prompt), output_tokens=delivered, estimated=True)
+    return Usage(
+        input_tokens=reported.input_tokens,
+        cached_tokens=reported.cached_tokens,
+        cache_write_tokens=reported.cache_write_tokens,
+        output_tokens=max(reported.output_tokens, delivered),
+        reasoning_tokens=reported.reasoning_tokens,
+        estimated=delivered > reported.output_tokens,
     )

@@ -3,6 +3,7 @@ and otherwise the README's walk-through gives the numbers the README shows."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -109,6 +110,36 @@ def _json(method: str, url: str, token: str, body: dict[str, Any] | None = None,
     return status, json.loads(raw)
 
 
+def _stream(base: str, token: str, path: str, content: str) -> list[tuple[str, Any, float]]:
+    """A streamed message, as `curl -N` reads it: each event with the time it arrived."""
+    connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=30)
+    try:
+        connection.request(
+            "POST",
+            path,
+            body=json.dumps({"content": content, "stream": True}),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Idempotency-Key": "stream-1",
+            },
+        )
+        response = connection.getresponse()
+        assert response.status == 200
+        arrivals = []
+        fields: dict[str, str] = {}
+        while line := response.readline().decode():
+            if line == "\n":
+                arrivals.append((fields["event"], json.loads(fields["data"]), time.monotonic()))
+                fields = {}
+            else:
+                key, value = line.rstrip("\n").split(": ", 1)
+                fields[key] = value
+        return arrivals
+    finally:
+        connection.close()
+
+
 def test_the_readme_walk_through_adds_up_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     with _running(tmp_path) as (base, tokens, process):
         assert set(tokens) == {"ADMIN_TOKEN", "USER_TOKEN"}
@@ -155,11 +186,20 @@ def test_the_readme_walk_through_adds_up_and_ctrl_c_stops_everything(tmp_path: P
         assert (exchange["usage"]["input_tokens"], exchange["usage"]["output_tokens"]) == (26, 13)
         assert exchange["reply"]["content"] == "Tell me more. You said: Hello Ada!"
         assert _json("GET", f"{base}/api/credit/balance", user)[1]["balance"] == "1349.844"
+        # Streamed, the demo reply arrives word by word, and the balance falls by its charge.
+        arrivals = _stream(base, user, "/api/conversations/1/messages", "Tell me a story")
+        words = [data["text"] for name, data, _at in arrivals if name == "delta"]
+        assert "".join(words) == "Good question. You said: Tell me a story"
+        delta_times = [at for name, _data, at in arrivals if name == "delta"]
+        assert delta_times[-1] - delta_times[0] >= 0.04 * (len(words) - 1)
+        name, done, _at = arrivals[-1]
+        assert (name, done["credits_charged"]) == ("done", "0.206")
+        assert _json("GET", f"{base}/api/credit/balance", user)[1]["balance"] == "1349.638"
         # What the README points operators and integrators to answers too.
         status, headers, metrics = call("GET", f"{base}/metrics")
         assert status == 200 and headers["Content-Type"].startswith("text/plain")
         charged = 'creditapp_messages_total{model="demo-chat",outcome="charged",provider="demo"}'
-        assert f"{charged} 1.0" in metrics.decode()
+        assert f"{charged} 2.0" in metrics.decode()  # the message, and the streamed one
         status, headers, page = call("GET", f"{base}/api/docs")
         assert status == 200 and b'<div id="swagger-ui">' in page
         status, _headers, document = call("GET", f"{base}/api/openapi.json")

@@ -139,8 +139,9 @@ def test_statuses_every_operation_shares(document: dict[str, Any]) -> None:
 def test_the_message_endpoint_documents_its_money_statuses(document: dict[str, Any]) -> None:
     operation = document["paths"]["/api/conversations/{conversation_id}/messages"]["post"]
     assert set(operation["responses"]) == {
-        "201", "400", "401", "402", "403", "404", "409", "413", "414", "415", "429", "431",
+        "200", "201", "400", "401", "402", "403", "404", "409", "413", "414", "415", "429", "431",
         "502", "503",
     }  # fmt: skip
+    assert list(operation["responses"]["200"]["content"]) == ["text/event-stream"]  # streamed
     assert operation["responses"]["402"] == {"$ref": "#/components/responses/PAYMENT_REQUIRED"}
     assert operation["responses"]["502"] == {"$ref": "#/components/responses/BAD_GATEWAY"}

@@ -1,0 +1,421 @@
+"""Streamed replies (`"stream": true`): Server-Sent Events from every provider through its SDK,
+charged exactly as the same usage is charged without streaming, and charged for what was
+delivered when the stream ends early."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from creditapp.chat.models import Message, UsageRecord
+from creditapp.extensions import db
+from creditapp.metering.estimate import estimate_tokens
+from creditapp.money import format_credits, parse_credits
+from tests.conftest import Person
+from tests.fake_providers import Answer, FakeProviders
+from tests.helpers import add_price, assert_consistent, send, start_conversation
+from tests.integration.live_server import call, live_server
+from tests.integration.test_chat import MODELS, PROVIDERS, balance_of, counts
+
+CREDITS = 100 * 1_000_000
+# The provider's own counts, with cache and reasoning tokens, in each one's field names.
+USAGES = {
+    "openai": {
+        "prompt_tokens": 1200,
+        "completion_tokens": 300,
+        "prompt_tokens_details": {"cached_tokens": 1000},
+        "completion_tokens_details": {"reasoning_tokens": 100},
+    },
+    "anthropic": {
+        "input_tokens": 0,
+        "cache_read_input_tokens": 1000,
+        "cache_creation_input_tokens": 200,
+        "output_tokens": 300,
+    },
+    "google": {
+        "promptTokenCount": 1200,
+        "cachedContentTokenCount": 1000,
+        "candidatesTokenCount": 200,
+        "thoughtsTokenCount": 100,
+    },
+}
+# At 1 USD per 1M input tokens, 0.5 cached, 1.25 cache writes and 2 output, in credits.
+CHARGES = {"openai": "1.3", "anthropic": "1.35", "google": "1.3"}
+REPLY = "Streaming works, word by word, with every token counted."
+
+
+def events_of(body: bytes) -> list[tuple[str, Any]]:
+    """The SSE events of a body: (name, data), and ("", comment) for comments."""
+    found = []
+    for block in body.decode().split("\n\n"):
+        if not block:
+            continue
+        if block.startswith(":"):
+            found.append(("", block[1:].strip()))
+            continue
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        found.append((fields["event"], json.loads(fields["data"])))
+    return found
+
+
+@pytest.fixture
+def priced(app: Flask) -> None:
+    for provider, model in MODELS.items():
+        add_price(
+            app, provider, model, input="1", output="2", cached_input="0.5", cache_write="1.25"
+        )
+
+
+def stream(client: FlaskClient, person: Person, conversation: str, **fields: Any) -> Any:
+    return send(client, person, conversation, stream=True, **fields)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_each_provider_streams_and_is_charged_as_without_streaming(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+    provider: str,
+) -> None:
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, provider, MODELS[provider])
+    fake_providers.script(provider, Answer(text=REPLY, usage=USAGES[provider]))
+    response = stream(client, user, conversation, content="Tell me")
+    assert response.status_code == 200
+    assert response.content_type == "text/event-stream; charset=utf-8"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert response.headers["Cache-Control"] == "no-store"
+    events = events_of(response.get_data())
+    names = [name for name, _ in events]
+    assert names[0] == "message" and names[-1] == "done"
+    assert set(names[1:-1]) == {"delta"} and len(names) - 2 == len(REPLY.split(" "))
+    message = events[0][1]
+    assert (message["role"], message["content"]) == ("user", "Tell me")
+    assert "".join(data["text"] for name, data in events if name == "delta") == REPLY
+    done = events[-1][1]
+    assert done["reply"]["content"] == REPLY and done["reply"]["partial"] is False
+    assert done["message"]["id"] == message["id"]
+
+    # The same usage, not streamed, costs the same.
+    fake_providers.script(provider, Answer(text=REPLY, usage=USAGES[provider]))
+    whole = send(client, user, conversation, content="Tell me").get_json()
+    assert done["usage"] == whole["usage"]
+    assert done["usage"]["cached_tokens"] == 1000 and not done["usage"]["estimated"]
+    assert done["credits_charged"] == whole["credits_charged"] == CHARGES[provider]
+    spent = 2 * parse_credits(CHARGES[provider])
+    assert balance_of(client, user)["balance"] == format_credits(CREDITS - spent)
+    assert counts(app)["pending_holds"] == 0
+    assert_consistent(app)
+
+
+def usage_records(app: Flask) -> list[UsageRecord]:
+    with app.app_context():
+        records = list(db.session.scalars(select(UsageRecord).order_by(UsageRecord.id)))
+        db.session.expunge_all()
+        return records
+
+
+def replies(app: Flask) -> list[Message]:
+    with app.app_context():
+        found = list(
+            db.session.scalars(
+                select(Message).where(Message.role == "assistant").order_by(Message.id)
+            )
+        )
+        db.session.expunge_all()
+        return found
+
+
+def test_a_stream_without_usage_is_estimated(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, "openai", MODELS["openai"])
+    fake_providers.script("openai", Answer(text=REPLY, usage=None))
+    events = events_of(stream(client, user, conversation).get_data())
+    done = events[-1][1]
+    assert events[-1][0] == "done" and done["usage"]["estimated"] is True
+    (record,) = usage_records(app)
+    assert (record.estimated, record.ending) == (True, "completed")
+    assert record.credits_charged == parse_credits(done["credits_charged"]) > 0
+    assert counts(app)["pending_holds"] == 0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_provider_failing_mid_stream_is_charged_for_what_was_delivered(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+    provider: str,
+) -> None:
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, provider, MODELS[provider])
+    fake_providers.script(provider, Answer(text=REPLY, usage=USAGES[provider], fail_after=3))
+    events = events_of(stream(client, user, conversation).get_data())
+    assert [name for name, _ in events] == ["message", "delta", "delta", "delta", "error"]
+    error = events[-1][1]
+    assert error["error"]["code"] == "provider_error"
+    delivered = "".join(data["text"] for name, data in events if name == "delta")
+    assert delivered == " ".join(REPLY.split(" ")[:3])
+    (record,) = usage_records(app)
+    assert record.ending == "provider_failed"
+    assert record.credits_charged == parse_credits(error["credits_charged"]) > 0
+    (reply,) = replies(app)
+    assert (reply.content, reply.partial) == (delivered, True)
+    assert balance_of(client, user)["reserved"] == "0"
+    assert_consistent(app)
+
+
+def test_a_provider_failing_before_any_word_charges_and_keeps_nothing(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, "anthropic", MODELS["anthropic"])
+    fake_providers.script("anthropic", Answer(text=REPLY, fail_after=0))
+    key = secrets.token_hex(8)
+    events = events_of(stream(client, user, conversation, key=key).get_data())
+    assert [name for name, _ in events] == ["message", "error"]
+    assert events[-1][1]["credits_charged"] == "0"
+    assert counts(app) == {"messages": 0, "usage": 0, "charges": 0, "pending_holds": 0}
+    assert balance_of(client, user)["balance"] == "100"
+    # Nothing durable happened: the key is free, and a retry runs again.
+    fake_providers.script("anthropic", Answer(text=REPLY))
+    retried = events_of(stream(client, user, conversation, key=key).get_data())
+    assert retried[-1][0] == "done"
+
+
+def test_an_unreachable_provider_is_a_json_502_before_any_stream(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, "openai", MODELS["openai"])
+    fake_providers.script("openai", Answer(status=500))
+    response = stream(client, user, conversation)
+    assert response.status_code == 502 and response.is_json
+    assert counts(app) == {"messages": 0, "usage": 0, "charges": 0, "pending_holds": 0}
+
+
+def test_refusals_before_the_stream_are_json(
+    app: Flask, client: FlaskClient, person_factory: Any, priced: None
+) -> None:
+    poor = person_factory(credits=1)
+    conversation = start_conversation(client, poor, "openai", MODELS["openai"])
+    response = stream(client, poor, conversation)
+    assert (response.status_code, response.get_json()["error"]["code"]) == (
+        402,
+        "insufficient_credits",
+    )
+    response = client.post(
+        f"/api/conversations/{conversation}/messages",
+        json={"content": "hi", "stream": "yes"},
+        headers={**poor.headers, "Idempotency-Key": "k"},
+    )
+    assert response.status_code == 400 and "stream" in response.get_json()["error"]["details"]
+
+
+def test_the_same_key_replays_the_stream_in_three_events(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, "google", MODELS["google"])
+    fake_providers.script("google", Answer(text=REPLY, usage=USAGES["google"]))
+    first = events_of(stream(client, user, conversation, key="stream-1").get_data())
+    again = stream(client, user, conversation, key="stream-1")
+    assert again.headers["Idempotent-Replayed"] == "true"
+    replayed = events_of(again.get_data())
+    assert [name for name, _ in replayed] == ["message", "delta", "done"]
+    assert replayed[1][1] == {"text": REPLY}
+    assert replayed[0][1] == first[0][1] and replayed[-1][1] == first[-1][1]
+    assert len(fake_providers.calls("google")) == 1 and counts(app)["charges"] == 1
+
+
+@contextmanager
+def _open_stream(
+    base: str, person: Person, conversation: str
+) -> Iterator[http.client.HTTPResponse]:
+    connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=30)
+    connection.request(
+        "POST",
+        f"/api/conversations/{conversation}/messages",
+        body=json.dumps({"content": "Tell me a long story", "stream": True}),
+        headers={
+            **person.headers,
+            "Content-Type": "application/json",
+            "Idempotency-Key": secrets.token_hex(8),
+        },
+    )
+    try:
+        response = connection.getresponse()
+        assert response.status == 200, response.read()
+        yield response
+    finally:
+        connection.close()  # mid-stream, this is the client going away
+
+
+def _next_event(response: http.client.HTTPResponse) -> tuple[str, Any]:
+    lines = []
+    while (line := response.readline()) not in (b"\n", b""):
+        lines.append(line.decode().rstrip("\n"))
+    (event,) = events_of(("\n".join(lines) + "\n\n").encode())
+    return event
+
+
+def _wait_for(check: Any, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.1)
+
+
+@pytest.mark.real_clock
+def test_a_client_that_disconnects_pays_for_what_it_was_sent(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, "anthropic", MODELS["anthropic"])
+    long_reply = " ".join(f"word{index}" for index in range(400))
+    # Usage counted as the provider would: the input at the start, the output at the end.
+    fake_providers.script("anthropic", Answer(text=long_reply, piece_delay=0.02))
+    with live_server({"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}, threads=4) as base:
+        with _open_stream(base, user, conversation) as response:
+            assert _next_event(response)[0] == "message"
+            received = [_next_event(response) for _ in range(3)]
+            assert [name for name, _ in received] == ["delta"] * 3
+        _wait_for(lambda: bool(usage_records(app)))
+    (record,) = usage_records(app)
+    (reply,) = replies(app)
+    (provider_stream,) = fake_providers.streams
+    # The provider's stream was closed early, not read to its end.
+    assert provider_stream.client_closed and provider_stream.sent < 400
+    assert reply.partial and reply.content.startswith("word0 word1 word2")
+    assert len(reply.content.split(" ")) < 400
+    # The input as the provider reported it, the output delivered, estimated from its text.
+    assert (record.ending, record.estimated) == ("client_closed", True)
+    (sent,) = fake_providers.calls("anthropic")
+    assert record.input_tokens == len(json.dumps(sent["body"]["messages"]).encode()) // 4 + 1
+    assert record.output_tokens == estimate_tokens([reply.content])
+    assert record.credits_charged == record.cost
+    assert balance_of(client, user)["reserved"] == "0"
+    assert balance_of(client, user)["balance"] == format_credits(CREDITS - record.cost)
+    assert_consistent(app)
+
+
+@pytest.mark.real_clock
+def test_fifty_streams_at_once_each_charged_exactly(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, "openai", MODELS["openai"])
+    streams = 50
+    fake_providers.script(
+        "openai",
+        *(Answer(text=REPLY, usage=USAGES["openai"], piece_delay=0.05) for _ in range(streams)),
+    )
+    env = {
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "RATELIMIT_ENABLED": "false",
+        # Fifty streams opening at once on a busy machine: a second may not be enough.
+        "PROVIDER_TIMEOUT_SECONDS": "20",
+    }
+    with live_server(env, threads=streams + 10) as base:
+
+        def one(_index: int) -> list[tuple[str, Any]]:
+            with _open_stream(base, user, conversation) as response:
+                return events_of(response.read())
+
+        with ThreadPoolExecutor(streams) as pool:
+            results = list(pool.map(one, range(streams)))
+            # Meanwhile reads are served (the streams do not hold every thread).
+            assert call("GET", f"{base}/api/credit/balance", user.token)[0] == 200
+    for events in results:
+        assert events[-1][0] == "done"
+        assert events[-1][1]["credits_charged"] == CHARGES["openai"]
+        assert "".join(data["text"] for name, data in events if name == "delta") == REPLY
+    spent = streams * parse_credits(CHARGES["openai"])
+    assert balance_of(client, user) == {
+        "balance": format_credits(CREDITS - spent),
+        "reserved": "0",
+        "available": format_credits(CREDITS - spent),
+    }
+    assert_consistent(app)
+
+
+def test_the_same_key_while_the_stream_runs_is_in_progress(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, "openai", MODELS["openai"])
+    fake_providers.script("openai", Answer(text=REPLY, usage=USAGES["openai"]))
+    running = stream(client, user, conversation, key="stream-2")  # opened, not read yet
+    refused = stream(client, user, conversation, key="stream-2")
+    assert (refused.status_code, refused.get_json()["error"]["code"]) == (
+        409,
+        "request_in_progress",
+    )
+    assert events_of(running.get_data())[-1][0] == "done"
+    replayed = stream(client, user, conversation, key="stream-2")
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert len(fake_providers.calls("openai")) == 1
+
+
+def test_a_silent_provider_gets_keep_alive_comments(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(app.config, "STREAM_KEEPALIVE_SECONDS", 0.1)
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, "google", MODELS["google"])
+    fake_providers.script("google", Answer(text="slow words", piece_delay=0.35))
+    events = events_of(stream(client, user, conversation).get_data())
+    names = [name for name, _ in events]
+    assert names[0] == "message" and names[-1] == "done"
+    assert names.index("") < names.index("delta")  # a comment before the first word
+    assert {data for name, data in events if name == ""} == {"keep-alive"}
+    assert "".join(data["text"] for name, data in events if name == "delta") == "slow words"
