@@ -30,7 +30,7 @@ from creditapp.api.schemas import (
 )
 from creditapp.chat import service
 from creditapp.chat.models import Character, Conversation, Message
-from creditapp.errors import ProviderFailed
+from creditapp.errors import CreditAppError, ProviderFailed
 from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
 from creditapp.money import format_credits
@@ -262,7 +262,7 @@ def _event(name: str, data: Any) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def _last_event(exchange: service.Exchange | None, failure: ProviderFailed | None) -> bytes:
+def _last_event(exchange: service.Exchange | None, failure: CreditAppError | None) -> bytes:
     if failure is None and exchange is not None:
         return _event("done", ExchangeSchema().dump(exchange))
     assert failure is not None
@@ -292,10 +292,9 @@ def _live_events(streaming: service.Streaming) -> Iterator[bytes]:
 
 
 def _stored_stream(
-    exchange: service.Exchange | None, failure: ProviderFailed | None
+    exchange: service.Exchange, failure: CreditAppError | None
 ) -> idempotency.StoredResponse:
     """What a retry with the same Idempotency-Key replays: the stream in three events."""
-    assert exchange is not None
     body = _event("message", MessageSchema().dump(exchange.message))
     if exchange.reply is not None:
         body += _event("delta", {"text": exchange.reply.content})

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, delete, or_, select
 
 from creditapp import idempotency, ledger
 from creditapp.auth.models import Tier, User
@@ -39,6 +39,7 @@ from creditapp.chat.models import (
 from creditapp.database import DbSession, write_transaction
 from creditapp.errors import (
     CreditAppError,
+    DependencyUnavailable,
     InsufficientCredits,
     ModelNotAllowed,
     NotFound,
@@ -553,12 +554,12 @@ class Silence:
 
 @dataclass(frozen=True)
 class Finished:
-    """The end of a stream: the exchange as charged, and the provider's failure when it failed
-    mid-stream (`exchange` is None when it failed before delivering anything: nothing charged,
-    nothing kept)."""
+    """The end of a stream: the exchange as charged, and the failure that ended it: the
+    provider's mid-stream, or the settle's (`exchange` is None when nothing was charged and
+    nothing kept: the provider failed before delivering anything, or the settle failed)."""
 
     exchange: Exchange | None
-    failure: ProviderFailed | None
+    failure: CreditAppError | None
 
 
 StreamEvent = Delta | Silence | Finished
@@ -615,7 +616,7 @@ def stream_message(
     context: ledger.AuditContext,
     clock: Clock,
     claim: idempotency.Claim,
-    respond: Callable[[Exchange | None, ProviderFailed | None], idempotency.StoredResponse],
+    respond: Callable[[Exchange, CreditAppError | None], idempotency.StoredResponse],
     silence: float,
 ) -> Streaming:
     """Send `content` and stream the reply. What can fail before the provider answers raises
@@ -697,6 +698,17 @@ def _drop(
         idempotency.release(session, claim)
 
 
+def _forget(session: DbSession, message: Message, claim: idempotency.Claim) -> None:
+    """Remove the user message of a stream whose settle failed and free its key; when the
+    database refuses even this, the key is taken over after IDEMPOTENCY_TAKEOVER."""
+    try:
+        with write_transaction(session):
+            session.execute(delete(Message).where(Message.id == message.id))
+            idempotency.release(session, claim)
+    except Exception:
+        log.exception("stream_not_forgotten", message_id=message.id, claim_id=claim.id)
+
+
 def _relay(
     session: DbSession,
     reply: ReplyStream,
@@ -706,7 +718,7 @@ def _relay(
     message: Message,
     user_id: int,
     claim: idempotency.Claim,
-    respond: Callable[[Exchange | None, ProviderFailed | None], idempotency.StoredResponse],
+    respond: Callable[[Exchange, CreditAppError | None], idempotency.StoredResponse],
     context: ledger.AuditContext,
     clock: Clock,
     silence: float,
@@ -730,15 +742,21 @@ def _relay(
             cost=book.cost(prepared.price, usage),
             ending=ending,
         )
-        exchange, _response = _finish(
-            session,
-            call,
-            message,
-            claim=claim,
-            respond=lambda exchange: respond(exchange, failure),
-            context=context,
-            clock=clock,
-        )
+        try:
+            exchange, _response = _finish(
+                session,
+                call,
+                message,
+                claim=claim,
+                respond=lambda exchange: respond(exchange, failure),
+                context=context,
+                clock=clock,
+            )
+        except Exception:
+            # Kept as unbilled, its hold voided (`_finish`): nothing is charged, so nothing of
+            # it is kept either, as when a whole reply's settle fails.
+            _forget(session, message, claim)
+            return Finished(None, DependencyUnavailable("The charge could not be recorded."))
         return Finished(exchange, failure)
 
     try:

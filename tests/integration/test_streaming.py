@@ -18,13 +18,20 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from creditapp.chat.models import Message, UsageRecord
+from creditapp.chat.models import Message, UnbilledUsage, UsageRecord
 from creditapp.extensions import db
 from creditapp.metering.estimate import estimate_tokens
 from creditapp.money import format_credits, parse_credits
-from tests.conftest import Person
+from tests.conftest import Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.helpers import add_price, assert_consistent, send, start_conversation
+from tests.helpers import (
+    add_price,
+    assert_consistent,
+    database_refuses,
+    run_job_at,
+    send,
+    start_conversation,
+)
 from tests.integration.live_server import call, live_server
 from tests.integration.test_chat import MODELS, PROVIDERS, balance_of, counts
 
@@ -333,6 +340,8 @@ def test_a_client_that_disconnects_pays_for_what_it_was_sent(
     assert balance_of(client, user)["reserved"] == "0"
     assert balance_of(client, user)["balance"] == format_credits(CREDITS - record.cost)
     assert_consistent(app)
+    reconciled = run_job_at(app, "reconcile", utcnow())
+    assert (reconciled["drift"], reconciled["unbilled_calls"]) == (0, 0)
 
 
 @pytest.mark.real_clock
@@ -419,3 +428,33 @@ def test_a_silent_provider_gets_keep_alive_comments(
     assert names.index("") < names.index("delta")  # a comment before the first word
     assert {data for name, data in events if name == ""} == {"keep-alive"}
     assert "".join(data["text"] for name, data in events if name == "delta") == "slow words"
+
+
+def test_a_settle_that_fails_charges_and_keeps_nothing_but_the_unbilled_call(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, "openai", MODELS["openai"])
+    fake_providers.script("openai", Answer(text=REPLY, usage=USAGES["openai"]))
+    with database_refuses(app, "messages", "NEW.role = 'assistant'"):
+        events = events_of(stream(client, user, conversation, key="stream-3").get_data())
+    name, error = events[-1]
+    assert (name, error["error"]["code"], error["credits_charged"]) == (
+        "error",
+        "service_unavailable",
+        "0",
+    )
+    assert counts(app) == {"messages": 0, "usage": 0, "charges": 0, "pending_holds": 0}
+    assert balance_of(client, user)["balance"] == "100"
+    with app.app_context():
+        (unbilled,) = db.session.scalars(select(UnbilledUsage)).all()
+        assert (unbilled.ending, unbilled.cost) == ("completed", 1_300_000)
+        db.session.remove()
+    # The key is free again: the retry runs, and is charged.
+    fake_providers.script("openai", Answer(text=REPLY, usage=USAGES["openai"]))
+    retried = events_of(stream(client, user, conversation, key="stream-3").get_data())
+    assert retried[-1][0] == "done" and retried[-1][1]["credits_charged"] == "1.3"
