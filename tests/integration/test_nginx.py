@@ -16,11 +16,13 @@ from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from creditapp.ledger.models import AuditRecord
 from tests.conftest import Person
-from tests.helpers import scalar
+from tests.fake_providers import Answer, FakeProviders
+from tests.helpers import add_price, scalar, start_conversation
 from tests.integration.live_server import free_port, live_server
 from tests.integration.nginx import nginx_in_front
 
@@ -202,3 +204,35 @@ def test_the_app_sees_the_clients_address_not_what_the_client_claims(
     assert status == 201, answer
     seen = select(AuditRecord.client_ip).where(AuditRecord.action == "grant")
     assert scalar(app, seen) == "127.0.0.2"
+
+
+def test_a_streamed_reply_passes_nginx_event_by_event(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    person = person_factory(credits=100 * 1_000_000)
+    add_price(app, "openai", "gpt-edge", input="1", output="1")
+    conversation = start_conversation(client, person, "openai", "gpt-edge")
+    words = 10
+    text = " ".join(f"word{index}" for index in range(words))
+    fake_providers.script("openai", Answer(text=text, piece_delay=0.2))
+    with _edge(app) as (nginx, _gunicorn):
+        connection = http.client.HTTPConnection("127.0.0.1", _port(nginx), timeout=30)
+        connection.request(
+            "POST",
+            f"/api/conversations/{conversation}/messages",
+            body=json.dumps({"content": "Stream it", "stream": True}),
+            headers={
+                **_auth(person),
+                "Content-Type": "application/json",
+                "Idempotency-Key": "edge-stream",
+            },
+        )
+        response = connection.getresponse()
+        assert response.status == 200
+        while not response.readline().startswith(b"event: delta"):
+            pass
+        # The first word is here while the provider is still sending the rest: not buffered.
+        (provider_stream,) = fake_providers.streams
+        assert provider_stream.sent < words and not provider_stream.finished
+        assert b"event: done" in response.read()
+        connection.close()
