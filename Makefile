@@ -62,6 +62,7 @@ bench: venv  ## benchmarks on PostgreSQL; see docs/benchmarks.md
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/ledger.py
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/messages.py
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/usage.py
+	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/streaming.py
 
 clean:
 	rm -rf $(VENV) instance mutants .pytest_cache .mypy_cache .ruff_cache

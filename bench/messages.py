@@ -23,7 +23,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,70 @@ def seed(app: Any, user_count: int) -> list[Chatter]:
     return chatters
 
 
+@dataclass(frozen=True)
+class ChatServer:
+    base: str  # gunicorn's URL
+    provider_urls: dict[str, str]  # the fake provider's, as environment variables
+    chatters: list[Chatter]
+
+
+@contextmanager
+def chat_server(
+    users: int, *, workers: int, threads: int, provider_arguments: tuple[str, ...] = ()
+) -> Iterator[ChatServer]:
+    """gunicorn on a PostgreSQL database of its own (created and dropped here) with `users`
+    seeded chatters, the real OpenAI SDK calling the fake provider in a process of its own, as
+    a remote provider would be (it must not take the benchmark clients' interpreter lock)."""
+    name = f"creditapp_bench_{secrets.token_hex(3)}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_providers", *provider_arguments],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert fake.stdout is not None
+        provider_urls = json.loads(fake.stdout.readline())
+        env = {
+            **provider_urls,
+            "DATABASE_URL": url,
+            "CREDITAPP_ENV": "production",
+            "JWT_SECRET_KEY": secrets.token_hex(32),
+            "RATELIMIT_ENABLED": "false",
+            "DATABASE_POOL_SIZE": str(min(threads, 16)),
+            "DATABASE_MAX_OVERFLOW": str(max(threads - 16, 0)),
+            "PROVIDER_MAX_RETRIES": "0",
+        }
+        os.environ.update(env)
+        os.environ.pop("REDIS_URL", None)
+        from flask_migrate import upgrade
+
+        from creditapp import MIGRATIONS_DIR, create_app
+
+        app = create_app()
+        with app.app_context():
+            upgrade(directory=str(MIGRATIONS_DIR))
+        chatters = seed(app, users)
+        with live_server(env, workers=workers, threads=threads) as base:
+            yield ChatServer(base, provider_urls, chatters)
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def message_headers(chatter: Chatter, key: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {chatter.token}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": key,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per round and side")
@@ -165,92 +230,60 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    name = f"creditapp_bench_{secrets.token_hex(3)}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    # The provider runs in a process of its own, as a remote provider would: it must not take
-    # the benchmark clients' interpreter lock.
-    fake = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_providers"], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert fake.stdout is not None
-        provider_urls = json.loads(fake.stdout.readline())
-        env = {
-            **provider_urls,
-            "DATABASE_URL": url,
-            "CREDITAPP_ENV": "production",
-            "JWT_SECRET_KEY": secrets.token_hex(32),
-            "RATELIMIT_ENABLED": "false",
-            "DATABASE_POOL_SIZE": str(THREADS),
-            "PROVIDER_MAX_RETRIES": "0",
-        }
-        os.environ.update(env)
-        os.environ.pop("REDIS_URL", None)
-        from flask_migrate import upgrade
-
-        from creditapp import MIGRATIONS_DIR, create_app
-
-        app = create_app()
-        with app.app_context():
-            upgrade(directory=str(MIGRATIONS_DIR))
-        chatters = seed(app, args.users)
+    with chat_server(args.users, workers=WORKERS, threads=THREADS) as server:
+        base, chatters = server.base, server.chatters
         keys = itertools.count()
 
         def send_message(client: Client, index: int) -> int:
             chatter = chatters[index % len(chatters)]
             key = next(keys)
             conversation = chatter.conversation_ids[key % CONVERSATIONS_PER_USER]
-            headers = {
-                "Authorization": f"Bearer {chatter.token}",
-                "Content-Type": "application/json",
-                "Idempotency-Key": f"bench-{key}",
-            }
             return client.request(
-                "POST", f"/api/conversations/{conversation}/messages", headers, MESSAGE
+                "POST",
+                f"/api/conversations/{conversation}/messages",
+                message_headers(chatter, f"bench-{key}"),
+                MESSAGE,
             )
 
         def read_balance(client: Client, index: int) -> int:
             auth = {"Authorization": f"Bearer {chatters[index % len(chatters)].token}"}
             return client.request("GET", "/api/credit/balance", auth)
 
-        with live_server(env, workers=WORKERS, threads=THREADS) as base:
-            sides = {"messages": send_message, "balance reads": read_balance}
-            rates: dict[str, list[float]] = {side: [] for side in sides}
-            run_clients(read_balance, base, 1.0)  # warm up connections and pools
-            run_clients(send_message, base, 1.0)
-            for _ in range(args.rounds):
-                for side, work in sides.items():
-                    rates[side].append(run_clients(work, base, args.seconds))
-            median = {side: statistics.median(values) for side, values in rates.items()}
+        sides = {"messages": send_message, "balance reads": read_balance}
+        rates: dict[str, list[float]] = {side: [] for side in sides}
+        run_clients(read_balance, base, 1.0)  # warm up connections and pools
+        run_clients(send_message, base, 1.0)
+        for _ in range(args.rounds):
+            for side, work in sides.items():
+                rates[side].append(run_clients(work, base, args.seconds))
+        median = {side: statistics.median(values) for side, values in rates.items()}
 
-            # Added latency: one client, a message vs. the same chat request sent directly.
-            provider_root = provider_urls["OPENAI_BASE_URL"].removesuffix("/openai/v1")
-            app_client, fake_client = Client(base), Client(provider_root)
-            direct_body = json.dumps(
-                {
-                    "model": "gpt-bench",
-                    "max_completion_tokens": 64,
-                    "messages": [
-                        {"role": "system", "content": "Answer in one sentence."},
-                        {"role": "user", "content": "Hello there, how are you today?"},
-                    ],
-                }
+        # Added latency: one client, a message vs. the same chat request sent directly.
+        provider_root = server.provider_urls["OPENAI_BASE_URL"].removesuffix("/openai/v1")
+        app_client, fake_client = Client(base), Client(provider_root)
+        direct_body = json.dumps(
+            {
+                "model": "gpt-bench",
+                "max_completion_tokens": 64,
+                "messages": [
+                    {"role": "system", "content": "Answer in one sentence."},
+                    {"role": "user", "content": "Hello there, how are you today?"},
+                ],
+            }
+        )
+        message_times, direct_times = [], []
+        for _ in range(args.latency_samples):
+            started = time.perf_counter()
+            send_message(app_client, 0)
+            message_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            fake_client.request(
+                "POST",
+                "/openai/v1/chat/completions",
+                {"Content-Type": "application/json"},
+                direct_body,
             )
-            message_times, direct_times = [], []
-            for _ in range(args.latency_samples):
-                started = time.perf_counter()
-                send_message(app_client, 0)
-                message_times.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                fake_client.request(
-                    "POST",
-                    "/openai/v1/chat/completions",
-                    {"Content-Type": "application/json"},
-                    direct_body,
-                )
-                direct_times.append(time.perf_counter() - started)
+            direct_times.append(time.perf_counter() - started)
 
         message_ms = statistics.median(message_times) * 1000
         direct_ms = statistics.median(direct_times) * 1000
@@ -268,11 +301,6 @@ def main() -> None:
             f"  latency, one client: message {message_ms:.1f} ms, direct provider call"
             f" {direct_ms:.1f} ms, added by the message path {message_ms - direct_ms:.1f} ms"
         )
-    finally:
-        fake.terminate()
-        fake.wait(timeout=10)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

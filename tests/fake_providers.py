@@ -11,6 +11,7 @@ records how each stream ended, so a test can see that a client stopped reading.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import socket
@@ -247,6 +248,8 @@ class FakeProviders:
         self._scripts: dict[str, deque[Answer]] = {name: deque() for name in PROVIDERS}
         self._calls: dict[str, list[dict[str, Any]]] = {name: [] for name in PROVIDERS}
         self.delay = 0.0  # added to every answer (a slow provider)
+        self.piece_delay = 0.0  # between the words of an unscripted streamed answer
+        self.reply_words = 0  # when set, an unscripted answer is this many words long
         self.streams: list[StreamRecord] = []
         fake = self
 
@@ -307,6 +310,7 @@ class FakeProviders:
                 self._calls[name].clear()
             self.streams.clear()
         self.delay = 0.0
+        self.piece_delay = 0.0
 
     def close(self) -> None:
         self._server.shutdown()
@@ -337,7 +341,10 @@ class FakeProviders:
             answer = self._scripts[provider].popleft() if self._scripts[provider] else None
         if answer is None:
             last = json.dumps((body.get("messages") or body.get("contents") or [{}])[-1])
-            answer = Answer(text=f"Fake reply to {last[:80]}")
+            text = f"Fake reply to {last[:80]}"
+            if self.reply_words:
+                text = " ".join(f"word{index}" for index in range(self.reply_words))
+            answer = Answer(text=text, piece_delay=self.piece_delay)
         usage = answer.usage
         if usage == COUNTED:
             usage = _default_usage(provider, body, answer.text)
@@ -414,8 +421,14 @@ def _encoded(data: Any) -> str:
 
 def main() -> None:
     """Serve on its own (the benchmark runs it in a process of its own): prints the base URLs
-    as JSON on one line, then serves until killed."""
+    as JSON on one line, then serves until killed. `--piece-delay S`: seconds between the words
+    of a streamed answer; `--reply-words N`: answers of N words."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--piece-delay", type=float, default=0.0)
+    parser.add_argument("--reply-words", type=int, default=0)
+    arguments = parser.parse_args()
     fake = FakeProviders()
+    fake.piece_delay, fake.reply_words = arguments.piece_delay, arguments.reply_words
     print(json.dumps(fake.base_urls()), flush=True)
     threading.Event().wait()
 
