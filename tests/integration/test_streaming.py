@@ -77,11 +77,18 @@ def events_of(body: bytes) -> list[tuple[str, Any]]:
 
 
 @pytest.fixture
-def priced(app: Flask) -> None:
+def chat(app: Flask, client: FlaskClient, person_factory: Any) -> Any:
+    """`chat(provider)`: a user with 100 credits and a conversation on that provider's model."""
     for provider, model in MODELS.items():
         add_price(
             app, provider, model, input="1", output="2", cached_input="0.5", cache_write="1.25"
         )
+
+    def start(provider: str, credits: int = CREDITS) -> tuple[Person, str]:
+        user = person_factory(credits=credits)
+        return user, start_conversation(client, user, provider, MODELS[provider])
+
+    return start
 
 
 def stream(client: FlaskClient, person: Person, conversation: str, **fields: Any) -> Any:
@@ -92,13 +99,11 @@ def stream(client: FlaskClient, person: Person, conversation: str, **fields: Any
 def test_each_provider_streams_and_is_charged_as_without_streaming(
     app: Flask,
     client: FlaskClient,
-    person_factory: Any,
     fake_providers: FakeProviders,
-    priced: None,
+    chat: Any,
     provider: str,
 ) -> None:
-    user = person_factory(credits=CREDITS)
-    conversation = start_conversation(client, user, provider, MODELS[provider])
+    user, conversation = chat(provider)
     fake_providers.script(provider, Answer(text=REPLY, usage=USAGES[provider]))
     response = stream(client, user, conversation, content="Tell me")
     assert response.status_code == 200
@@ -149,12 +154,10 @@ def replies(app: Flask) -> list[Message]:
 def test_a_stream_without_usage_is_estimated(
     app: Flask,
     client: FlaskClient,
-    person_factory: Any,
     fake_providers: FakeProviders,
-    priced: None,
+    chat: Any,
 ) -> None:
-    user = person_factory(credits=CREDITS)
-    conversation = start_conversation(client, user, "openai", MODELS["openai"])
+    user, conversation = chat("openai")
     fake_providers.script("openai", Answer(text=REPLY, usage=None))
     events = events_of(stream(client, user, conversation).get_data())
     done = events[-1][1]
@@ -169,13 +172,11 @@ def test_a_stream_without_usage_is_estimated(
 def test_a_provider_failing_mid_stream_is_charged_for_what_was_delivered(
     app: Flask,
     client: FlaskClient,
-    person_factory: Any,
     fake_providers: FakeProviders,
-    priced: None,
+    chat: Any,
     provider: str,
 ) -> None:
-    user = person_factory(credits=CREDITS)
-    conversation = start_conversation(client, user, provider, MODELS[provider])
+    user, conversation = chat(provider)
     fake_providers.script(provider, Answer(text=REPLY, usage=USAGES[provider], fail_after=3))
     events = events_of(stream(client, user, conversation).get_data())
     assert [name for name, _ in events] == ["message", "delta", "delta", "delta", "error"]
@@ -195,12 +196,10 @@ def test_a_provider_failing_mid_stream_is_charged_for_what_was_delivered(
 def test_a_provider_failing_before_any_word_charges_and_keeps_nothing(
     app: Flask,
     client: FlaskClient,
-    person_factory: Any,
     fake_providers: FakeProviders,
-    priced: None,
+    chat: Any,
 ) -> None:
-    user = person_factory(credits=CREDITS)
-    conversation = start_conversation(client, user, "anthropic", MODELS["anthropic"])
+    user, conversation = chat("anthropic")
     fake_providers.script("anthropic", Answer(text=REPLY, fail_after=0))
     key = secrets.token_hex(8)
     events = events_of(stream(client, user, conversation, key=key).get_data())
@@ -217,23 +216,18 @@ def test_a_provider_failing_before_any_word_charges_and_keeps_nothing(
 def test_an_unreachable_provider_is_a_json_502_before_any_stream(
     app: Flask,
     client: FlaskClient,
-    person_factory: Any,
     fake_providers: FakeProviders,
-    priced: None,
+    chat: Any,
 ) -> None:
-    user = person_factory(credits=CREDITS)
-    conversation = start_conversation(client, user, "openai", MODELS["openai"])
+    user, conversation = chat("openai")
     fake_providers.script("openai", Answer(status=500))
     response = stream(client, user, conversation)
     assert response.status_code == 502 and response.is_json
     assert counts(app) == {"messages": 0, "usage": 0, "charges": 0, "pending_holds": 0}
 
 
-def test_refusals_before_the_stream_are_json(
-    app: Flask, client: FlaskClient, person_factory: Any, priced: None
-) -> None:
-    poor = person_factory(credits=1)
-    conversation = start_conversation(client, poor, "openai", MODELS["openai"])
+def test_refusals_before_the_stream_are_json(app: Flask, client: FlaskClient, chat: Any) -> None:
+    poor, conversation = chat("openai", credits=1)
     response = stream(client, poor, conversation)
     assert (response.status_code, response.get_json()["error"]["code"]) == (
         402,
@@ -250,12 +244,10 @@ def test_refusals_before_the_stream_are_json(
 def test_the_same_key_replays_the_stream_in_three_events(
     app: Flask,
     client: FlaskClient,
-    person_factory: Any,
     fake_providers: FakeProviders,
-    priced: None,
+    chat: Any,
 ) -> None:
-    user = person_factory(credits=CREDITS)
-    conversation = start_conversation(client, user, "google", MODELS["google"])
+    user, conversation = chat("google")
     fake_providers.script("google", Answer(text=REPLY, usage=USAGES["google"]))
     first = events_of(stream(client, user, conversation, key="stream-1").get_data())
     again = stream(client, user, conversation, key="stream-1")
@@ -309,12 +301,10 @@ def _wait_for(check: Any, seconds: float = 15) -> None:
 def test_a_client_that_disconnects_pays_for_what_it_was_sent(
     app: Flask,
     client: FlaskClient,
-    person_factory: Any,
     fake_providers: FakeProviders,
-    priced: None,
+    chat: Any,
 ) -> None:
-    user = person_factory(credits=CREDITS)
-    conversation = start_conversation(client, user, "anthropic", MODELS["anthropic"])
+    user, conversation = chat("anthropic")
     long_reply = " ".join(f"word{index}" for index in range(400))
     # Usage counted as the provider would: the input at the start, the output at the end.
     fake_providers.script("anthropic", Answer(text=long_reply, piece_delay=0.02))
@@ -348,12 +338,10 @@ def test_a_client_that_disconnects_pays_for_what_it_was_sent(
 def test_fifty_streams_at_once_each_charged_exactly(
     app: Flask,
     client: FlaskClient,
-    person_factory: Any,
     fake_providers: FakeProviders,
-    priced: None,
+    chat: Any,
 ) -> None:
-    user = person_factory(credits=CREDITS)
-    conversation = start_conversation(client, user, "openai", MODELS["openai"])
+    user, conversation = chat("openai")
     streams = 50
     fake_providers.script(
         "openai",
@@ -391,12 +379,10 @@ def test_fifty_streams_at_once_each_charged_exactly(
 def test_the_same_key_while_the_stream_runs_is_in_progress(
     app: Flask,
     client: FlaskClient,
-    person_factory: Any,
     fake_providers: FakeProviders,
-    priced: None,
+    chat: Any,
 ) -> None:
-    user = person_factory(credits=CREDITS)
-    conversation = start_conversation(client, user, "openai", MODELS["openai"])
+    user, conversation = chat("openai")
     fake_providers.script("openai", Answer(text=REPLY, usage=USAGES["openai"]))
     running = stream(client, user, conversation, key="stream-2")  # opened, not read yet
     refused = stream(client, user, conversation, key="stream-2")
@@ -413,14 +399,12 @@ def test_the_same_key_while_the_stream_runs_is_in_progress(
 def test_a_silent_provider_gets_keep_alive_comments(
     app: Flask,
     client: FlaskClient,
-    person_factory: Any,
     fake_providers: FakeProviders,
-    priced: None,
+    chat: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(app.config, "STREAM_KEEPALIVE_SECONDS", 0.1)
-    user = person_factory(credits=CREDITS)
-    conversation = start_conversation(client, user, "google", MODELS["google"])
+    user, conversation = chat("google")
     fake_providers.script("google", Answer(text="slow words", piece_delay=0.35))
     events = events_of(stream(client, user, conversation).get_data())
     names = [name for name, _ in events]
@@ -433,12 +417,10 @@ def test_a_silent_provider_gets_keep_alive_comments(
 def test_a_settle_that_fails_charges_and_keeps_nothing_but_the_unbilled_call(
     app: Flask,
     client: FlaskClient,
-    person_factory: Any,
     fake_providers: FakeProviders,
-    priced: None,
+    chat: Any,
 ) -> None:
-    user = person_factory(credits=CREDITS)
-    conversation = start_conversation(client, user, "openai", MODELS["openai"])
+    user, conversation = chat("openai")
     fake_providers.script("openai", Answer(text=REPLY, usage=USAGES["openai"]))
     with database_refuses(app, "messages", "NEW.role = 'assistant'"):
         events = events_of(stream(client, user, conversation, key="stream-3").get_data())
