@@ -21,6 +21,7 @@ from creditapp.api.parsing import Blueprint, path_id
 from creditapp.api.schemas import (
     AmountsSchema,
     Credits,
+    Flag,
     Id,
     PageArgs,
     Text,
@@ -45,7 +46,7 @@ class CharacterArgs(Schema):
     system_prompt = Text(required=True, max_length=8000)
     provider = Text(required=True, max_length=32, validate=validate.OneOf(PROVIDER_NAMES))
     model = Text(required=True, max_length=200)
-    public = fields.Boolean(load_default=False, truthy={True}, falsy={False})
+    public = Flag(load_default=False)
 
 
 class CharacterSchema(Schema):
@@ -80,10 +81,8 @@ class MessageArgs(Schema):
     max_tokens = fields.Integer(
         load_default=None, strict=True, validate=validate.Range(min=1, max=1_000_000)
     )
-    stream = fields.Boolean(
+    stream = Flag(
         load_default=False,
-        truthy={True},
-        falsy={False},
         metadata={"description": "Stream the reply as Server-Sent Events (200 text/event-stream)"},
     )
 
@@ -209,6 +208,17 @@ answered without streaming) or `error` (the error object, `credits_charged` for 
 delivered, `balance`). `: keep-alive` comments while the provider is silent."""
 
 
+# OpenAPI 3.0 has no schema for an event stream: this is the schema of each event.
+STREAM_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["message", "delta", "done", "error"]},
+        "data": {"type": "string", "description": "a JSON object, by event as described above"},
+    },
+}
+
+
 @blp.route("/conversations/<conversation_id>/messages", methods=["POST"])
 @limits.limiter.limit(limits.spending)
 @authenticated()
@@ -218,7 +228,7 @@ delivered, `balance`). `: keep-alive` comments while the provider is silent."""
 @blp.alt_response(
     200,
     success=True,
-    schema={"type": "string"},
+    schema=STREAM_EVENT,
     content_type="text/event-stream",
     description=STREAM_DESCRIPTION,
 )

@@ -70,6 +70,15 @@ class Text(fields.String):
         return text
 
 
+class Flag(fields.Boolean):
+    """A JSON true or false, nothing else (not 1, "yes" or "true")."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class Count(fields.Integer):
     """A whole number: a JSON integer, or (in a query string) 1-18 ASCII digits, never "+5",
     " 5" or other scripts' digits (the rule of ids)."""

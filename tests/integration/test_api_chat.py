@@ -70,6 +70,7 @@ def test_users_see_public_characters_and_their_own(
         ({"provider": "mistral"}, "provider"),
         ({"model": ""}, "model"),
         ({"public": "yes"}, "public"),
+        ({"public": 1}, "public"),
         ({"public": True}, "public"),
         ({"extra": 1}, "extra"),
     ],
@@ -167,7 +168,8 @@ def test_bad_conversations_are_400(
         ({"content": "hi", "max_tokens": "10"}, "max_tokens"),
         ({"content": "hi", "max_tokens": 10.5}, "max_tokens"),
         ({"content": "hi", "max_tokens": 1025}, "max_tokens"),
-        ({"content": "hi", "stream": True}, "stream"),
+        ({"content": "hi", "stream": "yes"}, "stream"),
+        ({"content": "hi", "stream": 1}, "stream"),
     ],
 )
 def test_bad_messages_are_400_and_call_nothing(

@@ -213,4 +213,5 @@ def test_a_chunked_body_over_64_kib_is_413_not_cut(app: Flask, admin: Person) ->
         connection.send(b"0\r\n\r\n")
         response = connection.getresponse()
         answer = json.loads(response.read())
+        connection.close()
     assert (response.status, answer["error"]["code"]) == (413, "payload_too_large")
