@@ -11,6 +11,7 @@ contract section 3 defines it, or None when the provider reported none.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -328,15 +329,21 @@ class GoogleProvider:
         with _as_provider_errors(self.name, self._errors):
             chunks = self._client.models.generate_content_stream(**self._arguments(request))
 
+        stop = threading.Event()
+
         def items() -> Iterator[str | Usage]:
             for chunk in chunks:
+                if stop.is_set():
+                    break
                 yield chunk.text or ""
                 usage = self._usage(chunk.usage_metadata)  # on every chunk; the last is whole
                 if usage is not None:
                     yield usage
+            # The SDK's stream is a generator, and closing it closes the HTTP response; only
+            # the thread that reads it may close it, so `close` asks and this thread does it.
+            chunks.close()  # type: ignore[attr-defined]
 
-        # The SDK's stream is a generator: closing it closes the HTTP response it reads.
-        return ReplyStream(self.name, items(), chunks.close, self._errors)  # type: ignore[attr-defined]
+        return ReplyStream(self.name, items(), stop.set, self._errors)
 
     def _usage(self, usage: Any) -> Usage | None:
         if usage is None or usage.prompt_token_count is None:
