@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from flask import jsonify
@@ -11,24 +12,27 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from creditapp import ledger
 from creditapp.api.identity import authenticated, caller
 from creditapp.api.pagination import keyset_page
-from creditapp.api.parsing import Blueprint
+from creditapp.api.parsing import Blueprint, path_id
 from creditapp.api.schemas import (
     BalanceSchema,
     Credits,
     GrantPageSchema,
+    Id,
     PageArgs,
     Text,
     TransactionPageSchema,
+    TransactionSchema,
     UtcDateTime,
     in_range,
     token_counts,
 )
 from creditapp.auth import users
-from creditapp.chat import usage_report
+from creditapp.chat import receipts, usage_report
 from creditapp.chat.models import ROLLUP_SUMS
 from creditapp.chat.usage_report import GROUPINGS
 from creditapp.extensions import db
 from creditapp.ledger.models import ENTRY_TYPES, Grant, LedgerEntry
+from creditapp.metering.usage import TOKEN_COUNTERS
 from creditapp.money import format_credits
 
 blp = Blueprint("credit", __name__, url_prefix="/api/credit", description="Your credits")
@@ -151,4 +155,93 @@ def transactions(args: dict[str, Any]) -> Any:
     query = ledger.entries_of(account_id, entry_type=args["type"])
     return keyset_page(
         db.session, query, key=LedgerEntry.seq, args=args, position=lambda entry: entry.seq
+    )
+
+
+class ExactCredits(fields.Field):
+    """Micro-credits that need not be whole (a line of a receipt), as an exact credit string."""
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault(
+            "metadata",
+            {
+                "type": "string",
+                "pattern": r"^[0-9]+(\.[0-9]+)?$",
+                "description": "credits, exact (more than 6 decimals before rounding)",
+            },
+        )
+        super().__init__(**kwargs)
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str:
+        exact: Decimal = value
+        return format(exact.scaleb(-6).normalize(), "f")
+
+
+class CostLineSchema(Schema):
+    bucket = fields.String(
+        metadata={"enum": ["input", "cached_input", "cache_write", "output"]},
+    )
+    tokens = fields.Integer()
+    usd_per_million = fields.Function(lambda line: format(line.usd_per_million.normalize(), "f"))
+    credits = ExactCredits(attribute="micro_credits")
+
+
+class ReceiptPriceSchema(Schema):
+    id = Id()
+    provider = fields.String()
+    model = fields.String()
+    effective_from = UtcDateTime()
+    tier_above_input_tokens = fields.Integer(
+        metadata={"description": "the prompt-size tier of the price row that applied (0: base)"}
+    )
+
+
+class ReceiptSchema(Schema):
+    usage_id = Id(attribute="usage.id")
+    provider = fields.String(attribute="usage.provider")
+    model = fields.String(attribute="usage.model")
+    usage = fields.Function(
+        lambda receipt: {
+            **{name: getattr(receipt.usage, name) for name in TOKEN_COUNTERS},
+            "estimated": receipt.usage.estimated,
+        }
+    )
+    ending = fields.String(
+        attribute="usage.ending",
+        metadata={"enum": ["completed", "client_closed", "provider_failed"]},
+    )
+    is_partial = fields.Function(
+        lambda receipt: receipt.usage.ending != "completed", data_key="partial"
+    )
+    price = fields.Function(
+        lambda receipt: {
+            **ReceiptPriceSchema().dump(receipt.price),
+            "tier_above_input_tokens": receipt.tier_above_input_tokens,
+        }
+    )
+    lines = fields.List(fields.Nested(CostLineSchema))
+    exact = ExactCredits(attribute="exact_micro_credits")
+    rounded_up = Credits(attribute="cost")
+    charged = Credits()
+    uncollected = Credits(attribute="hold.uncollected")
+    hold_id = Id(attribute="hold.id")
+    held = Credits(attribute="hold.amount")
+    released = Credits()
+
+
+class TransactionDetailSchema(Schema):
+    entry = fields.Nested(TransactionSchema)
+    receipt = fields.Nested(ReceiptSchema, allow_none=True)
+
+
+@blp.route("/transactions/<entry_id>", methods=["GET"])
+@authenticated()
+@blp.response(200, TransactionDetailSchema)
+def transaction(entry_id: str) -> Any:
+    """One ledger entry and, for a charge, its receipt: the usage, the price row, the
+    arithmetic line by line, the rounding, the hold and what it released."""
+    return receipts.transaction(
+        db.session,
+        account_id=users.account_id_of(db.session, caller().id),
+        entry_id=path_id(entry_id, "entry_id"),
     )

@@ -28,6 +28,17 @@ EFFECTIVE_FROM_SKEW = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
+class CostLine:
+    """One token bucket of a call's cost: tokens at a rate (USD per 1M), exactly so many
+    micro-credits (not rounded: the sum of a call's lines is rounded up once)."""
+
+    bucket: str  # input (not cached), cached_input, cache_write, output
+    tokens: int
+    usd_per_million: Decimal
+    micro_credits: Decimal
+
+
+@dataclass(frozen=True)
 class Rates:
     """The four per-token prices of one tier of a price row, in USD per 1M tokens."""
 
@@ -36,17 +47,24 @@ class Rates:
     cached_input: Decimal | None = None
     cache_write: Decimal | None = None
 
-    def exact_micro_credits(self, usage: Usage) -> Decimal:
-        """The exact cost in micro-credits, before rounding."""
+    def lines(self, usage: Usage) -> list[CostLine]:
+        """The cost of each token bucket, exact (contract section 3); a missing cached or
+        cache-write price is the input price."""
         cached_rate = self.input if self.cached_input is None else self.cached_input
         write_rate = self.input if self.cache_write is None else self.cache_write
-        per_million = (
-            usage.uncached_input_tokens * self.input
-            + usage.cached_tokens * cached_rate
-            + usage.cache_write_tokens * write_rate
-            + usage.output_tokens * self.output
-        )
-        return per_million * MICRO_CREDITS_PER_USD_PER_MILLION_TOKENS
+        return [
+            CostLine(bucket, tokens, rate, tokens * rate * MICRO_CREDITS_PER_USD_PER_MILLION_TOKENS)
+            for bucket, tokens, rate in (
+                ("input", usage.uncached_input_tokens, self.input),
+                ("cached_input", usage.cached_tokens, cached_rate),
+                ("cache_write", usage.cache_write_tokens, write_rate),
+                ("output", usage.output_tokens, self.output),
+            )
+        ]
+
+    def exact_micro_credits(self, usage: Usage) -> Decimal:
+        """The exact cost in micro-credits, before rounding."""
+        return sum((line.micro_credits for line in self.lines(usage)), Decimal(0))
 
     @property
     def highest_input(self) -> Decimal:
@@ -77,13 +95,13 @@ def tiers_of(price: Price) -> list[tuple[int, Rates]]:
     return sorted(tiers, key=lambda pair: pair[0])
 
 
-def rates_for(price: Price, input_tokens: int) -> Rates:
+def tier_for(price: Price, input_tokens: int) -> tuple[int, Rates]:
     """The tier a call falls in: the last whose threshold its input tokens exceed."""
     tiers = tiers_of(price)
-    applicable = tiers[0][1]
-    for threshold, rates in tiers[1:]:
-        if input_tokens > threshold:
-            applicable = rates
+    applicable = tiers[0]
+    for tier in tiers[1:]:
+        if input_tokens > tier[0]:
+            applicable = tier
     return applicable
 
 
@@ -93,7 +111,8 @@ def round_up(exact: Decimal) -> int:
 
 def cost(price: Price, usage: Usage) -> int:
     """What a call costs, in micro-credits, rounded up once."""
-    return round_up(rates_for(price, usage.input_tokens).exact_micro_credits(usage))
+    _threshold, rates = tier_for(price, usage.input_tokens)
+    return round_up(rates.exact_micro_credits(usage))
 
 
 def worst_case(price: Price, *, input_tokens: int, max_output_tokens: int) -> int:

@@ -79,3 +79,20 @@ def test_a_tiers_own_cache_write_price_prices_its_cache_writes() -> None:
     tiered = price(prompt_tiers=[{**TIERED[0], "cache_write": "6"}])
     writes = Usage(input_tokens=2000, cache_write_tokens=500, output_tokens=0)
     assert book.cost(tiered, writes) == 1500 * 4000 + 500 * 6000
+
+
+def test_a_receipts_lines_are_the_buckets_of_the_cost_and_name_the_tier() -> None:
+    tiered = price(prompt_tiers=TIERED, cache_write=Decimal("3"))
+    usage = Usage(input_tokens=1500, cached_tokens=1000, cache_write_tokens=200, output_tokens=7)
+    threshold, rates = book.tier_for(tiered, usage.input_tokens)
+    assert threshold == 1000  # above 1,000 input tokens: the tier's rates, cache writes at input
+    assert [(line.bucket, line.tokens, line.usd_per_million) for line in rates.lines(usage)] == [
+        ("input", 300, Decimal("4")),
+        ("cached_input", 1000, Decimal("0.4")),
+        ("cache_write", 200, Decimal("4")),
+        ("output", 7, Decimal("20")),
+    ]
+    lines = rates.lines(usage)
+    assert sum(line.micro_credits for line in lines) == rates.exact_micro_credits(usage)
+    assert book.round_up(rates.exact_micro_credits(usage)) == book.cost(tiered, usage)
+    assert [line.micro_credits for line in lines] == [1_200_000, 400_000, 800_000, 140_000]
