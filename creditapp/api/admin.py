@@ -11,6 +11,7 @@ from creditapp import ledger
 from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
+from creditapp.api.me import UserSchema
 from creditapp.api.openapi import answers
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
@@ -27,6 +28,7 @@ from creditapp.api.schemas import (
     page_of,
 )
 from creditapp.auth import sessions, users
+from creditapp.auth.models import User
 from creditapp.chat import compensations
 from creditapp.extensions import db
 from creditapp.ledger.models import GRANT_SOURCES, AuditRecord, Grant
@@ -176,6 +178,24 @@ def refund(args: dict[str, Any]) -> Any:
         "status": compensation.status,
         "balance": ledger.balance(db.session, account_id=compensation.account_id, now=now),
     }
+
+
+class UserSearchArgs(PageArgs):
+    q = Text(
+        load_default=None,
+        max_length=254,
+        metadata={"description": "a part of the email, any case"},
+    )
+
+
+@blp.route("/users", methods=["GET"])
+@authenticated(admin=True)
+@blp.arguments(UserSearchArgs, location="query")
+@blp.response(200, page_of(UserSchema))
+def user_list(args: dict[str, Any]) -> Any:
+    """Users whose email contains `q`, newest first."""
+    query = users.with_email_containing(args["q"])
+    return keyset_page(db.session, query, key=User.id, args=args, position=lambda u: u.id)
 
 
 @blp.route("/users/<user_id>/credit", methods=["GET"])

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from creditapp import ledger
 from creditapp.auth.models import Tier, User
@@ -39,6 +39,14 @@ def find_by_email(session: DbSession, email: str) -> User | None:
     return session.execute(
         select(User).where(User.email == normalize_email(email))
     ).scalar_one_or_none()
+
+
+def with_email_containing(text: str | None) -> Select[tuple[User]]:
+    """Users whose email contains `text` (any case; `%` and `_` match themselves), or all."""
+    query = select(User)
+    if text:
+        query = query.where(User.email.contains(text.lower(), autoescape=True))
+    return query
 
 
 def get_by_email(session: DbSession, email: str) -> User:

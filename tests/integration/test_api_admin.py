@@ -262,3 +262,31 @@ def test_every_admin_change_is_audited_once(app: Flask, client: FlaskClient, adm
         grants = db.session.execute(select(func.count()).select_from(Grant)).scalar_one()
         db.session.remove()
     assert (entries, audited, grants) == (2, 2, 1)
+
+
+def test_admins_find_users_by_a_part_of_their_email(
+    client: FlaskClient, admin: Person, person_factory, user: Person
+) -> None:
+    alice = person_factory("alice.smith@example.com")
+    alicia = person_factory("alicia@example.org")
+    person_factory("bob_jones@example.com")
+
+    def emails(query: str) -> list[str]:
+        page = client.get(f"/api/admin/users?{query}", headers=admin.headers).get_json()
+        return [item["email"] for item in page["items"]]
+
+    assert emails("q=ALIC") == [alicia.email, alice.email]  # newest first, any case
+    assert emails("q=example.org") == [alicia.email]
+    assert emails("q=b_j") == ["bob_jones@example.com"]
+    assert emails("q=%25") == []  # "%" matches itself, not everything
+    first = client.get("/api/admin/users?q=ali&limit=1", headers=admin.headers).get_json()
+    assert [item["email"] for item in first["items"]] == [alicia.email]
+    after = client.get(
+        f"/api/admin/users?q=ali&limit=1&cursor={first['next_cursor']}", headers=admin.headers
+    ).get_json()
+    assert ([item["email"] for item in after["items"]], after["next_cursor"]) == (
+        [alice.email],
+        None,
+    )
+    assert len(emails("")) == 5  # everyone: the admin, the user and the three above
+    assert_error(client.get("/api/admin/users", headers=user.headers), 403, "forbidden")
