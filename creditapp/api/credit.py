@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -10,6 +11,7 @@ from flask import jsonify
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from creditapp import ledger
+from creditapp.api import csv_export
 from creditapp.api.identity import authenticated, caller
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
@@ -58,6 +60,7 @@ class UsageArgs(Schema):
     from_ = DateOrDateTime(data_key="from", load_default=None)
     to = DateOrDateTime(load_default=None)
     group_by = Text(load_default="day", max_length=16, validate=validate.OneOf(GROUPINGS))
+    format = csv_export.format_field()
 
     @validates_schema
     def _range(self, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -90,6 +93,16 @@ class UsageReportSchema(Schema):
 
 class TransactionArgs(PageArgs):
     type = Text(load_default=None, max_length=16, validate=validate.OneOf(ENTRY_TYPES))
+    from_ = DateOrDateTime(data_key="from", load_default=None)
+    to = DateOrDateTime(load_default=None)
+    format = csv_export.format_field()
+
+    @validates_schema
+    def _range(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        data["start"] = data["from_"][0] if data["from_"] else None
+        data["end"] = data["to"][1] if data["to"] else None
+        if data["start"] and data["end"] and data["start"] > data["end"]:
+            raise ValidationError("Must not be after 'to'.", field_name="from")
 
 
 @blp.route("/balance", methods=["GET"])
@@ -113,10 +126,20 @@ def grants(args: dict[str, Any]) -> Any:
     return page
 
 
+CSV_ANSWER = {"type": "string", "format": "binary"}
+
+
 @blp.route("/usage", methods=["GET"])
 @authenticated()
 @blp.arguments(UsageArgs, location="query")
 @blp.response(200, UsageReportSchema)
+@blp.alt_response(
+    200,
+    success=True,
+    schema=CSV_ANSWER,
+    content_type="text/csv",
+    description=csv_export.DESCRIPTION,
+)
 def usage(args: dict[str, Any]) -> Any:
     report = usage_report.report(
         db.session,
@@ -125,6 +148,12 @@ def usage(args: dict[str, Any]) -> Any:
         end=args["end"],
         group_by=args["group_by"],
     )
+    if csv_export.wanted(args):
+        return csv_export.response(
+            f"usage-by-{report.group_by}.csv",
+            ["key", *COUNTED, "credits"],
+            ([key, *sums[:-1], format_credits(sums[-1])] for key, sums in report.groups),
+        )
     # Built by hand rather than dumped through UsageReportSchema (which documents it): a year
     # by day is 366 groups, and dumping them was the larger part of the endpoint's time.
     moment = UtcDateTime()
@@ -150,9 +179,42 @@ def usage(args: dict[str, Any]) -> Any:
 @authenticated()
 @blp.arguments(TransactionArgs, location="query")
 @blp.response(200, TransactionPageSchema)
+@blp.alt_response(
+    200,
+    success=True,
+    schema=CSV_ANSWER,
+    content_type="text/csv",
+    description=csv_export.DESCRIPTION + " Every entry of the range: `limit` and `cursor` do"
+    " not apply.",
+)
 def transactions(args: dict[str, Any]) -> Any:
+    """Ledger entries, newest first; `from` and `to` (dates or datetimes) bound them."""
     account_id = users.account_id_of(db.session, caller().id)
-    query = ledger.entries_of(account_id, entry_type=args["type"])
+    query = ledger.entries_of(
+        account_id, entry_type=args["type"], start=args["start"], end=args["end"]
+    )
+    if csv_export.wanted(args):
+        moment = UtcDateTime()
+
+        def rows() -> Iterator[list[Any]]:
+            # Read while the answer is written: what the view read is gone by then (the
+            # request's session closes before its streamed body is sent).
+            ordered = query.order_by(LedgerEntry.seq.desc()).execution_options(yield_per=1000)
+            for entry in db.session.scalars(ordered):
+                yield [
+                    entry.id,
+                    moment._serialize(entry.created_at, None, None),
+                    entry.type,
+                    format_credits(entry.amount),
+                    format_credits(entry.balance_after),
+                    entry.reference or "",
+                ]
+
+        return csv_export.response(
+            "transactions.csv",
+            ["id", "created_at", "type", "amount", "balance_after", "reference"],
+            rows(),
+        )
     return keyset_page(
         db.session, query, key=LedgerEntry.seq, args=args, position=lambda entry: entry.seq
     )

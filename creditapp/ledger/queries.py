@@ -24,9 +24,20 @@ def live_grants(session: DbSession, *, account_id: int) -> list[Grant]:
     )
 
 
-def entries_of(account_id: int, *, entry_type: str | None = None) -> Select[LedgerEntry]:
+def entries_of(
+    account_id: int,
+    *,
+    entry_type: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> Select[LedgerEntry]:
+    """The account's entries, of one type and from `start` to `end` (inclusive) when given."""
     query = select(LedgerEntry).where(LedgerEntry.account_id == account_id)
-    return query if entry_type is None else query.where(LedgerEntry.type == entry_type)
+    if entry_type is not None:
+        query = query.where(LedgerEntry.type == entry_type)
+    if start is not None:
+        query = query.where(LedgerEntry.created_at >= start)
+    return query if end is None else query.where(LedgerEntry.created_at <= end)
 
 
 def audit_trail(

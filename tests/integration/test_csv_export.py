@@ -1,0 +1,105 @@
+"""CSV exports of the caller's transactions and usage: the same rows as the JSON answers."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import Person
+from tests.fake_providers import Answer, FakeProviders
+from tests.helpers import add_price, assert_error, send, start_conversation
+
+CREDITS = 100 * 1_000_000
+
+
+def rows_of(response: Any) -> list[dict[str, str]]:
+    assert response.status_code == 200, response.get_data()
+    assert response.content_type == "text/csv; charset=utf-8"
+    return list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+
+
+def chatted(app: Flask, client: FlaskClient, person_factory: Any, fake: FakeProviders) -> Person:
+    add_price(app, "openai", "gpt-csv", input="1", output="2")
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, "openai", "gpt-csv")
+    usage = {"prompt_tokens": 100, "completion_tokens": 50}
+    fake.script("openai", *(Answer(usage=usage) for _ in range(3)))
+    for _ in range(3):
+        assert send(client, user, conversation).status_code == 201
+    return user
+
+
+def test_transactions_as_csv_are_the_json_entries(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    user = chatted(app, client, person_factory, fake_providers)
+    entries = client.get("/api/credit/transactions", headers=user.headers).get_json()["items"]
+    expected = [
+        {
+            "id": entry["id"],
+            "created_at": entry["created_at"],
+            "type": entry["type"],
+            "amount": entry["amount"],
+            "balance_after": entry["balance_after"],
+            "reference": entry["reference"] or "",
+        }
+        for entry in entries
+    ]
+    by_format = client.get("/api/credit/transactions?format=csv", headers=user.headers)
+    assert by_format.headers["Content-Disposition"] == 'attachment; filename="transactions.csv"'
+    assert rows_of(by_format) == expected
+    by_accept = client.get(
+        "/api/credit/transactions", headers={**user.headers, "Accept": "text/csv"}
+    )
+    assert rows_of(by_accept) == expected
+    charges = rows_of(
+        client.get("/api/credit/transactions?format=csv&type=charge", headers=user.headers)
+    )
+    assert [row["amount"] for row in charges] == ["-0.2"] * 3
+
+
+def test_a_date_range_bounds_the_transactions(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    user = chatted(app, client, person_factory, fake_providers)
+    entries = client.get("/api/credit/transactions", headers=user.headers).get_json()["items"]
+    oldest, newest = entries[-1]["created_at"], entries[0]["created_at"]
+    since_newest = client.get(
+        f"/api/credit/transactions?from={newest}", headers=user.headers
+    ).get_json()["items"]
+    assert [entry["id"] for entry in since_newest] == [entries[0]["id"]]
+    until_oldest = rows_of(
+        client.get(f"/api/credit/transactions?format=csv&to={oldest}", headers=user.headers)
+    )
+    assert [row["id"] for row in until_oldest] == [entries[-1]["id"]]
+    assert_error(
+        client.get(f"/api/credit/transactions?from={newest}&to={oldest}", headers=user.headers),
+        400,
+        "validation_error",
+    )
+
+
+def test_usage_as_csv_is_the_json_report(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    user = chatted(app, client, person_factory, fake_providers)
+    report = client.get("/api/credit/usage?group_by=model", headers=user.headers).get_json()
+    rows = rows_of(client.get("/api/credit/usage?group_by=model&format=csv", headers=user.headers))
+    assert rows == [
+        {name: str(value) for name, value in group.items()} for group in report["groups"]
+    ]
+    assert rows[0]["key"] == "openai:gpt-csv" and rows[0]["credits"] == "0.6"
+
+
+def test_other_formats_are_refused(client: FlaskClient, person_factory: Any) -> None:
+    user = person_factory(credits=CREDITS)
+    error = assert_error(
+        client.get("/api/credit/transactions?format=xml", headers=user.headers),
+        400,
+        "validation_error",
+    )
+    assert "format" in error["details"]
