@@ -80,6 +80,9 @@ def register_http(app: Flask) -> None:
     from creditapp.api import register_api
 
     register_api(app)
+    from creditapp.web import blp as web
+
+    app.register_blueprint(web)
 
 
 def register_commands(app: Flask) -> None:

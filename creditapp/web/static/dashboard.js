@@ -1,0 +1,272 @@
+// The dashboard, over the JSON API. The access token lives in sessionStorage only.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+const TOKEN = "creditapp.access_token";
+let nextTransactions = null;
+let conversationId = null;
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  const token = sessionStorage.getItem(TOKEN);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+  });
+  if (response.status === 401 && token) {
+    signedOut();
+    throw new Error("Your session has ended: please sign in again.");
+  }
+  return response;
+}
+
+async function json(path, options) {
+  const response = await api(path, options);
+  const body = await response.json();
+  if (!response.ok) throw Object.assign(new Error(body.error.message), { body, status: response.status });
+  return body;
+}
+
+function cell(row, text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  row.append(td);
+  return td;
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "never";
+}
+
+function showBalance(amounts) {
+  for (const name of ["balance", "reserved", "available"]) $(`#${name}`).textContent = amounts[name];
+}
+
+async function loadCredits() {
+  const balance = await json("/api/credit/balance");
+  showBalance(balance);
+  $("#tier").textContent = balance.tier;
+  $("#next-refresh").textContent = when(balance.next_refresh_at);
+  const grants = await json("/api/credit/grants?limit=200");
+  const body = $("#grants tbody");
+  body.replaceChildren();
+  for (const grant of grants.items) {
+    const row = body.insertRow();
+    cell(row, grant.source);
+    cell(row, grant.amount);
+    cell(row, grant.remaining);
+    cell(row, grant.expires_at ? when(grant.expires_at) : "never");
+    cell(row, grant.status);
+  }
+}
+
+async function loadTransactions(more = false) {
+  const cursor = more && nextTransactions ? `&cursor=${encodeURIComponent(nextTransactions)}` : "";
+  const page = await json(`/api/credit/transactions?limit=20${cursor}`);
+  const body = $("#transactions tbody");
+  if (!more) body.replaceChildren();
+  for (const entry of page.items) {
+    const row = body.insertRow();
+    cell(row, when(entry.created_at));
+    cell(row, entry.type);
+    cell(row, entry.amount);
+    cell(row, entry.balance_after);
+    const action = cell(row, "");
+    if (entry.type === "charge") {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = "Receipt";
+      button.setAttribute("aria-label", `Receipt of the charge of ${entry.amount} credits`);
+      button.addEventListener("click", () => showReceipt(entry.id));
+      action.append(button);
+    }
+  }
+  nextTransactions = page.next_cursor;
+  $("#more-transactions").hidden = !nextTransactions;
+}
+
+async function showReceipt(entryId) {
+  const { entry, receipt } = await json(`/api/credit/transactions/${encodeURIComponent(entryId)}`);
+  const section = $("#receipt");
+  $("#receipt-summary").textContent =
+    `${receipt.provider}:${receipt.model}, price #${receipt.price.id} in force since ` +
+    `${when(receipt.price.effective_from)}${receipt.usage.estimated ? ", usage estimated" : ""}` +
+    `${receipt.partial ? ", reply cut short (partial)" : ""}; entry ${entry.amount} credits.`;
+  const body = $("#receipt-lines tbody");
+  body.replaceChildren();
+  const names = { input: "Input (not cached)", cached_input: "Cached input", cache_write: "Cache writes", output: "Output" };
+  for (const line of receipt.lines) {
+    const row = body.insertRow();
+    cell(row, names[line.bucket]);
+    cell(row, String(line.tokens));
+    cell(row, line.usd_per_million);
+    cell(row, line.credits);
+  }
+  const totals = $("#receipt-totals");
+  totals.replaceChildren();
+  for (const [label, value] of [
+    ["Exact cost", receipt.exact],
+    ["Rounded up", receipt.rounded_up],
+    ["Charged", receipt.charged],
+    ["Held", receipt.held],
+    ["Released", receipt.released],
+  ]) {
+    const group = document.createElement("div");
+    const term = document.createElement("dt");
+    const value_ = document.createElement("dd");
+    term.textContent = label;
+    value_.textContent = value;
+    value_.dataset.field = label.toLowerCase().replace(/ /g, "-");
+    group.append(term, value_);
+    totals.append(group);
+  }
+  section.hidden = false;
+  section.focus();
+}
+
+async function downloadTransactions() {
+  const response = await api("/api/credit/transactions?format=csv", { headers: { Accept: "text/csv" } });
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = "transactions.csv";
+  link.click();
+  URL.revokeObjectURL(url);
+}
+
+async function loadCharacters() {
+  const page = await json("/api/characters?limit=200");
+  const select = $("#character");
+  select.replaceChildren();
+  for (const character of page.items) {
+    const option = document.createElement("option");
+    option.value = character.id;
+    option.textContent = `${character.name} (${character.provider}:${character.model})`;
+    select.append(option);
+  }
+}
+
+function addLine(role, text) {
+  const item = document.createElement("li");
+  item.className = role;
+  const words = document.createElement("p");
+  words.textContent = text;
+  item.append(words);
+  $("#conversation").append(item);
+  return item;
+}
+
+// Server-Sent Events read from a fetch body: one callback per event.
+async function readEvents(response, onEvent) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let pending = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    pending += value;
+    let end;
+    while ((end = pending.indexOf("\n\n")) >= 0) {
+      const block = pending.slice(0, end);
+      pending = pending.slice(end + 2);
+      if (block.startsWith(":")) continue;
+      const fields = Object.fromEntries(
+        block.split("\n").map((line) => [line.slice(0, line.indexOf(": ")), line.slice(line.indexOf(": ") + 2)]),
+      );
+      onEvent(fields.event, JSON.parse(fields.data));
+    }
+  }
+}
+
+async function send(event) {
+  event.preventDefault();
+  $("#chat-error").textContent = "";
+  const content = $("#message").value;
+  const response = await api(`/api/conversations/${conversationId}/messages`, {
+    method: "POST",
+    body: { content, stream: true },
+    headers: { "Idempotency-Key": crypto.randomUUID() },
+  });
+  if (!response.ok) {
+    const { error } = await response.json();
+    $("#chat-error").textContent =
+      error.code === "insufficient_credits"
+        ? `Not enough credits: this message needs up to ${error.details.required}, and ${error.details.available} are available.`
+        : error.message;
+    return;
+  }
+  $("#message").value = "";
+  let reply = null;
+  await readEvents(response, (name, data) => {
+    if (name === "message") {
+      addLine("user", data.content);
+      reply = addLine("assistant", "");
+    } else if (name === "delta") {
+      reply.firstChild.textContent += data.text;
+    } else if (name === "done") {
+      const cost = document.createElement("p");
+      cost.className = "cost";
+      cost.textContent = `${data.credits_charged} credits`;
+      reply.append(cost);
+      showBalance(data.balance);
+    } else if (name === "error") {
+      $("#chat-error").textContent = `${data.error.message} (charged ${data.credits_charged} credits)`;
+      if (data.balance) showBalance(data.balance);
+    }
+  });
+  await Promise.all([loadCredits(), loadTransactions()]);
+}
+
+async function startChat(event) {
+  event.preventDefault();
+  const conversation = await json("/api/conversations", {
+    method: "POST",
+    body: { character_id: $("#character").value },
+    headers: { "Idempotency-Key": crypto.randomUUID() },
+  });
+  conversationId = conversation.id;
+  $("#conversation").replaceChildren();
+  $("#send").hidden = false;
+  $("#message").focus();
+}
+
+function signedOut() {
+  sessionStorage.removeItem(TOKEN);
+  $("#signed-in").hidden = true;
+  $("#sign-out").hidden = true;
+  $("#sign-in").hidden = false;
+}
+
+async function showDashboard() {
+  $("#sign-in").hidden = true;
+  $("#signed-in").hidden = false;
+  $("#sign-out").hidden = false;
+  await Promise.all([loadCredits(), loadTransactions(), loadCharacters()]);
+}
+
+async function demoSignIn() {
+  try {
+    const tokens = await json("/api/auth/demo", { method: "POST" });
+    sessionStorage.setItem(TOKEN, tokens.access_token);
+    await showDashboard();
+  } catch (error) {
+    $("#sign-in-error").textContent = error.message;
+  }
+}
+
+async function signOut() {
+  await api("/api/auth/logout", { method: "POST" }); // revokes the session on the server
+  signedOut();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#demo-sign-in")?.addEventListener("click", demoSignIn);
+  $("#sign-out").addEventListener("click", signOut);
+  $("#more-transactions").addEventListener("click", () => loadTransactions(true));
+  $("#transactions-csv").addEventListener("click", downloadTransactions);
+  $("#start-chat").addEventListener("submit", startChat);
+  $("#send").addEventListener("submit", send);
+  if (sessionStorage.getItem(TOKEN)) showDashboard();
+});
