@@ -24,11 +24,12 @@ pytestmark = pytest.mark.real_clock
 CHROMIUM = "/usr/bin/chromium"
 
 
-def _api(base: str, page: Page, path: str) -> Any:
+def _api(base: str, page: Page, path: str, *, raw: bool = False) -> Any:
+    """What the API answers the page's signed-in user: JSON, or the raw body."""
     token = page.evaluate("sessionStorage.getItem('creditapp.access_token')")
     status, _headers, body = call("GET", f"{base}{path}", token)
     assert status == 200, body
-    return json.loads(body)
+    return body if raw else json.loads(body)
 
 
 def _serious_violations(page: Page) -> list[str]:
@@ -85,6 +86,24 @@ def test_sign_in_chat_and_the_receipt_of_the_charge(app: Flask, tmp_path: Path) 
         assert page.locator("#balance").inner_text() == str(after)
         assert _api(base, page, "/api/credit/balance")["balance"] == str(after)
         page.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)
+
+        # Usage: one bar for the one day with usage, the model's row, and the CSV downloads
+        # are the API's own.
+        expect(page.locator("#usage-chart rect.bar")).to_have_count(1)
+        model_row = page.locator("#usage-models tbody tr").first.locator("td")
+        assert model_row.first.inner_text() == "demo:demo-chat"
+        assert model_row.last.inner_text() == charged
+        usage_range = (
+            f"from={page.locator('#usage-from').input_value()}"
+            f"&to={page.locator('#usage-to').input_value()}"
+        )
+        for button, path in (
+            ("Download CSV", "/api/credit/transactions?format=csv"),
+            ("Download CSV by day", f"/api/credit/usage?group_by=day&format=csv&{usage_range}"),
+        ):
+            with page.expect_download() as downloaded:
+                page.get_by_role("button", name=button, exact=True).click()
+            assert Path(downloaded.value.path()).read_bytes() == _api(base, page, path, raw=True)
 
         # The charge's receipt shows the API's numbers.
         page.get_by_role("button", name=f"Receipt of the charge of -{charged} credits").click()

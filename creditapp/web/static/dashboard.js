@@ -127,14 +127,70 @@ async function showReceipt(entryId) {
   section.focus();
 }
 
-async function downloadTransactions() {
-  const response = await api("/api/credit/transactions?format=csv", { headers: { Accept: "text/csv" } });
+async function download(path, filename) {
+  const response = await api(path, { headers: { Accept: "text/csv" } });
   const url = URL.createObjectURL(await response.blob());
   const link = document.createElement("a");
   link.href = url;
-  link.download = "transactions.csv";
+  link.download = filename;
   link.click();
   URL.revokeObjectURL(url);
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function usageRange() {
+  return `from=${$("#usage-from").value}&to=${$("#usage-to").value}`;
+}
+
+// A slot per day of the range, a bar on each day with usage, as tall as its credits against
+// the busiest day's.
+function drawChart(groups) {
+  const chart = $("#usage-chart");
+  chart.replaceChildren();
+  const first = new Date(`${$("#usage-from").value}T00:00:00Z`);
+  const last = new Date(`${$("#usage-to").value}T00:00:00Z`);
+  const days = Math.max(Math.round((last - first) / 86400000) + 1, 1);
+  const width = 600 / days;
+  const most = Math.max(...groups.map((group) => Number(group.credits)), 0);
+  for (const group of groups) {
+    const index = Math.round((new Date(`${group.key}T00:00:00Z`) - first) / 86400000);
+    const height = most ? (Number(group.credits) / most) * 140 : 0;
+    const bar = document.createElementNS(SVG, "rect");
+    bar.setAttribute("x", String(index * width + width * 0.15));
+    bar.setAttribute("y", String(150 - height));
+    bar.setAttribute("width", String(width * 0.7));
+    bar.setAttribute("height", String(height));
+    bar.setAttribute("class", "bar");
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = `${group.key}: ${group.credits} credits, ${group.requests} requests`;
+    bar.append(title);
+    chart.append(bar);
+  }
+}
+
+async function loadUsage(event) {
+  if (event) event.preventDefault();
+  const [days, models] = await Promise.all([
+    json(`/api/credit/usage?group_by=day&${usageRange()}`),
+    json(`/api/credit/usage?group_by=model&${usageRange()}`),
+  ]);
+  drawChart(days.groups);
+  const body = $("#usage-models tbody");
+  body.replaceChildren();
+  for (const group of models.groups) {
+    const row = body.insertRow();
+    for (const value of [group.key, group.requests, group.input_tokens, group.output_tokens, group.credits]) {
+      cell(row, String(value));
+    }
+  }
+}
+
+function lastThirtyDays() {
+  const today = new Date();
+  const from = new Date(today.getTime() - 29 * 24 * 3600 * 1000);
+  $("#usage-to").value = today.toISOString().slice(0, 10);
+  $("#usage-from").value = from.toISOString().slice(0, 10);
 }
 
 async function loadCharacters() {
@@ -216,7 +272,7 @@ async function send(event) {
       if (data.balance) showBalance(data.balance);
     }
   });
-  await Promise.all([loadCredits(), loadTransactions()]);
+  await Promise.all([loadCredits(), loadTransactions(), loadUsage()]);
 }
 
 async function startChat(event) {
@@ -243,7 +299,8 @@ async function showDashboard() {
   $("#sign-in").hidden = true;
   $("#signed-in").hidden = false;
   $("#sign-out").hidden = false;
-  await Promise.all([loadCredits(), loadTransactions(), loadCharacters()]);
+  lastThirtyDays();
+  await Promise.all([loadCredits(), loadTransactions(), loadCharacters(), loadUsage()]);
 }
 
 async function demoSignIn() {
@@ -265,7 +322,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#demo-sign-in")?.addEventListener("click", demoSignIn);
   $("#sign-out").addEventListener("click", signOut);
   $("#more-transactions").addEventListener("click", () => loadTransactions(true));
-  $("#transactions-csv").addEventListener("click", downloadTransactions);
+  $("#transactions-csv").addEventListener("click", () => download("/api/credit/transactions?format=csv", "transactions.csv"));
+  $("#usage-csv").addEventListener("click", () => download(`/api/credit/usage?group_by=day&format=csv&${usageRange()}`, "usage-by-day.csv"));
+  $("#usage-range").addEventListener("submit", loadUsage);
   $("#start-chat").addEventListener("submit", startChat);
   $("#send").addEventListener("submit", send);
   if (sessionStorage.getItem(TOKEN)) showDashboard();
