@@ -186,17 +186,19 @@ def messages(args: dict[str, Any], conversation_id: str) -> Any:
     return keyset_page(db.session, query, key=Message.id, args=args, position=lambda m: m.id)
 
 
+def _no_reply(exchange: service.Exchange) -> ProviderFailed:
+    """An empty reply the provider billed for: charged as billed and refunded, as it says."""
+    details: dict[str, Any] = {"credits_charged": format_credits(exchange.credits_charged)}
+    if exchange.compensation is not None:
+        details["compensation_id"] = str(exchange.compensation.id)
+    return ProviderFailed(
+        "The AI provider returned no reply; its charge is refunded.", details=details
+    )
+
+
 def _exchange_response(exchange: service.Exchange) -> Response:
     if exchange.reply is None:
-        # Charged as the provider billed, and refunded: the stored (replayed) answer says so.
-        details: dict[str, Any] = {"credits_charged": format_credits(exchange.credits_charged)}
-        if exchange.compensation is not None:
-            details["compensation_id"] = str(exchange.compensation.id)
-        return from_error(
-            ProviderFailed(
-                "The AI provider returned no reply; its charge is refunded.", details=details
-            )
-        )
+        return from_error(_no_reply(exchange))  # the stored (replayed) answer says so too
     response = jsonify(ExchangeSchema().dump(exchange))
     response.status_code = 201
     return response
@@ -274,7 +276,9 @@ def _event(name: str, data: Any) -> bytes:
 
 def _last_event(exchange: service.Exchange | None, failure: CreditAppError | None) -> bytes:
     if failure is None and exchange is not None:
-        return _event("done", ExchangeSchema().dump(exchange))
+        if exchange.reply is not None:
+            return _event("done", ExchangeSchema().dump(exchange))
+        failure = _no_reply(exchange)
     assert failure is not None
     charged = 0 if exchange is None else exchange.credits_charged
     data = {

@@ -454,3 +454,19 @@ def test_a_settle_that_fails_charges_and_keeps_nothing_but_the_unbilled_call(
     fake_providers.script("openai", Answer(text=REPLY, usage=USAGES["openai"]))
     retried = events_of(stream(client, user, conversation, key="stream-3").get_data())
     assert retried[-1][0] == "done" and retried[-1][1]["credits_charged"] == "1.3"
+
+
+def test_an_empty_streamed_reply_is_charged_then_refunded_as_without_streaming(
+    app: Flask, client: FlaskClient, fake_providers: FakeProviders, chat: Any
+) -> None:
+    user, conversation = chat("openai")
+    fake_providers.script("openai", Answer(text="", usage=USAGES["openai"]))
+    events = events_of(stream(client, user, conversation).get_data())
+    assert [name for name, _ in events] == ["message", "error"]
+    error = events[-1][1]
+    assert error["error"]["code"] == "provider_error"
+    assert error["error"]["details"]["credits_charged"] == CHARGES["openai"]
+    assert "compensation_id" in error["error"]["details"]
+    assert error["balance"]["balance"] == "100"  # refunded at once
+    assert balance_of(client, user)["balance"] == "100"
+    assert_consistent(app)
