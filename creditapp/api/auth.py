@@ -22,7 +22,7 @@ from creditapp.api.security import security_event
 from creditapp.auth import google, sessions, tokens, users
 from creditapp.auth.models import User
 from creditapp.database import DbSession, write_transaction
-from creditapp.errors import InvalidIdToken, NotFound, TokenRevoked
+from creditapp.errors import Conflict, InvalidIdToken, NotFound, TokenRevoked
 from creditapp.extensions import db
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Sign-in and sessions")
@@ -43,10 +43,11 @@ class SignInSchema(TokensSchema):
 
 def _sign_in(find_user: Callable[[DbSession, datetime], User]) -> dict[str, Any]:
     """Find (or create) the user and start a session, in one transaction. A first sign-in that
-    raced another for the same person (a unique key refused it) runs again and finds theirs."""
+    raced another for the same person (a unique key refused it, or it found the email taken
+    meanwhile) runs again and finds theirs; a real conflict is refused again."""
     try:
         return _sign_in_once(find_user)
-    except IntegrityError:
+    except (IntegrityError, Conflict):
         return _sign_in_once(find_user)
 
 

@@ -121,14 +121,17 @@ def of_google_identity(
     Google's `sub`; else the user who already has this (verified) email and no Google identity
     yet, now linked; else a new user of the default tier with their first grant. Two first
     sign-ins at once make one user: the unique email and `google_sub` keys refuse the second
-    (IntegrityError), whose caller retries and then finds the first."""
+    (IntegrityError), or it finds the first user's email taken (Conflict); its caller retries
+    once and then finds the first."""
     user = session.scalars(select(User).where(User.google_sub == sub)).one_or_none()
     if user is not None:
         return user
     user = find_by_email(session, email)
-    if user is not None and user.google_sub is None:
-        user.google_sub = sub
-        session.flush()
+    # The same `sub` here means a sign-in that raced this one committed after the lookup above.
+    if user is not None and user.google_sub in (None, sub):
+        if user.google_sub is None:
+            user.google_sub = sub
+            session.flush()
         return user
     if user is not None:
         raise Conflict("This email belongs to a user of another Google account.")
