@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,32 +60,43 @@ class ProviderError(Exception):
 
 class ReplyStream:
     """A reply as the provider generates it: iterating gives its text piece by piece; `usage`
-    is the latest usage the provider reported (complete once the stream has ended). `close`
-    stops reading and releases the connection, from any thread."""
+    is the latest usage the provider reported (complete once the stream has ended).
+
+    `close`, from any thread, stops the reading: the thread that reads ends `items` (and with
+    it the provider's stream) after its current piece, and `interrupt`, for an SDK whose stream
+    may be closed from another thread, ends a read that is waiting at once."""
 
     def __init__(
         self,
         provider: str,
-        items: Iterable[str | Usage],
-        close: Callable[[], None],
+        items: Generator[str | Usage],
         errors: tuple[type[Exception], ...],
+        interrupt: Callable[[], None] | None = None,
     ):
         self.provider = provider
         self.usage: Usage | None = None
         self._items = items
-        self._close = close
         self._errors = errors
+        self._interrupt = interrupt
+        self._stopped = threading.Event()
 
     def __iter__(self) -> Iterator[str]:
         with _as_provider_errors(self.provider, self._errors):
-            for item in self._items:
-                if isinstance(item, Usage):
-                    self.usage = item
-                elif item:
-                    yield item
+            try:
+                for item in self._items:
+                    if self._stopped.is_set():
+                        return
+                    if isinstance(item, Usage):
+                        self.usage = item
+                    elif item:
+                        yield item
+            finally:
+                self._items.close()
 
     def close(self) -> None:
-        self._close()
+        self._stopped.set()
+        if self._interrupt is not None:
+            self._interrupt()
 
 
 class Provider(Protocol):
@@ -179,14 +190,14 @@ class OpenAIProvider:
                 stream_cls=self._stream_type,
             )
 
-        def items() -> Iterator[str | Usage]:
+        def items() -> Generator[str | Usage]:
             for chunk in chunks:
                 for choice in chunk.choices:
                     yield choice.delta.content or ""
                 if chunk.usage is not None:  # the last chunk, with `include_usage`
                     yield self._usage(chunk.usage)
 
-        return ReplyStream(self.name, items(), chunks.close, self._errors)
+        return ReplyStream(self.name, items(), self._errors, interrupt=chunks.close)
 
     def _usage(self, usage: Any) -> Usage:
         prompt_details = usage.prompt_tokens_details
@@ -249,7 +260,7 @@ class AnthropicProvider:
                 stream_cls=self._stream_type,
             )
 
-        def items() -> Iterator[str | Usage]:
+        def items() -> Generator[str | Usage]:
             # `message_start` reports the input; each `message_delta` the counts so far, which
             # replace those of the start (the output count is cumulative).
             counts: dict[str, Any] = {}
@@ -266,7 +277,7 @@ class AnthropicProvider:
                     counts = {**counts, **{k: v for k, v in reported.items() if v is not None}}
                     yield self._usage(counts)
 
-        return ReplyStream(self.name, items(), events.close, self._errors)
+        return ReplyStream(self.name, items(), self._errors, interrupt=events.close)
 
     def _usage(self, counts: dict[str, Any]) -> Usage:
         cache_read = _count(counts.get("cache_read_input_tokens"))
@@ -329,21 +340,19 @@ class GoogleProvider:
         with _as_provider_errors(self.name, self._errors):
             chunks = self._client.models.generate_content_stream(**self._arguments(request))
 
-        stop = threading.Event()
+        def items() -> Generator[str | Usage]:
+            # The SDK's stream is a generator: closing it closes the HTTP response, and only
+            # the thread that reads it may (no `interrupt`: ReplyStream closes this in it).
+            try:
+                for chunk in chunks:
+                    yield chunk.text or ""
+                    usage = self._usage(chunk.usage_metadata)  # on every chunk; last is whole
+                    if usage is not None:
+                        yield usage
+            finally:
+                chunks.close()  # type: ignore[attr-defined]
 
-        def items() -> Iterator[str | Usage]:
-            for chunk in chunks:
-                if stop.is_set():
-                    break
-                yield chunk.text or ""
-                usage = self._usage(chunk.usage_metadata)  # on every chunk; the last is whole
-                if usage is not None:
-                    yield usage
-            # The SDK's stream is a generator, and closing it closes the HTTP response; only
-            # the thread that reads it may close it, so `close` asks and this thread does it.
-            chunks.close()  # type: ignore[attr-defined]
-
-        return ReplyStream(self.name, items(), stop.set, self._errors)
+        return ReplyStream(self.name, items(), self._errors)
 
     def _usage(self, usage: Any) -> Usage | None:
         if usage is None or usage.prompt_token_count is None:
@@ -368,23 +377,16 @@ class DemoProvider:
 
     def stream(self, request: ChatRequest) -> ReplyStream:
         completion = self.complete(request)
-        closed = False
 
-        def close() -> None:
-            nonlocal closed
-            closed = True
-
-        def items() -> Iterator[str | Usage]:
+        def items() -> Generator[str | Usage]:
             words = completion.text.split(" ")
             for index, word in enumerate(words):
-                if closed:
-                    return
                 time.sleep(self.WORD_SECONDS)
                 yield word if index == 0 else f" {word}"
             if completion.usage is not None:
                 yield completion.usage
 
-        return ReplyStream(self.name, items(), close, ())
+        return ReplyStream(self.name, items(), ())
 
     def complete(self, request: ChatRequest) -> Completion:
         last = request.messages[-1].content if request.messages else ""
