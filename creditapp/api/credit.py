@@ -59,7 +59,15 @@ class DateOrDateTime(fields.Field):
 class UsageArgs(Schema):
     from_ = DateOrDateTime(data_key="from", load_default=None)
     to = DateOrDateTime(load_default=None)
-    group_by = Text(load_default="day", max_length=16, validate=validate.OneOf(GROUPINGS))
+    group_by = Text(
+        load_default="day",
+        max_length=16,
+        validate=validate.OneOf(GROUPINGS),
+        metadata={
+            "description": "day_model: a group per day and model, its key the day and the model"
+            ' separated by a space ("2026-11-20 openai:gpt-4o")'
+        },
+    )
     format = csv_export.format_field()
 
     @validates_schema

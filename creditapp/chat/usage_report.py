@@ -1,5 +1,5 @@
-"""The usage report: a user's calls and credits over a time range, grouped by day, model or
-provider.
+"""The usage report: a user's calls and credits over a time range, grouped by day, model,
+provider, or day and model together (what a chart of credits per day by model needs).
 
 Whole UTC days inside the range are read from the roll-ups plus the records not rolled up yet;
 the partial days at the ends of the range from the records. Either way every record counts
@@ -18,7 +18,7 @@ from creditapp.chat.models import ROLLUP_SUMS, UsageRecord, UsageRollup
 from creditapp.database import DbSession, dialect_of
 from creditapp.metering.usage import TOKEN_COUNTERS
 
-GROUPINGS = ("day", "model", "provider")
+GROUPINGS = ("day", "model", "provider", "day_model")
 
 
 @dataclass(frozen=True)
@@ -27,18 +27,29 @@ class UsageReport:
     end: datetime
     group_by: str
     totals: dict[str, int]
-    # (key, sums in the order of ROLLUP_SUMS), in key order
+    # (key, sums in the order of ROLLUP_SUMS), in key order; a day_model key is the day and the
+    # model separated by a space ("2026-11-20 openai:gpt-4o")
     groups: list[tuple[str, list[int]]]
 
 
-def _key(session: DbSession, table: Any, group_by: str) -> ColumnElement[Any]:
-    if group_by == "day":
-        is_rollup = table is UsageRollup.__table__
-        column = table.c.day if is_rollup else table.c.created_at
-        return dialect_of(session).utc_day(column, is_date=is_rollup)
-    if group_by == "model":
-        return table.c.provider + literal(":") + table.c.model
-    return table.c.provider
+def _keys(session: DbSession, table: Any, group_by: str) -> list[ColumnElement[Any]]:
+    """What the rows of `table` are grouped by, labelled key0, key1..."""
+    is_rollup = table is UsageRollup.__table__
+    day = dialect_of(session).utc_day(
+        table.c.day if is_rollup else table.c.created_at, is_date=is_rollup
+    )
+    model = table.c.provider + literal(":") + table.c.model
+    parts = {
+        "day": [day],
+        "model": [model],
+        "provider": [table.c.provider],
+        "day_model": [day, model],
+    }[group_by]
+    return [part.label(f"key{index}") for index, part in enumerate(parts)]
+
+
+def _key_text(parts: list[Any]) -> str:
+    return " ".join(part.isoformat() if isinstance(part, date) else part for part in parts)
 
 
 def _whole_days(start: datetime, end: datetime) -> tuple[date, date]:
@@ -61,7 +72,7 @@ def report(
 
     def raw(*conditions: Any) -> Any:
         return select(
-            _key(session, records, group_by).label("key"),
+            *_keys(session, records, group_by),
             literal(1).label("requests"),
             *(r[name].label(name) for name in TOKEN_COUNTERS),
             r.credits_charged.label("credits"),
@@ -77,20 +88,19 @@ def report(
     rollups = UsageRollup.__table__
     parts.append(
         select(
-            _key(session, rollups, group_by).label("key"),
+            *_keys(session, rollups, group_by),
             *(rollups.c[name].label(name) for name in ROLLUP_SUMS),
         ).where(rollups.c.user_id == user_id, rollups.c.day >= first, rollups.c.day < stop)
     )
     combined = union_all(*parts).subquery()
+    keys = [column for column in combined.c if column.name.startswith("key")]
     rows = session.execute(
         # Sums cast back to bigint: whole numbers arrive as ints, not as Decimals to convert.
-        select(
-            combined.c.key, *(cast(func.sum(combined.c[name]), BigInteger) for name in ROLLUP_SUMS)
-        )
-        .group_by(combined.c.key)
-        .order_by(combined.c.key)
+        select(*keys, *(cast(func.sum(combined.c[name]), BigInteger) for name in ROLLUP_SUMS))
+        .group_by(*keys)
+        .order_by(*keys)
     ).all()
-    groups = [(key.isoformat() if isinstance(key, date) else key, sums) for key, *sums in rows]
+    groups = [(_key_text(list(row[: len(keys)])), list(row[len(keys) :])) for row in rows]
     columns = zip(*(sums for _key, sums in groups), strict=True)
     totals = dict(zip(ROLLUP_SUMS, (sum(column) for column in columns), strict=False))
     totals = {name: totals.get(name, 0) for name in ROLLUP_SUMS}

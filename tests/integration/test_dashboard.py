@@ -89,17 +89,24 @@ def test_sign_in_chat_and_the_receipt_of_the_charge(app: Flask, tmp_path: Path) 
 
         # Usage: one bar for the one day with usage, the model's row, and the CSV downloads
         # are the API's own.
-        expect(page.locator("#usage-chart rect.bar")).to_have_count(1)
+        expect(page.locator("#usage-chart .bar")).to_have_count(1)
+        assert page.locator("#usage-legend li").all_inner_texts() == ["demo:demo-chat"]
         model_row = page.locator("#usage-models tbody tr").first.locator("td")
-        assert model_row.first.inner_text() == "demo:demo-chat"
+        assert model_row.all_inner_texts()[:2] == ["demo", "demo-chat"]
         assert model_row.last.inner_text() == charged
+        provider_row = page.locator("#usage-providers tbody tr").first.locator("td")
+        assert provider_row.first.inner_text() == "demo"
+        assert provider_row.last.inner_text() == charged
         usage_range = (
             f"from={page.locator('#usage-from').input_value()}"
             f"&to={page.locator('#usage-to').input_value()}"
         )
         for button, path in (
             ("Download CSV", "/api/credit/transactions?format=csv"),
-            ("Download CSV by day", f"/api/credit/usage?group_by=day&format=csv&{usage_range}"),
+            (
+                "Download CSV by day and model",
+                f"/api/credit/usage?group_by=day_model&format=csv&{usage_range}",
+            ),
         ):
             with page.expect_download() as downloaded:
                 page.get_by_role("button", name=button, exact=True).click()
@@ -119,6 +126,12 @@ def test_sign_in_chat_and_the_receipt_of_the_charge(app: Flask, tmp_path: Path) 
         ]
         page.locator("#receipt").screenshot(path=str(screenshots / "receipt.png"))
         assert _serious_violations(page) == []
+
+        # After a reload the conversation is there to open again, in order.
+        page.reload()
+        page.get_by_role("button", name="Ada, started").click()
+        expect(page.locator("#conversation li")).to_have_count(2)
+        assert page.locator("#conversation li").all_inner_texts() == ["Hello Ada!", final]
 
         # Readable at phone width: nothing wider than the screen.
         page.set_viewport_size({"width": 375, "height": 800})

@@ -39,6 +39,7 @@ def usage_answers(client: FlaskClient, person: Person) -> list[Any]:
         f"from={today}&to={today}",
         f"from={today - timedelta(days=3)}&to={today}&group_by=model",
         f"from={today}&group_by=provider",
+        f"from={today - timedelta(days=1)}&to={today}&group_by=day_model",
         f"from={moment(-timedelta(minutes=1))}&to={moment(timedelta(minutes=1))}",
     ]
     return [

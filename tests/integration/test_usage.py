@@ -103,6 +103,14 @@ def test_usage_grouped_by_model_provider_and_day(client: FlaskClient, spender: P
     assert by_day["groups"] == [{"key": today, **TOTAL}]
     assert by_day["from"] == f"{today}T00:00:00Z"
     assert by_day["to"] == f"{today}T23:59:59.999999Z"
+    by_day_and_model = client.get(
+        "/api/credit/usage?group_by=day_model", headers=spender.headers
+    ).get_json()
+    assert by_day_and_model["totals"] == TOTAL
+    assert by_day_and_model["groups"] == [
+        {"key": f"{today} anthropic:claude-test", **ANTHROPIC},
+        {"key": f"{today} openai:gpt-test", **OPENAI},
+    ]
 
 
 def test_ranges_are_inclusive_and_exclude_what_lies_outside(

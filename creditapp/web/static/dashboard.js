@@ -143,47 +143,80 @@ function usageRange() {
   return `from=${$("#usage-from").value}&to=${$("#usage-to").value}`;
 }
 
+// Enough distinct colours for the models of a month; beyond them the colours repeat.
+const MODEL_COLOURS = ["#1f5bd8", "#d9480f", "#2b8a3e", "#862e9c", "#c2255c", "#0b7285", "#5c940d", "#495057"];
+
+function daysBetween(from, to) {
+  return Math.round((new Date(`${to}T00:00:00Z`) - new Date(`${from}T00:00:00Z`)) / 86400000);
+}
+
 // A slot per day of the range, a bar on each day with usage, as tall as its credits against
-// the busiest day's.
+// the busiest day's, stacked by model.
 function drawChart(groups) {
   const chart = $("#usage-chart");
   chart.replaceChildren();
-  const first = new Date(`${$("#usage-from").value}T00:00:00Z`);
-  const last = new Date(`${$("#usage-to").value}T00:00:00Z`);
-  const days = Math.max(Math.round((last - first) / 86400000) + 1, 1);
-  const width = 600 / days;
-  const most = Math.max(...groups.map((group) => Number(group.credits)), 0);
+  const from = $("#usage-from").value;
+  const width = 600 / Math.max(daysBetween(from, $("#usage-to").value) + 1, 1);
+  const days = new Map();
+  const models = [];
   for (const group of groups) {
-    const index = Math.round((new Date(`${group.key}T00:00:00Z`) - first) / 86400000);
-    const height = most ? (Number(group.credits) / most) * 140 : 0;
-    const bar = document.createElementNS(SVG, "rect");
-    bar.setAttribute("x", String(index * width + width * 0.15));
-    bar.setAttribute("y", String(150 - height));
-    bar.setAttribute("width", String(width * 0.7));
-    bar.setAttribute("height", String(height));
+    const [day, model] = group.key.split(" ");
+    if (!models.includes(model)) models.push(model);
+    if (!days.has(day)) days.set(day, []);
+    days.get(day).push({ model, group });
+  }
+  const dayTotal = (parts) => parts.reduce((sum, { group }) => sum + Number(group.credits), 0);
+  const most = Math.max(...[...days.values()].map(dayTotal), 0);
+  for (const [day, parts] of days) {
+    const bar = document.createElementNS(SVG, "g");
     bar.setAttribute("class", "bar");
     const title = document.createElementNS(SVG, "title");
-    title.textContent = `${group.key}: ${group.credits} credits, ${group.requests} requests`;
+    title.textContent = `${day}: ` + parts.map(({ model, group }) => `${model} ${group.credits} credits`).join(", ");
     bar.append(title);
+    let top = 150;
+    for (const { model, group } of parts) {
+      const height = most ? (Number(group.credits) / most) * 140 : 0;
+      top -= height;
+      const piece = document.createElementNS(SVG, "rect");
+      piece.setAttribute("x", String(daysBetween(from, day) * width + width * 0.15));
+      piece.setAttribute("y", String(top));
+      piece.setAttribute("width", String(width * 0.7));
+      piece.setAttribute("height", String(height));
+      piece.setAttribute("fill", MODEL_COLOURS[models.indexOf(model) % MODEL_COLOURS.length]);
+      bar.append(piece);
+    }
     chart.append(bar);
+  }
+  const legend = $("#usage-legend");
+  legend.replaceChildren();
+  for (const [index, model] of models.entries()) {
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = MODEL_COLOURS[index % MODEL_COLOURS.length];
+    item.append(swatch, model);
+    legend.append(item);
+  }
+}
+
+function fillTable(selector, groups, columns) {
+  const body = $(`${selector} tbody`);
+  body.replaceChildren();
+  for (const group of groups) {
+    const row = body.insertRow();
+    for (const value of columns(group)) cell(row, String(value));
   }
 }
 
 async function loadUsage(event) {
   if (event) event.preventDefault();
-  const [days, models] = await Promise.all([
-    json(`/api/credit/usage?group_by=day&${usageRange()}`),
-    json(`/api/credit/usage?group_by=model&${usageRange()}`),
-  ]);
-  drawChart(days.groups);
-  const body = $("#usage-models tbody");
-  body.replaceChildren();
-  for (const group of models.groups) {
-    const row = body.insertRow();
-    for (const value of [group.key, group.requests, group.input_tokens, group.output_tokens, group.credits]) {
-      cell(row, String(value));
-    }
-  }
+  const [byDay, byModel, byProvider] = await Promise.all(
+    ["day_model", "model", "provider"].map((grouping) => json(`/api/credit/usage?group_by=${grouping}&${usageRange()}`)),
+  );
+  drawChart(byDay.groups);
+  const counts = (group) => [group.requests, group.input_tokens, group.output_tokens, group.credits];
+  fillTable("#usage-models", byModel.groups, (group) => [...group.key.split(/:(.*)/s, 2), ...counts(group)]);
+  fillTable("#usage-providers", byProvider.groups, (group) => [group.key, ...counts(group)]);
 }
 
 function lastThirtyDays() {
@@ -193,16 +226,48 @@ function lastThirtyDays() {
   $("#usage-from").value = from.toISOString().slice(0, 10);
 }
 
+const characters = new Map();
+
 async function loadCharacters() {
   const page = await json("/api/characters?limit=200");
   const select = $("#character");
   select.replaceChildren();
   for (const character of page.items) {
+    characters.set(character.id, character);
     const option = document.createElement("option");
     option.value = character.id;
     option.textContent = `${character.name} (${character.provider}:${character.model})`;
     select.append(option);
   }
+}
+
+// The newest conversations, each a button that opens it.
+async function loadConversations() {
+  const page = await json("/api/conversations?limit=20");
+  const list = $("#conversations");
+  list.replaceChildren();
+  for (const conversation of page.items) {
+    const character = characters.get(conversation.character_id);
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link";
+    button.textContent = `${character ? character.name : "A character"}, started ${when(conversation.created_at)}`;
+    button.addEventListener("click", () => openConversation(conversation.id));
+    const item = document.createElement("li");
+    item.append(button);
+    list.append(item);
+  }
+}
+
+async function openConversation(id) {
+  const page = await json(`/api/conversations/${encodeURIComponent(id)}/messages?limit=100`);
+  conversationId = id;
+  $("#conversation").replaceChildren();
+  for (const message of page.items.reverse()) {
+    addLine(message.role, message.partial ? `${message.content} (cut short)` : message.content);
+  }
+  $("#send").hidden = false;
+  $("#message").focus();
 }
 
 function addLine(role, text) {
@@ -282,10 +347,8 @@ async function startChat(event) {
     body: { character_id: $("#character").value },
     headers: { "Idempotency-Key": crypto.randomUUID() },
   });
-  conversationId = conversation.id;
-  $("#conversation").replaceChildren();
-  $("#send").hidden = false;
-  $("#message").focus();
+  await openConversation(conversation.id);
+  await loadConversations();
 }
 
 function signedOut() {
@@ -300,7 +363,7 @@ async function showDashboard() {
   $("#signed-in").hidden = false;
   $("#sign-out").hidden = false;
   lastThirtyDays();
-  await Promise.all([loadCredits(), loadTransactions(), loadCharacters(), loadUsage()]);
+  await Promise.all([loadCredits(), loadTransactions(), loadCharacters().then(loadConversations), loadUsage()]);
 }
 
 async function demoSignIn() {
@@ -323,7 +386,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#sign-out").addEventListener("click", signOut);
   $("#more-transactions").addEventListener("click", () => loadTransactions(true));
   $("#transactions-csv").addEventListener("click", () => download("/api/credit/transactions?format=csv", "transactions.csv"));
-  $("#usage-csv").addEventListener("click", () => download(`/api/credit/usage?group_by=day&format=csv&${usageRange()}`, "usage-by-day.csv"));
+  $("#usage-csv").addEventListener("click", () => download(`/api/credit/usage?group_by=day_model&format=csv&${usageRange()}`, "usage-by-day-and-model.csv"));
   $("#usage-range").addEventListener("submit", loadUsage);
   $("#start-chat").addEventListener("submit", startChat);
   $("#send").addEventListener("submit", send);
