@@ -9,6 +9,13 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from creditapp import ledger
 from creditapp.api import limits
+from creditapp.api.credit import (
+    CSV_ANSWER,
+    TRANSACTIONS_CSV,
+    TransactionArgs,
+    TransactionDetailSchema,
+    transactions_of,
+)
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.me import UserSchema
@@ -23,13 +30,14 @@ from creditapp.api.schemas import (
     Id,
     PageArgs,
     Text,
+    TransactionPageSchema,
     UtcDateTime,
     columns,
     page_of,
 )
 from creditapp.auth import sessions, users
 from creditapp.auth.models import User
-from creditapp.chat import compensations
+from creditapp.chat import compensations, receipts
 from creditapp.extensions import db
 from creditapp.ledger.models import GRANT_SOURCES, AuditRecord, Grant
 
@@ -214,6 +222,32 @@ def user_credit(user_id: str) -> Any:
             db.session, account_id=summary.account_id, grants=live_grants, now=now
         ),
     }
+
+
+@blp.route("/users/<user_id>/transactions", methods=["GET"])
+@authenticated(admin=True)
+@blp.arguments(TransactionArgs, location="query")
+@blp.response(200, TransactionPageSchema)
+@blp.alt_response(
+    200, success=True, schema=CSV_ANSWER, content_type="text/csv", description=TRANSACTIONS_CSV
+)
+def user_transactions(args: dict[str, Any], user_id: str) -> Any:
+    """The user's ledger entries, as the user sees them at `GET /api/credit/transactions`."""
+    user = users.get(db.session, path_id(user_id, "user_id"))
+    return transactions_of(users.account_id_of(db.session, user.id), args)
+
+
+@blp.route("/users/<user_id>/transactions/<entry_id>", methods=["GET"])
+@authenticated(admin=True)
+@blp.response(200, TransactionDetailSchema)
+def user_transaction(user_id: str, entry_id: str) -> Any:
+    """One of the user's entries with its receipt, as the user sees it."""
+    user = users.get(db.session, path_id(user_id, "user_id"))
+    return receipts.transaction(
+        db.session,
+        account_id=users.account_id_of(db.session, user.id),
+        entry_id=path_id(entry_id, "entry_id"),
+    )
 
 
 class RevokedSchema(Schema):

@@ -135,6 +135,9 @@ def grants(args: dict[str, Any]) -> Any:
 
 
 CSV_ANSWER = {"type": "string", "format": "binary"}
+TRANSACTIONS_CSV = csv_export.DESCRIPTION + (
+    " Every entry of the range: `limit` and `cursor` do not apply."
+)
 
 
 @blp.route("/usage", methods=["GET"])
@@ -192,12 +195,15 @@ def usage(args: dict[str, Any]) -> Any:
     success=True,
     schema=CSV_ANSWER,
     content_type="text/csv",
-    description=csv_export.DESCRIPTION + " Every entry of the range: `limit` and `cursor` do"
-    " not apply.",
+    description=TRANSACTIONS_CSV,
 )
 def transactions(args: dict[str, Any]) -> Any:
     """Ledger entries, newest first; `from` and `to` (dates or datetimes) bound them."""
-    account_id = users.account_id_of(db.session, caller().id)
+    return transactions_of(users.account_id_of(db.session, caller().id), args)
+
+
+def transactions_of(account_id: int, args: dict[str, Any]) -> Any:
+    """The account's ledger entries as asked by TransactionArgs: a page, or every one as CSV."""
     query = ledger.entries_of(
         account_id, entry_type=args["type"], start=args["start"], end=args["end"]
     )

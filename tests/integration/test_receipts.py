@@ -137,3 +137,41 @@ def test_other_entries_have_no_receipt_and_others_entries_do_not_exist(
     assert_error(
         client.get("/api/credit/transactions/x1", headers=user.headers), 400, "validation_error"
     )
+
+
+def test_an_admin_sees_a_users_transactions_and_receipts_as_the_user_does(
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+    admin: Person,
+) -> None:
+    user = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, user, "openai", MODELS["openai"])
+    fake_providers.script("openai", Answer(usage=USAGES["openai"]))
+    assert send(client, user, conversation).status_code == 201
+    base = f"/api/admin/users/{user.id}/transactions"
+    own = client.get("/api/credit/transactions", headers=user.headers).get_json()
+    assert client.get(base, headers=admin.headers).get_json() == own
+    # (Each streamed body read before the next request: the test client keeps its context.)
+    own_csv = client.get("/api/credit/transactions?format=csv", headers=user.headers).data
+    assert client.get(f"{base}?format=csv", headers=admin.headers).data == own_csv
+    (charge,) = charges(client, user)
+    seen = client.get(f"{base}/{charge['id']}", headers=admin.headers)
+    assert seen.get_json() == receipt_of(client, user, charge["id"])
+    assert seen.get_json()["receipt"]["charged"] == charge["amount"].lstrip("-")
+
+    stranger = person_factory(credits=CREDITS)
+    assert_error(
+        client.get(
+            f"/api/admin/users/{stranger.id}/transactions/{charge['id']}", headers=admin.headers
+        ),
+        404,
+        "not_found",
+    )
+    assert_error(client.get(base, headers=user.headers), 403, "forbidden")
+    assert_error(
+        client.get("/api/admin/users/999999999/transactions", headers=admin.headers),
+        404,
+        "not_found",
+    )
