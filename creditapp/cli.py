@@ -178,7 +178,7 @@ def run_job_command(name: str, now_text: str | None) -> None:
     click.echo(json.dumps({"job": name, "now": now.isoformat(), **summary}))
 
 
-DEMO_ADMIN = "admin@demo.creditapp"
+DEMO_ADMIN = users.DEMO_ADMIN
 DEMO_USER = users.DEMO_USER
 DEMO_CREDITS = 1_000 * 1_000_000
 DEMO_MODEL = "demo-chat"

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import current_app, g, request
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 from sqlalchemy.exc import IntegrityError
 
 from creditapp import ledger
@@ -26,6 +26,15 @@ from creditapp.errors import Conflict, InvalidIdToken, NotFound, TokenRevoked
 from creditapp.extensions import db
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Sign-in and sessions")
+
+
+class DemoSignInArgs(Schema):
+    role = Text(
+        load_default="user",
+        max_length=8,
+        validate=validate.OneOf(["user", "admin"]),
+        metadata={"description": "sign in as the demo user, or as the demo admin"},
+    )
 
 
 class GoogleArgs(Schema):
@@ -93,15 +102,18 @@ def google_sign_in(args: dict[str, Any]) -> Any:
 
 @blp.route("/demo", methods=["POST"])
 @limits.limiter.limit(limits.sensitive, key_func=limits.client_ip)
+@blp.arguments(DemoSignInArgs, required=False)
 @blp.response(200, SignInSchema)
 @answers(404)
-def demo_sign_in() -> Any:
-    """Only in demo mode (`make run`): signs in as the demo user. Elsewhere it does not exist."""
+def demo_sign_in(args: dict[str, Any]) -> Any:
+    """Only in demo mode (`make run`): signs in as the demo user (or the demo admin). Elsewhere
+    it does not exist."""
     if not current_app.config["DEMO_MODE"]:
         raise NotFound("The resource does not exist.")
+    email = users.DEMO_ADMIN if args.get("role") == "admin" else users.DEMO_USER
 
     def demo_user(session: DbSession, _now: datetime) -> User:
-        user = users.find_by_email(session, users.DEMO_USER)
+        user = users.find_by_email(session, email)
         if user is None:
             raise NotFound("There is no demo user: run `flask --app wsgi demo seed`.")
         return user

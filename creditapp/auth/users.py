@@ -18,6 +18,7 @@ from creditapp.ledger.models import Account, Grant
 DEFAULT_TIER = "free"
 # Who `POST /api/auth/demo` signs in as (in demo mode), seeded by `flask demo seed`.
 DEMO_USER = "user@demo.creditapp"
+DEMO_ADMIN = "admin@demo.creditapp"
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 

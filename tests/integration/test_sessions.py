@@ -50,6 +50,12 @@ def test_the_demo_sign_in_exists_only_in_demo_mode(
     assert signed_in["user"]["email"] == "user@demo.creditapp"
     me = _me(client, signed_in["access_token"])
     assert me.get_json()["email"] == "user@demo.creditapp"
+    as_admin = client.post("/api/auth/demo", json={"role": "admin"}).get_json()
+    assert (as_admin["user"]["email"], as_admin["user"]["role"]) == (
+        "admin@demo.creditapp",
+        "admin",
+    )
+    assert_error(client.post("/api/auth/demo", json={"role": "root"}), 400, "validation_error")
 
 
 def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_session(
