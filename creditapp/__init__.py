@@ -80,8 +80,11 @@ def register_http(app: Flask) -> None:
     from creditapp.api import register_api
 
     register_api(app)
+    from creditapp.api.limits import limiter
     from creditapp.web import blp as web
 
+    # Pages and their assets hold no data: loading them spends nobody's API budget.
+    limiter.exempt(web)
     app.register_blueprint(web)
 
 

@@ -1,27 +1,40 @@
-"""The dashboard in a real browser (Debian's Chromium through Playwright), against a real
-gunicorn in demo mode: sign in with the demo button, see the API's balance, chat with a
-streamed reply, watch the balance fall by the cost shown, and open that charge's receipt.
-Every request stays on the service's origin; no console error; no serious or critical
-accessibility violation (axe-core). Screenshots go to DASHBOARD_SCREENSHOTS (default: the
-test's own folder)."""
+"""The dashboard and the admin console in a real browser (Debian's Chromium through
+Playwright), against a real gunicorn in demo mode. The dashboard: sign in with the demo button,
+see the API's balance, chat with a streamed reply, watch the balance fall by the cost shown, and
+open that charge's receipt. The console: find a user, grant with a double click (one grant),
+adjust, see drift highlighted, process compensations, add a price. Every request stays on the
+service's origin; no console error; no serious or critical accessibility violation (axe-core).
+Screenshots go to DASHBOARD_SCREENSHOTS (default: the test's own folder)."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from flask import Flask
+from flask.testing import FlaskClient
 from playwright.sync_api import Page, expect, sync_playwright
+from sqlalchemy import text
 
+from creditapp.database import write_transaction
+from creditapp.extensions import db
+from tests.conftest import utcnow
+from tests.helpers import run_job_at
+from tests.integration.google_certs import CLIENT_ID, GoogleCertificates
 from tests.integration.live_server import call, live_server
 
 pytestmark = pytest.mark.real_clock
 CHROMIUM = "/usr/bin/chromium"
+GOOGLE_SCRIPT = "https://accounts.google.com/gsi/client"
 
 
 def _api(base: str, page: Page, path: str, *, raw: bool = False) -> Any:
@@ -41,105 +54,308 @@ def _serious_violations(page: Page) -> list[str]:
     ]
 
 
-def test_sign_in_chat_and_the_receipt_of_the_charge(app: Flask, tmp_path: Path) -> None:
+@dataclass
+class Browsing:
+    """A page on a live demo server, and what it asked for and complained of."""
+
+    base: str
+    page: Page
+    screenshots: Path
+    requested: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+    # (status, path) of every answer >= 400, and those the test provoked on purpose.
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    meant_refusals: list[tuple[int, str]] = field(default_factory=list)
+
+
+@contextmanager
+def browse(app: Flask, screenshots: Path, **env: str) -> Iterator[Browsing]:
+    """Chromium on a live server over the test's database, in demo mode (and `env`)."""
     seeded = app.test_cli_runner().invoke(args=["demo", "seed"])
     assert seeded.exit_code == 0, seeded.output
-    screenshots = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or tmp_path)
     screenshots.mkdir(parents=True, exist_ok=True)
-    env = {"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "DEMO_MODE": "true"}
-    with live_server(env, threads=4) as base, sync_playwright() as playwright:
+    server_env = {"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "DEMO_MODE": "true"}
+    with live_server({**server_env, **env}, threads=4) as base, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1100, "height": 900})
-        requested: list[str] = []
-        console_errors: list[str] = []
-        page.on("request", lambda request: requested.append(request.url))
+        browsing = Browsing(base, page, screenshots)
+        page.on("request", lambda request: browsing.requested.append(request.url))
+        page.on(
+            "response",
+            lambda response: (
+                browsing.refused.append((response.status, urlsplit(response.url).path))
+                if response.status >= 400
+                else None
+            ),
+        )
+        # (Chromium logs every answer >= 400 as an error: those are checked as `refused`.)
         page.on(
             "console",
             lambda message: (
-                console_errors.append(message.text) if message.type == "error" else None
+                browsing.console_errors.append(message.text)
+                if message.type == "error" and "Failed to load resource" not in message.text
+                else None
             ),
         )
-        page.goto(f"{base}/")
-        assert _serious_violations(page) == []
-        page.screenshot(path=str(screenshots / "sign-in.png"))
-
-        page.get_by_role("button", name="Sign in as the demo user").click()
-        expect(page.locator("#balance")).not_to_have_text("\u2013")  # the placeholder dash
-        balance = _api(base, page, "/api/credit/balance")
-        assert page.locator("#balance").inner_text() == balance["balance"]
-        assert page.locator("#available").inner_text() == balance["available"]
-
-        # Chat with Ada: the reply streams in, word by word.
-        page.get_by_role("button", name="Start a conversation").click()
-        page.get_by_label("Your message").fill("Hello Ada!")
-        page.get_by_role("button", name="Send").click()
-        reply = page.locator("#conversation .assistant p").first
-        expect(reply).not_to_have_text("")
-        first_seen = reply.inner_text()
-        cost = page.locator("#conversation .assistant .cost")
-        cost.wait_for()
-        final = reply.inner_text()
-        assert final == "Tell me more. You said: Hello Ada!"
-        assert first_seen != final and final.startswith(first_seen)  # it came in pieces
-        charged = cost.inner_text().removesuffix(" credits")
-        after = Decimal(balance["balance"]) - Decimal(charged)
-        assert page.locator("#balance").inner_text() == str(after)
-        assert _api(base, page, "/api/credit/balance")["balance"] == str(after)
-        page.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)
-
-        # Usage: one bar for the one day with usage, the model's row, and the CSV downloads
-        # are the API's own.
-        expect(page.locator("#usage-chart .bar")).to_have_count(1)
-        assert page.locator("#usage-legend li").all_inner_texts() == ["demo:demo-chat"]
-        model_row = page.locator("#usage-models tbody tr").first.locator("td")
-        assert model_row.all_inner_texts()[:2] == ["demo", "demo-chat"]
-        assert model_row.last.inner_text() == charged
-        provider_row = page.locator("#usage-providers tbody tr").first.locator("td")
-        assert provider_row.first.inner_text() == "demo"
-        assert provider_row.last.inner_text() == charged
-        usage_range = (
-            f"from={page.locator('#usage-from').input_value()}"
-            f"&to={page.locator('#usage-to').input_value()}"
-        )
-        for button, path in (
-            ("Download CSV", "/api/credit/transactions?format=csv"),
-            (
-                "Download CSV by day and model",
-                f"/api/credit/usage?group_by=day_model&format=csv&{usage_range}",
-            ),
-        ):
-            with page.expect_download() as downloaded:
-                page.get_by_role("button", name=button, exact=True).click()
-            assert Path(downloaded.value.path()).read_bytes() == _api(base, page, path, raw=True)
-
-        # The charge's receipt shows the API's numbers.
-        page.get_by_role("button", name=f"Receipt of the charge of -{charged} credits").click()
-        (entry,) = _api(base, page, "/api/credit/transactions?type=charge")["items"]
-        receipt = _api(base, page, f"/api/credit/transactions/{entry['id']}")["receipt"]
-        totals = page.locator("#receipt-totals")
-        for field, name in (("charged", "charged"), ("exact-cost", "exact"), ("held", "held")):
-            assert totals.locator(f"[data-field={field}]").inner_text() == receipt[name]
-        lines = page.locator("#receipt-lines tbody tr")
-        assert lines.count() == 4
-        assert [lines.nth(index).locator("td").nth(3).inner_text() for index in range(4)] == [
-            line["credits"] for line in receipt["lines"]
-        ]
-        page.locator("#receipt").screenshot(path=str(screenshots / "receipt.png"))
-        assert _serious_violations(page) == []
-
-        # After a reload the conversation is there to open again, in order.
-        page.reload()
-        page.get_by_role("button", name="Ada, started").click()
-        expect(page.locator("#conversation li")).to_have_count(2)
-        assert page.locator("#conversation li").all_inner_texts() == ["Hello Ada!", final]
-
-        # Readable at phone width: nothing wider than the screen.
-        page.set_viewport_size({"width": 375, "height": 800})
-        page.screenshot(path=str(screenshots / "phone.png"), full_page=True)
-        assert page.evaluate("document.documentElement.scrollWidth") <= 375
-
-        page.get_by_role("button", name="Sign out").click()
-        page.get_by_role("button", name="Sign in as the demo user").wait_for()
+        yield browsing
         browser.close()
-    assert console_errors == []
-    assert requested and all(url.startswith(base) for url in requested), requested
+    assert browsing.console_errors == []
+    assert browsing.refused == browsing.meant_refusals
+
+
+@pytest.fixture
+def browsing(app: Flask, tmp_path: Path) -> Iterator[Browsing]:
+    screenshots = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or tmp_path)
+    with browse(app, screenshots) as browsing:
+        yield browsing
+    requested = browsing.requested
+    assert requested and all(url.startswith(browsing.base) for url in requested), requested
+
+
+def test_sign_in_chat_and_the_receipt_of_the_charge(browsing: Browsing) -> None:
+    base, page, screenshots = browsing.base, browsing.page, browsing.screenshots
+    page.goto(f"{base}/")
+    assert _serious_violations(page) == []
+    page.screenshot(path=str(screenshots / "sign-in.png"))
+
+    page.get_by_role("button", name="Sign in as the demo user").click()
+    expect(page.locator("#balance")).not_to_have_text("\u2013")  # the placeholder dash
+    balance = _api(base, page, "/api/credit/balance")
+    assert page.locator("#balance").inner_text() == balance["balance"]
+    assert page.locator("#available").inner_text() == balance["available"]
+
+    # Chat with Ada: the reply streams in, word by word.
+    page.get_by_role("button", name="Start a conversation").click()
+    page.get_by_label("Your message").fill("Hello Ada!")
+    page.get_by_role("button", name="Send").click()
+    reply = page.locator("#conversation .assistant p").first
+    expect(reply).not_to_have_text("")
+    first_seen = reply.inner_text()
+    cost = page.locator("#conversation .assistant .cost")
+    cost.wait_for()
+    final = reply.inner_text()
+    assert final == "Tell me more. You said: Hello Ada!"
+    assert first_seen != final and final.startswith(first_seen)  # it came in pieces
+    charged = cost.inner_text().removesuffix(" credits")
+    after = Decimal(balance["balance"]) - Decimal(charged)
+    assert page.locator("#balance").inner_text() == str(after)
+    assert _api(base, page, "/api/credit/balance")["balance"] == str(after)
+    page.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)
+
+    # Usage: one bar for the one day with usage, the model's row, and the CSV downloads
+    # are the API's own.
+    expect(page.locator("#usage-chart .bar")).to_have_count(1)
+    assert page.locator("#usage-legend li").all_inner_texts() == ["demo:demo-chat"]
+    model_row = page.locator("#usage-models tbody tr").first.locator("td")
+    assert model_row.all_inner_texts()[:2] == ["demo", "demo-chat"]
+    assert model_row.last.inner_text() == charged
+    provider_row = page.locator("#usage-providers tbody tr").first.locator("td")
+    assert provider_row.first.inner_text() == "demo"
+    assert provider_row.last.inner_text() == charged
+    usage_range = (
+        f"from={page.locator('#usage-from').input_value()}"
+        f"&to={page.locator('#usage-to').input_value()}"
+    )
+    for button, path in (
+        ("Download CSV", "/api/credit/transactions?format=csv"),
+        (
+            "Download CSV by day and model",
+            f"/api/credit/usage?group_by=day_model&format=csv&{usage_range}",
+        ),
+    ):
+        with page.expect_download() as downloaded:
+            page.get_by_role("button", name=button, exact=True).click()
+        assert Path(downloaded.value.path()).read_bytes() == _api(base, page, path, raw=True)
+
+    # The charge's receipt shows the API's numbers.
+    page.get_by_role("button", name=f"Receipt of the charge of -{charged} credits").click()
+    (entry,) = _api(base, page, "/api/credit/transactions?type=charge")["items"]
+    receipt = _api(base, page, f"/api/credit/transactions/{entry['id']}")["receipt"]
+    totals = page.locator("#receipt .totals")
+    for shown, name in (("charged", "charged"), ("exact-cost", "exact"), ("held", "held")):
+        assert totals.locator(f"[data-field={shown}]").inner_text() == receipt[name]
+    lines = page.locator("#receipt .lines tbody tr")
+    assert lines.count() == 4
+    assert [lines.nth(index).locator("td").nth(3).inner_text() for index in range(4)] == [
+        line["credits"] for line in receipt["lines"]
+    ]
+    page.locator("#receipt").screenshot(path=str(screenshots / "receipt.png"))
+    assert _serious_violations(page) == []
+
+    # After a reload the conversation is there to open again, in order.
+    page.reload()
+    page.get_by_role("button", name="Ada, started").click()
+    expect(page.locator("#conversation li")).to_have_count(2)
+    assert page.locator("#conversation li").all_inner_texts() == ["Hello Ada!", final]
+
+    # Readable at phone width: nothing wider than the screen.
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.screenshot(path=str(screenshots / "phone.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in as the demo user").wait_for()
+
+
+def test_the_admin_console(app: Flask, browsing: Browsing) -> None:
+    base, page, screenshots = browsing.base, browsing.page, browsing.screenshots
+    # Drift for the reconciliation section to show: a grant's remaining that no entry explains.
+    with app.app_context():
+        with write_transaction(db.session):
+            db.session.execute(text("UPDATE grants SET remaining = remaining - 1"))
+        db.session.remove()
+    run_job_at(app, "reconcile", utcnow())
+
+    page.goto(f"{base}/admin")
+    assert _serious_violations(page) == []
+    page.screenshot(path=str(screenshots / "admin-sign-in.png"))
+    page.get_by_role("button", name="Sign in as the demo admin").click()
+    users = page.locator("#users tbody tr")
+    expect(users).to_have_count(2)
+
+    # Drift is highlighted, row by row, as the API reports it.
+    report = _api(base, page, "/api/admin/credit/reconciliation")
+    assert report["drift"]
+    expect(page.locator("#drift tr.drift")).to_have_count(len(report["drift"]))
+    expect(page.locator("#reconciliation-verdict")).to_have_class("drift")
+
+    # Find the demo user and open their page.
+    page.get_by_label("Email contains").fill("USER@demo")
+    page.get_by_role("button", name="Find").click()
+    expect(users).to_have_count(1)
+    page.get_by_role("button", name="Open user@demo.creditapp").click()
+    expect(page.locator("#user-title")).to_have_text("user@demo.creditapp")
+    user_id = _api(base, page, "/api/admin/users?q=user@demo")["items"][0]["id"]
+    credit_path = f"/api/admin/users/{user_id}/credit"
+    before = _api(base, page, credit_path)
+    figures = page.locator("#user-figures")
+    assert figures.locator("[data-field=balance]").inner_text() == before["balance"]
+    assert page.locator("#user-transactions tbody tr").count() == len(
+        _api(base, page, f"/api/admin/users/{user_id}/transactions")["items"]
+    )
+
+    # A double click on Grant grants once.
+    page.get_by_label("Credits", exact=True).fill("5")
+    page.locator("#grant-reason").fill("goodwill")
+    page.get_by_role("button", name="Grant", exact=True).dblclick()
+    expect(page.locator("#grant-form .outcome")).to_contain_text("Granted 5 credits")
+    after = _api(base, page, credit_path)
+    goodwill = [grant for grant in after["grants"] if grant["reason"] == "goodwill"]
+    assert [grant["amount"] for grant in goodwill] == ["5"]
+    assert Decimal(after["balance"]) == Decimal(before["balance"]) + 5
+    grants = _api(base, page, f"/api/admin/credit/audit?user_id={user_id}&action=grant")
+    assert [record["details"].get("reason") for record in grants["items"]].count("goodwill") == 1
+    expect(figures.locator("[data-field=balance]")).to_have_text(after["balance"])
+
+    # An adjustment, with its reason; a refusal is shown with what was wrong.
+    page.get_by_label("Credits (negative to take away)").fill("-1.5")
+    page.locator("#adjust-reason").fill("correction")
+    page.get_by_role("button", name="Adjust", exact=True).click()
+    expect(page.locator("#adjust-form .outcome")).to_contain_text("Adjusted by -1.5 credits")
+    adjusted = Decimal(after["balance"]) - Decimal("1.5")
+    assert _api(base, page, credit_path)["balance"] == str(adjusted)
+    page.get_by_label("Credits (negative to take away)").fill("-100000")
+    page.locator("#adjust-reason").fill("too much")
+    page.get_by_role("button", name="Adjust", exact=True).click()
+    browsing.meant_refusals.append((409, "/api/admin/credit/adjust"))
+    expect(page.locator("#adjust-form .outcome")).to_contain_text(
+        "The adjustment would take more than the account has available."
+    )
+    assert _api(base, page, credit_path)["balance"] == str(adjusted)
+
+    # Compensations: processed on request.
+    page.get_by_role("button", name="Process now").click()
+    expect(page.locator("#process-form .outcome")).to_contain_text("Processing 0 pending")
+
+    # A price added through the form is the newest row of the price book.
+    page.get_by_label("Provider").select_option("demo")
+    page.get_by_label("Model").fill("demo-next")
+    page.get_by_label("Input", exact=True).fill("0.25")
+    page.get_by_label("Output", exact=True).fill("1.5")
+    page.get_by_role("button", name="Add price").click()
+    expect(page.locator("#price-form .outcome")).to_contain_text("added for demo:demo-next")
+    newest = _api(base, page, "/api/admin/pricing?limit=1")["items"][0]
+    assert (newest["model"], newest["input"], newest["output"]) == ("demo-next", "0.25", "1.5")
+    first_price = page.locator("#prices tbody tr").first.locator("td")
+    assert first_price.all_inner_texts()[:4] == [newest["id"], "demo", "demo-next", "0.25"]
+    tiers = _api(base, page, "/api/admin/tiers")["items"]
+    expect(page.locator("#tiers tbody tr")).to_have_count(len(tiers))
+
+    assert _serious_violations(page) == []
+    page.screenshot(path=str(screenshots / "admin.png"), full_page=True)
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.screenshot(path=str(screenshots / "admin-phone.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+    # A user's token does not open the console.
+    user_token = json.loads(call("POST", f"{base}/api/auth/demo")[2])["access_token"]
+    page.evaluate(f"sessionStorage.setItem('creditapp.access_token', {json.dumps(user_token)})")
+    page.reload()
+    expect(page.locator("#sign-in-error")).to_have_text(
+        "user@demo.creditapp is not an admin: the console is for admins."
+    )
+
+
+# Google Identity Services as far as the page uses it: a button that hands over an ID token.
+FAKE_GOOGLE_SCRIPT = """
+window.google = { accounts: { id: {
+  initialize(config) { window.googleConfig = config; },
+  renderButton(place) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Sign in with Google";
+    button.addEventListener("click", () => window.googleConfig.callback({ credential: ID_TOKEN }));
+    place.append(button);
+  },
+} } };
+"""
+
+
+def test_google_sign_in_on_the_page(app: Flask, tmp_path: Path) -> None:
+    """With GOOGLE_CLIENT_ID set the page loads Google's script (here a stand-in, as the
+    machine is offline), and the ID token its button hands over signs the person in."""
+    google = GoogleCertificates()
+    try:
+        env = {"GOOGLE_CLIENT_ID": CLIENT_ID, "GOOGLE_CERTS_URL": google.url}
+        with browse(app, tmp_path, **env) as browsing:
+            page = browsing.page
+            script = FAKE_GOOGLE_SCRIPT.replace("ID_TOKEN", json.dumps(google.id_token()))
+            page.route(
+                GOOGLE_SCRIPT,
+                lambda route: route.fulfill(body=script, content_type="text/javascript"),
+            )
+            page.goto(f"{browsing.base}/")
+            page.get_by_role("button", name="Sign in with Google").click()
+            expect(page.locator("#balance")).not_to_have_text("\u2013")
+            assert page.evaluate("window.googleConfig.client_id") == CLIENT_ID
+            me = _api(browsing.base, page, "/api/me")
+            assert me["email"] == "ada@example.com"
+            assert (
+                page.locator("#balance").inner_text()
+                == _api(browsing.base, page, "/api/credit/balance")["balance"]
+            )
+    finally:
+        google.close()
+    elsewhere = [url for url in browsing.requested if not url.startswith(browsing.base)]
+    assert elsewhere == [GOOGLE_SCRIPT]
+
+
+def test_googles_script_is_allowed_only_when_google_sign_in_is_configured(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for path in ("/", "/admin"):
+        page = client.get(path)
+        policy = page.headers["Content-Security-Policy"]
+        assert "accounts.google.com" not in policy
+        assert "accounts.google.com" not in page.get_data(as_text=True)
+        assert "'unsafe-inline'" not in policy and "'unsafe-eval'" not in policy
+    monkeypatch.setitem(app.config, "GOOGLE_CLIENT_IDS", [CLIENT_ID, "creditapp-ios.example"])
+    for path in ("/", "/admin"):
+        page = client.get(path)
+        directives = dict(
+            directive.split(" ", 1)
+            for directive in page.headers["Content-Security-Policy"].split("; ")
+        )
+        assert directives["script-src"] == f"'self' {GOOGLE_SCRIPT}"
+        assert directives["frame-src"] == "https://accounts.google.com/gsi/"
+        assert f'data-client-id="{CLIENT_ID}"' in page.get_data(as_text=True)

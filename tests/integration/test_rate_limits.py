@@ -25,6 +25,15 @@ def fresh_limits(app: Flask) -> None:
             storage.delete(*keys)
 
 
+def test_pages_and_their_assets_spend_no_budget(app: Flask) -> None:
+    env = {"RATELIMIT_ENABLED": "true", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
+    with live_server(env) as base:
+        for path in ["/", "/admin", "/web/static/common.js"] * 40:
+            assert call("GET", f"{base}{path}")[0] == 200
+        status, headers, _body = call("GET", f"{base}/api/me")
+        assert status == 401 and headers["X-RateLimit-Remaining"] == "99"
+
+
 def test_limits_per_user_with_headers_and_retry_after(app: Flask, person_factory, admin) -> None:
     user, other = person_factory(), person_factory()
     env = {"RATELIMIT_ENABLED": "true", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}

@@ -1,45 +1,9 @@
-// The dashboard, over the JSON API. The access token lives in sessionStorage only.
-"use strict";
+// The user's dashboard, over the JSON API.
+import { $, api, button, cell, download, json, signInPage, transactionList, when } from "./common.js";
 
-const $ = (selector) => document.querySelector(selector);
-const TOKEN = "creditapp.access_token";
-let nextTransactions = null;
+const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
+
 let conversationId = null;
-
-async function api(path, options = {}) {
-  const headers = { Accept: "application/json", ...(options.headers || {}) };
-  const token = sessionStorage.getItem(TOKEN);
-  if (token) headers.Authorization = `Bearer ${token}`;
-  if (options.body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, {
-    method: options.method || "GET",
-    headers,
-    body: options.body === undefined ? undefined : JSON.stringify(options.body),
-  });
-  if (response.status === 401 && token) {
-    signedOut();
-    throw new Error("Your session has ended: please sign in again.");
-  }
-  return response;
-}
-
-async function json(path, options) {
-  const response = await api(path, options);
-  const body = await response.json();
-  if (!response.ok) throw Object.assign(new Error(body.error.message), { body, status: response.status });
-  return body;
-}
-
-function cell(row, text) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  row.append(td);
-  return td;
-}
-
-function when(iso) {
-  return iso ? new Date(iso).toLocaleString() : "never";
-}
 
 function showBalance(amounts) {
   for (const name of ["balance", "reserved", "available"]) $(`#${name}`).textContent = amounts[name];
@@ -61,80 +25,6 @@ async function loadCredits() {
     cell(row, grant.expires_at ? when(grant.expires_at) : "never");
     cell(row, grant.status);
   }
-}
-
-async function loadTransactions(more = false) {
-  const cursor = more && nextTransactions ? `&cursor=${encodeURIComponent(nextTransactions)}` : "";
-  const page = await json(`/api/credit/transactions?limit=20${cursor}`);
-  const body = $("#transactions tbody");
-  if (!more) body.replaceChildren();
-  for (const entry of page.items) {
-    const row = body.insertRow();
-    cell(row, when(entry.created_at));
-    cell(row, entry.type);
-    cell(row, entry.amount);
-    cell(row, entry.balance_after);
-    const action = cell(row, "");
-    if (entry.type === "charge") {
-      const button = document.createElement("button");
-      button.type = "button";
-      button.textContent = "Receipt";
-      button.setAttribute("aria-label", `Receipt of the charge of ${entry.amount} credits`);
-      button.addEventListener("click", () => showReceipt(entry.id));
-      action.append(button);
-    }
-  }
-  nextTransactions = page.next_cursor;
-  $("#more-transactions").hidden = !nextTransactions;
-}
-
-async function showReceipt(entryId) {
-  const { entry, receipt } = await json(`/api/credit/transactions/${encodeURIComponent(entryId)}`);
-  const section = $("#receipt");
-  $("#receipt-summary").textContent =
-    `${receipt.provider}:${receipt.model}, price #${receipt.price.id} in force since ` +
-    `${when(receipt.price.effective_from)}${receipt.usage.estimated ? ", usage estimated" : ""}` +
-    `${receipt.partial ? ", reply cut short (partial)" : ""}; entry ${entry.amount} credits.`;
-  const body = $("#receipt-lines tbody");
-  body.replaceChildren();
-  const names = { input: "Input (not cached)", cached_input: "Cached input", cache_write: "Cache writes", output: "Output" };
-  for (const line of receipt.lines) {
-    const row = body.insertRow();
-    cell(row, names[line.bucket]);
-    cell(row, String(line.tokens));
-    cell(row, line.usd_per_million);
-    cell(row, line.credits);
-  }
-  const totals = $("#receipt-totals");
-  totals.replaceChildren();
-  for (const [label, value] of [
-    ["Exact cost", receipt.exact],
-    ["Rounded up", receipt.rounded_up],
-    ["Charged", receipt.charged],
-    ["Held", receipt.held],
-    ["Released", receipt.released],
-  ]) {
-    const group = document.createElement("div");
-    const term = document.createElement("dt");
-    const value_ = document.createElement("dd");
-    term.textContent = label;
-    value_.textContent = value;
-    value_.dataset.field = label.toLowerCase().replace(/ /g, "-");
-    group.append(term, value_);
-    totals.append(group);
-  }
-  section.hidden = false;
-  section.focus();
-}
-
-async function download(path, filename) {
-  const response = await api(path, { headers: { Accept: "text/csv" } });
-  const url = URL.createObjectURL(await response.blob());
-  const link = document.createElement("a");
-  link.href = url;
-  link.download = filename;
-  link.click();
-  URL.revokeObjectURL(url);
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -248,13 +138,12 @@ async function loadConversations() {
   list.replaceChildren();
   for (const conversation of page.items) {
     const character = characters.get(conversation.character_id);
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "link";
-    button.textContent = `${character ? character.name : "A character"}, started ${when(conversation.created_at)}`;
-    button.addEventListener("click", () => openConversation(conversation.id));
+    const open = button(`${character ? character.name : "A character"}, started ${when(conversation.created_at)}`, () =>
+      openConversation(conversation.id),
+    );
+    open.className = "link";
     const item = document.createElement("li");
-    item.append(button);
+    item.append(open);
     list.append(item);
   }
 }
@@ -351,44 +240,16 @@ async function startChat(event) {
   await loadConversations();
 }
 
-function signedOut() {
-  sessionStorage.removeItem(TOKEN);
-  $("#signed-in").hidden = true;
-  $("#sign-out").hidden = true;
-  $("#sign-in").hidden = false;
-}
-
 async function showDashboard() {
-  $("#sign-in").hidden = true;
-  $("#signed-in").hidden = false;
-  $("#sign-out").hidden = false;
   lastThirtyDays();
   await Promise.all([loadCredits(), loadTransactions(), loadCharacters().then(loadConversations), loadUsage()]);
 }
 
-async function demoSignIn() {
-  try {
-    const tokens = await json("/api/auth/demo", { method: "POST" });
-    sessionStorage.setItem(TOKEN, tokens.access_token);
-    await showDashboard();
-  } catch (error) {
-    $("#sign-in-error").textContent = error.message;
-  }
-}
-
-async function signOut() {
-  await api("/api/auth/logout", { method: "POST" }); // revokes the session on the server
-  signedOut();
-}
-
 document.addEventListener("DOMContentLoaded", () => {
-  $("#demo-sign-in")?.addEventListener("click", demoSignIn);
-  $("#sign-out").addEventListener("click", signOut);
-  $("#more-transactions").addEventListener("click", () => loadTransactions(true));
   $("#transactions-csv").addEventListener("click", () => download("/api/credit/transactions?format=csv", "transactions.csv"));
   $("#usage-csv").addEventListener("click", () => download(`/api/credit/usage?group_by=day_model&format=csv&${usageRange()}`, "usage-by-day-and-model.csv"));
   $("#usage-range").addEventListener("submit", loadUsage);
   $("#start-chat").addEventListener("submit", startChat);
   $("#send").addEventListener("submit", send);
-  if (sessionStorage.getItem(TOKEN)) showDashboard();
+  signInPage(showDashboard);
 });

@@ -1,0 +1,242 @@
+// The admin console, over the admin endpoints of the JSON API.
+import { $, button, cell, figures, json, signInPage, transactionList, when } from "./common.js";
+
+let nextUsers = null;
+let nextPrices = null;
+let userId = null;
+let loadUserTransactions = null;
+
+function rows(selector, items, columns, again = false) {
+  const body = $(`${selector} tbody`);
+  if (!again) body.replaceChildren();
+  if (!again && !items.length) {
+    const none = cell(body.insertRow(), "None.");
+    none.colSpan = body.closest("table").tHead.rows[0].cells.length;
+  }
+  for (const item of items) {
+    const row = body.insertRow();
+    for (const value of columns(item, row)) {
+      if (value instanceof Node) cell(row, "").append(value);
+      else cell(row, value === null ? "–" : String(value));
+    }
+  }
+}
+
+// An admin action: one form, one Idempotency-Key for as long as the same action is being
+// tried, so that a double click or a retry after a lost answer never does it twice. The key
+// is new once the action was answered, or the form changed.
+function action(form, request, done) {
+  const outcome = form.querySelector(".outcome");
+  const submit = form.querySelector("button[type=submit]");
+  form.addEventListener("input", () => delete form.dataset.key);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    form.dataset.key ||= crypto.randomUUID();
+    submit.disabled = true;
+    outcome.textContent = "";
+    try {
+      const { path, method, body } = request(new FormData(form));
+      const answer = await json(path, { method, body, headers: { "Idempotency-Key": form.dataset.key } });
+      delete form.dataset.key;
+      outcome.textContent = await done(answer);
+    } catch (error) {
+      if (error.status) delete form.dataset.key; // answered: the same key would mean the same answer
+      const fields = error.body?.error.details?.fields;
+      outcome.textContent = fields ? `${error.message} ${Object.entries(fields).map(([name, problems]) => `${name}: ${problems.join(" ")}`).join("; ")}` : error.message;
+    } finally {
+      submit.disabled = false;
+    }
+  });
+}
+
+// A datetime-local value (the admin's local time) as an ISO 8601 instant, or null.
+function instant(value) {
+  return value ? new Date(value).toISOString() : null;
+}
+
+async function findUsers(event, again = false) {
+  if (event) event.preventDefault();
+  const query = $("#user-query").value.trim();
+  const search = query ? `&q=${encodeURIComponent(query)}` : "";
+  const cursor = again && nextUsers ? `&cursor=${encodeURIComponent(nextUsers)}` : "";
+  const page = await json(`/api/admin/users?limit=20${search}${cursor}`);
+  rows(
+    "#users",
+    page.items,
+    (user) => [user.email, user.role, user.tier, when(user.created_at), button("Open", () => openUser(user.id), `Open ${user.email}`)],
+    again,
+  );
+  nextUsers = page.next_cursor;
+  $("#more-users").hidden = !nextUsers;
+}
+
+async function openUser(id) {
+  userId = id;
+  const base = `/api/admin/users/${encodeURIComponent(id)}`;
+  const credit = await json(`${base}/credit`);
+  $("#user-title").textContent = credit.email;
+  figures($("#user-figures"), [
+    ["Balance", credit.balance, "balance"],
+    ["Reserved", credit.reserved, "reserved"],
+    ["Available", credit.available, "available"],
+    ["Tier", credit.tier, "tier"],
+    ["Next refresh", when(credit.next_refresh_at)],
+  ]);
+  $("#user-tier").value = credit.tier;
+  rows("#user-grants", credit.grants, (grant) => [
+    grant.source,
+    grant.amount,
+    grant.remaining,
+    grant.expires_at ? when(grant.expires_at) : "never",
+    grant.status,
+    grant.reason,
+  ]);
+  loadUserTransactions = transactionList(`${base}/transactions`, $("#user-transactions"), $("#user-receipt"));
+  $("#user-receipt").hidden = true;
+  await loadUserTransactions();
+  const section = $("#user");
+  if (section.hidden) {
+    section.hidden = false;
+    section.focus();
+  }
+}
+
+async function loadCompensations(event) {
+  if (event) event.preventDefault();
+  const status = $("#compensation-status").value;
+  const page = await json(`/api/admin/credit/compensations?limit=50${status ? `&status=${status}` : ""}`);
+  rows("#compensations", page.items, (item) => [
+    when(item.created_at),
+    item.user_id,
+    item.amount,
+    item.status,
+    item.attempts,
+    item.reason,
+    item.last_error,
+  ]);
+}
+
+async function loadReconciliation() {
+  const report = await json("/api/admin/credit/reconciliation");
+  figures($("#reconciliation-figures"), [
+    ["Last run", report.ran_at ? when(report.ran_at) : "not yet"],
+    ["Accounts checked", String(report.checked_accounts)],
+    ["Calls never billed", String(report.unbilled_calls)],
+    ["Their cost", report.unbilled_cost],
+  ]);
+  const verdict = $("#reconciliation-verdict");
+  verdict.textContent = report.drift.length
+    ? `Drift in ${report.drift.length} place(s): every balance must equal the sum of its entries.`
+    : "No drift: every balance equals the sum of its entries.";
+  verdict.className = report.drift.length ? "drift" : "fine";
+  rows("#drift", report.drift, (drift, row) => {
+    row.className = "drift";
+    return [button(drift.user_id, () => openUser(drift.user_id), `Open user ${drift.user_id}`), drift.invariant, drift.expected, drift.actual];
+  });
+}
+
+async function loadPrices(again = false) {
+  const cursor = again && nextPrices ? `&cursor=${encodeURIComponent(nextPrices)}` : "";
+  const page = await json(`/api/admin/pricing?limit=50${cursor}`);
+  rows(
+    "#prices",
+    page.items,
+    (price) => [
+      price.id,
+      price.provider,
+      price.model,
+      price.input,
+      price.cached_input,
+      price.cache_write,
+      price.output,
+      when(price.effective_from),
+      price.source,
+    ],
+    again,
+  );
+  nextPrices = page.next_cursor;
+  $("#more-prices").hidden = !nextPrices;
+}
+
+async function loadTiers() {
+  const { items } = await json("/api/admin/tiers");
+  rows("#tiers", items, (tier) => [
+    tier.name,
+    tier.monthly_credits,
+    tier.allowed_models.join(", "),
+    tier.default_max_tokens,
+    tier.max_max_tokens,
+    tier.rate_limits ? Object.entries(tier.rate_limits).map(([name, limit]) => `${name}: ${limit}`).join("; ") : "the defaults",
+  ]);
+  const select = $("#user-tier");
+  select.replaceChildren(...items.map((tier) => Object.assign(document.createElement("option"), { value: tier.name, textContent: tier.name })));
+}
+
+async function showConsole() {
+  const me = await json("/api/me");
+  if (me.role !== "admin") throw new Error(`${me.email} is not an admin: the console is for admins.`);
+  await Promise.all([findUsers(), loadCompensations(), loadReconciliation(), loadPrices(), loadTiers()]);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#user-search").addEventListener("submit", findUsers);
+  $("#more-users").addEventListener("click", () => findUsers(null, true));
+  $("#more-prices").addEventListener("click", () => loadPrices(true));
+  $("#compensation-filter").addEventListener("submit", loadCompensations);
+  const userPath = () => `/api/admin/users/${encodeURIComponent(userId)}`;
+  action(
+    $("#grant-form"),
+    (form) => ({
+      path: "/api/admin/credit/grant",
+      method: "POST",
+      body: { user_id: userId, amount: form.get("amount"), reason: form.get("reason"), expires_at: instant(form.get("expires_at")) },
+    }),
+    async (answer) => {
+      await openUser(userId);
+      return `Granted ${answer.grant.amount} credits: the balance is ${answer.balance.balance}.`;
+    },
+  );
+  action(
+    $("#adjust-form"),
+    (form) => ({ path: "/api/admin/credit/adjust", method: "POST", body: { user_id: userId, amount: form.get("amount"), reason: form.get("reason") } }),
+    async (answer) => {
+      await openUser(userId);
+      return `Adjusted by ${answer.amount} credits: the balance is ${answer.balance.balance}.`;
+    },
+  );
+  action(
+    $("#tier-form"),
+    (form) => ({ path: `${userPath()}/tier`, method: "PUT", body: { tier: form.get("tier") } }),
+    async (answer) => {
+      await openUser(userId);
+      return `The tier is ${answer.tier}.`;
+    },
+  );
+  action(
+    $("#revoke-form"),
+    () => ({ path: `${userPath()}/revoke-sessions`, method: "POST" }),
+    async (answer) => `${answer.revoked_sessions} session(s) revoked.`,
+  );
+  action(
+    $("#process-form"),
+    () => ({ path: "/api/admin/credit/process-compensations", method: "POST" }),
+    async (answer) => {
+      await loadCompensations();
+      return `Processing ${answer.pending} pending compensation(s) (task ${answer.task_id}).`;
+    },
+  );
+  action(
+    $("#price-form"),
+    (form) => {
+      const body = { provider: form.get("provider"), model: form.get("model"), input: form.get("input"), output: form.get("output") };
+      for (const name of ["cached_input", "cache_write"]) if (form.get(name)) body[name] = form.get(name);
+      if (form.get("effective_from")) body.effective_from = instant(form.get("effective_from"));
+      return { path: "/api/admin/pricing", method: "PUT", body };
+    },
+    async (answer) => {
+      await loadPrices();
+      return `Price #${answer.id} added for ${answer.provider}:${answer.model}, in force from ${when(answer.effective_from)}.`;
+    },
+  );
+  signInPage(showConsole, { role: "admin" });
+});

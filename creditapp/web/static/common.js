@@ -1,0 +1,189 @@
+// What every page shares: the JSON API with the access token (kept in sessionStorage only),
+// table cells and times, and signing in and out.
+
+export const $ = (selector) => document.querySelector(selector);
+const TOKEN = "creditapp.access_token";
+
+export async function api(path, options = {}) {
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  const token = sessionStorage.getItem(TOKEN);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+  });
+  if (response.status === 401 && token) {
+    signedOut();
+    throw new Error("Your session has ended: please sign in again.");
+  }
+  return response;
+}
+
+export async function json(path, options) {
+  const response = await api(path, options);
+  const body = await response.json();
+  if (!response.ok) throw Object.assign(new Error(body.error.message), { body, status: response.status });
+  return body;
+}
+
+export function cell(row, text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  row.append(td);
+  return td;
+}
+
+export function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "never";
+}
+
+export function button(text, onClick, label) {
+  const element = document.createElement("button");
+  element.type = "button";
+  element.textContent = text;
+  if (label) element.setAttribute("aria-label", label);
+  element.addEventListener("click", onClick);
+  return element;
+}
+
+// A <dl> of figures: [label, value, field name] each.
+export function figures(list, items) {
+  list.replaceChildren();
+  for (const [label, value, field] of items) {
+    const group = document.createElement("div");
+    const term = document.createElement("dt");
+    const description = document.createElement("dd");
+    term.textContent = label;
+    description.textContent = value;
+    if (field) description.dataset.field = field;
+    group.append(term, description);
+    list.append(group);
+  }
+}
+
+export async function download(path, filename) {
+  const response = await api(path, { headers: { Accept: "text/csv" } });
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = filename;
+  link.click();
+  URL.revokeObjectURL(url);
+}
+
+const BUCKETS = { input: "Input (not cached)", cached_input: "Cached input", cache_write: "Cache writes", output: "Output" };
+
+function showReceipt(place, { entry, receipt }) {
+  place.querySelector(".summary").textContent =
+    `${receipt.provider}:${receipt.model}, price #${receipt.price.id} in force since ` +
+    `${when(receipt.price.effective_from)}${receipt.usage.estimated ? ", usage estimated" : ""}` +
+    `${receipt.partial ? ", reply cut short (partial)" : ""}; entry ${entry.amount} credits.`;
+  const body = place.querySelector(".lines tbody");
+  body.replaceChildren();
+  for (const line of receipt.lines) {
+    const row = body.insertRow();
+    for (const value of [BUCKETS[line.bucket], String(line.tokens), line.usd_per_million, line.credits]) cell(row, value);
+  }
+  figures(place.querySelector(".totals"), [
+    ["Exact cost", receipt.exact, "exact-cost"],
+    ["Rounded up", receipt.rounded_up, "rounded-up"],
+    ["Charged", receipt.charged, "charged"],
+    ["Held", receipt.held, "held"],
+    ["Released", receipt.released, "released"],
+  ]);
+  place.hidden = false;
+  place.focus();
+}
+
+// The ledger entries under `path`, newest first, into `area` (its table, and its "Load more"
+// button following the cursor); each charge's button opens its receipt in `receiptPlace`.
+// Returns the loader: load() starts again, load(true) adds the next page.
+export function transactionList(path, area, receiptPlace) {
+  let next = null;
+  const more = area.querySelector(".more");
+  async function load(again = false) {
+    const cursor = again && next ? `&cursor=${encodeURIComponent(next)}` : "";
+    const page = await json(`${path}?limit=20${cursor}`);
+    const body = area.querySelector("tbody");
+    if (!again) body.replaceChildren();
+    for (const entry of page.items) {
+      const row = body.insertRow();
+      for (const value of [when(entry.created_at), entry.type, entry.amount, entry.balance_after]) cell(row, value);
+      const action = cell(row, "");
+      if (entry.type === "charge") {
+        const open = async () => showReceipt(receiptPlace, await json(`${path}/${encodeURIComponent(entry.id)}`));
+        action.append(button("Receipt", open, `Receipt of the charge of ${entry.amount} credits`));
+      }
+    }
+    next = page.next_cursor;
+    more.hidden = !next;
+  }
+  more.onclick = () => load(true);
+  return load;
+}
+
+let onSignedIn = async () => {};
+
+function signedOut() {
+  sessionStorage.removeItem(TOKEN);
+  $("#signed-in").hidden = true;
+  $("#sign-out").hidden = true;
+  $("#sign-in").hidden = false;
+}
+
+async function show() {
+  $("#sign-in").hidden = true;
+  $("#signed-in").hidden = false;
+  $("#sign-out").hidden = false;
+  await onSignedIn();
+}
+
+async function signIn(path, body) {
+  try {
+    const tokens = await json(path, { method: "POST", body });
+    sessionStorage.setItem(TOKEN, tokens.access_token);
+    $("#sign-in-error").textContent = "";
+    await show();
+  } catch (error) {
+    sessionStorage.removeItem(TOKEN);
+    $("#sign-in-error").textContent = error.message;
+  }
+}
+
+// Google Identity Services, when the page offers it (GOOGLE_CLIENT_ID is set): its button
+// hands over an ID token, which the service verifies and exchanges for its own tokens.
+function offerGoogle() {
+  const place = $("#google-sign-in");
+  if (!place) return;
+  const start = () => {
+    google.accounts.id.initialize({
+      client_id: place.dataset.clientId,
+      callback: (answer) => signIn("/api/auth/google", { id_token: answer.credential }),
+    });
+    google.accounts.id.renderButton(place, { theme: "outline", size: "large", text: "signin_with" });
+  };
+  if (window.google?.accounts?.id) start();
+  else $("#google-script").addEventListener("load", start);
+}
+
+// Wires the sign-in page and the sign-out button; `whenSignedIn` fills the page (and throws
+// to refuse the account, as the admin console does for a user).
+export function signInPage(whenSignedIn, demoBody) {
+  onSignedIn = async () => {
+    try {
+      await whenSignedIn();
+    } catch (error) {
+      signedOut();
+      $("#sign-in-error").textContent = error.message;
+    }
+  };
+  $("#demo-sign-in")?.addEventListener("click", () => signIn("/api/auth/demo", demoBody));
+  $("#sign-out").addEventListener("click", async () => {
+    await api("/api/auth/logout", { method: "POST" }); // revokes the session on the server
+    signedOut();
+  });
+  offerGoogle();
+  if (sessionStorage.getItem(TOKEN)) show();
+}
