@@ -118,7 +118,12 @@ def test_sign_in_chat_and_the_receipt_of_the_charge(browsing: Browsing) -> None:
     assert _serious_violations(page) == []
     page.screenshot(path=str(screenshots / "sign-in.png"))
 
-    page.get_by_role("button", name="Sign in as the demo user").click()
+    # By keyboard: the first Tab reaches the sign-in button, its focus ring shows, Enter works.
+    page.keyboard.press("Tab")
+    focused = "[document.activeElement.textContent, getComputedStyle(document.activeElement)"
+    focused += ".outlineStyle]"
+    assert page.evaluate(focused) == ["Sign in as the demo user", "solid"]
+    page.keyboard.press("Enter")
     expect(page.locator("#balance")).not_to_have_text("\u2013")  # the placeholder dash
     balance = _api(base, page, "/api/credit/balance")
     assert page.locator("#balance").inner_text() == balance["balance"]
