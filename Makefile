@@ -34,8 +34,9 @@ run: venv  ## migrate, seed demo data; serve http://127.0.0.1:$PORT (default 500
 
 test: venv tools lint test-sqlite test-postgres test-clock  ## the whole suite on SQLite, on PostgreSQL + Redis, then with the clock moved
 
+# The browser tests' screenshots of every page, kept as the run's artifacts.
 test-sqlite: venv tools
-	CREDITAPP_TEST_DATABASE=sqlite $(PYTEST)
+	DASHBOARD_SCREENSHOTS=artifacts/screenshots CREDITAPP_TEST_DATABASE=sqlite $(PYTEST)
 
 test-postgres: venv tools
 	$(PG_TEST_ENV) $(PYTEST)
@@ -65,4 +66,4 @@ bench: venv  ## benchmarks on PostgreSQL; see docs/benchmarks.md
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/streaming.py
 
 clean:
-	rm -rf $(VENV) instance mutants .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) instance artifacts mutants .pytest_cache .mypy_cache .ruff_cache
