@@ -16,8 +16,10 @@ from flask_limiter import Limiter
 from limits.storage import MemoryStorage
 
 from creditapp.api import openapi
+from creditapp.api.errors import DATABASE_DOWN
 from creditapp.api.identity import request_user
 from creditapp.auth import tiers
+from creditapp.auth.models import User
 from creditapp.extensions import db
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,16 +29,32 @@ def client_ip() -> str:
     return f"ip:{request.remote_addr}"
 
 
+def _counted_user() -> User | None:
+    """The request's user, or None when the database cannot say: the request then counts
+    against its IP, and the view meets the database itself (503). A database error must not
+    reach the limiter, which would take it for its own storage failing, switch to counting in
+    memory, and ask again on a session whose transaction is broken."""
+    try:
+        return request_user()
+    except DATABASE_DOWN:
+        db.session.rollback()
+        return None
+
+
 def rate_limit_key() -> str:
     """Limits count per user when the request carries a valid access token, else per IP."""
-    user = request_user()
+    user = _counted_user()
     return client_ip() if user is None else f"user:{user.id}"
 
 
 def _limit(kind: str, setting: str) -> str:
-    user = request_user()
+    user = _counted_user()
     if user is not None:
-        chosen = tiers.rate_limits(db.session, user.tier_name).get(kind)
+        try:
+            chosen = tiers.rate_limits(db.session, user.tier_name).get(kind)
+        except DATABASE_DOWN:
+            db.session.rollback()
+            chosen = None
         if chosen:
             return str(chosen)
     return str(current_app.config[setting])

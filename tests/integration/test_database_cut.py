@@ -69,3 +69,35 @@ def test_a_key_whose_request_lost_the_database_is_freed_once_it_is_back(
             assert json.loads(answer)["reply"]["content"].startswith("Fake reply")
     finally:
         proxy.close()
+
+
+def test_a_cut_while_the_rate_limiter_loads_the_user_answers_503(
+    app: Flask, person_factory: Any
+) -> None:
+    """The limiter loads the caller first: the database failing there is a 503 like anywhere
+    else (not a 500), and the limiter keeps counting in Redis (it is not Redis that failed)."""
+    person = person_factory(credits=1_000_000)
+    database = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    proxy = TcpProxy(database.host or "127.0.0.1", database.port or 5432)
+    env = {
+        "DATABASE_URL": database.set(port=proxy.port).render_as_string(hide_password=False),
+        "RATELIMIT_ENABLED": "true",
+    }
+    try:
+        with live_server(env, threads=4) as base:
+            assert call("GET", f"{base}/api/credit/balance", person.token)[0] == 200
+            proxy.cut()
+            statuses = [
+                call("GET", f"{base}/api/credit/balance", person.token)[0] for _ in range(6)
+            ]
+            proxy.restore()
+            assert set(statuses) == {503}, statuses
+            deadline = time.monotonic() + 20
+            while (status := call("GET", f"{base}/api/credit/balance", person.token)[0]) != 200:
+                assert status == 503 and time.monotonic() < deadline
+                time.sleep(0.25)
+            status, _headers, body = call("GET", f"{base}/readyz")
+            expected = "redis" if app.config["REDIS_URL"] else "memory"
+            assert json.loads(body)["rate_limits"] == expected, body
+    finally:
+        proxy.close()
