@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, text
@@ -225,3 +226,13 @@ def _execute(app: Flask, statements: list[str]) -> None:
             for statement in statements:
                 db.session.execute(text(statement))
         db.session.remove()
+
+
+def clear_rate_limit_counters(app: Flask) -> None:
+    """Counters are kept per user id (and ids restart with every test) or per client IP: a
+    test that counts starts with whole budgets."""
+    if app.config["REDIS_URL"]:
+        storage = redis.Redis.from_url(app.config["REDIS_URL"])
+        keys = storage.keys("LIMITS*")
+        if keys:
+            storage.delete(*keys)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import current_app, request
+from flask import current_app, g, request
 from flask_limiter import Limiter
 from limits.storage import MemoryStorage
 
@@ -30,14 +30,15 @@ def client_ip() -> str:
 
 
 def _counted_user() -> User | None:
-    """The request's user, or None when the database cannot say: the request then counts
-    against its IP, and the view meets the database itself (503). A database error must not
-    reach the limiter, which would take it for its own storage failing, switch to counting in
-    memory, and ask again on a session whose transaction is broken."""
+    """The request's user, or None when the database cannot say (the request is then not
+    counted, see below). A database error must not reach the limiter, which would take it for
+    its own storage failing, switch to counting in memory, and ask again on a session whose
+    transaction is broken."""
     try:
         return request_user()
     except DATABASE_DOWN:
         db.session.rollback()
+        g.caller_unknown_database_down = True
         return None
 
 
@@ -76,6 +77,16 @@ def spending() -> str:
 
 
 limiter = Limiter(key_func=rate_limit_key, application_limits=[everything])
+
+
+@limiter.request_filter
+def _caller_unknown_database_down() -> bool:
+    """Not counted: a request whose caller cannot be loaded because the database is down. Its
+    view meets the database itself and answers 503; counted against its IP instead, the
+    outage would spend the budget of everyone behind that IP, refused with 429 for the rest of
+    the window once the database is back."""
+    _counted_user()
+    return bool(g.get("caller_unknown_database_down"))
 
 
 def exempt(view: F) -> F:

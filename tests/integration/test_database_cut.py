@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.engine import make_url
 
 from tests.fake_providers import Answer, FakeProviders
-from tests.helpers import add_price, start_conversation
+from tests.helpers import add_price, clear_rate_limit_counters, start_conversation
 from tests.integration.live_server import call, live_server
 from tests.integration.tcp_proxy import TcpProxy
 
@@ -75,7 +75,9 @@ def test_a_cut_while_the_rate_limiter_loads_the_user_answers_503(
     app: Flask, person_factory: Any
 ) -> None:
     """The limiter loads the caller first: the database failing there is a 503 like anywhere
-    else (not a 500), and the limiter keeps counting in Redis (it is not Redis that failed)."""
+    else (not a 500), such requests spend nobody's budget (not the IP's either), and the
+    limiter keeps counting in Redis (it is not Redis that failed)."""
+    clear_rate_limit_counters(app)
     person = person_factory(credits=1_000_000)
     database = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
     proxy = TcpProxy(database.host or "127.0.0.1", database.port or 5432)
@@ -96,6 +98,8 @@ def test_a_cut_while_the_rate_limiter_loads_the_user_answers_503(
             while (status := call("GET", f"{base}/api/credit/balance", person.token)[0]) != 200:
                 assert status == 503 and time.monotonic() < deadline
                 time.sleep(0.25)
+            status, headers, _body = call("GET", f"{base}/api/me")  # counted against the IP
+            assert (status, headers["X-RateLimit-Remaining"]) == (401, "99")
             status, _headers, body = call("GET", f"{base}/readyz")
             expected = "redis" if app.config["REDIS_URL"] else "memory"
             assert json.loads(body)["rate_limits"] == expected, body

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis
 from flask import Flask
 
-from tests.helpers import add_price, start_conversation
+from tests.helpers import add_price, clear_rate_limit_counters, start_conversation
 from tests.integration.live_server import call, live_server
 
 pytestmark = pytest.mark.real_clock
@@ -16,13 +15,7 @@ pytestmark = pytest.mark.real_clock
 
 @pytest.fixture(autouse=True)
 def fresh_limits(app: Flask) -> None:
-    """Counters are kept per user id (and ids restart with every test) or per client IP: each
-    test starts with whole budgets."""
-    if app.config["REDIS_URL"]:
-        storage = redis.Redis.from_url(app.config["REDIS_URL"])
-        keys = storage.keys("LIMITS*")
-        if keys:
-            storage.delete(*keys)
+    clear_rate_limit_counters(app)
 
 
 def test_pages_and_their_assets_spend_no_budget(app: Flask) -> None:
