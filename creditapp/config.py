@@ -178,13 +178,17 @@ class Config:
             # No pre-ping: it costs a round trip per checkout on the ledger's hot path. A
             # connection the server dropped fails one request with 503 and SQLAlchemy then
             # replaces the whole pool; recycling keeps connections from going stale quietly.
-            self.SQLALCHEMY_ENGINE_OPTIONS = {
+            self.SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {
                 "pool_size": _int_env("DATABASE_POOL_SIZE", 10),
                 # Connections beyond the pool are closed when returned: a burst does not
                 # leave the process holding them.
                 "max_overflow": _int_env("DATABASE_MAX_OVERFLOW", 20, minimum=0),
                 "pool_recycle": 1800,
             }
+            # Behind PgBouncer in transaction mode older than 1.21, a statement psycopg has
+            # prepared on one server connection is unknown on the next: never prepare then.
+            if (env.get("DATABASE_PREPARED_STATEMENTS") or "true").lower() == "false":
+                self.SQLALCHEMY_ENGINE_OPTIONS["connect_args"] = {"prepare_threshold": None}
         else:
             self.SQLALCHEMY_ENGINE_OPTIONS = {}
 

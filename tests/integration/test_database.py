@@ -6,8 +6,9 @@ import sqlite3
 
 import pytest
 from flask import Flask
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
+from creditapp.config import load_config
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 
@@ -40,3 +41,19 @@ def test_write_transaction_rolls_back_on_error(ctx: Flask) -> None:
         text("SELECT monthly_credits FROM tiers WHERE name = 'free'")
     ).scalar_one()
     assert credits == 100_000_000
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize(("setting", "threshold"), [("true", 5), ("false", None)])
+def test_prepared_statements_can_be_switched_off_for_pgbouncer(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, setting: str, threshold: int | None
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", app.config["SQLALCHEMY_DATABASE_URI"])
+    monkeypatch.setenv("DATABASE_PREPARED_STATEMENTS", setting)
+    config = load_config("testing")
+    engine = create_engine(config.SQLALCHEMY_DATABASE_URI, **config.SQLALCHEMY_ENGINE_OPTIONS)
+    try:
+        with engine.connect() as connection:
+            assert connection.connection.driver_connection.prepare_threshold == threshold
+    finally:
+        engine.dispose()
