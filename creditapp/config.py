@@ -85,6 +85,9 @@ class Config:
 
     RATELIMIT_HEADERS_ENABLED = True
     RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+    # Redis failing after the limit was checked (while the view ran) must not turn its answer
+    # into a 500: the rate-limit headers are then left out, and the error logged.
+    RATELIMIT_SWALLOW_ERRORS = True
     # One budget per user (or client IP) across every endpoint; the kinds below come on top.
     RATELIMIT_APPLICATION = "100 per minute"
     RATELIMIT_SENSITIVE = "10 per 5 minutes"
