@@ -11,7 +11,10 @@ POSTGRES_CLOCK := 2027-12-31T23:59:00Z
 PG_TEST_ENV := CREDITAPP_TEST_DATABASE=postgresql TEST_PG_ADMIN_URL=$(PG_ADMIN_URL) \
 	TEST_REDIS_URL=$(TEST_REDIS_URL)
 
-.PHONY: venv tools run test test-sqlite test-postgres test-clock mutation lint bench clean
+# The chaos run's short version in `make test`: a fixed seed, every kind of fault at least once.
+CHAOS_SHORT := --seconds 45 --seed 3 --users 10 --warm-up 6 --fault-every 4
+
+.PHONY: venv tools run test test-sqlite test-postgres test-chaos test-clock mutation lint bench chaos clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3.11 -m venv $(VENV)
@@ -32,7 +35,7 @@ tools:  ## Debian's nginx, Chromium and promtool for the edge, browser and alert
 run: venv  ## migrate, seed demo data; serve http://127.0.0.1:$PORT (default 5000) with a worker and beat (SQLite, no servers)
 	$(PY) scripts/run_embedded.py
 
-test: venv tools lint test-sqlite test-postgres test-clock  ## the whole suite on SQLite, on PostgreSQL + Redis, then with the clock moved
+test: venv tools lint test-sqlite test-postgres test-chaos test-clock  ## the whole suite on SQLite, on PostgreSQL + Redis, a short chaos run, then with the clock moved
 
 # The browser tests' screenshots of every page, kept as the run's artifacts.
 test-sqlite: venv tools
@@ -40,6 +43,12 @@ test-sqlite: venv tools
 
 test-postgres: venv tools
 	$(PG_TEST_ENV) $(PYTEST)
+
+test-chaos: venv  ## a minute of the chaos run (bench/chaos.py) on PostgreSQL + Redis
+	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/chaos.py $(CHAOS_SHORT)
+
+chaos: venv  ## the chaos run: five minutes of load and faults (CHAOS_SECONDS=, CHAOS_SEED= to choose)
+	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/chaos.py --seconds $(or $(CHAOS_SECONDS),300) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 test-clock: venv  ## the suite again at other dates (a leap day, a year's last minute)
 	for moment in $(SQLITE_CLOCKS); do \

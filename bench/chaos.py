@@ -1,0 +1,1219 @@
+"""Proof under fire: a chaos run of the whole service, scaled out on one machine as it would be
+on several, that checks every invariant and every outcome a client saw.
+
+Two web instances (gunicorn masters on ports of their own, several workers each), two Celery
+workers, two beats (redbeat: one schedules, the other waits for its lock), one PostgreSQL and
+one Redis reached through TCP proxies the run can cut, and the fake provider server speaking
+each provider's wire format to the real SDKs.
+
+Users chat (streamed and not, some hanging up early), admins grant, adjust and refund,
+subscription periods end during the run. A client retries every request whose outcome it did
+not learn (a dropped connection, a 503, a 409 "still in progress") with the same
+Idempotency-Key, as a careful client would, until it learns it. Faults follow a schedule drawn
+from the seed and printed first (the same seed, the same schedule): SIGKILL of web workers and
+masters, of Celery workers mid-job and of the beat holding the lock (each restarted);
+PostgreSQL and Redis cut for seconds; the provider slow, failing, or dying mid-stream.
+
+At the end, after the jobs have caught up, the run checks: reconciliation finds no drift;
+every answered message was charged exactly once and exactly its cost; the ledger's charges,
+grants and adjustments of every user equal what the clients learned (nothing charged for a
+refusal, nothing applied twice, nothing missing); every retried request has one outcome; no
+hold is pending; one subscription grant per user and period, and a new one for every period
+that ended; every compensation paid at most once (and every one paid); the metrics agree with
+the database. It prints a table and "lost 0, doubled 0", or the counterexamples and the seed.
+
+    make chaos            # or: .venv/bin/python bench/chaos.py [--seconds 300] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import redis
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fake_providers import Answer, FakeProviders  # noqa: E402
+from tests.integration.live_server import free_port  # noqa: E402
+from tests.integration.tcp_proxy import TcpProxy  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_TARGET = (
+    os.environ.get("REDIS_HOST", "127.0.0.1"),
+    int(os.environ.get("REDIS_PORT", "6379")),
+)
+REDIS_DB = 13  # a database of the run's own, emptied first
+BIN = Path(sys.executable).parent
+MICRO = 1_000_000
+MODELS = {"openai": "gpt-chaos", "anthropic": "claude-chaos", "google": "gemini-chaos"}
+HOLD_TTL_SECONDS = 40
+# The jobs, often: the run is minutes long, and what it checks must have happened by its end.
+JOB_PERIODS = {
+    "REFRESH": 4,
+    "COMPENSATIONS": 3,
+    "EXPIRE_HOLDS": 3,
+    "ROLLUP": 10,
+    "EXPIRE_GRANTS": 6,
+    "RECONCILE": 20,
+    "PURGE_IDEMPOTENCY": 60,
+}
+FAULT_KINDS = (
+    "kill_web_worker",
+    "kill_web_master",
+    "kill_celery_worker",
+    "kill_beat",
+    "cut_postgres",
+    "cut_redis",
+    "provider_slow",
+    "provider_failing",
+    "provider_dies_mid_stream",
+)
+# A client gives up learning an outcome after this long: longer than a claim's takeover.
+LEARN_DEADLINE_SECONDS = HOLD_TTL_SECONDS * 4
+
+
+def credits(text: str) -> int:
+    """A credit string of the API as micro-credits."""
+    return int(Decimal(text) * MICRO)
+
+
+# ----------------------------------------------------------------------------------- faults
+
+
+@dataclass(frozen=True)
+class Fault:
+    at: float  # seconds after the load starts
+    kind: str
+    seconds: float  # how long it lasts (a cut, a slow provider) or until the restart
+
+
+def fault_schedule(seed: int, duration: float, every: float) -> list[Fault]:
+    """Faults about `every` seconds apart over the run, each kind in turn at first, then drawn
+    at random: the same seed gives the same schedule."""
+    draw = random.Random(seed)
+    faults, moment = [], every / 2
+    kinds = list(FAULT_KINDS)
+    draw.shuffle(kinds)
+    while moment < duration - 5:
+        kind = kinds.pop() if kinds else draw.choice(FAULT_KINDS)
+        faults.append(Fault(round(moment, 1), kind, round(draw.uniform(2, 5), 1)))
+        moment += draw.uniform(every * 0.5, every * 1.5)
+    return faults
+
+
+# -------------------------------------------------------------------------------- processes
+
+
+class Service:
+    """A process of the deployment, in a session of its own so that a kill takes its children
+    too; restarted with the same command. Its output goes to a log file per start."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], logs: Path):
+        self.name, self.command, self.env, self.logs = name, command, env, logs
+        self.starts = 0
+        self.exits = 0  # ended on their own (not by a fault): the supervisor restarted them
+        self.held_down = False  # killed by a fault, restarted by the fault's end
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = logs / f"{name}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        self.log_path = self.logs / f"{self.name}.{self.starts}.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the process and its children, as a machine losing power would."""
+        if self.process is not None:
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def children(self) -> list[int]:
+        if not self.alive:
+            return []
+        assert self.process is not None
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with suppress(OSError):
+                    stat = (entry / "stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                        found.append(int(entry.name))
+        return found
+
+    def stop(self) -> None:
+        if self.alive:
+            assert self.process is not None
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class WebInstance(Service):
+    """A gunicorn master and its workers. What its workers counted is kept when it is killed:
+    its restart empties its metrics directory, as a restarted machine's would be."""
+
+    def __init__(self, name: str, env: dict[str, str], logs: Path, workers: int, threads: int):
+        self.port = free_port()
+        self.metrics_dir = logs / f"{name}-metrics"
+        command = [
+            str(BIN / "gunicorn"),
+            "--config",
+            str(ROOT / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            "wsgi:app",
+        ]
+        super().__init__(
+            name, command, {**env, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}, logs
+        )
+        self.retired: Counter[str] = Counter()
+
+    def start(self) -> None:
+        if self.metrics_dir.exists():  # a restart: gunicorn empties the directory first
+            self.retired.update(metric_totals(read_metrics_dir(self.metrics_dir)))
+        super().start()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with suppress(OSError, http.client.HTTPException):
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                connection.request("GET", "/healthz")
+                if connection.getresponse().status == 200:
+                    return
+            time.sleep(0.2)
+        raise SystemExit(f"{self.name} did not start: see {self.log_path}")
+
+
+def read_metrics_dir(path: Path) -> str:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(path))
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry).decode()
+
+
+METRIC_SUMS: dict[str, tuple[str, set[str] | None]] = {
+    "credits": ("creditapp_credits_charged_microcredits", None),
+    "answered": ("creditapp_messages", {"charged", "client_closed", "refunded"}),
+}
+
+
+def metric_totals(text: str) -> Counter[str]:
+    """The sums the run compares with the database, from a metrics page."""
+    totals: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for name, (metric, outcomes) in METRIC_SUMS.items():
+            if family.name != metric:
+                continue
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                if outcomes is None or sample.labels.get("outcome") in outcomes:
+                    totals[name] += int(sample.value)
+    return totals
+
+
+# ------------------------------------------------------------------------------- deployment
+
+
+@dataclass
+class Seeded:
+    admin_token: str
+    users: list[User]
+
+
+@dataclass
+class User:
+    index: int
+    id: int
+    account_id: int
+    token: str
+    conversations: list[int]
+    period_ends: datetime | None  # when the subscription period ends during the run
+
+
+class Deployment:
+    """Everything the run starts, and stops at the end (the database is dropped)."""
+
+    def __init__(self, args: argparse.Namespace, logs: Path):
+        self.args, self.logs = args, logs
+        self.database = f"creditapp_chaos_{secrets.token_hex(3)}"
+        self.direct_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.database}"
+        database = urlsplit(PG_ADMIN_URL)
+        self.pg_proxy = TcpProxy(database.hostname or "127.0.0.1", database.port or 5432)
+        self.redis_proxy = TcpProxy(*REDIS_TARGET)
+        self.provider = FakeProviders()
+        self.provider.piece_delay = 0.02
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")},
+            **self.provider.base_urls(),
+            "CREDITAPP_ENV": "production",
+            "JWT_SECRET_KEY": secrets.token_hex(32),
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{self.pg_proxy.port}/{self.database}",
+            "REDIS_URL": f"redis://127.0.0.1:{self.redis_proxy.port}/{REDIS_DB}",
+            "HOLD_TTL_SECONDS": str(HOLD_TTL_SECONDS),
+            "PROVIDER_TIMEOUT_SECONDS": "5",
+            "PROVIDER_MAX_RETRIES": "0",
+            "BEAT_MAX_LOOP_SECONDS": "2",
+            "COMPENSATION_BASE_DELAY_SECONDS": "1",
+            "CELERY_VISIBILITY_TIMEOUT": "20",
+            "DATABASE_POOL_SIZE": "4",
+            "DATABASE_MAX_OVERFLOW": "8",
+            "STREAM_KEEPALIVE_SECONDS": "5",
+            **{f"JOB_PERIOD_{job}_SECONDS": str(seconds) for job, seconds in JOB_PERIODS.items()},
+        }
+        self.web = [
+            WebInstance(f"web{n}", self.env, logs, args.web_workers, args.web_threads)
+            for n in (1, 2)
+        ]
+        celery = [str(BIN / "celery"), "-A", "celery_worker:celery"]
+        self.workers = [
+            Service(
+                f"worker{n}",
+                [*celery, "worker", "--concurrency", "2", "-n", f"chaos{n}@%h", "-l", "INFO"],
+                self.env,
+                logs,
+            )
+            for n in (1, 2)
+        ]
+        self.beats = [
+            Service(f"beat{n}", [*celery, "beat", "-l", "INFO"], self.env, logs) for n in (1, 2)
+        ]
+
+    @property
+    def services(self) -> list[Service]:
+        return [*self.web, *self.workers, *self.beats]
+
+    def supervise(self, stop: threading.Event) -> None:
+        """What systemd (Restart=always) does in production: a process that ended on its own
+        is started again. (A beat exits when Redis goes away under it.)"""
+        while not stop.wait(0.5):
+            for service in self.services:
+                if not service.alive and not service.held_down:
+                    service.exits += 1
+                    service.start()
+
+    def beat_holding_the_lock(self) -> Service | None:
+        """The live beat that acquired redbeat's lock since it started (the other one waits)."""
+        for beat in self.beats:
+            if beat.alive and "beat: Acquired lock" in beat.log_path.read_text(errors="replace"):
+                return beat
+        return None
+
+    def start(self) -> Seeded:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{self.database}"')
+        redis.Redis(*REDIS_TARGET, db=REDIS_DB).flushdb()
+        migrated = subprocess.run(
+            [str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"],
+            cwd=ROOT,
+            env={**self.env, "DATABASE_URL": self.direct_url},
+            capture_output=True,
+        )
+        if migrated.returncode:
+            raise SystemExit(migrated.stderr.decode())
+        seeded = seed(self.direct_url, self.env["JWT_SECRET_KEY"], self.args)
+        for service in self.services:
+            service.start()
+        for web in self.web:
+            web.wait_ready()
+        return seeded
+
+    def close(self, *, keep_database: bool) -> None:
+        for service in self.services:
+            service.stop()
+        self.provider.close()
+        self.pg_proxy.close()
+        self.redis_proxy.close()
+        if keep_database:
+            print(f"database kept for a look: {self.direct_url}")
+            return
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+
+def seed(url: str, jwt_secret: str, args: argparse.Namespace) -> Seeded:
+    """Tiers without rate limits in the way, priced models, an admin, and users with
+    conversations: some with few credits (they meet 402), some whose period ends mid-run."""
+    os.environ.update(DATABASE_URL=url, JWT_SECRET_KEY=jwt_secret)
+    os.environ.pop("REDIS_URL", None)
+    from creditapp import create_app, ledger
+    from creditapp.auth import tiers, users
+    from creditapp.auth.tokens import issue_access_token
+    from creditapp.chat import service
+    from creditapp.database import write_transaction
+    from creditapp.extensions import db
+    from creditapp.pricing import book
+
+    app = create_app()
+    context = ledger.AuditContext(actor_type="system", actor_id="chaos")
+    now = datetime.now(UTC)
+    generous = {kind: "100000 per minute" for kind in ("default", "spending", "sensitive")}
+    draw = random.Random(args.seed)
+    chosen: list[User] = []
+    with app.app_context():
+        with write_transaction(db.session):
+            for name, monthly in (("chaos", 20 * MICRO), ("chaos-poor", MICRO // 2)):
+                tiers.put(
+                    db.session,
+                    name=name,
+                    monthly_credits=monthly,
+                    allowed_models=["*"],
+                    default_max_tokens=64,
+                    max_max_tokens=256,
+                    rate_limits=generous,
+                    context=context,
+                    now=now,
+                )
+            for provider, model in MODELS.items():
+                book.add(
+                    db.session,
+                    provider=provider,
+                    model=model,
+                    rates=book.Rates(Decimal("1"), Decimal("2"), Decimal("0.5"), Decimal("1.25")),
+                    effective_from=now - timedelta(days=62),
+                    source="chaos",
+                    now=now,
+                )
+            admin = users.create(
+                db.session,
+                email="admin@chaos.example",
+                role="admin",
+                tier_name="chaos",
+                context=context,
+                now=now,
+            )
+            characters = [
+                service.create_character(
+                    db.session,
+                    owner=admin,
+                    name=f"Chaos {provider}",
+                    system_prompt="Be brief.",
+                    provider=provider,
+                    model=model,
+                    public=True,
+                    now=now,
+                )
+                for provider, model in MODELS.items()
+            ]
+            admin_token = issue_access_token(
+                db.session, admin, now=now, expires_in=timedelta(hours=3)
+            )
+        for index in range(args.users):
+            poor = index % 6 == 5
+            # A third of the users: the period ends in the middle of the run.
+            period_ends = (
+                now + timedelta(seconds=args.seconds * draw.uniform(0.3, 0.7))
+                if index % 3 == 1
+                else None
+            )
+            created = period_ends - relativedelta_month() if period_ends else now
+            with write_transaction(db.session):
+                user = users.create(
+                    db.session,
+                    email=f"user{index}@chaos.example",
+                    tier_name="chaos-poor" if poor else "chaos",
+                    context=context,
+                    now=created,
+                )
+                account_id = users.account_id_of(db.session, user.id)
+                if not poor:
+                    ledger.grant(
+                        db.session,
+                        account_id=account_id,
+                        amount=30 * MICRO,
+                        source="purchase",
+                        reason="chaos",
+                        context=context,
+                        now=now,
+                    )
+                conversations = [
+                    service.create_conversation(
+                        db.session, user=user, character_id=character.id, now=now
+                    ).id
+                    for character in characters
+                ]
+                token = issue_access_token(db.session, user, now=now, expires_in=timedelta(hours=3))
+            chosen.append(User(index, user.id, account_id, token, conversations, period_ends))
+        db.session.remove()
+    return Seeded(admin_token, chosen)
+
+
+def relativedelta_month() -> Any:
+    from dateutil.relativedelta import relativedelta
+
+    return relativedelta(months=1)
+
+
+# ---------------------------------------------------------------------------------- clients
+
+
+@dataclass
+class Outcome:
+    """What a client finally learned of one request (one Idempotency-Key)."""
+
+    kind: str  # message, grant, adjust, refund
+    user: int  # the user's index
+    key: str
+    status: int = 0  # the definitive answer's status (200 for a stream)
+    code: str | None = None  # the error code, or the stream's last event
+    charged: int = 0  # micro-credits: a message's credits_charged
+    amount: int = 0  # micro-credits granted or adjusted
+    message_id: int | None = None
+    attempts: int = 0
+    hung_up: bool = False  # the client closed a stream early on purpose, then asked again
+    server_errors: list[int] = field(default_factory=list)  # 5xx other than 502/503 seen
+
+
+class Unlearned(Exception):
+    """The answer said nothing definitive (no answer, 503, still in progress): ask again."""
+
+
+class Clients:
+    """The load: users chatting, an admin granting, adjusting and refunding. Every request is
+    retried with its key until its outcome is learned, on either web instance."""
+
+    def __init__(self, deployment: Deployment, seeded: Seeded, seed: int):
+        self.provider = deployment.provider
+        self.seeded = seeded
+        self.outcomes: list[Outcome] = []
+        self.unlearned: list[Outcome] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.seed = seed
+        self.answered_messages: list[Outcome] = []
+        # The instances requests go to (the warm-up measures one, then both).
+        self.ports_in_use = [web.port for web in deployment.web]
+
+    # One request, on instance `attempt % 2`: (status, parsed body or stream events).
+    def _request(
+        self,
+        attempt: int,
+        method: str,
+        path: str,
+        token: str,
+        key: str,
+        body: dict[str, Any],
+        *,
+        hang_up: bool = False,
+    ) -> tuple[int, Any]:
+        port = self.ports_in_use[attempt % len(self.ports_in_use)]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        try:
+            connection.request(
+                method,
+                path,
+                body=json.dumps(body),
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/json",
+                    "Idempotency-Key": key,
+                },
+            )
+            response = connection.getresponse()
+            if response.status == 200 and "event-stream" in (
+                response.getheader("Content-Type") or ""
+            ):
+                return 200, read_events(response, hang_up=hang_up)
+            return response.status, json.loads(response.read() or b"{}")
+        except (OSError, http.client.HTTPException, json.JSONDecodeError) as error:
+            raise Unlearned(str(error)) from error
+        finally:
+            connection.close()
+
+    def learn(
+        self,
+        outcome: Outcome,
+        method: str,
+        path: str,
+        token: str,
+        body: dict[str, Any],
+        *,
+        hang_up: bool = False,
+    ) -> tuple[int, Any] | None:
+        """Send until a definitive answer; None if none came before the deadline."""
+        deadline = time.monotonic() + LEARN_DEADLINE_SECONDS
+        first = random.randrange(2)
+        while time.monotonic() < deadline:
+            attempt = outcome.attempts
+            outcome.attempts += 1
+            try:
+                status, answer = self._request(
+                    first + attempt,
+                    method,
+                    path,
+                    token,
+                    outcome.key,
+                    body,
+                    hang_up=hang_up and attempt == 0,
+                )
+            except Unlearned:
+                time.sleep(min(0.2 * outcome.attempts, 2))
+                continue
+            if status >= 500 and status not in (502, 503):
+                outcome.server_errors.append(status)
+            if status == 200 and isinstance(answer, list) and not answer_finished(answer):
+                time.sleep(0.2)  # a stream cut short: ask again, the replay tells the end
+                continue
+            code = answer.get("error", {}).get("code") if isinstance(answer, dict) else None
+            if status in (503, 500) or code == "request_in_progress":
+                time.sleep(min(0.3 * outcome.attempts, 3))
+                continue
+            outcome.status, outcome.code = status, code
+            return status, answer
+        return None
+
+    def record(self, outcome: Outcome, learned: bool) -> None:
+        with self.lock:
+            (self.outcomes if learned else self.unlearned).append(outcome)
+
+    def chat(self, user: User) -> None:
+        draw = random.Random(f"{self.seed}-{user.index}")
+        while not self.stop.is_set():
+            stream = draw.random() < 0.5
+            hang_up = stream and draw.random() < 0.15
+            conversation = draw.choice(user.conversations)
+            outcome = Outcome("message", user.index, f"m-{uuid.uuid4()}", hung_up=hang_up)
+            learned = self.learn(
+                outcome,
+                "POST",
+                f"/api/conversations/{conversation}/messages",
+                user.token,
+                {"content": f"Tell me something, {draw.randrange(10**6)}", "stream": stream},
+                hang_up=hang_up,
+            )
+            if learned is not None:
+                status, answer = learned
+                if status == 200:  # streamed: the last event says how it ended
+                    name, data = answer[-1]
+                    outcome.code = name
+                    outcome.charged = credits(data.get("credits_charged", "0"))
+                    outcome.message_id = stream_message_id(answer)
+                elif status == 201:
+                    outcome.charged = credits(answer["credits_charged"])
+                    outcome.message_id = int(answer["message"]["id"])
+                else:
+                    details = answer.get("error", {}).get("details") or {}
+                    outcome.charged = credits(details.get("credits_charged", "0"))
+                if outcome.message_id is not None and outcome.code in (None, "done"):
+                    with self.lock:
+                        self.answered_messages.append(outcome)
+            self.record(outcome, learned is not None)
+            # A 402 is shown to the person, who does not send again at once.
+            refused = outcome.status == 402
+            time.sleep(draw.uniform(1, 2) if refused else draw.uniform(0.05, 0.3))
+
+    def administer(self) -> None:
+        draw = random.Random(f"{self.seed}-admin")
+        token = self.seeded.admin_token
+        while not self.stop.is_set():
+            user = draw.choice(self.seeded.users)
+            kind = draw.choice(("grant", "adjust", "adjust", "refund"))
+            outcome = Outcome(kind, user.index, f"a-{uuid.uuid4()}")
+            if kind == "grant":
+                amount = Decimal(draw.randrange(1, 300)) / 100
+                learned = self.learn(
+                    outcome,
+                    "POST",
+                    "/api/admin/credit/grant",
+                    token,
+                    {"user_id": str(user.id), "amount": str(amount), "reason": "chaos"},
+                )
+                if learned and learned[0] == 201:
+                    outcome.amount = credits(learned[1]["grant"]["amount"])
+            elif kind == "adjust":
+                amount = Decimal(draw.randrange(-200, 200) or 1) / 100
+                learned = self.learn(
+                    outcome,
+                    "POST",
+                    "/api/admin/credit/adjust",
+                    token,
+                    {"user_id": str(user.id), "amount": str(amount), "reason": "chaos"},
+                )
+                if learned and learned[0] == 200:
+                    outcome.amount = credits(learned[1]["amount"])
+            else:
+                with self.lock:
+                    answered = [o for o in self.answered_messages if o.user == user.index]
+                    target = draw.choice(answered) if answered else None
+                    if target is not None:
+                        self.answered_messages.remove(target)
+                if target is None:
+                    continue
+                learned = self.learn(
+                    outcome,
+                    "POST",
+                    "/api/admin/credit/refund",
+                    token,
+                    {"message_id": str(target.message_id), "reason": "chaos"},
+                )
+            self.record(outcome, learned is not None)
+            time.sleep(draw.uniform(0.2, 0.6))
+
+    def bill_empty_replies(self) -> None:
+        """Now and then a provider bills a call and answers nothing: the message is charged as
+        billed and refunded at once (a compensation)."""
+        draw = random.Random(f"{self.seed}-empty")
+        while not self.stop.wait(draw.uniform(3, 8)):
+            self.provider.script(draw.choice(list(MODELS)), Answer(text=""))
+
+    @contextmanager
+    def running(self, users: list[User]) -> Iterator[None]:
+        threads = [threading.Thread(target=self.chat, args=(user,)) for user in users]
+        threads += [
+            threading.Thread(target=self.administer),
+            threading.Thread(target=self.bill_empty_replies),
+        ]
+        self.stop.clear()
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join()
+
+
+def read_events(response: http.client.HTTPResponse, *, hang_up: bool) -> list[tuple[str, Any]]:
+    """A stream's events as (name, data); with `hang_up`, only up to its first word."""
+    events: list[tuple[str, Any]] = []
+    name, data = "", ""
+    for raw in response:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif not line and name:
+            events.append((name, json.loads(data)))
+            if hang_up and name == "delta":
+                return events
+            name = ""
+    return events
+
+
+def answer_finished(events: list[tuple[str, Any]]) -> bool:
+    return bool(events) and events[-1][0] in ("done", "error")
+
+
+def stream_message_id(events: list[tuple[str, Any]]) -> int | None:
+    for name, data in events:
+        if name == "message":
+            return int(data["id"])
+    return None
+
+
+# ------------------------------------------------------------------------------ the faults
+
+
+class Injector:
+    """Carries out the schedule against the deployment, printing each fault as it starts."""
+
+    def __init__(self, deployment: Deployment, schedule: list[Fault], seed: int):
+        self.deployment = deployment
+        self.schedule = schedule
+        self.draw = random.Random(f"{seed}-targets")
+        self.injected: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.stop = threading.Event()
+
+    def run(self, started: float) -> None:
+        for fault in self.schedule:
+            if self.stop.wait(max(0.0, started + fault.at - time.monotonic())):
+                return
+            done = getattr(self, fault.kind)(fault.seconds)
+            (self.injected if done else self.skipped)[fault.kind] += 1
+            print(
+                f"  {time.monotonic() - started:6.1f} s  {fault.kind}"
+                f"{'' if done else ' (nothing to do)'}",
+                flush=True,
+            )
+
+    def _restart_later(self, service: Service, seconds: float) -> None:
+        def restart() -> None:
+            time.sleep(seconds)
+            service.start()
+            service.held_down = False
+
+        service.held_down = True
+        threading.Thread(target=restart, daemon=True).start()
+
+    def kill_web_worker(self, _seconds: float) -> bool:
+        workers = [pid for web in self.deployment.web for pid in web.children()]
+        if not workers:
+            return False
+        with suppress(ProcessLookupError):
+            os.kill(self.draw.choice(workers), signal.SIGKILL)  # the master starts another
+        return True
+
+    def kill_web_master(self, seconds: float) -> bool:
+        alive = [web for web in self.deployment.web if web.alive]
+        if len(alive) < 2:
+            return False  # one instance stays up: the clients' other door
+        web = self.draw.choice(alive)
+        web.held_down = True
+        web.kill()
+        self._restart_later(web, seconds)
+        return True
+
+    def kill_celery_worker(self, seconds: float) -> bool:
+        alive = [worker for worker in self.deployment.workers if worker.alive]
+        if not alive:
+            return False
+        worker = self.draw.choice(alive)
+        worker.held_down = True
+        worker.kill()
+        self._restart_later(worker, seconds)
+        return True
+
+    def kill_beat(self, seconds: float) -> bool:
+        # Right after a beat died, the lock is nobody's until it times out: wait for a holder.
+        deadline = time.monotonic() + 15
+        while (holder := self.deployment.beat_holding_the_lock()) is None:
+            if time.monotonic() > deadline or self.stop.wait(0.5):
+                return False
+        holder.held_down = True
+        holder.kill()
+        self._restart_later(holder, seconds)
+        return True
+
+    def _cut(self, proxy: TcpProxy, seconds: float) -> bool:
+        proxy.cut()
+        threading.Timer(seconds, proxy.restore).start()
+        return True
+
+    def cut_postgres(self, seconds: float) -> bool:
+        return self._cut(self.deployment.pg_proxy, seconds)
+
+    def cut_redis(self, seconds: float) -> bool:
+        return self._cut(self.deployment.redis_proxy, seconds)
+
+    def provider_slow(self, seconds: float) -> bool:
+        provider = self.deployment.provider
+        provider.delay = 2.0
+        threading.Timer(seconds, lambda: setattr(provider, "delay", 0.0)).start()
+        return True
+
+    def provider_failing(self, _seconds: float) -> bool:
+        for name in MODELS:
+            self.deployment.provider.script(name, *[Answer(status=500)] * 4)
+        return True
+
+    def provider_dies_mid_stream(self, _seconds: float) -> bool:
+        text = " ".join(f"word{n}" for n in range(12))
+        for name in MODELS:
+            self.deployment.provider.script(name, *[Answer(text=text, fail_after=3)] * 3)
+        return True
+
+
+# ------------------------------------------------------------------------------ the checks
+
+
+# The answers a correct service gives the load: (status, error code or a stream's last event).
+EXPECTED: dict[str, set[tuple[int, str | None]]] = {
+    "message": {
+        (201, None),
+        (200, "done"),
+        (200, "error"),
+        (402, "insufficient_credits"),
+        (502, "provider_error"),
+    },
+    "grant": {(201, None)},
+    "adjust": {(200, None), (409, "balance_would_go_negative")},
+    "refund": {(201, None), (409, "already_refunded")},
+}
+
+
+@dataclass
+class Findings:
+    lost: list[str] = field(default_factory=list)
+    doubled: list[str] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)
+    facts: dict[str, int] = field(default_factory=dict)  # what happened, for the table
+
+
+def wait_for_jobs(url: str, seeded: Seeded, timeout: float) -> None:
+    """Until no hold is pending, no compensation is due, and every user whose period ended has
+    the new period's grant: what the beat's jobs owe once the load has stopped."""
+    ended = [user.account_id for user in seeded.users if user.period_ends]
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as connection:
+        while time.monotonic() < deadline:
+            pending = connection.execute(
+                "SELECT (SELECT count(*) FROM holds WHERE status = 'pending'),"
+                " (SELECT count(*) FROM compensations WHERE status IN ('pending', 'processing'))"
+            ).fetchone()
+            assert pending is not None
+            renewed = connection.execute(
+                "SELECT count(*) FROM (SELECT account_id FROM grants WHERE source = 'subscription'"
+                " AND account_id = ANY(%s) GROUP BY account_id HAVING count(*) >= 2) AS renewed",
+                (ended,),
+            ).fetchone()
+            if pending[0] == 0 and pending[1] == 0 and renewed and renewed[0] == len(ended):
+                return
+            time.sleep(1)
+
+
+def check(url: str, clients: Clients, deployment: Deployment, uncounted_at_most: int) -> Findings:
+    found = Findings()
+    accounts = {user.index: user.account_id for user in clients.seeded.users}
+    with psycopg.connect(url, autocommit=True) as db:
+
+        def rows(query: str, *params: Any) -> list[tuple[Any, ...]]:
+            return db.execute(query, params).fetchall()
+
+        # Reconciliation, run now that the jobs have caught up (the beat's last report may be
+        # older): its report must find no drift.
+        reconciled = subprocess.run(
+            [str(BIN / "flask"), "--app", "wsgi", "jobs", "run", "reconcile"],
+            cwd=ROOT,
+            env={**deployment.env, "DATABASE_URL": url},
+            capture_output=True,
+        )
+        ((drift,),) = rows("SELECT drift FROM reconciliation_reports ORDER BY id DESC LIMIT 1")
+        found.lost += [f"drift: {item}" for item in drift]
+        if reconciled.returncode not in (0, 1):
+            found.other.append(f"reconcile failed: {reconciled.stderr.decode()[-500:]}")
+
+        # Every message a client saw answered: charged once, exactly its cost.
+        for outcome in clients.outcomes:
+            if outcome.kind != "message" or outcome.message_id is None:
+                continue
+            found_rows = rows(
+                "SELECT u.cost, u.credits_charged, u.ending,"
+                " (SELECT coalesce(-sum(e.amount), 0) FROM ledger_entries e"
+                "  WHERE e.hold_id = u.hold_id AND e.type = 'charge')"
+                " FROM messages m JOIN usage_records u ON u.id = m.usage_id WHERE m.id = %s",
+                outcome.message_id,
+            )
+            if not found_rows:
+                if outcome.charged:
+                    found.lost.append(f"message {outcome.message_id}: charged, no usage record")
+                continue
+            cost, charged, ending, in_ledger = found_rows[0]
+            if in_ledger > outcome.charged:
+                found.doubled.append(
+                    f"message {outcome.message_id}: ledger charged {in_ledger}, client saw "
+                    f"{outcome.charged}"
+                )
+            elif in_ledger < outcome.charged or charged != outcome.charged:
+                found.lost.append(
+                    f"message {outcome.message_id}: ledger {in_ledger}, usage {charged}, client "
+                    f"saw {outcome.charged}"
+                )
+            if outcome.code in (None, "done") and ending == "completed" and charged != cost:
+                found.lost.append(f"message {outcome.message_id}: charged {charged}, cost {cost}")
+
+        # Per user: the ledger's charges, admin grants and adjustments are what clients learned.
+        learned: dict[tuple[int, str], list[int]] = {}
+        for outcome in clients.outcomes:
+            value = outcome.charged if outcome.kind == "message" else outcome.amount
+            if value:
+                learned.setdefault((outcome.user, outcome.kind), []).append(value)
+        for index, account_id in accounts.items():
+            ledger_rows = {
+                kind: (count, total)
+                for kind, count, total in rows(
+                    "SELECT CASE WHEN e.type = 'grant' THEN 'grant:' || g.source ELSE e.type END,"
+                    " count(DISTINCT e.audit_id), sum(e.amount) FROM ledger_entries e JOIN grants g"
+                    " ON g.id = e.grant_id WHERE e.account_id = %s GROUP BY 1",
+                    account_id,
+                )
+            }
+            # An operation drawing on several grants writes an entry for each, under one audit
+            # record: operations are counted by their audit records.
+            for kind, ledger_kind, sign in (
+                ("message", "charge", -1),
+                ("grant", "grant:admin", 1),
+                ("adjust", "adjust", 1),
+            ):
+                seen = learned.get((index, kind), [])
+                count, total = ledger_rows.get(ledger_kind, (0, 0))
+                what = (
+                    f"user {index} {kind}: ledger {count} entries, {sign * total} µcr; clients"
+                    f" learned {len(seen)}, {sum(seen)} µcr"
+                )
+                if count != len(seen):
+                    (found.doubled if count > len(seen) else found.lost).append(what)
+                elif sign * total != sum(seen):
+                    more_taken = (sign * total > sum(seen)) == (kind == "message")
+                    (found.doubled if more_taken and kind == "message" else found.lost).append(what)
+
+        # Nothing left pending; one subscription grant per user and period.
+        for (hold_id,) in rows("SELECT id FROM holds WHERE status = 'pending'"):
+            found.lost.append(f"hold {hold_id} still pending")
+        for account_id, period, count in rows(
+            "SELECT account_id, period, count(*) FROM grants WHERE source = 'subscription'"
+            " GROUP BY account_id, period HAVING count(*) > 1"
+        ):
+            found.doubled.append(f"account {account_id}: {count} grants for period {period}")
+        for user in clients.seeded.users:
+            if user.period_ends is None:
+                continue
+            ((periods,),) = rows(
+                "SELECT count(*) FROM grants WHERE source = 'subscription' AND account_id = %s",
+                user.account_id,
+            )
+            if periods != 2:
+                found.lost.append(f"user {user.index}: {periods} subscription periods granted")
+
+        # Compensations: each paid at most once, and every one paid.
+        for compensation_id, status, refunds in rows(
+            "SELECT c.id, c.status, (SELECT count(*) FROM ledger_entries e WHERE e.type ="
+            " 'refund' AND e.reference = 'compensation:' || c.id) FROM compensations c"
+        ):
+            if refunds > 1:
+                found.doubled.append(f"compensation {compensation_id} paid {refunds} times")
+            if status != "completed" or refunds == 0:
+                found.lost.append(f"compensation {compensation_id}: {status}, {refunds} refunds")
+
+        ((paid, expired, unbilled, renewed),) = rows(
+            "SELECT (SELECT count(*) FROM compensations WHERE status = 'completed'),"
+            " (SELECT count(*) FROM holds WHERE status = 'expired'),"
+            " (SELECT count(*) FROM unbilled_usage),"
+            " (SELECT count(*) FROM grants WHERE source = 'subscription'"
+            "  AND period <> (SELECT min(g.period) FROM grants g"
+            "  WHERE g.account_id = grants.account_id AND g.source = 'subscription'))"
+        )
+        found.facts = {
+            "compensations paid": paid,
+            "holds expired by the job (their request died)": expired,
+            "calls never billed (their settle met a fault)": unbilled,
+            "subscription periods renewed during the run": renewed,
+        }
+
+        # The metrics: every web instance's now, and what killed ones had counted.
+        counted: Counter[str] = Counter()
+        for web in deployment.web:
+            counted.update(web.retired)
+            counted.update(metric_totals(read_metrics_dir(web.metrics_dir)))
+        ((answered, charged_total),) = rows(
+            "SELECT count(*) FILTER (WHERE ending IN ('completed', 'client_closed')),"
+            " coalesce(sum(credits_charged), 0) FROM usage_records"
+        )
+        # Counters are not in the database's transaction: a worker killed between a message's
+        # commit and its counter's increment loses that increment. So the metrics may fall
+        # short, by at most a message per thread of every killed worker; never exceed.
+        short = answered - counted["answered"]
+        found.facts["answered messages the metrics missed (workers killed after commit)"] = short
+        if not 0 <= short <= uncounted_at_most or (short == 0) != (
+            counted["credits"] == charged_total
+        ):
+            found.other.append(
+                f"metrics: {counted['answered']} answered, {counted['credits']} µcr charged;"
+                f" database: {answered} answered, {charged_total} µcr (killed workers could"
+                f" miss at most {uncounted_at_most})"
+            )
+    for outcome in clients.outcomes:
+        if (outcome.status, outcome.code) not in EXPECTED[outcome.kind]:
+            found.other.append(f"{outcome.kind} {outcome.key}: unexpected {describe(outcome)}")
+    if not any(o.kind == "message" and o.charged for o in clients.outcomes):
+        found.other.append("no message was charged: the run proved nothing")
+    for outcome in clients.outcomes + clients.unlearned:
+        if outcome.server_errors:
+            found.other.append(f"{outcome.kind} {outcome.key}: HTTP {outcome.server_errors}")
+    found.other += [f"{o.kind} {o.key}: no outcome learned" for o in clients.unlearned]
+    return found
+
+
+# --------------------------------------------------------------------------------- the run
+
+
+def answered_messages(clients: Clients) -> int:
+    with clients.lock:
+        return sum(
+            1
+            for o in clients.outcomes
+            if o.kind == "message" and o.code in (None, "done") and o.status in (200, 201)
+        )
+
+
+def warm_up(clients: Clients, deployment: Deployment, seconds: float) -> tuple[float, float]:
+    """Fault-free messages per second through one web instance, then through both."""
+    time.sleep(seconds / 3)  # workers load their SDKs, pools fill: not measured
+    rates = []
+    for ports in ([deployment.web[0].port], [web.port for web in deployment.web]):
+        clients.ports_in_use = ports
+        before, started = answered_messages(clients), time.monotonic()
+        time.sleep(seconds)
+        rates.append((answered_messages(clients) - before) / (time.monotonic() - started))
+    return rates[0], rates[1]
+
+
+def heal(deployment: Deployment) -> None:
+    """End every fault: proxies open, the provider well, every process running."""
+    deployment.pg_proxy.restore()
+    deployment.redis_proxy.restore()
+    deployment.provider.reset()
+    deployment.provider.piece_delay = 0.02
+    time.sleep(6)  # restarts the injector scheduled happen first
+    for service in deployment.services:
+        if not service.alive:
+            service.start()
+    for web in deployment.web:
+        web.wait_ready()
+
+
+def describe(outcome: Outcome) -> str:
+    if outcome.kind == "message" and outcome.status == 200:
+        return f"{outcome.kind} streamed, {outcome.code}" + (
+            " (hung up, asked again)" if outcome.hung_up else ""
+        )
+    return f"{outcome.kind} {outcome.status}" + (f" {outcome.code}" if outcome.code else "")
+
+
+def report(
+    clients: Clients,
+    injector: Injector,
+    deployment: Deployment,
+    findings: Findings,
+    rates: tuple[float, float],
+    seed: int,
+) -> None:
+    outcomes = Counter(describe(outcome) for outcome in clients.outcomes)
+    print("\nOperations by outcome")
+    for name, count in sorted(outcomes.items()):
+        print(f"  {name:55} {count:7}")
+    retried = sum(1 for outcome in clients.outcomes if outcome.attempts > 1)
+    print(f"  {'(asked more than once, one outcome each)':55} {retried:7}")
+    print(f"  {'(no outcome learned)':55} {len(clients.unlearned):7}")
+    print("\nFaults injected by kind")
+    for kind in FAULT_KINDS:
+        skipped = (
+            f"  ({injector.skipped[kind]} with nothing to do)" if injector.skipped[kind] else ""
+        )
+        print(f"  {kind:55} {injector.injected[kind]:7}{skipped}")
+    exits = ", ".join(f"{s.name} {s.exits}" for s in deployment.services if s.exits)
+    print(f"  {'(processes that ended on their own, restarted)':55} {exits or 'none'}")
+    print("\nWhat the jobs and the ledger did")
+    for name, count in findings.facts.items():
+        print(f"  {name:55} {count:7}")
+    charged = sum(o.charged for o in clients.outcomes if o.kind == "message")
+    print(f"\nCredits charged (as clients learned them): {Decimal(charged) / MICRO}")
+    print(
+        f"Fault-free warm-up: {rates[0]:.1f} answered messages/s through one web instance,"
+        f" {rates[1]:.1f} through two"
+    )
+    for title, items in (
+        ("LOST", findings.lost),
+        ("DOUBLED", findings.doubled),
+        ("OTHER", findings.other),
+    ):
+        for item in items[:20]:
+            print(f"  {title}: {item}")
+    print(
+        f"\nlost {len(findings.lost)}, doubled {len(findings.doubled)},"
+        f" other failures {len(findings.other)}   (seed {seed})"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=300, help="of load under faults")
+    parser.add_argument("--seed", type=int, default=None, help="replays a run's fault schedule")
+    parser.add_argument("--users", type=int, default=24)
+    parser.add_argument("--fault-every", type=float, default=8, help="seconds, on average")
+    parser.add_argument("--warm-up", type=float, default=15, help="seconds per side")
+    parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--web-threads", type=int, default=8)
+    args = parser.parse_args()
+    if args.seed is None:
+        args.seed = random.randrange(10**6)
+    schedule = fault_schedule(args.seed, args.seconds, args.fault_every)
+    print(
+        f"chaos run: seed {args.seed}, {args.seconds:g} s of load by {args.users} users and an"
+        f" admin, {len(schedule)} faults: two web instances x {args.web_workers} workers,"
+        " two Celery workers, two beats, PostgreSQL and Redis behind cuttable proxies"
+    )
+    for fault in schedule:
+        print(f"  at {fault.at:6.1f} s  {fault.kind} ({fault.seconds:g} s)")
+    logs = Path(tempfile.mkdtemp(prefix="creditapp-chaos-"))
+    deployment = Deployment(args, logs)
+    failed = True  # until the checks say otherwise (an error on the way keeps everything)
+    try:
+        seeded = deployment.start()
+        supervising = threading.Event()
+        threading.Thread(target=deployment.supervise, args=(supervising,), daemon=True).start()
+        clients = Clients(deployment, seeded, args.seed)
+        injector = Injector(deployment, schedule, args.seed)
+        with clients.running(seeded.users):
+            rates = warm_up(clients, deployment, args.warm_up)
+            print("faults:", flush=True)
+            faults = threading.Thread(target=injector.run, args=(time.monotonic(),))
+            faults.start()
+            time.sleep(args.seconds)
+            injector.stop.set()
+            faults.join()
+            print("load stopping: every client learns its last outcome", flush=True)
+        heal(deployment)
+        wait_for_jobs(deployment.direct_url, seeded, timeout=HOLD_TTL_SECONDS * 3)
+        killed_workers = (
+            injector.injected["kill_web_worker"]
+            + injector.injected["kill_web_master"] * args.web_workers
+        )
+        findings = check(
+            deployment.direct_url, clients, deployment, killed_workers * args.web_threads
+        )
+        supervising.set()
+        report(clients, injector, deployment, findings, rates, args.seed)
+        failed = bool(findings.lost or findings.doubled or findings.other)
+    finally:
+        deployment.close(keep_database=failed)
+        if failed:
+            print(f"logs kept in {logs}")
+        else:
+            shutil.rmtree(logs, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
