@@ -1122,21 +1122,21 @@ def report(
     outcomes = Counter(describe(outcome) for outcome in clients.outcomes)
     print("\nOperations by outcome")
     for name, count in sorted(outcomes.items()):
-        print(f"  {name:55} {count:7}")
+        print(f"  {name:62} {count:7}")
     retried = sum(1 for outcome in clients.outcomes if outcome.attempts > 1)
-    print(f"  {'(asked more than once, one outcome each)':55} {retried:7}")
-    print(f"  {'(no outcome learned)':55} {len(clients.unlearned):7}")
+    print(f"  {'(asked more than once, one outcome each)':62} {retried:7}")
+    print(f"  {'(no outcome learned)':62} {len(clients.unlearned):7}")
     print("\nFaults injected by kind")
     for kind in FAULT_KINDS:
         skipped = (
             f"  ({injector.skipped[kind]} with nothing to do)" if injector.skipped[kind] else ""
         )
-        print(f"  {kind:55} {injector.injected[kind]:7}{skipped}")
+        print(f"  {kind:62} {injector.injected[kind]:7}{skipped}")
     exits = ", ".join(f"{s.name} {s.exits}" for s in deployment.services if s.exits)
-    print(f"  {'(processes that ended on their own, restarted)':55} {exits or 'none'}")
+    print(f"  {'(processes that ended on their own, restarted)':62} {exits or 'none'}")
     print("\nWhat the jobs and the ledger did")
     for name, count in findings.facts.items():
-        print(f"  {name:55} {count:7}")
+        print(f"  {name:62} {count:7}")
     charged = sum(o.charged for o in clients.outcomes if o.kind == "message")
     print(f"\nCredits charged (as clients learned them): {Decimal(charged) / MICRO}")
     print(

@@ -96,3 +96,56 @@ def test_a_receipts_lines_are_the_buckets_of_the_cost_and_name_the_tier() -> Non
     assert sum(line.micro_credits for line in lines) == rates.exact_micro_credits(usage)
     assert book.round_up(rates.exact_micro_credits(usage)) == book.cost(tiered, usage)
     assert [line.micro_credits for line in lines] == [1_200_000, 400_000, 800_000, 140_000]
+
+
+@st.composite
+def provider_usages(draw: st.DrawFn) -> Usage:
+    """Usage as each provider's adapter normalizes it (creditapp.metering.providers):
+    OpenAI's prompt includes its cached tokens and its completion its reasoning; Anthropic's
+    cache reads and writes are added to its input; Gemini's thoughts are added to its output."""
+    shape = draw(st.sampled_from(["openai", "anthropic", "google"]))
+    count = st.integers(0, 10**6)
+    if shape == "openai":
+        cached, prompt = draw(count), draw(count)
+        reasoning, completion = draw(count), draw(count)
+        return Usage(
+            input_tokens=prompt + cached,
+            cached_tokens=cached,
+            output_tokens=completion + reasoning,
+            reasoning_tokens=reasoning,
+        )
+    if shape == "anthropic":
+        read, write, fresh = draw(count), draw(count), draw(count)
+        return Usage(
+            input_tokens=fresh + read + write,
+            cached_tokens=read,
+            cache_write_tokens=write,
+            output_tokens=draw(count),
+        )
+    cached, prompt, thoughts, candidates = draw(count), draw(count), draw(count), draw(count)
+    return Usage(
+        input_tokens=prompt + cached,
+        cached_tokens=cached,
+        output_tokens=candidates + thoughts,
+        reasoning_tokens=thoughts,
+    )
+
+
+@given(usage=provider_usages(), tiered=st.booleans())
+def test_a_receipt_adds_up_to_the_charge_for_every_providers_usage(
+    usage: Usage, tiered: bool
+) -> None:
+    """What a receipt shows, line by line, sums to the exact cost, whose rounding up is what
+    was charged; and every token is on exactly one line (reasoning is part of output)."""
+    row = price(
+        cached_input=Decimal("0.25"),
+        cache_write=Decimal("3.75"),
+        prompt_tiers=TIERED if tiered else None,
+    )
+    _threshold, rates = book.tier_for(row, usage.input_tokens)
+    lines = rates.lines(usage)
+    assert sum(line.tokens for line in lines) == usage.input_tokens + usage.output_tokens
+    assert sum(line.micro_credits for line in lines) == rates.exact_micro_credits(usage)
+    assert book.round_up(rates.exact_micro_credits(usage)) == book.cost(row, usage)
+    for line in lines:  # by hand: 1 USD per 1M tokens is 1,000 µcr (0.001 credit) per token
+        assert line.micro_credits == line.tokens * line.usd_per_million * 1000
