@@ -74,6 +74,8 @@ BIN = Path(sys.executable).parent
 MICRO = 1_000_000
 MODELS = {"openai": "gpt-chaos", "anthropic": "claude-chaos", "google": "gemini-chaos"}
 HOLD_TTL_SECONDS = 40
+BEAT_LOOP_SECONDS = 2
+BEAT_LOCK_SECONDS = BEAT_LOOP_SECONDS * 5  # redbeat's lock timeout (creditapp.config)
 # The jobs, often: the run is minutes long, and what it checks must have happened by its end.
 JOB_PERIODS = {
     "REFRESH": 4,
@@ -302,7 +304,7 @@ class Deployment:
             "HOLD_TTL_SECONDS": str(HOLD_TTL_SECONDS),
             "PROVIDER_TIMEOUT_SECONDS": "5",
             "PROVIDER_MAX_RETRIES": "0",
-            "BEAT_MAX_LOOP_SECONDS": "2",
+            "BEAT_MAX_LOOP_SECONDS": str(BEAT_LOOP_SECONDS),
             "COMPENSATION_BASE_DELAY_SECONDS": "1",
             "CELERY_VISIBILITY_TIMEOUT": "20",
             "DATABASE_POOL_SIZE": "4",
@@ -340,6 +342,13 @@ class Deployment:
                 if not service.alive and not service.held_down:
                     service.exits += 1
                     service.start()
+
+    def lock_acquisitions(self) -> int:
+        """How many times any beat acquired redbeat's lock, over every start's log."""
+        return sum(
+            log.read_text(errors="replace").count("beat: Acquired lock")
+            for log in self.logs.glob("beat*.log")
+        )
 
     def beat_holding_the_lock(self) -> Service | None:
         """The live beat that acquired redbeat's lock since it started (the other one waits)."""
@@ -764,6 +773,9 @@ class Injector:
         self.draw = random.Random(f"{seed}-targets")
         self.injected: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
+        # For each beat killed holding the lock: did a beat take the lock over in time?
+        self.takeovers: list[bool] = []
+        self.watching: list[threading.Thread] = []
         self.stop = threading.Event()
 
     def run(self, started: float) -> None:
@@ -821,9 +833,24 @@ class Injector:
         while (holder := self.deployment.beat_holding_the_lock()) is None:
             if time.monotonic() > deadline or self.stop.wait(0.5):
                 return False
+        acquired_before = self.deployment.lock_acquisitions()
         holder.held_down = True
         holder.kill()
         self._restart_later(holder, seconds)
+
+        def taken_over() -> None:
+            # The dead holder's lock times out, then a waiting beat takes it within a loop.
+            deadline = time.monotonic() + BEAT_LOCK_SECONDS + 3 * BEAT_LOOP_SECONDS + 10
+            while time.monotonic() < deadline:
+                if self.deployment.lock_acquisitions() > acquired_before:
+                    self.takeovers.append(True)
+                    return
+                time.sleep(0.5)
+            self.takeovers.append(False)
+
+        watch = threading.Thread(target=taken_over, daemon=True)
+        watch.start()
+        self.watching.append(watch)
         return True
 
     def _cut(self, proxy: TcpProxy, seconds: float) -> bool:
@@ -1046,9 +1073,7 @@ def check(url: str, clients: Clients, deployment: Deployment, uncounted_at_most:
         # in fact made (the client's retry replays it). So the metrics may fall short, by at
         # most a message per thread at risk; never exceed.
         short = answered - counted["answered"]
-        found.facts["answered messages the metrics missed (killed, or commit unacknowledged)"] = (
-            short
-        )
+        found.facts["answered, not in the metrics (killed or commit unacknowledged)"] = short
         if not 0 <= short <= uncounted_at_most or (short == 0) != (
             counted["credits"] == charged_total
         ):
@@ -1210,6 +1235,16 @@ def main() -> int:
         findings = check(
             deployment.direct_url, clients, deployment, workers_at_risk * args.web_threads
         )
+        for watch in injector.watching:
+            watch.join()
+        findings.facts["beat locks taken over after their holder was killed"] = sum(
+            injector.takeovers
+        )
+        if not all(injector.takeovers):
+            findings.other.append(
+                f"{injector.takeovers.count(False)} beat lock(s) not taken over after the"
+                " holder was killed"
+            )
         supervising.set()
         report(clients, injector, deployment, findings, rates, args.seed)
         failed = bool(findings.lost or findings.doubled or findings.other)
