@@ -542,11 +542,10 @@ class Clients:
         # The instances requests go to (the warm-up measures one, then both).
         self.ports_in_use = [web.port for web in deployment.web]
 
-    # One request, on instance `attempt % 2`: (status, parsed body or stream events).
+    # One POST, on instance `attempt % 2`: (status, parsed body or stream events).
     def _request(
         self,
         attempt: int,
-        method: str,
         path: str,
         token: str,
         key: str,
@@ -558,7 +557,7 @@ class Clients:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
         try:
             connection.request(
-                method,
+                "POST",
                 path,
                 body=json.dumps(body),
                 headers={
@@ -581,14 +580,13 @@ class Clients:
     def learn(
         self,
         outcome: Outcome,
-        method: str,
         path: str,
         token: str,
         body: dict[str, Any],
         *,
         hang_up: bool = False,
     ) -> tuple[int, Any] | None:
-        """Send until a definitive answer; None if none came before the deadline."""
+        """POST until a definitive answer; None if none came before the deadline."""
         deadline = time.monotonic() + LEARN_DEADLINE_SECONDS
         first = random.randrange(2)
         while time.monotonic() < deadline:
@@ -597,7 +595,6 @@ class Clients:
             try:
                 status, answer = self._request(
                     first + attempt,
-                    method,
                     path,
                     token,
                     outcome.key,
@@ -633,7 +630,6 @@ class Clients:
             outcome = Outcome("message", user.index, f"m-{uuid.uuid4()}", hung_up=hang_up)
             learned = self.learn(
                 outcome,
-                "POST",
                 f"/api/conversations/{conversation}/messages",
                 user.token,
                 {"content": f"Tell me something, {draw.randrange(10**6)}", "stream": stream},
@@ -667,28 +663,22 @@ class Clients:
             user = draw.choice(self.seeded.users)
             kind = draw.choice(("grant", "adjust", "adjust", "refund"))
             outcome = Outcome(kind, user.index, f"a-{uuid.uuid4()}")
-            if kind == "grant":
-                amount = Decimal(draw.randrange(1, 300)) / 100
+            if kind in ("grant", "adjust"):
+                cents = draw.randrange(1, 300) if kind == "grant" else draw.randrange(-200, 200)
                 learned = self.learn(
                     outcome,
-                    "POST",
-                    "/api/admin/credit/grant",
+                    f"/api/admin/credit/{kind}",
                     token,
-                    {"user_id": str(user.id), "amount": str(amount), "reason": "chaos"},
+                    {
+                        "user_id": str(user.id),
+                        "amount": str(Decimal(cents or 1) / 100),
+                        "reason": "chaos",
+                    },
                 )
-                if learned and learned[0] == 201:
-                    outcome.amount = credits(learned[1]["grant"]["amount"])
-            elif kind == "adjust":
-                amount = Decimal(draw.randrange(-200, 200) or 1) / 100
-                learned = self.learn(
-                    outcome,
-                    "POST",
-                    "/api/admin/credit/adjust",
-                    token,
-                    {"user_id": str(user.id), "amount": str(amount), "reason": "chaos"},
-                )
-                if learned and learned[0] == 200:
-                    outcome.amount = credits(learned[1]["amount"])
+                if learned and learned[0] in (200, 201):
+                    answer = learned[1]
+                    done = answer["grant"] if kind == "grant" else answer
+                    outcome.amount = credits(done["amount"])
             else:
                 with self.lock:
                     answered = [o for o in self.answered_messages if o.user == user.index]
@@ -699,7 +689,6 @@ class Clients:
                     continue
                 learned = self.learn(
                     outcome,
-                    "POST",
                     "/api/admin/credit/refund",
                     token,
                     {"message_id": str(target.message_id), "reason": "chaos"},
