@@ -12,7 +12,7 @@ PG_TEST_ENV := CREDITAPP_TEST_DATABASE=postgresql TEST_PG_ADMIN_URL=$(PG_ADMIN_U
 	TEST_REDIS_URL=$(TEST_REDIS_URL)
 
 # The chaos run's short version in `make test`: a fixed seed, every kind of fault at least once.
-CHAOS_SHORT := --seconds 45 --seed 3 --users 10 --warm-up 6 --fault-every 4
+CHAOS_SHORT := --seconds 45 --seed 3 --users 10 --warm-up 3 --fault-every 4
 
 .PHONY: venv tools run test test-sqlite test-postgres test-chaos test-clock mutation lint bench chaos clean
 

@@ -22,7 +22,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from flask import Flask
 from flask.testing import FlaskClient
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, Route, expect, sync_playwright
 from sqlalchemy import text
 
 from creditapp.database import write_transaction
@@ -251,6 +251,32 @@ def test_the_admin_console(app: Flask, browsing: Browsing) -> None:
     grants = _api(base, page, f"/api/admin/credit/audit?user_id={user_id}&action=grant")
     assert [record["details"].get("reason") for record in grants["items"]].count("goodwill") == 1
     expect(figures.locator("[data-field=balance]")).to_have_text(after["balance"])
+
+    # A grant made whose answer is lost (a 503 in its place): the retry sends the same key and
+    # is answered with the first one's grant, not a second grant.
+    keys: list[str] = []
+
+    def lose_the_first_answer(route: Route) -> None:
+        keys.append(route.request.headers["idempotency-key"])
+        made = route.fetch()
+        if len(keys) == 1:
+            assert made.status == 201
+            lost = {"code": "service_unavailable", "message": "Try again.", "details": {}}
+            route.fulfill(status=503, json={"error": lost})
+        else:
+            route.fulfill(response=made)
+
+    page.route("**/api/admin/credit/grant", lose_the_first_answer)
+    page.locator("#grant-reason").fill("lost answer")
+    page.get_by_role("button", name="Grant", exact=True).click()
+    expect(page.locator("#grant-form .outcome")).to_have_text("Try again.")
+    browsing.meant_refusals.append((503, "/api/admin/credit/grant"))
+    page.get_by_role("button", name="Grant", exact=True).click()
+    expect(page.locator("#grant-form .outcome")).to_contain_text("Granted 5 credits")
+    page.unroute("**/api/admin/credit/grant")
+    assert len(keys) == 2 and keys[0] == keys[1]
+    after = _api(base, page, credit_path)
+    assert [g["reason"] for g in after["grants"]].count("lost answer") == 1
 
     # An adjustment, with its reason; a refusal is shown with what was wrong.
     page.get_by_label("Credits (negative to take away)").fill("-1.5")

@@ -4,7 +4,6 @@ import { $, button, cell, figures, json, signInPage, transactionList, when } fro
 let nextUsers = null;
 let nextPrices = null;
 let userId = null;
-let loadUserTransactions = null;
 
 function rows(selector, items, columns, again = false) {
   const body = $(`${selector} tbody`);
@@ -24,7 +23,9 @@ function rows(selector, items, columns, again = false) {
 
 // An admin action: one form, one Idempotency-Key for as long as the same action is being
 // tried, so that a double click or a retry after a lost answer never does it twice. The key
-// is new once the action was answered, or the form changed.
+// is new once the action was answered for good (a success or a refusal), or the form changed;
+// after no answer, a 5xx (the action may have been done) or "still in progress", the next
+// try sends the same key and gets the first one's answer.
 function action(form, request, done) {
   const outcome = form.querySelector(".outcome");
   const submit = form.querySelector("button[type=submit]");
@@ -40,7 +41,8 @@ function action(form, request, done) {
       delete form.dataset.key;
       outcome.textContent = await done(answer);
     } catch (error) {
-      if (error.status) delete form.dataset.key; // answered: the same key would mean the same answer
+      const pending = !error.status || error.status >= 500 || error.body?.error.code === "request_in_progress";
+      if (!pending) delete form.dataset.key;
       const fields = error.body?.error.details?.fields;
       outcome.textContent = fields ? `${error.message} ${Object.entries(fields).map(([name, problems]) => `${name}: ${problems.join(" ")}`).join("; ")}` : error.message;
     } finally {
@@ -91,9 +93,9 @@ async function openUser(id) {
     grant.status,
     grant.reason,
   ]);
-  loadUserTransactions = transactionList(`${base}/transactions`, $("#user-transactions"), $("#user-receipt"));
+  const loadTransactions = transactionList(`${base}/transactions`, $("#user-transactions"), $("#user-receipt"));
   $("#user-receipt").hidden = true;
-  await loadUserTransactions();
+  await loadTransactions();
   const section = $("#user");
   if (section.hidden) {
     section.hidden = false;
