@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import redis
+from dateutil.relativedelta import relativedelta
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
@@ -464,7 +465,7 @@ def seed(url: str, jwt_secret: str, args: argparse.Namespace) -> Seeded:
                 if index % 3 == 1
                 else None
             )
-            created = period_ends - relativedelta_month() if period_ends else now
+            created = period_ends - relativedelta(months=1) if period_ends else now
             with write_transaction(db.session):
                 user = users.create(
                     db.session,
@@ -494,12 +495,6 @@ def seed(url: str, jwt_secret: str, args: argparse.Namespace) -> Seeded:
             chosen.append(User(index, user.id, account_id, token, conversations, period_ends))
         db.session.remove()
     return Seeded(admin_token, chosen)
-
-
-def relativedelta_month() -> Any:
-    from dateutil.relativedelta import relativedelta
-
-    return relativedelta(months=1)
 
 
 # ---------------------------------------------------------------------------------- clients
