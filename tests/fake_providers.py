@@ -4,9 +4,10 @@ tests drive the official SDKs end to end.
 Each provider has a queue of scripted answers (usage, text, status, delay, raw body, missing
 usage); with nothing scripted it answers like the provider would, with usage counted from the
 request. Every request is recorded. Answers are JSON, or SSE when the request asks to stream:
-the text then comes word by word in each provider's own event format, `piece_delay` apart, and
-a stream can be cut after `fail_after` words (the provider failing mid-stream). `streams`
-records how each stream ended, so a test can see that a client stopped reading.
+the text then comes word by word in each provider's own event format, `piece_delay` apart; a
+stream can be cut after `fail_after` words (the provider failing mid-stream), or end after its
+last word without the event that says it is complete (`unterminated`). `streams` records how
+each stream ended, so a test can see that a client stopped reading.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class Answer:
     # Streaming: seconds between words, and the words sent before the connection is cut.
     piece_delay: float = 0.0
     fail_after: int | None = None
+    # Streaming: the body ends without the provider's terminal event (OpenAI's `finish_reason`
+    # chunk and `data: [DONE]`, Anthropic's `message_stop`, Gemini's `finishReason`).
+    unterminated: bool = False
 
 
 @dataclass
@@ -66,7 +70,7 @@ def _words(text: str) -> list[str]:
 Event = tuple[str, Any, bool]
 
 
-def _openai_events(payload: dict[str, Any], words: list[str]) -> list[Event]:
+def _openai_events(payload: dict[str, Any], words: list[str], *, terminated: bool) -> list[Event]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
         # With `include_usage`, every chunk but the last has `"usage": null`.
@@ -74,13 +78,16 @@ def _openai_events(payload: dict[str, Any], words: list[str]) -> list[Event]:
 
     events = [("", chunk({"role": "assistant", "content": ""}), False)]
     events += [("", chunk({"content": word}), True) for word in words]
-    events.append(("", chunk({}, "stop"), False))
+    if terminated:
+        events.append(("", chunk({}, "stop"), False))
     if payload.get("usage") is not None:
         events.append(("", {**payload, "object": "chat.completion.chunk", "choices": []}, False))
-    return [*events, ("", "[DONE]", False)]
+    return [*events, ("", "[DONE]", False)] if terminated else events
 
 
-def _anthropic_events(payload: dict[str, Any], words: list[str]) -> list[Event]:
+def _anthropic_events(
+    payload: dict[str, Any], words: list[str], *, terminated: bool
+) -> list[Event]:
     usage = payload.get("usage")
     start = {key: value for key, value in payload.items() if key != "usage"}
     if usage is not None:  # the start reports the input, and the first output token
@@ -114,14 +121,13 @@ def _anthropic_events(payload: dict[str, Any], words: list[str]) -> list[Event]:
     delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
     if usage is not None:
         delta["usage"] = usage
-    return [
-        *events,
-        ("message_delta", delta, False),
-        ("message_stop", {"type": "message_stop"}, False),
-    ]
+    events.append(("message_delta", delta, False))
+    if terminated:
+        events.append(("message_stop", {"type": "message_stop"}, False))
+    return events
 
 
-def _google_events(payload: dict[str, Any], words: list[str]) -> list[Event]:
+def _google_events(payload: dict[str, Any], words: list[str], *, terminated: bool) -> list[Event]:
     usage = payload.get("usageMetadata")
     candidate = payload["candidates"][0]
     thoughts = [part for part in candidate["content"]["parts"] if part.get("thought")]
@@ -136,7 +142,7 @@ def _google_events(payload: dict[str, Any], words: list[str]) -> list[Event]:
                 {
                     "content": {"parts": parts, "role": "model"},
                     "index": 0,
-                    **({"finishReason": "STOP"} if last else {}),
+                    **({"finishReason": "STOP"} if last and terminated else {}),
                 }
             ],
         }
@@ -391,7 +397,9 @@ class FakeProviders:
             self.streams.append(record)
         events = [
             (((f"event: {kind}\n" if kind else "") + f"data: {_encoded(data)}\n\n").encode(), word)
-            for kind, data, word in _EVENTS[provider](payload, words)
+            for kind, data, word in _EVENTS[provider](
+                payload, words, terminated=not answer.unterminated
+            )
         ]
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")

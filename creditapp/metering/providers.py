@@ -4,8 +4,9 @@ whole (`complete`) or as it is generated (`stream`).
 `openai` (Chat Completions), `anthropic` (Messages) and `google` (Gemini generate_content) use
 the official SDKs, configured from the environment, and their streaming APIs; `demo` answers
 offline, deterministically, with realistic usage (streamed word by word). Each adapter turns
-every way its SDK can fail into `ProviderError`, and reads usage into `Usage` exactly as
-contract section 3 defines it, or None when the provider reported none.
+every way its SDK can fail into `ProviderError` (a stream that ends without its terminal event
+included), and reads usage into `Usage` exactly as contract section 3 defines it, or None when
+the provider reported none.
 """
 
 from __future__ import annotations
@@ -58,9 +59,19 @@ class ProviderError(Exception):
         super().__init__(f"{provider}: {reason}" + (f" (HTTP {status})" if status else ""))
 
 
+class _Ended:
+    """What an adapter's items yield on the provider's terminal event (OpenAI's
+    `finish_reason`, Anthropic's `message_stop`, Gemini's `finishReason`)."""
+
+
+ENDED = _Ended()
+
+
 class ReplyStream:
     """A reply as the provider generates it: iterating gives its text piece by piece; `usage`
-    is the latest usage the provider reported (complete once the stream has ended).
+    is the latest usage the provider reported (complete once the stream has ended). A stream
+    whose items end without `ENDED` was cut short, however cleanly its body ended: that is a
+    provider failure, raised after the last piece.
 
     `close`, from any thread, stops the reading: the thread that reads ends `items` (and with
     it the provider's stream) after its current piece, and `interrupt`, for an SDK whose stream
@@ -69,7 +80,7 @@ class ReplyStream:
     def __init__(
         self,
         provider: str,
-        items: Generator[str | Usage],
+        items: Generator[str | Usage | _Ended],
         errors: tuple[type[Exception], ...],
         interrupt: Callable[[], None] | None = None,
     ):
@@ -82,16 +93,21 @@ class ReplyStream:
 
     def __iter__(self) -> Iterator[str]:
         with _as_provider_errors(self.provider, self._errors):
+            ended = False
             try:
                 for item in self._items:
                     if self._stopped.is_set():
                         return
-                    if isinstance(item, Usage):
+                    if isinstance(item, _Ended):
+                        ended = True
+                    elif isinstance(item, Usage):
                         self.usage = item
                     elif item:
                         yield item
             finally:
                 self._items.close()
+            if not ended:
+                raise ProviderError(self.provider, "stream ended before its terminal event")
 
     def close(self) -> None:
         self._stopped.set()
@@ -190,11 +206,14 @@ class OpenAIProvider:
                 stream_cls=self._stream_type,
             )
 
-        def items() -> Generator[str | Usage]:
+        def items() -> Generator[str | Usage | _Ended]:
+            # The usage chunk (with `include_usage`) follows the one with `finish_reason`.
             for chunk in chunks:
                 for choice in chunk.choices:
                     yield choice.delta.content or ""
-                if chunk.usage is not None:  # the last chunk, with `include_usage`
+                    if choice.finish_reason is not None:
+                        yield ENDED
+                if chunk.usage is not None:
                     yield self._usage(chunk.usage)
 
         return ReplyStream(self.name, items(), self._errors, interrupt=chunks.close)
@@ -260,7 +279,7 @@ class AnthropicProvider:
                 stream_cls=self._stream_type,
             )
 
-        def items() -> Generator[str | Usage]:
+        def items() -> Generator[str | Usage | _Ended]:
             # `message_start` reports the input; each `message_delta` the counts so far, which
             # replace those of the start (the output count is cumulative).
             counts: dict[str, Any] = {}
@@ -276,6 +295,8 @@ class AnthropicProvider:
                     reported = vars(event.usage)
                     counts = {**counts, **{k: v for k, v in reported.items() if v is not None}}
                     yield self._usage(counts)
+                elif event.type == "message_stop":
+                    yield ENDED
 
         return ReplyStream(self.name, items(), self._errors, interrupt=events.close)
 
@@ -340,7 +361,7 @@ class GoogleProvider:
         with _as_provider_errors(self.name, self._errors):
             chunks = self._client.models.generate_content_stream(**self._arguments(request))
 
-        def items() -> Generator[str | Usage]:
+        def items() -> Generator[str | Usage | _Ended]:
             # The SDK's stream is a generator: closing it closes the HTTP response, and only
             # the thread that reads it may (no `interrupt`: ReplyStream closes this in it).
             try:
@@ -349,6 +370,9 @@ class GoogleProvider:
                     usage = self._usage(chunk.usage_metadata)  # on every chunk; last is whole
                     if usage is not None:
                         yield usage
+                    # (The SDK clears a finishReason it continues past.)
+                    if any(candidate.finish_reason for candidate in chunk.candidates or ()):
+                        yield ENDED
             finally:
                 chunks.close()  # type: ignore[attr-defined]
 
@@ -378,13 +402,14 @@ class DemoProvider:
     def stream(self, request: ChatRequest) -> ReplyStream:
         completion = self.complete(request)
 
-        def items() -> Generator[str | Usage]:
+        def items() -> Generator[str | Usage | _Ended]:
             words = completion.text.split(" ")
             for index, word in enumerate(words):
                 time.sleep(self.WORD_SECONDS)
                 yield word if index == 0 else f" {word}"
             if completion.usage is not None:
                 yield completion.usage
+            yield ENDED
 
         return ReplyStream(self.name, items(), ())
 

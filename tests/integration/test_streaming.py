@@ -193,6 +193,54 @@ def test_a_provider_failing_mid_stream_is_charged_for_what_was_delivered(
     assert_consistent(app)
 
 
+# Usage under the hold (which caps what a stream cut short is charged): 60 input tokens, 40
+# cached and 30 output, 0.14 credits at the prices of `chat`.
+SMALL_USAGES = {
+    "openai": {
+        "prompt_tokens": 100,
+        "completion_tokens": 30,
+        "prompt_tokens_details": {"cached_tokens": 40},
+    },
+    "anthropic": {"input_tokens": 60, "cache_read_input_tokens": 40, "output_tokens": 30},
+    "google": {"promptTokenCount": 100, "cachedContentTokenCount": 40, "candidatesTokenCount": 30},
+}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_stream_that_ends_without_its_terminal_event_is_a_provider_failure(
+    app: Flask,
+    client: FlaskClient,
+    fake_providers: FakeProviders,
+    chat: Any,
+    provider: str,
+) -> None:
+    """Every word came, then the body ended without the event that says the reply is complete
+    (a connection cut between events): the reply may be unfinished, so it is not `done`."""
+    user, conversation = chat(provider)
+    fake_providers.script(
+        provider, Answer(text=REPLY, usage=SMALL_USAGES[provider], unterminated=True)
+    )
+    events = events_of(stream(client, user, conversation).get_data())
+    names = [name for name, _ in events]
+    assert names == ["message", *["delta"] * len(REPLY.split(" ")), "error"]
+    error = events[-1][1]
+    assert (error["error"]["code"], error["error"]["details"]) == (
+        "provider_error",
+        {"provider": provider, "reason": "stream ended before its terminal event"},
+    )
+    # Every word was delivered, and the provider had counted them: charged as it reported.
+    assert error["credits_charged"] == "0.14"
+    (record,) = usage_records(app)
+    assert (record.ending, record.estimated) == ("provider_failed", False)
+    assert (record.input_tokens, record.cached_tokens, record.output_tokens) == (100, 40, 30)
+    assert record.credits_charged == record.cost == parse_credits("0.14")
+    (reply,) = replies(app)
+    assert (reply.content, reply.partial) == (REPLY, True)
+    left = {"balance": "99.86", "reserved": "0", "available": "99.86"}
+    assert balance_of(client, user) == error["balance"] == left
+    assert_consistent(app)
+
+
 def test_a_provider_failing_before_any_word_charges_and_keeps_nothing(
     app: Flask,
     client: FlaskClient,
