@@ -40,8 +40,10 @@ Concurrency: each operation runs in one short transaction owned by the caller (s
 conditional `UPDATE ... WHERE balance - reserved >= :amount`; resolving a hold starts with the
 hold's own conditional `UPDATE ... WHERE status = 'pending'`, which decides who resolves it;
 operations then lock the account row. Locks are always taken in the order hold -> account ->
-grants, so operations cannot deadlock. On SQLite the write transaction holds the database's
-write lock from `BEGIN IMMEDIATE`.
+grants, so operations cannot deadlock. The account row is locked FOR NO KEY UPDATE, which does
+not wait for the KEY SHARE locks of foreign-key checks: a caller may insert a row that refers
+to the account (a compensation) before its ledger operation, in the same transaction. On SQLite
+the write transaction holds the database's write lock from `BEGIN IMMEDIATE`.
 """
 
 from creditapp.ledger.operations import (

@@ -79,7 +79,11 @@ class LedgerSql:
 
 
 _ACCOUNT_ROW = "SELECT balance, reserved, last_seq, last_entry_at FROM accounts WHERE id = :account"
-LOCK_ACCOUNT = Statement(_ACCOUNT_ROW, lock="FOR UPDATE")
+# The lock an UPDATE of the balance takes anyway, not FOR UPDATE: that one would also wait for
+# the KEY SHARE lock of every row inserted with a foreign key to the account, and a transaction
+# that wrote such a row before its ledger operation (a refund's compensation) would deadlock
+# with another doing the same.
+LOCK_ACCOUNT = Statement(_ACCOUNT_ROW, lock="FOR NO KEY UPDATE")
 READ_ACCOUNT = Statement(_ACCOUNT_ROW)
 LIVE_GRANTS = Statement(
     """SELECT id, remaining, expires_at, source FROM grants

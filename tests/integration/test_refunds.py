@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -13,7 +17,16 @@ from creditapp.extensions import db
 from creditapp.ledger.models import LedgerEntry
 from tests.conftest import Person
 from tests.fake_providers import Answer, FakeProviders
-from tests.helpers import add_price, assert_error, send, start_conversation
+from tests.helpers import (
+    add_price,
+    assert_consistent,
+    assert_error,
+    charged_messages,
+    ledger_rows,
+    send,
+    start_conversation,
+)
+from tests.integration.live_server import call, live_server
 
 
 def test_a_message_is_refunded_at_most_once(
@@ -72,3 +85,49 @@ def test_a_message_is_refunded_at_most_once(
         400,
         "validation_error",
     )
+
+
+@pytest.mark.postgres_only
+@pytest.mark.real_clock
+def test_ten_refunds_of_one_user_at_once_all_succeed(
+    app: Flask,
+    client: FlaskClient,
+    admin: Person,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+) -> None:
+    """Each refund inserts its compensation (a foreign-key check locks the account row KEY
+    SHARE) before the ledger locks that row to refund: the ledger's lock must not conflict with
+    another refund's KEY SHARE, or two refunds deadlock and one answers 503."""
+    user = person_factory(credits=10_000_000)
+    replies = charged_messages(app, client, user, fake_providers, 10)
+    env = {
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "DATABASE_POOL_SIZE": "10",
+        "RATELIMIT_ENABLED": "false",
+    }
+    with live_server(env, workers=2, threads=5) as base:
+        barrier = threading.Barrier(10)
+
+        def refund(reply_id: str) -> int:
+            body = json.dumps({"message_id": reply_id, "reason": "concurrent"}).encode()
+            barrier.wait(timeout=30)
+            status, _headers, _body = call(
+                "POST", f"{base}/api/admin/credit/refund", admin.token, body
+            )
+            return int(status)
+
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            statuses = list(pool.map(refund, replies))
+
+    assert statuses == [201] * 10
+    rows = ledger_rows(app)
+    # The promo grant, ten charges of 0.2, then ten refunds of 0.2 in whatever order they ran.
+    assert rows[:11] == [("grant", 10_000_000, 10_000_000)] + [
+        ("charge", -200_000, 10_000_000 - 200_000 * n) for n in range(1, 11)
+    ]
+    assert rows[11:] == [("refund", 200_000, 8_000_000 + 200_000 * n) for n in range(1, 11)]
+    with app.app_context():
+        assert db.session.scalars(select(Compensation.status)).all() == ["completed"] * 10
+        db.session.remove()
+    assert_consistent(app)
