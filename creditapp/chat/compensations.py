@@ -17,6 +17,7 @@ from creditapp.chat.models import Compensation, Message, UsageRecord
 from creditapp.database import DbSession
 from creditapp.errors import AlreadyRefunded, Conflict, NotFound
 from creditapp.ledger.models import Account
+from creditapp.stored_text import fitted
 
 
 def get_all(*, status: str | None = None) -> Select[Compensation, int]:
@@ -35,14 +36,15 @@ def record(
     requested_by: str,
     now: datetime,
 ) -> Compensation:
-    """Owe the account the usage record's charge (the caller's transaction)."""
+    """Owe the account the usage record's charge (the caller's transaction). The reason is
+    stored cut to its column: callers compose it around an admin's text."""
     if usage.credits_charged <= 0:
         raise Conflict("Nothing was charged for this message.")
     compensation = Compensation(
         account_id=usage.account_id,
         usage_id=usage.id,
         amount=usage.credits_charged,
-        reason=reason,
+        reason=fitted(reason, Compensation.reason),
         status="pending",
         attempts=0,
         next_attempt_at=now,

@@ -21,6 +21,7 @@ from creditapp import ledger
 from creditapp.chat import compensations
 from creditapp.chat.models import Compensation
 from creditapp.database import DbSession, write_transaction
+from creditapp.stored_text import fitted
 
 log = structlog.get_logger(__name__)
 
@@ -117,7 +118,7 @@ def run(
                     .values(
                         status="failed" if give_up else "pending",
                         next_attempt_at=policy.next_attempt(attempts, now),
-                        last_error=str(error)[:500],
+                        last_error=fitted(str(error), Compensation.last_error),
                     )
                 )
             failed += give_up

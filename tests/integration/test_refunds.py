@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from creditapp.chat.models import Compensation, Message
 from creditapp.extensions import db
-from creditapp.ledger.models import LedgerEntry
+from creditapp.ledger.models import AuditRecord, Grant, LedgerEntry
 from tests.conftest import Person
 from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import (
@@ -85,6 +85,47 @@ def test_a_message_is_refunded_at_most_once(
         400,
         "validation_error",
     )
+
+
+@pytest.mark.parametrize("character", ["x", "\u00e9", "\U0001f600"])
+@pytest.mark.parametrize("length", [480, 490, 500])
+def test_a_reason_as_long_as_allowed_is_stored_cut_to_its_column(
+    app: Flask,
+    client: FlaskClient,
+    admin: Person,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    length: int,
+    character: str,
+) -> None:
+    """The stored reason is "refund of message N: " and the admin's reason: beyond the
+    column's 500 characters it ends in an ellipsis where it was cut (characters, not bytes)."""
+    user = person_factory(credits=10_000_000)
+    (reply_id,) = charged_messages(app, client, user, fake_providers, 1)
+    reason = character * length
+
+    refunded = client.post(
+        "/api/admin/credit/refund",
+        json={"message_id": reply_id, "reason": reason},
+        headers=admin.headers,
+    )
+
+    assert refunded.status_code == 201, refunded.get_json()
+    assert refunded.get_json()["balance"]["balance"] == "10"
+    prefix = f"refund of message {reply_id}: "
+    stored = prefix + character * (499 - len(prefix)) + "\u2026"
+    assert len(stored) == 500
+    with app.app_context():
+        assert db.session.scalars(select(Compensation.reason)).all() == [stored]
+        assert db.session.scalars(select(Grant.reason).where(Grant.source == "admin")).all() == [
+            stored
+        ]
+        audit = db.session.scalars(
+            select(AuditRecord.details).where(AuditRecord.action == "refund")
+        ).all()
+        assert [details["reason"] for details in audit] == [stored]
+        db.session.remove()
+    assert ledger_rows(app)[-1] == ("refund", 200_000, 10_000_000)
 
 
 @pytest.mark.postgres_only
