@@ -295,3 +295,20 @@ class InvalidIdToken(CreditAppError):
     code = "invalid_id_token"
     status = 401
     message = "The ID token is not valid."
+
+
+class AccountExists(CreditAppError):
+    """A Google sign-in joins an existing account by its email only where Google is authoritative
+    for the address (its own mail domains, or the Workspace domain the token names in `hd`), and
+    never an admin's: anyone can open a Google account on any other address and have Google
+    verify it, which proves nothing about who signed up with it here. The person signs in the
+    way they signed up. `user_id` and `refusal` are for the security log, not the client."""
+
+    code = "account_exists"
+    status = 409
+    message = "An account with this email address already exists: sign in the way you signed up."
+
+    def __init__(self, *, user_id: int, refusal: str):
+        super().__init__()
+        self.user_id = user_id
+        self.refusal = refusal

@@ -22,7 +22,7 @@ from creditapp.api.security import security_event
 from creditapp.auth import google, sessions, tokens, users
 from creditapp.auth.models import User
 from creditapp.database import DbSession, write_transaction
-from creditapp.errors import Conflict, InvalidIdToken, NotFound, TokenRevoked
+from creditapp.errors import AccountExists, Conflict, InvalidIdToken, NotFound, TokenRevoked
 from creditapp.extensions import db
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Sign-in and sessions")
@@ -93,11 +93,15 @@ def google_sign_in(args: dict[str, Any]) -> Any:
     except InvalidIdToken as error:
         security_event("invalid_id_token", message=error.message)
         raise
-    return _sign_in(
-        lambda session, now: users.of_google_identity(
-            session, sub=identity.sub, email=identity.email, context=_sign_in_context(), now=now
+    try:
+        return _sign_in(
+            lambda session, now: google.user_of(
+                session, identity=identity, context=_sign_in_context(), now=now
+            )
         )
-    )
+    except AccountExists as refused:
+        security_event("google_link_refused", user_id=str(refused.user_id), refusal=refused.refusal)
+        raise
 
 
 @blp.route("/demo", methods=["POST"])

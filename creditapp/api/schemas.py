@@ -10,6 +10,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from creditapp.ids import NOT_AN_ID, parse_id
 from creditapp.metering.usage import TOKEN_COUNTERS
 from creditapp.money import AmountError, format_credits, parse_credits
+from creditapp.text import UNSTORABLE, storable
 
 
 class Credits(fields.Field):
@@ -35,21 +36,6 @@ class Credits(fields.Field):
             return parse_credits(value, signed=self.signed, allow_zero=self.allow_zero)
         except AmountError as error:
             raise ValidationError(str(error)) from error
-
-
-UNSTORABLE = "Text may not contain NUL characters or unpaired surrogates."
-
-
-def storable(text: str) -> bool:
-    """Whether both databases can store `text`: PostgreSQL's text refuses NUL, and UTF-8 (either
-    database) has no unpaired surrogates."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class Text(fields.String):

@@ -14,6 +14,7 @@ from creditapp.auth.subscription import period_at
 from creditapp.database import DbSession
 from creditapp.errors import Conflict, NotFound, ValidationFailed
 from creditapp.ledger.models import Account, Grant
+from creditapp.text import is_text
 
 DEFAULT_TIER = "free"
 # Who `POST /api/auth/demo` signs in as (in demo mode), seeded by `flask demo seed`.
@@ -24,7 +25,7 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 def normalize_email(email: str) -> str:
     normalized = email.strip().lower()
-    if len(normalized) > 320 or not _EMAIL.fullmatch(normalized):
+    if not is_text(normalized, max_length=320) or not _EMAIL.fullmatch(normalized):
         raise ValidationFailed(details={"email": ["Not a valid email address."]})
     return normalized
 
@@ -107,38 +108,6 @@ def create(
     session.flush()
     ledger.open_account(session, user_id=user.id, now=now)
     refresh_subscription(session, user=user, context=context, now=now)
-    return user
-
-
-def of_google_identity(
-    session: DbSession,
-    *,
-    sub: str,
-    email: str,
-    context: ledger.AuditContext,
-    now: datetime,
-) -> User:
-    """The user a verified Google identity signs in as (the caller's transaction): matched by
-    Google's `sub`; else the user who already has this (verified) email and no Google identity
-    yet, now linked; else a new user of the default tier with their first grant. Two first
-    sign-ins at once make one user: the unique email and `google_sub` keys refuse the second
-    (IntegrityError), or it finds the first user's email taken (Conflict); its caller retries
-    once and then finds the first."""
-    user = session.scalars(select(User).where(User.google_sub == sub)).one_or_none()
-    if user is not None:
-        return user
-    user = find_by_email(session, email)
-    # The same `sub` here means a sign-in that raced this one committed after the lookup above.
-    if user is not None and user.google_sub in (None, sub):
-        if user.google_sub is None:
-            user.google_sub = sub
-            session.flush()
-        return user
-    if user is not None:
-        raise Conflict("This email belongs to a user of another Google account.")
-    user = create(session, email=email, context=context, now=now)
-    user.google_sub = sub
-    session.flush()
     return user
 
 

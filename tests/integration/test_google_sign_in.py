@@ -3,6 +3,7 @@ test generates: every check google-auth and we make, and who the person becomes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -15,7 +16,7 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
-from creditapp.auth.models import User
+from creditapp.auth.models import AuthSession, User
 from creditapp.ledger.models import Grant
 from tests.conftest import utcnow
 from tests.helpers import assert_error, scalar
@@ -56,12 +57,71 @@ def test_a_first_sign_in_creates_the_user_with_the_tiers_first_grant(
     assert google.fetches == 1
 
 
-def test_a_verified_email_of_an_existing_user_links_to_them(
-    client: FlaskClient, google: GoogleCertificates, person_factory: Any
+@pytest.mark.parametrize(
+    ("email", "hosted_domain"),
+    [
+        ("ada@gmail.com", None),
+        ("ada@googlemail.com", None),
+        ("ada@example.com", "example.com"),  # a Google Workspace domain: Google hosts the address
+    ],
+)
+def test_an_address_google_is_authoritative_for_links_to_its_existing_user(
+    app: Flask,
+    client: FlaskClient,
+    google: GoogleCertificates,
+    person_factory: Any,
+    email: str,
+    hosted_domain: str | None,
 ) -> None:
+    person = person_factory(email)
+    answer = _sign_in(client, google.id_token(sub="4242", email=email, hd=hosted_domain))
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["user"]["id"] == str(person.id)
+    assert scalar(app, select(User.google_sub).where(User.id == person.id)) == "4242"
+
+
+@pytest.mark.parametrize("hosted_domain", [None, "other.example"])
+def test_an_address_google_only_verified_does_not_link_to_its_existing_user(
+    app: Flask,
+    client: FlaskClient,
+    google: GoogleCertificates,
+    person_factory: Any,
+    hosted_domain: str | None,
+) -> None:
+    """Anyone may open a Google account on any address and have Google verify it: that proves
+    the address today, not that its owner is the person who signed up with it."""
     person = person_factory("ada@example.com")
-    body = _sign_in(client, google.id_token()).get_json()
-    assert body["user"]["id"] == str(person.id)
+    answer = _sign_in(client, google.id_token(email="ada@example.com", hd=hosted_domain))
+    error = assert_error(answer, 409, "account_exists")
+    assert "sign in the way you signed up" in error["message"]
+    assert scalar(app, select(User.google_sub).where(User.id == person.id)) is None
+    assert scalar(app, select(func.count()).select_from(AuthSession)) == 1  # the person's own
+
+
+def test_a_google_account_with_an_admins_email_does_not_sign_in_as_the_admin(
+    app: Flask,
+    client: FlaskClient,
+    google: GoogleCertificates,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    created = app.test_cli_runner().invoke(
+        args=["users", "create", "--email", "boss@gmail.com", "--admin"]
+    )
+    assert created.exit_code == 0, created.output
+    admin_id = json.loads(created.stdout)["id"]
+    refused_before = _refused("google_link_refused")
+    capsys.readouterr()
+    # Even where Google is authoritative for the address, an admin is never linked silently.
+    token = google.id_token(email="boss@gmail.com")
+    error = assert_error(_sign_in(client, token), 409, "account_exists")
+    assert "admin" not in error["message"] and error["details"] == {}
+    assert scalar(app, select(User.google_sub).where(User.id == int(admin_id))) is None
+    assert scalar(app, select(func.count()).select_from(AuthSession)) == 0
+    assert _refused("google_link_refused") == refused_before + 1
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if "{" in line]
+    events = [line for line in logged if line.get("reason") == "google_link_refused"]
+    assert [(event["user_id"], event["refusal"]) for event in events] == [(admin_id, "admin")]
+    assert token not in json.dumps(logged)
 
 
 @pytest.mark.parametrize(
@@ -72,23 +132,38 @@ def test_a_verified_email_of_an_existing_user_links_to_them(
         ({"exp": utcnow() - timedelta(minutes=5), "iat": utcnow() - timedelta(hours=1)}, "xpired"),
         ({"email_verified": False}, "not verified"),
         ({"email_verified": None}, "not verified"),
+        # Every claim we read is input like any other: the same rules as a request's text.
+        ({"email": "ada\x00@example.com"}, "email"),
+        ({"email": "ada@example.com\ud800"}, "email"),
+        ({"email": "a" * 320 + "@example.com"}, "email"),
+        ({"email": "not an address"}, "email"),
+        ({"email": ["ada@example.com"]}, "email"),
+        ({"sub": "1" * 256}, "subject"),
+        ({"sub": "1\x00"}, "subject"),
+        ({"sub": ""}, "subject"),
+        ({"sub": 110169484474386276334}, "subject"),
+        ({"hd": "example.com\x00"}, "hosted domain"),
+        ({"hd": ["example.com"]}, "hosted domain"),
+        ({"hd": "x" * 256}, "hosted domain"),
     ],
 )
 def test_a_token_failing_a_check_is_refused_saying_which(
-    client: FlaskClient, google: GoogleCertificates, claims: dict[str, Any], says: str
+    app: Flask,
+    client: FlaskClient,
+    google: GoogleCertificates,
+    claims: dict[str, Any],
+    says: str,
 ) -> None:
-    refused_before = _refused()
+    refused_before = _refused("invalid_id_token")
     error = assert_error(_sign_in(client, google.id_token(**claims)), 401, "invalid_id_token")
     assert says in error["message"]
     # A security event: counted (and logged).
-    assert _refused() == refused_before + 1
+    assert _refused("invalid_id_token") == refused_before + 1
+    assert scalar(app, select(func.count()).select_from(User)) == 0
 
 
-def _refused() -> float:
-    return (
-        REGISTRY.get_sample_value("creditapp_auth_failures_total", {"reason": "invalid_id_token"})
-        or 0.0
-    )
+def _refused(reason: str) -> float:
+    return REGISTRY.get_sample_value("creditapp_auth_failures_total", {"reason": reason}) or 0.0
 
 
 def test_tokens_not_signed_by_a_served_key_are_refused(

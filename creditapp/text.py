@@ -1,0 +1,24 @@
+"""Text both databases can store: the rule every text from outside meets before it reaches a
+query, whether it came in a request's body (`creditapp.api.schemas.Text`) or as a token's claim."""
+
+from __future__ import annotations
+
+UNSTORABLE = "Text may not contain NUL characters or unpaired surrogates."
+
+
+def storable(text: str) -> bool:
+    """Whether both databases can store `text`: PostgreSQL's text refuses NUL, and UTF-8 (either
+    database) has no unpaired surrogates."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_text(value: object, *, max_length: int, min_length: int = 1) -> bool:
+    """Whether `value` is a string of `min_length` to `max_length` characters both databases
+    can store: what a request's `Text` field accepts."""
+    return isinstance(value, str) and min_length <= len(value) <= max_length and storable(value)
