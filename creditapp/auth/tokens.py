@@ -3,6 +3,10 @@ token speaks for (only while its session is live).
 
 Authorization reads the role stored on the user, not the token's `role` claim, so demoting an
 admin takes effect at once; the claim is there for clients.
+
+A token's claims are input like a request's body: before any of them is used, each must have the
+form we issue it in (ids by the wire's id rule, text the databases can store), or the token is
+refused with 401, even one signed with our own key.
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ from creditapp.auth.models import User
 from creditapp.database import DbSession
 from creditapp.extensions import db
 from creditapp.ids import parse_id
+from creditapp.text import is_text
 
 # flask-jwt-extended would read a token without `type` as an access token and one without
-# `exp` as never expiring; ours always carry both, and the session they were issued from.
-REQUIRED_CLAIMS = ("exp", "type", "sid")
+# `exp` as never expiring; ours always carry all of these.
+REQUIRED_CLAIMS = ("exp", "iat", "type", "sub", "sid", "jti")
+TOKEN_TYPES = ("access", "refresh")
+# As long as the session's `refresh_jti` column.
+MAX_JTI_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -76,34 +84,47 @@ def refresh(
     return None if rotated is None else _issue(user, session_id, rotated, None)
 
 
-def _key_for_token(_header: dict[str, Any], claims: dict[str, Any]) -> str:
-    """The key to verify a token with, once its claims (not yet verified) are all there."""
+def _malformed_claim(claims: dict[str, Any]) -> str | None:
+    """What is wrong with a token's claims (not yet verified), if any claim is missing or not of
+    the form we issue it in."""
     missing = [claim for claim in REQUIRED_CLAIMS if claim not in claims]
     if missing:
-        raise JWTDecodeError(f"Missing claim: {', '.join(missing)}")
+        return f"Missing claim: {', '.join(missing)}"
+    # JSON numbers that are not integers (1e999 reads as infinity) are no times of ours.
+    for claim in ("exp", "iat", "nbf"):
+        if claim in claims and type(claims[claim]) is not int:
+            return f"The {claim} claim is not a whole number of seconds."
+    if parse_id(claims["sub"]) is None:
+        return "The sub claim is not a user id."
+    # We issue it as a JSON integer (a bool is no integer), within the wire's id rule.
+    if type(claims["sid"]) is not int or parse_id(str(claims["sid"])) is None:
+        return "The sid claim is not a session id."
+    if claims["type"] not in TOKEN_TYPES:
+        return "The type claim is neither access nor refresh."
+    if not is_text(claims["jti"], max_length=MAX_JTI_LENGTH):
+        return "The jti claim is not a token id."
+    return None
+
+
+def _key_for_token(_header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """The key to verify a token with, once its claims (not yet verified) are all there and of
+    our form: every later reader of a verified token may rely on its claims."""
+    malformed = _malformed_claim(claims)
+    if malformed:
+        raise JWTDecodeError(malformed)
     return str(jwt_settings.decode_key)
 
 
-def _ids(claims: dict[str, Any]) -> tuple[int, int] | None:
-    user_id = parse_id(claims.get("sub"))
-    session_id = claims.get("sid")
-    if user_id is None or isinstance(session_id, bool) or not isinstance(session_id, int):
-        return None
-    return user_id, session_id
-
-
 def _user_of_token(_header: dict[str, Any], claims: dict[str, Any]) -> User | None:
-    ids = _ids(claims)
-    if ids is None:
-        return None
-    return sessions.user_of_live_session(db.session, user_id=ids[0], session_id=ids[1])
+    return sessions.user_of_live_session(
+        db.session, user_id=int(claims["sub"]), session_id=claims["sid"]
+    )
 
 
 def was_revoked(claims: dict[str, Any]) -> bool:
     """Why a verified token's user could not be loaded: its session was revoked (else the user
     or session does not exist). Asked only on that failure path."""
-    ids = _ids(claims)
-    return ids is not None and sessions.is_revoked(db.session, session_id=ids[1])
+    return sessions.is_revoked(db.session, session_id=claims["sid"])
 
 
 def register_token_rules(jwt: JWTManager) -> None:

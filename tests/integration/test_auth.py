@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from datetime import timedelta
+from typing import Any
 
 import jwt
 import pytest
@@ -67,6 +70,59 @@ def test_missing_or_bad_tokens_get_401(app: Flask, client: FlaskClient, person_f
     for name, token in bad_tokens(app, person).items():
         response = client.get("/api/credit/balance", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 401, name
+        assert_error(response, 401, "unauthorized")
+
+
+def _signed(app: Flask, payload: str) -> str:
+    """A token signed with our key whose payload is this JSON text as it stands, so that it may
+    hold what no JSON encoder writes (1e999 reads as infinity)."""
+    signing_input = f"{_b64({'alg': 'HS256', 'typ': 'JWT'})}.{_encoded(payload.encode())}"
+    key = app.config["JWT_SECRET_KEY"].encode()
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_encoded(signature)}"
+
+
+def _encoded(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        ("sid", "1" + "0" * 30),
+        ("sid", "-1"),
+        ("sid", "1.0"),
+        ("sid", '"1"'),
+        ("sid", "true"),
+        ("sid", "null"),
+        ("sub", '"' + "1" * 19 + '"'),
+        ("sub", '"1\\u0000"'),
+        ("exp", "1e999"),
+        ("exp", '"never"'),
+        ("iat", "1e999"),
+        ("iat", "-1e999"),
+        ("nbf", "-1e999"),
+        ("jti", '"\\u0000"'),
+        ("jti", '"' + "a" * 65 + '"'),
+        ("jti", "12345"),
+        ("type", '["access"]'),
+        ("jti", None),
+        ("iat", None),
+    ],
+)
+def test_a_signed_token_whose_claim_we_never_issue_gets_401(
+    app: Flask, client: FlaskClient, person_factory: Any, claim: str, value: str | None
+) -> None:
+    """Each claim of a token is input like any other: a value of a form we never issue, or none
+    (a crafted token signed with our key), is refused with 401, whatever reads it."""
+    person = person_factory()
+    claims = jwt.decode(person.token, app.config["JWT_SECRET_KEY"], algorithms=["HS256"])
+    fields = [f"{json.dumps(name)}: {json.dumps(claims[name])}" for name in claims if name != claim]
+    if value is not None:
+        fields.append(f"{json.dumps(claim)}: {value}")
+    token = _signed(app, "{" + ", ".join(fields) + "}")
+    for path in ("/api/me", "/api/credit/balance"):
+        response = client.get(path, headers={"Authorization": f"Bearer {token}"})
         assert_error(response, 401, "unauthorized")
 
 

@@ -82,6 +82,32 @@ def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_session(
     )
 
 
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        ("sid", 10**30),
+        ("sid", "1"),
+        ("jti", "\x00"),
+        ("jti", "a" * 65),
+        ("jti", 10**30),
+        ("jti", None),
+    ],
+)
+def test_a_signed_refresh_token_whose_claim_we_never_issue_gets_401_and_revokes_nothing(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch, claim: str, value: Any
+) -> None:
+    signed_in = _demo_sign_in(app, client, monkeypatch)
+    secret = app.config["JWT_SECRET_KEY"]
+    claims = jwt.decode(signed_in["refresh_token"], secret, algorithms=["HS256"])
+    claims.pop(claim)
+    crafted = jwt.encode(
+        claims if value is None else {**claims, claim: value}, secret, algorithm="HS256"
+    )
+    assert_error(_refresh(client, crafted), 401, "unauthorized")
+    assert _me(client, signed_in["access_token"]).status_code == 200
+    assert _refresh(client, signed_in["refresh_token"]).status_code == 200
+
+
 def test_each_kind_of_token_works_only_where_it_belongs(
     app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
