@@ -82,6 +82,9 @@ class Config:
     JWT_ALGORITHM = "HS256"
     JWT_DECODE_ALGORITHMS = ["HS256"]
     JWT_TOKEN_LOCATION = ["headers"]
+    # No double-submit CSRF value in tokens that never travel in cookies: a random claim would
+    # keep a refresh from issuing the same pair again within the reuse grace.
+    JWT_COOKIE_CSRF_PROTECT = False
 
     RATELIMIT_HEADERS_ENABLED = True
     RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
@@ -119,6 +122,9 @@ class Config:
         self.GOOGLE_CERTS_URL = env.get("GOOGLE_CERTS_URL") or GOOGLE_CERTS_URL
         self.JWT_ACCESS_TOKEN_EXPIRES = timedelta(minutes=_int_env("JWT_ACCESS_MINUTES", 15))
         self.JWT_REFRESH_TOKEN_EXPIRES = timedelta(days=_int_env("JWT_REFRESH_DAYS", 30))
+        # A refresh token presented again this soon after it was rotated away is a second tab
+        # or a retried request, not a stolen copy: it gets the same new pair (0: never).
+        self.REFRESH_REUSE_GRACE_SECONDS = _int_env("REFRESH_REUSE_GRACE_SECONDS", 10, minimum=0)
         # `POST /api/auth/demo` signs anyone in as the demo user: `make run` turns it on.
         self.DEMO_MODE = (env.get("DEMO_MODE") or "false").lower() == "true"
         self.LOG_LEVEL = (env.get("LOG_LEVEL") or "INFO").upper()

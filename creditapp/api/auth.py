@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app, g, request
@@ -129,10 +129,18 @@ def demo_sign_in(args: dict[str, Any]) -> Any:
 @declares(security="refresh_token")
 @blp.response(200, TokensSchema)
 def refresh() -> Any:
-    """With the refresh token as bearer: new tokens, the old refresh token spent."""
+    """With the refresh token as bearer: new tokens, the old refresh token spent (presented
+    again within REFRESH_REUSE_GRACE_SECONDS, it gets the same new tokens again)."""
     verify_jwt_in_request(refresh=True)
+    reuse_grace = timedelta(seconds=current_app.config["REFRESH_REUSE_GRACE_SECONDS"])
     with write_transaction(db.session):
-        issued = tokens.refresh(db.session, user=caller(), claims=get_jwt(), now=datetime.now(UTC))
+        issued = tokens.refresh(
+            db.session,
+            user=caller(),
+            claims=get_jwt(),
+            now=datetime.now(UTC),
+            reuse_grace=reuse_grace,
+        )
     if issued is None:  # a copy of a rotated-away token: the session is revoked now
         security_event("refresh_token_reused", session_id=get_jwt()["sid"])
         raise TokenRevoked("This refresh token was already used; its session is revoked.")

@@ -67,6 +67,10 @@ class AuthSession(db.Model):  # type: ignore[name-defined,misc]
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
     user_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id"), nullable=False)
     refresh_jti: Mapped[str] = mapped_column(String(64), nullable=False)
+    # The refresh token the last rotation replaced, and when (the issue time of the current
+    # one's pair): presented again within the reuse grace, it gets that same pair again.
+    previous_refresh_jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # logout, logout_all, admin, refresh_reused, cli

@@ -2,15 +2,18 @@
 
 A session keeps the id (`jti`) of the one refresh token that may still be used. Refreshing
 rotates it with a conditional update; presenting a refresh token that was already rotated away
-means a copy is in someone else's hands, so the whole session is revoked. PostgreSQL (or the
-SQLite file) is the record of revocation: every process sees it at once, and it survives any
-cache or Redis restart.
+means a copy is in someone else's hands, so the whole session is revoked. One exception: the
+token rotated away last, presented again within a short grace (two tabs refreshing at once, a
+retry after a lost answer), gets the pair its first presentation got, reissued from what the
+session keeps (no token is stored). PostgreSQL (or the SQLite file) is the record of
+revocation: every process sees it at once, and it survives any cache or Redis restart.
 """
 
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
@@ -30,10 +33,26 @@ def start(session: DbSession, *, user: User, now: datetime) -> AuthSession:
     return started
 
 
-def rotate(session: DbSession, *, session_id: int, presented_jti: str, now: datetime) -> str | None:
-    """Replace the session's refresh token and return the new one's id. A refresh token that is
-    not the current one (a rotated-away copy) revokes the session instead: None."""
-    replacement = new_jti()
+@dataclass(frozen=True)
+class Rotation:
+    """The session's refresh token after a rotation, and when the rotation issued it."""
+
+    refresh_jti: str
+    issued_at: datetime
+
+
+def rotate(
+    session: DbSession,
+    *,
+    session_id: int,
+    presented_jti: str,
+    now: datetime,
+    reuse_grace: timedelta,
+) -> Rotation | None:
+    """Replace the session's refresh token and return the new one. The token rotated away last,
+    presented again within `reuse_grace` of its rotation, returns that same rotation. Any other
+    refresh token that is not the current one (a rotated-away copy) revokes the session: None."""
+    rotation = Rotation(refresh_jti=new_jti(), issued_at=now)
     rotated = session.execute(
         update(AuthSession)
         .where(
@@ -41,10 +60,26 @@ def rotate(session: DbSession, *, session_id: int, presented_jti: str, now: date
             AuthSession.refresh_jti == presented_jti,
             AuthSession.revoked_at.is_(None),
         )
-        .values(refresh_jti=replacement)
+        .values(
+            refresh_jti=rotation.refresh_jti,
+            previous_refresh_jti=presented_jti,
+            rotated_at=rotation.issued_at,
+        )
     )
     if rotated.rowcount == 1:  # type: ignore[attr-defined]
-        return replacement
+        return rotation
+    # A rotation that raced this one holds the row until it commits (PostgreSQL's row lock,
+    # SQLite's write lock), so this reads it committed.
+    just_rotated = session.execute(
+        select(AuthSession.refresh_jti, AuthSession.rotated_at).where(
+            AuthSession.id == session_id,
+            AuthSession.previous_refresh_jti == presented_jti,
+            AuthSession.rotated_at > now - reuse_grace,
+            AuthSession.revoked_at.is_(None),
+        )
+    ).one_or_none()
+    if just_rotated is not None:
+        return Rotation(refresh_jti=just_rotated.refresh_jti, issued_at=just_rotated.rotated_at)
     revoke(session, session_id=session_id, reason="refresh_reused", now=now)
     return None
 

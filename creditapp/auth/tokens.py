@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from flask_jwt_extended import JWTManager, create_access_token, create_refresh_token
 from flask_jwt_extended.config import config as jwt_settings
@@ -41,16 +41,40 @@ class Tokens:
 
 
 def _issue(
-    user: User, session_id: int, refresh_jti: str, access_expires: timedelta | None
+    user: User,
+    session_id: int,
+    refresh_jti: str,
+    *,
+    issued_at: datetime,
+    access_expires: timedelta | None = None,
 ) -> Tokens:
+    """The pair of tokens of a session's refresh token. Every claim comes from the session and
+    `issued_at` (which tokens carry in whole seconds), none from chance, so issuing again from
+    the same state gives the same tokens, byte for byte: what a refresh token presented again
+    within the reuse grace receives."""
+    times = {"iat": issued_at, "nbf": issued_at}
+    # Config sets both lifetimes as timedeltas (never False: our tokens always expire).
+    access_lifetime = access_expires or cast(timedelta, jwt_settings.access_expires)
+    refresh_lifetime = cast(timedelta, jwt_settings.refresh_expires)
     return Tokens(
         access_token=create_access_token(
             identity=str(user.id),
-            additional_claims={"role": user.role, "sid": session_id},
-            expires_delta=access_expires,
+            additional_claims={
+                **times,
+                "exp": issued_at + access_lifetime,
+                "jti": f"{refresh_jti}.access",
+                "role": user.role,
+                "sid": session_id,
+            },
         ),
         refresh_token=create_refresh_token(
-            identity=str(user.id), additional_claims={"sid": session_id, "jti": refresh_jti}
+            identity=str(user.id),
+            additional_claims={
+                **times,
+                "exp": issued_at + refresh_lifetime,
+                "jti": refresh_jti,
+                "sid": session_id,
+            },
         ),
     )
 
@@ -61,7 +85,13 @@ def sign_in(
     """Start a session for the user and issue its tokens (the caller's transaction); without
     `access_expires` the access token lives JWT_ACCESS_MINUTES."""
     started = sessions.start(session, user=user, now=now)
-    return _issue(user, started.id, started.refresh_jti, access_expires)
+    return _issue(
+        user,
+        started.id,
+        started.refresh_jti,
+        issued_at=now,
+        access_expires=access_expires,
+    )
 
 
 def issue_access_token(
@@ -72,16 +102,27 @@ def issue_access_token(
 
 
 def refresh(
-    session: DbSession, *, user: User, claims: dict[str, Any], now: datetime
+    session: DbSession,
+    *,
+    user: User,
+    claims: dict[str, Any],
+    now: datetime,
+    reuse_grace: timedelta,
 ) -> Tokens | None:
-    """New tokens for the session of a verified refresh token, whose refresh token rotates.
-    A refresh token presented after it was rotated away revokes its session: None (the caller
-    commits that, then refuses the request)."""
-    session_id = int(claims["sid"])
-    rotated = sessions.rotate(
-        session, session_id=session_id, presented_jti=str(claims["jti"]), now=now
+    """New tokens for the session of a verified refresh token, whose refresh token rotates. The
+    token just rotated away, presented again within `reuse_grace` (a second tab, a retry), gets
+    the pair its first presentation got. Presented later, or any older one, it revokes its
+    session: None (the caller commits that, then refuses the request)."""
+    rotation = sessions.rotate(
+        session,
+        session_id=claims["sid"],
+        presented_jti=claims["jti"],
+        now=now,
+        reuse_grace=reuse_grace,
     )
-    return None if rotated is None else _issue(user, session_id, rotated, None)
+    if rotation is None:
+        return None
+    return _issue(user, claims["sid"], rotation.refresh_jti, issued_at=rotation.issued_at)
 
 
 def _malformed_claim(claims: dict[str, Any]) -> str | None:

@@ -5,18 +5,23 @@ flushed (the database is the record)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import jwt
 import pytest
 import redis
+import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from creditapp.auth.models import AuthSession
 from creditapp.ledger.models import AuditRecord
-from tests.conftest import Person
+from tests.conftest import Person, utcnow
 from tests.helpers import assert_error, scalar
 from tests.integration.live_server import call, live_server
 
@@ -31,6 +36,11 @@ def _me(client: FlaskClient, token: str) -> Any:
 
 def _refresh(client: FlaskClient, token: str) -> Any:
     return client.post("/api/auth/refresh", headers=_bearer(token))
+
+
+def _session_of(app: Flask, tokens: dict[str, str]) -> Any:
+    claims = jwt.decode(tokens["refresh_token"], options={"verify_signature": False})
+    return scalar(app, select(AuthSession).where(AuthSession.id == claims["sid"]))
 
 
 def _demo_sign_in(app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -67,19 +77,77 @@ def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_session(
     rotated = second.get_json()
     assert set(rotated) == {"access_token", "refresh_token"}
     assert _me(client, rotated["access_token"]).status_code == 200
-    # The spent refresh token presented again: a stolen copy. The whole session goes.
-    assert_error(
-        _refresh(client, first["refresh_token"]),
-        401,
-        "token_revoked",
-    )
-    for token in (rotated["access_token"], first["access_token"]):
-        assert_error(_me(client, token), 401, "token_revoked")
-    assert_error(
-        _refresh(client, rotated["refresh_token"]),
-        401,
-        "token_revoked",
-    )
+    # The spent refresh token presented again after the reuse grace: a stolen copy. The whole
+    # session goes.
+    grace = timedelta(seconds=app.config["REFRESH_REUSE_GRACE_SECONDS"])
+    with time_machine.travel(utcnow() + grace + timedelta(seconds=2), tick=False):
+        assert_error(_refresh(client, first["refresh_token"]), 401, "token_revoked")
+        for token in (rotated["access_token"], first["access_token"]):
+            assert_error(_me(client, token), 401, "token_revoked")
+        assert_error(_refresh(client, rotated["refresh_token"]), 401, "token_revoked")
+
+
+def test_two_tabs_refreshing_with_the_same_token_at_once_both_get_the_same_new_pair(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signed_in = _demo_sign_in(app, client, monkeypatch)
+    both_ready = threading.Barrier(2)
+
+    def refresh_in_a_tab(_: int) -> Any:
+        with app.test_client() as tab:
+            both_ready.wait()
+            return _refresh(tab, signed_in["refresh_token"])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = list(pool.map(refresh_in_a_tab, range(2)))
+    assert [answer.status_code for answer in answers] == [200, 200], [
+        answer.get_json() for answer in answers
+    ]
+    pair = answers[0].get_json()
+    assert answers[1].get_json() == pair
+    assert _me(client, pair["access_token"]).status_code == 200
+    assert _session_of(app, pair).revoked_at is None
+    # The new refresh token is the session's one usable token.
+    assert _refresh(client, pair["refresh_token"]).status_code == 200
+
+
+def test_a_just_rotated_refresh_token_gets_the_same_pair_within_the_grace_and_revokes_after(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grace = app.config["REFRESH_REUSE_GRACE_SECONDS"]
+    assert grace == 10
+    signed_in = _demo_sign_in(app, client, monkeypatch)
+    rotated_at = utcnow()
+    pair = _refresh(client, signed_in["refresh_token"]).get_json()
+    with time_machine.travel(rotated_at + timedelta(seconds=grace - 1), tick=False):
+        again = _refresh(client, signed_in["refresh_token"])
+    assert (again.status_code, again.get_json()) == (200, pair)
+    with time_machine.travel(rotated_at + timedelta(seconds=grace + 2), tick=False):
+        assert_error(_refresh(client, signed_in["refresh_token"]), 401, "token_revoked")
+        # Past the grace it is a stolen copy, as before: the whole family goes.
+        assert_error(_me(client, pair["access_token"]), 401, "token_revoked")
+        assert_error(_refresh(client, pair["refresh_token"]), 401, "token_revoked")
+    assert _session_of(app, pair).revoked_reason == "refresh_reused"
+
+
+def test_a_token_rotated_away_twice_revokes_the_session_even_within_the_grace(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signed_in = _demo_sign_in(app, client, monkeypatch)
+    second = _refresh(client, signed_in["refresh_token"]).get_json()
+    third = _refresh(client, second["refresh_token"]).get_json()
+    assert_error(_refresh(client, signed_in["refresh_token"]), 401, "token_revoked")
+    assert_error(_me(client, third["access_token"]), 401, "token_revoked")
+
+
+def test_without_a_grace_a_rotated_token_presented_again_at_once_revokes_the_session(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(app.config, "REFRESH_REUSE_GRACE_SECONDS", 0)
+    signed_in = _demo_sign_in(app, client, monkeypatch)
+    pair = _refresh(client, signed_in["refresh_token"]).get_json()
+    assert_error(_refresh(client, signed_in["refresh_token"]), 401, "token_revoked")
+    assert_error(_me(client, pair["access_token"]), 401, "token_revoked")
 
 
 @pytest.mark.parametrize(
