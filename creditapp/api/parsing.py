@@ -1,11 +1,13 @@
 """Request parsing for every blueprint: 400 (not 422) with per-field details, and JSON read so
 that every value reaches a field that can name it: a JSON float stays distinguishable from an
 integer, NaN and Infinity are refused, an integer too long to be any field's value arrives as a
-number no field accepts (instead of failing Python's int conversion), and nesting is bounded."""
+number no field accepts (instead of failing Python's int conversion), nesting is bounded, and an
+object that gives a key twice is refused (parsers disagree on which value counts)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from decimal import Decimal
 from typing import Any
 
@@ -33,6 +35,24 @@ def _integer(digits: str) -> int | Decimal:
     return int(digits) if len(digits.lstrip("-")) <= MAX_INTEGER_DIGITS else Decimal(digits)
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different. Python keeps the last value of a repeated
+    key, other parsers (a proxy, an audit tool) the first: the request would mean one thing
+    here and another there."""
+    document = dict(pairs)
+    if len(document) == len(pairs):
+        return document
+    counts = Counter(key for key, _value in pairs)
+    raise ValidationFailed(
+        "The JSON body gives a key more than once.",
+        details={
+            key: ["Given more than once in the same object."]
+            for key, count in counts.items()
+            if count > 1
+        },
+    )
+
+
 def _depth(document: Any) -> int:
     deepest = 0
     pending = [(document, 1)]
@@ -53,7 +73,11 @@ def load_json(raw: bytes) -> Any:
     )
     try:
         document = json.loads(
-            raw, parse_float=Decimal, parse_int=_integer, parse_constant=_refuse_constant
+            raw,
+            object_pairs_hook=_object,
+            parse_float=Decimal,
+            parse_int=_integer,
+            parse_constant=_refuse_constant,
         )
     except RecursionError as error:
         raise too_deep from error

@@ -1,7 +1,8 @@
 """Generated hostile input against every operation of the OpenAPI document (Hypothesis): any
 JSON value, text with any code point, numbers of any size and nesting of any depth, in every
 body field, query parameter and path parameter. Never a 5xx; every 4xx in the contract's error
-shape; and a message refused with a 4xx holds nothing and calls no provider.
+shape; and a message refused with a 4xx holds nothing and calls no provider. A body that gives
+a key twice, anywhere, is refused naming the key.
 
 `FUZZ_EXAMPLES` sets the examples per operation (default 40)."""
 
@@ -68,6 +69,31 @@ def _body(fields: list[str]) -> st.SearchStrategy[bytes]:
     )
     whole = st.one_of(document, raw_values, st.just(""))
     return whole.map(lambda text: text.encode("utf-8", "surrogatepass")) | st.binary(max_size=64)
+
+
+def _repeating(fields: list[str]) -> st.SearchStrategy[tuple[bytes, str]]:
+    """A JSON object that gives one key twice, in itself or in the object of one of its keys,
+    with any other keys beside; and the key given twice."""
+    names = st.sampled_from(fields) | st.text(max_size=8) if fields else st.text(max_size=8)
+
+    def members(pairs: list[tuple[str, Any]]) -> str:
+        return "{" + ", ".join(f"{json.dumps(key)}: {value}" for key, value in pairs) + "}"
+
+    @st.composite
+    def document(draw: st.DrawFn) -> tuple[bytes, str]:
+        key = draw(names)
+        values = draw(st.lists(json_values.map(json.dumps), min_size=2, max_size=2))
+        twice = members([(key, values[0]), (key, values[1])])
+        others = draw(st.dictionaries(names, json_values.map(json.dumps), max_size=3))
+        if draw(st.booleans()):
+            others.pop(key, None)
+            body = members([(key, values[0]), *others.items(), (key, values[1])])
+        else:
+            holder = draw(names.filter(lambda name: name not in others))
+            body = members([*others.items(), (holder, twice)])
+        return body.encode("utf-8", "surrogatepass"), key
+
+    return document()
 
 
 @dataclass(frozen=True)
@@ -188,5 +214,38 @@ def _fuzz(
         _assert_answer(response)
         if operation.path == MESSAGES and 400 <= response.status_code < 500:
             assert holds_and_calls() == before, "a refused message held credits or called out"
+
+    request()
+
+
+def test_a_body_giving_a_key_twice_is_refused_naming_the_key(
+    client: FlaskClient, admin: Person, person_factory: Any
+) -> None:
+    user = person_factory(credits=1_000_000)
+    for operation in _operations(client):
+        if operation.body is not None:
+            caller = user if operation.path == MESSAGES else admin
+            _refuse_repeated(operation, operation.body, client, caller=caller)
+
+
+def _refuse_repeated(
+    operation: Operation, fields: list[str], client: FlaskClient, *, caller: Person
+) -> None:
+    @settings(
+        max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(repeating=_repeating(fields))
+    def request(repeating: tuple[bytes, str]) -> None:
+        body, key = repeating
+        response = client.open(
+            _url(operation, dict.fromkeys(operation.path_parameters, "1"), {}),
+            method=operation.method,
+            data=body,
+            content_type="application/json",
+            headers={**caller.headers, "Idempotency-Key": secrets.token_hex(8)},
+        )
+        _assert_answer(response)
+        assert response.status_code == 400, (operation.path, response.get_json())
+        assert list(response.get_json()["error"]["details"]) == [key]
 
     request()

@@ -193,6 +193,35 @@ def test_nesting_within_the_bound_reaches_the_fields(client: FlaskClient, admin:
     assert _fields(_raw(client, "POST", "/api/admin/credit/grant", body, admin)) == ["extra"]
 
 
+def test_a_key_given_twice_is_refused_naming_it_and_grants_nothing(
+    client: FlaskClient, admin: Person, person_factory: Any
+) -> None:
+    meant, taken = person_factory(), person_factory()
+    body = f'{{"user_id": "{meant.id}", "amount": "5", "reason": "x", "user_id": "{taken.id}"}}'
+    response = _raw(client, "POST", "/api/admin/credit/grant", body, admin)
+    assert _fields(response) == ["user_id"]
+    for person in (meant, taken):
+        balance = client.get("/api/credit/balance", headers=person.headers).get_json()
+        assert balance["balance"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        # The same key once escaped: JSON reads both as "user_id".
+        ('{"user_id": "1", "user\\u005fid": "2", "amount": "1", "reason": "x"}', "user_id"),
+        ('{"user_id": "1", "amount": "1", "amount": "1", "reason": "x"}', "amount"),
+        ('{"user_id": "1", "amount": "1", "reason": "x", "extra": {"a": 1, "a": 2}}', "a"),
+        ('{"user_id": "1", "amount": "1", "reason": "x", "extra": [{}, {"b": [], "b": {}}]}', "b"),
+    ],
+)
+def test_a_key_given_twice_anywhere_in_the_body_is_refused_naming_it(
+    client: FlaskClient, admin: Person, body: str, key: str
+) -> None:
+    response = _raw(client, "POST", "/api/admin/credit/grant", body, admin)
+    assert _fields(response) == [key]
+
+
 @pytest.mark.real_clock
 def test_a_chunked_body_over_64_kib_is_413_not_cut(app: Flask, admin: Person) -> None:
     body = json.dumps({"user_id": str(admin.id), "amount": "1", "reason": "x" * 70_000}).encode()
