@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -194,16 +195,27 @@ def complete(session: DbSession, held: Claim, *, response: StoredResponse) -> No
         raise RequestInProgress("This request's Idempotency-Key was taken over by a retry.")
 
 
-def release(session: DbSession, held: Claim) -> None:
-    """Free the key of a request that failed without doing anything durable. Commits."""
+# What a failed request had committed before it failed, removed as its key is freed.
+Undo = Callable[[DbSession], None]
+
+
+def release(session: DbSession, held: Claim, *, undo: Undo | None = None) -> None:
+    """Free the key of a request that failed, so that a retry runs again. Commits.
+
+    A request that failed after committing something (a stream's hold and user message) passes
+    `undo`, which removes it in the same transaction, so that a retry never sees it; it runs only
+    if the claim was still the request's and in progress (a request whose last commit reached
+    the database after all keeps its response, and everything that goes with it)."""
     with write_transaction(session):
-        session.execute(
+        freed = session.execute(
             delete(keys).where(
                 keys.c.id == held.id,
                 keys.c.claim_token == held.token,
                 keys.c.status == "in_progress",
             )
         )
+        if undo is not None and freed.rowcount == 1:  # type: ignore[attr-defined]
+            undo(session)
 
 
 def purge_expired(session: DbSession, *, now: datetime, retention: timedelta, limit: int) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -235,7 +235,12 @@ STREAM_EVENT = {
     description=STREAM_DESCRIPTION,
 )
 @answers(402, 403, 502)
-def send_message(args: dict[str, Any], conversation_id: str, claim: idempotency.Claim) -> Any:
+def send_message(
+    args: dict[str, Any],
+    conversation_id: str,
+    claim: idempotency.Claim,
+    release: Callable[[idempotency.Undo], None],
+) -> Any:
     config = current_app.config
     arguments = {
         "user": caller(),
@@ -255,6 +260,7 @@ def send_message(args: dict[str, Any], conversation_id: str, claim: idempotency.
         streaming = service.stream_message(
             db.session,
             **arguments,
+            release=release,
             respond=_stored_stream,
             silence=config["STREAM_KEEPALIVE_SECONDS"],
         )

@@ -55,29 +55,33 @@ def _replay(stored: idempotency.StoredResponse) -> Response:
 RELEASE_BACKOFF = (0.25, 0.5, 1, 2, 4, 8, 16, 32)
 
 
-def _free(claim: idempotency.Claim) -> None:
-    """Free the key of a request that failed, so that the client's retry runs again. When the
-    database itself is what failed, keep trying in the background with a short backoff: the
-    retry is then refused as in progress only until the database is back, not for as long as
-    a takeover waits. (Freeing is conditional on the claim still being in progress and ours: a
-    request whose commit reached the database after all keeps its stored response.)"""
+def _free(claim: idempotency.Claim, undo: idempotency.Undo | None = None) -> None:
+    """Free the key of a request that failed, so that the client's retry runs again, with what
+    `undo` removes (see `idempotency.release`). When the database itself is what failed, keep
+    trying in the background with a short backoff: the retry is then refused as in progress
+    only until the database is back, not for as long as a takeover waits. (Freeing is
+    conditional on the claim still being in progress and ours: a request whose commit reached
+    the database after all keeps its stored response.)"""
     try:
         db.session.rollback()
-        idempotency.release(db.session, claim)
+        idempotency.release(db.session, claim, undo=undo)
     except DATABASE_DOWN as error:
         log.warning("idempotency_release_deferred", claim_id=claim.id, error=str(error))
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         threading.Thread(
-            target=_release_later, args=(app, claim), name="idempotency-release", daemon=True
+            target=_release_later,
+            args=(app, claim, undo),
+            name="idempotency-release",
+            daemon=True,
         ).start()
 
 
-def _release_later(app: Flask, claim: idempotency.Claim) -> None:
+def _release_later(app: Flask, claim: idempotency.Claim, undo: idempotency.Undo | None) -> None:
     for delay in RELEASE_BACKOFF:
         time.sleep(delay)
         with app.app_context():
             try:
-                idempotency.release(db.session, claim)
+                idempotency.release(db.session, claim, undo=undo)
             except DATABASE_DOWN:
                 continue
             finally:
@@ -93,7 +97,9 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
     Must sit inside `authenticated`: keys belong to the calling user. By default the view runs
     in one write transaction, which also stores its response. A view that `runs_own_transactions`
     (it must not hold one across a slow call) gets the claim as its `claim` argument and
-    completes it in its last transaction; if it fails, its key is freed.
+    completes it in its last transaction; if it fails, its key is freed. It also gets `release`,
+    which frees the key with an undo of what it committed (`idempotency.release`), in the same
+    way: for a failure after the view returned (a stream ends in its body), or before.
     """
 
     if runs_own_transactions and not required:
@@ -128,10 +134,18 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
             if isinstance(outcome, idempotency.StoredResponse):
                 return _replay(outcome)
             if runs_own_transactions:
+                released = False
+
+                def release(undo: idempotency.Undo | None = None) -> None:
+                    nonlocal released
+                    if not released:  # once: a second, without the undo, could be first to run
+                        released = True
+                        _free(outcome, undo)
+
                 try:
-                    return make_response(view(*args, claim=outcome, **kwargs))
+                    return make_response(view(*args, claim=outcome, release=release, **kwargs))
                 except BaseException:
-                    _free(outcome)
+                    release()
                     raise
             try:
                 with write_transaction(db.session):

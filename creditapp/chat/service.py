@@ -616,12 +616,15 @@ def stream_message(
     context: ledger.AuditContext,
     clock: Clock,
     claim: idempotency.Claim,
+    release: Callable[[idempotency.Undo], None],
     respond: Callable[[Exchange, CreditAppError | None], idempotency.StoredResponse],
     silence: float,
 ) -> Streaming:
     """Send `content` and stream the reply. What can fail before the provider answers raises
     here, as `send_message` does (nothing is charged, nothing kept). The user message is stored
     with the hold, so that the stream can name it; no transaction is open while the reply flows.
+    `release(undo)` frees the claim and removes, in the same transaction, what the stream had
+    committed; while the database is unreachable it keeps trying in the background.
 
     At the end, however it comes, one transaction settles what was delivered, stores the reply
     (flagged `partial` when cut short) and completes `claim` with `respond(exchange, failure)`:
@@ -629,7 +632,9 @@ def stream_message(
     - the client closed the stream, or the provider failed after delivering part of it: the
       input plus the output delivered (the provider's counts when larger), never above the hold;
     - the provider failed before delivering anything: the hold is voided, the user message
-      removed and the claim released, as when `send_message` fails.
+      removed and the claim released, as when `send_message` fails;
+    - the settle failed: the call is kept as unbilled and its hold voided (`_finish`), the user
+      message removed and the claim released, as when `send_message`'s settle fails.
     """
     asked_at = clock()
     prepared = _prepare(
@@ -650,10 +655,10 @@ def stream_message(
     try:
         reply = providers.get(prepared.character.provider).stream(prepared.request)
     except ProviderError as error:
-        _drop(session, prepared, held.hold_id, message, claim, context=context, now=clock())
+        _drop(prepared, held.hold_id, message, release, context=context, clock=clock)
         raise _provider_failed(error, prepared) from error
     except BaseException:
-        _drop(session, prepared, held.hold_id, message, claim, context=context, now=clock())
+        _drop(prepared, held.hold_id, message, release, context=context, clock=clock)
         raise
     events = _relay(
         session,
@@ -663,6 +668,7 @@ def stream_message(
         message=message,
         user_id=user.id,
         claim=claim,
+        release=release,
         respond=respond,
         context=context,
         clock=clock,
@@ -680,33 +686,36 @@ def _provider_failed(error: ProviderError, prepared: _Prepared) -> ProviderFaile
 
 
 def _drop(
-    session: DbSession,
     prepared: _Prepared,
     hold_id: int,
     message: Message,
-    claim: idempotency.Claim,
+    release: Callable[[idempotency.Undo], None],
     *,
     context: ledger.AuditContext,
-    now: datetime,
+    clock: Clock,
 ) -> None:
-    """Undo a streamed message that got nothing from the provider: void its hold, remove the
-    user message and free the Idempotency-Key, in one transaction."""
+    """Undo a streamed message that got nothing from the provider: void its hold and remove the
+    user message, in the transaction that frees its Idempotency-Key."""
     MESSAGES.labels(prepared.character.provider, prepared.character.model, "provider_error").inc()
-    with write_transaction(session):
-        ledger.void(session, hold_id=hold_id, context=context, now=now)
-        session.delete(message)
-        idempotency.release(session, claim)
+    message_id = message.id
+
+    def undo(session: DbSession) -> None:
+        ledger.void(session, hold_id=hold_id, context=context, now=clock())
+        _remove_message(session, message_id)
+
+    release(undo)
 
 
-def _forget(session: DbSession, message: Message, claim: idempotency.Claim) -> None:
-    """Remove the user message of a stream whose settle failed and free its key; when the
-    database refuses even this, the key is taken over after IDEMPOTENCY_TAKEOVER."""
-    try:
-        with write_transaction(session):
-            session.execute(delete(Message).where(Message.id == message.id))
-            idempotency.release(session, claim)
-    except Exception:
-        log.exception("stream_not_forgotten", message_id=message.id, claim_id=claim.id)
+def _forget(message: Message, release: Callable[[idempotency.Undo], None]) -> None:
+    """Remove the user message of a stream whose settle failed, in the transaction that frees
+    its Idempotency-Key (its hold is `_finish`'s, as for a whole reply)."""
+    message_id = message.id
+    release(lambda session: _remove_message(session, message_id))
+
+
+def _remove_message(session: DbSession, message_id: int) -> None:
+    # By id, not through the ORM: the undo may run in another session, once the database is back.
+    session.execute(delete(Message).where(Message.id == message_id))
 
 
 def _relay(
@@ -718,6 +727,7 @@ def _relay(
     message: Message,
     user_id: int,
     claim: idempotency.Claim,
+    release: Callable[[idempotency.Undo], None],
     respond: Callable[[Exchange, CreditAppError | None], idempotency.StoredResponse],
     context: ledger.AuditContext,
     clock: Clock,
@@ -729,7 +739,7 @@ def _relay(
         reply.close()
         text = "".join(delivered)
         if failure is not None and not text:
-            _drop(session, prepared, hold_id, message, claim, context=context, now=clock())
+            _drop(prepared, hold_id, message, release, context=context, clock=clock)
             return Finished(None, failure)
         usage = _streamed_usage(reply.usage, prepared.request, text, whole=ending == "completed")
         call = _AnsweredCall(
@@ -755,7 +765,7 @@ def _relay(
         except Exception:
             # Kept as unbilled, its hold voided (`_finish`): nothing is charged, so nothing of
             # it is kept either, as when a whole reply's settle fails.
-            _forget(session, message, claim)
+            _forget(message, release)
             return Finished(None, DependencyUnavailable("The charge could not be recorded."))
         return Finished(exchange, failure)
 

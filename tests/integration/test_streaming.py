@@ -7,19 +7,23 @@ from __future__ import annotations
 import http.client
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from creditapp.chat.models import Message, UnbilledUsage, UsageRecord
 from creditapp.extensions import db
+from creditapp.ledger.models import Hold
 from creditapp.metering.estimate import estimate_tokens
 from creditapp.money import format_credits, parse_credits
 from tests.conftest import Person, utcnow
@@ -29,10 +33,12 @@ from tests.helpers import (
     assert_consistent,
     database_refuses,
     run_job_at,
+    scalar,
     send,
     start_conversation,
 )
 from tests.integration.live_server import call, live_server
+from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_chat import MODELS, PROVIDERS, balance_of, counts
 
 CREDITS = 100 * 1_000_000
@@ -502,6 +508,98 @@ def test_a_settle_that_fails_charges_and_keeps_nothing_but_the_unbilled_call(
     fake_providers.script("openai", Answer(text=REPLY, usage=USAGES["openai"]))
     retried = events_of(stream(client, user, conversation, key="stream-3").get_data())
     assert retried[-1][0] == "done" and retried[-1][1]["credits_charged"] == "1.3"
+
+
+@pytest.mark.postgres_only
+@pytest.mark.real_clock
+def test_a_stream_whose_settle_lost_the_database_frees_its_key_and_message_once_it_is_back(
+    app: Flask,
+    client: FlaskClient,
+    fake_providers: FakeProviders,
+    chat: Any,
+) -> None:
+    """As without streaming: the stream ends with `error` 503, and once the database is back
+    the key is free within seconds (not after the takeover time) and the user message stored
+    when the stream opened is gone with it, so the client's retry runs on a clean slate."""
+    user, conversation = chat("openai")
+    database = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    proxy = TcpProxy(database.host or "127.0.0.1", database.port or 5432)
+    env = {
+        "DATABASE_URL": database.set(port=proxy.port).render_as_string(hide_password=False),
+        # The provider is held back while the database is cut: the call must outlast that.
+        "PROVIDER_TIMEOUT_SECONDS": "30",
+    }
+    gate = threading.Event()
+    usage = {"prompt_tokens": 30, "completion_tokens": 20}  # 0.07 credits
+    fake_providers.script(
+        "openai", Answer(text="Held back.", usage=usage, gate=gate), Answer(usage=usage)
+    )
+    url = f"/api/conversations/{conversation}/messages"
+    body = json.dumps({"content": "Hello", "max_tokens": 20, "stream": True}).encode()
+    key = {"Idempotency-Key": "cut-stream"}
+    try:
+        with live_server(env, threads=4) as base, ThreadPoolExecutor(max_workers=1) as pool:
+            streaming = pool.submit(call, "POST", f"{base}{url}", user.token, body, key)
+            _wait_for(lambda: bool(fake_providers.calls("openai")))
+            proxy.cut()  # after the hold and the user message, before the settle
+            gate.set()
+            status, _headers, answer = streaming.result(timeout=60)
+            assert status == 200, answer
+            events = events_of(answer)
+            assert [name for name, _ in events] == ["message", "delta", "delta", "error"]
+            error = events[-1][1]
+            assert (error["error"]["code"], error["credits_charged"]) == (
+                "service_unavailable",
+                "0",
+            )
+            time.sleep(2)
+            proxy.restore()
+            # The retry: refused while the key is still held (or the pool meets a dropped
+            # connection once), then run.
+            deadline = time.monotonic() + 20
+            while True:
+                status, headers, answer = call("POST", f"{base}{url}", user.token, body, key)
+                if status == 200 or time.monotonic() > deadline:
+                    break
+                assert status in (409, 503), answer
+                time.sleep(0.25)
+            assert status == 200, answer
+    finally:
+        proxy.close()
+    assert "Idempotent-Replayed" not in headers  # it ran: nothing was stored before
+    retried = events_of(answer)
+    assert retried[-1][0] == "done" and retried[-1][1]["credits_charged"] == "0.07"
+    assert len(fake_providers.calls("openai")) == 2
+    # One exchange in the conversation: the first stream's user message went with its key.
+    with app.app_context():
+        kept = db.session.execute(
+            select(Message.role, Message.content, Message.partial).order_by(Message.id)
+        ).all()
+        db.session.remove()
+    assert [tuple(row) for row in kept] == [
+        ("user", "Hello", False),
+        ("assistant", retried[-1][1]["reply"]["content"], False),
+    ]
+    # The first hold waits for the expiry job, as without streaming (voiding it, and keeping
+    # the call as unbilled, failed with the database: the log line `settle_failed` keeps it).
+    assert holds(app) == [("pending", None), ("settled", 70_000)]
+    run_job_at(app, "expire-holds", utcnow() + timedelta(seconds=app.config["HOLD_TTL_SECONDS"]))
+    assert holds(app) == [("expired", 0), ("settled", 70_000)]
+    assert balance_of(client, user) == {
+        "balance": "99.93",
+        "reserved": "0",
+        "available": "99.93",
+    }
+    assert scalar(app, select(func.count()).select_from(UnbilledUsage)) == 0
+    assert_consistent(app)
+
+
+def holds(app: Flask) -> list[tuple[str, int | None]]:
+    """Every hold as (status, captured), oldest first."""
+    with app.app_context():
+        rows = db.session.execute(select(Hold.status, Hold.captured).order_by(Hold.id)).all()
+        db.session.remove()
+    return [(row[0], row[1]) for row in rows]
 
 
 def test_an_empty_streamed_reply_is_charged_then_refunded_as_without_streaming(
