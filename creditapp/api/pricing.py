@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
@@ -18,17 +18,15 @@ from creditapp.api.schemas import Credits, Id, PageArgs, Text, UtcDateTime, page
 from creditapp.auth import tiers, users
 from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
+from creditapp.money import AmountError, parse_usd_per_million
 from creditapp.pricing import book
 from creditapp.pricing.models import Price
 
 blp = Blueprint("pricing", __name__, url_prefix="/api/admin", description="Prices and tiers")
 
-MAX_PRICE = Decimal(1_000_000)
-
 
 class UsdPerMillion(fields.Field):
-    """USD per 1M tokens: a decimal string (or integer) >= 0; the price book allows at most 6
-    decimals."""
+    """USD per 1M tokens: a decimal string (or integer) >= 0 with at most 6 decimals."""
 
     def __init__(self, **kwargs: Any):
         kwargs.setdefault(
@@ -46,17 +44,10 @@ class UsdPerMillion(fields.Field):
         return None if value is None else format(value.normalize(), "f")
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise ValidationError("Must be a decimal string of USD per 1M tokens.")
         try:
-            price = Decimal(value) if isinstance(value, int) else Decimal(value.strip())
-        except InvalidOperation as error:
-            raise ValidationError("Must be a decimal string of USD per 1M tokens.") from error
-        if isinstance(value, str) and ("e" in value.lower() or not price.is_finite()):
-            raise ValidationError("Must be a plain decimal, without exponent.")
-        if price < 0 or price > MAX_PRICE:
-            raise ValidationError("Must be between 0 and 1000000.")
-        return price
+            return parse_usd_per_million(value)
+        except AmountError as error:
+            raise ValidationError(str(error)) from error
 
 
 class PriceArgs(Schema):

@@ -64,7 +64,8 @@ def test_a_grant_expires_in_the_future(
     assert _count(app, Grant) == 0
 
 
-@pytest.mark.parametrize("amount", ["0", 0, "-0", "0.000000"])
+# "-0" is not an amount at all (test_hostile_input.py): a validation error, not this rule.
+@pytest.mark.parametrize("amount", ["0", 0, "0.000000"])
 def test_an_adjustment_is_never_zero(
     app: Flask, client: FlaskClient, admin: Person, person_factory: Any, amount: object
 ) -> None:

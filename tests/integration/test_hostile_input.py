@@ -83,6 +83,28 @@ def test_ids_are_ascii_digits_in_paths_bodies_and_queries(
     assert _fields(query) == ["user_id"]
 
 
+@pytest.mark.parametrize(
+    "amount", ["\uff11\uff12", "\u0663", "1_000", "+5", " 5 ", "5\n", "-0", "1.0000000"]
+)
+def test_amounts_are_strict_ascii_decimals(
+    client: FlaskClient, admin: Person, person_factory: Any, amount: str
+) -> None:
+    user = person_factory()
+    grant = client.post(
+        "/api/admin/credit/grant",
+        json={"user_id": str(user.id), "amount": amount, "reason": "x"},
+        headers=admin.headers,
+    )
+    assert _fields(grant) == ["amount"]
+    adjust = client.post(
+        "/api/admin/credit/adjust",
+        json={"user_id": str(user.id), "amount": amount, "reason": "x"},
+        headers=admin.headers,
+    )
+    assert _fields(adjust) == ["amount"]
+    assert client.get("/api/credit/balance", headers=user.headers).get_json()["balance"] == "0"
+
+
 @pytest.mark.parametrize("limit", ["+5", " 5", "5 ", "\uff15", "1_0", "5.0", "-1", ""])
 def test_a_count_in_a_query_is_ascii_digits_only(
     client: FlaskClient, admin: Person, limit: str

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord
+from creditapp.pricing.models import Price
 from tests.conftest import Person, utcnow
 from tests.helpers import assert_error
 
@@ -93,6 +94,32 @@ def test_bad_prices_are_400_naming_the_field(
         "validation_error",
     )
     assert field in error["details"]
+
+
+# Decimals `int` and `Decimal` read and the contract refuses; "-0" was stored and echoed back.
+NOT_ASCII_DECIMALS = ["\uff11\uff12", "\u0663", "1_000", "+5", " 5 ", "5\n", "-0", "-0.0"]
+
+
+@pytest.mark.parametrize("field", ["input", "output", "cached_input", "cache_write"])
+@pytest.mark.parametrize("price", NOT_ASCII_DECIMALS)
+def test_prices_are_strict_ascii_decimals(
+    app: Flask, client: FlaskClient, admin: Person, field: str, price: str
+) -> None:
+    response = client.put("/api/admin/pricing", json={**PRICE, field: price}, headers=admin.headers)
+    assert list(assert_error(response, 400, "validation_error")["details"]) == [field]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Price)) == 0
+        db.session.remove()
+
+
+@pytest.mark.parametrize("credits", NOT_ASCII_DECIMALS)
+def test_a_tiers_monthly_credits_are_strict_ascii_decimals(
+    client: FlaskClient, admin: Person, credits: str
+) -> None:
+    response = client.put(
+        "/api/admin/tiers", json={**TIER, "monthly_credits": credits}, headers=admin.headers
+    )
+    assert list(assert_error(response, 400, "validation_error")["details"]) == ["monthly_credits"]
 
 
 def test_pricing_and_tiers_are_for_admins_only(client: FlaskClient, person_factory: Any) -> None:
