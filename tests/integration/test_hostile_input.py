@@ -157,6 +157,19 @@ def test_numbers_of_thousands_of_digits_are_refused_naming_the_field(
     assert _fields(_raw(client, "POST", "/api/admin/credit/grant", body, admin)) == [field]
 
 
+def test_an_amount_of_thousands_of_leading_zeros_is_read(
+    client: FlaskClient, admin: Person, person_factory: Any
+) -> None:
+    user = person_factory()
+    grant = client.post(
+        "/api/admin/credit/grant",
+        json={"user_id": str(user.id), "amount": "0" * 5000 + "1.5", "reason": "x"},
+        headers=admin.headers,
+    )
+    assert grant.status_code == 201, grant.get_data(as_text=True)
+    assert grant.get_json()["balance"]["balance"] == "1.5"
+
+
 def test_a_cursor_beyond_a_bigint_is_refused(client: FlaskClient, admin: Person) -> None:
     cursor = base64.urlsafe_b64encode(f"v1:{2**63}".encode()).decode().rstrip("=")
     response = client.get(f"/api/characters?cursor={cursor}", headers=admin.headers)
