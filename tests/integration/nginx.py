@@ -1,5 +1,6 @@
 """Debian's nginx in front of a test's gunicorn, configured by the shipped
-deploy/nginx/creditapp.conf (its upstream and port swapped for the test's)."""
+deploy/nginx/creditapp.conf (its upstream and port swapped for the test's; with `tls`, TLS
+terminated there with a self-signed certificate, as the configuration allows)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.integration.live_server import ROOT, free_port
 
@@ -19,24 +26,59 @@ SHIPPED = ROOT / "deploy" / "nginx" / "creditapp.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def render(upstream_port: int, port: int) -> str:
+def render(upstream_port: int, port: int, tls: Path | None = None) -> str:
+    """The shipped configuration for this test; `tls`: the folder of `tls.crt` and `tls.key`."""
     text = SHIPPED.read_text()
+    listen = f"listen 127.0.0.1:{port};"
+    if tls is not None:
+        listen = (
+            f"listen 127.0.0.1:{port} ssl;\n"
+            f"    ssl_certificate {tls / 'tls.crt'};\n"
+            f"    ssl_certificate_key {tls / 'tls.key'};"
+        )
     for shipped, ours in (
         ("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};"),
-        ("listen 80;", f"listen 127.0.0.1:{port};"),
+        ("listen 80;", listen),
     ):
         assert shipped in text, f"{SHIPPED} no longer says {shipped!r}"
         text = text.replace(shipped, ours)
     return text
 
 
+def _self_signed(folder: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "tls.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "tls.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
 @contextmanager
-def nginx_in_front(upstream_port: int) -> Iterator[str]:
-    """nginx on a free port proxying to `upstream_port`; yields its base URL."""
+def nginx_in_front(upstream_port: int, *, tls: bool = False) -> Iterator[str]:
+    """nginx on a free port proxying to `upstream_port`; yields its base URL (`https://` with
+    `tls`)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         prefix = Path(folder)
-        (prefix / "creditapp.conf").write_text(render(upstream_port, port))
+        if tls:
+            _self_signed(prefix)
+        (prefix / "creditapp.conf").write_text(render(upstream_port, port, prefix if tls else None))
         # Root's nginx would run its workers as nobody, who cannot enter a private test folder.
         user = "user root;" if os.geteuid() == 0 else ""
         (prefix / "nginx.conf").write_text(
@@ -72,7 +114,7 @@ http {{
                             f"nginx did not start: {process.stderr.read()!r}"  # type: ignore[union-attr]
                         ) from None
                     time.sleep(0.05)
-            yield f"http://127.0.0.1:{port}"
+            yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         finally:
             process.terminate()
             process.wait(timeout=10)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import statistics
 import time
 from collections.abc import Iterator
@@ -185,6 +186,95 @@ def test_gunicorns_own_errors_are_json_and_nginx_lets_through_what_it_takes(
 def test_an_unreachable_gunicorn_is_a_json_502() -> None:
     with nginx_in_front(free_port()) as nginx:
         _assert_json_error(_request(nginx, "GET", "/api/me"), 502, "bad_gateway")
+
+
+@pytest.fixture(scope="module")
+def lone_nginx() -> Iterator[str]:
+    """nginx with nothing behind it: what it answers here, it answers itself."""
+    with nginx_in_front(free_port()) as nginx:
+        yield nginx
+
+
+def _raw(
+    base: str, request: bytes, tls: ssl.SSLContext | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """A request sent byte for byte, as no HTTP library would send it (over `tls` if given)."""
+    with (
+        socket.create_connection(("127.0.0.1", _port(base)), timeout=10) as plain,
+        plain if tls is None else tls.wrap_socket(plain) as connection,
+    ):
+        connection.sendall(request)
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        return response.status, dict(response.getheaders()), response.read()
+
+
+HOST = b"Host: creditapp\r\n"
+GRANT_LINE = b"POST /api/admin/credit/grant HTTP/1.1\r\n"
+BODY = b"Content-Length: 2\r\n\r\n{}"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"TRACE /api/me HTTP/1.1\r\n" + HOST + b"\r\n", 405, "method_not_allowed"),
+        (b"CONNECT /api/me HTTP/1.1\r\n" + HOST + b"\r\n", 405, "method_not_allowed"),
+        (GRANT_LINE + HOST + b"Transfer-Encoding: gzip\r\n\r\n", 501, "not_implemented"),
+        (GRANT_LINE + HOST + b"Transfer-Encoding: identity\r\n" + BODY, 501, "not_implemented"),
+        (
+            b"GET /api/me HTTP/3.0\r\n" + HOST + b"\r\n",
+            505,
+            "http_version_not_supported",
+        ),
+        (b"GET /api/me HTTP/1.1\r\n\r\n", 400, "bad_request"),  # no Host
+        (b"GET /__creditapp_error HTTP/1.1\r\n" + HOST + b"\r\n", 404, "not_found"),
+        (
+            GRANT_LINE + HOST + b"Transfer-Encoding: chunked\r\n" + BODY,
+            400,
+            "bad_request",
+        ),
+        (
+            b"POST /api/admin/credit/grant HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+            "bad_request",
+        ),
+    ],
+    ids=[
+        "TRACE",
+        "CONNECT",
+        "gzip body",
+        "identity body",
+        "HTTP/3.0",
+        "no Host",
+        "the error page",
+        "length and chunked",
+        "HTTP/1.0 chunked",
+    ],
+)
+def test_every_refusal_of_nginx_itself_is_json(
+    lone_nginx: str, request_bytes: bytes, status: int, code: str
+) -> None:
+    _assert_json_error(_raw(lone_nginx, request_bytes), status, code)
+
+
+def test_nginxs_405_says_which_methods_the_api_takes(lone_nginx: str, app: Flask) -> None:
+    """nginx refuses TRACE before it knows the resource: it names every method the API serves
+    (the app's own 405 names the resource's)."""
+    _status, headers, _body = _raw(lone_nginx, b"TRACE /api/me HTTP/1.1\r\n" + HOST + b"\r\n")
+    served = {method for rule in app.url_map.iter_rules() for method in rule.methods or ()}
+    assert headers["Allow"].split(", ") == sorted(served)
+
+
+def test_with_tls_terminated_at_nginx_plain_http_is_a_json_400() -> None:
+    """nginx's 497 (plain HTTP to its TLS port) is answered as the 400 it is, in JSON."""
+    with nginx_in_front(free_port(), tls=True) as nginx:
+        answer = _raw(nginx, b"GET /api/me HTTP/1.1\r\n" + HOST + b"\r\n")
+        _assert_json_error(answer, 400, "bad_request")
+        # Over TLS, nginx's own errors are the same JSON.
+        self_signed = ssl.create_default_context()
+        self_signed.check_hostname, self_signed.verify_mode = False, ssl.CERT_NONE
+        answer = _raw(nginx, b"TRACE /api/me HTTP/1.1\r\n" + HOST + b"\r\n", self_signed)
+        _assert_json_error(answer, 405, "method_not_allowed")
 
 
 def test_the_app_sees_the_clients_address_not_what_the_client_claims(
