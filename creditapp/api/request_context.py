@@ -1,9 +1,10 @@
-"""Per-request plumbing: bounded bodies, request id, JSON-only bodies, security headers, access
-log."""
+"""Per-request plumbing: bounded bodies, the client's address, request id, JSON-only bodies,
+security headers, access log."""
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import re
 import time
 import uuid
@@ -27,6 +28,9 @@ _CSP = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action
 
 
 _TOO_LARGE = "creditapp.body_too_large"
+_REFUSED_ADDRESS = "creditapp.refused_client_address"
+# How much of a refused forwarded address the log keeps: enough to see what it was.
+_LOGGED_CHARS = 100
 
 
 class BoundedBody:
@@ -49,12 +53,57 @@ class BoundedBody:
         return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]
 
 
+def _ip_address(text: str | None) -> str | None:
+    """`text` as an IP address in its canonical form (at most 39 characters), or None when it
+    is not one. An IPv6 zone ("%eth0") names an interface of the host that wrote it, and is any
+    length: not a client's address."""
+    try:
+        address = ipaddress.ip_address(text or "")
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        return None
+    return str(address)
+
+
+class ClientAddress:
+    """WSGI middleware, inside ProxyFix: REMOTE_ADDR, which rate limits, audit records and logs
+    take as the client's address, is a valid IP address or absent. Behind trusted proxies it
+    comes from X-Forwarded-For, which a client that reaches gunicorn directly writes itself: an
+    entry that is not an address (any text, of any length) is not believed, and the address
+    that connected is used instead."""
+
+    def __init__(self, wsgi_app: Any):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        claimed = environ.get("REMOTE_ADDR")
+        address = _ip_address(claimed)
+        if address is None:
+            connected = environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR", claimed)
+            if connected != claimed:
+                environ[_REFUSED_ADDRESS] = claimed
+            address = _ip_address(connected)
+        if address is None:
+            environ.pop("REMOTE_ADDR", None)
+        else:
+            environ["REMOTE_ADDR"] = address
+        return self.wsgi_app(environ, start_response)  # type: ignore[no-any-return]
+
+
 def _begin_request() -> None:
     g.started = time.perf_counter()
     offered = request.headers.get("X-Request-ID", "")
     g.request_id = offered if _SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=g.request_id)
+    refused_address = request.environ.get(_REFUSED_ADDRESS)
+    if refused_address is not None:
+        log.warning(
+            "forwarded_address_refused",
+            forwarded=refused_address[:_LOGGED_CHARS],
+            client_ip=request.remote_addr,
+        )
     if request.environ.get(_TOO_LARGE):
         raise PayloadTooLarge()
     if (
@@ -108,6 +157,7 @@ def _user_id() -> str | None:
 
 def register_request_context(app: Flask) -> None:
     app.wsgi_app = BoundedBody(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
+    app.wsgi_app = ClientAddress(app.wsgi_app)  # type: ignore[method-assign]
     hops = app.config["TRUSTED_PROXY_HOPS"]
     if hops:
         # The client's address and scheme as the trusted proxies saw them (rate limits, audit

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from creditapp.extensions import db
+from creditapp.ledger.models import AuditRecord
 from tests.conftest import Person
 from tests.helpers import assert_error
+from tests.integration.live_server import call, live_server
 
 
 @pytest.fixture
@@ -103,3 +110,61 @@ def test_log_lines_carry_the_request_id(client: FlaskClient, user, capfd) -> Non
     assert response.headers["X-Request-ID"] == "trace-me-1"
     assert access and all(line["request_id"] == "trace-me-1" for line in access)
     assert access[-1]["status"] == 200 and access[-1]["path"] == "/api/me"
+
+
+# Forwarded addresses a client can send straight to gunicorn, and what the audit records: a
+# valid address in its canonical form, else the connecting one (the column holds 64).
+FORWARDED = [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
+    ("a" * 100, "127.0.0.1"),
+    ("10.0.0.1, " * 10 + "b" * 100, "127.0.0.1"),
+    ("fe80::1%" + "c" * 80, "127.0.0.1"),
+    ("203.0.113.7:8080", "127.0.0.1"),
+    ("\u0663.0.0.1", "127.0.0.1"),
+    ("", "127.0.0.1"),
+]
+
+
+@pytest.mark.real_clock
+def test_a_forwarded_address_is_recorded_only_when_it_is_one(app: Flask, admin: Person) -> None:
+    env = {"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "TRUSTED_PROXY_HOPS": "1"}
+    body = json.dumps({"user_id": str(admin.id), "amount": "1", "reason": "from"}).encode()
+    with live_server(env) as base:
+
+        def grant(forwarded: str) -> tuple[int, dict[str, Any]]:
+            # The raw bytes a client may send: HTTP/1.1 headers travel as latin-1.
+            headers = {"X-Forwarded-For": forwarded.encode().decode("latin-1")}
+            status, _headers, answer = call(
+                "POST", f"{base}/api/admin/credit/grant", admin.token, body, headers=headers
+            )
+            return status, json.loads(answer)
+
+        answers = [grant(forwarded) for forwarded, _recorded in FORWARDED]
+        # gunicorn itself refuses a NUL in a header, in the contract's shape.
+        nul_status, nul_answer = grant("203.0.113.7\x00")
+    assert [status for status, _answer in answers] == [201] * len(FORWARDED)
+    assert (nul_status, nul_answer["error"]["code"]) == (400, "bad_request")
+    recorded = select(AuditRecord.client_ip).where(AuditRecord.action == "grant")
+    with app.app_context():
+        assert db.session.scalars(recorded.order_by(AuditRecord.id)).all() == [
+            address for _forwarded, address in FORWARDED
+        ]
+        db.session.remove()
+
+
+@pytest.mark.parametrize("connected", ["203.0.113.7\x00", "d" * 100, "/run/gunicorn.sock", ""])
+def test_a_connecting_address_that_is_not_one_is_not_recorded(
+    app: Flask, client: FlaskClient, admin: Person, connected: str
+) -> None:
+    response = client.post(
+        "/api/admin/credit/grant",
+        json={"user_id": str(admin.id), "amount": "1", "reason": "x"},
+        headers=admin.headers,
+        environ_overrides={"REMOTE_ADDR": connected},
+    )
+    assert response.status_code == 201, response.get_json()
+    recorded = select(AuditRecord.client_ip).where(AuditRecord.action == "grant")
+    with app.app_context():
+        assert db.session.scalars(recorded).all() == [None]
+        db.session.remove()
