@@ -53,7 +53,9 @@ def register_extensions(app: Flask) -> None:
 
     db.init_app(app)
     with app.app_context():
-        configure_engine(db.engine)
+        configure_engine(
+            db.engine, statement_timeout_seconds=app.config["DATABASE_STATEMENT_TIMEOUT_SECONDS"]
+        )
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     jwt.init_app(app)
     register_token_rules(jwt)

@@ -8,6 +8,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from creditapp.errors import ConfigurationError
 
 INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
@@ -28,8 +31,6 @@ JOB_PERIODS = {
 # The SDKs wait between attempts as the provider's Retry-After says, up to 60 s (OpenAI's and
 # Anthropic's cap; Gemini's backoff is capped at 60 s too).
 PROVIDER_RETRY_WAIT_SECONDS = 60
-# How long connecting to the broker may take before a request that queues a job gives up.
-BROKER_CONNECT_TIMEOUT_SECONDS = 1
 # Preparing the call before it and reaching the settle after it.
 PROVIDER_CALL_MARGIN_SECONDS = 30
 
@@ -174,6 +175,28 @@ class Config:
         self.COMPENSATION_BASE_DELAY_SECONDS = _int_env("COMPENSATION_BASE_DELAY_SECONDS", 60)
         # A task a dead worker held goes back to the queue after this long (Redis broker).
         self.CELERY_VISIBILITY_TIMEOUT = _int_env("CELERY_VISIBILITY_TIMEOUT", 900)
+        # Timeouts on every dependency: one that hangs must not hang us (docs/deploy.md,
+        # "Timeouts", says what a user sees when each fires).
+        self.DATABASE_CONNECT_TIMEOUT_SECONDS = _int_env("DATABASE_CONNECT_TIMEOUT_SECONDS", 2)
+        self.DATABASE_STATEMENT_TIMEOUT_SECONDS = _int_env("DATABASE_STATEMENT_TIMEOUT_SECONDS", 5)
+        self.DATABASE_LOCK_TIMEOUT_SECONDS = _int_env("DATABASE_LOCK_TIMEOUT_SECONDS", 3)
+        self.DATABASE_POOL_TIMEOUT_SECONDS = _int_env("DATABASE_POOL_TIMEOUT_SECONDS", 5)
+        # A job's statements may read every account (reconciliation) or a day of usage.
+        self.JOB_STATEMENT_TIMEOUT_SECONDS = _int_env("JOB_STATEMENT_TIMEOUT_SECONDS", 600)
+        self.REDIS_TIMEOUT_SECONDS = _int_env("REDIS_TIMEOUT_SECONDS", 1)
+        # Every Redis client (rate limits, the broker, results, beat's schedule and lock, the
+        # readiness probe): connecting and each command give up after REDIS_TIMEOUT_SECONDS,
+        # so that a Redis that hangs is a Redis that is down.
+        self.REDIS_CLIENT_OPTIONS = {
+            "socket_connect_timeout": self.REDIS_TIMEOUT_SECONDS,
+            "socket_timeout": self.REDIS_TIMEOUT_SECONDS,
+        }
+        # Counting a request is never worth a wait: one attempt, then memory (redis-py would
+        # otherwise try three more times, with backoff).
+        self.RATELIMIT_STORAGE_OPTIONS = {
+            **self.REDIS_CLIENT_OPTIONS,
+            "retry": Retry(NoBackoff(), 0),
+        }
         self.CELERY = self._celery_settings()
         # How many earlier messages of a conversation are sent with a new one.
         self.CHAT_HISTORY_MESSAGES = _int_env("CHAT_HISTORY_MESSAGES", 40)
@@ -193,11 +216,27 @@ class Config:
                 # leave the process holding them.
                 "max_overflow": _int_env("DATABASE_MAX_OVERFLOW", 20, minimum=0),
                 "pool_recycle": 1800,
+                # All connections busy (each waiting on a database that stopped answering, say):
+                # a request waits this long for one, then answers 503.
+                "pool_timeout": self.DATABASE_POOL_TIMEOUT_SECONDS,
+                "connect_args": {
+                    # psycopg counts it from the first packet to the end of authentication, so
+                    # a server that accepts the connection and then says nothing is caught too
+                    # (libpq's rule: 2 s at least).
+                    "connect_timeout": self.DATABASE_CONNECT_TIMEOUT_SECONDS,
+                    # Our transactions are short: a statement or a lock wait beyond these is
+                    # a fault, cancelled by the server (jobs raise the statement timeout for
+                    # their own transactions: `creditapp.database.longer_statements`).
+                    "options": (
+                        f"-c statement_timeout={self.DATABASE_STATEMENT_TIMEOUT_SECONDS * 1000}"
+                        f" -c lock_timeout={self.DATABASE_LOCK_TIMEOUT_SECONDS * 1000}"
+                    ),
+                },
             }
             # Behind PgBouncer in transaction mode older than 1.21, a statement psycopg has
             # prepared on one server connection is unknown on the next: never prepare then.
             if (env.get("DATABASE_PREPARED_STATEMENTS") or "true").lower() == "false":
-                self.SQLALCHEMY_ENGINE_OPTIONS["connect_args"] = {"prepare_threshold": None}
+                self.SQLALCHEMY_ENGINE_OPTIONS["connect_args"]["prepare_threshold"] = None
         else:
             self.SQLALCHEMY_ENGINE_OPTIONS = {}
 
@@ -209,7 +248,7 @@ class Config:
             "task_ignore_result": False,
             "worker_hijack_root_logger": False,
             # A request that queues a job fails fast (503) when the broker is unreachable.
-            "broker_connection_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
+            "broker_connection_timeout": self.REDIS_TIMEOUT_SECONDS,
         }
         if not self.CELERY_BROKER_URL:
             return {
@@ -230,8 +269,10 @@ class Config:
             "result_backend": self.REDIS_URL,
             "broker_transport_options": {
                 "visibility_timeout": self.CELERY_VISIBILITY_TIMEOUT,
-                "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
+                **self.REDIS_CLIENT_OPTIONS,
             },
+            "redis_socket_connect_timeout": self.REDIS_TIMEOUT_SECONDS,
+            "redis_socket_timeout": self.REDIS_TIMEOUT_SECONDS,
         }
         if self.REDIS_URL:
             # One beat across all machines: redbeat holds a lock in Redis, so a second beat
@@ -239,10 +280,12 @@ class Config:
             # at least every loop; a waiting beat tries for it every loop, so when the holder
             # dies without releasing it (a killed process, a lost machine), another takes over
             # within the lock's timeout plus one loop.
+            # A beat rides out Redis going away (tasks.beat).
             settings.update(
-                beat_scheduler="redbeat.RedBeatScheduler",
+                beat_scheduler="tasks.beat:RedBeatSchedulerRidingOutages",
                 beat_max_loop_interval=self.BEAT_MAX_LOOP_SECONDS,
                 redbeat_redis_url=self.REDIS_URL,
+                redbeat_redis_options=self.REDIS_CLIENT_OPTIONS,
                 redbeat_lock_timeout=self.BEAT_MAX_LOOP_SECONDS * 5,
             )
         return settings

@@ -13,10 +13,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
+from psycopg.abc import PQGen
+from psycopg.connection import _WAIT_INTERVAL
 from psycopg.types.json import Json
 from sqlalchemy import BigInteger, ColumnElement, Date, DateTime, Integer, cast, event, func, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -30,8 +34,67 @@ _WRITE_OPTION = "creditapp_write"
 DbSession = Session | scoped_session[Any]
 
 
-def configure_engine(engine: Engine) -> None:
-    """Install the SQLite pragmas and the BEGIN IMMEDIATE hook; PostgreSQL needs nothing."""
+RV = TypeVar("RV")
+# A statement running longer than its `statement_timeout` is cancelled by the server itself; a
+# server that stopped answering cannot do even that, so the client gives up this much later.
+DEADLINE_MARGIN_SECONDS = 2
+# Set while a job runs: its statements may take this long (`longer_statements`).
+_job_statement_seconds: ContextVar[int | None] = ContextVar("job_statement_seconds", default=None)
+
+
+class DatabaseDeadlineExceeded(psycopg.OperationalError):
+    """The database did not answer a statement or a commit within the deadline: the connection
+    is closed, its transaction abandoned, exactly as if the server had gone away. Nothing was
+    half written: the server rolls the transaction back when it sees the connection end, or,
+    if the commit had reached it, commits it whole."""
+
+
+class DeadlineConnection(psycopg.Connection[Any]):
+    """A psycopg connection that waits for each answer at most its statement timeout and a
+    margin.
+
+    The server's `statement_timeout` cancels a slow statement, but a server that stopped
+    answering (frozen, or behind a proxy that keeps the TCP connection open and forwards
+    nothing) cannot, and TCP's own timeouts never fire while the peer acknowledges. Every
+    statement, commit and rollback passes through `wait`, so one deadline covers them all.
+    """
+
+    statement_timeout_seconds: int = 0
+
+    def wait(
+        self, gen: PQGen[RV], interval: float = _WAIT_INTERVAL, timeout: float | None = None
+    ) -> RV:
+        if timeout is not None:  # psycopg's own bounded waits (cancelling a query)
+            return super().wait(gen, interval, timeout)
+        statement_seconds = _job_statement_seconds.get() or self.statement_timeout_seconds
+        deadline = statement_seconds + DEADLINE_MARGIN_SECONDS
+        try:
+            return super().wait(gen, interval, deadline)
+        except psycopg.errors._WaitTimeout:
+            self.close()
+            raise DatabaseDeadlineExceeded(
+                f"the database did not answer within {deadline:g} s"
+            ) from None
+
+
+@contextmanager
+def longer_statements(seconds: int) -> Iterator[None]:
+    """Statements run in this context (a job's) may take `seconds`, not the web's few: each
+    PostgreSQL transaction begun here raises its `statement_timeout` (SET LOCAL: nothing
+    outlives the transaction, so PgBouncer's transaction pooling stays safe)."""
+    token = _job_statement_seconds.set(seconds)
+    try:
+        yield
+    finally:
+        _job_statement_seconds.reset(token)
+
+
+def configure_engine(engine: Engine, *, statement_timeout_seconds: int) -> None:
+    """PostgreSQL: connections with a deadline on every answer, and jobs' longer statements.
+    SQLite: the pragmas and the BEGIN IMMEDIATE hook."""
+    if engine.dialect.name == "postgresql":
+        _configure_postgresql(engine, statement_timeout_seconds)
+        return
     if engine.dialect.name != "sqlite":
         return
 
@@ -52,6 +115,20 @@ def configure_engine(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             connection.exec_driver_sql("BEGIN")
+
+
+def _configure_postgresql(engine: Engine, statement_timeout_seconds: int) -> None:
+    @event.listens_for(engine, "do_connect")
+    def _connect_with_deadline(_dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
+        connection = DeadlineConnection.connect(*cargs, **cparams)
+        connection.statement_timeout_seconds = statement_timeout_seconds
+        return connection
+
+    @event.listens_for(engine, "begin")
+    def _job_statement_timeout(connection):  # type: ignore[no-untyped-def]
+        seconds = _job_statement_seconds.get()
+        if seconds is not None:
+            connection.exec_driver_sql(f"SET LOCAL statement_timeout = {seconds * 1000}")
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import psycopg
 import structlog
 from flask import Flask, Response, g, jsonify
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from creditapp.api.security import security_event
@@ -96,9 +97,15 @@ def _http_error(error: HTTPException) -> Response:
     return response
 
 
-# The database could not serve the request (unreachable, connection lost, timed out): the
-# ledger's own SQL raises the drivers' errors directly, the rest comes through SQLAlchemy.
-DATABASE_DOWN = (OperationalError, psycopg.OperationalError, sqlite3.OperationalError)
+# The database could not serve the request (unreachable, connection lost, timed out, every
+# pooled connection busy past the pool's timeout): the ledger's own SQL raises the drivers'
+# errors directly, the rest comes through SQLAlchemy.
+DATABASE_DOWN = (
+    OperationalError,
+    PoolTimeout,
+    psycopg.OperationalError,
+    sqlite3.OperationalError,
+)
 
 
 def _unexpected(error: Exception) -> Response:

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from creditapp import ledger
-from creditapp.database import DbSession, dialect_of, write_transaction
+from creditapp.database import DbSession, dialect_of, longer_statements, write_transaction
 from creditapp.jobs import (
     compensations,
     grants,
@@ -59,7 +59,8 @@ def run_job(
     context = ledger.AuditContext(actor_type="job", actor_id=f"{name}:{actor}")
     started = time.perf_counter()
     try:
-        summary = JOBS[name](session, now=now, context=context, **_options(name, settings))
+        with longer_statements(settings["JOB_STATEMENT_TIMEOUT_SECONDS"]):
+            summary = JOBS[name](session, now=now, context=context, **_options(name, settings))
     except Exception as error:
         session.rollback()
         _count(session, name, "failure")

@@ -82,6 +82,7 @@ def call(  # type: ignore[no-untyped-def]
     token: str | None = None,
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
+    timeout: float = 60,
 ):
     request = urllib.request.Request(url, method=method, data=body, headers=headers or {})
     if token:
@@ -89,7 +90,7 @@ def call(  # type: ignore[no-untyped-def]
     if body is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         with error:

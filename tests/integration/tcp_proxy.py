@@ -1,5 +1,9 @@
-"""A TCP proxy a test can cut: every connection through it drops at once and new ones are
-refused, until it is restored. How a test makes PostgreSQL (or Redis) unreachable mid-request."""
+"""A TCP proxy a test can cut or hang. Cut: every connection through it drops at once and new
+ones are refused, until it is restored; how a test makes PostgreSQL (or Redis) unreachable
+mid-request. Hang: connections stay open and new ones are accepted, but nothing is forwarded
+either way, like a frozen server or a half-open network; TCP acknowledges everything, so no
+timeout of the kernel's ever fires. Restored, what was held back flows on in order, as a thawed
+server would read it."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ class TcpProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._open = True
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -40,6 +46,7 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with suppress(OSError):
             while chunk := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(chunk)
         for end in (source, sink):
             with suppress(OSError):
@@ -54,9 +61,15 @@ class TcpProxy:
             with suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
             end.close()
+        self._flowing.set()
+
+    def hang(self) -> None:
+        """Forward nothing from now on, on open connections and new ones alike."""
+        self._flowing.clear()
 
     def restore(self) -> None:
         self._open = True
+        self._flowing.set()
 
     def close(self) -> None:
         self.cut()

@@ -90,7 +90,7 @@ def _expired_entries(app: Flask, account_id: int) -> list[int]:
 def _run(app: Flask, now: datetime) -> dict[str, Any]:
     with app.app_context():
         try:
-            return run_job("expire-grants", db.session, now=now, actor="tests", settings={})
+            return run_job("expire-grants", db.session, now=now, actor="tests", settings=app.config)
         finally:
             db.session.remove()
 

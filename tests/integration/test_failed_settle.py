@@ -128,7 +128,7 @@ def test_a_failed_settle_voids_its_hold_and_keeps_the_usage_as_unbilled(
         assert "refused" in unbilled.error
         assert db.session.scalar(select(func.count()).select_from(UsageRecord)) == 0
         assert db.session.scalar(select(func.count()).select_from(Message)) == 0
-        run_job("reconcile", db.session, now=utcnow(), actor="tests", settings={})
+        run_job("reconcile", db.session, now=utcnow(), actor="tests", settings=app.config)
         db.session.remove()
 
     report = client.get("/api/admin/credit/reconciliation", headers=admin.headers).get_json()

@@ -150,7 +150,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def _job(self, name: str) -> None:
         with self.app.app_context():
             try:
-                run_job(name, db.session, now=self.now, actor="machine", settings={})
+                run_job(name, db.session, now=self.now, actor="machine", settings=self.app.config)
             finally:
                 db.session.remove()
 

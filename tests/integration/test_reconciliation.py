@@ -89,7 +89,9 @@ def test_no_drift_is_reported_while_accounts_are_written(app: Flask, person_fact
         while len(reports) < 20 or time.monotonic() - started < 4:
             with app.app_context():
                 reports.append(
-                    run_job("reconcile", db.session, now=utcnow(), actor="tests", settings={})
+                    run_job(
+                        "reconcile", db.session, now=utcnow(), actor="tests", settings=app.config
+                    )
                 )
                 db.session.remove()
         stop.set()
@@ -101,7 +103,7 @@ def test_no_drift_is_reported_while_accounts_are_written(app: Flask, person_fact
 
 def _report(client: FlaskClient, admin: Person, app: Flask) -> list[dict[str, str]]:
     with app.app_context():
-        run_job("reconcile", db.session, now=utcnow(), actor="tests", settings={})
+        run_job("reconcile", db.session, now=utcnow(), actor="tests", settings=app.config)
         db.session.remove()
     response = client.get("/api/admin/credit/reconciliation", headers=admin.headers)
     assert response.status_code == 200
