@@ -18,6 +18,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 
 from creditapp import ledger
 from creditapp.auth.models import User
@@ -30,6 +31,7 @@ from tests.conftest import Person, utcnow
 from tests.fake_providers import FakeProviders
 from tests.helpers import charged_messages, owe
 from tests.integration.live_server import celery_process
+from tests.integration.tcp_proxy import TcpProxy
 
 CREDIT = 1_000_000
 
@@ -160,12 +162,16 @@ def test_a_worker_killed_half_way_through_refresh_leaves_nothing_lost_or_doubled
 
 
 @contextmanager
-def beat(app: Flask, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A `celery beat` with redbeat on the test's Redis, every job due each second."""
+def beat(app: Flask, log: Path, redis_url: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A `celery beat` with redbeat on the test's Redis (or at `redis_url`), every job due each
+    second."""
     periods = {f"JOB_PERIOD_{job.upper().replace('-', '_')}_SECONDS": "1" for job in JOB_PERIODS}
+    redis_url = redis_url or app.config["REDIS_URL"]
     env = {
         **os.environ,
         "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
         "BEAT_MAX_LOOP_SECONDS": "1",  # the lock times out after 5 s
         **periods,
     }
@@ -195,3 +201,27 @@ def test_of_two_beats_one_schedules_and_the_other_takes_over_when_it_dies(
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(timeout=10)
             wait_for(lambda: _sent(second_log) > 0, seconds=30)
+
+
+def test_a_beat_rides_out_redis_hanging_and_going_away(app: Flask, tmp_path: Path) -> None:
+    """Redis stops answering, then refuses connections, each for longer than the beat's lock
+    lives: the beat stays up, and schedules again once Redis is back."""
+    log = tmp_path / "beat.log"
+    target = make_url(app.config["REDIS_URL"])
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 6379)
+    proxied = target.set(port=proxy.port).render_as_string(hide_password=False)
+    try:
+        with beat(app, log, redis_url=proxied) as process:
+            wait_for(lambda: _sent(log) > 0, seconds=30)
+            for outage in (proxy.hang, proxy.cut):
+                outage()
+                time.sleep(1)
+                sent_during = _sent(log)
+                time.sleep(7)  # the lock (5 s) lapses
+                assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+                assert _sent(log) == sent_during
+                proxy.restore()
+                wait_for(lambda: _sent(log) > sent_during + len(JOB_PERIODS), seconds=30)  # noqa: B023
+            assert process.poll() is None
+    finally:
+        proxy.close()
