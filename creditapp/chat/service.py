@@ -61,6 +61,7 @@ from creditapp.metering.usage import Usage
 from creditapp.metrics import CREDITS_CHARGED, MESSAGES, PROVIDER_DURATION
 from creditapp.pricing import book
 from creditapp.pricing.models import Price
+from creditapp.stored_text import fitted
 
 log = structlog.get_logger(__name__)
 
@@ -506,7 +507,10 @@ def _keep_unbilled(
         with write_transaction(session):
             ledger.void(session, hold_id=call.hold_id, context=context, now=now)
             session.add(
-                UnbilledUsage(**call.columns(now), error=f"{type(error).__name__}: {error}"[:500])
+                UnbilledUsage(
+                    **call.columns(now),
+                    error=fitted(f"{type(error).__name__}: {error}", UnbilledUsage.error),
+                )
             )
     except Exception:
         # The database refuses even this: the log line above keeps the usage, and the expiry

@@ -126,7 +126,14 @@ def test_a_token_whose_subject_is_not_an_ascii_id_is_refused(
 def test_a_token_without_exp_or_type_is_refused(
     app: Flask, client: FlaskClient, admin: Person, missing: str
 ) -> None:
-    claims = {"sub": str(admin.id), "type": "access", "exp": utcnow() + timedelta(minutes=5)}
+    claims = {
+        "sub": str(admin.id),
+        "type": "access",
+        "exp": utcnow() + timedelta(minutes=5),
+        "iat": utcnow(),
+        "sid": 1,
+        "jti": "a-token",
+    }
     del claims[missing]
     token = jwt.encode(claims, app.config["JWT_SECRET_KEY"], algorithm="HS256")
     response = client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
