@@ -12,11 +12,38 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+# How long a process a test starts may take to come up, or to end once told to. Generous: the
+# suite must pass on a machine whose every core is busy with other work (CI's can be), where a
+# gunicorn takes many seconds to boot, and its graceful shutdown waits for requests in flight.
+STARTUP_SECONDS = 60
+STOP_SECONDS = 60
+
+
+def stop(process: subprocess.Popen[Any], *, group: bool = False) -> None:
+    """End a process a test started (with its process group, when it has one of its own) and
+    reap it: SIGTERM, then SIGKILL if it has not ended within STOP_SECONDS. A process left
+    unreaped would be reported (ResourceWarning, an error here) in whichever later test the
+    garbage collector happens to run."""
+
+    def send(signal_number: int) -> None:
+        if process.poll() is None:
+            if group:
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal_number)
+            else:
+                process.send_signal(signal_number)
+
+    send(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        process.wait()
 
 
 def free_port() -> int:
@@ -60,7 +87,7 @@ def live_server(env: dict[str, str], workers: int = 1, threads: int = 1) -> Iter
         base = ServerUrl(f"http://127.0.0.1:{port}")
         base.pid = process.pid
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + STARTUP_SECONDS
             while True:
                 try:
                     with urllib.request.urlopen(f"{base}/healthz", timeout=5):
@@ -72,8 +99,7 @@ def live_server(env: dict[str, str], workers: int = 1, threads: int = 1) -> Iter
                     time.sleep(0.1)
             yield base
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            stop(process)
 
 
 def call(  # type: ignore[no-untyped-def]
@@ -114,6 +140,4 @@ def celery_process(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
+        stop(process, group=True)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.integration.live_server import ROOT, free_port
+from tests.integration.live_server import ROOT, STARTUP_SECONDS, free_port, stop
 
 SHIPPED = ROOT / "deploy" / "nginx" / "creditapp.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -103,7 +103,7 @@ http {{
             stderr=subprocess.PIPE,
         )
         try:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + STARTUP_SECONDS
             while True:
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -116,6 +116,5 @@ http {{
                     time.sleep(0.05)
             yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            stop(process)
             process.stderr.close()  # type: ignore[union-attr]

@@ -30,7 +30,7 @@ from tasks.jobs import run
 from tests.conftest import Person, utcnow
 from tests.fake_providers import FakeProviders
 from tests.helpers import charged_messages, owe
-from tests.integration.live_server import celery_process
+from tests.integration.live_server import STOP_SECONDS, celery_process
 from tests.integration.tcp_proxy import TcpProxy
 
 CREDIT = 1_000_000
@@ -199,7 +199,7 @@ def test_of_two_beats_one_schedules_and_the_other_takes_over_when_it_dies(
             assert _sent(second_log) == 0
             # The holder dies without releasing its lock; the lock times out (5 loops).
             os.killpg(first.pid, signal.SIGKILL)
-            first.wait(timeout=10)
+            first.wait(timeout=STOP_SECONDS)
             wait_for(lambda: _sent(second_log) > 0, seconds=30)
 
 
