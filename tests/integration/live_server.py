@@ -123,6 +123,28 @@ def call(  # type: ignore[no-untyped-def]
             return error.code, dict(error.headers), error.read()
 
 
+def retry_until_run(  # type: ignore[no-untyped-def]
+    method: str,
+    url: str,
+    token: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    ran: int,
+    seconds: float = 20,
+):
+    """A client's retry with the Idempotency-Key of a request that lost the database: refused
+    while the key is still held (409), or once by a pool meeting a dropped connection (503),
+    until it runs (`ran`) or `seconds` pass; the last answer."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status, answer_headers, answer = call(method, url, token, body, headers)
+        if status == ran or time.monotonic() > deadline:
+            return status, answer_headers, answer
+        assert status in (409, 503), answer
+        time.sleep(0.25)
+
+
 @contextmanager
 def celery_process(
     *arguments: str, env: dict[str, str], output: Any = subprocess.DEVNULL

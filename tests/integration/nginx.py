@@ -12,14 +12,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.helpers import self_signed_certificate
 from tests.integration.live_server import ROOT, STARTUP_SECONDS, free_port, stop
 
 SHIPPED = ROOT / "deploy" / "nginx" / "creditapp.conf"
@@ -47,19 +45,7 @@ def render(upstream_port: int, port: int, tls: Path | None = None) -> str:
 
 def _self_signed(folder: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "tls.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / "tls.crt").write_bytes(self_signed_certificate(key, "localhost"))
     (folder / "tls.key").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,

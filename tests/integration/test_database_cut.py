@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import add_price, clear_rate_limit_counters, start_conversation
-from tests.integration.live_server import call, live_server
+from tests.integration.live_server import call, live_server, retry_until_run
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.real_clock]
@@ -55,15 +55,9 @@ def test_a_key_whose_request_lost_the_database_is_freed_once_it_is_back(
             assert json.loads(answer)["error"]["code"] == "service_unavailable"
             time.sleep(1)
             proxy.restore()
-            # The retry: refused while the key is still held (or the pool meets a dropped
-            # connection once), then run.
-            deadline = time.monotonic() + 20
-            while True:
-                status, headers, answer = call("POST", f"{base}{path}", person.token, body, key)
-                if status == 201 or time.monotonic() > deadline:
-                    break
-                assert status in (409, 503), answer
-                time.sleep(0.25)
+            status, headers, answer = retry_until_run(
+                "POST", f"{base}{path}", person.token, body, key, ran=201
+            )
             assert status == 201, answer
             assert "Idempotent-Replayed" not in headers  # it ran; nothing was stored before
             assert json.loads(answer)["reply"]["content"].startswith("Fake reply")

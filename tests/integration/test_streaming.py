@@ -37,7 +37,7 @@ from tests.helpers import (
     send,
     start_conversation,
 )
-from tests.integration.live_server import call, live_server
+from tests.integration.live_server import call, live_server, retry_until_run
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_chat import MODELS, PROVIDERS, balance_of, counts
 
@@ -554,15 +554,9 @@ def test_a_stream_whose_settle_lost_the_database_frees_its_key_and_message_once_
             )
             time.sleep(2)
             proxy.restore()
-            # The retry: refused while the key is still held (or the pool meets a dropped
-            # connection once), then run.
-            deadline = time.monotonic() + 20
-            while True:
-                status, headers, answer = call("POST", f"{base}{url}", user.token, body, key)
-                if status == 200 or time.monotonic() > deadline:
-                    break
-                assert status in (409, 503), answer
-                time.sleep(0.25)
+            status, headers, answer = retry_until_run(
+                "POST", f"{base}{url}", user.token, body, key, ran=200
+            )
             assert status == 200, answer
     finally:
         proxy.close()
