@@ -3,9 +3,9 @@
 redbeat keeps the schedule and a lock in Redis, and lets one beat among several schedule.
 Left alone, a beat whose Redis stops answering raises out of its loop and exits, and the jobs
 stop until something restarts it (holds then stay reserved past their time). This one instead
-logs the outage, waits, and carries on when Redis is back: it renews its lock if it still holds
-it, or waits for the lock like any other beat if it lapsed meanwhile (another beat may have taken
-over).
+logs the outage, waits, and carries on when Redis is back: it installs its schedule again (Redis
+may have come back empty), renews its lock if it still holds it, or waits for the lock like any
+other beat if it lapsed meanwhile (another beat may have taken over).
 """
 
 from __future__ import annotations
@@ -49,12 +49,18 @@ class RedBeatSchedulerRidingOutages(RedBeatScheduler):  # type: ignore[misc]
                 return float(self.max_interval)
             return float(super().tick(*args, **kwargs))
         except redis.exceptions.LockNotOwnedError:
-            # The lock lapsed while Redis was away: schedule only once it is ours again.
+            # The lock lapsed while Redis was away, or Redis came back empty: schedule only once
+            # the lock is ours again, from a schedule installed again.
             log.warning("beat_lock_lost", lock=self.lock_key)
             self.lock = None
+            self._schedule_installed = False
             return float(self.max_interval)
         except REDIS_DOWN as error:
             log.warning("beat_redis_unavailable", during="tick", error=str(error))
+            # Redis may come back without its data (a restart without persistence, a failover
+            # to an empty replica): the schedule lives only there, so it is installed again
+            # (entries that survived keep their last run).
+            self._schedule_installed = False
             return self._retry_delay()
 
     def _holds_lock(self) -> bool:
