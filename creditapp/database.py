@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.abc import PQGen
-from psycopg.connection import _WAIT_INTERVAL
+from psycopg.connection import _WAIT_INTERVAL  # the default of the `wait` overridden below
 from psycopg.types.json import Json
 from sqlalchemy import BigInteger, ColumnElement, Date, DateTime, Integer, cast, event, func, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -38,7 +38,8 @@ RV = TypeVar("RV")
 # A statement running longer than its `statement_timeout` is cancelled by the server itself; a
 # server that stopped answering cannot do even that, so the client gives up this much later.
 DEADLINE_MARGIN_SECONDS = 2
-# Set while a job runs: its statements may take this long (`longer_statements`).
+# Set while a job or a migration runs: its statements may take this long, 0 for no limit
+# (`longer_statements`).
 _job_statement_seconds: ContextVar[int | None] = ContextVar("job_statement_seconds", default=None)
 
 
@@ -66,10 +67,14 @@ class DeadlineConnection(psycopg.Connection[Any]):
     ) -> RV:
         if timeout is not None:  # psycopg's own bounded waits (cancelling a query)
             return super().wait(gen, interval, timeout)
-        statement_seconds = _job_statement_seconds.get() or self.statement_timeout_seconds
+        longer = _job_statement_seconds.get()
+        statement_seconds = self.statement_timeout_seconds if longer is None else longer
+        if statement_seconds == 0:
+            return super().wait(gen, interval, None)
         deadline = statement_seconds + DEADLINE_MARGIN_SECONDS
         try:
             return super().wait(gen, interval, deadline)
+        # psycopg's own exception for its `timeout` (a private name: psycopg is pinned).
         except psycopg.errors._WaitTimeout:
             self.close()
             raise DatabaseDeadlineExceeded(
@@ -79,9 +84,10 @@ class DeadlineConnection(psycopg.Connection[Any]):
 
 @contextmanager
 def longer_statements(seconds: int) -> Iterator[None]:
-    """Statements run in this context (a job's) may take `seconds`, not the web's few: each
-    PostgreSQL transaction begun here raises its `statement_timeout` (SET LOCAL: nothing
-    outlives the transaction, so PgBouncer's transaction pooling stays safe)."""
+    """Statements run in this context (a job's, a migration's) may take `seconds` (0: as long
+    as they take), not a request's few: each PostgreSQL transaction begun here sets its
+    `statement_timeout` (SET LOCAL: nothing outlives the transaction, so PgBouncer's
+    transaction pooling stays safe), and the client waits as long."""
     token = _job_statement_seconds.set(seconds)
     try:
         yield

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hmac
 import os
-from concurrent.futures import ThreadPoolExecutor, wait
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import redis
@@ -103,9 +105,20 @@ def metrics() -> Any:
 # Within this, each dependency has answered or is reported unreachable: a load balancer's
 # probe gets its answer in time even while a dependency hangs.
 READINESS_SECONDS = 1.5
-# The probes run here, so that the request waits for them no longer than READINESS_SECONDS; a
-# probe still running then ends by its client's own timeouts.
-_probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readiness")
+# The probes run here, so that the request waits for them no longer than READINESS_SECONDS. A
+# probe still running then (a dependency that hangs) ends by its client's own timeouts; until
+# it does, later requests wait on that same probe instead of queueing more behind it.
+_probes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readiness")
+_running: dict[str, Future[None]] = {}
+_running_lock = threading.Lock()
+
+
+def _probe(dependency: str, answers: Callable[..., None], *arguments: Any) -> Future[None]:
+    with _running_lock:
+        probe = _running.get(dependency)
+        if probe is None or probe.done():
+            probe = _running[dependency] = _probes.submit(answers, *arguments)
+        return probe
 
 
 def _database_answers(engine: Engine) -> None:
@@ -124,11 +137,11 @@ def _redis_answers(redis_url: str, client_options: dict[str, Any]) -> None:
 def readyz() -> Any:
     """Ready to serve: the database and, when configured, Redis answer within 1.5 s (else 503,
     with the same checks in `details`)."""
-    probes = {"database": _probes.submit(_database_answers, db.engine)}
+    probes = {"database": _probe("database", _database_answers, db.engine)}
     redis_url = current_app.config["REDIS_URL"]
     if redis_url:
         options = current_app.config["REDIS_CLIENT_OPTIONS"]
-        probes["redis"] = _probes.submit(_redis_answers, redis_url, options)
+        probes["redis"] = _probe("redis", _redis_answers, redis_url, options)
     wait(probes.values(), timeout=READINESS_SECONDS)
     checks: dict[str, str] = {}
     for name, probe in probes.items():

@@ -246,7 +246,7 @@ def test_a_statement_cut_by_the_deadline_leaves_nothing_half_done(
 
 def test_a_job_may_run_longer_statements_than_a_request(app: Flask) -> None:
     """A request's statement is cancelled by the server after DATABASE_STATEMENT_TIMEOUT_SECONDS;
-    a job's transactions raise it to JOB_STATEMENT_TIMEOUT_SECONDS."""
+    a job's transactions raise it to JOB_STATEMENT_TIMEOUT_SECONDS, a migration's lift it."""
     engine = create_engine(
         app.config["SQLALCHEMY_DATABASE_URI"],
         connect_args={"options": "-c statement_timeout=1000"},
@@ -260,6 +260,9 @@ def test_a_job_may_run_longer_statements_than_a_request(app: Flask) -> None:
         with longer_statements(30), Session(engine) as session:
             assert session.scalar(text("SHOW statement_timeout")) == "30s"
             session.execute(text("SELECT pg_sleep(1.5)"))
+        with longer_statements(0), Session(engine) as session:  # a migration's: no limit
+            assert session.scalar(text("SHOW statement_timeout")) == "0"
+            session.execute(text("SELECT pg_sleep(3.5)"))  # past the client's deadline too
         with Session(engine) as session:
             assert session.scalar(text("SHOW statement_timeout")) == "1s"
     finally:
