@@ -138,9 +138,18 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
 
                 def release(undo: idempotency.Undo | None = None) -> None:
                     nonlocal released
-                    if not released:  # once: a second, without the undo, could be first to run
-                        released = True
+                    if released:  # once: a second, without the undo, could be first to run
+                        return
+                    released = True
+                    try:
                         _free(outcome, undo)
+                    except Exception:
+                        if undo is None:
+                            raise
+                        # The undo itself failed: the key is still freed, or the client's
+                        # retry would be refused until a takeover.
+                        log.exception("idempotency_undo_failed", claim_id=outcome.id)
+                        _free(outcome)
 
                 try:
                     return make_response(view(*args, claim=outcome, release=release, **kwargs))
