@@ -39,8 +39,21 @@ MAX_SUB_LENGTH = 255
 MAX_DOMAIN_LENGTH = 253
 # Addresses Google itself hosts: it is their authority, not only their verifier.
 GOOGLE_MAIL_DOMAINS = ("gmail.com", "googlemail.com")
+# Fetching Google's certificates gives up after this (a sign-in then answers 503), rather than
+# google-auth's 120 s: a certificates endpoint that hangs must not hang sign-in.
+GOOGLE_CERTS_TIMEOUT_SECONDS = 5
+
+
+class _BoundedRequest(Request):  # type: ignore[misc]
+    """google-auth's transport, with our timeout as every request's default."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", GOOGLE_CERTS_TIMEOUT_SECONDS)
+        return super().__call__(*args, **kwargs)
+
+
 # One cached HTTP session per process: the certificates are fetched once per their max-age.
-_certificates = Request(session=cachecontrol.CacheControl(requests.Session()))
+_certificates = _BoundedRequest(session=cachecontrol.CacheControl(requests.Session()))
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,12 @@ class GoogleCertificates:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/oauth2/v1/certs"
+        return f"http://127.0.0.1:{self.port}/oauth2/v1/certs"
 
     def id_token(self, *, key: Any = None, kid: str | None = None, **claims: Any) -> str:
         """An ID token as Google issues it; `claims` override or (as None) remove the defaults."""

@@ -4,6 +4,7 @@ test generates: every check google-auth and we make, and who the person becomes.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -16,11 +17,13 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
+from creditapp.auth.google import GOOGLE_CERTS_TIMEOUT_SECONDS
 from creditapp.auth.models import AuthSession, User
 from creditapp.ledger.models import Grant
 from tests.conftest import utcnow
 from tests.helpers import assert_error, scalar
 from tests.integration.google_certs import CLIENT_ID, GoogleCertificates
+from tests.integration.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -188,6 +191,22 @@ def test_an_unreachable_certificates_server_is_a_503(
     monkeypatch.setitem(app.config, "GOOGLE_CLIENT_IDS", [CLIENT_ID])
     down.close()
     assert_error(_sign_in(client, token), 503, "service_unavailable")
+
+
+def test_a_certificates_server_that_hangs_is_a_503_within_seconds(
+    app: Flask, client: FlaskClient, google: GoogleCertificates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = google.id_token()
+    proxy = TcpProxy("127.0.0.1", google.port)
+    proxied = google.url.replace(f":{google.port}/", f":{proxy.port}/")
+    monkeypatch.setitem(app.config, "GOOGLE_CERTS_URL", proxied)
+    proxy.hang()
+    try:
+        started = time.monotonic()
+        assert_error(_sign_in(client, token), 503, "service_unavailable")
+        assert time.monotonic() - started < GOOGLE_CERTS_TIMEOUT_SECONDS + 5
+    finally:
+        proxy.close()
 
 
 def test_two_first_sign_ins_at_once_make_one_user(app: Flask, google: GoogleCertificates) -> None:
