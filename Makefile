@@ -14,7 +14,7 @@ PG_TEST_ENV := CREDITAPP_TEST_DATABASE=postgresql TEST_PG_ADMIN_URL=$(PG_ADMIN_U
 # The chaos run's short version in `make test`: a fixed seed, every kind of fault at least once.
 CHAOS_SHORT := --seconds 45 --seed 3 --users 10 --warm-up 3 --fault-every 4
 
-.PHONY: venv tools run test test-sqlite test-postgres test-chaos test-clock mutation lint bench chaos clean
+.PHONY: venv tools run test test-busy test-sqlite test-postgres test-chaos test-clock mutation lint bench chaos clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3.11 -m venv $(VENV)
@@ -36,6 +36,13 @@ run: venv  ## migrate, seed demo data; serve http://127.0.0.1:$PORT (default 500
 	$(PY) scripts/run_embedded.py
 
 test: venv tools lint test-sqlite test-postgres test-chaos test-clock  ## the whole suite on SQLite, on PostgreSQL + Redis, a short chaos run, then with the clock moved
+
+test-busy:  ## the whole suite while stress-ng keeps every core busy, as a loaded CI machine may be
+	@command -v stress-ng >/dev/null 2>&1 || apt-get install -y stress-ng \
+	  || (apt-get update && apt-get install -y stress-ng)
+	stress-ng --cpu $$(nproc) --quiet & hog=$$!; \
+	trap 'kill $$hog' EXIT; \
+	$(MAKE) test
 
 # The browser tests' screenshots of every page, kept as the run's artifacts.
 test-sqlite: venv tools
