@@ -1,16 +1,18 @@
 """The dashboard and the admin console in a real browser (Debian's Chromium through
 Playwright), against a real gunicorn in demo mode. The dashboard: sign in with the demo button,
 see the API's balance, chat with a streamed reply, watch the balance fall by the cost shown, and
-open that charge's receipt. The console: find a user, grant with a double click (one grant),
-adjust, see drift highlighted, process compensations, add a price. Every request stays on the
-service's origin; no console error; no serious or critical accessibility violation (axe-core).
+open that charge's receipt; an expired access token is renewed without signing in again. The
+console: find a user, grant with a double click (one grant), adjust, see drift highlighted,
+process compensations, add a price. Every request stays on the service's origin; no console
+error; no serious or critical accessibility violation (axe-core).
 Screenshots go to DASHBOARD_SCREENSHOTS (default: the test's own folder)."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jwt
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from flask import Flask
@@ -43,6 +46,14 @@ def _api(base: str, page: Page, path: str, *, raw: bool = False) -> Any:
     status, _headers, body = call("GET", f"{base}{path}", token)
     assert status == 200, body
     return body if raw else json.loads(body)
+
+
+def _wait_until(page: Page, condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Let the page run (and Playwright deliver its events) until `condition` holds."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the page did not get there in time"
+        page.wait_for_timeout(50)
 
 
 def _serious_violations(page: Page) -> list[str]:
@@ -100,7 +111,8 @@ def browse(app: Flask, screenshots: Path, **env: str) -> Iterator[Browsing]:
         yield browsing
         browser.close()
     assert browsing.console_errors == []
-    assert browsing.refused == browsing.meant_refusals
+    # In any order: requests in flight together are answered in any order.
+    assert sorted(browsing.refused) == sorted(browsing.meant_refusals)
 
 
 @pytest.fixture
@@ -200,6 +212,96 @@ def test_sign_in_chat_and_the_receipt_of_the_charge(browsing: Browsing) -> None:
 
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("button", name="Sign in as the demo user").wait_for()
+
+
+def _start_a_chat(browsing: Browsing) -> dict[str, Any]:
+    """Signed in as the demo user with a conversation open: the balance before any message."""
+    page = browsing.page
+    page.goto(f"{browsing.base}/")
+    page.get_by_role("button", name="Sign in as the demo user").click()
+    expect(page.locator("#balance")).not_to_have_text("\u2013")
+    page.get_by_role("button", name="Start a conversation").click()
+    page.get_by_label("Your message").wait_for()
+    return _api(browsing.base, page, "/api/credit/balance")
+
+
+def _expire_the_access_token(app: Flask, page: Page) -> None:
+    """The page's access token, as it is once JWT_ACCESS_MINUTES have passed: the same session's,
+    signed with the service's key, expired a minute ago."""
+    secret = app.config["JWT_SECRET_KEY"]
+    token = page.evaluate("sessionStorage.getItem('creditapp.access_token')")
+    claims = jwt.decode(token, secret, algorithms=["HS256"])
+    now = int(time.time())
+    expired = {**claims, "iat": now - 16 * 60, "nbf": now - 16 * 60, "exp": now - 60}
+    expired_token = jwt.encode(expired, secret, algorithm="HS256")
+    page.evaluate(f"sessionStorage.setItem('creditapp.access_token', {json.dumps(expired_token)})")
+
+
+def _send_and_wait_for_the_reply(page: Page, content: str) -> Decimal:
+    """What the page shows the message cost."""
+    costs = page.locator("#conversation .assistant .cost")
+    replies = costs.count()
+    page.get_by_label("Your message").fill(content)
+    page.get_by_role("button", name="Send").click()
+    expect(costs).to_have_count(replies + 1)
+    return Decimal(costs.last.inner_text().removesuffix(" credits"))
+
+
+def test_an_expired_access_token_is_renewed_without_signing_in_again(
+    app: Flask, browsing: Browsing
+) -> None:
+    """The access token lives JWT_ACCESS_MINUTES, the session much longer: a request refused for
+    an expired access token renews the pair with the refresh token and is tried again. Requests
+    refused together share one refresh (a refresh token is spent by its use)."""
+    base, page = browsing.base, browsing.page
+    before = _start_a_chat(browsing)
+    refreshes: list[int] = []
+    usage_answers: list[int] = []
+
+    def count(response: Any) -> None:
+        path = urlsplit(response.url).path
+        if path == "/api/auth/refresh":
+            refreshes.append(response.status)
+        elif path == "/api/credit/usage":
+            usage_answers.append(response.status)
+
+    page.on("response", count)
+
+    # The usage of a range: three requests at once, each refused; one refresh, each tried again.
+    _expire_the_access_token(app, page)
+    page.get_by_role("button", name="Show", exact=True).click()
+    _wait_until(page, lambda: len(usage_answers) == 6)
+    assert sorted(usage_answers) == [200, 200, 200, 401, 401, 401]
+    assert refreshes == [200]
+    browsing.meant_refusals.extend([(401, "/api/credit/usage")] * 3)
+
+    # A message sent once the new access token has expired in turn: renewed again, sent, and
+    # charged once; the balance shown is the API's.
+    _expire_the_access_token(app, page)
+    charged = _send_and_wait_for_the_reply(page, "Hello Ada!")
+    (conversation,) = _api(base, page, "/api/conversations")["items"]
+    browsing.meant_refusals.append((401, f"/api/conversations/{conversation['id']}/messages"))
+    assert refreshes == [200, 200]
+    (charge,) = _api(base, page, "/api/credit/transactions?type=charge")["items"]
+    assert charge["amount"] == f"-{charged}"
+    after = Decimal(before["balance"]) - charged
+    assert _api(base, page, "/api/credit/balance")["balance"] == str(after)
+    expect(page.locator("#balance")).to_have_text(str(after))
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    assert page.locator("#chat-error").inner_text() == ""
+
+    # Once the session is over (signed out elsewhere), the refresh is refused: the page shows the
+    # sign-in again, after one refresh, not a loop of them.
+    token = page.evaluate("sessionStorage.getItem('creditapp.access_token')")
+    assert call("POST", f"{base}/api/auth/logout", token)[0] == 204
+    _expire_the_access_token(app, page)
+    usage_answers.clear()
+    page.get_by_role("button", name="Show", exact=True).click()
+    page.get_by_role("button", name="Sign in as the demo user").wait_for()
+    _wait_until(page, lambda: len(usage_answers) == 3)
+    assert usage_answers == [401, 401, 401] and refreshes == [200, 200, 401]
+    assert page.evaluate("[sessionStorage.length]") == [0]
+    browsing.meant_refusals.extend([(401, "/api/credit/usage")] * 3 + [(401, "/api/auth/refresh")])
 
 
 def test_the_admin_console(app: Flask, browsing: Browsing) -> None:

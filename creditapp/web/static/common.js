@@ -1,31 +1,84 @@
-// What every page shares: the JSON API with the access token (kept in sessionStorage only),
-// table cells and times, and signing in and out.
+// What every page shares: the JSON API with the session's tokens, table cells and times, and
+// signing in and out.
 
 export const $ = (selector) => document.querySelector(selector);
-const TOKEN = "creditapp.access_token";
+// The session's pair of tokens, in sessionStorage only (per tab, gone with it; never a cookie).
+// The access token lives JWT_ACCESS_MINUTES; the refresh token renews the pair until the session
+// ends.
+const ACCESS = "creditapp.access_token";
+const REFRESH = "creditapp.refresh_token";
 
-export async function api(path, options = {}) {
+function keepTokens(tokens) {
+  sessionStorage.setItem(ACCESS, tokens.access_token);
+  sessionStorage.setItem(REFRESH, tokens.refresh_token);
+}
+
+function forgetTokens() {
+  sessionStorage.removeItem(ACCESS);
+  sessionStorage.removeItem(REFRESH);
+}
+
+function request(path, options, token) {
   const headers = { Accept: "application/json", ...(options.headers || {}) };
-  const token = sessionStorage.getItem(TOKEN);
   if (token) headers.Authorization = `Bearer ${token}`;
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, {
+  return fetch(path, {
     method: options.method || "GET",
     headers,
     body: options.body === undefined ? undefined : JSON.stringify(options.body),
   });
+}
+
+// A refused request as an Error: the API's message, with its body and status.
+export async function refusal(response) {
+  const body = await response.json();
+  return Object.assign(new Error(body.error.message), { body, status: response.status });
+}
+
+// The refresh in flight, shared by every request refused meanwhile: a refresh token is spent by
+// its use (a refreshed pair replaces it), so the page renews the pair once, not once per request.
+// True once the new pair is kept, false when the session is over (the refresh token refused).
+let refreshing = null;
+
+function refreshTokens() {
+  refreshing ||= (async () => {
+    try {
+      const response = await request("/api/auth/refresh", { method: "POST" }, sessionStorage.getItem(REFRESH));
+      if (response.status === 401) return false;
+      if (!response.ok) throw await refusal(response);
+      keepTokens(await response.json());
+      return true;
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+// A request refused for its access token (expired, most often) is tried once more with the
+// renewed one, the same headers (its Idempotency-Key among them); a second refusal, or a refresh
+// refused, ends the session on the page.
+export async function api(path, options = {}) {
+  const token = sessionStorage.getItem(ACCESS);
+  let response = await request(path, options, token);
   if (response.status === 401 && token) {
-    signedOut();
-    throw new Error("Your session has ended: please sign in again.");
+    const { error } = await response.json();
+    const current = sessionStorage.getItem(ACCESS);
+    // Renewed meanwhile by another request's refresh, or renewed now: never a second refresh.
+    const renewed = error.code === "unauthorized" && current !== null && (current !== token || (await refreshTokens()));
+    if (renewed) response = await request(path, options, sessionStorage.getItem(ACCESS));
+    if (!renewed || response.status === 401) {
+      signedOut();
+      throw new Error("Your session has ended: please sign in again.");
+    }
   }
   return response;
 }
 
 export async function json(path, options) {
   const response = await api(path, options);
-  const body = await response.json();
-  if (!response.ok) throw Object.assign(new Error(body.error.message), { body, status: response.status });
-  return body;
+  if (!response.ok) throw await refusal(response);
+  return response.json();
 }
 
 export function cell(row, text) {
@@ -127,7 +180,7 @@ export function transactionList(path, area, receiptPlace) {
 let onSignedIn = async () => {};
 
 function signedOut() {
-  sessionStorage.removeItem(TOKEN);
+  forgetTokens();
   $("#signed-in").hidden = true;
   $("#sign-out").hidden = true;
   $("#sign-in").hidden = false;
@@ -142,12 +195,11 @@ async function show() {
 
 async function signIn(path, body) {
   try {
-    const tokens = await json(path, { method: "POST", body });
-    sessionStorage.setItem(TOKEN, tokens.access_token);
+    keepTokens(await json(path, { method: "POST", body }));
     $("#sign-in-error").textContent = "";
     await show();
   } catch (error) {
-    sessionStorage.removeItem(TOKEN);
+    forgetTokens();
     $("#sign-in-error").textContent = error.message;
   }
 }
@@ -185,5 +237,5 @@ export function signInPage(whenSignedIn, demoBody) {
     signedOut();
   });
   offerGoogle();
-  if (sessionStorage.getItem(TOKEN)) show();
+  if (sessionStorage.getItem(ACCESS)) show();
 }
