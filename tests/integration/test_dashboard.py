@@ -1,10 +1,11 @@
 """The dashboard and the admin console in a real browser (Debian's Chromium through
 Playwright), against a real gunicorn in demo mode. The dashboard: sign in with the demo button,
 see the API's balance, chat with a streamed reply, watch the balance fall by the cost shown, and
-open that charge's receipt; an expired access token is renewed without signing in again. The
-console: find a user, grant with a double click (one grant), adjust, see drift highlighted,
-process compensations, add a price. Every request stays on the service's origin; no console
-error; no serious or critical accessibility violation (axe-core).
+open that charge's receipt; an expired access token is renewed without signing in again, and a
+message whose answer was lost is charged once when sent again. The console: find a user, grant
+with a double click (one grant), adjust, see drift highlighted, process compensations, add a
+price. Every request stays on the service's origin; no console error; no serious or critical
+accessibility violation (axe-core).
 Screenshots go to DASHBOARD_SCREENSHOTS (default: the test's own folder)."""
 
 from __future__ import annotations
@@ -302,6 +303,57 @@ def test_an_expired_access_token_is_renewed_without_signing_in_again(
     assert usage_answers == [401, 401, 401] and refreshes == [200, 200, 401]
     assert page.evaluate("[sessionStorage.length]") == [0]
     browsing.meant_refusals.extend([(401, "/api/credit/usage")] * 3 + [(401, "/api/auth/refresh")])
+
+
+def test_a_message_whose_answer_was_lost_is_charged_once(browsing: Browsing) -> None:
+    """The service handles the message but its answer never reaches the page: sent again (the
+    same text), it carries the same Idempotency-Key, gets the first send's answer replayed, and
+    the message is charged once."""
+    base, page, screenshots = browsing.base, browsing.page, browsing.screenshots
+    before = _start_a_chat(browsing)
+    keys: list[str] = []
+    replayed: list[str | None] = []
+
+    def lose_the_first_answer(route: Route) -> None:
+        keys.append(route.request.headers["idempotency-key"])
+        made = route.fetch()
+        assert made.status == 200, made.text()
+        replayed.append(made.headers.get("idempotent-replayed"))
+        if len(keys) == 1:
+            route.abort("connectionreset")
+        else:
+            route.fulfill(response=made)
+
+    page.route("**/api/conversations/*/messages", lose_the_first_answer)
+    page.get_by_label("Your message").fill("Hello Ada!")
+    page.get_by_role("button", name="Send").click()
+    _wait_until(page, lambda: len(keys) == 1)
+    expect(page.locator("#chat-error")).to_have_text(
+        "No answer came back: press Send again to retry (a message is never charged twice)."
+    )
+    expect(page.get_by_label("Your message")).to_have_value("Hello Ada!")
+    page.screenshot(path=str(screenshots / "dashboard-lost-answer.png"), full_page=True)
+    charged = _send_and_wait_for_the_reply(page, "Hello Ada!")
+    page.unroute("**/api/conversations/*/messages")
+
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert replayed == [None, "true"]
+    (charge,) = _api(base, page, "/api/credit/transactions?type=charge")["items"]
+    assert charge["amount"] == f"-{charged}"
+    after = Decimal(before["balance"]) - charged
+    assert _api(base, page, "/api/credit/balance")["balance"] == str(after)
+    expect(page.locator("#balance")).to_have_text(str(after))
+    assert page.locator("#conversation li p:not(.cost)").all_inner_texts() == [
+        "Hello Ada!",
+        "Tell me more. You said: Hello Ada!",
+    ]
+    expect(page.locator("#chat-error")).to_have_text("")
+    expect(page.get_by_label("Your message")).to_have_value("")
+
+    # A new message is a new key.
+    _send_and_wait_for_the_reply(page, "And again?")
+    charges = _api(base, page, "/api/credit/transactions?type=charge")["items"]
+    assert len(charges) == 2
 
 
 def test_the_admin_console(app: Flask, browsing: Browsing) -> None:

@@ -1,5 +1,5 @@
 // The admin console, over the admin endpoints of the JSON API.
-import { $, button, cell, figures, json, signInPage, transactionList, when } from "./common.js";
+import { $, button, cell, figures, json, keyedTries, signInPage, transactionList, when } from "./common.js";
 
 let nextUsers = null;
 let nextPrices = null;
@@ -21,32 +21,22 @@ function rows(selector, items, columns, again = false) {
   }
 }
 
-// An admin action: one form, one Idempotency-Key for as long as the same action is being
-// tried, so that a double click or a retry after a lost answer never does it twice. The key
-// is new once the action was answered for good (a success or a refusal), or the form changed;
-// after no answer, a 5xx (the action may have been done) or "still in progress", the next
-// try sends the same key and gets the first one's answer.
+// An admin action: one form, its tries keyed (see keyedTries: a double click or a retry after a
+// lost answer never does it twice). A refusal shows the API's message and field errors.
 function action(form, request, done) {
   const outcome = form.querySelector(".outcome");
-  const submit = form.querySelector("button[type=submit]");
-  form.addEventListener("input", () => delete form.dataset.key);
+  const tries = keyedTries(form);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    form.dataset.key ||= crypto.randomUUID();
-    submit.disabled = true;
     outcome.textContent = "";
     try {
-      const { path, method, body } = request(new FormData(form));
-      const answer = await json(path, { method, body, headers: { "Idempotency-Key": form.dataset.key } });
-      delete form.dataset.key;
-      outcome.textContent = await done(answer);
+      const sent = request(new FormData(form));
+      const { path, method, body } = sent;
+      // The page is brought up to date within the try: the button stays disabled until it is.
+      outcome.textContent = await tries(sent, async (key) => done(await json(path, { method, body, headers: { "Idempotency-Key": key } })));
     } catch (error) {
-      const pending = !error.status || error.status >= 500 || error.body?.error.code === "request_in_progress";
-      if (!pending) delete form.dataset.key;
       const fields = error.body?.error.details?.fields;
       outcome.textContent = fields ? `${error.message} ${Object.entries(fields).map(([name, problems]) => `${name}: ${problems.join(" ")}`).join("; ")}` : error.message;
-    } finally {
-      submit.disabled = false;
     }
   });
 }

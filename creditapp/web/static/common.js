@@ -1,5 +1,5 @@
-// What every page shares: the JSON API with the session's tokens, table cells and times, and
-// signing in and out.
+// What every page shares: the JSON API with the session's tokens, table cells and times,
+// signing in and out, and the Idempotency-Key of a request tried again.
 
 export const $ = (selector) => document.querySelector(selector);
 // The session's pair of tokens, in sessionStorage only (per tab, gone with it; never a cookie).
@@ -79,6 +79,34 @@ export async function json(path, options) {
   const response = await api(path, options);
   if (!response.ok) throw await refusal(response);
   return response.json();
+}
+
+// The tries of one request from `form`: each is handed the same Idempotency-Key for as long as
+// the same request (`sent`: what it sends, and where) is being tried, so that a double click or
+// a retry after a lost answer never does it twice. The key is new once the request was answered
+// for good (a success or a refusal), or for a request that sends something else; after no
+// answer, a 5xx (it may have been done) or "still in progress", the next try of the same request
+// sends the same key and gets the first one's answer. The form's button is disabled while a try
+// runs.
+export function keyedTries(form) {
+  const submit = form.querySelector("button[type=submit]");
+  let kept = null; // { key, request }
+  return async (sent, attempt) => {
+    const request = JSON.stringify(sent);
+    if (kept?.request !== request) kept = { key: crypto.randomUUID(), request };
+    submit.disabled = true;
+    try {
+      const answer = await attempt(kept.key);
+      kept = null;
+      return answer;
+    } catch (error) {
+      const pending = !error.status || error.status >= 500 || error.body?.error.code === "request_in_progress";
+      if (!pending) kept = null;
+      throw error;
+    } finally {
+      submit.disabled = false;
+    }
+  };
 }
 
 export function cell(row, text) {

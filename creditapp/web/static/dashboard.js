@@ -1,5 +1,5 @@
 // The user's dashboard, over the JSON API.
-import { $, api, button, cell, download, json, signInPage, transactionList, when } from "./common.js";
+import { $, api, button, cell, download, json, keyedTries, refusal, signInPage, transactionList, when } from "./common.js";
 
 const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
 
@@ -190,24 +190,15 @@ async function readEvents(response, onEvent) {
   }
 }
 
-async function send(event) {
-  event.preventDefault();
-  $("#chat-error").textContent = "";
-  const content = $("#message").value;
+// One message sent: its reply streamed into the conversation. Throws as `json` does when the
+// message is refused, and a TypeError when no answer came back (or it broke off).
+async function sendMessage(content, key) {
   const response = await api(`/api/conversations/${conversationId}/messages`, {
     method: "POST",
     body: { content, stream: true },
-    headers: { "Idempotency-Key": crypto.randomUUID() },
+    headers: { "Idempotency-Key": key },
   });
-  if (!response.ok) {
-    const { error } = await response.json();
-    $("#chat-error").textContent =
-      error.code === "insufficient_credits"
-        ? `Not enough credits: this message needs up to ${error.details.required}, and ${error.details.available} are available.`
-        : error.message;
-    return;
-  }
-  $("#message").value = "";
+  if (!response.ok) throw await refusal(response);
   let reply = null;
   await readEvents(response, (name, data) => {
     if (name === "message") {
@@ -226,6 +217,30 @@ async function send(event) {
       if (data.balance) showBalance(data.balance);
     }
   });
+}
+
+function chatError(error) {
+  if (error instanceof TypeError) return "No answer came back: press Send again to retry (a message is never charged twice).";
+  if (error.body?.error.code !== "insufficient_credits") return error.message;
+  const { details } = error.body.error;
+  return `Not enough credits: this message needs up to ${details.required}, and ${details.available} are available.`;
+}
+
+// The same text sent again to the same conversation after a lost answer is the same send (one
+// Idempotency-Key, one charge); once answered, or for another text, it is a new message.
+const sendTries = keyedTries($("#send"));
+
+async function send(event) {
+  event.preventDefault();
+  $("#chat-error").textContent = "";
+  const content = $("#message").value;
+  try {
+    await sendTries({ conversationId, content }, (key) => sendMessage(content, key));
+  } catch (error) {
+    $("#chat-error").textContent = chatError(error);
+    return;
+  }
+  if ($("#message").value === content) $("#message").value = "";
   await Promise.all([loadCredits(), loadTransactions(), loadUsage()]);
 }
 
