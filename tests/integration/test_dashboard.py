@@ -193,7 +193,7 @@ def test_sign_in_chat_and_the_receipt_of_the_charge(browsing: Browsing) -> None:
     for shown, name in (("charged", "charged"), ("exact-cost", "exact"), ("held", "held")):
         assert totals.locator(f"[data-field={shown}]").inner_text() == receipt[name]
     lines = page.locator("#receipt .lines tbody tr")
-    assert lines.count() == 4
+    expect(lines).to_have_count(4)
     assert [lines.nth(index).locator("td").nth(3).inner_text() for index in range(4)] == [
         line["credits"] for line in receipt["lines"]
     ]
@@ -389,8 +389,9 @@ def test_the_admin_console(app: Flask, browsing: Browsing) -> None:
     before = _api(base, page, credit_path)
     figures = page.locator("#user-figures")
     assert figures.locator("[data-field=balance]").inner_text() == before["balance"]
-    assert page.locator("#user-transactions tbody tr").count() == len(
-        _api(base, page, f"/api/admin/users/{user_id}/transactions")["items"]
+    # The user's transactions load after the title: wait for them, do not count at once.
+    expect(page.locator("#user-transactions tbody tr")).to_have_count(
+        len(_api(base, page, f"/api/admin/users/{user_id}/transactions")["items"])
     )
 
     # A double click on Grant grants once.
