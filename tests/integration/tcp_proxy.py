@@ -11,8 +11,13 @@ import socket
 import threading
 from contextlib import suppress
 
+from sqlalchemy.engine import make_url
+
 
 class TcpProxy:
+    # The URL that reaches the target through the proxy (`in_front_of`).
+    url: str
+
     def __init__(self, target_host: str, target_port: int):
         self._target = (target_host, target_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -23,6 +28,17 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    @classmethod
+    def in_front_of(cls, url: str, **query: str) -> TcpProxy:
+        """A proxy to the server of `url` (a database's or Redis's), whose `url` is the same
+        but through the proxy, with `query` added to it."""
+        target = make_url(url)
+        default_port = 6379 if target.drivername.startswith("redis") else 5432
+        proxy = cls(target.host or "127.0.0.1", target.port or default_port)
+        proxied = target.set(port=proxy.port).update_query_dict(query)
+        proxy.url = proxied.render_as_string(hide_password=False)
+        return proxy
 
     def _accept(self) -> None:
         while True:

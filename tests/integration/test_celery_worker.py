@@ -18,7 +18,6 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
 
 from creditapp import ledger
 from creditapp.auth.models import User
@@ -209,11 +208,9 @@ def test_a_beat_rides_out_redis_hanging_and_going_away(app: Flask, tmp_path: Pat
     job again once Redis is back."""
     log = tmp_path / "beat.log"
     broker = redis.Redis.from_url(app.config["REDIS_URL"])
-    target = make_url(app.config["REDIS_URL"])
-    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 6379)
-    proxied = target.set(port=proxy.port).render_as_string(hide_password=False)
+    proxy = TcpProxy.in_front_of(app.config["REDIS_URL"])
     try:
-        with beat(app, log, redis_url=proxied) as process:
+        with beat(app, log, redis_url=proxy.url) as process:
             wait_for(lambda: broker.llen("celery") > 0, seconds=30)
             for outage in (proxy.hang, proxy.cut):
                 outage()

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy.engine import make_url
 
 from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import add_price, clear_rate_limit_counters, start_conversation
@@ -29,10 +28,9 @@ def test_a_key_whose_request_lost_the_database_is_freed_once_it_is_back(
     person = person_factory(credits=10 * 1_000_000)
     add_price(app, "openai", "gpt-cut", input="1", output="1")
     conversation = start_conversation(client, person, "openai", "gpt-cut")
-    database = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
-    proxy = TcpProxy(database.host or "127.0.0.1", database.port or 5432)
+    proxy = TcpProxy.in_front_of(app.config["SQLALCHEMY_DATABASE_URI"])
     env = {
-        "DATABASE_URL": database.set(port=proxy.port).render_as_string(hide_password=False),
+        "DATABASE_URL": proxy.url,
         # The provider is held back while the database is cut: the call must outlast that.
         "PROVIDER_TIMEOUT_SECONDS": "30",
     }
@@ -73,10 +71,9 @@ def test_a_cut_while_the_rate_limiter_loads_the_user_answers_503(
     limiter keeps counting in Redis (it is not Redis that failed)."""
     clear_rate_limit_counters(app)
     person = person_factory(credits=1_000_000)
-    database = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
-    proxy = TcpProxy(database.host or "127.0.0.1", database.port or 5432)
+    proxy = TcpProxy.in_front_of(app.config["SQLALCHEMY_DATABASE_URI"])
     env = {
-        "DATABASE_URL": database.set(port=proxy.port).render_as_string(hide_password=False),
+        "DATABASE_URL": proxy.url,
         "RATELIMIT_ENABLED": "true",
     }
     try:

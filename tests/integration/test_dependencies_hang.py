@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,7 +16,6 @@ import psycopg
 import pytest
 from flask import Flask
 from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -51,11 +51,8 @@ def assert_unavailable(status: int, body: bytes) -> dict[str, Any]:
 
 
 @pytest.fixture
-def proxied_database(app: Flask) -> Any:
-    database = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
-    proxy = TcpProxy(database.host or "127.0.0.1", database.port or 5432)
-    proxied = database.set(port=proxy.port).update_query_dict({"application_name": PROXIED})
-    proxy.url = proxied.render_as_string(hide_password=False)
+def proxied_database(app: Flask) -> Iterator[TcpProxy]:
+    proxy = TcpProxy.in_front_of(app.config["SQLALCHEMY_DATABASE_URI"], application_name=PROXIED)
     yield proxy
     proxy.close()
     # A server session whose client was cut off may hold its locks until it notices; the
@@ -72,10 +69,8 @@ def proxied_database(app: Flask) -> Any:
 
 
 @pytest.fixture
-def proxied_redis(app: Flask) -> Any:
-    redis_url = make_url(app.config["REDIS_URL"])
-    proxy = TcpProxy(redis_url.host or "127.0.0.1", redis_url.port or 6379)
-    proxy.url = redis_url.set(port=proxy.port).render_as_string(hide_password=False)
+def proxied_redis(app: Flask) -> Iterator[TcpProxy]:
+    proxy = TcpProxy.in_front_of(app.config["REDIS_URL"])
     yield proxy
     proxy.close()
 

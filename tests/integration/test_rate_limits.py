@@ -7,7 +7,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
@@ -118,12 +117,11 @@ def test_redis_coming_and_going_under_load_never_answers_500(app: Flask, person_
     between Redis and memory under them, and a request that meets Redis gone after its limit
     was checked leaves the headers out of its answer (found by the chaos run: it answered 500)."""
     person = person_factory(credits=1_000_000)
-    redis_url = urlsplit(app.config["REDIS_URL"])
-    proxy = TcpProxy(redis_url.hostname or "127.0.0.1", redis_url.port or 6379)
+    proxy = TcpProxy.in_front_of(app.config["REDIS_URL"])
     env = {
         "RATELIMIT_ENABLED": "true",
         "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
-        "REDIS_URL": f"redis://127.0.0.1:{proxy.port}{redis_url.path}",
+        "REDIS_URL": proxy.url,
     }
     stop = threading.Event()
 

@@ -19,7 +19,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
 from creditapp.chat.models import Message, UnbilledUsage, UsageRecord
 from creditapp.extensions import db
@@ -522,10 +521,9 @@ def test_a_stream_whose_settle_lost_the_database_frees_its_key_and_message_once_
     the key is free within seconds (not after the takeover time) and the user message stored
     when the stream opened is gone with it, so the client's retry runs on a clean slate."""
     user, conversation = chat("openai")
-    database = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
-    proxy = TcpProxy(database.host or "127.0.0.1", database.port or 5432)
+    proxy = TcpProxy.in_front_of(app.config["SQLALCHEMY_DATABASE_URI"])
     env = {
-        "DATABASE_URL": database.set(port=proxy.port).render_as_string(hide_password=False),
+        "DATABASE_URL": proxy.url,
         # The provider is held back while the database is cut: the call must outlast that.
         "PROVIDER_TIMEOUT_SECONDS": "30",
     }
