@@ -191,12 +191,14 @@ class Config:
             "socket_connect_timeout": self.REDIS_TIMEOUT_SECONDS,
             "socket_timeout": self.REDIS_TIMEOUT_SECONDS,
         }
-        # Counting a request is never worth a wait: one attempt, then memory (redis-py would
-        # otherwise try three more times, with backoff).
-        self.RATELIMIT_STORAGE_OPTIONS = {
+        # For clients that answer a request (rate limits, the readiness probe): one attempt,
+        # then memory or "unreachable" (redis-py would otherwise try three more times, with
+        # backoff).
+        self.REDIS_SINGLE_TRY_OPTIONS = {
             **self.REDIS_CLIENT_OPTIONS,
             "retry": Retry(NoBackoff(), 0),
         }
+        self.RATELIMIT_STORAGE_OPTIONS = self.REDIS_SINGLE_TRY_OPTIONS
         self.CELERY = self._celery_settings()
         # How many earlier messages of a conversation are sent with a new one.
         self.CHAT_HISTORY_MESSAGES = _int_env("CHAT_HISTORY_MESSAGES", 40)

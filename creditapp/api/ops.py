@@ -20,8 +20,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
@@ -127,7 +125,7 @@ def _database_answers(engine: Engine) -> None:
 
 
 def _redis_answers(redis_url: str, client_options: dict[str, Any]) -> None:
-    with redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0), **client_options) as client:
+    with redis.Redis.from_url(redis_url, **client_options) as client:
         client.ping()
 
 
@@ -140,7 +138,7 @@ def readyz() -> Any:
     probes = {"database": _probe("database", _database_answers, db.engine)}
     redis_url = current_app.config["REDIS_URL"]
     if redis_url:
-        options = current_app.config["REDIS_CLIENT_OPTIONS"]
+        options = current_app.config["REDIS_SINGLE_TRY_OPTIONS"]
         probes["redis"] = _probe("redis", _redis_answers, redis_url, options)
     wait(probes.values(), timeout=READINESS_SECONDS)
     checks: dict[str, str] = {}
