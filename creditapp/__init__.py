@@ -45,7 +45,9 @@ def register_extensions(app: Flask) -> None:
         database_file.parent.mkdir(parents=True, exist_ok=True)
     # Every model must be imported before the metadata is used by Alembic or create_all.
     from creditapp import idempotency  # noqa: F401
+    from creditapp.accounts import models as accounts_models  # noqa: F401
     from creditapp.auth import models as auth_models  # noqa: F401
+    from creditapp.billing import models as billing_models  # noqa: F401
     from creditapp.chat import models as chat_models  # noqa: F401
     from creditapp.jobs import models as jobs_models  # noqa: F401
     from creditapp.ledger import models as ledger_models  # noqa: F401

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
-    BigInteger,
     CheckConstraint,
     Index,
     Integer,
@@ -49,7 +48,8 @@ class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "idempotency_keys"
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
-    user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # Whose key it is (`Principal.idempotency_scope`): the same key from two callers never meets.
+    scope: Mapped[str] = mapped_column(String(80), nullable=False)
     key: Mapped[str] = mapped_column(String(255), nullable=False)
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
@@ -61,7 +61,7 @@ class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
     __table_args__ = (
-        UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_key"),
+        UniqueConstraint("scope", "key", name="uq_idempotency_keys_scope_key"),
         CheckConstraint(one_of("status", KEY_STATUSES), name="status_known"),
         CheckConstraint(
             "status = 'in_progress' OR response_status IS NOT NULL", name="completed_has_response"
@@ -100,7 +100,7 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
 class _Asked:
     """A request asking for its key."""
 
-    user_id: int
+    scope: str
     key: str
     fingerprint: str
     now: datetime
@@ -111,7 +111,7 @@ class _Asked:
 def claim(
     session: DbSession,
     *,
-    user_id: int,
+    scope: str,
     key: str,
     request_fingerprint: str,
     now: datetime,
@@ -119,7 +119,7 @@ def claim(
     takeover_after: timedelta,
 ) -> Claim | StoredResponse:
     """Claim the key for this request, or return the response to replay. Commits."""
-    asked = _Asked(user_id, key, request_fingerprint, now, retention, takeover_after)
+    asked = _Asked(scope, key, request_fingerprint, now, retention, takeover_after)
     for _attempt in range(3):
         with write_transaction(session):
             outcome = _claim_once(session, asked)
@@ -144,16 +144,14 @@ def _claim_once(session: DbSession, asked: _Asked) -> Claim | StoredResponse | N
     claimed = session.execute(
         dialect_of(session)
         .insert(keys)
-        .values(user_id=asked.user_id, key=asked.key, **fresh_claim)
-        .on_conflict_do_nothing(index_elements=["user_id", "key"])
+        .values(scope=asked.scope, key=asked.key, **fresh_claim)
+        .on_conflict_do_nothing(index_elements=["scope", "key"])
         .returning(keys.c.id)
     ).scalar_one_or_none()
     if claimed is not None:
         return Claim(claimed, token)
     existing = session.execute(
-        select(keys)
-        .where(keys.c.user_id == asked.user_id, keys.c.key == asked.key)
-        .with_for_update()
+        select(keys).where(keys.c.scope == asked.scope, keys.c.key == asked.key).with_for_update()
     ).one_or_none()
     if existing is None:
         return None  # released by its request meanwhile: try again

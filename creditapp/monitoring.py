@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from creditapp.chat.models import Compensation
+from creditapp.billing.models import Compensation
 from creditapp.database import DbSession, read_time
 from creditapp.jobs import reconciliation
 from creditapp.jobs.models import JobOutcome

@@ -23,8 +23,8 @@ from sqlalchemy import select, text
 from werkzeug.test import TestResponse
 
 from creditapp import ledger
-from creditapp.chat import compensations
-from creditapp.chat.models import UsageRecord
+from creditapp.billing import compensations
+from creditapp.billing.models import UsageRecord
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.jobs import run_job

@@ -37,7 +37,8 @@ from creditapp.api.schemas import (
 )
 from creditapp.auth import sessions, users
 from creditapp.auth.models import User
-from creditapp.chat import compensations, receipts
+from creditapp.billing import receipts
+from creditapp.chat import service as chat
 from creditapp.extensions import db
 from creditapp.ledger.models import GRANT_SOURCES, AuditRecord, Grant
 
@@ -172,7 +173,7 @@ class RefundSchema(Schema):
 @answers(404, 409)
 def refund(args: dict[str, Any]) -> Any:
     now = datetime.now(UTC)
-    compensation = compensations.refund_message(
+    compensation = chat.refund_message(
         db.session,
         message_id=args["message_id"],
         reason=args["reason"],

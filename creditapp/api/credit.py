@@ -29,9 +29,9 @@ from creditapp.api.schemas import (
     token_counts,
 )
 from creditapp.auth import users
-from creditapp.chat import receipts, usage_report
-from creditapp.chat.models import ROLLUP_SUMS
-from creditapp.chat.usage_report import GROUPINGS
+from creditapp.billing import receipts, usage_report
+from creditapp.billing.models import ROLLUP_SUMS
+from creditapp.billing.usage_report import GROUPINGS
 from creditapp.extensions import db
 from creditapp.ledger.models import ENTRY_TYPES, Grant, LedgerEntry
 from creditapp.metering.usage import TOKEN_COUNTERS

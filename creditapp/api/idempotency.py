@@ -19,7 +19,7 @@ from flask import Flask, Response, current_app, make_response, request
 from creditapp import idempotency
 from creditapp.api import openapi
 from creditapp.api.errors import DATABASE_DOWN
-from creditapp.api.identity import caller
+from creditapp.api.identity import principal
 from creditapp.database import write_transaction
 from creditapp.errors import ValidationFailed
 from creditapp.extensions import db
@@ -122,7 +122,7 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
             config = current_app.config
             outcome = idempotency.claim(
                 db.session,
-                user_id=caller().id,
+                scope=principal().idempotency_scope,
                 key=key,
                 request_fingerprint=idempotency.fingerprint(
                     request.method, request.full_path, request.get_data(cache=True)

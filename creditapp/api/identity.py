@@ -24,6 +24,7 @@ from creditapp.api.errors import from_error
 from creditapp.api.security import security_event
 from creditapp.auth import tokens
 from creditapp.auth.models import User
+from creditapp.auth.principal import Principal
 from creditapp.errors import Forbidden, TokenRevoked, Unauthorized
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,6 +34,11 @@ def caller() -> User:
     """The authenticated user of this request (only inside an `authenticated` view)."""
     user: User = current_user
     return user
+
+
+def principal() -> Principal:
+    """Who is calling this request (only inside an `authenticated` view)."""
+    return Principal.signed_in(caller())
 
 
 def authenticated(*, admin: bool = False) -> Callable[[F], F]:

@@ -14,9 +14,9 @@ from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import Credits, Id, PageArgs, Text, UtcDateTime, columns, page_of
-from creditapp.chat import compensations as chat_compensations
+from creditapp.billing import compensations as billing_compensations
+from creditapp.billing.models import COMPENSATION_STATUSES, Compensation, UnbilledUsage
 from creditapp.chat import service
-from creditapp.chat.models import COMPENSATION_STATUSES, Compensation, UnbilledUsage
 from creditapp.extensions import db
 from creditapp.jobs import compensations, reconciliation
 from tasks.jobs import enqueue
@@ -95,7 +95,7 @@ def process_compensations() -> Any:
 def compensation_list(args: dict[str, Any]) -> Any:
     return keyset_page(
         db.session,
-        chat_compensations.get_all(status=args["status"]),
+        billing_compensations.get_all(status=args["status"]),
         key=Compensation.id,
         args=args,
         item=lambda row: {**columns(row[0]), "user_id": row[1]},

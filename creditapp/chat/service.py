@@ -27,15 +27,9 @@ from sqlalchemy import Select, delete, or_, select
 
 from creditapp import idempotency, ledger
 from creditapp.auth.models import Tier, User
-from creditapp.chat import compensations
-from creditapp.chat.models import (
-    Character,
-    Compensation,
-    Conversation,
-    Message,
-    UnbilledUsage,
-    UsageRecord,
-)
+from creditapp.billing import compensations
+from creditapp.billing.models import Compensation, UnbilledUsage, UsageRecord
+from creditapp.chat.models import Character, Conversation, Message
 from creditapp.database import DbSession, write_transaction
 from creditapp.errors import (
     CreditAppError,
@@ -145,6 +139,24 @@ def user_conversations(user: User) -> Select[Conversation]:
 
 def conversation_messages(conversation: Conversation) -> Select[Message]:
     return select(Message).where(Message.conversation_id == conversation.id)
+
+
+def refund_message(
+    session: DbSession,
+    *,
+    message_id: int,
+    reason: str,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> Compensation:
+    """An admin's refund of the charge for a message (either message of the exchange)."""
+    return compensations.refund_usage(
+        session,
+        usage_id=session.scalar(select(Message.usage_id).where(Message.id == message_id)),
+        reason=f"refund of message {message_id}: {reason}",
+        context=context,
+        now=now,
+    )
 
 
 def unbilled_calls() -> Select[UnbilledUsage]:

@@ -18,8 +18,8 @@ import structlog
 from sqlalchemy import func, select, update
 
 from creditapp import ledger
-from creditapp.chat import compensations
-from creditapp.chat.models import Compensation
+from creditapp.billing import compensations
+from creditapp.billing.models import Compensation
 from creditapp.database import DbSession, write_transaction
 from creditapp.stored_text import fitted
 

@@ -10,7 +10,7 @@ import structlog
 from sqlalchemy import func, select
 
 from creditapp import ledger
-from creditapp.chat.models import UnbilledUsage
+from creditapp.billing.models import UnbilledUsage
 from creditapp.database import DbSession, snapshot, write_transaction
 from creditapp.jobs.models import ReconciliationReport
 from creditapp.ledger.models import Account

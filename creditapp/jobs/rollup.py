@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select, text, update
 
 from creditapp import ledger
-from creditapp.chat.models import ROLLUP_SUMS, UsageRecord, UsageRollup
+from creditapp.billing.models import ROLLUP_SUMS, UsageRecord, UsageRollup
 from creditapp.database import DbSession, dialect_of, write_transaction
 from creditapp.metering.usage import TOKEN_COUNTERS
 

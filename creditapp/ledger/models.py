@@ -45,8 +45,13 @@ class Account(db.Model):  # type: ignore[name-defined,misc]
 
     # Explicit: being part of the balance foreign key would otherwise switch autoincrement off.
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
-    user_id: Mapped[int] = mapped_column(
-        BigIntId, ForeignKey("users.id"), unique=True, nullable=False
+    # The owner: a user (their personal account) or a team, exactly one. The ledger itself
+    # speaks only of accounts; `creditapp.accounts` answers which account a caller spends from.
+    user_id: Mapped[int | None] = mapped_column(
+        BigIntId, ForeignKey("users.id"), unique=True, nullable=True
+    )
+    team_id: Mapped[int | None] = mapped_column(
+        BigIntId, ForeignKey("teams.id"), unique=True, nullable=True
     )
     balance: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     reserved: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
@@ -60,6 +65,7 @@ class Account(db.Model):  # type: ignore[name-defined,misc]
         CheckConstraint("balance >= 0", name="balance_not_negative"),
         CheckConstraint("reserved >= 0 AND reserved <= balance", name="reserved_within_balance"),
         CheckConstraint("last_seq IS NOT NULL OR balance = 0", name="balance_has_entries"),
+        CheckConstraint("(user_id IS NULL) <> (team_id IS NULL)", name="one_owner"),
         ForeignKeyConstraint(
             ["id", "last_seq", "balance"],
             ["ledger_entries.account_id", "ledger_entries.seq", "ledger_entries.balance_after"],

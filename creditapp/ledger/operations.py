@@ -360,10 +360,12 @@ def record_action(
     )
 
 
-def open_account(session: DbSession, *, user_id: int, now: datetime) -> int:
-    """Create the user's empty account and return its id."""
+def open_account(
+    session: DbSession, *, user_id: int | None = None, team_id: int | None = None, now: datetime
+) -> int:
+    """Create an empty account owned by a user or by a team (exactly one) and return its id."""
     sql = LedgerSql(session)
-    row = sql.one(INSERT_ACCOUNT, user=user_id, now=sql.time(now))
+    row = sql.one(INSERT_ACCOUNT, user=user_id, team=team_id, now=sql.time(now))
     assert row is not None
     return int(row[0])
 

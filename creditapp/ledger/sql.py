@@ -140,8 +140,8 @@ BALANCE_AS_OF = Statement(
        FROM accounts WHERE id = :account"""
 )
 INSERT_ACCOUNT = Statement(
-    """INSERT INTO accounts (user_id, balance, reserved, last_seq, created_at)
-       VALUES (:user, 0, 0, NULL, :now) RETURNING id"""
+    """INSERT INTO accounts (user_id, team_id, balance, reserved, last_seq, created_at)
+       VALUES (:user, :team, 0, 0, NULL, :now) RETURNING id"""
 )
 INSERT_GRANT = Statement(
     """INSERT INTO grants (account_id, source, amount, remaining, expires_at, period, reason,

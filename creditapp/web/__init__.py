@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template
 
-from creditapp.chat.models import COMPENSATION_STATUSES
+from creditapp.billing.models import COMPENSATION_STATUSES
 from creditapp.metering.providers import PROVIDER_NAMES
 
 blp = Blueprint(

@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from creditapp.chat.models import UsageRecord
+from creditapp.billing.models import UsageRecord
 from creditapp.extensions import db
 from creditapp.ledger.models import LedgerEntry
 from creditapp.money import parse_credits

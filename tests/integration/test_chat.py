@@ -10,7 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from creditapp.chat.models import Compensation, Message, UsageRecord
+from creditapp.billing.models import Compensation, UsageRecord
+from creditapp.chat.models import Message
 from creditapp.extensions import db
 from creditapp.idempotency import IdempotencyKey
 from creditapp.ledger.models import Hold, LedgerEntry

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from creditapp import ledger
-from creditapp.chat.models import UsageRecord
+from creditapp.billing.models import UsageRecord
 from creditapp.extensions import db
 from creditapp.ledger.models import Hold
 from tests.fake_providers import Answer, FakeProviders

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from creditapp.chat.models import Compensation
+from creditapp.billing.models import Compensation
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord, LedgerEntry
 from tests.conftest import BACKEND, Person, utcnow

@@ -12,7 +12,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from creditapp.chat.models import Message, UnbilledUsage, UsageRecord
+from creditapp.billing.models import UnbilledUsage, UsageRecord
+from creditapp.chat.models import Message
 from creditapp.extensions import db
 from creditapp.jobs import run_job
 from creditapp.ledger.models import Hold

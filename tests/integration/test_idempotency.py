@@ -93,7 +93,7 @@ def test_a_request_still_running_is_a_conflict(
         # The first request has claimed the key and is still working.
         idempotency.claim(
             db.session,
-            user_id=admin.id,
+            scope=f"user:{admin.id}",
             key="busy",
             request_fingerprint=idempotency.fingerprint("POST", f"{GRANT}?", body),
             now=utcnow(),
@@ -110,7 +110,12 @@ def test_a_request_still_running_is_a_conflict(
 
 def test_claims_expire_and_abandoned_ones_are_taken_over(ctx) -> None:
     t0 = utcnow()
-    args = {"user_id": 1, "key": "k", "retention": DAY, "takeover_after": timedelta(minutes=10)}
+    args = {
+        "scope": "user:1",
+        "key": "k",
+        "retention": DAY,
+        "takeover_after": timedelta(minutes=10),
+    }
     first = idempotency.claim(db.session, request_fingerprint="a", now=t0, **args)
     assert isinstance(first, idempotency.Claim)
     with pytest.raises(RequestInProgress):

@@ -25,7 +25,7 @@ def _keys(app: Flask, now: datetime, *specs: tuple[str, str, timedelta]) -> None
     """Keys named `key`, in `status`, claimed `age` before `now`."""
     rows = [
         {
-            "user_id": 1,
+            "scope": "user:1",
             "key": key,
             "fingerprint": "f" * 64,
             "status": status,

@@ -15,7 +15,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from creditapp import ledger
-from creditapp.chat.models import UsageRecord
+from creditapp.billing.models import UsageRecord
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord, Hold

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
-from creditapp.chat.models import UsageRecord
+from creditapp.billing.models import UsageRecord
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from tests.conftest import Person, utcnow

@@ -12,7 +12,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from creditapp.chat.models import Compensation, Message
+from creditapp.billing.models import Compensation
+from creditapp.chat.models import Message
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord, Grant, LedgerEntry
 from tests.conftest import Person

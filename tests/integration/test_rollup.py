@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from creditapp.chat.models import UsageRollup
+from creditapp.billing.models import UsageRollup
 from creditapp.extensions import db
 from tests.conftest import Person, utcnow
 from tests.fake_providers import Answer, FakeProviders

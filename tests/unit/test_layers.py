@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "creditapp"
-DOMAIN = ("ledger", "pricing", "metering", "chat", "auth", "jobs")
+DOMAIN = ("ledger", "pricing", "metering", "billing", "accounts", "chat", "auth", "jobs")
 # The app factory composes the layers: it alone, outside them, registers the HTTP layer.
 FACTORY = "creditapp"
 

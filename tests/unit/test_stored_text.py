@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from creditapp.chat.models import Compensation
+from creditapp.billing.models import Compensation
 from creditapp.stored_text import CUT_MARK, fitted
 
 

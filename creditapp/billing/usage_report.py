@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, cast, func, literal, select, union_all
 
-from creditapp.chat.models import ROLLUP_SUMS, UsageRecord, UsageRollup
+from creditapp.billing.models import ROLLUP_SUMS, UsageRecord, UsageRollup
 from creditapp.database import DbSession, dialect_of
 from creditapp.metering.usage import TOKEN_COUNTERS
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from creditapp.chat.models import UsageRecord
+from creditapp.billing.models import UsageRecord
 from creditapp.database import DbSession
 from creditapp.errors import NotFound
 from creditapp.ledger.models import Hold, LedgerEntry

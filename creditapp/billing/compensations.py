@@ -13,7 +13,7 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 
 from creditapp import ledger
-from creditapp.chat.models import Compensation, Message, UsageRecord
+from creditapp.billing.models import Compensation, UsageRecord
 from creditapp.database import DbSession
 from creditapp.errors import AlreadyRefunded, Conflict, NotFound
 from creditapp.ledger.models import Account
@@ -88,23 +88,22 @@ def pay(
     return True
 
 
-def refund_message(
+def refund_usage(
     session: DbSession,
     *,
-    message_id: int,
+    usage_id: int | None,
     reason: str,
     context: ledger.AuditContext,
     now: datetime,
 ) -> Compensation:
-    """An admin's refund of the charge for a message (either message of the exchange)."""
-    usage_id = session.scalar(select(Message.usage_id).where(Message.id == message_id))
+    """An admin's refund of a call's charge, paid at once: `reason` says which call and why."""
     usage = session.get(UsageRecord, usage_id) if usage_id is not None else None
     if usage is None:
         raise NotFound("No such message, or no charge belongs to it.")
     compensation = record(
         session,
         usage=usage,
-        reason=f"refund of message {message_id}: {reason}",
+        reason=reason,
         requested_by=f"{context.actor_type}:{context.actor_id}",
         now=now,
     )
