@@ -395,7 +395,7 @@ def seed(url: str, jwt_secret: str, args: argparse.Namespace) -> Seeded:
     conversations: some with few credits (they meet 402), some whose period ends mid-run."""
     os.environ.update(DATABASE_URL=url, JWT_SECRET_KEY=jwt_secret)
     os.environ.pop("REDIS_URL", None)
-    from creditapp import create_app, ledger
+    from creditapp import accounts, create_app, ledger
     from creditapp.auth import tiers, users
     from creditapp.auth.tokens import issue_access_token
     from creditapp.chat import service
@@ -474,7 +474,7 @@ def seed(url: str, jwt_secret: str, args: argparse.Namespace) -> Seeded:
                     context=context,
                     now=created,
                 )
-                account_id = users.account_id_of(db.session, user.id)
+                account_id = accounts.of_user(db.session, user.id)
                 if not poor:
                     ledger.grant(
                         db.session,

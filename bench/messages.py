@@ -93,7 +93,7 @@ def seed(app: Any, user_count: int) -> list[Chatter]:
     from datetime import UTC, datetime, timedelta
     from decimal import Decimal
 
-    from creditapp import ledger
+    from creditapp import accounts, ledger
     from creditapp.auth import users
     from creditapp.auth.tokens import issue_access_token
     from creditapp.chat import service
@@ -122,7 +122,7 @@ def seed(app: Any, user_count: int) -> list[Chatter]:
                 )
                 ledger.grant(
                     db.session,
-                    account_id=users.account_id_of(db.session, user.id),
+                    account_id=accounts.of_user(db.session, user.id),
                     amount=10**15,
                     source="purchase",
                     reason="bench",

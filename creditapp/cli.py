@@ -11,7 +11,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from creditapp import ledger
+from creditapp import accounts, ledger
 from creditapp.auth import sessions, users
 from creditapp.auth.models import User
 from creditapp.auth.tokens import issue_access_token
@@ -119,7 +119,7 @@ def grant_credit(email: str, amount: str, reason: str, source: str) -> None:
             user = users.get_by_email(db.session, email)
             result = ledger.grant(
                 db.session,
-                account_id=users.account_id_of(db.session, user.id),
+                account_id=accounts.of_user(db.session, user.id),
                 amount=micro,
                 source=source,
                 reason=reason,
@@ -229,7 +229,7 @@ def seed_demo() -> None:
             if role == "user":
                 ledger.grant(
                     db.session,
-                    account_id=users.account_id_of(db.session, user.id),
+                    account_id=accounts.of_user(db.session, user.id),
                     amount=DEMO_CREDITS,
                     source="promo",
                     reason="demo credits",

@@ -25,7 +25,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
 
-from creditapp import create_app, ledger
+from creditapp import accounts, create_app, ledger
 from creditapp.auth import users
 from creditapp.auth.models import Tier, User
 from creditapp.auth.tokens import issue_access_token
@@ -208,7 +208,7 @@ def create_person(
                 context=TEST_CONTEXT,
                 now=joined_at,
             )
-            account_id = users.account_id_of(db.session, user.id)
+            account_id = accounts.of_user(db.session, user.id)
             if credits:
                 ledger.grant(
                     db.session,

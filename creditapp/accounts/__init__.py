@@ -7,7 +7,7 @@ is not a member of does not exist for them (404, never 403: its existence is not
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, SQLColumnExpression, select
 
 from creditapp.accounts.models import TeamMember
 from creditapp.auth.principal import Principal
@@ -19,11 +19,17 @@ from creditapp.ledger.models import Account
 def of_user(session: DbSession, user_id: int) -> int:
     """The personal account of the user."""
     account_id = session.execute(
-        select(Account.id).where(Account.user_id == user_id)
+        select(Account.id).where(owned_by_user(user_id))
     ).scalar_one_or_none()
     if account_id is None:
         raise NotFound("No such user.")
     return account_id
+
+
+def owned_by_user(user_id: SQLColumnExpression[int] | int) -> ColumnElement[bool]:
+    """The condition "the account is the personal account of `user_id`": an id, or a column to
+    join on, so that a batch query pairs every user with their personal account in one query."""
+    return Account.user_id == user_id
 
 
 def of_team(session: DbSession, team_id: int) -> int:

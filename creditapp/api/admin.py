@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from creditapp import ledger
+from creditapp import accounts, ledger
 from creditapp.api import limits
 from creditapp.api.credit import (
     CSV_ANSWER,
@@ -121,7 +121,7 @@ def grant(args: dict[str, Any]) -> Any:
     now = datetime.now(UTC)
     result = ledger.grant(
         db.session,
-        account_id=users.account_id_of(db.session, args["user_id"]),
+        account_id=accounts.of_user(db.session, args["user_id"]),
         amount=args["amount"],
         source=args["source"],
         reason=args["reason"],
@@ -142,7 +142,7 @@ def grant(args: dict[str, Any]) -> Any:
 def adjust(args: dict[str, Any]) -> Any:
     balance = ledger.adjust(
         db.session,
-        account_id=users.account_id_of(db.session, args["user_id"]),
+        account_id=accounts.of_user(db.session, args["user_id"]),
         amount=args["amount"],
         reason=args["reason"],
         context=audit_context(),
@@ -213,7 +213,9 @@ def user_list(args: dict[str, Any]) -> Any:
 def user_credit(user_id: str) -> Any:
     user = users.get(db.session, path_id(user_id, "user_id"))
     now = datetime.now(UTC)
-    summary = users.credit_summary(db.session, user=user, now=now)
+    summary = users.credit_summary(
+        db.session, user=user, account_id=accounts.of_user(db.session, user.id), now=now
+    )
     live_grants = ledger.live_grants(db.session, account_id=summary.account_id)
     return {
         **vars(summary),
@@ -235,7 +237,7 @@ def user_credit(user_id: str) -> Any:
 def user_transactions(args: dict[str, Any], user_id: str) -> Any:
     """The user's ledger entries, as the user sees them at `GET /api/credit/transactions`."""
     user = users.get(db.session, path_id(user_id, "user_id"))
-    return transactions_of(users.account_id_of(db.session, user.id), args)
+    return transactions_of(accounts.of_user(db.session, user.id), args)
 
 
 @blp.route("/users/<user_id>/transactions/<entry_id>", methods=["GET"])
@@ -246,7 +248,7 @@ def user_transaction(user_id: str, entry_id: str) -> Any:
     user = users.get(db.session, path_id(user_id, "user_id"))
     return receipts.transaction(
         db.session,
-        account_id=users.account_id_of(db.session, user.id),
+        account_id=accounts.of_user(db.session, user.id),
         entry_id=path_id(entry_id, "entry_id"),
     )
 
@@ -271,7 +273,7 @@ def revoke_sessions(user_id: str) -> Any:
         action="sessions_revoked",
         context=audit_context(),
         now=now,
-        account_id=users.account_id_of(db.session, user.id),
+        account_id=accounts.of_user(db.session, user.id),
         details={"revoked_sessions": revoked},
     )
     return {"user_id": user.id, "revoked_sessions": revoked}

@@ -10,9 +10,9 @@ from typing import Any
 from flask import jsonify
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from creditapp import ledger
+from creditapp import accounts, ledger
 from creditapp.api import csv_export
-from creditapp.api.identity import authenticated, caller
+from creditapp.api.identity import authenticated, caller, principal
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
 from creditapp.api.schemas import (
@@ -117,7 +117,12 @@ class TransactionArgs(PageArgs):
 @authenticated()
 @blp.response(200, BalanceSchema)
 def balance() -> Any:
-    return users.credit_summary(db.session, user=caller(), now=datetime.now(UTC))
+    return users.credit_summary(
+        db.session,
+        user=caller(),
+        account_id=accounts.paying_account(db.session, principal()),
+        now=datetime.now(UTC),
+    )
 
 
 @blp.route("/grants", methods=["GET"])
@@ -125,7 +130,7 @@ def balance() -> Any:
 @blp.arguments(PageArgs, location="query")
 @blp.response(200, GrantPageSchema)
 def grants(args: dict[str, Any]) -> Any:
-    account_id = users.account_id_of(db.session, caller().id)
+    account_id = accounts.paying_account(db.session, principal())
     query = ledger.grants_of(account_id)
     page = keyset_page(db.session, query, key=Grant.id, args=args, position=lambda g: g.id)
     page["items"] = ledger.grant_standings(
@@ -199,7 +204,7 @@ def usage(args: dict[str, Any]) -> Any:
 )
 def transactions(args: dict[str, Any]) -> Any:
     """Ledger entries, newest first; `from` and `to` (dates or datetimes) bound them."""
-    return transactions_of(users.account_id_of(db.session, caller().id), args)
+    return transactions_of(accounts.paying_account(db.session, principal()), args)
 
 
 def transactions_of(account_id: int, args: dict[str, Any]) -> Any:
@@ -318,6 +323,6 @@ def transaction(entry_id: str) -> Any:
     arithmetic line by line, the rounding, the hold and what it released."""
     return receipts.transaction(
         db.session,
-        account_id=users.account_id_of(db.session, caller().id),
+        account_id=accounts.paying_account(db.session, principal()),
         entry_id=path_id(entry_id, "entry_id"),
     )

@@ -8,9 +8,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from creditapp import ledger
+from creditapp import accounts, ledger
 from creditapp.auth.models import Tier, User
-from creditapp.auth.users import account_id_of
 from creditapp.database import DbSession
 from creditapp.errors import ValidationFailed
 from creditapp.money import format_credits
@@ -101,7 +100,7 @@ def assign(
         action="tier_assigned",
         context=context,
         now=now,
-        account_id=account_id_of(session, user.id),
+        account_id=accounts.of_user(session, user.id),
         details={"from": previous, "to": tier_name},
     )
     return user

@@ -8,12 +8,12 @@ from datetime import datetime
 
 from sqlalchemy import Select, func, select
 
-from creditapp import ledger
+from creditapp import accounts, ledger
 from creditapp.auth.models import Tier, User
 from creditapp.auth.subscription import period_at
 from creditapp.database import DbSession
 from creditapp.errors import Conflict, NotFound, ValidationFailed
-from creditapp.ledger.models import Account, Grant
+from creditapp.ledger.models import Grant
 from creditapp.text import is_text
 
 DEFAULT_TIER = "free"
@@ -58,15 +58,6 @@ def get_by_email(session: DbSession, email: str) -> User:
     return user
 
 
-def account_id_of(session: DbSession, user_id: int) -> int:
-    account_id = session.execute(
-        select(Account.id).where(Account.user_id == user_id)
-    ).scalar_one_or_none()
-    if account_id is None:
-        raise NotFound("No such user.")
-    return account_id
-
-
 def refresh_subscription(
     session: DbSession, *, user: User, context: ledger.AuditContext, now: datetime
 ) -> ledger.GrantResult | None:
@@ -77,7 +68,7 @@ def refresh_subscription(
     period = period_at(user.period_anchor, now)
     return ledger.refresh(
         session,
-        account_id=account_id_of(session, user.id),
+        account_id=accounts.of_user(session, user.id),
         period=period.label,
         amount=tier.monthly_credits,
         expires_at=period.end,
@@ -95,7 +86,8 @@ def create(
     role: str = "user",
     tier_name: str = DEFAULT_TIER,
 ) -> User:
-    """Create a user with an account and the first subscription grant of their tier."""
+    """Create a user with their personal account and the first subscription grant of their
+    tier."""
     normalized = normalize_email(email)
     if role not in ("user", "admin"):
         raise ValidationFailed(details={"role": ["Must be user or admin."]})
@@ -122,9 +114,11 @@ class CreditSummary:
     next_refresh_at: datetime | None
 
 
-def credit_summary(session: DbSession, *, user: User, now: datetime) -> CreditSummary:
-    """What the balance endpoint shows: expired credits never count."""
-    account_id = account_id_of(session, user.id)
+def credit_summary(
+    session: DbSession, *, user: User, account_id: int, now: datetime
+) -> CreditSummary:
+    """What the balance endpoint shows of `account_id` (the account the caller pays from, see
+    `creditapp.accounts`) and of the user's subscription: expired credits never count."""
     current = ledger.balance(session, account_id=account_id, now=now)
     last_refresh = session.execute(
         select(func.max(Grant.created_at)).where(

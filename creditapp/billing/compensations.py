@@ -20,8 +20,11 @@ from creditapp.ledger.models import Account
 from creditapp.stored_text import fitted
 
 
-def get_all(*, status: str | None = None) -> Select[Compensation, int]:
-    """Compensations with the user they are owed to."""
+def get_all(*, status: str | None = None) -> Select[Compensation, int | None]:
+    """Compensations with the user they are owed to: the owner of the account refunded, None
+    when a team owns it."""
+    # The owner column itself is what is listed (one join for the whole page), not a lookup of
+    # which account pays: the accounts seam answers the other way round.
     query = select(Compensation, Account.user_id).join(
         Account, Account.id == Compensation.account_id
     )

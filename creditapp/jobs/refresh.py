@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import exists, select
 
-from creditapp import ledger
+from creditapp import accounts, ledger
 from creditapp.auth import users
 from creditapp.auth.models import Tier, User
 from creditapp.database import DbSession, write_transaction
@@ -22,7 +22,9 @@ BATCH = 500
 
 
 def _due_user_ids(session: DbSession, *, now: datetime, after_id: int) -> list[int]:
-    """Users of a paying tier whose account holds no subscription grant live at `now`."""
+    """Users of a paying tier whose personal account holds no subscription grant live at `now`
+    (subscriptions are a user's: a team's account is never refreshed). One query per batch:
+    each user joined to their personal account through the accounts seam's condition."""
     live_subscription = exists().where(
         Grant.account_id == Account.id,
         Grant.source == "subscription",
@@ -31,7 +33,7 @@ def _due_user_ids(session: DbSession, *, now: datetime, after_id: int) -> list[i
     query = (
         select(User.id)
         .join(Tier, Tier.name == User.tier_name)
-        .join(Account, Account.user_id == User.id)
+        .join(Account, accounts.owned_by_user(User.id))
         .where(User.id > after_id, Tier.monthly_credits > 0, ~live_subscription)
         .order_by(User.id)
         .limit(BATCH)

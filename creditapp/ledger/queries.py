@@ -46,8 +46,11 @@ def audit_trail(
     action: str | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
-) -> Select[AuditRecord, int]:
-    """Audit records with the user of their account (None for actions on no account)."""
+) -> Select[AuditRecord, int | None]:
+    """Audit records with the user owning their account (None for actions on no account or on a
+    team's account); `user_id` keeps the records of that user's personal account."""
+    # The owner column is what is listed and filtered on, for a whole page in one query (the
+    # ledger knows no callers: which account a caller pays from is `creditapp.accounts`).
     query = select(AuditRecord, Account.user_id).outerjoin(
         Account, Account.id == AuditRecord.account_id
     )
