@@ -8,16 +8,19 @@ from flask import Blueprint, Flask
 
 from creditapp.api import admin, auth, chat, credit, docs, jobs, me, openapi, ops, pricing
 from creditapp.api.errors import register_error_handlers
-from creditapp.api.identity import register_token_errors
+from creditapp.api.identity import register_identity, register_token_errors
 from creditapp.api.limits import limiter
 from creditapp.api.request_context import register_request_context
 from creditapp.extensions import jwt
 
 
 def register_api(app: Flask) -> None:
-    """Bind the HTTP layer to the app: request context, rate limits, blueprints, errors."""
+    """Bind the HTTP layer to the app: request context, principal, rate limits, blueprints,
+    errors."""
     # Request ids first, so that even a rate-limited response carries one.
     register_request_context(app)
+    # Each request starts with no principal, before the rate limiter looks for one.
+    register_identity(app)
     limiter.init_app(app)
     register_token_errors(jwt)
     openapi.api.init_app(app)

@@ -92,9 +92,10 @@ def _release_later(app: Flask, claim: idempotency.Claim, undo: idempotency.Undo 
 
 
 def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -> Callable[[F], F]:
-    """Run the view at most once per (user, Idempotency-Key); replay its response after.
+    """Run the view at most once per (caller, Idempotency-Key); replay its response after.
 
-    Must sit inside `authenticated`: keys belong to the calling user. By default the view runs
+    Must sit inside `authenticated` (or a view whose principal is established before it runs):
+    keys belong to the principal's `idempotency_scope`. By default the view runs
     in one write transaction, which also stores its response. A view that `runs_own_transactions`
     (it must not hold one across a slow call) gets the claim as its `claim` argument and
     completes it in its last transaction; if it fails, its key is freed. It also gets `release`,

@@ -1,5 +1,8 @@
-"""Who is calling this request: the authenticated user, the admin check, the audit context, and
-every token failure in the contract's error shape. Tokens themselves are `creditapp.auth.tokens`.
+"""Who is calling this request: the principal established at the edge (a signed-in user today;
+an API key or a verified webhook sender through the same `establish`), the admin check, the
+audit context, and every token failure in the error shape chosen for the request. Tokens
+themselves are `creditapp.auth.tokens`; what follows from a principal is
+`creditapp.auth.principal`.
 """
 
 from __future__ import annotations
@@ -8,10 +11,9 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import Response, g, request
+from flask import Flask, Response, g, request
 from flask_jwt_extended import (
     JWTManager,
-    current_user,
     get_current_user,
     verify_jwt_in_request,
 )
@@ -28,27 +30,67 @@ from creditapp.auth.principal import Principal
 from creditapp.errors import Forbidden, TokenRevoked, Unauthorized
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Where this request's principal is kept (flask.g): set once, by `establish`.
+_PRINCIPAL = "creditapp_principal"
 
 
-def caller() -> User:
-    """The authenticated user of this request (only inside an `authenticated` view)."""
-    user: User = current_user
-    return user
+def establish(who: Principal) -> Principal:
+    """Make `who` this request's principal: the one door every kind of caller comes through
+    (`authenticated` for a signed-in user; the API-key and webhook views once they verified
+    their caller). A request has one principal: establishing another is a programming error."""
+    established: Principal | None = g.get(_PRINCIPAL)
+    if established is not None:
+        if established.identity != who.identity:
+            raise RuntimeError(
+                f"this request's principal is {established.identity}, not {who.identity}"
+            )
+        return established
+    setattr(g, _PRINCIPAL, who)
+    return who
 
 
 def principal() -> Principal:
-    """Who is calling this request (only inside an `authenticated` view)."""
-    return Principal.signed_in(caller())
+    """Who is calling this request (only once established: inside an `authenticated` view, or
+    after a door's `establish`)."""
+    established: Principal | None = g.get(_PRINCIPAL)
+    if established is None:
+        raise RuntimeError("no principal was established for this request")
+    return established
+
+
+def caller() -> User:
+    """The principal's user: the signed-in user, or an API key's owner. A view that verifies a
+    token of another kind itself (the refresh token) gets that token's user."""
+    established: Principal | None = g.get(_PRINCIPAL)
+    if established is None:
+        user: User = get_current_user()
+        return user
+    if established.user is None:
+        raise RuntimeError(f"{established.identity} acts for no user")
+    return established.user
+
+
+def request_principal() -> Principal | None:
+    """This request's principal as far as it is known before its view runs (the rate limiter
+    asks): the one established, else the signed-in user of a valid access token, else None.
+    Nothing is established here, and the token's user is loaded once per request."""
+    established: Principal | None = g.get(_PRINCIPAL)
+    if established is not None:
+        return established
+    user = request_user()
+    return None if user is None else Principal.signed_in(user)
 
 
 def authenticated(*, admin: bool = False) -> Callable[[F], F]:
-    """Require a valid access token, and the admin role when `admin`."""
+    """Require a valid access token, and the admin role when `admin`; its user becomes the
+    request's principal."""
 
     def decorator(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             _verify_once()
-            if admin and not caller().is_admin:
+            who = establish(Principal.signed_in(get_current_user()))
+            if admin and not (who.user is not None and who.user.is_admin):
                 raise Forbidden()
             return view(*args, **kwargs)
 
@@ -61,7 +103,7 @@ def _verify_once() -> None:
     """Verify the access token and load its user, unless the rate limiter already did so in
     this request (one user lookup per request)."""
     if request_user() is None:
-        verify_jwt_in_request()  # refuses the request in the contract's shape
+        verify_jwt_in_request()  # refuses the request in the chosen error shape
 
 
 def request_user() -> User | None:
@@ -75,19 +117,30 @@ def request_user() -> User | None:
     try:
         verify_jwt_in_request(optional=True)
     except (JWTExtendedException, PyJWTError):
-        return None  # refused by the view, in the contract's shape
+        return None  # refused by the view, in the chosen error shape
     loaded: User | None = get_current_user()
     return loaded
 
 
 def audit_context() -> ledger.AuditContext:
-    user = caller()
+    """The audit records' actor, from the request's principal."""
+    actor_type, actor_id = principal().actor
     return ledger.AuditContext(
-        actor_type="admin" if user.is_admin else "user",
-        actor_id=str(user.id),
+        actor_type=actor_type,
+        actor_id=actor_id,
         request_id=g.get("request_id"),
         client_ip=request.remote_addr,
     )
+
+
+def _forget_principal() -> None:
+    """A request starts with no principal, even when it shares an app context with an earlier
+    one (a test client inside `app.app_context()`)."""
+    g.pop(_PRINCIPAL, None)
+
+
+def register_identity(app: Flask) -> None:
+    app.before_request(_forget_principal)
 
 
 def _user_not_loaded(_header: dict[str, Any], claims: dict[str, Any]) -> Response:
@@ -98,7 +151,7 @@ def _user_not_loaded(_header: dict[str, Any], claims: dict[str, Any]) -> Respons
 
 
 def register_token_errors(jwt: JWTManager) -> None:
-    """Route every token failure through the contract's error shape."""
+    """Route every token failure through the error shape chosen for the request."""
     jwt.user_lookup_error_loader(_user_not_loaded)
     jwt.expired_token_loader(
         lambda _h, _p: from_error(Unauthorized("The access token has expired."))

@@ -1,9 +1,9 @@
 """Rate limits (contract section 4): who a request counts against, and the limits by kind of
 operation: the service-wide settings, or what the caller's tier says instead.
 
-The caller is the user of a valid access token (loaded once per request: the view reuses it),
-else the client's IP. A tier's `rate_limits` come from a short in-process cache of the tiers,
-never a query per request.
+The caller is the request's principal (its `rate_limit_key`): today the user of a valid access
+token, loaded once per request (the view reuses it); else the client's IP. A tier's
+`rate_limits` come from a short in-process cache of the tiers, never a query per request.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from limits.storage import MemoryStorage
 
 from creditapp.api import openapi
 from creditapp.api.errors import DATABASE_DOWN
-from creditapp.api.identity import request_user
+from creditapp.api.identity import request_principal
 from creditapp.auth import tiers
-from creditapp.auth.models import User
+from creditapp.auth.principal import Principal
 from creditapp.extensions import db
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,13 +29,13 @@ def client_ip() -> str:
     return f"ip:{request.remote_addr}"
 
 
-def _counted_user() -> User | None:
-    """The request's user, or None when the database cannot say (the request is then not
-    counted, see below). A database error must not reach the limiter, which would take it for
-    its own storage failing, switch to counting in memory, and ask again on a session whose
-    transaction is broken."""
+def _counted_principal() -> Principal | None:
+    """The request's principal, or None when there is none or the database cannot say (the
+    request is then not counted, see below). A database error must not reach the limiter,
+    which would take it for its own storage failing, switch to counting in memory, and ask
+    again on a session whose transaction is broken."""
     try:
-        return request_user()
+        return request_principal()
     except DATABASE_DOWN:
         db.session.rollback()
         g.caller_unknown_database_down = True
@@ -43,16 +43,16 @@ def _counted_user() -> User | None:
 
 
 def rate_limit_key() -> str:
-    """Limits count per user when the request carries a valid access token, else per IP."""
-    user = _counted_user()
-    return client_ip() if user is None else f"user:{user.id}"
+    """Limits count per caller (`user:<id>` for a valid access token), else per IP."""
+    who = _counted_principal()
+    return client_ip() if who is None else who.rate_limit_key
 
 
 def _limit(kind: str, setting: str) -> str:
-    user = _counted_user()
-    if user is not None:
+    who = _counted_principal()
+    if who is not None and who.user is not None:
         try:
-            chosen = tiers.rate_limits(db.session, user.tier_name).get(kind)
+            chosen = tiers.rate_limits(db.session, who.user.tier_name).get(kind)
         except DATABASE_DOWN:
             db.session.rollback()
             chosen = None
@@ -85,7 +85,7 @@ def _caller_unknown_database_down() -> bool:
     view meets the database itself and answers 503; counted against its IP instead, the
     outage would spend the budget of everyone behind that IP, refused with 429 for the rest of
     the window once the database is back."""
-    _counted_user()
+    _counted_principal()
     return bool(g.get("caller_unknown_database_down"))
 
 

@@ -22,9 +22,27 @@ class Principal:
     # A verified webhook sender's name ("stripe").
     sender: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.kind == "user" and self.user is None:
+            raise ValueError("a signed-in principal needs its user")
+        if self.kind == "api_key" and (self.api_key_id is None or self.user is None):
+            raise ValueError("an API key's principal needs the key's id and its owner")
+        if self.kind == "webhook" and (not self.sender or self.user is not None):
+            raise ValueError("a webhook sender is named, and acts for no user")
+
     @classmethod
     def signed_in(cls, user: User) -> Principal:
         return cls("user", user=user)
+
+    @classmethod
+    def with_api_key(cls, api_key_id: int, *, owner: User) -> Principal:
+        """A call made with an API key: it spends as the key's owner, but counts as the key."""
+        return cls("api_key", user=owner, api_key_id=api_key_id)
+
+    @classmethod
+    def verified_sender(cls, sender: str) -> Principal:
+        """A webhook whose signature was verified: `sender` names who signed it ("stripe")."""
+        return cls("webhook", sender=sender)
 
     @property
     def identity(self) -> str:
@@ -48,3 +66,15 @@ class Principal:
     def idempotency_scope(self) -> str:
         """Idempotency-Keys are the caller's own: the same key from two callers never meets."""
         return self.identity
+
+    @property
+    def actor(self) -> tuple[str, str]:
+        """Who the audit records name (`actor_type`, `actor_id`): a signed-in user as user or
+        admin; an API key's call as its owner (a key never acts with the admin role); a webhook
+        sender as the system, by name."""
+        if self.kind == "webhook":
+            return "system", f"webhook:{self.sender}"
+        assert self.user is not None  # __post_init__: users and keys have one
+        if self.kind == "user" and self.user.is_admin:
+            return "admin", str(self.user.id)
+        return "user", str(self.user.id)

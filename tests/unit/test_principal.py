@@ -1,0 +1,94 @@
+"""One principal per door: what follows from it (rate-limit key, Idempotency-Key scope, audit
+actor) is derived in one place, and two doors never share a budget or a key's scope."""
+
+from __future__ import annotations
+
+import pytest
+
+from creditapp.auth.models import User
+from creditapp.auth.principal import Principal
+
+
+def _user(user_id: int, role: str = "user") -> User:
+    return User(id=user_id, email=f"u{user_id}@example.com", role=role, tier_name="free")
+
+
+def test_each_door_counts_and_scopes_its_own_calls() -> None:
+    user = _user(7)
+    doors = [
+        Principal.signed_in(user),
+        Principal.with_api_key(7, owner=user),  # a key whose id happens to equal its owner's
+        Principal.with_api_key(8, owner=user),
+        Principal.verified_sender("stripe"),
+        Principal.verified_sender("github"),
+        Principal.signed_in(_user(8)),
+    ]
+    assert len({door.rate_limit_key for door in doors}) == len(doors)
+    assert len({door.idempotency_scope for door in doors}) == len(doors)
+    assert [door.rate_limit_key for door in doors] == [
+        "user:7",
+        "key:7",
+        "key:8",
+        "webhook:stripe",
+        "webhook:github",
+        "user:8",
+    ]
+
+
+def test_a_user_and_their_api_key_never_share_an_idempotency_scope() -> None:
+    user = _user(7)
+    signed_in, with_key = Principal.signed_in(user), Principal.with_api_key(3, owner=user)
+    assert signed_in.user_id == with_key.user_id == 7
+    assert signed_in.idempotency_scope != with_key.idempotency_scope
+    assert signed_in.rate_limit_key != with_key.rate_limit_key
+
+
+def test_a_user_is_one_caller_across_sessions() -> None:
+    """Limits count per user, not per token: the same user signed in twice shares them."""
+    user = _user(7)
+    assert Principal.signed_in(user).rate_limit_key == Principal.signed_in(user).rate_limit_key
+    assert Principal.signed_in(user) == Principal.signed_in(user)
+
+
+def test_the_audit_actor_of_each_door() -> None:
+    user, admin = _user(7), _user(9, role="admin")
+    assert Principal.signed_in(user).actor == ("user", "7")
+    assert Principal.signed_in(admin).actor == ("admin", "9")
+    # An API key never acts with its owner's admin role.
+    assert Principal.with_api_key(3, owner=admin).actor == ("user", "9")
+    assert Principal.verified_sender("stripe").actor == ("system", "webhook:stripe")
+
+
+def test_a_principal_has_what_its_kind_needs() -> None:
+    with pytest.raises(ValueError):
+        Principal("user")
+    with pytest.raises(ValueError):
+        Principal("api_key", user=_user(7))
+    with pytest.raises(ValueError):
+        Principal("webhook")
+    with pytest.raises(ValueError):
+        Principal("webhook", user=_user(7), sender="stripe")
+
+
+def test_a_request_has_one_principal() -> None:
+    from flask import Flask
+
+    from creditapp.api import identity
+
+    user = _user(7)
+    with Flask(__name__).test_request_context("/api/me"):
+        with pytest.raises(RuntimeError):
+            identity.principal()
+        established = identity.establish(Principal.signed_in(user))
+        assert identity.principal() is established and identity.caller() is user
+        # The same caller again (a second check in the same request) is the same principal.
+        assert identity.establish(Principal.signed_in(user)) is established
+        with pytest.raises(RuntimeError):
+            identity.establish(Principal.with_api_key(3, owner=user))
+        assert identity.request_principal() is established
+    with Flask(__name__).test_request_context("/api/webhooks/stripe"):
+        sender = identity.establish(Principal.verified_sender("stripe"))
+        assert identity.principal().rate_limit_key == "webhook:stripe"
+        assert identity.principal() is sender
+        with pytest.raises(RuntimeError):
+            identity.caller()  # a webhook sender acts for no user
