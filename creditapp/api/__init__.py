@@ -6,7 +6,20 @@ from typing import cast
 
 from flask import Blueprint, Flask
 
-from creditapp.api import admin, auth, chat, credit, docs, jobs, me, openapi, ops, pricing
+from creditapp.api import (
+    admin,
+    auth,
+    chat,
+    compensations,
+    credit,
+    docs,
+    me,
+    openapi,
+    ops,
+    pricing,
+    reconciliation,
+    tiers,
+)
 from creditapp.api.errors import register_error_handlers
 from creditapp.api.identity import register_identity, register_token_errors
 from creditapp.api.limits import limiter
@@ -26,7 +39,19 @@ def register_api(app: Flask) -> None:
     openapi.api.init_app(app)
     limiter.exempt(cast(Blueprint, app.blueprints[openapi.DOCUMENT_BLUEPRINT]))
     openapi.document_openapi_json(openapi.api, app)
-    blueprints = (auth, me, credit, chat, admin, pricing, jobs, ops, docs)
+    blueprints = (
+        auth,
+        me,
+        credit,
+        chat,
+        admin,
+        pricing,
+        tiers,
+        compensations,
+        reconciliation,
+        ops,
+        docs,
+    )
     for module in blueprints:
         openapi.api.register_blueprint(module.blp)
     app.register_blueprint(docs.assets)

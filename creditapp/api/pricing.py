@@ -1,4 +1,4 @@
-"""Admin: the price book and the tiers."""
+"""Admin: the price book (what each model costs, from when)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.openapi import answers
 from creditapp.api.pagination import keyset_page
-from creditapp.api.parsing import Blueprint, path_id
-from creditapp.api.schemas import Credits, Id, PageArgs, Text, UtcDateTime, page_of
-from creditapp.auth import tiers, users
+from creditapp.api.parsing import Blueprint
+from creditapp.api.schemas import Id, PageArgs, Text, UtcDateTime, page_of
 from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
 from creditapp.money import AmountError, parse_usd_per_million
 from creditapp.pricing import book
 from creditapp.pricing.models import Price
 
-blp = Blueprint("pricing", __name__, url_prefix="/api/admin", description="Prices and tiers")
+blp = Blueprint("pricing", __name__, url_prefix="/api/admin", description="Prices")
 
 
 class UsdPerMillion(fields.Field):
@@ -82,56 +81,6 @@ class PriceSchema(Schema):
 PricePageSchema = page_of(PriceSchema)
 
 
-class TierArgs(Schema):
-    name = Text(required=True, max_length=64, validate=validate.Regexp(r"^[a-z0-9_-]+$"))
-    monthly_credits = Credits(required=True, allow_zero=True)
-    allowed_models = fields.List(
-        Text(
-            max_length=300,
-            validate=validate.Regexp(rf"^(\*|({'|'.join(PROVIDER_NAMES)}):(\*|[^\s:*]{{1,200}}))$"),
-        ),
-        required=True,
-        validate=validate.Length(max=500),
-    )
-    default_max_tokens = fields.Integer(
-        required=True, strict=True, validate=validate.Range(min=1, max=1_000_000)
-    )
-    max_max_tokens = fields.Integer(
-        required=True, strict=True, validate=validate.Range(min=1, max=1_000_000)
-    )
-    rate_limits = fields.Dict(
-        keys=Text(max_length=16, validate=validate.OneOf(["default", "spending", "sensitive"])),
-        values=Text(
-            max_length=40,
-            validate=validate.Regexp(r"^[0-9]{1,6} per [0-9]{0,4} ?(second|minute|hour|day)s?$"),
-        ),
-        load_default=None,
-        allow_none=True,
-    )
-
-
-class TierSchema(Schema):
-    name = fields.String()
-    monthly_credits = Credits()
-    allowed_models = fields.List(fields.String())
-    default_max_tokens = fields.Integer()
-    max_max_tokens = fields.Integer()
-    rate_limits = fields.Dict(allow_none=True)
-
-
-class TierListSchema(Schema):
-    items = fields.List(fields.Nested(TierSchema))
-
-
-class UserTierArgs(Schema):
-    tier = Text(required=True, max_length=64)
-
-
-class UserTierSchema(Schema):
-    user_id = Id()
-    tier = fields.String()
-
-
 @blp.route("/pricing", methods=["GET"])
 @authenticated(admin=True)
 @blp.arguments(PriceListArgs, location="query")
@@ -158,38 +107,3 @@ def add_price(args: dict[str, Any]) -> Any:
         context=audit_context(),
         now=datetime.now(UTC),
     )
-
-
-@blp.route("/tiers", methods=["GET"])
-@authenticated(admin=True)
-@blp.response(200, TierListSchema)
-def tier_list() -> Any:
-    return {"items": tiers.get_all(db.session)}
-
-
-@blp.route("/tiers", methods=["PUT"])
-@limits.limiter.limit(limits.sensitive)
-@authenticated(admin=True)
-@idempotent()
-@blp.arguments(TierArgs)
-@blp.response(200, TierSchema)
-def put_tier(args: dict[str, Any]) -> Any:
-    return tiers.put(db.session, **args, context=audit_context(), now=datetime.now(UTC))
-
-
-@blp.route("/users/<user_id>/tier", methods=["PUT"])
-@limits.limiter.limit(limits.sensitive)
-@authenticated(admin=True)
-@idempotent()
-@blp.arguments(UserTierArgs)
-@blp.response(200, UserTierSchema)
-def put_user_tier(args: dict[str, Any], user_id: str) -> Any:
-    user = users.get(db.session, path_id(user_id, "user_id"))
-    tiers.assign(
-        db.session,
-        user=user,
-        tier_name=args["tier"],
-        context=audit_context(),
-        now=datetime.now(UTC),
-    )
-    return {"user_id": user.id, "tier": user.tier_name}

@@ -1,0 +1,78 @@
+"""Admin: the reconciliation report (the ledger checked against its invariants) and the
+unbilled calls it counts (provider calls answered but never billed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, fields
+
+from creditapp.api.chat import UsageSchema
+from creditapp.api.identity import authenticated
+from creditapp.api.pagination import keyset_page
+from creditapp.api.parsing import Blueprint
+from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, page_of
+from creditapp.billing.models import UnbilledUsage
+from creditapp.chat import service
+from creditapp.extensions import db
+from creditapp.jobs import reconciliation
+
+blp = Blueprint(
+    "reconciliation",
+    __name__,
+    url_prefix="/api/admin/credit",
+    description="Reconciliation: the ledger's drift, and calls answered but never billed",
+)
+
+
+class DriftSchema(Schema):
+    user_id = fields.String()
+    invariant = fields.String()
+    expected = fields.String()
+    actual = fields.String()
+
+
+class ReconciliationSchema(Schema):
+    ran_at = UtcDateTime(allow_none=True)
+    checked_accounts = fields.Integer()
+    drift = fields.List(fields.Nested(DriftSchema))
+    unbilled_calls = fields.Integer(
+        metadata={"description": "provider calls answered but never billed (a failed settle)"}
+    )
+    unbilled_cost = Credits(metadata={"description": "what those calls cost"})
+
+
+class UnbilledUsageSchema(UsageSchema):
+    id = Id()
+    user_id = Id()
+    conversation_id = Id()
+    hold_id = Id()
+    price_id = Id()
+    provider = fields.String()
+    model = fields.String()
+    cost = Credits()
+    error = fields.String()
+    created_at = UtcDateTime()
+
+
+@blp.route("/unbilled", methods=["GET"])
+@authenticated(admin=True)
+@blp.arguments(PageArgs, location="query")
+@blp.response(200, page_of(UnbilledUsageSchema))
+def unbilled_list(args: dict[str, Any]) -> Any:
+    """Provider calls whose settle failed: voided, nothing charged, kept here to explain."""
+    return keyset_page(
+        db.session,
+        service.unbilled_calls(),
+        key=UnbilledUsage.id,
+        args=args,
+        position=lambda item: item.id,
+    )
+
+
+@blp.route("/reconciliation", methods=["GET"])
+@authenticated(admin=True)
+@blp.response(200, ReconciliationSchema)
+def reconciliation_report() -> Any:
+    """The newest report; before the first run, an empty one with `ran_at` null."""
+    return reconciliation.latest(db.session)
