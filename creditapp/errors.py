@@ -81,6 +81,27 @@ class InsufficientCredits(CreditAppError):
         self.available = available
 
 
+class MaxCreditsExceeded(CreditAppError):
+    """A call that names `max_credits` is refused, before any provider call, when the worst
+    case it would hold (`required`) is above it; a call that passes is never charged above it."""
+
+    code = "max_credits_exceeded"
+    status = 402
+    message = "The call could cost more than the most it may be charged."
+
+    def __init__(self, *, required: int, max_credits: int):
+        from creditapp.money import format_credits
+
+        super().__init__(
+            details={
+                "required": format_credits(required),
+                "max_credits": format_credits(max_credits),
+            }
+        )
+        self.required = required
+        self.max_credits = max_credits
+
+
 class BalanceWouldGoNegative(CreditAppError):
     """A negative adjustment may take at most the available credits: a balance is never below
     zero, and credits reserved by open holds are not the admin's to take."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,10 +12,11 @@ from flask import Response, current_app, jsonify, stream_with_context
 from marshmallow import Schema, fields, validate
 
 from creditapp import idempotency
+from creditapp.accounts import paying_account
 from creditapp.api import limits
 from creditapp.api.errors import error_body, from_error
 from creditapp.api.idempotency import from_store, idempotent, to_store
-from creditapp.api.identity import audit_context, authenticated, caller
+from creditapp.api.identity import audit_context, authenticated, caller, principal
 from creditapp.api.openapi import answers
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
@@ -29,12 +31,17 @@ from creditapp.api.schemas import (
     page_of,
     token_counts,
 )
+from creditapp.billing import call as metered_call
 from creditapp.chat import service
 from creditapp.chat.models import Character, Conversation, Message
+from creditapp.database import DbSession
 from creditapp.errors import CreditAppError, ProviderFailed
 from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
 from creditapp.money import format_credits
+
+# A message whose reply streams: its user message stored with the hold, then the reply's events.
+Streaming = metered_call.Streaming[Message, service.Exchange]
 
 blp = Blueprint("chat", __name__, url_prefix="/api", description="Characters and conversations")
 
@@ -242,35 +249,55 @@ def send_message(
     release: Callable[[idempotency.Undo], None],
 ) -> Any:
     config = current_app.config
-    arguments = {
-        "user": caller(),
-        "conversation_id": path_id(conversation_id, "conversation_id"),
-        "content": args["content"],
-        "max_tokens": args["max_tokens"],
-        "providers": current_app.extensions["providers"],
-        "settings": service.ChatSettings(
+    user = caller()
+    sending = service.message_call(
+        db.session,
+        user=user,
+        conversation_id=path_id(conversation_id, "conversation_id"),
+        content=args["content"],
+        max_tokens=args["max_tokens"],
+        history_messages=config["CHAT_HISTORY_MESSAGES"],
+    )
+    arguments: dict[str, Any] = {
+        "meter": metered_call.Meter(
+            providers=current_app.extensions["providers"],
             hold_ttl=timedelta(seconds=config["HOLD_TTL_SECONDS"]),
-            history_messages=config["CHAT_HISTORY_MESSAGES"],
+            clock=lambda: datetime.now(UTC),
+            silence=config["STREAM_KEEPALIVE_SECONDS"],
         ),
+        "account_id": paying_account(db.session, principal()),
+        "caller": user,
+        "request": sending.request,
+        "origin": sending.origin,
         "context": audit_context(),
-        "clock": lambda: datetime.now(UTC),
-        "claim": claim,
     }
     if args["stream"]:
-        streaming = service.stream_message(
+
+        def settle_stream(
+            session: DbSession, settled: metered_call.Settled, message: Message
+        ) -> service.Exchange:
+            exchange = service.store_exchange(session, sending, settled, message)
+            stored = _stored_stream(exchange, settled.failure)
+            idempotency.complete(session, claim, response=stored)
+            return exchange
+
+        streaming = metered_call.stream(
             db.session,
             **arguments,
+            on_held=lambda session, held: service.store_message(session, sending, held),
+            on_settled=settle_stream,
+            discard=service.unsend,
             release=release,
-            respond=_stored_stream,
-            silence=config["STREAM_KEEPALIVE_SECONDS"],
         )
         return _event_stream(_live_events(streaming))
-    sent = service.send_message(
-        db.session,
-        **arguments,
-        respond=lambda exchange: to_store(_exchange_response(exchange)),
-    )
-    return from_store(sent.response)
+
+    def settle(session: DbSession, settled: metered_call.Settled) -> idempotency.StoredResponse:
+        stored = to_store(_exchange_response(service.store_exchange(session, sending, settled)))
+        idempotency.complete(session, claim, response=stored)
+        return stored
+
+    charged = metered_call.complete(db.session, **arguments, on_settled=settle)
+    return from_store(charged.kept)
 
 
 KEEP_ALIVE = b": keep-alive\n\n"
@@ -296,16 +323,20 @@ def _last_event(exchange: service.Exchange | None, failure: CreditAppError | Non
     return _event("error", data)
 
 
-def _live_events(streaming: service.Streaming) -> Iterator[bytes]:
+def _live_events(streaming: Streaming) -> Iterator[bytes]:
     try:
-        yield _event("message", MessageSchema().dump(streaming.message))
+        yield _event("message", MessageSchema().dump(streaming.started))
         for event in streaming.events:
-            if isinstance(event, service.Delta):
+            if isinstance(event, metered_call.Delta):
                 yield _event("delta", {"text": event.text})
-            elif isinstance(event, service.Silence):
+            elif isinstance(event, metered_call.Silence):
                 yield KEEP_ALIVE
+            elif event.charged is None:
+                yield _last_event(None, event.failure)
             else:
-                yield _last_event(event.exchange, event.failure)
+                # As charged in the end: after a refund owed was paid at once.
+                exchange = replace(event.charged.kept, settled=event.charged.settled)
+                yield _last_event(exchange, event.failure)
     finally:
         # The client is gone when this closes early: the stream is charged for what it got.
         streaming.events.close()  # type: ignore[attr-defined]

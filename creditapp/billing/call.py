@@ -1,0 +1,726 @@
+"""The metered call: one provider call paid from one account, whichever door it came through.
+
+A call is three steps, and no database transaction or lock is open during the provider call in
+the middle:
+1. check the caller's tier allows the model and the output asked for, find the price in force
+   and hold the worst case (a call refused here, by the tier, the price book, `max_credits` or
+   the balance, never reaches the provider);
+2. call the provider;
+3. in one transaction, price the normalized usage, settle the hold, store the usage record and
+   run the caller's `on_settled` hook, where the caller keeps what goes with the charge (chat's
+   messages, the response an Idempotency-Key replays): it commits with the charge, or neither
+   does.
+A provider failure voids the hold and charges nothing. A settle that fails voids the hold and
+keeps the call as unbilled, so that no call the provider billed goes unrecorded. A reply that
+is empty although the provider billed for it is charged as the provider reported and refunded
+at once by a compensation (or by the retry job, when paying at once fails). A streamed reply is
+relayed as it comes; one cut short is charged for what was delivered, never above the hold.
+
+Billing knows accounts, callers and requests, never what a call is for: the caller names itself
+in the hold's `reference`, and a conversation in `conversation_id`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import structlog
+from sqlalchemy import and_, select
+
+from creditapp import ledger
+from creditapp.auth.models import Tier, User
+from creditapp.billing import compensations
+from creditapp.billing.models import Compensation, UnbilledUsage, UsageRecord
+from creditapp.database import DbSession, write_transaction
+from creditapp.errors import (
+    CreditAppError,
+    DependencyUnavailable,
+    InsufficientCredits,
+    MaxCreditsExceeded,
+    ModelNotAllowed,
+    ModelNotPriced,
+    ProviderFailed,
+    ValidationFailed,
+)
+from creditapp.metering.estimate import estimate_tokens, upper_bound_tokens
+from creditapp.metering.providers import (
+    ChatMessage,
+    ChatRequest,
+    Completion,
+    ProviderError,
+    Providers,
+    ReplyStream,
+)
+from creditapp.metering.usage import Usage
+from creditapp.metrics import CREDITS_CHARGED, MESSAGES, PROVIDER_DURATION
+from creditapp.pricing import book
+from creditapp.pricing.models import Price
+from creditapp.stored_text import fitted
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+H = TypeVar("H")
+
+Clock = Callable[[], datetime]
+# What a call that failed had committed, removed in the transaction that frees its
+# Idempotency-Key (`creditapp.idempotency.Undo`).
+Undo = Callable[[DbSession], None]
+
+
+def model_allowed(allowed_models: list[str], provider: str, model: str) -> bool:
+    """`allowed_models` holds "provider:model", "provider:*" or "*"."""
+    return bool({"*", f"{provider}:*", f"{provider}:{model}"} & set(allowed_models))
+
+
+@dataclass(frozen=True)
+class Meter:
+    """What every metered call runs with: the providers, how long a hold lives, the clock, and
+    the seconds of a provider's silence after which a stream says so (a keep-alive)."""
+
+    providers: Providers
+    hold_ttl: timedelta
+    clock: Clock
+    silence: float
+
+
+@dataclass(frozen=True)
+class MeteredRequest:
+    """A chat request in every provider's terms. `max_tokens` None is the tier's default;
+    `max_credits`, when given, is the most the call may hold or charge."""
+
+    provider: str
+    model: str
+    system_prompt: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int | None = None
+    max_credits: int | None = None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a call comes from: the hold's `reference` ("conversation:12"), and the
+    conversation its usage record names, if any."""
+
+    reference: str
+    conversation_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Held:
+    """The worst case reserved for a call, and when the call was asked for."""
+
+    hold_id: int
+    amount: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A charged call, as its settle transaction sees it: the usage record, the reply's text
+    (empty when the provider gave none: then `compensation` refunds a charge), how the call
+    ended, and the failure of a provider that cut a stream short."""
+
+    held: Held
+    usage_id: int
+    text: str
+    usage: Usage
+    ending: str
+    credits_charged: int
+    balance: ledger.Balance
+    compensation: Compensation | None
+    failure: ProviderFailed | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Charged(Generic[T]):
+    """A call charged: its outcome (`balance` after a refund owed was paid at once) and what
+    `on_settled` kept in the settle transaction."""
+
+    settled: Settled
+    kept: T
+
+
+@dataclass(frozen=True)
+class _Priced:
+    """A call checked against the tier and priced: what is held, called and recorded."""
+
+    account_id: int
+    user_id: int
+    origin: Origin
+    provider: str
+    model: str
+    price: Price
+    request: ChatRequest
+    hold_amount: int
+    max_credits: int | None
+
+
+def _price(
+    session: DbSession,
+    *,
+    account_id: int,
+    caller: User,
+    request: MeteredRequest,
+    origin: Origin,
+    now: datetime,
+) -> _Priced:
+    provider, model = request.provider, request.model
+    # One round trip for the tier and the price in force (it is on every call's path).
+    tier, price = session.execute(
+        select(Tier, Price)
+        .outerjoin(
+            Price,
+            and_(Price.provider == provider, Price.model == model, Price.effective_from <= now),
+        )
+        .where(Tier.name == caller.tier_name)
+        .order_by(Price.effective_from.desc())
+        .limit(1)
+    ).one()
+    # A call refused here is counted with the model it was for.
+    try:
+        if not model_allowed(tier.allowed_models, provider, model):
+            raise ModelNotAllowed(
+                f"Your tier ({tier.name}) does not allow {provider}:{model}.",
+                details={"tier": tier.name, "model": f"{provider}:{model}"},
+            )
+        max_tokens = request.max_tokens
+        if max_tokens is None:
+            max_tokens = tier.default_max_tokens
+        elif max_tokens > tier.max_max_tokens:
+            raise ValidationFailed(
+                details={
+                    "max_tokens": [f"At most {tier.max_max_tokens} on your tier ({tier.name})."]
+                }
+            )
+        if price is None:
+            raise ModelNotPriced(
+                f"{provider}:{model} has no price in force.",
+                details={"provider": provider, "model": model},
+            )
+        chat = ChatRequest(model, request.system_prompt, request.messages, max_tokens)
+        input_bound = upper_bound_tokens([chat.system_prompt, *(m.content for m in chat.messages)])
+        hold_amount = book.worst_case(price, input_tokens=input_bound, max_output_tokens=max_tokens)
+        if request.max_credits is not None and hold_amount > request.max_credits:
+            raise MaxCreditsExceeded(required=hold_amount, max_credits=request.max_credits)
+    except CreditAppError:
+        MESSAGES.labels(provider, model, "refused").inc()
+        raise
+    return _Priced(
+        account_id,
+        caller.id,
+        origin,
+        provider,
+        model,
+        price,
+        chat,
+        hold_amount,
+        request.max_credits,
+    )
+
+
+def _hold(
+    session: DbSession,
+    priced: _Priced,
+    *,
+    meter: Meter,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> Held:
+    """Reserve the call's worst case (inside the caller's transaction)."""
+    try:
+        held = ledger.hold(
+            session,
+            account_id=priced.account_id,
+            amount=priced.hold_amount,
+            ttl=meter.hold_ttl,
+            context=context,
+            now=now,
+            reference=priced.origin.reference,
+        )
+    except InsufficientCredits:
+        MESSAGES.labels(priced.provider, priced.model, "insufficient_credits").inc()
+        raise
+    return Held(held.hold_id, held.amount, now)
+
+
+def _usage_of(completion: Completion, request: ChatRequest) -> Usage:
+    if completion.usage is not None:
+        return completion.usage
+    prompt = [request.system_prompt, *(m.content for m in request.messages)]
+    return Usage(
+        input_tokens=estimate_tokens(prompt),
+        output_tokens=estimate_tokens([completion.text]) if completion.text else 0,
+        estimated=True,
+    )
+
+
+def _provider_failed(error: ProviderError) -> ProviderFailed:
+    log.warning(
+        "provider_failed", provider=error.provider, reason=error.reason, status=error.status
+    )
+    return ProviderFailed(details={"provider": error.provider, "reason": error.reason})
+
+
+def complete(
+    session: DbSession,
+    *,
+    meter: Meter,
+    account_id: int,
+    caller: User,
+    request: MeteredRequest,
+    origin: Origin,
+    context: ledger.AuditContext,
+    on_settled: Callable[[DbSession, Settled], T],
+) -> Charged[T]:
+    """Call the provider for `request`, paid from `account_id`, and charge exactly what the
+    call cost. `caller`'s tier governs the call, and it is recorded as the call's user.
+
+    `on_settled(session, settled)` runs inside the settle transaction; what it returns is
+    handed back in `Charged.kept`. If it fails, nothing is charged: the hold is voided and the
+    call kept as unbilled.
+    """
+    asked_at = meter.clock()
+    priced = _price(
+        session, account_id=account_id, caller=caller, request=request, origin=origin, now=asked_at
+    )
+    with write_transaction(session):
+        held = _hold(session, priced, meter=meter, context=context, now=asked_at)
+
+    try:
+        with PROVIDER_DURATION.labels(priced.provider, priced.model).time():
+            completion = meter.providers.get(priced.provider).complete(priced.request)
+        usage = _usage_of(completion, priced.request)
+    except ProviderError as error:
+        MESSAGES.labels(priced.provider, priced.model, "provider_error").inc()
+        failure = _provider_failed(error)
+        with write_transaction(session):
+            ledger.void(session, hold_id=held.hold_id, context=context, now=meter.clock())
+        raise failure from error
+    except BaseException:
+        # Anything else: release the hold before the error propagates (the expiry job would).
+        with write_transaction(session):
+            ledger.void(session, hold_id=held.hold_id, context=context, now=meter.clock())
+        raise
+
+    call = _AnsweredCall(
+        priced=priced,
+        held=held,
+        completion=completion,
+        usage=usage,
+        cost=book.cost(priced.price, usage),
+    )
+    return _finish(session, call, on_settled=on_settled, meter=meter, context=context)
+
+
+@dataclass(frozen=True)
+class _AnsweredCall:
+    """A provider call that answered: what is settled, or kept as unbilled if that fails."""
+
+    priced: _Priced
+    held: Held
+    completion: Completion
+    usage: Usage
+    cost: int
+    ending: str = "completed"  # or how a stream ended early (CALL_ENDINGS)
+    failure: ProviderFailed | None = None
+
+    @property
+    def to_charge(self) -> int:
+        """What the settle asks for: the cost, except that a streamed reply that ended early or
+        whose usage was estimated is never charged above its hold, and no call above its
+        `max_credits`."""
+        if self.ending == "completed" and not self.usage.estimated:
+            charge = self.cost
+        else:
+            charge = min(self.cost, self.held.amount)
+        if self.priced.max_credits is not None:
+            return min(charge, self.priced.max_credits)
+        return charge
+
+    def columns(self, now: datetime) -> dict[str, Any]:
+        """What a usage record and an unbilled call both say of it (`ProviderCall`)."""
+        return {
+            "user_id": self.priced.user_id,
+            "account_id": self.priced.account_id,
+            "conversation_id": self.priced.origin.conversation_id,
+            "hold_id": self.held.hold_id,
+            "price_id": self.priced.price.id,
+            "provider": self.priced.provider,
+            "model": self.priced.model,
+            **self.usage.counts(),
+            "estimated": self.usage.estimated,
+            "ending": self.ending,
+            "cost": self.cost,
+            "created_at": now,
+        }
+
+
+# The `outcome` label of a charged call, by how it ended.
+_OUTCOMES = {
+    "completed": "charged",
+    "client_closed": "client_closed",
+    "provider_failed": "provider_error",
+}
+
+
+def _finish(
+    session: DbSession,
+    call: _AnsweredCall,
+    *,
+    on_settled: Callable[[DbSession, Settled], T],
+    meter: Meter,
+    context: ledger.AuditContext,
+) -> Charged[T]:
+    """Settle an answered call and run `on_settled`, in one transaction; then count it, and pay
+    at once a refund it is owed."""
+    provider, model = call.priced.provider, call.priced.model
+    try:
+        with write_transaction(session):
+            settled = _settle(session, call, context=context, now=meter.clock())
+            kept = on_settled(session, settled)
+    except BaseException as error:
+        MESSAGES.labels(provider, model, "settle_failed").inc()
+        _keep_unbilled(session, call, error=error, context=context, now=meter.clock())
+        raise
+    replied = bool(call.completion.text) or call.ending != "completed"
+    MESSAGES.labels(provider, model, _OUTCOMES[call.ending] if replied else "refunded").inc()
+    CREDITS_CHARGED.labels(provider, model).inc(settled.credits_charged)
+    if settled.compensation is not None:
+        settled = _pay_at_once(session, settled, context=context, now=meter.clock())
+    return Charged(settled, kept)
+
+
+def _settle(
+    session: DbSession, call: _AnsweredCall, *, context: ledger.AuditContext, now: datetime
+) -> Settled:
+    """Charge the call, store its usage record, and owe a refund of an empty reply the provider
+    billed for, in the caller's transaction."""
+    resolution = ledger.settle(
+        session, hold_id=call.held.hold_id, actual=call.to_charge, context=context, now=now
+    )
+    record = UsageRecord(**call.columns(now), credits_charged=resolution.captured)
+    session.add(record)
+    session.flush()
+    compensation = None
+    if not call.completion.text and call.ending == "completed" and record.credits_charged > 0:
+        compensation = compensations.record(
+            session,
+            usage=record,
+            reason="the provider returned no reply",
+            requested_by="system",
+            now=now,
+        )
+    return Settled(
+        held=call.held,
+        usage_id=record.id,
+        text=call.completion.text,
+        usage=call.usage,
+        ending=call.ending,
+        credits_charged=record.credits_charged,
+        balance=ledger.balance(session, account_id=call.priced.account_id, now=now),
+        compensation=compensation,
+        failure=call.failure,
+        at=now,
+    )
+
+
+def _keep_unbilled(
+    session: DbSession,
+    call: _AnsweredCall,
+    *,
+    error: BaseException,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> None:
+    """The provider answered but the settle transaction failed: release the hold at once
+    (nothing is charged to the account) and keep the usage as unbilled, in a transaction of its
+    own, so that the call is neither lost nor left reserving credits until the expiry job."""
+    log.error(
+        "settle_failed",
+        hold_id=call.held.hold_id,
+        error=type(error).__name__,
+        provider=call.priced.provider,
+        model=call.priced.model,
+        cost=call.cost,
+        **call.usage.counts(),
+    )
+    try:
+        with write_transaction(session):
+            ledger.void(session, hold_id=call.held.hold_id, context=context, now=now)
+            session.add(
+                UnbilledUsage(
+                    **call.columns(now),
+                    error=fitted(f"{type(error).__name__}: {error}", UnbilledUsage.error),
+                )
+            )
+    except Exception:
+        # The database refuses even this: the log line above keeps the usage, and the expiry
+        # job releases the hold.
+        log.exception("unbilled_usage_not_recorded", hold_id=call.held.hold_id)
+
+
+def _pay_at_once(
+    session: DbSession, settled: Settled, *, context: ledger.AuditContext, now: datetime
+) -> Settled:
+    assert settled.compensation is not None
+    try:
+        with write_transaction(session):
+            compensations.pay(
+                session, compensation_id=settled.compensation.id, context=context, now=now
+            )
+            balance = ledger.balance(session, account_id=settled.compensation.account_id, now=now)
+    except Exception:
+        log.exception("compensation_deferred", compensation_id=settled.compensation.id)
+        return settled
+    return replace(settled, balance=balance)
+
+
+# Streamed calls
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of the reply, as the provider sent it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Silence:
+    """The provider has sent nothing for a while (the transport may send a keep-alive)."""
+
+
+@dataclass(frozen=True)
+class Finished(Generic[T]):
+    """The end of a stream: the call as charged, and the failure that ended it: the
+    provider's mid-stream, or the settle's (`charged` is None when nothing was charged and
+    nothing kept: the provider failed before delivering anything, or the settle failed)."""
+
+    charged: Charged[T] | None
+    failure: CreditAppError | None
+
+
+StreamEvent = Delta | Silence | Finished[T]
+
+
+@dataclass(frozen=True)
+class Streaming(Generic[H, T]):
+    """A call whose reply streams: its hold, what `on_held` stored with it, then `events`
+    (iterate them to the end, or close them: a closed stream is charged for what it
+    delivered)."""
+
+    held: Held
+    started: H
+    events: Iterator[StreamEvent[T]]
+
+
+_END = object()
+
+
+def _pieces(reply: ReplyStream, silence: float) -> Iterator[str | None]:
+    """The reply's pieces, read in a thread of its own, and None each time the provider stays
+    silent for `silence` seconds. The provider's failure is raised here."""
+    pending: queue.Queue[object] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for piece in reply:
+                pending.put(piece)
+            pending.put(_END)
+        except BaseException as error:  # handed to the reader, or dropped once it is gone
+            pending.put(error)
+
+    threading.Thread(target=read, name="provider-stream", daemon=True).start()
+    while True:
+        try:
+            item = pending.get(timeout=silence)
+        except queue.Empty:
+            yield None
+            continue
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield str(item)
+
+
+@dataclass(frozen=True)
+class _Stream(Generic[T]):
+    """What a streamed call's end needs: how to settle it, and how to undo it when nothing
+    is charged."""
+
+    priced: _Priced
+    held: Held
+    on_settled: Callable[[DbSession, Settled], T]
+    undo_started: Undo
+    release: Callable[[Undo], None]
+    meter: Meter
+    context: ledger.AuditContext
+
+    def drop(self) -> None:
+        """Undo a call that got nothing from the provider: void its hold and remove what the
+        caller stored with it, in the transaction that frees its Idempotency-Key."""
+        MESSAGES.labels(self.priced.provider, self.priced.model, "provider_error").inc()
+        hold_id, undo_started, context, clock = (
+            self.held.hold_id,
+            self.undo_started,
+            self.context,
+            self.meter.clock,
+        )
+
+        def undo(session: DbSession) -> None:
+            ledger.void(session, hold_id=hold_id, context=context, now=clock())
+            undo_started(session)
+
+        self.release(undo)
+
+    def forget(self) -> None:
+        """Remove what the caller stored with a call whose settle failed, in the transaction
+        that frees its Idempotency-Key (its hold is `_finish`'s, as for a whole reply)."""
+        self.release(self.undo_started)
+
+
+def stream(
+    session: DbSession,
+    *,
+    meter: Meter,
+    account_id: int,
+    caller: User,
+    request: MeteredRequest,
+    origin: Origin,
+    context: ledger.AuditContext,
+    on_held: Callable[[DbSession, Held], H],
+    on_settled: Callable[[DbSession, Settled, H], T],
+    discard: Callable[[H], Undo],
+    release: Callable[[Undo], None],
+) -> Streaming[H, T]:
+    """Call the provider for `request` and stream the reply. What can fail before the provider
+    answers raises here, as in `complete` (nothing is charged, nothing kept). `on_held(session,
+    held)` runs in the hold's transaction (chat stores the user message there, so that the
+    stream can name it); `discard(started)` is the undo of what it stored, run when nothing is
+    charged. `release(undo)` frees the caller's claim and runs `undo` in the same transaction;
+    while the database is unreachable it keeps trying in the background. No transaction is open
+    while the reply flows.
+
+    At the end, however it comes, one transaction settles what was delivered and runs
+    `on_settled(session, settled, started)` (`settled.ending` says how the stream ended,
+    `settled.failure` names a provider that cut it short):
+    - the reply came whole: charged as the provider reported (estimated when it did not);
+    - the client closed the stream, or the provider failed after delivering part of it: the
+      input plus the output delivered (the provider's counts when larger), never above the hold;
+    - the provider failed before delivering anything: the hold is voided and what `on_held`
+      stored removed, in `release`'s transaction, as when `complete` fails;
+    - the settle failed: the call is kept as unbilled and its hold voided (`_finish`), and what
+      `on_held` stored removed in `release`'s transaction, as when `complete`'s settle fails.
+    """
+    asked_at = meter.clock()
+    priced = _price(
+        session, account_id=account_id, caller=caller, request=request, origin=origin, now=asked_at
+    )
+    with write_transaction(session):
+        held = _hold(session, priced, meter=meter, context=context, now=asked_at)
+        started = on_held(session, held)
+    # Taken now, from what the hold's transaction stored: an undo may run in another session.
+    ending = _Stream(
+        priced,
+        held,
+        on_settled=lambda session, settled: on_settled(session, settled, started),
+        undo_started=discard(started),
+        release=release,
+        meter=meter,
+        context=context,
+    )
+    try:
+        reply = meter.providers.get(priced.provider).stream(priced.request)
+    except ProviderError as error:
+        ending.drop()
+        raise _provider_failed(error) from error
+    except BaseException:
+        ending.drop()
+        raise
+    events = _relay(session, reply, ending)
+    next(events)  # started: closing it from now on, even before its first event, settles
+    return Streaming(held, started, events)
+
+
+def _relay(session: DbSession, reply: ReplyStream, ending: _Stream[T]) -> Iterator[StreamEvent[T]]:
+    priced = ending.priced
+    delivered: list[str] = []
+
+    def finish(how: str, failure: ProviderFailed | None = None) -> Finished[T]:
+        reply.close()
+        text = "".join(delivered)
+        if failure is not None and not text:
+            ending.drop()
+            return Finished(None, failure)
+        usage = _streamed_usage(reply.usage, priced.request, text, whole=how == "completed")
+        call = _AnsweredCall(
+            priced=priced,
+            held=ending.held,
+            completion=Completion(text, usage),
+            usage=usage,
+            cost=book.cost(priced.price, usage),
+            ending=how,
+            failure=failure,
+        )
+        try:
+            charged = _finish(
+                session,
+                call,
+                on_settled=ending.on_settled,
+                meter=ending.meter,
+                context=ending.context,
+            )
+        except Exception:
+            # Kept as unbilled, its hold voided (`_finish`): nothing is charged, so nothing of
+            # it is kept either, as when a whole reply's settle fails.
+            ending.forget()
+            return Finished(None, DependencyUnavailable("The charge could not be recorded."))
+        return Finished(charged, failure)
+
+    try:
+        yield Silence()  # taken by `stream`, to start the generator
+        with PROVIDER_DURATION.labels(priced.provider, priced.model).time():
+            for piece in _pieces(reply, ending.meter.silence):
+                if piece is None:
+                    yield Silence()
+                    continue
+                delivered.append(piece)
+                yield Delta(piece)
+    except ProviderError as error:
+        finished = finish("provider_failed", _provider_failed(error))
+    except BaseException:  # the client went away (GeneratorExit), or the server failed
+        finish("client_closed")
+        raise
+    else:
+        finished = finish("completed")
+    yield finished
+
+
+def _streamed_usage(
+    reported: Usage | None, request: ChatRequest, text: str, *, whole: bool
+) -> Usage:
+    """The usage to charge for a stream. Whole: the provider's report, or an estimate. Cut
+    short: the input, and the output delivered, estimated from its text (at most max_tokens)
+    unless the provider counted more."""
+    if whole:
+        return _usage_of(Completion(text, reported), request)
+    delivered = min(estimate_tokens([text]) if text else 0, request.max_tokens)
+    if reported is None:
+        prompt = [request.system_prompt, *(m.content for m in request.messages)]
+        return Usage(input_tokens=estimate_tokens(prompt), output_tokens=delivered, estimated=True)
+    return Usage(
+        input_tokens=reported.input_tokens,
+        cached_tokens=reported.cached_tokens,
+        cache_write_tokens=reported.cache_write_tokens,
+        output_tokens=max(reported.output_tokens, delivered),
+        reasoning_tokens=reported.reasoning_tokens,
+        estimated=delivered > reported.output_tokens,
+    )

@@ -1,0 +1,160 @@
+"""The metered call on its own, as any door calls it: a call need not belong to a conversation,
+what the caller keeps commits with the charge or not at all, and `max_credits` bounds both the
+hold and the charge."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from creditapp import accounts, ledger
+from creditapp.auth.models import User
+from creditapp.billing import call
+from creditapp.billing.models import UnbilledUsage, UsageRecord
+from creditapp.database import DbSession
+from creditapp.errors import MaxCreditsExceeded
+from creditapp.extensions import db
+from creditapp.ledger.models import Hold
+from creditapp.metering.providers import ChatMessage
+from creditapp.money import parse_credits
+from tests.conftest import Person, utcnow
+from tests.fake_providers import Answer, FakeProviders
+from tests.helpers import add_price
+
+CR = 1_000_000
+MODEL = "gpt-metered"
+CONTEXT = ledger.AuditContext(actor_type="system", actor_id="tests")
+# 1 USD per 1M tokens in, 2 out: 30 tokens in and 20 out cost 0.07 credits.
+USAGE = {"prompt_tokens": 30, "completion_tokens": 20}
+
+
+@pytest.fixture
+def person(ctx: Flask, person_factory: Any) -> Person:
+    add_price(ctx, "openai", MODEL, input="1", output="2")
+    person: Person = person_factory(credits=10 * CR)
+    return person
+
+
+def _meter(app: Flask) -> call.Meter:
+    return call.Meter(
+        providers=app.extensions["providers"],
+        hold_ttl=timedelta(minutes=5),
+        clock=utcnow,
+        silence=1.0,
+    )
+
+
+def _request(max_credits: int | None = None) -> call.MeteredRequest:
+    return call.MeteredRequest(
+        provider="openai",
+        model=MODEL,
+        system_prompt="Be brief.",
+        messages=(ChatMessage("user", "Hello there"),),
+        max_tokens=20,
+        max_credits=max_credits,
+    )
+
+
+def _complete(
+    app: Flask, person: Person, request: call.MeteredRequest, on_settled: Any = None
+) -> call.Charged[Any]:
+    return call.complete(
+        db.session,
+        meter=_meter(app),
+        account_id=accounts.of_user(db.session, person.id),
+        caller=db.session.get_one(User, person.id),
+        request=request,
+        origin=call.Origin("tests:metered"),
+        context=CONTEXT,
+        on_settled=on_settled or (lambda _session, settled: settled.usage_id),
+    )
+
+
+def _available(person: Person) -> int:
+    return ledger.balance(db.session, account_id=person.account_id, now=utcnow()).available
+
+
+def test_a_call_without_a_conversation_is_held_charged_and_recorded(
+    ctx: Flask, person: Person, fake_providers: FakeProviders
+) -> None:
+    fake_providers.script("openai", Answer(text="Hello.", usage=USAGE))
+
+    charged = _complete(ctx, person, _request())
+
+    assert (charged.settled.text, charged.settled.credits_charged) == ("Hello.", 70_000)
+    assert charged.settled.balance.available == 10 * CR - 70_000
+    record = db.session.get_one(UsageRecord, charged.kept)
+    assert (record.conversation_id, record.account_id, record.user_id) == (
+        None,
+        person.account_id,
+        person.id,
+    )
+    assert (record.input_tokens, record.output_tokens, record.cost) == (30, 20, 70_000)
+    assert record.credits_charged == 70_000
+    hold = db.session.get_one(Hold, record.hold_id)
+    assert (hold.status, hold.captured, hold.reference) == ("settled", 70_000, "tests:metered")
+    assert _available(person) == 10 * CR - 70_000
+
+
+def test_on_settled_runs_in_the_settle_transaction(
+    ctx: Flask, person: Person, fake_providers: FakeProviders
+) -> None:
+    fake_providers.script("openai", Answer(text="Hello.", usage=USAGE))
+    seen: list[int] = []
+
+    def fails(session: DbSession, settled: call.Settled) -> None:
+        # The charge and its record are there to be seen, uncommitted.
+        assert session.get(UsageRecord, settled.usage_id) is not None
+        seen.append(settled.credits_charged)
+        raise RuntimeError("the caller could not keep its part")
+
+    with pytest.raises(RuntimeError):
+        _complete(ctx, person, _request(), on_settled=fails)
+
+    assert seen == [70_000]
+    # Nothing charged: the settle was rolled back with the hook, the hold voided, the call kept.
+    assert db.session.scalar(select(func.count()).select_from(UsageRecord)) == 0
+    hold = db.session.scalars(select(Hold)).one()
+    assert (hold.status, hold.captured) == ("voided", 0)
+    unbilled = db.session.scalars(select(UnbilledUsage)).one()
+    assert (unbilled.hold_id, unbilled.cost, unbilled.conversation_id) == (hold.id, 70_000, None)
+    assert "RuntimeError" in unbilled.error
+    assert _available(person) == 10 * CR
+
+
+def test_max_credits_refuses_a_call_that_could_cost_more_before_any_provider_call(
+    ctx: Flask, person: Person, fake_providers: FakeProviders
+) -> None:
+    with pytest.raises(MaxCreditsExceeded) as refused:
+        _complete(ctx, person, _request(max_credits=1))
+
+    assert (refused.value.status, refused.value.code) == (402, "max_credits_exceeded")
+    assert refused.value.details["max_credits"] == "0.000001"
+    assert fake_providers.calls("openai") == []
+    assert db.session.scalar(select(func.count()).select_from(Hold)) == 0
+    assert _available(person) == 10 * CR
+
+
+def test_no_charge_exceeds_max_credits(
+    ctx: Flask, person: Person, fake_providers: FakeProviders
+) -> None:
+    with pytest.raises(MaxCreditsExceeded) as refused:
+        _complete(ctx, person, _request(max_credits=1))
+    worst_case = parse_credits(refused.value.details["required"])
+    # The provider reports far more output than asked for: the cost is above the hold.
+    fake_providers.script(
+        "openai",
+        Answer(text="A long reply.", usage={"prompt_tokens": 30, "completion_tokens": 900}),
+    )
+
+    charged = _complete(ctx, person, _request(max_credits=worst_case))
+
+    record = db.session.get_one(UsageRecord, charged.kept)
+    assert record.cost == 30 * 1_000 + 900 * 2_000 > worst_case
+    assert charged.settled.held.amount == worst_case
+    assert record.credits_charged == charged.settled.credits_charged == worst_case
+    assert _available(person) == 10 * CR - worst_case
