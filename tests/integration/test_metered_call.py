@@ -15,8 +15,8 @@ from creditapp import accounts, ledger
 from creditapp.auth.models import User
 from creditapp.billing import call
 from creditapp.billing.models import UnbilledUsage, UsageRecord
-from creditapp.database import DbSession
-from creditapp.errors import MaxCreditsExceeded
+from creditapp.database import DbSession, write_transaction
+from creditapp.errors import MaxCreditsExceeded, ProviderFailed
 from creditapp.extensions import db
 from creditapp.ledger.models import Hold
 from creditapp.metering.providers import ChatMessage
@@ -158,3 +158,80 @@ def test_no_charge_exceeds_max_credits(
     assert charged.settled.held.amount == worst_case
     assert record.credits_charged == charged.settled.credits_charged == worst_case
     assert _available(person) == 10 * CR - worst_case
+
+
+def test_a_streamed_call_without_a_conversation_is_relayed_and_charged_exactly(
+    ctx: Flask, person: Person, fake_providers: FakeProviders
+) -> None:
+    fake_providers.script("openai", Answer(text="Streamed words.", usage=USAGE))
+    undone: list[str] = []
+
+    def release(undo: call.Undo) -> None:
+        undone.append("released")
+        with write_transaction(db.session):
+            undo(db.session)
+
+    streaming = call.stream(
+        db.session,
+        meter=_meter(ctx),
+        account_id=person.account_id,
+        caller=db.session.get_one(User, person.id),
+        request=_request(),
+        origin=call.Origin("tests:streamed"),
+        context=CONTEXT,
+        on_held=lambda _session, held: held.hold_id,
+        on_settled=lambda _session, settled, hold_id: (hold_id, settled.usage_id),
+        discard=lambda _hold_id: lambda _session: undone.append("discarded"),
+        release=release,
+    )
+    events = list(streaming.events)
+
+    text = "".join(event.text for event in events if isinstance(event, call.Delta))
+    assert text == "Streamed words."
+    finished = events[-1]
+    assert isinstance(finished, call.Finished) and finished.failure is None
+    assert finished.charged is not None and finished.charged.settled.credits_charged == 70_000
+    hold_id, usage_id = finished.charged.kept
+    assert hold_id == streaming.held.hold_id == streaming.started
+    record = db.session.get_one(UsageRecord, usage_id)
+    assert (record.conversation_id, record.ending, record.credits_charged) == (
+        None,
+        "completed",
+        70_000,
+    )
+    assert undone == []  # charged: nothing of it is undone
+    assert _available(person) == 10 * CR - 70_000
+
+
+def test_a_stream_the_provider_fails_at_once_is_undone_in_the_release(
+    ctx: Flask, person: Person, fake_providers: FakeProviders
+) -> None:
+    fake_providers.script("openai", Answer(status=500))
+    undone: list[str] = []
+
+    def release(undo: call.Undo) -> None:
+        with write_transaction(db.session):
+            undo(db.session)
+        undone.append("released")
+
+    with pytest.raises(ProviderFailed):
+        streaming = call.stream(
+            db.session,
+            meter=_meter(ctx),
+            account_id=person.account_id,
+            caller=db.session.get_one(User, person.id),
+            request=_request(),
+            origin=call.Origin("tests:streamed"),
+            context=CONTEXT,
+            on_held=lambda _session, held: held.hold_id,
+            on_settled=lambda _session, settled, _started: settled.usage_id,
+            discard=lambda _hold_id: lambda _session: undone.append("discarded"),
+            release=release,
+        )
+        list(streaming.events)
+
+    assert undone == ["discarded", "released"]
+    hold = db.session.scalars(select(Hold)).one()
+    assert (hold.status, hold.captured) == ("voided", 0)
+    assert db.session.scalar(select(func.count()).select_from(UsageRecord)) == 0
+    assert _available(person) == 10 * CR
