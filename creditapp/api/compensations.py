@@ -34,7 +34,8 @@ class CompensationArgs(PageArgs):
 
 class CompensationSchema(Schema):
     id = Id()
-    user_id = Id()
+    # The owner of a personal account it is owed to; null when a team's account is owed.
+    user_id = Id(allow_none=True)
     usage_id = Id()
     amount = Credits()
     reason = fields.String()
