@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
+from creditapp import accounts
 from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
@@ -98,6 +99,7 @@ def put_user_tier(args: dict[str, Any], user_id: str) -> Any:
     tiers.assign(
         db.session,
         user=user,
+        account_id=accounts.of_user(db.session, user.id),
         tier_name=args["tier"],
         context=audit_context(),
         now=datetime.now(UTC),

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from creditapp import accounts, ledger
+from creditapp import ledger
 from creditapp.auth.models import Tier, User
 from creditapp.database import DbSession
 from creditapp.errors import ValidationFailed
@@ -84,12 +84,14 @@ def assign(
     session: DbSession,
     *,
     user: User,
+    account_id: int,
     tier_name: str,
     context: ledger.AuditContext,
     now: datetime,
 ) -> User:
     """Move a user to another tier. Its models and limits apply at once; its monthly credits
-    from the user's next period (credits already granted for this period stay)."""
+    from the user's next period (credits already granted for this period stay). The audit
+    record names the user's personal account (`account_id`)."""
     if session.get(Tier, tier_name) is None:
         raise ValidationFailed(details={"tier": [f"No tier named {tier_name!r}."]})
     previous = user.tier_name
@@ -100,7 +102,7 @@ def assign(
         action="tier_assigned",
         context=context,
         now=now,
-        account_id=accounts.of_user(session, user.id),
+        account_id=account_id,
         details={"from": previous, "to": tier_name},
     )
     return user

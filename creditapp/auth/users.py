@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Select, func, select
 
-from creditapp import accounts, ledger
+from creditapp import ledger
 from creditapp.auth.models import Tier, User
 from creditapp.auth.subscription import period_at
 from creditapp.database import DbSession
@@ -59,16 +59,22 @@ def get_by_email(session: DbSession, email: str) -> User:
 
 
 def refresh_subscription(
-    session: DbSession, *, user: User, context: ledger.AuditContext, now: datetime
+    session: DbSession,
+    *,
+    user: User,
+    account_id: int,
+    context: ledger.AuditContext,
+    now: datetime,
 ) -> ledger.GrantResult | None:
-    """Grant the tier's credits for the period containing `now`, once per period."""
+    """Grant the tier's credits for the period containing `now` to the user's personal account
+    (`account_id`), once per period."""
     tier = session.get(Tier, user.tier_name)
     if tier is None or tier.monthly_credits == 0:
         return None
     period = period_at(user.period_anchor, now)
     return ledger.refresh(
         session,
-        account_id=accounts.of_user(session, user.id),
+        account_id=account_id,
         period=period.label,
         amount=tier.monthly_credits,
         expires_at=period.end,
@@ -98,8 +104,8 @@ def create(
     user = User(email=normalized, role=role, tier_name=tier_name, period_anchor=now, created_at=now)
     session.add(user)
     session.flush()
-    ledger.open_account(session, user_id=user.id, now=now)
-    refresh_subscription(session, user=user, context=context, now=now)
+    account_id = ledger.open_account(session, user_id=user.id, now=now)
+    refresh_subscription(session, user=user, account_id=account_id, context=context, now=now)
     return user
 
 

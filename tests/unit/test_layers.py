@@ -8,7 +8,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "creditapp"
-DOMAIN = ("ledger", "pricing", "metering", "billing", "accounts", "chat", "auth", "jobs")
+# The domain's rooms, lowest first: a room imports only rooms before it. The ledger knows only
+# accounts; auth knows users; accounts answers which account a caller pays from; billing meters a
+# call paid from an account; chat is one caller of billing (the gateway is the next); jobs run
+# over all of them.
+DOMAIN = ("ledger", "metering", "pricing", "auth", "accounts", "billing", "chat", "jobs")
 # The app factory composes the layers: it alone, outside them, registers the HTTP layer.
 FACTORY = "creditapp"
 
@@ -67,6 +71,20 @@ def test_domain_modules_know_neither_requests_nor_the_layers_that_call_them() ->
         for module, found in domain.items()
     }
     assert {module: names for module, names in offending.items() if names} == {}
+
+
+def test_no_room_of_the_domain_imports_a_higher_one() -> None:
+    rank = {room: position for position, room in enumerate(DOMAIN)}
+    upward = sorted(
+        (module, name)
+        for module, found in _modules().items()
+        if module.split(".")[1:2] and module.split(".")[1] in rank
+        for name in found
+        if name.split(".")[1:2]
+        and name.split(".")[1] in rank
+        and rank[name.split(".")[1]] > rank[module.split(".")[1]]
+    )
+    assert upward == []
 
 
 def test_no_modules_import_each_other_in_a_circle() -> None:
