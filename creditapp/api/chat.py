@@ -40,8 +40,10 @@ from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
 from creditapp.money import format_credits
 
+# What a message keeps in its settle transaction: chat's exchange and the stored response.
+Kept = tuple[service.Exchange, idempotency.StoredResponse]
 # A message whose reply streams: its user message stored with the hold, then the reply's events.
-Streaming = metered_call.Streaming[Message, service.Exchange]
+Streaming = metered_call.Streaming[Message, Kept]
 
 blp = Blueprint("chat", __name__, url_prefix="/api", description="Characters and conversations")
 
@@ -258,46 +260,57 @@ def send_message(
         max_tokens=args["max_tokens"],
         history_messages=config["CHAT_HISTORY_MESSAGES"],
     )
-    arguments: dict[str, Any] = {
-        "meter": metered_call.Meter(
-            providers=current_app.extensions["providers"],
-            hold_ttl=timedelta(seconds=config["HOLD_TTL_SECONDS"]),
-            clock=lambda: datetime.now(UTC),
-            silence=config["STREAM_KEEPALIVE_SECONDS"],
-        ),
-        "account_id": paying_account(db.session, principal()),
-        "caller": user,
-        "request": sending.request,
-        "origin": sending.origin,
-        "context": audit_context(),
-    }
+    metered = metered_call.MeteredCall(
+        paying_account(db.session, principal()), user, sending.request, sending.origin
+    )
+    meter = metered_call.Meter(
+        providers=current_app.extensions["providers"],
+        hold_ttl=timedelta(seconds=config["HOLD_TTL_SECONDS"]),
+        clock=lambda: datetime.now(UTC),
+        silence=config["STREAM_KEEPALIVE_SECONDS"],
+    )
+
+    def keep(
+        session: DbSession,
+        settled: metered_call.Settled,
+        message: Message | None,
+        render: Callable[[service.Exchange], idempotency.StoredResponse],
+    ) -> Kept:
+        """Store chat's exchange and complete the Idempotency-Key with its response: both
+        commit with the charge, in the settle transaction."""
+        exchange = service.store_exchange(session, sending, settled, message)
+        stored = render(exchange)
+        idempotency.complete(session, claim, response=stored)
+        return exchange, stored
+
     if args["stream"]:
-
-        def settle_stream(
-            session: DbSession, settled: metered_call.Settled, message: Message
-        ) -> service.Exchange:
-            exchange = service.store_exchange(session, sending, settled, message)
-            stored = _stored_stream(exchange, settled.failure)
-            idempotency.complete(session, claim, response=stored)
-            return exchange
-
         streaming = metered_call.stream(
             db.session,
-            **arguments,
+            metered,
+            meter=meter,
+            context=audit_context(),
             on_held=lambda session, held: service.store_message(session, sending, held),
-            on_settled=settle_stream,
+            on_settled=lambda session, settled, message: keep(
+                session,
+                settled,
+                message,
+                lambda exchange: _stored_stream(exchange, settled.failure),
+            ),
             discard=service.unsend,
             release=release,
         )
         return _event_stream(_live_events(streaming))
-
-    def settle(session: DbSession, settled: metered_call.Settled) -> idempotency.StoredResponse:
-        stored = to_store(_exchange_response(service.store_exchange(session, sending, settled)))
-        idempotency.complete(session, claim, response=stored)
-        return stored
-
-    charged = metered_call.complete(db.session, **arguments, on_settled=settle)
-    return from_store(charged.kept)
+    charged = metered_call.complete(
+        db.session,
+        metered,
+        meter=meter,
+        context=audit_context(),
+        on_settled=lambda session, settled: keep(
+            session, settled, None, lambda exchange: to_store(_exchange_response(exchange))
+        ),
+    )
+    _exchange, stored = charged.kept
+    return from_store(stored)
 
 
 KEEP_ALIVE = b": keep-alive\n\n"
@@ -335,7 +348,8 @@ def _live_events(streaming: Streaming) -> Iterator[bytes]:
                 yield _last_event(None, event.failure)
             else:
                 # As charged in the end: after a refund owed was paid at once.
-                exchange = replace(event.charged.kept, settled=event.charged.settled)
+                exchange, _stored = event.charged.kept
+                exchange = replace(exchange, settled=event.charged.settled)
                 yield _last_event(exchange, event.failure)
     finally:
         # The client is gone when this closes early: the stream is charged for what it got.

@@ -12,8 +12,8 @@ from creditapp.api.identity import authenticated
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, page_of
+from creditapp.billing import call as metered_call
 from creditapp.billing.models import UnbilledUsage
-from creditapp.chat import service
 from creditapp.extensions import db
 from creditapp.jobs import reconciliation
 
@@ -26,7 +26,8 @@ blp = Blueprint(
 
 
 class DriftSchema(Schema):
-    user_id = fields.String()
+    # The owner of a personal account; null for a team's account.
+    user_id = fields.String(allow_none=True)
     invariant = fields.String()
     expected = fields.String()
     actual = fields.String()
@@ -45,7 +46,8 @@ class ReconciliationSchema(Schema):
 class UnbilledUsageSchema(UsageSchema):
     id = Id()
     user_id = Id()
-    conversation_id = Id()
+    # None for a call that belonged to no conversation (the gateway's).
+    conversation_id = Id(allow_none=True)
     hold_id = Id()
     price_id = Id()
     provider = fields.String()
@@ -63,7 +65,7 @@ def unbilled_list(args: dict[str, Any]) -> Any:
     """Provider calls whose settle failed: voided, nothing charged, kept here to explain."""
     return keyset_page(
         db.session,
-        service.unbilled_calls(),
+        metered_call.unbilled_calls(),
         key=UnbilledUsage.id,
         args=args,
         position=lambda item: item.id,

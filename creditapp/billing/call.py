@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import structlog
-from sqlalchemy import and_, select
+from sqlalchemy import Select, select
 
 from creditapp import ledger
 from creditapp.auth.models import Tier, User
@@ -43,7 +43,6 @@ from creditapp.errors import (
     InsufficientCredits,
     MaxCreditsExceeded,
     ModelNotAllowed,
-    ModelNotPriced,
     ProviderFailed,
     ValidationFailed,
 )
@@ -112,6 +111,17 @@ class Origin:
 
 
 @dataclass(frozen=True)
+class MeteredCall:
+    """One call to meter: the account that pays, the caller (whose tier governs the call, and
+    who is recorded as making it), the request and where it comes from."""
+
+    account_id: int
+    caller: User
+    request: MeteredRequest
+    origin: Origin
+
+
+@dataclass(frozen=True)
 class Held:
     """The worst case reserved for a call, and when the call was asked for."""
 
@@ -162,24 +172,14 @@ class _Priced:
     max_credits: int | None
 
 
-def _price(
-    session: DbSession,
-    *,
-    account_id: int,
-    caller: User,
-    request: MeteredRequest,
-    origin: Origin,
-    now: datetime,
-) -> _Priced:
+def _price(session: DbSession, metered: MeteredCall, *, now: datetime) -> _Priced:
+    request = metered.request
     provider, model = request.provider, request.model
     # One round trip for the tier and the price in force (it is on every call's path).
     tier, price = session.execute(
         select(Tier, Price)
-        .outerjoin(
-            Price,
-            and_(Price.provider == provider, Price.model == model, Price.effective_from <= now),
-        )
-        .where(Tier.name == caller.tier_name)
+        .outerjoin(Price, book.in_force(provider=provider, model=model, at=now))
+        .where(Tier.name == metered.caller.tier_name)
         .order_by(Price.effective_from.desc())
         .limit(1)
     ).one()
@@ -200,10 +200,7 @@ def _price(
                 }
             )
         if price is None:
-            raise ModelNotPriced(
-                f"{provider}:{model} has no price in force.",
-                details={"provider": provider, "model": model},
-            )
+            raise book.not_priced(provider=provider, model=model)
         chat = ChatRequest(model, request.system_prompt, request.messages, max_tokens)
         input_bound = upper_bound_tokens([chat.system_prompt, *(m.content for m in chat.messages)])
         hold_amount = book.worst_case(price, input_tokens=input_bound, max_output_tokens=max_tokens)
@@ -213,9 +210,9 @@ def _price(
         MESSAGES.labels(provider, model, "refused").inc()
         raise
     return _Priced(
-        account_id,
-        caller.id,
-        origin,
+        metered.account_id,
+        metered.caller.id,
+        metered.origin,
         provider,
         model,
         price,
@@ -270,26 +267,21 @@ def _provider_failed(error: ProviderError) -> ProviderFailed:
 
 def complete(
     session: DbSession,
+    metered: MeteredCall,
     *,
     meter: Meter,
-    account_id: int,
-    caller: User,
-    request: MeteredRequest,
-    origin: Origin,
     context: ledger.AuditContext,
     on_settled: Callable[[DbSession, Settled], T],
 ) -> Charged[T]:
-    """Call the provider for `request`, paid from `account_id`, and charge exactly what the
-    call cost. `caller`'s tier governs the call, and it is recorded as the call's user.
+    """Call the provider for the request, paid from the call's account, and charge exactly
+    what the call cost.
 
     `on_settled(session, settled)` runs inside the settle transaction; what it returns is
     handed back in `Charged.kept`. If it fails, nothing is charged: the hold is voided and the
     call kept as unbilled.
     """
     asked_at = meter.clock()
-    priced = _price(
-        session, account_id=account_id, caller=caller, request=request, origin=origin, now=asked_at
-    )
+    priced = _price(session, metered, now=asked_at)
     with write_transaction(session):
         held = _hold(session, priced, meter=meter, context=context, now=asked_at)
 
@@ -482,6 +474,11 @@ def _pay_at_once(
     return replace(settled, balance=balance)
 
 
+def unbilled_calls() -> Select[UnbilledUsage]:
+    """Provider calls whose settle failed: voided, nothing charged, kept to be explained."""
+    return select(UnbilledUsage)
+
+
 # Streamed calls
 
 
@@ -552,7 +549,7 @@ def _pieces(reply: ReplyStream, silence: float) -> Iterator[str | None]:
 
 
 @dataclass(frozen=True)
-class _Stream(Generic[T]):
+class _StreamedCall(Generic[T]):
     """What a streamed call's end needs: how to settle it, and how to undo it when nothing
     is charged."""
 
@@ -568,16 +565,13 @@ class _Stream(Generic[T]):
         """Undo a call that got nothing from the provider: void its hold and remove what the
         caller stored with it, in the transaction that frees its Idempotency-Key."""
         MESSAGES.labels(self.priced.provider, self.priced.model, "provider_error").inc()
-        hold_id, undo_started, context, clock = (
-            self.held.hold_id,
-            self.undo_started,
-            self.context,
-            self.meter.clock,
-        )
 
         def undo(session: DbSession) -> None:
-            ledger.void(session, hold_id=hold_id, context=context, now=clock())
-            undo_started(session)
+            # The session `release` gives: the undo may run in another, once the database is back.
+            ledger.void(
+                session, hold_id=self.held.hold_id, context=self.context, now=self.meter.clock()
+            )
+            self.undo_started(session)
 
         self.release(undo)
 
@@ -589,19 +583,16 @@ class _Stream(Generic[T]):
 
 def stream(
     session: DbSession,
+    metered: MeteredCall,
     *,
     meter: Meter,
-    account_id: int,
-    caller: User,
-    request: MeteredRequest,
-    origin: Origin,
     context: ledger.AuditContext,
     on_held: Callable[[DbSession, Held], H],
     on_settled: Callable[[DbSession, Settled, H], T],
     discard: Callable[[H], Undo],
     release: Callable[[Undo], None],
 ) -> Streaming[H, T]:
-    """Call the provider for `request` and stream the reply. What can fail before the provider
+    """Call the provider for the request and stream the reply. What can fail before the provider
     answers raises here, as in `complete` (nothing is charged, nothing kept). `on_held(session,
     held)` runs in the hold's transaction (chat stores the user message there, so that the
     stream can name it); `discard(started)` is the undo of what it stored, run when nothing is
@@ -621,14 +612,12 @@ def stream(
       `on_held` stored removed in `release`'s transaction, as when `complete`'s settle fails.
     """
     asked_at = meter.clock()
-    priced = _price(
-        session, account_id=account_id, caller=caller, request=request, origin=origin, now=asked_at
-    )
+    priced = _price(session, metered, now=asked_at)
     with write_transaction(session):
         held = _hold(session, priced, meter=meter, context=context, now=asked_at)
         started = on_held(session, held)
     # Taken now, from what the hold's transaction stored: an undo may run in another session.
-    ending = _Stream(
+    streamed = _StreamedCall(
         priced,
         held,
         on_settled=lambda session, settled: on_settled(session, settled, started),
@@ -640,55 +629,57 @@ def stream(
     try:
         reply = meter.providers.get(priced.provider).stream(priced.request)
     except ProviderError as error:
-        ending.drop()
+        streamed.drop()
         raise _provider_failed(error) from error
     except BaseException:
-        ending.drop()
+        streamed.drop()
         raise
-    events = _relay(session, reply, ending)
+    events = _relay(session, reply, streamed)
     next(events)  # started: closing it from now on, even before its first event, settles
     return Streaming(held, started, events)
 
 
-def _relay(session: DbSession, reply: ReplyStream, ending: _Stream[T]) -> Iterator[StreamEvent[T]]:
-    priced = ending.priced
+def _relay(
+    session: DbSession, reply: ReplyStream, streamed: _StreamedCall[T]
+) -> Iterator[StreamEvent[T]]:
+    priced = streamed.priced
     delivered: list[str] = []
 
-    def finish(how: str, failure: ProviderFailed | None = None) -> Finished[T]:
+    def finish(ending: str, failure: ProviderFailed | None = None) -> Finished[T]:
         reply.close()
         text = "".join(delivered)
         if failure is not None and not text:
-            ending.drop()
+            streamed.drop()
             return Finished(None, failure)
-        usage = _streamed_usage(reply.usage, priced.request, text, whole=how == "completed")
+        usage = _streamed_usage(reply.usage, priced.request, text, whole=ending == "completed")
         call = _AnsweredCall(
             priced=priced,
-            held=ending.held,
+            held=streamed.held,
             completion=Completion(text, usage),
             usage=usage,
             cost=book.cost(priced.price, usage),
-            ending=how,
+            ending=ending,
             failure=failure,
         )
         try:
             charged = _finish(
                 session,
                 call,
-                on_settled=ending.on_settled,
-                meter=ending.meter,
-                context=ending.context,
+                on_settled=streamed.on_settled,
+                meter=streamed.meter,
+                context=streamed.context,
             )
         except Exception:
             # Kept as unbilled, its hold voided (`_finish`): nothing is charged, so nothing of
             # it is kept either, as when a whole reply's settle fails.
-            ending.forget()
+            streamed.forget()
             return Finished(None, DependencyUnavailable("The charge could not be recorded."))
         return Finished(charged, failure)
 
     try:
         yield Silence()  # taken by `stream`, to start the generator
         with PROVIDER_DURATION.labels(priced.provider, priced.model).time():
-            for piece in _pieces(reply, ending.meter.silence):
+            for piece in _pieces(reply, streamed.meter.silence):
                 if piece is None:
                     yield Silence()
                     continue

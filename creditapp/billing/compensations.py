@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from creditapp import ledger
 from creditapp.billing.models import Compensation, UsageRecord
 from creditapp.database import DbSession
-from creditapp.errors import AlreadyRefunded, Conflict, NotFound
+from creditapp.errors import AlreadyRefunded, Conflict
 from creditapp.ledger.models import Account
 from creditapp.stored_text import fitted
 
@@ -42,7 +42,7 @@ def record(
     """Owe the account the usage record's charge (the caller's transaction). The reason is
     stored cut to its column: callers compose it around an admin's text."""
     if usage.credits_charged <= 0:
-        raise Conflict("Nothing was charged for this message.")
+        raise Conflict("Nothing was charged for this call.")
     compensation = Compensation(
         account_id=usage.account_id,
         usage_id=usage.id,
@@ -94,15 +94,12 @@ def pay(
 def refund_usage(
     session: DbSession,
     *,
-    usage_id: int | None,
+    usage: UsageRecord,
     reason: str,
     context: ledger.AuditContext,
     now: datetime,
 ) -> Compensation:
     """An admin's refund of a call's charge, paid at once: `reason` says which call and why."""
-    usage = session.get(UsageRecord, usage_id) if usage_id is not None else None
-    if usage is None:
-        raise NotFound("No such message, or no charge belongs to it.")
     compensation = record(
         session,
         usage=usage,

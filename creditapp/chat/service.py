@@ -19,7 +19,7 @@ from creditapp import ledger
 from creditapp.auth.models import User
 from creditapp.billing import compensations
 from creditapp.billing.call import Held, MeteredRequest, Origin, Settled, Undo
-from creditapp.billing.models import Compensation, UnbilledUsage
+from creditapp.billing.models import Compensation, UsageRecord
 from creditapp.chat.models import Character, Conversation, Message
 from creditapp.database import DbSession
 from creditapp.errors import NotFound, ValidationFailed
@@ -110,18 +110,20 @@ def refund_message(
     now: datetime,
 ) -> Compensation:
     """An admin's refund of the charge for a message (either message of the exchange)."""
+    usage = session.scalar(
+        select(UsageRecord)
+        .join(Message, Message.usage_id == UsageRecord.id)
+        .where(Message.id == message_id)
+    )
+    if usage is None:
+        raise NotFound("No such message, or no charge belongs to it.")
     return compensations.refund_usage(
         session,
-        usage_id=session.scalar(select(Message.usage_id).where(Message.id == message_id)),
+        usage=usage,
         reason=f"refund of message {message_id}: {reason}",
         context=context,
         now=now,
     )
-
-
-def unbilled_calls() -> Select[UnbilledUsage]:
-    """Provider calls whose settle failed: voided, nothing charged, kept to be explained."""
-    return select(UnbilledUsage)
 
 
 # Messages

@@ -24,16 +24,16 @@ COUNT_INVARIANTS = frozenset({"last_seq == number of entries"})
 @dataclass(frozen=True)
 class Drift:
     account_id: int
-    user_id: int
+    user_id: int | None  # the owner of a personal account; None for a team's account
     invariant: str
     expected: int
     actual: int
 
-    def as_wire(self) -> dict[str, str]:
+    def as_wire(self) -> dict[str, str | None]:
         """The report's shape: amounts as credit strings, counts as whole numbers."""
         show = str if self.invariant in COUNT_INVARIANTS else format_credits
         return {
-            "user_id": str(self.user_id),
+            "user_id": None if self.user_id is None else str(self.user_id),
             "invariant": self.invariant,
             "expected": show(self.expected),
             "actual": show(self.actual),

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, and_, select
 
 from creditapp.database import DbSession
 from creditapp.errors import Conflict, ModelNotPriced, PriceTooPrecise, ValidationFailed
@@ -127,19 +127,28 @@ def worst_case(price: Price, *, input_tokens: int, max_output_tokens: int) -> in
     return round_up(exact)
 
 
+def in_force(*, provider: str, model: str, at: datetime) -> ColumnElement[bool]:
+    """The model's rows that took effect at or before `at` (the newest of them is in force)."""
+    return and_(Price.provider == provider, Price.model == model, Price.effective_from <= at)
+
+
+def not_priced(*, provider: str, model: str) -> ModelNotPriced:
+    return ModelNotPriced(
+        f"{provider}:{model} has no price in force.",
+        details={"provider": provider, "model": model},
+    )
+
+
 def price_in_force(session: DbSession, *, provider: str, model: str, at: datetime) -> Price:
     """The newest row that took effect at or before `at`, or ModelNotPriced."""
     price = session.scalars(
         select(Price)
-        .where(Price.provider == provider, Price.model == model, Price.effective_from <= at)
+        .where(in_force(provider=provider, model=model, at=at))
         .order_by(Price.effective_from.desc())
         .limit(1)
     ).first()
     if price is None:
-        raise ModelNotPriced(
-            f"{provider}:{model} has no price in force.",
-            details={"provider": provider, "model": model},
-        )
+        raise not_priced(provider=provider, model=model)
     return price
 
 

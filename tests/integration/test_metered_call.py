@@ -64,13 +64,24 @@ def _complete(
 ) -> call.Charged[Any]:
     return call.complete(
         db.session,
+        call.MeteredCall(
+            accounts.of_user(db.session, person.id),
+            db.session.get_one(User, person.id),
+            request,
+            call.Origin("tests:metered"),
+        ),
         meter=_meter(app),
-        account_id=accounts.of_user(db.session, person.id),
-        caller=db.session.get_one(User, person.id),
-        request=request,
-        origin=call.Origin("tests:metered"),
         context=CONTEXT,
         on_settled=on_settled or (lambda _session, settled: settled.usage_id),
+    )
+
+
+def _streamed_call(person: Person) -> call.MeteredCall:
+    return call.MeteredCall(
+        person.account_id,
+        db.session.get_one(User, person.id),
+        _request(),
+        call.Origin("tests:streamed"),
     )
 
 
@@ -173,11 +184,8 @@ def test_a_streamed_call_without_a_conversation_is_relayed_and_charged_exactly(
 
     streaming = call.stream(
         db.session,
+        _streamed_call(person),
         meter=_meter(ctx),
-        account_id=person.account_id,
-        caller=db.session.get_one(User, person.id),
-        request=_request(),
-        origin=call.Origin("tests:streamed"),
         context=CONTEXT,
         on_held=lambda _session, held: held.hold_id,
         on_settled=lambda _session, settled, hold_id: (hold_id, settled.usage_id),
@@ -217,11 +225,8 @@ def test_a_stream_the_provider_fails_at_once_is_undone_in_the_release(
     with pytest.raises(ProviderFailed):
         streaming = call.stream(
             db.session,
+            _streamed_call(person),
             meter=_meter(ctx),
-            account_id=person.account_id,
-            caller=db.session.get_one(User, person.id),
-            request=_request(),
-            origin=call.Origin("tests:streamed"),
             context=CONTEXT,
             on_held=lambda _session, held: held.hold_id,
             on_settled=lambda _session, settled, _started: settled.usage_id,
