@@ -1,4 +1,5 @@
-"""Idempotency keys: a mutating request runs once per user and key; repeats get its response.
+"""Idempotency keys: a mutating request runs once per caller and key (the key lives in the
+caller's scope, `Principal.idempotency_scope`); repeats get its response.
 
 A request first *claims* its key in a transaction of its own, so a concurrent twin sees the
 claim. The request's last transaction *completes* the claim together with its own changes and
