@@ -1,4 +1,6 @@
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from logging.config import fileConfig
 
 from alembic import context
@@ -92,11 +94,76 @@ def run_migrations_online():
     # A migration may rewrite a large table: no statement timeout (the lock timeout stays, so
     # that a migration waiting for a busy table fails instead of queueing every request
     # behind it; run it again).
-    with longer_statements(0), connectable.connect() as connection:
-        context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
+    with (
+        longer_statements(0),
+        connectable.connect() as connection,
+        sqlite_foreign_keys_off(connection) as after_each_migration,
+    ):
+        on_version_apply = [*conf_args.get("on_version_apply", ()), *after_each_migration]
+        context.configure(
+            connection=connection,
+            target_metadata=get_metadata(),
+            **{**conf_args, "on_version_apply": on_version_apply},
+        )
 
         with context.begin_transaction():
             context.run_migrations()
+
+
+@contextmanager
+def sqlite_foreign_keys_off(connection) -> Iterator[list]:
+    """On SQLite, run the migrations with foreign keys off, and check them before each commit.
+
+    A batch operation (`op.batch_alter_table`) copies a table, drops the original and renames
+    the copy: with `PRAGMA foreign_keys=ON`, which the app sets on every connection, SQLite
+    refuses to drop a table other rows point at (accounts: grants, holds, ledger entries...).
+    Alembic's batch documentation has the pragma switched off for the migration. It cannot
+    change inside a transaction, so it is switched before any begins; before each migration
+    commits (SQLite runs each in its own transaction), `PRAGMA foreign_key_check` must find no
+    row pointing at nothing, or the migration fails and is rolled back. The pragma is switched
+    on again afterwards: the connection goes back to the app's pool.
+
+    Yields the callbacks to run after each migration (none on other databases: PostgreSQL
+    alters tables in place and checks every key itself)."""
+    if connection.dialect.name != "sqlite":
+        yield []
+        return
+    _set_sqlite_foreign_keys(connection, on=False)
+    try:
+        yield [_foreign_keys_hold]
+    finally:
+        # Alembic commits each migration that succeeded; a transaction still open holds a
+        # failed migration's work (or only reads): undone, as the pragma needs none open.
+        if connection.in_transaction():
+            connection.rollback()
+        _set_sqlite_foreign_keys(connection, on=True)
+
+
+def _set_sqlite_foreign_keys(connection, *, on: bool) -> None:
+    if connection.in_transaction():
+        raise RuntimeError("PRAGMA foreign_keys cannot change inside a transaction")
+    # Through the driver's own connection: the engine's "begin" hook would wrap a statement
+    # sent through SQLAlchemy in BEGIN, where the pragma is silently a no-op.
+    driver = connection.connection.driver_connection
+    driver.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    (state,) = driver.execute("PRAGMA foreign_keys").fetchone()
+    if bool(state) is not on:
+        raise RuntimeError(f"PRAGMA foreign_keys did not switch {'on' if on else 'off'}")
+
+
+def _foreign_keys_hold(ctx, step, heads, run_args) -> None:
+    """After a migration, in its transaction: every foreign key must still point at a row."""
+    broken = ctx.connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        shown = ", ".join(
+            f"{table} rowid {rowid} -> {parent}" for table, rowid, parent, _fk in broken[:10]
+        )
+        source = ", ".join(step.source_revision_ids) or "base"
+        destination = ", ".join(step.destination_revision_ids) or "base"
+        raise RuntimeError(
+            f"migration {source} -> {destination} leaves {len(broken)} row(s) whose foreign"
+            f" key points at nothing ({shown}); it was rolled back"
+        )
 
 
 if context.is_offline_mode():

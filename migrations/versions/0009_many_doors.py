@@ -57,7 +57,43 @@ def upgrade() -> None:
         keys.drop_column("user_id")
 
 
+# Rows 0008's schema cannot hold: an account is a user's there, and every metered call a
+# conversation's.
+NOT_IN_0008 = {
+    "accounts owned by a team (no user_id)": ("accounts", "team_id IS NOT NULL"),
+    "usage records without a conversation": ("usage_records", "conversation_id IS NULL"),
+    "unbilled calls without a conversation": ("unbilled_usage", "conversation_id IS NULL"),
+}
+SHOWN_IDS = 10
+
+
+def refuse_rows_0008_cannot_hold() -> None:
+    """Refuse the downgrade, before it changes anything, while rows exist that 0008 cannot hold
+    (its NOT NULL user_id and conversation_id would fail half way); the error names them. They
+    are the teams' and the gateway's: delete or reassign them first, or stay at 0009."""
+    if op.get_context().as_sql:
+        return  # an offline script: nothing to count
+    bind = op.get_bind()
+    found = []
+    for what, (table, condition) in NOT_IN_0008.items():
+        count = bind.execute(sa.text(f"SELECT COUNT(*) FROM {table} WHERE {condition}")).scalar()
+        if count:
+            ids = bind.execute(
+                sa.text(f"SELECT id FROM {table} WHERE {condition} ORDER BY id LIMIT {SHOWN_IDS}")
+            ).scalars()
+            more = ", ..." if count > SHOWN_IDS else ""
+            found.append(f"{what}: {count} ({table}.id {', '.join(map(str, ids))}{more})")
+    if found:
+        raise RuntimeError(
+            "Downgrade below 0009 refused, nothing was changed: "
+            + "; ".join(found)
+            + ". The schema of 0008 has no place for them (accounts.user_id and"
+            " conversation_id are NOT NULL there): delete or reassign them first, or stay at 0009."
+        )
+
+
 def downgrade() -> None:
+    refuse_rows_0008_cannot_hold()
     # Keys of other scopes than a user's cannot go back to a user id: they are dropped (a key
     # only ever protects a retry, and these are the callers the old schema cannot name).
     op.execute("DELETE FROM idempotency_keys WHERE scope NOT LIKE 'user:%'")
