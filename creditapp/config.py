@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from flask import current_app
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -43,6 +44,13 @@ def longest_provider_call_seconds(timeout_seconds: int, max_retries: int) -> int
         + PROVIDER_RETRY_WAIT_SECONDS * max_retries
         + PROVIDER_CALL_MARGIN_SECONDS
     )
+
+
+def previous_jwt_secret_key() -> str | None:
+    """The running app's JWT_PREVIOUS_SECRET_KEY, read as flask-jwt-extended reads
+    JWT_SECRET_KEY (from the app of the request), so that token rules need not know Flask."""
+    previous = current_app.config.get("JWT_PREVIOUS_SECRET_KEY")
+    return str(previous) if previous else None
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -114,6 +122,9 @@ class Config:
         self.RATELIMIT_STORAGE_URI = self.REDIS_URL or "memory://"
         self.RATELIMIT_ENABLED = env.get("RATELIMIT_ENABLED", "true").lower() != "false"
         self.JWT_SECRET_KEY = env.get("JWT_SECRET_KEY") or DEV_JWT_SECRET
+        # The key JWT_SECRET_KEY replaced: tokens it signed are still accepted while it is set
+        # (docs/deploy.md, "Rotating JWT_SECRET_KEY"); new tokens are signed with the new key.
+        self.JWT_PREVIOUS_SECRET_KEY = env.get("JWT_PREVIOUS_SECRET_KEY") or None
         # Google sign-in: the OAuth client ids whose ID tokens are accepted (web, mobile, ...).
         self.GOOGLE_CLIENT_IDS = [
             client_id.strip()
@@ -320,6 +331,15 @@ class ProductionConfig(Config):
             )
         if len(self.JWT_SECRET_KEY) < 32:
             raise ConfigurationError("JWT_SECRET_KEY must be at least 32 characters in production")
+        previous = self.JWT_PREVIOUS_SECRET_KEY
+        if previous is not None and len(previous) < 32:
+            raise ConfigurationError(
+                "JWT_PREVIOUS_SECRET_KEY must be at least 32 characters in production"
+            )
+        if previous == self.JWT_SECRET_KEY:
+            raise ConfigurationError(
+                "JWT_PREVIOUS_SECRET_KEY is JWT_SECRET_KEY itself: JWT_SECRET_KEY is the new key"
+            )
 
 
 CONFIGS: dict[str, type[Config]] = {

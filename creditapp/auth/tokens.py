@@ -7,10 +7,17 @@ admin takes effect at once; the claim is there for clients.
 A token's claims are input like a request's body: before any of them is used, each must have the
 form we issue it in (ids by the wire's id rule, text the databases can store), or the token is
 refused with 401, even one signed with our own key.
+
+Rotating the signing key signs no one out: every token names its key in its `kid` header (an id
+derived from the key, which tells nothing of it), and while JWT_PREVIOUS_SECRET_KEY is set, a token
+naming that key is verified with it. New tokens are always signed with JWT_SECRET_KEY; a refresh
+with an old refresh token gets a pair signed with the new key (docs/deploy.md).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -21,6 +28,7 @@ from flask_jwt_extended.exceptions import JWTDecodeError
 
 from creditapp.auth import sessions
 from creditapp.auth.models import User
+from creditapp.config import previous_jwt_secret_key
 from creditapp.database import DbSession
 from creditapp.extensions import db
 from creditapp.ids import parse_id
@@ -32,6 +40,14 @@ REQUIRED_CLAIMS = ("exp", "iat", "type", "sub", "sid", "jti")
 TOKEN_TYPES = ("access", "refresh")
 # As long as the session's `refresh_jti` column.
 MAX_JTI_LENGTH = 64
+KEY_ID_LENGTH = 16
+
+
+def key_id(key: str) -> str:
+    """The `kid` of tokens signed with `key`: a MAC of a fixed text under the key, so that it
+    names the key without telling anything of it."""
+    mac = hmac.new(key.encode(), b"creditapp token signing key", hashlib.sha256)
+    return mac.hexdigest()[:KEY_ID_LENGTH]
 
 
 @dataclass(frozen=True)
@@ -56,9 +72,11 @@ def _issue(
     # Config sets both lifetimes as timedeltas (never False: our tokens always expire).
     access_lifetime = access_expires or cast(timedelta, jwt_settings.access_expires)
     refresh_lifetime = cast(timedelta, jwt_settings.refresh_expires)
+    headers = {"kid": key_id(str(jwt_settings.encode_key))}
     return Tokens(
         access_token=create_access_token(
             identity=str(user.id),
+            additional_headers=headers,
             additional_claims={
                 **times,
                 "exp": issued_at + access_lifetime,
@@ -69,6 +87,7 @@ def _issue(
         ),
         refresh_token=create_refresh_token(
             identity=str(user.id),
+            additional_headers=headers,
             additional_claims={
                 **times,
                 "exp": issued_at + refresh_lifetime,
@@ -147,12 +166,19 @@ def _malformed_claim(claims: dict[str, Any]) -> str | None:
     return None
 
 
-def _key_for_token(_header: dict[str, Any], claims: dict[str, Any]) -> str:
+def _key_for_token(header: dict[str, Any], claims: dict[str, Any]) -> str:
     """The key to verify a token with, once its claims (not yet verified) are all there and of
-    our form: every later reader of a verified token may rely on its claims."""
+    our form: every later reader of a verified token may rely on its claims.
+
+    The previous key, while one is set, for a token that names it; else the current key (a
+    token issued before tokens named their key names none). Naming a key only chooses which of
+    ours checks the signature: a token signed with any other key fails that check."""
     malformed = _malformed_claim(claims)
     if malformed:
         raise JWTDecodeError(malformed)
+    previous = previous_jwt_secret_key()
+    if previous is not None and header.get("kid") == key_id(previous):
+        return previous
     return str(jwt_settings.decode_key)
 
 
