@@ -43,7 +43,9 @@ def render(upstream_port: int, port: int, tls: Path | None = None) -> str:
     return text
 
 
-def _self_signed(folder: Path) -> None:
+def write_self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and its key, as `tls.crt` and `tls.key` in
+    `folder`."""
     key = ec.generate_private_key(ec.SECP256R1())
     (folder / "tls.crt").write_bytes(self_signed_certificate(key, "localhost"))
     (folder / "tls.key").write_bytes(
@@ -53,22 +55,17 @@ def _self_signed(folder: Path) -> None:
             serialization.NoEncryption(),
         )
     )
+    return folder / "tls.crt", folder / "tls.key"
 
 
-@contextmanager
-def nginx_in_front(upstream_port: int, *, tls: bool = False) -> Iterator[str]:
-    """nginx on a free port proxying to `upstream_port`; yields its base URL (`https://` with
-    `tls`)."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as folder:
-        prefix = Path(folder)
-        if tls:
-            _self_signed(prefix)
-        (prefix / "creditapp.conf").write_text(render(upstream_port, port, prefix if tls else None))
-        # Root's nginx would run its workers as nobody, who cannot enter a private test folder.
-        user = "user root;" if os.geteuid() == 0 else ""
-        (prefix / "nginx.conf").write_text(
-            f"""{user}
+def _main_config(prefix: Path, site: str) -> Path:
+    """nginx.conf in `prefix` running `site` (a file for the `http` block) with every path of
+    nginx's own under `prefix`."""
+    (prefix / "creditapp.conf").write_text(site)
+    # Root's nginx would run its workers as nobody, who cannot enter a private test folder.
+    user = "user root;" if os.geteuid() == 0 else ""
+    (prefix / "nginx.conf").write_text(
+        f"""{user}
 worker_processes 1;
 error_log {prefix}/error.log warn;
 pid {prefix}/nginx.pid;
@@ -83,24 +80,55 @@ http {{
     include {prefix}/creditapp.conf;
 }}
 """
-        )
-        process = subprocess.Popen(
-            [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + STARTUP_SECONDS
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"nginx did not start: {process.stderr.read()!r}"  # type: ignore[union-attr]
-                        ) from None
-                    time.sleep(0.05)
+    )
+    return prefix / "nginx.conf"
+
+
+def check_config(prefix: Path, site: str) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` of `site` (its certificates must exist)."""
+    main = _main_config(prefix, site)
+    return subprocess.run(
+        [NGINX, "-t", "-p", str(prefix), "-c", str(main)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@contextmanager
+def serving(prefix: Path, site: str, port: int) -> Iterator[None]:
+    """nginx running `site`, until it answers on `port`."""
+    main = _main_config(prefix, site)
+    process = subprocess.Popen(
+        [NGINX, "-p", str(prefix), "-c", str(main), "-g", "daemon off;"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"nginx did not start: {process.stderr.read()!r}"  # type: ignore[union-attr]
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        stop(process)
+        process.stderr.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def nginx_in_front(upstream_port: int, *, tls: bool = False) -> Iterator[str]:
+    """nginx on a free port proxying to `upstream_port`; yields its base URL (`https://` with
+    `tls`)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        prefix = Path(folder)
+        if tls:
+            write_self_signed(prefix)
+        with serving(prefix, render(upstream_port, port, prefix if tls else None), port):
             yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-        finally:
-            stop(process)
-            process.stderr.close()  # type: ignore[union-attr]
