@@ -16,13 +16,14 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
 
-from tests.integration.live_server import ROOT, free_port, live_server
+from tests.integration.live_server import ROOT, STARTUP_SECONDS, free_port, live_server, stop
 from tests.integration.nginx import check_config, nginx_in_front, serving, write_self_signed
 
 DEPLOY = ROOT / "deploy"
@@ -130,6 +131,32 @@ def test_the_web_unit_starts_gunicorn_on_wsgi_app_with_options_it_takes(tmp_path
     # gunicorn reads the unit's whole command line and loads the app from it, then exits.
     checked = _run([*local[:1], "--check-config", *local[1:]], _entry_point_env(tmp_path))
     assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.real_clock
+def test_the_web_unit_tells_systemd_when_it_is_ready(tmp_path: Path) -> None:
+    """`Type=notify`: systemd waits for gunicorn's READY=1 on NOTIFY_SOCKET, which the unit's
+    command line sends once it serves."""
+    port = free_port()
+    command = [
+        _installed_here(word, tmp_path).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        for word in _exec_start("creditapp-web.service")
+    ]
+    command[command.index("--workers") + 1] = "1"
+    notify = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(notify))
+        listener.settimeout(STARTUP_SECONDS)
+        env = {**_entry_point_env(tmp_path), "NOTIFY_SOCKET": str(notify)}
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            assert listener.recv(4096).decode().startswith("READY=1")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as ok:
+                assert ok.status == 200
+        finally:
+            stop(process)
 
 
 @pytest.mark.parametrize("name", ["creditapp-worker.service", "creditapp-beat.service"])
