@@ -21,22 +21,68 @@ function rows(selector, items, columns, again = false) {
   }
 }
 
+// The problems of a refused request that name a field (`details` keyed by field, as the API
+// sends them), each shown beside its field: the field is marked invalid (aria-invalid, and
+// described by its problem) and the problem is an alert. Returns those naming no field of `form`.
+function showProblems(form, details) {
+  const unplaced = [];
+  let first = null;
+  for (const [name, problems] of Object.entries(details || {})) {
+    const text = (Array.isArray(problems) ? problems : Object.values(problems || {})).flat(Infinity).join(" ");
+    const field = form.elements.namedItem(name);
+    if (!(field instanceof HTMLInputElement || field instanceof HTMLSelectElement)) {
+      if (text) unplaced.push(`${name}: ${text}`);
+      continue;
+    }
+    const note = document.createElement("p");
+    note.className = "field-error";
+    note.id = `${field.id}-error`;
+    note.setAttribute("role", "alert");
+    note.textContent = text;
+    field.setAttribute("aria-invalid", "true");
+    field.setAttribute("aria-describedby", note.id);
+    field.after(note);
+    first ||= field;
+  }
+  first?.focus();
+  return unplaced;
+}
+
+function clearProblems(form) {
+  for (const note of form.querySelectorAll(".field-error")) note.remove();
+  for (const field of form.querySelectorAll("[aria-invalid]")) {
+    field.removeAttribute("aria-invalid");
+    field.removeAttribute("aria-describedby");
+  }
+}
+
+// What a refusal says under its form: the API's message, styled as an error; the problems of a
+// request that was not valid go beside their fields (those naming no field, after the message).
+function refused(form, outcome, error) {
+  const invalid = error.body?.error.code === "validation_error";
+  const unplaced = invalid ? showProblems(form, error.body.error.details) : [];
+  outcome.textContent = [error.message, ...unplaced].join(" ");
+  outcome.classList.add("refused");
+}
+
 // An admin action: one form, its tries keyed (see keyedTries: a double click or a retry after a
-// lost answer never does it twice). A refusal shows the API's message and field errors.
+// lost answer never does it twice). Each try clears what the previous one said; a refusal shows
+// the API's message and its field errors. `request` may look things up first (it may be async).
 function action(form, request, done) {
   const outcome = form.querySelector(".outcome");
   const tries = keyedTries(form);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     outcome.textContent = "";
+    outcome.classList.remove("refused");
+    clearProblems(form);
     try {
-      const sent = request(new FormData(form));
+      const sent = await request(new FormData(form, event.submitter));
       const { path, method, body } = sent;
       // The page is brought up to date within the try: the button stays disabled until it is.
-      outcome.textContent = await tries(sent, async (key) => done(await json(path, { method, body, headers: { "Idempotency-Key": key } })));
+      outcome.textContent = await tries(sent, async (key) => done(await json(path, { method, body, headers: { "Idempotency-Key": key } }), sent));
     } catch (error) {
-      const fields = error.body?.error.details?.fields;
-      outcome.textContent = fields ? `${error.message} ${Object.entries(fields).map(([name, problems]) => `${name}: ${problems.join(" ")}`).join("; ")}` : error.message;
+      refused(form, outcome, error);
     }
   });
 }

@@ -1,0 +1,107 @@
+"""The admin console in a real browser (Debian's Chromium through Playwright, against a real
+gunicorn in demo mode, as in test_dashboard), one test per thing an admin must be able to see
+or do. Every state is checked with axe (no serious or critical violation) and photographed at
+desktop and phone width into DASHBOARD_SCREENSHOTS (default: the test's own folder)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from playwright.sync_api import Locator, Page, expect
+
+from tests.integration.test_dashboard import Browsing, _serious_violations, browse
+
+pytestmark = pytest.mark.real_clock
+DEMO_USER = "user@demo.creditapp"
+
+
+@pytest.fixture
+def console(app: Flask, tmp_path: Path) -> Iterator[Browsing]:
+    """The console signed in as the demo admin."""
+    screenshots = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or tmp_path)
+    # Admin actions come faster than the sensitive limit (10 in 5 minutes) here: not its test.
+    with browse(app, screenshots, RATELIMIT_ENABLED="false") as browsing:
+        browsing.page.goto(f"{browsing.base}/admin")
+        browsing.page.get_by_role("button", name="Sign in as the demo admin").click()
+        expect(browsing.page.locator("#users tbody tr")).to_have_count(2)
+        yield browsing
+
+
+def _photograph(browsing: Browsing, name: str) -> None:
+    """axe finds nothing serious; the page at desktop width, then at phone width (no sideways
+    scrolling), then back."""
+    page = browsing.page
+    assert _serious_violations(page) == []
+    page.screenshot(path=str(browsing.screenshots / f"{name}.png"), full_page=True)
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.screenshot(path=str(browsing.screenshots / f"{name}-phone.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.set_viewport_size({"width": 1100, "height": 900})
+
+
+def _open_demo_user(page: Page) -> None:
+    page.get_by_role("button", name=f"Open {DEMO_USER}").click()
+    expect(page.locator("#user-title")).to_have_text(DEMO_USER)
+
+
+def _refused(browsing: Browsing, path: str, submit: Locator) -> Any:
+    """The API's refusal of what a click on `submit` sent to `path` (meant: the test's)."""
+    with browsing.page.expect_response(f"**{path}") as answer:
+        submit.click()
+    assert answer.value.status == 400
+    browsing.meant_refusals.append((400, path))
+    return answer.value.json()["error"]
+
+
+def _shows_beside(field: Locator, problem: str) -> None:
+    """`field` is marked invalid and described by its problem, an alert beside it."""
+    expect(field).to_have_attribute("aria-invalid", "true")
+    note = field.page.locator(f"#{field.get_attribute('aria-describedby')}")
+    expect(note).to_have_attribute("role", "alert")
+    expect(note).to_have_text(problem)
+    expect(note).to_have_class("field-error")
+
+
+def test_a_refused_action_names_its_field_beside_it(console: Browsing) -> None:
+    page = console.page
+    _open_demo_user(page)
+    grant, amount = page.locator("#grant-form"), page.locator("#grant-amount")
+    grant_button = page.get_by_role("button", name="Grant", exact=True)
+    outcome = grant.locator(".outcome")
+
+    # A grant that works, then one of 0 credits: the success is gone, the amount is wrong.
+    amount.fill("5")
+    page.locator("#grant-reason").fill("goodwill")
+    grant_button.click()
+    expect(outcome).to_contain_text("Granted 5 credits")
+    for bad in ("0", "99999999999999"):
+        amount.fill(bad)
+        error = _refused(console, "/api/admin/credit/grant", grant_button)
+        _shows_beside(amount, " ".join(error["details"]["amount"]))
+        expect(outcome).to_have_text(error["message"])
+        expect(outcome).to_have_class("outcome refused")
+        expect(grant.locator(".field-error")).to_have_count(1)
+        expect(page.locator("#grant-reason")).not_to_have_attribute("aria-invalid", "true")
+    _photograph(console, "admin-field-errors")
+
+    # Put right, the error is gone with the next try.
+    amount.fill("1")
+    grant_button.click()
+    expect(outcome).to_contain_text("Granted 1 credits")
+    expect(outcome).not_to_have_class("outcome refused")
+    expect(amount).not_to_have_attribute("aria-invalid", "true")
+    expect(grant.locator(".field-error")).to_have_count(0)
+
+    # A price of -1: beside the price's field.
+    page.get_by_label("Model", exact=True).fill("demo-negative")
+    page.get_by_label("Input", exact=True).fill("-1")
+    page.get_by_label("Output", exact=True).fill("1")
+    error = _refused(console, "/api/admin/pricing", page.get_by_role("button", name="Add price"))
+    _shows_beside(page.locator("#price-input"), " ".join(error["details"]["input"]))
+    expect(page.locator("#price-output")).not_to_have_attribute("aria-invalid", "true")
+    assert _serious_violations(page) == []
