@@ -1,14 +1,18 @@
-"""Admin: the reconciliation report (the ledger checked against its invariants) and the
-unbilled calls it counts (provider calls answered but never billed)."""
+"""Admin: the reconciliation report (the ledger checked against its invariants), a run of it
+on request, and the unbilled calls it counts (provider calls answered but never billed)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, fields
 
+from creditapp import ledger
+from creditapp.api import limits
 from creditapp.api.chat import UsageSchema
-from creditapp.api.identity import authenticated
+from creditapp.api.idempotency import idempotent
+from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, page_of
@@ -16,6 +20,7 @@ from creditapp.billing import call as metered_call
 from creditapp.billing.models import UnbilledUsage
 from creditapp.extensions import db
 from creditapp.jobs import reconciliation
+from tasks.jobs import enqueue
 
 blp = Blueprint(
     "reconciliation",
@@ -78,3 +83,25 @@ def unbilled_list(args: dict[str, Any]) -> Any:
 def reconciliation_report() -> Any:
     """The newest report; before the first run, an empty one with `ran_at` null."""
     return reconciliation.latest(db.session)
+
+
+class ReconciliationRunSchema(Schema):
+    task_id = fields.String()
+
+
+@blp.route("/reconciliation/run", methods=["POST"])
+@limits.limiter.limit(limits.sensitive)
+@authenticated(admin=True)
+@idempotent()
+@blp.response(202, ReconciliationRunSchema)
+def run_reconciliation() -> Any:
+    """Queue a reconciliation now (beat also runs it on its period): once a worker has run it,
+    its report is the newest at `GET /api/admin/credit/reconciliation`."""
+    ledger.record_action(
+        db.session,
+        action="reconciliation_requested",
+        context=audit_context(),
+        now=datetime.now(UTC),
+        details={},
+    )
+    return {"task_id": enqueue("reconcile")}

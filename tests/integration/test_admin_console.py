@@ -14,7 +14,9 @@ import pytest
 from flask import Flask
 from playwright.sync_api import Locator, Page, expect
 
-from tests.integration.test_dashboard import Browsing, _serious_violations, browse
+from tests.conftest import utcnow
+from tests.helpers import run_job_at
+from tests.integration.test_dashboard import Browsing, _api, _serious_violations, browse
 
 pytestmark = pytest.mark.real_clock
 DEMO_USER = "user@demo.creditapp"
@@ -104,4 +106,31 @@ def test_a_refused_action_names_its_field_beside_it(console: Browsing) -> None:
     error = _refused(console, "/api/admin/pricing", page.get_by_role("button", name="Add price"))
     _shows_beside(page.locator("#price-input"), " ".join(error["details"]["input"]))
     expect(page.locator("#price-output")).not_to_have_attribute("aria-invalid", "true")
+    assert _serious_violations(page) == []
+
+
+def test_reconciliation_says_it_has_not_run_and_runs_on_request(
+    app: Flask, console: Browsing
+) -> None:
+    page = console.page
+    verdict, ran_at = page.locator("#reconciliation-verdict"), page.locator("[data-field=ran-at]")
+    expect(verdict).to_have_class("unknown")
+    expect(verdict).to_contain_text("has not run yet")
+    expect(verdict).not_to_contain_text("No drift")
+    expect(ran_at).to_have_text("never")
+    page.locator("#reconciliation-title").scroll_into_view_if_needed()
+    _photograph(console, "admin-reconciliation-not-run")
+
+    # Run now queues the job; its report shows once a worker (the test, here) has run it.
+    page.get_by_role("button", name="Run now").click()
+    outcome = page.locator("#reconcile-form .outcome")
+    expect(outcome).to_contain_text("Queued (task ")
+    report = run_job_at(app, "reconcile", utcnow())
+    expect(outcome).to_contain_text("Reconciliation ran at", timeout=15_000)
+    expect(outcome).to_contain_text(f"no drift in {report['checked_accounts']} account(s)")
+    expect(verdict).to_have_class("fine")
+    expect(verdict).to_have_text("No drift: every balance equals the sum of its entries.")
+    expect(ran_at).not_to_have_text("never")
+    shown = _api(console.base, page, "/api/admin/credit/reconciliation")
+    assert shown["checked_accounts"] == report["checked_accounts"] and shown["drift"] == []
     assert _serious_violations(page) == []

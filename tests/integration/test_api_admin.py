@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from unittest import mock
 
 import pytest
 from flask import Flask
@@ -290,3 +291,23 @@ def test_admins_find_users_by_a_part_of_their_email(
     )
     assert len(emails("")) == 5  # everyone: the admin, the user and the three above
     assert_error(client.get("/api/admin/users", headers=user.headers), 403, "forbidden")
+
+
+def test_admins_run_reconciliation_now(app: Flask, client: FlaskClient, admin, user) -> None:
+    celery = app.extensions["celery"]
+    with mock.patch.object(celery, "send_task", wraps=celery.send_task) as send_task:
+        response = client.post("/api/admin/credit/reconciliation/run", headers=admin.headers)
+    assert response.status_code == 202
+    assert len(response.get_json()["task_id"]) == 36
+    assert [call.kwargs["args"] for call in send_task.call_args_list] == [("reconcile",)]
+    with app.app_context():
+        requested = db.session.scalars(
+            select(AuditRecord.actor_id).where(AuditRecord.action == "reconciliation_requested")
+        ).all()
+        db.session.remove()
+    assert requested == [str(admin.id)]
+    assert_error(
+        client.post("/api/admin/credit/reconciliation/run", headers=user.headers),
+        403,
+        "forbidden",
+    )

@@ -154,23 +154,55 @@ async function loadCompensations(event) {
   ]);
 }
 
-async function loadReconciliation() {
-  const report = await json("/api/admin/credit/reconciliation");
+// The newest reconciliation report, as shown; null before the page has read one.
+let reconciled = null;
+
+function showReconciliation(report) {
+  reconciled = report;
   figures($("#reconciliation-figures"), [
-    ["Last run", report.ran_at ? when(report.ran_at) : "not yet"],
-    ["Accounts checked", String(report.checked_accounts)],
-    ["Calls never billed", String(report.unbilled_calls)],
-    ["Their cost", report.unbilled_cost],
+    ["Last run", report.ran_at ? when(report.ran_at) : "never", "ran-at"],
+    ["Accounts checked", report.ran_at ? String(report.checked_accounts) : "–"],
+    ["Calls never billed", report.ran_at ? String(report.unbilled_calls) : "–"],
+    ["Their cost", report.ran_at ? report.unbilled_cost : "–"],
   ]);
   const verdict = $("#reconciliation-verdict");
-  verdict.textContent = report.drift.length
-    ? `Drift in ${report.drift.length} place(s): every balance must equal the sum of its entries.`
-    : "No drift: every balance equals the sum of its entries.";
-  verdict.className = report.drift.length ? "drift" : "fine";
+  if (!report.ran_at) {
+    verdict.textContent = "Reconciliation has not run yet: no balance has been checked. Run it now, or wait for its schedule.";
+    verdict.className = "unknown";
+  } else if (report.drift.length) {
+    verdict.textContent = `Drift in ${report.drift.length} place(s): every balance must equal the sum of its entries.`;
+    verdict.className = "drift";
+  } else {
+    verdict.textContent = "No drift: every balance equals the sum of its entries.";
+    verdict.className = "fine";
+  }
+  $("#drift").closest(".table-scroll").hidden = !report.ran_at;
   rows("#drift", report.drift, (drift, row) => {
     row.className = "drift";
-    return [button(drift.user_id, () => openUser(drift.user_id), `Open user ${drift.user_id}`), drift.invariant, drift.expected, drift.actual];
+    return [
+      drift.user_id === null ? "a team's account" : button(drift.user_id, () => openUser(drift.user_id), `Open user ${drift.user_id}`),
+      drift.invariant,
+      drift.expected,
+      drift.actual,
+    ];
   });
+}
+
+async function loadReconciliation() {
+  showReconciliation(await json("/api/admin/credit/reconciliation"));
+}
+
+const sleep = (milliseconds) => new Promise((resolve) => setTimeout(resolve, milliseconds));
+
+// After a run was queued: the newest report, read every second until one newer than `since`
+// (the ran_at shown when it was queued) comes, for up to `seconds`; null if none came.
+async function newerReport(since, seconds) {
+  for (let waited = 0; waited < seconds; waited += 1) {
+    await sleep(1000);
+    const report = await json("/api/admin/credit/reconciliation");
+    if (report.ran_at && report.ran_at !== since) return report;
+  }
+  return null;
 }
 
 async function loadPrices(again = false) {
@@ -261,6 +293,19 @@ document.addEventListener("DOMContentLoaded", () => {
     async (answer) => {
       await loadCompensations();
       return `Processing ${answer.pending} pending compensation(s) (task ${answer.task_id}).`;
+    },
+  );
+  action(
+    $("#reconcile-form"),
+    () => ({ path: "/api/admin/credit/reconciliation/run", method: "POST" }),
+    async (answer) => {
+      const since = reconciled?.ran_at ?? null;
+      $("#reconcile-form .outcome").textContent = `Queued (task ${answer.task_id}): waiting for a worker to run it…`;
+      const report = await newerReport(since, 60);
+      if (!report) return `Queued (task ${answer.task_id}), not run within a minute: the report shows here once a worker has run it (reload the page).`;
+      showReconciliation(report);
+      const found = report.drift.length ? `drift in ${report.drift.length} place(s)` : "no drift";
+      return `Reconciliation ran at ${when(report.ran_at)}: ${found} in ${report.checked_accounts} account(s).`;
     },
   );
   action(
