@@ -8,7 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 from flask import jsonify
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, pre_dump, validate, validates_schema
+from sqlalchemy import select
 
 from creditapp import accounts, ledger
 from creditapp.api import csv_export
@@ -18,22 +19,25 @@ from creditapp.api.parsing import Blueprint, path_id
 from creditapp.api.schemas import (
     BalanceSchema,
     Credits,
-    GrantPageSchema,
+    GrantSchema,
     Id,
     PageArgs,
     Text,
-    TransactionPageSchema,
     TransactionSchema,
     UtcDateTime,
     in_range,
+    page_of,
     token_counts,
 )
 from creditapp.auth import users
 from creditapp.billing import receipts, usage_report
-from creditapp.billing.models import ROLLUP_SUMS
+from creditapp.billing.models import ROLLUP_SUMS, UsageRecord
 from creditapp.billing.usage_report import GROUPINGS
+from creditapp.chat.models import Character, Conversation
+from creditapp.database import DbSession
 from creditapp.extensions import db
 from creditapp.ledger.models import ENTRY_TYPES, Grant, LedgerEntry
+from creditapp.ledger.queries import OPENING_TYPES, EntryGrounds, entry_grounds, grant_origins
 from creditapp.metering.usage import TOKEN_COUNTERS
 from creditapp.money import format_credits
 
@@ -125,17 +129,32 @@ def balance() -> Any:
     )
 
 
+class OwnGrantSchema(GrantSchema):
+    origin = fields.String(
+        metadata={
+            "enum": list(OPENING_TYPES),
+            "description": "the ledger entry that opened the grant: `refund` for a refund"
+            " (its source is `admin`), `adjust` for a positive adjustment, `refresh` for"
+            " subscription credits, `grant` for any other",
+        }
+    )
+
+
 @blp.route("/grants", methods=["GET"])
 @authenticated()
 @blp.arguments(PageArgs, location="query")
-@blp.response(200, GrantPageSchema)
+@blp.response(200, page_of(OwnGrantSchema))
 def grants(args: dict[str, Any]) -> Any:
     account_id = accounts.paying_account(db.session, principal())
     query = ledger.grants_of(account_id)
     page = keyset_page(db.session, query, key=Grant.id, args=args, position=lambda g: g.id)
-    page["items"] = ledger.grant_standings(
+    standings = ledger.grant_standings(
         db.session, account_id=account_id, grants=page["items"], now=datetime.now(UTC)
     )
+    origins = grant_origins(db.session, grant_ids=[standing.id for standing in standings])
+    page["items"] = [
+        {**vars(standing), "origin": origins.get(standing.id, "grant")} for standing in standings
+    ]
     return page
 
 
@@ -191,10 +210,114 @@ def usage(args: dict[str, Any]) -> Any:
     )
 
 
+# How a grant's source reads in a description.
+GRANT_SOURCES = {"purchase": "Purchase", "promo": "Promo", "admin": "From an admin"}
+
+
+def _charge_description(usage: tuple[str, str, str, str | None] | None) -> str:
+    if usage is None:
+        return "Charge"
+    provider, model, ending, character = usage
+    called = f"{provider}:{model}"
+    said = f"Chat with {character} ({called})" if character else f"Call to {called}"
+    return said if ending == "completed" else f"{said}, cut short"
+
+
+def _description(
+    entry: LedgerEntry,
+    grounds: EntryGrounds | None,
+    usage: tuple[str, str, str, str | None] | None,
+) -> str:
+    if entry.type == "charge":
+        return _charge_description(usage)
+    if grounds is None:  # every entry has a grant and an audit record: never, but typed so
+        return entry.type.capitalize()
+    reason = grounds.details.get("reason") or grounds.grant_reason
+    if entry.type == "refund":
+        if reason and reason.lower().startswith("refund"):
+            return reason[0].upper() + reason[1:]
+        return f"Refund: {reason}" if reason else "Refund"
+    if entry.type == "adjust":
+        return f"Adjustment: {reason}" if reason else "Adjustment"
+    if entry.type == "refresh":
+        return f"Subscription credits for {grounds.grant_period}"
+    source = GRANT_SOURCES.get(grounds.grant_source, grounds.grant_source)
+    if entry.type == "expire":
+        if grounds.grant_source == "subscription":
+            return f"Expired: subscription credits for {grounds.grant_period}"
+        given_for = f": {grounds.grant_reason}" if grounds.grant_reason else ""
+        return f"Expired: a grant ({source.lower()}){given_for}"
+    return f"{source}: {reason}" if reason else source
+
+
+def described(session: DbSession, entries: list[LedgerEntry]) -> list[dict[str, Any]]:
+    """The entries as DescribedTransactionSchema dumps them, each with its description: the
+    ledger's grounds (grant, audit record) and a charge's call (usage record, conversation's
+    character) read in two queries for all of them."""
+    grounds = entry_grounds(session, entry_ids=[entry.id for entry in entries])
+    holds = [entry.hold_id for entry in entries if entry.type == "charge" and entry.hold_id]
+    calls: dict[int, tuple[str, str, str, str | None]] = {}
+    if holds:
+        rows = session.execute(
+            select(
+                UsageRecord.hold_id,
+                UsageRecord.provider,
+                UsageRecord.model,
+                UsageRecord.ending,
+                Character.name,
+            )
+            .outerjoin(Conversation, Conversation.id == UsageRecord.conversation_id)
+            .outerjoin(Character, Character.id == Conversation.character_id)
+            .where(UsageRecord.hold_id.in_(holds))
+        )
+        calls = {
+            hold_id: (provider, model, ending, name)
+            for hold_id, provider, model, ending, name in rows
+        }
+    return [
+        {
+            "id": entry.id,
+            "type": entry.type,
+            "amount": entry.amount,
+            "balance_after": entry.balance_after,
+            "reference": entry.reference,
+            "created_at": entry.created_at,
+            "description": _description(
+                entry, grounds.get(entry.id), calls.get(entry.hold_id) if entry.hold_id else None
+            ),
+        }
+        for entry in entries
+    ]
+
+
+class DescribedTransactionSchema(TransactionSchema):
+    description = fields.String(
+        metadata={
+            "description": "what the entry was for, in words: a charge's character and model"
+            " (or model alone, for a call outside a conversation), a grant's source and reason,"
+            " an adjustment's or a refund's reason, the credits a refresh or an expiry concerns"
+        }
+    )
+
+    @pre_dump(pass_collection=True)
+    def _describe(self, data: Any, many: bool, **_kwargs: Any) -> Any:
+        """Ledger entries are described all at once (a page in two queries)."""
+        entries = data if many else [data]
+        if not entries or not isinstance(entries[0], LedgerEntry):
+            return data
+        found = described(db.session, entries)
+        return found if many else found[0]
+
+
+class DescribedTransactionPageSchema(Schema):
+    items = fields.Nested(DescribedTransactionSchema, many=True)
+    next_cursor = fields.String(allow_none=True)
+
+
 @blp.route("/transactions", methods=["GET"])
 @authenticated()
 @blp.arguments(TransactionArgs, location="query")
-@blp.response(200, TransactionPageSchema)
+@blp.response(200, DescribedTransactionPageSchema)
 @blp.alt_response(
     200,
     success=True,
@@ -234,9 +357,12 @@ def transactions_of(account_id: int, args: dict[str, Any]) -> Any:
             ["id", "created_at", "type", "amount", "balance_after", "reference"],
             rows(),
         )
-    return keyset_page(
+    page = keyset_page(
         db.session, query, key=LedgerEntry.seq, args=args, position=lambda entry: entry.seq
     )
+    # Dumped here rather than by the endpoint's schema: the caller's list and an admin's list of
+    # a user's transactions are one answer, each entry described.
+    return jsonify(DescribedTransactionPageSchema().dump(page))
 
 
 class ExactCredits(fields.Field):
@@ -311,7 +437,7 @@ class ReceiptSchema(Schema):
 
 
 class TransactionDetailSchema(Schema):
-    entry = fields.Nested(TransactionSchema)
+    entry = fields.Nested(DescribedTransactionSchema)
     receipt = fields.Nested(ReceiptSchema, allow_none=True)
 
 

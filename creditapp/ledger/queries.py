@@ -3,7 +3,9 @@ through newest first (the ledger's writes are `operations`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, select
 
@@ -38,6 +40,52 @@ def entries_of(
     if start is not None:
         query = query.where(LedgerEntry.created_at >= start)
     return query if end is None else query.where(LedgerEntry.created_at <= end)
+
+
+@dataclass(frozen=True)
+class EntryGrounds:
+    """What the ledger knows an entry was for: the grant it moved (its source, and the reason
+    or period it was given for) and its action's audit details (an adjustment's reason)."""
+
+    grant_source: str
+    grant_reason: str | None
+    grant_period: str | None
+    details: dict[str, Any]
+
+
+def entry_grounds(session: DbSession, *, entry_ids: list[int]) -> dict[int, EntryGrounds]:
+    """The grounds of each of the entries, by entry id, in one query."""
+    if not entry_ids:
+        return {}
+    rows = session.execute(
+        select(LedgerEntry.id, Grant.source, Grant.reason, Grant.period, AuditRecord.details)
+        .join(Grant, Grant.id == LedgerEntry.grant_id)
+        .join(AuditRecord, AuditRecord.id == LedgerEntry.audit_id)
+        .where(LedgerEntry.id.in_(entry_ids))
+    )
+    return {
+        entry_id: EntryGrounds(source, reason, period, details or {})
+        for entry_id, source, reason, period, details in rows
+    }
+
+
+# The entries that open a grant: every grant has exactly one, of one of these types.
+OPENING_TYPES = ("grant", "refresh", "adjust", "refund")
+
+
+def grant_origins(session: DbSession, *, grant_ids: list[int]) -> dict[int, str]:
+    """The type of the entry that opened each of the grants: a refund's grant (source `admin`)
+    is opened by a `refund` entry, a positive adjustment's by an `adjust` one."""
+    if not grant_ids:
+        return {}
+    rows = session.execute(
+        select(LedgerEntry.grant_id, LedgerEntry.type).where(
+            LedgerEntry.grant_id.in_(grant_ids),
+            LedgerEntry.type.in_(OPENING_TYPES),
+            LedgerEntry.amount > 0,
+        )
+    )
+    return {grant_id: entry_type for grant_id, entry_type in rows}
 
 
 def audit_trail(

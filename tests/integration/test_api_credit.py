@@ -13,7 +13,8 @@ from creditapp import ledger
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from tests.conftest import TEST_CONTEXT, Person, utcnow
-from tests.helpers import assert_error
+from tests.fake_providers import Answer, FakeProviders
+from tests.helpers import add_price, assert_error, send, start_conversation
 
 CR = 1_000_000
 
@@ -103,6 +104,7 @@ def test_grants_are_listed_newest_first_with_cursor_pages(
         "reason": "test",
         "created_at": None,
         "status": "active",
+        "origin": "grant",
     }
     second = client.get(
         f"/api/credit/grants?limit=2&cursor={first['next_cursor']}", headers=person.headers
@@ -176,3 +178,42 @@ def test_each_user_sees_only_their_own_credits(
     assert client.get("/api/credit/balance", headers=bob.headers).get_json()["balance"] == "0"
     assert client.get("/api/credit/grants", headers=bob.headers).get_json()["items"] == []
     assert client.get("/api/credit/transactions", headers=bob.headers).get_json()["items"] == []
+
+
+def test_each_transaction_says_what_it_was_for_and_a_refund_is_a_refund(
+    app: Flask,
+    client: FlaskClient,
+    person_factory,
+    admin: Person,
+    fake_providers: FakeProviders,
+) -> None:
+    """A charge names the character and the model of its call, a grant its source and reason,
+    an adjustment and a refund their reason; the refund's grant says it came from a refund,
+    not only from an admin."""
+    add_price(app, "openai", "gpt-described", input="1", output="2")
+    person = person_factory(credits=10 * CR)
+    conversation = start_conversation(client, person, "openai", "gpt-described")
+    fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 50}))
+    reply_id = send(client, person, conversation).get_json()["reply"]["id"]
+    for path, body in (
+        ("refund", {"message_id": reply_id, "reason": "bad answer"}),
+        ("adjust", {"user_id": str(person.id), "amount": "-1.5", "reason": "duplicate promo"}),
+        ("adjust", {"user_id": str(person.id), "amount": "2", "reason": "outage credit"}),
+    ):
+        made = client.post(f"/api/admin/credit/{path}", json=body, headers=admin.headers)
+        assert made.status_code in (200, 201), made.get_json()
+
+    items = client.get("/api/credit/transactions", headers=person.headers).get_json()["items"]
+    assert [(item["type"], item["amount"], item["description"]) for item in items] == [
+        ("adjust", "2", "Adjustment: outage credit"),
+        ("adjust", "-1.5", "Adjustment: duplicate promo"),
+        ("refund", "0.2", f"Refund of message {reply_id}: bad answer"),
+        ("charge", "-0.2", "Chat with Tester (openai:gpt-described)"),
+        ("grant", "10", "Promo: test credits"),
+    ]
+    grants = client.get("/api/credit/grants", headers=person.headers).get_json()["items"]
+    assert [(g["source"], g["origin"], g["reason"]) for g in grants] == [
+        ("admin", "adjust", "outage credit"),
+        ("admin", "refund", f"refund of message {reply_id}: bad answer"),
+        ("promo", "grant", "test credits"),
+    ]
