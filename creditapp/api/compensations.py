@@ -14,10 +14,12 @@ from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import Credits, Id, PageArgs, Text, UtcDateTime, columns, page_of
+from creditapp.auth.models import User
 from creditapp.billing import compensations as billing_compensations
 from creditapp.billing.models import COMPENSATION_STATUSES, Compensation
 from creditapp.extensions import db
 from creditapp.jobs import compensations
+from creditapp.ledger.models import Account
 from tasks.jobs import enqueue
 
 blp = Blueprint(
@@ -36,6 +38,7 @@ class CompensationSchema(Schema):
     id = Id()
     # The owner of a personal account it is owed to; null when a team's account is owed.
     user_id = Id(allow_none=True)
+    user_email = fields.String(allow_none=True, metadata={"description": "that user's email"})
     usage_id = Id()
     amount = Credits()
     reason = fields.String()
@@ -68,11 +71,17 @@ def process_compensations() -> Any:
 @blp.arguments(CompensationArgs, location="query")
 @blp.response(200, page_of(CompensationSchema))
 def compensation_list(args: dict[str, Any]) -> Any:
+    # The owner's email beside their id, in the page's one query (none for a team's account).
+    query = (
+        billing_compensations.get_all(status=args["status"])
+        .outerjoin(User, User.id == Account.user_id)
+        .add_columns(User.email)
+    )
     return keyset_page(
         db.session,
-        billing_compensations.get_all(status=args["status"]),
+        query,
         key=Compensation.id,
         args=args,
-        item=lambda row: {**columns(row[0]), "user_id": row[1]},
+        item=lambda row: {**columns(row[0]), "user_id": row[1], "user_email": row[2]},
         position=lambda item: item["id"],
     )

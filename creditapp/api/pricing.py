@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
+from sqlalchemy import func, or_
 
 from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
@@ -62,6 +63,11 @@ class PriceArgs(Schema):
 class PriceListArgs(PageArgs):
     provider = Text(load_default=None, max_length=32, validate=validate.OneOf(PROVIDER_NAMES))
     model = Text(load_default=None, max_length=200)
+    q = Text(
+        load_default=None,
+        max_length=200,
+        metadata={"description": "a part of the provider's or the model's name, any case"},
+    )
 
 
 class PriceSchema(Schema):
@@ -87,6 +93,15 @@ PricePageSchema = page_of(PriceSchema)
 @blp.response(200, PricePageSchema)
 def prices(args: dict[str, Any]) -> Any:
     query = book.get_all(provider=args["provider"], model=args["model"])
+    if args["q"]:
+        # Any case; `%` and `_` match themselves.
+        part = args["q"].lower()
+        query = query.where(
+            or_(
+                func.lower(Price.model).contains(part, autoescape=True),
+                func.lower(Price.provider).contains(part, autoescape=True),
+            )
+        )
     return keyset_page(db.session, query, key=Price.id, args=args, position=lambda p: p.id)
 
 

@@ -5,6 +5,7 @@ desktop and phone width into DASHBOARD_SCREENSHOTS (default: the test's own fold
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ from flask import Flask
 from playwright.sync_api import Locator, Page, expect
 
 from tests.conftest import utcnow
-from tests.helpers import run_job_at
+from tests.helpers import add_price, run_job_at
+from tests.integration.live_server import call
 from tests.integration.test_dashboard import Browsing, _api, _serious_violations, browse
 
 pytestmark = pytest.mark.real_clock
@@ -134,3 +136,86 @@ def test_reconciliation_says_it_has_not_run_and_runs_on_request(
     shown = _api(console.base, page, "/api/admin/credit/reconciliation")
     assert shown["checked_accounts"] == report["checked_accounts"] and shown["drift"] == []
     assert _serious_violations(page) == []
+
+
+def _token(page: Page) -> str:
+    return str(page.evaluate("sessionStorage.getItem('creditapp.access_token')"))
+
+
+def _post(base: str, path: str, token: str, body: dict[str, Any], key: str = "") -> Any:
+    headers = {"Idempotency-Key": key} if key else {}
+    status, _headers, answer = call(
+        "POST", f"{base}{path}", token, json.dumps(body).encode(), headers
+    )
+    assert status in (200, 201), answer
+    return json.loads(answer)
+
+
+def _demo_user_chats(base: str) -> str:
+    """The demo user says hello to the demo character; the reply's id."""
+    token = json.loads(call("POST", f"{base}/api/auth/demo")[2])["access_token"]
+    characters = json.loads(call("GET", f"{base}/api/characters", token)[2])["items"]
+    character = next(c for c in characters if c["name"] == "Ada")
+    conversation = _post(base, "/api/conversations", token, {"character_id": character["id"]})
+    path = f"/api/conversations/{conversation['id']}/messages"
+    return str(_post(base, path, token, {"content": "Hello Ada"}, key="hello-ada")["reply"]["id"])
+
+
+def _right_aligned(cells: Locator) -> None:
+    assert cells.count() > 0
+    for index in range(cells.count()):
+        expect(cells.nth(index)).to_have_class("amount")
+        assert cells.nth(index).evaluate("cell => getComputedStyle(cell).textAlign") == "right"
+
+
+def test_amounts_compensations_and_the_price_book_read_as_people_read_them(
+    app: Flask, console: Browsing
+) -> None:
+    base, page = console.base, console.page
+    # A compensation owed to the demo user: named by email, its amount right-aligned.
+    reply_id = _demo_user_chats(base)
+    body = {"message_id": reply_id, "reason": "a bad answer"}
+    refund = _post(base, "/api/admin/credit/refund", _token(page), body)
+    page.get_by_role("button", name="Show", exact=True).click()
+    compensation = page.locator("#compensations tbody tr").first.locator("td")
+    expect(compensation.nth(1)).to_have_text(DEMO_USER)
+    expect(compensation.nth(2)).to_have_text(refund["amount"])
+    _right_aligned(page.locator("#compensations tbody td:nth-child(3)"))
+
+    # Thousands separators: the demo user's 1000 credits.
+    _open_demo_user(page)
+    demo_credits = page.locator("#user-grants tbody tr", has_text="demo credits").locator("td")
+    expect(demo_credits.nth(1)).to_have_text("1,000")
+    _right_aligned(page.locator("#user-grants tbody td:nth-child(2)"))
+
+    # The price book is searched and paged: 25 prices match, 20 to a page.
+    for number in range(25):
+        add_price(app, "openai", f"paged-model-{number:02}", input="1234.5", output="2")
+    prices = page.locator("#prices tbody tr")
+    page.get_by_label("Search the price book").fill("PAGED-model")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.locator("#prices-shown")).to_have_text("Prices 1 to 20")
+    expect(prices).to_have_count(20)
+    first = _api(base, page, "/api/admin/pricing?q=paged-model&limit=20")
+    assert prices.first.locator("td").all_inner_texts()[:4] == [
+        first["items"][0]["id"],
+        "openai",
+        "paged-model-24",
+        "1,234.5",
+    ]
+    _right_aligned(page.locator("#prices tbody td:nth-child(4)"))
+    expect(page.get_by_role("button", name="Newer prices")).to_be_hidden()
+    page.get_by_role("button", name="Older prices").click()
+    expect(page.locator("#prices-shown")).to_have_text("Prices 21 to 25, the last")
+    expect(prices).to_have_count(5)
+    expect(prices.last.locator("td").nth(2)).to_have_text("paged-model-00")
+    expect(page.get_by_role("button", name="Older prices")).to_be_hidden()
+    page.locator("#prices-title").scroll_into_view_if_needed()
+    _photograph(console, "admin-price-book")
+    page.get_by_role("button", name="Newer prices").click()
+    expect(page.locator("#prices-shown")).to_have_text("Prices 1 to 20")
+    expect(prices.first.locator("td").nth(2)).to_have_text("paged-model-24")
+    page.get_by_label("Search the price book").fill("no such model")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.locator("#prices-shown")).to_have_text("No price matches.")
+    expect(prices).to_have_text(["None."])

@@ -13,7 +13,16 @@ from sqlalchemy import func, select
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord, Grant, LedgerEntry
 from tests.conftest import Person, utcnow
-from tests.helpers import ADJUST, GRANT, assert_error, ledger_rows
+from tests.fake_providers import Answer, FakeProviders
+from tests.helpers import (
+    ADJUST,
+    GRANT,
+    add_price,
+    assert_error,
+    ledger_rows,
+    send,
+    start_conversation,
+)
 
 
 @pytest.fixture
@@ -311,3 +320,50 @@ def test_admins_run_reconciliation_now(app: Flask, client: FlaskClient, admin, u
         403,
         "forbidden",
     )
+
+
+def test_compensations_name_the_users_email(
+    app: Flask, client: FlaskClient, admin: Person, person_factory, fake_providers: FakeProviders
+) -> None:
+    add_price(app, "openai", "gpt-test", input="1", output="2")
+    person = person_factory(credits=10_000_000)
+    conversation = start_conversation(client, person, "openai", "gpt-test")
+    fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 50}))
+    reply_id = send(client, person, conversation).get_json()["reply"]["id"]
+    refunded = client.post(
+        "/api/admin/credit/refund",
+        json={"message_id": reply_id, "reason": "bad answer"},
+        headers=admin.headers,
+    )
+    assert refunded.status_code == 201
+    listed = client.get("/api/admin/credit/compensations", headers=admin.headers).get_json()
+    assert [(c["user_id"], c["user_email"], c["amount"]) for c in listed["items"]] == [
+        (str(person.id), person.email, "0.2")
+    ]
+
+
+def test_the_price_book_is_searched_by_a_part_of_a_name(
+    app: Flask, client: FlaskClient, admin: Person, user: Person
+) -> None:
+    add_price(app, "openai", "gpt-4o-mini", input="1", output="2")
+    add_price(app, "anthropic", "claude-test", input="3", output="4")
+    add_price(app, "openai", "gpt_5", input="5", output="6")
+
+    def models(query: str) -> list[str]:
+        page = client.get(f"/api/admin/pricing?{query}", headers=admin.headers).get_json()
+        return [item["model"] for item in page["items"]]
+
+    assert models("q=GPT") == ["gpt_5", "gpt-4o-mini"]  # newest first, any case
+    assert models("q=anthrop") == ["claude-test"]  # the provider's name too
+    assert models("q=t_5") == ["gpt_5"]
+    assert models("q=%25") == []  # "%" matches itself, not everything
+    assert models("q=gpt&provider=anthropic") == []
+    first = client.get("/api/admin/pricing?q=gpt&limit=1", headers=admin.headers).get_json()
+    after = client.get(
+        f"/api/admin/pricing?q=gpt&limit=1&cursor={first['next_cursor']}", headers=admin.headers
+    ).get_json()
+    assert [item["model"] for item in first["items"] + after["items"]] == ["gpt_5", "gpt-4o-mini"]
+    assert after["next_cursor"] is None
+    empty = client.get("/api/admin/pricing?q=", headers=admin.headers)
+    assert_error(empty, 400, "validation_error")
+    assert_error(client.get("/api/admin/pricing?q=gpt", headers=user.headers), 403, "forbidden")

@@ -2,22 +2,34 @@
 import { $, button, cell, figures, json, keyedTries, signInPage, transactionList, when } from "./common.js";
 
 let nextUsers = null;
-let nextPrices = null;
 let userId = null;
 
+// A credit amount or a count from the API (a decimal string) with thousands separators,
+// exactly (no float on the way); anything else as it is.
+function grouped(value) {
+  const match = /^(-?)([0-9]+)(\.[0-9]+)?$/.exec(String(value ?? ""));
+  if (!match) return value;
+  return `${match[1]}${match[2].replace(/\B(?=([0-9]{3})+$)/g, ",")}${match[3] || ""}`;
+}
+
+// The rows of `items` into the table `selector` (after those shown, `again`); the cells under
+// a heading of class "amount" are amounts (right-aligned by admin.css).
 function rows(selector, items, columns, again = false) {
-  const body = $(`${selector} tbody`);
+  const table = $(selector);
+  const body = table.tBodies[0];
+  const amounts = [...table.tHead.rows[0].cells].map((heading) => heading.classList.contains("amount"));
   if (!again) body.replaceChildren();
   if (!again && !items.length) {
     const none = cell(body.insertRow(), "None.");
-    none.colSpan = body.closest("table").tHead.rows[0].cells.length;
+    none.colSpan = amounts.length;
   }
   for (const item of items) {
     const row = body.insertRow();
-    for (const value of columns(item, row)) {
-      if (value instanceof Node) cell(row, "").append(value);
-      else cell(row, value === null ? "–" : String(value));
-    }
+    columns(item, row).forEach((value, index) => {
+      const place = value instanceof Node ? cell(row, "") : cell(row, value === null ? "–" : String(value));
+      if (value instanceof Node) place.append(value);
+      if (amounts[index]) place.classList.add("amount");
+    });
   }
 }
 
@@ -76,13 +88,20 @@ function action(form, request, done) {
     outcome.textContent = "";
     outcome.classList.remove("refused");
     clearProblems(form);
+    // The button that sent it waits with the form's first (see keyedTries) while it is tried
+    // (once read: a disabled button sends nothing).
+    const submitter = event.submitter;
+    const data = new FormData(form, submitter);
+    if (submitter) submitter.disabled = true;
     try {
-      const sent = await request(new FormData(form, event.submitter));
+      const sent = await request(data);
       const { path, method, body } = sent;
       // The page is brought up to date within the try: the button stays disabled until it is.
       outcome.textContent = await tries(sent, async (key) => done(await json(path, { method, body, headers: { "Idempotency-Key": key } }), sent));
     } catch (error) {
       refused(form, outcome, error);
+    } finally {
+      if (submitter) submitter.disabled = false;
     }
   });
 }
@@ -123,8 +142,8 @@ async function openUser(id) {
   $("#user-tier").value = credit.tier;
   rows("#user-grants", credit.grants, (grant) => [
     grant.source,
-    grant.amount,
-    grant.remaining,
+    grouped(grant.amount),
+    grouped(grant.remaining),
     grant.expires_at ? when(grant.expires_at) : "never",
     grant.status,
     grant.reason,
@@ -145,8 +164,8 @@ async function loadCompensations(event) {
   const page = await json(`/api/admin/credit/compensations?limit=50${status ? `&status=${status}` : ""}`);
   rows("#compensations", page.items, (item) => [
     when(item.created_at),
-    item.user_id,
-    item.amount,
+    item.user_id === null ? "a team's account" : item.user_email,
+    grouped(item.amount),
     item.status,
     item.attempts,
     item.reason,
@@ -163,7 +182,7 @@ function showReconciliation(report) {
     ["Last run", report.ran_at ? when(report.ran_at) : "never", "ran-at"],
     ["Accounts checked", report.ran_at ? String(report.checked_accounts) : "–"],
     ["Calls never billed", report.ran_at ? String(report.unbilled_calls) : "–"],
-    ["Their cost", report.ran_at ? report.unbilled_cost : "–"],
+    ["Their cost", report.ran_at ? grouped(report.unbilled_cost) : "–"],
   ]);
   const verdict = $("#reconciliation-verdict");
   if (!report.ran_at) {
@@ -182,8 +201,8 @@ function showReconciliation(report) {
     return [
       drift.user_id === null ? "a team's account" : button(drift.user_id, () => openUser(drift.user_id), `Open user ${drift.user_id}`),
       drift.invariant,
-      drift.expected,
-      drift.actual,
+      grouped(drift.expected),
+      grouped(drift.actual),
     ];
   });
 }
@@ -205,34 +224,55 @@ async function newerReport(since, seconds) {
   return null;
 }
 
-async function loadPrices(again = false) {
-  const cursor = again && nextPrices ? `&cursor=${encodeURIComponent(nextPrices)}` : "";
-  const page = await json(`/api/admin/pricing?limit=50${cursor}`);
-  rows(
-    "#prices",
-    page.items,
-    (price) => [
-      price.id,
-      price.provider,
-      price.model,
-      price.input,
-      price.cached_input,
-      price.cache_write,
-      price.output,
-      when(price.effective_from),
-      price.source,
-    ],
-    again,
-  );
-  nextPrices = page.next_cursor;
-  $("#more-prices").hidden = !nextPrices;
+// The price book a page at a time, newest first, as searched: `pricePages` holds the cursor of
+// each page shown so far (null for the first), so that Newer goes back the way Older came.
+const PRICES_PER_PAGE = 20;
+let priceQuery = "";
+let pricePages = [null];
+let nextPrices = null;
+
+async function loadPrices(page = 0) {
+  const cursor = pricePages[page] ? `&cursor=${encodeURIComponent(pricePages[page])}` : "";
+  const answer = await json(`/api/admin/pricing?limit=${PRICES_PER_PAGE}${priceQuery}${cursor}`);
+  rows("#prices", answer.items, (price) => [
+    price.id,
+    price.provider,
+    price.model,
+    grouped(price.input),
+    grouped(price.cached_input),
+    grouped(price.cache_write),
+    grouped(price.output),
+    when(price.effective_from),
+    price.source,
+  ]);
+  pricePages = pricePages.slice(0, page + 1);
+  nextPrices = answer.next_cursor;
+  const first = page * PRICES_PER_PAGE + 1;
+  $("#prices-shown").textContent = answer.items.length
+    ? `Prices ${grouped(String(first))} to ${grouped(String(first + answer.items.length - 1))}${nextPrices ? "" : ", the last"}`
+    : "No price matches.";
+  $("#newer-prices").hidden = page === 0;
+  $("#older-prices").hidden = !nextPrices;
+}
+
+async function searchPrices(event) {
+  if (event) event.preventDefault();
+  const query = $("#price-query").value.trim();
+  priceQuery = query ? `&q=${encodeURIComponent(query)}` : "";
+  pricePages = [null];
+  await loadPrices();
+}
+
+function olderPrices() {
+  pricePages.push(nextPrices);
+  return loadPrices(pricePages.length - 1);
 }
 
 async function loadTiers() {
   const { items } = await json("/api/admin/tiers");
   rows("#tiers", items, (tier) => [
     tier.name,
-    tier.monthly_credits,
+    grouped(tier.monthly_credits),
     tier.allowed_models.join(", "),
     tier.default_max_tokens,
     tier.max_max_tokens,
@@ -245,13 +285,15 @@ async function loadTiers() {
 async function showConsole() {
   const me = await json("/api/me");
   if (me.role !== "admin") throw new Error(`${me.email} is not an admin: the console is for admins.`);
-  await Promise.all([findUsers(), loadCompensations(), loadReconciliation(), loadPrices(), loadTiers()]);
+  await Promise.all([findUsers(), loadCompensations(), loadReconciliation(), searchPrices(), loadTiers()]);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   $("#user-search").addEventListener("submit", findUsers);
   $("#more-users").addEventListener("click", () => findUsers(null, true));
-  $("#more-prices").addEventListener("click", () => loadPrices(true));
+  $("#price-search").addEventListener("submit", searchPrices);
+  $("#newer-prices").addEventListener("click", () => loadPrices(pricePages.length - 2));
+  $("#older-prices").addEventListener("click", olderPrices);
   $("#compensation-filter").addEventListener("submit", loadCompensations);
   const userPath = () => `/api/admin/users/${encodeURIComponent(userId)}`;
   action(
@@ -263,7 +305,7 @@ document.addEventListener("DOMContentLoaded", () => {
     }),
     async (answer) => {
       await openUser(userId);
-      return `Granted ${answer.grant.amount} credits: the balance is ${answer.balance.balance}.`;
+      return `Granted ${grouped(answer.grant.amount)} credits: the balance is ${grouped(answer.balance.balance)}.`;
     },
   );
   action(
@@ -271,7 +313,7 @@ document.addEventListener("DOMContentLoaded", () => {
     (form) => ({ path: "/api/admin/credit/adjust", method: "POST", body: { user_id: userId, amount: form.get("amount"), reason: form.get("reason") } }),
     async (answer) => {
       await openUser(userId);
-      return `Adjusted by ${answer.amount} credits: the balance is ${answer.balance.balance}.`;
+      return `Adjusted by ${grouped(answer.amount)} credits: the balance is ${grouped(answer.balance.balance)}.`;
     },
   );
   action(
@@ -317,7 +359,7 @@ document.addEventListener("DOMContentLoaded", () => {
       return { path: "/api/admin/pricing", method: "PUT", body };
     },
     async (answer) => {
-      await loadPrices();
+      await searchPrices();
       return `Price #${answer.id} added for ${answer.provider}:${answer.model}, in force from ${when(answer.effective_from)}.`;
     },
   );
