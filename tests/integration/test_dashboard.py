@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -354,6 +356,132 @@ def test_a_message_whose_answer_was_lost_is_charged_once(browsing: Browsing) -> 
     _send_and_wait_for_the_reply(page, "And again?")
     charges = _api(base, page, "/api/credit/transactions?type=charge")["items"]
     assert len(charges) == 2
+
+
+def _short_day(day: date) -> str:
+    return f"{day:%b} {day.day}"
+
+
+def _overlapping_labels(page: Page) -> int:
+    """How many of the x axis's date labels overlap the next one."""
+    return int(
+        page.evaluate(
+            """() => {
+              const boxes = [...document.querySelectorAll("#usage-chart .x-axis text")]
+                .map((label) => label.getBoundingClientRect());
+              return boxes.slice(1).filter((box, index) => box.left < boxes[index].right).length;
+            }"""
+        )
+    )
+
+
+def test_the_usage_chart_has_axes_a_value_on_hover_and_focus_and_a_table(
+    browsing: Browsing,
+) -> None:
+    base, page, screenshots = browsing.base, browsing.page, browsing.screenshots
+    _start_a_chat(browsing)
+    charged = _send_and_wait_for_the_reply(page, "Hello Ada!")
+    bar = page.locator("#usage-chart .bar")
+    expect(bar).to_have_count(1)
+
+    # Credits up the side, from 0 to at least the day's credits; dates along the bottom, from
+    # the range's first day.
+    ticks = page.locator("#usage-chart .y-axis text").all_text_contents()
+    assert ticks[0] == "Credits" and ticks[1] == "0" and len(ticks) >= 3
+    assert Decimal(ticks[-1].replace(",", "")) >= charged
+    first = date.fromisoformat(page.locator("#usage-from").input_value())
+    today = date.fromisoformat(page.locator("#usage-to").input_value())
+    days = page.locator("#usage-chart .x-axis text").all_text_contents()
+    assert days[0] == _short_day(first) and len(days) >= 4
+    assert _overlapping_labels(page) == 0
+
+    # The day's value on hover, and on focus (Tab from the range's button reaches the bar).
+    tip = page.locator("#usage-tip")
+    expect(tip).to_be_hidden()
+    bar.hover()
+    expect(tip).to_be_visible()
+    expect(tip).to_contain_text(f"demo:demo-chat: {charged} credits")
+    expect(tip).to_contain_text(f"{today:%b} {today.day}, {today.year}")
+    page.mouse.move(1, 1)
+    expect(tip).to_be_hidden()
+    page.get_by_role("button", name="Show", exact=True).focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.getAttribute('class')") == "bar"
+    expect(tip).to_be_visible()
+    expect(bar).to_have_attribute("aria-label", re.compile(f"demo:demo-chat: {charged} credits"))
+    page.locator("#usage-figure").screenshot(path=str(screenshots / "usage-chart.png"))
+
+    # The same numbers as a table, as the API groups them.
+    page.get_by_text("The chart as a table").click()
+    usage_range = (
+        f"from={page.locator('#usage-from').input_value()}"
+        f"&to={page.locator('#usage-to').input_value()}"
+    )
+    groups = _api(base, page, f"/api/credit/usage?group_by=day_model&{usage_range}")["groups"]
+    rows = page.locator("#usage-days tbody tr")
+    expect(rows).to_have_count(len(groups))
+    assert [rows.nth(i).locator("td").all_inner_texts() for i in range(len(groups))] == [
+        [*group["key"].split(" "), str(group["requests"]), group["credits"]] for group in groups
+    ]
+    assert _serious_violations(page) == []
+
+
+def test_the_usage_chart_stacks_models_and_fits_a_year(browsing: Browsing) -> None:
+    """Bars by model as the API groups them (an answer made up here: two models on three days),
+    as tall as their credits; a year's dates do not overlap, at desktop or phone width."""
+    page, screenshots = browsing.page, browsing.screenshots
+    _start_a_chat(browsing)
+    today = date.fromisoformat(page.locator("#usage-to").input_value())
+    spent = {
+        today - timedelta(days=20): ("1250.5", "249.5"),
+        today - timedelta(days=9): ("300", "0.25"),
+        today: ("2000", "1000"),
+    }
+    groups = [
+        {"key": f"{day} {model}", "requests": 3, "credits": amount}
+        for day, amounts in spent.items()
+        for model, amount in zip(("openai:gpt-4o", "anthropic:claude-x"), amounts, strict=True)
+    ]
+
+    def made_up(route: Route) -> None:
+        route.fulfill(json={"from": "", "to": "", "group_by": "day_model", "groups": groups})
+
+    def by_day_and_model(url: str) -> bool:
+        return "group_by=day_model" in url
+
+    page.route(by_day_and_model, made_up)
+    page.get_by_role("button", name="Show", exact=True).click()
+    bars = page.locator("#usage-chart .bar")
+    expect(bars).to_have_count(3)
+    assert page.locator("#usage-legend li").all_inner_texts() == [
+        "openai:gpt-4o",
+        "anthropic:claude-x",
+    ]
+    expect(page.locator("#usage-chart .bar rect:not(.hit)")).to_have_count(6)
+    heights = page.evaluate(
+        """() => [...document.querySelectorAll("#usage-chart .bar")].map((bar) =>
+             [...bar.querySelectorAll("rect:not(.hit)")].reduce(
+               (sum, piece) => sum + piece.getBBox().height, 0))"""
+    )
+    totals = [sum(Decimal(amount) for amount in amounts) for amounts in spent.values()]
+    for height, total in zip(heights, totals, strict=True):
+        assert abs(height / heights[-1] - float(total / totals[-1])) < 0.01
+    ticks = page.locator("#usage-chart .y-axis text").all_text_contents()[1:]
+    assert Decimal(ticks[-1].replace(",", "")) >= totals[-1] and ticks[-1] == "3,000"
+    page.locator("#usage-figure").screenshot(path=str(screenshots / "usage-chart-models.png"))
+
+    # A year, by day: dates spaced so that none overlaps, and still at phone width.
+    page.locator("#usage-from").fill((today - timedelta(days=365)).isoformat())
+    page.get_by_role("button", name="Show", exact=True).click()
+    expect(bars).to_have_count(3)
+    labels = page.locator("#usage-chart .x-axis text")
+    assert 4 <= labels.count() <= 20
+    assert _overlapping_labels(page) == 0
+    page.set_viewport_size({"width": 375, "height": 800})
+    _wait_until(page, lambda: _overlapping_labels(page) == 0 and labels.count() <= 8)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.locator("#usage-figure").screenshot(path=str(screenshots / "usage-chart-phone.png"))
+    page.unroute(by_day_and_model)
 
 
 def test_the_admin_console(app: Flask, browsing: Browsing) -> None:

@@ -116,6 +116,34 @@ export function cell(row, text) {
   return td;
 }
 
+// A cell of credits or counts: grouped by thousands, right-aligned so that digits line up.
+export function amountCell(row, amount) {
+  const td = cell(row, credits(amount));
+  td.className = "amount";
+  return td;
+}
+
+// Credits as people read them: "1234567.5" as "1,234,567.5". The API's decimal string is
+// grouped as text, never through a float, so every digit it sent is shown.
+export function credits(amount) {
+  const [, sign, whole, fraction] = /^(-?)(\d+)(\.\d+)?$/.exec(amount) || [];
+  if (whole === undefined) return amount;
+  return `${sign}${whole.replace(/\B(?=(\d{3})+(?!\d))/g, ",")}${fraction || ""}`;
+}
+
+// What credits are worth in US dollars (1 credit = $0.001), to the cent: "$1,234.57", or
+// "< $0.01" for a few credits. Exact arithmetic on micro-credits (BigInt), as the ledger's.
+export function usd(amount) {
+  const [, sign, whole, fraction = ""] = /^(-?)(\d+)(?:\.(\d+))?$/.exec(amount) || [];
+  if (whole === undefined) return "";
+  const micro = BigInt(whole) * 1_000_000n + BigInt(fraction.padEnd(6, "0").slice(0, 6) || "0");
+  if (micro === 0n) return "$0.00";
+  const cents = (micro + 5_000_000n) / 10_000_000n; // 1 cent = 10,000,000 micro-credits
+  if (cents === 0n) return "< $0.01";
+  const dollars = credits(String(cents / 100n));
+  return `${sign}$${dollars}.${String(cents % 100n).padStart(2, "0")}`;
+}
+
 export function when(iso) {
   return iso ? new Date(iso).toLocaleString() : "never";
 }

@@ -1,5 +1,5 @@
 // The user's dashboard, over the JSON API.
-import { $, api, button, cell, download, json, keyedTries, refusal, signInPage, transactionList, when } from "./common.js";
+import { $, amountCell, api, button, cell, credits, download, json, keyedTries, refusal, signInPage, transactionList, usd, when } from "./common.js";
 
 const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
 
@@ -27,26 +27,47 @@ async function loadCredits() {
   }
 }
 
-const SVG = "http://www.w3.org/2000/svg";
-
 function usageRange() {
   return `from=${$("#usage-from").value}&to=${$("#usage-to").value}`;
 }
 
+// The usage chart is drawn by hand in SVG, not with a charting library: it is one kind of chart
+// (a bar per day, stacked by model) that needs axes, a value on hover or focus and keyboard
+// steps, about 150 lines here; a library able to do it weighs 50 to 200 kB, would have to be
+// pinned, served and kept up to date by the service (no CDN: the Content-Security-Policy allows
+// only 'self'), and most draw on a <canvas>, which screen readers cannot enter. The table of the
+// same numbers beside it is the chart's accessible alternative.
+const SVG = "http://www.w3.org/2000/svg";
 // Enough distinct colours for the models of a month; beyond them the colours repeat.
 const MODEL_COLOURS = ["#1f5bd8", "#d9480f", "#2b8a3e", "#862e9c", "#c2255c", "#0b7285", "#5c940d", "#495057"];
+// Room around the bars for the axes' labels, in pixels (the chart is drawn at its own size).
+const MARGIN = { top: 22, right: 20, bottom: 26, left: 58 };
+const DAY = 86400000;
+const dayOf = (date) => new Date(`${date}T00:00:00Z`);
+const shortDay = (date) => dayOf(date).toLocaleDateString("en-US", { month: "short", day: "numeric", timeZone: "UTC" });
+const longDay = (date) =>
+  dayOf(date).toLocaleDateString("en-US", { weekday: "short", month: "short", day: "numeric", year: "numeric", timeZone: "UTC" });
 
-function daysBetween(from, to) {
-  return Math.round((new Date(`${to}T00:00:00Z`) - new Date(`${from}T00:00:00Z`)) / 86400000);
+function draw(name, attributes, parent) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  if (parent) parent.append(element);
+  return element;
 }
 
-// A slot per day of the range, a bar on each day with usage, as tall as its credits against
-// the busiest day's, stacked by model.
-function drawChart(groups) {
-  const chart = $("#usage-chart");
-  chart.replaceChildren();
-  const from = $("#usage-from").value;
-  const width = 600 / Math.max(daysBetween(from, $("#usage-to").value) + 1, 1);
+// The gridlines' step: 1, 2 or 5 times a power of ten, for about four lines up to `most`.
+function gridStep(most) {
+  const rough = most / 4;
+  const power = 10 ** Math.floor(Math.log10(rough));
+  return [1, 2, 5, 10].map((times) => times * power).find((step) => step >= rough * 0.999);
+}
+
+// A gridline's value as a label: the float of the geometry rounded back to what it stands for.
+const tickLabel = (value) => Number(value.toPrecision(6)).toLocaleString("en-US", { maximumFractionDigits: 6 });
+
+// The days with usage, each with its models' groups as the API keyed them
+// ("2026-11-20 openai:gpt-4o"), and the models in the API's order.
+function usageDays(groups) {
   const days = new Map();
   const models = [];
   for (const group of groups) {
@@ -55,28 +76,116 @@ function drawChart(groups) {
     if (!days.has(day)) days.set(day, []);
     days.get(day).push({ model, group });
   }
+  return { days, models };
+}
+
+const shown = { groups: [], from: "", to: "" };
+
+function showTip(bar) {
+  const tip = $("#usage-tip");
+  tip.replaceChildren();
+  const heading = document.createElement("strong");
+  heading.textContent = bar.dataset.day;
+  tip.append(heading);
+  for (const line of bar.dataset.lines.split("\n")) {
+    const item = document.createElement("span");
+    item.textContent = line;
+    tip.append(item);
+  }
+  tip.hidden = false;
+  const place = $("#usage-figure").getBoundingClientRect();
+  const box = bar.querySelector(".hit").getBoundingClientRect();
+  const half = tip.offsetWidth / 2;
+  const left = Math.min(Math.max(box.left + box.width / 2 - place.left, half), place.width - half);
+  tip.style.left = `${left}px`;
+  tip.style.top = `${Number(bar.dataset.top) - 6}px`;
+}
+
+function hideTip() {
+  $("#usage-tip").hidden = true;
+}
+
+// A slot per day from `from` to `to` with dates below it (as many as fit), credits up the side
+// with gridlines, and on each day with usage a bar stacked by model, as tall as its credits.
+// Each bar shows its numbers on hover and on focus; one bar is in the Tab order at a time, the
+// arrow keys (and Home, End) step between them.
+function drawChart(groups, from = shown.from, to = shown.to) {
+  Object.assign(shown, { groups, from, to });
+  const chart = $("#usage-chart");
+  chart.replaceChildren();
+  hideTip();
+  const { width: boxWidth, height: boxHeight } = chart.getBoundingClientRect();
+  const width = Math.round(boxWidth) || 600;
+  const height = Math.round(boxHeight) || 240;
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  const plotWidth = width - MARGIN.left - MARGIN.right;
+  const plotHeight = height - MARGIN.top - MARGIN.bottom;
+  const dayCount = Math.max(Math.round((dayOf(to) - dayOf(from)) / DAY) + 1, 1) || 1;
+  const slot = plotWidth / dayCount;
+  const { days, models } = usageDays(groups);
   const dayTotal = (parts) => parts.reduce((sum, { group }) => sum + Number(group.credits), 0);
   const most = Math.max(...[...days.values()].map(dayTotal), 0);
-  for (const [day, parts] of days) {
-    const bar = document.createElementNS(SVG, "g");
-    bar.setAttribute("class", "bar");
-    const title = document.createElementNS(SVG, "title");
-    title.textContent = `${day}: ` + parts.map(({ model, group }) => `${model} ${group.credits} credits`).join(", ");
-    bar.append(title);
-    let top = 150;
-    for (const { model, group } of parts) {
-      const height = most ? (Number(group.credits) / most) * 140 : 0;
-      top -= height;
-      const piece = document.createElementNS(SVG, "rect");
-      piece.setAttribute("x", String(daysBetween(from, day) * width + width * 0.15));
-      piece.setAttribute("y", String(top));
-      piece.setAttribute("width", String(width * 0.7));
-      piece.setAttribute("height", String(height));
-      piece.setAttribute("fill", MODEL_COLOURS[models.indexOf(model) % MODEL_COLOURS.length]);
-      bar.append(piece);
-    }
-    chart.append(bar);
+  const step = most > 0 ? gridStep(most) : 1;
+  const top = most > 0 ? Math.ceil(most / step - 1e-9) * step : 1;
+  const y = (value) => MARGIN.top + plotHeight - (value / top) * plotHeight;
+
+  const yAxis = draw("g", { class: "axis y-axis", "aria-hidden": "true" }, chart);
+  draw("text", { x: 4, y: 12, class: "unit" }, yAxis).textContent = "Credits";
+  for (let index = 0; index * step <= top * (1 + 1e-9); index += 1) {
+    const value = index * step;
+    draw("line", { x1: MARGIN.left, x2: width - MARGIN.right, y1: y(value), y2: y(value), class: index ? "grid" : "base" }, yAxis);
+    const label = draw("text", { x: MARGIN.left - 6, y: y(value) + 4, "text-anchor": "end" }, yAxis);
+    label.textContent = tickLabel(value);
   }
+  const xAxis = draw("g", { class: "axis x-axis", "aria-hidden": "true" }, chart);
+  const every = Math.ceil(56 / slot); // a date's label is about 56 pixels wide
+  if (from && to) {
+    for (let index = 0; index < dayCount; index += every) {
+      const date = new Date(dayOf(from).getTime() + index * DAY).toISOString().slice(0, 10);
+      const middle = MARGIN.left + (index + 0.5) * slot;
+      draw("line", { x1: middle, x2: middle, y1: y(0), y2: y(0) + 4 }, xAxis);
+      const label = draw("text", { x: middle, y: height - 8, "text-anchor": "middle" }, xAxis);
+      label.textContent = shortDay(date);
+    }
+  }
+
+  const bars = [];
+  for (const day of [...days.keys()].sort()) {
+    const parts = days.get(day);
+    const left = MARGIN.left + Math.round((dayOf(day) - dayOf(from)) / DAY) * slot;
+    const lines = parts.map(({ model, group }) => `${model}: ${credits(group.credits)} credits`);
+    const bar = draw("g", { class: "bar", role: "img", tabindex: -1 }, chart);
+    bar.dataset.day = longDay(day);
+    bar.dataset.lines = lines.join("\n");
+    bar.dataset.top = String(y(dayTotal(parts)));
+    bar.setAttribute("aria-label", `${longDay(day)}: ${lines.join(", ")}`);
+    draw("rect", { class: "hit", x: left, y: MARGIN.top, width: slot, height: plotHeight }, bar);
+    let bottom = y(0);
+    const barWidth = Math.max(slot * 0.7, 1);
+    for (const { model, group } of parts) {
+      const pieceHeight = (Number(group.credits) / top) * plotHeight;
+      bottom -= pieceHeight;
+      const colour = MODEL_COLOURS[models.indexOf(model) % MODEL_COLOURS.length];
+      draw("rect", { x: left + (slot - barWidth) / 2, y: bottom, width: barWidth, height: pieceHeight, fill: colour }, bar);
+    }
+    bar.addEventListener("mouseenter", () => showTip(bar));
+    bar.addEventListener("mouseleave", () => (bar === document.activeElement ? showTip(bar) : hideTip()));
+    bar.addEventListener("focus", () => showTip(bar));
+    bar.addEventListener("blur", hideTip);
+    bars.push(bar);
+  }
+  // The newest day is the one Tab reaches.
+  if (bars.length) bars[bars.length - 1].setAttribute("tabindex", "0");
+  chart.onkeydown = (event) => {
+    const at = bars.indexOf(document.activeElement);
+    const next = { ArrowLeft: at - 1, ArrowRight: at + 1, Home: 0, End: bars.length - 1 }[event.key];
+    if (at < 0 || next === undefined || !bars[next]) return;
+    event.preventDefault();
+    bars[at].setAttribute("tabindex", "-1");
+    bars[next].setAttribute("tabindex", "0");
+    bars[next].focus();
+  };
+
   const legend = $("#usage-legend");
   legend.replaceChildren();
   for (const [index, model] of models.entries()) {
@@ -87,14 +196,22 @@ function drawChart(groups) {
     item.append(swatch, model);
     legend.append(item);
   }
+  fillTable("#usage-days", groups, (group) => {
+    const [day, model] = group.key.split(" ");
+    return [day, model, group.requests, group.credits];
+  }, 2);
 }
 
-function fillTable(selector, groups, columns) {
+// A row per group; the columns from `firstAmount` on are amounts (grouped, right-aligned).
+function fillTable(selector, groups, columns, firstAmount = Infinity) {
   const body = $(`${selector} tbody`);
   body.replaceChildren();
   for (const group of groups) {
     const row = body.insertRow();
-    for (const value of columns(group)) cell(row, String(value));
+    for (const [index, value] of columns(group).entries()) {
+      if (index >= firstAmount) amountCell(row, String(value));
+      else cell(row, String(value));
+    }
   }
 }
 
@@ -103,7 +220,7 @@ async function loadUsage(event) {
   const [byDay, byModel, byProvider] = await Promise.all(
     ["day_model", "model", "provider"].map((grouping) => json(`/api/credit/usage?group_by=${grouping}&${usageRange()}`)),
   );
-  drawChart(byDay.groups);
+  drawChart(byDay.groups, $("#usage-from").value, $("#usage-to").value);
   const counts = (group) => [group.requests, group.input_tokens, group.output_tokens, group.credits];
   fillTable("#usage-models", byModel.groups, (group) => [...group.key.split(/:(.*)/s, 2), ...counts(group)]);
   fillTable("#usage-providers", byProvider.groups, (group) => [group.key, ...counts(group)]);
@@ -264,6 +381,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#transactions-csv").addEventListener("click", () => download("/api/credit/transactions?format=csv", "transactions.csv"));
   $("#usage-csv").addEventListener("click", () => download(`/api/credit/usage?group_by=day_model&format=csv&${usageRange()}`, "usage-by-day-and-model.csv"));
   $("#usage-range").addEventListener("submit", loadUsage);
+  window.addEventListener("resize", () => {
+    if (!$("#signed-in").hidden) drawChart(shown.groups);
+  });
   $("#start-chat").addEventListener("submit", startChat);
   $("#send").addEventListener("submit", send);
   signInPage(showDashboard);
