@@ -358,6 +358,52 @@ def test_a_message_whose_answer_was_lost_is_charged_once(browsing: Browsing) -> 
     assert len(charges) == 2
 
 
+def test_signing_out_leaves_nothing_of_the_session_for_the_next_person(
+    browsing: Browsing,
+) -> None:
+    """A signs in, chats, opens a receipt, starts a draft and signs out; B signs in on the same
+    tab: nothing of A's conversation, draft, receipt or numbers is on the page, nor in it."""
+    base, page = browsing.base, browsing.page
+    _start_a_chat(browsing)
+    charged = _send_and_wait_for_the_reply(page, "A secret of A")
+    page.get_by_role("button", name=f"Receipt of the charge of -{charged} credits").click()
+    expect(page.locator("#receipt")).to_be_visible()
+    page.get_by_label("Your message").fill("A draft of A")
+    a_balance = page.locator("#balance").inner_text()
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in as the demo user").wait_for()
+
+    # Hidden is not enough: what A saw is gone from the page itself.
+    left = page.locator("#signed-in").text_content() or ""
+    assert "A secret of A" not in left and "Ada, started" not in left
+    assert a_balance not in left
+    assert page.get_by_label("Your message").input_value() == ""
+    assert page.locator("#receipt .summary").text_content() == ""
+
+    # B (the demo admin, who has a dashboard too) signs in with the same button.
+    page.route(
+        "**/api/auth/demo",
+        lambda route: route.continue_(
+            post_data=json.dumps({"role": "admin"}),
+            headers={**route.request.headers, "content-type": "application/json"},
+        ),
+    )
+    page.get_by_role("button", name="Sign in as the demo user").click()
+    expect(page.locator("#tier")).to_have_text("pro")
+    page.unroute("**/api/auth/demo")
+    assert _api(base, page, "/api/me")["email"] == "admin@demo.creditapp"
+    b_transactions = _api(base, page, "/api/credit/transactions")["items"]
+    expect(page.locator("#transactions tbody tr")).to_have_count(len(b_transactions))
+    expect(page.locator("#conversation li")).to_have_count(0)
+    expect(page.locator("#receipt")).to_be_hidden()
+    expect(page.locator("#send")).to_be_hidden()
+    expect(page.get_by_role("button", name="Ada, started")).to_have_count(0)
+    assert page.get_by_label("Your message").input_value() == ""
+    shown = page.locator("#signed-in").inner_text()
+    assert "A secret of A" not in shown and "A draft of A" not in shown
+    assert page.locator("#chat-error").inner_text() == ""
+
+
 def _short_day(day: date) -> str:
     return f"{day:%b} {day.day}"
 

@@ -234,12 +234,28 @@ export function transactionList(path, area, receiptPlace) {
 }
 
 let onSignedIn = async () => {};
+let forgetPage = () => {};
 
-function signedOut() {
+// Nothing of a session stays on the page once it ends, so that the next person to sign in on
+// this tab sees none of it: every form back to its first values (a draft gone), every table
+// emptied, every message and receipt cleared, and what the page itself keeps forgotten.
+function clearPage() {
+  const place = $("#signed-in");
+  for (const form of place.querySelectorAll("form")) form.reset();
+  for (const body of place.querySelectorAll("tbody")) body.replaceChildren();
+  for (const note of place.querySelectorAll("[role=alert], [role=status], .summary")) note.textContent = "";
+  for (const list of place.querySelectorAll(".totals")) list.replaceChildren();
+  for (const more of place.querySelectorAll("button.more")) more.hidden = true;
+  forgetPage();
+}
+
+function signedOut(reason = "") {
   forgetTokens();
+  clearPage();
   $("#signed-in").hidden = true;
   $("#sign-out").hidden = true;
   $("#sign-in").hidden = false;
+  $("#sign-in-error").textContent = reason;
 }
 
 async function show() {
@@ -277,20 +293,24 @@ function offerGoogle() {
 }
 
 // Wires the sign-in page and the sign-out button; `whenSignedIn` fills the page (and throws
-// to refuse the account, as the admin console does for a user).
-export function signInPage(whenSignedIn, demoBody) {
+// to refuse the account, as the admin console does for a user); `forget` clears what the page
+// keeps of a session beyond its forms, tables and messages (see clearPage).
+export function signInPage(whenSignedIn, demoBody, forget = () => {}) {
+  forgetPage = forget;
   onSignedIn = async () => {
     try {
       await whenSignedIn();
     } catch (error) {
-      signedOut();
-      $("#sign-in-error").textContent = error.message;
+      signedOut(error.message);
     }
   };
   $("#demo-sign-in")?.addEventListener("click", () => signIn("/api/auth/demo", demoBody));
   $("#sign-out").addEventListener("click", async () => {
-    await api("/api/auth/logout", { method: "POST" }); // revokes the session on the server
-    signedOut();
+    try {
+      await api("/api/auth/logout", { method: "POST" }); // revokes the session on the server
+    } finally {
+      if (sessionStorage.getItem(ACCESS) !== null) signedOut();
+    }
   });
   offerGoogle();
   if (sessionStorage.getItem(ACCESS)) show();

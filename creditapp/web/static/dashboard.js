@@ -372,6 +372,20 @@ async function startChat(event) {
   await loadConversations();
 }
 
+// What the dashboard keeps of a session beyond its forms and tables (see signInPage): the open
+// conversation, the receipt, the figures and the chart are the signed-out person's.
+function forget() {
+  conversationId = null;
+  characters.clear();
+  Object.assign(shown, { groups: [], from: "", to: "" });
+  for (const place of ["#conversation", "#conversations", "#character", "#usage-chart", "#usage-legend"]) $(place).replaceChildren();
+  $("#send").hidden = true;
+  $("#receipt").hidden = true;
+  showBalance({ balance: "–", reserved: "–", available: "–" });
+  $("#tier").textContent = "–";
+  $("#next-refresh").textContent = "–";
+}
+
 async function showDashboard() {
   lastThirtyDays();
   await Promise.all([loadCredits(), loadTransactions(), loadCharacters().then(loadConversations), loadUsage()]);
@@ -386,5 +400,5 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#start-chat").addEventListener("submit", startChat);
   $("#send").addEventListener("submit", send);
-  signInPage(showDashboard);
+  signInPage(showDashboard, undefined, forget);
 });
