@@ -404,6 +404,88 @@ def test_signing_out_leaves_nothing_of_the_session_for_the_next_person(
     assert page.locator("#chat-error").inner_text() == ""
 
 
+LOADS = {
+    "/api/credit/balance",
+    "/api/credit/grants",
+    "/api/credit/transactions",
+    "/api/characters",
+    "/api/conversations",
+}
+
+
+def test_a_revoked_session_says_why_it_returns_to_sign_in(browsing: Browsing) -> None:
+    """Signed out everywhere (or by an admin) meanwhile: the next request is refused with
+    token_revoked, and the sign-in says so instead of appearing without a word."""
+    base, page = browsing.base, browsing.page
+    answered: list[str] = []
+    page.on("response", lambda response: answered.append(urlsplit(response.url).path))
+    page.goto(f"{base}/")
+    page.get_by_role("button", name="Sign in as the demo user").click()
+    # Every request of the dashboard answered before the session is revoked.
+    _wait_until(
+        page,
+        lambda: answered.count("/api/credit/usage") == 3 and set(answered) >= LOADS,
+    )
+    expect(page.locator("#usage-note")).to_have_text("No usage in this range.")
+    token = page.evaluate("sessionStorage.getItem('creditapp.access_token')")
+    assert call("POST", f"{base}/api/auth/logout", token)[0] == 204
+    page.get_by_role("button", name="Show", exact=True).click()
+    expect(page.locator("#sign-in-error")).to_have_text(
+        "You were signed out: this session was revoked (signed out elsewhere, or by an admin)."
+        " Please sign in again."
+    )
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+    assert page.evaluate("[sessionStorage.length]") == [0]
+    browsing.meant_refusals.extend([(401, "/api/credit/usage")] * 3)
+    assert _serious_violations(page) == []
+
+
+def test_the_usage_range_says_what_is_wrong_and_when_there_is_nothing(
+    browsing: Browsing,
+) -> None:
+    """From after To: the API's 400 message beside the range, and the old chart gone. A range
+    without usage says so."""
+    base, page, screenshots = browsing.base, browsing.page, browsing.screenshots
+    _start_a_chat(browsing)
+    _send_and_wait_for_the_reply(page, "Hello Ada!")
+    page.get_by_role("button", name="Show", exact=True).click()
+    expect(page.locator("#usage-chart .bar")).to_have_count(1)
+    expect(page.locator("#usage-note")).to_have_text("")
+
+    to = page.locator("#usage-to").input_value()
+    after = (date.fromisoformat(to) + timedelta(days=1)).isoformat()
+    page.locator("#usage-from").fill(after)
+    page.get_by_role("button", name="Show", exact=True).click()
+    status, _headers, body = call(
+        "GET",
+        f"{base}/api/credit/usage?group_by=day&from={after}&to={to}",
+        page.evaluate("sessionStorage.getItem('creditapp.access_token')"),
+    )
+    assert status == 400
+    error = json.loads(body)["error"]
+    expect(page.locator("#usage-note")).to_have_text(
+        f"{error['message']} From: {error['details']['from'][0]}"
+    )
+    expect(page.locator("#usage-note")).to_have_class("error")
+    expect(page.locator("#usage-from")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#usage-chart .bar")).to_have_count(0)
+    expect(page.locator("#usage-models tbody tr")).to_have_count(0)
+    browsing.meant_refusals.extend([(400, "/api/credit/usage")] * 3)
+    assert _serious_violations(page) == []
+    page.locator("section[aria-labelledby=usage-title]").screenshot(
+        path=str(screenshots / "usage-range-refused.png")
+    )
+
+    a_year_ago = date.fromisoformat(to) - timedelta(days=365)
+    page.locator("#usage-from").fill(a_year_ago.isoformat())
+    page.locator("#usage-to").fill((a_year_ago + timedelta(days=7)).isoformat())
+    page.get_by_role("button", name="Show", exact=True).click()
+    expect(page.locator("#usage-note")).to_have_text("No usage in this range.")
+    expect(page.locator("#usage-from")).not_to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#usage-chart .bar")).to_have_count(0)
+    assert _serious_violations(page) == []
+
+
 def _short_day(day: date) -> str:
     return f"{day:%b} {day.day}"
 

@@ -29,22 +29,33 @@ function request(path, options, token) {
   });
 }
 
-// A refused request as an Error: the API's message, with its body and status.
+// A refused request as an Error: the API's message, with its body, status and (for a 429) the
+// seconds its Retry-After asks to wait.
 export async function refusal(response) {
   const body = await response.json();
-  return Object.assign(new Error(body.error.message), { body, status: response.status });
+  const retryAfter = Number(response.headers.get("Retry-After")) || null;
+  return Object.assign(new Error(body.error.message), { body, status: response.status, retryAfter });
+}
+
+// Why the page shows the sign-in again, by the code of the refusal that ended the session: a
+// person sent back to it without a word takes it for a fault of the page.
+function sessionEnded(code) {
+  return code === "token_revoked"
+    ? "You were signed out: this session was revoked (signed out elsewhere, or by an admin). Please sign in again."
+    : "Your session has ended: please sign in again.";
 }
 
 // The refresh in flight, shared by every request refused meanwhile: a refresh token is spent by
 // its use (a refreshed pair replaces it), so the page renews the pair once, not once per request.
-// True once the new pair is kept, false when the session is over (the refresh token refused).
+// True once the new pair is kept; when the session is over (the refresh token refused), the
+// refusal's code.
 let refreshing = null;
 
 function refreshTokens() {
   refreshing ||= (async () => {
     try {
       const response = await request("/api/auth/refresh", { method: "POST" }, sessionStorage.getItem(REFRESH));
-      if (response.status === 401) return false;
+      if (response.status === 401) return (await response.json()).error.code;
       if (!response.ok) throw await refusal(response);
       keepTokens(await response.json());
       return true;
@@ -56,20 +67,29 @@ function refreshTokens() {
 }
 
 // A request refused for its access token (expired, most often) is tried once more with the
-// renewed one, the same headers (its Idempotency-Key among them); a second refusal, or a refresh
-// refused, ends the session on the page.
+// renewed one, the same headers (its Idempotency-Key among them); a second refusal, a refresh
+// refused, or a revoked session ends the session on the page, saying why. The Error thrown then
+// has `signedOut` set: the page has nothing more to show of it.
 export async function api(path, options = {}) {
   const token = sessionStorage.getItem(ACCESS);
   let response = await request(path, options, token);
   if (response.status === 401 && token) {
-    const { error } = await response.json();
+    let { code } = (await response.json()).error;
     const current = sessionStorage.getItem(ACCESS);
-    // Renewed meanwhile by another request's refresh, or renewed now: never a second refresh.
-    const renewed = error.code === "unauthorized" && current !== null && (current !== token || (await refreshTokens()));
+    let renewed = false;
+    if (code === "unauthorized" && current !== null) {
+      // Renewed meanwhile by another request's refresh, or renewed now: never a second refresh.
+      const refreshed = current !== token || (await refreshTokens());
+      renewed = refreshed === true;
+      if (!renewed) code = refreshed;
+    }
     if (renewed) response = await request(path, options, sessionStorage.getItem(ACCESS));
     if (!renewed || response.status === 401) {
-      signedOut();
-      throw new Error("Your session has ended: please sign in again.");
+      if (renewed) code = (await response.json()).error.code;
+      const reason = sessionEnded(code);
+      // Only the first request refused says so: the others refused with it find it done.
+      if (sessionStorage.getItem(ACCESS) !== null) signedOut(reason);
+      throw Object.assign(new Error(reason), { signedOut: true });
     }
   }
   return response;

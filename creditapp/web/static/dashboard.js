@@ -215,11 +215,45 @@ function fillTable(selector, groups, columns, firstAmount = Infinity) {
   }
 }
 
+// The note under the range: what the API refused in it (its message, and each field's by the
+// field's label), or that the range has no usage; "" clears it.
+function usageNote(text, refused = false) {
+  const note = $("#usage-note");
+  note.textContent = text;
+  note.classList.toggle("error", refused);
+}
+
+function refusedRange(error) {
+  const details = error.body?.error.code === "validation_error" ? error.body.error.details : {};
+  const fields = Object.entries(details).map(([name, problems]) => {
+    const input = $(`#usage-range [name=${CSS.escape(name)}]`);
+    if (input) input.setAttribute("aria-invalid", "true");
+    const label = input ? $(`label[for=${input.id}]`).textContent : name;
+    return `${label}: ${[problems].flat().join(" ")}`;
+  });
+  return [error.message, ...fields].join(" ");
+}
+
+// The usage of the range: the chart and the tables show the API's answer, or nothing (never the
+// previous range's) with the note saying why.
 async function loadUsage(event) {
   if (event) event.preventDefault();
-  const [byDay, byModel, byProvider] = await Promise.all(
-    ["day_model", "model", "provider"].map((grouping) => json(`/api/credit/usage?group_by=${grouping}&${usageRange()}`)),
-  );
+  for (const input of document.querySelectorAll("#usage-range input")) input.removeAttribute("aria-invalid");
+  let answers;
+  try {
+    answers = await Promise.all(
+      ["day_model", "model", "provider"].map((grouping) => json(`/api/credit/usage?group_by=${grouping}&${usageRange()}`)),
+    );
+  } catch (error) {
+    if (error.signedOut) return;
+    drawChart([], $("#usage-from").value, $("#usage-to").value);
+    fillTable("#usage-models", [], () => []);
+    fillTable("#usage-providers", [], () => []);
+    usageNote(refusedRange(error), true);
+    return;
+  }
+  const [byDay, byModel, byProvider] = answers;
+  usageNote(byDay.groups.length ? "" : "No usage in this range.");
   drawChart(byDay.groups, $("#usage-from").value, $("#usage-to").value);
   const counts = (group) => [group.requests, group.input_tokens, group.output_tokens, group.credits];
   fillTable("#usage-models", byModel.groups, (group) => [...group.key.split(/:(.*)/s, 2), ...counts(group)]);
@@ -354,7 +388,7 @@ async function send(event) {
   try {
     await sendTries({ conversationId, content }, (key) => sendMessage(content, key));
   } catch (error) {
-    $("#chat-error").textContent = chatError(error);
+    if (!error.signedOut) $("#chat-error").textContent = chatError(error);
     return;
   }
   if ($("#message").value === content) $("#message").value = "";
