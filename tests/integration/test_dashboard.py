@@ -486,6 +486,42 @@ def test_the_usage_range_says_what_is_wrong_and_when_there_is_nothing(
     assert _serious_violations(page) == []
 
 
+def _wait_in_words(seconds: int) -> str:
+    minutes, rest = divmod(seconds, 60)
+    parts = [f"{minutes} minute{'' if minutes == 1 else 's'}"] if minutes else []
+    if rest or not minutes:
+        parts.append(f"{rest} second{'' if rest == 1 else 's'}")
+    return " ".join(parts)
+
+
+def test_the_sign_in_limit_says_how_long_to_wait(app: Flask, tmp_path: Path) -> None:
+    """Sign-in is limited per address (10 per 5 minutes): the refusal's Retry-After is shown
+    on the page, and the button waits as long."""
+    with browse(app, tmp_path, RATELIMIT_ENABLED="true") as browsing:
+        base, page = browsing.base, browsing.page
+        for _ in range(10):  # the same address's earlier sign-ins
+            assert call("POST", f"{base}/api/auth/demo")[0] == 200
+        refused: list[str] = []
+        page.on(
+            "response",
+            lambda response: (
+                refused.append(response.headers["retry-after"]) if response.status == 429 else None
+            ),
+        )
+        page.goto(f"{base}/")
+        page.get_by_role("button", name="Sign in as the demo user").click()
+        _wait_until(page, lambda: len(refused) == 1)
+        wait = int(refused[0])
+        assert 0 < wait <= 300
+        expect(page.locator("#sign-in-error")).to_have_text(
+            f"Too many sign-ins from this address for now: try again in {_wait_in_words(wait)}."
+        )
+        expect(page.get_by_role("button", name="Sign in as the demo user")).to_be_disabled()
+        assert _serious_violations(page) == []
+        page.screenshot(path=str(tmp_path / "sign-in-limited.png"))
+        browsing.meant_refusals.append((429, "/api/auth/demo"))
+
+
 def _short_day(day: date) -> str:
     return f"{day:%b} {day.day}"
 

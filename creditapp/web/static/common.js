@@ -285,6 +285,27 @@ async function show() {
   await onSignedIn();
 }
 
+// "4 minutes 30 seconds": a wait the service asked for, in words.
+export function duration(seconds) {
+  const minutes = Math.floor(seconds / 60);
+  const parts = [];
+  if (minutes) parts.push(`${minutes} minute${minutes === 1 ? "" : "s"}`);
+  if (seconds % 60 || !minutes) parts.push(`${seconds % 60} second${seconds % 60 === 1 ? "" : "s"}`);
+  return parts.join(" ");
+}
+
+// Sign-in is limited per address (RATELIMIT_SENSITIVE): a refusal says how long to wait, and the
+// buttons come back when the wait is over.
+function tooManySignIns(error) {
+  if (!error.retryAfter) return `${error.message} Please wait a few minutes before signing in again.`;
+  const buttons = document.querySelectorAll("#sign-in button");
+  for (const each of buttons) each.disabled = true;
+  setTimeout(() => {
+    for (const each of buttons) each.disabled = false;
+  }, error.retryAfter * 1000);
+  return `Too many sign-ins from this address for now: try again in ${duration(error.retryAfter)}.`;
+}
+
 async function signIn(path, body) {
   try {
     keepTokens(await json(path, { method: "POST", body }));
@@ -292,7 +313,7 @@ async function signIn(path, body) {
     await show();
   } catch (error) {
     forgetTokens();
-    $("#sign-in-error").textContent = error.message;
+    $("#sign-in-error").textContent = error.status === 429 ? tooManySignIns(error) : error.message;
   }
 }
 
