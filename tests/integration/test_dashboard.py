@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,6 +57,19 @@ def _wait_until(page: Page, condition: Callable[[], bool], seconds: float = 30) 
     while not condition():
         assert time.monotonic() < deadline, "the page did not get there in time"
         page.wait_for_timeout(50)
+
+
+def _grouped(credits: str) -> str:
+    """Credits as the pages show them: grouped by thousands ("1,099.5"), every digit kept."""
+    sign, unsigned = ("-", credits[1:]) if credits.startswith("-") else ("", credits)
+    whole, dot, fraction = unsigned.partition(".")
+    return f"{sign}{int(whole):,}{dot}{fraction}"
+
+
+def _dollars(credits: str) -> str:
+    """What credits are worth (1 credit = $0.001), to the cent, as the pages show it."""
+    cents = (Decimal(credits) / 10).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+    return "< $0.01" if cents == 0 and Decimal(credits) else f"${cents / 100:,.2f}"
 
 
 def _serious_violations(page: Page) -> list[str]:
@@ -141,8 +154,8 @@ def test_sign_in_chat_and_the_receipt_of_the_charge(browsing: Browsing) -> None:
     page.keyboard.press("Enter")
     expect(page.locator("#balance")).not_to_have_text("\u2013")  # the placeholder dash
     balance = _api(base, page, "/api/credit/balance")
-    assert page.locator("#balance").inner_text() == balance["balance"]
-    assert page.locator("#available").inner_text() == balance["available"]
+    assert page.locator("#balance").inner_text() == _grouped(balance["balance"])
+    assert page.locator("#available").inner_text() == _grouped(balance["available"])
 
     # Chat with Ada: the reply streams in, word by word.
     page.get_by_role("button", name="Start a conversation").click()
@@ -158,7 +171,7 @@ def test_sign_in_chat_and_the_receipt_of_the_charge(browsing: Browsing) -> None:
     assert first_seen != final and final.startswith(first_seen)  # it came in pieces
     charged = cost.inner_text().removesuffix(" credits")
     after = Decimal(balance["balance"]) - Decimal(charged)
-    assert page.locator("#balance").inner_text() == str(after)
+    assert page.locator("#balance").inner_text() == _grouped(str(after))
     assert _api(base, page, "/api/credit/balance")["balance"] == str(after)
     page.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)
 
@@ -289,7 +302,7 @@ def test_an_expired_access_token_is_renewed_without_signing_in_again(
     assert charge["amount"] == f"-{charged}"
     after = Decimal(before["balance"]) - charged
     assert _api(base, page, "/api/credit/balance")["balance"] == str(after)
-    expect(page.locator("#balance")).to_have_text(str(after))
+    expect(page.locator("#balance")).to_have_text(_grouped(str(after)))
     expect(page.get_by_role("button", name="Sign out")).to_be_visible()
     assert page.locator("#chat-error").inner_text() == ""
 
@@ -344,7 +357,7 @@ def test_a_message_whose_answer_was_lost_is_charged_once(browsing: Browsing) -> 
     assert charge["amount"] == f"-{charged}"
     after = Decimal(before["balance"]) - charged
     assert _api(base, page, "/api/credit/balance")["balance"] == str(after)
-    expect(page.locator("#balance")).to_have_text(str(after))
+    expect(page.locator("#balance")).to_have_text(_grouped(str(after)))
     assert page.locator("#conversation li p:not(.cost)").all_inner_texts() == [
         "Hello Ada!",
         "Tell me more. You said: Hello Ada!",
@@ -648,6 +661,55 @@ def test_the_usage_chart_stacks_models_and_fits_a_year(browsing: Browsing) -> No
     page.unroute(by_day_and_model)
 
 
+def test_numbers_for_humans_and_what_each_transaction_was_for(browsing: Browsing) -> None:
+    """Credits grouped by thousands with their worth in dollars, amounts right-aligned, each
+    transaction saying what it was for, and a refund shown as a refund."""
+    base, page, screenshots = browsing.base, browsing.page, browsing.screenshots
+    _start_a_chat(browsing)
+    _send_and_wait_for_the_reply(page, "Hello Ada!")
+    (conversation,) = _api(base, page, "/api/conversations")["items"]
+    messages = _api(base, page, f"/api/conversations/{conversation['id']}/messages")["items"]
+    reply = next(message for message in messages if message["role"] == "assistant")
+    admin = json.loads(call("POST", f"{base}/api/auth/demo", body=b'{"role": "admin"}')[2])
+    refunded = call(
+        "POST",
+        f"{base}/api/admin/credit/refund",
+        admin["access_token"],
+        body=json.dumps({"message_id": reply["id"], "reason": "wrong answer"}).encode(),
+    )
+    assert refunded[0] == 201, refunded
+    page.reload()
+
+    balance = _api(base, page, "/api/credit/balance")
+    expect(page.locator("#balance")).to_have_text(_grouped(balance["balance"]))
+    assert "," in page.locator("#balance").inner_text()  # 1,100 credits and more
+    expect(page.locator("#balance-usd")).to_have_text(_dollars(balance["balance"]))
+    expect(page.locator("#available-usd")).to_have_text(_dollars(balance["available"]))
+
+    entries = _api(base, page, "/api/credit/transactions?limit=20")["items"]
+    rows = page.locator("#transactions tbody tr")
+    expect(rows).to_have_count(len(entries))
+    shown = [rows.nth(i).locator("td").all_inner_texts()[1:5] for i in range(len(entries))]
+    assert shown == [
+        [e["type"], e["description"], _grouped(e["amount"]), _grouped(e["balance_after"])]
+        for e in entries
+    ]
+    assert [e["type"] for e in entries[:2]] == ["refund", "charge"]
+    assert entries[0]["description"] == f"Refund of message {reply['id']}: wrong answer"
+    assert entries[1]["description"] == "Chat with Ada (demo:demo-chat)"
+    aligned = "[...document.querySelectorAll('#transactions td.amount, #transactions th.amount')]"
+    aligned += ".map((cell) => getComputedStyle(cell).textAlign)"
+    alignments = page.evaluate(aligned)
+    assert len(alignments) == 2 * len(entries) + 2 and set(alignments) == {"right"}
+
+    grants = page.locator("#grants tbody tr")
+    expect(grants.first.locator("td").first).to_have_text("Refund")
+    assert grants.first.locator("td").nth(1).inner_text().endswith("wrong answer")
+    assert page.locator("#grants td.amount").count() == 2 * grants.count()
+    assert _serious_violations(page) == []
+    page.screenshot(path=str(screenshots / "dashboard-numbers.png"), full_page=True)
+
+
 def test_the_admin_console(app: Flask, browsing: Browsing) -> None:
     base, page, screenshots = browsing.base, browsing.page, browsing.screenshots
     # Drift for the reconciliation section to show: a grant's remaining that no entry explains.
@@ -808,9 +870,8 @@ def test_google_sign_in_on_the_page(app: Flask, tmp_path: Path) -> None:
             assert page.evaluate("window.googleConfig.client_id") == CLIENT_ID
             me = _api(browsing.base, page, "/api/me")
             assert me["email"] == "ada@example.com"
-            assert (
-                page.locator("#balance").inner_text()
-                == _api(browsing.base, page, "/api/credit/balance")["balance"]
+            assert page.locator("#balance").inner_text() == _grouped(
+                _api(browsing.base, page, "/api/credit/balance")["balance"]
             )
     finally:
         google.close()

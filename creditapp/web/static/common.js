@@ -213,7 +213,8 @@ function showReceipt(place, { entry, receipt }) {
   body.replaceChildren();
   for (const line of receipt.lines) {
     const row = body.insertRow();
-    for (const value of [BUCKETS[line.bucket], String(line.tokens), line.usd_per_million, line.credits]) cell(row, value);
+    cell(row, BUCKETS[line.bucket]);
+    for (const value of [String(line.tokens), line.usd_per_million, line.credits]) amountCell(row, value);
   }
   figures(place.querySelector(".totals"), [
     ["Exact cost", receipt.exact, "exact-cost"],
@@ -239,11 +240,15 @@ export function transactionList(path, area, receiptPlace) {
     if (!again) body.replaceChildren();
     for (const entry of page.items) {
       const row = body.insertRow();
-      for (const value of [when(entry.created_at), entry.type, entry.amount, entry.balance_after]) cell(row, value);
+      cell(row, when(entry.created_at));
+      cell(row, entry.type);
+      cell(row, entry.description || "");
+      amountCell(row, entry.amount);
+      amountCell(row, entry.balance_after);
       const action = cell(row, "");
       if (entry.type === "charge") {
         const open = async () => showReceipt(receiptPlace, await json(`${path}/${encodeURIComponent(entry.id)}`));
-        action.append(button("Receipt", open, `Receipt of the charge of ${entry.amount} credits`));
+        action.append(button("Receipt", open, `Receipt of the charge of ${credits(entry.amount)} credits`));
       }
     }
     next = page.next_cursor;

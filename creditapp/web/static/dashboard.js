@@ -5,8 +5,19 @@ const loadTransactions = transactionList("/api/credit/transactions", $("#transac
 
 let conversationId = null;
 
+// The figures in credits, and what the balance and the available credits are worth in dollars.
 function showBalance(amounts) {
-  for (const name of ["balance", "reserved", "available"]) $(`#${name}`).textContent = amounts[name];
+  for (const name of ["balance", "reserved", "available"]) $(`#${name}`).textContent = credits(amounts[name]);
+  for (const name of ["balance", "available"]) $(`#${name}-usd`).textContent = usd(amounts[name]);
+}
+
+// Where a grant's credits came from: a refund or an adjustment is said as such (their grants'
+// source is `admin`), subscription credits by their period.
+function grantSource(grant) {
+  if (grant.origin === "refund") return "Refund";
+  if (grant.origin === "adjust") return "Adjustment";
+  if (grant.source === "subscription") return `Subscription${grant.period ? ` (${grant.period})` : ""}`;
+  return { purchase: "Purchase", promo: "Promo", admin: "From an admin" }[grant.source] || grant.source;
 }
 
 async function loadCredits() {
@@ -19,11 +30,12 @@ async function loadCredits() {
   body.replaceChildren();
   for (const grant of grants.items) {
     const row = body.insertRow();
-    cell(row, grant.source);
-    cell(row, grant.amount);
-    cell(row, grant.remaining);
+    cell(row, grantSource(grant));
+    cell(row, grant.reason || "");
+    amountCell(row, grant.amount);
+    amountCell(row, grant.remaining);
     cell(row, grant.expires_at ? when(grant.expires_at) : "never");
-    cell(row, grant.status);
+    cell(row, grant.status.replace("_", " "));
   }
 }
 
@@ -256,8 +268,8 @@ async function loadUsage(event) {
   usageNote(byDay.groups.length ? "" : "No usage in this range.");
   drawChart(byDay.groups, $("#usage-from").value, $("#usage-to").value);
   const counts = (group) => [group.requests, group.input_tokens, group.output_tokens, group.credits];
-  fillTable("#usage-models", byModel.groups, (group) => [...group.key.split(/:(.*)/s, 2), ...counts(group)]);
-  fillTable("#usage-providers", byProvider.groups, (group) => [group.key, ...counts(group)]);
+  fillTable("#usage-models", byModel.groups, (group) => [...group.key.split(/:(.*)/s, 2), ...counts(group)], 2);
+  fillTable("#usage-providers", byProvider.groups, (group) => [group.key, ...counts(group)], 1);
 }
 
 function lastThirtyDays() {
@@ -360,7 +372,7 @@ async function sendMessage(content, key) {
     } else if (name === "done") {
       const cost = document.createElement("p");
       cost.className = "cost";
-      cost.textContent = `${data.credits_charged} credits`;
+      cost.textContent = `${credits(data.credits_charged)} credits`;
       reply.append(cost);
       showBalance(data.balance);
     } else if (name === "error") {
@@ -374,7 +386,7 @@ function chatError(error) {
   if (error instanceof TypeError) return "No answer came back: press Send again to retry (a message is never charged twice).";
   if (error.body?.error.code !== "insufficient_credits") return error.message;
   const { details } = error.body.error;
-  return `Not enough credits: this message needs up to ${details.required}, and ${details.available} are available.`;
+  return `Not enough credits: this message needs up to ${credits(details.required)}, and ${credits(details.available)} are available.`;
 }
 
 // The same text sent again to the same conversation after a lost answer is the same send (one
