@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from sqlalchemy import func, select
 
 from creditapp import accounts, ledger
 from creditapp.api import limits
@@ -39,8 +40,9 @@ from creditapp.auth import sessions, users
 from creditapp.auth.models import User
 from creditapp.billing import receipts
 from creditapp.chat import service as chat
+from creditapp.chat.models import Message
 from creditapp.extensions import db
-from creditapp.ledger.models import GRANT_SOURCES, AuditRecord, Grant
+from creditapp.ledger.models import GRANT_SOURCES, Account, AuditRecord, Grant
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration")
 
@@ -97,6 +99,7 @@ class AuditRecordSchema(Schema):
     actor_id = fields.String(allow_none=True)
     action = fields.String()
     user_id = Id(allow_none=True)
+    user_email = fields.String(allow_none=True, metadata={"description": "that user's email"})
     balance_before = Credits(allow_none=True)
     balance_after = Credits(allow_none=True)
     reserved_before = Credits(allow_none=True)
@@ -240,17 +243,37 @@ def user_transactions(args: dict[str, Any], user_id: str) -> Any:
     return transactions_of(accounts.of_user(db.session, user.id), args)
 
 
+class UserTransactionSchema(TransactionDetailSchema):
+    message_id = Id(
+        allow_none=True,
+        metadata={
+            "type": "string",
+            "example": "42",
+            "description": "the chat message a charge was for (what `POST /api/admin/credit/"
+            "refund` refunds); null for any other entry",
+        },
+    )
+
+
 @blp.route("/users/<user_id>/transactions/<entry_id>", methods=["GET"])
 @authenticated(admin=True)
-@blp.response(200, TransactionDetailSchema)
+@blp.response(200, UserTransactionSchema)
 def user_transaction(user_id: str, entry_id: str) -> Any:
-    """One of the user's entries with its receipt, as the user sees it."""
+    """One of the user's entries with its receipt, as the user sees it, and the message a
+    charge was for."""
     user = users.get(db.session, path_id(user_id, "user_id"))
-    return receipts.transaction(
+    found = receipts.transaction(
         db.session,
         account_id=accounts.of_user(db.session, user.id),
         entry_id=path_id(entry_id, "entry_id"),
     )
+    message_id = None
+    if found.receipt is not None:
+        # The first message of the exchange the call answered: a refund of either is the same.
+        message_id = db.session.scalar(
+            select(func.min(Message.id)).where(Message.usage_id == found.receipt.usage.id)
+        )
+    return {"entry": found.entry, "receipt": found.receipt, "message_id": message_id}
 
 
 class RevokedSchema(Schema):
@@ -284,14 +307,19 @@ def revoke_sessions(user_id: str) -> Any:
 @blp.arguments(AuditArgs, location="query")
 @blp.response(200, AuditPageSchema)
 def audit(args: dict[str, Any]) -> Any:
-    query = ledger.audit_trail(
-        user_id=args["user_id"], action=args["action"], start=args["from_"], end=args["to"]
+    # The owner's email beside their id, in the page's one query.
+    query = (
+        ledger.audit_trail(
+            user_id=args["user_id"], action=args["action"], start=args["from_"], end=args["to"]
+        )
+        .outerjoin(User, User.id == Account.user_id)
+        .add_columns(User.email)
     )
     return keyset_page(
         db.session,
         query,
         key=AuditRecord.id,
         args=args,
-        item=lambda row: {**columns(row[0]), "user_id": row[1]},
+        item=lambda row: {**columns(row[0]), "user_id": row[1], "user_email": row[2]},
         position=lambda record: record["id"],
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,67 @@ def test_amounts_compensations_and_the_price_book_read_as_people_read_them(
     page.get_by_role("button", name="Search", exact=True).click()
     expect(page.locator("#prices-shown")).to_have_text("No price matches.")
     expect(prices).to_have_text(["None."])
+
+
+def test_the_audit_log_and_a_refund_of_a_users_message(console: Browsing) -> None:
+    base, page = console.base, console.page
+    _demo_user_chats(base)
+    _open_demo_user(page)
+    user_id = _api(base, page, "/api/admin/users?q=user@demo")["items"][0]["id"]
+    charges = _api(base, page, f"/api/admin/users/{user_id}/transactions?type=charge")["items"]
+    assert len(charges) == 1
+    charged = charges[0]["amount"].removeprefix("-")
+    before = _api(base, page, f"/api/admin/users/{user_id}/credit")["balance"]
+
+    # The message's charge has its Refund button; a refund says why, once.
+    refund_form = page.locator("#refund-form")
+    expect(refund_form.locator("#user-charges tbody tr")).to_have_count(1)
+    page.get_by_label("Reason for the refund").fill("a bad answer")
+    refund = page.get_by_role("button", name=f"Refund the charge of {charged} credits")
+    refund.click()
+    outcome = refund_form.locator(".outcome")
+    expect(outcome).to_contain_text(f"Refunded {charged} credits")
+    balance = _api(base, page, f"/api/admin/users/{user_id}/credit")["balance"]
+    assert Decimal(balance) == Decimal(before) + Decimal(charged)
+    expect(page.locator("#user-figures [data-field=balance]")).to_have_text(balance)
+    refunds = _api(base, page, "/api/admin/credit/compensations")["items"]
+    assert [(c["user_email"], c["amount"]) for c in refunds] == [(DEMO_USER, charged)]
+    refund.click()
+    console.meant_refusals.append((409, "/api/admin/credit/refund"))
+    expect(outcome).to_have_class("outcome refused")
+    expect(outcome).to_contain_text("already")
+
+    # The user's audit log: the refund first, with its reason.
+    page.get_by_role("button", name="Show this user's audit log").click()
+    expect(page.get_by_label("User's email", exact=True)).to_have_value(DEMO_USER)
+    records = page.locator("#audit tbody tr")
+    trail = _api(base, page, f"/api/admin/credit/audit?user_id={user_id}&limit=20")["items"]
+    expect(records).to_have_count(len(trail))
+    newest = records.first.locator("td")
+    expect(newest.nth(1)).to_have_text("refund")
+    expect(newest.nth(2)).to_have_text(DEMO_USER)
+    expect(newest.nth(6)).to_contain_text("a bad answer")
+    expect(page.locator("#audit tbody td:nth-child(3)")).to_have_text([DEMO_USER] * len(trail))
+    _right_aligned(page.locator("#audit tbody td:nth-child(6)"))
+
+    # Filtered by action too; then by dates the wrong way round, and by no user.
+    page.get_by_label("Action", exact=True).fill("grant")
+    page.get_by_role("button", name="Show the log").click()
+    grants = _api(base, page, f"/api/admin/credit/audit?user_id={user_id}&action=grant")["items"]
+    expect(records).to_have_count(len(grants))
+    expect(page.locator("#audit tbody td:nth-child(2)")).to_have_text(["grant"] * len(grants))
+    page.get_by_label("From", exact=True).fill("2026-03-02T10:00")
+    page.get_by_label("To", exact=True).fill("2026-03-01T10:00")
+    with page.expect_response("**/api/admin/credit/audit?*") as answer:
+        page.get_by_role("button", name="Show the log").click()
+    console.meant_refusals.append((400, "/api/admin/credit/audit"))
+    problem = " ".join(answer.value.json()["error"]["details"]["from"])
+    _shows_beside(page.get_by_label("From", exact=True), problem)
+    page.locator("#audit-section").scroll_into_view_if_needed()
+    _photograph(console, "admin-audit-log")
+    page.get_by_label("From", exact=True).fill("")
+    page.get_by_label("To", exact=True).fill("")
+    page.get_by_label("User's email", exact=True).fill("nobody@nowhere.example")
+    page.get_by_role("button", name="Show the log").click()
+    _shows_beside(page.get_by_label("User's email", exact=True), "No user's email contains this.")
+    assert _serious_violations(page) == []

@@ -10,6 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from creditapp.chat.models import Message
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord, Grant, LedgerEntry
 from tests.conftest import Person, utcnow
@@ -367,3 +368,51 @@ def test_the_price_book_is_searched_by_a_part_of_a_name(
     empty = client.get("/api/admin/pricing?q=", headers=admin.headers)
     assert_error(empty, 400, "validation_error")
     assert_error(client.get("/api/admin/pricing?q=gpt", headers=user.headers), 403, "forbidden")
+
+
+def test_the_audit_trail_names_the_users_email(client: FlaskClient, admin: Person, user) -> None:
+    client.post(
+        GRANT, headers=admin.headers, json={"user_id": str(user.id), "amount": "1", "reason": "x"}
+    )
+    client.put(
+        "/api/admin/pricing",
+        headers=admin.headers,
+        json={"provider": "openai", "model": "gpt-audit", "input": "1", "output": "2"},
+    )
+    trail = client.get("/api/admin/credit/audit", headers=admin.headers).get_json()["items"]
+    assert [(r["action"], r["user_id"], r["user_email"]) for r in trail][-1] == (
+        "grant",
+        str(user.id),
+        user.email,
+    )
+    assert {r["user_email"] for r in trail if r["user_id"] is None} == {None}
+    assert len(trail) > 1
+
+
+def test_a_users_charge_names_the_message_an_admin_refunds(
+    app: Flask, client: FlaskClient, admin: Person, person_factory, fake_providers: FakeProviders
+) -> None:
+    add_price(app, "openai", "gpt-test", input="1", output="2")
+    person = person_factory(credits=10_000_000)
+    conversation = start_conversation(client, person, "openai", "gpt-test")
+    fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 50}))
+    assert send(client, person, conversation).status_code == 201
+    transactions = f"/api/admin/users/{person.id}/transactions"
+    entries = client.get(transactions, headers=admin.headers).get_json()["items"]
+    assert [entry["type"] for entry in entries] == ["charge", "grant"]
+    charge, grant = (
+        client.get(f"{transactions}/{entry['id']}", headers=admin.headers).get_json()
+        for entry in entries
+    )
+    with app.app_context():
+        question_id = db.session.scalar(select(Message.id).where(Message.role == "user"))
+        db.session.remove()
+    assert (charge["message_id"], charge["receipt"]["charged"]) == (str(question_id), "0.2")
+    assert (grant["message_id"], grant["receipt"]) == (None, None)
+    refunded = client.post(
+        "/api/admin/credit/refund",
+        json={"message_id": charge["message_id"], "reason": "bad answer"},
+        headers=admin.headers,
+    )
+    assert refunded.status_code == 201
+    assert refunded.get_json()["balance"]["balance"] == "10"

@@ -2,7 +2,10 @@
 import { $, button, cell, figures, json, keyedTries, signInPage, transactionList, when } from "./common.js";
 
 let nextUsers = null;
+let nextAudit = null;
+let auditQuery = "";
 let userId = null;
+let userEmail = null;
 
 // A credit amount or a count from the API (a decimal string) with thousands separators,
 // exactly (no float on the way); anything else as it is.
@@ -131,6 +134,7 @@ async function openUser(id) {
   userId = id;
   const base = `/api/admin/users/${encodeURIComponent(id)}`;
   const credit = await json(`${base}/credit`);
+  userEmail = credit.email;
   $("#user-title").textContent = credit.email;
   figures($("#user-figures"), [
     ["Balance", credit.balance, "balance"],
@@ -150,12 +154,34 @@ async function openUser(id) {
   ]);
   const loadTransactions = transactionList(`${base}/transactions`, $("#user-transactions"), $("#user-receipt"));
   $("#user-receipt").hidden = true;
-  await loadTransactions();
+  await Promise.all([loadTransactions(), loadCharges()]);
   const section = $("#user");
   if (section.hidden) {
     section.hidden = false;
     section.focus();
   }
+}
+
+// The user's message charges, newest first, each with its Refund button (see the refund form).
+let nextCharges = null;
+
+async function loadCharges(again = false) {
+  const cursor = again && nextCharges ? `&cursor=${encodeURIComponent(nextCharges)}` : "";
+  const page = await json(`/api/admin/users/${encodeURIComponent(userId)}/transactions?type=charge&limit=10${cursor}`);
+  rows(
+    "#user-charges",
+    page.items,
+    (entry) => {
+      const amount = grouped(entry.amount.replace(/^-/, ""));
+      // A submit button of the refund form, naming its entry (the form's reason goes with it).
+      const refund = Object.assign(document.createElement("button"), { type: "submit", name: "entry", value: entry.id, textContent: "Refund" });
+      refund.setAttribute("aria-label", `Refund the charge of ${amount} credits of ${when(entry.created_at)}`);
+      return [when(entry.created_at), amount, entry.description ?? entry.reference, refund];
+    },
+    again,
+  );
+  nextCharges = page.next_cursor;
+  $("#more-charges").hidden = !nextCharges;
 }
 
 async function loadCompensations(event) {
@@ -268,6 +294,74 @@ function olderPrices() {
   return loadPrices(pricePages.length - 1);
 }
 
+// The audit log as filtered: by a user's email (found among the users), action and dates.
+async function loadAudit(again = false) {
+  const cursor = again && nextAudit ? `&cursor=${encodeURIComponent(nextAudit)}` : "";
+  const page = await json(`/api/admin/credit/audit?limit=20${auditQuery}${cursor}`);
+  rows(
+    "#audit",
+    page.items,
+    (record) => [
+      when(record.created_at),
+      record.action,
+      record.user_email ?? (record.user_id === null ? null : `user ${record.user_id}`),
+      record.actor_id ? `${record.actor_type} ${record.actor_id}` : record.actor_type,
+      record.balance_before === null ? null : grouped(record.balance_before),
+      record.balance_after === null ? null : grouped(record.balance_after),
+      Object.entries(record.details)
+        .map(([name, value]) => `${name}: ${typeof value === "object" ? JSON.stringify(value) : value}`)
+        .join("; "),
+    ],
+    again,
+  );
+  nextAudit = page.next_cursor;
+  $("#more-audit").hidden = !nextAudit;
+}
+
+// A field's problem found by the page itself, shown as the API's are (beside the field).
+function fieldProblem(name, message) {
+  const details = { [name]: [message] };
+  return Object.assign(new Error("The filter is not valid."), { body: { error: { code: "validation_error", details } } });
+}
+
+// The id of the user with this email (or the only one whose email contains it).
+async function userWithEmail(email) {
+  const { items } = await json(`/api/admin/users?limit=20&q=${encodeURIComponent(email)}`);
+  const exact = items.find((user) => user.email === email.toLowerCase());
+  if (exact || items.length === 1) return (exact || items[0]).id;
+  throw fieldProblem("user", items.length ? `${items.length}${items.length === 20 ? " or more" : ""} users' emails contain this: give the whole email.` : "No user's email contains this.");
+}
+
+async function filterAudit(event) {
+  if (event) event.preventDefault();
+  const form = $("#audit-filter");
+  const outcome = form.querySelector(".outcome");
+  outcome.textContent = "";
+  outcome.classList.remove("refused");
+  clearProblems(form);
+  try {
+    const data = new FormData(form);
+    const filter = new URLSearchParams();
+    const email = data.get("user").trim();
+    if (email) filter.set("user_id", await userWithEmail(email));
+    if (data.get("action").trim()) filter.set("action", data.get("action").trim());
+    for (const name of ["from", "to"]) if (data.get(name)) filter.set(name, instant(data.get(name)));
+    auditQuery = filter.toString() ? `&${filter}` : "";
+    await loadAudit();
+  } catch (error) {
+    refused(form, outcome, error);
+  }
+}
+
+// The audit log of the user open above.
+async function auditOfUser() {
+  const form = $("#audit-filter");
+  form.reset();
+  form.elements.namedItem("user").value = userEmail;
+  await filterAudit();
+  $("#audit-section").focus();
+}
+
 async function loadTiers() {
   const { items } = await json("/api/admin/tiers");
   rows("#tiers", items, (tier) => [
@@ -285,7 +379,7 @@ async function loadTiers() {
 async function showConsole() {
   const me = await json("/api/me");
   if (me.role !== "admin") throw new Error(`${me.email} is not an admin: the console is for admins.`);
-  await Promise.all([findUsers(), loadCompensations(), loadReconciliation(), searchPrices(), loadTiers()]);
+  await Promise.all([findUsers(), loadCompensations(), loadReconciliation(), searchPrices(), loadTiers(), filterAudit()]);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -294,6 +388,14 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#price-search").addEventListener("submit", searchPrices);
   $("#newer-prices").addEventListener("click", () => loadPrices(pricePages.length - 2));
   $("#older-prices").addEventListener("click", olderPrices);
+  $("#audit-filter").addEventListener("submit", filterAudit);
+  $("#more-audit").addEventListener("click", () => loadAudit(true));
+  $("#user-audit").addEventListener("click", auditOfUser);
+  $("#more-charges").addEventListener("click", () => loadCharges(true));
+  // Enter in the reason refunds nothing: which charge is refunded is said by its own button.
+  $("#refund-reason").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") event.preventDefault();
+  });
   $("#compensation-filter").addEventListener("submit", loadCompensations);
   const userPath = () => `/api/admin/users/${encodeURIComponent(userId)}`;
   action(
@@ -328,6 +430,20 @@ document.addEventListener("DOMContentLoaded", () => {
     $("#revoke-form"),
     () => ({ path: `${userPath()}/revoke-sessions`, method: "POST" }),
     async (answer) => `${answer.revoked_sessions} session(s) revoked.`,
+  );
+  action(
+    $("#refund-form"),
+    async (form) => {
+      const entry = form.get("entry");
+      if (!entry) throw new Error("Choose the charge to refund with its Refund button.");
+      const found = await json(`${userPath()}/transactions/${encodeURIComponent(entry)}`);
+      if (!found.message_id) throw new Error("This charge was for no chat message: nothing here refunds it.");
+      return { path: "/api/admin/credit/refund", method: "POST", body: { message_id: found.message_id, reason: form.get("reason") } };
+    },
+    async (answer) => {
+      await openUser(userId);
+      return `Refunded ${grouped(answer.amount)} credits (message ${answer.message_id}): the balance is ${grouped(answer.balance.balance)}.`;
+    },
   );
   action(
     $("#process-form"),
