@@ -1,19 +1,11 @@
 // The admin console, over the admin endpoints of the JSON API.
-import { $, button, cell, figures, json, keyedTries, signInPage, transactionList, when } from "./common.js";
+import { $, button, cell, credits, figures, json, keyedTries, signInPage, transactionList, when } from "./common.js";
 
 let nextUsers = null;
 let nextAudit = null;
 let auditQuery = "";
 let userId = null;
 let userEmail = null;
-
-// A credit amount or a count from the API (a decimal string) with thousands separators,
-// exactly (no float on the way); anything else as it is.
-function grouped(value) {
-  const match = /^(-?)([0-9]+)(\.[0-9]+)?$/.exec(String(value ?? ""));
-  if (!match) return value;
-  return `${match[1]}${match[2].replace(/\B(?=([0-9]{3})+$)/g, ",")}${match[3] || ""}`;
-}
 
 // The rows of `items` into the table `selector` (after those shown, `again`); the cells under
 // a heading of class "amount" are amounts (right-aligned by admin.css).
@@ -146,8 +138,8 @@ async function openUser(id) {
   $("#user-tier").value = credit.tier;
   rows("#user-grants", credit.grants, (grant) => [
     grant.source,
-    grouped(grant.amount),
-    grouped(grant.remaining),
+    credits(grant.amount),
+    credits(grant.remaining),
     grant.expires_at ? when(grant.expires_at) : "never",
     grant.status,
     grant.reason,
@@ -172,7 +164,7 @@ async function loadCharges(again = false) {
     "#user-charges",
     page.items,
     (entry) => {
-      const amount = grouped(entry.amount.replace(/^-/, ""));
+      const amount = credits(entry.amount.replace(/^-/, ""));
       // A submit button of the refund form, naming its entry (the form's reason goes with it).
       const refund = Object.assign(document.createElement("button"), { type: "submit", name: "entry", value: entry.id, textContent: "Refund" });
       refund.setAttribute("aria-label", `Refund the charge of ${amount} credits of ${when(entry.created_at)}`);
@@ -191,7 +183,7 @@ async function loadCompensations(event) {
   rows("#compensations", page.items, (item) => [
     when(item.created_at),
     item.user_id === null ? "a team's account" : item.user_email,
-    grouped(item.amount),
+    credits(item.amount),
     item.status,
     item.attempts,
     item.reason,
@@ -208,7 +200,7 @@ function showReconciliation(report) {
     ["Last run", report.ran_at ? when(report.ran_at) : "never", "ran-at"],
     ["Accounts checked", report.ran_at ? String(report.checked_accounts) : "–"],
     ["Calls never billed", report.ran_at ? String(report.unbilled_calls) : "–"],
-    ["Their cost", report.ran_at ? grouped(report.unbilled_cost) : "–"],
+    ["Their cost", report.ran_at ? credits(report.unbilled_cost) : "–"],
   ]);
   const verdict = $("#reconciliation-verdict");
   if (!report.ran_at) {
@@ -227,8 +219,8 @@ function showReconciliation(report) {
     return [
       drift.user_id === null ? "a team's account" : button(drift.user_id, () => openUser(drift.user_id), `Open user ${drift.user_id}`),
       drift.invariant,
-      grouped(drift.expected),
-      grouped(drift.actual),
+      credits(drift.expected),
+      credits(drift.actual),
     ];
   });
 }
@@ -264,10 +256,10 @@ async function loadPrices(page = 0) {
     price.id,
     price.provider,
     price.model,
-    grouped(price.input),
-    grouped(price.cached_input),
-    grouped(price.cache_write),
-    grouped(price.output),
+    credits(price.input),
+    credits(price.cached_input),
+    credits(price.cache_write),
+    credits(price.output),
     when(price.effective_from),
     price.source,
   ]);
@@ -275,7 +267,7 @@ async function loadPrices(page = 0) {
   nextPrices = answer.next_cursor;
   const first = page * PRICES_PER_PAGE + 1;
   $("#prices-shown").textContent = answer.items.length
-    ? `Prices ${grouped(String(first))} to ${grouped(String(first + answer.items.length - 1))}${nextPrices ? "" : ", the last"}`
+    ? `Prices ${credits(String(first))} to ${credits(String(first + answer.items.length - 1))}${nextPrices ? "" : ", the last"}`
     : "No price matches.";
   $("#newer-prices").hidden = page === 0;
   $("#older-prices").hidden = !nextPrices;
@@ -306,8 +298,8 @@ async function loadAudit(again = false) {
       record.action,
       record.user_email ?? (record.user_id === null ? null : `user ${record.user_id}`),
       record.actor_id ? `${record.actor_type} ${record.actor_id}` : record.actor_type,
-      record.balance_before === null ? null : grouped(record.balance_before),
-      record.balance_after === null ? null : grouped(record.balance_after),
+      record.balance_before === null ? null : credits(record.balance_before),
+      record.balance_after === null ? null : credits(record.balance_after),
       Object.entries(record.details)
         .map(([name, value]) => `${name}: ${typeof value === "object" ? JSON.stringify(value) : value}`)
         .join("; "),
@@ -366,7 +358,7 @@ async function loadTiers() {
   const { items } = await json("/api/admin/tiers");
   rows("#tiers", items, (tier) => [
     tier.name,
-    grouped(tier.monthly_credits),
+    credits(tier.monthly_credits),
     tier.allowed_models.join(", "),
     tier.default_max_tokens,
     tier.max_max_tokens,
@@ -407,7 +399,7 @@ document.addEventListener("DOMContentLoaded", () => {
     }),
     async (answer) => {
       await openUser(userId);
-      return `Granted ${grouped(answer.grant.amount)} credits: the balance is ${grouped(answer.balance.balance)}.`;
+      return `Granted ${credits(answer.grant.amount)} credits: the balance is ${credits(answer.balance.balance)}.`;
     },
   );
   action(
@@ -415,7 +407,7 @@ document.addEventListener("DOMContentLoaded", () => {
     (form) => ({ path: "/api/admin/credit/adjust", method: "POST", body: { user_id: userId, amount: form.get("amount"), reason: form.get("reason") } }),
     async (answer) => {
       await openUser(userId);
-      return `Adjusted by ${grouped(answer.amount)} credits: the balance is ${grouped(answer.balance.balance)}.`;
+      return `Adjusted by ${credits(answer.amount)} credits: the balance is ${credits(answer.balance.balance)}.`;
     },
   );
   action(
@@ -442,7 +434,7 @@ document.addEventListener("DOMContentLoaded", () => {
     },
     async (answer) => {
       await openUser(userId);
-      return `Refunded ${grouped(answer.amount)} credits (message ${answer.message_id}): the balance is ${grouped(answer.balance.balance)}.`;
+      return `Refunded ${credits(answer.amount)} credits (message ${answer.message_id}): the balance is ${credits(answer.balance.balance)}.`;
     },
   );
   action(
