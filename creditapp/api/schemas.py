@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,13 +39,33 @@ class Credits(fields.Field):
             raise ValidationError(str(error)) from error
 
 
+# Characters that show nothing although they are not whitespace: Hangul fillers and the blank
+# Braille pattern (besides the invisible format characters, Unicode category Cf).
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+BLANK = "Must contain more than spaces and invisible characters."
+
+
+def blank(text: str) -> bool:
+    """Whether `text` shows nothing: only whitespace (any of Unicode's, as `str.isspace` says),
+    invisible format characters (zero-width spaces and joiners, the byte-order mark, ...) and
+    fillers. The empty string is blank too."""
+    return all(
+        char.isspace() or char in _INVISIBLE or unicodedata.category(char) == "Cf" for char in text
+    )
+
+
 class Text(fields.String):
     """Every text a request carries: `min_length` to `max_length` characters the database can
-    store. A request that passed here cannot fail later on its own text."""
+    store, and (unless `allow_blank`) something other than spaces: a chat message, a reason, a
+    name of only spaces is refused naming its field. A request that passed here cannot fail
+    later on its own text."""
 
-    def __init__(self, *, max_length: int, min_length: int = 1, **kwargs: Any):
+    def __init__(
+        self, *, max_length: int, min_length: int = 1, allow_blank: bool = False, **kwargs: Any
+    ):
         more = kwargs.pop("validate", None)
         extra = [] if more is None else more if isinstance(more, list) else [more]
+        self.allow_blank = allow_blank
         super().__init__(
             validate=[validate.Length(min=min_length, max=max_length), *extra], **kwargs
         )
@@ -53,6 +74,8 @@ class Text(fields.String):
         text: str = super()._deserialize(value, attr, data, **kwargs)
         if not storable(text):
             raise ValidationError(UNSTORABLE)
+        if text and not self.allow_blank and blank(text):
+            raise ValidationError(BLANK)
         return text
 
 
