@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+# The one setting for every Redis database `make test` touches: the suite's two processes use
+# its database and the one below it (15, 14), the chaos step its database again, after them.
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 # Two processes per half (tests that need many connections share one; see docs/testing.md).
 PYTEST := $(PY) -m pytest -p no:cacheprovider -n 2 --dist loadgroup
@@ -52,10 +54,11 @@ test-postgres: venv tools
 	$(PG_TEST_ENV) $(PYTEST)
 
 test-chaos: venv  ## a minute of the chaos run (bench/chaos.py) on PostgreSQL + Redis
-	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/chaos.py $(CHAOS_SHORT)
+	PG_ADMIN_URL=$(PG_ADMIN_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/chaos.py $(CHAOS_SHORT)
 
 chaos: venv  ## the chaos run: five minutes of load and faults (CHAOS_SECONDS=, CHAOS_SEED= to choose)
-	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/chaos.py --seconds $(or $(CHAOS_SECONDS),300) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
+	PG_ADMIN_URL=$(PG_ADMIN_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) $(PY) bench/chaos.py \
+	  --seconds $(or $(CHAOS_SECONDS),300) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 test-clock: venv  ## the suite again at other dates (a leap day, a year's last minute)
 	for moment in $(SQLITE_CLOCKS); do \

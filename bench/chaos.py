@@ -23,6 +23,9 @@ that ended; every compensation paid at most once (and every one paid); the metri
 the database. It prints a table and "lost 0, doubled 0", or the counterexamples and the seed.
 
     make chaos            # or: .venv/bin/python bench/chaos.py [--seconds 300] [--seed N]
+
+PG_ADMIN_URL says where PostgreSQL is (the run creates a database of its own and drops it), and
+TEST_REDIS_URL the Redis database the run empties and uses (default redis://127.0.0.1:6379/15).
 """
 
 from __future__ import annotations
@@ -66,11 +69,9 @@ from tests.integration.live_server import free_port  # noqa: E402
 from tests.integration.tcp_proxy import TcpProxy  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_TARGET = (
-    os.environ.get("REDIS_HOST", "127.0.0.1"),
-    int(os.environ.get("REDIS_PORT", "6379")),
-)
-REDIS_DB = 13  # a database of the run's own, emptied first
+# The run's Redis database, emptied first: TEST_REDIS_URL's, the one setting that decides every
+# Redis database `make test` touches (its chaos step runs after the suite, never beside it).
+REDIS_URL = os.environ.get("TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
 BIN = Path(sys.executable).parent
 MICRO = 1_000_000
 MODELS = {"openai": "gpt-chaos", "anthropic": "claude-chaos", "google": "gemini-chaos"}
@@ -292,7 +293,7 @@ class Deployment:
         self.direct_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.database}"
         database = urlsplit(PG_ADMIN_URL)
         self.pg_proxy = TcpProxy(database.hostname or "127.0.0.1", database.port or 5432)
-        self.redis_proxy = TcpProxy(*REDIS_TARGET)
+        self.redis_proxy = TcpProxy.in_front_of(REDIS_URL)
         self.provider = FakeProviders()
         self.provider.piece_delay = 0.02
         self.env = {
@@ -301,7 +302,7 @@ class Deployment:
             "CREDITAPP_ENV": "production",
             "JWT_SECRET_KEY": secrets.token_hex(32),
             "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{self.pg_proxy.port}/{self.database}",
-            "REDIS_URL": f"redis://127.0.0.1:{self.redis_proxy.port}/{REDIS_DB}",
+            "REDIS_URL": self.redis_proxy.url,
             "HOLD_TTL_SECONDS": str(HOLD_TTL_SECONDS),
             "PROVIDER_TIMEOUT_SECONDS": "5",
             "PROVIDER_MAX_RETRIES": "0",
@@ -361,7 +362,7 @@ class Deployment:
     def start(self) -> Seeded:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.database}"')
-        redis.Redis(*REDIS_TARGET, db=REDIS_DB).flushdb()
+        redis.Redis.from_url(REDIS_URL).flushdb()
         migrated = subprocess.run(
             [str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"],
             cwd=ROOT,

@@ -35,13 +35,26 @@ from tests.fake_providers import FakeProviders
 
 BACKEND = os.environ.get("CREDITAPP_TEST_DATABASE", "sqlite")
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-# Each xdist worker (gw0, gw1, ...) has a Redis database of its own, counting down from
-# TEST_REDIS_URL's: its rate limits, Celery broker and beat never meet another worker's.
 XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-_REDIS_BASE, _REDIS_DB = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15").rsplit(
-    "/", 1
-)
-REDIS_URL = f"{_REDIS_BASE}/{int(_REDIS_DB) - XDIST_WORKER}"
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
+
+
+def worker_redis_url(url: str, worker: int) -> str:
+    """The Redis database of xdist worker `worker` (gw0, gw1, ...): TEST_REDIS_URL's for the
+    first, then counting down (15, 14 by default), so that a worker's rate limits, Celery broker
+    and beat never meet another's. TEST_REDIS_URL is the one setting that decides every Redis
+    database the suite touches (`make test`'s chaos step empties and uses its database after)."""
+    base, _, number = url.rpartition("/")
+    if not (number.isascii() and number.isdigit()) or "//" not in base:
+        raise ValueError(f"TEST_REDIS_URL must end in a database number, got {url!r}")
+    if int(number) < worker:
+        raise ValueError(
+            f"TEST_REDIS_URL's database {number} leaves none for xdist worker gw{worker}: the "
+            f"workers count down from it (choose {worker} or more)"
+        )
+    return f"{base}/{int(number) - worker}"
+
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # CREDITAPP_TEST_CLOCK=2028-02-29T12:00:00Z runs the suite as if it were then (the clock ticks
 # on from there): no test may depend on today's date.
@@ -103,12 +116,16 @@ def redis_url() -> str | None:
     if BACKEND == "sqlite":
         return None
     try:
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+        url = worker_redis_url(TEST_REDIS_URL, XDIST_WORKER)
+    except ValueError as error:
+        pytest.exit(f"FAIL: {error}", 4)
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5)
         client.ping()
         client.flushdb()
     except redis.RedisError as error:
         _unreachable("Redis", error)
-    return REDIS_URL
+    return url
 
 
 @pytest.fixture(scope="session")
