@@ -2,11 +2,23 @@
 
 Checks the port is free (`PORT`, default 5000), migrates, seeds the price book and the demo
 data (printing the demo tokens as `export` lines), then runs gunicorn, a Celery worker and beat
-together. Ctrl-C (or SIGTERM, or any of them ending) stops them all.
+together.
+
+Ctrl-C (or SIGTERM, SIGHUP, or any of them ending) stops them all, every time, in seconds.
+A terminal's Ctrl-C used to reach every process at once: gunicorn's worker then exits at once
+(SIGINT), and Python's exit waits for its request threads, forever for one reading a request a
+client had begun to send (gunicorn reads without a timeout), SIGTERM only asking it again to
+stop; its master would kill it after its graceful timeout (30 s), but was killed itself first
+(after 20 s here), leaving the worker orphaned on the port. Now each service runs in a session,
+so a process group, of its own, and only this script hears Ctrl-C. It asks each service to stop
+(SIGTERM): gunicorn finishes its requests within STOP_SECONDS, killing a worker still busy
+then; Celery finishes its running task. Whatever is left of a service's group after
+KILL_AFTER_SECONDS is killed (SIGKILL), saying so. A second Ctrl-C kills them at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,6 +30,10 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 FLASK = [str(BIN / "flask"), "--app", "wsgi"]
 HOST = "127.0.0.1"
+# gunicorn's graceful timeout: its workers finish their requests within this, or its master
+# kills them. This script waits a little longer before it kills what is left.
+STOP_SECONDS = 5
+KILL_AFTER_SECONDS = STOP_SECONDS + 10
 
 
 def _port() -> int:
@@ -51,6 +67,8 @@ def _services(port: int) -> dict[str, list[str]]:
             "1",
             "--threads",
             "4",
+            "--graceful-timeout",
+            str(STOP_SECONDS),
             "wsgi:app",
         ],
         "worker+beat": [
@@ -67,27 +85,67 @@ def _services(port: int) -> dict[str, list[str]]:
     }
 
 
+def _live_members(group: int) -> bool:
+    """Whether a process group has a live member. Zombies do not count: a process whose parent
+    ended before reaping it (Celery's beat) waits for init to reap it, holding nothing. Without
+    /proc (not Linux), any member counts."""
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            text = stat.read_text()
+            state, _parent, process_group = text[text.rindex(")") + 2 :].split()[:3]
+            if int(process_group) == group and state != "Z":
+                return True
+    return False
+
+
+def _kill_what_is_left(name: str, process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to whatever is left of a service's process group (its leader's pid is the
+    group's id), the leader gone or not, saying so: a service should have stopped by itself."""
+    if not _live_members(process.pid):
+        return
+    print(f"# {name} did not stop when asked: killed", flush=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 def _serve(commands: dict[str, list[str]]) -> int:
-    processes = {name: subprocess.Popen(command) for name, command in commands.items()}
-    stopping = False
+    signals: list[int] = []
 
-    def stop(_signal: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop(signum: int, _frame: object) -> None:
+        signals.append(signum)
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    while not stopping and all(process.poll() is None for process in processes.values()):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+    services = {
+        name: subprocess.Popen(command, start_new_session=True)
+        for name, command in commands.items()
+    }
+    processes = list(services.values())
+    while not signals and all(process.poll() is None for process in processes):
         time.sleep(0.2)
-    for process in processes.values():
+    for process in processes:
         if process.poll() is None:
             process.terminate()
-    for process in processes.values():
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return 0 if stopping else 1
+    deadline = time.monotonic() + KILL_AFTER_SECONDS
+    while (
+        any(process.poll() is None for process in processes)
+        and time.monotonic() < deadline
+        and len(signals) < 2  # Ctrl-C again: at once
+    ):
+        time.sleep(0.1)
+    # Whatever is left of each group (a gunicorn worker whose master is gone, a Celery pool
+    # process) would keep the port or take the broker's tasks: nothing outlives `make run`.
+    for name, process in services.items():
+        _kill_what_is_left(name, process)
+    for process in processes:
+        process.wait()
+    return 0 if signals else 1
 
 
 def main() -> int:
@@ -104,4 +162,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while migrating or seeding
+        sys.exit(130)

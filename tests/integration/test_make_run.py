@@ -1,5 +1,6 @@
 """`make run` as a newcomer meets it (scripts/run_embedded.py): a busy port stops it at once,
-and otherwise the README's walk-through gives the numbers the README shows."""
+otherwise the README's walk-through gives the numbers the README shows, and Ctrl-C stops every
+process of it every time."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,50 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """Every process of the machine: its parent, its process group and its state."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        state, parent, group = text[text.rindex(")") + 2 :].split()[:3]
+        found[int(stat.parent.name)] = (int(parent), int(group), state)
+    return found
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """The processes `pid` started, and theirs: each with its process group."""
+    processes = _processes()
+    tree, grown = {pid}, True
+    while grown:
+        more = {child for child, (parent, _, _) in processes.items() if parent in tree}
+        grown = not more <= tree
+        tree |= more
+    return {member: processes[member][1] for member in tree - {pid} if member in processes}
+
+
+def _left(pids_and_groups: dict[int, int]) -> list[int]:
+    """Which of these processes, or of any process in their groups, still live (zombies of a
+    reaper that is not theirs aside)."""
+    groups = set(pids_and_groups.values())
+    return sorted(
+        pid
+        for pid, (_parent, group, state) in _processes().items()
+        if (pid in pids_and_groups or group in groups) and state != "Z"
+    )
+
+
 @contextmanager
-def _running(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[bytes]]]:
+def _running(
+    tmp_path: Path, *args: str
+) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[bytes]]]:
     port = free_port()
     output = tmp_path / "run.log"
     with output.open("wb") as log:
         process = subprocess.Popen(
-            RUN,
+            [*RUN, *args],
             cwd=ROOT,
             env=_embedded_env(tmp_path, port),
             stdout=log,
@@ -85,12 +123,14 @@ def _running(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.P
             start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
+    started: dict[int, int] = {}
     try:
         deadline = time.monotonic() + 120
         while not _answers(f"{base}/healthz"):
             assert process.poll() is None, output.read_text()
             assert time.monotonic() < deadline, output.read_text()
             time.sleep(0.2)
+        started = _descendants(process.pid)
         exports = dict(
             line.removeprefix("export ").split("=", 1)
             for line in output.read_text().splitlines()
@@ -99,8 +139,30 @@ def _running(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.P
         yield base, exports, process
     finally:
         if process.poll() is None:
+            started |= _descendants(process.pid)
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        for pid in _left(started):  # whatever a failed stop left behind
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _ctrl_c(base: str, process: subprocess.Popen[bytes], log: Path) -> float:
+    """Ctrl-C, as a terminal sends it: SIGINT to every process of the foreground job. Then
+    everything `make run` started has ended by itself, and its port is free. The seconds it
+    took."""
+    started = _descendants(process.pid)
+    assert started, "make run started nothing"
+    sent = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=40) == 0, log.read_text()[-3000:]
+    took = time.monotonic() - sent
+    assert _left(started) == [], log.read_text()[-3000:]
+    assert "did not stop" not in log.read_text()  # no service needed killing
+    with socket.socket() as probe:  # gunicorn is gone with it
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+    return took
 
 
 def _json(method: str, url: str, token: str, body: dict[str, Any] | None = None, **headers: str):  # type: ignore[no-untyped-def]
@@ -208,8 +270,31 @@ def test_the_readme_walk_through_adds_up_and_ctrl_c_stops_everything(tmp_path: P
             and "/api/conversations/{conversation_id}/messages" in json.loads(document)["paths"]
         )
 
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=40) == 0
-        with socket.socket() as probe:  # gunicorn is gone with it
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+        _ctrl_c(base, process, tmp_path / "run.log")
+
+
+def _browser_leftovers(base: str) -> list[socket.socket | http.client.HTTPConnection]:
+    """What a browser leaves open on a server: a connection it opened ahead and sent nothing
+    on, one kept alive after an answer, and one whose request it had begun to send."""
+    address = ("127.0.0.1", int(base.rsplit(":", 1)[1]))
+    idle = socket.create_connection(address)
+    kept = http.client.HTTPConnection(*address, timeout=10)
+    kept.request("GET", "/healthz")
+    assert kept.getresponse().read()
+    begun = socket.create_connection(address)
+    begun.sendall(b"GET /api/me HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    return [idle, kept, begun]
+
+
+def test_ctrl_c_stops_everything_every_time(tmp_path: Path) -> None:
+    """Three runs, each stopped by Ctrl-C with connections a browser left open: every process
+    ends by itself, promptly, and the port is free."""
+    log = tmp_path / "run.log"
+    for _round in range(3):
+        with _running(tmp_path) as (base, _tokens, process):
+            leftovers = _browser_leftovers(base)
+            try:
+                assert _ctrl_c(base, process, log) < 15
+            finally:
+                for connection in leftovers:
+                    connection.close()
