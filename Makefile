@@ -34,8 +34,8 @@ tools:  ## Debian's nginx, Chromium and promtool for the edge, browser and alert
 	@command -v promtool >/dev/null 2>&1 || apt-get install -y --no-install-recommends prometheus \
 	  || (apt-get update && apt-get install -y --no-install-recommends prometheus)
 
-run: venv  ## migrate, seed demo data; serve http://127.0.0.1:$PORT (default 5000) with a worker and beat (SQLite, no servers)
-	$(PY) scripts/run_embedded.py
+run: venv  ## migrate, seed demo data; serve http://127.0.0.1:$PORT (default 5000) with a worker and beat (SQLite, no servers); FRESH=1 deletes the database of earlier runs first
+	$(PY) scripts/run_embedded.py $(if $(FRESH),--fresh)
 
 test: venv tools lint test-sqlite test-postgres test-chaos test-clock  ## the whole suite on SQLite, on PostgreSQL + Redis, a short chaos run, then with the clock moved
 

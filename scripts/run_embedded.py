@@ -1,7 +1,8 @@
 """`make run`: the embedded default, from a fresh checkout to a service with demo data.
 
-Checks the port is free (`PORT`, default 5000), migrates, seeds the price book and the demo
-data (printing the demo tokens as `export` lines), then runs gunicorn, a Celery worker and beat
+Checks the port is free (`PORT`, default 5000), migrates (after deleting the SQLite database
+of earlier runs with `--fresh`, `make run FRESH=1`), seeds the price book and the demo data
+(printing the demo tokens as `export` lines), then runs gunicorn, a Celery worker and beat
 together.
 
 Ctrl-C (or SIGTERM, SIGHUP, or any of them ending) stops them all, every time, in seconds.
@@ -27,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 FLASK = [str(BIN / "flask"), "--app", "wsgi"]
 HOST = "127.0.0.1"
@@ -54,6 +56,21 @@ def _refuse_busy(port: int) -> None:
                 f"Port {port} on {HOST} is in use (another `make run`?). Stop what uses it, or "
                 f"choose another port: PORT={port + 1} make run"
             )
+
+
+def _delete_database() -> None:
+    """`--fresh`: the SQLite database of an earlier run goes, so that the README's numbers come
+    out again. Any other database is the operator's to drop."""
+    sys.path.insert(0, str(ROOT))
+    from creditapp.config import load_config
+
+    url = load_config().SQLALCHEMY_DATABASE_URI
+    if not url.startswith("sqlite:///"):
+        sys.exit(f"FRESH=1 deletes the SQLite database only; drop {url.split('@')[-1]} yourself")
+    database = Path(url.removeprefix("sqlite:///"))
+    for path in (database, *(Path(f"{database}{end}") for end in ("-journal", "-wal", "-shm"))):
+        path.unlink(missing_ok=True)
+    print(f"# Deleted {database}: a fresh database", flush=True)
 
 
 def _services(port: int) -> dict[str, list[str]]:
@@ -149,10 +166,15 @@ def _serve(commands: dict[str, list[str]]) -> int:
 
 
 def main() -> int:
+    fresh = sys.argv[1:] == ["--fresh"]
+    if sys.argv[1:] and not fresh:
+        sys.exit("usage: run_embedded.py [--fresh]")
     port = _port()
     _refuse_busy(port)
     # The embedded default is the demo: `POST /api/auth/demo` signs in as the demo user.
     os.environ.setdefault("DEMO_MODE", "true")
+    if fresh:
+        _delete_database()
     for step in (["db", "upgrade"], ["pricing", "sync"], ["demo", "seed"]):
         prepared = subprocess.run([*FLASK, *step])
         if prepared.returncode:

@@ -1,6 +1,6 @@
 """`make run` as a newcomer meets it (scripts/run_embedded.py): a busy port stops it at once,
-otherwise the README's walk-through gives the numbers the README shows, and Ctrl-C stops every
-process of it every time."""
+otherwise the README's walk-through gives the numbers the README shows, Ctrl-C stops every
+process of it every time, and `make run FRESH=1` starts again from a fresh database."""
 
 from __future__ import annotations
 
@@ -286,15 +286,42 @@ def _browser_leftovers(base: str) -> list[socket.socket | http.client.HTTPConnec
     return [idle, kept, begun]
 
 
-def test_ctrl_c_stops_everything_every_time(tmp_path: Path) -> None:
-    """Three runs, each stopped by Ctrl-C with connections a browser left open: every process
-    ends by itself, promptly, and the port is free."""
+def _balance(base: str, token: str) -> str:
+    return str(_json("GET", f"{base}/api/credit/balance", token)[1]["balance"])
+
+
+def test_ctrl_c_stops_everything_every_time_and_fresh_starts_over(tmp_path: Path) -> None:
+    """Three runs on one database, each stopped by Ctrl-C with connections a browser left
+    open: every process ends by itself, promptly, and the port is free. The second run goes on
+    from the first's numbers; `--fresh` (`make run FRESH=1`) starts from the README's again."""
     log = tmp_path / "run.log"
-    for _round in range(3):
-        with _running(tmp_path) as (base, _tokens, process):
+    balances = []
+    for round_, args in enumerate([(), (), ("--fresh",)]):
+        with _running(tmp_path, *args) as (base, tokens, process):
+            if round_ == 0:
+                status, _granted = _json(
+                    "POST",
+                    f"{base}/api/admin/credit/grant",
+                    tokens["ADMIN_TOKEN"],
+                    {"user_id": "2", "amount": "250", "reason": "welcome", "source": "promo"},
+                    **{"Idempotency-Key": "first-grant"},
+                )
+                assert status == 201
+            balances.append(_balance(base, tokens["USER_TOKEN"]))
+            assert ("# Deleted" in log.read_text()) == (args == ("--fresh",))
             leftovers = _browser_leftovers(base)
             try:
                 assert _ctrl_c(base, process, log) < 15
             finally:
                 for connection in leftovers:
                     connection.close()
+    assert balances == ["1350", "1350", "1100"]
+
+
+def test_make_run_fresh_passes_fresh() -> None:
+    planned = subprocess.run(
+        ["make", "-n", "run", "FRESH=1"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "scripts/run_embedded.py --fresh" in planned.stdout
+    planned = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True)
+    assert "--fresh" not in planned.stdout
