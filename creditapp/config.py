@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import current_app
+from limits import parse_many
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -139,6 +140,16 @@ class Config:
         self.REFRESH_REUSE_GRACE_SECONDS = _int_env("REFRESH_REUSE_GRACE_SECONDS", 10, minimum=0)
         # `POST /api/auth/demo` signs anyone in as the demo user: `make run` turns it on.
         self.DEMO_MODE = (env.get("DEMO_MODE") or "false").lower() == "true"
+        # How often one IP may use the demo sign-in: the sensitive limit unless told (`make run`
+        # allows more, for a person clicking around).
+        self.DEMO_SIGN_IN_LIMIT = env.get("DEMO_SIGN_IN_LIMIT") or self.RATELIMIT_SENSITIVE
+        try:
+            parse_many(self.DEMO_SIGN_IN_LIMIT)
+        except ValueError as exc:
+            raise ConfigurationError(
+                "DEMO_SIGN_IN_LIMIT must be a rate limit such as '10 per 5 minutes', got "
+                f"{self.DEMO_SIGN_IN_LIMIT!r}"
+            ) from exc
         self.LOG_LEVEL = (env.get("LOG_LEVEL") or "INFO").upper()
         if self.LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigurationError(

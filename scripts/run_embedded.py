@@ -3,7 +3,7 @@
 Checks the port is free (`PORT`, default 5000), migrates (after deleting the SQLite database
 of earlier runs with `--fresh`, `make run FRESH=1`), seeds the price book and the demo data
 (printing the demo tokens as `export` lines), then runs gunicorn, a Celery worker and beat
-together.
+together, the demo sign-in allowing a person clicking around more than production's limit.
 
 Ctrl-C (or SIGTERM, SIGHUP, or any of them ending) stops them all, every time, in seconds.
 A terminal's Ctrl-C used to reach every process at once: gunicorn's worker then exits at once
@@ -36,6 +36,8 @@ HOST = "127.0.0.1"
 # kills them. This script waits a little longer before it kills what is left.
 STOP_SECONDS = 5
 KILL_AFTER_SECONDS = STOP_SECONDS + 10
+# A person clicking around the pages signs in more often than the service-wide limit allows.
+DEMO_SIGN_IN_LIMIT = "60 per minute"
 
 
 def _port() -> int:
@@ -173,6 +175,7 @@ def main() -> int:
     _refuse_busy(port)
     # The embedded default is the demo: `POST /api/auth/demo` signs in as the demo user.
     os.environ.setdefault("DEMO_MODE", "true")
+    os.environ.setdefault("DEMO_SIGN_IN_LIMIT", DEMO_SIGN_IN_LIMIT)
     if fresh:
         _delete_database()
     for step in (["db", "upgrade"], ["pricing", "sync"], ["demo", "seed"]):
