@@ -23,6 +23,7 @@ from creditapp.api.schemas import (
     Id,
     PageArgs,
     Text,
+    TransactionPageSchema,
     TransactionSchema,
     UtcDateTime,
     in_range,
@@ -314,9 +315,16 @@ class DescribedTransactionPageSchema(Schema):
     next_cursor = fields.String(allow_none=True)
 
 
+class OwnTransactionArgs(TransactionArgs):
+    describe = fields.Boolean(
+        load_default=False,
+        metadata={"description": "true: each entry says what it was for (`description`)"},
+    )
+
+
 @blp.route("/transactions", methods=["GET"])
 @authenticated()
-@blp.arguments(TransactionArgs, location="query")
+@blp.arguments(OwnTransactionArgs, location="query")
 @blp.response(200, DescribedTransactionPageSchema)
 @blp.alt_response(
     200,
@@ -326,8 +334,14 @@ class DescribedTransactionPageSchema(Schema):
     description=TRANSACTIONS_CSV,
 )
 def transactions(args: dict[str, Any]) -> Any:
-    """Ledger entries, newest first; `from` and `to` (dates or datetimes) bound them."""
-    return transactions_of(accounts.paying_account(db.session, principal()), args)
+    """Ledger entries, newest first; `from` and `to` (dates or datetimes) bound them; with
+    `describe=true` each says what it was for."""
+    answer = transactions_of(accounts.paying_account(db.session, principal()), args)
+    if isinstance(answer, dict) and not args["describe"]:
+        # Described on request only: a description costs two queries a page, and an entry reads
+        # the same here as in an admin's list of the user's transactions.
+        return jsonify(TransactionPageSchema().dump(answer))
+    return answer
 
 
 def transactions_of(account_id: int, args: dict[str, Any]) -> Any:
@@ -357,12 +371,9 @@ def transactions_of(account_id: int, args: dict[str, Any]) -> Any:
             ["id", "created_at", "type", "amount", "balance_after", "reference"],
             rows(),
         )
-    page = keyset_page(
+    return keyset_page(
         db.session, query, key=LedgerEntry.seq, args=args, position=lambda entry: entry.seq
     )
-    # Dumped here rather than by the endpoint's schema: the caller's list and an admin's list of
-    # a user's transactions are one answer, each entry described.
-    return jsonify(DescribedTransactionPageSchema().dump(page))
 
 
 class ExactCredits(fields.Field):
@@ -437,7 +448,7 @@ class ReceiptSchema(Schema):
 
 
 class TransactionDetailSchema(Schema):
-    entry = fields.Nested(DescribedTransactionSchema)
+    entry = fields.Nested(TransactionSchema)
     receipt = fields.Nested(ReceiptSchema, allow_none=True)
 
 

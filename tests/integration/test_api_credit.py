@@ -203,7 +203,9 @@ def test_each_transaction_says_what_it_was_for_and_a_refund_is_a_refund(
         made = client.post(f"/api/admin/credit/{path}", json=body, headers=admin.headers)
         assert made.status_code in (200, 201), made.get_json()
 
-    items = client.get("/api/credit/transactions", headers=person.headers).get_json()["items"]
+    path = "/api/credit/transactions"
+    assert "description" not in client.get(path, headers=person.headers).get_json()["items"][0]
+    items = client.get(f"{path}?describe=true", headers=person.headers).get_json()["items"]
     assert [(item["type"], item["amount"], item["description"]) for item in items] == [
         ("adjust", "2", "Adjustment: outage credit"),
         ("adjust", "-1.5", "Adjustment: duplicate promo"),

@@ -686,7 +686,7 @@ def test_numbers_for_humans_and_what_each_transaction_was_for(browsing: Browsing
     expect(page.locator("#balance-usd")).to_have_text(_dollars(balance["balance"]))
     expect(page.locator("#available-usd")).to_have_text(_dollars(balance["available"]))
 
-    entries = _api(base, page, "/api/credit/transactions?limit=20")["items"]
+    entries = _api(base, page, "/api/credit/transactions?limit=20&describe=true")["items"]
     rows = page.locator("#transactions tbody tr")
     expect(rows).to_have_count(len(entries))
     shown = [rows.nth(i).locator("td").all_inner_texts()[1:5] for i in range(len(entries))]

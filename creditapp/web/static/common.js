@@ -229,13 +229,14 @@ function showReceipt(place, { entry, receipt }) {
 
 // The ledger entries under `path`, newest first, into `area` (its table, and its "Load more"
 // button following the cursor); each charge's button opens its receipt in `receiptPlace`.
+// `query` adds to each page's query (the caller's own list asks for descriptions).
 // Returns the loader: load() starts again, load(true) adds the next page.
-export function transactionList(path, area, receiptPlace) {
+export function transactionList(path, area, receiptPlace, query = "") {
   let next = null;
   const more = area.querySelector(".more");
   async function load(again = false) {
     const cursor = again && next ? `&cursor=${encodeURIComponent(next)}` : "";
-    const page = await json(`${path}?limit=20${cursor}`);
+    const page = await json(`${path}?limit=20${query}${cursor}`);
     const body = area.querySelector("tbody");
     if (!again) body.replaceChildren();
     for (const entry of page.items) {
