@@ -510,7 +510,8 @@ def _wait_in_words(seconds: int) -> str:
 def test_the_sign_in_limit_says_how_long_to_wait(app: Flask, tmp_path: Path) -> None:
     """Sign-in is limited per address (10 per 5 minutes): the refusal's Retry-After is shown
     on the page, and the button waits as long."""
-    with browse(app, tmp_path, RATELIMIT_ENABLED="true") as browsing:
+    limit = {"RATELIMIT_ENABLED": "true", "DEMO_SIGN_IN_LIMIT": "10 per 5 minutes"}
+    with browse(app, tmp_path, **limit) as browsing:
         base, page = browsing.base, browsing.page
         for _ in range(10):  # the same address's earlier sign-ins
             assert call("POST", f"{base}/api/auth/demo")[0] == 200
