@@ -7,13 +7,18 @@ is not a member of does not exist for them (404, never 403: its existence is not
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, select
+from typing import TypeVarTuple
+
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, select
 
 from creditapp.accounts.models import TeamMember
+from creditapp.auth.models import User
 from creditapp.auth.principal import Principal
 from creditapp.database import DbSession
 from creditapp.errors import NotFound
 from creditapp.ledger.models import Account
+
+Columns = TypeVarTuple("Columns")
 
 
 def of_user(session: DbSession, user_id: int) -> int:
@@ -57,3 +62,9 @@ def paying_account(session: DbSession, principal: Principal, team_id: int | None
     if account_id is None:
         raise NotFound("No such team.")
     return account_id
+
+
+def with_owner_email(query: Select[*Columns]) -> Select[*Columns, str | None]:
+    """`query` (which selects from accounts or joins them) with one more column: the email of
+    the account's owner, None for a team's account. A listing's page stays one query."""
+    return query.outerjoin(User, User.id == Account.user_id).add_columns(User.email)

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
-from sqlalchemy import func, select
 
 from creditapp import accounts, ledger
 from creditapp.api import limits
@@ -40,9 +39,8 @@ from creditapp.auth import sessions, users
 from creditapp.auth.models import User
 from creditapp.billing import receipts
 from creditapp.chat import service as chat
-from creditapp.chat.models import Message
 from creditapp.extensions import db
-from creditapp.ledger.models import GRANT_SOURCES, Account, AuditRecord, Grant
+from creditapp.ledger.models import GRANT_SOURCES, AuditRecord, Grant
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration")
 
@@ -269,10 +267,7 @@ def user_transaction(user_id: str, entry_id: str) -> Any:
     )
     message_id = None
     if found.receipt is not None:
-        # The first message of the exchange the call answered: a refund of either is the same.
-        message_id = db.session.scalar(
-            select(func.min(Message.id)).where(Message.usage_id == found.receipt.usage.id)
-        )
+        message_id = chat.message_charged_by(db.session, found.receipt.usage.id)
     return {"entry": found.entry, "receipt": found.receipt, "message_id": message_id}
 
 
@@ -307,13 +302,10 @@ def revoke_sessions(user_id: str) -> Any:
 @blp.arguments(AuditArgs, location="query")
 @blp.response(200, AuditPageSchema)
 def audit(args: dict[str, Any]) -> Any:
-    # The owner's email beside their id, in the page's one query.
-    query = (
+    query = accounts.with_owner_email(
         ledger.audit_trail(
             user_id=args["user_id"], action=args["action"], start=args["from_"], end=args["to"]
         )
-        .outerjoin(User, User.id == Account.user_id)
-        .add_columns(User.email)
     )
     return keyset_page(
         db.session,

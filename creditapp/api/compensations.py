@@ -8,18 +8,17 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
+from creditapp import accounts
 from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import Credits, Id, PageArgs, Text, UtcDateTime, columns, page_of
-from creditapp.auth.models import User
 from creditapp.billing import compensations as billing_compensations
 from creditapp.billing.models import COMPENSATION_STATUSES, Compensation
 from creditapp.extensions import db
 from creditapp.jobs import compensations
-from creditapp.ledger.models import Account
 from tasks.jobs import enqueue
 
 blp = Blueprint(
@@ -71,12 +70,7 @@ def process_compensations() -> Any:
 @blp.arguments(CompensationArgs, location="query")
 @blp.response(200, page_of(CompensationSchema))
 def compensation_list(args: dict[str, Any]) -> Any:
-    # The owner's email beside their id, in the page's one query (none for a team's account).
-    query = (
-        billing_compensations.get_all(status=args["status"])
-        .outerjoin(User, User.id == Account.user_id)
-        .add_columns(User.email)
-    )
+    query = accounts.with_owner_email(billing_compensations.get_all(status=args["status"]))
     return keyset_page(
         db.session,
         query,

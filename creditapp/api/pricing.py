@@ -7,7 +7,6 @@ from decimal import Decimal
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
-from sqlalchemy import func, or_
 
 from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
@@ -92,16 +91,7 @@ PricePageSchema = page_of(PriceSchema)
 @blp.arguments(PriceListArgs, location="query")
 @blp.response(200, PricePageSchema)
 def prices(args: dict[str, Any]) -> Any:
-    query = book.get_all(provider=args["provider"], model=args["model"])
-    if args["q"]:
-        # Any case; `%` and `_` match themselves.
-        part = args["q"].lower()
-        query = query.where(
-            or_(
-                func.lower(Price.model).contains(part, autoescape=True),
-                func.lower(Price.provider).contains(part, autoescape=True),
-            )
-        )
+    query = book.get_all(provider=args["provider"], model=args["model"], containing=args["q"])
     return keyset_page(db.session, query, key=Price.id, args=args, position=lambda p: p.id)
 
 

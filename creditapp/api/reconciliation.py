@@ -8,7 +8,6 @@ from typing import Any
 
 from marshmallow import Schema, fields
 
-from creditapp import ledger
 from creditapp.api import limits
 from creditapp.api.chat import UsageSchema
 from creditapp.api.idempotency import idempotent
@@ -97,11 +96,5 @@ class ReconciliationRunSchema(Schema):
 def run_reconciliation() -> Any:
     """Queue a reconciliation now (beat also runs it on its period): once a worker has run it,
     its report is the newest at `GET /api/admin/credit/reconciliation`."""
-    ledger.record_action(
-        db.session,
-        action="reconciliation_requested",
-        context=audit_context(),
-        now=datetime.now(UTC),
-        details={},
-    )
+    reconciliation.request_run(db.session, context=audit_context(), now=datetime.now(UTC))
     return {"task_id": enqueue("reconcile")}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, delete, or_, select
+from sqlalchemy import Select, delete, func, or_, select
 
 from creditapp import ledger
 from creditapp.auth.models import User
@@ -99,6 +99,12 @@ def user_conversations(user: User) -> Select[Conversation]:
 
 def conversation_messages(conversation: Conversation) -> Select[Message]:
     return select(Message).where(Message.conversation_id == conversation.id)
+
+
+def message_charged_by(session: DbSession, usage_id: int) -> int | None:
+    """The message whose exchange a call's charge paid for (its first message: refunding
+    either message of the exchange is the same refund), or None for a call of no message."""
+    return session.scalar(select(func.min(Message.id)).where(Message.usage_id == usage_id))
 
 
 def refund_message(

@@ -58,3 +58,10 @@ def latest(session: DbSession) -> ReconciliationReport:
             ran_at=None, checked_accounts=0, drift=[], unbilled_calls=0, unbilled_cost=0
         )
     return report
+
+
+def request_run(session: DbSession, *, context: ledger.AuditContext, now: datetime) -> None:
+    """Audit an admin's request to reconcile now (the job itself runs on a worker)."""
+    ledger.record_action(
+        session, action="reconciliation_requested", context=context, now=now, details={}
+    )

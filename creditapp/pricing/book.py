@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 
 from creditapp.database import DbSession
 from creditapp.errors import Conflict, ModelNotPriced, PriceTooPrecise, ValidationFailed
@@ -152,11 +152,25 @@ def price_in_force(session: DbSession, *, provider: str, model: str, at: datetim
     return price
 
 
-def get_all(*, provider: str | None = None, model: str | None = None) -> Select[Price]:
+def get_all(
+    *, provider: str | None = None, model: str | None = None, containing: str | None = None
+) -> Select[Price]:
+    """Price rows of `provider` and `model` when given, and whose provider or model name
+    contains `containing` (any case; `%` and `_` match themselves)."""
     query = select(Price)
     if provider is not None:
         query = query.where(Price.provider == provider)
-    return query if model is None else query.where(Price.model == model)
+    if model is not None:
+        query = query.where(Price.model == model)
+    if containing:
+        part = containing.lower()
+        query = query.where(
+            or_(
+                func.lower(Price.model).contains(part, autoescape=True),
+                func.lower(Price.provider).contains(part, autoescape=True),
+            )
+        )
+    return query
 
 
 def _check_precision(field_name: str, price: Decimal | None) -> None:

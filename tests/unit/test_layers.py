@@ -110,3 +110,16 @@ def test_no_modules_import_each_other_in_a_circle() -> None:
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_no_endpoint_looks_up_an_account_by_its_owner() -> None:
+    """Which account a caller pays from is `creditapp.accounts`' answer, for every door."""
+    asking = sorted(
+        str(path.relative_to(ROOT))
+        for path in (PACKAGE / "api").rglob("*.py")
+        if any(
+            name in path.read_text()
+            for name in ("Account.user_id", "Account.team_id", "account_id_of")
+        )
+    )
+    assert asking == []
