@@ -228,22 +228,23 @@ function showReceipt(place, { entry, receipt }) {
 }
 
 // The ledger entries under `path`, newest first, into `area` (its table, and its "Load more"
-// button following the cursor); each charge's button opens its receipt in `receiptPlace`.
-// `query` adds to each page's query (the caller's own list asks for descriptions).
+// button following the cursor); each charge's button opens its receipt in `receiptPlace`. An
+// area marked data-described shows what each entry was for (asked with describe=true).
 // Returns the loader: load() starts again, load(true) adds the next page.
-export function transactionList(path, area, receiptPlace, query = "") {
+export function transactionList(path, area, receiptPlace) {
   let next = null;
   const more = area.querySelector(".more");
+  const described = "described" in area.dataset;
   async function load(again = false) {
     const cursor = again && next ? `&cursor=${encodeURIComponent(next)}` : "";
-    const page = await json(`${path}?limit=20${query}${cursor}`);
+    const page = await json(`${path}?limit=20${described ? "&describe=true" : ""}${cursor}`);
     const body = area.querySelector("tbody");
     if (!again) body.replaceChildren();
     for (const entry of page.items) {
       const row = body.insertRow();
       cell(row, when(entry.created_at));
       cell(row, entry.type);
-      cell(row, entry.description || "");
+      if (described) cell(row, entry.description || "");
       amountCell(row, entry.amount);
       amountCell(row, entry.balance_after);
       const action = cell(row, "");

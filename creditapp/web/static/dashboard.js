@@ -1,7 +1,7 @@
 // The user's dashboard, over the JSON API.
 import { $, amountCell, api, button, cell, credits, download, json, keyedTries, refusal, signInPage, transactionList, usd, when } from "./common.js";
 
-const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"), "&describe=true");
+const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
 
 let conversationId = null;
 
