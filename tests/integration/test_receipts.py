@@ -149,7 +149,8 @@ def test_an_admin_sees_a_users_transactions_and_receipts_as_the_user_does(
     user = person_factory(credits=CREDITS)
     conversation = start_conversation(client, user, "openai", MODELS["openai"])
     fake_providers.script("openai", Answer(usage=USAGES["openai"]))
-    assert send(client, user, conversation).status_code == 201
+    sent = send(client, user, conversation)
+    assert sent.status_code == 201
     base = f"/api/admin/users/{user.id}/transactions"
     own = client.get("/api/credit/transactions", headers=user.headers).get_json()
     assert client.get(base, headers=admin.headers).get_json() == own
@@ -158,7 +159,9 @@ def test_an_admin_sees_a_users_transactions_and_receipts_as_the_user_does(
     assert client.get(f"{base}?format=csv", headers=admin.headers).data == own_csv
     (charge,) = charges(client, user)
     seen = client.get(f"{base}/{charge['id']}", headers=admin.headers)
-    assert seen.get_json() == receipt_of(client, user, charge["id"])
+    # And the message the charge paid for, which an admin's refund names.
+    message_id = sent.get_json()["message"]["id"]
+    assert seen.get_json() == {**receipt_of(client, user, charge["id"]), "message_id": message_id}
     assert seen.get_json()["receipt"]["charged"] == charge["amount"].lstrip("-")
 
     stranger = person_factory(credits=CREDITS)
