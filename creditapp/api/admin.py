@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from flask import jsonify
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from creditapp import accounts, ledger
@@ -12,7 +13,9 @@ from creditapp.api import limits
 from creditapp.api.credit import (
     CSV_ANSWER,
     TRANSACTIONS_CSV,
-    TransactionArgs,
+    DescribedTransactionPageSchema,
+    OwnGrantSchema,
+    OwnTransactionArgs,
     TransactionDetailSchema,
     transactions_of,
 )
@@ -41,6 +44,7 @@ from creditapp.billing import receipts
 from creditapp.chat import service as chat
 from creditapp.extensions import db
 from creditapp.ledger.models import GRANT_SOURCES, AuditRecord, Grant
+from creditapp.ledger.queries import grant_origins
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration")
 
@@ -76,7 +80,7 @@ class AdjustResultSchema(Schema):
 class UserCreditSchema(BalanceSchema):
     user_id = Id()
     email = fields.String()
-    grants = fields.List(fields.Nested(GrantSchema))
+    grants = fields.List(fields.Nested(OwnGrantSchema))
 
 
 class AuditArgs(PageArgs):
@@ -218,27 +222,36 @@ def user_credit(user_id: str) -> Any:
         db.session, user=user, account_id=accounts.of_user(db.session, user.id), now=now
     )
     live_grants = ledger.live_grants(db.session, account_id=summary.account_id)
+    standings = ledger.grant_standings(
+        db.session, account_id=summary.account_id, grants=live_grants, now=now
+    )
+    origins = grant_origins(db.session, grant_ids=[standing.id for standing in standings])
     return {
         **vars(summary),
         "user_id": user.id,
         "email": user.email,
-        "grants": ledger.grant_standings(
-            db.session, account_id=summary.account_id, grants=live_grants, now=now
-        ),
+        "grants": [
+            {**vars(standing), "origin": origins.get(standing.id, "grant")}
+            for standing in standings
+        ],
     }
 
 
 @blp.route("/users/<user_id>/transactions", methods=["GET"])
 @authenticated(admin=True)
-@blp.arguments(TransactionArgs, location="query")
-@blp.response(200, TransactionPageSchema)
+@blp.arguments(OwnTransactionArgs, location="query")
+@blp.response(200, DescribedTransactionPageSchema)
 @blp.alt_response(
     200, success=True, schema=CSV_ANSWER, content_type="text/csv", description=TRANSACTIONS_CSV
 )
 def user_transactions(args: dict[str, Any], user_id: str) -> Any:
-    """The user's ledger entries, as the user sees them at `GET /api/credit/transactions`."""
+    """The user's ledger entries, as the user sees them at `GET /api/credit/transactions`;
+    with `describe=true` each says what it was for."""
     user = users.get(db.session, path_id(user_id, "user_id"))
-    return transactions_of(accounts.of_user(db.session, user.id), args)
+    answer = transactions_of(accounts.of_user(db.session, user.id), args)
+    if isinstance(answer, dict) and not args["describe"]:
+        return jsonify(TransactionPageSchema().dump(answer))
+    return answer
 
 
 class UserTransactionSchema(TransactionDetailSchema):

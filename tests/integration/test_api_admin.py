@@ -416,3 +416,42 @@ def test_a_users_charge_names_the_message_an_admin_refunds(
     )
     assert refunded.status_code == 201
     assert refunded.get_json()["balance"]["balance"] == "10"
+
+
+def test_an_admin_sees_what_each_of_a_users_transactions_was_for_and_a_refund_as_a_refund(
+    app: Flask, client: FlaskClient, admin: Person, person_factory, fake_providers: FakeProviders
+) -> None:
+    """As the user's own dashboard says it: a charge names its character and model, a refund
+    and an adjustment their reason; the refund's grant came from a refund, not only an admin."""
+    add_price(app, "openai", "gpt-described", input="1", output="2")
+    person = person_factory(credits=10_000_000)
+    conversation = start_conversation(client, person, "openai", "gpt-described")
+    fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 50}))
+    reply_id = send(client, person, conversation).get_json()["reply"]["id"]
+    for path, body in (
+        ("refund", {"message_id": reply_id, "reason": "bad answer"}),
+        ("adjust", {"user_id": str(person.id), "amount": "2", "reason": "outage credit"}),
+    ):
+        made = client.post(f"/api/admin/credit/{path}", json=body, headers=admin.headers)
+        assert made.status_code in (200, 201), made.get_json()
+
+    transactions = f"/api/admin/users/{person.id}/transactions"
+    plain = client.get(transactions, headers=admin.headers).get_json()["items"]
+    assert "description" not in plain[0]
+    items = client.get(f"{transactions}?describe=true", headers=admin.headers).get_json()["items"]
+    assert [(item["type"], item["amount"], item["description"]) for item in items] == [
+        ("adjust", "2", "Adjustment: outage credit"),
+        ("refund", "0.2", f"Refund of message {reply_id}: bad answer"),
+        ("charge", "-0.2", "Chat with Tester (openai:gpt-described)"),
+        ("grant", "10", "Promo: test credits"),
+    ]
+    charges = client.get(f"{transactions}?type=charge&describe=true", headers=admin.headers)
+    assert [item["description"] for item in charges.get_json()["items"]] == [
+        "Chat with Tester (openai:gpt-described)"
+    ]
+    credit = client.get(f"/api/admin/users/{person.id}/credit", headers=admin.headers).get_json()
+    assert sorted((g["source"], g["origin"], g["reason"]) for g in credit["grants"]) == [
+        ("admin", "adjust", "outage credit"),
+        ("admin", "refund", f"refund of message {reply_id}: bad answer"),
+        ("promo", "grant", "test credits"),
+    ]

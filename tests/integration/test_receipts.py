@@ -154,6 +154,11 @@ def test_an_admin_sees_a_users_transactions_and_receipts_as_the_user_does(
     base = f"/api/admin/users/{user.id}/transactions"
     own = client.get("/api/credit/transactions", headers=user.headers).get_json()
     assert client.get(base, headers=admin.headers).get_json() == own
+    # Described, they are the same too: each entry says what it was for in the same words.
+    described = "?describe=true"
+    own = client.get(f"/api/credit/transactions{described}", headers=user.headers).get_json()
+    assert "description" in own["items"][0]
+    assert client.get(f"{base}{described}", headers=admin.headers).get_json() == own
     # (Each streamed body read before the next request: the test client keeps its context.)
     own_csv = client.get("/api/credit/transactions?format=csv", headers=user.headers).data
     assert client.get(f"{base}?format=csv", headers=admin.headers).data == own_csv
