@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from playwright.sync_api import Locator, Page, expect
+from sqlalchemy import update
 
+from creditapp.auth.models import User
+from creditapp.extensions import db
 from tests.conftest import utcnow
 from tests.helpers import add_price, run_job_at
 from tests.integration.live_server import call
@@ -283,4 +286,74 @@ def test_the_audit_log_and_a_refund_of_a_users_message(console: Browsing) -> Non
     page.get_by_label("User's email", exact=True).fill("nobody@nowhere.example")
     page.get_by_role("button", name="Show the log").click()
     _shows_beside(page.get_by_label("User's email", exact=True), "No user's email contains this.")
+    assert _serious_violations(page) == []
+
+
+def test_a_users_transactions_say_what_they_were_for_and_sign_out_forgets_the_user(
+    app: Flask, console: Browsing
+) -> None:
+    """The user's transactions have the dashboard's For column (a charge's character and
+    model, a refund's message and reason) and a refund's grant reads as a refund; signed out,
+    nothing of the user open stays for the next admin on this tab."""
+    base, page = console.base, console.page
+    reply_id = _demo_user_chats(base)
+    body = {"message_id": reply_id, "reason": "a bad answer"}
+    _post(base, "/api/admin/credit/refund", _token(page), body)
+    _open_demo_user(page)
+    user_id = _api(base, page, "/api/admin/users?q=user@demo")["items"][0]["id"]
+    described = _api(base, page, f"/api/admin/users/{user_id}/transactions?describe=true")
+    charge = next(entry for entry in described["items"] if entry["type"] == "charge")
+    assert charge["description"].startswith("Chat with Ada (")
+
+    table = page.locator("#user-transactions table")
+    expect(table.locator("thead th")).to_have_text(
+        ["When", "Type", "For", "Amount", "Balance after", "Receipt"]
+    )
+    rows = table.locator("tbody tr")
+    expect(rows).to_have_count(len(described["items"]))
+    expect(rows.first.locator("td").nth(1)).to_have_text("refund")
+    expect(rows.first.locator("td").nth(2)).to_have_text(
+        f"Refund of message {reply_id}: a bad answer"
+    )
+    expect(rows.nth(1).locator("td").nth(1)).to_have_text("charge")
+    expect(rows.nth(1).locator("td").nth(2)).to_have_text(charge["description"])
+    # The refund's grant reads as a refund, not as an admin's grant.
+    refund_grant = page.locator("#user-grants tbody tr", has_text="a bad answer").locator("td")
+    expect(refund_grant.first).to_have_text("refund")
+    # The user's charges name what they paid for too.
+    expect(page.locator("#user-charges tbody tr").first.locator("td").nth(2)).to_have_text(
+        charge["description"]
+    )
+    page.locator("#user-transactions").scroll_into_view_if_needed()
+    _photograph(console, "admin-described-transactions")
+
+    # Signed out, then in as another admin (the demo user, made an admin) on the same tab.
+    with app.app_context():
+        db.session.execute(update(User).where(User.email == DEMO_USER).values(role="admin"))
+        db.session.commit()
+        db.session.remove()
+    page.get_by_role("button", name="Sign out").click()
+    sign_in = page.get_by_role("button", name="Sign in as the demo admin")
+    sign_in.wait_for()
+    expect(page.locator("#user")).to_be_hidden()
+    expect(page.locator("#user-figures > *")).to_have_count(0)
+    page.route(
+        "**/api/auth/demo",
+        lambda route: route.continue_(
+            post_data=json.dumps({}),
+            headers={**route.request.headers, "content-type": "application/json"},
+        ),
+    )
+    sign_in.click()
+    expect(page.locator("#users tbody tr")).to_have_count(2)
+    page.unroute("**/api/auth/demo")
+    assert _api(base, page, "/api/me")["email"] == DEMO_USER
+    expect(page.locator("#user")).to_be_hidden()
+    expect(page.locator("#user-figures > *")).to_have_count(0)
+    expect(page.locator("#user-title")).not_to_have_text(DEMO_USER)
+    expect(page.locator("#user-transactions tbody tr")).to_have_count(0)
+    expect(page.locator("#user-grants tbody tr")).to_have_count(0)
+    # (The compensations list, B's own, names the refund: the user view names nothing.)
+    left = page.locator("#user").text_content() or ""
+    assert "a bad answer" not in left and "Chat with Ada" not in left and DEMO_USER not in left
     assert _serious_violations(page) == []

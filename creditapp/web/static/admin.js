@@ -122,6 +122,14 @@ async function findUsers(event, again = false) {
   $("#more-users").hidden = !nextUsers;
 }
 
+// Where a grant's credits came from: a refund or an adjustment is said as such (their grants'
+// source is `admin`), as the user's dashboard says it.
+function grantSource(grant) {
+  if (grant.origin === "refund") return "refund";
+  if (grant.origin === "adjust") return "adjustment";
+  return grant.source;
+}
+
 async function openUser(id) {
   userId = id;
   const base = `/api/admin/users/${encodeURIComponent(id)}`;
@@ -137,7 +145,7 @@ async function openUser(id) {
   ]);
   $("#user-tier").value = credit.tier;
   rows("#user-grants", credit.grants, (grant) => [
-    grant.source,
+    grantSource(grant),
     credits(grant.amount),
     credits(grant.remaining),
     grant.expires_at ? when(grant.expires_at) : "never",
@@ -159,7 +167,7 @@ let nextCharges = null;
 
 async function loadCharges(again = false) {
   const cursor = again && nextCharges ? `&cursor=${encodeURIComponent(nextCharges)}` : "";
-  const page = await json(`/api/admin/users/${encodeURIComponent(userId)}/transactions?type=charge&limit=10${cursor}`);
+  const page = await json(`/api/admin/users/${encodeURIComponent(userId)}/transactions?type=charge&limit=10&describe=true${cursor}`);
   rows(
     "#user-charges",
     page.items,
@@ -368,6 +376,21 @@ async function loadTiers() {
   select.replaceChildren(...items.map((tier) => Object.assign(document.createElement("option"), { value: tier.name, textContent: tier.name })));
 }
 
+// What the console keeps of a session beyond its forms and tables (see signInPage): the user
+// open is the signed-out admin's, and so are their figures.
+function forget() {
+  userId = null;
+  userEmail = null;
+  nextUsers = null;
+  nextAudit = null;
+  nextCharges = null;
+  auditQuery = "";
+  $("#user").hidden = true;
+  $("#user-title").textContent = "User";
+  $("#user-figures").replaceChildren();
+  $("#user-receipt").hidden = true;
+}
+
 async function showConsole() {
   const me = await json("/api/me");
   if (me.role !== "admin") throw new Error(`${me.email} is not an admin: the console is for admins.`);
@@ -471,5 +494,5 @@ document.addEventListener("DOMContentLoaded", () => {
       return `Price #${answer.id} added for ${answer.provider}:${answer.model}, in force from ${when(answer.effective_from)}.`;
     },
   );
-  signInPage(showConsole, { role: "admin" });
+  signInPage(showConsole, { role: "admin" }, forget);
 });
