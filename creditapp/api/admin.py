@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import jsonify
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from creditapp import accounts, ledger
@@ -33,7 +32,6 @@ from creditapp.api.schemas import (
     Id,
     PageArgs,
     Text,
-    TransactionPageSchema,
     UtcDateTime,
     columns,
     page_of,
@@ -44,7 +42,6 @@ from creditapp.billing import receipts
 from creditapp.chat import service as chat
 from creditapp.extensions import db
 from creditapp.ledger.models import GRANT_SOURCES, AuditRecord, Grant
-from creditapp.ledger.queries import grant_origins
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration")
 
@@ -225,7 +222,7 @@ def user_credit(user_id: str) -> Any:
     standings = ledger.grant_standings(
         db.session, account_id=summary.account_id, grants=live_grants, now=now
     )
-    origins = grant_origins(db.session, grant_ids=[standing.id for standing in standings])
+    origins = ledger.grant_origins(db.session, grant_ids=[standing.id for standing in standings])
     return {
         **vars(summary),
         "user_id": user.id,
@@ -248,10 +245,7 @@ def user_transactions(args: dict[str, Any], user_id: str) -> Any:
     """The user's ledger entries, as the user sees them at `GET /api/credit/transactions`;
     with `describe=true` each says what it was for."""
     user = users.get(db.session, path_id(user_id, "user_id"))
-    answer = transactions_of(accounts.of_user(db.session, user.id), args)
-    if isinstance(answer, dict) and not args["describe"]:
-        return jsonify(TransactionPageSchema().dump(answer))
-    return answer
+    return transactions_of(accounts.of_user(db.session, user.id), args)
 
 
 class UserTransactionSchema(TransactionDetailSchema):

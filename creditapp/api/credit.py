@@ -8,8 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from flask import jsonify
-from marshmallow import Schema, ValidationError, fields, pre_dump, validate, validates_schema
-from sqlalchemy import select
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from creditapp import accounts, ledger
 from creditapp.api import csv_export
@@ -23,22 +22,20 @@ from creditapp.api.schemas import (
     Id,
     PageArgs,
     Text,
-    TransactionPageSchema,
     TransactionSchema,
     UtcDateTime,
+    columns,
     in_range,
     page_of,
     token_counts,
 )
 from creditapp.auth import users
 from creditapp.billing import receipts, usage_report
-from creditapp.billing.models import ROLLUP_SUMS, UsageRecord
+from creditapp.billing.models import ROLLUP_SUMS
 from creditapp.billing.usage_report import GROUPINGS
-from creditapp.chat.models import Character, Conversation
-from creditapp.database import DbSession
+from creditapp.chat import statements
 from creditapp.extensions import db
 from creditapp.ledger.models import ENTRY_TYPES, Grant, LedgerEntry
-from creditapp.ledger.queries import OPENING_TYPES, EntryGrounds, entry_grounds, grant_origins
 from creditapp.metering.usage import TOKEN_COUNTERS
 from creditapp.money import format_credits
 
@@ -133,7 +130,7 @@ def balance() -> Any:
 class OwnGrantSchema(GrantSchema):
     origin = fields.String(
         metadata={
-            "enum": list(OPENING_TYPES),
+            "enum": list(ledger.OPENING_TYPES),
             "description": "the ledger entry that opened the grant: `refund` for a refund"
             " (its source is `admin`), `adjust` for a positive adjustment, `refresh` for"
             " subscription credits, `grant` for any other",
@@ -152,7 +149,7 @@ def grants(args: dict[str, Any]) -> Any:
     standings = ledger.grant_standings(
         db.session, account_id=account_id, grants=page["items"], now=datetime.now(UTC)
     )
-    origins = grant_origins(db.session, grant_ids=[standing.id for standing in standings])
+    origins = ledger.grant_origins(db.session, grant_ids=[standing.id for standing in standings])
     page["items"] = [
         {**vars(standing), "origin": origins.get(standing.id, "grant")} for standing in standings
     ]
@@ -211,103 +208,15 @@ def usage(args: dict[str, Any]) -> Any:
     )
 
 
-# How a grant's source reads in a description.
-GRANT_SOURCES = {"purchase": "Purchase", "promo": "Promo", "admin": "From an admin"}
-
-
-def _charge_description(usage: tuple[str, str, str, str | None] | None) -> str:
-    if usage is None:
-        return "Charge"
-    provider, model, ending, character = usage
-    called = f"{provider}:{model}"
-    said = f"Chat with {character} ({called})" if character else f"Call to {called}"
-    return said if ending == "completed" else f"{said}, cut short"
-
-
-def _description(
-    entry: LedgerEntry,
-    grounds: EntryGrounds | None,
-    usage: tuple[str, str, str, str | None] | None,
-) -> str:
-    if entry.type == "charge":
-        return _charge_description(usage)
-    if grounds is None:  # every entry has a grant and an audit record: never, but typed so
-        return entry.type.capitalize()
-    reason = grounds.details.get("reason") or grounds.grant_reason
-    if entry.type == "refund":
-        if reason and reason.lower().startswith("refund"):
-            return reason[0].upper() + reason[1:]
-        return f"Refund: {reason}" if reason else "Refund"
-    if entry.type == "adjust":
-        return f"Adjustment: {reason}" if reason else "Adjustment"
-    if entry.type == "refresh":
-        return f"Subscription credits for {grounds.grant_period}"
-    source = GRANT_SOURCES.get(grounds.grant_source, grounds.grant_source)
-    if entry.type == "expire":
-        if grounds.grant_source == "subscription":
-            return f"Expired: subscription credits for {grounds.grant_period}"
-        given_for = f": {grounds.grant_reason}" if grounds.grant_reason else ""
-        return f"Expired: a grant ({source.lower()}){given_for}"
-    return f"{source}: {reason}" if reason else source
-
-
-def described(session: DbSession, entries: list[LedgerEntry]) -> list[dict[str, Any]]:
-    """The entries as DescribedTransactionSchema dumps them, each with its description: the
-    ledger's grounds (grant, audit record) and a charge's call (usage record, conversation's
-    character) read in two queries for all of them."""
-    grounds = entry_grounds(session, entry_ids=[entry.id for entry in entries])
-    holds = [entry.hold_id for entry in entries if entry.type == "charge" and entry.hold_id]
-    calls: dict[int, tuple[str, str, str, str | None]] = {}
-    if holds:
-        rows = session.execute(
-            select(
-                UsageRecord.hold_id,
-                UsageRecord.provider,
-                UsageRecord.model,
-                UsageRecord.ending,
-                Character.name,
-            )
-            .outerjoin(Conversation, Conversation.id == UsageRecord.conversation_id)
-            .outerjoin(Character, Character.id == Conversation.character_id)
-            .where(UsageRecord.hold_id.in_(holds))
-        )
-        calls = {
-            hold_id: (provider, model, ending, name)
-            for hold_id, provider, model, ending, name in rows
-        }
-    return [
-        {
-            "id": entry.id,
-            "type": entry.type,
-            "amount": entry.amount,
-            "balance_after": entry.balance_after,
-            "reference": entry.reference,
-            "created_at": entry.created_at,
-            "description": _description(
-                entry, grounds.get(entry.id), calls.get(entry.hold_id) if entry.hold_id else None
-            ),
-        }
-        for entry in entries
-    ]
-
-
 class DescribedTransactionSchema(TransactionSchema):
     description = fields.String(
         metadata={
-            "description": "what the entry was for, in words: a charge's character and model"
-            " (or model alone, for a call outside a conversation), a grant's source and reason,"
-            " an adjustment's or a refund's reason, the credits a refresh or an expiry concerns"
+            "description": "present with `describe=true` only: what the entry was for, in"
+            " words: a charge's character and model (or model alone, for a call outside a"
+            " conversation), a grant's source and reason, an adjustment's or a refund's reason,"
+            " the credits a refresh or an expiry concerns"
         }
     )
-
-    @pre_dump(pass_collection=True)
-    def _describe(self, data: Any, many: bool, **_kwargs: Any) -> Any:
-        """Ledger entries are described all at once (a page in two queries)."""
-        entries = data if many else [data]
-        if not entries or not isinstance(entries[0], LedgerEntry):
-            return data
-        found = described(db.session, entries)
-        return found if many else found[0]
 
 
 class DescribedTransactionPageSchema(Schema):
@@ -336,16 +245,13 @@ class OwnTransactionArgs(TransactionArgs):
 def transactions(args: dict[str, Any]) -> Any:
     """Ledger entries, newest first; `from` and `to` (dates or datetimes) bound them; with
     `describe=true` each says what it was for."""
-    answer = transactions_of(accounts.paying_account(db.session, principal()), args)
-    if isinstance(answer, dict) and not args["describe"]:
-        # Described on request only: a description costs two queries a page, and an entry reads
-        # the same here as in an admin's list of the user's transactions.
-        return jsonify(TransactionPageSchema().dump(answer))
-    return answer
+    return transactions_of(accounts.paying_account(db.session, principal()), args)
 
 
 def transactions_of(account_id: int, args: dict[str, Any]) -> Any:
-    """The account's ledger entries as asked by TransactionArgs: a page, or every one as CSV."""
+    """The account's ledger entries as asked by OwnTransactionArgs: a page, or every one as CSV;
+    a page's entries say what they were for when `describe` is asked (an entry reads the same
+    in the user's list and in an admin's list of the user's transactions)."""
     query = ledger.entries_of(
         account_id, entry_type=args["type"], start=args["start"], end=args["end"]
     )
@@ -371,9 +277,16 @@ def transactions_of(account_id: int, args: dict[str, Any]) -> Any:
             ["id", "created_at", "type", "amount", "balance_after", "reference"],
             rows(),
         )
-    return keyset_page(
+    page = keyset_page(
         db.session, query, key=LedgerEntry.seq, args=args, position=lambda entry: entry.seq
     )
+    if args["describe"]:
+        # Described on request only: a description costs two queries a page.
+        descriptions = statements.describe(db.session, page["items"])
+        page["items"] = [
+            {**columns(entry), "description": descriptions[entry.id]} for entry in page["items"]
+        ]
+    return page
 
 
 class ExactCredits(fields.Field):

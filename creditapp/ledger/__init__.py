@@ -69,13 +69,24 @@ from creditapp.ledger.operations import (
     settle,
     void,
 )
-from creditapp.ledger.queries import audit_trail, entries_of, grants_of, live_grants
+from creditapp.ledger.queries import (
+    OPENING_TYPES,
+    EntryGrounds,
+    audit_trail,
+    entries_of,
+    entry_grounds,
+    grant_origins,
+    grants_of,
+    live_grants,
+)
 from creditapp.ledger.reconcile import Drift, reconcile
 
 __all__ = [
+    "OPENING_TYPES",
     "AuditContext",
     "Balance",
     "Drift",
+    "EntryGrounds",
     "GrantResult",
     "GrantStanding",
     "HoldResult",
@@ -85,9 +96,11 @@ __all__ = [
     "audit_trail",
     "balance",
     "entries_of",
+    "entry_grounds",
     "expire_grants",
     "expire_hold",
     "grant",
+    "grant_origins",
     "grant_standings",
     "grants_of",
     "hold",

@@ -219,3 +219,21 @@ def test_each_transaction_says_what_it_was_for_and_a_refund_is_a_refund(
         ("admin", "refund", f"refund of message {reply_id}: bad answer"),
         ("promo", "grant", "test credits"),
     ]
+
+
+def test_the_document_says_a_description_comes_only_when_asked(client: FlaskClient) -> None:
+    """Both lists of transactions (the user's and an admin's of a user) answer the same entries;
+    `description` is theirs only with `describe=true`, and the document says so."""
+    document = client.get("/api/openapi.json").get_json()
+    schemas = document["components"]["schemas"]
+
+    def item_of(path: str) -> dict:
+        answer = document["paths"][path]["get"]["responses"]["200"]["content"]
+        page = answer["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+        return schemas[schemas[page]["properties"]["items"]["items"]["$ref"].rsplit("/", 1)[-1]]
+
+    item = item_of("/api/credit/transactions")
+    assert item == item_of("/api/admin/users/{user_id}/transactions")
+    assert "description" not in item.get("required", [])
+    assert "only" in item["properties"]["description"]["description"]
+    assert "`describe=true`" in item["properties"]["description"]["description"]

@@ -123,3 +123,28 @@ def test_no_endpoint_looks_up_an_account_by_its_owner() -> None:
         )
     )
     assert asking == []
+
+
+def test_the_http_layer_reaches_the_ledger_through_its_package_names() -> None:
+    """`creditapp.ledger`'s `__all__` is what the layers above use (its models for their
+    columns): not its queries or operations behind it."""
+    behind = sorted(
+        (module, name)
+        for module, found in _imports_of(_modules(), "creditapp.ledger").items()
+        if module.startswith("creditapp.api")
+        for name in found
+        if name not in ("creditapp.ledger", "creditapp.ledger.models")
+    )
+    assert behind == []
+
+
+def test_no_endpoint_runs_a_query_of_its_own() -> None:
+    """A view calls a service: the queries are the domain's (the pager only runs the query a
+    service built, a page at a time)."""
+    views = [path for path in (PACKAGE / "api").rglob("*.py") if "Blueprint(" in path.read_text()]
+    querying = sorted(
+        str(path.relative_to(ROOT))
+        for path in views
+        if any(word in path.read_text() for word in ("select(", "session.execute("))
+    )
+    assert querying == []
