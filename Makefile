@@ -35,7 +35,7 @@ tools:  ## Debian's nginx, Chromium and promtool for the edge, browser and alert
 	  || (apt-get update && apt-get install -y --no-install-recommends prometheus)
 
 run: venv  ## migrate, seed demo data; serve http://127.0.0.1:$PORT (default 5000) with a worker and beat (SQLite, no servers); FRESH=1 deletes the database of earlier runs first
-	$(PY) scripts/run_embedded.py $(if $(FRESH),--fresh)
+	$(PY) scripts/run_embedded.py $(if $(filter 1,$(FRESH)),--fresh)
 
 test: venv tools lint test-sqlite test-postgres test-chaos test-clock  ## the whole suite on SQLite, on PostgreSQL + Redis, a short chaos run, then with the clock moved
 

@@ -329,3 +329,10 @@ def test_make_run_fresh_passes_fresh() -> None:
     assert "scripts/run_embedded.py --fresh" in planned.stdout
     planned = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True)
     assert "--fresh" not in planned.stdout
+    # FRESH=0 keeps the database: only FRESH=1 deletes it.
+    for kept in ("FRESH=0", "FRESH="):
+        planned = subprocess.run(
+            ["make", "-n", "run", kept], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        assert "scripts/run_embedded.py" in planned.stdout
+        assert "--fresh" not in planned.stdout
