@@ -536,6 +536,44 @@ def test_the_sign_in_limit_says_how_long_to_wait(app: Flask, tmp_path: Path) -> 
         browsing.meant_refusals.append((429, "/api/auth/demo"))
 
 
+def test_a_retry_after_that_cannot_be_right_is_not_believed(browsing: Browsing) -> None:
+    """A 429 whose Retry-After is negative, fractional, not a number or longer than an hour
+    (days would overflow the timer) says to wait a few minutes and leaves the buttons enabled;
+    a whole number of seconds is said in words, and the buttons wait as long."""
+    base, page = browsing.base, browsing.page
+    page.goto(f"{base}/")
+    sign_in = page.get_by_role("button", name="Sign in as the demo user")
+    refusal = json.dumps({"error": {"code": "rate_limited", "message": "Too many requests."}})
+
+    def refuse_with(wait: str) -> None:
+        page.unroute("**/api/auth/demo")
+        page.route(
+            "**/api/auth/demo",
+            lambda route: route.fulfill(
+                status=429,
+                headers={"Retry-After": wait},
+                content_type="application/json",
+                body=refusal,
+            ),
+        )
+        page.evaluate("document.querySelector('#sign-in-error').textContent = 'before'")
+        sign_in.click()
+        browsing.meant_refusals.append((429, "/api/auth/demo"))
+
+    for wait in ["-5", "2.5", "3000000", "1e3", "soon", "0", ""]:
+        refuse_with(wait)
+        expect(page.locator("#sign-in-error")).to_have_text(
+            "Too many requests. Please wait a few minutes before signing in again."
+        )
+        expect(sign_in).to_be_enabled()
+    refuse_with("90")
+    expect(page.locator("#sign-in-error")).to_have_text(
+        "Too many sign-ins from this address for now: try again in 1 minute 30 seconds."
+    )
+    expect(sign_in).to_be_disabled()
+    page.unroute("**/api/auth/demo")
+
+
 def _short_day(day: date) -> str:
     return f"{day:%b} {day.day}"
 

@@ -29,11 +29,24 @@ function request(path, options, token) {
   });
 }
 
+// The longest wait a Retry-After is believed for, in seconds: the service's limits ask for
+// minutes; a longer one is taken for a fault (and days overflow a timer: the buttons would come
+// back at once).
+const LONGEST_WAIT = 3600;
+
+// The seconds a Retry-After asks to wait: a whole number from 1 to LONGEST_WAIT, or null (none,
+// a date, a negative, fractional or huge number), for which the page says to wait a few minutes.
+function retryAfterSeconds(value) {
+  if (!/^\d+$/.test(value?.trim() ?? "")) return null;
+  const seconds = Number(value);
+  return seconds > 0 && seconds <= LONGEST_WAIT ? seconds : null;
+}
+
 // A refused request as an Error: the API's message, with its body, status and (for a 429) the
 // seconds its Retry-After asks to wait.
 export async function refusal(response) {
   const body = await response.json();
-  const retryAfter = Number(response.headers.get("Retry-After")) || null;
+  const retryAfter = retryAfterSeconds(response.headers.get("Retry-After"));
   return Object.assign(new Error(body.error.message), { body, status: response.status, retryAfter });
 }
 
