@@ -104,13 +104,8 @@ def google_sign_in(args: dict[str, Any]) -> Any:
         raise
 
 
-def demo_sign_in_limit() -> str:
-    """How often one IP may use the demo sign-in (DEMO_SIGN_IN_LIMIT)."""
-    return str(current_app.config["DEMO_SIGN_IN_LIMIT"])
-
-
 @blp.route("/demo", methods=["POST"])
-@limits.limiter.limit(demo_sign_in_limit, key_func=limits.client_ip)
+@limits.limiter.limit(limits.demo_sign_in, key_func=limits.client_ip)
 @blp.arguments(DemoSignInArgs, required=False)
 @blp.response(200, SignInSchema)
 @answers(404)

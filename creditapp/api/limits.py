@@ -71,6 +71,12 @@ def sensitive() -> str:
     return _limit("sensitive", "RATELIMIT_SENSITIVE")
 
 
+def demo_sign_in() -> str:
+    """How often one IP may use the demo sign-in (DEMO_SIGN_IN_LIMIT; counted per IP, whoever
+    signs in)."""
+    return str(current_app.config["DEMO_SIGN_IN_LIMIT"])
+
+
 def spending() -> str:
     """Operations that spend credits."""
     return _limit("spending", "RATELIMIT_SPENDING")

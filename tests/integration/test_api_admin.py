@@ -323,6 +323,27 @@ def test_admins_run_reconciliation_now(app: Flask, client: FlaskClient, admin, u
     )
 
 
+def test_a_retried_reconciliation_run_queues_one_task_and_replays_the_first_answer(
+    app: Flask, client: FlaskClient, admin
+) -> None:
+    celery = app.extensions["celery"]
+    keyed = {**admin.headers, "Idempotency-Key": "reconcile-1"}
+    with mock.patch.object(celery, "send_task", wraps=celery.send_task) as send_task:
+        first = client.post("/api/admin/credit/reconciliation/run", headers=keyed)
+        again = client.post("/api/admin/credit/reconciliation/run", headers=keyed)
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert [call.kwargs["args"] for call in send_task.call_args_list] == [("reconcile",)]
+    with app.app_context():
+        requested = db.session.scalars(
+            select(AuditRecord.actor_id).where(AuditRecord.action == "reconciliation_requested")
+        ).all()
+        db.session.remove()
+    assert requested == [str(admin.id)]
+
+
 def test_compensations_name_the_users_email(
     app: Flask, client: FlaskClient, admin: Person, person_factory, fake_providers: FakeProviders
 ) -> None:

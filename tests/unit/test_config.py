@@ -195,3 +195,13 @@ def test_token_lifetimes_and_google_client_ids_come_from_the_environment(monkeyp
     lifetimes = (config.JWT_ACCESS_TOKEN_EXPIRES, config.JWT_REFRESH_TOKEN_EXPIRES)
     assert lifetimes == (timedelta(minutes=5), timedelta(days=7))
     assert config.GOOGLE_CLIENT_IDS == ["web.example", "ios.example"]
+
+
+def test_a_bad_demo_sign_in_limit_stops_the_start(monkeypatch) -> None:
+    monkeypatch.setenv("DEMO_SIGN_IN_LIMIT", "often")
+    with pytest.raises(ConfigurationError, match="DEMO_SIGN_IN_LIMIT must be a rate limit"):
+        load_config("development")
+    with pytest.raises(ConfigurationError, match="DEMO_SIGN_IN_LIMIT"):
+        create_app()
+    monkeypatch.setenv("DEMO_SIGN_IN_LIMIT", "50 per 5 minutes")
+    assert load_config("development").DEMO_SIGN_IN_LIMIT == "50 per 5 minutes"

@@ -148,3 +148,14 @@ def test_no_endpoint_runs_a_query_of_its_own() -> None:
         if any(word in path.read_text() for word in ("select(", "session.execute("))
     )
     assert querying == []
+
+
+def test_every_rate_limit_is_read_in_one_place() -> None:
+    """`creditapp.api.limits` reads the limit settings; the views name its functions."""
+    reading = sorted(
+        str(path.relative_to(ROOT))
+        for path in (PACKAGE / "api").rglob("*.py")
+        if path.name != "limits.py"
+        and ('_LIMIT"]' in path.read_text() or "RATELIMIT_" in path.read_text())
+    )
+    assert reading == []
