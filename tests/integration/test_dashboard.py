@@ -417,6 +417,56 @@ def test_signing_out_leaves_nothing_of_the_session_for_the_next_person(
     assert page.locator("#chat-error").inner_text() == ""
 
 
+def test_an_answer_for_the_previous_session_is_not_shown_to_the_next(
+    browsing: Browsing,
+) -> None:
+    """A signs in, and A's balance is still on its way when A signs out and B signs in on the
+    same tab: when it comes, B's page shows B's balance, not A's."""
+    base, page = browsing.base, browsing.page
+    held: list[tuple[Route, Any]] = []
+    answered: list[str] = []
+
+    def hold_the_first(route: Route) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))
+
+    page.route("**/api/credit/balance", hold_the_first)
+    page.on("response", lambda response: answered.append(urlsplit(response.url).path))
+    page.goto(f"{base}/")
+    page.get_by_role("button", name="Sign in as the demo user").click()
+    _wait_until(page, lambda: len(held) == 1)
+    (route, a_answer) = held[0]
+    a_balance = a_answer.json()["balance"]
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in as the demo user").wait_for()
+
+    # B (the demo admin) signs in with the same button; B's balance is answered at once.
+    page.route(
+        "**/api/auth/demo",
+        lambda route: route.continue_(
+            post_data=json.dumps({"role": "admin"}),
+            headers={**route.request.headers, "content-type": "application/json"},
+        ),
+    )
+    page.get_by_role("button", name="Sign in as the demo user").click()
+    expect(page.locator("#tier")).to_have_text("pro")
+    page.unroute("**/api/auth/demo")
+    b_balance = _api(base, page, "/api/credit/balance")["balance"]
+    assert b_balance != a_balance
+    expect(page.locator("#balance")).to_have_text(_grouped(b_balance))
+
+    # A's answer arrives now, for a session that is over.
+    route.fulfill(response=a_answer)
+    _wait_until(page, lambda: answered.count("/api/credit/balance") == 2)
+    page.wait_for_timeout(1000)  # time enough for the page to read it
+    page.unroute("**/api/credit/balance")
+    expect(page.locator("#balance")).to_have_text(_grouped(b_balance))
+    expect(page.locator("#tier")).to_have_text("pro")
+    expect(page.locator("#sign-in-error")).to_have_text("")
+
+
 LOADS = {
     "/api/credit/balance",
     "/api/credit/grants",

@@ -94,7 +94,8 @@ function action(form, request, done) {
       // The page is brought up to date within the try: the button stays disabled until it is.
       outcome.textContent = await tries(sent, async (key) => done(await json(path, { method, body, headers: { "Idempotency-Key": key } }), sent));
     } catch (error) {
-      refused(form, outcome, error);
+      // Signed out meanwhile: the form is the next session's, and says nothing of this one.
+      if (!error.signedOut) refused(form, outcome, error);
     } finally {
       if (submitter) submitter.disabled = false;
     }

@@ -79,26 +79,51 @@ function refreshTokens() {
   return refreshing;
 }
 
+// The session the page shows, counted: each end of one (signedOut) starts the next. Work begun
+// for a session (a request, a stream) checks it is still the page's after each wait, so that
+// nothing of the previous person's is written into the next one's page.
+let generation = 0;
+
+// A check for the work begun now: it throws once the session it was begun for has ended, an
+// Error with `signedOut` set (the page has nothing more to show of it) and `stale` (it is not
+// the session on the page). Its `ended()` says so without throwing.
+export function sessionCheck() {
+  const begun = generation;
+  const ended = () => generation !== begun;
+  return Object.assign(
+    () => {
+      if (ended()) throw Object.assign(new Error("Signed out meanwhile."), { signedOut: true, stale: true });
+    },
+    { ended },
+  );
+}
+
 // A request refused for its access token (expired, most often) is tried once more with the
 // renewed one, the same headers (its Idempotency-Key among them); a second refusal, a refresh
 // refused, or a revoked session ends the session on the page, saying why. The Error thrown then
 // has `signedOut` set: the page has nothing more to show of it.
 export async function api(path, options = {}) {
+  const check = sessionCheck();
   const token = sessionStorage.getItem(ACCESS);
   let response = await request(path, options, token);
+  check();
   if (response.status === 401 && token) {
     let { code } = (await response.json()).error;
+    check();
     const current = sessionStorage.getItem(ACCESS);
     let renewed = false;
     if (code === "unauthorized" && current !== null) {
       // Renewed meanwhile by another request's refresh, or renewed now: never a second refresh.
       const refreshed = current !== token || (await refreshTokens());
+      check();
       renewed = refreshed === true;
       if (!renewed) code = refreshed;
     }
     if (renewed) response = await request(path, options, sessionStorage.getItem(ACCESS));
+    check();
     if (!renewed || response.status === 401) {
       if (renewed) code = (await response.json()).error.code;
+      check();
       const reason = sessionEnded(code);
       // Only the first request refused says so: the others refused with it find it done.
       if (sessionStorage.getItem(ACCESS) !== null) signedOut(reason);
@@ -109,9 +134,16 @@ export async function api(path, options = {}) {
 }
 
 export async function json(path, options) {
+  const check = sessionCheck();
   const response = await api(path, options);
-  if (!response.ok) throw await refusal(response);
-  return response.json();
+  if (!response.ok) {
+    const refused = await refusal(response);
+    check();
+    throw refused;
+  }
+  const answer = await response.json();
+  check();
+  return answer;
 }
 
 // The tries of one request from `form`: each is handed the same Idempotency-Key for as long as
@@ -206,8 +238,11 @@ export function figures(list, items) {
 }
 
 export async function download(path, filename) {
+  const check = sessionCheck();
   const response = await api(path, { headers: { Accept: "text/csv" } });
-  const url = URL.createObjectURL(await response.blob());
+  const blob = await response.blob();
+  check();
+  const url = URL.createObjectURL(blob);
   const link = document.createElement("a");
   link.href = url;
   link.download = filename;
@@ -290,6 +325,7 @@ function clearPage() {
 }
 
 function signedOut(reason = "") {
+  generation += 1;
   forgetTokens();
   clearPage();
   $("#signed-in").hidden = true;
@@ -362,7 +398,8 @@ export function signInPage(whenSignedIn, demoBody, forget = () => {}) {
     try {
       await whenSignedIn();
     } catch (error) {
-      signedOut(error.message);
+      // A session ended meanwhile is not ended again: the page may be the next person's.
+      if (!error.stale) signedOut(error.message);
     }
   };
   $("#demo-sign-in")?.addEventListener("click", () => signIn("/api/auth/demo", demoBody));

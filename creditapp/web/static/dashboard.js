@@ -1,5 +1,5 @@
 // The user's dashboard, over the JSON API.
-import { $, amountCell, api, button, cell, credits, download, json, keyedTries, refusal, signInPage, transactionList, usd, when } from "./common.js";
+import { $, amountCell, api, button, cell, credits, download, json, keyedTries, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
 
 const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
 
@@ -354,16 +354,22 @@ async function readEvents(response, onEvent) {
 }
 
 // One message sent: its reply streamed into the conversation. Throws as `json` does when the
-// message is refused, and a TypeError when no answer came back (or it broke off).
-async function sendMessage(content, key) {
+// message is refused, and a TypeError when no answer came back (or it broke off). A reply still
+// streaming when its session ends is written nowhere (see sessionCheck).
+async function sendMessage(content, key, check) {
   const response = await api(`/api/conversations/${conversationId}/messages`, {
     method: "POST",
     body: { content, stream: true },
     headers: { "Idempotency-Key": key },
   });
-  if (!response.ok) throw await refusal(response);
+  if (!response.ok) {
+    const refused = await refusal(response);
+    check();
+    throw refused;
+  }
   let reply = null;
   await readEvents(response, (name, data) => {
+    check();
     if (name === "message") {
       addLine("user", data.content);
       reply = addLine("assistant", "");
@@ -397,10 +403,13 @@ async function send(event) {
   event.preventDefault();
   $("#chat-error").textContent = "";
   const content = $("#message").value;
+  const check = sessionCheck();
   try {
-    await sendTries({ conversationId, content }, (key) => sendMessage(content, key));
+    await sendTries({ conversationId, content }, (key) => sendMessage(content, key, check));
+    check();
   } catch (error) {
-    if (!error.signedOut) $("#chat-error").textContent = chatError(error);
+    // Refused, or no answer: said in the chat, unless the session ended meanwhile.
+    if (!error.signedOut && !check.ended()) $("#chat-error").textContent = chatError(error);
     return;
   }
   if ($("#message").value === content) $("#message").value = "";
