@@ -80,8 +80,8 @@ def dashboard() -> Response:
 
 @blp.route("/admin", methods=["GET"])
 def admin_console() -> Response:
-    """Sign-in, then (for admins) users, their credit, compensations, reconciliation, prices
-    and tiers."""
+    """Sign-in, then (for admins) users, their credit and transactions (refunds of their
+    messages among them), compensations, reconciliation, prices, tiers and the audit log."""
     return _page(
         "admin.html",
         script="admin.js",

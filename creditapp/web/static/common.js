@@ -350,8 +350,9 @@ export function duration(seconds) {
   return parts.join(" ");
 }
 
-// Sign-in is limited per address (RATELIMIT_SENSITIVE): a refusal says how long to wait, and the
-// buttons come back when the wait is over.
+// Sign-in is limited per address (Google's by RATELIMIT_SENSITIVE, the demo button's by
+// DEMO_SIGN_IN_LIMIT): a refusal says how long to wait, and the buttons come back when the wait
+// is over.
 function tooManySignIns(error) {
   if (!error.retryAfter) return `${error.message} Please wait a few minutes before signing in again.`;
   const buttons = document.querySelectorAll("#sign-in button");
