@@ -216,6 +216,7 @@ def test_amounts_compensations_and_the_price_book_read_as_people_read_them(
     expect(page.get_by_role("button", name="Older prices")).to_be_hidden()
     page.locator("#prices-title").scroll_into_view_if_needed()
     _photograph(console, "admin-price-book")
+    assert _serious_violations(page) == []
     page.get_by_role("button", name="Newer prices").click()
     expect(page.locator("#prices-shown")).to_have_text("Prices 1 to 20")
     expect(prices.first.locator("td").nth(2)).to_have_text("paged-model-24")
@@ -223,6 +224,7 @@ def test_amounts_compensations_and_the_price_book_read_as_people_read_them(
     page.get_by_role("button", name="Search", exact=True).click()
     expect(page.locator("#prices-shown")).to_have_text("No price matches.")
     expect(prices).to_have_text(["None."])
+    assert _serious_violations(page) == []
 
 
 def test_the_audit_log_and_a_refund_of_a_users_message(console: Browsing) -> None:

@@ -392,6 +392,7 @@ def test_signing_out_leaves_nothing_of_the_session_for_the_next_person(
     assert a_balance not in left
     assert page.get_by_label("Your message").input_value() == ""
     assert page.locator("#receipt .summary").text_content() == ""
+    assert _serious_violations(page) == []  # the sign-in page as the next person finds it
 
     # B (the demo admin, who has a dashboard too) signs in with the same button.
     page.route(
