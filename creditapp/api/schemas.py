@@ -56,16 +56,13 @@ def blank(text: str) -> bool:
 
 class Text(fields.String):
     """Every text a request carries: `min_length` to `max_length` characters the database can
-    store, and (unless `allow_blank`) something other than spaces: a chat message, a reason, a
+    store, and something other than spaces: a chat message, a reason, a
     name of only spaces is refused naming its field. A request that passed here cannot fail
     later on its own text."""
 
-    def __init__(
-        self, *, max_length: int, min_length: int = 1, allow_blank: bool = False, **kwargs: Any
-    ):
+    def __init__(self, *, max_length: int, min_length: int = 1, **kwargs: Any):
         more = kwargs.pop("validate", None)
         extra = [] if more is None else more if isinstance(more, list) else [more]
-        self.allow_blank = allow_blank
         super().__init__(
             validate=[validate.Length(min=min_length, max=max_length), *extra], **kwargs
         )
@@ -74,7 +71,7 @@ class Text(fields.String):
         text: str = super()._deserialize(value, attr, data, **kwargs)
         if not storable(text):
             raise ValidationError(UNSTORABLE)
-        if text and not self.allow_blank and blank(text):
+        if text and blank(text):
             raise ValidationError(BLANK)
         return text
 

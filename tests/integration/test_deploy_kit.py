@@ -293,6 +293,13 @@ def test_over_tls_the_apps_answers_and_nginxs_errors_carry_hsts(
     assert response.status == 308
     assert response.headers["Location"] == "https://creditapp.example.com/api/auth/refresh"
     assert response.headers.get("Strict-Transport-Security") is None
+    # To the configured name whatever Host a client sends (port 80's default server).
+    with socket.create_connection(("127.0.0.1", redirect_port), timeout=10) as plain:
+        plain.sendall(b"GET /api/me HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n")
+        response = http.client.HTTPResponse(plain)
+        response.begin()
+    assert response.status == 308
+    assert response.headers["Location"] == "https://creditapp.example.com/api/me"
 
 
 def test_plain_http_at_nginx_sends_no_hsts() -> None:
