@@ -20,6 +20,7 @@ from tests.helpers import (
     GRANT,
     add_price,
     assert_error,
+    charged_messages,
     ledger_rows,
     send,
     start_conversation,
@@ -347,11 +348,8 @@ def test_a_retried_reconciliation_run_queues_one_task_and_replays_the_first_answ
 def test_compensations_name_the_users_email(
     app: Flask, client: FlaskClient, admin: Person, person_factory, fake_providers: FakeProviders
 ) -> None:
-    add_price(app, "openai", "gpt-test", input="1", output="2")
     person = person_factory(credits=10_000_000)
-    conversation = start_conversation(client, person, "openai", "gpt-test")
-    fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 50}))
-    reply_id = send(client, person, conversation).get_json()["reply"]["id"]
+    (reply_id,) = charged_messages(app, client, person, fake_providers, 1)
     refunded = client.post(
         "/api/admin/credit/refund",
         json={"message_id": reply_id, "reason": "bad answer"},
@@ -413,11 +411,8 @@ def test_the_audit_trail_names_the_users_email(client: FlaskClient, admin: Perso
 def test_a_users_charge_names_the_message_an_admin_refunds(
     app: Flask, client: FlaskClient, admin: Person, person_factory, fake_providers: FakeProviders
 ) -> None:
-    add_price(app, "openai", "gpt-test", input="1", output="2")
     person = person_factory(credits=10_000_000)
-    conversation = start_conversation(client, person, "openai", "gpt-test")
-    fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 50}))
-    assert send(client, person, conversation).status_code == 201
+    charged_messages(app, client, person, fake_providers, 1)
     transactions = f"/api/admin/users/{person.id}/transactions"
     entries = client.get(transactions, headers=admin.headers).get_json()["items"]
     assert [entry["type"] for entry in entries] == ["charge", "grant"]

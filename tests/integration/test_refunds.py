@@ -17,15 +17,12 @@ from creditapp.chat.models import Message
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord, Grant, LedgerEntry
 from tests.conftest import Person
-from tests.fake_providers import Answer, FakeProviders
+from tests.fake_providers import FakeProviders
 from tests.helpers import (
-    add_price,
     assert_consistent,
     assert_error,
     charged_messages,
     ledger_rows,
-    send,
-    start_conversation,
 )
 from tests.integration.live_server import call, live_server
 
@@ -37,11 +34,8 @@ def test_a_message_is_refunded_at_most_once(
     person_factory: Any,
     fake_providers: FakeProviders,
 ) -> None:
-    add_price(app, "openai", "gpt-test", input="1", output="2")
     user = person_factory(credits=10_000_000)
-    conversation = start_conversation(client, user, "openai", "gpt-test")
-    fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 50}))
-    reply_id = send(client, user, conversation).get_json()["reply"]["id"]
+    (reply_id,) = charged_messages(app, client, user, fake_providers, 1)
     assert client.get("/api/credit/balance", headers=user.headers).get_json()["balance"] == "9.8"
 
     refunded = client.post(
