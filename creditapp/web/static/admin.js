@@ -1,5 +1,5 @@
 // The admin console, over the admin endpoints of the JSON API.
-import { $, button, cell, credits, figures, json, keyedTries, signInPage, transactionList, when } from "./common.js";
+import { $, button, cell, credits, figures, fillTable, json, keyedTries, signInPage, transactionList, when } from "./common.js";
 
 let nextUsers = null;
 let nextAudit = null;
@@ -7,25 +7,10 @@ let auditQuery = "";
 let userId = null;
 let userEmail = null;
 
-// The rows of `items` into the table `selector` (after those shown, `again`); the cells under
-// a heading of class "amount" are amounts (right-aligned by admin.css).
+// The rows of `items` into the table `selector` (after those shown, `again`); a table with none
+// says so.
 function rows(selector, items, columns, again = false) {
-  const table = $(selector);
-  const body = table.tBodies[0];
-  const amounts = [...table.tHead.rows[0].cells].map((heading) => heading.classList.contains("amount"));
-  if (!again) body.replaceChildren();
-  if (!again && !items.length) {
-    const none = cell(body.insertRow(), "None.");
-    none.colSpan = amounts.length;
-  }
-  for (const item of items) {
-    const row = body.insertRow();
-    columns(item, row).forEach((value, index) => {
-      const place = value instanceof Node ? cell(row, "") : cell(row, value === null ? "–" : String(value));
-      if (value instanceof Node) place.append(value);
-      if (amounts[index]) place.classList.add("amount");
-    });
-  }
+  fillTable(selector, items, columns, { again, none: "None." });
 }
 
 // The problems of a refused request that name a field (`details` keyed by field, as the API
@@ -147,8 +132,8 @@ async function openUser(id) {
   $("#user-tier").value = credit.tier;
   rows("#user-grants", credit.grants, (grant) => [
     grantSource(grant),
-    credits(grant.amount),
-    credits(grant.remaining),
+    grant.amount,
+    grant.remaining,
     grant.expires_at ? when(grant.expires_at) : "never",
     grant.status,
     grant.reason,
@@ -173,10 +158,10 @@ async function loadCharges(again = false) {
     "#user-charges",
     page.items,
     (entry) => {
-      const amount = credits(entry.amount.replace(/^-/, ""));
+      const amount = entry.amount.replace(/^-/, "");
       // A submit button of the refund form, naming its entry (the form's reason goes with it).
       const refund = Object.assign(document.createElement("button"), { type: "submit", name: "entry", value: entry.id, textContent: "Refund" });
-      refund.setAttribute("aria-label", `Refund the charge of ${amount} credits of ${when(entry.created_at)}`);
+      refund.setAttribute("aria-label", `Refund the charge of ${credits(amount)} credits of ${when(entry.created_at)}`);
       return [when(entry.created_at), amount, entry.description ?? entry.reference, refund];
     },
     again,
@@ -192,7 +177,7 @@ async function loadCompensations(event) {
   rows("#compensations", page.items, (item) => [
     when(item.created_at),
     item.user_id === null ? "a team's account" : item.user_email,
-    credits(item.amount),
+    item.amount,
     item.status,
     item.attempts,
     item.reason,
@@ -228,8 +213,8 @@ function showReconciliation(report) {
     return [
       drift.user_id === null ? "a team's account" : button(drift.user_id, () => openUser(drift.user_id), `Open user ${drift.user_id}`),
       drift.invariant,
-      credits(drift.expected),
-      credits(drift.actual),
+      drift.expected,
+      drift.actual,
     ];
   });
 }
@@ -265,10 +250,10 @@ async function loadPrices(page = 0) {
     price.id,
     price.provider,
     price.model,
-    credits(price.input),
-    credits(price.cached_input),
-    credits(price.cache_write),
-    credits(price.output),
+    price.input,
+    price.cached_input,
+    price.cache_write,
+    price.output,
     when(price.effective_from),
     price.source,
   ]);
@@ -307,8 +292,8 @@ async function loadAudit(again = false) {
       record.action,
       record.user_email ?? (record.user_id === null ? null : `user ${record.user_id}`),
       record.actor_id ? `${record.actor_type} ${record.actor_id}` : record.actor_type,
-      record.balance_before === null ? null : credits(record.balance_before),
-      record.balance_after === null ? null : credits(record.balance_after),
+      record.balance_before,
+      record.balance_after,
       Object.entries(record.details)
         .map(([name, value]) => `${name}: ${typeof value === "object" ? JSON.stringify(value) : value}`)
         .join("; "),
@@ -367,7 +352,7 @@ async function loadTiers() {
   const { items } = await json("/api/admin/tiers");
   rows("#tiers", items, (tier) => [
     tier.name,
-    credits(tier.monthly_credits),
+    tier.monthly_credits,
     tier.allowed_models.join(", "),
     tier.default_max_tokens,
     tier.max_max_tokens,

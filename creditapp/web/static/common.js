@@ -181,6 +181,28 @@ export function cell(row, text) {
   return td;
 }
 
+// The rows of `items` into the table `selector` (after those shown, with `again`): a cell for
+// each value `columns(item, row)` gives (a Node is put in it, null shows as "–"). The cells under
+// a heading of class "amount" are amounts: grouped by thousands and right-aligned (see
+// amountCell). `none`: what a table with no rows says, in a row of its own (nothing if empty).
+export function fillTable(selector, items, columns, { again = false, none = "" } = {}) {
+  const table = $(selector);
+  const body = table.tBodies[0];
+  const amounts = [...table.tHead.rows[0].cells].map((heading) => heading.classList.contains("amount"));
+  if (!again) body.replaceChildren();
+  if (!again && !items.length && none) cell(body.insertRow(), none).colSpan = amounts.length;
+  for (const item of items) {
+    const row = body.insertRow();
+    columns(item, row).forEach((value, index) => {
+      if (value instanceof Node) cell(row, "").append(value);
+      else if (value === null) cell(row, "–");
+      else if (amounts[index]) amountCell(row, String(value));
+      else cell(row, String(value));
+      if (amounts[index]) row.lastElementChild.className = "amount";
+    });
+  }
+}
+
 // A cell of credits or counts: grouped by thousands, right-aligned so that digits line up.
 export function amountCell(row, amount) {
   const td = cell(row, credits(amount));

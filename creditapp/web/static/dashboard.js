@@ -1,5 +1,5 @@
 // The user's dashboard, over the JSON API.
-import { $, amountCell, api, button, cell, credits, download, json, keyedTries, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
+import { $, amountCell, api, button, cell, credits, download, fillTable, json, keyedTries, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
 
 const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
 
@@ -211,20 +211,7 @@ function drawChart(groups, from = shown.from, to = shown.to) {
   fillTable("#usage-days", groups, (group) => {
     const [day, model] = group.key.split(" ");
     return [day, model, group.requests, group.credits];
-  }, 2);
-}
-
-// A row per group; the columns from `firstAmount` on are amounts (grouped, right-aligned).
-function fillTable(selector, groups, columns, firstAmount = Infinity) {
-  const body = $(`${selector} tbody`);
-  body.replaceChildren();
-  for (const group of groups) {
-    const row = body.insertRow();
-    for (const [index, value] of columns(group).entries()) {
-      if (index >= firstAmount) amountCell(row, String(value));
-      else cell(row, String(value));
-    }
-  }
+  });
 }
 
 // The note under the range: what the API refused in it (its message, and each field's by the
@@ -268,8 +255,8 @@ async function loadUsage(event) {
   usageNote(byDay.groups.length ? "" : "No usage in this range.");
   drawChart(byDay.groups, $("#usage-from").value, $("#usage-to").value);
   const counts = (group) => [group.requests, group.input_tokens, group.output_tokens, group.credits];
-  fillTable("#usage-models", byModel.groups, (group) => [...group.key.split(/:(.*)/s, 2), ...counts(group)], 2);
-  fillTable("#usage-providers", byProvider.groups, (group) => [group.key, ...counts(group)], 1);
+  fillTable("#usage-models", byModel.groups, (group) => [...group.key.split(/:(.*)/s, 2), ...counts(group)]);
+  fillTable("#usage-providers", byProvider.groups, (group) => [group.key, ...counts(group)]);
 }
 
 function lastThirtyDays() {
