@@ -1,5 +1,5 @@
 // The admin console, over the admin endpoints of the JSON API.
-import { $, button, cell, credits, figures, fillTable, json, keyedTries, signInPage, transactionList, when } from "./common.js";
+import { $, button, clearFieldProblems, credits, fieldProblems, figures, fillTable, json, keyedTries, signInPage, transactionList, when } from "./common.js";
 
 let nextUsers = null;
 let nextAudit = null;
@@ -13,47 +13,10 @@ function rows(selector, items, columns, again = false) {
   fillTable(selector, items, columns, { again, none: "None." });
 }
 
-// The problems of a refused request that name a field (`details` keyed by field, as the API
-// sends them), each shown beside its field: the field is marked invalid (aria-invalid, and
-// described by its problem) and the problem is an alert. Returns those naming no field of `form`.
-function showProblems(form, details) {
-  const unplaced = [];
-  let first = null;
-  for (const [name, problems] of Object.entries(details || {})) {
-    const text = (Array.isArray(problems) ? problems : Object.values(problems || {})).flat(Infinity).join(" ");
-    const field = form.elements.namedItem(name);
-    if (!(field instanceof HTMLInputElement || field instanceof HTMLSelectElement)) {
-      if (text) unplaced.push(`${name}: ${text}`);
-      continue;
-    }
-    const note = document.createElement("p");
-    note.className = "field-error";
-    note.id = `${field.id}-error`;
-    note.setAttribute("role", "alert");
-    note.textContent = text;
-    field.setAttribute("aria-invalid", "true");
-    field.setAttribute("aria-describedby", note.id);
-    field.after(note);
-    first ||= field;
-  }
-  first?.focus();
-  return unplaced;
-}
-
-function clearProblems(form) {
-  for (const note of form.querySelectorAll(".field-error")) note.remove();
-  for (const field of form.querySelectorAll("[aria-invalid]")) {
-    field.removeAttribute("aria-invalid");
-    field.removeAttribute("aria-describedby");
-  }
-}
-
 // What a refusal says under its form: the API's message, styled as an error; the problems of a
 // request that was not valid go beside their fields (those naming no field, after the message).
 function refused(form, outcome, error) {
-  const invalid = error.body?.error.code === "validation_error";
-  const unplaced = invalid ? showProblems(form, error.body.error.details) : [];
-  outcome.textContent = [error.message, ...unplaced].join(" ");
+  outcome.textContent = fieldProblems(form, error);
   outcome.classList.add("refused");
 }
 
@@ -67,7 +30,7 @@ function action(form, request, done) {
     event.preventDefault();
     outcome.textContent = "";
     outcome.classList.remove("refused");
-    clearProblems(form);
+    clearFieldProblems(form);
     // The button that sent it waits with the form's first (see keyedTries) while it is tried
     // (once read: a disabled button sends nothing).
     const submitter = event.submitter;
@@ -324,7 +287,7 @@ async function filterAudit(event) {
   const outcome = form.querySelector(".outcome");
   outcome.textContent = "";
   outcome.classList.remove("refused");
-  clearProblems(form);
+  clearFieldProblems(form);
   try {
     const data = new FormData(form);
     const filter = new URLSearchParams();

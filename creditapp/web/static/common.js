@@ -203,6 +203,47 @@ export function fillTable(selector, items, columns, { again = false, none = "" }
   }
 }
 
+// The problems of a refused request that was not valid (a validation_error's `details`, keyed by
+// field as the API sends them): each field of `form` they name is marked invalid (aria-invalid).
+// With `beside`, each problem is shown beside its field, an alert that describes it, and the
+// first such field takes the focus. Returns what to say of the refusal: the API's message, then
+// each problem not shown beside its field, named by the field's label (by the API's name when
+// `form` has no such field).
+export function fieldProblems(form, error, { beside = true } = {}) {
+  const details = error.body?.error.code === "validation_error" ? error.body.error.details : {};
+  const said = [error.message];
+  let first = null;
+  for (const [name, problems] of Object.entries(details || {})) {
+    const text = (Array.isArray(problems) ? problems : Object.values(problems || {})).flat(Infinity).join(" ");
+    const named = form.elements.namedItem(name);
+    const field = named instanceof HTMLInputElement || named instanceof HTMLSelectElement ? named : null;
+    if (field) field.setAttribute("aria-invalid", "true");
+    if (!field || !beside) {
+      if (text) said.push(`${field?.labels[0]?.textContent ?? name}: ${text}`);
+      continue;
+    }
+    const note = document.createElement("p");
+    note.className = "field-error";
+    note.id = `${field.id}-error`;
+    note.setAttribute("role", "alert");
+    note.textContent = text;
+    field.setAttribute("aria-describedby", note.id);
+    field.after(note);
+    first ||= field;
+  }
+  first?.focus();
+  return said.join(" ");
+}
+
+// The fields of `form` as they were before fieldProblems marked them.
+export function clearFieldProblems(form) {
+  for (const note of form.querySelectorAll(".field-error")) note.remove();
+  for (const field of form.querySelectorAll("[aria-invalid]")) {
+    field.removeAttribute("aria-invalid");
+    field.removeAttribute("aria-describedby");
+  }
+}
+
 // A cell of credits or counts: grouped by thousands, right-aligned so that digits line up.
 export function amountCell(row, amount) {
   const td = cell(row, credits(amount));

@@ -1,5 +1,5 @@
 // The user's dashboard, over the JSON API.
-import { $, amountCell, api, button, cell, credits, download, fillTable, json, keyedTries, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
+import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, json, keyedTries, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
 
 const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
 
@@ -222,22 +222,11 @@ function usageNote(text, refused = false) {
   note.classList.toggle("error", refused);
 }
 
-function refusedRange(error) {
-  const details = error.body?.error.code === "validation_error" ? error.body.error.details : {};
-  const fields = Object.entries(details).map(([name, problems]) => {
-    const input = $(`#usage-range [name=${CSS.escape(name)}]`);
-    if (input) input.setAttribute("aria-invalid", "true");
-    const label = input ? $(`label[for=${input.id}]`).textContent : name;
-    return `${label}: ${[problems].flat().join(" ")}`;
-  });
-  return [error.message, ...fields].join(" ");
-}
-
 // The usage of the range: the chart and the tables show the API's answer, or nothing (never the
 // previous range's) with the note saying why.
 async function loadUsage(event) {
   if (event) event.preventDefault();
-  for (const input of document.querySelectorAll("#usage-range input")) input.removeAttribute("aria-invalid");
+  clearFieldProblems($("#usage-range"));
   let answers;
   try {
     answers = await Promise.all(
@@ -248,7 +237,7 @@ async function loadUsage(event) {
     drawChart([], $("#usage-from").value, $("#usage-to").value);
     fillTable("#usage-models", [], () => []);
     fillTable("#usage-providers", [], () => []);
-    usageNote(refusedRange(error), true);
+    usageNote(fieldProblems($("#usage-range"), error, { beside: false }), true);
     return;
   }
   const [byDay, byModel, byProvider] = answers;
