@@ -642,6 +642,26 @@ def _overlapping_labels(page: Page) -> int:
     )
 
 
+def test_a_conversation_cannot_be_started_before_the_characters_are_known(
+    browsing: Browsing,
+) -> None:
+    """A click on Start before the characters arrived sent no character (a 400)."""
+    page = browsing.page
+    held: list[Route] = []
+    page.route("**/api/characters?limit=200", lambda route: held.append(route))
+    page.goto(f"{browsing.base}/")
+    page.get_by_role("button", name="Sign in as the demo user").click()
+    expect(page.locator("#balance")).not_to_have_text("\u2013")
+    start = page.get_by_role("button", name="Start a conversation")
+    expect(start).to_be_disabled()
+    assert len(held) == 1
+    held[0].continue_()
+    expect(start).to_be_enabled()
+    start.click()
+    page.get_by_label("Your message").wait_for()
+    assert browsing.refused == []
+
+
 def test_the_usage_chart_has_axes_a_value_on_hover_and_focus_and_a_table(
     browsing: Browsing,
 ) -> None:

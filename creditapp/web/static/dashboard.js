@@ -268,6 +268,9 @@ async function loadCharacters() {
     option.textContent = `${character.name} (${character.provider}:${character.model})`;
     select.append(option);
   }
+  // Until the characters are known there is nothing to start a conversation with (a click
+  // before would send no character and be refused).
+  $("#start-chat button").disabled = select.options.length === 0;
 }
 
 // The newest conversations, each a button that opens it.
@@ -410,6 +413,7 @@ function forget() {
   characters.clear();
   Object.assign(shown, { groups: [], from: "", to: "" });
   for (const place of ["#conversation", "#conversations", "#character", "#usage-chart", "#usage-legend"]) $(place).replaceChildren();
+  $("#start-chat button").disabled = true;
   $("#send").hidden = true;
   $("#receipt").hidden = true;
   showBalance({ balance: "–", reserved: "–", available: "–" });
