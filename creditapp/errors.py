@@ -46,6 +46,14 @@ class Unauthorized(CreditAppError):
     message = "A valid access token is required."
 
 
+class CallerUnidentified(Unauthorized):
+    """Every caller is named by what its door proves: a signed-in user by their user, an API key
+    by its id and its owner, a webhook sender by its name and no user. A caller missing any of
+    it is not identified, and is refused as an unauthenticated request."""
+
+    message = "The caller could not be identified."
+
+
 class Forbidden(CreditAppError):
     """The caller is authenticated but their role may not do this."""
 

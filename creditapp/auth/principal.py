@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from creditapp.auth.models import User
+from creditapp.errors import CallerUnidentified
 
 PrincipalKind = Literal["user", "api_key", "webhook"]
 
@@ -24,11 +25,11 @@ class Principal:
 
     def __post_init__(self) -> None:
         if self.kind == "user" and self.user is None:
-            raise ValueError("a signed-in principal needs its user")
+            raise CallerUnidentified("a signed-in principal needs its user")
         if self.kind == "api_key" and (self.api_key_id is None or self.user is None):
-            raise ValueError("an API key's principal needs the key's id and its owner")
+            raise CallerUnidentified("an API key's principal needs the key's id and its owner")
         if self.kind == "webhook" and (not self.sender or self.user is not None):
-            raise ValueError("a webhook sender is named, and acts for no user")
+            raise CallerUnidentified("a webhook sender is named, and acts for no user")
 
     @classmethod
     def signed_in(cls, user: User) -> Principal:

@@ -7,6 +7,7 @@ import pytest
 
 from creditapp.auth.models import User
 from creditapp.auth.principal import Principal
+from creditapp.errors import CallerUnidentified
 
 
 def _user(user_id: int, role: str = "user") -> User:
@@ -60,13 +61,13 @@ def test_the_audit_actor_of_each_door() -> None:
 
 
 def test_a_principal_has_what_its_kind_needs() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(CallerUnidentified):
         Principal("user")
-    with pytest.raises(ValueError):
+    with pytest.raises(CallerUnidentified):
         Principal("api_key", user=_user(7))
-    with pytest.raises(ValueError):
+    with pytest.raises(CallerUnidentified):
         Principal("webhook")
-    with pytest.raises(ValueError):
+    with pytest.raises(CallerUnidentified):
         Principal("webhook", user=_user(7), sender="stripe")
 
 
