@@ -51,6 +51,7 @@ class CallerUnidentified(Unauthorized):
     by its id and its owner, a webhook sender by its name and no user. A caller missing any of
     it is not identified, and is refused as an unauthenticated request."""
 
+    code = "caller_unidentified"
     message = "The caller could not be identified."
 
 
