@@ -83,6 +83,7 @@ bench: venv  ## benchmarks on PostgreSQL; see docs/benchmarks.md
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/messages.py
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/usage.py
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/streaming.py
+	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/gateway.py
 
 clean:
 	rm -rf $(VENV) instance artifacts mutants .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""What the benchmarks share: run work on threads started together and measure its rate."""
+"""What the benchmarks share: work on threads started together, its rate, percentiles."""
 
 from __future__ import annotations
 
@@ -28,3 +28,9 @@ def rate(work: Callable[[int, threading.Event], int], threads: int, seconds: flo
     for thread in running:
         thread.join()
     return sum(counts) / (time.perf_counter() - started)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value below which `fraction` of `values` lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]

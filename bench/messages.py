@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import rate  # noqa: E402
-from tests.integration.live_server import live_server  # noqa: E402
+from tests.integration.live_server import ServerUrl, live_server  # noqa: E402
 
 ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 CLIENTS = 16
@@ -44,14 +44,22 @@ WORKERS = 4
 THREADS = 4
 CONVERSATIONS_PER_USER = 20
 MESSAGE = json.dumps({"content": "Hello there, how are you today?", "max_tokens": 64})
+# The chat request a message's first turn makes of the provider, for the same call made directly.
+DIRECT_BODY: dict[str, Any] = {
+    "model": "gpt-bench",
+    "max_completion_tokens": 64,
+    "messages": [
+        {"role": "system", "content": "Answer in one sentence."},
+        {"role": "user", "content": "Hello there, how are you today?"},
+    ],
+}
 
 
 class Client:
     """One keep-alive HTTP connection."""
 
     def __init__(self, base: str):
-        parts = urlsplit(base)
-        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        self.connection = http.client.HTTPConnection(urlsplit(base).netloc, timeout=30)
 
     def request(
         self, method: str, path: str, headers: dict[str, str], body: str | None = None
@@ -155,7 +163,8 @@ def seed(app: Any, user_count: int) -> list[Chatter]:
 
 @dataclass(frozen=True)
 class ChatServer:
-    base: str  # gunicorn's URL
+    base: ServerUrl  # gunicorn's URL, knowing its master's process id
+    database: str  # the name of its PostgreSQL database
     provider_urls: dict[str, str]  # the fake provider's, as environment variables
     chatters: list[Chatter]
 
@@ -201,7 +210,7 @@ def chat_server(
             upgrade(directory=str(MIGRATIONS_DIR))
         chatters = seed(app, users)
         with live_server(env, workers=workers, threads=threads) as base:
-            yield ChatServer(base, provider_urls, chatters)
+            yield ChatServer(base, name, provider_urls, chatters)
     finally:
         fake.terminate()
         fake.wait(timeout=10)
@@ -215,6 +224,18 @@ def message_headers(chatter: Chatter, key: str) -> dict[str, str]:
         "Content-Type": "application/json",
         "Idempotency-Key": key,
     }
+
+
+def send_message(client: Client, chatter: Chatter, key: int) -> int:
+    """MESSAGE on one of the chatter's conversations (the key picks which), under a fresh
+    Idempotency-Key; the response's status."""
+    conversation = chatter.conversation_ids[key % CONVERSATIONS_PER_USER]
+    return client.request(
+        "POST",
+        f"/api/conversations/{conversation}/messages",
+        message_headers(chatter, f"bench-{key}"),
+        MESSAGE,
+    )
 
 
 def main() -> None:
@@ -234,25 +255,17 @@ def main() -> None:
         base, chatters = server.base, server.chatters
         keys = itertools.count()
 
-        def send_message(client: Client, index: int) -> int:
-            chatter = chatters[index % len(chatters)]
-            key = next(keys)
-            conversation = chatter.conversation_ids[key % CONVERSATIONS_PER_USER]
-            return client.request(
-                "POST",
-                f"/api/conversations/{conversation}/messages",
-                message_headers(chatter, f"bench-{key}"),
-                MESSAGE,
-            )
+        def send_chatter_message(client: Client, index: int) -> int:
+            return send_message(client, chatters[index % len(chatters)], next(keys))
 
         def read_balance(client: Client, index: int) -> int:
             auth = {"Authorization": f"Bearer {chatters[index % len(chatters)].token}"}
             return client.request("GET", "/api/credit/balance", auth)
 
-        sides = {"messages": send_message, "balance reads": read_balance}
+        sides = {"messages": send_chatter_message, "balance reads": read_balance}
         rates: dict[str, list[float]] = {side: [] for side in sides}
         run_clients(read_balance, base, 1.0)  # warm up connections and pools
-        run_clients(send_message, base, 1.0)
+        run_clients(send_chatter_message, base, 1.0)
         for _ in range(args.rounds):
             for side, work in sides.items():
                 rates[side].append(run_clients(work, base, args.seconds))
@@ -261,20 +274,11 @@ def main() -> None:
         # Added latency: one client, a message vs. the same chat request sent directly.
         provider_root = server.provider_urls["OPENAI_BASE_URL"].removesuffix("/openai/v1")
         app_client, fake_client = Client(base), Client(provider_root)
-        direct_body = json.dumps(
-            {
-                "model": "gpt-bench",
-                "max_completion_tokens": 64,
-                "messages": [
-                    {"role": "system", "content": "Answer in one sentence."},
-                    {"role": "user", "content": "Hello there, how are you today?"},
-                ],
-            }
-        )
+        direct_body = json.dumps(DIRECT_BODY)
         message_times, direct_times = [], []
         for _ in range(args.latency_samples):
             started = time.perf_counter()
-            send_message(app_client, 0)
+            send_chatter_message(app_client, 0)
             message_times.append(time.perf_counter() - started)
             started = time.perf_counter()
             fake_client.request(

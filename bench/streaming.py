@@ -29,8 +29,10 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import percentile  # noqa: E402
 from bench.messages import (  # noqa: E402
     CONVERSATIONS_PER_USER,
+    DIRECT_BODY,
     MESSAGE,
     WORKERS,
     Chatter,
@@ -45,14 +47,6 @@ WORD_SECONDS = 0.05
 REPLY_WORDS = 400  # 20 s a reply: streams stay open while the reads are timed
 STEP = 8
 READS_P95_LIMIT = 0.050
-DIRECT_BODY = {
-    "model": "gpt-bench",
-    "max_completion_tokens": 64,
-    "messages": [
-        {"role": "system", "content": "Answer in one sentence."},
-        {"role": "user", "content": "Hello there, how are you today?"},
-    ],
-}
 
 
 def _connection(base: str) -> http.client.HTTPConnection:
@@ -80,11 +74,6 @@ def first_word(
     response.close()
     assert took is not None
     return took
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def main() -> None:

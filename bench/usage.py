@@ -33,6 +33,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import percentile  # noqa: E402
 from tests.integration.live_server import live_server  # noqa: E402
 
 ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -155,11 +156,6 @@ def time_usage(url: str, requests: int) -> list[float]:
             if index >= 50:  # the first requests warm the caches
                 timings.append((time.perf_counter() - started) * 1000)
     return timings
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def main() -> None:
