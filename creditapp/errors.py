@@ -55,6 +55,14 @@ class CallerUnidentified(Unauthorized):
     message = "The caller could not be identified."
 
 
+class InvalidApiKey(Unauthorized):
+    """The gateway (`/v1`) is entered with a live API key only: a missing, unknown, revoked or
+    expired key is refused, and so is an access token (keys and tokens open different doors)."""
+
+    code = "invalid_api_key"
+    message = "Invalid API key."
+
+
 class Forbidden(CreditAppError):
     """The caller is authenticated but their role may not do this."""
 
@@ -69,6 +77,14 @@ class NotFound(CreditAppError):
     code = "not_found"
     status = 404
     message = "Not found."
+
+
+class ModelNotFound(NotFound):
+    """The gateway calls a model by its price book name, `provider/model`: a name of no
+    provider, or of a model with no price in force, names no model it can call."""
+
+    code = "model_not_found"
+    message = "No such model."
 
 
 class InsufficientCredits(CreditAppError):
@@ -109,6 +125,30 @@ class MaxCreditsExceeded(CreditAppError):
         )
         self.required = required
         self.max_credits = max_credits
+
+
+class KeyLimitReached(CreditAppError):
+    """An API key's `limit` bounds what its calls may spend per `limit_period`: a hold is
+    refused when what the key spent this period, plus what its open holds reserve, plus the
+    new hold would pass it (`required`; `remaining` is what the limit still allows)."""
+
+    code = "key_limit_reached"
+    status = 402
+    message = "This API key has reached its spending limit for the period."
+
+    def __init__(self, *, required: int, limit: int, spent: int, reserved: int):
+        from creditapp.money import format_credits
+
+        super().__init__(
+            details={
+                "required": format_credits(required),
+                "limit": format_credits(limit),
+                "spent": format_credits(spent),
+                "reserved": format_credits(reserved),
+                "remaining": format_credits(max(limit - spent - reserved, 0)),
+            }
+        )
+        self.required = required
 
 
 class BalanceWouldGoNegative(CreditAppError):

@@ -77,3 +77,32 @@ class AuthSession(db.Model):  # type: ignore[name-defined,misc]
     revoked_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     __table_args__ = (Index("ix_auth_sessions_user_id", "user_id"),)
+
+
+class ApiKey(db.Model):  # type: ignore[name-defined,misc]
+    """A key for the OpenAI-compatible gateway: it spends from `account_id` (its owner's
+    personal account, or a team's) as its owner, within its spending cap (`cap_id`: the key's
+    `limit` per `limit_period`, and what it spent). Only the key's SHA-256 `digest` and its
+    first characters (`prefix`, to recognise it by) are kept; the key itself is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id"), nullable=False)
+    account_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("accounts.id"), nullable=False)
+    team_id: Mapped[int | None] = mapped_column(BigIntId, ForeignKey("teams.id"), nullable=True)
+    cap_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("spend_caps.id"), nullable=False, unique=True
+    )
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    # "provider/model" or "provider/*"; None: every model the owner's tier allows.
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Written at most once a minute per key, not on every call.
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (Index("ix_api_keys_user_id", "user_id"),)

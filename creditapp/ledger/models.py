@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     ForeignKeyConstraint,
@@ -38,6 +39,10 @@ GRANT_SOURCES = ("subscription", *ADMIN_GRANT_SOURCES)
 ENTRY_TYPES = ("grant", "refresh", "expire", "charge", "refund", "adjust")
 HOLD_STATUSES = ("pending", "settled", "voided", "expired")
 ACTOR_TYPES = ("user", "admin", "job", "system")
+# A spending cap counts per UTC calendar day, ISO week, calendar month, or ever.
+CAP_PERIODS = ("day", "week", "month", "total")
+# Whose spending a cap bounds: an API key's (its `limit`).
+CAP_KINDS = ("key",)
 
 
 class Account(db.Model):  # type: ignore[name-defined,misc]
@@ -121,6 +126,10 @@ class Hold(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The hold counts against spending caps (`hold_caps`): resolving it releases them too.
+    capped: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
 
     __table_args__ = (
         CheckConstraint(one_of("status", HOLD_STATUSES), name="status_known"),
@@ -143,6 +152,42 @@ class Hold(db.Model):  # type: ignore[name-defined,misc]
             sqlite_where=text("resolved_at IS NULL"),
         ),
     )
+
+
+class SpendCap(db.Model):  # type: ignore[name-defined,misc]
+    """A bound on what one spender (an API key) may spend per period, kept beside the
+    accounts it spends from: `spent` this period (since `period_start`) plus `reserved` by open
+    holds never passes `ceiling` when a hold is placed, by the same conditional update pattern
+    as an account's balance. No ceiling: the spending is only counted."""
+
+    __tablename__ = "spend_caps"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    ceiling: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    period: Mapped[str] = mapped_column(String(8), nullable=False)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    spent: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    reserved: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(one_of("kind", CAP_KINDS), name="kind_known"),
+        CheckConstraint(one_of("period", CAP_PERIODS), name="period_known"),
+        CheckConstraint("ceiling IS NULL OR ceiling > 0", name="ceiling_positive"),
+        CheckConstraint("spent >= 0 AND reserved >= 0", name="counts_not_negative"),
+    )
+
+
+class HoldCap(db.Model):  # type: ignore[name-defined,misc]
+    """A hold counted against a cap: released from it when the hold resolves."""
+
+    __tablename__ = "hold_caps"
+
+    hold_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("holds.id"), primary_key=True)
+    cap_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("spend_caps.id"), primary_key=True)
+
+    __table_args__ = (Index("ix_hold_caps_cap_id", "cap_id"),)
 
 
 class AuditRecord(db.Model):  # type: ignore[name-defined,misc]

@@ -28,6 +28,7 @@ from creditapp.errors import (
     UnknownGrantSource,
     ZeroAdjustment,
 )
+from creditapp.ledger import caps as spend_caps
 from creditapp.ledger.models import GRANT_SOURCES, Grant
 from creditapp.ledger.sql import (
     BALANCE_AS_OF,
@@ -602,8 +603,10 @@ def hold(
     context: AuditContext,
     now: datetime,
     reference: str | None = None,
+    caps: tuple[int, ...] = (),
 ) -> HoldResult:
-    """Reserve `amount` for a spend in flight, or raise InsufficientCredits."""
+    """Reserve `amount` for a spend in flight, or raise InsufficientCredits; and in each of
+    `caps` (`creditapp.ledger.caps`), or raise the refused cap's error."""
     if amount <= 0:
         raise AmountNotPositive("A hold's amount must be positive.")
     sql = LedgerSql(session)
@@ -614,7 +617,7 @@ def hold(
     reserved_row = sql.one(RESERVE, account=account_id, amount=amount, now=sql.time(now))
     if reserved_row is not None:
         after = Balance(*reserved_row)
-        hold_id = _insert_hold(sql, account_id, amount, reference, expires_at, now)
+        hold_id = _insert_capped_hold(sql, account_id, amount, reference, expires_at, now, caps)
         _audit(
             sql,
             account_id=account_id,
@@ -632,7 +635,7 @@ def hold(
     if state.available < amount:
         raise InsufficientCredits(required=amount, available=state.available)
     state.reserved += amount
-    hold_id = _insert_hold(sql, account_id, amount, reference, expires_at, now)
+    hold_id = _insert_capped_hold(sql, account_id, amount, reference, expires_at, now, caps)
     result = _persist(
         sql,
         state,
@@ -646,14 +649,18 @@ def hold(
     return HoldResult(hold_id, amount, expires_at, result)
 
 
-def _insert_hold(
+def _insert_capped_hold(
     sql: LedgerSql,
     account_id: int,
     amount: int,
     reference: str | None,
     expires_at: datetime,
     now: datetime,
+    caps: tuple[int, ...],
 ) -> int:
+    """The hold's row, after its reservation in each cap (the account's is already made: locks
+    go account, then caps)."""
+    spend_caps.reserve(sql, caps=caps, amount=amount, now=now)
     row = sql.one(
         INSERT_HOLD,
         account=account_id,
@@ -661,9 +668,12 @@ def _insert_hold(
         reference=reference,
         expires_at=sql.time(expires_at),
         now=sql.time(now),
+        capped=bool(caps),
     )
     assert row is not None
-    return int(row[0])
+    hold_id = int(row[0])
+    spend_caps.link(sql, hold_id=hold_id, caps=caps)
+    return hold_id
 
 
 def _resolve(
@@ -685,7 +695,7 @@ def _resolve(
         late = resolved is not None
     if resolved is None:
         return _unresolved(sql, hold_id)
-    account_id, hold_amount, reference = resolved
+    account_id, hold_amount, reference, capped = resolved
 
     state = _load(sql, account_id)
     state.write_off_overdue(now)
@@ -702,6 +712,10 @@ def _resolve(
     state.write_off_overdue(now)
     if late or captured != min(actual, hold_amount):
         sql.run(RECORD_CAPTURE, hold=hold_id, captured=captured, uncollected=actual - captured)
+    if capped:
+        spend_caps.resolve(
+            sql, hold_id=hold_id, released=0 if late else hold_amount, captured=captured, now=now
+        )
     _persist(
         sql,
         state,

@@ -110,14 +110,14 @@ RESOLVE_HOLD = Statement(
               captured = CASE WHEN :actual < amount THEN :actual ELSE amount END,
               uncollected = CASE WHEN :actual < amount THEN 0 ELSE :actual - amount END
        WHERE id = :hold AND status = 'pending' AND (:status <> 'expired' OR expires_at <= :now)
-       RETURNING account_id, amount, reference"""
+       RETURNING account_id, amount, reference, capped"""
 )
 # A settle that finds its hold expired still charges the call: the hold becomes settled (once),
 # and the charge comes from what is available now, since the expiry released the reservation.
 SETTLE_EXPIRED_HOLD = Statement(
     """UPDATE holds SET status = 'settled', resolved_at = :now
        WHERE id = :hold AND status = 'expired'
-       RETURNING account_id, amount, reference"""
+       RETURNING account_id, amount, reference, capped"""
 )
 RECORD_CAPTURE = Statement(
     "UPDATE holds SET captured = :captured, uncollected = :uncollected WHERE id = :hold"
@@ -151,9 +151,41 @@ INSERT_GRANT = Statement(
 )
 INSERT_HOLD = Statement(
     """INSERT INTO holds (account_id, amount, status, uncollected, reference, expires_at,
-                         created_at)
-       VALUES (:account, :amount, 'pending', 0, :reference, :expires_at, :now) RETURNING id"""
+                         created_at, capped)
+       VALUES (:account, :amount, 'pending', 0, :reference, :expires_at, :now, :capped)
+       RETURNING id"""
 )
+
+# Spending caps. A cap's period starts again lazily: the first statement to touch it in a new
+# period counts its spending from zero. Every start a cap may have is passed in (`:day`, `:week`,
+# `:month`, `:ever`), so that no statement needs a read of the cap's period first.
+_PERIOD_START = """(CASE period WHEN 'day' THEN :day WHEN 'week' THEN :week
+                   WHEN 'month' THEN :month ELSE :ever END)"""
+_SPENT_THIS_PERIOD = f"(CASE WHEN period_start = {_PERIOD_START} THEN spent ELSE 0 END)"
+INSERT_CAP = Statement(
+    """INSERT INTO spend_caps (kind, ceiling, period, period_start, spent, reserved, created_at)
+       VALUES (:kind, :ceiling, :period, :start, 0, 0, :now) RETURNING id"""
+)
+# The conditional update of a hold, as for the account: no row means the cap would be passed.
+RESERVE_CAP = Statement(
+    f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD}, period_start = {_PERIOD_START},
+              reserved = reserved + :amount
+       WHERE id = :cap
+         AND (ceiling IS NULL OR {_SPENT_THIS_PERIOD} + reserved + :amount <= ceiling)
+       RETURNING id"""
+)
+INSERT_HOLD_CAP = Statement("INSERT INTO hold_caps (hold_id, cap_id) VALUES (:hold, :cap)")
+# A resolved hold's reservation leaves its caps (`:released`, 0 for a late settle, whose hold
+# released it when it expired) and what it captured counts as spent in the current period.
+RESOLVE_CAPS = Statement(
+    f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD} + :captured,
+              period_start = {_PERIOD_START}, reserved = reserved - :released
+       WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)"""
+)
+CAP_STANDING = Statement(
+    f"SELECT kind, ceiling, {_SPENT_THIS_PERIOD}, reserved FROM spend_caps WHERE id = :cap"
+)
+SET_CEILING = Statement("UPDATE spend_caps SET ceiling = :ceiling WHERE id = :cap")
 INSERT_AUDIT = Statement(
     """INSERT INTO audit_records (actor_type, actor_id, action, account_id, balance_before,
                                  balance_after, reserved_before, reserved_after, request_id,

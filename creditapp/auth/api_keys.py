@@ -1,0 +1,227 @@
+"""API keys: the gateway's door (`/v1`), one key per tool a person points at it.
+
+A key is `ca-` and 43 URL-safe random characters, shown once when it is made: only its SHA-256
+digest (to find it by) and its first 12 characters (to recognise it by) are stored, so the
+database cannot give a key away. Every request looks its key up again (revocation is seen by
+every worker at the next request: nothing about a key's validity is cached), and writes
+`last_used_at` at most once a minute, not on every call.
+
+A key spends from one account (its owner's, or a team's) within its spending cap
+(`creditapp.ledger.caps`): `limit` credits per UTC day, ISO week, calendar month or ever,
+enforced in the hold's own transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, select, update
+
+from creditapp import ledger
+from creditapp.auth.models import ApiKey, User
+from creditapp.database import DbSession
+from creditapp.errors import Conflict, ExpiryNotInFuture, InvalidApiKey, NotFound
+from creditapp.ledger import caps
+from creditapp.ledger.models import SpendCap
+
+KEY_PREFIX = "ca-"
+PREFIX_CHARS = 12
+# How stale `last_used_at` may be: a key used all day is written once a minute.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def models_allowed(allowed_models: list[str] | None, provider: str, model: str) -> bool:
+    """A key's `allowed_models` holds "provider/model" or "provider/*"; None allows every
+    model (the owner's tier still decides)."""
+    if allowed_models is None:
+        return True
+    return bool({f"{provider}/*", f"{provider}/{model}"} & set(allowed_models))
+
+
+@dataclass(frozen=True)
+class KeyStanding:
+    """A key as its owner sees it: the key, its limit and what it spent this period."""
+
+    key: ApiKey
+    limit: int | None
+    limit_period: str
+    spent: int
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key just made: `secret` is the key itself, never stored, shown once."""
+
+    standing: KeyStanding
+    secret: str
+
+
+def create(
+    session: DbSession,
+    *,
+    owner: User,
+    account_id: int,
+    team_id: int | None,
+    name: str,
+    limit: int | None,
+    limit_period: str,
+    allowed_models: list[str] | None,
+    expires_at: datetime | None,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> IssuedKey:
+    if expires_at is not None and expires_at <= now:
+        raise ExpiryNotInFuture()
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    cap_id = caps.open_cap(session, kind="key", ceiling=limit, period=limit_period, now=now)
+    key = ApiKey(
+        user_id=owner.id,
+        account_id=account_id,
+        team_id=team_id,
+        cap_id=cap_id,
+        name=name,
+        digest=digest(secret),
+        prefix=secret[:PREFIX_CHARS],
+        allowed_models=allowed_models,
+        expires_at=expires_at,
+        created_at=now,
+    )
+    session.add(key)
+    session.flush()
+    _audit(session, key, "api_key_created", context=context, now=now)
+    return IssuedKey(KeyStanding(key, limit, limit_period, 0), secret)
+
+
+def authenticate(session: DbSession, presented: str | None, *, now: datetime) -> ApiKey:
+    """The live key `presented` is, with its owner loaded, or InvalidApiKey."""
+    if not presented or not presented.startswith(KEY_PREFIX):
+        raise InvalidApiKey()
+    found = session.execute(
+        select(ApiKey, User)
+        .join(User, User.id == ApiKey.user_id)
+        .where(ApiKey.digest == digest(presented))
+    ).one_or_none()
+    if found is None:
+        raise InvalidApiKey()
+    key, _owner = found
+    if key.revoked_at is not None:
+        raise InvalidApiKey("This API key has been revoked.")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise InvalidApiKey("This API key has expired.")
+    return key
+
+
+def owner_of(session: DbSession, key: ApiKey) -> User:
+    owner = session.get(User, key.user_id)  # loaded with the key: no query
+    assert owner is not None
+    return owner
+
+
+def mark_used(session: DbSession, key: ApiKey, *, now: datetime) -> None:
+    """Record that the key was used, unless it was within the last minute (no write then). The
+    update is conditional, so that many workers at once write it once."""
+    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_RESOLUTION:
+        return
+    session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.id == key.id,
+            (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at <= now - LAST_USED_RESOLUTION),
+        )
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    key.last_used_at = now
+
+
+def of_user(user_id: int) -> Select[ApiKey, SpendCap]:
+    """A user's keys, revoked ones included (they say when), with their caps."""
+    return (
+        select(ApiKey, SpendCap)
+        .join(SpendCap, SpendCap.id == ApiKey.cap_id)
+        .where(ApiKey.user_id == user_id)
+    )
+
+
+def standing_of(key: ApiKey, cap: SpendCap, *, now: datetime) -> KeyStanding:
+    """What the key spent in the current period (nothing yet, when its cap was last touched in
+    an earlier one)."""
+    current = cap.period_start == caps.period_starts(now)[cap.period]
+    return KeyStanding(key, cap.ceiling, cap.period, cap.spent if current else 0)
+
+
+def get(session: DbSession, *, key_id: int, user_id: int | None, now: datetime) -> KeyStanding:
+    """One key, of `user_id` (None: anyone's, for admins); another's is NotFound."""
+    query = select(ApiKey, SpendCap).join(SpendCap, SpendCap.id == ApiKey.cap_id)
+    query = query.where(ApiKey.id == key_id)
+    if user_id is not None:
+        query = query.where(ApiKey.user_id == user_id)
+    found = session.execute(query).one_or_none()
+    if found is None:
+        raise NotFound("No such API key.")
+    key, cap = found
+    return standing_of(key, cap, now=now)
+
+
+def change(
+    session: DbSession,
+    standing: KeyStanding,
+    *,
+    context: ledger.AuditContext,
+    now: datetime,
+    **changes: object,
+) -> KeyStanding:
+    """Rename a key, or change its limit, allowed models or expiry (given in `changes`); a
+    revoked key cannot be changed back to life."""
+    key = standing.key
+    if key.revoked_at is not None:
+        raise Conflict("A revoked API key cannot be changed.")
+    if "expires_at" in changes:
+        expires_at = changes["expires_at"]
+        if isinstance(expires_at, datetime) and expires_at <= now:
+            raise ExpiryNotInFuture()
+        key.expires_at = expires_at  # type: ignore[assignment]
+    for name in ("name", "allowed_models"):
+        if name in changes:
+            setattr(key, name, changes[name])
+    limit = standing.limit
+    if "limit" in changes:
+        limit = changes["limit"]  # type: ignore[assignment]
+        caps.set_ceiling(session, cap_id=key.cap_id, ceiling=limit)
+    session.flush()
+    _audit(session, key, "api_key_changed", context=context, now=now, changed=sorted(changes))
+    return KeyStanding(key, limit, standing.limit_period, standing.spent)
+
+
+def revoke(session: DbSession, key: ApiKey, *, context: ledger.AuditContext, now: datetime) -> None:
+    """Refused from the next request on, by every worker; revoking twice changes nothing."""
+    if key.revoked_at is None:
+        key.revoked_at = now
+        session.flush()
+        _audit(session, key, "api_key_revoked", context=context, now=now)
+
+
+def _audit(
+    session: DbSession,
+    key: ApiKey,
+    action: str,
+    *,
+    context: ledger.AuditContext,
+    now: datetime,
+    **details: object,
+) -> None:
+    ledger.record_action(
+        session,
+        action=action,
+        context=context,
+        now=now,
+        account_id=key.account_id,
+        details={"api_key_id": str(key.id), "prefix": key.prefix, "name": key.name, **details},
+    )

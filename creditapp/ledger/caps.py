@@ -1,0 +1,118 @@
+"""Spending caps: what one spender (an API key) may spend from an account per period.
+
+A cap is counted beside the balance and enforced the same way: a hold that names caps reserves
+its amount in each of them with a conditional update, in the hold's own transaction, after the
+account's (locks are taken account first, then caps, by holds and resolutions alike). However
+many calls run at once, `spent this period + reserved <= ceiling` holds when each hold is
+placed: a call that fits is never refused, one that does not never reaches the provider. When
+the hold resolves, its reservation leaves the caps and what it captured counts as spent.
+
+A charge counts in the period in which it is settled (the one its ledger entry is dated in).
+A period starts again lazily: the first statement to touch a cap after its period ended counts
+from zero, so no job resets caps and a cap check is one row, never a sum over the ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from creditapp.database import DbSession
+from creditapp.errors import KeyLimitReached, NotFound
+from creditapp.ledger.sql import (
+    CAP_STANDING,
+    INSERT_CAP,
+    INSERT_HOLD_CAP,
+    RESERVE_CAP,
+    RESOLVE_CAPS,
+    SET_CEILING,
+    LedgerSql,
+)
+
+EVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def period_starts(now: datetime) -> dict[str, datetime]:
+    """When the current UTC day, ISO week, calendar month and "ever" began."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {
+        "day": day,
+        "week": day - timedelta(days=day.weekday()),
+        "month": day.replace(day=1),
+        "total": EVER,
+    }
+
+
+def _starts(sql: LedgerSql, now: datetime) -> dict[str, object]:
+    starts = period_starts(now)
+    return {
+        "day": sql.time(starts["day"]),
+        "week": sql.time(starts["week"]),
+        "month": sql.time(starts["month"]),
+        "ever": sql.time(EVER),
+    }
+
+
+@dataclass(frozen=True)
+class CapStanding:
+    """A cap as of now: its ceiling (None: counted only), what was spent this period, and what
+    open holds reserve."""
+
+    ceiling: int | None
+    spent: int
+    reserved: int
+
+
+def open_cap(
+    session: DbSession, *, kind: str, ceiling: int | None, period: str, now: datetime
+) -> int:
+    sql = LedgerSql(session)
+    row = sql.one(
+        INSERT_CAP,
+        kind=kind,
+        ceiling=ceiling,
+        period=period,
+        start=sql.time(period_starts(now)[period]),
+        now=sql.time(now),
+    )
+    assert row is not None
+    return int(row[0])
+
+
+def set_ceiling(session: DbSession, *, cap_id: int, ceiling: int | None) -> None:
+    """A new ceiling applies to holds placed from now on (open ones keep their reservation)."""
+    LedgerSql(session).run(SET_CEILING, cap=cap_id, ceiling=ceiling)
+
+
+def standing(session: DbSession, *, cap_id: int, now: datetime) -> CapStanding:
+    sql = LedgerSql(session)
+    row = sql.one(CAP_STANDING, cap=cap_id, **_starts(sql, now))
+    if row is None:
+        raise NotFound("No such spending cap.")
+    _kind, ceiling, spent, reserved = row
+    return CapStanding(ceiling, int(spent), int(reserved))
+
+
+def reserve(sql: LedgerSql, *, caps: tuple[int, ...], amount: int, now: datetime) -> None:
+    """Reserve a hold's amount in each cap, or raise the refused cap's error (the caller's
+    transaction then rolls back the account's reservation with it)."""
+    starts = _starts(sql, now)
+    for cap_id in caps:
+        if sql.one(RESERVE_CAP, cap=cap_id, amount=amount, **starts) is None:
+            row = sql.one(CAP_STANDING, cap=cap_id, **starts)
+            if row is None:
+                raise NotFound("No such spending cap.")
+            _kind, ceiling, spent, reserved = row
+            raise KeyLimitReached(
+                required=amount, limit=int(ceiling), spent=int(spent), reserved=int(reserved)
+            )
+
+
+def link(sql: LedgerSql, *, hold_id: int, caps: tuple[int, ...]) -> None:
+    for cap_id in caps:
+        sql.run(INSERT_HOLD_CAP, hold=hold_id, cap=cap_id)
+
+
+def resolve(sql: LedgerSql, *, hold_id: int, released: int, captured: int, now: datetime) -> None:
+    """Release a resolved hold's reservation from its caps and count what it captured."""
+    sql.run(RESOLVE_CAPS, hold=hold_id, released=released, captured=captured, **_starts(sql, now))
