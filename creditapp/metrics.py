@@ -20,8 +20,8 @@ HTTP_DURATION = Histogram(
 )
 MESSAGES = Counter(
     "creditapp_messages",
-    "Chat messages by outcome: charged, refunded, insufficient_credits, provider_error,"
-    " refused, settle_failed",
+    "Metered calls (chat messages and gateway completions) by outcome: charged, refunded,"
+    " insufficient_credits, key_limit_reached, provider_error, refused, settle_failed",
     ["provider", "model", "outcome"],
 )
 CREDITS_CHARGED = Counter(

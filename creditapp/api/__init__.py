@@ -13,6 +13,8 @@ from creditapp.api import (
     compensations,
     credit,
     docs,
+    gateway,
+    keys,
     me,
     openapi,
     ops,
@@ -44,6 +46,8 @@ def register_api(app: Flask) -> None:
         me,
         credit,
         chat,
+        keys,
+        gateway,
         admin,
         pricing,
         tiers,
@@ -56,3 +60,4 @@ def register_api(app: Flask) -> None:
         openapi.api.register_blueprint(module.blp)
     app.register_blueprint(docs.assets)
     register_error_handlers(app)
+    gateway.register_gateway_errors(app)

@@ -91,7 +91,21 @@ def _release_later(app: Flask, claim: idempotency.Claim, undo: idempotency.Undo 
     log.error("idempotency_release_gave_up", claim_id=claim.id)
 
 
-def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -> Callable[[F], F]:
+def _no_claim(undo: idempotency.Undo | None = None) -> None:
+    """`release` of a request sent without an Idempotency-Key: no key to free; what it
+    committed is undone all the same."""
+    if undo is not None:
+        db.session.rollback()
+        with write_transaction(db.session):
+            undo(db.session)
+
+
+def idempotent(
+    *,
+    required: bool = False,
+    runs_own_transactions: bool = False,
+    kept: Callable[[Response], idempotency.StoredResponse] = to_store,
+) -> Callable[[F], F]:
     """Run the view at most once per (caller, Idempotency-Key); replay its response after.
 
     Must sit inside `authenticated` (or a view whose principal is established before it runs):
@@ -100,11 +114,12 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
     (it must not hold one across a slow call) gets the claim as its `claim` argument and
     completes it in its last transaction; if it fails, its key is freed. It also gets `release`,
     which frees the key with an undo of what it committed (`idempotency.release`), in the same
-    way: for a failure after the view returned (a stream ends in its body), or before.
-    """
+    way: for a failure after the view returned (a stream ends in its body), or before. Sent
+    without a key, such a view gets `claim` None and a `release` that frees nothing.
 
-    if runs_own_transactions and not required:
-        raise ValueError("a view that runs its own transactions needs a required key")
+    `kept` is what is stored of the response for a replay: all of it, unless the response holds
+    a secret shown once (a new API key), which a replay must not show again.
+    """
 
     def decorator(view: F) -> F:
         @wraps(view)
@@ -116,6 +131,8 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
                 raise ValidationFailed(
                     f"The {HEADER} header is required here.", details={HEADER: ["Required."]}
                 )
+            if key is None and runs_own_transactions:
+                return make_response(view(*args, claim=None, release=_no_claim, **kwargs))
             if key is None:
                 with write_transaction(db.session):
                     return make_response(view(*args, **kwargs))
@@ -160,7 +177,7 @@ def idempotent(*, required: bool = False, runs_own_transactions: bool = False) -
             try:
                 with write_transaction(db.session):
                     response = make_response(view(*args, **kwargs))
-                    idempotency.complete(db.session, outcome, response=to_store(response))
+                    idempotency.complete(db.session, outcome, response=kept(response))
             except BaseException:
                 # Nothing the view did was committed: free the key so a retry runs again.
                 _free(outcome)

@@ -8,6 +8,7 @@ themselves are `creditapp.auth.tokens`; what follows from a principal is
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -24,10 +25,12 @@ from creditapp import ledger
 from creditapp.api import openapi
 from creditapp.api.errors import from_error
 from creditapp.api.security import security_event
-from creditapp.auth import tokens
-from creditapp.auth.models import User
+from creditapp.auth import api_keys, tokens
+from creditapp.auth.models import ApiKey, User
 from creditapp.auth.principal import Principal
-from creditapp.errors import Forbidden, TokenRevoked, Unauthorized
+from creditapp.database import write_transaction
+from creditapp.errors import Forbidden, InvalidApiKey, TokenRevoked, Unauthorized
+from creditapp.extensions import db
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Where this request's principal is kept (flask.g): set once, by `establish`.
@@ -47,6 +50,12 @@ def establish(who: Principal) -> Principal:
         return established
     setattr(g, _PRINCIPAL, who)
     return who
+
+
+def established_principal() -> Principal | None:
+    """The request's principal if one was established, else None (for logs)."""
+    established: Principal | None = g.get(_PRINCIPAL)
+    return established
 
 
 def principal() -> Principal:
@@ -72,13 +81,72 @@ def caller() -> User:
 
 def request_principal() -> Principal | None:
     """This request's principal as far as it is known before its view runs (the rate limiter
-    asks): the one established, else the signed-in user of a valid access token, else None.
-    Nothing is established here, and the token's user is loaded once per request."""
+    asks): the one established, else the API key's of a gateway request, else the signed-in
+    user of a valid access token, else None. Nothing is established here, and the key or the
+    token's user is loaded once per request."""
     established: Principal | None = g.get(_PRINCIPAL)
     if established is not None:
         return established
+    if gateway_request():
+        return None if isinstance(_key_found(), InvalidApiKey) else _key_principal()
     user = request_user()
     return None if user is None else Principal.signed_in(user)
+
+
+# Keys open the gateway's door only, and tokens every other.
+GATEWAY_PREFIX = "/v1"
+# Where this request's API key (or why it was refused) is kept (flask.g).
+_API_KEY = "creditapp_api_key"
+
+
+def gateway_request() -> bool:
+    return request.path == GATEWAY_PREFIX or request.path.startswith(f"{GATEWAY_PREFIX}/")
+
+
+def _key_found() -> ApiKey | InvalidApiKey:
+    """The request's live API key, looked up once per request (never cached across requests:
+    a revoked key is refused at once), or why there is none."""
+    found: ApiKey | InvalidApiKey | None = g.get(_API_KEY)
+    if found is None:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        try:
+            if scheme.lower() != "bearer":
+                raise InvalidApiKey("An API key is required: Authorization: Bearer ca-...")
+            found = api_keys.authenticate(db.session, presented.strip(), now=datetime.now(UTC))
+        except InvalidApiKey as refused:
+            found = refused
+        setattr(g, _API_KEY, found)
+    return found
+
+
+def _key_principal() -> Principal:
+    key = request_api_key()
+    return Principal.with_api_key(key.id, owner=api_keys.owner_of(db.session, key))
+
+
+def request_api_key() -> ApiKey:
+    """This gateway request's API key, or InvalidApiKey."""
+    found = _key_found()
+    if isinstance(found, InvalidApiKey):
+        raise found
+    return found
+
+
+def key_authenticated() -> Callable[[F], F]:
+    """Require a live API key (the gateway's door); it becomes the request's principal, acting
+    as its owner, and its `last_used_at` is kept to the minute."""
+
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            establish(_key_principal())
+            with write_transaction(db.session):
+                api_keys.mark_used(db.session, request_api_key(), now=datetime.now(UTC))
+            return view(*args, **kwargs)
+
+        return openapi.declare(wrapper, security="api_key")  # type: ignore[return-value]
+
+    return decorator
 
 
 def authenticated(*, admin: bool = False) -> Callable[[F], F]:
@@ -137,6 +205,7 @@ def _forget_principal() -> None:
     """A request starts with no principal, even when it shares an app context with an earlier
     one (a test client inside `app.app_context()`)."""
     g.pop(_PRINCIPAL, None)
+    g.pop(_API_KEY, None)
 
 
 def register_identity(app: Flask) -> None:

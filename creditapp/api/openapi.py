@@ -57,6 +57,34 @@ ERROR_STATUSES = {
     "job broker, or (readiness) Redis.",
 }
 
+# The gateway's (`/v1`) error statuses: OpenAI's error body, with these codes behind them.
+GATEWAY_ERROR_STATUSES = {
+    400: "The request is invalid (`type`: `invalid_request_error`; `param` names the first bad "
+    "parameter, `message` every one); an unknown parameter is one.",
+    401: "No live API key (`invalid_api_key`): missing, unknown, revoked, expired, or an access "
+    "token (keys open /v1, tokens the rest).",
+    402: "Not charged, refused before any provider call: not enough credits "
+    "(`insufficient_credits`), the key's limit for the period (`key_limit_reached`), or a hold "
+    "above `X-Max-Credits` (`max_credits_exceeded`).",
+    403: "The model is not in the caller's tier or the key's `allowed_models` "
+    "(`model_not_allowed`).",
+    404: "No such model (`model_not_found`: not `provider/model` of the price book) or "
+    "generation (`not_found`).",
+    409: "Conflicts with an earlier request of the same Idempotency-Key "
+    "(`idempotency_key_reused`, `request_in_progress`).",
+    413: ERROR_STATUSES[413],
+    414: ERROR_STATUSES[414],
+    415: ERROR_STATUSES[415],
+    429: "Rate limited (`rate_limited`, the key's tier's limits per key); `Retry-After` says "
+    "when to come back.",
+    431: ERROR_STATUSES[431],
+    502: "The AI provider failed (`provider_error`): nothing was charged, or what it billed "
+    "was refunded.",
+    503: "A dependency the request needs is down (`service_unavailable`).",
+}
+# The gateway's error responses are named after the status with this prefix.
+GATEWAY_ERROR_PREFIX = "OPENAI_"
+
 HEADERS = {
     "X-Request-ID": {
         "description": "The request's id: the client's `X-Request-ID` when it sent a sane one, "
@@ -103,6 +131,11 @@ SECURITY_SCHEMES = {
         "description": "A refresh token from sign-in or the previous refresh; each is spent "
         "by its use, and presenting a spent one again revokes its session.",
     },
+    "api_key": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key (`ca-...`, from POST /api/keys): the gateway's (/v1) only.",
+    },
     "metrics_token": {
         "type": "http",
         "scheme": "bearer",
@@ -143,6 +176,32 @@ class ErrorSchema(Schema):
     error = fields.Nested(ErrorBodySchema, required=True)
 
 
+class OpenAIErrorBodySchema(Schema):
+    message = fields.String(required=True, metadata={"description": "For people."})
+    type = fields.String(
+        required=True,
+        metadata={"description": "OpenAI's error type (`invalid_request_error`, ...)."},
+    )
+    param = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The bad parameter, when one is to blame."},
+    )
+    code = fields.String(
+        required=True, metadata={"description": "What went wrong, for programs to branch on."}
+    )
+    request_id = fields.String(
+        required=True, metadata={"description": "The request's `X-Request-ID`."}
+    )
+
+
+class OpenAIErrorSchema(Schema):
+    """The body of every error response of the gateway (`/v1`): OpenAI's, which its SDKs
+    read."""
+
+    error = fields.Nested(OpenAIErrorBodySchema, required=True)
+
+
 class Api(flask_smorest.Api):
     """flask-smorest's Api with the contract's error body and no catch-all `default` response:
     each operation lists its own statuses."""
@@ -156,16 +215,22 @@ class Api(flask_smorest.Api):
             self.spec.components.header(name, header, lazy=True)
         for name, scheme in SECURITY_SCHEMES.items():
             self.spec.components.security_scheme(name, scheme)
-        for status, description in ERROR_STATUSES.items():
-            headers = {"X-Request-ID": "X-Request-ID"}
-            if status == HTTPStatus.TOO_MANY_REQUESTS:
-                headers["Retry-After"] = "Retry-After"
-            response = {
-                "description": description,
-                "headers": headers,
-                "content": {"application/json": {"schema": self.ERROR_SCHEMA}},
-            }
-            self.spec.components.response(HTTPStatus(status).name, response, lazy=True)
+        shapes = (
+            ("", ERROR_STATUSES, self.ERROR_SCHEMA),
+            (GATEWAY_ERROR_PREFIX, GATEWAY_ERROR_STATUSES, OpenAIErrorSchema),
+        )
+        for prefix, statuses, schema in shapes:
+            for status, description in statuses.items():
+                headers = {"X-Request-ID": "X-Request-ID"}
+                if status == HTTPStatus.TOO_MANY_REQUESTS:
+                    headers["Retry-After"] = "Retry-After"
+                response = {
+                    "description": description,
+                    "headers": headers,
+                    "content": {"application/json": {"schema": schema}},
+                }
+                name = f"{prefix}{HTTPStatus(status).name}"
+                self.spec.components.response(name, response, lazy=True)
 
 
 api = Api(spec_kwargs={"info": {"description": DESCRIPTION}})
@@ -174,7 +239,8 @@ api = Api(spec_kwargs={"info": {"description": DESCRIPTION}})
 def declare(view: F, **facts: Any) -> F:
     """Record facts about a view for its OpenAPI operation: `security` (a scheme's name),
     `admin`, `idempotency` (`required` or `optional`), `rate_limited` and `uses_database`
-    (both true unless said otherwise), and `errors` (statuses; they add up)."""
+    (both true unless said otherwise), `errors` (statuses; they add up), and `event_stream`
+    (the success may also stream: the stream's description)."""
     apidoc = deepcopy(getattr(view, "_apidoc", {}))
     recorded = apidoc.setdefault(_FACTS, {})
     for name, value in facts.items():
@@ -243,10 +309,22 @@ def document_operation(
     for response in responses.values():
         if isinstance(response, dict):  # the view's own responses; errors are references
             response.setdefault("headers", {}).update({name: name for name in success_headers})
+    if facts.get("event_stream"):
+        # The same success answered whole (JSON) or streamed, as the request asks.
+        success = responses[next(status for status in responses if int(status) < 300)]
+        success.setdefault("content", {})["text/event-stream"] = {
+            "schema": {"type": "string", "description": facts["event_stream"]}
+        }
     documented = {int(status) for status in responses}
+    # An API key's operations are the gateway's: OpenAI's error body, where flask-smorest
+    # named one already (a refused argument's 400) too.
+    prefix = GATEWAY_ERROR_PREFIX if facts.get("security") == "api_key" else ""
+    for status, response in responses.items():
+        if isinstance(response, str) and prefix:
+            responses[status] = f"{prefix}{response}"
     for status in _statuses(facts, method):
         if status not in documented:
-            responses[status] = HTTPStatus(status).name
+            responses[status] = f"{prefix}{HTTPStatus(status).name}"
     return doc
 
 

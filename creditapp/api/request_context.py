@@ -16,6 +16,7 @@ from flask import Flask, Response, g, request
 from flask_jwt_extended import get_jwt_identity
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from creditapp.api.identity import GATEWAY_PREFIX, established_principal
 from creditapp.errors import PayloadTooLarge, UnsupportedMediaType
 from creditapp.metrics import HTTP_DURATION, HTTP_REQUESTS
 
@@ -123,7 +124,7 @@ def _finish_response(response: Response) -> Response:
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers.setdefault("Content-Security-Policy", _CSP)
-    if request.path.startswith("/api/"):
+    if request.path.startswith(("/api/", f"{GATEWAY_PREFIX}/")):
         response.headers["Cache-Control"] = "no-store"
     if request.is_secure:
         response.headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
@@ -140,14 +141,23 @@ def _finish_response(response: Response) -> Response:
         path=request.path,
         status=response.status_code,
         duration_ms=round(took * 1000),
-        user_id=_user_id(),
+        **_caller(),
     )
     return response
 
 
-def _user_id() -> str | None:
-    """The authenticated caller's id, from the verified token's claims: never a database read
-    (the request may be failing because the database is down)."""
+def _caller() -> dict[str, str | None]:
+    """Who called: the established principal (an API key names itself too), else the verified
+    token's user: never a database read (the request may be failing because the database is
+    down)."""
+    who = established_principal()
+    if who is not None:
+        user_id = None if who.user_id is None else str(who.user_id)
+        return {"user_id": user_id, "principal": who.identity}
+    return {"user_id": _token_user_id()}
+
+
+def _token_user_id() -> str | None:
     try:
         subject = get_jwt_identity()
     except RuntimeError:  # no token was verified in this request

@@ -25,7 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -41,6 +41,7 @@ from creditapp.errors import (
     CreditAppError,
     DependencyUnavailable,
     InsufficientCredits,
+    KeyLimitReached,
     MaxCreditsExceeded,
     ModelNotAllowed,
     ProviderFailed,
@@ -54,6 +55,7 @@ from creditapp.metering.providers import (
     ProviderError,
     Providers,
     ReplyStream,
+    Sampling,
 )
 from creditapp.metering.usage import Usage
 from creditapp.metrics import CREDITS_CHARGED, MESSAGES, PROVIDER_DURATION
@@ -99,6 +101,7 @@ class MeteredRequest:
     messages: tuple[ChatMessage, ...]
     max_tokens: int | None = None
     max_credits: int | None = None
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 @dataclass(frozen=True)
@@ -113,12 +116,15 @@ class Origin:
 @dataclass(frozen=True)
 class MeteredCall:
     """One call to meter: the account that pays, the caller (whose tier governs the call, and
-    who is recorded as making it), the request and where it comes from."""
+    who is recorded as making it), the request, where it comes from, and the spending caps it
+    is held to."""
 
     account_id: int
     caller: User
     request: MeteredRequest
     origin: Origin
+    # Spending caps the call counts against (an API key's limit), besides the account.
+    caps: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,7 @@ class Settled:
     compensation: Compensation | None
     failure: ProviderFailed | None
     at: datetime
+    max_tokens: int  # the most output the call was allowed (asked for, or the tier's default)
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,7 @@ class _Priced:
     request: ChatRequest
     hold_amount: int
     max_credits: int | None
+    caps: tuple[int, ...]
 
 
 def _price(session: DbSession, metered: MeteredCall, *, now: datetime) -> _Priced:
@@ -201,7 +209,9 @@ def _price(session: DbSession, metered: MeteredCall, *, now: datetime) -> _Price
             )
         if price is None:
             raise book.not_priced(provider=provider, model=model)
-        chat = ChatRequest(model, request.system_prompt, request.messages, max_tokens)
+        chat = ChatRequest(
+            model, request.system_prompt, request.messages, max_tokens, request.sampling
+        )
         input_bound = upper_bound_tokens([chat.system_prompt, *(m.content for m in chat.messages)])
         hold_amount = book.worst_case(price, input_tokens=input_bound, max_output_tokens=max_tokens)
         if request.max_credits is not None and hold_amount > request.max_credits:
@@ -219,6 +229,7 @@ def _price(session: DbSession, metered: MeteredCall, *, now: datetime) -> _Price
         chat,
         hold_amount,
         request.max_credits,
+        metered.caps,
     )
 
 
@@ -240,9 +251,10 @@ def _hold(
             context=context,
             now=now,
             reference=priced.origin.reference,
+            caps=priced.caps,
         )
-    except InsufficientCredits:
-        MESSAGES.labels(priced.provider, priced.model, "insufficient_credits").inc()
+    except (InsufficientCredits, KeyLimitReached) as refused:
+        MESSAGES.labels(priced.provider, priced.model, refused.code).inc()
         raise
     return Held(held.hold_id, held.amount, now)
 
@@ -420,6 +432,7 @@ def _settle(
         compensation=compensation,
         failure=call.failure,
         at=now,
+        max_tokens=call.priced.request.max_tokens,
     )
 
 

@@ -55,14 +55,23 @@ def transaction(session: DbSession, *, account_id: int, entry_id: int) -> Transa
         raise NotFound("No such transaction.")
     if entry.type != "charge" or entry.hold_id is None:
         return Transaction(entry, None)
-    found = session.execute(
+    return Transaction(entry, of_call(session, hold_id=entry.hold_id))
+
+
+def of_call(session: DbSession, *, hold_id: int, user_id: int | None = None) -> Receipt | None:
+    """The receipt of the call its hold paid for (made by `user_id`, when given), or None when
+    no call was charged on that hold."""
+    query = (
         select(UsageRecord, Price, Hold)
         .join(Price, Price.id == UsageRecord.price_id)
         .join(Hold, Hold.id == UsageRecord.hold_id)
-        .where(UsageRecord.hold_id == entry.hold_id)
-    ).one_or_none()
+        .where(UsageRecord.hold_id == hold_id)
+    )
+    if user_id is not None:
+        query = query.where(UsageRecord.user_id == user_id)
+    found = session.execute(query).one_or_none()
     if found is None:
-        return Transaction(entry, None)
+        return None
     record, price, hold = found
     usage = Usage(
         input_tokens=record.input_tokens,
@@ -74,7 +83,7 @@ def transaction(session: DbSession, *, account_id: int, entry_id: int) -> Transa
     )
     tier, rates = book.tier_for(price, usage.input_tokens)
     exact = rates.exact_micro_credits(usage)
-    receipt = Receipt(
+    return Receipt(
         usage=record,
         price=price,
         tier_above_input_tokens=tier,
@@ -84,4 +93,3 @@ def transaction(session: DbSession, *, account_id: int, entry_id: int) -> Transa
         charged=record.credits_charged,
         hold=hold,
     )
-    return Transaction(entry, receipt)

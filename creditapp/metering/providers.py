@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from creditapp.errors import InconsistentUsage
@@ -36,11 +36,21 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How the reply is sampled, where the caller says (None, empty: the provider's default)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     model: str
     system_prompt: str
     messages: tuple[ChatMessage, ...]
     max_tokens: int
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,11 @@ def _as_provider_errors(provider: str, sdk_errors: tuple[type[Exception], ...]) 
         raise ProviderError(provider, "unreadable response") from error
 
 
+def _given(**settings: Any) -> dict[str, Any]:
+    """The settings the caller gave (a provider's default stands for the others)."""
+    return {name: value for name, value in settings.items() if value is not None}
+
+
 def _count(value: Any) -> int:
     return int(value or 0)
 
@@ -177,10 +192,13 @@ class OpenAIProvider:
     def _body(request: ChatRequest) -> dict[str, Any]:
         messages = [{"role": "system", "content": request.system_prompt}]
         messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        sampling = request.sampling
         return {
             "model": request.model,
             "messages": messages,
             "max_completion_tokens": request.max_tokens,
+            **_given(temperature=sampling.temperature, top_p=sampling.top_p),
+            **({"stop": list(sampling.stop)} if sampling.stop else {}),
         }
 
     def complete(self, request: ChatRequest) -> Completion:
@@ -252,11 +270,14 @@ class AnthropicProvider:
 
     @staticmethod
     def _body(request: ChatRequest) -> dict[str, Any]:
+        sampling = request.sampling
         return {
             "model": request.model,
             "max_tokens": request.max_tokens,
             "system": request.system_prompt,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            **_given(temperature=sampling.temperature, top_p=sampling.top_p),
+            **({"stop_sequences": list(sampling.stop)} if sampling.stop else {}),
         }
 
     def complete(self, request: ChatRequest) -> Completion:
@@ -346,7 +367,11 @@ class GoogleProvider:
             "model": request.model,
             "contents": contents,
             "config": types.GenerateContentConfig(
-                system_instruction=request.system_prompt, max_output_tokens=request.max_tokens
+                system_instruction=request.system_prompt,
+                max_output_tokens=request.max_tokens,
+                temperature=request.sampling.temperature,
+                top_p=request.sampling.top_p,
+                stop_sequences=list(request.sampling.stop) or None,
             ),
         }
 

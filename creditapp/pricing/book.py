@@ -152,6 +152,28 @@ def price_in_force(session: DbSession, *, provider: str, model: str, at: datetim
     return price
 
 
+def all_in_force(*, at: datetime) -> Select[Price]:
+    """The row in force at `at` of every priced model, by provider and model."""
+    newest = (
+        select(Price.provider, Price.model, func.max(Price.effective_from).label("since"))
+        .where(Price.effective_from <= at)
+        .group_by(Price.provider, Price.model)
+        .subquery()
+    )
+    return (
+        select(Price)
+        .join(
+            newest,
+            and_(
+                Price.provider == newest.c.provider,
+                Price.model == newest.c.model,
+                Price.effective_from == newest.c.since,
+            ),
+        )
+        .order_by(Price.provider, Price.model)
+    )
+
+
 def get_all(
     *, provider: str | None = None, model: str | None = None, containing: str | None = None
 ) -> Select[Price]:

@@ -22,6 +22,7 @@ NOT_OPERATIONS = {
     "web.static",
 }
 MUTATING = {"post", "put", "patch", "delete"}
+GATEWAY = "/v1/"
 ADMIN_PREFIX = "/api/admin/"
 SIGN_IN = {"/api/auth/google", "/api/auth/demo"}
 OPERATIONS_PATHS = {"/healthz", "/readyz", "/metrics", "/api/docs", "/api/openapi.json"}
@@ -70,6 +71,10 @@ def test_every_route_is_an_operation_and_nothing_else_is(
 
 
 def test_every_error_response_has_the_contracts_body(document: dict[str, Any]) -> None:
+    openai_body = _component(
+        document, document["components"]["schemas"]["OpenAIError"]["properties"]["error"]["$ref"]
+    )
+    assert set(openai_body["required"]) == {"message", "type", "param", "code", "request_id"}
     error_schema = document["components"]["schemas"]["Error"]
     assert error_schema["required"] == ["error"]
     body = _component(document, error_schema["properties"]["error"]["$ref"])
@@ -81,7 +86,9 @@ def test_every_error_response_has_the_contracts_body(document: dict[str, Any]) -
                 continue
             referenced = _component(document, response["$ref"])
             schema = referenced["content"]["application/json"]["schema"]
-            assert schema == {"$ref": "#/components/schemas/Error"}, (method, path, status)
+            # The gateway's errors have OpenAI's body, which OpenAI's SDKs read.
+            name = "OpenAIError" if path.startswith(GATEWAY) else "Error"
+            assert schema == {"$ref": f"#/components/schemas/{name}"}, (method, path, status)
 
 
 def test_every_response_documents_its_request_id(document: dict[str, Any]) -> None:
@@ -109,6 +116,8 @@ def test_security_and_the_statuses_it_brings(document: dict[str, Any]) -> None:
         if path in SIGN_IN | OPERATIONS_PATHS:
             continue
         scheme = "refresh_token" if path == "/api/auth/refresh" else "access_token"
+        if path.startswith(GATEWAY):
+            scheme = "api_key"  # the gateway's door takes API keys, never access tokens
         assert operation["security"] == [{scheme: []}], (method, path)
         assert "401" in statuses, (method, path)
     assert document["paths"]["/metrics"]["get"]["security"] == [{"metrics_token": []}, {}]
@@ -137,7 +146,7 @@ def test_statuses_every_operation_shares(document: dict[str, Any]) -> None:
         assert {"414", "431"} <= statuses, (method, path)  # the HTTP server's limits
         assert ("429" in statuses) == (path not in OPERATIONS_PATHS), (method, path)
         assert ("503" in statuses) == (path not in no_database), (method, path)
-        takes_body = method in MUTATING
+        takes_body = method in MUTATING - {"delete"}
         assert ({"413", "415"} <= statuses) == takes_body, (method, path)
         if "{" in path:
             assert {"400", "404"} <= statuses, (method, path)

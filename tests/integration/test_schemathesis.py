@@ -1,5 +1,6 @@
 """Schemathesis over the whole API, as an attacker would fuzz it: every operation of the
-OpenAPI document, with an admin's token and a user's, against a real gunicorn. No request may
+OpenAPI document, with an admin's token and a user's, and the gateway's with an API key,
+against a real gunicorn. No request may
 get a 5xx, and every response must be one the document describes (`CHECKS`).
 `SCHEMATHESIS_EXAMPLES` sets the examples per operation (default 25); the seed it used is in
 the output to replay a failure."""
@@ -36,7 +37,7 @@ CHECKS = ",".join(
 )
 
 
-@pytest.mark.parametrize("role", ["admin", "user"])
+@pytest.mark.parametrize("role", ["admin", "user", "api_key"])
 def test_generated_requests_get_only_documented_responses(
     app: Flask,
     client: FlaskClient,
@@ -49,6 +50,13 @@ def test_generated_requests_get_only_documented_responses(
     add_price(app, "openai", "gpt-fuzz", input="1", output="1")
     start_conversation(client, user, "openai", "gpt-fuzz")
     token = (admin if role == "admin" else user).token
+    # The gateway's door takes an API key (and answers in OpenAI's error shape); the others
+    # take access tokens.
+    paths = ["--exclude-path-regex", "^/v1/"]
+    if role == "api_key":
+        add_price(app, "demo", "fuzz-echo", input="1", output="1")
+        made = client.post("/api/keys", json={"name": "fuzz", "limit": "50"}, headers=user.headers)
+        token, paths = made.get_json()["key"], ["--include-path-regex", "^/v1/"]
     with live_server({"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}, threads=4) as base:
         run = subprocess.run(
             [
@@ -71,6 +79,7 @@ def test_generated_requests_get_only_documented_responses(
                 # generated-input test covers these operations, last.
                 "--exclude-path-regex",
                 "logout|revoke-sessions",
+                *paths,
                 "--no-color",
             ],
             # Its cache of earlier runs (.schemathesis/) goes in a folder of this test's own.

@@ -10,9 +10,19 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "creditapp"
 # The domain's rooms, lowest first: a room imports only rooms before it. The ledger knows only
 # accounts; auth knows users; accounts answers which account a caller pays from; billing meters a
-# call paid from an account; chat is one caller of billing (the gateway is the next); jobs run
+# call paid from an account; chat and the gateway are its callers; jobs run
 # over all of them.
-DOMAIN = ("ledger", "metering", "pricing", "auth", "accounts", "billing", "chat", "jobs")
+DOMAIN = (
+    "ledger",
+    "metering",
+    "pricing",
+    "auth",
+    "accounts",
+    "billing",
+    "chat",
+    "gateway",
+    "jobs",
+)
 # The app factory composes the layers: it alone, outside them, registers the HTTP layer.
 FACTORY = "creditapp"
 
