@@ -124,10 +124,15 @@ def owner_of(session: DbSession, key: ApiKey) -> User:
     return owner
 
 
+def use_unrecorded(key: ApiKey, *, now: datetime) -> bool:
+    """Whether `last_used_at` is older than a minute (or unset): only then is a use written."""
+    return key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION
+
+
 def mark_used(session: DbSession, key: ApiKey, *, now: datetime) -> None:
     """Record that the key was used, unless it was within the last minute (no write then). The
     update is conditional, so that many workers at once write it once."""
-    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_RESOLUTION:
+    if not use_unrecorded(key, now=now):
         return
     session.execute(
         update(ApiKey)
