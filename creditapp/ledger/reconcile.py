@@ -6,16 +6,18 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, and_, case, func, select
 
 from creditapp.database import DbSession, snapshot
-from creditapp.ledger.models import Account, Grant, Hold, LedgerEntry
+from creditapp.ledger.models import Account, Grant, Hold, HoldCap, LedgerEntry, SpendCap
 from creditapp.money import format_credits
 
 accounts = Account.__table__
 grants = Grant.__table__
 holds = Hold.__table__
 entries = LedgerEntry.__table__
+spend_caps = SpendCap.__table__
+hold_caps = HoldCap.__table__
 
 
 COUNT_INVARIANTS = frozenset({"last_seq == number of entries"})
@@ -109,6 +111,8 @@ def _reconcile(session: DbSession, scope: _Scope) -> list[Drift]:
         if remaining != int(total):
             grant_drift[account_id].append((grant_id, int(total), remaining))
 
+    cap_drift = _cap_drift(session, scope)
+
     drift: list[Drift] = []
     account_rows = session.execute(
         scope.where(
@@ -145,9 +149,42 @@ def _reconcile(session: DbSession, scope: _Scope) -> list[Drift]:
             (f"grant {grant_id}: remaining == sum(its entries)", expected, actual)
             for grant_id, expected, actual in grant_drift.get(account.id, [])
         ]
+        checks += cap_drift.get(account.id, [])
         drift += [
             Drift(account.id, account.user_id, invariant, expected, actual)
             for invariant, expected, actual in checks
             if expected != actual
         ]
     return drift
+
+
+def _cap_drift(session: DbSession, scope: _Scope) -> dict[int, list[tuple[str, int, int]]]:
+    """Each spending cap against the holds counted in it, by the account they spend from: what
+    it reserves is what its pending holds hold, and what it spent in its period is what its
+    holds settled since the period began captured (a resolution in a later period would have
+    started that period)."""
+    since_period = and_(
+        holds.c.status == "settled", holds.c.resolved_at >= spend_caps.c.period_start
+    )
+    rows = session.execute(
+        scope.where(
+            select(
+                spend_caps.c.id,
+                func.max(holds.c.account_id),
+                spend_caps.c.reserved,
+                func.sum(case((holds.c.status == "pending", holds.c.amount), else_=0)),
+                spend_caps.c.spent,
+                func.sum(case((since_period, holds.c.captured), else_=0)),
+            )
+            .join(hold_caps, hold_caps.c.cap_id == spend_caps.c.id)
+            .join(holds, holds.c.id == hold_caps.c.hold_id),
+            holds,
+        ).group_by(spend_caps.c.id, spend_caps.c.reserved, spend_caps.c.spent)
+    )
+    found: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
+    for cap_id, account_id, reserved, pending, spent, captured in rows:
+        found[account_id] += [
+            (f"cap {cap_id}: reserved == sum(its pending holds)", int(pending or 0), reserved),
+            (f"cap {cap_id}: spent == sum(captured this period)", int(captured or 0), spent),
+        ]
+    return found

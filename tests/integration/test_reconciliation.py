@@ -227,6 +227,44 @@ def _drift_of(app: Flask) -> dict[int, set[str]]:
     return named
 
 
+def test_spending_caps_are_reconciled_with_their_holds(
+    app: Flask, client: FlaskClient, person_factory: Any, admin: Person
+) -> None:
+    """A key's cap: clean after holds settled, voided and pending; a counter corrupted behind
+    the ledger's back is named with the account that spends through it."""
+    victim = person_factory(credits=50 * CR)
+    with app.app_context():
+        with write_transaction(db.session):
+            cap_id = ledger.caps.open_cap(
+                db.session, kind="key", ceiling=20 * CR, period="total", now=utcnow()
+            )
+        db.session.remove()
+    held = [
+        _in_transaction(
+            app,
+            ledger.hold,
+            account_id=victim.account_id,
+            amount=3 * CR,
+            ttl=timedelta(minutes=10),
+            caps=(cap_id,),
+        )
+        for _ in range(3)
+    ]
+    _in_transaction(app, ledger.settle, hold_id=held[0].hold_id, actual=2 * CR)
+    _in_transaction(app, ledger.void, hold_id=held[1].hold_id)
+    assert _report(client, admin, app) == []
+    _corrupt(
+        app, "UPDATE spend_caps SET reserved = reserved + 1, spent = 0 WHERE id = :cap", cap=cap_id
+    )
+    assert sorted(
+        (item["user_id"], item["invariant"], item["expected"], item["actual"])
+        for item in _report(client, admin, app)
+    ) == [
+        (str(victim.id), f"cap {cap_id}: reserved == sum(its pending holds)", "3", "3.000001"),
+        (str(victim.id), f"cap {cap_id}: spent == sum(captured this period)", "2", "0"),
+    ]
+
+
 @pytest.mark.parametrize(("invariant", "corruption"), REFUSED_BY_A_CHECK)
 def test_a_check_constraint_refuses_breaking(
     app: Flask, victim: Person, invariant: str, corruption: str
