@@ -330,7 +330,7 @@ def chat_completions(
         key.account_id,
         caller(),
         metered_request,
-        metered_call.Origin(reference=f"api_key:{key.id}"),
+        metered_call.Origin(reference=api_keys.hold_reference(key.id)),
         caps=(key.cap_id,),
     )
     config = current_app.config

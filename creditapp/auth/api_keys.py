@@ -230,3 +230,18 @@ def _audit(
         account_id=key.account_id,
         details={"api_key_id": str(key.id), "prefix": key.prefix, "name": key.name, **details},
     )
+
+
+# A call made with a key names it in its hold's reference: statements say which key paid.
+HOLD_REFERENCE = "api_key:"
+
+
+def hold_reference(key_id: int) -> str:
+    return f"{HOLD_REFERENCE}{key_id}"
+
+
+def key_of_reference(reference: str | None) -> int | None:
+    """The key a hold's reference names, or None."""
+    digits = (reference or "").removeprefix(HOLD_REFERENCE)
+    named = digits != (reference or "") and digits.isascii() and digits.isdigit()
+    return int(digits) if named and len(digits) <= 18 else None

@@ -1,13 +1,15 @@
 """What each ledger entry was for, in words: a charge's call (the conversation's character and
-the model), a grant's source and reason, an adjustment's or a refund's reason, the credits a
-refresh or an expiry concerns. Chat describes them because only chat knows whose conversation
-a charge paid for."""
+the model, or the API key it was made with), a grant's source and reason, an adjustment's or a
+refund's reason, the credits a refresh or an expiry concerns. Chat describes them because only
+chat knows whose conversation a charge paid for."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 
 from creditapp import ledger
+from creditapp.auth import api_keys
+from creditapp.auth.models import ApiKey
 from creditapp.billing.models import UsageRecord
 from creditapp.chat.models import Character, Conversation
 from creditapp.database import DbSession
@@ -25,15 +27,28 @@ def describe(session: DbSession, entries: list[LedgerEntry]) -> dict[int, str]:
     record) and a charge's call (usage record, conversation's character) read in two queries
     for all of them."""
     grounds = ledger.entry_grounds(session, entry_ids=[entry.id for entry in entries])
-    calls = _calls(
-        session, [entry.hold_id for entry in entries if entry.type == "charge" and entry.hold_id]
-    )
-    return {
+    charges = [entry for entry in entries if entry.type == "charge" and entry.hold_id]
+    calls = _calls(session, [entry.hold_id for entry in charges if entry.hold_id])
+    keys = _key_names(session, [api_keys.key_of_reference(entry.reference) for entry in charges])
+    descriptions = {
         entry.id: _description(
             entry, grounds.get(entry.id), calls.get(entry.hold_id) if entry.hold_id else None
         )
         for entry in entries
     }
+    for entry in charges:
+        name = keys.get(api_keys.key_of_reference(entry.reference))
+        if name is not None:
+            descriptions[entry.id] = f"API key “{name}”: {descriptions[entry.id]}"
+    return descriptions
+
+
+def _key_names(session: DbSession, key_ids: list[int | None]) -> dict[int | None, str]:
+    wanted = {key_id for key_id in key_ids if key_id is not None}
+    if not wanted:
+        return {}
+    rows = session.execute(select(ApiKey.id, ApiKey.name).where(ApiKey.id.in_(wanted)))
+    return {key_id: name for key_id, name in rows}
 
 
 def _calls(session: DbSession, hold_ids: list[int]) -> dict[int, Call]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from dateutil.relativedelta import relativedelta
@@ -218,6 +219,27 @@ def test_each_transaction_says_what_it_was_for_and_a_refund_is_a_refund(
         ("admin", "adjust", "outage credit"),
         ("admin", "refund", f"refund of message {reply_id}: bad answer"),
         ("promo", "grant", "test credits"),
+    ]
+
+
+def test_a_charge_through_the_gateway_names_the_key_it_was_made_with(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    add_price(app, "openai", "gpt-keyed", input="1", output="2")
+    person = person_factory(credits=10 * CR)
+    made = client.post("/api/keys", json={"name": "laptop"}, headers=person.headers)
+    fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 50}))
+    called = client.post(
+        "/v1/chat/completions",
+        json={"model": "openai/gpt-keyed", "messages": [{"role": "user", "content": "Hi"}]},
+        headers={"Authorization": f"Bearer {made.get_json()['key']}"},
+    )
+    assert called.status_code == 200, called.get_json()
+    path = "/api/credit/transactions?describe=true"
+    items = client.get(path, headers=person.headers).get_json()["items"]
+    assert [(item["type"], item["amount"], item["description"]) for item in items] == [
+        ("charge", "-0.2", "API key “laptop”: Call to openai:gpt-keyed"),
+        ("grant", "10", "Promo: test credits"),
     ]
 
 
