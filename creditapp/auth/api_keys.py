@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Select, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from creditapp import ledger
 from creditapp.auth.models import ApiKey, User
@@ -143,7 +144,9 @@ def mark_used(session: DbSession, key: ApiKey, *, now: datetime) -> None:
         .values(last_used_at=now)
         .execution_options(synchronize_session=False)
     )
-    key.last_used_at = now
+    # What the row now holds, not a change for the session to flush: a second, unconditional
+    # UPDATE at commit would be a write more, and could set back a concurrent worker's newer use.
+    set_committed_value(key, "last_used_at", now)
 
 
 def of_user(user_id: int) -> Select[ApiKey, SpendCap]:
