@@ -21,12 +21,13 @@ bench/messages.py.
 2. Throughput, 16 clients: (b), (c), (d) in turn, the order rotated every round; calls per
    second, and the CPU (user + system) their server spent per 1,000 calls: gunicorn's master
    and workers with the PostgreSQL backends of its database, or LiteLLM's process tree.
-3. Database transactions per call of (c) and (d): one client, from the database's statistics.
+3. Database transactions per call of (c) and (d): one client, from the database's statistics
+   (the lower of two samples).
 
 Without API keys in creditapp (POST /api/keys answering 404), (c) is left out and said to be.
 `--load` keeps a CPU hog spinning on the last core for the whole run.
 
-    make bench            # or: .venv/bin/python bench/gateway.py [--seconds 8] [--load]
+    make bench            # or: .venv/bin/python bench/gateway.py [--seconds 7] [--load]
 """
 
 from __future__ import annotations
@@ -375,17 +376,20 @@ def measure_load(door: Door, seconds: float, monitor: Monitor) -> Spent:
 
 def transactions_per_call(doors: list[Door], monitor: Monitor) -> dict[str, float]:
     """TRANSACTION_SAMPLE calls through each door in turn, one client, counted between two
-    readings of its database's statistics, each taken once they have caught up."""
-    per_call = {}
+    readings of its database's statistics, each taken once they have caught up; the doors
+    twice, and the lower count of each kept: autovacuum, visiting the database every minute,
+    adds transactions of its own to whichever calls it meets."""
+    per_call: dict[str, float] = {}
     time.sleep(STATISTICS_DELAY)
-    for door in doors:
+    for door in doors * 2:
         assert door.database is not None
         caller = door.open_caller(0)
         before = monitor.transactions(door.database)
         for _ in range(TRANSACTION_SAMPLE):
             caller()
         time.sleep(STATISTICS_DELAY)
-        per_call[door.label] = (monitor.transactions(door.database) - before) / TRANSACTION_SAMPLE
+        counted = (monitor.transactions(door.database) - before) / TRANSACTION_SAMPLE
+        per_call[door.label] = min(counted, per_call.get(door.label, counted))
     return per_call
 
 
@@ -439,7 +443,7 @@ def throughputs(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="per throughput phase")
+    parser.add_argument("--seconds", type=float, default=7.0, help="per throughput phase")
     parser.add_argument("--rounds", type=int, default=300, help="latency rounds, one client")
     parser.add_argument("--throughput-rounds", type=int, default=2)
     parser.add_argument("--load", action="store_true", help="a CPU hog on the other core")
@@ -502,7 +506,7 @@ def main() -> None:
     print(
         f"Latency: {args.rounds} rounds, one client, order rotated. Throughput:"
         f" {args.throughput_rounds} x {args.seconds:g} s per door, {CLIENTS} clients."
-        f" Transactions: {TRANSACTION_SAMPLE} calls, one client."
+        f" Transactions: 2 x {TRANSACTION_SAMPLE} calls, one client, the lower kept."
         f"{' A CPU hog on the other core.' if args.load else ''} Load average (1 min)"
         f" {load_before[0]:.2f} before, {load_after[0]:.2f} after, {os.cpu_count()} CPUs."
     )
@@ -563,7 +567,7 @@ def print_table(
                     else f" {'-':>7}"
                 )
                 + f" {phase.per_thousand(phase.client_cpu):7.2f}"
-                + (f" {transactions[door.label]:6.1f}" if door.database else f" {'-':>6}")
+                + (f" {transactions[door.label]:6.2f}" if door.database else f" {'-':>6}")
             )
         print(line)
     print()
