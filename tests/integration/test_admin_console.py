@@ -359,3 +359,43 @@ def test_a_users_transactions_say_what_they_were_for_and_sign_out_forgets_the_us
     left = page.locator("#user").text_content() or ""
     assert "a bad answer" not in left and "Chat with Ada" not in left and DEMO_USER not in left
     assert _serious_violations(page) == []
+
+
+def test_a_users_api_keys_and_revoking_one(console: Browsing) -> None:
+    """The user's keys in the user's view, each with its limit and status; Revoke asks first
+    (a no changes nothing), then the row says revoked and the key is refused."""
+    base, page = console.base, console.page
+    _open_demo_user(page)
+    expect(page.locator("#user-keys tbody tr")).to_have_text(["No keys yet."])
+
+    token = json.loads(call("POST", f"{base}/api/auth/demo")[2])["access_token"]
+    body = {"name": "billing job", "limit": "20", "limit_period": "month"}
+    key = _post(base, "/api/keys", token, body, key="billing-job-key")
+    _open_demo_user(page)
+    row = page.locator("#user-keys tbody tr")
+    expect(row).to_have_count(1)
+    expect(row.locator("td")).to_have_text(
+        [
+            *("billing job", f"{key['prefix']}\u2026", "20 a month", "0"),
+            *("all the tier allows", "never", "never", "active", "Revoke"),
+        ]
+    )
+    revoke = row.get_by_role("button", name="Revoke the key billing job")
+    _photograph(console, "admin-user-keys")
+
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    revoke.click()
+    expect(row.locator("td.status")).to_have_text("active")
+    page.once("dialog", lambda dialog: dialog.accept())
+    with page.expect_response(f"**/api/admin/keys/{key['id']}") as answer:
+        revoke.click()
+    assert answer.value.status == 204
+    expect(row.locator("td.status")).to_have_text("revoked")
+    expect(row.get_by_role("button")).to_have_count(0)
+    assert json.loads(call("GET", f"{base}/api/keys/{key['id']}", token)[2])["revoked_at"]
+    call_body = {"model": "demo/demo-chat", "messages": [{"role": "user", "content": "Hi"}]}
+    status, _headers, refused = call(
+        "POST", f"{base}/v1/chat/completions", key["key"], json.dumps(call_body).encode()
+    )
+    assert status == 401 and json.loads(refused)["error"]["code"] == "invalid_api_key"
+    assert _serious_violations(page) == []

@@ -1,5 +1,5 @@
 // The admin console, over the admin endpoints of the JSON API.
-import { $, button, clearFieldProblems, credits, fieldProblems, figures, fillTable, json, keyedTries, signInPage, transactionList, when } from "./common.js";
+import { $, button, clearFieldProblems, credits, fieldProblems, figures, fillTable, instant, json, keyList, keyedTries, signInPage, transactionList, when } from "./common.js";
 
 let nextUsers = null;
 let nextAudit = null;
@@ -50,11 +50,6 @@ function action(form, request, done) {
   });
 }
 
-// A datetime-local value (the admin's local time) as an ISO 8601 instant, or null.
-function instant(value) {
-  return value ? new Date(value).toISOString() : null;
-}
-
 async function findUsers(event, again = false) {
   if (event) event.preventDefault();
   const query = $("#user-query").value.trim();
@@ -102,8 +97,9 @@ async function openUser(id) {
     grant.reason,
   ]);
   const loadTransactions = transactionList(`${base}/transactions`, $("#user-transactions"), $("#user-receipt"));
+  const loadKeys = keyList(`${base}/keys`, $("#user-keys"), { revokePath: (key) => `/api/admin/keys/${encodeURIComponent(key)}` });
   $("#user-receipt").hidden = true;
-  await Promise.all([loadTransactions(), loadCharges()]);
+  await Promise.all([loadTransactions(), loadKeys(), loadCharges()]);
   const section = $("#user");
   if (section.hidden) {
     section.hidden = false;

@@ -227,7 +227,9 @@ export function fieldProblems(form, error, { beside = true } = {}) {
     note.id = `${field.id}-error`;
     note.setAttribute("role", "alert");
     note.textContent = text;
-    field.setAttribute("aria-describedby", note.id);
+    // The problem first, then what described the field before (its hint), kept to restore.
+    field.dataset.describedBy = field.getAttribute("aria-describedby") ?? "";
+    field.setAttribute("aria-describedby", `${note.id} ${field.dataset.describedBy}`.trim());
     field.after(note);
     first ||= field;
   }
@@ -240,7 +242,9 @@ export function clearFieldProblems(form) {
   for (const note of form.querySelectorAll(".field-error")) note.remove();
   for (const field of form.querySelectorAll("[aria-invalid]")) {
     field.removeAttribute("aria-invalid");
-    field.removeAttribute("aria-describedby");
+    if (field.dataset.describedBy) field.setAttribute("aria-describedby", field.dataset.describedBy);
+    else field.removeAttribute("aria-describedby");
+    delete field.dataset.describedBy;
   }
 }
 
@@ -274,6 +278,11 @@ export function usd(amount) {
 
 export function when(iso) {
   return iso ? new Date(iso).toLocaleString() : "never";
+}
+
+// A datetime-local value (the person's local time) as an ISO 8601 instant, or null.
+export function instant(value) {
+  return value ? new Date(value).toISOString() : null;
 }
 
 export function button(text, onClick, label) {
@@ -364,6 +373,89 @@ export function transactionList(path, area, receiptPlace) {
         action.append(button("Receipt", open, `Receipt of the charge of ${credits(entry.amount)} credits`));
       }
     }
+    next = page.next_cursor;
+    more.hidden = !next;
+  }
+  more.onclick = () => load(true);
+  return load;
+}
+
+// An API key's standing: revoked, expired (its expiry has passed) or active.
+export function keyStatus(key, now = new Date()) {
+  if (key.revoked_at) return "revoked";
+  if (key.expires_at && new Date(key.expires_at) <= now) return "expired";
+  return "active";
+}
+
+const LIMIT_PERIODS = { day: "a day", week: "a week", month: "a month", total: "in total" };
+
+function keyLimit(key) {
+  return key.limit === null ? "none" : `${credits(key.limit)} ${LIMIT_PERIODS[key.limit_period]}`;
+}
+
+// The API keys under `path`, newest first, into `area` (its table, its "Load more" button
+// following the cursor, and its alert saying what could not be done). Each active key has a
+// Revoke button: after a confirm, DELETE at `revokePath(id)`, and the row then says revoked;
+// with `use`, a Use button too, that hands the key to it. A list that cannot be read says so
+// in the alert (the rest of the page goes on). Returns the loader: load() starts again,
+// load(true) adds the next page.
+export function keyList(path, area, { revokePath, use = null }) {
+  let next = null;
+  const more = area.querySelector(".more");
+  const said = area.querySelector("[role=alert]");
+  const body = area.querySelector("tbody");
+
+  function fillRow(row, key) {
+    row.replaceChildren();
+    cell(row, key.name);
+    cell(row, `${key.prefix}…`).className = "prefix";
+    cell(row, keyLimit(key));
+    amountCell(row, key.spent);
+    cell(row, key.allowed_models ? key.allowed_models.join(", ") : "all the tier allows");
+    cell(row, when(key.last_used_at));
+    cell(row, key.expires_at ? when(key.expires_at) : "never");
+    const status = keyStatus(key);
+    cell(row, status).className = `status ${status}`;
+    const actions = cell(row, "");
+    actions.className = "actions";
+    if (status !== "active") return;
+    if (use) actions.append(button("Use", () => use(key), `Use the key ${key.name} in the example`));
+    actions.append(button("Revoke", () => revoke(row, key), `Revoke the key ${key.name}`));
+  }
+
+  async function revoke(row, key) {
+    const question = `Revoke the key "${key.name}" (${key.prefix}…)? Every call with it is refused from now on; this cannot be undone.`;
+    if (!window.confirm(question)) return;
+    said.textContent = "";
+    const check = sessionCheck();
+    for (const each of row.querySelectorAll("button")) each.disabled = true;
+    try {
+      const response = await api(revokePath(key.id), { method: "DELETE", headers: { "Idempotency-Key": crypto.randomUUID() } });
+      if (!response.ok) throw await refusal(response);
+      check();
+      fillRow(row, { ...key, revoked_at: new Date().toISOString() });
+      area.querySelector(".table-scroll").focus();
+    } catch (error) {
+      if (error.signedOut || check.ended()) return;
+      for (const each of row.querySelectorAll("button")) each.disabled = false;
+      said.textContent = `The key ${key.name} was not revoked: ${error.message}`;
+    }
+  }
+
+  async function load(again = false) {
+    const cursor = again && next ? `&cursor=${encodeURIComponent(next)}` : "";
+    const check = sessionCheck();
+    said.textContent = "";
+    let page;
+    try {
+      page = await json(`${path}?limit=20${cursor}`);
+    } catch (error) {
+      if (!error.signedOut && !check.ended()) said.textContent = `The keys could not be read: ${error.message}`;
+      return;
+    }
+    if (!again) body.replaceChildren();
+    if (!again && !page.items.length) cell(body.insertRow(), "No keys yet.").colSpan = body.closest("table").tHead.rows[0].cells.length;
+    for (const key of page.items) fillRow(body.insertRow(), key);
     next = page.next_cursor;
     more.hidden = !next;
   }

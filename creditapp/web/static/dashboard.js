@@ -1,5 +1,5 @@
 // The user's dashboard, over the JSON API.
-import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, json, keyedTries, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
+import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, instant, json, keyList, keyedTries, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
 
 const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
 
@@ -406,6 +406,121 @@ async function startChat(event) {
   await loadConversations();
 }
 
+// API keys. The key just made is on the page only while its box shows (see showNewKey): never
+// stored, gone with a reload, a new key, the box's Hide button or the sign-out.
+const example = { key: null, secret: null };
+
+const loadKeys = keyList("/api/keys", $("#keys"), {
+  revokePath: (key) => `/api/keys/${encodeURIComponent(key)}`,
+  use: (key) => {
+    Object.assign(example, { key, secret: key.id === example.key?.id ? example.secret : null });
+    showExample();
+    $("#key-snippet").focus();
+  },
+});
+
+// The model of the example: the first character's (a priced model: in the demo, the demo
+// provider's), as the gateway names it.
+function exampleModel() {
+  const first = characters.values().next().value;
+  return first ? `${first.provider}/${first.model}` : "demo/demo-chat";
+}
+
+// What to paste for the key chosen (the one just made, with the key itself while it shows; a
+// key of the list, with a placeholder): the OpenAI SDK's variables, and a call in Python.
+function showExample() {
+  const { key, secret } = example;
+  let intro = "Set these two variables, putting your key in place of ca-…; any OpenAI SDK then calls this service:";
+  if (secret) intro = `For the key ${key.name}, just made (its key is in the example until the box above is hidden):`;
+  else if (key) intro = `For the key ${key.name} (${key.prefix}…): put the key itself, as you copied it when it was made, in place of ca-…:`;
+  $("#snippet-for").textContent = intro;
+  $("#key-snippet").textContent = [
+    `export OPENAI_BASE_URL=${window.location.origin}/v1`,
+    `export OPENAI_API_KEY=${secret ?? "ca-…"}`,
+    "# then, in Python (pip install openai):",
+    "from openai import OpenAI",
+    `print(OpenAI().chat.completions.create(model="${exampleModel()}", messages=[{"role": "user", "content": "Hello!"}]).choices[0].message.content)`,
+  ].join("\n");
+}
+
+function showNewKey(made) {
+  $("#new-key-text").textContent = made.key;
+  $("#copy-outcome").textContent = "";
+  $("#new-key").hidden = false;
+  $("#new-key").focus();
+  Object.assign(example, { key: made, secret: made.key });
+  showExample();
+}
+
+function hideNewKey() {
+  $("#new-key").hidden = true;
+  $("#new-key-text").textContent = "";
+  $("#copy-outcome").textContent = "";
+  if (example.secret) {
+    example.secret = null;
+    showExample();
+  }
+}
+
+// The key into the clipboard; where the page may not write it (a page not served over HTTPS or
+// from this computer, or the permission refused), the key is selected for the person to copy.
+async function copyKey() {
+  const text = $("#new-key-text");
+  const said = $("#copy-outcome");
+  try {
+    await navigator.clipboard.writeText(text.textContent);
+    said.textContent = "Copied to the clipboard.";
+  } catch {
+    const range = document.createRange();
+    range.selectNodeContents(text);
+    window.getSelection().removeAllRanges();
+    window.getSelection().addRange(range);
+    said.textContent = "The key is selected: press Ctrl+C (⌘C on a Mac) to copy it.";
+  }
+}
+
+// The form as the API takes it: a limit with its period, or none; the models as a list, or
+// none (all the tier allows).
+function keyRequest(form) {
+  const data = new FormData(form);
+  const body = { name: data.get("name") };
+  const limit = data.get("limit").trim();
+  if (limit) Object.assign(body, { limit, limit_period: data.get("limit_period") });
+  const models = data.get("allowed_models").split(",").map((model) => model.trim()).filter(Boolean);
+  if (models.length) body.allowed_models = models;
+  if (data.get("expires_at")) body.expires_at = instant(data.get("expires_at"));
+  return body;
+}
+
+// A double click or a retry after a lost answer makes one key (one Idempotency-Key while the
+// same request is tried); a replay answers the record without the key, which is then lost.
+const keyTries = keyedTries($("#key-form"));
+
+async function createKey(event) {
+  event.preventDefault();
+  const form = $("#key-form");
+  const outcome = form.querySelector(".outcome");
+  outcome.textContent = "";
+  outcome.classList.remove("refused");
+  clearFieldProblems(form);
+  hideNewKey();
+  const body = keyRequest(form);
+  const check = sessionCheck();
+  let made;
+  try {
+    made = await keyTries(body, (key) => json("/api/keys", { method: "POST", body, headers: { "Idempotency-Key": key } }));
+  } catch (error) {
+    if (error.signedOut || check.ended()) return;
+    outcome.textContent = fieldProblems(form, error);
+    outcome.classList.add("refused");
+    return;
+  }
+  form.reset();
+  if (made.key) showNewKey(made);
+  else outcome.textContent = `The key ${made.name} was made, but the answer carrying it was lost: it cannot be shown again. Revoke it and create another.`;
+  await loadKeys();
+}
+
 // What the dashboard keeps of a session beyond its forms and tables (see signInPage): the open
 // conversation, the receipt, the figures and the chart are the signed-out person's.
 function forget() {
@@ -419,11 +534,19 @@ function forget() {
   showBalance({ balance: "–", reserved: "–", available: "–" });
   $("#tier").textContent = "–";
   $("#next-refresh").textContent = "–";
+  hideNewKey();
+  Object.assign(example, { key: null, secret: null });
+  $("#key-snippet").textContent = "";
+  $("#snippet-for").textContent = "";
 }
 
 async function showDashboard() {
   lastThirtyDays();
-  await Promise.all([loadCredits(), loadTransactions(), loadCharacters().then(loadConversations), loadUsage()]);
+  showExample();
+  await Promise.all([loadCredits(), loadTransactions(), loadCharacters().then(() => {
+      showExample();
+      return loadConversations();
+    }), loadUsage(), loadKeys()]);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -435,5 +558,8 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#start-chat").addEventListener("submit", startChat);
   $("#send").addEventListener("submit", send);
+  $("#key-form").addEventListener("submit", createKey);
+  $("#copy-key").addEventListener("click", copyKey);
+  $("#hide-key").addEventListener("click", hideNewKey);
   signInPage(showDashboard, undefined, forget);
 });
