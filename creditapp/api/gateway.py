@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request, stream_with_context
 from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow.exceptions import SCHEMA as WHOLE_BODY
 
 from creditapp import gateway, idempotency
 from creditapp.api import limits
@@ -64,13 +65,16 @@ _TYPES = {
 
 def openai_shape(failure: Failure) -> Response:
     """OpenAI's error object: `{"error": {"message", "type", "param", "code", "request_id"}}`.
-    A refused request names its first bad parameter in `param` and every one in `message`."""
+    A refused request names its first bad parameter in `param` and every one in `message`; a
+    body that is not an object at all names none (marshmallow calls it `_schema`)."""
     message = failure.message
     param = None
     if failure.status == 400 and failure.details:
-        param = next(iter(failure.details))
+        named = [name for name in failure.details if name != WHOLE_BODY]
+        param = named[0] if named else None
         message = f"{message} " + "; ".join(
-            f"{name}: {_said(problem)}" for name, problem in failure.details.items()
+            f"{name}: {_said(problem)}" if name != WHOLE_BODY else _said(problem)
+            for name, problem in failure.details.items()
         )
     code = "invalid_api_key" if failure.status == 401 else failure.code
     response = jsonify(
