@@ -302,6 +302,15 @@ def wait_for(condition: Callable[[], bool], seconds: float = 15) -> None:
         time.sleep(0.05)
 
 
+# A long reply's usage, had it been read to its end.
+LONG_USAGES = {
+    "openai": {"prompt_tokens": 20, "completion_tokens": 900},
+    "anthropic": {"input_tokens": 20, "output_tokens": 900},
+    "google": {"promptTokenCount": 20, "candidatesTokenCount": 900},
+}
+
+
+@pytest.mark.parametrize("provider", SDK_PROVIDERS)
 def test_an_abandoned_stream_is_charged_for_what_was_delivered_and_releases_everything(
     app: Flask,
     client: FlaskClient,
@@ -309,13 +318,15 @@ def test_an_abandoned_stream_is_charged_for_what_was_delivered_and_releases_ever
     server: ServerUrl,
     sdk: OpenAIClients,
     caller: Any,
+    provider: str,
 ) -> None:
     person, key = caller(limit="50")
     long_reply = " ".join(f"word{index}" for index in range(300))
-    full = {"prompt_tokens": 20, "completion_tokens": 900}
-    fake_providers.script("openai", Answer(text=long_reply, usage=full, piece_delay=0.05))
+    fake_providers.script(
+        provider, Answer(text=long_reply, usage=LONG_USAGES[provider], piece_delay=0.05)
+    )
     raw = sdk(server, key).chat.completions.with_raw_response.create(
-        model="openai/gpt-test", messages=messages(), stream=True, max_tokens=1000
+        model=f"{provider}/{MODELS[provider]}", messages=messages(), stream=True, max_tokens=1000
     )
     held = parse_credits(raw.headers["X-Credits-Held"])
     stream = raw.parse()

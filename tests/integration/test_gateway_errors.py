@@ -31,6 +31,7 @@ from tests.integration.live_server import ServerUrl, live_server
 pytestmark = pytest.mark.real_clock
 
 CREDITS = 100 * 1_000_000
+MODELS = {"openai": "gpt-test", "anthropic": "claude-test"}
 MODEL = "openai/gpt-test"
 MESSAGES = [{"role": "user", "content": "Hello there"}]
 REPLY = "A reply cut short by its provider after a few words."
@@ -189,6 +190,7 @@ def test_a_provider_failure_is_a_502_and_charges_nothing(
     assert_consistent(app)
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_a_provider_failing_mid_stream_raises_and_the_delivered_part_is_charged(
     app: Flask,
     client: FlaskClient,
@@ -196,11 +198,14 @@ def test_a_provider_failing_mid_stream_raises_and_the_delivered_part_is_charged(
     fake_providers: FakeProviders,
     server: ServerUrl,
     sdk: OpenAIClients,
+    provider: str,
 ) -> None:
     person = person_factory(credits=CREDITS)
     _id, key = make_key(client, person)
-    fake_providers.script("openai", Answer(text=REPLY, fail_after=3))
-    stream = sdk(server, key).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+    fake_providers.script(provider, Answer(text=REPLY, fail_after=3))
+    stream = sdk(server, key).chat.completions.create(
+        model=f"{provider}/{MODELS[provider]}", messages=MESSAGES, stream=True
+    )
     received = []
     with pytest.raises(openai.APIError) as failed:
         for chunk in stream:
@@ -214,4 +219,28 @@ def test_a_provider_failing_mid_stream_raises_and_the_delivered_part_is_charged(
     assert charged(app) == credits > 0
     balance = client.get("/api/credit/balance", headers=person.headers).get_json()
     assert (parse_credits(balance["balance"]), balance["reserved"]) == (CREDITS - credits, "0")
+    assert_consistent(app)
+
+
+def test_a_provider_failing_before_its_first_word_raises_and_charges_nothing(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    server: ServerUrl,
+    sdk: OpenAIClients,
+) -> None:
+    person = person_factory(credits=CREDITS)
+    _id, key = make_key(client, person)
+    fake_providers.script("openai", Answer(text=REPLY, fail_after=0))
+    stream = sdk(server, key).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+    received = []
+    with pytest.raises(openai.APIError) as failed:
+        for chunk in stream:
+            received.append(chunk)
+    assert failed.value.body["code"] == "provider_error"  # type: ignore[index]
+    assert [chunk.choices[0].delta.content for chunk in received] == [""]
+    balance = client.get("/api/credit/balance", headers=person.headers).get_json()
+    assert (balance["balance"], balance["reserved"]) == ("100", "0")
+    assert charge_count(app) == 0
     assert_consistent(app)
