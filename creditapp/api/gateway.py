@@ -379,6 +379,8 @@ def chat_completions(
                 session, _completion(generation(settled.held), settled)
             ),
         )
+    except ValidationFailed as refused:
+        raise asked.named_as_asked(refused) from refused
     except ModelNotPriced as error:
         raise ModelNotFound(
             f"The model {asked.model!r} has no price in force: it cannot be called.",

@@ -93,6 +93,21 @@ class CompletionRequest:
     stop: str | list[str] | None = None
     stream: bool = False
 
+    @property
+    def output_limit(self) -> str:
+        """The parameter that says how much output is allowed: OpenAI's newer name, where a
+        client sends both (it wins)."""
+        return "max_tokens" if self.max_completion_tokens is None else "max_completion_tokens"
+
+    def named_as_asked(self, refused: ValidationFailed) -> ValidationFailed:
+        """A metered call's refusal, naming the output allowed as this request named it (the
+        metered call knows it as `max_tokens` only)."""
+        details = {
+            self.output_limit if name == "max_tokens" else name: problem
+            for name, problem in refused.details.items()
+        }
+        return ValidationFailed(refused.message, details=details)
+
     def metered(self, *, max_credits: int | None) -> MeteredRequest:
         provider, model = provider_and_model(self.model)
         system = [_text(m["content"]) for m in self.messages if m["role"] in SYSTEM_ROLES]

@@ -84,6 +84,10 @@ def test_nul_bytes_and_lone_surrogates_are_refused(
     [
         ({"max_tokens": 10**400}, "max_tokens"),
         ({"max_completion_tokens": -(10**30)}, "max_completion_tokens"),
+        # Above the tier's most: named as the client named it.
+        ({"max_tokens": 1025}, "max_tokens"),
+        ({"max_completion_tokens": 1025}, "max_completion_tokens"),
+        ({"max_tokens": 5, "max_completion_tokens": 1025}, "max_completion_tokens"),
         ({"temperature": 10**400}, "temperature"),
         ({"top_p": 1e308}, "top_p"),
         ({"temperature": True}, "temperature"),
