@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -247,6 +248,7 @@ BAD_KEYS = [
     ('"allowed_models": ["nope/x"]', "allowed_models"),
     ('"allowed_models": []', "allowed_models"),
     ('"name": "   "', "name"),
+    ('"name": null', "name"),
     ('"name": ""', "name"),
     ('"name": "a\\u0000b"', "name"),
     ('"name": "' + "n" * 101 + '"', "name"),
@@ -365,6 +367,8 @@ def test_the_key_is_shown_once_and_written_nowhere(
         db.session.remove()
     assert digest == hashlib.sha256(secret.encode()).hexdigest()
     logged = caplog.text + "".join(capsys.readouterr())
+    # The search does see the requests' log lines.
+    assert made.headers["X-Request-ID"] in logged and first.headers["X-Request-ID"] in logged
     assert secret[3:] not in logged
 
 
@@ -498,7 +502,12 @@ def test_a_revoked_key_is_refused_by_every_worker_at_once(
 ) -> None:
     person = person_factory()
     made = make_key(client, person)
-    env = {"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], **fake_providers.base_urls()}
+    env = {
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        **fake_providers.base_urls(),
+        # Kept connections stay open however slowly the test runs (gunicorn's default is 2 s).
+        "GUNICORN_CMD_ARGS": "--keep-alive 120",
+    }
     with live_server(env, workers=2, threads=4) as base:
         host, port = base.removeprefix("http://").split(":")
         workers = _workers(base.pid)
@@ -506,13 +515,19 @@ def test_a_revoked_key_is_refused_by_every_worker_at_once(
         kept: list[http.client.HTTPConnection] = []
         serving: set[int] = set()
         try:
-            # Kept-alive connections until both workers serve some, each used with the key.
-            while len(kept) < 6 or serving != set(workers):
-                assert len(kept) < 40, "one worker took every connection"
-                connection = http.client.HTTPConnection(host, int(port), timeout=30)
-                kept.append(connection)
-                assert [_status(connection, made["key"]) for _ in range(3)] == [200] * 3
-                serving.add(_serving_worker(workers, connection))
+            # Kept-alive connections, opened in bursts (a worker left idle accepts while the
+            # other is busy) until both workers serve some; each used with the key.
+            for _burst in range(10):
+                burst = [http.client.HTTPConnection(host, int(port), timeout=30) for _ in range(8)]
+                kept += burst
+                with ThreadPoolExecutor(max_workers=len(burst)) as pool:
+                    first_uses = list(pool.map(lambda c: _status(c, made["key"]), burst))
+                assert first_uses == [200] * len(burst)
+                serving |= {_serving_worker(workers, connection) for connection in burst}
+                if serving == set(workers):
+                    break
+            assert serving == set(workers), "one worker took every connection"
+            assert [_status(connection, made["key"]) for connection in kept] == [200] * len(kept)
 
             assert client.delete(f"{KEYS}/{made['id']}", headers=person.headers).status_code == 204
 
