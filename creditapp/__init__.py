@@ -52,6 +52,7 @@ def register_extensions(app: Flask) -> None:
     from creditapp.jobs import models as jobs_models  # noqa: F401
     from creditapp.ledger import models as ledger_models  # noqa: F401
     from creditapp.pricing import models as pricing_models  # noqa: F401
+    from creditapp.purchases import models as purchases_models  # noqa: F401
 
     db.init_app(app)
     with app.app_context():

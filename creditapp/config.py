@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import current_app
 from limits import parse_many
@@ -27,6 +29,7 @@ JOB_PERIODS = {
     "reconcile": 3600,
     "expire-grants": 300,
     "purge-idempotency": 3600,
+    "sync-purchases": 600,  # a purchase whose webhook was lost is granted within 15 minutes
 }
 
 
@@ -222,6 +225,25 @@ class Config:
         }
         self.RATELIMIT_STORAGE_OPTIONS = self.REDIS_SINGLE_TRY_OPTIONS
         self.CELERY = self._celery_settings()
+        # Buying credits (Stripe Checkout): both secrets, or purchases answer 503.
+        self.STRIPE_SECRET_KEY = env.get("STRIPE_SECRET_KEY") or None
+        self.STRIPE_WEBHOOK_SECRET = env.get("STRIPE_WEBHOOK_SECRET") or None
+        # Another host for Stripe's API (the tests' and the demo's fake Stripe).
+        self.STRIPE_API_BASE = env.get("STRIPE_API_BASE") or None
+        self.STRIPE_TIMEOUT_SECONDS = _int_env("STRIPE_TIMEOUT_SECONDS", 10)
+        # Where Stripe sends the buyer back: this service's address as buyers reach it.
+        self.PUBLIC_BASE_URL = env.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000"
+        self.PURCHASE_MIN_CREDITS = _int_env("PURCHASE_MIN_CREDITS", 5000)
+        self.PURCHASE_MAX_CREDITS = _int_env("PURCHASE_MAX_CREDITS", 1_000_000)
+        # Days purchased credits stay spendable (0: they never expire).
+        self.PURCHASE_EXPIRY_DAYS = _int_env("PURCHASE_EXPIRY_DAYS", 0, minimum=0)
+        for name in ("PURCHASE_MIN_CREDITS", "PURCHASE_MAX_CREDITS"):
+            if getattr(self, name) % 10:
+                raise ConfigurationError(f"{name} must be a multiple of 10 credits (a cent)")
+        if not self.PURCHASE_MIN_CREDITS <= self.PURCHASE_MAX_CREDITS <= 1_000_000_000:
+            raise ConfigurationError(
+                "PURCHASE_MIN_CREDITS <= PURCHASE_MAX_CREDITS <= 1000000000 is needed"
+            )
         # How many earlier messages of a conversation are sent with a new one.
         self.CHAT_HISTORY_MESSAGES = _int_env("CHAT_HISTORY_MESSAGES", 40)
         # A streamed reply sends a keep-alive comment after this long without a word.
@@ -347,10 +369,29 @@ class ProductionConfig(Config):
             raise ConfigurationError(
                 "JWT_PREVIOUS_SECRET_KEY must be at least 32 characters in production"
             )
+        for name in ("PUBLIC_BASE_URL", "STRIPE_API_BASE"):
+            if not _https_or_loopback(getattr(self, name)):
+                raise ConfigurationError(
+                    f"{name} must be https in production (plain http only on a loopback address)"
+                )
         if previous == self.JWT_SECRET_KEY:
             raise ConfigurationError(
                 "JWT_PREVIOUS_SECRET_KEY is JWT_SECRET_KEY itself: JWT_SECRET_KEY is the new key"
             )
+
+
+def _https_or_loopback(url: str | None) -> bool:
+    """Unset, https, or plain http to a loopback address (a fake on this machine)."""
+    if url is None:
+        return True
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    try:
+        loopback = ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        loopback = parts.hostname == "localhost"
+    return parts.scheme == "http" and loopback
 
 
 CONFIGS: dict[str, type[Config]] = {

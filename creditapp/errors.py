@@ -382,3 +382,28 @@ class AccountExists(CreditAppError):
         super().__init__()
         self.user_id = user_id
         self.refusal = refusal
+
+
+class PaymentProviderUnavailable(DependencyUnavailable):
+    """A purchase needs Stripe to answer: while it cannot be reached (or fails), no purchase
+    is started and nothing is stored."""
+
+    code = "payment_provider_unavailable"
+    message = "The payment provider cannot be reached; nothing was charged. Try again later."
+
+
+class PurchasesUnavailable(DependencyUnavailable):
+    """Credits are sold only where Stripe is configured: STRIPE_SECRET_KEY to start a purchase
+    and STRIPE_WEBHOOK_SECRET to learn that it was paid, both."""
+
+    code = "purchases_unavailable"
+    message = "Buying credits is not available on this service."
+
+
+class WebhookSignatureInvalid(CreditAppError):
+    """A webhook is believed only with a valid signature over its raw body, made with the
+    shared secret within the tolerance (five minutes): anything else changes nothing."""
+
+    code = "invalid_signature"
+    status = 400
+    message = "The webhook's signature is missing, invalid or too old."

@@ -43,3 +43,8 @@ LEDGER_OPERATIONS = Counter(
 AUTH_FAILURES = Counter(
     "creditapp_auth_failures", "Refused sign-ins and token misuse, by reason", ["reason"]
 )
+WEBHOOK_SIGNATURE_FAILURES = Counter(
+    "creditapp_webhook_signature_failures",
+    "Incoming webhooks refused for a missing, forged or stale signature, by sender",
+    ["sender"],
+)

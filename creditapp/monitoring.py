@@ -16,6 +16,7 @@ from creditapp.database import DbSession, read_time
 from creditapp.jobs import reconciliation
 from creditapp.jobs.models import JobOutcome
 from creditapp.ledger.models import Hold
+from creditapp.purchases.models import PURCHASE_STATUSES, Purchase
 
 
 class DatabaseCollector(Collector):
@@ -71,8 +72,24 @@ class DatabaseCollector(Collector):
             periods.add_metric([job], seconds)
         ttl = GaugeMetricFamily("creditapp_hold_ttl_seconds", "How long a hold may stay pending")
         ttl.add_metric([], self._hold_ttl)
+        bought = GaugeMetricFamily(
+            "creditapp_purchases", "Purchases of credits, by status", labels=["status"]
+        )
+        for status, count in state["purchases"].items():
+            bought.add_metric([status], count)
+        sold = CounterMetricFamily(
+            "creditapp_credits_sold_microcredits",
+            "Micro-credits granted by paid purchases (before any refund)",
+        )
+        sold.add_metric([], state["credits_sold"])
+        waiting = GaugeMetricFamily(
+            "creditapp_oldest_pending_purchase_age_seconds",
+            "Age of the oldest purchase still pending (0: none): paid ones the webhook and the"
+            " sync-purchases job have not granted, and unpaid checkouts",
+        )
+        waiting.add_metric([], state["oldest_pending_purchase_age"])
         yield from (holds, reserved, compensations, drift, oldest, runs, last_success)
-        yield from (periods, ttl)
+        yield from (periods, ttl, bought, sold, waiting)
 
 
 def database_state(session: DbSession) -> dict[str, Any]:
@@ -98,7 +115,22 @@ def database_state(session: DbSession) -> dict[str, Any]:
         (row.job, row.outcome): (row.runs, row.last_at.timestamp())
         for row in session.scalars(select(JobOutcome))
     }
+    bought = dict.fromkeys(PURCHASE_STATUSES, 0)
+    bought.update(
+        session.execute(select(Purchase.status, func.count()).group_by(Purchase.status)).all()
+    )
+    credits_sold = session.scalar(
+        select(func.coalesce(func.sum(Purchase.credits), 0)).where(Purchase.grant_id.is_not(None))
+    )
+    oldest_pending = read_time(
+        session.scalar(select(func.min(Purchase.created_at)).where(Purchase.status == "pending"))
+    )
     return {
+        "purchases": bought,
+        "credits_sold": int(credits_sold or 0),
+        "oldest_pending_purchase_age": (
+            (now - oldest_pending).total_seconds() if oldest_pending is not None else 0.0
+        ),
         "open_holds": count,
         "reserved": int(reserved),
         "oldest_hold_age": (now - oldest).total_seconds() if oldest is not None else 0.0,

@@ -32,6 +32,7 @@ from creditapp.auth.tokens import issue_access_token
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from tests.fake_providers import FakeProviders
+from tests.fake_stripe import FakeStripe
 
 BACKEND = os.environ.get("CREDITAPP_TEST_DATABASE", "sqlite")
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -137,8 +138,25 @@ def fake_providers() -> Iterator[FakeProviders]:
 
 
 @pytest.fixture(scope="session")
-def app(database_url: str, redis_url: str | None, fake_providers: FakeProviders) -> Iterator[Flask]:
+def fake_stripe() -> Iterator[FakeStripe]:
+    """Stripe's loopback twin; the app's Stripe client points at it (its webhooks are sent to
+    whichever server a test names in `webhook_url`)."""
+    fake = FakeStripe()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="session")
+def app(
+    database_url: str,
+    redis_url: str | None,
+    fake_providers: FakeProviders,
+    fake_stripe: FakeStripe,
+) -> Iterator[Flask]:
     os.environ.update(fake_providers.base_urls())
+    os.environ.update(fake_stripe.environment())
+    # Stripe's answers reach the tests at once: its failures are tested as they come.
+    os.environ["STRIPE_TIMEOUT_SECONDS"] = "2"
     # Failures reach the tests at once: retries are tested on their own.
     os.environ["PROVIDER_MAX_RETRIES"] = "0"
     os.environ["PROVIDER_TIMEOUT_SECONDS"] = "1"

@@ -19,6 +19,7 @@ from creditapp.api import (
     openapi,
     ops,
     pricing,
+    purchases,
     reconciliation,
     tiers,
 )
@@ -50,6 +51,7 @@ def register_api(app: Flask) -> None:
         gateway,
         admin,
         pricing,
+        purchases,
         tiers,
         compensations,
         reconciliation,

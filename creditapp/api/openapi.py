@@ -117,6 +117,9 @@ HEADERS = {
 }
 _RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
+# Schemes of a sender's signature (a webhook): a bad one is the request's fault, a 400.
+SIGNATURES = frozenset({"stripe_signature"})
+
 SECURITY_SCHEMES = {
     "access_token": {
         "type": "http",
@@ -135,6 +138,13 @@ SECURITY_SCHEMES = {
         "type": "http",
         "scheme": "bearer",
         "description": "An API key (`ca-...`, from POST /api/keys): the gateway's (/v1) only.",
+    },
+    "stripe_signature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Stripe-Signature",
+        "description": "Stripe's signature over the raw body with STRIPE_WEBHOOK_SECRET, at "
+        "most 5 minutes old; a missing or bad one is a 400 (`invalid_signature`).",
     },
     "metrics_token": {
         "type": "http",
@@ -272,7 +282,7 @@ def _idempotency_key(*, required: bool) -> dict[str, Any]:
 
 def _statuses(facts: dict[str, Any], method: str) -> Iterable[int]:
     statuses = {414, 431, *facts.get("errors", ())}
-    if facts.get("security"):
+    if facts.get("security") and facts["security"] not in SIGNATURES:
         statuses.add(401)
     if facts.get("admin"):
         statuses.add(403)

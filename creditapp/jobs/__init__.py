@@ -18,6 +18,7 @@ from creditapp.jobs import (
     grants,
     holds,
     idempotency,
+    purchases,
     reconciliation,
     refresh,
     rollup,
@@ -35,6 +36,7 @@ JOBS: dict[str, Job] = {
     "reconcile": reconciliation.run,
     "expire-grants": grants.run,
     "purge-idempotency": idempotency.run,
+    "sync-purchases": purchases.run,
 }
 
 
@@ -48,6 +50,8 @@ def _options(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         }
     if name == "purge-idempotency":
         return {"retention": settings["IDEMPOTENCY_RETENTION"]}
+    if name == "sync-purchases":
+        return {"settings": settings}
     return {}
 
 

@@ -417,8 +417,11 @@ def grant(
     context: AuditContext,
     now: datetime,
     expires_at: datetime | None = None,
+    reference: str | None = None,
+    audit_details: dict[str, str] | None = None,
 ) -> GrantResult:
-    """Add credits as a new grant (purchase, promo or admin)."""
+    """Add credits as a new grant (purchase, promo or admin). `reference` names what the grant
+    is for on its entry (`purchase:12`); `audit_details` add to its audit record's."""
     if source == "subscription":
         raise SubscriptionCreditsByRefreshOnly()
     if expires_at is not None and expires_at <= now:
@@ -442,7 +445,9 @@ def grant(
         action="grant",
         context=context,
         now=now,
+        reference=reference,
         details={
+            **(audit_details or {}),
             "grant_id": str(grant_id),
             "source": source,
             "reason": reason,
@@ -450,6 +455,46 @@ def grant(
         },
     )
     return GrantResult(grant_id, True, result)
+
+
+@_counted("claw_back")
+def claw_back(
+    session: DbSession,
+    *,
+    account_id: int,
+    up_to: int,
+    reason: str,
+    reference: str,
+    context: AuditContext,
+    now: datetime,
+    audit_details: dict[str, str] | None = None,
+) -> int:
+    """Take back up to `up_to` (credits paid for and then refunded or disputed) from what is
+    available: never below zero, never what open holds reserved. Returns what was taken (an
+    `adjust` entry); the rest is the caller's to record as a shortfall. Audited either way."""
+    if up_to <= 0:
+        raise AmountNotPositive("What is taken back must be positive.")
+    sql = LedgerSql(session)
+    state = _load(sql, account_id)
+    state.write_off_overdue(now)
+    taken = min(up_to, state.available)
+    if taken:
+        state.draw(taken, "adjust", now, include_overdue=False)
+    _persist(
+        sql,
+        state,
+        action="claw_back",
+        context=context,
+        now=now,
+        reference=reference,
+        details={
+            **(audit_details or {}),
+            "reason": reason,
+            "asked": format_credits(up_to),
+            "taken": format_credits(taken),
+        },
+    )
+    return taken
 
 
 @_counted("adjust")

@@ -26,6 +26,9 @@ GATEWAY = "/v1/"
 ADMIN_PREFIX = "/api/admin/"
 SIGN_IN = {"/api/auth/google", "/api/auth/demo"}
 OPERATIONS_PATHS = {"/healthz", "/readyz", "/metrics", "/api/docs", "/api/openapi.json"}
+# Webhooks: a signature instead of a token, the sender's event ids instead of Idempotency-Keys,
+# no rate limit (the sender retries on its own schedule), and a bad signature is a 400.
+WEBHOOKS = {"/api/webhooks/stripe"}
 
 
 @pytest.fixture
@@ -116,6 +119,10 @@ def test_security_and_the_statuses_it_brings(document: dict[str, Any]) -> None:
         if path in SIGN_IN | OPERATIONS_PATHS:
             continue
         scheme = "refresh_token" if path == "/api/auth/refresh" else "access_token"
+        if path in WEBHOOKS:
+            assert operation["security"] == [{"stripe_signature": []}], (method, path)
+            assert "401" not in statuses and "400" in statuses, (method, path)
+            continue
         if path.startswith(GATEWAY):
             scheme = "api_key"  # the gateway's door takes API keys, never access tokens
         assert operation["security"] == [{scheme: []}], (method, path)
@@ -129,7 +136,7 @@ def test_security_and_the_statuses_it_brings(document: dict[str, Any]) -> None:
 def test_idempotency_key_where_the_contract_puts_it(document: dict[str, Any]) -> None:
     for method, path, operation in _operations(document):
         keys = [p for p in operation.get("parameters", []) if p["name"] == "Idempotency-Key"]
-        if method not in MUTATING or path.startswith("/api/auth/"):
+        if method not in MUTATING or path.startswith("/api/auth/") or path in WEBHOOKS:
             assert keys == [], (method, path)
             continue
         assert len(keys) == 1 and keys[0]["in"] == "header", (method, path)
@@ -144,7 +151,7 @@ def test_statuses_every_operation_shares(document: dict[str, Any]) -> None:
     for method, path, operation in _operations(document):
         statuses = set(operation["responses"])
         assert {"414", "431"} <= statuses, (method, path)  # the HTTP server's limits
-        assert ("429" in statuses) == (path not in OPERATIONS_PATHS), (method, path)
+        assert ("429" in statuses) == (path not in OPERATIONS_PATHS | WEBHOOKS), (method, path)
         assert ("503" in statuses) == (path not in no_database), (method, path)
         takes_body = method in MUTATING - {"delete"}
         assert ({"413", "415"} <= statuses) == takes_body, (method, path)

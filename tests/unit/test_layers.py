@@ -18,6 +18,7 @@ DOMAIN = (
     "pricing",
     "auth",
     "accounts",
+    "purchases",
     "billing",
     "chat",
     "gateway",

@@ -1,0 +1,36 @@
+"""Purchase sync (`sync-purchases`): a purchase whose webhook never came is granted anyway.
+Purchases pending for more than five minutes are looked up in Stripe and settled as their
+webhook would have settled them: paid → granted (exactly once, whoever is first: the webhook,
+this job or a second run of it), expired → failed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from creditapp import ledger, purchases
+from creditapp.database import DbSession
+from creditapp.errors import PaymentProviderUnavailable, PurchasesUnavailable
+
+
+def run(
+    session: DbSession, *, now: datetime, context: ledger.AuditContext, settings: Any
+) -> dict[str, int]:
+    try:
+        checkout = purchases.checkout_of(settings)
+    except PurchasesUnavailable:
+        return {"looked_up": 0}  # purchases are not configured: nothing can be pending
+    terms = purchases.terms_of(settings)
+    outcomes: Counter[str] = Counter()
+    purchase_ids = purchases.pending_too_long(session, now=now)
+    session.rollback()
+    for purchase_id in purchase_ids:
+        try:
+            outcome = purchases.sync(
+                session, purchase_id, checkout=checkout, terms=terms, context=context, now=now
+            )
+        except PaymentProviderUnavailable:
+            outcome = "stripe_unavailable"  # the next run asks again
+        outcomes[outcome] += 1
+    return {"looked_up": len(purchase_ids), **outcomes}

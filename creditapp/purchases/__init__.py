@@ -1,0 +1,407 @@
+"""Money in: credits bought through Stripe Checkout, granted exactly once, never lost.
+
+A purchase starts pending, with a Checkout Session made for it (`start`). Its credits are
+granted from Stripe's events (`receive`): `checkout.session.completed` once paid, or
+`checkout.session.async_payment_succeeded`; a lost event is recovered by the `sync-purchases`
+job, which asks Stripe about purchases pending too long (`sync`). Whatever arrives (the same
+event twice, both events, concurrent deliveries, the job at the same time) the credits are
+granted once: every effect on a purchase runs in one transaction that holds the purchase's
+row, and the grant is made only while the purchase has none. Each event id is recorded in the
+transaction of its effect, so a duplicate delivery does nothing.
+
+A refund (`charge.refunded`, cumulative) or a dispute (`charge.dispute.created`, the whole
+purchase) takes the credits back from what the account has available (`ledger.claw_back`),
+never making a balance negative: what could not be taken back is the purchase's `shortfall`,
+which reconciliation reports. Credits cost `credits / 10` US cents (1 credit = $0.001).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
+
+from creditapp import ledger
+from creditapp.auth.models import User
+from creditapp.database import DbSession, write_transaction
+from creditapp.errors import NotFound, PurchasesUnavailable, ValidationFailed
+from creditapp.money import MICRO_PER_CREDIT, format_credits
+from creditapp.purchases.checkout import Checkout, Session, session_of
+from creditapp.purchases.models import Purchase, StripeEvent
+
+T = TypeVar("T")
+# Credits are sold in steps of 10 (one US cent).
+CREDITS_PER_CENT = 10
+MICRO_PER_CENT = CREDITS_PER_CENT * MICRO_PER_CREDIT
+# A purchase pending longer than this is looked up in Stripe by the sync job.
+SYNC_AFTER = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What may be bought, and where Stripe sends the buyer back."""
+
+    min_credits: int
+    max_credits: int
+    expiry_days: int  # 0: purchased credits never expire
+    public_base_url: str
+
+
+def terms_of(settings: Mapping[str, Any]) -> Terms:
+    return Terms(
+        min_credits=settings["PURCHASE_MIN_CREDITS"],
+        max_credits=settings["PURCHASE_MAX_CREDITS"],
+        expiry_days=settings["PURCHASE_EXPIRY_DAYS"],
+        public_base_url=settings["PUBLIC_BASE_URL"],
+    )
+
+
+def checkout_of(settings: Mapping[str, Any]) -> Checkout:
+    """Stripe, when purchases are configured (both secrets), else PurchasesUnavailable."""
+    if not (settings["STRIPE_SECRET_KEY"] and settings["STRIPE_WEBHOOK_SECRET"]):
+        raise PurchasesUnavailable()
+    return Checkout(
+        secret_key=settings["STRIPE_SECRET_KEY"],
+        api_base=settings["STRIPE_API_BASE"],
+        timeout_seconds=settings["STRIPE_TIMEOUT_SECONDS"],
+    )
+
+
+def cents_for(credits: int, terms: Terms) -> int:
+    """The price of `credits` (µcr), or ValidationFailed naming `credits`."""
+    whole, fraction = divmod(credits, MICRO_PER_CREDIT)
+    if fraction or whole % CREDITS_PER_CENT:
+        raise ValidationFailed(
+            details={"credits": ["A whole number of credits, a multiple of 10."]}
+        )
+    if not terms.min_credits <= whole <= terms.max_credits:
+        raise ValidationFailed(
+            details={"credits": [f"From {terms.min_credits} to {terms.max_credits} credits."]}
+        )
+    return whole // CREDITS_PER_CENT
+
+
+def start(
+    session: DbSession,
+    *,
+    buyer: User,
+    account_id: int,
+    team_id: int | None,
+    credits: int,
+    terms: Terms,
+    checkout: Checkout,
+    now: datetime,
+    on_started: Callable[[DbSession, Purchase], T],
+) -> T:
+    """A pending purchase with its Checkout Session. The purchase is stored first (Stripe is
+    given its id), then Stripe is asked, with no transaction open; if Stripe fails, the
+    purchase is deleted again: nothing is stored, and the error (503) is raised. Once Stripe
+    answered, `on_started(session, purchase)` runs in the transaction that records the session
+    (the caller keeps its response there); what it returns is returned."""
+    amount_cents = cents_for(credits, terms)
+    with write_transaction(session):
+        purchase = Purchase(
+            account_id=account_id,
+            user_id=buyer.id,
+            team_id=team_id,
+            credits=credits,
+            amount_cents=amount_cents,
+            currency="usd",
+            status="pending",
+            created_at=now,
+        )
+        session.add(purchase)
+        session.flush()
+    base = terms.public_base_url.rstrip("/")
+    try:
+        made = checkout.create_session(
+            purchase_id=purchase.id,
+            # Unique beyond the id: a database restored or reset reuses ids, and Stripe would
+            # answer a new purchase with an old one's session for 24 hours.
+            idempotency_key=f"creditapp-purchase-{purchase.id}-{now.timestamp():.6f}",
+            amount_cents=amount_cents,
+            quantity_name=f"{format_credits(credits)} credits",
+            success_url=f"{base}/purchases/{purchase.id}?checkout=success",
+            cancel_url=f"{base}/purchases/{purchase.id}?checkout=cancel",
+        )
+    except BaseException:
+        with write_transaction(session):
+            session.delete(purchase)
+        raise
+    with write_transaction(session):
+        purchase.checkout_session_id = made.id
+        purchase.checkout_url = made.url
+        session.flush()
+        return on_started(session, purchase)
+
+
+def of_account(account_id: int) -> Select[tuple[Purchase]]:
+    return select(Purchase).where(Purchase.account_id == account_id)
+
+
+def get(session: DbSession, *, account_id: int, purchase_id: int) -> Purchase:
+    purchase = session.get(Purchase, purchase_id)
+    if purchase is None or purchase.account_id != account_id:
+        raise NotFound("No such purchase.")
+    return purchase
+
+
+# Events
+
+
+@dataclass(frozen=True)
+class Received:
+    """What an event did: `outcome` (granted, duplicate, ignored, ...) and its purchase."""
+
+    outcome: str
+    purchase_id: int | None
+
+
+_SESSION_EVENTS = (
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
+    "checkout.session.expired",
+)
+_CHARGE_EVENTS = ("charge.refunded", "charge.dispute.created")
+
+
+def receive(
+    session: DbSession,
+    event: dict[str, Any],
+    *,
+    terms: Terms,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> Received:
+    """Apply one verified Stripe event, once: its id is recorded in the transaction of its
+    effect (a duplicate, even a concurrent one, does nothing)."""
+    event_id, event_type = str(event.get("id")), str(event.get("type"))
+    found = session.get(StripeEvent, event_id)
+    if found is not None:
+        return Received("duplicate", found.purchase_id)
+    try:
+        with write_transaction(session):
+            record = StripeEvent(
+                id=event_id, type=event_type[:100], outcome="received", received_at=now
+            )
+            session.add(record)
+            session.flush()  # a concurrent twin's insert waits here, then fails
+            received = _apply(
+                session, event_type, _object_of(event), f"stripe:{event_id}", terms, context, now
+            )
+            record.purchase_id, record.outcome = received.purchase_id, received.outcome
+    except IntegrityError:
+        session.rollback()
+        twin = session.get(StripeEvent, event_id)
+        return Received("duplicate", None if twin is None else twin.purchase_id)
+    return received
+
+
+def _object_of(event: dict[str, Any]) -> dict[str, Any]:
+    data = event.get("data")
+    found = data.get("object") if isinstance(data, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def _apply(
+    session: DbSession,
+    event_type: str,
+    stripe_object: dict[str, Any],
+    cause: str,
+    terms: Terms,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> Received:
+    if event_type in _SESSION_EVENTS:
+        purchase = _locked(session, Purchase.checkout_session_id == str(stripe_object.get("id")))
+        if purchase is None:
+            return Received("unknown_purchase", None)
+        paid = session_of(stripe_object)
+        if paid.payment_intent:
+            purchase.payment_intent = paid.payment_intent
+        if event_type in ("checkout.session.async_payment_failed", "checkout.session.expired"):
+            outcome = _failed(session, purchase, cause, context, now)
+        elif event_type == "checkout.session.completed" and paid.payment_status != "paid":
+            outcome = "awaiting_payment"  # an asynchronous payment: its own event says more
+        else:
+            outcome = _paid(session, purchase, paid, cause, terms, context, now)
+        return Received(outcome, purchase.id)
+    if event_type in _CHARGE_EVENTS:
+        intent = stripe_object.get("payment_intent")
+        purchase = _locked(session, Purchase.payment_intent == str(intent)) if intent else None
+        if purchase is None:
+            return Received("unknown_purchase", None)
+        if event_type == "charge.refunded":
+            refunded = stripe_object.get("amount_refunded")
+            if not isinstance(refunded, int) or refunded < 0:
+                return Received("ignored", purchase.id)
+            purchase.refunded_cents = max(
+                purchase.refunded_cents, min(refunded, purchase.amount_cents)
+            )
+        else:
+            purchase.refunded_cents = purchase.amount_cents
+            purchase.status = "disputed"
+        _take_back(session, purchase, cause, context, now)
+        return Received("clawed_back", purchase.id)
+    return Received("ignored", None)
+
+
+def _locked(session: DbSession, condition: Any) -> Purchase | None:
+    """The purchase, its row locked until the transaction ends: effects on one purchase run
+    one after another."""
+    query = select(Purchase).where(condition).with_for_update()
+    # The row as it is now, not as this session saw it in an earlier transaction.
+    return session.scalars(query.execution_options(populate_existing=True)).first()
+
+
+def _paid(
+    session: DbSession,
+    purchase: Purchase,
+    checkout_session: Session,
+    cause: str,
+    terms: Terms,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> str:
+    """Grant the purchase's credits, unless they were granted already (exactly once)."""
+    if purchase.grant_id is not None:
+        return "already_granted"
+    if checkout_session.amount_total != purchase.amount_cents:
+        purchase.problem = "amount_mismatch"
+        ledger.record_action(
+            session,
+            action="purchase_amount_mismatch",
+            context=context,
+            now=now,
+            account_id=purchase.account_id,
+            details={
+                "purchase_id": str(purchase.id),
+                "cause": cause,
+                "expected_cents": str(purchase.amount_cents),
+                "paid_cents": str(checkout_session.amount_total),
+            },
+        )
+        return "amount_mismatch"
+    expires_at = now + timedelta(days=terms.expiry_days) if terms.expiry_days else None
+    granted = ledger.grant(
+        session,
+        account_id=purchase.account_id,
+        amount=purchase.credits,
+        source="purchase",
+        reason=f"purchase {purchase.id}",
+        context=context,
+        now=now,
+        expires_at=expires_at,
+        reference=f"purchase:{purchase.id}",
+        audit_details={"purchase_id": str(purchase.id), "cause": cause},
+    )
+    purchase.grant_id = granted.grant_id
+    purchase.status = "paid"
+    purchase.problem = None
+    purchase.paid_at = now
+    # A refund or a dispute that arrived before the payment takes back what it says at once.
+    _take_back(session, purchase, cause, context, now)
+    return "granted"
+
+
+def _failed(
+    session: DbSession,
+    purchase: Purchase,
+    cause: str,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> str:
+    if purchase.status != "pending":
+        return "ignored"  # paid (a late expiry of a paid session) or failed already
+    purchase.status = "failed"
+    ledger.record_action(
+        session,
+        action="purchase_failed",
+        context=context,
+        now=now,
+        account_id=purchase.account_id,
+        details={"purchase_id": str(purchase.id), "cause": cause},
+    )
+    return "failed"
+
+
+def _take_back(
+    session: DbSession,
+    purchase: Purchase,
+    cause: str,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> None:
+    """Take back the credits of what was refunded so far and not yet taken back (nothing
+    before the credits were granted); what the account does not have is the shortfall."""
+    if purchase.grant_id is None:
+        return
+    owed = min(purchase.refunded_cents * MICRO_PER_CENT, purchase.credits)
+    due = owed - purchase.clawed_back - purchase.shortfall
+    if due > 0:
+        why = "disputed" if purchase.status == "disputed" else "refunded"
+        taken = ledger.claw_back(
+            session,
+            account_id=purchase.account_id,
+            up_to=due,
+            reason=f"purchase {purchase.id} {why}",
+            reference=f"purchase:{purchase.id}",
+            context=context,
+            now=now,
+            audit_details={"purchase_id": str(purchase.id), "cause": cause},
+        )
+        purchase.clawed_back += taken
+        purchase.shortfall += due - taken
+    if purchase.status != "disputed" and purchase.refunded_cents:
+        whole = purchase.refunded_cents >= purchase.amount_cents
+        purchase.status = "refunded" if whole else "partially_refunded"
+
+
+# The sync job
+
+
+def pending_too_long(session: DbSession, *, now: datetime, limit: int = 200) -> list[int]:
+    """Pending purchases older than SYNC_AFTER, oldest first."""
+    return list(
+        session.scalars(
+            select(Purchase.id)
+            .where(Purchase.status == "pending", Purchase.created_at <= now - SYNC_AFTER)
+            .order_by(Purchase.created_at)
+            .limit(limit)
+        )
+    )
+
+
+def sync(
+    session: DbSession,
+    purchase_id: int,
+    *,
+    checkout: Checkout,
+    terms: Terms,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> str:
+    """Ask Stripe how a pending purchase's session ended and apply it as its webhook would
+    have: paid → granted (once, whoever gets there first), expired → failed."""
+    session_id = session.scalar(
+        select(Purchase.checkout_session_id).where(Purchase.id == purchase_id)
+    )
+    # None: its Checkout Session was never made (the process died before Stripe answered).
+    # Stripe is asked with no transaction open.
+    checkout_session = None if session_id is None else checkout.retrieve_session(session_id)
+    with write_transaction(session):
+        purchase = _locked(session, Purchase.id == purchase_id)
+        if purchase is None or purchase.status != "pending":
+            return "settled_meanwhile"
+        if checkout_session is None or checkout_session.status == "expired":
+            return _failed(session, purchase, "sync-purchases", context, now)
+        if checkout_session.payment_status == "paid":
+            if checkout_session.payment_intent:
+                purchase.payment_intent = checkout_session.payment_intent
+            return _paid(session, purchase, checkout_session, "sync-purchases", terms, context, now)
+        return "still_pending"

@@ -1,0 +1,99 @@
+"""Stripe Checkout through the official SDK: the one place that speaks to Stripe.
+
+`STRIPE_API_BASE` points the SDK at another host (the tests' and the demo's fake Stripe). Every
+way the SDK can fail becomes `PaymentProviderUnavailable` (503): the caller stores nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+from creditapp.errors import PaymentProviderUnavailable
+
+# What a Checkout Session buys: one line item of this name.
+PRODUCT_NAME = "creditapp credits"
+
+
+@dataclass(frozen=True)
+class Session:
+    """A Checkout Session as Stripe says it is now."""
+
+    id: str
+    url: str | None
+    status: str | None  # open, complete, expired
+    payment_status: str | None  # paid, unpaid, no_payment_required
+    amount_total: int | None
+    payment_intent: str | None
+
+
+def session_of(stripe_object: Any) -> Session:
+    """A session from the SDK's object or an event's `data.object` (a dict)."""
+    if isinstance(stripe_object, stripe.StripeObject):
+        stripe_object = stripe_object.to_dict()
+    get = stripe_object.get
+    intent = get("payment_intent")
+    return Session(
+        id=str(get("id")),
+        url=get("url"),
+        status=get("status"),
+        payment_status=get("payment_status"),
+        amount_total=get("amount_total"),
+        payment_intent=intent if isinstance(intent, str) or intent is None else intent.get("id"),
+    )
+
+
+class Checkout:
+    """Stripe's Checkout Sessions, for one secret key (one client per process)."""
+
+    def __init__(self, *, secret_key: str, api_base: str | None, timeout_seconds: int):
+        self._client = stripe.StripeClient(
+            secret_key,
+            base_addresses={"api": api_base} if api_base else None,
+            http_client=stripe.RequestsClient(timeout=timeout_seconds),
+            max_network_retries=1,
+        )
+
+    def create_session(
+        self,
+        *,
+        purchase_id: int,
+        idempotency_key: str,
+        amount_cents: int,
+        quantity_name: str,
+        success_url: str,
+        cancel_url: str,
+    ) -> Session:
+        """A payment page for one purchase (Stripe answers the same session to a retry with the
+        same `idempotency_key`)."""
+        params: Any = {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": amount_cents,
+                        "product_data": {"name": f"{PRODUCT_NAME}: {quantity_name}"},
+                    },
+                    "quantity": 1,
+                }
+            ],
+            "client_reference_id": str(purchase_id),
+            "metadata": {"purchase_id": str(purchase_id)},
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        options: Any = {"idempotency_key": idempotency_key}
+        return self._call(lambda: self._client.v1.checkout.sessions.create(params, options))
+
+    def retrieve_session(self, session_id: str) -> Session:
+        return self._call(lambda: self._client.v1.checkout.sessions.retrieve(session_id))
+
+    @staticmethod
+    def _call(request: Any) -> Session:
+        try:
+            return session_of(request())
+        except stripe.StripeError as error:
+            raise PaymentProviderUnavailable(details={"stripe": type(error).__name__}) from error

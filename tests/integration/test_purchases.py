@@ -1,0 +1,327 @@
+"""Buying credits through Stripe Checkout, with the real `stripe` SDK against the fake Stripe:
+granted exactly once whatever Stripe sends, never on a bad signature, taken back on refunds and
+disputes without a negative balance, recovered by the sync job when a webhook is lost."""
+
+from __future__ import annotations
+
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from creditapp.extensions import db
+from creditapp.ledger.models import Grant
+from creditapp.purchases.models import Purchase, StripeEvent
+from tests.conftest import Person, utcnow
+from tests.fake_stripe import DISCONNECT, ERROR, FakeStripe, event_body
+from tests.helpers import assert_consistent, assert_error, ledger_rows, run_job_at, scalar
+
+CR = 1_000_000
+WEBHOOK = "/api/webhooks/stripe"
+
+
+def buy(client: FlaskClient, person: Person, credits: Any = "5000", **fields: Any) -> Any:
+    return client.post(
+        "/api/credit/purchases",
+        json={"credits": credits, **fields},
+        headers={**person.headers, "Idempotency-Key": secrets.token_hex(8)},
+    )
+
+
+def deliver(client: FlaskClient, fake: FakeStripe, event: dict[str, Any], **signing: Any) -> Any:
+    """Post an event as Stripe does: its exact bytes, signed (or as `signing` says)."""
+    body = signing.pop("body", None) or event_body(event)
+    headers = {"Content-Type": "application/json"}
+    signature = signing.pop("signature", None)
+    if signature is None:
+        signature = fake.sign(body, **signing)
+    if signature:
+        headers["Stripe-Signature"] = signature
+    return client.post(WEBHOOK, data=body, headers=headers)
+
+
+def balance(client: FlaskClient, person: Person) -> str:
+    answer: str = client.get("/api/credit/balance", headers=person.headers).get_json()["balance"]
+    return answer
+
+
+def session_of(client: FlaskClient, person: Person, purchase_id: str) -> str:
+    with client.application.app_context():
+        found = db.session.get(Purchase, int(purchase_id))
+        assert found is not None and found.checkout_session_id is not None
+        session_id = found.checkout_session_id
+        db.session.remove()
+    return session_id
+
+
+def started(
+    client: FlaskClient, fake: FakeStripe, person: Person, credits: str = "5000"
+) -> tuple[str, str]:
+    made = buy(client, person, credits)
+    assert made.status_code == 201, made.get_json()
+    purchase_id = made.get_json()["id"]
+    return purchase_id, session_of(client, person, purchase_id)
+
+
+def purchase(client: FlaskClient, person: Person, purchase_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = client.get(
+        f"/api/credit/purchases/{purchase_id}", headers=person.headers
+    ).get_json()
+    return found
+
+
+def test_a_purchase_from_request_to_granted_credits(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    person = person_factory()
+    made = buy(client, person, "5000")
+    assert made.status_code == 201, made.get_json()
+    body = made.get_json()
+    assert body["credits"] == "5000" and body["amount_cents"] == 500
+    assert (body["currency"], body["status"]) == ("usd", "pending")
+    session_id = session_of(client, person, body["id"])
+    assert body["checkout_url"] == f"{fake_stripe.root}/checkout/{session_id}"
+    created = [call for call in fake_stripe.calls() if call["path"] == "/v1/checkout/sessions"][-1]
+    params = created["params"]
+    assert params["mode"] == "payment"
+    assert params["client_reference_id"] == body["id"]
+    assert params["metadata"] == {"purchase_id": body["id"]}
+    [item] = params["line_items"]
+    assert int(item["quantity"]) == 1  # (form-encoded: every value a string)
+    assert item["price_data"]["currency"] == "usd"
+    assert int(item["price_data"]["unit_amount"]) == 500
+    base = app.config["PUBLIC_BASE_URL"]
+    assert params["success_url"].startswith(f"{base}/purchases/{body['id']}")
+    assert params["cancel_url"].startswith(f"{base}/purchases/{body['id']}")
+
+    answer = deliver(client, fake_stripe, fake_stripe.pay(session_id, deliver=False))
+    assert answer.status_code == 200
+    assert answer.get_json() == {"received": True, "outcome": "granted"}
+    assert balance(client, person) == "5000"
+    bought = purchase(client, person, body["id"])
+    assert (bought["status"], bought["shortfall"], bought["clawed_back"]) == ("paid", "0", "0")
+    assert ledger_rows(app)[-1] == ("grant", 5000 * CR, 5000 * CR)
+    assert scalar(app, select(Grant.source).where(Grant.account_id == person.account_id)) == (
+        "purchase"
+    )
+    assert_consistent(app, [person.account_id])
+
+
+def test_every_event_twice_both_kinds_and_ten_at_once_grant_once(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    completed = fake_stripe.pay(session_id, deliver=False)
+    # The async event of the same session, as a late second word on the same payment.
+    succeeded = {**completed, "id": "evt_" + secrets.token_hex(8)}
+    succeeded["type"] = "checkout.session.async_payment_succeeded"
+
+    def post(event: dict[str, Any]) -> int:
+        with app.test_client() as own:
+            return int(deliver(own, fake_stripe, event).status_code)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = list(pool.map(post, [completed] * 5 + [succeeded] * 5))
+    assert statuses == [200] * 10
+    assert deliver(client, fake_stripe, completed).get_json()["outcome"] == "duplicate"
+    assert balance(client, person) == "5000"
+    grants = select(func.count()).select_from(Grant).where(Grant.account_id == person.account_id)
+    assert scalar(app, grants) == 1
+    events = (
+        select(func.count())
+        .select_from(StripeEvent)
+        .where(StripeEvent.purchase_id == int(purchase_id))
+    )
+    assert scalar(app, events) == 2  # each event id recorded once
+    assert purchase(client, person, purchase_id)["status"] == "paid"
+
+
+@pytest.mark.parametrize(
+    "signing",
+    [
+        {"secret": "whsec_forged"},
+        {"signature": ""},  # missing
+        {"timestamp": 1},  # stale: far past the 300 s tolerance
+        {"body": b'{"id": "evt_altered", "type": "checkout.session.completed"}'},
+        {"signature": "t=abc,v1=zz"},  # garbage
+    ],
+    ids=["forged", "missing", "stale", "altered", "garbage"],
+)
+def test_a_bad_signature_is_refused_and_changes_nothing(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_stripe: FakeStripe,
+    signing: dict[str, Any],
+) -> None:
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    event = fake_stripe.pay(session_id, deliver=False)
+    if "body" in signing:
+        # Signed as the real event, sent with another body.
+        signing = {"body": signing["body"], "signature": fake_stripe.sign(event_body(event))}
+    refused = deliver(client, fake_stripe, event, **signing)
+    assert_error(refused, 400, "invalid_signature")
+    assert balance(client, person) == "0"
+    assert purchase(client, person, purchase_id)["status"] == "pending"
+    assert scalar(app, select(func.count()).select_from(StripeEvent)) is not None
+    assert scalar(app, select(StripeEvent.id).where(StripeEvent.id == event["id"])) is None
+
+
+def test_garbage_is_never_a_server_error(client: FlaskClient, fake_stripe: FakeStripe) -> None:
+    for body in (b"not json", b"\x00", b'{"id": 5}', b"[]", b'{"data": []}', b"{" * 5000):
+        answer = deliver(client, fake_stripe, {}, body=body)
+        # Signed correctly but not an event: refused or ignored, never a 5xx.
+        assert answer.status_code in (200, 400), (body, answer.get_json())
+    not_utf8 = deliver(client, fake_stripe, {}, body=b"\xff\xfe", signature="t=1,v1=00")
+    assert_error(not_utf8, 400, "invalid_signature")
+
+
+def test_an_unpaid_completion_waits_for_its_asynchronous_payment(
+    client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    completed = fake_stripe.pay(session_id, asynchronous=True, deliver=False)
+    assert deliver(client, fake_stripe, completed).get_json()["outcome"] == "awaiting_payment"
+    assert (balance(client, person), purchase(client, person, purchase_id)["status"]) == (
+        "0",
+        "pending",
+    )
+    succeeded = fake_stripe.settle_async(session_id, deliver=False)
+    assert deliver(client, fake_stripe, succeeded).get_json()["outcome"] == "granted"
+    assert balance(client, person) == "5000"
+
+
+def test_a_failed_asynchronous_payment_and_an_expired_session_fail_the_purchase(
+    client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    person = person_factory()
+    first, first_session = started(client, fake_stripe, person)
+    deliver(client, fake_stripe, fake_stripe.pay(first_session, asynchronous=True, deliver=False))
+    deliver(client, fake_stripe, fake_stripe.fail_async(first_session, deliver=False))
+    second, second_session = started(client, fake_stripe, person)
+    deliver(client, fake_stripe, fake_stripe.expire(second_session, deliver=False))
+    assert [purchase(client, person, found)["status"] for found in (first, second)] == [
+        "failed",
+        "failed",
+    ]
+    assert balance(client, person) == "0"
+
+
+def test_an_amount_that_does_not_match_is_flagged_not_granted(
+    client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    event = fake_stripe.pay(session_id, deliver=False)
+    event["data"]["object"]["amount_total"] = 1
+    assert deliver(client, fake_stripe, event).get_json()["outcome"] == "amount_mismatch"
+    found = purchase(client, person, purchase_id)
+    assert (found["status"], found["problem"]) == ("pending", "amount_mismatch")
+    assert balance(client, person) == "0"
+
+
+def test_a_lost_webhook_is_recovered_by_the_job_once_even_run_twice_at_once(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    fake_stripe.pay(session_id, deliver=False)  # paid at Stripe; its webhook never arrives
+    assert run_job_at(app, "sync-purchases", utcnow())["looked_up"] == 0  # too recent to ask
+    later = utcnow() + timedelta(minutes=6)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        summaries = list(pool.map(lambda _: run_job_at(app, "sync-purchases", later), range(2)))
+    # One run granted it; the other found it granted (or, later, no longer pending).
+    assert sum(summary.get("granted", 0) for summary in summaries) == 1
+    assert balance(client, person) == "5000"
+    assert purchase(client, person, purchase_id)["status"] == "paid"
+    assert_consistent(app, [person.account_id])
+
+
+def test_partial_then_full_refund_takes_the_credits_back(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    deliver(client, fake_stripe, fake_stripe.pay(session_id, deliver=False))
+    partial = fake_stripe.refund(session_id, 200, deliver=False)  # $2 of $5
+    assert deliver(client, fake_stripe, partial).get_json()["outcome"] == "clawed_back"
+    found = purchase(client, person, purchase_id)
+    assert (found["status"], found["clawed_back"], balance(client, person)) == (
+        "partially_refunded",
+        "2000",
+        "3000",
+    )
+    whole = fake_stripe.refund(session_id, deliver=False)
+    deliver(client, fake_stripe, whole)
+    deliver(client, fake_stripe, partial)  # a late, older event: nothing more
+    found = purchase(client, person, purchase_id)
+    assert (found["status"], found["clawed_back"], found["shortfall"]) == ("refunded", "5000", "0")
+    assert balance(client, person) == "0"
+    assert_consistent(app, [person.account_id])
+
+
+def test_a_refund_after_the_credits_were_spent_records_the_shortfall(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe, admin: Person
+) -> None:
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    deliver(client, fake_stripe, fake_stripe.pay(session_id, deliver=False))
+    spent = client.post(
+        "/api/admin/credit/adjust",
+        json={"user_id": str(person.id), "amount": "-4000", "reason": "spent"},
+        headers=admin.headers,
+    )
+    assert spent.status_code == 200, spent.get_json()
+    deliver(client, fake_stripe, fake_stripe.refund(session_id, deliver=False))
+    found = purchase(client, person, purchase_id)
+    assert (found["status"], found["clawed_back"], found["shortfall"]) == (
+        "refunded",
+        "1000",
+        "4000",
+    )
+    assert balance(client, person) == "0"
+    assert_consistent(app, [person.account_id])
+
+
+def test_a_dispute_takes_back_the_whole_purchase(
+    client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    deliver(client, fake_stripe, fake_stripe.pay(session_id, deliver=False))
+    deliver(client, fake_stripe, fake_stripe.dispute(session_id, deliver=False))
+    found = purchase(client, person, purchase_id)
+    assert (found["status"], found["clawed_back"], found["shortfall"]) == ("disputed", "5000", "0")
+    assert balance(client, person) == "0"
+
+
+@pytest.mark.parametrize("failure", [ERROR, DISCONNECT])
+def test_stripe_unreachable_is_503_and_nothing_is_stored(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe, failure: str
+) -> None:
+    person = person_factory()
+    fake_stripe.failure = failure
+    try:
+        refused = buy(client, person)
+    finally:
+        fake_stripe.failure = None
+    assert_error(refused, 503, "payment_provider_unavailable")
+    stored = select(func.count()).select_from(Purchase).where(Purchase.user_id == person.id)
+    assert scalar(app, stored) == 0
+
+
+@pytest.mark.parametrize(
+    "credits", ["4990", "1000010", "5005", "5000.5", 0, -5000, True, "5e3", 5000.0]
+)
+def test_an_amount_that_cannot_be_bought_is_refused(
+    client: FlaskClient, person_factory: Any, credits: Any
+) -> None:
+    assert_error(buy(client, person_factory(), credits), 400, "validation_error")
