@@ -12,7 +12,7 @@ import structlog
 from flask import current_app, jsonify, request
 from marshmallow import Schema, fields
 
-from creditapp import idempotency, purchases
+from creditapp import accounts, idempotency, purchases
 from creditapp.accounts import paying_account
 from creditapp.api import limits
 from creditapp.api.idempotency import from_store, idempotent, to_store
@@ -21,6 +21,7 @@ from creditapp.api.openapi import answers, declares
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
 from creditapp.api.schemas import Credits, Id, PageArgs, UtcDateTime, page_of
+from creditapp.auth import users
 from creditapp.auth.principal import Principal
 from creditapp.database import DbSession
 from creditapp.errors import PurchasesUnavailable, ValidationFailed, WebhookSignatureInvalid
@@ -128,7 +129,22 @@ def buy(
 @blp.response(200, PurchasePageSchema)
 @answers(404)
 def purchase_list(args: dict[str, Any]) -> Any:
-    account_id = paying_account(db.session, principal(), args.pop("team_id"))
+    return _page(paying_account(db.session, principal(), args.pop("team_id")), args)
+
+
+@blp.route("/admin/users/<user_id>/purchases", methods=["GET"])
+@authenticated(admin=True)
+@blp.arguments(PageArgs, location="query")
+@blp.response(200, PurchasePageSchema)
+@answers(404)
+def user_purchases(args: dict[str, Any], user_id: str) -> Any:
+    """A user's purchases (their personal account's), with what refunds and disputes took back
+    and any shortfall."""
+    user = users.get(db.session, path_id(user_id, "user_id"))
+    return _page(accounts.of_user(db.session, user.id), args)
+
+
+def _page(account_id: int, args: dict[str, Any]) -> dict[str, Any]:
     return keyset_page(
         db.session,
         purchases.of_account(account_id),
