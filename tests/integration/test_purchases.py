@@ -289,6 +289,15 @@ def test_a_refund_after_the_credits_were_spent_records_the_shortfall(
     )
     assert balance(client, person) == "0"
     assert_consistent(app, [person.account_id])
+    # The admin console's view of the user's purchases says the same.
+    path = f"/api/admin/users/{person.id}/purchases"
+    [listed] = client.get(path, headers=admin.headers).get_json()["items"]
+    assert (listed["id"], listed["status"], listed["shortfall"]) == (
+        purchase_id,
+        "refunded",
+        "4000",
+    )
+    assert_error(client.get(path, headers=person.headers), 403, "forbidden")
 
 
 def test_a_dispute_takes_back_the_whole_purchase(
