@@ -56,6 +56,7 @@ USAGES: dict[str, dict[str, Any]] = {
         "cache_read_input_tokens": 1000,
         "cache_creation_input_tokens": 200,
         "output_tokens": 300,
+        "output_tokens_details": {"thinking_tokens": 100},
     },
     "google": {
         "promptTokenCount": 1200,
@@ -64,10 +65,21 @@ USAGES: dict[str, dict[str, Any]] = {
         "thoughtsTokenCount": 100,
     },
 }
+# Anthropic's `message_start` reports the usage so far (one output token), and the fake repeats
+# the scripted usage there: thinking tokens would outnumber that token, so a stream is scripted
+# without them.
+STREAMED_USAGES = {
+    **USAGES,
+    "anthropic": {
+        name: count
+        for name, count in USAGES["anthropic"].items()
+        if name != "output_tokens_details"
+    },
+}
 # (prompt, cached, cache write, completion, reasoning) as OpenAI's usage says them.
 TOKENS = {
     "openai": (1200, 1000, 100, 300, 100),
-    "anthropic": (1200, 1000, 200, 300, 0),
+    "anthropic": (1200, 1000, 200, 300, 100),
     "google": (1200, 1000, 0, 300, 100),
 }
 # At 1 USD per 1M input tokens, 0.5 cached, 1.25 cache writes and 2 output, in credits.
@@ -115,11 +127,16 @@ def balance_of(client: FlaskClient, person: Person) -> dict[str, str]:
 
 
 def chat_charge(
-    client: FlaskClient, fake: FakeProviders, person: Person, provider: str, content: str
+    client: FlaskClient,
+    fake: FakeProviders,
+    person: Person,
+    provider: str,
+    content: str,
+    usages: dict[str, dict[str, Any]] = USAGES,
 ) -> str:
     """What the chat message endpoint charges for the same call (the same scripted usage)."""
     if provider != "demo":
-        fake.script(provider, Answer(text=REPLY, usage=USAGES[provider]))
+        fake.script(provider, Answer(text=REPLY, usage=usages[provider]))
     conversation = start_conversation(client, person, provider, MODELS[provider])
     sent = send(client, person, conversation, content)
     assert sent.status_code == 201, sent.get_json()
@@ -131,12 +148,13 @@ def messages(content: str = "Hello there") -> list[dict[str, Any]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]
 
 
-def assert_usage(usage: Any, provider: str) -> None:
+def assert_usage(usage: Any, provider: str, *, thinking_reported: bool = True) -> None:
     """OpenAI's usage as the SDK parsed it, with our `credits` and `estimated` beside it."""
     assert usage.model_extra == {"credits": usage.model_extra["credits"], "estimated": False}
     if provider == "demo":
         return
     prompt, cached, written, completion, reasoning = TOKENS[provider]
+    reasoning = reasoning if thinking_reported else 0
     assert (usage.prompt_tokens, usage.completion_tokens) == (prompt, completion)
     assert usage.total_tokens == prompt + completion
     assert usage.prompt_tokens_details.cached_tokens == cached
@@ -198,7 +216,7 @@ def test_each_provider_streamed_is_charged_as_the_chat_endpoint_charges(
     for provider, model in MODELS.items():
         person, key = caller()
         if provider != "demo":
-            fake_providers.script(provider, Answer(text=REPLY, usage=USAGES[provider]))
+            fake_providers.script(provider, Answer(text=REPLY, usage=STREAMED_USAGES[provider]))
         raw = sdk(server, key).chat.completions.with_raw_response.create(
             model=f"{provider}/{model}",
             messages=messages("Hi"),
@@ -222,14 +240,16 @@ def test_each_provider_streamed_is_charged_as_the_chat_endpoint_charges(
         assert finished.choices[0].finish_reason == "stop"
         assert last.choices == [] and last.usage is not None
         assert all(chunk.usage is None for chunk in chunks[:-1])
-        assert_usage(last.usage, provider)
+        assert_usage(last.usage, provider, thinking_reported=provider != "anthropic")
         credits = last.usage.model_extra["credits"]
         assert charged(app, hold_of(last.id)) == parse_credits(credits) > 0
         assert held >= parse_credits(credits)
         assert balance_of(client, person)["available"] == format_credits(
             CREDITS - parse_credits(credits)
         )
-        assert chat_charge(client, fake_providers, person, provider, "Hi") == credits
+        assert (
+            chat_charge(client, fake_providers, person, provider, "Hi", STREAMED_USAGES) == credits
+        )
     assert_consistent(app)
 
 
