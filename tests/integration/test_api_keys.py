@@ -137,7 +137,7 @@ def test_keys_are_listed_newest_first_a_page_at_a_time_with_what_they_spent(
 
 
 def test_a_key_can_be_renamed_limited_narrowed_and_given_an_expiry(
-    client: FlaskClient, person_factory: Any, demo_price: None
+    app: Flask, client: FlaskClient, person_factory: Any, demo_price: None
 ) -> None:
     person = person_factory()
     made = make_key(client, person)
@@ -157,6 +157,12 @@ def test_a_key_can_be_renamed_limited_narrowed_and_given_an_expiry(
     assert (body["name"], body["limit"], body["allowed_models"]) == ("renamed", "3", ["demo/keys"])
     assert datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00")) == expires_at
     assert client.get(f"{KEYS}/{made['id']}", headers=person.headers).get_json() == body
+    # The narrowed key may call only what it names.
+    add_price(app, "openai", "gpt-keys", input="1", output="2")
+    models = client.get("/v1/models", headers=bearer(made["key"])).get_json()["data"]
+    assert [model["id"] for model in models] == ["demo/keys"]
+    refused = complete(client, made["key"], "openai/gpt-keys")
+    assert_openai_error(refused, 403, "model_not_allowed")
 
     lifted = client.patch(
         f"{KEYS}/{made['id']}",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,8 @@ MAX_TOKENS = 10
 # scripted usage (MAX_TOKENS out) charges exactly its hold.
 HOLD = MAX_TOKENS * CR
 WHOLE_USAGE = {"prompt_tokens": 7, "completion_tokens": MAX_TOKENS}
+# More programs for a longer search: KEY_CAP_MACHINE_EXAMPLES=500.
+MACHINE_EXAMPLES = int(os.environ.get("KEY_CAP_MACHINE_EXAMPLES", 50))
 CALL = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": MAX_TOKENS}
 
 
@@ -186,6 +189,30 @@ def test_no_more_holds_are_placed_at_once_than_the_limit_holds(
     assert cap_of(app, key["id"]) == caps.CapStanding(35 * CR, 0, 0)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="creditapp/billing/call.py charges a completed call's reported cost even above its "
+    "hold, and the ledger counts it in the key's cap: a provider reporting more output than "
+    "max_tokens takes a key past its limit (spent 15 of 12)",
+)
+def test_a_call_never_takes_its_key_past_the_limit(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    person = person_factory(credits=1000 * CR)
+    key = make_key(client, person, "12", "day")
+    over = {"prompt_tokens": 3, "completion_tokens": MAX_TOKENS + 5}
+    fake_providers.script("openai", Answer(usage=over))
+    answered = call(client, key["key"])
+    assert answered.status_code == 200
+    standing = cap_of(app, key["id"])
+    assert standing.spent + standing.reserved <= 12 * CR
+    assert standing.spent == charges(app, person.account_id)
+
+
 def test_a_lowered_limit_refuses_the_next_call_that_does_not_fit(
     app: Flask,
     client: FlaskClient,
@@ -285,6 +312,45 @@ def test_a_key_without_a_limit_is_never_refused_and_counts_what_it_spent(
     assert refused.status_code == 402
     assert refused.get_json()["error"]["code"] == "insufficient_credits"
     assert cap_of(app, key["id"]) == caps.CapStanding(None, 20 * CR, 0)
+
+
+def test_a_stream_and_a_replayed_call_count_once_each(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    person = person_factory(credits=1000 * CR)
+    key = make_key(client, person, "25", "week")
+    fake_providers.script("openai", *(Answer(usage=WHOLE_USAGE) for _ in range(3)))
+    streamed = client.post(
+        "/v1/chat/completions",
+        json={**CALL, "stream": True},
+        headers={"Authorization": f"Bearer {key['key']}"},
+    )
+    assert streamed.status_code == 200 and streamed.headers["X-Credits-Held"] == "10"
+    events = [line.removeprefix("data: ") for line in streamed.get_data(as_text=True).split("\n\n")]
+    assert events[-2:] == ["[DONE]", ""]
+    assert json.loads(events[-3])["usage"]["credits"] == "10"
+    assert cap_of(app, key["id"]) == caps.CapStanding(25 * CR, 10 * CR, 0)
+
+    replayed = {"Authorization": f"Bearer {key['key']}", "Idempotency-Key": "one-call"}
+    first = client.post("/v1/chat/completions", json=CALL, headers=replayed)
+    again = client.post("/v1/chat/completions", json=CALL, headers=replayed)
+    assert first.status_code == again.status_code == 200
+    assert again.get_json() == first.get_json()
+    assert len(fake_providers.calls("openai")) == 2
+    assert cap_of(app, key["id"]) == caps.CapStanding(25 * CR, 20 * CR, 0)
+    assert spent(client, person, key["id"]) == "20"
+    assert charges(app, person.account_id) == 20 * CR
+    refused = client.post(
+        "/v1/chat/completions",
+        json={**CALL, "stream": True},
+        headers={"Authorization": f"Bearer {key['key']}"},
+    )
+    assert_limit_reached(refused)
+    assert len(fake_providers.calls("openai")) == 2
 
 
 # Periods: spent starts again at each UTC day, ISO week and calendar month; never for "total"
@@ -539,7 +605,7 @@ def test_random_holds_settles_and_voids_keep_the_key_within_its_limit(app: Flask
     run_state_machine_as_test(
         lambda: KeyCapMachine(app, serial),
         settings=settings(
-            max_examples=50,
+            max_examples=MACHINE_EXAMPLES,
             stateful_step_count=25,
             deadline=None,
             derandomize=True,
