@@ -37,6 +37,13 @@ class DriftSchema(Schema):
     actual = fields.String()
 
 
+class ShortfallSchema(Schema):
+    purchase_id = fields.String()
+    user_id = fields.String()
+    status = fields.String()
+    shortfall = fields.String(metadata={"description": "credits"})
+
+
 class ReconciliationSchema(Schema):
     ran_at = UtcDateTime(allow_none=True)
     checked_accounts = fields.Integer()
@@ -45,6 +52,13 @@ class ReconciliationSchema(Schema):
         metadata={"description": "provider calls answered but never billed (a failed settle)"}
     )
     unbilled_cost = Credits(metadata={"description": "what those calls cost"})
+    shortfalls = fields.List(
+        fields.Nested(ShortfallSchema),
+        metadata={
+            "description": "purchases refunded or disputed after their credits were spent: "
+            "what could not be taken back"
+        },
+    )
 
 
 class UnbilledUsageSchema(UsageSchema):

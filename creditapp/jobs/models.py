@@ -22,6 +22,11 @@ class ReconciliationReport(db.Model):  # type: ignore[name-defined,misc]
     # Provider calls answered but never billed (their settle failed): how many, what they cost.
     unbilled_calls: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     unbilled_cost: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    # Purchases refunded or disputed after their credits were spent: what could not be taken
+    # back, by purchase.
+    shortfalls: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSON, nullable=False, server_default="[]"
+    )
 
     __table_args__ = (Index("ix_reconciliation_reports_ran_at", "ran_at"),)
 

@@ -1,5 +1,6 @@
-"""Reconciliation: check every ledger invariant of every account, store and log the report.
-It never changes a balance: drift is for people to look at."""
+"""Reconciliation: check every ledger invariant of every account, store and log the report,
+with the calls never billed and the purchases whose refund found the credits spent (their
+shortfall). It never changes a balance: drift is for people to look at."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from typing import Any
 import structlog
 from sqlalchemy import func, select
 
-from creditapp import ledger
+from creditapp import ledger, purchases
 from creditapp.billing.models import UnbilledUsage
 from creditapp.database import DbSession, snapshot, write_transaction
 from creditapp.jobs.models import ReconciliationReport
 from creditapp.ledger.models import Account
+from creditapp.money import format_credits
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +27,17 @@ def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> d
         unbilled_calls, unbilled_cost = session.execute(
             select(func.count(), func.coalesce(func.sum(UnbilledUsage.cost), 0))
         ).one()
+        shortfalls = [
+            {
+                "purchase_id": str(purchase.id),
+                "user_id": str(purchase.user_id),
+                "status": purchase.status,
+                "shortfall": format_credits(purchase.shortfall),
+            }
+            for purchase in session.scalars(purchases.with_shortfall())
+        ]
+    for shortfall in shortfalls:
+        log.warning("purchase_shortfall", **shortfall)
     if unbilled_calls:
         log.warning("unbilled_usage", calls=unbilled_calls, cost=int(unbilled_cost))
     for item in drift:
@@ -43,9 +56,15 @@ def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> d
                 drift=[item.as_wire() for item in drift],
                 unbilled_calls=unbilled_calls,
                 unbilled_cost=int(unbilled_cost),
+                shortfalls=shortfalls,
             )
         )
-    return {"checked_accounts": checked, "drift": len(drift), "unbilled_calls": unbilled_calls}
+    return {
+        "checked_accounts": checked,
+        "drift": len(drift),
+        "unbilled_calls": unbilled_calls,
+        "shortfalls": len(shortfalls),
+    }
 
 
 def latest(session: DbSession) -> ReconciliationReport:
@@ -55,7 +74,12 @@ def latest(session: DbSession) -> ReconciliationReport:
     ).first()
     if report is None:
         return ReconciliationReport(
-            ran_at=None, checked_accounts=0, drift=[], unbilled_calls=0, unbilled_cost=0
+            ran_at=None,
+            checked_accounts=0,
+            drift=[],
+            unbilled_calls=0,
+            unbilled_cost=0,
+            shortfalls=[],
         )
     return report
 

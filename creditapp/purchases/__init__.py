@@ -139,8 +139,13 @@ def start(
         return on_started(session, purchase)
 
 
-def of_account(account_id: int) -> Select[tuple[Purchase]]:
+def of_account(account_id: int) -> Select[Purchase]:
     return select(Purchase).where(Purchase.account_id == account_id)
+
+
+def with_shortfall() -> Select[Purchase]:
+    """Purchases refunded or disputed after their credits were spent, oldest first."""
+    return select(Purchase).where(Purchase.shortfall > 0).order_by(Purchase.id)
 
 
 def get(session: DbSession, *, account_id: int, purchase_id: int) -> Purchase:

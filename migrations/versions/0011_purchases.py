@@ -1,5 +1,5 @@
 """Purchases: credits bought through Stripe Checkout, and every Stripe event received (recorded
-once, in the transaction of its effect).
+once, in the transaction of its effect); reconciliation reports list purchases' shortfalls.
 
 Revision ID: 0011
 Revises: 0010
@@ -69,9 +69,15 @@ def upgrade() -> None:
         sa.Column("outcome", sa.String(32), nullable=False),
         sa.Column("received_at", TIMESTAMP, nullable=False),
     )
+    op.add_column(
+        "reconciliation_reports",
+        sa.Column("shortfalls", sa.JSON(), nullable=False, server_default="[]"),
+    )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("reconciliation_reports") as reports:
+        reports.drop_column("shortfalls")
     op.drop_table("stripe_events")
     op.drop_index("ix_purchases_pending", table_name="purchases")
     op.drop_index("ix_purchases_account_id", table_name="purchases")

@@ -289,7 +289,18 @@ def test_a_refund_after_the_credits_were_spent_records_the_shortfall(
     )
     assert balance(client, person) == "0"
     assert_consistent(app, [person.account_id])
-    # The admin console's view of the user's purchases says the same.
+    # Reconciliation names it; the admin console's view of the user's purchases says it too.
+    run_job_at(app, "reconcile", utcnow())
+    report = client.get("/api/admin/credit/reconciliation", headers=admin.headers).get_json()
+    assert report["drift"] == []
+    assert report["shortfalls"] == [
+        {
+            "purchase_id": purchase_id,
+            "user_id": str(person.id),
+            "status": "refunded",
+            "shortfall": "4000",
+        }
+    ]
     path = f"/api/admin/users/{person.id}/purchases"
     [listed] = client.get(path, headers=admin.headers).get_json()["items"]
     assert (listed["id"], listed["status"], listed["shortfall"]) == (

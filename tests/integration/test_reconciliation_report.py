@@ -29,6 +29,7 @@ def test_reconciliation_reports_and_changes_nothing(
         "drift": [],
         "unbilled_calls": 0,
         "unbilled_cost": "0",
+        "shortfalls": [],
     }
     person = person_factory(credits=5 * CREDIT)
     entries_before = scalar(app, select(func.count()).select_from(LedgerEntry))
@@ -39,7 +40,8 @@ def test_reconciliation_reports_and_changes_nothing(
         else [run_job_at(app, "reconcile", ran_at)]
     )
     assert all(
-        result == {"checked_accounts": 2, "drift": 0, "unbilled_calls": 0} for result in runs
+        result == {"checked_accounts": 2, "drift": 0, "unbilled_calls": 0, "shortfalls": 0}
+        for result in runs
     )
     report = client.get("/api/admin/credit/reconciliation", headers=admin.headers).get_json()
     assert report == {
@@ -48,6 +50,7 @@ def test_reconciliation_reports_and_changes_nothing(
         "drift": [],
         "unbilled_calls": 0,
         "unbilled_cost": "0",
+        "shortfalls": [],
     }
     assert scalar(app, select(func.count()).select_from(LedgerEntry)) == entries_before
     assert client.get("/api/credit/balance", headers=person.headers).get_json()["balance"] == "5"
