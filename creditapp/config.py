@@ -235,6 +235,9 @@ class Config:
         self.PUBLIC_BASE_URL = env.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000"
         self.PURCHASE_MIN_CREDITS = _int_env("PURCHASE_MIN_CREDITS", 5000)
         self.PURCHASE_MAX_CREDITS = _int_env("PURCHASE_MAX_CREDITS", 1_000_000)
+        # A purchase pending this long is looked up in Stripe by the sync-purchases job (its
+        # webhook may have been lost; the buyer may still be paying before that).
+        self.PURCHASE_SYNC_AFTER_SECONDS = _int_env("PURCHASE_SYNC_AFTER_SECONDS", 300)
         # Days purchased credits stay spendable (0: they never expire).
         self.PURCHASE_EXPIRY_DAYS = _int_env("PURCHASE_EXPIRY_DAYS", 0, minimum=0)
         for name in ("PURCHASE_MIN_CREDITS", "PURCHASE_MAX_CREDITS"):

@@ -1,5 +1,5 @@
 """Purchase sync (`sync-purchases`): a purchase whose webhook never came is granted anyway.
-Purchases pending for more than five minutes are looked up in Stripe and settled as their
+Purchases pending for more than five minutes (PURCHASE_SYNC_AFTER_SECONDS) are looked up in Stripe and settled as their
 webhook would have settled them: paid → granted (exactly once, whoever is first: the webhook,
 this job or a second run of it), expired → failed."""
 
@@ -23,7 +23,7 @@ def run(
         return {"looked_up": 0}  # purchases are not configured: nothing can be pending
     terms = purchases.terms_of(settings)
     outcomes: Counter[str] = Counter()
-    purchase_ids = purchases.pending_too_long(session, now=now)
+    purchase_ids = purchases.pending_too_long(session, terms=terms, now=now)
     session.rollback()
     for purchase_id in purchase_ids:
         try:

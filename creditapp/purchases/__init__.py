@@ -37,8 +37,6 @@ T = TypeVar("T")
 # Credits are sold in steps of 10 (one US cent).
 CREDITS_PER_CENT = 10
 MICRO_PER_CENT = CREDITS_PER_CENT * MICRO_PER_CREDIT
-# A purchase pending longer than this is looked up in Stripe by the sync job.
-SYNC_AFTER = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -49,6 +47,8 @@ class Terms:
     max_credits: int
     expiry_days: int  # 0: purchased credits never expire
     public_base_url: str
+    # A purchase pending longer than this is looked up in Stripe by the sync job.
+    sync_after: timedelta
 
 
 def terms_of(settings: Mapping[str, Any]) -> Terms:
@@ -57,6 +57,7 @@ def terms_of(settings: Mapping[str, Any]) -> Terms:
         max_credits=settings["PURCHASE_MAX_CREDITS"],
         expiry_days=settings["PURCHASE_EXPIRY_DAYS"],
         public_base_url=settings["PUBLIC_BASE_URL"],
+        sync_after=timedelta(seconds=settings["PURCHASE_SYNC_AFTER_SECONDS"]),
     )
 
 
@@ -370,12 +371,14 @@ def _take_back(
 # The sync job
 
 
-def pending_too_long(session: DbSession, *, now: datetime, limit: int = 200) -> list[int]:
-    """Pending purchases older than SYNC_AFTER, oldest first."""
+def pending_too_long(
+    session: DbSession, *, terms: Terms, now: datetime, limit: int = 200
+) -> list[int]:
+    """Pending purchases older than `terms.sync_after`, oldest first."""
     return list(
         session.scalars(
             select(Purchase.id)
-            .where(Purchase.status == "pending", Purchase.created_at <= now - SYNC_AFTER)
+            .where(Purchase.status == "pending", Purchase.created_at <= now - terms.sync_after)
             .order_by(Purchase.created_at)
             .limit(limit)
         )

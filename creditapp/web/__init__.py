@@ -74,8 +74,23 @@ def _page(template: str, *, script: str, demo_role: str, **context: Any) -> Resp
 
 @blp.route("/", methods=["GET"])
 def dashboard() -> Response:
-    """Sign-in, then the user's credits, usage, transactions with their receipts, and chat."""
-    return _page("dashboard.html", script="dashboard.js", demo_role="user")
+    """Sign-in, then the user's credits, buying more, usage, transactions with their receipts,
+    chat and API keys."""
+    return _page(
+        "dashboard.html",
+        script="dashboard.js",
+        demo_role="user",
+        purchase_min_credits=current_app.config["PURCHASE_MIN_CREDITS"],
+        purchase_max_credits=current_app.config["PURCHASE_MAX_CREDITS"],
+    )
+
+
+@blp.route("/purchases/<purchase_id>", methods=["GET"])
+def purchase(purchase_id: str) -> Response:
+    """Where Stripe sends the buyer back (`?checkout=success` or `?checkout=cancel`): the
+    purchase's status as it changes, and the balance. The page reads the id from its own
+    address, as it reads everything else from the API."""
+    return _page("purchase.html", script="purchase.js", demo_role="user")
 
 
 @blp.route("/admin", methods=["GET"])

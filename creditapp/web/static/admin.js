@@ -1,5 +1,5 @@
 // The admin console, over the admin endpoints of the JSON API.
-import { $, button, clearFieldProblems, credits, fieldProblems, figures, fillTable, instant, json, keyList, keyedTries, signInPage, transactionList, when } from "./common.js";
+import { $, button, clearFieldProblems, credits, fieldProblems, figures, fillTable, instant, json, keyList, keyedTries, purchaseList, signInPage, transactionList, when } from "./common.js";
 
 let nextUsers = null;
 let nextAudit = null;
@@ -98,8 +98,9 @@ async function openUser(id) {
   ]);
   const loadTransactions = transactionList(`${base}/transactions`, $("#user-transactions"), $("#user-receipt"));
   const loadKeys = keyList(`${base}/keys`, $("#user-keys"), { revokePath: (key) => `/api/admin/keys/${encodeURIComponent(key)}` });
+  const loadPurchases = purchaseList(`${base}/purchases`, $("#user-purchases"));
   $("#user-receipt").hidden = true;
-  await Promise.all([loadTransactions(), loadKeys(), loadCharges()]);
+  await Promise.all([loadTransactions(), loadKeys(), loadPurchases(), loadCharges()]);
   const section = $("#user");
   if (section.hidden) {
     section.hidden = false;

@@ -463,6 +463,62 @@ export function keyList(path, area, { revokePath, use = null }) {
   return load;
 }
 
+// US cents as dollars: 500 as "$5.00" (integers only: an amount of money is never a float).
+export function dollars(cents) {
+  return `$${credits(String(Math.floor(cents / 100)))}.${String(cents % 100).padStart(2, "0")}`;
+}
+
+// A purchase's status as its buyer reads it; a payment of another amount than the purchase's is
+// held back (not granted) whatever its status says.
+export function purchaseStatus(purchase) {
+  if (purchase.problem === "amount_mismatch") return "Paid another amount: held for review";
+  return {
+    pending: "Waiting for payment",
+    paid: "Paid",
+    failed: "Not paid (cancelled or expired)",
+    refunded: "Refunded",
+    partially_refunded: "Partly refunded",
+    disputed: "Disputed",
+  }[purchase.status] ?? purchase.status;
+}
+
+// Credits shown only when some: "–" for none (a purchase nothing was taken back from).
+const some = (amount) => (/^0(\.0*)?$/.test(amount) ? null : amount);
+
+// The purchases under `path`, newest first, into `area` (its table, its "Load more" button
+// following the cursor, and its alert saying what could not be read): when, credits, price,
+// status in words, and what refunds and disputes took back, with the shortfall (credits spent
+// before they were taken back) highlighted. Returns the loader: load() starts again, load(true)
+// adds the next page.
+export function purchaseList(path, area) {
+  let next = null;
+  const more = area.querySelector(".more");
+  const said = area.querySelector("[role=alert]");
+  const rows = area.querySelector("tbody").rows;
+  async function load(again = false) {
+    const cursor = again && next ? `&cursor=${encodeURIComponent(next)}` : "";
+    const check = sessionCheck();
+    said.textContent = "";
+    let page;
+    try {
+      page = await json(`${path}?limit=20${cursor}`);
+    } catch (error) {
+      if (!error.signedOut && !check.ended()) said.textContent = `The purchases could not be read: ${error.message}`;
+      return;
+    }
+    const columns = (purchase, row) => {
+      row.dataset.status = purchase.status;
+      return [when(purchase.created_at), purchase.credits, dollars(purchase.amount_cents), purchaseStatus(purchase), some(purchase.clawed_back), some(purchase.shortfall)];
+    };
+    fillTable(`#${area.id} table`, page.items, columns, { again, none: "No purchases yet." });
+    for (const row of rows) if (row.cells.length > 1 && row.cells[5].textContent !== "–") row.cells[5].classList.add("shortfall");
+    next = page.next_cursor;
+    more.hidden = !next;
+  }
+  more.onclick = () => load(true);
+  return load;
+}
+
 let onSignedIn = async () => {};
 let forgetPage = () => {};
 

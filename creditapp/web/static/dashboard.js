@@ -1,5 +1,5 @@
 // The user's dashboard, over the JSON API.
-import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, instant, json, keyList, keyedTries, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
+import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, instant, json, keyList, keyedTries, purchaseList, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
 
 const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
 
@@ -521,6 +521,46 @@ async function createKey(event) {
   await loadKeys();
 }
 
+// Buying credits: the price as the amount is typed, then Stripe's payment page. The service
+// judges the amount (its 400 names the limits beside the field); the page only prices it.
+const loadPurchases = purchaseList("/api/credit/purchases", $("#purchases"));
+const buyTries = keyedTries($("#buy-form"));
+
+function showPrice() {
+  const amount = $("#buy-credits").value.trim();
+  $("#buy-price").textContent = /^\d+$/.test(amount) ? usd(amount) : "–";
+}
+
+// What a refused purchase says: a 503 means no purchase was made, and says whether to try again.
+function buyError(form, error) {
+  const code = error.body?.error.code;
+  if (code === "purchases_unavailable") return "Buying credits is not available here.";
+  if (code === "payment_provider_unavailable") return "The payment service cannot be reached just now; nothing was charged. Try again in a moment.";
+  return fieldProblems(form, error);
+}
+
+async function buy(event) {
+  event.preventDefault();
+  const form = $("#buy-form");
+  const outcome = form.querySelector(".outcome");
+  outcome.textContent = "";
+  outcome.classList.remove("refused");
+  clearFieldProblems(form);
+  const body = { credits: $("#buy-credits").value.trim() };
+  const check = sessionCheck();
+  let purchase;
+  try {
+    purchase = await buyTries(body, (key) => json("/api/credit/purchases", { method: "POST", body, headers: { "Idempotency-Key": key } }));
+  } catch (error) {
+    if (error.signedOut || check.ended()) return;
+    outcome.textContent = buyError(form, error);
+    outcome.classList.add("refused");
+    return;
+  }
+  outcome.textContent = "Taking you to the payment page…";
+  window.location.assign(purchase.checkout_url);
+}
+
 // What the dashboard keeps of a session beyond its forms and tables (see signInPage): the open
 // conversation, the receipt, the figures and the chart are the signed-out person's.
 function forget() {
@@ -538,12 +578,14 @@ function forget() {
   Object.assign(example, { key: null, secret: null });
   $("#key-snippet").textContent = "";
   $("#snippet-for").textContent = "";
+  showPrice();
 }
 
 async function showDashboard() {
   lastThirtyDays();
   showExample();
-  await Promise.all([loadCredits(), loadTransactions(), loadCharacters().then(() => {
+  showPrice();
+  await Promise.all([loadCredits(), loadPurchases(), loadTransactions(), loadCharacters().then(() => {
       showExample();
       return loadConversations();
     }), loadUsage(), loadKeys()]);
@@ -561,5 +603,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#key-form").addEventListener("submit", createKey);
   $("#copy-key").addEventListener("click", copyKey);
   $("#hide-key").addEventListener("click", hideNewKey);
+  $("#buy-credits").addEventListener("input", showPrice);
+  $("#buy-form").addEventListener("submit", buy);
   signInPage(showDashboard, undefined, forget);
 });
