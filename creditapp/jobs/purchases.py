@@ -1,7 +1,7 @@
 """Purchase sync (`sync-purchases`): a purchase whose webhook never came is granted anyway.
-Purchases pending for more than five minutes (PURCHASE_SYNC_AFTER_SECONDS) are looked up in Stripe and settled as their
-webhook would have settled them: paid → granted (exactly once, whoever is first: the webhook,
-this job or a second run of it), expired → failed."""
+Purchases pending for more than five minutes (PURCHASE_SYNC_AFTER_SECONDS) are looked up in
+Stripe and settled as their webhook would have settled them: paid → granted (exactly once,
+whoever is first: the webhook, this job or a second run of it), expired → failed."""
 
 from __future__ import annotations
 
