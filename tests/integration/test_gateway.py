@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from creditapp.auth.models import ApiKey
 from creditapp.extensions import db
-from creditapp.ledger.models import Account, Hold, LedgerEntry, SpendCap
+from creditapp.ledger.models import Account, Hold, SpendCap
 from creditapp.money import format_credits, parse_credits
 from tests.conftest import Person
 from tests.fake_providers import Answer, FakeProviders
@@ -30,6 +30,7 @@ from tests.helpers import add_price, assert_consistent, scalar, send, start_conv
 from tests.integration.gateway_client import (
     OpenAIClients,
     add_tier,
+    charge_count,
     charged,
     hold_of,
     make_key,
@@ -410,7 +411,7 @@ def test_models_lists_what_the_tier_and_the_key_allow_with_prices(
 
 
 def test_a_generation_is_its_owners_receipt(
-    app: Flask, fake_providers: FakeProviders, server: ServerUrl, sdk: OpenAIClients, caller: Any
+    fake_providers: FakeProviders, server: ServerUrl, sdk: OpenAIClients, caller: Any
 ) -> None:
     _person, key = caller()
     fake_providers.script("openai", Answer(text=REPLY, usage=USAGES["openai"]))
@@ -445,8 +446,7 @@ def test_an_idempotent_retry_replays_the_same_completion(
     assert answers[1].headers["Idempotent-Replayed"] == "true"
     assert len(fake_providers.calls("openai")) == 1
     assert charged(app, hold_of(first.id)) == parse_credits(CHARGES["openai"])
-    charges = select(func.count()).select_from(LedgerEntry).where(LedgerEntry.type == "charge")
-    assert scalar(app, charges) == 1
+    assert charge_count(app) == 1
 
     fake_providers.script("openai", Answer(text=REPLY, usage=USAGES["openai"]))
     retry = {"Idempotency-Key": secrets.token_hex(8)}
@@ -461,7 +461,7 @@ def test_an_idempotent_retry_replays_the_same_completion(
     assert raw.headers["Idempotent-Replayed"] == "true"
     assert streams[0] == streams[1] and streams[0][1] == REPLY
     assert len(fake_providers.calls("openai")) == 2
-    assert scalar(app, charges) == 2
+    assert charge_count(app) == 2
 
 
 def test_langchain_invokes_and_streams_through_the_gateway(
