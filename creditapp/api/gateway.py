@@ -406,7 +406,7 @@ def _no_reply(settled: metered_call.Settled) -> ProviderFailed:
 def _completion(
     made: gateway.Generation, settled: metered_call.Settled
 ) -> idempotency.StoredResponse:
-    if not settled.text and settled.compensation is not None:
+    if gateway.no_reply(settled):
         failure = openai_shape(Failure.of(_no_reply(settled)))
         return idempotency.StoredResponse(
             failure.status_code, failure.get_data(), failure.content_type
@@ -436,7 +436,7 @@ def _ending(made: gateway.Generation, settled: metered_call.Settled | None, fail
     body = b""
     if settled is not None:
         body += b"".join(_data(chunk) for chunk in made.ending(settled))
-        if failure is None and not settled.text and settled.compensation is not None:
+        if failure is None and gateway.no_reply(settled):
             failure = _no_reply(settled)
     if failure is not None:
         return body + _error_data(Failure.of(failure))

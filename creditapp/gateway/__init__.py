@@ -150,6 +150,12 @@ def usage_object(settled: Settled) -> dict[str, Any]:
     }
 
 
+def no_reply(settled: Settled) -> bool:
+    """The provider billed for an empty reply: the call is charged as billed and refunded at
+    once, and answered as the provider's failure, not as a reply."""
+    return not settled.text and settled.compensation is not None
+
+
 def finish_reason(settled: Settled) -> str:
     """`length` when the reply used every token it was allowed, else `stop`."""
     return "length" if settled.usage.output_tokens >= settled.max_tokens else "stop"
@@ -205,7 +211,7 @@ class Generation:
         """The last chunks of a stream: how it finished (when the reply came whole), then the
         usage, always."""
         chunks = []
-        if settled.failure is None and settled.ending == "completed":
+        if settled.failure is None and settled.ending == "completed" and not no_reply(settled):
             chunks.append(self.chunk(finish_reason=finish_reason(settled)))
         chunks.append(self.chunk(usage=usage_object(settled)))
         return chunks

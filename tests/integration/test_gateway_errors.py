@@ -244,3 +244,40 @@ def test_a_provider_failing_before_its_first_word_raises_and_charges_nothing(
     assert (balance["balance"], balance["reserved"]) == ("100", "0")
     assert charge_count(app) == 0
     assert_consistent(app)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_empty_reply_the_provider_billed_is_its_failure_and_refunded(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    server: ServerUrl,
+    sdk: OpenAIClients,
+    stream: bool,
+) -> None:
+    person = person_factory(credits=CREDITS)
+    _id, key = make_key(client, person)
+    billed = {"prompt_tokens": 10, "completion_tokens": 5}  # 0.02 credits
+    fake_providers.script("openai", Answer(text="", usage=billed))
+    gateway = sdk(server, key).chat.completions
+    if stream:
+        received = []
+        with pytest.raises(openai.APIError) as failed:
+            for chunk in gateway.create(model=MODEL, messages=MESSAGES, stream=True):
+                received.append(chunk)
+        # No chunk says the reply finished: the last one before the error is the usage.
+        assert all(choice.finish_reason is None for c in received for choice in c.choices)
+        assert received[-1].usage is not None
+        assert received[-1].usage.model_extra["credits"] == "0.02"
+        assert failed.value.body["code"] == "provider_error"  # type: ignore[index]
+    else:
+        with pytest.raises(openai.InternalServerError) as failed_whole:
+            gateway.with_raw_response.create(model=MODEL, messages=MESSAGES)
+        refused(failed_whole.value, 502, "provider_error")
+        headers = failed_whole.value.response.headers
+        assert (headers["X-Credits-Charged"], headers["X-Credits-Available"]) == ("0.02", "100")
+    assert charged(app) == 20_000
+    balance = client.get("/api/credit/balance", headers=person.headers).get_json()
+    assert (balance["balance"], balance["reserved"]) == ("100", "0")
+    assert_consistent(app)
