@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, current_app, jsonify, stream_with_context
+from flask import Response, current_app, jsonify
 from marshmallow import Schema, fields, validate
 
 from creditapp import idempotency
@@ -17,6 +17,7 @@ from creditapp.api import limits
 from creditapp.api.errors import error_body, from_error
 from creditapp.api.idempotency import from_store, idempotent, to_store
 from creditapp.api.identity import audit_context, authenticated, caller, principal
+from creditapp.api.metered import EVENT_STREAM, KEEP_ALIVE, event_stream, meter
 from creditapp.api.openapi import answers
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
@@ -250,7 +251,6 @@ def send_message(
     claim: idempotency.Claim,
     release: Callable[[idempotency.Undo], None],
 ) -> Any:
-    config = current_app.config
     user = caller()
     sending = service.message_call(
         db.session,
@@ -258,16 +258,10 @@ def send_message(
         conversation_id=path_id(conversation_id, "conversation_id"),
         content=args["content"],
         max_tokens=args["max_tokens"],
-        history_messages=config["CHAT_HISTORY_MESSAGES"],
+        history_messages=current_app.config["CHAT_HISTORY_MESSAGES"],
     )
     metered = metered_call.MeteredCall(
         paying_account(db.session, principal()), user, sending.request, sending.origin
-    )
-    meter = metered_call.Meter(
-        providers=current_app.extensions["providers"],
-        hold_ttl=timedelta(seconds=config["HOLD_TTL_SECONDS"]),
-        clock=lambda: datetime.now(UTC),
-        silence=config["STREAM_KEEPALIVE_SECONDS"],
     )
 
     def keep(
@@ -287,7 +281,7 @@ def send_message(
         streaming = metered_call.stream(
             db.session,
             metered,
-            meter=meter,
+            meter=meter(),
             context=audit_context(),
             on_held=lambda session, held: service.store_message(session, sending, held),
             on_settled=lambda session, settled, message: keep(
@@ -299,11 +293,11 @@ def send_message(
             discard=service.unsend,
             release=release,
         )
-        return _event_stream(_live_events(streaming))
+        return event_stream(_live_events(streaming))
     charged = metered_call.complete(
         db.session,
         metered,
-        meter=meter,
+        meter=meter(),
         context=audit_context(),
         on_settled=lambda session, settled: keep(
             session, settled, None, lambda exchange: to_store(_exchange_response(exchange))
@@ -311,9 +305,6 @@ def send_message(
     )
     _exchange, stored = charged.kept
     return from_store(stored)
-
-
-KEEP_ALIVE = b": keep-alive\n\n"
 
 
 def _event(name: str, data: Any) -> bytes:
@@ -365,14 +356,3 @@ def _stored_stream(
         body += _event("delta", {"text": exchange.reply.content})
     body += _last_event(exchange, failure)
     return idempotency.StoredResponse(200, body, EVENT_STREAM)
-
-
-EVENT_STREAM = "text/event-stream; charset=utf-8"
-
-
-def _event_stream(events: Iterator[bytes]) -> Response:
-    response = Response(stream_with_context(events), status=200, content_type=EVENT_STREAM)
-    # nginx and other proxies pass each event on at once instead of buffering the reply.
-    response.headers["X-Accel-Buffering"] = "no"
-    response.headers["Cache-Control"] = "no-store"
-    return response

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from flask import Flask, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Flask, Response, g, jsonify, request
 from marshmallow import Schema, ValidationError, fields, validate
 from marshmallow.exceptions import SCHEMA as WHOLE_BODY
 
@@ -27,6 +27,7 @@ from creditapp.api.identity import (
     key_authenticated,
     request_api_key,
 )
+from creditapp.api.metered import EVENT_STREAM, KEEP_ALIVE, event_stream, meter
 from creditapp.api.openapi import answers, declares
 from creditapp.api.parsing import Blueprint
 from creditapp.api.schemas import Credits, Flag, Text
@@ -59,6 +60,7 @@ _TYPES = {
     409: "conflict_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    405: "invalid_request_error",
     429: "rate_limit_error",
 }
 
@@ -337,13 +339,6 @@ def chat_completions(
         metered_call.Origin(reference=api_keys.hold_reference(key.id)),
         caps=(key.cap_id,),
     )
-    config = current_app.config
-    meter = metered_call.Meter(
-        providers=current_app.extensions["providers"],
-        hold_ttl=timedelta(seconds=config["HOLD_TTL_SECONDS"]),
-        clock=lambda: datetime.now(UTC),
-        silence=config["STREAM_KEEPALIVE_SECONDS"],
-    )
 
     def generation(held: metered_call.Held) -> gateway.Generation:
         return gateway.Generation(
@@ -360,7 +355,7 @@ def chat_completions(
             streaming = metered_call.stream(
                 db.session,
                 metered,
-                meter=meter,
+                meter=meter(),
                 context=audit_context(),
                 on_held=lambda _session, held: generation(held),
                 on_settled=lambda session, settled, made: keep(
@@ -369,11 +364,12 @@ def chat_completions(
                 discard=lambda _made: _nothing_stored,
                 release=release,
             )
-            return _event_stream(streaming)
+            held = {"X-Credits-Held": format_credits(streaming.held.amount)}
+            return event_stream(_chunks(streaming), held)
         charged = metered_call.complete(
             db.session,
             metered,
-            meter=meter,
+            meter=meter(),
             context=audit_context(),
             on_settled=lambda session, settled: keep(
                 session, _completion(generation(settled.held), settled)
@@ -416,8 +412,6 @@ def _completion(
     )
 
 
-EVENT_STREAM = "text/event-stream; charset=utf-8"
-KEEP_ALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 
 
@@ -471,18 +465,6 @@ def _chunks(
     finally:
         # The client is gone when this closes early: the stream is charged for what it got.
         streaming.events.close()  # type: ignore[attr-defined]
-
-
-def _event_stream(
-    streaming: metered_call.Streaming[gateway.Generation, idempotency.StoredResponse],
-) -> Response:
-    response = Response(
-        stream_with_context(_chunks(streaming)), status=200, content_type=EVENT_STREAM
-    )
-    response.headers["X-Credits-Held"] = format_credits(streaming.held.amount)
-    response.headers["X-Accel-Buffering"] = "no"
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 class ModelPricingSchema(Schema):
