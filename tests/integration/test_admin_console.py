@@ -20,6 +20,7 @@ from sqlalchemy import update
 from creditapp.auth.models import User
 from creditapp.extensions import db
 from tests.conftest import utcnow
+from tests.fake_stripe import FakeStripe
 from tests.helpers import add_price, run_job_at
 from tests.integration.live_server import call
 from tests.integration.test_dashboard import Browsing, _api, _serious_violations, browse
@@ -399,3 +400,73 @@ def test_a_users_api_keys_and_revoking_one(console: Browsing) -> None:
     )
     assert status == 401 and json.loads(refused)["error"]["code"] == "invalid_api_key"
     assert _serious_violations(page) == []
+
+
+def test_a_users_purchases_show_what_a_refund_took_back_and_its_shortfall(
+    console: Browsing, fake_stripe: FakeStripe
+) -> None:
+    """Two purchases paid through the fake Stripe; the first refunded after the user had spent
+    all but 4,000 credits: 4,000 are taken back, the other 1,000 are its shortfall."""
+    page, base = console.page, console.base
+    fake_stripe.reset()
+    earlier_receiver = fake_stripe.webhook_url
+    fake_stripe.webhook_url = f"{base}/api/webhooks/stripe"
+    try:
+        status, _headers, raw = call("POST", f"{base}/api/auth/demo")
+        assert status == 200, raw
+        user = json.loads(raw)["access_token"]
+        sessions = []
+        for number, credits in enumerate(("5000", "20000")):
+            status, _headers, raw = call(
+                "POST",
+                f"{base}/api/credit/purchases",
+                user,
+                json.dumps({"credits": credits}).encode(),
+                {"Idempotency-Key": f"purchase-{number}"},
+            )
+            assert status == 201, raw
+            sessions.append(json.loads(raw)["checkout_url"].rsplit("/", 1)[1])
+            fake_stripe.pay(sessions[-1])
+        balance = Decimal(json.loads(call("GET", f"{base}/api/credit/balance", user)[2])["balance"])
+        admin = page.evaluate("sessionStorage.getItem('creditapp.access_token')")
+        adjustment = {"user_id": "2", "amount": str(4000 - balance), "reason": "spent"}
+        status, _headers, raw = call(
+            "POST",
+            f"{base}/api/admin/credit/adjust",
+            admin,
+            json.dumps(adjustment).encode(),
+            {"Idempotency-Key": "spent"},
+        )
+        assert (status, json.loads(raw)["balance"]["balance"]) == (200, "4000")
+        fake_stripe.refund(sessions[0])
+    finally:
+        fake_stripe.webhook_url = earlier_receiver
+        fake_stripe.reset()
+
+    _open_demo_user(page)
+    rows = page.locator("#user-purchases tbody tr")
+    expect(rows).to_have_count(2)
+    newest, refunded = rows.nth(0), rows.nth(1)
+    assert newest.locator("td").all_inner_texts()[1:] == [
+        "20,000",
+        "$20.00",
+        "Paid",
+        "\u2013",
+        "\u2013",
+    ]
+    assert refunded.locator("td").all_inner_texts()[1:] == [
+        "5,000",
+        "$5.00",
+        "Refunded",
+        "4,000",
+        "1,000",
+    ]
+    expect(refunded.locator("td.shortfall")).to_have_text("1,000")
+    expect(newest.locator("td.shortfall")).to_have_count(0)
+    (listed, _paid) = _api(base, page, "/api/admin/users/2/purchases")["items"][::-1]
+    assert (listed["clawed_back"], listed["shortfall"]) == ("4000", "1000")
+    page.locator("#user-purchases").scroll_into_view_if_needed()
+    page.locator("#user-purchases").screenshot(
+        path=str(console.screenshots / "admin-purchases.png")
+    )
+    _photograph(console, "admin-user-purchases")

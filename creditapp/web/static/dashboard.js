@@ -531,6 +531,15 @@ function showPrice() {
   $("#buy-price").textContent = /^\d+$/.test(amount) ? usd(amount) : "–";
 }
 
+// A new amount: priced, and what was said of the previous one cleared.
+function amountChanged() {
+  const form = $("#buy-form");
+  clearFieldProblems(form);
+  form.querySelector(".outcome").textContent = "";
+  form.querySelector(".outcome").classList.remove("refused");
+  showPrice();
+}
+
 // What a refused purchase says: a 503 means no purchase was made, and says whether to try again.
 function buyError(form, error) {
   const code = error.body?.error.code;
@@ -603,7 +612,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#key-form").addEventListener("submit", createKey);
   $("#copy-key").addEventListener("click", copyKey);
   $("#hide-key").addEventListener("click", hideNewKey);
-  $("#buy-credits").addEventListener("input", showPrice);
+  $("#buy-credits").addEventListener("input", amountChanged);
   $("#buy-form").addEventListener("submit", buy);
   signInPage(showDashboard, undefined, forget);
 });
