@@ -33,6 +33,8 @@ GENERATION_PREFIX = "gen-"
 # OpenAI's roles that become the system prompt, and those that are the conversation.
 SYSTEM_ROLES = ("system", "developer")
 CONVERSATION_ROLES = ("user", "assistant")
+# Providers whose temperature goes from 0 to 1 (OpenAI's and Gemini's go to 2).
+TEMPERATURE_UP_TO_1 = ("anthropic",)
 
 
 def generation_id(hold_id: int) -> str:
@@ -120,6 +122,9 @@ class CompletionRequest:
             raise ValidationFailed(
                 details={"messages": ["At least one user or assistant message is needed."]}
             )
+        if provider in TEMPERATURE_UP_TO_1 and (self.temperature or 0) > 1:
+            # The provider would refuse it: a 400 now, not a 502 after a hold.
+            raise ValidationFailed(details={"temperature": [f"At most 1 for {provider} models."]})
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return MeteredRequest(
             provider=provider,

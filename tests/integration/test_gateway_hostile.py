@@ -97,6 +97,8 @@ def test_nul_bytes_and_lone_surrogates_are_refused(
         ({"n": 2}, "n"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),
         ({"model": None}, "model"),
+        # Anthropic takes a temperature up to 1: refused here, not by the provider (a 502).
+        ({"model": "anthropic/claude-test", "temperature": 1.5}, "temperature"),
     ],
 )
 def test_out_of_range_and_unknown_parameters_are_named(
