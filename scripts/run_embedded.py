@@ -4,6 +4,9 @@ Checks the port is free (`PORT`, default 5000), migrates (after deleting the SQL
 of earlier runs with `--fresh`, `make run FRESH=1`), seeds the price book and the demo data
 (printing the demo tokens as `export` lines), then runs gunicorn, a Celery worker and beat
 together, the demo sign-in allowing a person clicking around more than production's limit.
+Credits are bought from a local fake of Stripe (tests/fake_stripe.py, in a process of its own,
+with fixed demo keys: nothing is ever charged), unless STRIPE_SECRET_KEY is set: then from
+Stripe itself (its test mode), as the environment says.
 
 Ctrl-C (or SIGTERM, SIGHUP, or any of them ending) stops them all, every time, in seconds.
 A terminal's Ctrl-C used to reach every process at once: gunicorn's worker then exits at once
@@ -20,7 +23,9 @@ KILL_AFTER_SECONDS is killed (SIGKILL), saying so. A second Ctrl-C kills them at
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -38,6 +43,16 @@ STOP_SECONDS = 5
 KILL_AFTER_SECONDS = STOP_SECONDS + 10
 # A person clicking around the pages signs in more often than the service-wide limit allows.
 DEMO_SIGN_IN_LIMIT = "60 per minute"
+# The fake Stripe's keys: fixed, so that a database of an earlier run goes on with the next.
+FAKE_STRIPE_KEYS = [
+    "--api-key",
+    "sk_test_creditapp_demo",
+    "--webhook-secret",
+    "whsec_creditapp_demo",
+]
+# How long the fake Stripe may take to say where it listens (a busy machine starts Python
+# slowly).
+FAKE_STRIPE_STARTUP_SECONDS = 60
 
 
 def _port() -> int:
@@ -73,6 +88,45 @@ def _delete_database() -> None:
     for path in (database, *(Path(f"{database}{end}") for end in ("-journal", "-wal", "-shm"))):
         path.unlink(missing_ok=True)
     print(f"# Deleted {database}: a fresh database", flush=True)
+
+
+def _start_fake_stripe(port: int) -> subprocess.Popen[bytes]:
+    """The fake Stripe, its events going to this service's webhook; its environment (where its
+    API is, its keys) goes into this process's, for the web, the worker and beat to inherit."""
+    webhook_url = f"http://{HOST}:{port}/api/webhooks/stripe"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fake_stripe",
+            "--webhook-url",
+            webhook_url,
+            *FAKE_STRIPE_KEYS,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as ready:
+        ready.register(process.stdout, selectors.EVENT_READ)
+        said = ready.select(FAKE_STRIPE_STARTUP_SECONDS) and process.stdout.readline()
+    if not said:
+        _stop(process)
+        sys.exit("The fake Stripe did not start (python -m tests.fake_stripe)")
+    os.environ.update(json.loads(said))
+    fake = os.environ["STRIPE_API_BASE"]
+    print(f"# Credits are bought from a fake Stripe at {fake}: nothing is charged", flush=True)
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=KILL_AFTER_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _services(port: int) -> dict[str, list[str]]:
@@ -133,7 +187,9 @@ def _kill_what_is_left(name: str, process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _serve(commands: dict[str, list[str]]) -> int:
+def _serve(commands: dict[str, list[str]], started: dict[str, subprocess.Popen[bytes]]) -> int:
+    """Runs `commands` beside the services already `started`, until a signal or any of them
+    ends; then stops them all."""
     signals: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
@@ -142,8 +198,11 @@ def _serve(commands: dict[str, list[str]]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
     services = {
-        name: subprocess.Popen(command, start_new_session=True)
-        for name, command in commands.items()
+        **started,
+        **{
+            name: subprocess.Popen(command, start_new_session=True)
+            for name, command in commands.items()
+        },
     }
     processes = list(services.values())
     while not signals and all(process.poll() is None for process in processes):
@@ -176,14 +235,24 @@ def main() -> int:
     # The embedded default is the demo: `POST /api/auth/demo` signs in as the demo user.
     os.environ.setdefault("DEMO_MODE", "true")
     os.environ.setdefault("DEMO_SIGN_IN_LIMIT", DEMO_SIGN_IN_LIMIT)
+    # Where Stripe's payment page sends the buyer back: this service.
+    os.environ.setdefault("PUBLIC_BASE_URL", f"http://{HOST}:{port}")
     if fresh:
         _delete_database()
-    for step in (["db", "upgrade"], ["pricing", "sync"], ["demo", "seed"]):
-        prepared = subprocess.run([*FLASK, *step])
-        if prepared.returncode:
-            return prepared.returncode
-    print(f"# The service: http://{HOST}:{port}  (Ctrl-C stops it)", flush=True)
-    return _serve(_services(port))
+    started = (
+        {} if os.environ.get("STRIPE_SECRET_KEY") else {"fake Stripe": _start_fake_stripe(port)}
+    )
+    try:
+        for step in (["db", "upgrade"], ["pricing", "sync"], ["demo", "seed"]):
+            prepared = subprocess.run([*FLASK, *step])
+            if prepared.returncode:
+                return prepared.returncode
+        print(f"# The service: http://{HOST}:{port}  (Ctrl-C stops it)", flush=True)
+        return _serve(_services(port), started)
+    finally:
+        # Stopped already by _serve, unless preparing failed or was interrupted.
+        for process in started.values():
+            _stop(process)
 
 
 if __name__ == "__main__":

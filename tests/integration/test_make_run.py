@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.integration.live_server import ROOT, call, free_port
 # the file-system broker under instance/.
 pytestmark = pytest.mark.real_clock
 RUN = [sys.executable, "scripts/run_embedded.py"]
+STRIPE_SETTINGS = ("STRIPE_API_BASE", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
 
 
 def _embedded_env(tmp_path: Path, port: int | str) -> dict[str, str]:
@@ -34,7 +36,8 @@ def _embedded_env(tmp_path: Path, port: int | str) -> dict[str, str]:
         "DATABASE_URL": f"sqlite:///{tmp_path / 'run.db'}",
         "PORT": str(port),
     }
-    for name in ("REDIS_URL", "CELERY_BROKER_URL"):
+    # Nor the Stripe of the tests: make run starts its own fake.
+    for name in ("REDIS_URL", "CELERY_BROKER_URL", "PUBLIC_BASE_URL", *STRIPE_SETTINGS):
         env.pop(name, None)
     return env
 
@@ -273,6 +276,29 @@ def test_the_readme_walk_through_adds_up_and_ctrl_c_stops_everything(tmp_path: P
             status == 200
             and "/api/conversations/{conversation_id}/messages" in json.loads(document)["paths"]
         )
+        # Credits bought as the README shows, paid on the fake Stripe's page (its Pay button
+        # posts the form; the browser is then sent back to the purchase's page).
+        status, purchase = _json(
+            "POST",
+            f"{base}/api/credit/purchases",
+            user,
+            {"credits": "5000"},
+            **{"Idempotency-Key": "buy-1"},
+        )
+        assert status == 201, purchase
+        assert (purchase["id"], purchase["amount_cents"], purchase["status"]) == (
+            "1",
+            500,
+            "pending",
+        )
+        assert purchase["checkout_url"].startswith("http://127.0.0.1:")
+        assert not purchase["checkout_url"].startswith(base)
+        request = urllib.request.Request(f"{purchase['checkout_url']}/pay", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=30) as paid:
+            assert paid.url == f"{base}/purchases/1?checkout=success"
+        status, purchase = _json("GET", f"{base}/api/credit/purchases/1", user)
+        assert (status, purchase["status"]) == (200, "paid")
+        assert _json("GET", f"{base}/api/credit/balance", user)[1]["balance"] == "6349.638"
 
         _ctrl_c(base, process, tmp_path / "run.log")
 
