@@ -24,11 +24,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, select
 from werkzeug.test import TestResponse
 
-from creditapp.accounts.models import Team
+from creditapp import ledger
+from creditapp.accounts.models import Team, TeamMember
 from creditapp.auth.models import ApiKey
 from creditapp.database import write_transaction
 from creditapp.extensions import db
-from tests.conftest import Person, utcnow
+from creditapp.money import parse_credits
+from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import add_price, assert_error
 from tests.integration.live_server import live_server
@@ -312,6 +314,48 @@ def test_a_key_for_a_team_the_person_is_not_in_is_not_found(
     assert client.get(KEYS, headers=person.headers).get_json()["items"] == []
 
 
+def test_a_team_key_spends_from_the_teams_account(
+    app: Flask, client: FlaskClient, person_factory: Any, demo_price: None
+) -> None:
+    member = person_factory()  # nothing of their own to spend
+    with app.app_context():
+        with write_transaction(db.session):
+            team = Team(name="ours", created_at=utcnow())
+            db.session.add(team)
+            db.session.flush()
+            db.session.add(
+                TeamMember(team_id=team.id, user_id=member.id, role="member", created_at=utcnow())
+            )
+            team_account = ledger.open_account(db.session, team_id=team.id, now=utcnow())
+            ledger.grant(
+                db.session,
+                account_id=team_account,
+                amount=10 * CR,
+                source="promo",
+                reason="team credits",
+                context=TEST_CONTEXT,
+                now=utcnow(),
+            )
+            team_id = team.id
+        db.session.remove()
+    made = make_key(client, member, team_id=str(team_id), limit="5")
+    assert made["team_id"] == str(team_id)
+    answered = complete(client, made["key"])
+    assert answered.status_code == 200, answered.get_json()
+    charged = parse_credits(answered.get_json()["usage"]["credits"])
+    assert 0 < charged <= 5 * CR
+    with app.app_context():
+        team_balance = ledger.balance(db.session, account_id=team_account, now=utcnow())
+        own_balance = ledger.balance(db.session, account_id=member.account_id, now=utcnow())
+        db.session.remove()
+    assert (team_balance.balance, team_balance.reserved) == (10 * CR - charged, 0)
+    assert (own_balance.balance, own_balance.reserved) == (0, 0)
+    assert (
+        client.get(f"{KEYS}/{made['id']}", headers=member.headers).get_json()["spent"]
+        == (answered.get_json()["usage"]["credits"])
+    )
+
+
 # 2. Shown once, stored nowhere
 
 
@@ -350,6 +394,7 @@ def test_the_key_is_shown_once_and_written_nowhere(
 
     replayed = client.post(KEYS, json=body, headers=headers)
     assert replayed.status_code == 201
+    assert replayed.headers["Idempotent-Replayed"] == "true"
     assert replayed.get_json() == {k: v for k, v in made.get_json().items() if k != "key"}
     assert len(client.get(KEYS, headers=person.headers).get_json()["items"]) == 1
 

@@ -189,6 +189,26 @@ def test_no_more_holds_are_placed_at_once_than_the_limit_holds(
     assert cap_of(app, key["id"]) == caps.CapStanding(35 * CR, 0, 0)
 
 
+def test_a_call_refused_by_the_limit_frees_its_idempotency_key(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    person = person_factory(credits=1000 * CR)
+    key = make_key(client, person, "5")
+    headers = {"Authorization": f"Bearer {key['key']}", "Idempotency-Key": "retry-me"}
+    assert_limit_reached(client.post("/v1/chat/completions", json=CALL, headers=headers))
+    raised = client.patch(f"/api/keys/{key['id']}", json={"limit": "10"}, headers=person.headers)
+    assert raised.status_code == 200
+    fake_providers.script("openai", Answer(usage=WHOLE_USAGE))
+    retried = client.post("/v1/chat/completions", json=CALL, headers=headers)
+    assert retried.status_code == 200, retried.get_json()
+    assert "Idempotent-Replayed" not in retried.headers
+    assert cap_of(app, key["id"]) == caps.CapStanding(10 * CR, 10 * CR, 0)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="creditapp/billing/call.py charges a completed call's reported cost even above its "
@@ -454,7 +474,12 @@ def test_of_twenty_calls_at_once_exactly_as_many_pass_as_the_limit_holds(
     key = make_key(client, person, f"{fits * 10 + 9}.999999", "day")
     # Slow answers: the holds of the calls that pass are all still open when the others come.
     fake_providers.script("openai", *(Answer(usage=WHOLE_USAGE, delay=0.5) for _ in range(calls)))
-    env = {"DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], **fake_providers.base_urls()}
+    env = {
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        **fake_providers.base_urls(),
+        # Twenty slow answers at once on a busy machine must not time out: this is about limits.
+        "PROVIDER_TIMEOUT_SECONDS": "30",
+    }
     with live_server(env, workers=3, threads=8) as base:
         barrier = threading.Barrier(calls)
 
