@@ -7,20 +7,33 @@ one Redis reached through TCP proxies the run can cut, and the fake provider ser
 each provider's wire format to the real SDKs.
 
 Users chat (streamed and not, some hanging up early), admins grant, adjust and refund,
-subscription periods end during the run. A client retries every request whose outcome it did
-not learn (a dropped connection, a 503, a 409 "still in progress") with the same
-Idempotency-Key, as a careful client would, until it learns it. Faults follow a schedule drawn
-from the seed and printed first (the same seed, the same schedule): SIGKILL of web workers and
-masters, of Celery workers mid-job and of the beat holding the lock (each restarted);
-PostgreSQL and Redis cut for seconds; the provider slow, failing, or dying mid-stream.
+subscription periods end during the run, and users buy credits through Stripe Checkout (the
+fake Stripe, its webhook endpoint one of the web instances). Stripe takes each payment at once,
+and its `checkout.session.completed` event reaches the service as Stripe's do at their worst:
+once, twice, concurrently to both web instances, late (seconds later, once the buyer spent),
+with the `async_payment_succeeded` twin of the same payment, after an asynchronous payment
+settled, or never (the `sync-purchases` job, run every few seconds on purchases pending more
+than five, must grant it). A delivery that fails (an instance killed, PostgreSQL cut) is
+retried a few times with a delay, as Stripe does; one given up is lost like the others. A few
+buyers never pay.
 
-At the end, after the jobs have caught up, the run checks: reconciliation finds no drift;
-every answered message was charged exactly once and exactly its cost; the ledger's charges,
-grants and adjustments of every user equal what the clients learned (nothing charged for a
-refusal, nothing applied twice, nothing missing); every retried request has one outcome; no
-hold is pending; one subscription grant per user and period, and a new one for every period
-that ended; every compensation paid at most once (and every one paid); the metrics agree with
-the database. It prints a table and "lost 0, doubled 0", or the counterexamples and the seed.
+A client retries every request whose outcome it did not learn (a dropped connection, a 503, a
+409 "still in progress") with the same Idempotency-Key, as a careful client would, until it
+learns it. Faults follow a schedule drawn from the seed and printed first (the same seed, the
+same schedule): SIGKILL of web workers and masters, of Celery workers mid-job and of the beat
+holding the lock (each restarted); PostgreSQL and Redis cut for seconds; the provider slow,
+failing, or dying mid-stream.
+
+At the end, after the jobs have caught up (purchases paid but pending included), the run
+checks: reconciliation finds no drift; every answered message was charged exactly once and
+exactly its cost; the ledger's charges, admin grants, adjustments and purchase grants of every
+user equal what the clients learned (nothing charged for a refusal, nothing applied twice,
+nothing missing); every paid purchase granted exactly once (one purchase grant of its credits,
+`grant_id` set, status paid, whichever of the webhook and the job came first) and none that
+was not paid; every retried request has one outcome; no hold is pending; one subscription grant
+per user and period, and a new one for every period that ended; every compensation paid at
+most once (and every one paid); the metrics agree with the database. It prints a table and
+"lost 0, doubled 0", or the counterexamples and the seed.
 
     make chaos            # or: .venv/bin/python bench/chaos.py [--seconds 300] [--seed N]
 
@@ -65,6 +78,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fake_providers import Answer, FakeProviders  # noqa: E402
+from tests.fake_stripe import FakeStripe, event_body  # noqa: E402
 from tests.integration.live_server import free_port  # noqa: E402
 from tests.integration.tcp_proxy import TcpProxy  # noqa: E402
 
@@ -75,6 +89,7 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
 BIN = Path(sys.executable).parent
 MICRO = 1_000_000
 MODELS = {"openai": "gpt-chaos", "anthropic": "claude-chaos", "google": "gemini-chaos"}
+WEBHOOK_PATH = "/api/webhooks/stripe"
 HOLD_TTL_SECONDS = 40
 BEAT_LOOP_SECONDS = 2
 BEAT_LOCK_SECONDS = BEAT_LOOP_SECONDS * 5  # redbeat's lock timeout (creditapp.config)
@@ -87,7 +102,27 @@ JOB_PERIODS = {
     "EXPIRE_GRANTS": 6,
     "RECONCILE": 20,
     "PURGE_IDEMPOTENCY": 60,
+    "SYNC_PURCHASES": 3,
 }
+# A purchase whose event was lost is looked up in Stripe once it is this old.
+PURCHASE_SYNC_AFTER_SECONDS = 5
+# What users buy, in credits: Stripe refuses a Checkout below $0.50, and 10 credits cost a cent.
+PURCHASE_CREDITS = range(500, 1001, 10)
+# How Stripe's events for a payment reach the service, drawn for each purchase ("unpaid": the
+# buyer left the Checkout page; nothing may be granted).
+PAYMENTS = (
+    "event once",
+    "event twice",
+    "event to both instances at once",
+    "event late",
+    "event and its async twin at once",
+    "asynchronous payment, two events",
+    "event lost",
+    "unpaid",
+)
+# Stripe retries a delivery that failed: these many attempts, this much longer apart each time.
+WEBHOOK_ATTEMPTS = 4
+WEBHOOK_RETRY_SECONDS = 1.5
 FAULT_KINDS = (
     "kill_web_worker",
     "kill_web_master",
@@ -282,6 +317,7 @@ class User:
     token: str
     conversations: list[int]
     period_ends: datetime | None  # when the subscription period ends during the run
+    poor: bool  # few credits, no starting grant: meets 402 (and buys nothing)
 
 
 class Deployment:
@@ -296,9 +332,14 @@ class Deployment:
         self.redis_proxy = TcpProxy.in_front_of(REDIS_URL)
         self.provider = FakeProviders()
         self.provider.piece_delay = 0.02
+        self.stripe = FakeStripe()
         self.env = {
             **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")},
             **self.provider.base_urls(),
+            **self.stripe.environment(),
+            "PUBLIC_BASE_URL": "http://127.0.0.1:8000",
+            "PURCHASE_MIN_CREDITS": str(PURCHASE_CREDITS.start),
+            "PURCHASE_SYNC_AFTER_SECONDS": str(PURCHASE_SYNC_AFTER_SECONDS),
             "CREDITAPP_ENV": "production",
             "JWT_SECRET_KEY": secrets.token_hex(32),
             "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{self.pg_proxy.port}/{self.database}",
@@ -318,6 +359,7 @@ class Deployment:
             WebInstance(f"web{n}", self.env, logs, args.web_workers, args.web_threads)
             for n in (1, 2)
         ]
+        self.stripe.webhook_url = f"http://127.0.0.1:{self.web[0].port}{WEBHOOK_PATH}"
         celery = [str(BIN / "celery"), "-A", "celery_worker:celery"]
         self.workers = [
             Service(
@@ -382,6 +424,7 @@ class Deployment:
         for service in self.services:
             service.stop()
         self.provider.close()
+        self.stripe.close()
         self.pg_proxy.close()
         self.redis_proxy.close()
         if keep_database:
@@ -477,11 +520,12 @@ def seed(url: str, jwt_secret: str, args: argparse.Namespace) -> Seeded:
                 )
                 account_id = accounts.of_user(db.session, user.id)
                 if not poor:
+                    # Not a purchase: the run's purchases are checked against Stripe's payments.
                     ledger.grant(
                         db.session,
                         account_id=account_id,
                         amount=30 * MICRO,
-                        source="purchase",
+                        source="promo",
                         reason="chaos",
                         context=context,
                         now=now,
@@ -493,7 +537,7 @@ def seed(url: str, jwt_secret: str, args: argparse.Namespace) -> Seeded:
                     for character in characters
                 ]
                 token = issue_access_token(db.session, user, now=now, expires_in=timedelta(hours=3))
-            chosen.append(User(index, user.id, account_id, token, conversations, period_ends))
+            chosen.append(User(index, user.id, account_id, token, conversations, period_ends, poor))
         db.session.remove()
     return Seeded(admin_token, chosen)
 
@@ -505,14 +549,15 @@ def seed(url: str, jwt_secret: str, args: argparse.Namespace) -> Seeded:
 class Outcome:
     """What a client finally learned of one request (one Idempotency-Key)."""
 
-    kind: str  # message, grant, adjust, refund
+    kind: str  # message, grant, adjust, refund, purchase
     user: int  # the user's index
     key: str
     status: int = 0  # the definitive answer's status (200 for a stream)
     code: str | None = None  # the error code, or the stream's last event
     charged: int = 0  # micro-credits: a message's credits_charged
-    amount: int = 0  # micro-credits granted or adjusted
+    amount: int = 0  # micro-credits granted or adjusted; a purchase's once Stripe was paid
     message_id: int | None = None
+    purchase_id: int | None = None
     attempts: int = 0
     hung_up: bool = False  # the client closed a stream early on purpose, then asked again
     server_errors: list[int] = field(default_factory=list)  # 5xx other than 502/503 seen
@@ -523,11 +568,21 @@ class Unlearned(Exception):
 
 
 class Clients:
-    """The load: users chatting, an admin granting, adjusting and refunding. Every request is
-    retried with its key until its outcome is learned, on either web instance."""
+    """The load: users chatting and buying credits, an admin granting, adjusting and refunding.
+    Every request is retried with its key until its outcome is learned, on either web instance;
+    Stripe's events are delivered as Stripe would, and retried as it does."""
 
     def __init__(self, deployment: Deployment, seeded: Seeded, seed: int):
         self.provider = deployment.provider
+        self.stripe = deployment.stripe
+        self.direct_url = deployment.direct_url
+        self.web_ports = [web.port for web in deployment.web]
+        # Stripe's side: how each paid purchase's events came, what the webhook answered
+        # (deliveries retried or given up too), and answers other than 200, 502 and 503.
+        self.payments: Counter[str] = Counter()
+        self.webhook_answers: Counter[str] = Counter()
+        self.webhook_failures: list[str] = []
+        self.deliveries: list[threading.Thread] = []
         self.seeded = seeded
         self.outcomes: list[Outcome] = []
         self.unlearned: list[Outcome] = []
@@ -699,12 +754,128 @@ class Clients:
         while not self.stop.wait(draw.uniform(3, 8)):
             self.provider.script(draw.choice(list(MODELS)), Answer(text=""))
 
+    def buy(self) -> None:
+        """Users buy credits now and then, and keep chatting. Once the purchase is learned,
+        Stripe takes the payment (or the buyer leaves), and its events are delivered as drawn
+        (`PAYMENTS`), in a thread of their own: a late one comes after the buyer spent."""
+        draw = random.Random(f"{self.seed}-buyers")
+        buyers = [user for user in self.seeded.users if not user.poor]
+        with psycopg.connect(self.direct_url, autocommit=True) as database:
+            while not self.stop.wait(draw.uniform(0.5, 1.5)):
+                user = draw.choice(buyers)
+                bought = draw.choice(PURCHASE_CREDITS)
+                outcome = Outcome("purchase", user.index, f"p-{uuid.uuid4()}")
+                learned = self.learn(
+                    outcome, "/api/credit/purchases", user.token, {"credits": str(bought)}
+                )
+                payment = draw.choice(PAYMENTS)
+                if learned is not None and learned[0] == 201 and payment != "unpaid":
+                    outcome.purchase_id = int(learned[1]["id"])
+                    ((session_id,),) = database.execute(
+                        "SELECT checkout_session_id FROM purchases WHERE id = %s",
+                        (outcome.purchase_id,),
+                    ).fetchall()
+                    outcome.amount = bought * MICRO
+                    with self.lock:
+                        self.payments[payment] += 1
+                    delivery = threading.Thread(
+                        target=self.pay, args=(session_id, payment, draw.random())
+                    )
+                    delivery.start()
+                    self.deliveries.append(delivery)
+                self.record(outcome, learned is not None)
+
+    def pay(self, session_id: str, payment: str, seed: float) -> None:
+        """Stripe takes the payment of a session, then sends its events as `payment` says."""
+        draw = random.Random(seed)
+        if payment == "asynchronous payment, two events":
+            self.deliver(self.stripe.pay(session_id, asynchronous=True, deliver=False), draw)
+            time.sleep(draw.uniform(0.5, 4))  # the bank settles
+            self.deliver(self.stripe.settle_async(session_id, deliver=False), draw)
+            return
+        completed = self.stripe.pay(session_id, deliver=False)
+        if payment == "event lost":
+            return
+        if payment == "event late":
+            # Either side of the sync job's first look at the purchase.
+            time.sleep(draw.uniform(2, 10))
+        if payment == "event twice":
+            self.deliver(completed, draw)
+            self.deliver(completed, draw)
+            return
+        twin = {**completed, "id": f"evt_{secrets.token_hex(12)}"}
+        twin["type"] = "checkout.session.async_payment_succeeded"
+        together = {
+            "event to both instances at once": [(completed, 0), (completed, 1)],
+            "event and its async twin at once": [(completed, 0), (twin, 1)],
+        }.get(payment)
+        if together is None:
+            self.deliver(completed, draw)
+            return
+        posts = [
+            threading.Thread(target=self.deliver, args=(event, draw, first))
+            for event, first in together
+        ]
+        for post in posts:
+            post.start()
+        for post in posts:
+            post.join()
+
+    def deliver(self, event: dict[str, Any], draw: random.Random, first: int | None = None) -> None:
+        """POST an event as Stripe does (its exact bytes, signed now), through a load balancer
+        that sends each attempt to the next instance (the first: `first`, or drawn); a failed
+        delivery (no answer, a 5xx) is tried `WEBHOOK_ATTEMPTS` times at most, then given up."""
+        body = event_body(event)
+        start = draw.randrange(2) if first is None else first
+        for attempt in range(WEBHOOK_ATTEMPTS):
+            if attempt:
+                time.sleep(WEBHOOK_RETRY_SECONDS * attempt)
+            port = self.web_ports[(start + attempt) % len(self.web_ports)]
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            try:
+                connection.request(
+                    "POST",
+                    WEBHOOK_PATH,
+                    body=body,
+                    headers={
+                        "Content-Type": "application/json; charset=utf-8",
+                        "Stripe-Signature": self.stripe.sign(body),
+                    },
+                )
+                response = connection.getresponse()
+                answer = json.loads(response.read() or b"{}")
+            except (OSError, http.client.HTTPException, json.JSONDecodeError):
+                continue
+            finally:
+                connection.close()
+            if response.status == 200:
+                with self.lock:
+                    self.webhook_answers[answer.get("outcome", "?")] += 1
+                    if attempt:
+                        self.webhook_answers["(delivered on a retry)"] += 1
+                return
+            if response.status not in (502, 503):
+                with self.lock:
+                    self.webhook_failures.append(
+                        f"event {event['id']} ({event['type']}): HTTP {response.status} {answer}"
+                    )
+                if response.status < 500:
+                    return  # refused: Stripe would retry in vain
+        with self.lock:
+            self.webhook_answers["(given up after every retry)"] += 1
+
+    def finish_deliveries(self) -> None:
+        """Wait for Stripe's last events: a late one, and retries."""
+        for delivery in self.deliveries:
+            delivery.join()
+
     @contextmanager
     def running(self, users: list[User]) -> Iterator[None]:
         threads = [threading.Thread(target=self.chat, args=(user,)) for user in users]
         threads += [
             threading.Thread(target=self.administer),
             threading.Thread(target=self.bill_empty_replies),
+            threading.Thread(target=self.buy),
         ]
         self.stop.clear()
         for thread in threads:
@@ -882,6 +1053,7 @@ EXPECTED: dict[str, set[tuple[int, str | None]]] = {
     "grant": {(201, None)},
     "adjust": {(200, None), (409, "balance_would_go_negative")},
     "refund": {(201, None), (409, "already_refunded")},
+    "purchase": {(201, None)},
 }
 
 
@@ -893,16 +1065,20 @@ class Findings:
     facts: dict[str, int] = field(default_factory=dict)  # what happened, for the table
 
 
-def wait_for_jobs(url: str, seeded: Seeded, timeout: float) -> None:
-    """Until no hold is pending, no compensation is due, and every user whose period ended has
-    the new period's grant: what the beat's jobs owe once the load has stopped."""
+def wait_for_jobs(url: str, seeded: Seeded, paid: list[int], timeout: float) -> None:
+    """Until no hold is pending, no compensation is due, every user whose period ended has
+    the new period's grant, and no purchase Stripe was paid for is pending (its event lost or
+    given up, the sync job's look had not come): what the beat's jobs owe once the load has
+    stopped."""
     ended = [user.account_id for user in seeded.users if user.period_ends]
     deadline = time.monotonic() + timeout
     with psycopg.connect(url, autocommit=True) as connection:
         while time.monotonic() < deadline:
             pending = connection.execute(
                 "SELECT (SELECT count(*) FROM holds WHERE status = 'pending'),"
-                " (SELECT count(*) FROM compensations WHERE status IN ('pending', 'processing'))"
+                " (SELECT count(*) FROM compensations WHERE status IN ('pending', 'processing')),"
+                " (SELECT count(*) FROM purchases WHERE status = 'pending' AND id = ANY(%s))",
+                (paid,),
             ).fetchone()
             assert pending is not None
             renewed = connection.execute(
@@ -910,7 +1086,7 @@ def wait_for_jobs(url: str, seeded: Seeded, timeout: float) -> None:
                 " AND account_id = ANY(%s) GROUP BY account_id HAVING count(*) >= 2) AS renewed",
                 (ended,),
             ).fetchone()
-            if pending[0] == 0 and pending[1] == 0 and renewed and renewed[0] == len(ended):
+            if pending == (0, 0, 0) and renewed and renewed[0] == len(ended):
                 return
             time.sleep(1)
 
@@ -965,7 +1141,8 @@ def check(url: str, clients: Clients, deployment: Deployment, uncounted_at_most:
             if outcome.code in (None, "done") and ending == "completed" and charged != cost:
                 found.lost.append(f"message {outcome.message_id}: charged {charged}, cost {cost}")
 
-        # Per user: the ledger's charges, admin grants and adjustments are what clients learned.
+        # Per user: the ledger's charges, admin grants, adjustments and purchase grants are what
+        # clients learned (a purchase's once Stripe was paid).
         learned: dict[tuple[int, str], list[int]] = {}
         for outcome in clients.outcomes:
             value = outcome.charged if outcome.kind == "message" else outcome.amount
@@ -987,6 +1164,7 @@ def check(url: str, clients: Clients, deployment: Deployment, uncounted_at_most:
                 ("message", "charge", -1),
                 ("grant", "grant:admin", 1),
                 ("adjust", "adjust", 1),
+                ("purchase", "grant:purchase", 1),
             ):
                 seen = learned.get((index, kind), [])
                 count, total = ledger_rows.get(ledger_kind, (0, 0))
@@ -999,6 +1177,47 @@ def check(url: str, clients: Clients, deployment: Deployment, uncounted_at_most:
                 elif sign * total != sum(seen):
                     more_taken = (sign * total > sum(seen)) == (kind == "message")
                     (found.doubled if more_taken and kind == "message" else found.lost).append(what)
+
+        # Purchases: each one Stripe was paid for granted exactly once, its credits, whether the
+        # webhook or the sync job came first; none granted that was not paid.
+        paid_for = paid_purchases(clients)
+        stored = rows(
+            "SELECT p.id, p.status, p.credits, p.grant_id, count(g.id),"
+            " coalesce(sum(g.amount), 0), coalesce(bool_and(g.id = p.grant_id), true)"
+            " FROM purchases p LEFT JOIN ledger_entries e ON e.type = 'grant'"
+            "  AND e.reference = 'purchase:' || p.id"
+            " LEFT JOIN grants g ON g.id = e.grant_id AND g.source = 'purchase' GROUP BY p.id"
+        )
+        for purchase_id, status, bought, grant_id, grants, granted, its_grant in stored:
+            what = (
+                f"purchase {purchase_id}: {status}, {grants} grants of {granted} µcr"
+                f" (grant_id {grant_id}), {bought} µcr bought"
+            )
+            if purchase_id not in paid_for:
+                if grants or grant_id is not None or status == "paid":
+                    found.doubled.append(f"{what}, never paid")
+            elif grants > 1:
+                found.doubled.append(what)
+            elif (
+                grants == 0
+                or status != "paid"
+                or not its_grant
+                or granted != bought
+                or bought != paid_for[purchase_id]
+            ):
+                found.lost.append(f"{what}, paid {paid_for[purchase_id]} µcr")
+        for purchase_id in paid_for.keys() - {row[0] for row in stored}:
+            found.lost.append(f"purchase {purchase_id}: paid, not in the database")
+        for (grant_id,) in rows(
+            "SELECT g.id FROM grants g WHERE g.source = 'purchase'"
+            " AND NOT EXISTS (SELECT 1 FROM purchases p WHERE p.grant_id = g.id)"
+        ):
+            found.doubled.append(f"grant {grant_id}: a purchase grant of no purchase")
+        ((by_the_job,),) = rows(
+            "SELECT count(*) FROM ledger_entries e JOIN audit_records a ON a.id = e.audit_id"
+            " WHERE e.type = 'grant' AND e.reference LIKE 'purchase:%%'"
+            " AND a.details ->> 'cause' = 'sync-purchases'"
+        )
 
         # Nothing left pending; one subscription grant per user and period.
         for (hold_id,) in rows("SELECT id FROM holds WHERE status = 'pending'"):
@@ -1041,6 +1260,8 @@ def check(url: str, clients: Clients, deployment: Deployment, uncounted_at_most:
             "holds expired by the job (their request died)": expired,
             "calls never billed (their settle met a fault)": unbilled,
             "subscription periods renewed during the run": renewed,
+            "purchases paid, each granted once": len(paid_for),
+            "  of which granted by the sync job (event lost, late, given up)": by_the_job,
         }
 
         # The metrics: every web instance's now, and what killed ones had counted.
@@ -1076,7 +1297,17 @@ def check(url: str, clients: Clients, deployment: Deployment, uncounted_at_most:
         if outcome.server_errors:
             found.other.append(f"{outcome.kind} {outcome.key}: HTTP {outcome.server_errors}")
     found.other += [f"{o.kind} {o.key}: no outcome learned" for o in clients.unlearned]
+    found.other += [f"webhook: {failure}" for failure in clients.webhook_failures]
     return found
+
+
+def paid_purchases(clients: Clients) -> dict[int, int]:
+    """The purchases Stripe was paid for: their credits (µcr) by purchase id."""
+    return {
+        outcome.purchase_id: outcome.amount
+        for outcome in clients.outcomes
+        if outcome.kind == "purchase" and outcome.purchase_id is not None
+    }
 
 
 # --------------------------------------------------------------------------------- the run
@@ -1148,6 +1379,11 @@ def report(
         print(f"  {kind:62} {injector.injected[kind]:7}{skipped}")
     exits = ", ".join(f"{s.name} {s.exits}" for s in deployment.services if s.exits)
     print(f"  {'(processes that ended on their own, restarted)':62} {exits or 'none'}")
+    print("\nPurchases paid, by how Stripe's events came; what the webhook answered")
+    for name, count in sorted(clients.payments.items()):
+        print(f"  {name:62} {count:7}")
+    for name, count in sorted(clients.webhook_answers.items()):
+        print(f"  {'answered ' + name:62} {count:7}")
     print("\nWhat the jobs and the ledger did")
     for name, count in findings.facts.items():
         print(f"  {name:62} {count:7}")
@@ -1209,7 +1445,13 @@ def main() -> int:
             faults.join()
             print("load stopping: every client learns its last outcome", flush=True)
         heal(deployment)
-        wait_for_jobs(deployment.direct_url, seeded, timeout=HOLD_TTL_SECONDS * 3)
+        clients.finish_deliveries()
+        wait_for_jobs(
+            deployment.direct_url,
+            seeded,
+            list(paid_purchases(clients)),
+            timeout=HOLD_TTL_SECONDS * 3,
+        )
         # Each thread of a killed worker, and of every worker when PostgreSQL was cut, may
         # have been between a commit and its counter (see check).
         workers_at_risk = (
