@@ -171,7 +171,7 @@ def test_a_payment_cancelled_on_stripe_adds_nothing(
         "Payment cancelled: nothing was charged and no credits were added."
     )
     expect(page.locator("#balance")).to_have_text(_grouped(str(before)))
-    expect(page.locator("#purchase-status")).to_have_text("Waiting for payment")
+    expect(page.locator("#purchase-status")).to_have_text("Not paid yet")
     assert _api(shop.base, page, f"{PURCHASES}/{purchase_id}")["status"] == "pending"
     assert _api(shop.base, page, "/api/credit/balance")["balance"] == str(before)
     assert _serious_violations(page) == []
@@ -237,3 +237,23 @@ def test_stripe_unreachable_is_said_and_nothing_is_bought(
     status, _headers, listed = call("GET", f"{shop.base}{PURCHASES}", token)
     assert status == 200
     assert [item["status"] for item in json.loads(listed)["items"]] == ["pending"]
+
+
+def test_where_stripe_is_not_configured_buying_is_said_to_be_unavailable(
+    app: Flask, tmp_path: Path
+) -> None:
+    screenshots = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or tmp_path)
+    with browse(app, screenshots, STRIPE_SECRET_KEY="", STRIPE_WEBHOOK_SECRET="") as shop:
+        page, before = _sign_in(shop)
+        with page.expect_response(f"**{PURCHASES}") as answer:
+            _buy(page, "5000")
+        assert answer.value.status == 503
+        assert answer.value.json()["error"]["code"] == "purchases_unavailable"
+        shop.meant_refusals.append((503, PURCHASES))
+        outcome = page.locator("#buy-form .outcome")
+        expect(outcome).to_have_text("Buying credits is not available here.")
+        expect(outcome).to_have_class("outcome refused")
+        expect(page).to_have_url(f"{shop.base}/")
+        assert _api(shop.base, page, PURCHASES)["items"] == []
+        assert _api(shop.base, page, "/api/credit/balance")["balance"] == str(before)
+        assert _serious_violations(page) == []

@@ -473,7 +473,7 @@ export function dollars(cents) {
 export function purchaseStatus(purchase) {
   if (purchase.problem === "amount_mismatch") return "Paid another amount: held for review";
   return {
-    pending: "Waiting for payment",
+    pending: "Not paid yet",
     paid: "Paid",
     failed: "Not paid (cancelled or expired)",
     refunded: "Refunded",
