@@ -19,6 +19,7 @@ NOT_OPERATIONS = {
     "docs_assets.asset",
     "web.dashboard",
     "web.admin_console",
+    "web.purchase",
     "web.static",
 }
 MUTATING = {"post", "put", "patch", "delete"}
