@@ -162,6 +162,7 @@ def purchase(args: dict[str, Any], purchase_id: str) -> Any:
     return purchases.get(
         db.session,
         account_id=paying_account(db.session, principal(), args["team_id"]),
+        buyer_id=caller().id,
         purchase_id=path_id(purchase_id, "purchase_id"),
     )
 

@@ -345,3 +345,14 @@ def test_an_amount_that_cannot_be_bought_is_refused(
     client: FlaskClient, person_factory: Any, credits: Any
 ) -> None:
     assert_error(buy(client, person_factory(), credits), 400, "validation_error")
+
+
+def test_another_users_purchase_does_not_exist_for_them(
+    client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    buyer, other = person_factory(), person_factory()
+    purchase_id, _session = started(client, fake_stripe, buyer)
+    assert purchase(client, buyer, purchase_id)["id"] == purchase_id
+    path = f"/api/credit/purchases/{purchase_id}"
+    assert_error(client.get(path, headers=other.headers), 404, "not_found")
+    assert client.get("/api/credit/purchases", headers=other.headers).get_json()["items"] == []
