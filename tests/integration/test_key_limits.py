@@ -10,7 +10,7 @@ import json
 import os
 import secrets
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -457,6 +457,16 @@ def _post(base: str, key: str) -> tuple[int, dict[str, Any]]:
         connection.close()
 
 
+def _first(futures: list[Future[Any]], count: int, *, seconds: float) -> list[Future[Any]]:
+    """The first `count` of `futures` to finish (within `seconds`)."""
+    finished: list[Future[Any]] = []
+    for future in as_completed(futures, timeout=seconds):
+        finished.append(future)
+        if len(finished) == count:
+            break
+    return finished
+
+
 @pytest.mark.postgres_only
 @pytest.mark.real_clock
 @pytest.mark.parametrize("fits", [1, 7, 19])
@@ -471,16 +481,23 @@ def test_of_twenty_calls_at_once_exactly_as_many_pass_as_the_limit_holds(
     calls = 20
     person = person_factory(credits=1000 * CR)
     # Room for `fits` holds, and 9.999999 credits more: not for one more.
-    key = make_key(client, person, f"{fits * 10 + 9}.999999", "day")
-    # Slow answers: the holds of the calls that pass are all still open when the others come.
-    fake_providers.script("openai", *(Answer(usage=WHOLE_USAGE, delay=0.5) for _ in range(calls)))
+    limit = fits * HOLD + HOLD - 1
+    key = make_key(client, person, format_credits(limit), "day")
+    # The provider answers only once every refused call has been answered: the holds of the
+    # calls that pass are all open at once when the others are refused.
+    answer_now = threading.Event()
+    fake_providers.script(
+        "openai", *(Answer(usage=WHOLE_USAGE, gate=answer_now) for _ in range(calls))
+    )
     env = {
         "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
         **fake_providers.base_urls(),
-        # Twenty slow answers at once on a busy machine must not time out: this is about limits.
-        "PROVIDER_TIMEOUT_SECONDS": "30",
+        # The held calls wait for the test: no provider timeout may end them first.
+        "PROVIDER_TIMEOUT_SECONDS": "60",
     }
-    with live_server(env, workers=3, threads=8) as base:
+    # Threads enough in each worker for every call: none waits in a worker's queue behind the
+    # held ones.
+    with live_server(env, workers=2, threads=calls) as base:
         barrier = threading.Barrier(calls)
 
         def one(_index: int) -> tuple[int, dict[str, Any]]:
@@ -488,7 +505,14 @@ def test_of_twenty_calls_at_once_exactly_as_many_pass_as_the_limit_holds(
             return _post(base, key["key"])
 
         with ThreadPoolExecutor(max_workers=calls) as pool:
-            answers = list(pool.map(one, range(calls)))
+            pending = [pool.submit(one, index) for index in range(calls)]
+            refused_first = [
+                future.result() for future in _first(pending, calls - fits, seconds=60)
+            ]
+            assert [status for status, _body in refused_first] == [402] * (calls - fits)
+            assert cap_of(app, key["id"]) == caps.CapStanding(limit, 0, fits * HOLD)
+            answer_now.set()
+            answers = [future.result(timeout=60) for future in pending]
 
     statuses = sorted(status for status, _body in answers)
     assert statuses == [200] * fits + [402] * (calls - fits), answers
