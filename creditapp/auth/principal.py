@@ -5,7 +5,7 @@ its rate limits are counted under, and the scope its Idempotency-Keys live in.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from creditapp.auth.models import User
@@ -22,8 +22,13 @@ class Principal:
     api_key_id: int | None = None
     # A verified webhook sender's name ("stripe").
     sender: str | None = None
+    # The user's id, read once when the principal is made: reading it from the user later
+    # (after a rollback expired it) would be a database read, and the request's log line and
+    # error answer must not need the database (it may be what failed).
+    user_id: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "user_id", None if self.user is None else self.user.id)
         if self.kind == "user" and self.user is None:
             raise CallerUnidentified("a signed-in principal needs its user")
         if self.kind == "api_key" and (self.api_key_id is None or self.user is None):
@@ -55,10 +60,6 @@ class Principal:
         return f"user:{self.user_id}"
 
     @property
-    def user_id(self) -> int | None:
-        return None if self.user is None else self.user.id
-
-    @property
     def rate_limit_key(self) -> str:
         """A key's calls are counted per key; a user's across every session of theirs."""
         return self.identity
@@ -77,5 +78,5 @@ class Principal:
             return "system", f"webhook:{self.sender}"
         assert self.user is not None  # __post_init__: users and keys have one
         if self.kind == "user" and self.user.is_admin:
-            return "admin", str(self.user.id)
-        return "user", str(self.user.id)
+            return "admin", str(self.user_id)
+        return "user", str(self.user_id)
