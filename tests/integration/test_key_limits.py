@@ -528,19 +528,22 @@ def test_of_twenty_calls_at_once_exactly_as_many_pass_as_the_limit_holds(
     assert_consistent(app, [person.account_id])
 
 
-# Random programs of holds, settles and voids on one key
+# Random programs of holds, settles, voids and expiries on one key
+
+MACHINE_HOLD_TTL = timedelta(hours=2)
 
 
 @dataclass
 class ModelHold:
     amount: int
-    placed_at: datetime
+    expires_at: datetime
 
 
 class KeyCapMachine(RuleBasedStateMachine):
     """One key with a daily limit: holds (refused exactly when they would not fit), settles of
-    at most the hold, voids, and time moving across days; after every step the cap matches the
-    holds: reserved is what the pending ones hold, spent what the settled ones captured today."""
+    at most the hold (late ones too, after the expiry job released the hold), voids, expiries,
+    and time moving across days; after every step the cap matches the holds: reserved is what
+    the pending ones hold, spent what the settled ones captured today."""
 
     holds = Bundle("holds")
     LIMIT = 50 * CR
@@ -552,6 +555,7 @@ class KeyCapMachine(RuleBasedStateMachine):
         self.serial = serial[0]
         self.now = datetime(2027, 3, 9, 20, 0, tzinfo=UTC)
         self.pending: dict[int, ModelHold] = {}
+        self.expired: dict[int, ModelHold] = {}
         # (settled at, captured) of every settled hold.
         self.settled: list[tuple[datetime, int]] = []
 
@@ -588,7 +592,7 @@ class KeyCapMachine(RuleBasedStateMachine):
                 ledger.hold,
                 account_id=self.account_id,
                 amount=amount,
-                ttl=timedelta(days=30),
+                ttl=MACHINE_HOLD_TTL,
                 caps=(self.cap_id,),
             )
         except KeyLimitReached as refused:
@@ -597,23 +601,34 @@ class KeyCapMachine(RuleBasedStateMachine):
             assert refused.details["spent"] == format_credits(self._spent_today())
             return multiple()
         assert fits <= self.LIMIT
-        self.pending[held.hold_id] = ModelHold(amount, self.now)
+        self.pending[held.hold_id] = ModelHold(amount, self.now + MACHINE_HOLD_TTL)
         standing = self._standing()
         assert standing.spent + standing.reserved <= self.LIMIT
         return held.hold_id
 
     @rule(hold_id=consumes(holds), share=st.fractions(min_value=0, max_value=1))
     def settle(self, hold_id: int, share: Any) -> None:
-        held = self.pending.pop(hold_id)
+        late = hold_id in self.expired
+        held = (self.expired if late else self.pending).pop(hold_id)
         actual = int(held.amount * share)
         outcome = self._run(ledger.settle, hold_id=hold_id, actual=actual)
-        assert (outcome.applied, outcome.captured) == (True, actual)
+        # The account has plenty: even a late settle captures all of it.
+        assert (outcome.applied, outcome.late, outcome.captured) == (True, late, actual)
         self.settled.append((self.now, actual))
 
     @rule(hold_id=consumes(holds))
     def void(self, hold_id: int) -> None:
-        self.pending.pop(hold_id)
-        assert self._run(ledger.void, hold_id=hold_id).applied
+        late = hold_id in self.expired
+        (self.expired if late else self.pending).pop(hold_id)
+        assert self._run(ledger.void, hold_id=hold_id).applied == (not late)
+
+    @rule(later=st.sampled_from([timedelta(0), MACHINE_HOLD_TTL]))
+    def expire_holds(self, later: timedelta) -> None:
+        self.now += later
+        run_job_at(self.app, "expire-holds", self.now)
+        for hold_id, held in list(self.pending.items()):
+            if held.expires_at <= self.now:
+                self.expired[hold_id] = self.pending.pop(hold_id)
 
     @rule(seconds=st.sampled_from([1, 59, 600, 3600, 86_399]))
     def advance_time(self, seconds: int) -> None:
