@@ -161,7 +161,7 @@ def of_user(user_id: int) -> Select[ApiKey, SpendCap]:
 def standing_of(key: ApiKey, cap: SpendCap, *, now: datetime) -> KeyStanding:
     """What the key spent in the current period (nothing yet, when its cap was last touched in
     an earlier one)."""
-    current = cap.period_start == caps.period_starts(now)[cap.period]
+    current = cap.period_start >= caps.period_starts(now)[cap.period]
     return KeyStanding(key, cap.ceiling, cap.period, cap.spent if current else 0)
 
 

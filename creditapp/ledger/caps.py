@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from creditapp.database import DbSession
 from creditapp.errors import KeyLimitReached, NotFound
 from creditapp.ledger.sql import (
+    CAP_ROOM,
     CAP_STANDING,
     INSERT_CAP,
     INSERT_HOLD_CAP,
@@ -97,7 +98,7 @@ def reserve(sql: LedgerSql, *, caps: tuple[int, ...], amount: int, now: datetime
     """Reserve a hold's amount in each cap, or raise the refused cap's error (the caller's
     transaction then rolls back the account's reservation with it)."""
     starts = _starts(sql, now)
-    for cap_id in caps:
+    for cap_id in sorted(caps):  # one order for every hold: no deadlock between two
         if sql.one(RESERVE_CAP, cap=cap_id, amount=amount, **starts) is None:
             row = sql.one(CAP_STANDING, cap=cap_id, **starts)
             if row is None:
@@ -109,8 +110,17 @@ def reserve(sql: LedgerSql, *, caps: tuple[int, ...], amount: int, now: datetime
 
 
 def link(sql: LedgerSql, *, hold_id: int, caps: tuple[int, ...]) -> None:
-    for cap_id in caps:
+    for cap_id in sorted(caps):
         sql.run(INSERT_HOLD_CAP, hold=hold_id, cap=cap_id)
+
+
+def most_capturable(sql: LedgerSql, *, hold_id: int, released: int, now: datetime) -> int | None:
+    """The most a resolving hold may capture without taking any of its caps past its ceiling:
+    what it releases plus each cap's room (None: no ceiling). A hold captures its own amount
+    at least (a lowered ceiling binds new holds only); a late settle, which releases nothing,
+    only what room is left."""
+    rooms = [int(row[0]) for row in sql.all(CAP_ROOM, hold=hold_id, **_starts(sql, now))]
+    return min((released + max(room, 0) for room in rooms), default=None)
 
 
 def resolve(sql: LedgerSql, *, hold_id: int, released: int, captured: int, now: datetime) -> None:

@@ -747,8 +747,13 @@ def _resolve(
     if not late:
         state.reserved -= hold_amount
     # A charge is capped at what the account can pay (above the hold, or at all once the hold
-    # expired); the rest is uncollected.
+    # expired), and at what the hold's spending caps allow; the rest is uncollected.
     captured = min(actual, state.available)
+    if capped:
+        most = spend_caps.most_capturable(
+            sql, hold_id=hold_id, released=0 if late else hold_amount, now=now
+        )
+        captured = captured if most is None else min(captured, most)
     if captured:
         # A live hold may spend the expired credits it reserved; a late settle reserved none,
         # and after the write-off above what is available lies in unexpired grants.

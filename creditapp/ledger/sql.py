@@ -161,14 +161,19 @@ INSERT_HOLD = Statement(
 # `:month`, `:ever`), so that no statement needs a read of the cap's period first.
 _PERIOD_START = """(CASE period WHEN 'day' THEN :day WHEN 'week' THEN :week
                    WHEN 'month' THEN :month ELSE :ever END)"""
-_SPENT_THIS_PERIOD = f"(CASE WHEN period_start = {_PERIOD_START} THEN spent ELSE 0 END)"
+# A statement given an older `now` than the cap's (a clock behind another's, a lock waited
+# for) never moves the period back: it counts in the cap's newer period.
+_SPENT_THIS_PERIOD = f"(CASE WHEN period_start >= {_PERIOD_START} THEN spent ELSE 0 END)"
+_NEWEST_START = (
+    f"(CASE WHEN period_start >= {_PERIOD_START} THEN period_start ELSE {_PERIOD_START} END)"
+)
 INSERT_CAP = Statement(
     """INSERT INTO spend_caps (kind, ceiling, period, period_start, spent, reserved, created_at)
        VALUES (:kind, :ceiling, :period, :start, 0, 0, :now) RETURNING id"""
 )
 # The conditional update of a hold, as for the account: no row means the cap would be passed.
 RESERVE_CAP = Statement(
-    f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD}, period_start = {_PERIOD_START},
+    f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD}, period_start = {_NEWEST_START},
               reserved = reserved + :amount
        WHERE id = :cap
          AND (ceiling IS NULL OR {_SPENT_THIS_PERIOD} + reserved + :amount <= ceiling)
@@ -179,8 +184,15 @@ INSERT_HOLD_CAP = Statement("INSERT INTO hold_caps (hold_id, cap_id) VALUES (:ho
 # released it when it expired) and what it captured counts as spent in the current period.
 RESOLVE_CAPS = Statement(
     f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD} + :captured,
-              period_start = {_PERIOD_START}, reserved = reserved - :released
+              period_start = {_NEWEST_START}, reserved = reserved - :released
        WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)"""
+)
+# What a resolving hold may capture beyond what it releases, by each of its caps (the rows
+# locked: RESOLVE_CAPS follows in the same transaction).
+CAP_ROOM = Statement(
+    f"""SELECT ceiling - {_SPENT_THIS_PERIOD} - reserved FROM spend_caps
+       WHERE ceiling IS NOT NULL AND id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)""",
+    lock="FOR UPDATE",
 )
 CAP_STANDING = Statement(
     f"SELECT kind, ceiling, {_SPENT_THIS_PERIOD}, reserved FROM spend_caps WHERE id = :cap"

@@ -209,12 +209,6 @@ def test_a_call_refused_by_the_limit_frees_its_idempotency_key(
     assert cap_of(app, key["id"]) == caps.CapStanding(10 * CR, 10 * CR, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="creditapp/billing/call.py charges a completed call's reported cost even above its "
-    "hold, and the ledger counts it in the key's cap: a provider reporting more output than "
-    "max_tokens takes a key past its limit (spent 15 of 12)",
-)
 def test_a_call_never_takes_its_key_past_the_limit(
     app: Flask,
     client: FlaskClient,

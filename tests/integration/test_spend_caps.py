@@ -1,0 +1,106 @@
+"""Spending caps in the ledger, at the edges the HTTP tests cannot place exactly: statements
+arriving with an older clock than the cap's newest, a settle that outlived its hold, a ceiling
+lowered under an open hold."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from creditapp import ledger
+from creditapp.database import write_transaction
+from creditapp.errors import KeyLimitReached
+from creditapp.extensions import db
+from tests.conftest import TEST_CONTEXT
+
+CR = 1_000_000
+MIDNIGHT = datetime(2030, 5, 2, tzinfo=UTC)
+TTL = timedelta(minutes=10)
+
+pytestmark = pytest.mark.real_clock
+
+
+def _in_transaction(app: Flask, operation: Any, **kwargs: Any) -> Any:
+    with app.app_context():
+        try:
+            with write_transaction(db.session):
+                return operation(db.session, context=TEST_CONTEXT, **kwargs)
+        finally:
+            db.session.remove()
+
+
+def _cap(app: Flask, *, ceiling: int, period: str, now: datetime) -> int:
+    with app.app_context():
+        with write_transaction(db.session):
+            cap_id = ledger.caps.open_cap(
+                db.session, kind="key", ceiling=ceiling, period=period, now=now
+            )
+        db.session.remove()
+    return cap_id
+
+
+def _standing(app: Flask, cap_id: int, now: datetime) -> ledger.caps.CapStanding:
+    with app.app_context():
+        standing = ledger.caps.standing(db.session, cap_id=cap_id, now=now)
+        db.session.remove()
+    return standing
+
+
+def _hold(app: Flask, account_id: int, cap_id: int, amount: int, now: datetime) -> int:
+    held = _in_transaction(
+        app, ledger.hold, account_id=account_id, amount=amount, ttl=TTL, now=now, caps=(cap_id,)
+    )
+    return int(held.hold_id)
+
+
+def test_a_statement_with_an_older_clock_never_moves_the_period_back(
+    app: Flask, person_factory: Any
+) -> None:
+    """A settle counted 8 of a daily 10 just after midnight; a hold whose clock still read the
+    day before (taken before it waited for the lock) must not start that day again, or the new
+    day could be spent twice."""
+    person = person_factory(credits=100 * CR)
+    before, after = MIDNIGHT - timedelta(milliseconds=10), MIDNIGHT + timedelta(milliseconds=5)
+    cap_id = _cap(app, ceiling=10 * CR, period="day", now=before)
+    first = _hold(app, person.account_id, cap_id, 8 * CR, before)
+    _in_transaction(app, ledger.settle, hold_id=first, actual=8 * CR, now=after)
+    late_clock = _hold(app, person.account_id, cap_id, 1 * CR, before)
+    assert _standing(app, cap_id, after) == ledger.caps.CapStanding(10 * CR, 8 * CR, 1 * CR)
+    with pytest.raises(KeyLimitReached):
+        _hold(app, person.account_id, cap_id, 9 * CR, after)
+    _in_transaction(app, ledger.void, hold_id=late_clock, now=before)
+    assert _standing(app, cap_id, after) == ledger.caps.CapStanding(10 * CR, 8 * CR, 0)
+
+
+def test_a_late_settle_never_takes_a_cap_past_its_ceiling(app: Flask, person_factory: Any) -> None:
+    """A hold expired (its reservation freed and taken by another call), then its answer came:
+    charged only what the cap still allows, the rest uncollected."""
+    person = person_factory(credits=100 * CR)
+    now = MIDNIGHT
+    cap_id = _cap(app, ceiling=10 * CR, period="total", now=now)
+    slow = _hold(app, person.account_id, cap_id, 6 * CR, now)
+    _in_transaction(app, ledger.expire_hold, hold_id=slow, now=now + TTL)
+    other = _hold(app, person.account_id, cap_id, 10 * CR, now + TTL)
+    _in_transaction(app, ledger.settle, hold_id=other, actual=7 * CR, now=now + TTL)
+    late = _in_transaction(app, ledger.settle, hold_id=slow, actual=6 * CR, now=now + 2 * TTL)
+    assert (late.captured, late.uncollected) == (3 * CR, 3 * CR)
+    assert _standing(app, cap_id, now + 2 * TTL) == ledger.caps.CapStanding(10 * CR, 10 * CR, 0)
+
+
+def test_an_open_hold_still_captures_its_amount_under_a_lowered_ceiling(
+    app: Flask, person_factory: Any
+) -> None:
+    person = person_factory(credits=100 * CR)
+    cap_id = _cap(app, ceiling=10 * CR, period="total", now=MIDNIGHT)
+    held = _hold(app, person.account_id, cap_id, 8 * CR, MIDNIGHT)
+    with app.app_context():
+        with write_transaction(db.session):
+            ledger.caps.set_ceiling(db.session, cap_id=cap_id, ceiling=2 * CR)
+        db.session.remove()
+    settled = _in_transaction(app, ledger.settle, hold_id=held, actual=8 * CR, now=MIDNIGHT)
+    assert (settled.captured, settled.uncollected) == (8 * CR, 0)
+    with pytest.raises(KeyLimitReached):
+        _hold(app, person.account_id, cap_id, 1, MIDNIGHT)
