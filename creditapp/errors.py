@@ -202,15 +202,15 @@ class SubscriptionCreditsByRefreshOnly(CreditAppError):
 
 
 class ExpiryNotInFuture(CreditAppError):
-    """A grant that expires must expire after the moment it is made: credits born expired
-    would be written off at once."""
+    """What expires (a grant, an API key) must expire after the moment it is made: credits
+    born expired would be written off at once, a key born expired could never be used."""
 
     code = "expiry_not_in_future"
     status = 400
     message = "A grant must expire in the future."
 
-    def __init__(self) -> None:
-        super().__init__(details={"expires_at": ["Must be in the future."]})
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, details={"expires_at": ["Must be in the future."]})
 
 
 class ZeroAdjustment(CreditAppError):

@@ -79,7 +79,7 @@ def create(
     now: datetime,
 ) -> IssuedKey:
     if expires_at is not None and expires_at <= now:
-        raise ExpiryNotInFuture()
+        raise ExpiryNotInFuture("An API key must expire in the future.")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     cap_id = caps.open_cap(session, kind="key", ceiling=limit, period=limit_period, now=now)
     key = ApiKey(
@@ -194,7 +194,7 @@ def change(
     if "expires_at" in changes:
         expires_at = changes["expires_at"]
         if isinstance(expires_at, datetime) and expires_at <= now:
-            raise ExpiryNotInFuture()
+            raise ExpiryNotInFuture("An API key must expire in the future.")
         key.expires_at = expires_at  # type: ignore[assignment]
     for name in ("name", "allowed_models"):
         if name in changes:

@@ -595,3 +595,15 @@ def test_a_revoked_key_is_refused_by_every_worker_at_once(
             for connection in kept:
                 connection.close()
     assert statuses == [401] * (2 * len(kept) + 10)
+
+
+def test_a_key_made_to_expire_in_the_past_is_refused_as_a_key(
+    client: FlaskClient, person_factory: Any
+) -> None:
+    refused = client.post(
+        KEYS,
+        json={"name": "laptop", "expires_at": "2001-01-01T00:00:00Z"},
+        headers=person_factory().headers,
+    )
+    error = assert_error(refused, 400, "expiry_not_in_future")
+    assert error["message"] == "An API key must expire in the future."
