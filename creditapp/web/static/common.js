@@ -400,8 +400,6 @@ function keyLimit(key) {
 // in the alert (the rest of the page goes on). Returns the loader: load() starts again,
 // load(true) adds the next page.
 export function keyList(path, area, { revokePath, use = null }) {
-  let next = null;
-  const more = area.querySelector(".more");
   const said = area.querySelector("[role=alert]");
   const body = area.querySelector("tbody");
 
@@ -442,6 +440,21 @@ export function keyList(path, area, { revokePath, use = null }) {
     }
   }
 
+  return pagedList(path, area, "keys", (items, again) => {
+    if (!again) body.replaceChildren();
+    if (!again && !items.length) cell(body.insertRow(), "No keys yet.").colSpan = body.closest("table").tHead.rows[0].cells.length;
+    for (const key of items) fillRow(body.insertRow(), key);
+  });
+}
+
+// A list under `path` read a page at a time into `area`: `show(items, again)` puts a page on
+// the table (again: after the earlier ones), "Load more" follows the cursor, and a page that
+// cannot be read says so in the area's alert (naming `what`). Returns the loader: load()
+// starts again, load(true) adds the next page.
+function pagedList(path, area, what, show) {
+  let next = null;
+  const more = area.querySelector(".more");
+  const said = area.querySelector("[role=alert]");
   async function load(again = false) {
     const cursor = again && next ? `&cursor=${encodeURIComponent(next)}` : "";
     const check = sessionCheck();
@@ -450,12 +463,10 @@ export function keyList(path, area, { revokePath, use = null }) {
     try {
       page = await json(`${path}?limit=20${cursor}`);
     } catch (error) {
-      if (!error.signedOut && !check.ended()) said.textContent = `The keys could not be read: ${error.message}`;
+      if (!error.signedOut && !check.ended()) said.textContent = `The ${what} could not be read: ${error.message}`;
       return;
     }
-    if (!again) body.replaceChildren();
-    if (!again && !page.items.length) cell(body.insertRow(), "No keys yet.").colSpan = body.closest("table").tHead.rows[0].cells.length;
-    for (const key of page.items) fillRow(body.insertRow(), key);
+    show(page.items, again);
     next = page.next_cursor;
     more.hidden = !next;
   }
@@ -491,32 +502,15 @@ const some = (amount) => (/^0(\.0*)?$/.test(amount) ? null : amount);
 // before they were taken back) highlighted. Returns the loader: load() starts again, load(true)
 // adds the next page.
 export function purchaseList(path, area) {
-  let next = null;
-  const more = area.querySelector(".more");
-  const said = area.querySelector("[role=alert]");
   const rows = area.querySelector("tbody").rows;
-  async function load(again = false) {
-    const cursor = again && next ? `&cursor=${encodeURIComponent(next)}` : "";
-    const check = sessionCheck();
-    said.textContent = "";
-    let page;
-    try {
-      page = await json(`${path}?limit=20${cursor}`);
-    } catch (error) {
-      if (!error.signedOut && !check.ended()) said.textContent = `The purchases could not be read: ${error.message}`;
-      return;
-    }
-    const columns = (purchase, row) => {
-      row.dataset.status = purchase.status;
-      return [when(purchase.created_at), purchase.credits, dollars(purchase.amount_cents), purchaseStatus(purchase), some(purchase.clawed_back), some(purchase.shortfall)];
-    };
-    fillTable(`#${area.id} table`, page.items, columns, { again, none: "No purchases yet." });
+  const columns = (purchase, row) => {
+    row.dataset.status = purchase.status;
+    return [when(purchase.created_at), purchase.credits, dollars(purchase.amount_cents), purchaseStatus(purchase), some(purchase.clawed_back), some(purchase.shortfall)];
+  };
+  return pagedList(path, area, "purchases", (items, again) => {
+    fillTable(`#${area.id} table`, items, columns, { again, none: "No purchases yet." });
     for (const row of rows) if (row.cells.length > 1 && row.cells[5].textContent !== "–") row.cells[5].classList.add("shortfall");
-    next = page.next_cursor;
-    more.hidden = !next;
-  }
-  more.onclick = () => load(true);
-  return load;
+  });
 }
 
 let onSignedIn = async () => {};
