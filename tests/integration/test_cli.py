@@ -99,6 +99,7 @@ def test_jobs_run_prints_its_summary_and_refuses_unknown_jobs_and_times(app: Fla
         "checked_accounts": 1,
         "drift": 0,
         "unbilled_calls": 0,
+        "shortfalls": 0,
     }
     naive = cli(app, "jobs", "run", "expire-holds", "--now", "2027-03-01T10:00:00")
     assert json.loads(naive.stdout) == {
