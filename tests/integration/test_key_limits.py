@@ -535,7 +535,8 @@ class ModelHold:
 
 class KeyCapMachine(RuleBasedStateMachine):
     """One key with a daily limit: holds (refused exactly when they would not fit), settles of
-    at most the hold (late ones too, after the expiry job released the hold), voids, expiries,
+    at most the hold (late ones too, after the expiry job released the hold: they capture only
+    what room the limit has left), voids, expiries,
     and time moving across days; after every step the cap matches the holds: reserved is what
     the pending ones hold, spent what the settled ones captured today."""
 
@@ -603,12 +604,17 @@ class KeyCapMachine(RuleBasedStateMachine):
     @rule(hold_id=consumes(holds), share=st.fractions(min_value=0, max_value=1))
     def settle(self, hold_id: int, share: Any) -> None:
         late = hold_id in self.expired
+        reserved = sum(h.amount for h in self.pending.values())
         held = (self.expired if late else self.pending).pop(hold_id)
         actual = int(held.amount * share)
+        # The account has plenty; the cap lets a hold capture what it releases (nothing for a
+        # late one, whose expiry released it) plus whatever room the limit has left.
+        room = max(self.LIMIT - self._spent_today() - reserved, 0)
+        captured = min(actual, (0 if late else held.amount) + room)
         outcome = self._run(ledger.settle, hold_id=hold_id, actual=actual)
-        # The account has plenty: even a late settle captures all of it.
-        assert (outcome.applied, outcome.late, outcome.captured) == (True, late, actual)
-        self.settled.append((self.now, actual))
+        assert (outcome.applied, outcome.late, outcome.captured) == (True, late, captured)
+        assert outcome.uncollected == actual - captured
+        self.settled.append((self.now, captured))
 
     @rule(hold_id=consumes(holds))
     def void(self, hold_id: int) -> None:
