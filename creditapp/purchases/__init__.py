@@ -401,6 +401,7 @@ def sync(
     session_id = session.scalar(
         select(Purchase.checkout_session_id).where(Purchase.id == purchase_id)
     )
+    session.rollback()  # the read's transaction ends before Stripe is asked
     # None: its Checkout Session was never made (the process died before Stripe answered).
     # Stripe is asked with no transaction open.
     checkout_session = None if session_id is None else checkout.retrieve_session(session_id)
