@@ -138,7 +138,7 @@ def fake_providers() -> Iterator[FakeProviders]:
 
 
 @pytest.fixture(scope="session")
-def fake_stripe() -> Iterator[FakeStripe]:
+def apps_stripe() -> Iterator[FakeStripe]:
     """Stripe's loopback twin; the app's Stripe client points at it (its webhooks are sent to
     whichever server a test names in `webhook_url`)."""
     fake = FakeStripe()
@@ -147,14 +147,21 @@ def fake_stripe() -> Iterator[FakeStripe]:
 
 
 @pytest.fixture(scope="session")
+def fake_stripe(apps_stripe: FakeStripe) -> FakeStripe:
+    """The app's Stripe, by the name tests use (a module may have a fake of its own by that
+    name: the app keeps its own)."""
+    return apps_stripe
+
+
+@pytest.fixture(scope="session")
 def app(
     database_url: str,
     redis_url: str | None,
     fake_providers: FakeProviders,
-    fake_stripe: FakeStripe,
+    apps_stripe: FakeStripe,
 ) -> Iterator[Flask]:
     os.environ.update(fake_providers.base_urls())
-    os.environ.update(fake_stripe.environment())
+    os.environ.update(apps_stripe.environment())
     # Stripe's answers reach the tests at once: its failures are tested as they come.
     os.environ["STRIPE_TIMEOUT_SECONDS"] = "2"
     # Failures reach the tests at once: retries are tested on their own.
