@@ -419,11 +419,14 @@ def test_a_charge_counts_in_the_period_it_is_settled_in(
 ) -> None:
     person = person_factory(credits=1000 * CR)
     key = make_key(client, person, "25", "day")
-    evening = datetime(2027, 3, 9, 23, 59, 50, tzinfo=UTC)
+    # Ten seconds before a midnight after the key was made (whenever the suite's clock says it
+    # is now: a cap never moves its period back), and five after.
+    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=2)
+    evening = midnight - timedelta(seconds=10)
     held = hold_directly(app, person, key["id"], 20 * CR, evening)
     assert cap_of(app, key["id"], evening) == caps.CapStanding(25 * CR, 0, 20 * CR)
     # The next day's spending starts from zero, but the open hold is still reserved.
-    morning = datetime(2027, 3, 10, 0, 0, 5, tzinfo=UTC)
+    morning = midnight + timedelta(seconds=5)
     assert cap_of(app, key["id"], morning) == caps.CapStanding(25 * CR, 0, 20 * CR)
     with pytest.raises(KeyLimitReached):
         hold_directly(app, person, key["id"], 6 * CR, morning)
