@@ -101,7 +101,7 @@ def database_state(session: DbSession) -> dict[str, Any]:
         ).where(Hold.resolved_at.is_(None))
     ).one()
     # min() of a timestamp comes back as the driver's value (SQLite: text), not through the type.
-    oldest = read_time(oldest_created)
+    oldest_hold = read_time(oldest_created)
     compensations = dict.fromkeys(("pending", "processing", "failed"), 0)
     compensations.update(
         session.execute(
@@ -122,19 +122,22 @@ def database_state(session: DbSession) -> dict[str, Any]:
     credits_sold = session.scalar(
         select(func.coalesce(func.sum(Purchase.credits), 0)).where(Purchase.grant_id.is_not(None))
     )
-    oldest_pending = read_time(
+    oldest_purchase = read_time(
         session.scalar(select(func.min(Purchase.created_at)).where(Purchase.status == "pending"))
     )
     return {
         "purchases": bought,
         "credits_sold": int(credits_sold or 0),
-        "oldest_pending_purchase_age": (
-            (now - oldest_pending).total_seconds() if oldest_pending is not None else 0.0
-        ),
+        "oldest_pending_purchase_age": _age(oldest_purchase, now),
         "open_holds": count,
         "reserved": int(reserved),
-        "oldest_hold_age": (now - oldest).total_seconds() if oldest is not None else 0.0,
+        "oldest_hold_age": _age(oldest_hold, now),
         "compensations": compensations,
         "drift_accounts": len(drifted),
         "job_runs": runs,
     }
+
+
+def _age(since: datetime | None, now: datetime) -> float:
+    """Seconds since `since`; 0 when there is nothing (no open hold, no pending purchase)."""
+    return (now - since).total_seconds() if since is not None else 0.0
