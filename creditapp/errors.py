@@ -79,6 +79,37 @@ class NotFound(CreditAppError):
     message = "Not found."
 
 
+class UserNotFound(NotFound):
+    """A team member is added by the email of a user who has signed up: no user has it."""
+
+    code = "user_not_found"
+    message = "No user has this email: they must sign up first."
+
+
+class NotTeamManager(Forbidden):
+    """A team's owner and admins manage it (its members, their roles and caps) and see every
+    member's spending; a member sees their own."""
+
+    code = "team_managers_only"
+    message = "Only the team's owner and admins may do this."
+
+
+class AlreadyTeamMember(CreditAppError):
+    """A user is a member of a team once, with one role and one cap."""
+
+    code = "already_team_member"
+    status = 409
+    message = "This user is already a member of the team."
+
+
+class TeamOwnerFixed(CreditAppError):
+    """A team's owner stays its owner: they cannot be removed, and their role does not change."""
+
+    code = "team_owner_fixed"
+    status = 409
+    message = "The team's owner cannot be removed or given another role."
+
+
 class ModelNotFound(NotFound):
     """The gateway calls a model by its price book name, `provider/model`: a name of no
     provider, or of a model with no price in force, names no model it can call."""
@@ -127,14 +158,14 @@ class MaxCreditsExceeded(CreditAppError):
         self.max_credits = max_credits
 
 
-class KeyLimitReached(CreditAppError):
-    """An API key's `limit` bounds what its calls may spend per `limit_period`: a hold is
-    refused when what the key spent this period, plus what its open holds reserve, plus the
-    new hold would pass it (`required`; `remaining` is what the limit still allows)."""
+class SpendCapReached(CreditAppError):
+    """A spending cap bounds what one spender may spend from an account per period: a hold is
+    refused when what the spender spent this period, plus what its open holds reserve, plus the
+    new hold would pass it (`required`; `remaining` is what the cap still allows)."""
 
-    code = "key_limit_reached"
+    code = "spend_cap_reached"
     status = 402
-    message = "This API key has reached its spending limit for the period."
+    message = "A spending cap has been reached for the period."
 
     def __init__(self, *, required: int, limit: int, spent: int, reserved: int):
         from creditapp.money import format_credits
@@ -149,6 +180,33 @@ class KeyLimitReached(CreditAppError):
             }
         )
         self.required = required
+
+
+class KeyLimitReached(SpendCapReached):
+    """An API key's `limit` bounds what its calls may spend per `limit_period`: a hold is
+    refused when what the key spent this period, plus what its open holds reserve, plus the
+    new hold would pass it."""
+
+    code = "key_limit_reached"
+    message = "This API key has reached its spending limit for the period."
+
+
+class MemberCapReached(SpendCapReached):
+    """A team member's `cap` bounds what they may spend from the team's account per
+    `cap_period` (UTC day or calendar month), whichever door they call through: a hold is
+    refused when their spending this period, plus their open holds, plus the new hold would
+    pass it."""
+
+    code = "member_cap_reached"
+    message = "You have reached your spending cap in this team for the period."
+
+
+class TransferToSameAccount(CreditAppError):
+    """A transfer moves credits between two different accounts."""
+
+    code = "transfer_to_same_account"
+    status = 400
+    message = "Credits are transferred between two different accounts."
 
 
 class BalanceWouldGoNegative(CreditAppError):
@@ -196,6 +254,18 @@ class SubscriptionCreditsByRefreshOnly(CreditAppError):
     code = "subscription_credits_by_refresh_only"
     status = 400
     message = "Subscription credits are granted only by the subscription refresh."
+
+    def __init__(self) -> None:
+        super().__init__(details={"source": [self.message]})
+
+
+class TransferCreditsByTransferOnly(CreditAppError):
+    """Transfer credits arrive only by a member's transfer to a team, keeping the expiry of
+    the credits moved; an admin grants purchase, promo or admin credits."""
+
+    code = "transfer_credits_by_transfer_only"
+    status = 400
+    message = "Transfer credits arrive only by a transfer."
 
     def __init__(self) -> None:
         super().__init__(details={"source": [self.message]})

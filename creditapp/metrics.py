@@ -21,7 +21,8 @@ HTTP_DURATION = Histogram(
 MESSAGES = Counter(
     "creditapp_messages",
     "Metered calls (chat messages and gateway completions) by outcome: charged, refunded,"
-    " insufficient_credits, key_limit_reached, provider_error, refused, settle_failed",
+    " insufficient_credits, key_limit_reached, member_cap_reached, provider_error, refused,"
+    " settle_failed",
     ["provider", "model", "outcome"],
 )
 CREDITS_CHARGED = Counter(

@@ -22,7 +22,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, text
 from werkzeug.test import TestResponse
 
-from creditapp import ledger
+from creditapp import accounts, ledger
+from creditapp.accounts import teams
+from creditapp.auth.models import User
 from creditapp.billing import compensations
 from creditapp.billing.models import UsageRecord
 from creditapp.database import write_transaction
@@ -30,7 +32,7 @@ from creditapp.extensions import db
 from creditapp.jobs import run_job
 from creditapp.ledger.models import LedgerEntry
 from creditapp.pricing import book
-from tests.conftest import BACKEND, Person, utcnow
+from tests.conftest import BACKEND, TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
 
 MILLION_CREDITS = 1_000_000 * 1_000_000
@@ -257,3 +259,31 @@ def self_signed_certificate(key: CertificateIssuerPrivateKeyTypes, common_name: 
         .sign(key, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def new_team(
+    owner_id: int, *member_ids: int, name: str = "Team", cap: int | None = None
+) -> tuple[int, int]:
+    """A committed team of `owner_id` with these members (capped at `cap` a month, if given),
+    made as the API makes one (inside an app context): (team id, the team's account id)."""
+    now = utcnow()
+    with write_transaction(db.session):
+        team_id = teams.create(
+            db.session, owner_id=owner_id, name=name, context=TEST_CONTEXT, now=now
+        ).id
+        for member_id in member_ids:
+            member = db.session.get(User, member_id)
+            assert member is not None
+            teams.add_member(
+                db.session,
+                team_id=team_id,
+                actor_id=owner_id,
+                email=member.email,
+                role="member",
+                cap=cap,
+                cap_period="month",
+                context=TEST_CONTEXT,
+                now=now,
+            )
+        account_id = accounts.of_team(db.session, team_id)
+    return team_id, account_id

@@ -1,4 +1,6 @@
-"""Tables of teams: a team owns an account (`accounts.team_id`) that its members spend from."""
+"""Tables of teams: a team owns an account (`accounts.team_id`) that its members spend from,
+each within their own spending cap (`team_members.cap_id`, a `spend_caps` row of kind `member`:
+a ceiling per UTC day or calendar month, or none, and what the member spent this period)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,10 @@ from creditapp.database import BigIntId, UTCDateTime, one_of
 from creditapp.extensions import db
 
 TEAM_ROLES = ("owner", "admin", "member")
+# The roles that manage a team (its members, their caps); the owner's role is never given.
+MANAGING_ROLES = ("owner", "admin")
+# A member's cap counts per UTC calendar day or calendar month.
+MEMBER_CAP_PERIODS = ("day", "month")
 
 
 class Team(db.Model):  # type: ignore[name-defined,misc]
@@ -27,6 +33,9 @@ class TeamMember(db.Model):  # type: ignore[name-defined,misc]
     team_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("teams.id"), primary_key=True)
     user_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("users.id"), primary_key=True)
     role: Mapped[str] = mapped_column(String(16), nullable=False)
+    cap_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("spend_caps.id"), nullable=False, unique=True
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
     __table_args__ = (

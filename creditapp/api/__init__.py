@@ -21,6 +21,7 @@ from creditapp.api import (
     pricing,
     purchases,
     reconciliation,
+    teams,
     tiers,
 )
 from creditapp.api.errors import register_error_handlers
@@ -52,6 +53,7 @@ def register_api(app: Flask) -> None:
         admin,
         pricing,
         purchases,
+        teams,
         tiers,
         compensations,
         reconciliation,

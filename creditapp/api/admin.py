@@ -49,13 +49,19 @@ REASON_CHARS = 500
 
 
 class GrantArgs(Schema):
-    user_id = Id(required=True)
+    user_id = Id(load_default=None, metadata={"description": "exactly one of user_id and team_id"})
+    team_id = Id(load_default=None, metadata={"description": "grant to a team's account"})
     amount = Credits(required=True)
     reason = Text(required=True, max_length=REASON_CHARS)
     # Which sources an admin may grant is the ledger's rule (subscription credits come only
     # from refresh); the schema names the sources that exist.
     source = Text(load_default="admin", max_length=32, validate=validate.OneOf(GRANT_SOURCES))
     expires_at = UtcDateTime(load_default=None, allow_none=True)
+
+    @validates_schema
+    def _one_owner(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if (data["user_id"] is None) == (data["team_id"] is None):
+            raise ValidationError("Give exactly one of user_id and team_id.", field_name="user_id")
 
 
 class AdjustArgs(Schema):
@@ -121,9 +127,13 @@ AuditPageSchema = page_of(AuditRecordSchema)
 @answers(404)
 def grant(args: dict[str, Any]) -> Any:
     now = datetime.now(UTC)
+    if args["team_id"] is not None:
+        account_id = accounts.of_team(db.session, args["team_id"])
+    else:
+        account_id = accounts.of_user(db.session, args["user_id"])
     result = ledger.grant(
         db.session,
-        account_id=accounts.of_user(db.session, args["user_id"]),
+        account_id=account_id,
         amount=args["amount"],
         source=args["source"],
         reason=args["reason"],

@@ -12,11 +12,11 @@ from flask import Response, current_app, jsonify
 from marshmallow import Schema, fields, validate
 
 from creditapp import idempotency
-from creditapp.accounts import paying_account
+from creditapp.accounts import payer
 from creditapp.api import limits
 from creditapp.api.errors import error_body, from_error
 from creditapp.api.idempotency import from_store, idempotent, to_store
-from creditapp.api.identity import audit_context, authenticated, caller, principal
+from creditapp.api.identity import audit_context, authenticated, caller
 from creditapp.api.metered import EVENT_STREAM, KEEP_ALIVE, event_stream, meter
 from creditapp.api.openapi import answers
 from creditapp.api.pagination import keyset_page
@@ -94,6 +94,14 @@ class MessageArgs(Schema):
     stream = Flag(
         load_default=False,
         metadata={"description": "Stream the reply as Server-Sent Events (200 text/event-stream)"},
+    )
+    team_id = Id(
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "description": "pay from this team's account (you must be a member), within your"
+            " cap there"
+        },
     )
 
 
@@ -260,8 +268,9 @@ def send_message(
         max_tokens=args["max_tokens"],
         history_messages=current_app.config["CHAT_HISTORY_MESSAGES"],
     )
+    paying = payer(db.session, user.id, args["team_id"])
     metered = metered_call.MeteredCall(
-        paying_account(db.session, principal()), user, sending.request, sending.origin
+        paying.account_id, user, sending.request, sending.origin, caps=paying.caps
     )
 
     def keep(

@@ -181,6 +181,11 @@ def usage(args: dict[str, Any]) -> Any:
         end=args["end"],
         group_by=args["group_by"],
     )
+    return usage_answer(report, args)
+
+
+def usage_answer(report: usage_report.UsageReport, args: dict[str, Any]) -> Any:
+    """A usage report as asked by UsageArgs: JSON, or its groups as CSV."""
     if csv_export.wanted(args):
         return csv_export.response(
             f"usage-by-{report.group_by}.csv",
@@ -248,12 +253,13 @@ def transactions(args: dict[str, Any]) -> Any:
     return transactions_of(accounts.paying_account(db.session, principal()), args)
 
 
-def transactions_of(account_id: int, args: dict[str, Any]) -> Any:
-    """The account's ledger entries as asked by OwnTransactionArgs: a page, or every one as CSV;
-    a page's entries say what they were for when `describe` is asked (an entry reads the same
-    in the user's list and in an admin's list of the user's transactions)."""
+def transactions_of(account_id: int, args: dict[str, Any], *, user_id: int | None = None) -> Any:
+    """The account's ledger entries (those `user_id` caused, when given) as asked by
+    OwnTransactionArgs: a page, or every one as CSV; a page's entries say what they were for
+    when `describe` is asked (an entry reads the same in the user's list, a team's, and in an
+    admin's list of the user's transactions)."""
     query = ledger.entries_of(
-        account_id, entry_type=args["type"], start=args["start"], end=args["end"]
+        account_id, entry_type=args["type"], start=args["start"], end=args["end"], user_id=user_id
     )
     if csv_export.wanted(args):
         moment = UtcDateTime()
@@ -270,11 +276,12 @@ def transactions_of(account_id: int, args: dict[str, Any]) -> Any:
                     format_credits(entry.amount),
                     format_credits(entry.balance_after),
                     entry.reference or "",
+                    "" if entry.user_id is None else entry.user_id,
                 ]
 
         return csv_export.response(
             "transactions.csv",
-            ["id", "created_at", "type", "amount", "balance_after", "reference"],
+            ["id", "created_at", "type", "amount", "balance_after", "reference", "user_id"],
             rows(),
         )
     page = keyset_page(

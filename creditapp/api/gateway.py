@@ -15,7 +15,7 @@ from flask import Flask, Response, g, jsonify, request
 from marshmallow import Schema, ValidationError, fields, validate
 from marshmallow.exceptions import SCHEMA as WHOLE_BODY
 
-from creditapp import gateway, idempotency
+from creditapp import accounts, gateway, idempotency
 from creditapp.api import limits
 from creditapp.api.credit import ReceiptSchema
 from creditapp.api.errors import Failure, render_errors
@@ -332,12 +332,13 @@ def chat_completions(
             f"This API key does not allow {provider}/{model}.",
             details={"model": asked.model, "allowed_models": key.allowed_models},
         )
+    paying = accounts.key_payer(db.session, key)
     metered = metered_call.MeteredCall(
-        key.account_id,
+        paying.account_id,
         caller(),
         metered_request,
         metered_call.Origin(reference=api_keys.hold_reference(key.id)),
-        caps=(key.cap_id,),
+        caps=paying.caps,
     )
 
     def generation(held: metered_call.Held) -> gateway.Generation:

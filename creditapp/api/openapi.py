@@ -37,9 +37,11 @@ ERROR_STATUSES = {
     401: "No valid token: missing, expired, forged, or not the kind this operation takes "
     "(`unauthorized`, `invalid_id_token`), or its session was revoked (`token_revoked`).",
     402: "Not enough credits for the worst case of this request (`insufficient_credits`; "
-    "`details` has `required` and `available`). Nothing was charged.",
-    403: "Not allowed: an admin's operation, or a model the caller's tier does not include "
-    "(`forbidden`, `model_not_allowed`).",
+    "`details` has `required` and `available`), or, paying from a team, past the caller's "
+    "member cap for the period (`member_cap_reached`). Nothing was charged.",
+    403: "Not allowed: an admin's operation, a team's management by a plain member, or a "
+    "model the caller's tier does not include (`forbidden`, `team_managers_only`, "
+    "`model_not_allowed`).",
     404: "No such object, or it is another user's (`not_found`).",
     409: "Conflicts with an earlier request or with the current state "
     "(`idempotency_key_reused`, `request_in_progress`, `balance_would_go_negative`, "
@@ -64,8 +66,9 @@ GATEWAY_ERROR_STATUSES = {
     401: "No live API key (`invalid_api_key`): missing, unknown, revoked, expired, or an access "
     "token (keys open /v1, tokens the rest).",
     402: "Not charged, refused before any provider call: not enough credits "
-    "(`insufficient_credits`), the key's limit for the period (`key_limit_reached`), or a hold "
-    "above `X-Max-Credits` (`max_credits_exceeded`).",
+    "(`insufficient_credits`), the key's limit for the period (`key_limit_reached`), the "
+    "owner's member cap of a team key's team (`member_cap_reached`), or a hold above "
+    "`X-Max-Credits` (`max_credits_exceeded`).",
     403: "The model is not in the caller's tier or the key's `allowed_models` "
     "(`model_not_allowed`).",
     404: "No such model (`model_not_found`: not `provider/model` of the price book) or "

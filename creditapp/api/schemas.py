@@ -206,6 +206,13 @@ class TransactionSchema(Schema):
     amount = Credits()
     balance_after = Credits()
     reference = fields.String(allow_none=True)
+    user_id = Id(
+        allow_none=True,
+        metadata={
+            "description": "who caused the entry (on a team's account, the member); null for"
+            " what an admin or a job did"
+        },
+    )
     created_at = UtcDateTime()
 
 

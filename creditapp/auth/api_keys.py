@@ -159,10 +159,8 @@ def of_user(user_id: int) -> Select[ApiKey, SpendCap]:
 
 
 def standing_of(key: ApiKey, cap: SpendCap, *, now: datetime) -> KeyStanding:
-    """What the key spent in the current period (nothing yet, when its cap was last touched in
-    an earlier one)."""
-    current = cap.period_start >= caps.period_starts(now)[cap.period]
-    return KeyStanding(key, cap.ceiling, cap.period, cap.spent if current else 0)
+    """What the key spent in the current period."""
+    return KeyStanding(key, cap.ceiling, cap.period, caps.spent_this_period(cap, now=now))
 
 
 def get(session: DbSession, *, key_id: int, user_id: int | None, now: datetime) -> KeyStanding:

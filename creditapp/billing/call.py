@@ -41,10 +41,10 @@ from creditapp.errors import (
     CreditAppError,
     DependencyUnavailable,
     InsufficientCredits,
-    KeyLimitReached,
     MaxCreditsExceeded,
     ModelNotAllowed,
     ProviderFailed,
+    SpendCapReached,
     ValidationFailed,
 )
 from creditapp.metering.estimate import estimate_tokens, upper_bound_tokens
@@ -252,8 +252,9 @@ def _hold(
             now=now,
             reference=priced.origin.reference,
             caps=priced.caps,
+            spender=priced.user_id,
         )
-    except (InsufficientCredits, KeyLimitReached) as refused:
+    except (InsufficientCredits, SpendCapReached) as refused:
         MESSAGES.labels(priced.provider, priced.model, refused.code).inc()
         raise
     return Held(held.hold_id, held.amount, now)

@@ -92,6 +92,8 @@ class UsageRecord(ProviderCall, db.Model):  # type: ignore[name-defined,misc]
         CheckConstraint("credits_charged >= 0 AND credits_charged <= cost", name="charge_bounded"),
         CheckConstraint(one_of("ending", CALL_ENDINGS), name="ending_known"),
         Index("ix_usage_records_user_created", "user_id", "created_at"),
+        # The usage report of a team's account (its members' calls).
+        Index("ix_usage_records_account_created", "account_id", "created_at"),
         # What the usage report reads raw, and what the roll-up job has still to do.
         Index(
             "ix_usage_records_not_rolled_up",

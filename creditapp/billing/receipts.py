@@ -48,10 +48,15 @@ class Transaction:
     receipt: Receipt | None  # for a charge of a provider call; None for every other entry
 
 
-def transaction(session: DbSession, *, account_id: int, entry_id: int) -> Transaction:
-    """One ledger entry of the account, with the receipt of the call it charged."""
+def transaction(
+    session: DbSession, *, account_id: int, entry_id: int, user_id: int | None = None
+) -> Transaction:
+    """One ledger entry of the account (one `user_id` caused, when given: a team member's own),
+    with the receipt of the call it charged."""
     entry = session.get(LedgerEntry, entry_id)
     if entry is None or entry.account_id != account_id:
+        raise NotFound("No such transaction.")
+    if user_id is not None and entry.user_id != user_id:
         raise NotFound("No such transaction.")
     if entry.type != "charge" or entry.hold_id is None:
         return Transaction(entry, None)

@@ -1,9 +1,11 @@
 """The usage report: a user's calls and credits over a time range, grouped by day, model,
-provider, or day and model together (what a chart of credits per day by model needs).
+provider, or day and model together (what a chart of credits per day by model needs); or the
+calls paid from one account (a team's), also by member.
 
 Whole UTC days inside the range are read from the roll-ups plus the records not rolled up yet;
 the partial days at the ends of the range from the records. Either way every record counts
 once, so the report always equals the sums of the raw records. One statement adds it all up.
+An account's report reads its records only (roll-ups are by user, not by account).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, cast, func, literal, select, union_all
 
+from creditapp.auth.models import User
 from creditapp.billing.models import ROLLUP_SUMS, UsageRecord, UsageRollup
 from creditapp.database import DbSession, dialect_of
 from creditapp.metering.usage import TOKEN_COUNTERS
 
 GROUPINGS = ("day", "model", "provider", "day_model")
+# An account's report may also group by the member who made the calls (their email).
+ACCOUNT_GROUPINGS = (*GROUPINGS, "member")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,10 @@ def _keys(session: DbSession, table: Any, group_by: str) -> list[ColumnElement[A
         table.c.day if is_rollup else table.c.created_at, is_date=is_rollup
     )
     model = table.c.provider + literal(":") + table.c.model
+    if group_by == "member":
+        return [
+            select(User.email).where(User.id == table.c.user_id).scalar_subquery().label("key0")
+        ]
     parts = {
         "day": [day],
         "model": [model],
@@ -59,6 +68,36 @@ def _whole_days(start: datetime, end: datetime) -> tuple[date, date]:
     return first, max(first, stop)
 
 
+def account_report(
+    session: DbSession,
+    *,
+    account_id: int,
+    user_id: int | None,
+    start: datetime,
+    end: datetime,
+    group_by: str,
+) -> UsageReport:
+    """Usage of the calls paid from the account (made by `user_id` only, when given) at or
+    after `start` and at or before `end`."""
+    r = UsageRecord.__table__.c
+    conditions = [r.account_id == account_id, r.created_at >= start, r.created_at <= end]
+    if user_id is not None:
+        conditions.append(r.user_id == user_id)
+    records = _records(session, group_by, *conditions)
+    return _summed(session, records, start=start, end=end, group_by=group_by)
+
+
+def _records(session: DbSession, group_by: str, *conditions: Any) -> Any:
+    """The usage records meeting `conditions`, as rows of a report."""
+    records = UsageRecord.__table__
+    return select(
+        *_keys(session, records, group_by),
+        literal(1).label("requests"),
+        *(records.c[name].label(name) for name in TOKEN_COUNTERS),
+        records.c.credits_charged.label("credits"),
+    ).where(*conditions)
+
+
 def report(
     session: DbSession, *, user_id: int, start: datetime, end: datetime, group_by: str
 ) -> UsageReport:
@@ -67,16 +106,17 @@ def report(
     day_start = datetime(first.year, first.month, first.day, tzinfo=UTC)
     day_stop = datetime(stop.year, stop.month, stop.day, tzinfo=UTC)
 
-    records = UsageRecord.__table__
-    r = records.c
+    r = UsageRecord.__table__.c
 
     def raw(*conditions: Any) -> Any:
-        return select(
-            *_keys(session, records, group_by),
-            literal(1).label("requests"),
-            *(r[name].label(name) for name in TOKEN_COUNTERS),
-            r.credits_charged.label("credits"),
-        ).where(r.user_id == user_id, r.created_at >= start, r.created_at <= end, *conditions)
+        return _records(
+            session,
+            group_by,
+            r.user_id == user_id,
+            r.created_at >= start,
+            r.created_at <= end,
+            *conditions,
+        )
 
     # Separate parts, each able to use its index: the records not rolled up (a partial index),
     # and the rolled-up records of the partial days at the ends of the range.
@@ -92,7 +132,15 @@ def report(
             *(rollups.c[name].label(name) for name in ROLLUP_SUMS),
         ).where(rollups.c.user_id == user_id, rollups.c.day >= first, rollups.c.day < stop)
     )
-    combined = union_all(*parts).subquery()
+    return _summed(session, union_all(*parts), start=start, end=end, group_by=group_by)
+
+
+def _summed(
+    session: DbSession, parts: Any, *, start: datetime, end: datetime, group_by: str
+) -> UsageReport:
+    """The report of the rows of `parts` (keys key0..., then the counts of ROLLUP_SUMS),
+    summed by key."""
+    combined = parts.subquery()
     keys = [column for column in combined.c if column.name.startswith("key")]
     rows = session.execute(
         # Sums cast back to bigint: whole numbers arrive as ints, not as Decimals to convert.

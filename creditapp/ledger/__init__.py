@@ -9,7 +9,8 @@ of the grants' remainders. Spending draws grants soonest-expiring first (never-e
 then oldest first.
 
 Every change of a balance is a **ledger entry** for one grant (`grant`, `refresh`, `expire`,
-`charge`, `refund`, `adjust`; signed amount, `balance_after`), and every operation writes one
+`charge`, `refund`, `adjust`, `transfer_out`, `transfer_in`; signed amount, `balance_after`, and
+the user who caused it where one did), and every operation writes one
 **audit record** that its entries point to. Entries of an account form a chain (`seq`,
 `balance_before` = previous `balance_after`), and the account's balance must equal the newest
 entry's `balance_after`: the database refuses to commit a balance change without its entry.
@@ -24,6 +25,11 @@ answer is never free), and the hold becomes settled.
 A grant is never spent after it expires. The first operation on the account after that time
 writes its remainder off (an `expire` entry), except what open holds placed before the expiry
 still need: that part stays payable to those holds and is written off when they resolve.
+
+A **transfer** moves available credits from one account to another in one transaction (a
+member funding their team): the source's grants are drawn as by a charge, and each part arrives
+as a `transfer` grant with the same expiry; each side has its entries and its audit record.
+The two accounts are locked in id order.
 
 Entries are stamped no earlier than the account's newest entry, so along the chain time never
 goes backwards.
@@ -53,6 +59,7 @@ from creditapp.ledger.operations import (
     GrantStanding,
     HoldResult,
     Resolution,
+    TransferResult,
     accounts_with_expired_credits,
     adjust,
     balance,
@@ -68,6 +75,7 @@ from creditapp.ledger.operations import (
     refresh,
     refund,
     settle,
+    transfer,
     void,
 )
 from creditapp.ledger.queries import (
@@ -92,6 +100,7 @@ __all__ = [
     "GrantStanding",
     "HoldResult",
     "Resolution",
+    "TransferResult",
     "accounts_with_expired_credits",
     "adjust",
     "audit_trail",
@@ -114,5 +123,6 @@ __all__ = [
     "refresh",
     "refund",
     "settle",
+    "transfer",
     "void",
 ]

@@ -1,4 +1,5 @@
-"""Spending caps: what one spender (an API key) may spend from an account per period.
+"""Spending caps: what one spender (an API key, a team member) may spend from an account per
+period.
 
 A cap is counted beside the balance and enforced the same way: a hold that names caps reserves
 its amount in each of them with a conditional update, in the hold's own transaction, after the
@@ -18,19 +19,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from creditapp.database import DbSession
-from creditapp.errors import KeyLimitReached, NotFound
+from creditapp.errors import KeyLimitReached, MemberCapReached, NotFound, SpendCapReached
+from creditapp.ledger.models import SpendCap
 from creditapp.ledger.sql import (
     CAP_ROOM,
     CAP_STANDING,
     INSERT_CAP,
     INSERT_HOLD_CAP,
+    LOCK_CAP,
     RESERVE_CAP,
     RESOLVE_CAPS,
     SET_CEILING,
+    SET_PERIOD,
     LedgerSql,
 )
 
 EVER = datetime(1970, 1, 1, tzinfo=UTC)
+# The error a hold refused by a cap raises, by the cap's kind.
+REFUSALS: dict[str, type[SpendCapReached]] = {"key": KeyLimitReached, "member": MemberCapReached}
 
 
 def period_starts(now: datetime) -> dict[str, datetime]:
@@ -64,6 +70,12 @@ class CapStanding:
     reserved: int
 
 
+def spent_this_period(cap: SpendCap, *, now: datetime) -> int:
+    """What a loaded cap spent in the current period (nothing yet, when it was last touched in
+    an earlier one)."""
+    return cap.spent if cap.period_start >= period_starts(now)[cap.period] else 0
+
+
 def open_cap(
     session: DbSession, *, kind: str, ceiling: int | None, period: str, now: datetime
 ) -> int:
@@ -85,6 +97,18 @@ def set_ceiling(session: DbSession, *, cap_id: int, ceiling: int | None) -> None
     LedgerSql(session).run(SET_CEILING, cap=cap_id, ceiling=ceiling)
 
 
+def set_period(session: DbSession, *, cap_id: int, period: str, now: datetime) -> None:
+    """Count the cap per `period` from now on. What it spent in the current `period` so far is
+    recounted from its holds, so that a member moved from a daily to a monthly cap has this
+    month's spending counted, not only today's. Open holds keep their reservation."""
+    sql = LedgerSql(session)
+    current = sql.one(LOCK_CAP, cap=cap_id)
+    if current is None:
+        raise NotFound("No such spending cap.")
+    if current[0] != period:
+        sql.run(SET_PERIOD, cap=cap_id, period=period, start=sql.time(period_starts(now)[period]))
+
+
 def standing(session: DbSession, *, cap_id: int, now: datetime) -> CapStanding:
     sql = LedgerSql(session)
     row = sql.one(CAP_STANDING, cap=cap_id, **_starts(sql, now))
@@ -103,8 +127,8 @@ def reserve(sql: LedgerSql, *, caps: tuple[int, ...], amount: int, now: datetime
             row = sql.one(CAP_STANDING, cap=cap_id, **starts)
             if row is None:
                 raise NotFound("No such spending cap.")
-            _kind, ceiling, spent, reserved = row
-            raise KeyLimitReached(
+            kind, ceiling, spent, reserved = row
+            raise REFUSALS[kind](
                 required=amount, limit=int(ceiling), spent=int(spent), reserved=int(reserved)
             )
 

@@ -33,16 +33,26 @@ from sqlalchemy.orm import Mapped, mapped_column
 from creditapp.database import BigIntId, UTCDateTime, one_of
 from creditapp.extensions import db
 
-# Subscription credits come only from the refresh; an admin grants the others.
+# Subscription credits come only from the refresh; an admin grants the others; a member's
+# transfer moves credits into a team's account as `transfer` grants.
 ADMIN_GRANT_SOURCES = ("purchase", "promo", "admin")
-GRANT_SOURCES = ("subscription", *ADMIN_GRANT_SOURCES)
-ENTRY_TYPES = ("grant", "refresh", "expire", "charge", "refund", "adjust")
+GRANT_SOURCES = ("subscription", *ADMIN_GRANT_SOURCES, "transfer")
+ENTRY_TYPES = (
+    "grant",
+    "refresh",
+    "expire",
+    "charge",
+    "refund",
+    "adjust",
+    "transfer_out",
+    "transfer_in",
+)
 HOLD_STATUSES = ("pending", "settled", "voided", "expired")
 ACTOR_TYPES = ("user", "admin", "job", "system")
 # A spending cap counts per UTC calendar day, ISO week, calendar month, or ever.
 CAP_PERIODS = ("day", "week", "month", "total")
-# Whose spending a cap bounds: an API key's (its `limit`).
-CAP_KINDS = ("key",)
+# Whose spending a cap bounds: an API key's (its `limit`), a team member's (their `cap`).
+CAP_KINDS = ("key", "member")
 
 
 class Account(db.Model):  # type: ignore[name-defined,misc]
@@ -126,6 +136,9 @@ class Hold(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Who spends (the caller, for a team's account the member): the entries of its
+    # resolution name them.
+    user_id: Mapped[int | None] = mapped_column(BigIntId, ForeignKey("users.id"), nullable=True)
     # The hold counts against spending caps (`hold_caps`): resolving it releases them too.
     capped: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=text("false")
@@ -155,7 +168,7 @@ class Hold(db.Model):  # type: ignore[name-defined,misc]
 
 
 class SpendCap(db.Model):  # type: ignore[name-defined,misc]
-    """A bound on what one spender (an API key) may spend per period, kept beside the
+    """A bound on what one spender (an API key, a team member) may spend per period, kept beside the
     accounts it spends from: `spent` this period (since `period_start`) plus `reserved` by open
     holds never passes `ceiling` when a hold is placed, by the same conditional update pattern
     as an account's balance. No ceiling: the spending is only counted."""
@@ -231,6 +244,9 @@ class LedgerEntry(db.Model):  # type: ignore[name-defined,misc]
     audit_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("audit_records.id"), nullable=False)
     reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The user whose spending, transfer or purchase caused the entry (on a team's account: the
+    # member); None for what an admin or a job did (their audit record names them).
+    user_id: Mapped[int | None] = mapped_column(BigIntId, ForeignKey("users.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
     __table_args__ = (

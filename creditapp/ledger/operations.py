@@ -25,6 +25,8 @@ from creditapp.errors import (
     NegativeCharge,
     NotFound,
     SubscriptionCreditsByRefreshOnly,
+    TransferCreditsByTransferOnly,
+    TransferToSameAccount,
     UnknownGrantSource,
     ZeroAdjustment,
 )
@@ -273,8 +275,10 @@ def _persist(
     hold_id: int | None = None,
     reference: str | None = None,
     details: dict[str, Any] | None = None,
+    user_id: int | None = None,
 ) -> Balance:
     """Write the operation's audit record, its entries, the grants' and the account's new state.
+    The entries name `user_id`, the user whose spending, transfer or purchase caused them.
 
     They are stamped `now`, or the time of the account's newest entry if that is later: `now`
     was taken before the account's lock was ours, and an operation that got the lock first may
@@ -314,6 +318,7 @@ def _persist(
                 "audit": audit_id,
                 "reference": reference,
                 "request_id": context.request_id,
+                "user": user_id,
                 "now": stored_now,
             }
         )
@@ -419,11 +424,15 @@ def grant(
     expires_at: datetime | None = None,
     reference: str | None = None,
     audit_details: dict[str, str] | None = None,
+    user_id: int | None = None,
 ) -> GrantResult:
     """Add credits as a new grant (purchase, promo or admin). `reference` names what the grant
-    is for on its entry (`purchase:12`); `audit_details` add to its audit record's."""
+    is for on its entry (`purchase:12`); `audit_details` add to its audit record's; `user_id`
+    is who caused it (the buyer of a purchase)."""
     if source == "subscription":
         raise SubscriptionCreditsByRefreshOnly()
+    if source == "transfer":
+        raise TransferCreditsByTransferOnly()
     if expires_at is not None and expires_at <= now:
         raise ExpiryNotInFuture()
     sql = LedgerSql(session)
@@ -446,6 +455,7 @@ def grant(
         context=context,
         now=now,
         reference=reference,
+        user_id=user_id,
         details={
             **(audit_details or {}),
             "grant_id": str(grant_id),
@@ -495,6 +505,87 @@ def claw_back(
         },
     )
     return taken
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """Both sides of a transfer after it: the account credits left and the one they reached."""
+
+    source: Balance
+    destination: Balance
+
+
+@_counted("transfer")
+def transfer(
+    session: DbSession,
+    *,
+    from_account: int,
+    to_account: int,
+    amount: int,
+    user_id: int,
+    references: tuple[str, str],
+    context: AuditContext,
+    now: datetime,
+) -> TransferResult:
+    """Move `amount` of what is available in one account to another (a member's credits to
+    their team), as one operation: `transfer_out` entries draw the source's grants in draw
+    order, and each part arrives as a `transfer` grant with the same expiry (`transfer_in`), so
+    that moving credits never makes them last longer. Each side has its audit record; both
+    entries name `user_id`. `references` are what the source's and the destination's entries
+    say the transfer was for."""
+    if amount <= 0:
+        raise AmountNotPositive("A transfer's amount must be positive.")
+    if from_account == to_account:
+        raise TransferToSameAccount()
+    sql = LedgerSql(session)
+    # Both rows locked in one order, whichever way credits move: no deadlock between two.
+    first, second = sorted((from_account, to_account))
+    loaded = {first: _load(sql, first), second: _load(sql, second)}
+    source, destination = loaded[from_account], loaded[to_account]
+    source.write_off_overdue(now)
+    destination.write_off_overdue(now)
+    if source.available < amount:
+        raise InsufficientCredits(required=amount, available=source.available)
+    drawn_from = len(source.pending)
+    source.draw(amount, "transfer_out", now, include_overdue=False)
+    expiries = {live_grant.id: live_grant.expires_at for live_grant in source.grants}
+    arriving: dict[datetime | None, int] = defaultdict(int)
+    for drawn in source.pending[drawn_from:]:
+        arriving[expiries[drawn.grant_id]] -= drawn.amount
+    out_reference, in_reference = references
+    details = {"amount": format_credits(amount), "user_id": str(user_id)}
+    source_after = _persist(
+        sql,
+        source,
+        action="transfer_out",
+        context=context,
+        now=now,
+        reference=out_reference,
+        user_id=user_id,
+        details={**details, "to_account": str(to_account)},
+    )
+    for expires_at, part in arriving.items():
+        _new_grant(
+            sql,
+            destination,
+            source="transfer",
+            amount=part,
+            entry_type="transfer_in",
+            now=now,
+            expires_at=expires_at,
+            reason=in_reference,
+        )
+    destination_after = _persist(
+        sql,
+        destination,
+        action="transfer_in",
+        context=context,
+        now=now,
+        reference=in_reference,
+        user_id=user_id,
+        details={**details, "from_account": str(from_account)},
+    )
+    return TransferResult(source_after, destination_after)
 
 
 @_counted("adjust")
@@ -649,9 +740,11 @@ def hold(
     now: datetime,
     reference: str | None = None,
     caps: tuple[int, ...] = (),
+    spender: int | None = None,
 ) -> HoldResult:
     """Reserve `amount` for a spend in flight, or raise InsufficientCredits; and in each of
-    `caps` (`creditapp.ledger.caps`), or raise the refused cap's error."""
+    `caps` (`creditapp.ledger.caps`), or raise the refused cap's error. `spender` is the user
+    who spends (a team's member): the entries of the hold's resolution name them."""
     if amount <= 0:
         raise AmountNotPositive("A hold's amount must be positive.")
     sql = LedgerSql(session)
@@ -662,7 +755,7 @@ def hold(
     reserved_row = sql.one(RESERVE, account=account_id, amount=amount, now=sql.time(now))
     if reserved_row is not None:
         after = Balance(*reserved_row)
-        hold_id = _insert_capped_hold(sql, account_id, amount, reference, expires_at, now, caps)
+        hold_id = _insert_hold(sql, account_id, amount, reference, expires_at, now, caps, spender)
         _audit(
             sql,
             account_id=account_id,
@@ -680,7 +773,7 @@ def hold(
     if state.available < amount:
         raise InsufficientCredits(required=amount, available=state.available)
     state.reserved += amount
-    hold_id = _insert_capped_hold(sql, account_id, amount, reference, expires_at, now, caps)
+    hold_id = _insert_hold(sql, account_id, amount, reference, expires_at, now, caps, spender)
     result = _persist(
         sql,
         state,
@@ -694,7 +787,7 @@ def hold(
     return HoldResult(hold_id, amount, expires_at, result)
 
 
-def _insert_capped_hold(
+def _insert_hold(
     sql: LedgerSql,
     account_id: int,
     amount: int,
@@ -702,6 +795,7 @@ def _insert_capped_hold(
     expires_at: datetime,
     now: datetime,
     caps: tuple[int, ...],
+    spender: int | None,
 ) -> int:
     """The hold's row, after its reservation in each cap (the account's is already made: locks
     go account, then caps)."""
@@ -714,6 +808,7 @@ def _insert_capped_hold(
         expires_at=sql.time(expires_at),
         now=sql.time(now),
         capped=bool(caps),
+        user=spender,
     )
     assert row is not None
     hold_id = int(row[0])
@@ -740,7 +835,7 @@ def _resolve(
         late = resolved is not None
     if resolved is None:
         return _unresolved(sql, hold_id)
-    account_id, hold_amount, reference, capped = resolved
+    account_id, hold_amount, reference, capped, spender = resolved
 
     state = _load(sql, account_id)
     state.write_off_overdue(now)
@@ -774,6 +869,7 @@ def _resolve(
         now=now,
         hold_id=hold_id,
         reference=reference,
+        user_id=spender,
         details={
             "hold_amount": format_credits(hold_amount),
             "actual": format_credits(actual),

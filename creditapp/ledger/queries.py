@@ -32,9 +32,13 @@ def entries_of(
     entry_type: str | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
+    user_id: int | None = None,
 ) -> Select[LedgerEntry]:
-    """The account's entries, of one type and from `start` to `end` (inclusive) when given."""
+    """The account's entries, of one type, from `start` to `end` (inclusive), caused by
+    `user_id` (a team member's own), when given."""
     query = select(LedgerEntry).where(LedgerEntry.account_id == account_id)
+    if user_id is not None:
+        query = query.where(LedgerEntry.user_id == user_id)
     if entry_type is not None:
         query = query.where(LedgerEntry.type == entry_type)
     if start is not None:
@@ -70,7 +74,7 @@ def entry_grounds(session: DbSession, *, entry_ids: list[int]) -> dict[int, Entr
 
 
 # The entries that open a grant: every grant has exactly one, of one of these types.
-OPENING_TYPES = ("grant", "refresh", "adjust", "refund")
+OPENING_TYPES = ("grant", "refresh", "adjust", "refund", "transfer_in")
 
 
 def grant_origins(session: DbSession, *, grant_ids: list[int]) -> dict[int, str]:

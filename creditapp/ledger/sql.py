@@ -110,14 +110,14 @@ RESOLVE_HOLD = Statement(
               captured = CASE WHEN :actual < amount THEN :actual ELSE amount END,
               uncollected = CASE WHEN :actual < amount THEN 0 ELSE :actual - amount END
        WHERE id = :hold AND status = 'pending' AND (:status <> 'expired' OR expires_at <= :now)
-       RETURNING account_id, amount, reference, capped"""
+       RETURNING account_id, amount, reference, capped, user_id"""
 )
 # A settle that finds its hold expired still charges the call: the hold becomes settled (once),
 # and the charge comes from what is available now, since the expiry released the reservation.
 SETTLE_EXPIRED_HOLD = Statement(
     """UPDATE holds SET status = 'settled', resolved_at = :now
        WHERE id = :hold AND status = 'expired'
-       RETURNING account_id, amount, reference, capped"""
+       RETURNING account_id, amount, reference, capped, user_id"""
 )
 RECORD_CAPTURE = Statement(
     "UPDATE holds SET captured = :captured, uncollected = :uncollected WHERE id = :hold"
@@ -151,8 +151,8 @@ INSERT_GRANT = Statement(
 )
 INSERT_HOLD = Statement(
     """INSERT INTO holds (account_id, amount, status, uncollected, reference, expires_at,
-                         created_at, capped)
-       VALUES (:account, :amount, 'pending', 0, :reference, :expires_at, :now, :capped)
+                         created_at, capped, user_id)
+       VALUES (:account, :amount, 'pending', 0, :reference, :expires_at, :now, :capped, :user)
        RETURNING id"""
 )
 
@@ -198,6 +198,18 @@ CAP_STANDING = Statement(
     f"SELECT kind, ceiling, {_SPENT_THIS_PERIOD}, reserved FROM spend_caps WHERE id = :cap"
 )
 SET_CEILING = Statement("UPDATE spend_caps SET ceiling = :ceiling WHERE id = :cap")
+LOCK_CAP = Statement("SELECT period FROM spend_caps WHERE id = :cap", lock="FOR UPDATE")
+# A cap counted per another period from now on: what it spent in the new period so far is what
+# its settled holds captured since that period began (the cap row is locked first, so that a
+# resolution committed meanwhile is seen; one still running adds its capture after this).
+SET_PERIOD = Statement(
+    """UPDATE spend_caps SET period = :period, period_start = :start,
+              spent = (SELECT COALESCE(SUM(holds.captured), 0) FROM holds
+                       JOIN hold_caps ON hold_caps.hold_id = holds.id
+                       WHERE hold_caps.cap_id = :cap AND holds.status = 'settled'
+                         AND holds.resolved_at >= :start)
+       WHERE id = :cap"""
+)
 INSERT_AUDIT = Statement(
     """INSERT INTO audit_records (actor_type, actor_id, action, account_id, balance_before,
                                  balance_after, reserved_before, reserved_after, request_id,
@@ -209,7 +221,7 @@ INSERT_AUDIT = Statement(
 INSERT_ENTRY = Statement(
     """INSERT INTO ledger_entries (account_id, seq, prev_seq, type, amount, balance_before,
                                   balance_after, grant_id, hold_id, audit_id, reference,
-                                  request_id, created_at)
+                                  request_id, user_id, created_at)
        VALUES (:account, :seq, :prev_seq, :type, :amount, :balance_before, :balance_after,
-               :grant, :hold, :audit, :reference, :request_id, :now)"""
+               :grant, :hold, :audit, :reference, :request_id, :user, :now)"""
 )

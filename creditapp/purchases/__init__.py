@@ -307,6 +307,7 @@ def _paid(
         expires_at=expires_at,
         reference=f"purchase:{purchase.id}",
         audit_details={"purchase_id": str(purchase.id), "cause": cause},
+        user_id=purchase.user_id,
     )
     purchase.grant_id = granted.grant_id
     purchase.status = "paid"

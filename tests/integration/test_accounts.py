@@ -10,34 +10,20 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from creditapp import accounts, ledger
-from creditapp.accounts.models import Team, TeamMember
+from creditapp.accounts.models import Team
 from creditapp.auth.models import User
 from creditapp.auth.principal import Principal
 from creditapp.database import write_transaction
 from creditapp.errors import NotFound
 from creditapp.extensions import db
 from tests.conftest import UNFUNDED_TIER, Person, utcnow
+from tests.helpers import new_team
 
 
 def _team(*members: int) -> tuple[int, int]:
-    """A committed team with these members and its own account: (team id, account id)."""
-    now = utcnow()
-    with write_transaction(db.session):
-        team = Team(name="Team", created_at=now)
-        db.session.add(team)
-        db.session.flush()
-        team_id = team.id
-        for index, user_id in enumerate(members):
-            db.session.add(
-                TeamMember(
-                    team_id=team_id,
-                    user_id=user_id,
-                    role="owner" if index == 0 else "member",
-                    created_at=now,
-                )
-            )
-        account_id = ledger.open_account(db.session, team_id=team_id, now=now)
-    return team_id, account_id
+    """A committed team with these members (the first its owner) and its own account: (team
+    id, account id)."""
+    return new_team(*members)
 
 
 def _signed_in(person: Person) -> Principal:

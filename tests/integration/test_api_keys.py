@@ -25,14 +25,14 @@ from sqlalchemy import event, select
 from werkzeug.test import TestResponse
 
 from creditapp import ledger
-from creditapp.accounts.models import Team, TeamMember
+from creditapp.accounts.models import Team
 from creditapp.auth.models import ApiKey
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.money import parse_credits
 from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.helpers import add_price, assert_error
+from tests.helpers import add_price, assert_error, new_team
 from tests.integration.live_server import live_server
 
 CR = 1_000_000
@@ -318,15 +318,10 @@ def test_a_team_key_spends_from_the_teams_account(
     app: Flask, client: FlaskClient, person_factory: Any, demo_price: None
 ) -> None:
     member = person_factory()  # nothing of their own to spend
+    owner = person_factory()
     with app.app_context():
+        team_id, team_account = new_team(owner.id, member.id, name="ours")
         with write_transaction(db.session):
-            team = Team(name="ours", created_at=utcnow())
-            db.session.add(team)
-            db.session.flush()
-            db.session.add(
-                TeamMember(team_id=team.id, user_id=member.id, role="member", created_at=utcnow())
-            )
-            team_account = ledger.open_account(db.session, team_id=team.id, now=utcnow())
             ledger.grant(
                 db.session,
                 account_id=team_account,
@@ -336,7 +331,6 @@ def test_a_team_key_spends_from_the_teams_account(
                 context=TEST_CONTEXT,
                 now=utcnow(),
             )
-            team_id = team.id
         db.session.remove()
     made = make_key(client, member, team_id=str(team_id), limit="5")
     assert made["team_id"] == str(team_id)

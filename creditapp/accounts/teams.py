@@ -1,0 +1,353 @@
+"""Teams: a shared account that members fund and spend from, each within their own cap.
+
+A team has one owner (who created it, and stays), admins and members. The owner and admins
+manage it (members, roles, caps); every member funds it by transfers from their personal
+account and spends from it (messages naming the team, keys made for it). A member's spending is
+held to their cap per UTC day or calendar month by a spending cap of kind `member`
+(`creditapp.ledger.caps`): reserved in the hold's own conditional update, like the balance, so
+that no burst of concurrent calls passes it. Every member has one, a cap without a ceiling
+only counting, so that what each member spent this period is always one row.
+
+A caller who is not a member finds no team (404, its existence not disclosed); a member who
+asks for what only managers may do is refused (403).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select, update
+
+from creditapp import ledger
+from creditapp.accounts import of_team
+from creditapp.accounts.models import MANAGING_ROLES, Team, TeamMember
+from creditapp.auth.models import ApiKey, User
+from creditapp.database import DbSession
+from creditapp.errors import (
+    AlreadyTeamMember,
+    NotFound,
+    NotTeamManager,
+    TeamOwnerFixed,
+    UserNotFound,
+)
+from creditapp.ledger import caps
+from creditapp.ledger.models import Account, SpendCap
+from creditapp.money import format_credits
+
+# A new member's cap counts per calendar month unless told otherwise.
+DEFAULT_CAP_PERIOD = "month"
+
+
+@dataclass(frozen=True)
+class MemberStanding:
+    user_id: int
+    email: str
+    role: str
+    cap: int | None
+    cap_period: str
+    spent_this_period: int
+    reserved: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TeamStanding:
+    """A team as one member sees it: their role, the shared balance, and the members they may
+    see (all of them for the owner and admins, themselves for a member)."""
+
+    id: int
+    name: str
+    role: str
+    balance: ledger.Balance
+    created_at: datetime
+    members: list[MemberStanding]
+
+
+def _member_standing(
+    member: TeamMember, email: str, cap: SpendCap, now: datetime
+) -> MemberStanding:
+    return MemberStanding(
+        user_id=member.user_id,
+        email=email,
+        role=member.role,
+        cap=cap.ceiling,
+        cap_period=cap.period,
+        spent_this_period=caps.spent_this_period(cap, now=now),
+        reserved=cap.reserved,
+        created_at=member.created_at,
+    )
+
+
+def _members(team_id: int) -> Select[TeamMember, str, SpendCap]:
+    return (
+        select(TeamMember, User.email, SpendCap)
+        .join(User, User.id == TeamMember.user_id)
+        .join(SpendCap, SpendCap.id == TeamMember.cap_id)
+        .where(TeamMember.team_id == team_id)
+    )
+
+
+def members(session: DbSession, *, team_id: int, user_id: int) -> Select[TeamMember, str, SpendCap]:
+    """The members `user_id` may see: every one for the owner and admins, themselves for a
+    member (NotFound for anyone else)."""
+    caller = membership(session, team_id=team_id, user_id=user_id)
+    query = _members(team_id)
+    if caller.role not in MANAGING_ROLES:
+        query = query.where(TeamMember.user_id == user_id)
+    return query
+
+
+def member_row(row: Any, *, now: datetime) -> MemberStanding:
+    """A row of `members` as the member's standing."""
+    member, email, cap = row
+    return _member_standing(member, email, cap, now)
+
+
+def membership(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
+    """The caller's membership of the team; a team they are not a member of is NotFound."""
+    member = session.get(TeamMember, (team_id, user_id))
+    if member is None:
+        raise NotFound("No such team.")
+    return member
+
+
+def managing(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
+    """The caller's membership, when it lets them manage the team (owner or admin)."""
+    member = membership(session, team_id=team_id, user_id=user_id)
+    if member.role not in MANAGING_ROLES:
+        raise NotTeamManager()
+    return member
+
+
+def _audit(
+    session: DbSession,
+    team_id: int,
+    action: str,
+    *,
+    context: ledger.AuditContext,
+    now: datetime,
+    **details: str | None,
+) -> None:
+    ledger.record_action(
+        session,
+        action=action,
+        context=context,
+        now=now,
+        account_id=of_team(session, team_id),
+        details={"team_id": str(team_id), **details},
+    )
+
+
+def create(
+    session: DbSession, *, owner_id: int, name: str, context: ledger.AuditContext, now: datetime
+) -> TeamStanding:
+    """A new team with its own empty account, `owner_id` its owner (uncapped)."""
+    team = Team(name=name, created_at=now)
+    session.add(team)
+    session.flush()
+    ledger.open_account(session, team_id=team.id, now=now)
+    _join(session, team.id, owner_id, "owner", cap=None, cap_period=DEFAULT_CAP_PERIOD, now=now)
+    _audit(session, team.id, "team_created", context=context, now=now, name=name)
+    return standing(session, team_id=team.id, user_id=owner_id, now=now)
+
+
+def _join(
+    session: DbSession,
+    team_id: int,
+    user_id: int,
+    role: str,
+    *,
+    cap: int | None,
+    cap_period: str,
+    now: datetime,
+) -> TeamMember:
+    cap_id = caps.open_cap(session, kind="member", ceiling=cap, period=cap_period, now=now)
+    member = TeamMember(team_id=team_id, user_id=user_id, role=role, cap_id=cap_id, created_at=now)
+    session.add(member)
+    session.flush()
+    return member
+
+
+def of_user(user_id: int) -> Select[Team, str, Account]:
+    """The teams a user is a member of, with their role and the team's account."""
+    return (
+        select(Team, TeamMember.role, Account)
+        .join(TeamMember, TeamMember.team_id == Team.id)
+        .join(Account, Account.team_id == Team.id)
+        .where(TeamMember.user_id == user_id)
+    )
+
+
+def standing(session: DbSession, *, team_id: int, user_id: int, now: datetime) -> TeamStanding:
+    """The team as the member `user_id` sees it (NotFound for anyone else)."""
+    query = members(session, team_id=team_id, user_id=user_id)
+    shown = [
+        member_row(row, now=now)
+        for row in session.execute(query.order_by(TeamMember.created_at, TeamMember.user_id))
+    ]
+    team = session.get(Team, team_id)
+    assert team is not None
+    role = next(member.role for member in shown if member.user_id == user_id)
+    return TeamStanding(
+        id=team.id,
+        name=team.name,
+        role=role,
+        balance=ledger.balance(session, account_id=of_team(session, team_id), now=now),
+        created_at=team.created_at,
+        members=shown,
+    )
+
+
+def member_standing(
+    session: DbSession, *, team_id: int, user_id: int, now: datetime
+) -> MemberStanding:
+    found = session.execute(_members(team_id).where(TeamMember.user_id == user_id)).one_or_none()
+    if found is None:
+        raise NotFound("No such member.")
+    return member_row(found, now=now)
+
+
+def add_member(
+    session: DbSession,
+    *,
+    team_id: int,
+    actor_id: int,
+    email: str,
+    role: str,
+    cap: int | None,
+    cap_period: str,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> MemberStanding:
+    """Add the user with this email (they must have signed up) as an admin or a member."""
+    managing(session, team_id=team_id, user_id=actor_id)
+    user_id = session.execute(select(User.id).where(User.email == email)).scalar_one_or_none()
+    if user_id is None:
+        raise UserNotFound()
+    if session.get(TeamMember, (team_id, user_id)) is not None:
+        raise AlreadyTeamMember()
+    _join(session, team_id, user_id, role, cap=cap, cap_period=cap_period, now=now)
+    _audit(
+        session,
+        team_id,
+        "team_member_added",
+        context=context,
+        now=now,
+        user_id=str(user_id),
+        role=role,
+        cap=None if cap is None else format_credits(cap),
+        cap_period=cap_period,
+    )
+    return member_standing(session, team_id=team_id, user_id=user_id, now=now)
+
+
+_UNCHANGED = object()
+
+
+def change_member(
+    session: DbSession,
+    *,
+    team_id: int,
+    actor_id: int,
+    user_id: int,
+    context: ledger.AuditContext,
+    now: datetime,
+    role: str | None = None,
+    cap: int | object | None = _UNCHANGED,
+    cap_period: str | None = None,
+) -> MemberStanding:
+    """Change a member's role (admin or member: the owner's stays) or cap. A new cap binds the
+    holds placed from now on; a new period counts this period's spending from the charges."""
+    managing(session, team_id=team_id, user_id=actor_id)
+    member = session.get(TeamMember, (team_id, user_id))
+    if member is None:
+        raise NotFound("No such member.")
+    changed: dict[str, str | None] = {}
+    if role is not None and role != member.role:
+        if member.role == "owner":
+            raise TeamOwnerFixed()
+        member.role = role
+        changed["role"] = role
+    if cap is not _UNCHANGED:
+        ceiling = cap if isinstance(cap, int) else None
+        caps.set_ceiling(session, cap_id=member.cap_id, ceiling=ceiling)
+        changed["cap"] = None if ceiling is None else format_credits(ceiling)
+    if cap_period is not None:
+        caps.set_period(session, cap_id=member.cap_id, period=cap_period, now=now)
+        changed["cap_period"] = cap_period
+    session.flush()
+    if changed:
+        _audit(
+            session,
+            team_id,
+            "team_member_changed",
+            context=context,
+            now=now,
+            user_id=str(user_id),
+            **changed,
+        )
+    # The cap row was changed by SQL: read it again, not from the session's identity map.
+    session.expire_all()
+    return member_standing(session, team_id=team_id, user_id=user_id, now=now)
+
+
+def remove_member(
+    session: DbSession,
+    *,
+    team_id: int,
+    actor_id: int,
+    user_id: int,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> None:
+    """Remove a member (never the owner). Their keys for the team are revoked with it, so that
+    every worker refuses them from the next request; their open holds settle as usual."""
+    managing(session, team_id=team_id, user_id=actor_id)
+    member = session.get(TeamMember, (team_id, user_id))
+    if member is None:
+        raise NotFound("No such member.")
+    if member.role == "owner":
+        raise TeamOwnerFixed()
+    session.delete(member)
+    revoked = session.execute(
+        update(ApiKey)
+        .where(ApiKey.team_id == team_id, ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.flush()
+    _audit(
+        session,
+        team_id,
+        "team_member_removed",
+        context=context,
+        now=now,
+        user_id=str(user_id),
+        keys_revoked=str(revoked),
+    )
+
+
+def fund(
+    session: DbSession,
+    *,
+    team_id: int,
+    user_id: int,
+    personal_account: int,
+    amount: int,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> ledger.TransferResult:
+    """Move `amount` from the member's personal account to the team's (any member may)."""
+    membership(session, team_id=team_id, user_id=user_id)
+    return ledger.transfer(
+        session,
+        from_account=personal_account,
+        to_account=of_team(session, team_id),
+        amount=amount,
+        user_id=user_id,
+        references=(f"team:{team_id}", f"user:{user_id}"),
+        context=context,
+        now=now,
+    )
