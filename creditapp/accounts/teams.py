@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, or_, select, update
 
 from creditapp import ledger
 from creditapp.accounts import of_team
 from creditapp.accounts.models import MANAGING_ROLES, Team, TeamMember
+from creditapp.auth import users
 from creditapp.auth.models import ApiKey, User
 from creditapp.database import DbSession
 from creditapp.errors import (
@@ -36,6 +37,8 @@ from creditapp.ledger import caps
 from creditapp.ledger.models import Account, SpendCap
 from creditapp.money import format_credits
 
+# A transfer's entries name the other side: the team credits went to, the member they came from.
+TO_TEAM, FROM_USER = "team:", "user:"
 # A new member's cap counts per calendar month unless told otherwise.
 DEFAULT_CAP_PERIOD = "month"
 
@@ -59,7 +62,7 @@ class TeamStanding:
 
     id: int
     name: str
-    role: str
+    role: str | None  # None: as a service admin sees it
     balance: ledger.Balance
     created_at: datetime
     members: list[MemberStanding]
@@ -89,9 +92,14 @@ def _members(team_id: int) -> Select[TeamMember, str, SpendCap]:
     )
 
 
-def members(session: DbSession, *, team_id: int, user_id: int) -> Select[TeamMember, str, SpendCap]:
+def members(
+    session: DbSession, *, team_id: int, user_id: int | None
+) -> Select[TeamMember, str, SpendCap]:
     """The members `user_id` may see: every one for the owner and admins, themselves for a
-    member (NotFound for anyone else)."""
+    member (NotFound for anyone else); every one for a service admin (`user_id` None)."""
+    if user_id is None:
+        of_team(session, team_id)  # NotFound for no such team
+        return _members(team_id)
     caller = membership(session, team_id=team_id, user_id=user_id)
     query = _members(team_id)
     if caller.role not in MANAGING_ROLES:
@@ -170,6 +178,20 @@ def _join(
     return member
 
 
+def named(text: str | None) -> Select[Team, Account]:
+    """Teams whose name contains `text` (any case; `%` and `_` match themselves), or whose id
+    it is; all when None: what an admin searches."""
+    query = select(Team, Account).join(Account, Account.team_id == Team.id)
+    if not text:
+        return query
+    by_name = func.lower(Team.name).contains(text.lower(), autoescape=True)
+    # An id is ASCII digits that fit a bigint (a Unicode digit or a 5,000-digit number is
+    # only searched for in names).
+    if text.isascii() and text.isdigit() and len(text) < 19:
+        return query.where(or_(by_name, Team.id == int(text)))
+    return query.where(by_name)
+
+
 def of_user(user_id: int) -> Select[Team, str, Account]:
     """The teams a user is a member of, with their role and the team's account."""
     return (
@@ -180,8 +202,11 @@ def of_user(user_id: int) -> Select[Team, str, Account]:
     )
 
 
-def standing(session: DbSession, *, team_id: int, user_id: int, now: datetime) -> TeamStanding:
-    """The team as the member `user_id` sees it (NotFound for anyone else)."""
+def standing(
+    session: DbSession, *, team_id: int, user_id: int | None, now: datetime
+) -> TeamStanding:
+    """The team as the member `user_id` sees it (NotFound for anyone else), or as a service
+    admin does (`user_id` None)."""
     query = members(session, team_id=team_id, user_id=user_id)
     shown = [
         member_row(row, now=now)
@@ -189,7 +214,7 @@ def standing(session: DbSession, *, team_id: int, user_id: int, now: datetime) -
     ]
     team = session.get(Team, team_id)
     assert team is not None
-    role = next(member.role for member in shown if member.user_id == user_id)
+    role = next((member.role for member in shown if member.user_id == user_id), None)
     return TeamStanding(
         id=team.id,
         name=team.name,
@@ -223,9 +248,10 @@ def add_member(
 ) -> MemberStanding:
     """Add the user with this email (they must have signed up) as an admin or a member."""
     managing(session, team_id=team_id, user_id=actor_id)
-    user_id = session.execute(select(User.id).where(User.email == email)).scalar_one_or_none()
-    if user_id is None:
+    user = users.find_by_email(session, email)
+    if user is None:
         raise UserNotFound()
+    user_id = user.id
     if session.get(TeamMember, (team_id, user_id)) is not None:
         raise AlreadyTeamMember()
     _join(session, team_id, user_id, role, cap=cap, cap_period=cap_period, now=now)
@@ -347,7 +373,7 @@ def fund(
         to_account=of_team(session, team_id),
         amount=amount,
         user_id=user_id,
-        references=(f"team:{team_id}", f"user:{user_id}"),
+        references=(f"{TO_TEAM}{team_id}", f"{FROM_USER}{user_id}"),
         context=context,
         now=now,
     )

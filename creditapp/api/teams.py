@@ -34,7 +34,7 @@ from creditapp.billing import receipts, usage_report
 from creditapp.extensions import db
 from creditapp.ledger import Balance
 
-blp = Blueprint("teams", __name__, url_prefix="/api/teams", description="Teams: shared wallets")
+blp = Blueprint("teams", __name__, url_prefix="/api", description="Teams: shared wallets")
 
 ROLES_GIVEN = ("admin", "member")  # the owner's role is never given
 
@@ -86,8 +86,11 @@ class MemberSchema(Schema):
 class TeamSummarySchema(AmountsSchema):
     id = Id()
     name = fields.String()
-    role = fields.String(metadata={"description": "the caller's role in the team"})
+    role = fields.String(allow_none=True, metadata={"description": "the caller's role in the team"})
     created_at = UtcDateTime()
+
+
+MemberPageSchema = page_of(MemberSchema)
 
 
 class TeamSchema(TeamSummarySchema):
@@ -128,7 +131,7 @@ def _team_id(team_id: str) -> int:
     return path_id(team_id, "team_id")
 
 
-@blp.route("", methods=["POST"])
+@blp.route("/teams", methods=["POST"])
 @limits.limiter.limit(limits.sensitive)
 @authenticated()
 @idempotent()
@@ -146,7 +149,7 @@ def create_team(args: dict[str, Any]) -> Any:
     return _flat(standing)
 
 
-@blp.route("", methods=["GET"])
+@blp.route("/teams", methods=["GET"])
 @authenticated()
 @blp.arguments(PageArgs, location="query")
 @blp.response(200, page_of(TeamSummarySchema))
@@ -168,27 +171,33 @@ def list_teams(args: dict[str, Any]) -> Any:
     )
 
 
-@blp.route("/<team_id>", methods=["GET"])
+@blp.route("/teams/<team_id>", methods=["GET"])
 @authenticated()
 @blp.response(200, TeamSchema)
 @answers(404)
 def team(team_id: str) -> Any:
-    standing = teams.standing(
-        db.session, team_id=_team_id(team_id), user_id=caller().id, now=datetime.now(UTC)
-    )
-    return _flat(standing)
+    return _team(team_id, user_id=caller().id)
 
 
-@blp.route("/<team_id>/members", methods=["GET"])
+def _team(team_id: str, *, user_id: int | None) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return _flat(teams.standing(db.session, team_id=_team_id(team_id), user_id=user_id, now=now))
+
+
+@blp.route("/teams/<team_id>/members", methods=["GET"])
 @authenticated()
 @blp.arguments(PageArgs, location="query")
-@blp.response(200, page_of(MemberSchema))
+@blp.response(200, MemberPageSchema)
 @answers(404)
 def members(args: dict[str, Any], team_id: str) -> Any:
     """The members you may see (all for the owner and admins, yourself for a member), the
     newest first."""
-    found, user_id, now = _team_id(team_id), caller().id, datetime.now(UTC)
-    query = teams.members(db.session, team_id=found, user_id=user_id)
+    return _members_page(team_id, args, user_id=caller().id)
+
+
+def _members_page(team_id: str, args: dict[str, Any], *, user_id: int | None) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    query = teams.members(db.session, team_id=_team_id(team_id), user_id=user_id)
     return keyset_page(
         db.session,
         query,
@@ -199,7 +208,7 @@ def members(args: dict[str, Any], team_id: str) -> Any:
     )
 
 
-@blp.route("/<team_id>/members", methods=["POST"])
+@blp.route("/teams/<team_id>/members", methods=["POST"])
 @limits.limiter.limit(limits.sensitive)
 @authenticated()
 @idempotent()
@@ -218,7 +227,7 @@ def add_member(args: dict[str, Any], team_id: str) -> Any:
     )
 
 
-@blp.route("/<team_id>/members/<user_id>", methods=["PATCH"])
+@blp.route("/teams/<team_id>/members/<user_id>", methods=["PATCH"])
 @authenticated()
 @idempotent()
 @blp.arguments(MemberChangeArgs)
@@ -237,7 +246,7 @@ def change_member(args: dict[str, Any], team_id: str, user_id: str) -> Any:
     )
 
 
-@blp.route("/<team_id>/members/<user_id>", methods=["DELETE"])
+@blp.route("/teams/<team_id>/members/<user_id>", methods=["DELETE"])
 @authenticated()
 @idempotent()
 @blp.response(204)
@@ -254,7 +263,7 @@ def remove_member(team_id: str, user_id: str) -> Any:
     )
 
 
-@blp.route("/<team_id>/transfers", methods=["POST"])
+@blp.route("/teams/<team_id>/transfers", methods=["POST"])
 @limits.limiter.limit(limits.sensitive)
 @authenticated()
 @idempotent(required=True)
@@ -288,7 +297,7 @@ def _reader(team_id: str) -> tuple[int, int | None]:
     return accounts.of_team(db.session, found), (None if member.role in MANAGING_ROLES else user_id)
 
 
-@blp.route("/<team_id>/transactions", methods=["GET"])
+@blp.route("/teams/<team_id>/transactions", methods=["GET"])
 @authenticated()
 @blp.arguments(OwnTransactionArgs, location="query")
 @blp.response(200, DescribedTransactionPageSchema)
@@ -303,7 +312,7 @@ def transactions(args: dict[str, Any], team_id: str) -> Any:
     return transactions_of(account_id, args, user_id=user_id)
 
 
-@blp.route("/<team_id>/transactions/<entry_id>", methods=["GET"])
+@blp.route("/teams/<team_id>/transactions/<entry_id>", methods=["GET"])
 @authenticated()
 @blp.response(200, TransactionDetailSchema)
 @answers(404)
@@ -315,7 +324,7 @@ def transaction(team_id: str, entry_id: str) -> Any:
     )
 
 
-@blp.route("/<team_id>/usage", methods=["GET"])
+@blp.route("/teams/<team_id>/usage", methods=["GET"])
 @authenticated()
 @blp.arguments(TeamUsageArgs, location="query")
 @blp.response(200, UsageReportSchema)
@@ -339,3 +348,69 @@ def usage(args: dict[str, Any], team_id: str) -> Any:
         group_by=args["group_by"],
     )
     return usage_answer(report, args)
+
+
+class TeamSearchArgs(PageArgs):
+    q = Text(
+        load_default=None,
+        max_length=100,
+        metadata={"description": "a part of the team's name (any case), or its id"},
+    )
+
+
+class AdminTeamSummarySchema(AmountsSchema):
+    id = Id()
+    name = fields.String()
+    created_at = UtcDateTime()
+
+
+@blp.route("/admin/teams", methods=["GET"])
+@authenticated(admin=True)
+@blp.arguments(TeamSearchArgs, location="query")
+@blp.response(200, page_of(AdminTeamSummarySchema))
+def admin_teams(args: dict[str, Any]) -> Any:
+    """Teams whose name contains `q` or whose id it is, newest first."""
+    return keyset_page(
+        db.session,
+        teams.named(args["q"]),
+        key=Team.id,
+        args=args,
+        item=lambda row: {
+            "id": row[0].id,
+            "name": row[0].name,
+            "created_at": row[0].created_at,
+            **_amounts(Balance(row[1].balance, row[1].reserved)),
+        },
+        position=lambda team: team["id"],
+    )
+
+
+@blp.route("/admin/teams/<team_id>", methods=["GET"])
+@authenticated(admin=True)
+@blp.response(200, TeamSchema)
+@answers(404)
+def admin_team(team_id: str) -> Any:
+    """A team with every member, their caps and spending (`role` is null: you are not in it)."""
+    return _team(team_id, user_id=None)
+
+
+@blp.route("/admin/teams/<team_id>/members", methods=["GET"])
+@authenticated(admin=True)
+@blp.arguments(PageArgs, location="query")
+@blp.response(200, MemberPageSchema)
+@answers(404)
+def admin_team_members(args: dict[str, Any], team_id: str) -> Any:
+    return _members_page(team_id, args, user_id=None)
+
+
+@blp.route("/admin/teams/<team_id>/transactions", methods=["GET"])
+@authenticated(admin=True)
+@blp.arguments(OwnTransactionArgs, location="query")
+@blp.response(200, DescribedTransactionPageSchema)
+@blp.alt_response(
+    200, success=True, schema=CSV_ANSWER, content_type="text/csv", description=TRANSACTIONS_CSV
+)
+@answers(404)
+def admin_team_transactions(args: dict[str, Any], team_id: str) -> Any:
+    """Every entry of the team's account, as its owner sees them."""
+    return transactions_of(accounts.of_team(db.session, _team_id(team_id)), args)

@@ -8,15 +8,22 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from creditapp import ledger
+from creditapp.accounts.models import Team
+from creditapp.accounts.teams import FROM_USER, TO_TEAM
 from creditapp.auth import api_keys
-from creditapp.auth.models import ApiKey
+from creditapp.auth.models import ApiKey, User
 from creditapp.billing.models import UsageRecord
 from creditapp.chat.models import Character, Conversation
 from creditapp.database import DbSession
 from creditapp.ledger.models import LedgerEntry
 
 # How a grant's source reads in a description.
-SOURCE_WORDS = {"purchase": "Purchase", "promo": "Promo", "admin": "From an admin"}
+SOURCE_WORDS = {
+    "purchase": "Purchase",
+    "promo": "Promo",
+    "admin": "From an admin",
+    "transfer": "Transfer",
+}
 
 # A charge's call: provider, model, how it ended, and the conversation's character (if any).
 Call = tuple[str, str, str, str | None]
@@ -40,7 +47,49 @@ def describe(session: DbSession, entries: list[LedgerEntry]) -> dict[int, str]:
         name = keys.get(api_keys.key_of_reference(entry.reference))
         if name is not None:
             descriptions[entry.id] = f"API key “{name}”: {descriptions[entry.id]}"
+    descriptions.update(_transfers(session, entries))
     return descriptions
+
+
+def _referenced(entries: list[LedgerEntry], entry_type: str, prefix: str) -> dict[int, int]:
+    """The id each entry of `entry_type` names in its reference (`team:3`), by entry id."""
+    return {
+        entry.id: int(entry.reference.removeprefix(prefix))
+        for entry in entries
+        if entry.type == entry_type and entry.reference and entry.reference.startswith(prefix)
+    }
+
+
+def _transfers(session: DbSession, entries: list[LedgerEntry]) -> dict[int, str]:
+    """Transfers' entries by the other side: the team's name, the member's email."""
+    to_teams = _referenced(entries, "transfer_out", TO_TEAM)
+    from_users = _referenced(entries, "transfer_in", FROM_USER)
+    names: dict[int, str] = {}
+    if to_teams:
+        names = dict(
+            session.execute(select(Team.id, Team.name).where(Team.id.in_(set(to_teams.values()))))
+            .tuples()
+            .all()
+        )
+    emails: dict[int, str] = {}
+    if from_users:
+        emails = dict(
+            session.execute(
+                select(User.id, User.email).where(User.id.in_(set(from_users.values())))
+            )
+            .tuples()
+            .all()
+        )
+    described = {
+        entry_id: f"Transfer to team “{names[team_id]}”"
+        for entry_id, team_id in to_teams.items()
+        if team_id in names
+    }
+    return described | {
+        entry_id: f"Transfer from {emails[user_id]}"
+        for entry_id, user_id in from_users.items()
+        if user_id in emails
+    }
 
 
 def _key_names(session: DbSession, key_ids: list[int | None]) -> dict[int | None, str]:
