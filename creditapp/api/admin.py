@@ -58,9 +58,9 @@ class GrantArgs(Schema):
     source = Text(load_default="admin", max_length=32, validate=validate.OneOf(GRANT_SOURCES))
     expires_at = UtcDateTime(load_default=None, allow_none=True)
 
-    @validates_schema
+    @validates_schema(skip_on_field_errors=False)
     def _one_owner(self, data: dict[str, Any], **_kwargs: Any) -> None:
-        if (data["user_id"] is None) == (data["team_id"] is None):
+        if (data.get("user_id") is None) == (data.get("team_id") is None):
             raise ValidationError("Give exactly one of user_id and team_id.", field_name="user_id")
 
 

@@ -46,6 +46,7 @@ def test_transactions_as_csv_are_the_json_entries(
             "amount": entry["amount"],
             "balance_after": entry["balance_after"],
             "reference": entry["reference"] or "",
+            "user_id": entry["user_id"] or "",
         }
         for entry in entries
     ]

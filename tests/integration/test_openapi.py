@@ -134,6 +134,10 @@ def test_security_and_the_statuses_it_brings(document: dict[str, Any]) -> None:
             assert "security" not in operation, path
 
 
+# Where a retry without a key could spend or move credits twice: a message, a transfer.
+KEY_REQUIRED = {"/api/conversations/{conversation_id}/messages", "/api/teams/{team_id}/transfers"}
+
+
 def test_idempotency_key_where_the_contract_puts_it(document: dict[str, Any]) -> None:
     for method, path, operation in _operations(document):
         keys = [p for p in operation.get("parameters", []) if p["name"] == "Idempotency-Key"]
@@ -141,7 +145,7 @@ def test_idempotency_key_where_the_contract_puts_it(document: dict[str, Any]) ->
             assert keys == [], (method, path)
             continue
         assert len(keys) == 1 and keys[0]["in"] == "header", (method, path)
-        assert keys[0]["required"] is (path == "/api/conversations/{conversation_id}/messages")
+        assert keys[0]["required"] is (path in KEY_REQUIRED), (method, path)
         assert {"400", "409"} <= set(operation["responses"]), (method, path)
         success = next(r for status, r in operation["responses"].items() if int(status) < 300)
         assert "Idempotent-Replayed" in success["headers"], (method, path)
