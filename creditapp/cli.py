@@ -12,6 +12,8 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from creditapp import accounts, ledger
+from creditapp.accounts import teams
+from creditapp.accounts.models import Team
 from creditapp.auth import sessions, users
 from creditapp.auth.models import User
 from creditapp.auth.tokens import issue_access_token
@@ -185,6 +187,39 @@ DEMO_MODEL = "demo-chat"
 # The demo provider's price, in USD per 1M tokens: cents per conversation, so balances visibly move.
 DEMO_RATES = book.Rates(input=Decimal("2"), output=Decimal("8"), cached_input=Decimal("0.5"))
 DEMO_CHARACTER = "Ada"
+# A team the demo user owns, with the demo admin as a member capped per day: the dashboard's
+# team switcher, transfers and a member's cap have something to show from the first run.
+DEMO_TEAM = "Demo team"
+DEMO_TEAM_CREDITS = 500 * 1_000_000
+DEMO_MEMBER_CAP = 20 * 1_000_000
+
+
+def _seed_demo_team(owner: User, member: User, now: datetime) -> None:
+    if db.session.scalar(select(Team.id).where(Team.name == DEMO_TEAM)) is not None:
+        return
+    team_id = teams.create(
+        db.session, owner_id=owner.id, name=DEMO_TEAM, context=CLI_CONTEXT, now=now
+    ).id
+    teams.add_member(
+        db.session,
+        team_id=team_id,
+        actor_id=owner.id,
+        email=member.email,
+        role="member",
+        cap=DEMO_MEMBER_CAP,
+        cap_period="day",
+        context=CLI_CONTEXT,
+        now=now,
+    )
+    ledger.grant(
+        db.session,
+        account_id=accounts.of_team(db.session, team_id),
+        amount=DEMO_TEAM_CREDITS,
+        source="promo",
+        reason="demo team credits",
+        context=CLI_CONTEXT,
+        now=now,
+    )
 
 
 def _seed_demo_chat(admin: User, now: datetime) -> Character:
@@ -217,7 +252,8 @@ def _seed_demo_chat(admin: User, now: datetime) -> Character:
 
 @demo_cli.command("seed")
 def seed_demo() -> None:
-    """Create a demo admin and a demo user with credits (once), and print their tokens."""
+    """Create a demo admin and a demo user with credits, and a team of theirs (once), and print
+    their tokens."""
     now = datetime.now(UTC)
     with write_transaction(db.session):
         for email, role, tier in ((DEMO_ADMIN, "admin", "pro"), (DEMO_USER, "user", "free")):
@@ -236,7 +272,9 @@ def seed_demo() -> None:
                     context=CLI_CONTEXT,
                     now=now,
                 )
-        character = _seed_demo_chat(users.get_by_email(db.session, DEMO_ADMIN), now)
+        admin = users.get_by_email(db.session, DEMO_ADMIN)
+        character = _seed_demo_chat(admin, now)
+        _seed_demo_team(users.get_by_email(db.session, DEMO_USER), admin, now)
     click.echo(
         f"demo character {character.name}: id {character.id}"
         f" ({character.provider}:{character.model})"
