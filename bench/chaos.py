@@ -8,7 +8,10 @@ each provider's wire format to the real SDKs.
 
 Users chat (streamed and not, some hanging up early), admins grant, adjust and refund,
 subscription periods end during the run, and users buy credits through Stripe Checkout (the
-fake Stripe, its webhook endpoint one of the web instances). Stripe takes each payment at once,
+fake Stripe, its webhook endpoint one of the web instances). A team, made through the API
+before the load, is funded by its members' transfers and the admin's grants while its capped
+members spend from it, each on several connections at once, so that their calls meet their
+cap together. Stripe takes each payment at once,
 and its `checkout.session.completed` event reaches the service as Stripe's do at their worst:
 once, twice, concurrently to both web instances, late (seconds later, once the buyer spent),
 with the `async_payment_succeeded` twin of the same payment, after an asynchronous payment
@@ -28,12 +31,15 @@ At the end, after the jobs have caught up (purchases paid but pending included),
 checks: reconciliation finds no drift; every answered message was charged exactly once and
 exactly its cost; the ledger's charges, admin grants, adjustments and purchase grants of every
 user equal what the clients learned (nothing charged for a refusal, nothing applied twice,
-nothing missing); every paid purchase granted exactly once (one purchase grant of its credits,
+nothing missing), and so do the team account's charges (by member), transfers and grants,
+and every member's transfers out; no member past cap (spent this period within the ceiling,
+nothing left reserved, and spent equal to the member's charges on the team account this
+period); every paid purchase granted exactly once (one purchase grant of its credits,
 `grant_id` set, status paid, whichever of the webhook and the job came first) and none that
 was not paid; every retried request has one outcome; no hold is pending; one subscription grant
 per user and period, and a new one for every period that ended; every compensation paid at
 most once (and every one paid); the metrics agree with the database. It prints a table and
-"lost 0, doubled 0", or the counterexamples and the seed.
+"lost 0, doubled 0, members past cap 0", or the counterexamples and the seed.
 
     make chaos            # or: .venv/bin/python bench/chaos.py [--seconds 300] [--seed N]
 
@@ -136,6 +142,16 @@ FAULT_KINDS = (
 )
 # A client gives up learning an outcome after this long: longer than a claim's takeover.
 LEARN_DEADLINE_SECONDS = HOLD_TTL_SECONDS * 4
+# The team: its members' monthly caps, in credits per 45 seconds of load (a message costs
+# about 0.7): the smallest binds within a few messages, the largest late in the run, so that
+# calls meet a cap throughout. Each member sends on this many connections at once, beside
+# their personal chat.
+MEMBER_CAPS = (1.5, 3, 8, 20)
+TEAM_CONNECTIONS = 3
+# Credits the admin grants the team first (its members' transfers add to it): more than the
+# caps allow, so that the caps, not the balance, refuse the members' calls.
+TEAM_FUNDING_OVER_CAPS = 20
+TRANSFER_CENTS = range(50, 301)
 
 
 def credits(text: str) -> int:
@@ -318,6 +334,15 @@ class User:
     conversations: list[int]
     period_ends: datetime | None  # when the subscription period ends during the run
     poor: bool  # few credits, no starting grant: meets 402 (and buys nothing)
+
+
+@dataclass
+class Team:
+    id: int
+    account_id: int
+    owner: User  # manages the team, funds it, spends nothing from it
+    members: list[User]  # each capped, each spending from the team
+    caps: dict[int, int]  # each member's ceiling (µcr) by user id, as the API answered it
 
 
 class Deployment:
@@ -549,7 +574,7 @@ def seed(url: str, jwt_secret: str, args: argparse.Namespace) -> Seeded:
 class Outcome:
     """What a client finally learned of one request (one Idempotency-Key)."""
 
-    kind: str  # message, grant, adjust, refund, purchase
+    kind: str  # message, grant, adjust, refund, purchase, transfer
     user: int  # the user's index
     key: str
     status: int = 0  # the definitive answer's status (200 for a stream)
@@ -561,6 +586,11 @@ class Outcome:
     attempts: int = 0
     hung_up: bool = False  # the client closed a stream early on purpose, then asked again
     server_errors: list[int] = field(default_factory=list)  # 5xx other than 502/503 seen
+    team: bool = False  # paid from (a message) or paid to (a grant) the team's account
+
+    @property
+    def label(self) -> str:
+        return f"team {self.kind}" if self.team else self.kind
 
 
 class Unlearned(Exception):
@@ -592,6 +622,7 @@ class Clients:
         self.answered_messages: list[Outcome] = []
         # The instances requests go to (the warm-up measures one, then both).
         self.ports_in_use = [web.port for web in deployment.web]
+        self.team: Team | None = None  # formed before the load (`form_team`)
 
     # One POST, on instance `attempt % 2`: (status, parsed body or stream events).
     def _request(
@@ -672,18 +703,31 @@ class Clients:
         with self.lock:
             (self.outcomes if learned else self.unlearned).append(outcome)
 
-    def chat(self, user: User) -> None:
-        draw = random.Random(f"{self.seed}-{user.index}")
+    def chat(self, user: User, team_connection: int | None = None) -> None:
+        """A user's messages, one at a time: paid by their account, or with `team_connection`
+        (one of a member's several at once) by the team's."""
+        team = self.team if team_connection is not None else None
+        draw = random.Random(
+            f"{self.seed}-{user.index}" + (f"-team{team_connection}" if team else "")
+        )
         while not self.stop.is_set():
             stream = draw.random() < 0.5
             hang_up = stream and draw.random() < 0.15
             conversation = draw.choice(user.conversations)
-            outcome = Outcome("message", user.index, f"m-{uuid.uuid4()}", hung_up=hang_up)
+            outcome = Outcome(
+                "message", user.index, f"m-{uuid.uuid4()}", hung_up=hang_up, team=bool(team)
+            )
+            body: dict[str, Any] = {
+                "content": f"Tell me something, {draw.randrange(10**6)}",
+                "stream": stream,
+            }
+            if team:
+                body["team_id"] = str(team.id)
             learned = self.learn(
                 outcome,
                 f"/api/conversations/{conversation}/messages",
                 user.token,
-                {"content": f"Tell me something, {draw.randrange(10**6)}", "stream": stream},
+                body,
                 hang_up=hang_up,
             )
             if learned is not None:
@@ -712,9 +756,11 @@ class Clients:
         token = self.seeded.admin_token
         while not self.stop.is_set():
             user = draw.choice(self.seeded.users)
-            kind = draw.choice(("grant", "adjust", "adjust", "refund"))
-            outcome = Outcome(kind, user.index, f"a-{uuid.uuid4()}")
-            if kind in ("grant", "adjust"):
+            kind = draw.choice(("grant", "adjust", "adjust", "refund", "team grant"))
+            if kind == "team grant":
+                self.record(*self.grant_team(Decimal(draw.randrange(1, 300)) / 100))
+            elif kind in ("grant", "adjust"):
+                outcome = Outcome(kind, user.index, f"a-{uuid.uuid4()}")
                 cents = draw.randrange(1, 300) if kind == "grant" else draw.randrange(-200, 200)
                 learned = self.learn(
                     outcome,
@@ -730,7 +776,9 @@ class Clients:
                     answer = learned[1]
                     done = answer["grant"] if kind == "grant" else answer
                     outcome.amount = credits(done["amount"])
+                self.record(outcome, learned is not None)
             else:
+                outcome = Outcome(kind, user.index, f"a-{uuid.uuid4()}")
                 with self.lock:
                     answered = [o for o in self.answered_messages if o.user == user.index]
                     target = draw.choice(answered) if answered else None
@@ -744,8 +792,82 @@ class Clients:
                     token,
                     {"message_id": str(target.message_id), "reason": "chaos"},
                 )
-            self.record(outcome, learned is not None)
+                self.record(outcome, learned is not None)
             time.sleep(draw.uniform(0.2, 0.6))
+
+    def grant_team(self, amount: Decimal) -> tuple[Outcome, bool]:
+        """The admin grants the team `amount` credits: the outcome, and whether it was learned."""
+        assert self.team is not None
+        outcome = Outcome("grant", self.team.owner.index, f"a-{uuid.uuid4()}", team=True)
+        learned = self.learn(
+            outcome,
+            "/api/admin/credit/grant",
+            self.seeded.admin_token,
+            {"team_id": str(self.team.id), "amount": str(amount), "reason": "chaos"},
+        )
+        if learned and learned[0] == 201:
+            outcome.amount = credits(learned[1]["grant"]["amount"])
+        return outcome, learned is not None
+
+    def form_team(self, seconds: float) -> Team:
+        """Before the load, through the API: a user with credits makes a team, adds the next
+        ones as members with the caps of `MEMBER_CAPS` (scaled to the run's length), and the
+        admin funds it."""
+        spenders = [user for user in self.seeded.users if not user.poor]
+        owner, members = spenders[0], spenders[1 : 1 + len(MEMBER_CAPS)]
+
+        def made(path: str, body: dict[str, Any]) -> Any:
+            learned = self.learn(
+                Outcome("team", owner.index, f"t-{uuid.uuid4()}"), path, owner.token, body
+            )
+            if learned is None or learned[0] != 201:
+                raise SystemExit(f"forming the team: {path} answered {learned}")
+            return learned[1]
+
+        team_id = int(made("/api/teams", {"name": "Chaos team"})["id"])
+        scale = max(1.0, seconds / 45)
+        caps = {
+            member.id: credits(
+                made(
+                    f"/api/teams/{team_id}/members",
+                    {
+                        "email": f"user{member.index}@chaos.example",
+                        "cap": str(round(Decimal(credits_per_45 * scale), 2)),
+                        "cap_period": "month",
+                    },
+                )["cap"]
+            )
+            for member, credits_per_45 in zip(members, MEMBER_CAPS, strict=False)
+        }
+        with psycopg.connect(self.direct_url) as database:
+            ((account_id,),) = database.execute(
+                "SELECT id FROM accounts WHERE team_id = %s", (team_id,)
+            ).fetchall()
+        self.team = Team(team_id, account_id, owner, members, caps)
+        funding = Decimal(sum(caps.values())) / MICRO + TEAM_FUNDING_OVER_CAPS
+        outcome, learned = self.grant_team(funding)
+        if outcome.status != 201:
+            raise SystemExit(f"funding the team: {describe(outcome)}")
+        self.record(outcome, learned)
+        return self.team
+
+    def fund_team(self) -> None:
+        """The team's owner and members move credits of their own to it now and then."""
+        assert self.team is not None
+        draw = random.Random(f"{self.seed}-transfers")
+        funders = [self.team.owner, *self.team.members]
+        while not self.stop.wait(draw.uniform(0.5, 2)):
+            user = draw.choice(funders)
+            outcome = Outcome("transfer", user.index, f"x-{uuid.uuid4()}")
+            learned = self.learn(
+                outcome,
+                f"/api/teams/{self.team.id}/transfers",
+                user.token,
+                {"amount": str(Decimal(draw.choice(TRANSFER_CENTS)) / 100)},
+            )
+            if learned and learned[0] == 201:
+                outcome.amount = credits(learned[1]["amount"])
+            self.record(outcome, learned is not None)
 
     def bill_empty_replies(self) -> None:
         """Now and then a provider bills a call and answers nothing: the message is charged as
@@ -872,6 +994,13 @@ class Clients:
     @contextmanager
     def running(self, users: list[User]) -> Iterator[None]:
         threads = [threading.Thread(target=self.chat, args=(user,)) for user in users]
+        if self.team is not None:
+            threads += [
+                threading.Thread(target=self.chat, args=(member, connection))
+                for member in self.team.members
+                for connection in range(TEAM_CONNECTIONS)
+            ]
+            threads.append(threading.Thread(target=self.fund_team))
         threads += [
             threading.Thread(target=self.administer),
             threading.Thread(target=self.bill_empty_replies),
@@ -1041,16 +1170,21 @@ class Injector:
 # ------------------------------------------------------------------------------ the checks
 
 
-# The answers a correct service gives the load: (status, error code or a stream's last event).
+# The answers a correct service gives the load (by `Outcome.label`): (status, error code or a
+# stream's last event).
+MESSAGE_ANSWERS = {
+    (201, None),
+    (200, "done"),
+    (200, "error"),
+    (402, "insufficient_credits"),
+    (502, "provider_error"),
+}
 EXPECTED: dict[str, set[tuple[int, str | None]]] = {
-    "message": {
-        (201, None),
-        (200, "done"),
-        (200, "error"),
-        (402, "insufficient_credits"),
-        (502, "provider_error"),
-    },
+    "message": MESSAGE_ANSWERS,
+    "team message": MESSAGE_ANSWERS | {(402, "member_cap_reached")},
     "grant": {(201, None)},
+    "team grant": {(201, None)},
+    "transfer": {(201, None), (402, "insufficient_credits")},
     "adjust": {(200, None), (409, "balance_would_go_negative")},
     "refund": {(201, None), (409, "already_refunded")},
     "purchase": {(201, None)},
@@ -1061,6 +1195,8 @@ EXPECTED: dict[str, set[tuple[int, str | None]]] = {
 class Findings:
     lost: list[str] = field(default_factory=list)
     doubled: list[str] = field(default_factory=list)
+    past_cap: list[str] = field(default_factory=list)  # a member's cap passed or miscounted
+    caps: dict[int, tuple[int | None, int]] = field(default_factory=dict)  # user id: cap, spent
     other: list[str] = field(default_factory=list)
     facts: dict[str, int] = field(default_factory=dict)  # what happened, for the table
 
@@ -1093,7 +1229,6 @@ def wait_for_jobs(url: str, seeded: Seeded, paid: list[int], timeout: float) -> 
 
 def check(url: str, clients: Clients, deployment: Deployment, uncounted_at_most: int) -> Findings:
     found = Findings()
-    accounts = {user.index: user.account_id for user in clients.seeded.users}
     with psycopg.connect(url, autocommit=True) as db:
 
         def rows(query: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -1141,42 +1276,128 @@ def check(url: str, clients: Clients, deployment: Deployment, uncounted_at_most:
             if outcome.code in (None, "done") and ending == "completed" and charged != cost:
                 found.lost.append(f"message {outcome.message_id}: charged {charged}, cost {cost}")
 
-        # Per user: the ledger's charges, admin grants, adjustments and purchase grants are what
-        # clients learned (a purchase's once Stripe was paid).
-        learned: dict[tuple[int, str], list[int]] = {}
+        # Per user: the ledger's charges, admin grants, adjustments, purchase grants and
+        # transfers out are what clients learned (a purchase's once Stripe was paid); on the
+        # team's account, each member's charges, everyone's transfers in and the admin's grants.
+        learned: dict[tuple[int | None, str], list[int]] = {}
         for outcome in clients.outcomes:
             value = outcome.charged if outcome.kind == "message" else outcome.amount
             if value:
-                learned.setdefault((outcome.user, outcome.kind), []).append(value)
-        for index, account_id in accounts.items():
-            ledger_rows = {
-                kind: (count, total)
-                for kind, count, total in rows(
-                    "SELECT CASE WHEN e.type = 'grant' THEN 'grant:' || g.source ELSE e.type END,"
-                    " count(DISTINCT e.audit_id), sum(e.amount) FROM ledger_entries e JOIN grants g"
-                    " ON g.id = e.grant_id WHERE e.account_id = %s GROUP BY 1",
+                # The admin's grants to the team are nobody's in particular.
+                who = None if outcome.label == "team grant" else outcome.user
+                learned.setdefault((who, outcome.label), []).append(value)
+
+        def compare(what: str, in_ledger: tuple[int, int], seen: list[int], sign: int) -> None:
+            """An operation drawing on several grants writes an entry for each, under one audit
+            record: operations are counted by their audit records. More taken from an account
+            (sign -1) than clients learned is doubled; anything else amiss is lost."""
+            count, total = in_ledger
+            described = (
+                f"{what}: ledger {count} entries, {sign * total} µcr; clients learned"
+                f" {len(seen)}, {sum(seen)} µcr"
+            )
+            if count != len(seen):
+                (found.doubled if count > len(seen) else found.lost).append(described)
+            elif sign * total != sum(seen):
+                taken_more = sign < 0 and sign * total > sum(seen)
+                (found.doubled if taken_more else found.lost).append(described)
+
+        def ledger_sums(account_id: int) -> dict[tuple[int | None, str], tuple[int, int]]:
+            """(count of operations, sum) of the account's entries by who caused them and kind."""
+            return {
+                (user_id, kind): (count, total)
+                for user_id, kind, count, total in rows(
+                    "SELECT e.user_id, CASE WHEN e.type = 'grant' THEN 'grant:' || g.source"
+                    " ELSE e.type END, count(DISTINCT e.audit_id), sum(e.amount)"
+                    " FROM ledger_entries e JOIN grants g ON g.id = e.grant_id"
+                    " WHERE e.account_id = %s GROUP BY 1, 2",
                     account_id,
                 )
             }
-            # An operation drawing on several grants writes an entry for each, under one audit
-            # record: operations are counted by their audit records.
+
+        for user in clients.seeded.users:
+            personal: Counter[str] = Counter()
+            operations: Counter[str] = Counter()
+            # A personal account's entries name its owner or nobody: one sum per kind.
+            for (_, kind), (count, total) in ledger_sums(user.account_id).items():
+                operations[kind] += count
+                personal[kind] += total
             for kind, ledger_kind, sign in (
                 ("message", "charge", -1),
                 ("grant", "grant:admin", 1),
                 ("adjust", "adjust", 1),
                 ("purchase", "grant:purchase", 1),
+                ("transfer", "transfer_out", -1),
             ):
-                seen = learned.get((index, kind), [])
-                count, total = ledger_rows.get(ledger_kind, (0, 0))
-                what = (
-                    f"user {index} {kind}: ledger {count} entries, {sign * total} µcr; clients"
-                    f" learned {len(seen)}, {sum(seen)} µcr"
+                compare(
+                    f"user {user.index} {kind}",
+                    (operations[ledger_kind], personal[ledger_kind]),
+                    learned.get((user.index, kind), []),
+                    sign,
                 )
-                if count != len(seen):
-                    (found.doubled if count > len(seen) else found.lost).append(what)
-                elif sign * total != sum(seen):
-                    more_taken = (sign * total > sum(seen)) == (kind == "message")
-                    (found.doubled if more_taken and kind == "message" else found.lost).append(what)
+        team = clients.team
+        assert team is not None
+        on_team = ledger_sums(team.account_id)
+        for user in [team.owner, *team.members]:
+            for kind, ledger_kind, sign in (
+                ("team message", "charge", -1),
+                ("transfer", "transfer_in", 1),
+            ):
+                compare(
+                    f"team account, user {user.index} {kind}",
+                    on_team.get((user.id, ledger_kind), (0, 0)),
+                    learned.get((user.index, kind), []),
+                    sign,
+                )
+        granted = [value for (_, kind), value in on_team.items() if kind == "grant:admin"]
+        compare(
+            "team account grant",
+            (sum(c for c, _ in granted), sum(t for _, t in granted)),
+            learned.get((None, "team grant"), []),
+            1,
+        )
+        in_team = {user.id for user in [team.owner, *team.members]}
+        found.doubled += [
+            f"team account: {kind} entries of user id {who}, in no team's load"
+            for who, kind in on_team
+            if kind in ("charge", "transfer_in") and who not in in_team
+        ]
+
+        # No member past cap: what each member spent this period (the cap's counter, one row)
+        # is within the ceiling, nothing is left reserved, and it equals the member's charges
+        # on the team account since the period began.
+        from creditapp.ledger.caps import period_starts
+
+        now = datetime.now(UTC)
+        index_of = {user.id: user.index for user in clients.seeded.users}
+        for user_id, ceiling, spent, reserved, period, period_start, charges in rows(
+            "SELECT m.user_id, c.ceiling, c.spent, c.reserved, c.period, c.period_start,"
+            " (SELECT coalesce(-sum(e.amount), 0) FROM ledger_entries e WHERE e.account_id = %s"
+            "  AND e.user_id = m.user_id AND e.type = 'charge' AND e.created_at >= %s)"
+            " FROM team_members m JOIN spend_caps c ON c.id = m.cap_id WHERE m.team_id = %s",
+            team.account_id,
+            period_starts(now)["month"],
+            team.id,
+        ):
+            if period != "month":
+                found.past_cap.append(
+                    f"user {index_of[user_id]}: cap counted per {period}, set per month"
+                )
+                continue
+            spent_now = spent if period_start >= period_starts(now)["month"] else 0
+            found.caps[user_id] = (ceiling, spent_now)
+            what = (
+                f"user {index_of[user_id]}: cap {ceiling}, spent {spent_now}, reserved {reserved},"
+                f" charged {charges} µcr"
+            )
+            if user_id in team.caps and ceiling != team.caps[user_id]:
+                found.past_cap.append(f"{what}; the API set a cap of {team.caps[user_id]}")
+            if ceiling is not None and spent_now + reserved > ceiling:
+                found.past_cap.append(f"{what}: past the ceiling")
+            if reserved:
+                found.past_cap.append(f"{what}: reserved with no hold pending")
+            if spent_now != charges:
+                found.past_cap.append(f"{what}: counted other than charged")
 
         # Purchases: each one Stripe was paid for granted exactly once, its credits, whether the
         # webhook or the sync job came first; none granted that was not paid.
@@ -1289,10 +1510,14 @@ def check(url: str, clients: Clients, deployment: Deployment, uncounted_at_most:
                 f" miss at most {uncounted_at_most})"
             )
     for outcome in clients.outcomes:
-        if (outcome.status, outcome.code) not in EXPECTED[outcome.kind]:
-            found.other.append(f"{outcome.kind} {outcome.key}: unexpected {describe(outcome)}")
+        if (outcome.status, outcome.code) not in EXPECTED[outcome.label]:
+            found.other.append(f"{outcome.label} {outcome.key}: unexpected {describe(outcome)}")
     if not any(o.kind == "message" and o.charged for o in clients.outcomes):
         found.other.append("no message was charged: the run proved nothing")
+    if not any(o.code == "member_cap_reached" for o in clients.outcomes):
+        found.other.append("no member met their cap: the run proved nothing of caps")
+    if not any(o.label == "team message" and o.charged for o in clients.outcomes):
+        found.other.append("no team message was charged: the run proved nothing of teams")
     for outcome in clients.outcomes + clients.unlearned:
         if outcome.server_errors:
             found.other.append(f"{outcome.kind} {outcome.key}: HTTP {outcome.server_errors}")
@@ -1350,10 +1575,10 @@ def heal(deployment: Deployment) -> None:
 
 def describe(outcome: Outcome) -> str:
     if outcome.kind == "message" and outcome.status == 200:
-        return f"{outcome.kind} streamed, {outcome.code}" + (
+        return f"{outcome.label} streamed, {outcome.code}" + (
             " (hung up, asked again)" if outcome.hung_up else ""
         )
-    return f"{outcome.kind} {outcome.status}" + (f" {outcome.code}" if outcome.code else "")
+    return f"{outcome.label} {outcome.status}" + (f" {outcome.code}" if outcome.code else "")
 
 
 def report(
@@ -1384,6 +1609,18 @@ def report(
         print(f"  {name:62} {count:7}")
     for name, count in sorted(clients.webhook_answers.items()):
         print(f"  {'answered ' + name:62} {count:7}")
+    team = clients.team
+    assert team is not None
+    print("\nThe team's members: cap this month, spent, team messages refused at the cap")
+    for member in team.members:
+        ceiling, spent = findings.caps.get(member.id, (None, 0))
+        refused = sum(
+            1 for o in clients.outcomes if o.user == member.index and o.code == "member_cap_reached"
+        )
+        cap = "none" if ceiling is None else Decimal(ceiling) / MICRO
+        print(
+            f"  {f'user {member.index}':38} {cap!s:>9} {Decimal(spent) / MICRO!s:>12} {refused:7}"
+        )
     print("\nWhat the jobs and the ledger did")
     for name, count in findings.facts.items():
         print(f"  {name:62} {count:7}")
@@ -1396,12 +1633,14 @@ def report(
     for title, items in (
         ("LOST", findings.lost),
         ("DOUBLED", findings.doubled),
+        ("PAST CAP", findings.past_cap),
         ("OTHER", findings.other),
     ):
         for item in items[:20]:
             print(f"  {title}: {item}")
     print(
         f"\nlost {len(findings.lost)}, doubled {len(findings.doubled)},"
+        f" members past cap {len(findings.past_cap)},"
         f" other failures {len(findings.other)}   (seed {seed})"
     )
 
@@ -1420,8 +1659,9 @@ def main() -> int:
         args.seed = random.randrange(10**6)
     schedule = fault_schedule(args.seed, args.seconds, args.fault_every)
     print(
-        f"chaos run: seed {args.seed}, {args.seconds:g} s of load by {args.users} users and an"
-        f" admin, {len(schedule)} faults: two web instances x {args.web_workers} workers,"
+        f"chaos run: seed {args.seed}, {args.seconds:g} s of load by {args.users} users (some"
+        f" of them a team's) and an admin, {len(schedule)} faults: two web instances x"
+        f" {args.web_workers} workers,"
         " two Celery workers, two beats, PostgreSQL and Redis behind cuttable proxies"
     )
     for fault in schedule:
@@ -1434,6 +1674,14 @@ def main() -> int:
         supervising = threading.Event()
         threading.Thread(target=deployment.supervise, args=(supervising,), daemon=True).start()
         clients = Clients(deployment, seeded, args.seed)
+        team = clients.form_team(args.seconds)
+        print(
+            f"team {team.id}: user {team.owner.index} owns it; users"
+            f" {', '.join(str(member.index) for member in team.members)} spend from it within"
+            f" caps of {', '.join(str(Decimal(cap) / MICRO) for cap in team.caps.values())} credits"
+            f" a month, {TEAM_CONNECTIONS} connections each",
+            flush=True,
+        )
         injector = Injector(deployment, schedule, args.seed)
         with clients.running(seeded.users):
             rates = warm_up(clients, deployment, args.warm_up)
@@ -1474,7 +1722,7 @@ def main() -> int:
             )
         supervising.set()
         report(clients, injector, deployment, findings, rates, args.seed)
-        failed = bool(findings.lost or findings.doubled or findings.other)
+        failed = bool(findings.lost or findings.doubled or findings.past_cap or findings.other)
     finally:
         deployment.close(keep_database=failed)
         if failed:
