@@ -165,7 +165,7 @@ class SpendCapReached(CreditAppError):
 
     code = "spend_cap_reached"
     status = 402
-    message = "A spending cap has been reached for the period."
+    message = "This call's worst case is more than a spending cap leaves for the period."
 
     def __init__(self, *, required: int, limit: int, spent: int, reserved: int):
         from creditapp.money import format_credits
@@ -188,7 +188,7 @@ class KeyLimitReached(SpendCapReached):
     new hold would pass it."""
 
     code = "key_limit_reached"
-    message = "This API key has reached its spending limit for the period."
+    message = "This call's worst case is more than this API key's limit leaves for the period."
 
 
 class MemberCapReached(SpendCapReached):
@@ -198,7 +198,7 @@ class MemberCapReached(SpendCapReached):
     pass it."""
 
     code = "member_cap_reached"
-    message = "You have reached your spending cap in this team for the period."
+    message = "This call's worst case is more than your cap in this team leaves for the period."
 
 
 class TransferToSameAccount(CreditAppError):
