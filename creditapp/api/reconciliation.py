@@ -30,8 +30,9 @@ blp = Blueprint(
 
 
 class DriftSchema(Schema):
-    # The owner of a personal account; null for a team's account.
+    # The owner of the account: a user (their personal account) or a team.
     user_id = fields.String(allow_none=True)
+    team_id = fields.String(allow_none=True)
     invariant = fields.String()
     expected = fields.String()
     actual = fields.String()

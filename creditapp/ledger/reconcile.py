@@ -30,12 +30,14 @@ class Drift:
     invariant: str
     expected: int
     actual: int
+    team_id: int | None = None  # the owner of a team's account
 
     def as_wire(self) -> dict[str, str | None]:
         """The report's shape: amounts as credit strings, counts as whole numbers."""
         show = str if self.invariant in COUNT_INVARIANTS else format_credits
         return {
             "user_id": None if self.user_id is None else str(self.user_id),
+            "team_id": None if self.team_id is None else str(self.team_id),
             "invariant": self.invariant,
             "expected": show(self.expected),
             "actual": show(self.actual),
@@ -119,6 +121,7 @@ def _reconcile(session: DbSession, scope: _Scope) -> list[Drift]:
             select(
                 accounts.c.id,
                 accounts.c.user_id,
+                accounts.c.team_id,
                 accounts.c.balance,
                 accounts.c.reserved,
                 accounts.c.last_seq,
@@ -151,7 +154,7 @@ def _reconcile(session: DbSession, scope: _Scope) -> list[Drift]:
         ]
         checks += cap_drift.get(account.id, [])
         drift += [
-            Drift(account.id, account.user_id, invariant, expected, actual)
+            Drift(account.id, account.user_id, invariant, expected, actual, account.team_id)
             for invariant, expected, actual in checks
             if expected != actual
         ]

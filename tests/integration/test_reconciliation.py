@@ -151,6 +151,7 @@ def test_a_hold_amount_corrupted_behind_the_ledgers_back_is_named(
     assert _report(client, admin, app) == [
         {
             "user_id": str(victim.id),
+            "team_id": None,
             "invariant": "reserved == sum(pending holds)",
             "expected": "2.000007",
             "actual": "2",
