@@ -1669,10 +1669,13 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="creditapp-chaos-"))
     deployment = Deployment(args, logs)
     failed = True  # until the checks say otherwise (an error on the way keeps everything)
+    # Set when supervision ends: before the deployment closes, however the run ends (an error
+    # in the checks left the supervisor restarting every process `close` stopped).
+    supervising = threading.Event()
+    supervisor = threading.Thread(target=deployment.supervise, args=(supervising,), daemon=True)
     try:
         seeded = deployment.start()
-        supervising = threading.Event()
-        threading.Thread(target=deployment.supervise, args=(supervising,), daemon=True).start()
+        supervisor.start()
         clients = Clients(deployment, seeded, args.seed)
         team = clients.form_team(args.seconds)
         print(
@@ -1720,10 +1723,12 @@ def main() -> int:
                 f"{injector.takeovers.count(False)} beat lock(s) not taken over after the"
                 " holder was killed"
             )
-        supervising.set()
         report(clients, injector, deployment, findings, rates, args.seed)
         failed = bool(findings.lost or findings.doubled or findings.past_cap or findings.other)
     finally:
+        supervising.set()
+        if supervisor.is_alive():  # a restart it is making finishes before `close` stops all
+            supervisor.join()
         deployment.close(keep_database=failed)
         if failed:
             print(f"logs kept in {logs}")
