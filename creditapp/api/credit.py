@@ -177,6 +177,7 @@ def usage(args: dict[str, Any]) -> Any:
     report = usage_report.report(
         db.session,
         user_id=caller().id,
+        account_id=accounts.paying_account(db.session, principal()),
         start=args["start"],
         end=args["end"],
         group_by=args["group_by"],

@@ -160,12 +160,14 @@ class Compensation(db.Model):  # type: ignore[name-defined,misc]
 
 
 class UsageRollup(TokenCounts, db.Model):  # type: ignore[name-defined,misc]
-    """The sums of one user's usage records of one UTC day, provider and model."""
+    """The sums of one user's usage records of one UTC day, provider and model, paid from one
+    account (their personal one, or a team's)."""
 
     __tablename__ = "usage_rollups"
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
     user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    account_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     day: Mapped[date] = mapped_column(Date, nullable=False)
     provider: Mapped[str] = mapped_column(String(32), nullable=False)
     model: Mapped[str] = mapped_column(String(200), nullable=False)
@@ -178,6 +180,7 @@ class UsageRollup(TokenCounts, db.Model):  # type: ignore[name-defined,misc]
         Index(
             "uq_usage_rollups_key",
             "user_id",
+            "account_id",
             "day",
             "provider",
             "model",

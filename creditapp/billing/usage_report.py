@@ -99,9 +99,17 @@ def _records(session: DbSession, group_by: str, *conditions: Any) -> Any:
 
 
 def report(
-    session: DbSession, *, user_id: int, start: datetime, end: datetime, group_by: str
+    session: DbSession,
+    *,
+    user_id: int,
+    account_id: int,
+    start: datetime,
+    end: datetime,
+    group_by: str,
 ) -> UsageReport:
-    """Usage of calls made at or after `start` and at or before `end`."""
+    """Usage of the user's calls paid from `account_id` (their personal account: what they
+    spent from a team is in the team's report) made at or after `start` and at or before
+    `end`."""
     first, stop = _whole_days(start, end)
     day_start = datetime(first.year, first.month, first.day, tzinfo=UTC)
     day_stop = datetime(stop.year, stop.month, stop.day, tzinfo=UTC)
@@ -113,6 +121,7 @@ def report(
             session,
             group_by,
             r.user_id == user_id,
+            r.account_id == account_id,
             r.created_at >= start,
             r.created_at <= end,
             *conditions,
@@ -130,7 +139,12 @@ def report(
         select(
             *_keys(session, rollups, group_by),
             *(rollups.c[name].label(name) for name in ROLLUP_SUMS),
-        ).where(rollups.c.user_id == user_id, rollups.c.day >= first, rollups.c.day < stop)
+        ).where(
+            rollups.c.user_id == user_id,
+            rollups.c.account_id == account_id,
+            rollups.c.day >= first,
+            rollups.c.day < stop,
+        )
     )
     return _summed(session, union_all(*parts), start=start, end=end, group_by=group_by)
 

@@ -1,4 +1,4 @@
-"""Usage roll-up: usage records summed per user, UTC day, provider and model.
+"""Usage roll-up: usage records summed per user, paying account, UTC day, provider and model.
 
 Each batch locks the records it takes (on PostgreSQL skipping those another run holds), adds
 their sums to the roll-ups and marks them rolled up, all in one transaction: a record is
@@ -32,14 +32,16 @@ WITH batch AS (
 ), marked AS (
     UPDATE usage_records AS record SET rolled_up = true FROM batch
     WHERE record.id = batch.id
-    RETURNING record.id, record.user_id, record.created_at, record.provider, record.model,
+    RETURNING record.id, record.user_id, record.account_id, record.created_at, record.provider,
+              record.model,
               {", ".join(f"record.{name}" for name in TOKEN_COUNTERS)}, record.credits_charged
 ), summed AS (
-    INSERT INTO usage_rollups (user_id, day, provider, model, {", ".join(ROLLUP_SUMS)})
-    SELECT user_id, (created_at AT TIME ZONE 'UTC')::date, provider, model, count(*),
+    INSERT INTO usage_rollups (user_id, account_id, day, provider, model,
+                               {", ".join(ROLLUP_SUMS)})
+    SELECT user_id, account_id, (created_at AT TIME ZONE 'UTC')::date, provider, model, count(*),
            {", ".join(f"sum({name})" for name in TOKEN_COUNTERS)}, sum(credits_charged)
-    FROM marked GROUP BY 1, 2, 3, 4
-    ON CONFLICT (user_id, day, provider, model) DO UPDATE SET
+    FROM marked GROUP BY 1, 2, 3, 4, 5
+    ON CONFLICT (user_id, account_id, day, provider, model) DO UPDATE SET
         {", ".join(f"{name} = usage_rollups.{name} + excluded.{name}" for name in ROLLUP_SUMS)}
     RETURNING 1
 )
@@ -62,6 +64,7 @@ def _batch_in_python(session: DbSession, *, before: datetime, after: int) -> tup
         select(
             records.id,
             records.user_id,
+            records.account_id,
             records.created_at,
             records.provider,
             records.model,
@@ -74,9 +77,12 @@ def _batch_in_python(session: DbSession, *, before: datetime, after: int) -> tup
     ).all()
     if not rows:
         return 0, after
-    sums: dict[tuple[int, Any, str, str], list[int]] = defaultdict(lambda: [0] * len(ROLLUP_SUMS))
+    sums: dict[tuple[int, int, Any, str, str], list[int]] = defaultdict(
+        lambda: [0] * len(ROLLUP_SUMS)
+    )
     for row in rows:
-        totals = sums[(row.user_id, row.created_at.date(), row.provider, row.model)]
+        key = (row.user_id, row.account_id, row.created_at.date(), row.provider, row.model)
+        totals = sums[key]
         counts = (1, *(row._mapping[name] for name in TOKEN_COUNTERS), row.credits_charged)
         for index, value in enumerate(counts):
             totals[index] += value
@@ -87,18 +93,19 @@ def _batch_in_python(session: DbSession, *, before: datetime, after: int) -> tup
             [
                 {
                     "user_id": user_id,
+                    "account_id": account_id,
                     "day": day,
                     "provider": provider,
                     "model": model,
                     **dict(zip(ROLLUP_SUMS, totals, strict=True)),
                 }
-                for (user_id, day, provider, model), totals in sums.items()
+                for (user_id, account_id, day, provider, model), totals in sums.items()
             ]
         )
     )
     session.execute(
         insert.on_conflict_do_update(
-            index_elements=["user_id", "day", "provider", "model"],
+            index_elements=["user_id", "account_id", "day", "provider", "model"],
             set_={name: getattr(UsageRollup, name) + insert.excluded[name] for name in ROLLUP_SUMS},
         )
     )

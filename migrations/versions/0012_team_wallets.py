@@ -6,7 +6,9 @@
   members of teams made before this release get an uncapped one, counted from this month).
 - `holds.user_id` and `ledger_entries.user_id`: the user who spends or moved the credits, so
   that every entry of a team's account names its member.
-- The team usage report reads a team account's records by time.
+- The team usage report reads a team account's records by time; roll-ups are kept per user and
+  paying account (a member's personal report counts what their personal account paid, the
+  team's what the team paid), recounted from the records by the next roll-up run.
 
 Revision ID: 0012
 Revises: 0011
@@ -31,6 +33,30 @@ GRANT_SOURCES_BEFORE = ("subscription", "purchase", "promo", "admin")
 GRANT_SOURCES = (*GRANT_SOURCES_BEFORE, "transfer")
 CAP_KINDS_BEFORE = ("key",)
 CAP_KINDS = ("key", "member")
+ROLLUP_SUMS = [
+    "requests",
+    "input_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "credits",
+]
+
+
+def _rollups_keyed_by(*key: str) -> None:
+    """Roll-ups under a new key: emptied, and every record marked to be rolled up again (the
+    roll-up job recounts them exactly, however many there are)."""
+    op.execute("DELETE FROM usage_rollups")
+    op.execute("UPDATE usage_records SET rolled_up = false WHERE rolled_up")
+    op.drop_index("uq_usage_rollups_key", table_name="usage_rollups")
+    op.create_index(
+        "uq_usage_rollups_key",
+        "usage_rollups",
+        list(key),
+        unique=True,
+        postgresql_include=ROLLUP_SUMS,
+    )
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -56,6 +82,10 @@ def upgrade() -> None:
     op.create_index(
         "ix_usage_records_account_created", "usage_records", ["account_id", "created_at"]
     )
+    op.add_column("usage_rollups", sa.Column("account_id", sa.BigInteger(), nullable=True))
+    _rollups_keyed_by("user_id", "account_id", "day", "provider", "model")
+    with op.batch_alter_table("usage_rollups") as rollups:
+        rollups.alter_column("account_id", existing_type=sa.BigInteger(), nullable=False)
 
     op.add_column("team_members", sa.Column("cap_id", ID, nullable=True))
     connection = op.get_bind()
@@ -111,6 +141,9 @@ def downgrade() -> None:
         "DELETE FROM hold_caps WHERE cap_id IN (SELECT id FROM spend_caps WHERE kind = 'member')"
     )
     op.execute("DELETE FROM spend_caps WHERE kind = 'member'")
+    _rollups_keyed_by("user_id", "day", "provider", "model")
+    with op.batch_alter_table("usage_rollups") as rollups:
+        rollups.drop_column("account_id")
     op.drop_index("ix_usage_records_account_created", table_name="usage_records")
     with op.batch_alter_table("holds") as holds:
         holds.drop_constraint("fk_holds_user_id_users", type_="foreignkey")

@@ -9,9 +9,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import Person, utcnow
+from creditapp import ledger
+from creditapp.database import write_transaction
+from creditapp.extensions import db
+from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.helpers import add_price, assert_error, send, start_conversation
+from tests.helpers import add_price, assert_error, new_team, run_job_at, send, start_conversation
 
 ZERO = {
     "requests": 0,
@@ -147,3 +150,46 @@ def test_bad_ranges_are_400(
         client.get(f"/api/credit/usage?{query}", headers=person.headers), 400, "validation_error"
     )
     assert field in error["details"]
+
+
+def test_what_a_team_paid_is_in_the_teams_report_not_in_the_members_own(
+    app: Flask,
+    client: FlaskClient,
+    spender: Person,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+) -> None:
+    owner = person_factory()
+    with app.app_context():
+        team_id, team_account = new_team(owner.id, spender.id)
+        with write_transaction(db.session):
+            ledger.grant(
+                db.session,
+                account_id=team_account,
+                amount=10_000_000,
+                source="promo",
+                reason="team credits",
+                context=TEST_CONTEXT,
+                now=utcnow(),
+            )
+        db.session.remove()
+    # 100*1000 + 10*2000 = 120000 µcr, paid by the team.
+    fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 10}))
+    conversation = start_conversation(client, spender, "openai", "gpt-test")
+    assert send(client, spender, conversation, team_id=str(team_id)).status_code == 201
+    team_paid = counts(1, 100, 0, 0, 10, 0, "0.12")
+
+    # Read from the records, then from the roll-ups (kept per paying account): the same.
+    for rolled_up in (False, True):
+        if rolled_up:
+            assert run_job_at(app, "rollup", utcnow())["rolled_up"] == 5
+        own = client.get("/api/credit/usage?group_by=model", headers=spender.headers).get_json()
+        assert own["totals"] == TOTAL
+        team = client.get(
+            f"/api/teams/{team_id}/usage?group_by=member", headers=owner.headers
+        ).get_json()
+        assert team["groups"] == [{"key": spender.email, **team_paid}]
+        mine_in_team = client.get(
+            f"/api/teams/{team_id}/usage?group_by=model", headers=spender.headers
+        ).get_json()
+        assert mine_in_team["groups"] == [{"key": "openai:gpt-test", **team_paid}]
