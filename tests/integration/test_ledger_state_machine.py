@@ -7,6 +7,13 @@ that reserve; expired credits written off by the next operation on the account, 
 open holds placed before the expiry still need; late settles that take what is available. Time
 moves by seconds, hours or days, so expiries fall between, on and just after operations.
 
+A team's account is one more in the programs. The owners of the personal accounts fund it by
+transfers (drawn like a charge, each part arriving with its expiry; refused above what is
+available, changing nothing) and spend from it, each held to a daily member cap of their own
+(a hold refused when the member's spending today, their open holds and it would pass the cap; a
+settle capturing no more than the cap leaves room for). Credits are only ever granted, charged,
+written off or adjusted away: transfers conserve them.
+
 Two runs: the fixed programs (derandomized, the same every time) and fresh ones from a seed that
 is printed, so that a failure can be replayed with LEDGER_MACHINE_SEED=<seed>.
 """
@@ -35,23 +42,40 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from creditapp import ledger
 from creditapp.database import write_transaction
-from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits
+from creditapp.errors import (
+    AmountNotPositive,
+    BalanceWouldGoNegative,
+    InsufficientCredits,
+    MemberCapReached,
+)
 from creditapp.extensions import db
 from creditapp.jobs import run_job
-from creditapp.ledger.models import Account, Grant
+from creditapp.ledger import caps
+from creditapp.ledger.models import Account, Grant, LedgerEntry
+from creditapp.money import format_credits
 from tests.conftest import TEST_CONTEXT, create_person
+from tests.helpers import new_team
 
 CR = 1_000_000
-ACCOUNTS = 3
+ACCOUNTS = 3  # personal accounts; their users are the team's members
+TEAM = ACCOUNTS  # the team's account, the last in the model
+# Each member's daily cap on the team: one that refuses often, one now and then, one rarely.
+MEMBER_CAPS = (10 * CR, 30 * CR, 60 * CR)
 HOLD_TTL = timedelta(minutes=30)
-EXAMPLES = int(os.environ.get("LEDGER_MACHINE_EXAMPLES", 100))
+# 70 programs: with a team account, transfers and caps in each step, about the time 100 took
+# before them. More for a longer search: LEDGER_MACHINE_EXAMPLES=500.
+EXAMPLES = int(os.environ.get("LEDGER_MACHINE_EXAMPLES", 70))
 
-accounts = st.integers(min_value=0, max_value=ACCOUNTS - 1)
+accounts = st.integers(min_value=0, max_value=TEAM)
+members = st.integers(min_value=0, max_value=ACCOUNTS - 1)
 amounts = st.integers(min_value=1, max_value=20 * CR)
+# A transfer of an amount, or of exactly what is available, or of one micro-credit more.
+ALL, ONE_MORE = "all", "all and one more"
+transfer_amounts = st.one_of(amounts, st.sampled_from([ALL, ONE_MORE]))
 # Seconds to days, with the hold's lifetime and an hour on either side of it likely.
 durations = st.one_of(
     st.integers(min_value=1, max_value=120),
@@ -76,6 +100,7 @@ class ModelHold:
     amount: int
     expires_at: datetime
     expired: bool = False
+    member: int | None = None  # whose cap it is counted in (a member's hold on the team)
 
 
 @dataclass
@@ -84,6 +109,7 @@ class ModelAccount:
 
     grants: list[ModelGrant] = field(default_factory=list)  # in the order they were made
     reserved: int = 0
+    written_off: int = 0
 
     @property
     def balance(self) -> int:
@@ -108,16 +134,24 @@ class ModelAccount:
         for grant in expired:
             written = min(grant.remaining, to_write_off)
             grant.remaining -= written
+            self.written_off += written
             to_write_off -= written
 
-    def draw(self, amount: int, now: datetime, *, expired_too: bool) -> None:
+    def draw(
+        self, amount: int, now: datetime, *, expired_too: bool
+    ) -> list[tuple[datetime | None, int]]:
+        """Take `amount` in draw order; the parts taken, with their grant's expiry."""
+        parts = []
         for grant in self.draw_order():
             if grant.expired(now) and not expired_too:
                 continue
             taken = min(grant.remaining, amount)
             grant.remaining -= taken
             amount -= taken
+            if taken:
+                parts.append((grant.expires_at, taken))
         assert amount == 0, "the model drew more than there was"
+        return parts
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -129,15 +163,33 @@ class LedgerMachine(RuleBasedStateMachine):
         serial[0] += 1
         self.serial = serial[0]
         self.now = datetime(2026, 1, 1, tzinfo=UTC)
-        self.model = [ModelAccount() for _ in range(ACCOUNTS)]
+        self.model = [ModelAccount() for _ in range(ACCOUNTS + 1)]
         self.model_holds: dict[int, ModelHold] = {}
+        # (settled at, captured) of each member's settled holds on the team.
+        self.member_settles: list[list[tuple[datetime, int]]] = [[] for _ in range(ACCOUNTS)]
+        # Where credits came from and went, in all: granted (grants, refunds, adjustments up),
+        # charged, and taken by adjustments down (written off: each account's own).
+        self.granted = self.charged = self.taken = 0
 
     @initialize()
     def open_accounts(self) -> None:
-        self.account_ids = [
-            create_person(self.app, f"machine-{self.serial}-{n}@example.com").account_id
+        people = [
+            create_person(self.app, f"machine-{self.serial}-{n}@example.com")
             for n in range(ACCOUNTS)
         ]
+        self.user_ids = [person.id for person in people]
+        self.account_ids = [person.account_id for person in people]
+        with self.app.app_context():
+            _team_id, team_account = new_team(self.user_ids[0], name=f"machine-{self.serial}")
+            with write_transaction(db.session):
+                self.cap_ids = [
+                    caps.open_cap(
+                        db.session, kind="member", ceiling=ceiling, period="day", now=self.now
+                    )
+                    for ceiling in MEMBER_CAPS
+                ]
+            db.session.remove()
+        self.account_ids.append(team_account)
 
     def _run(self, operation: Any, **kwargs: Any) -> Any:
         with self.app.app_context():
@@ -168,6 +220,7 @@ class LedgerMachine(RuleBasedStateMachine):
         model = self.model[account]
         model.write_off(self.now)
         model.grants.append(ModelGrant(result.grant_id, expires_at, amount))
+        self.granted += amount
 
     @rule(account=accounts, amount=amounts)
     def refund(self, account: int, amount: int) -> None:
@@ -181,6 +234,7 @@ class LedgerMachine(RuleBasedStateMachine):
         model = self.model[account]
         model.write_off(self.now)
         model.grants.append(ModelGrant(result.grant_id, None, amount))
+        self.granted += amount
 
     @rule(account=accounts, amount=st.integers(min_value=-20 * CR, max_value=20 * CR).filter(bool))
     def adjust(self, account: int, amount: int) -> None:
@@ -196,9 +250,11 @@ class LedgerMachine(RuleBasedStateMachine):
         if amount > 0:
             grant_id = self._newest_grant(account)
             model.grants.append(ModelGrant(grant_id, None, amount))
+            self.granted += amount
         else:
             assert -amount <= model.available
             model.draw(-amount, self.now, expired_too=False)
+            self.taken -= amount
         self.model[account] = model
 
     @rule(target=holds, account=accounts, amount=amounts)
@@ -219,14 +275,110 @@ class LedgerMachine(RuleBasedStateMachine):
         self.model_holds[held.hold_id] = ModelHold(account, amount, self.now + HOLD_TTL)
         return held.hold_id
 
+    @rule(target=holds, member=members, amount=amounts)
+    def member_hold(self, member: int, amount: int) -> Any:
+        """A member's hold on the team's account, counted in their cap."""
+        model = copy.deepcopy(self.model[TEAM])
+        model.write_off(self.now)
+        spent, reserved = self._cap_use(member)
+        try:
+            held = self._run(
+                ledger.hold,
+                account_id=self.account_ids[TEAM],
+                amount=amount,
+                ttl=HOLD_TTL,
+                caps=(self.cap_ids[member],),
+                spender=self.user_ids[member],
+            )
+        except InsufficientCredits as refused:  # the account is asked first
+            assert amount > model.available
+            assert refused.available == model.available
+            return multiple()
+        except MemberCapReached as refused:
+            assert amount <= model.available
+            assert spent + reserved + amount > MEMBER_CAPS[member]
+            assert (refused.details["spent"], refused.details["reserved"]) == (
+                format_credits(spent),
+                format_credits(reserved),
+            )
+            return multiple()
+        assert amount <= model.available
+        assert spent + reserved + amount <= MEMBER_CAPS[member]
+        model.reserved += amount
+        self.model[TEAM] = model
+        self.model_holds[held.hold_id] = ModelHold(TEAM, amount, self.now + HOLD_TTL, member=member)
+        standing = self._cap_standing(member)
+        assert standing.spent + standing.reserved <= MEMBER_CAPS[member]
+        return held.hold_id
+
+    @rule(member=members, asked=transfer_amounts)
+    def transfer(self, member: int, asked: int | str) -> None:
+        """A member funds the team from their personal account."""
+        source = copy.deepcopy(self.model[member])
+        team = copy.deepcopy(self.model[TEAM])
+        source.write_off(self.now)
+        team.write_off(self.now)
+        amount = asked if isinstance(asked, int) else source.available + (asked == ONE_MORE)
+        newest = self._newest_grant(TEAM)
+        try:
+            moved = self._run(
+                ledger.transfer,
+                from_account=self.account_ids[member],
+                to_account=self.account_ids[TEAM],
+                amount=amount,
+                user_id=self.user_ids[member],
+                references=("to the team", "from a member"),
+            )
+        except InsufficientCredits as refused:
+            # Refused whole: neither account changed, their write-offs rolled back too.
+            assert amount > source.available
+            assert refused.available == source.available
+            return
+        except AmountNotPositive:
+            assert amount == 0
+            return
+        assert 0 < amount <= source.available
+        # Each part arrives as a grant of its own expiry, in the order they were drawn.
+        arriving: dict[datetime | None, int] = {}
+        for expires_at, part in source.draw(amount, self.now, expired_too=False):
+            arriving[expires_at] = arriving.get(expires_at, 0) + part
+        with self.app.app_context():
+            try:
+                new_grants = db.session.execute(
+                    select(Grant.id, Grant.expires_at, Grant.amount, Grant.source)
+                    .where(Grant.account_id == self.account_ids[TEAM], Grant.id > newest)
+                    .order_by(Grant.id)
+                ).all()
+            finally:
+                db.session.remove()
+        assert [(at, part, source_) for _id, at, part, source_ in new_grants] == [
+            (at, part, "transfer") for at, part in arriving.items()
+        ]
+        team.grants += [ModelGrant(grant_id, at, part) for grant_id, at, part, _ in new_grants]
+        assert moved == ledger.TransferResult(
+            ledger.Balance(source.balance, source.reserved),
+            ledger.Balance(team.balance, team.reserved),
+        )
+        self.model[member], self.model[TEAM] = source, team
+
     @rule(hold_id=consumes(holds), actual=st.integers(min_value=0, max_value=25 * CR))
     def settle(self, hold_id: int, actual: int) -> None:
-        held = self.model_holds.pop(hold_id)
+        held = self.model_holds[hold_id]
+        # A hold in a cap captures what it releases (nothing, late) and the room the cap has.
+        cap_allows = actual
+        if held.member is not None:
+            spent, reserved = self._cap_use(held.member)
+            room = max(MEMBER_CAPS[held.member] - spent - reserved, 0)
+            cap_allows = (0 if held.expired else held.amount) + room
+        del self.model_holds[hold_id]
         model = self.model[held.account]
         model.write_off(self.now)
         if not held.expired:
             model.reserved -= held.amount
-        captured = min(actual, model.available)
+        captured = min(actual, model.available, cap_allows)
+        if held.member is not None:
+            self.member_settles[held.member].append((self.now, captured))
+        self.charged += captured
         # A live hold may spend expired credits it reserved; a late settle reserved none.
         model.draw(captured, self.now, expired_too=not held.expired)
         model.write_off(self.now)
@@ -269,6 +421,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.now += timedelta(seconds=seconds)
 
     def _newest_grant(self, account: int) -> int:
+        """The id of the account's newest grant (0: none yet)."""
         with self.app.app_context():
             try:
                 return int(
@@ -278,7 +431,26 @@ class LedgerMachine(RuleBasedStateMachine):
                         .order_by(Grant.id.desc())
                         .limit(1)
                     )
+                    or 0
                 )
+            finally:
+                db.session.remove()
+
+    def _cap_use(self, member: int) -> tuple[int, int]:
+        """What the member spent today, and what their live holds reserve."""
+        today = caps.period_starts(self.now)["day"]
+        spent = sum(captured for at, captured in self.member_settles[member] if at >= today)
+        reserved = sum(
+            held.amount
+            for held in self.model_holds.values()
+            if held.member == member and not held.expired
+        )
+        return spent, reserved
+
+    def _cap_standing(self, member: int) -> caps.CapStanding:
+        with self.app.app_context():
+            try:
+                return caps.standing(db.session, cap_id=self.cap_ids[member], now=self.now)
             finally:
                 db.session.remove()
 
@@ -303,8 +475,33 @@ class LedgerMachine(RuleBasedStateMachine):
                     seen.write_off(self.now)
                     view = ledger.balance(db.session, account_id=account_id, now=self.now)
                     assert view == ledger.Balance(seen.balance, seen.reserved)
+                for member, cap_id in enumerate(self.cap_ids):
+                    standing = caps.standing(db.session, cap_id=cap_id, now=self.now)
+                    assert standing == caps.CapStanding(MEMBER_CAPS[member], *self._cap_use(member))
+                self._credits_are_conserved()
             finally:
                 db.session.remove()
+
+    def _credits_are_conserved(self) -> None:
+        """What was granted is in the balances, or was charged, written off or adjusted away:
+        transfers only move credits."""
+        entries = LedgerEntry.account_id.in_(self.account_ids)
+        balances, transferred, charged = db.session.execute(
+            select(
+                select(func.sum(Account.balance))
+                .where(Account.id.in_(self.account_ids))
+                .scalar_subquery(),
+                select(func.coalesce(func.sum(LedgerEntry.amount), 0))
+                .where(entries, LedgerEntry.type.in_(("transfer_out", "transfer_in")))
+                .scalar_subquery(),
+                select(func.coalesce(func.sum(LedgerEntry.amount), 0))
+                .where(entries, LedgerEntry.type == "charge")
+                .scalar_subquery(),
+            )
+        ).one()
+        assert (int(transferred), -int(charged)) == (0, self.charged)
+        written_off = sum(model.written_off for model in self.model)
+        assert int(balances) + self.charged + written_off + self.taken == self.granted
 
 
 def _run(app: Flask, *, fixed: bool, machine_seed: int | None = None) -> None:
