@@ -555,5 +555,6 @@ def test_reconciliation_names_a_member_cap_corrupted_behind_the_ledgers_back(
             f"cap {cap_id}: spent == sum(captured this period)",
             20 * CR,
             20 * CR - 1,
+            team_id=team.id,
         )
     ]
