@@ -7,7 +7,12 @@ into the ledger's own tables (with their keys and constraints) on accounts of it
 same statements into bare tables without constraints are printed for comparison.
 Prints the rates and the ratios; see docs/benchmarks.md for recorded results.
 
-    make bench            # or: .venv/bin/python bench/ledger.py [--seconds 10]
+With `--team`, instead: a team's account spent by its 16 members, each hold checked against the
+member's monthly cap in the hold's own update (`caps=`, `spender=`), against the same pairs on
+one hot personal account with no cap, interleaved in the same run: what the cap check costs a
+hot account (issue 28's target: the team keeps at least 80% of the hot throughput).
+
+    make bench            # or: .venv/bin/python bench/ledger.py [--seconds 10] [--team]
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ ACCOUNTS = 10_000  # per side: the ledger uses 1..ACCOUNTS, raw SQL the next ACC
 HOLD = 5_000  # µcr reserved per hold
 CHARGE = 3_500  # µcr charged per settle
 START_BALANCE = 10**12  # enough that no hold is refused during a run
+TEAM_MEMBERS = 16  # users 2..17, the team owned by user 1 (whose account is the hot one)
+MEMBER_CEILING = 10**12  # a member's cap: checked on every hold, never reached during a run
 ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 SEED_SQL = f"""
@@ -72,7 +79,15 @@ def run_threads(work: Callable[[random.Random, threading.Event], int], seconds: 
     return rate(lambda index, stop: work(random.Random(index), stop), THREADS, seconds)
 
 
-def ledger_work(app, pick: Callable[[random.Random], int]):  # type: ignore[no-untyped-def]
+# Who spends: (account, the spender's caps, the spender), drawn per pair.
+Spender = tuple[int, tuple[int, ...], int | None]
+
+
+def uncapped(pick: Callable[[random.Random], int]) -> Callable[[random.Random], Spender]:
+    return lambda rng: (pick(rng), (), None)
+
+
+def ledger_work(app, pick: Callable[[random.Random], Spender]):  # type: ignore[no-untyped-def]
     from creditapp import ledger
     from creditapp.database import write_transaction
     from creditapp.extensions import db
@@ -83,7 +98,7 @@ def ledger_work(app, pick: Callable[[random.Random], int]):  # type: ignore[no-u
         pairs = 0
         with app.app_context():
             while not stop.is_set():
-                account = pick(rng)
+                account, caps, spender = pick(rng)
                 with write_transaction(db.session) as session:
                     held = ledger.hold(
                         session,
@@ -92,6 +107,8 @@ def ledger_work(app, pick: Callable[[random.Random], int]):  # type: ignore[no-u
                         ttl=timedelta(minutes=10),
                         context=context,
                         now=datetime.now(UTC),
+                        caps=caps,
+                        spender=spender,
                     )
                 with write_transaction(db.session) as session:
                     ledger.settle(
@@ -179,11 +196,118 @@ def raw_work(url: str, statements: dict, pick: Callable[[random.Random], int]): 
     return work
 
 
+def open_team(app) -> tuple[int, list[tuple[int, int]]]:  # type: ignore[no-untyped-def]
+    """A team of user 1's with TEAM_MEMBERS members, each capped per month, its account funded
+    as every other: the account, and each member's (user id, cap id)."""
+    from creditapp import accounts, ledger
+    from creditapp.accounts import teams
+    from creditapp.accounts.models import TeamMember
+    from creditapp.database import write_transaction
+    from creditapp.extensions import db
+
+    context = ledger.AuditContext(actor_type="system", actor_id="bench")
+    now = datetime.now(UTC)
+    with app.app_context(), write_transaction(db.session) as session:
+        team_id = teams.create(session, owner_id=1, name="bench", context=context, now=now).id
+        members = []
+        for user_id in range(2, 2 + TEAM_MEMBERS):
+            teams.add_member(
+                session,
+                team_id=team_id,
+                actor_id=1,
+                email=f"bench{user_id}@example.com",
+                role="member",
+                cap=MEMBER_CEILING,
+                cap_period="month",
+                context=context,
+                now=now,
+            )
+            member = session.get(TeamMember, (team_id, user_id))
+            assert member is not None
+            members.append((user_id, member.cap_id))
+        account = accounts.of_team(session, team_id)
+        ledger.grant(
+            session,
+            account_id=account,
+            amount=START_BALANCE,
+            source="purchase",
+            reason="bench",
+            context=context,
+            now=now,
+        )
+    return account, members
+
+
+def interleaved(sides: dict[str, Callable], args: argparse.Namespace) -> dict[str, float]:  # type: ignore[type-arg]
+    """The median rate of each side over the rounds, the sides taking turns in each, so that
+    every side sees the same machine weather."""
+    rates: dict[str, list[float]] = {side: [] for side in sides}
+    for _ in range(args.rounds):
+        for side, work in sides.items():
+            rates[side].append(run_threads(work, args.seconds))
+    if args.verbose:
+        print(f"    rounds: {rates}")
+    return {side: statistics.median(values) for side, values in rates.items()}
+
+
+def compare_raw(app, url: str, args: argparse.Namespace) -> list[int]:  # type: ignore[no-untyped-def]
+    """The ledger against raw SQL, spread and hot, printed; the accounts spent."""
+    scenarios: dict[str, Callable[[random.Random], int]] = {
+        "spread": lambda rng: rng.randint(1, ACCOUNTS),
+        "hot": lambda rng: 1,
+    }
+    raw_side = ACCOUNTS  # raw SQL on the ledger's tables uses accounts of its own
+    for label, pick in scenarios.items():
+
+        def on_raw_side(rng: random.Random, pick: Callable[[random.Random], int] = pick) -> int:
+            return raw_side + pick(rng)
+
+        median = interleaved(
+            {
+                "ledger": ledger_work(app, uncapped(pick)),
+                "raw": raw_work(url, RAW_ON_LEDGER_TABLES, on_raw_side),
+                "bare": raw_work(url, RAW_ON_BARE_TABLES, pick),
+            },
+            args,
+        )
+        print(
+            f"  {label:6}  ledger {median['ledger']:7.1f}   raw SQL {median['raw']:7.1f}"
+            f"   ledger/raw {median['ledger'] / median['raw']:.2f} (target >= 0.5)"
+            f"   | raw SQL on bare tables {median['bare']:7.1f},"
+            f" ledger/bare {median['ledger'] / median['bare']:.2f}"
+        )
+    return list(range(1, ACCOUNTS + 1))
+
+
+def compare_team(app, args: argparse.Namespace) -> list[int]:  # type: ignore[no-untyped-def]
+    """The team against the hot account, printed; the accounts spent, for reconciliation."""
+    team_account, members = open_team(app)
+
+    def member(rng: random.Random) -> Spender:
+        user_id, cap_id = members[rng.randrange(len(members))]
+        return team_account, (cap_id,), user_id
+
+    median = interleaved(
+        {
+            "hot": ledger_work(app, uncapped(lambda rng: 1)),
+            "team": ledger_work(app, member),
+        },
+        args,
+    )
+    print(
+        f"  hot account, no cap {median['hot']:7.1f}   team account, {len(members)} members"
+        f" each capped {median['team']:7.1f}   team/hot {median['team'] / median['hot']:.2f}"
+        " (target >= 0.80)"
+    )
+    return [1, team_account]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per round and side")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--verbose", action="store_true", help="print every round")
+    parser.add_argument("--team", action="store_true", help="a capped team against hot")
     args = parser.parse_args()
 
     name = f"creditapp_bench_{secrets.token_hex(3)}"
@@ -209,40 +333,16 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as connection:
             connection.execute(SEED_SQL)
 
-        scenarios = {
-            "spread": lambda rng: rng.randint(1, ACCOUNTS),
-            "hot": lambda rng: 1,
-        }
-        raw_side = ACCOUNTS  # raw SQL on the ledger's tables uses accounts of its own
         print(
             f"hold+settle pairs/s on PostgreSQL, {THREADS} threads; median of {args.rounds}"
             f" interleaved rounds of {args.seconds:g} s per side"
         )
-        for label, pick in scenarios.items():
-            sides = {
-                "ledger": ledger_work(app, pick),
-                "raw": raw_work(url, RAW_ON_LEDGER_TABLES, lambda rng, p=pick: raw_side + p(rng)),
-                "bare": raw_work(url, RAW_ON_BARE_TABLES, pick),
-            }
-            rates: dict[str, list[float]] = {side: [] for side in sides}
-            # Interleaved rounds, so that every side sees the same machine weather.
-            for _ in range(args.rounds):
-                for side, work in sides.items():
-                    rates[side].append(run_threads(work, args.seconds))
-            median = {side: statistics.median(values) for side, values in rates.items()}
-            if args.verbose:
-                print(f"    rounds: {rates}")
-            print(
-                f"  {label:6}  ledger {median['ledger']:7.1f}   raw SQL {median['raw']:7.1f}"
-                f"   ledger/raw {median['ledger'] / median['raw']:.2f} (target >= 0.5)"
-                f"   | raw SQL on bare tables {median['bare']:7.1f},"
-                f" ledger/bare {median['ledger'] / median['bare']:.2f}"
-            )
+        spent = compare_team(app, args) if args.team else compare_raw(app, url, args)
         with app.app_context():
             from creditapp import ledger
             from creditapp.extensions import db
 
-            drift = ledger.reconcile(db.session, account_ids=list(range(1, ACCOUNTS + 1)))
+            drift = ledger.reconcile(db.session, account_ids=spent)
             print(f"  reconciliation of the ledger's accounts after the run: {len(drift)} drift")
             db.session.remove()
             db.engine.dispose()
