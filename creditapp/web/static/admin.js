@@ -1,5 +1,5 @@
 // The admin console, over the admin endpoints of the JSON API.
-import { $, button, clearFieldProblems, credits, fieldProblems, figures, fillTable, instant, json, keyList, keyedTries, purchaseList, signInPage, transactionList, when } from "./common.js";
+import { $, accountFigures, button, clearFieldProblems, credits, fieldProblems, figures, fillTable, instant, json, keyList, keyedTries, memberOfEntry, memberTable, pagedList, purchaseList, signInPage, transactionList, when } from "./common.js";
 
 let nextUsers = null;
 let nextAudit = null;
@@ -64,6 +64,37 @@ async function findUsers(event, again = false) {
   );
   nextUsers = page.next_cursor;
   $("#more-users").hidden = !nextUsers;
+}
+
+// The teams whose name contains the query, or whose id it is, newest first.
+function findTeams(event) {
+  if (event) event.preventDefault();
+  const query = $("#team-query").value.trim();
+  const path = `/api/admin/teams${query ? `?q=${encodeURIComponent(query)}` : ""}`;
+  return pagedList(path, $("#teams"), "teams", (items, again) =>
+    fillTable(
+      "#teams table",
+      items,
+      (team) => [team.name, team.id, team.balance, team.reserved, team.available, when(team.created_at), button("Open", () => openTeam(team.id), `Open the team ${team.name}`)],
+      { again, none: "No team found." },
+    ),
+  )();
+}
+
+// A team as its owner sees it: its figures, every member with their cap and spending, and every
+// entry of its account with the member who caused it.
+async function openTeam(id) {
+  const base = `/api/admin/teams/${encodeURIComponent(id)}`;
+  const team = await json(base);
+  $("#team-title").textContent = `Team ${team.name} (id ${team.id})`;
+  accountFigures($("#team-figures"), team);
+  memberTable("#team-members", team.members);
+  await transactionList(`${base}/transactions`, $("#team-transactions"), null, { member: memberOfEntry(team.members) })();
+  const section = $("#team");
+  if (section.hidden) {
+    section.hidden = false;
+    section.focus();
+  }
 }
 
 // Where a grant's credits came from: a refund or an adjustment is said as such (their grants'
@@ -335,16 +366,20 @@ function forget() {
   $("#user-title").textContent = "User";
   $("#user-figures").replaceChildren();
   $("#user-receipt").hidden = true;
+  $("#team").hidden = true;
+  $("#team-title").textContent = "Team";
+  $("#team-figures").replaceChildren();
 }
 
 async function showConsole() {
   const me = await json("/api/me");
   if (me.role !== "admin") throw new Error(`${me.email} is not an admin: the console is for admins.`);
-  await Promise.all([findUsers(), loadCompensations(), loadReconciliation(), searchPrices(), loadTiers(), filterAudit()]);
+  await Promise.all([findUsers(), findTeams(), loadCompensations(), loadReconciliation(), searchPrices(), loadTiers(), filterAudit()]);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   $("#user-search").addEventListener("submit", findUsers);
+  $("#team-search").addEventListener("submit", findTeams);
   $("#more-users").addEventListener("click", () => findUsers(null, true));
   $("#price-search").addEventListener("submit", searchPrices);
   $("#newer-prices").addEventListener("click", () => loadPrices(pricePages.length - 2));

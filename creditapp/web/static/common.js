@@ -348,10 +348,12 @@ function showReceipt(place, { entry, receipt }) {
 }
 
 // The ledger entries under `path`, newest first, into `area` (its table, and its "Load more"
-// button following the cursor); each charge's button opens its receipt in `receiptPlace`. An
-// area marked data-described shows what each entry was for (asked with describe=true).
+// button following the cursor); each charge's button opens its receipt in `receiptPlace` (none
+// without one: its table has no Receipt column). An area marked data-described shows what each
+// entry was for (asked with describe=true); with `member`, who caused each entry (a team's
+// entries name their member: its table has a Member column after For).
 // Returns the loader: load() starts again, load(true) adds the next page.
-export function transactionList(path, area, receiptPlace) {
+export function transactionList(path, area, receiptPlace, { member = null } = {}) {
   let next = null;
   const more = area.querySelector(".more");
   const described = "described" in area.dataset;
@@ -365,8 +367,10 @@ export function transactionList(path, area, receiptPlace) {
       cell(row, when(entry.created_at));
       cell(row, entry.type);
       if (described) cell(row, entry.description || "");
+      if (member) cell(row, member(entry));
       amountCell(row, entry.amount);
       amountCell(row, entry.balance_after);
+      if (!receiptPlace) continue;
       const action = cell(row, "");
       if (entry.type === "charge") {
         const open = async () => showReceipt(receiptPlace, await json(`${path}/${encodeURIComponent(entry.id)}`));
@@ -389,8 +393,14 @@ export function keyStatus(key, now = new Date()) {
 
 const LIMIT_PERIODS = { day: "a day", week: "a week", month: "a month", total: "in total" };
 
+// A spending limit in words, "10 a day" (an API key's limit, a team member's cap); `none` when
+// there is none.
+export function spendLimit(amount, period, none) {
+  return amount === null ? none : `${credits(amount)} ${LIMIT_PERIODS[period]}`;
+}
+
 function keyLimit(key) {
-  return key.limit === null ? "none" : `${credits(key.limit)} ${LIMIT_PERIODS[key.limit_period]}`;
+  return spendLimit(key.limit, key.limit_period, "none");
 }
 
 // The API keys under `path`, newest first, into `area` (its table, its "Load more" button
@@ -447,21 +457,22 @@ export function keyList(path, area, { revokePath, use = null }) {
   });
 }
 
-// A list under `path` read a page at a time into `area`: `show(items, again)` puts a page on
-// the table (again: after the earlier ones), "Load more" follows the cursor, and a page that
-// cannot be read says so in the area's alert (naming `what`). Returns the loader: load()
-// starts again, load(true) adds the next page.
-function pagedList(path, area, what, show) {
+// A list under `path` (which may carry a query of its own) read a page at a time into `area`:
+// `show(items, again)` puts a page on the table (again: after the earlier ones), "Load more"
+// follows the cursor, and a page that cannot be read says so in the area's alert (naming
+// `what`). Returns the loader: load() starts again, load(true) adds the next page.
+export function pagedList(path, area, what, show) {
   let next = null;
   const more = area.querySelector(".more");
   const said = area.querySelector("[role=alert]");
+  const joined = path.includes("?") ? "&" : "?";
   async function load(again = false) {
     const cursor = again && next ? `&cursor=${encodeURIComponent(next)}` : "";
     const check = sessionCheck();
     said.textContent = "";
     let page;
     try {
-      page = await json(`${path}?limit=20${cursor}`);
+      page = await json(`${path}${joined}limit=20${cursor}`);
     } catch (error) {
       if (!error.signedOut && !check.ended()) said.textContent = `The ${what} could not be read: ${error.message}`;
       return;
@@ -472,6 +483,39 @@ function pagedList(path, area, what, show) {
   }
   more.onclick = () => load(true);
   return load;
+}
+
+// A team's members into the table `selector` (the markup of teams.html): email, role, cap,
+// spent this period and reserved by calls in flight, since when; with `actions(member)`, the
+// buttons of each row (the last column, shown only then).
+export function memberTable(selector, members, actions = null) {
+  const table = $(selector);
+  table.tHead.rows[0].lastElementChild.hidden = !actions;
+  fillTable(selector, members, (member) => [
+    member.email,
+    member.role,
+    spendLimit(member.cap, member.cap_period, "no cap"),
+    member.spent_this_period,
+    member.reserved,
+    when(member.created_at),
+    ...(actions ? [actions(member)] : []),
+  ]);
+}
+
+// Who caused a team's entry, by the members known (`members`): their email, or the user's id
+// for someone no longer listed; "–" for an entry of no one (an admin's grant).
+export function memberOfEntry(members) {
+  const emails = new Map(members.map((member) => [member.user_id, member.email]));
+  return (entry) => (entry.user_id === null || entry.user_id === undefined ? "–" : (emails.get(entry.user_id) ?? `user ${entry.user_id}`));
+}
+
+// An account's figures in credits, grouped as people read them.
+export function accountFigures(list, amounts) {
+  figures(list, [
+    ["Balance", credits(amounts.balance), "balance"],
+    ["Reserved", credits(amounts.reserved), "reserved"],
+    ["Available", credits(amounts.available), "available"],
+  ]);
 }
 
 // US cents as dollars: 500 as "$5.00" (integers only: an amount of money is never a float).

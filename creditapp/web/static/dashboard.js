@@ -1,5 +1,6 @@
 // The user's dashboard, over the JSON API.
 import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, instant, json, keyList, keyedTries, purchaseList, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
+import { capRefusal, forgetTeams, loadTeam, payingTeam, showTeamAmounts, showTeams, wireTeams } from "./team.js";
 
 const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
 
@@ -332,15 +333,17 @@ async function readEvents(response, onEvent) {
   }
 }
 
-// One message sent: its reply streamed into the conversation. Throws as `json` does when the
-// message is refused, and a TypeError when no answer came back (or it broke off). A reply still
+// One message sent, paid by `team` (its id; null: your own credits): its reply streamed into
+// the conversation, and the balance that paid it shown. Throws as `json` does when the message
+// is refused, and a TypeError when no answer came back (or it broke off). A reply still
 // streaming when its session ends is written nowhere (see sessionCheck).
-async function sendMessage(content, key, check) {
+async function sendMessage(content, team, key, check) {
   const response = await api(`/api/conversations/${conversationId}/messages`, {
     method: "POST",
-    body: { content, stream: true },
+    body: team === null ? { content, stream: true } : { content, stream: true, team_id: team },
     headers: { "Idempotency-Key": key },
   });
+  const paid = team === null ? showBalance : showTeamAmounts;
   if (!response.ok) {
     const refused = await refusal(response);
     check();
@@ -359,40 +362,45 @@ async function sendMessage(content, key, check) {
       cost.className = "cost";
       cost.textContent = `${credits(data.credits_charged)} credits`;
       reply.append(cost);
-      showBalance(data.balance);
+      paid(data.balance);
     } else if (name === "error") {
       $("#chat-error").textContent = `${data.error.message} (charged ${data.credits_charged} credits)`;
-      if (data.balance) showBalance(data.balance);
+      if (data.balance) paid(data.balance);
     }
   });
 }
 
-function chatError(error) {
+function chatError(error, team) {
   if (error instanceof TypeError) return "No answer came back: press Send again to retry (a message is never charged twice).";
+  const capped = capRefusal(error);
+  if (capped) return capped;
   if (error.body?.error.code !== "insufficient_credits") return error.message;
   const { details } = error.body.error;
-  return `Not enough credits: this message needs up to ${credits(details.required)}, and ${credits(details.available)} are available.`;
+  const where = team === null ? "" : " in the team";
+  return `Not enough credits${where}: this message needs up to ${credits(details.required)}, and ${credits(details.available)} are available.`;
 }
 
-// The same text sent again to the same conversation after a lost answer is the same send (one
-// Idempotency-Key, one charge); once answered, or for another text, it is a new message.
+// The same text sent again to the same conversation, paid by the same, after a lost answer is
+// the same send (one Idempotency-Key, one charge); once answered, or for another text or payer,
+// it is a new message.
 const sendTries = keyedTries($("#send"));
 
 async function send(event) {
   event.preventDefault();
   $("#chat-error").textContent = "";
   const content = $("#message").value;
+  const team = payingTeam();
   const check = sessionCheck();
   try {
-    await sendTries({ conversationId, content }, (key) => sendMessage(content, key, check));
+    await sendTries({ conversationId, content, team }, (key) => sendMessage(content, team, key, check));
     check();
   } catch (error) {
     // Refused, or no answer: said in the chat, unless the session ended meanwhile.
-    if (!error.signedOut && !check.ended()) $("#chat-error").textContent = chatError(error);
+    if (!error.signedOut && !check.ended()) $("#chat-error").textContent = chatError(error, team);
     return;
   }
   if ($("#message").value === content) $("#message").value = "";
-  await Promise.all([loadCredits(), loadTransactions(), loadUsage()]);
+  await Promise.all([loadCredits(), loadTransactions(), loadUsage(), team === null ? null : loadTeam()]);
 }
 
 async function startChat(event) {
@@ -588,13 +596,14 @@ function forget() {
   $("#key-snippet").textContent = "";
   $("#snippet-for").textContent = "";
   showPrice();
+  forgetTeams();
 }
 
 async function showDashboard() {
   lastThirtyDays();
   showExample();
   showPrice();
-  await Promise.all([loadCredits(), loadPurchases(), loadTransactions(), loadCharacters().then(() => {
+  await Promise.all([showTeams(), loadCredits(), loadPurchases(), loadTransactions(), loadCharacters().then(() => {
       showExample();
       return loadConversations();
     }), loadUsage(), loadKeys()]);
@@ -614,5 +623,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#hide-key").addEventListener("click", hideNewKey);
   $("#buy-credits").addEventListener("input", amountChanged);
   $("#buy-form").addEventListener("submit", buy);
+  wireTeams(() => Promise.all([loadCredits(), loadTransactions()]));
   signInPage(showDashboard, undefined, forget);
 });
