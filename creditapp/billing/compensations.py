@@ -74,11 +74,16 @@ def pay(
             Compensation.status.in_(("pending", "processing")),
         )
         .values(status="completed", completed_at=now, attempts=Compensation.attempts + 1)
-        .returning(Compensation.account_id, Compensation.amount, Compensation.reason)
+        .returning(
+            Compensation.account_id,
+            Compensation.amount,
+            Compensation.reason,
+            Compensation.usage_id,
+        )
     ).one_or_none()
     if claimed is None:
         return False
-    account_id, amount, reason = claimed
+    account_id, amount, reason, usage_id = claimed
     ledger.refund(
         session,
         account_id=account_id,
@@ -87,6 +92,8 @@ def pay(
         reference=f"compensation:{compensation_id}",
         context=context,
         now=now,
+        # The refund names whoever made the call (on a team's account: the member).
+        user_id=session.scalar(select(UsageRecord.user_id).where(UsageRecord.id == usage_id)),
     )
     return True
 

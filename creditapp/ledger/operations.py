@@ -635,8 +635,10 @@ def refund(
     reference: str,
     context: AuditContext,
     now: datetime,
+    user_id: int | None = None,
 ) -> GrantResult:
-    """Give back a charge as a new never-expiring `admin` grant (a `refund` entry).
+    """Give back a charge as a new never-expiring `admin` grant (a `refund` entry), naming
+    `user_id`, who made the call refunded.
 
     The credits charged may have come from grants that expire or have expired since; a refund
     returns their value, not their expiry.
@@ -654,6 +656,7 @@ def refund(
         context=context,
         now=now,
         reference=reference,
+        user_id=user_id,
         details={"grant_id": str(grant_id), "reason": reason, "amount": format_credits(amount)},
     )
     return GrantResult(grant_id, True, result)
@@ -844,7 +847,9 @@ def _resolve(
     # A charge is capped at what the account can pay (above the hold, or at all once the hold
     # expired), and at what the hold's spending caps allow; the rest is uncollected.
     captured = min(actual, state.available)
-    if capped:
+    # Within what it releases a live hold always fits its caps: only a charge above the hold,
+    # or a late one, needs their room (the common settle costs no statement more).
+    if capped and (late or actual > hold_amount):
         most = spend_caps.most_capturable(
             sql, hold_id=hold_id, released=0 if late else hold_amount, now=now
         )
