@@ -24,6 +24,7 @@ from tests.helpers import (
     assert_error,
     charged_messages,
     database_refuses,
+    new_team,
     owe,
     run_job_at,
     run_job_at_once,
@@ -186,4 +187,41 @@ def test_a_refund_that_cannot_be_paid_at_once_is_paid_by_the_job(
     refunds = select(func.count()).select_from(LedgerEntry).where(LedgerEntry.type == "refund")
     assert scalar(app, refunds) == 1
     assert run_job_at(app, "compensations", utcnow() + timedelta(hours=1))["paid"] == 0
+    assert_consistent(app)
+
+
+def test_a_refund_on_a_teams_account_names_the_member_whose_call_it_was(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    owner, member = person_factory(credits=10 * CREDIT), person_factory()
+    with app.app_context():
+        team_id, team_account = new_team(owner.id, member.id)
+        db.session.remove()
+    moved = client.post(
+        f"/api/teams/{team_id}/transfers",
+        json={"amount": "10"},
+        headers={**owner.headers, "Idempotency-Key": "fund"},
+    )
+    assert moved.status_code == 201
+    add_price(app, "openai", "gpt-empty", input="1", output="1")
+    conversation = start_conversation(client, member, "openai", "gpt-empty")
+    fake_providers.script(
+        "openai", Answer(text="", usage={"prompt_tokens": 10, "completion_tokens": 0})
+    )
+    response = send(client, member, conversation, team_id=str(team_id))
+    assert assert_error(response, 502, "provider_error")["details"]["credits_charged"] == "0.01"
+
+    team_entries = select(LedgerEntry.type, LedgerEntry.amount, LedgerEntry.user_id).where(
+        LedgerEntry.account_id == team_account
+    )
+    with app.app_context():
+        rows = db.session.execute(team_entries.order_by(LedgerEntry.seq)).all()
+        db.session.remove()
+    assert [tuple(row) for row in rows] == [
+        ("transfer_in", 10 * CREDIT, owner.id),
+        ("charge", -10_000, member.id),
+        ("refund", 10_000, member.id),
+    ]
+    mine = client.get(f"/api/teams/{team_id}/transactions", headers=member.headers).get_json()
+    assert [item["type"] for item in mine["items"]] == ["refund", "charge"]
     assert_consistent(app)
