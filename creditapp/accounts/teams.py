@@ -171,7 +171,14 @@ def _join(
     cap_period: str,
     now: datetime,
 ) -> TeamMember:
-    cap_id = caps.open_cap(session, kind="member", ceiling=cap, period=cap_period, now=now)
+    cap_id = caps.open_cap(
+        session,
+        account_id=of_team(session, team_id),
+        kind="member",
+        ceiling=cap,
+        period=cap_period,
+        now=now,
+    )
     member = TeamMember(team_id=team_id, user_id=user_id, role=role, cap_id=cap_id, created_at=now)
     session.add(member)
     session.flush()

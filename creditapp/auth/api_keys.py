@@ -81,7 +81,9 @@ def create(
     if expires_at is not None and expires_at <= now:
         raise ExpiryNotInFuture("An API key must expire in the future.")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    cap_id = caps.open_cap(session, kind="key", ceiling=limit, period=limit_period, now=now)
+    cap_id = caps.open_cap(
+        session, account_id=account_id, kind="key", ceiling=limit, period=limit_period, now=now
+    )
     key = ApiKey(
         user_id=owner.id,
         account_id=account_id,

@@ -77,11 +77,19 @@ def spent_this_period(cap: SpendCap, *, now: datetime) -> int:
 
 
 def open_cap(
-    session: DbSession, *, kind: str, ceiling: int | None, period: str, now: datetime
+    session: DbSession,
+    *,
+    account_id: int,
+    kind: str,
+    ceiling: int | None,
+    period: str,
+    now: datetime,
 ) -> int:
+    """A new cap on what one spender spends from `account_id`."""
     sql = LedgerSql(session)
     row = sql.one(
         INSERT_CAP,
+        account=account_id,
         kind=kind,
         ceiling=ceiling,
         period=period,

@@ -176,6 +176,9 @@ class SpendCap(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "spend_caps"
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    # The account its spender spends from: reconciliation checks the cap with that account's
+    # invariants, holds or none.
+    account_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("accounts.id"), nullable=False)
     kind: Mapped[str] = mapped_column(String(16), nullable=False)
     ceiling: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     period: Mapped[str] = mapped_column(String(8), nullable=False)
@@ -189,6 +192,7 @@ class SpendCap(db.Model):  # type: ignore[name-defined,misc]
         CheckConstraint(one_of("period", CAP_PERIODS), name="period_known"),
         CheckConstraint("ceiling IS NULL OR ceiling > 0", name="ceiling_positive"),
         CheckConstraint("spent >= 0 AND reserved >= 0", name="counts_not_negative"),
+        Index("ix_spend_caps_account_id", "account_id"),
     )
 
 

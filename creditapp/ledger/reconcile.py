@@ -162,10 +162,10 @@ def _reconcile(session: DbSession, scope: _Scope) -> list[Drift]:
 
 
 def _cap_drift(session: DbSession, scope: _Scope) -> dict[int, list[tuple[str, int, int]]]:
-    """Each spending cap against the holds counted in it, by the account they spend from: what
-    it reserves is what its pending holds hold, and what it spent in its period is what its
-    holds settled since the period began captured (a resolution in a later period would have
-    started that period)."""
+    """Each spending cap against the holds counted in it, by the account its spender spends
+    from: what it reserves is what its pending holds hold, and what it spent in its period is
+    what its holds settled since the period began captured (a resolution in a later period
+    would have started that period). A cap with no holds has reserved and spent nothing."""
     since_period = and_(
         holds.c.status == "settled", holds.c.resolved_at >= spend_caps.c.period_start
     )
@@ -173,16 +173,18 @@ def _cap_drift(session: DbSession, scope: _Scope) -> dict[int, list[tuple[str, i
         scope.where(
             select(
                 spend_caps.c.id,
-                func.max(holds.c.account_id),
+                spend_caps.c.account_id,
                 spend_caps.c.reserved,
                 func.sum(case((holds.c.status == "pending", holds.c.amount), else_=0)),
                 spend_caps.c.spent,
                 func.sum(case((since_period, holds.c.captured), else_=0)),
             )
-            .join(hold_caps, hold_caps.c.cap_id == spend_caps.c.id)
-            .join(holds, holds.c.id == hold_caps.c.hold_id),
-            holds,
-        ).group_by(spend_caps.c.id, spend_caps.c.reserved, spend_caps.c.spent)
+            .outerjoin(hold_caps, hold_caps.c.cap_id == spend_caps.c.id)
+            .outerjoin(holds, holds.c.id == hold_caps.c.hold_id),
+            spend_caps,
+        ).group_by(
+            spend_caps.c.id, spend_caps.c.account_id, spend_caps.c.reserved, spend_caps.c.spent
+        )
     )
     found: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
     for cap_id, account_id, reserved, pending, spent, captured in rows:

@@ -168,8 +168,9 @@ _NEWEST_START = (
     f"(CASE WHEN period_start >= {_PERIOD_START} THEN period_start ELSE {_PERIOD_START} END)"
 )
 INSERT_CAP = Statement(
-    """INSERT INTO spend_caps (kind, ceiling, period, period_start, spent, reserved, created_at)
-       VALUES (:kind, :ceiling, :period, :start, 0, 0, :now) RETURNING id"""
+    """INSERT INTO spend_caps (account_id, kind, ceiling, period, period_start, spent, reserved,
+                             created_at)
+       VALUES (:account, :kind, :ceiling, :period, :start, 0, 0, :now) RETURNING id"""
 )
 # The conditional update of a hold, as for the account: no row means the cap would be passed.
 RESERVE_CAP = Statement(

@@ -2,6 +2,8 @@
 
 - Entries `transfer_out` / `transfer_in` and grants of source `transfer` (a member's credits
   moved to the team, keeping their expiry).
+- A spending cap names the account its spender spends from (reconciliation checks every cap
+  with that account, holds or none).
 - Every member has a spending cap (`team_members.cap_id`, a `spend_caps` row of kind `member`;
   members of teams made before this release get an uncapped one, counted from this month).
 - `holds.user_id` and `ledger_entries.user_id`: the user who spends or moved the credits, so
@@ -87,6 +89,18 @@ def upgrade() -> None:
     with op.batch_alter_table("usage_rollups") as rollups:
         rollups.alter_column("account_id", existing_type=sa.BigInteger(), nullable=False)
 
+    op.add_column("spend_caps", sa.Column("account_id", ID, nullable=True))
+    op.execute(
+        "UPDATE spend_caps SET account_id ="
+        " (SELECT api_keys.account_id FROM api_keys WHERE api_keys.cap_id = spend_caps.id)"
+    )
+    with op.batch_alter_table("spend_caps") as batch:
+        batch.alter_column("account_id", existing_type=ID, nullable=False)
+        batch.create_foreign_key(
+            "fk_spend_caps_account_id_accounts", "accounts", ["account_id"], ["id"]
+        )
+    op.create_index("ix_spend_caps_account_id", "spend_caps", ["account_id"])
+
     op.add_column("team_members", sa.Column("cap_id", ID, nullable=True))
     connection = op.get_bind()
     now = datetime.now(UTC)
@@ -94,6 +108,7 @@ def upgrade() -> None:
     spend_caps = sa.table(
         "spend_caps",
         sa.column("id", ID),
+        sa.column("account_id", ID),
         sa.column("kind", sa.String),
         sa.column("ceiling", sa.BigInteger),
         sa.column("period", sa.String),
@@ -105,10 +120,16 @@ def upgrade() -> None:
     members = sa.table(
         "team_members", sa.column("team_id", ID), sa.column("user_id", ID), sa.column("cap_id", ID)
     )
-    for team_id, user_id in connection.execute(sa.select(members.c.team_id, members.c.user_id)):
+    accounts = sa.table("accounts", sa.column("id", ID), sa.column("team_id", ID))
+    for team_id, user_id, account_id in connection.execute(
+        sa.select(members.c.team_id, members.c.user_id, accounts.c.id).join(
+            accounts, accounts.c.team_id == members.c.team_id
+        )
+    ):
         cap_id = connection.execute(
             spend_caps.insert()
             .values(
+                account_id=account_id,
                 kind="member",
                 ceiling=None,
                 period="month",
@@ -141,6 +162,10 @@ def downgrade() -> None:
         "DELETE FROM hold_caps WHERE cap_id IN (SELECT id FROM spend_caps WHERE kind = 'member')"
     )
     op.execute("DELETE FROM spend_caps WHERE kind = 'member'")
+    op.drop_index("ix_spend_caps_account_id", table_name="spend_caps")
+    with op.batch_alter_table("spend_caps") as batch:
+        batch.drop_constraint("fk_spend_caps_account_id_accounts", type_="foreignkey")
+        batch.drop_column("account_id")
     _rollups_keyed_by("user_id", "day", "provider", "model")
     with op.batch_alter_table("usage_rollups") as rollups:
         rollups.drop_column("account_id")

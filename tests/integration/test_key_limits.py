@@ -566,7 +566,12 @@ class KeyCapMachine(RuleBasedStateMachine):
         with self.app.app_context():
             with write_transaction(db.session):
                 self.cap_id = caps.open_cap(
-                    db.session, kind="key", ceiling=self.LIMIT, period="day", now=self.now
+                    db.session,
+                    account_id=self.account_id,
+                    kind="key",
+                    ceiling=self.LIMIT,
+                    period="day",
+                    now=self.now,
                 )
             db.session.remove()
 

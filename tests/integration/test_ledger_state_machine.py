@@ -184,7 +184,12 @@ class LedgerMachine(RuleBasedStateMachine):
             with write_transaction(db.session):
                 self.cap_ids = [
                     caps.open_cap(
-                        db.session, kind="member", ceiling=ceiling, period="day", now=self.now
+                        db.session,
+                        account_id=team_account,
+                        kind="member",
+                        ceiling=ceiling,
+                        period="day",
+                        now=self.now,
                     )
                     for ceiling in MEMBER_CAPS
                 ]

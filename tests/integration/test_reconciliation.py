@@ -19,12 +19,14 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from creditapp import ledger
+from creditapp.accounts.models import TeamMember
 from creditapp.database import write_transaction
 from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits
 from creditapp.extensions import db
 from creditapp.jobs import run_job
 from creditapp.ledger.models import Grant
 from tests.conftest import BACKEND, TEST_CONTEXT, Person, utcnow
+from tests.helpers import new_team
 
 CR = 1_000_000
 
@@ -237,7 +239,12 @@ def test_spending_caps_are_reconciled_with_their_holds(
     with app.app_context():
         with write_transaction(db.session):
             cap_id = ledger.caps.open_cap(
-                db.session, kind="key", ceiling=20 * CR, period="total", now=utcnow()
+                db.session,
+                account_id=victim.account_id,
+                kind="key",
+                ceiling=20 * CR,
+                period="total",
+                now=utcnow(),
             )
         db.session.remove()
     held = [
@@ -263,6 +270,29 @@ def test_spending_caps_are_reconciled_with_their_holds(
     ) == [
         (str(victim.id), f"cap {cap_id}: reserved == sum(its pending holds)", "3", "3.000001"),
         (str(victim.id), f"cap {cap_id}: spent == sum(captured this period)", "2", "0"),
+    ]
+
+
+def test_a_cap_with_no_holds_yet_is_reconciled_too(
+    app: Flask, client: FlaskClient, person_factory: Any, admin: Person
+) -> None:
+    """A member's cap no call has touched: a counter corrupted there would refuse the member
+    silently; it is named with the team's account."""
+    owner, member = person_factory(), person_factory()
+    with app.app_context():
+        team_id, _account = new_team(owner.id, member.id, cap=10 * CR)
+        cap_id = db.session.scalar(select(TeamMember.cap_id).where(TeamMember.user_id == member.id))
+        db.session.remove()
+    assert _report(client, admin, app) == []
+    _corrupt(app, "UPDATE spend_caps SET reserved = 4 WHERE id = :cap", cap=cap_id)
+    assert _report(client, admin, app) == [
+        {
+            "user_id": None,
+            "team_id": str(team_id),
+            "invariant": f"cap {cap_id}: reserved == sum(its pending holds)",
+            "expected": "0",
+            "actual": "0.000004",
+        }
     ]
 
 

@@ -32,11 +32,16 @@ def _in_transaction(app: Flask, operation: Any, **kwargs: Any) -> Any:
             db.session.remove()
 
 
-def _cap(app: Flask, *, ceiling: int, period: str, now: datetime) -> int:
+def _cap(app: Flask, account_id: int, *, ceiling: int, period: str, now: datetime) -> int:
     with app.app_context():
         with write_transaction(db.session):
             cap_id = ledger.caps.open_cap(
-                db.session, kind="key", ceiling=ceiling, period=period, now=now
+                db.session,
+                account_id=account_id,
+                kind="key",
+                ceiling=ceiling,
+                period=period,
+                now=now,
             )
         db.session.remove()
     return cap_id
@@ -64,7 +69,7 @@ def test_a_statement_with_an_older_clock_never_moves_the_period_back(
     day could be spent twice."""
     person = person_factory(credits=100 * CR)
     before, after = MIDNIGHT - timedelta(milliseconds=10), MIDNIGHT + timedelta(milliseconds=5)
-    cap_id = _cap(app, ceiling=10 * CR, period="day", now=before)
+    cap_id = _cap(app, person.account_id, ceiling=10 * CR, period="day", now=before)
     first = _hold(app, person.account_id, cap_id, 8 * CR, before)
     _in_transaction(app, ledger.settle, hold_id=first, actual=8 * CR, now=after)
     late_clock = _hold(app, person.account_id, cap_id, 1 * CR, before)
@@ -80,7 +85,7 @@ def test_a_late_settle_never_takes_a_cap_past_its_ceiling(app: Flask, person_fac
     charged only what the cap still allows, the rest uncollected."""
     person = person_factory(credits=100 * CR)
     now = MIDNIGHT
-    cap_id = _cap(app, ceiling=10 * CR, period="total", now=now)
+    cap_id = _cap(app, person.account_id, ceiling=10 * CR, period="total", now=now)
     slow = _hold(app, person.account_id, cap_id, 6 * CR, now)
     _in_transaction(app, ledger.expire_hold, hold_id=slow, now=now + TTL)
     other = _hold(app, person.account_id, cap_id, 10 * CR, now + TTL)
@@ -94,7 +99,7 @@ def test_an_open_hold_still_captures_its_amount_under_a_lowered_ceiling(
     app: Flask, person_factory: Any
 ) -> None:
     person = person_factory(credits=100 * CR)
-    cap_id = _cap(app, ceiling=10 * CR, period="total", now=MIDNIGHT)
+    cap_id = _cap(app, person.account_id, ceiling=10 * CR, period="total", now=MIDNIGHT)
     held = _hold(app, person.account_id, cap_id, 8 * CR, MIDNIGHT)
     with app.app_context():
         with write_transaction(db.session):
