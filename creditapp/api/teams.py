@@ -394,6 +394,19 @@ def admin_team(team_id: str) -> Any:
     return _team(team_id, user_id=None)
 
 
+@blp.route("/admin/teams/<team_id>/transactions/<entry_id>", methods=["GET"])
+@authenticated(admin=True)
+@blp.response(200, TransactionDetailSchema)
+@answers(404)
+def admin_team_transaction(team_id: str, entry_id: str) -> Any:
+    """One entry of the team's account and, for a charge, its receipt."""
+    return receipts.transaction(
+        db.session,
+        account_id=accounts.of_team(db.session, _team_id(team_id)),
+        entry_id=path_id(entry_id, "entry_id"),
+    )
+
+
 @blp.route("/admin/teams/<team_id>/members", methods=["GET"])
 @authenticated(admin=True)
 @blp.arguments(PageArgs, location="query")

@@ -509,6 +509,7 @@ def _transactions(client: FlaskClient, person: Person, team_id: str) -> list[dic
 def test_team_transactions_name_the_member_and_members_read_their_own(
     app: Flask,
     client: FlaskClient,
+    admin: Person,
     person_factory: Any,
     fake_providers: FakeProviders,
     priced: None,
@@ -558,6 +559,14 @@ def test_team_transactions_name_the_member_and_members_read_their_own(
         404,
         "not_found",
     )
+    # An admin reads the team's entries and receipts as its owner does.
+    as_admin = client.get(f"/api/admin/teams/{team['id']}/transactions", headers=admin.headers)
+    assert as_admin.get_json()["items"] == everything
+    admin_detail = client.get(
+        f"/api/admin/teams/{team['id']}/transactions/{members_charge['id']}",
+        headers=admin.headers,
+    )
+    assert admin_detail.get_json() == detail.get_json()
 
 
 def test_team_usage_sums_exactly_by_member_model_and_day(

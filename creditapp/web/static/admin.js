@@ -82,14 +82,15 @@ function findTeams(event) {
 }
 
 // A team as its owner sees it: its figures, every member with their cap and spending, and every
-// entry of its account with the member who caused it.
+// entry of its account with the member who caused it, a charge's receipt included.
 async function openTeam(id) {
   const base = `/api/admin/teams/${encodeURIComponent(id)}`;
   const team = await json(base);
   $("#team-title").textContent = `Team ${team.name} (id ${team.id})`;
   accountFigures($("#team-figures"), team);
   memberTable("#team-members", team.members);
-  await transactionList(`${base}/transactions`, $("#team-transactions"), null, { member: memberOfEntry(team.members) })();
+  $("#team-receipt").hidden = true;
+  await transactionList(`${base}/transactions`, $("#team-transactions"), $("#team-receipt"), { member: memberOfEntry(team.members) })();
   const section = $("#team");
   if (section.hidden) {
     section.hidden = false;
