@@ -176,6 +176,8 @@ def list_teams(args: dict[str, Any]) -> Any:
 @blp.response(200, TeamSchema)
 @answers(404)
 def team(team_id: str) -> Any:
+    """The team's balance and the members you may see (all of them for the owner and admins,
+    yourself for a member), each with their cap and what they spent this period."""
     return _team(team_id, user_id=caller().id)
 
 
@@ -413,6 +415,7 @@ def admin_team_transaction(team_id: str, entry_id: str) -> Any:
 @blp.response(200, MemberPageSchema)
 @answers(404)
 def admin_team_members(args: dict[str, Any], team_id: str) -> Any:
+    """Every member of the team, with their cap and spending, a page at a time."""
     return _members_page(team_id, args, user_id=None)
 
 
