@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, func, or_, select
 
 from creditapp import ledger
 from creditapp.accounts import of_team
 from creditapp.accounts.models import MANAGING_ROLES, Team, TeamMember
-from creditapp.auth import users
-from creditapp.auth.models import ApiKey, User
+from creditapp.auth import api_keys, users
+from creditapp.auth.models import User
 from creditapp.database import DbSession
 from creditapp.errors import (
     AlreadyTeamMember,
@@ -122,10 +122,37 @@ def membership(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
 
 
 def managing(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
-    """The caller's membership, when it lets them manage the team (owner or admin)."""
-    member = membership(session, team_id=team_id, user_id=user_id)
+    """The caller's membership, when it lets them manage the team (owner or admin).
+
+    The team's row is locked first (in the caller's write transaction): changes to one team's
+    members run one at a time, each seeing the last one's outcome (two adding one email, one
+    changing a member another removes, a manager demoted meanwhile)."""
+    locked = session.execute(
+        select(Team.id).where(Team.id == team_id).with_for_update()
+    ).scalar_one_or_none()
+    if locked is None:
+        raise NotFound("No such team.")
+    member = session.execute(
+        select(TeamMember)
+        .where(TeamMember.team_id == team_id, TeamMember.user_id == user_id)
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if member is None:
+        raise NotFound("No such team.")
     if member.role not in MANAGING_ROLES:
         raise NotTeamManager()
+    return member
+
+
+def _member_of(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
+    """A member of a team whose row `managing` locked, as the database has it now."""
+    member = session.execute(
+        select(TeamMember)
+        .where(TeamMember.team_id == team_id, TeamMember.user_id == user_id)
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if member is None:
+        raise NotFound("No such member.")
     return member
 
 
@@ -259,7 +286,11 @@ def add_member(
     if user is None:
         raise UserNotFound()
     user_id = user.id
-    if session.get(TeamMember, (team_id, user_id)) is not None:
+    if session.execute(
+        select(TeamMember.user_id).where(
+            TeamMember.team_id == team_id, TeamMember.user_id == user_id
+        )
+    ).first():
         raise AlreadyTeamMember()
     _join(session, team_id, user_id, role, cap=cap, cap_period=cap_period, now=now)
     _audit(
@@ -294,9 +325,7 @@ def change_member(
     """Change a member's role (admin or member: the owner's stays) or cap. A new cap binds the
     holds placed from now on; a new period counts this period's spending from the charges."""
     managing(session, team_id=team_id, user_id=actor_id)
-    member = session.get(TeamMember, (team_id, user_id))
-    if member is None:
-        raise NotFound("No such member.")
+    member = _member_of(session, team_id=team_id, user_id=user_id)
     changed: dict[str, str | None] = {}
     if role is not None and role != member.role:
         if member.role == "owner":
@@ -338,19 +367,15 @@ def remove_member(
     """Remove a member (never the owner). Their keys for the team are revoked with it, so that
     every worker refuses them from the next request; their open holds settle as usual."""
     managing(session, team_id=team_id, user_id=actor_id)
-    member = session.get(TeamMember, (team_id, user_id))
-    if member is None:
-        raise NotFound("No such member.")
+    member = _member_of(session, team_id=team_id, user_id=user_id)
     if member.role == "owner":
         raise TeamOwnerFixed()
+    caps.close(session, cap_id=member.cap_id, now=now)
     session.delete(member)
-    revoked = session.execute(
-        update(ApiKey)
-        .where(ApiKey.team_id == team_id, ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
     session.flush()
+    revoked = api_keys.revoke_of_member(
+        session, team_id=team_id, user_id=user_id, context=context, now=now
+    )
     _audit(
         session,
         team_id,

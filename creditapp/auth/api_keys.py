@@ -213,7 +213,22 @@ def revoke(session: DbSession, key: ApiKey, *, context: ledger.AuditContext, now
     if key.revoked_at is None:
         key.revoked_at = now
         session.flush()
+        caps.close(session, cap_id=key.cap_id, now=now)
         _audit(session, key, "api_key_revoked", context=context, now=now)
+
+
+def revoke_of_member(
+    session: DbSession, *, team_id: int, user_id: int, context: ledger.AuditContext, now: datetime
+) -> int:
+    """Revoke the keys `user_id` made for the team (they left it); returns how many."""
+    keys = session.scalars(
+        select(ApiKey).where(
+            ApiKey.team_id == team_id, ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None)
+        )
+    ).all()
+    for key in keys:
+        revoke(session, key, context=context, now=now)
+    return len(keys)
 
 
 def _audit(

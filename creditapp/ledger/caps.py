@@ -18,12 +18,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from creditapp.database import DbSession
-from creditapp.errors import KeyLimitReached, MemberCapReached, NotFound, SpendCapReached
+from creditapp.database import DbSession, read_time
+from creditapp.errors import (
+    CreditAppError,
+    InvalidApiKey,
+    KeyLimitReached,
+    MemberCapReached,
+    NotFound,
+    SpendCapReached,
+)
 from creditapp.ledger.models import SpendCap
 from creditapp.ledger.sql import (
     CAP_ROOM,
     CAP_STANDING,
+    CLOSE_CAP,
     INSERT_CAP,
     INSERT_HOLD_CAP,
     LOCK_CAP,
@@ -37,6 +45,14 @@ from creditapp.ledger.sql import (
 EVER = datetime(1970, 1, 1, tzinfo=UTC)
 # The error a hold refused by a cap raises, by the cap's kind.
 REFUSALS: dict[str, type[SpendCapReached]] = {"key": KeyLimitReached, "member": MemberCapReached}
+
+
+def _closed(kind: str) -> CreditAppError:
+    """What a hold through a closed cap is told: its key was revoked, or its spender is no
+    longer a member of the team (which, for them, no longer exists)."""
+    if kind == "key":
+        return InvalidApiKey("This API key has been revoked.")
+    return NotFound("No such team.")
 
 
 def period_starts(now: datetime) -> dict[str, datetime]:
@@ -122,8 +138,14 @@ def standing(session: DbSession, *, cap_id: int, now: datetime) -> CapStanding:
     row = sql.one(CAP_STANDING, cap=cap_id, **_starts(sql, now))
     if row is None:
         raise NotFound("No such spending cap.")
-    _kind, ceiling, spent, reserved = row
+    _kind, ceiling, spent, reserved, _closed_at = row
     return CapStanding(ceiling, int(spent), int(reserved))
+
+
+def close(session: DbSession, *, cap_id: int, now: datetime) -> None:
+    """Refuse every hold through the cap from now on (closing twice changes nothing)."""
+    sql = LedgerSql(session)
+    sql.run(CLOSE_CAP, cap=cap_id, now=sql.time(now))
 
 
 def reserve(sql: LedgerSql, *, caps: tuple[int, ...], amount: int, now: datetime) -> None:
@@ -135,7 +157,9 @@ def reserve(sql: LedgerSql, *, caps: tuple[int, ...], amount: int, now: datetime
             row = sql.one(CAP_STANDING, cap=cap_id, **starts)
             if row is None:
                 raise NotFound("No such spending cap.")
-            kind, ceiling, spent, reserved = row
+            kind, ceiling, spent, reserved, closed_at = row
+            if closed_at is not None:
+                raise _closed(kind)
             raise REFUSALS[kind](
                 required=amount, limit=int(ceiling), spent=int(spent), reserved=int(reserved)
             )
@@ -155,6 +179,15 @@ def most_capturable(sql: LedgerSql, *, hold_id: int, released: int, now: datetim
     return min((released + max(room, 0) for room in rooms), default=None)
 
 
-def resolve(sql: LedgerSql, *, hold_id: int, released: int, captured: int, now: datetime) -> None:
-    """Release a resolved hold's reservation from its caps and count what it captured."""
-    sql.run(RESOLVE_CAPS, hold=hold_id, released=released, captured=captured, **_starts(sql, now))
+def resolve(
+    sql: LedgerSql, *, hold_id: int, released: int, captured: int, now: datetime
+) -> datetime | None:
+    """Release a resolved hold's reservation from its caps and count what it captured, in
+    each cap's current period; returns when the newest of those periods began if that is after
+    `now` (the hold's resolution time must then move to it), else None."""
+    rows = sql.all(
+        RESOLVE_CAPS, hold=hold_id, released=released, captured=captured, **_starts(sql, now)
+    )
+    starts = [start for row in rows if (start := read_time(row[0])) is not None]
+    newest = max(starts, default=now)
+    return newest if newest > now else None

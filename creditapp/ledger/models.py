@@ -186,6 +186,10 @@ class SpendCap(db.Model):  # type: ignore[name-defined,misc]
     spent: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     reserved: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # A closed cap refuses every new hold, in the hold's own update (its key was revoked, its
+    # member left the team: a request already past those checks is refused too); the holds it
+    # has resolve as usual.
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         CheckConstraint(one_of("kind", CAP_KINDS), name="kind_known"),

@@ -35,6 +35,7 @@ from creditapp.ledger.models import GRANT_SOURCES, Grant
 from creditapp.ledger.sql import (
     BALANCE_AS_OF,
     CHANGE_GRANT,
+    DATE_RESOLUTION,
     EXPIRED_CREDIT_ACCOUNTS,
     HOLD_STATE,
     INSERT_ACCOUNT,
@@ -318,7 +319,8 @@ def _persist(
                 "audit": audit_id,
                 "reference": reference,
                 "request_id": context.request_id,
-                "user": user_id,
+                # A write-off of expired credits is no one's doing, whoever's operation wrote it.
+                "user": None if pending.type == "expire" else user_id,
                 "now": stored_now,
             }
         )
@@ -478,10 +480,12 @@ def claw_back(
     context: AuditContext,
     now: datetime,
     audit_details: dict[str, str] | None = None,
+    user_id: int | None = None,
 ) -> int:
     """Take back up to `up_to` (credits paid for and then refunded or disputed) from what is
     available: never below zero, never what open holds reserved. Returns what was taken (an
-    `adjust` entry); the rest is the caller's to record as a shortfall. Audited either way."""
+    `adjust` entry naming `user_id`, the buyer); the rest is the caller's to record as a
+    shortfall. Audited either way."""
     if up_to <= 0:
         raise AmountNotPositive("What is taken back must be positive.")
     sql = LedgerSql(session)
@@ -497,6 +501,7 @@ def claw_back(
         context=context,
         now=now,
         reference=reference,
+        user_id=user_id,
         details={
             **(audit_details or {}),
             "reason": reason,
@@ -863,9 +868,11 @@ def _resolve(
     if late or captured != min(actual, hold_amount):
         sql.run(RECORD_CAPTURE, hold=hold_id, captured=captured, uncollected=actual - captured)
     if capped:
-        spend_caps.resolve(
+        period_began = spend_caps.resolve(
             sql, hold_id=hold_id, released=0 if late else hold_amount, captured=captured, now=now
         )
+        if period_began is not None:
+            sql.run(DATE_RESOLUTION, hold=hold_id, at=sql.time(period_began))
     _persist(
         sql,
         state,

@@ -176,7 +176,7 @@ INSERT_CAP = Statement(
 RESERVE_CAP = Statement(
     f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD}, period_start = {_NEWEST_START},
               reserved = reserved + :amount
-       WHERE id = :cap
+       WHERE id = :cap AND closed_at IS NULL
          AND (ceiling IS NULL OR {_SPENT_THIS_PERIOD} + reserved + :amount <= ceiling)
        RETURNING id"""
 )
@@ -186,8 +186,13 @@ INSERT_HOLD_CAP = Statement("INSERT INTO hold_caps (hold_id, cap_id) VALUES (:ho
 RESOLVE_CAPS = Statement(
     f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD} + :captured,
               period_start = {_NEWEST_START}, reserved = reserved - :released
-       WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)"""
+       WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)
+       RETURNING period_start"""
 )
+# A resolution counted in a cap's period that began after the resolution's clock read (it
+# waited for the account's lock meanwhile) is dated from that period's start: what a cap spent
+# in a period is what its holds resolved since the period began captured, to the microsecond.
+DATE_RESOLUTION = Statement("UPDATE holds SET resolved_at = :at WHERE id = :hold")
 # What a resolving hold may capture beyond what it releases, by each of its caps (the rows
 # locked: RESOLVE_CAPS follows in the same transaction).
 CAP_ROOM = Statement(
@@ -196,7 +201,11 @@ CAP_ROOM = Statement(
     lock="FOR UPDATE",
 )
 CAP_STANDING = Statement(
-    f"SELECT kind, ceiling, {_SPENT_THIS_PERIOD}, reserved FROM spend_caps WHERE id = :cap"
+    f"""SELECT kind, ceiling, {_SPENT_THIS_PERIOD}, reserved, closed_at FROM spend_caps
+       WHERE id = :cap"""
+)
+CLOSE_CAP = Statement(
+    "UPDATE spend_caps SET closed_at = :now WHERE id = :cap AND closed_at IS NULL"
 )
 SET_CEILING = Statement("UPDATE spend_caps SET ceiling = :ceiling WHERE id = :cap")
 LOCK_CAP = Statement("SELECT period FROM spend_caps WHERE id = :cap", lock="FOR UPDATE")

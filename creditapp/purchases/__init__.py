@@ -363,6 +363,7 @@ def _take_back(
             context=context,
             now=now,
             audit_details={"purchase_id": str(purchase.id), "cause": cause},
+            user_id=purchase.user_id,
         )
         purchase.clawed_back += taken
         purchase.shortfall += due - taken

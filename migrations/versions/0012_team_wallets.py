@@ -3,7 +3,8 @@
 - Entries `transfer_out` / `transfer_in` and grants of source `transfer` (a member's credits
   moved to the team, keeping their expiry).
 - A spending cap names the account its spender spends from (reconciliation checks every cap
-  with that account, holds or none).
+  with that account, holds or none), and may be closed (`closed_at`: its key was revoked, its
+  member left; the hold's own update then refuses): revoked keys' caps are closed.
 - Every member has a spending cap (`team_members.cap_id`, a `spend_caps` row of kind `member`;
   members of teams made before this release get an uncapped one, counted from this month).
 - `holds.user_id` and `ledger_entries.user_id`: the user who spends or moved the credits, so
@@ -94,6 +95,11 @@ def upgrade() -> None:
         "UPDATE spend_caps SET account_id ="
         " (SELECT api_keys.account_id FROM api_keys WHERE api_keys.cap_id = spend_caps.id)"
     )
+    op.add_column("spend_caps", sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True))
+    op.execute(
+        "UPDATE spend_caps SET closed_at = (SELECT api_keys.revoked_at FROM api_keys"
+        " WHERE api_keys.cap_id = spend_caps.id)"
+    )
     with op.batch_alter_table("spend_caps") as batch:
         batch.alter_column("account_id", existing_type=ID, nullable=False)
         batch.create_foreign_key(
@@ -154,6 +160,19 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The earlier schema has no place for moved credits: refuse rather than lose them.
+    moved = op.get_bind().scalar(
+        sa.text(
+            "SELECT COUNT(*) FROM grants WHERE source = 'transfer'"
+            " OR id IN (SELECT grant_id FROM ledger_entries"
+            " WHERE type IN ('transfer_out', 'transfer_in'))"
+        )
+    )
+    if moved:
+        raise RuntimeError(
+            "0012 cannot be downgraded: credits were transferred to teams (their entries and"
+            " grants have no place in 0011)."
+        )
     with op.batch_alter_table("team_members") as batch:
         batch.drop_constraint("fk_team_members_cap_id_spend_caps", type_="foreignkey")
         batch.drop_constraint("uq_team_members_cap_id", type_="unique")
@@ -166,6 +185,7 @@ def downgrade() -> None:
     with op.batch_alter_table("spend_caps") as batch:
         batch.drop_constraint("fk_spend_caps_account_id_accounts", type_="foreignkey")
         batch.drop_column("account_id")
+        batch.drop_column("closed_at")
     _rollups_keyed_by("user_id", "day", "provider", "model")
     with op.batch_alter_table("usage_rollups") as rollups:
         rollups.drop_column("account_id")

@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from creditapp import ledger
+from creditapp import accounts, ledger
+from creditapp.accounts import teams
 from creditapp.database import write_transaction
-from creditapp.errors import KeyLimitReached
+from creditapp.errors import InvalidApiKey, KeyLimitReached, NotFound
 from creditapp.extensions import db
+from creditapp.ledger.models import Hold
 from tests.conftest import TEST_CONTEXT
+from tests.helpers import new_team
 
 CR = 1_000_000
 MIDNIGHT = datetime(2030, 5, 2, tzinfo=UTC)
@@ -80,6 +83,26 @@ def test_a_statement_with_an_older_clock_never_moves_the_period_back(
     assert _standing(app, cap_id, after) == ledger.caps.CapStanding(10 * CR, 8 * CR, 0)
 
 
+def test_a_settle_whose_clock_read_the_day_before_counts_and_reconciles_in_the_new_day(
+    app: Flask, person_factory: Any
+) -> None:
+    """A settle took its clock before midnight, then waited for the account while another call
+    started the cap's new day: its capture counts in the new day, and its resolution is dated
+    from the day's start, so that reconciliation finds the day's spending in its holds."""
+    person = person_factory(credits=100 * CR)
+    before, after = MIDNIGHT - timedelta(milliseconds=10), MIDNIGHT + timedelta(milliseconds=5)
+    cap_id = _cap(app, person.account_id, ceiling=10 * CR, period="day", now=before)
+    waited = _hold(app, person.account_id, cap_id, 4 * CR, before)
+    _hold(app, person.account_id, cap_id, 1 * CR, after)  # the new day starts here
+    _in_transaction(app, ledger.settle, hold_id=waited, actual=3 * CR, now=before)
+    assert _standing(app, cap_id, after) == ledger.caps.CapStanding(10 * CR, 3 * CR, 1 * CR)
+    with app.app_context():
+        resolved_at = db.session.get(Hold, waited).resolved_at  # type: ignore[union-attr]
+        assert ledger.reconcile(db.session, account_ids=[person.account_id]) == []
+        db.session.remove()
+    assert resolved_at == MIDNIGHT
+
+
 def test_a_late_settle_never_takes_a_cap_past_its_ceiling(app: Flask, person_factory: Any) -> None:
     """A hold expired (its reservation freed and taken by another call), then its answer came:
     charged only what the cap still allows, the rest uncollected."""
@@ -109,3 +132,52 @@ def test_an_open_hold_still_captures_its_amount_under_a_lowered_ceiling(
     assert (settled.captured, settled.uncollected) == (8 * CR, 0)
     with pytest.raises(KeyLimitReached):
         _hold(app, person.account_id, cap_id, 1, MIDNIGHT)
+
+
+def test_a_closed_cap_refuses_every_new_hold_and_its_open_holds_still_resolve(
+    app: Flask, person_factory: Any
+) -> None:
+    """A key revoked, or a member removed, after their request passed those checks: the hold's
+    own update refuses it (as the revocation or the team's absence), nothing is reserved."""
+    person, owner = person_factory(credits=100 * CR), person_factory(credits=100 * CR)
+    key_cap = _cap(app, person.account_id, ceiling=10 * CR, period="day", now=MIDNIGHT)
+    with app.app_context():
+        team_id, team_account = new_team(owner.id, person.id)
+        with write_transaction(db.session):
+            ledger.grant(
+                db.session,
+                account_id=team_account,
+                amount=50 * CR,
+                source="promo",
+                reason="team credits",
+                context=TEST_CONTEXT,
+                now=MIDNIGHT,
+            )
+        member_cap = accounts.payer(db.session, person.id, team_id).caps[0]
+        db.session.remove()
+    open_hold = _hold(app, person.account_id, key_cap, 2 * CR, MIDNIGHT)
+    member_hold = _hold(app, team_account, member_cap, 2 * CR, MIDNIGHT)
+    with app.app_context():
+        with write_transaction(db.session):
+            ledger.caps.close(db.session, cap_id=key_cap, now=MIDNIGHT)
+            teams.remove_member(
+                db.session,
+                team_id=team_id,
+                actor_id=owner.id,
+                user_id=person.id,
+                context=TEST_CONTEXT,
+                now=MIDNIGHT,
+            )
+        db.session.remove()
+
+    with pytest.raises(InvalidApiKey):
+        _hold(app, person.account_id, key_cap, 1 * CR, MIDNIGHT)
+    with pytest.raises(NotFound):
+        _hold(app, team_account, member_cap, 1 * CR, MIDNIGHT)
+    _in_transaction(app, ledger.settle, hold_id=open_hold, actual=1 * CR, now=MIDNIGHT)
+    _in_transaction(app, ledger.settle, hold_id=member_hold, actual=2 * CR, now=MIDNIGHT)
+    assert _standing(app, key_cap, MIDNIGHT) == ledger.caps.CapStanding(10 * CR, 1 * CR, 0)
+    assert _standing(app, member_cap, MIDNIGHT) == ledger.caps.CapStanding(None, 2 * CR, 0)
+    with app.app_context():
+        assert ledger.reconcile(db.session) == []
+        db.session.remove()
