@@ -45,8 +45,9 @@ Concurrency: each operation runs in one short transaction owned by the caller (s
 `creditapp.database.write_transaction`). On PostgreSQL (READ COMMITTED) a hold is a single
 conditional `UPDATE ... WHERE balance - reserved >= :amount`; resolving a hold starts with the
 hold's own conditional `UPDATE ... WHERE status = 'pending'`, which decides who resolves it;
-operations then lock the account row. Locks are always taken in the order hold -> account ->
-grants, so operations cannot deadlock. The account row is locked FOR NO KEY UPDATE, which does
+operations then lock the account row. Locks are always taken in the order hold -> spending
+caps (in id order) -> account -> grants, and a transfer locks its two accounts in id order, so
+operations cannot deadlock. The account row is locked FOR NO KEY UPDATE, which does
 not wait for the KEY SHARE locks of foreign-key checks: a caller may insert a row that refers
 to the account (a compensation) before its ledger operation, in the same transaction. On SQLite
 the write transaction holds the database's write lock from `BEGIN IMMEDIATE`.

@@ -2,8 +2,10 @@
 period.
 
 A cap is counted beside the balance and enforced the same way: a hold that names caps reserves
-its amount in each of them with a conditional update, in the hold's own transaction, after the
-account's (locks are taken account first, then caps, by holds and resolutions alike). However
+its amount in each of them with a conditional update, in the hold's own transaction, before
+the account's (locks are taken caps first, in id order, then the account, by holds and
+resolutions alike: the account's row, which a team's members share, stays locked no longer for
+the caps; a resolution within its hold counts its capture before it locks the account). However
 many calls run at once, `spent this period + reserved <= ceiling` holds when each hold is
 placed: a call that fits is never refused, one that does not never reaches the provider. When
 the hold resolves, its reservation leaves the caps and what it captured counts as spent.
@@ -175,7 +177,8 @@ def most_capturable(sql: LedgerSql, *, hold_id: int, released: int, now: datetim
     what it releases plus each cap's room (None: no ceiling). A hold captures its own amount
     at least (a lowered ceiling binds new holds only); a late settle, which releases nothing,
     only what room is left."""
-    rooms = [int(row[0]) for row in sql.all(CAP_ROOM, hold=hold_id, **_starts(sql, now))]
+    rows = sql.all(CAP_ROOM, hold=hold_id, **_starts(sql, now))
+    rooms = [int(row[0]) for row in rows if row[0] is not None]
     return min((released + max(room, 0) for room in rooms), default=None)
 
 

@@ -758,6 +758,9 @@ def hold(
     sql = LedgerSql(session)
     expires_at = now + ttl
     details = {"amount": format_credits(amount), "expires_at": expires_at.isoformat()}
+    # The caps first: every operation locks a hold's caps before its account (a resolution
+    # too), and the account's row, a hot one on a team, stays locked no longer for them.
+    spend_caps.reserve(sql, caps=caps, amount=amount, now=now)
     # The common case is one conditional UPDATE: no lock is taken before it, and no row means
     # "not enough available" or "an expired grant must be written off first".
     reserved_row = sql.one(RESERVE, account=account_id, amount=amount, now=sql.time(now))
@@ -805,9 +808,7 @@ def _insert_hold(
     caps: tuple[int, ...],
     spender: int | None,
 ) -> int:
-    """The hold's row, after its reservation in each cap (the account's is already made: locks
-    go account, then caps)."""
-    spend_caps.reserve(sql, caps=caps, amount=amount, now=now)
+    """The hold's row, linked to the caps it reserved in."""
     row = sql.one(
         INSERT_HOLD,
         account=account_id,
@@ -844,6 +845,21 @@ def _resolve(
     if resolved is None:
         return _unresolved(sql, hold_id)
     account_id, hold_amount, reference, capped, spender = resolved
+    released = 0 if late else hold_amount
+
+    # The caps before the account, as a hold takes them. A live hold settled within its amount
+    # captures exactly `actual` (the account has it: the hold reserved it), so it is counted
+    # in its caps now, outside the account's lock. Any other resolution locks its caps and
+    # reads their room first, then counts what it captured once the account is known.
+    counted_now = capped and not late and actual <= hold_amount
+    period_began = None
+    most: int | None = None
+    if counted_now:
+        period_began = spend_caps.resolve(
+            sql, hold_id=hold_id, released=released, captured=actual, now=now
+        )
+    elif capped:
+        most = spend_caps.most_capturable(sql, hold_id=hold_id, released=released, now=now)
 
     state = _load(sql, account_id)
     state.write_off_overdue(now)
@@ -852,13 +868,8 @@ def _resolve(
     # A charge is capped at what the account can pay (above the hold, or at all once the hold
     # expired), and at what the hold's spending caps allow; the rest is uncollected.
     captured = min(actual, state.available)
-    # Within what it releases a live hold always fits its caps: only a charge above the hold,
-    # or a late one, needs their room (the common settle costs no statement more).
-    if capped and (late or actual > hold_amount):
-        most = spend_caps.most_capturable(
-            sql, hold_id=hold_id, released=0 if late else hold_amount, now=now
-        )
-        captured = captured if most is None else min(captured, most)
+    if most is not None:
+        captured = min(captured, most)
     if captured:
         # A live hold may spend the expired credits it reserved; a late settle reserved none,
         # and after the write-off above what is available lies in unexpired grants.
@@ -867,12 +878,12 @@ def _resolve(
     state.write_off_overdue(now)
     if late or captured != min(actual, hold_amount):
         sql.run(RECORD_CAPTURE, hold=hold_id, captured=captured, uncollected=actual - captured)
-    if capped:
+    if capped and not counted_now:
         period_began = spend_caps.resolve(
-            sql, hold_id=hold_id, released=0 if late else hold_amount, captured=captured, now=now
+            sql, hold_id=hold_id, released=released, captured=captured, now=now
         )
-        if period_began is not None:
-            sql.run(DATE_RESOLUTION, hold=hold_id, at=sql.time(period_began))
+    if period_began is not None:
+        sql.run(DATE_RESOLUTION, hold=hold_id, at=sql.time(period_began))
     _persist(
         sql,
         state,

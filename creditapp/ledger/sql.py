@@ -193,11 +193,12 @@ RESOLVE_CAPS = Statement(
 # waited for the account's lock meanwhile) is dated from that period's start: what a cap spent
 # in a period is what its holds resolved since the period began captured, to the microsecond.
 DATE_RESOLUTION = Statement("UPDATE holds SET resolved_at = :at WHERE id = :hold")
-# What a resolving hold may capture beyond what it releases, by each of its caps (the rows
-# locked: RESOLVE_CAPS follows in the same transaction).
+# What a resolving hold may capture beyond what it releases, by each of its caps (NULL: no
+# ceiling). Every one of its caps is locked, in id order, before the account is: RESOLVE_CAPS
+# follows in the same transaction.
 CAP_ROOM = Statement(
     f"""SELECT ceiling - {_SPENT_THIS_PERIOD} - reserved FROM spend_caps
-       WHERE ceiling IS NOT NULL AND id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)""",
+       WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold) ORDER BY id""",
     lock="FOR UPDATE",
 )
 CAP_STANDING = Statement(

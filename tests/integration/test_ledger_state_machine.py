@@ -295,17 +295,17 @@ class LedgerMachine(RuleBasedStateMachine):
                 caps=(self.cap_ids[member],),
                 spender=self.user_ids[member],
             )
-        except InsufficientCredits as refused:  # the account is asked first
-            assert amount > model.available
-            assert refused.available == model.available
-            return multiple()
-        except MemberCapReached as refused:
-            assert amount <= model.available
+        except MemberCapReached as refused:  # the cap is asked first (locks: caps, account)
             assert spent + reserved + amount > MEMBER_CAPS[member]
             assert (refused.details["spent"], refused.details["reserved"]) == (
                 format_credits(spent),
                 format_credits(reserved),
             )
+            return multiple()
+        except InsufficientCredits as refused:
+            assert spent + reserved + amount <= MEMBER_CAPS[member]
+            assert amount > model.available
+            assert refused.available == model.available
             return multiple()
         assert amount <= model.available
         assert spent + reserved + amount <= MEMBER_CAPS[member]
