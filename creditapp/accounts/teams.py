@@ -113,6 +113,21 @@ def member_row(row: Any, *, now: datetime) -> MemberStanding:
     return _member_standing(member, email, cap, now)
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What a member may read of a team's account: its id, and whose entries and calls (None:
+    everyone's, for the owner and admins; their own for a member)."""
+
+    account_id: int
+    only_user: int | None
+
+
+def reading(session: DbSession, *, team_id: int, user_id: int) -> Reading:
+    member = membership(session, team_id=team_id, user_id=user_id)
+    only_user = None if member.role in MANAGING_ROLES else user_id
+    return Reading(of_team(session, team_id), only_user)
+
+
 def membership(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
     """The caller's membership of the team; a team they are not a member of is NotFound."""
     member = session.get(TeamMember, (team_id, user_id))

@@ -13,7 +13,7 @@ from flask import current_app, jsonify, request
 from marshmallow import Schema, fields
 
 from creditapp import accounts, idempotency, purchases
-from creditapp.accounts import paying_account
+from creditapp.accounts import paying_account, teams
 from creditapp.api import limits
 from creditapp.api.idempotency import from_store, idempotent, to_store
 from creditapp.api.identity import audit_context, authenticated, caller, establish, principal
@@ -129,7 +129,12 @@ def buy(
 @blp.response(200, PurchasePageSchema)
 @answers(404)
 def purchase_list(args: dict[str, Any]) -> Any:
-    return _page(paying_account(db.session, principal(), args.pop("team_id")), args)
+    """Your purchases, or a team's (a member of it sees their own, its owner and admins all)."""
+    team_id = args.pop("team_id")
+    if team_id is None:
+        return _page(paying_account(db.session, principal()), args)
+    read = teams.reading(db.session, team_id=team_id, user_id=caller().id)
+    return _page(read.account_id, args, buyer_id=read.only_user)
 
 
 @blp.route("/admin/users/<user_id>/purchases", methods=["GET"])
@@ -144,10 +149,13 @@ def user_purchases(args: dict[str, Any], user_id: str) -> Any:
     return _page(accounts.of_user(db.session, user.id), args)
 
 
-def _page(account_id: int, args: dict[str, Any]) -> dict[str, Any]:
+def _page(account_id: int, args: dict[str, Any], *, buyer_id: int | None = None) -> dict[str, Any]:
+    query = purchases.of_account(account_id)
+    if buyer_id is not None:
+        query = query.where(Purchase.user_id == buyer_id)
     return keyset_page(
         db.session,
-        purchases.of_account(account_id),
+        query,
         key=Purchase.id,
         args=args,
         position=lambda purchase: purchase.id,
@@ -159,9 +167,14 @@ def _page(account_id: int, args: dict[str, Any]) -> dict[str, Any]:
 @blp.arguments(TeamArgs, location="query")
 @blp.response(200, PurchaseSchema)
 def purchase(args: dict[str, Any], purchase_id: str) -> Any:
+    if args["team_id"] is None:
+        account_id: int | None = paying_account(db.session, principal())
+    else:
+        read = teams.reading(db.session, team_id=args["team_id"], user_id=caller().id)
+        account_id = read.account_id if read.only_user is None else None
     return purchases.get(
         db.session,
-        account_id=paying_account(db.session, principal(), args["team_id"]),
+        account_id=account_id,
         buyer_id=caller().id,
         purchase_id=path_id(purchase_id, "purchase_id"),
     )

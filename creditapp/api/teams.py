@@ -11,7 +11,7 @@ from marshmallow import Schema, fields, validate
 
 from creditapp import accounts
 from creditapp.accounts import teams
-from creditapp.accounts.models import MANAGING_ROLES, MEMBER_CAP_PERIODS, Team, TeamMember
+from creditapp.accounts.models import MEMBER_CAP_PERIODS, Team, TeamMember
 from creditapp.api import csv_export, limits
 from creditapp.api.credit import (
     CSV_ANSWER,
@@ -192,8 +192,8 @@ def _team(team_id: str, *, user_id: int | None) -> dict[str, Any]:
 @blp.response(200, MemberPageSchema)
 @answers(404)
 def members(args: dict[str, Any], team_id: str) -> Any:
-    """The members you may see (all for the owner and admins, yourself for a member), the
-    newest first."""
+    """The members you may see (all for the owner and admins, yourself for a member), by user
+    id, the highest first."""
     return _members_page(team_id, args, user_id=caller().id)
 
 
@@ -230,6 +230,7 @@ def add_member(args: dict[str, Any], team_id: str) -> Any:
 
 
 @blp.route("/teams/<team_id>/members/<user_id>", methods=["PATCH"])
+@limits.limiter.limit(limits.sensitive)
 @authenticated()
 @idempotent()
 @blp.arguments(MemberChangeArgs)
@@ -249,6 +250,7 @@ def change_member(args: dict[str, Any], team_id: str, user_id: str) -> Any:
 
 
 @blp.route("/teams/<team_id>/members/<user_id>", methods=["DELETE"])
+@limits.limiter.limit(limits.sensitive)
 @authenticated()
 @idempotent()
 @blp.response(204)
@@ -291,12 +293,8 @@ def transfer(args: dict[str, Any], team_id: str) -> Any:
     }
 
 
-def _reader(team_id: str) -> tuple[int, int | None]:
-    """The team's account, and whose entries the caller may read there: everyone's for the
-    owner and admins (None), their own for a member."""
-    found, user_id = _team_id(team_id), caller().id
-    member = teams.membership(db.session, team_id=found, user_id=user_id)
-    return accounts.of_team(db.session, found), (None if member.role in MANAGING_ROLES else user_id)
+def _reader(team_id: str) -> teams.Reading:
+    return teams.reading(db.session, team_id=_team_id(team_id), user_id=caller().id)
 
 
 @blp.route("/teams/<team_id>/transactions", methods=["GET"])
@@ -310,8 +308,8 @@ def _reader(team_id: str) -> tuple[int, int | None]:
 def transactions(args: dict[str, Any], team_id: str) -> Any:
     """The team's ledger entries, newest first (a member's own for a member), each naming
     the member who caused it (`user_id`)."""
-    account_id, user_id = _reader(team_id)
-    return transactions_of(account_id, args, user_id=user_id)
+    read = _reader(team_id)
+    return transactions_of(read.account_id, args, user_id=read.only_user)
 
 
 @blp.route("/teams/<team_id>/transactions/<entry_id>", methods=["GET"])
@@ -320,9 +318,12 @@ def transactions(args: dict[str, Any], team_id: str) -> Any:
 @answers(404)
 def transaction(team_id: str, entry_id: str) -> Any:
     """One entry of the team's account and, for a charge, its receipt."""
-    account_id, user_id = _reader(team_id)
+    read = _reader(team_id)
     return receipts.transaction(
-        db.session, account_id=account_id, entry_id=path_id(entry_id, "entry_id"), user_id=user_id
+        db.session,
+        account_id=read.account_id,
+        entry_id=path_id(entry_id, "entry_id"),
+        user_id=read.only_user,
     )
 
 
@@ -340,11 +341,11 @@ def transaction(team_id: str, entry_id: str) -> Any:
 @answers(404)
 def usage(args: dict[str, Any], team_id: str) -> Any:
     """Calls paid by the team (a member's own for a member), grouped by member, model or day."""
-    account_id, user_id = _reader(team_id)
+    read = _reader(team_id)
     report = usage_report.account_report(
         db.session,
-        account_id=account_id,
-        user_id=user_id,
+        account_id=read.account_id,
+        user_id=read.only_user,
         start=args["start"],
         end=args["end"],
         group_by=args["group_by"],

@@ -149,9 +149,10 @@ def with_shortfall() -> Select[Purchase]:
     return select(Purchase).where(Purchase.shortfall > 0).order_by(Purchase.id)
 
 
-def get(session: DbSession, *, account_id: int, buyer_id: int, purchase_id: int) -> Purchase:
-    """A purchase of the account, or one the buyer made (for a team: the page Stripe sends
-    the buyer back to knows only the purchase)."""
+def get(session: DbSession, *, account_id: int | None, buyer_id: int, purchase_id: int) -> Purchase:
+    """A purchase of the account (None: of no account the caller sees in full, a plain team
+    member), or one the buyer made (for a team: the page Stripe sends the buyer back to knows
+    only the purchase)."""
     purchase = session.get(Purchase, purchase_id)
     if purchase is None or (buyer_id != purchase.user_id and purchase.account_id != account_id):
         raise NotFound("No such purchase.")

@@ -19,7 +19,7 @@ from creditapp.ledger.models import Grant
 from creditapp.purchases.models import Purchase, StripeEvent
 from tests.conftest import Person, utcnow
 from tests.fake_stripe import DISCONNECT, ERROR, FakeStripe, event_body
-from tests.helpers import assert_consistent, assert_error, ledger_rows, run_job_at, scalar
+from tests.helpers import assert_consistent, assert_error, ledger_rows, new_team, run_job_at, scalar
 
 CR = 1_000_000
 WEBHOOK = "/api/webhooks/stripe"
@@ -356,3 +356,32 @@ def test_another_users_purchase_does_not_exist_for_them(
     path = f"/api/credit/purchases/{purchase_id}"
     assert_error(client.get(path, headers=other.headers), 404, "not_found")
     assert client.get("/api/credit/purchases", headers=other.headers).get_json()["items"] == []
+
+
+def test_a_plain_member_sees_their_own_purchases_for_the_team_and_managers_see_all(
+    app: Flask, client: FlaskClient, person_factory: Any
+) -> None:
+    owner, member = person_factory(), person_factory()
+    with app.app_context():
+        team_id, _account = new_team(owner.id, member.id)
+        db.session.remove()
+    owners = buy(client, owner, team_id=str(team_id)).get_json()["id"]
+    members = buy(client, member, team_id=str(team_id)).get_json()["id"]
+
+    def listed(person: Person) -> list[str]:
+        page = client.get(f"/api/credit/purchases?team_id={team_id}", headers=person.headers)
+        return [item["id"] for item in page.get_json()["items"]]
+
+    assert listed(owner) == [members, owners]
+    assert listed(member) == [members]
+    read = f"/api/credit/purchases/{owners}?team_id={team_id}"
+    assert client.get(read, headers=owner.headers).status_code == 200
+    assert_error(client.get(read, headers=member.headers), 404, "not_found")
+    own = f"/api/credit/purchases/{members}?team_id={team_id}"
+    assert client.get(own, headers=member.headers).status_code == 200
+    stranger = person_factory()
+    assert_error(
+        client.get(f"/api/credit/purchases?team_id={team_id}", headers=stranger.headers),
+        404,
+        "not_found",
+    )
