@@ -6,6 +6,8 @@ removed member's key spends no more."""
 from __future__ import annotations
 
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -620,3 +622,68 @@ def test_team_usage_sums_exactly_by_member_model_and_day(
     with app.app_context():
         assert ledger.reconcile(db.session) == []
         db.session.remove()
+
+
+def test_a_removed_member_can_no_longer_pay_from_the_team(
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    owner, member = person_factory(credits=10 * CR), person_factory()
+    team = make_team(client, owner)
+    added(client, owner, team["id"], member)
+    fund(client, owner, team["id"], "10")
+    conversation = start_conversation(client, member, "openai", "gpt-team")
+    assert (
+        client.delete(member_path(team["id"], member), headers=with_key(owner)).status_code == 204
+    )
+
+    assert_error(message(client, member, conversation, team["id"]), 404, "not_found")
+    assert fake_providers.calls("openai") == []
+    assert team_balance(client, owner, team["id"]) == "10"
+
+
+def test_managers_changing_one_member_at_once_get_answers_never_a_server_error(
+    app: Flask, person_factory: Any
+) -> None:
+    """Changes to one team run one at a time: of two adding one email, one adds and the other
+    is told the member exists; of a change and a removal of one member, whichever runs second
+    sees the first's outcome."""
+    owner, other_admin, member = person_factory(), person_factory(), person_factory()
+    client = app.test_client()
+    team = make_team(client, owner)
+    added(client, owner, team["id"], other_admin, role="admin")
+
+    def at_once(*requests: Any) -> list[TestResponse]:
+        barrier = threading.Barrier(len(requests))
+
+        def one(request: Any) -> TestResponse:
+            own_client = app.test_client()
+            barrier.wait(timeout=60)
+            answer: TestResponse = request(own_client)
+            return answer
+
+        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+            return list(pool.map(one, requests))
+
+    adding = at_once(
+        lambda own: add(own, owner, team["id"], member.email),
+        lambda own: add(own, other_admin, team["id"], member.email),
+    )
+    assert sorted(answer.status_code for answer in adding) == [201, 409]
+    assert {answer.get_json().get("error", {}).get("code") for answer in adding} == {
+        None,
+        "already_team_member",
+    }
+
+    changing = at_once(
+        lambda own: own.patch(
+            member_path(team["id"], member), json={"cap": "5"}, headers=with_key(owner)
+        ),
+        lambda own: own.delete(member_path(team["id"], member), headers=with_key(other_admin)),
+    )
+    statuses = sorted(answer.status_code for answer in changing)
+    assert statuses in ([200, 204], [204, 404]), statuses
+    members = client.get(f"{TEAMS}/{team['id']}/members", headers=owner.headers).get_json()
+    assert member.id not in {int(row["user_id"]) for row in members["items"]}
