@@ -147,11 +147,7 @@ def managing(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
     ).scalar_one_or_none()
     if locked is None:
         raise NotFound("No such team.")
-    member = session.execute(
-        select(TeamMember)
-        .where(TeamMember.team_id == team_id, TeamMember.user_id == user_id)
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+    member = _member_now(session, team_id=team_id, user_id=user_id)
     if member is None:
         raise NotFound("No such team.")
     if member.role not in MANAGING_ROLES:
@@ -159,13 +155,18 @@ def managing(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
     return member
 
 
-def _member_of(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
-    """A member of a team whose row `managing` locked, as the database has it now."""
-    member = session.execute(
+def _member_now(session: DbSession, *, team_id: int, user_id: int) -> TeamMember | None:
+    """A membership as the database has it now, not as the session last loaded it."""
+    return session.execute(
         select(TeamMember)
         .where(TeamMember.team_id == team_id, TeamMember.user_id == user_id)
         .execution_options(populate_existing=True)
     ).scalar_one_or_none()
+
+
+def _member_of(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
+    """A member of a team whose row `managing` locked."""
+    member = _member_now(session, team_id=team_id, user_id=user_id)
     if member is None:
         raise NotFound("No such member.")
     return member

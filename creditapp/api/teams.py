@@ -33,6 +33,7 @@ from creditapp.api.schemas import AmountsSchema, Credits, Id, PageArgs, Text, Ut
 from creditapp.billing import receipts, usage_report
 from creditapp.extensions import db
 from creditapp.ledger import Balance
+from creditapp.ledger.models import Account
 
 blp = Blueprint("teams", __name__, url_prefix="/api", description="Teams: shared wallets")
 
@@ -127,6 +128,16 @@ def _amounts(balance: Balance) -> dict[str, int]:
     }
 
 
+def _summary(team: Team, account: Account) -> dict[str, Any]:
+    """A team in a list: its name and its account's figures."""
+    return {
+        "id": team.id,
+        "name": team.name,
+        "created_at": team.created_at,
+        **_amounts(Balance(account.balance, account.reserved)),
+    }
+
+
 def _team_id(team_id: str) -> int:
     return path_id(team_id, "team_id")
 
@@ -160,13 +171,7 @@ def list_teams(args: dict[str, Any]) -> Any:
         teams.of_user(caller().id),
         key=Team.id,
         args=args,
-        item=lambda row: {
-            "id": row[0].id,
-            "name": row[0].name,
-            "role": row[1],
-            "created_at": row[0].created_at,
-            **_amounts(Balance(row[2].balance, row[2].reserved)),
-        },
+        item=lambda row: {**_summary(row[0], row[2]), "role": row[1]},
         position=lambda team: team["id"],
     )
 
@@ -378,12 +383,7 @@ def admin_teams(args: dict[str, Any]) -> Any:
         teams.named(args["q"]),
         key=Team.id,
         args=args,
-        item=lambda row: {
-            "id": row[0].id,
-            "name": row[0].name,
-            "created_at": row[0].created_at,
-            **_amounts(Balance(row[1].balance, row[1].reserved)),
-        },
+        item=lambda row: _summary(row[0], row[1]),
         position=lambda team: team["id"],
     )
 
