@@ -53,6 +53,7 @@ def register_extensions(app: Flask) -> None:
     from creditapp.ledger import models as ledger_models  # noqa: F401
     from creditapp.pricing import models as pricing_models  # noqa: F401
     from creditapp.purchases import models as purchases_models  # noqa: F401
+    from creditapp.signals import models as signals_models  # noqa: F401
 
     db.init_app(app)
     with app.app_context():

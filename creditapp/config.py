@@ -65,6 +65,29 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+def _bool_env(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() not in ("true", "false"):
+        raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+    return raw.lower() == "true"
+
+
+def _schedule_env(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    """Comma-separated whole seconds, each at least 1 (`5,300,1800`)."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        schedule = tuple(int(part) for part in raw.split(","))
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be whole seconds, comma-separated") from exc
+    if not schedule or min(schedule) < 1:
+        raise ConfigurationError(f"{name} must list at least one delay of at least 1 second")
+    return schedule
+
+
 @dataclass(frozen=True)
 class ProviderSettings:
     base_url: str | None
@@ -247,6 +270,18 @@ class Config:
             raise ConfigurationError(
                 "PURCHASE_MIN_CREDITS <= PURCHASE_MAX_CREDITS <= 1000000000 is needed"
             )
+        # Outgoing webhooks may go to plain http and to loopback, private, link-local and
+        # metadata addresses (tests and development only: production refuses to start with it).
+        self.WEBHOOK_ALLOW_PRIVATE = _bool_env("WEBHOOK_ALLOW_PRIVATE", False)
+        # Seconds before each retry of a delivery (one first attempt, then one per entry).
+        self.WEBHOOK_RETRY_SCHEDULE = _schedule_env(
+            "WEBHOOK_RETRY_SCHEDULE", (5, 300, 1800, 7200, 18000, 36000, 36000)
+        )
+        self.WEBHOOK_TIMEOUT_SECONDS = _int_env("WEBHOOK_TIMEOUT_SECONDS", 10)
+        # Deliveries (and their events) older than this are purged by the delivery job.
+        self.WEBHOOK_RETENTION_DAYS = _int_env("WEBHOOK_RETENTION_DAYS", 30)
+        # How many days before a grant expires `grant.expiring` is sent.
+        self.GRANT_EXPIRING_NOTICE_DAYS = _int_env("GRANT_EXPIRING_NOTICE_DAYS", 3)
         # How many earlier messages of a conversation are sent with a new one.
         self.CHAT_HISTORY_MESSAGES = _int_env("CHAT_HISTORY_MESSAGES", 40)
         # A streamed reply sends a keep-alive comment after this long without a word.
@@ -377,6 +412,10 @@ class ProductionConfig(Config):
                 raise ConfigurationError(
                     f"{name} must be https in production (plain http only on a loopback address)"
                 )
+        if self.WEBHOOK_ALLOW_PRIVATE:
+            raise ConfigurationError(
+                "WEBHOOK_ALLOW_PRIVATE lets webhooks reach this network's own hosts: not in production"
+            )
         if previous == self.JWT_SECRET_KEY:
             raise ConfigurationError(
                 "JWT_PREVIOUS_SECRET_KEY is JWT_SECRET_KEY itself: JWT_SECRET_KEY is the new key"

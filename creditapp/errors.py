@@ -477,3 +477,21 @@ class WebhookSignatureInvalid(CreditAppError):
     code = "invalid_signature"
     status = 400
     message = "The webhook's signature is missing, invalid or too old."
+
+
+class WebhookUrlRefused(CreditAppError):
+    """Webhooks are posted only to https URLs of public hosts: no loopback, private,
+    link-local or cloud-metadata address, checked when the endpoint is saved and again after
+    DNS resolution at every delivery (unless WEBHOOK_ALLOW_PRIVATE, in tests and development)."""
+
+    code = "webhook_url_refused"
+    status = 400
+    message = "Webhooks can only be sent to https URLs of public hosts."
+
+
+class ThresholdsInvalid(CreditAppError):
+    """An account has at most 10 low-balance thresholds, each a positive amount of credits."""
+
+    code = "invalid_thresholds"
+    status = 400
+    message = "Alert thresholds are up to 10 distinct positive amounts of credits."

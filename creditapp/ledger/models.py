@@ -75,6 +75,12 @@ class Account(db.Model):  # type: ignore[name-defined,misc]
     # created_at of the newest ledger entry: the next entry is never stamped earlier.
     last_entry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # Someone listens to this account's signals (it has alert thresholds or webhook endpoints):
+    # its ledger operations look for thresholds crossed. Read with the balance, so that an
+    # account nobody listens to costs no statement more.
+    watched: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
 
     __table_args__ = (
         CheckConstraint("balance >= 0", name="balance_not_negative"),
@@ -104,6 +110,10 @@ class Grant(db.Model):  # type: ignore[name-defined,misc]
     period: Mapped[str | None] = mapped_column(String(16), nullable=True)
     reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # `grant.expiring` was emitted for this grant (once, days before it expires).
+    expiry_signalled: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
 
     __table_args__ = (
         CheckConstraint(one_of("source", GRANT_SOURCES), name="source_known"),
@@ -190,6 +200,9 @@ class SpendCap(db.Model):  # type: ignore[name-defined,misc]
     # member left the team: a request already past those checks is refused too); the holds it
     # has resolve as usual.
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The period whose refusal was signalled (`key.limit_reached`, `team.member_cap_reached`):
+    # one event per cap and period, however many calls it refuses.
+    reached_signalled_for: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         CheckConstraint(one_of("kind", CAP_KINDS), name="kind_known"),

@@ -30,6 +30,7 @@ from creditapp.errors import (
     UnknownGrantSource,
     ZeroAdjustment,
 )
+from creditapp.ledger import alerts
 from creditapp.ledger import caps as spend_caps
 from creditapp.ledger.models import GRANT_SOURCES, Grant
 from creditapp.ledger.sql import (
@@ -161,6 +162,7 @@ class _AccountState:
     last_seq: int | None
     last_entry_at: datetime | None
     grants: list[_LiveGrant]
+    watched: bool
     initial_balance: int = field(init=False)
     initial_reserved: int = field(init=False)
     pending: list[_PendingEntry] = field(default_factory=list)
@@ -215,7 +217,7 @@ def _load(sql: LedgerSql, account_id: int, *, lock: bool = True) -> _AccountStat
     account = sql.one(LOCK_ACCOUNT if lock else READ_ACCOUNT, account=account_id)
     if account is None:
         raise NotFound("No such account.")
-    balance_now, reserved, last_seq, last_entry_at = account
+    balance_now, reserved, last_seq, last_entry_at, watched = account
     return _AccountState(
         id=account_id,
         balance=balance_now,
@@ -226,6 +228,7 @@ def _load(sql: LedgerSql, account_id: int, *, lock: bool = True) -> _AccountStat
             _LiveGrant(grant_id, remaining, read_time(expires_at), source)
             for grant_id, remaining, expires_at, source in sql.all(LIVE_GRANTS, account=account_id)
         ],
+        watched=bool(watched),
     )
 
 
@@ -343,6 +346,14 @@ def _persist(
     if rows:
         state.last_entry_at = now
     state.pending.clear()
+    if state.watched:
+        alerts.available_moved(
+            sql,
+            account_id=state.id,
+            before=state.initial_balance - state.initial_reserved,
+            after=state.available,
+            now=now,
+        )
     return Balance(state.balance, state.reserved)
 
 
@@ -765,7 +776,8 @@ def hold(
     # "not enough available" or "an expired grant must be written off first".
     reserved_row = sql.one(RESERVE, account=account_id, amount=amount, now=sql.time(now))
     if reserved_row is not None:
-        after = Balance(*reserved_row)
+        balance_after, reserved_after, watched = reserved_row
+        after = Balance(balance_after, reserved_after)
         hold_id = _insert_hold(sql, account_id, amount, reference, expires_at, now, caps, spender)
         _audit(
             sql,
@@ -777,6 +789,14 @@ def hold(
             after=after,
             details={**details, **_links(hold_id, reference)},
         )
+        if watched:
+            alerts.available_moved(
+                sql,
+                account_id=account_id,
+                before=after.available + amount,
+                after=after.available,
+                now=now,
+            )
         return HoldResult(hold_id, amount, expires_at, after)
 
     state = _load(sql, account_id)

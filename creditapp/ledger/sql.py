@@ -78,7 +78,9 @@ class LedgerSql:
         return self._dialect.stored_json(value)
 
 
-_ACCOUNT_ROW = "SELECT balance, reserved, last_seq, last_entry_at FROM accounts WHERE id = :account"
+_ACCOUNT_ROW = (
+    "SELECT balance, reserved, last_seq, last_entry_at, watched FROM accounts WHERE id = :account"
+)
 # The lock an UPDATE of the balance takes anyway, not FOR UPDATE: that one would also wait for
 # the KEY SHARE lock of every row inserted with a foreign key to the account, and a transaction
 # that wrote such a row before its ledger operation (a refund's compensation) would deadlock
@@ -95,7 +97,7 @@ RESERVE = Statement(
        WHERE id = :account AND balance - reserved >= :amount
          AND NOT EXISTS (SELECT 1 FROM grants WHERE grants.account_id = accounts.id
                          AND grants.remaining > 0 AND grants.expires_at <= :now)
-       RETURNING balance, reserved"""
+       RETURNING balance, reserved, watched"""
 )
 STORE_ACCOUNT = Statement(
     """UPDATE accounts SET balance = :balance, reserved = :reserved, last_seq = :last_seq,
