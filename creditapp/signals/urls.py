@@ -1,0 +1,124 @@
+"""Where webhooks may be posted: URL rules that keep the service from aiming at its own network.
+
+A webhook URL is chosen by a user, and the service posts to it from inside its network: without
+these rules, an endpoint naming `http://169.254.169.254/` or `http://10.0.0.5:6379/` would make
+the service probe what only it can reach (server-side request forgery). So a URL must be https
+and name a public host; a name is resolved, and every address it resolves to must be public.
+The rules run when an endpoint is saved (`refuse_unsafe`) and again at every delivery
+(`destination`), whose checked address is the one connected to: a name that resolved to a
+public address when checked cannot resolve elsewhere when connected (DNS rebinding).
+`WEBHOOK_ALLOW_PRIVATE` (tests and development) keeps only the scheme and host rules.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import NamedTuple
+from urllib.parse import SplitResult, urlsplit
+
+from creditapp.errors import WebhookUrlRefused
+
+MAX_URL_LENGTH = 2048
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# The well-known NAT64 prefix: its addresses reach the IPv4 address in their last 32 bits.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Destination(NamedTuple):
+    """Where a delivery connects: `host` (the URL's, for the Host header and TLS) at `address`
+    (the checked IP; None when private addresses are allowed and the name is connected to as is)."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    address: str | None
+
+
+def refuse_unsafe(url: str, *, allow_private: bool) -> None:
+    """Raise WebhookUrlRefused unless webhooks may be posted to `url` (registration's check)."""
+    destination(url, allow_private=allow_private)
+
+
+def destination(url: str, *, allow_private: bool) -> Destination:
+    """Check `url` as `refuse_unsafe` does, resolving its host now, and say where to connect."""
+    parts = _parse(url, allow_private=allow_private)
+    host = parts.hostname or ""
+    port = parts.port or DEFAULT_PORTS[parts.scheme]
+    if allow_private:
+        return Destination(url, parts.scheme, host, port, None)
+    literal = _ip_literal(host)
+    addresses = [literal] if literal is not None else _resolve(url, host, port)
+    for address in addresses:
+        if not is_public(address):
+            raise WebhookUrlRefused(
+                f"The webhook URL's host {host} is at {address}, which is not a public address.",
+                details={"url": url, "address": str(address)},
+            )
+    return Destination(url, parts.scheme, host, port, str(addresses[0]))
+
+
+def is_public(address: Address) -> bool:
+    """Whether `address` is on the public internet: not loopback, private, shared (100.64/10),
+    link-local (where cloud metadata answers, 169.254.169.254), multicast, reserved or
+    unspecified; IPv6 addresses that carry an IPv4 address are judged by it."""
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = address.ipv4_mapped or address.sixtofour
+        if carried is None and address in NAT64:
+            carried = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if carried is not None:
+            return is_public(carried)
+        if address.is_site_local:
+            return False
+    return address.is_global and not (address.is_multicast or address.is_reserved)
+
+
+def _parse(url: str, *, allow_private: bool) -> SplitResult:
+    def refused(why: str) -> WebhookUrlRefused:
+        return WebhookUrlRefused(f"The webhook URL is refused: {why}", details={"url": url})
+
+    if len(url) > MAX_URL_LENGTH:
+        raise refused(f"it is longer than {MAX_URL_LENGTH} characters.")
+    if any(character.isspace() or not character.isprintable() for character in url):
+        raise refused("it contains spaces or control characters.")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port raises on one out of range or not a number
+    except ValueError as error:
+        raise refused(f"it does not parse ({error}).") from None
+    allowed = ("http", "https") if allow_private else ("https",)
+    if parts.scheme not in allowed:
+        raise refused(f"its scheme must be {' or '.join(allowed)}.")
+    if not parts.hostname:
+        raise refused("it names no host.")
+    if "@" in parts.netloc:
+        raise refused("it contains a user name or password.")
+    return parts
+
+
+def _ip_literal(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _resolve(url: str, host: str, port: int) -> list[Address]:
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise WebhookUrlRefused(
+            f"The webhook URL's host {host} does not resolve to an address.",
+            details={"url": url},
+        ) from None
+    # A scope (`fe80::1%eth0`) is no part of the address judged.
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
+    if not addresses:
+        raise WebhookUrlRefused(
+            f"The webhook URL's host {host} does not resolve to an address.",
+            details={"url": url},
+        )
+    return addresses
