@@ -414,7 +414,8 @@ class ProductionConfig(Config):
                 )
         if self.WEBHOOK_ALLOW_PRIVATE:
             raise ConfigurationError(
-                "WEBHOOK_ALLOW_PRIVATE lets webhooks reach this network's own hosts: not in production"
+                "WEBHOOK_ALLOW_PRIVATE lets webhooks reach this network's own hosts:"
+                " not in production"
             )
         if previous == self.JWT_SECRET_KEY:
             raise ConfigurationError(

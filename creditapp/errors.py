@@ -167,7 +167,7 @@ class SpendCapReached(CreditAppError):
     status = 402
     message = "This call's worst case is more than a spending cap leaves for the period."
 
-    def __init__(self, *, required: int, limit: int, spent: int, reserved: int):
+    def __init__(self, *, cap_id: int, required: int, limit: int, spent: int, reserved: int):
         from creditapp.money import format_credits
 
         super().__init__(
@@ -180,6 +180,7 @@ class SpendCapReached(CreditAppError):
             }
         )
         self.required = required
+        self.cap_id = cap_id
 
 
 class KeyLimitReached(SpendCapReached):

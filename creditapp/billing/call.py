@@ -25,6 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -47,6 +48,8 @@ from creditapp.errors import (
     SpendCapReached,
     ValidationFailed,
 )
+from creditapp.ledger import caps as spend_caps
+from creditapp.ledger.sql import LedgerSql
 from creditapp.metering.estimate import estimate_tokens, upper_bound_tokens
 from creditapp.metering.providers import (
     ChatMessage,
@@ -260,6 +263,18 @@ def _hold(
     return Held(held.hold_id, held.amount, now)
 
 
+@contextmanager
+def _refusal_announced(session: DbSession, *, now: datetime) -> Iterator[None]:
+    """A hold refused by a spending cap rolls back; the cap's event is then written in a
+    transaction of its own (once per cap and period)."""
+    try:
+        yield
+    except SpendCapReached as refused:
+        with write_transaction(session):
+            spend_caps.announce_reached(LedgerSql(session), cap_id=refused.cap_id, now=now)
+        raise
+
+
 def _usage_of(completion: Completion, request: ChatRequest) -> Usage:
     if completion.usage is not None:
         return completion.usage
@@ -295,7 +310,7 @@ def complete(
     """
     asked_at = meter.clock()
     priced = _price(session, metered, now=asked_at)
-    with write_transaction(session):
+    with _refusal_announced(session, now=asked_at), write_transaction(session):
         held = _hold(session, priced, meter=meter, context=context, now=asked_at)
 
     try:
@@ -627,7 +642,7 @@ def stream(
     """
     asked_at = meter.clock()
     priced = _price(session, metered, now=asked_at)
-    with write_transaction(session):
+    with _refusal_announced(session, now=asked_at), write_transaction(session):
         held = _hold(session, priced, meter=meter, context=context, now=asked_at)
         started = on_held(session, held)
     # Taken now, from what the hold's transaction stored: an undo may run in another session.

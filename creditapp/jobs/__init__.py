@@ -48,6 +48,8 @@ def _options(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
                 base_delay=timedelta(seconds=settings["COMPENSATION_BASE_DELAY_SECONDS"]),
             )
         }
+    if name == "expire-grants":
+        return {"notice": timedelta(days=settings["GRANT_EXPIRING_NOTICE_DAYS"])}
     if name == "purge-idempotency":
         return {"retention": settings["IDEMPOTENCY_RETENTION"]}
     if name == "sync-purchases":

@@ -1,18 +1,35 @@
 """Grant expiry: an idle account's expired credits are written off by this job, not only by the
 account's next operation. What open holds placed before the expiry still need stays payable to
-them (contract section 2); the rest goes with an `expire` entry."""
+them (contract section 2); the rest goes with an `expire` entry. The job also announces grants
+about to expire (`grant.expiring`, once per grant, to accounts someone listens to)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from creditapp import ledger
 from creditapp.database import DbSession, write_transaction
+from creditapp.ledger import alerts
 
 BATCH = 500
 
 
-def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> dict[str, int]:
+def run(
+    session: DbSession, *, now: datetime, context: ledger.AuditContext, notice: timedelta
+) -> dict[str, int]:
+    announced = 0
+    while True:
+        with write_transaction(session):
+            batch = alerts.announce_expiring_grants(session, now=now, notice=notice, limit=BATCH)
+        announced += batch
+        if batch < BATCH:
+            break
+    return {**_write_off(session, now=now, context=context), "expiring_announced": announced}
+
+
+def _write_off(
+    session: DbSession, *, now: datetime, context: ledger.AuditContext
+) -> dict[str, int]:
     accounts = 0
     written_off = 0
     after = 0

@@ -14,9 +14,9 @@ endpoints) is checked, so the others pay no statement for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from creditapp.database import DbSession
+from creditapp.database import DbSession, read_time
 from creditapp.errors import NotFound, ThresholdsInvalid
 from creditapp.ledger import outbox
 from creditapp.ledger.sql import LOCK_ACCOUNT, LedgerSql, Statement
@@ -37,6 +37,17 @@ DROP_THRESHOLDS = Statement("DELETE FROM balance_alerts WHERE account_id = :acco
 INSERT_THRESHOLD = Statement(
     """INSERT INTO balance_alerts (account_id, threshold, armed, created_at)
        VALUES (:account, :threshold, :armed, :now)"""
+)
+# Grants of watched accounts expiring within the notice, not signalled yet: marked signalled,
+# once (a concurrent run's update finds them marked and skips them).
+EXPIRING_GRANTS = Statement(
+    """UPDATE grants SET expiry_signalled = true
+       WHERE NOT expiry_signalled AND id IN (
+           SELECT grants.id FROM grants JOIN accounts ON accounts.id = grants.account_id
+           WHERE accounts.watched AND NOT grants.expiry_signalled AND grants.remaining > 0
+             AND grants.expires_at > :now AND grants.expires_at <= :soon
+           ORDER BY grants.expires_at LIMIT :limit)
+       RETURNING id, account_id, source, remaining, expires_at"""
 )
 WATCH = Statement(
     """UPDATE accounts SET watched =
@@ -64,22 +75,20 @@ def available_moved(
     if before == after:
         return
     crossed = sorted(
-        (int(threshold) for threshold, armed in sql.all(
-            FLIP_THRESHOLDS, account=account_id, available=after
-        ) if not armed),
+        (
+            int(threshold)
+            for threshold, armed in sql.all(FLIP_THRESHOLDS, account=account_id, available=after)
+            if not armed
+        ),
         reverse=True,
     )
     depleted = before > 0 and after <= 0
-    if not crossed and not depleted:
-        return
-    account = {"account_id": account_id, **outbox.owner(sql, account_id)}
     for threshold in crossed:
         outbox.emit(
             sql,
             account_id=account_id,
             event_type="balance.low",
             data={
-                **account,
                 "threshold": format_credits(threshold),
                 "available": format_credits(after),
             },
@@ -90,9 +99,34 @@ def available_moved(
             sql,
             account_id=account_id,
             event_type="balance.depleted",
-            data={**account, "available": format_credits(after)},
+            data={"available": format_credits(after)},
             now=now,
         )
+
+
+def announce_expiring_grants(
+    session: DbSession, *, now: datetime, notice: timedelta, limit: int
+) -> int:
+    """Emit `grant.expiring` for up to `limit` grants of watched accounts that expire within
+    `notice` and still hold credits, once per grant; returns how many (the caller commits)."""
+    sql = LedgerSql(session)
+    rows = sql.all(EXPIRING_GRANTS, now=sql.time(now), soon=sql.time(now + notice), limit=limit)
+    for grant_id, account_id, source, remaining, expires_at in rows:
+        expiry = read_time(expires_at)
+        assert expiry is not None
+        outbox.emit(
+            sql,
+            account_id=int(account_id),
+            event_type="grant.expiring",
+            data={
+                "grant_id": str(grant_id),
+                "source": source,
+                "remaining": format_credits(int(remaining)),
+                "expires_at": expiry.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            },
+            now=now,
+        )
+    return len(rows)
 
 
 def thresholds(session: DbSession, *, account_id: int) -> list[Threshold]:
@@ -116,7 +150,7 @@ def set_thresholds(
         raise NotFound("No such account.")
     balance, reserved = int(account[0]), int(account[1])
     available = balance - reserved
-    kept = {threshold.amount: threshold.armed for threshold in thresholds(session, account_id=account_id)}
+    kept = {kept.amount: kept.armed for kept in thresholds(session, account_id=account_id)}
     sql.run(DROP_THRESHOLDS, account=account_id)
     rows = [
         {

@@ -29,6 +29,7 @@ from creditapp.errors import (
     NotFound,
     SpendCapReached,
 )
+from creditapp.ledger import outbox
 from creditapp.ledger.models import SpendCap
 from creditapp.ledger.sql import (
     CAP_ROOM,
@@ -37,16 +38,20 @@ from creditapp.ledger.sql import (
     INSERT_CAP,
     INSERT_HOLD_CAP,
     LOCK_CAP,
+    REFUSAL_SIGNALLED,
     RESERVE_CAP,
     RESOLVE_CAPS,
     SET_CEILING,
     SET_PERIOD,
     LedgerSql,
 )
+from creditapp.money import format_credits
 
 EVER = datetime(1970, 1, 1, tzinfo=UTC)
 # The error a hold refused by a cap raises, by the cap's kind.
 REFUSALS: dict[str, type[SpendCapReached]] = {"key": KeyLimitReached, "member": MemberCapReached}
+# The event a refusal emits, by the cap's kind.
+REACHED_EVENTS = {"key": "key.limit_reached", "member": "team.member_cap_reached"}
 
 
 def _closed(kind: str) -> CreditAppError:
@@ -163,8 +168,30 @@ def reserve(sql: LedgerSql, *, caps: tuple[int, ...], amount: int, now: datetime
             if closed_at is not None:
                 raise _closed(kind)
             raise REFUSALS[kind](
-                required=amount, limit=int(ceiling), spent=int(spent), reserved=int(reserved)
+                cap_id=cap_id,
+                required=amount,
+                limit=int(ceiling),
+                spent=int(spent),
+                reserved=int(reserved),
             )
+
+
+def announce_reached(sql: LedgerSql, *, cap_id: int, now: datetime) -> None:
+    """Emit the event of a cap that refused a hold (`key.limit_reached`,
+    `team.member_cap_reached`), once per cap and period: the refused hold's transaction rolled
+    back, so this runs in a transaction of its own, after it."""
+    row = sql.one(REFUSAL_SIGNALLED, cap=cap_id, **_starts(sql, now))
+    if row is None:
+        return  # signalled already in this period
+    kind, account_id, ceiling, period, key_id, member_id = row
+    spender = {"key_id": str(key_id)} if kind == "key" else {"member_user_id": str(member_id)}
+    outbox.emit(
+        sql,
+        account_id=int(account_id),
+        event_type=REACHED_EVENTS[kind],
+        data={**spender, "limit": format_credits(int(ceiling)), "period": period},
+        now=now,
+    )
 
 
 def link(sql: LedgerSql, *, hold_id: int, caps: tuple[int, ...]) -> None:

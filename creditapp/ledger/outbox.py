@@ -34,12 +34,12 @@ TO_ONE_ENDPOINT = Statement(
 ACCOUNT_OWNER = Statement("SELECT user_id, team_id FROM accounts WHERE id = :account")
 
 
-def owner(sql: LedgerSql, account_id: int) -> dict[str, int]:
-    """Whose account it is, as an event's `data` names it: `{"user_id": n}` or `{"team_id": n}`."""
+def _owner(sql: LedgerSql, account_id: int) -> dict[str, str]:
+    """Whose account it is: `{"user_id": n}` or `{"team_id": n}`."""
     row = sql.one(ACCOUNT_OWNER, account=account_id)
     assert row is not None
     user_id, team_id = row
-    return {"team_id": int(team_id)} if team_id is not None else {"user_id": int(user_id)}
+    return {"team_id": str(team_id)} if team_id is not None else {"user_id": str(user_id)}
 
 
 def emit(
@@ -52,7 +52,9 @@ def emit(
     endpoint_id: int | None = None,
 ) -> int:
     """Write an event of `account_id` and its deliveries (to every endpoint listening to its
-    type, or only to `endpoint_id`); returns the event's id."""
+    type, or only to `endpoint_id`); returns the event's id. Its `data` names the account and
+    its owner (`account_id` and `user_id` or `team_id`) before the event's own fields."""
+    data = {"account_id": str(account_id), **_owner(sql, account_id), **data}
     row = sql.one(
         INSERT_EVENT, account=account_id, type=event_type, data=sql.json(data), now=sql.time(now)
     )

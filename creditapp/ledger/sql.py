@@ -203,6 +203,15 @@ CAP_ROOM = Statement(
        WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold) ORDER BY id""",
     lock="FOR UPDATE",
 )
+# The first refusal by a cap in its current period marks it signalled (later ones find it so).
+REFUSAL_SIGNALLED = Statement(
+    f"""UPDATE spend_caps SET reached_signalled_for = {_PERIOD_START}
+       WHERE id = :cap
+         AND (reached_signalled_for IS NULL OR reached_signalled_for < {_PERIOD_START})
+       RETURNING kind, account_id, ceiling, period,
+                 (SELECT id FROM api_keys WHERE api_keys.cap_id = spend_caps.id),
+                 (SELECT user_id FROM team_members WHERE team_members.cap_id = spend_caps.id)"""
+)
 CAP_STANDING = Statement(
     f"""SELECT kind, ceiling, {_SPENT_THIS_PERIOD}, reserved, closed_at FROM spend_caps
        WHERE id = :cap"""

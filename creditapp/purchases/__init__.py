@@ -29,6 +29,8 @@ from creditapp import ledger
 from creditapp.auth.models import User
 from creditapp.database import DbSession, write_transaction
 from creditapp.errors import NotFound, PurchasesUnavailable, ValidationFailed
+from creditapp.ledger import outbox
+from creditapp.ledger.sql import LedgerSql
 from creditapp.money import MICRO_PER_CREDIT, format_credits
 from creditapp.purchases.checkout import Checkout, Session, session_of
 from creditapp.purchases.models import Purchase, StripeEvent
@@ -314,6 +316,7 @@ def _paid(
     purchase.status = "paid"
     purchase.problem = None
     purchase.paid_at = now
+    _announce(session, purchase, "purchase.completed", now)
     # A refund or a dispute that arrived before the payment takes back what it says at once.
     _take_back(session, purchase, cause, context, now)
     return "granted"
@@ -371,6 +374,29 @@ def _take_back(
     if purchase.status != "disputed" and purchase.refunded_cents:
         whole = purchase.refunded_cents >= purchase.amount_cents
         purchase.status = "refunded" if whole else "partially_refunded"
+    if due > 0:
+        _announce(session, purchase, "purchase.refunded", now)
+
+
+def _announce(session: DbSession, purchase: Purchase, event_type: str, now: datetime) -> None:
+    """The purchase's event, in the transaction of what changed it (its grant, its claw-back)."""
+    outbox.emit(
+        LedgerSql(session),
+        account_id=purchase.account_id,
+        event_type=event_type,
+        data={
+            "purchase_id": str(purchase.id),
+            "status": purchase.status,
+            "credits": format_credits(purchase.credits),
+            "amount_cents": purchase.amount_cents,
+            "currency": purchase.currency,
+            "refunded_cents": purchase.refunded_cents,
+            "clawed_back": format_credits(purchase.clawed_back),
+            "shortfall": format_credits(purchase.shortfall),
+            "buyer_id": str(purchase.user_id),
+        },
+        now=now,
+    )
 
 
 # The sync job

@@ -104,16 +104,12 @@ def upgrade() -> None:
         sa.Column("last_error", sa.String(200), nullable=True),
         sa.Column("delivered_at", TIMESTAMP, nullable=True),
         sa.Column("created_at", TIMESTAMP, nullable=False),
-        sa.CheckConstraint(
-            "status IN ('pending', 'delivered', 'failed')", name="status_known"
-        ),
+        sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status_known"),
         sa.CheckConstraint("attempts >= 0", name="attempts_not_negative"),
         sa.CheckConstraint(
             "(status = 'pending') = (next_attempt_at IS NOT NULL)", name="pending_iff_due"
         ),
-        sa.UniqueConstraint(
-            "event_id", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"
-        ),
+        sa.UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"),
     )
     op.create_index(
         "ix_webhook_deliveries_endpoint_id", "webhook_deliveries", ["endpoint_id", "id"]

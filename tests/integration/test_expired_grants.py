@@ -129,8 +129,8 @@ def test_the_job_writes_off_idle_accounts_keeping_what_open_holds_need(
             summaries = list(pool.map(one, range(2)))
         assert sum(s["written_off"] for s in summaries) == 10 * CR
     else:
-        assert _run(app, now) == {"accounts": 2, "written_off": 10 * CR}
-    assert _run(app, now) == {"accounts": 0, "written_off": 0}
+        assert _run(app, now) == {"accounts": 2, "written_off": 10 * CR, "expiring_announced": 0}
+    assert _run(app, now) == {"accounts": 0, "written_off": 0, "expiring_announced": 0}
 
     assert _expired_entries(app, holding.account_id) == [-3 * CR]
     assert _expired_entries(app, idle.account_id) == [-7 * CR]
