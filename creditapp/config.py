@@ -30,6 +30,9 @@ JOB_PERIODS = {
     "expire-grants": 300,
     "purge-idempotency": 3600,
     "sync-purchases": 600,  # a purchase whose webhook was lost is granted within 15 minutes
+    # A low-balance alert is only useful before the balance runs out: an event is posted
+    # within seconds of its commit (and a first retry, due 5 s after, is not held back long).
+    "deliver-webhooks": 10,
 }
 
 

@@ -49,3 +49,10 @@ WEBHOOK_SIGNATURE_FAILURES = Counter(
     "Incoming webhooks refused for a missing, forged or stale signature, by sender",
     ["sender"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "creditapp_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered (2xx), retrying (failed, due again),"
+    " failed (the last attempt, or 410 Gone), url_refused (not posted: the URL rules refused"
+    " its address at delivery time; retried as a failure is)",
+    ["outcome"],
+)

@@ -24,6 +24,7 @@ from creditapp.jobs import (
     rollup,
 )
 from creditapp.jobs.models import JobOutcome
+from creditapp.signals import delivery
 
 log = structlog.get_logger(__name__)
 Job = Callable[..., dict[str, Any]]
@@ -37,6 +38,7 @@ JOBS: dict[str, Job] = {
     "expire-grants": grants.run,
     "purge-idempotency": idempotency.run,
     "sync-purchases": purchases.run,
+    "deliver-webhooks": delivery.run,
 }
 
 
@@ -52,7 +54,7 @@ def _options(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         return {"notice": timedelta(days=settings["GRANT_EXPIRING_NOTICE_DAYS"])}
     if name == "purge-idempotency":
         return {"retention": settings["IDEMPOTENCY_RETENTION"]}
-    if name == "sync-purchases":
+    if name in ("sync-purchases", "deliver-webhooks"):
         return {"settings": settings}
     return {}
 

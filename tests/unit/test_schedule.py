@@ -25,6 +25,7 @@ def test_every_job_is_scheduled_at_its_default_period(monkeypatch) -> None:  # t
             "expire-grants": 300,
             "purge-idempotency": 3600,
             "sync-purchases": 600,
+            "deliver-webhooks": 10,
         }.items()
     }
 
