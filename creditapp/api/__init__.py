@@ -21,6 +21,7 @@ from creditapp.api import (
     pricing,
     purchases,
     reconciliation,
+    signals,
     teams,
     tiers,
 )
@@ -54,6 +55,7 @@ def register_api(app: Flask) -> None:
         pricing,
         purchases,
         teams,
+        signals,
         tiers,
         compensations,
         reconciliation,

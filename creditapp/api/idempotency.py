@@ -6,6 +6,7 @@ view that runs its own transactions is handed the claim instead, and completes i
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,20 @@ def to_store(response: Response) -> idempotency.StoredResponse:
     return idempotency.StoredResponse(
         response.status_code, response.get_data(), response.content_type
     )
+
+
+def without(field: str) -> Callable[[Response], idempotency.StoredResponse]:
+    """What is kept of a creation whose response shows a secret once (`field`): the same
+    record without it, so that a retry's replay never shows it again."""
+
+    def kept(response: Response) -> idempotency.StoredResponse:
+        body = json.loads(response.get_data())
+        body.pop(field, None)
+        return idempotency.StoredResponse(
+            response.status_code, json.dumps(body).encode(), response.content_type
+        )
+
+    return kept
 
 
 def from_store(stored: idempotency.StoredResponse) -> Response:

@@ -6,17 +6,15 @@ Idempotency-Key answers the same record without it (the stored response never ho
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, jsonify
+from flask import jsonify
 from marshmallow import Schema, fields, validate
 
-from creditapp import idempotency
 from creditapp.accounts import paying_account
 from creditapp.api import limits
-from creditapp.api.idempotency import idempotent
+from creditapp.api.idempotency import idempotent, without
 from creditapp.api.identity import audit_context, authenticated, caller, principal
 from creditapp.api.openapi import answers
 from creditapp.api.pagination import keyset_page
@@ -88,19 +86,10 @@ class NewKeySchema(KeySchema):
 KeyPageSchema = page_of(KeySchema)
 
 
-def _without_secret(response: Response) -> idempotency.StoredResponse:
-    """What a retry of the creation replays: the same record, without the key."""
-    body = json.loads(response.get_data())
-    body.pop("key", None)
-    return idempotency.StoredResponse(
-        response.status_code, json.dumps(body).encode(), response.content_type
-    )
-
-
 @blp.route("/keys", methods=["POST"])
 @limits.limiter.limit(limits.sensitive)
 @authenticated()
-@idempotent(kept=_without_secret)
+@idempotent(kept=without("key"))
 @blp.arguments(KeyArgs)
 @blp.response(201, NewKeySchema)
 @answers(404)

@@ -1,0 +1,324 @@
+"""Webhook endpoints: where an account's events are posted, managed by whoever manages the
+account (a personal account's user; a team's owner and admins).
+
+An endpoint listens to some of the event types; its secret (`whsec_` and the base64 of 24
+random bytes, as the Standard Webhooks libraries read it) signs every delivery and is shown
+once, when the endpoint is made. Its URL passes the rules against server-side request forgery
+(`creditapp.signals.urls`) when it is saved, and again at every delivery.
+
+An endpoint that stops listening (disabled or deleted) gets no new event, and its pending
+deliveries fail at once, saying why: nothing would ever send them, and a delivery left pending
+forever would read as a backlog. Its owner may retry any of them once it is enabled again.
+A deleted endpoint is kept (its deliveries name it) but found by no one.
+
+Someone who may not see an endpoint finds none (404), except a plain member of its team, who
+is told that only the team's owner and admins manage its endpoints (403).
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, select, update
+
+from creditapp import accounts, ledger
+from creditapp.accounts import teams
+from creditapp.accounts.models import MANAGING_ROLES
+from creditapp.database import DbSession
+from creditapp.errors import Conflict, NotFound, NotTeamManager, ValidationFailed
+from creditapp.ledger import alerts, outbox
+from creditapp.ledger.models import Account
+from creditapp.ledger.sql import LedgerSql
+from creditapp.signals import delivery, urls
+from creditapp.signals.delivery import webhook_id
+from creditapp.signals.models import (
+    EVENT_TYPES,
+    TEST_EVENT_TYPE,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
+
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = 24
+
+NO_SUCH_ENDPOINT = "No such webhook endpoint."
+NO_SUCH_DELIVERY = "No such delivery."
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
+
+
+def listened(events: Iterable[str]) -> list[str]:
+    """The event types an endpoint listens to, each once, in the order of EVENT_TYPES: at
+    least one, and only types that exist (the test event is sent on request, never listened
+    to)."""
+    given = set(events)
+    unknown = sorted(given - set(EVENT_TYPES))
+    if unknown:
+        raise ValidationFailed(details={"events": [f"Unknown event type: {', '.join(unknown)}."]})
+    if not given:
+        raise ValidationFailed(details={"events": ["Name at least one event type."]})
+    return [event_type for event_type in EVENT_TYPES if event_type in given]
+
+
+def events_of(endpoint: WebhookEndpoint) -> list[str]:
+    return endpoint.events.split(",")
+
+
+def managed_account(
+    session: DbSession, *, user_id: int, team_id: int | None, for_change: bool
+) -> int:
+    """The account whose endpoints `user_id` manages: their personal account, or the account of
+    `team_id` when they are its owner or an admin (a member: 403; anyone else: 404). To
+    change them, the team's row is locked, as every change of a team's management is."""
+    if team_id is None:
+        return accounts.of_user(session, user_id)
+    if for_change:
+        teams.managing(session, team_id=team_id, user_id=user_id)
+    else:
+        member = teams.membership(session, team_id=team_id, user_id=user_id)
+        if member.role not in MANAGING_ROLES:
+            raise NotTeamManager()
+    return accounts.of_team(session, team_id)
+
+
+def create(
+    session: DbSession,
+    *,
+    user_id: int,
+    account_id: int,
+    url: str,
+    events: Iterable[str],
+    allow_private: bool,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> WebhookEndpoint:
+    """A new, enabled endpoint of `account_id` (which `user_id` manages: `managed_account`),
+    with a new secret; the account is watched from now on."""
+    types = listened(events)
+    urls.refuse_unsafe(url, allow_private=allow_private)
+    endpoint = WebhookEndpoint(
+        account_id=account_id,
+        created_by=user_id,
+        url=url,
+        events=",".join(types),
+        secret=new_secret(),
+        enabled=True,
+        disabled_reason=None,
+        created_at=now,
+    )
+    session.add(endpoint)
+    session.flush()
+    alerts.watch(LedgerSql(session), account_id=account_id)
+    _audit(session, endpoint, "webhook_endpoint_created", context=context, now=now)
+    return endpoint
+
+
+def of_account(account_id: int) -> Select[WebhookEndpoint]:
+    """The account's endpoints but the deleted ones (page them by id)."""
+    return select(WebhookEndpoint).where(
+        WebhookEndpoint.account_id == account_id, WebhookEndpoint.deleted_at.is_(None)
+    )
+
+
+@dataclass(frozen=True)
+class Managed:
+    """An endpoint, and the team whose account it is of (None: a personal account's)."""
+
+    endpoint: WebhookEndpoint
+    team_id: int | None
+
+
+def get(session: DbSession, *, endpoint_id: int, user_id: int, for_change: bool = False) -> Managed:
+    """An endpoint `user_id` manages (see `managed_account`); to change it, its row is
+    locked and read as the database has it now (a concurrent delete is seen)."""
+    query = (
+        select(WebhookEndpoint, Account.user_id, Account.team_id)
+        .join(Account, Account.id == WebhookEndpoint.account_id)
+        .where(WebhookEndpoint.id == endpoint_id)
+    )
+    if for_change:
+        query = query.with_for_update(of=WebhookEndpoint).execution_options(populate_existing=True)
+    found = session.execute(query).one_or_none()
+    if found is None:
+        raise NotFound(NO_SUCH_ENDPOINT)
+    endpoint, owner_id, team_id = found
+    if endpoint.deleted_at is not None or (team_id is None and owner_id != user_id):
+        raise NotFound(NO_SUCH_ENDPOINT)
+    if team_id is not None:
+        try:
+            managed_account(session, user_id=user_id, team_id=team_id, for_change=for_change)
+        except NotFound:
+            raise NotFound(NO_SUCH_ENDPOINT) from None
+    return Managed(endpoint, team_id)
+
+
+def change(
+    session: DbSession,
+    endpoint: WebhookEndpoint,
+    *,
+    url: str | None = None,
+    events: Iterable[str] | None = None,
+    enabled: bool | None = None,
+    allow_private: bool,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> WebhookEndpoint:
+    """Change what is given (None: unchanged). A new URL passes the URL rules; enabling clears
+    why the service had disabled it; disabling fails its pending deliveries."""
+    changed: list[str] = []
+    if url is not None and url != endpoint.url:
+        urls.refuse_unsafe(url, allow_private=allow_private)
+        endpoint.url = url
+        changed.append("url")
+    if events is not None:
+        types = ",".join(listened(events))
+        if types != endpoint.events:
+            endpoint.events = types
+            changed.append("events")
+    if enabled is not None and enabled != endpoint.enabled:
+        endpoint.enabled = enabled
+        endpoint.disabled_reason = None
+        changed.append("enabled")
+        if not enabled:
+            _fail_pending(session, endpoint, "The endpoint was disabled.", now=now)
+    session.flush()
+    if changed:
+        _audit(
+            session,
+            endpoint,
+            "webhook_endpoint_changed",
+            context=context,
+            now=now,
+            changed=",".join(changed),
+        )
+    return endpoint
+
+
+def delete(
+    session: DbSession, endpoint: WebhookEndpoint, *, context: ledger.AuditContext, now: datetime
+) -> None:
+    """Delete the endpoint (kept, found by no one): its pending deliveries fail; its account is
+    no longer watched for it."""
+    endpoint.deleted_at = now
+    session.flush()
+    _fail_pending(session, endpoint, "The endpoint was deleted.", now=now)
+    alerts.watch(LedgerSql(session), account_id=endpoint.account_id)
+    _audit(session, endpoint, "webhook_endpoint_deleted", context=context, now=now)
+
+
+def _fail_pending(
+    session: DbSession, endpoint: WebhookEndpoint, reason: str, *, now: datetime
+) -> None:
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == "pending")
+        .values(status="failed", next_attempt_at=None, last_error=reason)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def deliveries(endpoint_id: int) -> Select[WebhookDelivery, str]:
+    """The endpoint's deliveries with their event's type (page them by id)."""
+    return (
+        select(WebhookDelivery, WebhookEvent.type)
+        .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.endpoint_id == endpoint_id)
+    )
+
+
+@dataclass(frozen=True)
+class DeliveryStanding:
+    """A delivery as its endpoint's owner sees it: with its event's type and `webhook-id`."""
+
+    delivery: WebhookDelivery
+    type: str
+
+    @property
+    def event_id(self) -> str:
+        return webhook_id(self.delivery.event_id)
+
+
+def delivery_of(session: DbSession, *, endpoint_id: int, delivery_id: int) -> DeliveryStanding:
+    found = session.execute(
+        deliveries(endpoint_id)
+        .where(WebhookDelivery.id == delivery_id)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if found is None:
+        raise NotFound(NO_SUCH_DELIVERY)
+    return DeliveryStanding(found[0], found[1])
+
+
+def _listening(endpoint: WebhookEndpoint) -> None:
+    """A delivery to a disabled endpoint would never be sent."""
+    if not endpoint.enabled:
+        raise Conflict("This endpoint is disabled: enable it first.")
+
+
+def retry(
+    session: DbSession, endpoint: WebhookEndpoint, *, delivery_id: int, now: datetime
+) -> DeliveryStanding:
+    """Send a failed or pending delivery of the endpoint again, now (with its event's
+    `webhook-id`, as every attempt). A delivered one is not sent twice (409)."""
+    _listening(endpoint)
+    found = delivery_of(session, endpoint_id=endpoint.id, delivery_id=delivery_id)
+    if found.delivery.status == "delivered":
+        raise Conflict("This delivery was delivered already.")
+    delivery.retry(session, delivery_id=delivery_id, now=now)
+    session.flush()
+    return delivery_of(session, endpoint_id=endpoint.id, delivery_id=delivery_id)
+
+
+@dataclass(frozen=True)
+class TestSent:
+    event_id: int
+    delivery_id: int
+
+
+def send_test(session: DbSession, *, endpoint_id: int, now: datetime) -> TestSent:
+    """A `webhook.test` event to this endpoint only (its owner's "send a test event"), through
+    the outbox as every event: it is delivered, signed and retried as they are."""
+    endpoint = session.get(WebhookEndpoint, endpoint_id)
+    if endpoint is None or endpoint.deleted_at is not None:
+        raise NotFound(NO_SUCH_ENDPOINT)
+    _listening(endpoint)
+    event_id = outbox.emit(
+        LedgerSql(session),
+        account_id=endpoint.account_id,
+        event_type=TEST_EVENT_TYPE,
+        data={"endpoint_id": str(endpoint_id)},
+        now=now,
+        endpoint_id=endpoint_id,
+    )
+    delivery_id = session.execute(
+        select(WebhookDelivery.id).where(
+            WebhookDelivery.event_id == event_id, WebhookDelivery.endpoint_id == endpoint_id
+        )
+    ).scalar_one()
+    return TestSent(event_id, delivery_id)
+
+
+def _audit(
+    session: DbSession,
+    endpoint: WebhookEndpoint,
+    action: str,
+    *,
+    context: ledger.AuditContext,
+    now: datetime,
+    **details: str,
+) -> None:
+    ledger.record_action(
+        session,
+        action=action,
+        context=context,
+        now=now,
+        account_id=endpoint.account_id,
+        details={"endpoint_id": str(endpoint.id), **details},
+    )
