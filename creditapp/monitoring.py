@@ -17,6 +17,7 @@ from creditapp.jobs import reconciliation
 from creditapp.jobs.models import JobOutcome
 from creditapp.ledger.models import Hold
 from creditapp.purchases.models import PURCHASE_STATUSES, Purchase
+from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 
 class DatabaseCollector(Collector):
@@ -88,8 +89,14 @@ class DatabaseCollector(Collector):
             " sync-purchases job have not granted, and unpaid checkouts",
         )
         waiting.add_metric([], state["oldest_pending_purchase_age"])
+        undelivered = GaugeMetricFamily(
+            "creditapp_webhook_oldest_undelivered_seconds",
+            "Age of the event of the oldest webhook delivery still pending (0: none): events"
+            " wait for the deliver-webhooks job, or for an endpoint that keeps failing",
+        )
+        undelivered.add_metric([], state["oldest_undelivered_webhook_age"])
         yield from (holds, reserved, compensations, drift, oldest, runs, last_success)
-        yield from (periods, ttl, bought, sold, waiting)
+        yield from (periods, ttl, bought, sold, waiting, undelivered)
 
 
 def database_state(session: DbSession) -> dict[str, Any]:
@@ -125,7 +132,21 @@ def database_state(session: DbSession) -> dict[str, Any]:
     oldest_purchase = read_time(
         session.scalar(select(func.min(Purchase.created_at)).where(Purchase.status == "pending"))
     )
+    # Pending deliveries of endpoints the job sends to (one disabled or deleted sends nothing).
+    oldest_undelivered = read_time(
+        session.scalar(
+            select(func.min(WebhookEvent.created_at))
+            .join(WebhookDelivery, WebhookDelivery.event_id == WebhookEvent.id)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(
+                WebhookDelivery.status == "pending",
+                WebhookEndpoint.enabled,
+                WebhookEndpoint.deleted_at.is_(None),
+            )
+        )
+    )
     return {
+        "oldest_undelivered_webhook_age": _age(oldest_undelivered, now),
         "purchases": bought,
         "credits_sold": int(credits_sold or 0),
         "oldest_pending_purchase_age": _age(oldest_purchase, now),
@@ -139,5 +160,6 @@ def database_state(session: DbSession) -> dict[str, Any]:
 
 
 def _age(since: datetime | None, now: datetime) -> float:
-    """Seconds since `since`; 0 when there is nothing (no open hold, no pending purchase)."""
+    """Seconds since `since`; 0 when there is nothing (no open hold, no pending purchase,
+    no pending delivery)."""
     return (now - since).total_seconds() if since is not None else 0.0

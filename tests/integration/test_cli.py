@@ -107,6 +107,18 @@ def test_jobs_run_prints_its_summary_and_refuses_unknown_jobs_and_times(app: Fla
         "now": "2027-03-01T10:00:00+00:00",  # a time without a zone is UTC
         "expired": 0,
     }
+    webhooks = cli(app, "jobs", "run", "deliver-webhooks", "--now", "2027-03-01T10:00:00Z")
+    assert json.loads(webhooks.stdout) == {
+        "job": "deliver-webhooks",
+        "now": "2027-03-01T10:00:00+00:00",
+        "delivered": 0,
+        "retrying": 0,
+        "failed": 0,
+        "url_refused": 0,
+        "lease_lost": 0,
+        "purged_deliveries": 0,
+        "purged_events": 0,
+    }
     assert cli(app, "jobs", "run", "launder-money").exit_code == 2
     assert cli(app, "jobs", "run", "reconcile", "--now", "yesterday").exit_code == 2
 

@@ -54,6 +54,7 @@ def test_the_database_gauges_and_the_token(
     assert _value(body, "creditapp_job_last_success_timestamp_seconds", job="reconcile") > 0
     assert _value(body, "creditapp_open_holds") == 0
     assert _value(body, "creditapp_compensations", status="failed") == 0
+    assert _value(body, "creditapp_webhook_oldest_undelivered_seconds") == 0
 
     monkeypatch.setitem(app.config, "METRICS_TOKEN", "s3cret-scrape-token")
     refused = client.get("/metrics")

@@ -1,0 +1,526 @@
+"""The deliver-webhooks job against a receiver on loopback that verifies every signature with
+`standardwebhooks`: retries with one `webhook-id`, 410 disabling its endpoint, the schedule's
+last attempt failing, two runs at once posting each event once, a process killed after its
+commit or while posting losing nothing, the URL rules at registration and at delivery, no
+redirect followed, the purge after the retention, and the metrics of it all."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
+
+from creditapp import ledger
+from creditapp.database import write_transaction
+from creditapp.errors import WebhookUrlRefused
+from creditapp.extensions import db
+from creditapp.ledger import alerts, outbox
+from creditapp.ledger.sql import LedgerSql
+from creditapp.signals import delivery, urls
+from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from tests.conftest import TEST_CONTEXT, Person, utcnow
+from tests.helpers import run_job_at, run_job_at_once
+from tests.integration.live_server import ROOT, stop
+from tests.webhook_receiver import Answer, WebhookReceiver
+
+CR = 1_000_000
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+JOB = "deliver-webhooks"
+# How long a claimed delivery is left alone (the default 10 s timeout, to connect and to read).
+LEASE = timedelta(seconds=2 * 10 + delivery.LEASE_MARGIN_SECONDS)
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(SECRET) as running:
+        yield running
+
+
+@pytest.fixture
+def person(ctx: Flask, person_factory: Any) -> Person:
+    made: Person = person_factory(credits=100 * CR)
+    return made
+
+
+def listen(person: Person, url: str, *events: str) -> int:
+    """An endpoint of the person's account, as the API saves one."""
+    with write_transaction(db.session):
+        endpoint = WebhookEndpoint(
+            account_id=person.account_id,
+            created_by=person.id,
+            url=url,
+            events=",".join(events or ("balance.low", "balance.depleted")),
+            secret=SECRET,
+            enabled=True,
+            created_at=utcnow(),
+        )
+        db.session.add(endpoint)
+        db.session.flush()
+        alerts.watch(LedgerSql(db.session), account_id=person.account_id)
+    return int(endpoint.id)
+
+
+def emit(person: Person, count: int = 1, *, now: datetime | None = None) -> list[int]:
+    """`count` balance.low events of the person's account, committed."""
+    with write_transaction(db.session):
+        sql = LedgerSql(db.session)
+        return [
+            outbox.emit(
+                sql,
+                account_id=person.account_id,
+                event_type="balance.low",
+                data={"threshold": str(n), "available": "0"},
+                now=now or utcnow(),
+            )
+            for n in range(1, count + 1)
+        ]
+
+
+def deliveries() -> list[WebhookDelivery]:
+    db.session.rollback()
+    return list(
+        db.session.scalars(
+            select(WebhookDelivery)
+            .order_by(WebhookDelivery.id)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def only_delivery() -> WebhookDelivery:
+    [found] = deliveries()
+    return found
+
+
+def attempts_counted(outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value("creditapp_webhook_deliveries_total", {"outcome": outcome}) or 0
+    )
+
+
+def test_a_threshold_crossed_is_posted_signed_with_its_event(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    listen(person, receiver.url())
+    with write_transaction(db.session):
+        alerts.set_thresholds(
+            db.session, account_id=person.account_id, amounts=[50 * CR], now=utcnow()
+        )
+    with write_transaction(db.session):
+        ledger.adjust(
+            db.session,
+            account_id=person.account_id,
+            amount=-60 * CR,
+            reason="spent",
+            context=TEST_CONTEXT,
+            now=utcnow(),
+        )
+    event = db.session.scalars(select(WebhookEvent)).one()
+    delivered_before = attempts_counted("delivered")
+
+    now = utcnow()
+    summary = run_job_at(app, JOB, now)
+
+    assert summary["delivered"] == 1
+    assert receiver.failures == []
+    [request] = receiver.received
+    assert request.webhook_id == f"evt_{event.id}"
+    assert request.payload == {
+        "type": "balance.low",
+        "timestamp": event.created_at.isoformat().replace("+00:00", "Z"),
+        "data": event.data,
+    }
+    assert event.data["threshold"] == "50" and event.data["available"] == "40"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"].startswith("creditapp")
+    assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 60
+    row = only_delivery()
+    assert (row.status, row.attempts, row.last_status, row.next_attempt_at) == (
+        "delivered",
+        1,
+        200,
+        None,
+    )
+    assert row.delivered_at == row.last_attempt_at == now
+    assert attempts_counted("delivered") == delivered_before + 1
+    assert run_job_at(app, JOB, now + timedelta(days=1))["delivered"] == 0
+    assert len(receiver.received) == 1
+
+
+def test_500_twice_then_200_is_delivered_on_the_third_attempt_with_one_webhook_id(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    listen(person, receiver.url())
+    [event_id] = emit(person)
+    receiver.script(500, 500, 200)
+    start = utcnow()
+
+    assert run_job_at(app, JOB, start)["retrying"] == 1
+    row = only_delivery()
+    assert (row.status, row.attempts, row.last_status) == ("pending", 1, 500)
+    assert row.next_attempt_at == start + timedelta(seconds=5)  # the schedule's first entry
+    assert run_job_at(app, JOB, start + timedelta(seconds=4))["retrying"] == 0  # not due yet
+    second = start + timedelta(seconds=5)
+    assert run_job_at(app, JOB, second)["retrying"] == 1
+    assert only_delivery().next_attempt_at == second + timedelta(seconds=300)
+    assert run_job_at(app, JOB, second + timedelta(seconds=300))["delivered"] == 1
+
+    row = only_delivery()
+    assert (row.status, row.attempts, row.last_status, row.last_error) == (
+        "delivered",
+        3,
+        200,
+        None,
+    )
+    assert receiver.ids() == {f"evt_{event_id}": 3}
+    assert receiver.failures == []
+    bodies = {request.body for request in receiver.received}
+    assert len(bodies) == 1  # the same body every time; only the signature's time moves
+
+
+def test_410_disables_the_endpoint_and_fails_its_pending_deliveries(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    endpoint_id = listen(person, receiver.url())
+    now = utcnow()
+    emit(person, now=now)
+    emit(person, now=now + timedelta(hours=1))  # pending, not due at `now`
+    receiver.script(410)
+
+    assert run_job_at(app, JOB, now)["failed"] == 1
+
+    gone, later = deliveries()
+    assert (gone.status, gone.attempts, gone.last_status, gone.next_attempt_at) == (
+        "failed",
+        1,
+        410,
+        None,
+    )
+    assert (later.status, later.attempts, later.next_attempt_at) == ("failed", 0, None)
+    assert later.last_error == "The endpoint was disabled: it answered 410 Gone."
+    endpoint = db.session.get(WebhookEndpoint, endpoint_id, populate_existing=True)
+    assert endpoint is not None
+    assert (endpoint.enabled, endpoint.disabled_reason) == (False, "gone")
+    emit(person, now=now)  # a disabled endpoint gets no new delivery
+    assert len(deliveries()) == 2
+    assert run_job_at(app, JOB, now + timedelta(days=1))["failed"] == 0
+    assert len(receiver.received) == 1
+
+
+def test_the_schedules_last_attempt_fails_and_a_manual_retry_sends_it_again(
+    app: Flask, person: Person, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(app.config, "WEBHOOK_RETRY_SCHEDULE", (1, 1))
+    listen(person, receiver.url())
+    [event_id] = emit(person)
+    receiver.script(500, 502, 503, 500, 200)
+    start = utcnow()
+
+    outcomes = [run_job_at(app, JOB, start + timedelta(seconds=n)) for n in range(4)]
+    assert [(o["retrying"], o["failed"]) for o in outcomes] == [(1, 0), (1, 0), (0, 1), (0, 0)]
+    row = only_delivery()
+    assert (row.status, row.attempts, row.last_status, row.next_attempt_at) == (
+        "failed",
+        3,
+        503,
+        None,
+    )
+    assert row.last_error == "HTTP 503."
+
+    later = start + timedelta(hours=1)
+    with write_transaction(db.session):
+        delivery.retry(db.session, delivery_id=row.id, now=later)
+    assert only_delivery().next_attempt_at == later
+    assert run_job_at(app, JOB, later)["failed"] == 1  # past the schedule: failed again at once
+    assert (only_delivery().status, only_delivery().attempts) == ("failed", 4)
+    with write_transaction(db.session):
+        delivery.retry(db.session, delivery_id=row.id, now=later)
+    assert run_job_at(app, JOB, later)["delivered"] == 1
+    assert (only_delivery().status, only_delivery().attempts) == ("delivered", 5)
+    with write_transaction(db.session):  # a delivered one stays delivered
+        delivery.retry(db.session, delivery_id=row.id, now=later)
+    assert only_delivery().status == "delivered"
+    assert receiver.ids() == {f"evt_{event_id}": 5}
+    assert receiver.failures == []
+
+
+def test_two_runs_at_once_post_each_event_once(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    listen(person, receiver.url())
+    event_ids = emit(person, 30)
+    # Slow enough answers that the two runs overlap while posting.
+    receiver.default = Answer(delay=0.05)
+
+    summaries = run_job_at_once(app, JOB, utcnow(), 2)
+
+    assert sum(summary["delivered"] for summary in summaries) == 30
+    assert sum(summary["lease_lost"] for summary in summaries) == 0
+    assert receiver.ids() == {f"evt_{event_id}": 1 for event_id in event_ids}
+    assert receiver.failures == []
+    assert {(row.status, row.attempts) for row in deliveries()} == {("delivered", 1)}
+
+
+def _python(script: str, *arguments: str) -> subprocess.Popen[str]:
+    """A process of its own running the app (with the test app's environment)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *arguments],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+SPEND_THEN_DIE = """
+import os, signal, sys
+from datetime import UTC, datetime
+from creditapp import create_app, ledger
+from creditapp.database import write_transaction
+from creditapp.extensions import db
+app = create_app()
+with app.app_context():
+    with write_transaction(db.session):
+        ledger.adjust(db.session, account_id=int(sys.argv[1]), amount=-int(sys.argv[2]),
+                      reason="then the process dies", now=datetime.now(UTC),
+                      context=ledger.AuditContext(actor_type="system", actor_id="tests"))
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+DELIVER = """
+import sys
+from datetime import datetime
+from creditapp import create_app
+from creditapp.extensions import db
+from creditapp.jobs import run_job
+app = create_app()
+with app.app_context():
+    run_job("deliver-webhooks", db.session, now=datetime.fromisoformat(sys.argv[1]),
+            actor="tests", settings=app.config)
+"""
+
+
+@pytest.mark.real_clock
+def test_an_event_committed_by_a_process_killed_at_once_is_delivered(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    listen(person, receiver.url())
+    with write_transaction(db.session):
+        alerts.set_thresholds(
+            db.session, account_id=person.account_id, amounts=[50 * CR], now=utcnow()
+        )
+    process = _python(SPEND_THEN_DIE, str(person.account_id), str(70 * CR))
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGKILL, output
+
+    assert run_job_at(app, JOB, utcnow())["delivered"] == 1
+    [request] = receiver.received
+    assert request.verified and request.payload["type"] == "balance.low"
+    assert request.payload["data"]["available"] == "30"
+
+
+@pytest.mark.real_clock
+def test_a_run_killed_while_posting_is_delivered_after_its_lease_with_the_same_webhook_id(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    listen(person, receiver.url())
+    [event_id] = emit(person)
+    receiver.script(Answer(hang=True))
+    now = utcnow()
+    process = _python(DELIVER, now.isoformat())
+    try:
+        receiver.wait_for(lambda r: len(r.received) == 1, seconds=60)
+        process.kill()
+        process.communicate(timeout=30)
+    finally:
+        stop(process)
+        receiver.release()
+
+    row = only_delivery()
+    assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, now + LEASE)
+    assert run_job_at(app, JOB, now + LEASE - timedelta(seconds=1))["delivered"] == 0
+    assert run_job_at(app, JOB, now + LEASE)["delivered"] == 1
+    assert receiver.ids() == {f"evt_{event_id}": 2}
+    assert receiver.failures == []
+    first, second = receiver.received
+    assert first.body == second.body
+    assert (only_delivery().status, only_delivery().attempts) == ("delivered", 1)
+
+
+REFUSED = [
+    "https://127.0.0.1/hooks",
+    "https://127.8.9.10:8443/hooks",
+    "https://[::1]/hooks",
+    "https://[::ffff:127.0.0.1]/hooks",
+    "https://10.0.0.1/hooks",
+    "https://10.255.3.4/hooks",
+    "https://192.168.1.1/hooks",
+    "https://172.16.0.1/hooks",
+    "https://100.64.0.1/hooks",
+    "https://169.254.169.254/latest/meta-data/",
+    "https://[fd00:ec2::254]/hooks",
+    "https://[fe80::1]/hooks",
+    "https://0.0.0.0/hooks",
+    "https://224.0.0.1/hooks",
+    "https://localhost/hooks",
+    "https://localhost.:8443/hooks",
+    "https://2130706433/hooks",  # 127.0.0.1 as one number, resolved as such
+    "http://8.8.8.8/hooks",
+    "ftp://8.8.8.8/hooks",
+    "https://user:password@8.8.8.8/hooks",
+    "https:///hooks",
+    "https://8.8.8.8:99999/hooks",
+    "https://does-not-resolve.invalid/hooks",
+    "https://8.8.8.8/" + "a" * 2048,
+]
+
+
+@pytest.mark.parametrize("url", REFUSED)
+def test_urls_of_private_hosts_are_refused_in_production_mode(url: str) -> None:
+    with pytest.raises(WebhookUrlRefused) as refused:
+        urls.refuse_unsafe(url, allow_private=False)
+    assert refused.value.code == "webhook_url_refused"
+    assert refused.value.details["url"] == url
+
+
+def test_what_the_url_rules_let_through() -> None:
+    urls.refuse_unsafe("https://8.8.8.8/hooks", allow_private=False)
+    urls.refuse_unsafe("https://[2001:4860:4860::8888]:8443/hooks", allow_private=False)
+    # Development and tests: plain http to loopback, but still only http(s) with a host.
+    urls.refuse_unsafe("http://127.0.0.1:8000/hooks", allow_private=True)
+    urls.refuse_unsafe("http://localhost/hooks", allow_private=True)
+    for url in ("ftp://127.0.0.1/hooks", "http:///hooks"):
+        with pytest.raises(WebhookUrlRefused):
+            urls.refuse_unsafe(url, allow_private=True)
+    with pytest.raises(WebhookUrlRefused) as unresolved:
+        urls.refuse_unsafe("https://does-not-resolve.invalid/", allow_private=False)
+    assert "does not resolve" in unresolved.value.message
+
+
+def test_a_url_refused_at_delivery_time_is_not_posted_and_is_counted(
+    app: Flask, person: Person, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listen(person, receiver.url())  # saved while private addresses were allowed
+    emit(person)
+    monkeypatch.setitem(app.config, "WEBHOOK_ALLOW_PRIVATE", False)
+    refused_before = attempts_counted("url_refused")
+
+    now = utcnow()
+    assert run_job_at(app, JOB, now)["url_refused"] == 1
+
+    assert receiver.received == []
+    row = only_delivery()
+    assert (row.status, row.attempts, row.last_status) == ("pending", 1, None)
+    assert row.last_error == "The webhook URL is refused: its scheme must be https."
+    assert row.next_attempt_at == now + timedelta(seconds=5)  # retried as any failure
+    assert attempts_counted("url_refused") == refused_before + 1
+
+
+def test_a_loopback_address_is_refused_at_delivery_time_after_resolution(
+    app: Flask, person: Person, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # https to a name that resolves to loopback: refused once resolved, never connected to.
+    listen(person, f"https://localhost:{receiver.port}/hooks")
+    emit(person)
+    monkeypatch.setitem(app.config, "WEBHOOK_ALLOW_PRIVATE", False)
+
+    assert run_job_at(app, JOB, utcnow())["url_refused"] == 1
+
+    assert receiver.received == []
+    assert "not a public address" in (only_delivery().last_error or "")
+
+
+def test_a_redirect_is_not_followed(app: Flask, person: Person, receiver: WebhookReceiver) -> None:
+    with WebhookReceiver(SECRET) as elsewhere:
+        listen(person, receiver.url())
+        emit(person)
+        receiver.script(Answer(302, headers={"Location": elsewhere.url("/internal")}))
+
+        assert run_job_at(app, JOB, utcnow())["retrying"] == 1
+
+        assert len(receiver.received) == 1
+        assert elsewhere.received == []
+    row = only_delivery()
+    assert (row.status, row.attempts, row.last_status) == ("pending", 1, 302)
+    assert row.last_error == "HTTP 302: redirects are not followed."
+
+
+def test_a_post_connects_to_the_checked_address_whatever_the_name_resolves_to(
+    receiver: WebhookReceiver,
+) -> None:
+    # A name that resolves nowhere now (as a rebinding name might resolve elsewhere): the post
+    # goes to the address checked, naming the URL's host.
+    url = f"http://rebound.invalid:{receiver.port}/hooks"
+    checked = urls.Destination(url, "http", "rebound.invalid", receiver.port, "127.0.0.1")
+    with requests.Session() as http:
+        http.trust_env = False
+        http.mount("http://", delivery.PinnedAddress(checked))
+        answer = http.post(url, data=b"{}", headers={"Host": f"rebound.invalid:{receiver.port}"})
+    assert answer.status_code == 200
+    [request] = receiver.received
+    assert request.headers["host"] == f"rebound.invalid:{receiver.port}"
+
+
+def test_deliveries_and_events_past_their_retention_are_purged(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    endpoint_id = listen(person, receiver.url())
+    long_ago = utcnow() - timedelta(days=31)
+    delivered_id, pending_id = emit(person, 2, now=long_ago)
+    [recent_id] = emit(person)
+    assert run_job_at(app, JOB, long_ago)["delivered"] == 2
+    with write_transaction(db.session):  # one old delivery still pending (a retry pending)
+        db.session.execute(
+            WebhookDelivery.__table__.update()
+            .where(WebhookDelivery.event_id == pending_id)
+            .values(status="pending", next_attempt_at=utcnow() + timedelta(days=1))
+        )
+
+    summary = run_job_at(app, JOB, utcnow())
+
+    assert (summary["purged_deliveries"], summary["purged_events"]) == (1, 1)
+    assert summary["delivered"] == 1  # the recent one
+    db.session.rollback()
+    kept = set(db.session.scalars(select(WebhookEvent.id)))
+    assert kept == {pending_id, recent_id}
+    assert delivered_id not in kept
+    assert (
+        db.session.scalar(
+            select(func.count())
+            .select_from(WebhookDelivery)
+            .where(WebhookDelivery.endpoint_id == endpoint_id)
+        )
+        == 2
+    )
+
+
+def test_the_oldest_undelivered_event_is_measured_when_scraped(
+    app: Flask, client: FlaskClient, person: Person, receiver: WebhookReceiver
+) -> None:
+    def oldest() -> float:
+        body = client.get("/metrics").get_data(as_text=True)
+        [family] = [
+            family
+            for family in text_string_to_metric_families(body)
+            if family.name == "creditapp_webhook_oldest_undelivered_seconds"
+        ]
+        return float(family.samples[0].value)
+
+    assert oldest() == 0
+    listen(person, receiver.url())
+    emit(person, now=utcnow() - timedelta(hours=2))
+    assert 7200 <= oldest() < 7200 + 60
+    run_job_at(app, JOB, utcnow())
+    assert oldest() == 0
