@@ -10,6 +10,7 @@ that did not.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections import Counter, deque
@@ -47,9 +48,16 @@ class Received:
 
 
 class WebhookReceiver:
-    """Listens on 127.0.0.1 until `close`; `url(path)` is where an endpoint points."""
+    """Listens on 127.0.0.1 until `close` (over TLS with `tls`); `url(path)` is where an
+    endpoint points."""
 
-    def __init__(self, secret: str | None = None, *, default: Answer | None = None):
+    def __init__(
+        self,
+        secret: str | None = None,
+        *,
+        default: Answer | None = None,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.secret = secret
         self.default = default or Answer()
         self._answers: deque[Answer] = deque()
@@ -60,6 +68,10 @@ class WebhookReceiver:
         self._failing_status = 503
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
+        self._scheme = "http"
+        if tls is not None:  # https: the context has the certificate and key
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self._scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -67,8 +79,8 @@ class WebhookReceiver:
     def port(self) -> int:
         return int(self._server.server_address[1])
 
-    def url(self, path: str = "/hooks") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str = "/hooks", *, host: str = "127.0.0.1") -> str:
+        return f"{self._scheme}://{host}:{self.port}{path}"
 
     def script(self, *answers: Answer | int) -> None:
         """Answer the next requests so, in order (an int is a status)."""

@@ -7,15 +7,21 @@ redirect followed, the purge after the retention, and the metrics of it all."""
 from __future__ import annotations
 
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
@@ -471,6 +477,67 @@ def test_a_post_connects_to_the_checked_address_whatever_the_name_resolves_to(
     assert answer.status_code == 200
     [request] = receiver.received
     assert request.headers["host"] == f"rebound.invalid:{receiver.port}"
+
+
+def _certificate(directory: Path, host: str) -> Path:
+    """A self-signed certificate for `host` (its own authority), with its key, in `directory`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = utcnow()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "tls.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (directory / "tls.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return directory / "tls.crt"
+
+
+def test_https_to_the_checked_address_names_the_urls_host_and_checks_its_certificate(
+    tmp_path: Path,
+) -> None:
+    certificate = _certificate(tmp_path, "hooks.example.test")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate, tmp_path / "tls.key")
+    server_names: list[str | None] = []
+    context.sni_callback = lambda _socket, name, _context: server_names.append(name)
+
+    with WebhookReceiver(SECRET, tls=context) as receiver:
+
+        def post_to(host: str) -> requests.Response:
+            url = receiver.url(host=host)
+            checked = urls.Destination(url, "https", host, receiver.port, "127.0.0.1")
+            with requests.Session() as http:
+                http.trust_env = False
+                http.mount("https://", delivery.PinnedAddress(checked))
+                return http.post(
+                    url,
+                    data=b"{}",
+                    headers={"Host": f"{host}:{receiver.port}"},
+                    verify=str(certificate),
+                    timeout=10,
+                )
+
+        assert post_to("hooks.example.test").status_code == 200
+        assert server_names == ["hooks.example.test"]
+        # Connected to the same address, but the certificate is not the URL's host's.
+        with pytest.raises(requests.exceptions.SSLError):
+            post_to("impostor.example.test")
+        assert len(receiver.received) == 1
 
 
 def test_deliveries_and_events_past_their_retention_are_purged(
