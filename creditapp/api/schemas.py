@@ -76,6 +76,21 @@ class Text(fields.String):
         return text
 
 
+class BoundedList(fields.List):
+    """A list of at most `max_items`, refused as a whole when longer, before any item is read:
+    a body of tens of thousands of items is one error, not one per item."""
+
+    def __init__(self, item: fields.Field, *, max_items: int, min_items: int = 0, **kwargs: Any):
+        self.max_items = max_items
+        super().__init__(item, validate=validate.Length(min=min_items, max=max_items), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        if isinstance(value, list) and len(value) > self.max_items:
+            raise ValidationError(f"Longer than maximum length {self.max_items}.")
+        items: list[Any] = super()._deserialize(value, attr, data, **kwargs)
+        return items
+
+
 class Flag(fields.Boolean):
     """A JSON true or false, nothing else (not 1, "yes" or "true")."""
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, fields, validate
 
 from creditapp import accounts
 from creditapp.accounts import teams
@@ -25,7 +25,16 @@ from creditapp.api.identity import audit_context, authenticated, caller
 from creditapp.api.openapi import answers
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
-from creditapp.api.schemas import Credits, Flag, Id, PageArgs, Text, UtcDateTime, page_of
+from creditapp.api.schemas import (
+    BoundedList,
+    Credits,
+    Flag,
+    Id,
+    PageArgs,
+    Text,
+    UtcDateTime,
+    page_of,
+)
 from creditapp.extensions import db
 from creditapp.ledger import alerts
 from creditapp.signals import delivery, endpoints
@@ -35,21 +44,6 @@ from creditapp.signals.urls import MAX_URL_LENGTH
 blp = Blueprint(
     "signals", __name__, url_prefix="/api", description="Low-balance alerts and webhooks"
 )
-
-
-class BoundedList(fields.List):
-    """A list of at most `max_items`, refused as a whole when longer, before any item is read:
-    a body of tens of thousands of items is one error, not one per item."""
-
-    def __init__(self, item: fields.Field, *, max_items: int, min_items: int = 0, **kwargs: Any):
-        self.max_items = max_items
-        super().__init__(item, validate=validate.Length(min=min_items, max=max_items), **kwargs)
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
-        if isinstance(value, list) and len(value) > self.max_items:
-            raise ValidationError(f"Longer than maximum length {self.max_items}.")
-        items: list[Any] = super()._deserialize(value, attr, data, **kwargs)
-        return items
 
 
 class TeamArgs(Schema):
@@ -289,6 +283,7 @@ def list_endpoints(args: dict[str, Any]) -> Any:
 @blp.response(200, EndpointSchema)
 @answers(403)
 def get_endpoint(endpoint_id: str) -> Any:
+    """The endpoint (its secret is never shown again)."""
     managed = _managed(endpoint_id)
     return _endpoint(managed.endpoint, managed.team_id)
 

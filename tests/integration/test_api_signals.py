@@ -502,8 +502,9 @@ def test_a_disabled_or_deleted_endpoint_is_sent_nothing_and_its_pending_deliveri
     # The next event reaches the enabled endpoint only.
     adjust(client, admin, person, "5")
     adjust(client, admin, person, "-5")
-    assert [row[1] for row in deliveries(app) if row[0] == max(r[0] for r in deliveries(app))] == [
-        int(kept["id"])
+    latest = deliveries(app)[-1][0]
+    assert [row[1:] for row in deliveries(app) if row[0] == latest] == [
+        (int(kept["id"]), "pending")
     ]
 
 
@@ -553,6 +554,15 @@ def test_a_bad_endpoint_is_refused_naming_the_field(
     else:  # a change names only what it changes
         assert changed.status_code == 200, changed.get_json()
     assert scalar(app, select(func.count()).select_from(WebhookEndpoint)) == 1
+
+
+@pytest.mark.parametrize("enabled", [1, "true", None, [True]])
+def test_enabled_is_a_json_boolean(client: FlaskClient, person_factory: Any, enabled: Any) -> None:
+    person = person_factory()
+    path = endpoint_path(make_endpoint(client, person))
+    response = client.patch(path, json={"enabled": enabled}, headers=with_key(person))
+    assert list(assert_error(response, 400, "validation_error")["details"]) == ["enabled"]
+    assert client.get(path, headers=person.headers).get_json()["enabled"] is True
 
 
 def test_a_lone_surrogate_in_a_url_is_refused(client: FlaskClient, person_factory: Any) -> None:
@@ -623,7 +633,7 @@ def test_another_users_endpoint_is_not_found(
     owner, stranger = person_factory(), person_factory()
     made = make_endpoint(client, owner)
     client.post(endpoint_path(made, "/test"), headers=with_key(owner))
-    [(_, _, _)] = deliveries(app)
+    assert len(deliveries(app)) == 1
     delivery_id = _log(client, owner, made)[0]["id"]
     for endpoint_id in (made["id"], str(int(made["id"]) + 1000)):
         path = f"{ENDPOINTS}/{endpoint_id}"
@@ -712,10 +722,8 @@ def test_a_test_event_goes_to_its_endpoint_only(
     app: Flask, client: FlaskClient, person_factory: Any
 ) -> None:
     person = person_factory()
-    made, other = (
-        make_endpoint(client, person),
-        make_endpoint(client, person, events=list(("balance.low", "balance.depleted"))),
-    )
+    made = make_endpoint(client, person)
+    other = make_endpoint(client, person, events=["balance.low", "balance.depleted"])
     sent = client.post(endpoint_path(made, "/test"), headers=with_key(person))
     assert sent.status_code == 202, sent.get_json()
     answer = sent.get_json()
