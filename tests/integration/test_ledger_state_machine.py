@@ -14,6 +14,10 @@ available, changing nothing) and spend from it, each held to a daily member cap 
 settle capturing no more than the cap leaves room for). Credits are only ever granted, charged,
 written off or adjusted away: transfers conserve them.
 
+Every account has low-balance thresholds: after each operation the model fires the events the
+contract asks for (a threshold crossed strictly below while armed, re-armed strictly above it,
+depletion at zero), and the outbox must hold exactly those, in order.
+
 Two runs: the fixed programs (derandomized, the same every time) and fresh ones from a seed that
 is printed, so that a failure can be replayed with LEDGER_MACHINE_SEED=<seed>.
 """
@@ -54,9 +58,10 @@ from creditapp.errors import (
 )
 from creditapp.extensions import db
 from creditapp.jobs import run_job
-from creditapp.ledger import caps
+from creditapp.ledger import alerts, caps
 from creditapp.ledger.models import Account, Grant, LedgerEntry
 from creditapp.money import format_credits
+from creditapp.signals.models import WebhookEvent
 from tests.conftest import TEST_CONTEXT, create_person
 from tests.helpers import new_team
 
@@ -66,6 +71,8 @@ TEAM = ACCOUNTS  # the team's account, the last in the model
 # Each member's daily cap on the team: one that refuses often, one now and then, one rarely.
 MEMBER_CAPS = (10 * CR, 30 * CR, 60 * CR)
 HOLD_TTL = timedelta(minutes=30)
+# Every account's low-balance thresholds, highest first.
+THRESHOLDS = (40 * CR, 15 * CR, 5 * CR)
 # 70 programs: with a team account, transfers and caps in each step, about the time 100 took
 # before them. More for a longer search: LEDGER_MACHINE_EXAMPLES=500.
 EXAMPLES = int(os.environ.get("LEDGER_MACHINE_EXAMPLES", 70))
@@ -110,6 +117,12 @@ class ModelAccount:
     grants: list[ModelGrant] = field(default_factory=list)  # in the order they were made
     reserved: int = 0
     written_off: int = 0
+    # Low-balance alerts: the armed thresholds, available when last looked at, and the events
+    # (type, threshold, available) its operations must have emitted so far. Opened at zero,
+    # below every threshold: none is armed until credits rise above it.
+    armed: set[int] = field(default_factory=set)
+    seen_available: int = 0
+    events: list[tuple[str, str | None, str]] = field(default_factory=list)
 
     @property
     def balance(self) -> int:
@@ -118,6 +131,22 @@ class ModelAccount:
     @property
     def available(self) -> int:
         return self.balance - self.reserved
+
+    def alert(self) -> None:
+        """The events of one operation that moved available from `seen_available`."""
+        now_available = self.available
+        if now_available == self.seen_available:
+            return
+        for threshold in THRESHOLDS:
+            if threshold in self.armed and now_available < threshold:
+                self.armed.discard(threshold)
+                low = ("balance.low", format_credits(threshold), format_credits(now_available))
+                self.events.append(low)
+            elif threshold not in self.armed and now_available > threshold:
+                self.armed.add(threshold)
+        if self.seen_available > 0 and now_available == 0:
+            self.events.append(("balance.depleted", None, "0"))
+        self.seen_available = now_available
 
     def draw_order(self) -> list[ModelGrant]:
         # Soonest expiry first, never-expiring last; among equals the oldest (list order).
@@ -195,6 +224,13 @@ class LedgerMachine(RuleBasedStateMachine):
                 ]
             db.session.remove()
         self.account_ids.append(team_account)
+        with self.app.app_context():
+            for account_id in self.account_ids:
+                with write_transaction(db.session):
+                    alerts.set_thresholds(
+                        db.session, account_id=account_id, amounts=list(THRESHOLDS), now=self.now
+                    )
+            db.session.remove()
 
     def _run(self, operation: Any, **kwargs: Any) -> Any:
         with self.app.app_context():
@@ -413,6 +449,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 model.write_off(self.now)
                 model.reserved -= held.amount
                 model.write_off(self.now)
+                model.alert()  # one operation per hold
                 held.expired = True
 
     @rule()
@@ -480,12 +517,26 @@ class LedgerMachine(RuleBasedStateMachine):
                     seen.write_off(self.now)
                     view = ledger.balance(db.session, account_id=account_id, now=self.now)
                     assert view == ledger.Balance(seen.balance, seen.reserved)
+                    model.alert()  # the step's one operation on the account, if any
+                    assert self._events(account_id) == model.events
                 for member, cap_id in enumerate(self.cap_ids):
                     standing = caps.standing(db.session, cap_id=cap_id, now=self.now)
                     assert standing == caps.CapStanding(MEMBER_CAPS[member], *self._cap_use(member))
                 self._credits_are_conserved()
             finally:
                 db.session.remove()
+
+    @staticmethod
+    def _events(account_id: int) -> list[tuple[str, str | None, str]]:
+        rows = db.session.scalars(
+            select(WebhookEvent)
+            .where(
+                WebhookEvent.account_id == account_id,
+                WebhookEvent.type.in_(("balance.low", "balance.depleted")),
+            )
+            .order_by(WebhookEvent.id)
+        )
+        return [(row.type, row.data.get("threshold"), row.data["available"]) for row in rows]
 
     def _credits_are_conserved(self) -> None:
         """What was granted is in the balances, or was charged, written off or adjusted away:
