@@ -117,6 +117,14 @@ class WebhookReceiver:
         """How many requests came with each webhook-id."""
         return Counter(request.webhook_id for request in self.received)
 
+    def ids_by_body(self) -> dict[bytes, set[str]]:
+        """The webhook-ids each body came with: one event sent under two ids shows as a body
+        with two (an event's body names its type, its time to the microsecond and its data)."""
+        found: dict[bytes, set[str]] = {}
+        for request in self.received:
+            found.setdefault(request.body, set()).add(request.webhook_id)
+        return found
+
     def wait_for(self, condition: Callable[[WebhookReceiver], bool], seconds: float = 30) -> None:
         deadline = time.monotonic() + seconds
         while not condition(self):

@@ -196,6 +196,20 @@ def test_500_twice_then_200_is_delivered_on_the_third_attempt_with_one_webhook_i
     assert len(bodies) == 1  # the same body every time; only the signature's time moves
 
 
+def test_a_receiver_down_for_a_while_gets_the_event_once_it_recovers(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    listen(person, receiver.url())
+    [event_id] = emit(person)
+    receiver.fail_for(60)
+    start = utcnow()
+    assert run_job_at(app, JOB, start)["retrying"] == 1
+    receiver.fail_for(0)  # recovered
+    assert run_job_at(app, JOB, start + timedelta(seconds=5))["delivered"] == 1
+    assert [request.webhook_id for request in receiver.received] == [f"evt_{event_id}"] * 2
+    assert (only_delivery().attempts, only_delivery().last_status) == (2, 200)
+
+
 def test_410_disables_the_endpoint_and_fails_its_pending_deliveries(
     app: Flask, person: Person, receiver: WebhookReceiver
 ) -> None:
@@ -275,6 +289,7 @@ def test_two_runs_at_once_post_each_event_once(
     assert sum(summary["delivered"] for summary in summaries) == 30
     assert sum(summary["lease_lost"] for summary in summaries) == 0
     assert receiver.ids() == {f"evt_{event_id}": 1 for event_id in event_ids}
+    assert all(len(ids) == 1 for ids in receiver.ids_by_body().values())
     assert receiver.failures == []
     assert {(row.status, row.attempts) for row in deliveries()} == {("delivered", 1)}
 
@@ -359,6 +374,7 @@ def test_a_run_killed_while_posting_is_delivered_after_its_lease_with_the_same_w
     assert run_job_at(app, JOB, now + LEASE - timedelta(seconds=1))["delivered"] == 0
     assert run_job_at(app, JOB, now + LEASE)["delivered"] == 1
     assert receiver.ids() == {f"evt_{event_id}": 2}
+    assert list(receiver.ids_by_body().values()) == [{f"evt_{event_id}"}]
     assert receiver.failures == []
     first, second = receiver.received
     assert first.body == second.body
