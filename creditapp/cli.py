@@ -23,6 +23,7 @@ from creditapp.database import write_transaction
 from creditapp.errors import CreditAppError
 from creditapp.extensions import db
 from creditapp.jobs import JOBS, run_job
+from creditapp.ledger import alerts
 from creditapp.ledger.models import ADMIN_GRANT_SOURCES
 from creditapp.money import AmountError, format_credits, parse_credits
 from creditapp.pricing import book, catalogue
@@ -192,6 +193,8 @@ DEMO_CHARACTER = "Ada"
 DEMO_TEAM = "Demo team"
 DEMO_TEAM_CREDITS = 500 * 1_000_000
 DEMO_MEMBER_CAP = 20 * 1_000_000
+# The demo user's low-balance alerts, so that the dashboard's alerts have something to show.
+DEMO_ALERT_THRESHOLDS = [100 * 1_000_000, 10 * 1_000_000]
 
 
 def _seed_demo_team(owner: User, member: User, now: datetime) -> None:
@@ -263,14 +266,18 @@ def seed_demo() -> None:
                 db.session, email=email, role=role, tier_name=tier, context=CLI_CONTEXT, now=now
             )
             if role == "user":
+                account_id = accounts.of_user(db.session, user.id)
                 ledger.grant(
                     db.session,
-                    account_id=accounts.of_user(db.session, user.id),
+                    account_id=account_id,
                     amount=DEMO_CREDITS,
                     source="promo",
                     reason="demo credits",
                     context=CLI_CONTEXT,
                     now=now,
+                )
+                alerts.set_thresholds(
+                    db.session, account_id=account_id, amounts=DEMO_ALERT_THRESHOLDS, now=now
                 )
         admin = users.get_by_email(db.session, DEMO_ADMIN)
         character = _seed_demo_chat(admin, now)

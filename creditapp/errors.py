@@ -496,3 +496,29 @@ class ThresholdsInvalid(CreditAppError):
     code = "invalid_thresholds"
     status = 400
     message = "Alert thresholds are up to 10 distinct positive amounts of credits."
+
+
+class WebhookEndpointDisabled(CreditAppError):
+    """Nothing is sent to a disabled endpoint (by its owner, or by the service after it
+    answered 410 Gone): a test event or a retry waits until it is enabled again."""
+
+    code = "webhook_endpoint_disabled"
+    status = 409
+    message = "This endpoint is disabled: enable it first."
+
+
+class AlreadyDelivered(CreditAppError):
+    """A delivered event is not sent again on request: its receiver acknowledged it."""
+
+    code = "already_delivered"
+    status = 409
+    message = "This delivery was delivered already."
+
+
+class TooManyWebhookEndpoints(CreditAppError):
+    """An account has at most 10 webhook endpoints (deleted ones do not count): each event is
+    posted to every one that listens to it."""
+
+    code = "too_many_webhook_endpoints"
+    status = 409
+    message = "This account has as many webhook endpoints as it may have."

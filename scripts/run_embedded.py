@@ -235,6 +235,8 @@ def main() -> int:
     # The embedded default is the demo: `POST /api/auth/demo` signs in as the demo user.
     os.environ.setdefault("DEMO_MODE", "true")
     os.environ.setdefault("DEMO_SIGN_IN_LIMIT", DEMO_SIGN_IN_LIMIT)
+    # A webhook receiver on this machine (http://127.0.0.1:…) is what one tries webhooks with.
+    os.environ.setdefault("WEBHOOK_ALLOW_PRIVATE", "true")
     # Where Stripe's payment page sends the buyer back: this service.
     os.environ.setdefault("PUBLIC_BASE_URL", f"http://{HOST}:{port}")
     if fresh:

@@ -23,16 +23,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 
 from creditapp import accounts, ledger
 from creditapp.accounts import teams
 from creditapp.accounts.models import MANAGING_ROLES
 from creditapp.database import DbSession
-from creditapp.errors import Conflict, NotFound, NotTeamManager, ValidationFailed
+from creditapp.errors import (
+    AlreadyDelivered,
+    NotFound,
+    NotTeamManager,
+    TooManyWebhookEndpoints,
+    ValidationFailed,
+    WebhookEndpointDisabled,
+)
 from creditapp.ledger import alerts, outbox
 from creditapp.ledger.models import Account
-from creditapp.ledger.sql import LedgerSql
+from creditapp.ledger.sql import LOCK_ACCOUNT, LedgerSql
 from creditapp.signals import delivery, urls
 from creditapp.signals.delivery import webhook_id
 from creditapp.signals.models import (
@@ -47,6 +54,8 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 24
 
 NO_SUCH_ENDPOINT = "No such webhook endpoint."
+# Endpoints an account may have (deleted ones aside): each event is posted to every listener.
+MAX_ENDPOINTS = 10
 NO_SUCH_DELIVERY = "No such delivery."
 
 
@@ -103,6 +112,12 @@ def create(
     with a new secret; the account is watched from now on."""
     types = listened(events)
     urls.refuse_unsafe(url, allow_private=allow_private)
+    # The account's row locked first, as a ledger operation locks it: two creations at once
+    # count one after the other.
+    LedgerSql(session).one(LOCK_ACCOUNT, account=account_id)
+    existing = session.scalar(select(func.count()).select_from(of_account(account_id).subquery()))
+    if existing is not None and existing >= MAX_ENDPOINTS:
+        raise TooManyWebhookEndpoints()
     endpoint = WebhookEndpoint(
         account_id=account_id,
         created_by=user_id,
@@ -259,7 +274,7 @@ def delivery_of(session: DbSession, *, endpoint_id: int, delivery_id: int) -> De
 def _listening(endpoint: WebhookEndpoint) -> None:
     """A delivery to a disabled endpoint would never be sent."""
     if not endpoint.enabled:
-        raise Conflict("This endpoint is disabled: enable it first.")
+        raise WebhookEndpointDisabled()
 
 
 def retry(
@@ -270,7 +285,7 @@ def retry(
     _listening(endpoint)
     found = delivery_of(session, endpoint_id=endpoint.id, delivery_id=delivery_id)
     if found.delivery.status == "delivered":
-        raise Conflict("This delivery was delivered already.")
+        raise AlreadyDelivered()
     delivery.retry(session, delivery_id=delivery_id, now=now)
     session.flush()
     return delivery_of(session, endpoint_id=endpoint.id, delivery_id=delivery_id)

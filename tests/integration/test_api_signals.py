@@ -751,7 +751,7 @@ def test_a_test_event_goes_to_its_endpoint_only(
 
     client.patch(endpoint_path(made), json={"enabled": False}, headers=with_key(person))
     refused = client.post(endpoint_path(made, "/test"), headers=with_key(person))
-    assert_error(refused, 409, "conflict")
+    assert_error(refused, 409, "webhook_endpoint_disabled")
     assert len(events(app)) == 1
 
 
@@ -813,7 +813,7 @@ def test_a_failed_delivery_is_retried_now_and_a_delivered_one_is_not(
     assert _log(client, person, made) == [entry]
 
     set_delivery(app, delivery_id, status="delivered", next_attempt_at=None)
-    assert_error(client.post(retry, headers=with_key(person)), 409, "conflict")
+    assert_error(client.post(retry, headers=with_key(person)), 409, "already_delivered")
     # Another endpoint's delivery, or none, is not this endpoint's.
     elsewhere = endpoint_path(other, f"/deliveries/{delivery_id}/retry")
     assert_error(client.post(elsewhere, headers=with_key(person)), 404, "not_found")
@@ -828,6 +828,21 @@ def test_a_failed_delivery_is_retried_now_and_a_delivered_one_is_not(
 
     set_delivery(app, delivery_id, status="failed")
     client.patch(endpoint_path(made), json={"enabled": False}, headers=with_key(person))
-    assert_error(client.post(retry, headers=with_key(person)), 409, "conflict")
+    assert_error(client.post(retry, headers=with_key(person)), 409, "webhook_endpoint_disabled")
     client.patch(endpoint_path(made), json={"enabled": True}, headers=with_key(person))
     assert client.post(retry, headers=with_key(person)).get_json()["status"] == "pending"
+
+
+def test_an_account_has_at_most_ten_endpoints_deleted_ones_aside(
+    client: FlaskClient, person_factory: Any
+) -> None:
+    person = person_factory()
+    made = [make_endpoint(client, person) for _ in range(10)]
+    refused = client.post(
+        ENDPOINTS, json={"url": HOOK, "events": ["balance.low"]}, headers=with_key(person)
+    )
+    assert_error(refused, 409, "too_many_webhook_endpoints")
+    assert client.delete(endpoint_path(made[0]), headers=with_key(person)).status_code == 204
+    make_endpoint(client, person)
+    # Another account's count is its own.
+    make_endpoint(client, person_factory())
