@@ -19,6 +19,7 @@ its endpoint and fails all its pending deliveries.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -151,9 +152,13 @@ def run(
     schedule = tuple(settings["WEBHOOK_RETRY_SCHEDULE"])
     timeout = int(settings["WEBHOOK_TIMEOUT_SECONDS"])
     allow_private = bool(settings["WEBHOOK_ALLOW_PRIVATE"])
-    lease = now + timedelta(seconds=2 * timeout + LEASE_MARGIN_SECONDS)
+    lease_length = timedelta(seconds=2 * timeout + LEASE_MARGIN_SECONDS)
+    started = time.monotonic()
     summary = dict.fromkeys(("delivered", "retrying", "failed", "url_refused", "lease_lost"), 0)
     while True:
+        # Each round's lease runs from when it claims: a run whose earlier rounds waited on
+        # slow receivers must not claim with a lease that has already ended.
+        lease = now + timedelta(seconds=time.monotonic() - started) + lease_length
         claimed = _claim(session, now=now, lease=lease)
         if not claimed:
             break
