@@ -34,7 +34,7 @@ from standardwebhooks.webhooks import Webhook
 
 from creditapp import ledger
 from creditapp.database import DbSession, read_time, write_transaction
-from creditapp.errors import WebhookUrlRefused
+from creditapp.errors import DependencyUnavailable, WebhookUrlRefused
 from creditapp.ledger.sql import LedgerSql, Statement
 from creditapp.metrics import WEBHOOK_DELIVERIES
 from creditapp.signals import urls
@@ -204,6 +204,8 @@ def post(item: Claimed, *, timeout: int, allow_private: bool) -> Attempt:
         destination = urls.destination(item.url, allow_private=allow_private)
     except WebhookUrlRefused as refused:
         return Attempt(None, refused.message, url_refused=True)
+    except DependencyUnavailable as unresolved:  # the resolver hung: retried as a failure
+        return Attempt(None, unresolved.message)
     # The signature's time is the wall clock's, whatever time the run is "as of": receivers
     # refuse a timestamp more than five minutes from their own clock.
     sent_at = datetime.now(UTC)

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 from urllib.parse import SplitResult, urlsplit
 
-from creditapp.errors import WebhookUrlRefused
+from creditapp.errors import DependencyUnavailable, WebhookUrlRefused
 
 MAX_URL_LENGTH = 2048
+RESOLVE_TIMEOUT_SECONDS = 3
+_RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # The well-known NAT64 prefix: its addresses reach the IPv4 address in their last 32 bits.
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -107,8 +110,17 @@ def _ip_literal(host: str) -> Address | None:
 
 
 def _resolve(url: str, host: str, port: int) -> list[Address]:
+    """The host's addresses, asked of the system's resolver for at most RESOLVE_TIMEOUT_SECONDS:
+    a resolver that hangs must not hold a request (or a delivery run) with it. The lookup
+    itself cannot be cancelled; it ends in its thread, of which a few serve every lookup."""
+    lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        found = lookup.result(timeout=RESOLVE_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise DependencyUnavailable(
+            f"The webhook URL's host {host} could not be resolved in time: try again.",
+            details={"dns": "unavailable"},
+        ) from None
     except (OSError, UnicodeError):
         raise WebhookUrlRefused(
             f"The webhook URL's host {host} does not resolve to an address.",

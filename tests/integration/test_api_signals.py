@@ -10,6 +10,7 @@ import base64
 import json
 import re
 import secrets
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,7 @@ from creditapp.extensions import db
 from creditapp.idempotency import IdempotencyKey
 from creditapp.ledger.models import Account
 from creditapp.money import format_credits
+from creditapp.signals import urls
 from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.conftest import Person
 from tests.helpers import ADJUST, assert_error, scalar
@@ -846,3 +848,29 @@ def test_an_account_has_at_most_ten_endpoints_deleted_ones_aside(
     make_endpoint(client, person)
     # Another account's count is its own.
     make_endpoint(client, person_factory())
+
+
+def test_a_resolver_that_hangs_is_503_and_saves_nothing(
+    app: Flask, client: FlaskClient, person_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The system's resolver is the boundary here: one that never answers is stood in for."""
+    person = person_factory()
+    release = threading.Event()
+
+    def hung(*_args: Any, **_kwargs: Any) -> Any:
+        release.wait(10)
+        raise OSError("resolver gave up")
+
+    monkeypatch.setitem(app.config, "WEBHOOK_ALLOW_PRIVATE", False)
+    monkeypatch.setattr(urls, "RESOLVE_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(urls.socket, "getaddrinfo", hung)
+    try:
+        refused = client.post(
+            ENDPOINTS,
+            json={"url": "https://hooks.example.com/h", "events": ["balance.low"]},
+            headers=with_key(person),
+        )
+    finally:
+        release.set()
+    assert_error(refused, 503, "service_unavailable")
+    assert scalar(app, select(func.count()).select_from(WebhookEndpoint)) == 0
