@@ -20,6 +20,13 @@ than five, must grant it). A delivery that fails (an instance killed, PostgreSQL
 retried a few times with a delay, as Stripe does; one given up is lost like the others. A few
 buyers never pay.
 
+Every user's account and the team's have low-balance thresholds the run's spending crosses and
+a webhook endpoint listening to every event type, each pointing at a receiver of its own on
+loopback that verifies every signature (`tests/webhook_receiver.py`). For a stretch of the run
+the receivers fail (the first requests hang past the delivery's timeout, then 500s) and
+recover; the `deliver-webhooks` job runs every few seconds, on a retry schedule the outage
+fits in.
+
 A client retries every request whose outcome it did not learn (a dropped connection, a 503, a
 409 "still in progress") with the same Idempotency-Key, as a careful client would, until it
 learns it. Faults follow a schedule drawn from the seed and printed first (the same seed, the
@@ -38,8 +45,11 @@ period); every paid purchase granted exactly once (one purchase grant of its cre
 `grant_id` set, status paid, whichever of the webhook and the job came first) and none that
 was not paid; every retried request has one outcome; no hold is pending; one subscription grant
 per user and period, and a new one for every period that ended; every compensation paid at
-most once (and every one paid); the metrics agree with the database. It prints a table and
-"lost 0, doubled 0, members past cap 0", or the counterexamples and the seed.
+most once (and every one paid); the metrics agree with the database; every committed event
+delivered to its account's endpoint (none failed or pending once the deliveries caught up) and
+received there with a valid signature, and none received twice under different webhook-ids (one
+body under two ids, or an id the outbox never sent). It prints a table and "lost 0, doubled 0,
+members past cap 0", or the counterexamples and the seed.
 
     make chaos            # or: .venv/bin/python bench/chaos.py [--seconds 300] [--seed N]
 
@@ -87,6 +97,8 @@ from tests.fake_providers import Answer, FakeProviders  # noqa: E402
 from tests.fake_stripe import FakeStripe, event_body  # noqa: E402
 from tests.integration.live_server import free_port  # noqa: E402
 from tests.integration.tcp_proxy import TcpProxy  # noqa: E402
+from tests.webhook_receiver import Answer as ReceiverAnswer  # noqa: E402
+from tests.webhook_receiver import WebhookReceiver  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 # The run's Redis database, emptied first: TEST_REDIS_URL's, the one setting that decides every
@@ -109,6 +121,7 @@ JOB_PERIODS = {
     "RECONCILE": 20,
     "PURGE_IDEMPOTENCY": 60,
     "SYNC_PURCHASES": 3,
+    "DELIVER_WEBHOOKS": 2,
 }
 # A purchase whose event was lost is looked up in Stripe once it is this old.
 PURCHASE_SYNC_AFTER_SECONDS = 5
@@ -152,6 +165,21 @@ TEAM_CONNECTIONS = 3
 # caps allow, so that the caps, not the balance, refuse the members' calls.
 TEAM_FUNDING_OVER_CAPS = 20
 TRANSFER_CENTS = range(50, 301)
+# Signals out: each account's low-balance thresholds, these many credits below its available
+# credits when the load starts (the first few are crossed within seconds, the last ones by the
+# heavier spenders; a purchase re-arms them all).
+ALERT_DROPS = ("0.2", "0.5", "1", "2", "4", "8", "16")
+# Deliveries wait this long for the receiver's answer, and are retried after these delays (one
+# first attempt, then one per entry): an outage of the receivers within their sum (with the
+# delivery job's period between two attempts) is ridden out.
+RECEIVER_TIMEOUT_SECONDS = 3
+RECEIVER_RETRY_SCHEDULE = (1, 2, 3, 5, 8, 13, 21)
+# The receivers fail for a stretch once a minute of load (at least once): each one's next
+# requests hang (answered after the delivery gave up), then every request is answered 500 for
+# this long, then they recover.
+RECEIVER_HANGS = 2
+RECEIVER_OUTAGE_SECONDS = 8
+RECEIVER_OUTAGE_EVERY = 60
 
 
 def credits(text: str) -> int:
@@ -337,6 +365,16 @@ class User:
 
 
 @dataclass
+class Listener:
+    """An account's webhook endpoint and the receiver it points at (which knows its secret)."""
+
+    who: str  # "user 3", "team"
+    account_id: int
+    endpoint_id: int
+    receiver: WebhookReceiver
+
+
+@dataclass
 class Team:
     id: int
     account_id: int
@@ -365,7 +403,13 @@ class Deployment:
             "PUBLIC_BASE_URL": "http://127.0.0.1:8000",
             "PURCHASE_MIN_CREDITS": str(PURCHASE_CREDITS.start),
             "PURCHASE_SYNC_AFTER_SECONDS": str(PURCHASE_SYNC_AFTER_SECONDS),
-            "CREDITAPP_ENV": "production",
+            # Production's settings but for one: its start refuses WEBHOOK_ALLOW_PRIVATE, which
+            # the receivers on loopback need (the two differ in nothing else but the checks
+            # ProductionConfig makes at start).
+            "CREDITAPP_ENV": "development",
+            "WEBHOOK_ALLOW_PRIVATE": "true",
+            "WEBHOOK_TIMEOUT_SECONDS": str(RECEIVER_TIMEOUT_SECONDS),
+            "WEBHOOK_RETRY_SCHEDULE": ",".join(map(str, RECEIVER_RETRY_SCHEDULE)),
             "JWT_SECRET_KEY": secrets.token_hex(32),
             "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{self.pg_proxy.port}/{self.database}",
             "REDIS_URL": self.redis_proxy.url,
@@ -398,6 +442,7 @@ class Deployment:
         self.beats = [
             Service(f"beat{n}", [*celery, "beat", "-l", "INFO"], self.env, logs) for n in (1, 2)
         ]
+        self.listeners: list[Listener] = []  # made through the API before the load (`listen`)
 
     @property
     def services(self) -> list[Service]:
@@ -450,6 +495,8 @@ class Deployment:
             service.stop()
         self.provider.close()
         self.stripe.close()
+        for listener in self.listeners:
+            listener.receiver.close()
         self.pg_proxy.close()
         self.redis_proxy.close()
         if keep_database:
@@ -624,7 +671,7 @@ class Clients:
         self.ports_in_use = [web.port for web in deployment.web]
         self.team: Team | None = None  # formed before the load (`form_team`)
 
-    # One POST, on instance `attempt % 2`: (status, parsed body or stream events).
+    # One POST (or `method`), on instance `attempt % 2`: (status, parsed body or stream events).
     def _request(
         self,
         attempt: int,
@@ -634,12 +681,13 @@ class Clients:
         body: dict[str, Any],
         *,
         hang_up: bool = False,
+        method: str = "POST",
     ) -> tuple[int, Any]:
         port = self.ports_in_use[attempt % len(self.ports_in_use)]
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
         try:
             connection.request(
-                "POST",
+                method,
                 path,
                 body=json.dumps(body),
                 headers={
@@ -667,8 +715,9 @@ class Clients:
         body: dict[str, Any],
         *,
         hang_up: bool = False,
+        method: str = "POST",
     ) -> tuple[int, Any] | None:
-        """POST until a definitive answer; None if none came before the deadline."""
+        """POST (or `method`) until a definitive answer; None if none came before the deadline."""
         deadline = time.monotonic() + LEARN_DEADLINE_SECONDS
         first = random.randrange(2)
         while time.monotonic() < deadline:
@@ -682,6 +731,7 @@ class Clients:
                     outcome.key,
                     body,
                     hang_up=hang_up and attempt == 0,
+                    method=method,
                 )
             except Unlearned:
                 time.sleep(min(0.2 * outcome.attempts, 2))
@@ -850,6 +900,69 @@ class Clients:
             raise SystemExit(f"funding the team: {describe(outcome)}")
         self.record(outcome, learned)
         return self.team
+
+    def listen(self) -> list[Listener]:
+        """Before the load, through the API: every user's account and the team's get
+        thresholds `ALERT_DROPS` below their available credits and an endpoint listening to
+        every event type, pointing at a receiver of its own (given the secret the 201 shows)."""
+        from creditapp.signals.models import EVENT_TYPES
+
+        assert self.team is not None
+        accounts: list[tuple[str, User, int, int | None]] = [
+            (f"user {user.index}", user, user.account_id, None) for user in self.seeded.users
+        ]
+        accounts.append(("team", self.team.owner, self.team.account_id, self.team.id))
+        with psycopg.connect(self.direct_url, autocommit=True) as database:
+            available: dict[int, int] = dict(
+                database.execute(
+                    "SELECT id, balance - reserved FROM accounts WHERE id = ANY(%s)",
+                    ([account_id for _, _, account_id, _ in accounts],),
+                ).fetchall()
+            )
+        listeners = []
+        for who, user, account_id, team_id in accounts:
+            on = {"team_id": None if team_id is None else str(team_id)}
+            start = Decimal(available[account_id]) / MICRO
+            thresholds = [
+                str(start - Decimal(drop)) for drop in ALERT_DROPS if start > Decimal(drop)
+            ]
+            self._made(
+                who, user, "PUT", "/api/credit/alerts", {**on, "thresholds": thresholds}, 200
+            )
+            receiver = WebhookReceiver()
+            endpoint = self._made(
+                who,
+                user,
+                "POST",
+                "/api/webhook-endpoints",
+                {
+                    **on,
+                    "url": receiver.url(f"/hooks/{who.replace(' ', '-')}"),
+                    "events": list(EVENT_TYPES),
+                },
+                201,
+            )
+            # The secret is in the first answer only: a retried creation's replay leaves it out.
+            if "secret" not in endpoint:
+                raise SystemExit(f"signals of {who}: the endpoint's answer came without its secret")
+            receiver.secret = endpoint["secret"]
+            listeners.append(Listener(who, account_id, int(endpoint["id"]), receiver))
+        return listeners
+
+    def _made(
+        self, who: str, user: User, method: str, path: str, body: dict[str, Any], status: int
+    ) -> Any:
+        """What `user` set up for `who` before the load: its answer, which must be `status`."""
+        learned = self.learn(
+            Outcome("signals", user.index, f"s-{uuid.uuid4()}"),
+            path,
+            user.token,
+            body,
+            method=method,
+        )
+        if learned is None or learned[0] != status:
+            raise SystemExit(f"signals of {who}: {method} {path} answered {learned}")
+        return learned[1]
 
     def fund_team(self) -> None:
         """The team's owner and members move credits of their own to it now and then."""
@@ -1167,6 +1280,43 @@ class Injector:
         return True
 
 
+def receiver_outages(seconds: float) -> list[float]:
+    """When the receivers' outages start (seconds after the load starts): one a minute, the
+    first early enough in a short run that its retries are delivered within the load."""
+    starts, moment = [], 0.3 * min(seconds, RECEIVER_OUTAGE_EVERY)
+    while moment + RECEIVER_TIMEOUT_SECONDS + RECEIVER_OUTAGE_SECONDS < seconds - 5:
+        starts.append(round(moment, 1))
+        moment += RECEIVER_OUTAGE_EVERY
+    return starts or [0.0]
+
+
+def fail_receivers(
+    listeners: list[Listener], starts: list[float], started: float, stop: threading.Event
+) -> None:
+    """At each start: each receiver's next requests hang (answered only once the delivery gave
+    up waiting), then every request is answered 500 for `RECEIVER_OUTAGE_SECONDS`, then they
+    recover. (A receiver that met fewer requests than its hangs meanwhile hangs the next ones:
+    a few more failures, retried as the others.)"""
+    receivers = [listener.receiver for listener in listeners]
+    for start in starts:
+        if stop.wait(max(0.0, started + start - time.monotonic())):
+            return
+        print(
+            f"  {time.monotonic() - started:6.1f} s  receivers failing: {RECEIVER_HANGS} hangs,"
+            f" then 500s for {RECEIVER_OUTAGE_SECONDS} s",
+            flush=True,
+        )
+        hang = ReceiverAnswer(delay=RECEIVER_TIMEOUT_SECONDS + 1)
+        for receiver in receivers:
+            receiver.script(*[hang] * RECEIVER_HANGS)
+        # The hangs first: while `fail_for` lasts, the receiver answers nothing it was scripted.
+        stop.wait(RECEIVER_TIMEOUT_SECONDS + 1)
+        for receiver in receivers:
+            receiver.fail_for(RECEIVER_OUTAGE_SECONDS, status=500)
+        stop.wait(RECEIVER_OUTAGE_SECONDS)
+        print(f"  {time.monotonic() - started:6.1f} s  receivers recovered", flush=True)
+
+
 # ------------------------------------------------------------------------------ the checks
 
 
@@ -1199,6 +1349,7 @@ class Findings:
     caps: dict[int, tuple[int | None, int]] = field(default_factory=dict)  # user id: cap, spent
     other: list[str] = field(default_factory=list)
     facts: dict[str, int] = field(default_factory=dict)  # what happened, for the table
+    signals: dict[str, int] = field(default_factory=dict)  # the outbox and the receivers
 
 
 def wait_for_jobs(url: str, seeded: Seeded, paid: list[int], timeout: float) -> None:
@@ -1225,6 +1376,123 @@ def wait_for_jobs(url: str, seeded: Seeded, paid: list[int], timeout: float) -> 
             if pending == (0, 0, 0) and renewed and renewed[0] == len(ended):
                 return
             time.sleep(1)
+
+
+def wait_for_deliveries(url: str) -> None:
+    """Until no delivery is pending, or for as long as the last ones may take: a delivery
+    leased by a run killed while posting waits out its lease, and one that met the receivers'
+    outage waits out a step of the retry schedule."""
+    from creditapp.signals.delivery import LEASE_MARGIN_SECONDS
+
+    lease = 2 * RECEIVER_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS
+    period = JOB_PERIODS["DELIVER_WEBHOOKS"]
+    deadline = time.monotonic() + lease + max(RECEIVER_RETRY_SCHEDULE) + 5 * period
+    with psycopg.connect(url, autocommit=True) as connection:
+        while time.monotonic() < deadline:
+            pending = connection.execute(
+                "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"
+            ).fetchone()
+            if pending == (0,):
+                return
+            time.sleep(1)
+
+
+def check_signals(url: str, listeners: list[Listener], found: Findings) -> None:
+    """Every committed event of an account since its endpoint was made has a delivery to it,
+    delivered, and its receiver got it (its `evt_<id>`, its type and data) with a valid
+    signature; none came under two webhook-ids (one body under two ids, or an id the outbox
+    never sent to that endpoint)."""
+    with psycopg.connect(url, autocommit=True) as db:
+        events = {
+            event_id: (account_id, kind, data, created_at)
+            for event_id, account_id, kind, data, created_at in db.execute(
+                "SELECT id, account_id, type, data, created_at FROM webhook_events"
+            ).fetchall()
+        }
+        deliveries = db.execute(
+            "SELECT event_id, endpoint_id, status, attempts, last_error FROM webhook_deliveries"
+        ).fetchall()
+        endpoints = {
+            endpoint_id: (account_id, enabled, disabled_reason, created_at)
+            for endpoint_id, account_id, enabled, disabled_reason, created_at in db.execute(
+                "SELECT id, account_id, enabled, disabled_reason, created_at FROM webhook_endpoints"
+                " WHERE deleted_at IS NULL"
+            ).fetchall()
+        }
+    sent = {(endpoint_id, event_id) for event_id, endpoint_id, *_ in deliveries}
+    for endpoint_id, (account_id, enabled, reason, created_at) in endpoints.items():
+        if not enabled:
+            found.other.append(f"endpoint {endpoint_id}: disabled ({reason})")
+        for event_id, (of_account, kind, _, at) in events.items():
+            if (
+                of_account == account_id
+                and at >= created_at
+                and (endpoint_id, event_id) not in sent
+            ):
+                found.lost.append(
+                    f"event evt_{event_id} ({kind}): no delivery to endpoint {endpoint_id}"
+                )
+    for event_id, endpoint_id, status, attempts, error in deliveries:
+        if status != "delivered":
+            found.lost.append(
+                f"event evt_{event_id} ({events[event_id][1]}) to endpoint {endpoint_id}:"
+                f" {status} after {attempts} attempts ({error})"
+            )
+
+    requests = 0
+    redelivered = 0
+    for listener in listeners:
+        received = listener.receiver.received
+        requests += len(received)
+        ids_by_body: dict[bytes, set[str]] = {}
+        got: Counter[str] = Counter()
+        for request in received:
+            if not request.verified:
+                found.other.append(
+                    f"{listener.who}: {request.webhook_id or '(no id)'}: signature did not verify"
+                )
+                continue
+            ids_by_body.setdefault(request.body, set()).add(request.webhook_id)
+            got[request.webhook_id] += 1
+            event_id = int(request.webhook_id.removeprefix("evt_"))
+            if (listener.endpoint_id, event_id) not in sent:
+                found.doubled.append(
+                    f"{listener.who}: received {request.webhook_id}, which the outbox never sent it"
+                )
+                continue
+            _, kind, data, _ = events[event_id]
+            if (request.payload.get("type"), request.payload.get("data")) != (kind, data):
+                found.other.append(
+                    f"{listener.who}: {request.webhook_id} came as {request.payload}, the event"
+                    f" is {kind} {data}"
+                )
+        redelivered += sum(count - 1 for count in got.values())
+        for body, ids in ids_by_body.items():
+            if len(ids) > 1:
+                found.doubled.append(
+                    f"{listener.who}: one event under ids {sorted(ids)}: {body[:120]!r}"
+                )
+        for event_id, endpoint_id, status, *_ in deliveries:
+            mine = endpoint_id == listener.endpoint_id
+            if mine and status == "delivered" and not got[f"evt_{event_id}"]:
+                found.lost.append(
+                    f"{listener.who}: evt_{event_id} delivered, never received with a valid"
+                    " signature"
+                )
+
+    by_type = Counter(kind for _, kind, _, _ in events.values())
+    found.signals = {
+        **{f"events {kind}": count for kind, count in sorted(by_type.items())},
+        "deliveries": len(deliveries),
+        "  delivered at the first attempt": sum(
+            1 for d in deliveries if d[2] == "delivered" and d[3] == 1
+        ),
+        "  delivered on a retry": sum(1 for d in deliveries if d[2] == "delivered" and d[3] > 1),
+        "attempts recorded": sum(d[3] for d in deliveries),
+        "  the most of one delivery": max((d[3] for d in deliveries), default=0),
+        "requests the receivers got": requests,
+        "  an id received again (retried after a failure or a timeout)": redelivered,
+    }
 
 
 def check(url: str, clients: Clients, deployment: Deployment, uncounted_at_most: int) -> Findings:
@@ -1621,6 +1889,9 @@ def report(
         print(
             f"  {f'user {member.index}':38} {cap!s:>9} {Decimal(spent) / MICRO!s:>12} {refused:7}"
         )
+    print("\nSignals out: the outbox's events, their deliveries, what the receivers got")
+    for name, count in findings.signals.items():
+        print(f"  {name:62} {count:7}")
     print("\nWhat the jobs and the ledger did")
     for name, count in findings.facts.items():
         print(f"  {name:62} {count:7}")
@@ -1685,15 +1956,28 @@ def main() -> int:
             f" a month, {TEAM_CONNECTIONS} connections each",
             flush=True,
         )
+        deployment.listeners += clients.listen()
+        print(
+            f"signals: {len(deployment.listeners)} accounts with thresholds and an endpoint, each"
+            f" at a receiver of its own; retries after {RECEIVER_RETRY_SCHEDULE} s",
+            flush=True,
+        )
         injector = Injector(deployment, schedule, args.seed)
         with clients.running(seeded.users):
             rates = warm_up(clients, deployment, args.warm_up)
             print("faults:", flush=True)
-            faults = threading.Thread(target=injector.run, args=(time.monotonic(),))
+            started = time.monotonic()
+            faults = threading.Thread(target=injector.run, args=(started,))
+            outages = threading.Thread(
+                target=fail_receivers,
+                args=(deployment.listeners, receiver_outages(args.seconds), started, injector.stop),
+            )
             faults.start()
+            outages.start()
             time.sleep(args.seconds)
             injector.stop.set()
             faults.join()
+            outages.join()
             print("load stopping: every client learns its last outcome", flush=True)
         heal(deployment)
         clients.finish_deliveries()
@@ -1710,9 +1994,11 @@ def main() -> int:
             + injector.injected["kill_web_master"] * args.web_workers
             + injector.injected["cut_postgres"] * len(deployment.web) * args.web_workers
         )
+        wait_for_deliveries(deployment.direct_url)
         findings = check(
             deployment.direct_url, clients, deployment, workers_at_risk * args.web_threads
         )
+        check_signals(deployment.direct_url, deployment.listeners, findings)
         for watch in injector.watching:
             watch.join()
         findings.facts["beat locks taken over after their holder was killed"] = sum(
