@@ -30,10 +30,15 @@ from creditapp.billing.models import UsageRecord
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.jobs import run_job
+from creditapp.ledger import alerts
 from creditapp.ledger.models import LedgerEntry
+from creditapp.ledger.sql import LedgerSql
 from creditapp.pricing import book
+from creditapp.purchases.models import Purchase
+from creditapp.signals.models import WebhookEndpoint
 from tests.conftest import BACKEND, TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
+from tests.fake_stripe import FakeStripe, event_body
 
 MILLION_CREDITS = 1_000_000 * 1_000_000
 GRANT = "/api/admin/credit/grant"
@@ -245,7 +250,8 @@ def clear_rate_limit_counters(app: Flask) -> None:
 
 
 def self_signed_certificate(key: CertificateIssuerPrivateKeyTypes, common_name: str) -> bytes:
-    """A PEM certificate for `key`, valid from yesterday to tomorrow, issued by itself."""
+    """A PEM certificate for `key` naming `common_name`, valid from yesterday to tomorrow,
+    issued by itself."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.now(UTC)
     certificate = (
@@ -256,6 +262,9 @@ def self_signed_certificate(key: CertificateIssuerPrivateKeyTypes, common_name: 
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=1))
+        # Its name as a TLS client checks it, and its own authority (a client trusts it alone).
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM)
@@ -287,3 +296,69 @@ def new_team(
             )
         account_id = accounts.of_team(db.session, team_id)
     return team_id, account_id
+
+
+# The secret of the endpoints `new_endpoint` saves (a receiver verifies with it).
+ENDPOINT_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def new_endpoint(person: Person, url: str, *events: str, enabled: bool = True) -> int:
+    """A committed webhook endpoint of the person's account listening to `events` (the balance
+    events if none), as the API saves one (inside an app context)."""
+    with write_transaction(db.session):
+        endpoint = WebhookEndpoint(
+            account_id=person.account_id,
+            created_by=person.id,
+            url=url,
+            events=",".join(events or ("balance.low", "balance.depleted")),
+            secret=ENDPOINT_SECRET,
+            enabled=enabled,
+            created_at=utcnow(),
+        )
+        db.session.add(endpoint)
+        db.session.flush()
+        alerts.watch(LedgerSql(db.session), account_id=person.account_id)
+    return int(endpoint.id)
+
+
+# Purchases through the fake Stripe
+
+STRIPE_WEBHOOK = "/api/webhooks/stripe"
+
+
+def buy(client: FlaskClient, person: Person, credits: Any = "5000", **fields: Any) -> Any:
+    return client.post(
+        "/api/credit/purchases",
+        json={"credits": credits, **fields},
+        headers={**person.headers, "Idempotency-Key": secrets.token_hex(8)},
+    )
+
+
+def deliver(client: FlaskClient, fake: FakeStripe, event: dict[str, Any], **signing: Any) -> Any:
+    """Post an event as Stripe does: its exact bytes, signed (or as `signing` says)."""
+    body = signing.pop("body", None) or event_body(event)
+    headers = {"Content-Type": "application/json"}
+    signature = signing.pop("signature", None)
+    if signature is None:
+        signature = fake.sign(body, **signing)
+    if signature:
+        headers["Stripe-Signature"] = signature
+    return client.post(STRIPE_WEBHOOK, data=body, headers=headers)
+
+
+def session_of(client: FlaskClient, person: Person, purchase_id: str) -> str:
+    with client.application.app_context():
+        found = db.session.get(Purchase, int(purchase_id))
+        assert found is not None and found.checkout_session_id is not None
+        session_id = found.checkout_session_id
+        db.session.remove()
+    return session_id
+
+
+def started(
+    client: FlaskClient, fake: FakeStripe, person: Person, credits: str = "5000"
+) -> tuple[str, str]:
+    made = buy(client, person, credits)
+    assert made.status_code == 201, made.get_json()
+    purchase_id = made.get_json()["id"]
+    return purchase_id, session_of(client, person, purchase_id)

@@ -18,15 +18,22 @@ from creditapp.errors import BalanceWouldGoNegative, InsufficientCredits
 from creditapp.extensions import db
 from creditapp.ledger import alerts
 from creditapp.ledger.models import Account
-from creditapp.ledger.sql import LedgerSql
-from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from creditapp.signals.models import WebhookDelivery, WebhookEvent
 from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import FakeProviders
 from tests.fake_stripe import FakeStripe
-from tests.helpers import add_price, new_team, run_job_at, start_conversation
-from tests.integration.test_purchases import deliver, started
+from tests.helpers import (
+    add_price,
+    deliver,
+    new_endpoint,
+    new_team,
+    run_job_at,
+    start_conversation,
+    started,
+)
 
 CR = 1_000_000
+HOOK = "https://hooks.example.com/credits"
 TTL = timedelta(minutes=10)
 
 
@@ -43,24 +50,6 @@ def set_thresholds(account_id: int, *credits: int) -> list[alerts.Threshold]:
         return alerts.set_thresholds(
             db.session, account_id=account_id, amounts=[c * CR for c in credits], now=utcnow()
         )
-
-
-def listen(person: Person, *events: str, enabled: bool = True) -> int:
-    """An endpoint of the person's account listening to `events`, as the API saves one."""
-    with write_transaction(db.session):
-        endpoint = WebhookEndpoint(
-            account_id=person.account_id,
-            created_by=person.id,
-            url="https://hooks.example.com/credits",
-            events=",".join(events),
-            secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            enabled=enabled,
-            created_at=utcnow(),
-        )
-        db.session.add(endpoint)
-        db.session.flush()
-        alerts.watch(LedgerSql(db.session), account_id=person.account_id)
-    return int(endpoint.id)
 
 
 def events(account_id: int) -> list[tuple[str, dict[str, Any]]]:
@@ -129,7 +118,7 @@ def test_holds_count_and_a_void_re_arms(person: Person) -> None:
 
 def test_depleted_at_zero_once_and_again_after_a_refill(person: Person) -> None:
     account = person.account_id
-    listen(person, "balance.depleted")
+    new_endpoint(person, HOOK, "balance.depleted")
     held = run(ledger.hold, account_id=account, amount=100 * CR, ttl=TTL)
     run(ledger.settle, hold_id=held.hold_id, actual=100 * CR)
     depleted = (
@@ -168,11 +157,11 @@ def test_an_account_nobody_listens_to_is_not_watched_and_emits_nothing(person: P
     account = person.account_id
     run(ledger.adjust, account_id=account, amount=-100 * CR, reason="all of it")
     assert events(account) == []
-    assert db.session.get(Account, account).watched is False
+    assert db.session.scalar(select(Account.watched).where(Account.id == account)) is False
     set_thresholds(account, 10)
-    assert db.session.get(Account, account).watched is True
+    assert db.session.scalar(select(Account.watched).where(Account.id == account)) is True
     set_thresholds(account)
-    assert db.session.get(Account, account).watched is False
+    assert db.session.scalar(select(Account.watched).where(Account.id == account)) is False
 
 
 def test_a_threshold_set_above_what_is_available_waits_for_a_rise(person: Person) -> None:
@@ -191,9 +180,9 @@ def test_a_threshold_set_above_what_is_available_waits_for_a_rise(person: Person
 
 def test_an_event_goes_to_the_enabled_endpoints_listening_to_its_type(person: Person) -> None:
     account = person.account_id
-    listening = listen(person, "balance.low", "balance.depleted")
-    listen(person, "purchase.completed")
-    listen(person, "balance.low", enabled=False)
+    listening = new_endpoint(person, HOOK, "balance.low", "balance.depleted")
+    new_endpoint(person, HOOK, "purchase.completed")
+    new_endpoint(person, HOOK, "balance.low", enabled=False)
     set_thresholds(account, 10)
     run(ledger.adjust, account_id=account, amount=-95 * CR, reason="to 5")
     [(event_id, _)] = [(row.id, row.type) for row in db.session.scalars(select(WebhookEvent))]

@@ -19,53 +19,26 @@ from creditapp.ledger.models import Grant
 from creditapp.purchases.models import Purchase, StripeEvent
 from tests.conftest import Person, utcnow
 from tests.fake_stripe import DISCONNECT, ERROR, FakeStripe, event_body
-from tests.helpers import assert_consistent, assert_error, ledger_rows, new_team, run_job_at, scalar
+from tests.helpers import (
+    assert_consistent,
+    assert_error,
+    buy,
+    deliver,
+    ledger_rows,
+    new_team,
+    run_job_at,
+    scalar,
+    session_of,
+    started,
+)
 
 CR = 1_000_000
 WEBHOOK = "/api/webhooks/stripe"
 
 
-def buy(client: FlaskClient, person: Person, credits: Any = "5000", **fields: Any) -> Any:
-    return client.post(
-        "/api/credit/purchases",
-        json={"credits": credits, **fields},
-        headers={**person.headers, "Idempotency-Key": secrets.token_hex(8)},
-    )
-
-
-def deliver(client: FlaskClient, fake: FakeStripe, event: dict[str, Any], **signing: Any) -> Any:
-    """Post an event as Stripe does: its exact bytes, signed (or as `signing` says)."""
-    body = signing.pop("body", None) or event_body(event)
-    headers = {"Content-Type": "application/json"}
-    signature = signing.pop("signature", None)
-    if signature is None:
-        signature = fake.sign(body, **signing)
-    if signature:
-        headers["Stripe-Signature"] = signature
-    return client.post(WEBHOOK, data=body, headers=headers)
-
-
 def balance(client: FlaskClient, person: Person) -> str:
     answer: str = client.get("/api/credit/balance", headers=person.headers).get_json()["balance"]
     return answer
-
-
-def session_of(client: FlaskClient, person: Person, purchase_id: str) -> str:
-    with client.application.app_context():
-        found = db.session.get(Purchase, int(purchase_id))
-        assert found is not None and found.checkout_session_id is not None
-        session_id = found.checkout_session_id
-        db.session.remove()
-    return session_id
-
-
-def started(
-    client: FlaskClient, fake: FakeStripe, person: Person, credits: str = "5000"
-) -> tuple[str, str]:
-    made = buy(client, person, credits)
-    assert made.status_code == 201, made.get_json()
-    purchase_id = made.get_json()["id"]
-    return purchase_id, session_of(client, person, purchase_id)
 
 
 def purchase(client: FlaskClient, person: Person, purchase_id: str) -> dict[str, Any]:

@@ -18,10 +18,8 @@ from typing import Any
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
@@ -37,12 +35,18 @@ from creditapp.ledger.sql import LedgerSql
 from creditapp.signals import delivery, urls
 from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.conftest import TEST_CONTEXT, Person, utcnow
-from tests.helpers import run_job_at, run_job_at_once
+from tests.helpers import (
+    ENDPOINT_SECRET,
+    new_endpoint,
+    run_job_at,
+    run_job_at_once,
+    self_signed_certificate,
+)
 from tests.integration.live_server import ROOT, stop
 from tests.webhook_receiver import Answer, WebhookReceiver
 
 CR = 1_000_000
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRET = ENDPOINT_SECRET
 JOB = "deliver-webhooks"
 # How long a claimed delivery is left alone (the default 10 s timeout, to connect and to read).
 LEASE = timedelta(seconds=2 * 10 + delivery.LEASE_MARGIN_SECONDS)
@@ -58,24 +62,6 @@ def receiver() -> Iterator[WebhookReceiver]:
 def person(ctx: Flask, person_factory: Any) -> Person:
     made: Person = person_factory(credits=100 * CR)
     return made
-
-
-def listen(person: Person, url: str, *events: str) -> int:
-    """An endpoint of the person's account, as the API saves one."""
-    with write_transaction(db.session):
-        endpoint = WebhookEndpoint(
-            account_id=person.account_id,
-            created_by=person.id,
-            url=url,
-            events=",".join(events or ("balance.low", "balance.depleted")),
-            secret=SECRET,
-            enabled=True,
-            created_at=utcnow(),
-        )
-        db.session.add(endpoint)
-        db.session.flush()
-        alerts.watch(LedgerSql(db.session), account_id=person.account_id)
-    return int(endpoint.id)
 
 
 def emit(person: Person, count: int = 1, *, now: datetime | None = None) -> list[int]:
@@ -119,7 +105,7 @@ def attempts_counted(outcome: str) -> float:
 def test_a_threshold_crossed_is_posted_signed_with_its_event(
     app: Flask, person: Person, receiver: WebhookReceiver
 ) -> None:
-    listen(person, receiver.url())
+    new_endpoint(person, receiver.url())
     with write_transaction(db.session):
         alerts.set_thresholds(
             db.session, account_id=person.account_id, amounts=[50 * CR], now=utcnow()
@@ -168,7 +154,7 @@ def test_a_threshold_crossed_is_posted_signed_with_its_event(
 def test_500_twice_then_200_is_delivered_on_the_third_attempt_with_one_webhook_id(
     app: Flask, person: Person, receiver: WebhookReceiver
 ) -> None:
-    listen(person, receiver.url())
+    new_endpoint(person, receiver.url())
     [event_id] = emit(person)
     receiver.script(500, 500, 200)
     start = utcnow()
@@ -199,7 +185,7 @@ def test_500_twice_then_200_is_delivered_on_the_third_attempt_with_one_webhook_i
 def test_a_receiver_down_for_a_while_gets_the_event_once_it_recovers(
     app: Flask, person: Person, receiver: WebhookReceiver
 ) -> None:
-    listen(person, receiver.url())
+    new_endpoint(person, receiver.url())
     [event_id] = emit(person)
     receiver.fail_for(60)
     start = utcnow()
@@ -213,7 +199,7 @@ def test_a_receiver_down_for_a_while_gets_the_event_once_it_recovers(
 def test_410_disables_the_endpoint_and_fails_its_pending_deliveries(
     app: Flask, person: Person, receiver: WebhookReceiver
 ) -> None:
-    endpoint_id = listen(person, receiver.url())
+    endpoint_id = new_endpoint(person, receiver.url())
     now = utcnow()
     emit(person, now=now)
     emit(person, now=now + timedelta(hours=1))  # pending, not due at `now`
@@ -243,7 +229,7 @@ def test_the_schedules_last_attempt_fails_and_a_manual_retry_sends_it_again(
     app: Flask, person: Person, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(app.config, "WEBHOOK_RETRY_SCHEDULE", (1, 1))
-    listen(person, receiver.url())
+    new_endpoint(person, receiver.url())
     [event_id] = emit(person)
     receiver.script(500, 502, 503, 500, 200)
     start = utcnow()
@@ -279,7 +265,7 @@ def test_the_schedules_last_attempt_fails_and_a_manual_retry_sends_it_again(
 def test_two_runs_at_once_post_each_event_once(
     app: Flask, person: Person, receiver: WebhookReceiver
 ) -> None:
-    listen(person, receiver.url())
+    new_endpoint(person, receiver.url())
     event_ids = emit(person, 30)
     # Slow enough answers that the two runs overlap while posting.
     receiver.default = Answer(delay=0.05)
@@ -337,7 +323,7 @@ with app.app_context():
 def test_an_event_committed_by_a_process_killed_at_once_is_delivered(
     app: Flask, person: Person, receiver: WebhookReceiver
 ) -> None:
-    listen(person, receiver.url())
+    new_endpoint(person, receiver.url())
     with write_transaction(db.session):
         alerts.set_thresholds(
             db.session, account_id=person.account_id, amounts=[50 * CR], now=utcnow()
@@ -356,7 +342,7 @@ def test_an_event_committed_by_a_process_killed_at_once_is_delivered(
 def test_a_run_killed_while_posting_is_delivered_after_its_lease_with_the_same_webhook_id(
     app: Flask, person: Person, receiver: WebhookReceiver
 ) -> None:
-    listen(person, receiver.url())
+    new_endpoint(person, receiver.url())
     [event_id] = emit(person)
     receiver.script(Answer(hang=True))
     now = utcnow()
@@ -373,6 +359,7 @@ def test_a_run_killed_while_posting_is_delivered_after_its_lease_with_the_same_w
     assert (row.status, row.attempts) == ("pending", 0)
     # The lease runs from the claim: `now` plus the moments the run took to claim it.
     lease_ends = row.next_attempt_at
+    assert lease_ends is not None
     assert now + LEASE <= lease_ends <= now + LEASE + timedelta(seconds=30)
     assert run_job_at(app, JOB, lease_ends - timedelta(seconds=1))["delivered"] == 0
     assert run_job_at(app, JOB, lease_ends)["delivered"] == 1
@@ -437,7 +424,7 @@ def test_what_the_url_rules_let_through() -> None:
 def test_a_url_refused_at_delivery_time_is_not_posted_and_is_counted(
     app: Flask, person: Person, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    listen(person, receiver.url())  # saved while private addresses were allowed
+    new_endpoint(person, receiver.url())  # saved while private addresses were allowed
     emit(person)
     monkeypatch.setitem(app.config, "WEBHOOK_ALLOW_PRIVATE", False)
     refused_before = attempts_counted("url_refused")
@@ -457,7 +444,7 @@ def test_a_loopback_address_is_refused_at_delivery_time_after_resolution(
     app: Flask, person: Person, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # https to a name that resolves to loopback: refused once resolved, never connected to.
-    listen(person, f"https://localhost:{receiver.port}/hooks")
+    new_endpoint(person, f"https://localhost:{receiver.port}/hooks")
     emit(person)
     monkeypatch.setitem(app.config, "WEBHOOK_ALLOW_PRIVATE", False)
 
@@ -469,7 +456,7 @@ def test_a_loopback_address_is_refused_at_delivery_time_after_resolution(
 
 def test_a_redirect_is_not_followed(app: Flask, person: Person, receiver: WebhookReceiver) -> None:
     with WebhookReceiver(SECRET) as elsewhere:
-        listen(person, receiver.url())
+        new_endpoint(person, receiver.url())
         emit(person)
         receiver.script(Answer(302, headers={"Location": elsewhere.url("/internal")}))
 
@@ -501,21 +488,7 @@ def test_a_post_connects_to_the_checked_address_whatever_the_name_resolves_to(
 def _certificate(directory: Path, host: str) -> Path:
     """A self-signed certificate for `host` (its own authority), with its key, in `directory`."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = utcnow()
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "tls.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (directory / "tls.crt").write_bytes(self_signed_certificate(key, host))
     (directory / "tls.key").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -562,7 +535,7 @@ def test_https_to_the_checked_address_names_the_urls_host_and_checks_its_certifi
 def test_deliveries_and_events_past_their_retention_are_purged(
     app: Flask, person: Person, receiver: WebhookReceiver
 ) -> None:
-    endpoint_id = listen(person, receiver.url())
+    endpoint_id = new_endpoint(person, receiver.url())
     long_ago = utcnow() - timedelta(days=31)
     delivered_id, pending_id = emit(person, 2, now=long_ago)
     [recent_id] = emit(person)
@@ -605,7 +578,7 @@ def test_the_oldest_undelivered_event_is_measured_when_scraped(
         return float(family.samples[0].value)
 
     assert oldest() == 0
-    listen(person, receiver.url())
+    new_endpoint(person, receiver.url())
     emit(person, now=utcnow() - timedelta(hours=2))
     assert 7200 <= oldest() < 7200 + 60
     run_job_at(app, JOB, utcnow())
