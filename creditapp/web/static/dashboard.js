@@ -1,6 +1,7 @@
 // The user's dashboard, over the JSON API.
 import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, instant, json, keyList, keyedTries, purchaseList, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
 import { capRefusal, forgetTeams, loadTeam, payingTeam, showTeamAmounts, showTeams, wireTeams } from "./team.js";
+import { forgetSignals, showSignals, wireSignals } from "./signals.js";
 
 const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
 
@@ -597,6 +598,7 @@ function forget() {
   $("#snippet-for").textContent = "";
   showPrice();
   forgetTeams();
+  forgetSignals();
 }
 
 async function showDashboard() {
@@ -623,6 +625,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#hide-key").addEventListener("click", hideNewKey);
   $("#buy-credits").addEventListener("input", amountChanged);
   $("#buy-form").addEventListener("submit", buy);
-  wireTeams(() => Promise.all([loadCredits(), loadTransactions()]));
+  wireTeams(() => Promise.all([loadCredits(), loadTransactions()]), showSignals);
+  wireSignals();
   signInPage(showDashboard, undefined, forget);
 });

@@ -6,6 +6,8 @@ import { $, accountFigures, api, button, clearFieldProblems, credits, fieldProbl
 // or null: your own credits; and who is signed in (read once a session).
 let chosen = null;
 let me = null;
+// What else shows the account in view, told each time it changes (see wireTeams).
+let viewChanged = async () => {};
 
 const PERIODS = { day: "day", month: "month" };
 const MANAGING = ["owner", "admin"];
@@ -164,7 +166,11 @@ async function loadTeams(choose = payingTeam()) {
   let cursor = "";
   do {
     const page = await json(`/api/teams?limit=100${cursor}`);
-    for (const team of page.items) options.push(new Option(`${team.name} (${team.role})`, String(team.id)));
+    for (const team of page.items) {
+      const option = new Option(`${team.name} (${team.role})`, String(team.id));
+      Object.assign(option.dataset, { name: team.name, role: team.role });
+      options.push(option);
+    }
     cursor = page.next_cursor ? `&cursor=${encodeURIComponent(page.next_cursor)}` : "";
   } while (cursor);
   select.replaceChildren(...options);
@@ -172,19 +178,24 @@ async function loadTeams(choose = payingTeam()) {
   await showChoice();
 }
 
-// The switcher's choice shown: the team's section, or none (your own credits).
+// The switcher's choice shown: the team's section, or none (your own credits); and told to
+// what else shows the account in view ({ teamId, name, role } as the list of teams has them).
 async function showChoice() {
-  const id = $("#team-chosen").value;
+  const select = $("#team-chosen");
+  const id = select.value;
   $("#team-receipt").hidden = true;
+  const { name = "", role = "" } = select.selectedOptions[0]?.dataset ?? {};
+  const viewed = viewChanged({ teamId: id || null, name, role });
   if (!id) {
     chosen = null;
     $("#team").hidden = true;
     showPayer();
+    await viewed;
     return;
   }
   if (String(chosen?.id) !== id) chosen = { id, name: "", members: [], me: null };
   $("#team").hidden = false;
-  await loadTeam();
+  await Promise.all([loadTeam(), viewed]);
 }
 
 // What the page keeps of the teams (see signInPage's forget).
@@ -227,8 +238,10 @@ function teamForm(form, request, done) {
 const capOf = (data) => data.get("cap").trim() || null;
 
 // Wires the switcher and the team forms; `changed()` brings your own credits on the page up to
-// date after a transfer.
-export function wireTeams(changed) {
+// date after a transfer; `viewed(account)` is told the account in view each time it changes
+// (it never throws: a refusal there is not the teams').
+export function wireTeams(changed, viewed = async () => {}) {
+  viewChanged = viewed;
   $("#team-chosen").addEventListener("change", async () => {
     await readTeams(showChoice);
     if (chosen) $("#team").focus();

@@ -1,0 +1,413 @@
+"""The dashboard's alerts and webhooks in a real browser (Debian's Chromium through Playwright,
+against a real gunicorn in demo mode, as in test_dashboard): the demo user sets low-balance
+thresholds (saved as the API has them, each armed or fired said in words), adds a webhook
+endpoint whose signing secret is shown once (copied; gone after a reload), sends a test event
+and follows its delivery in the log as the deliver-webhooks job posts it to a receiver on
+loopback (500, retried; the endpoint disabled, the delivery failed; enabled and retried by
+hand: delivered, with one `webhook-id` and a valid signature), then deletes it. With the URL
+rules on, a loopback or plain-http URL is refused in words. A team's owner manages the team's
+alerts; a member reads its thresholds only, and the page asks nothing it would be refused.
+axe finds nothing serious; screenshots go to DASHBOARD_SCREENSHOTS."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from playwright.sync_api import Dialog, Locator, Page, expect
+
+from creditapp.signals.models import EVENT_TYPES
+from tests.conftest import Person
+from tests.helpers import run_job_at
+from tests.integration.live_server import call
+from tests.integration.test_dashboard import (
+    Browsing,
+    _api,
+    _grouped,
+    _serious_violations,
+    browse,
+    browsing,  # noqa: F401 (the fixture)
+)
+from tests.webhook_receiver import WebhookReceiver
+
+pytestmark = pytest.mark.real_clock
+
+
+def _sign_in(on: Browsing) -> Page:
+    page = on.page
+    page.goto(f"{on.base}/")
+    page.get_by_role("button", name="Sign in as the demo user").click()
+    expect(page.locator("#balance")).not_to_have_text("\u2013")  # the placeholder dash
+    expect(page.locator("#signals-for")).not_to_have_text("")
+    return page
+
+
+def _rows(page: Page, table: str) -> list[list[str]]:
+    """A table's rows, each its cells' texts (the actions' column left out)."""
+    rows = page.locator(f"{table} tbody tr").all()
+    return [row.locator("td").all_inner_texts()[:-1] for row in rows]
+
+
+def _thresholds(page: Page) -> list[list[str]]:
+    return [
+        row.locator("td").all_inner_texts()[:2]
+        for row in page.locator("#thresholds tbody tr").all()
+    ]
+
+
+def _add_threshold(page: Page, amount: str) -> None:
+    page.get_by_label("Threshold in credits").fill(amount)
+    page.get_by_role("button", name="Add threshold").click()
+
+
+def _armed(amount: str) -> list[str]:
+    return [_grouped(amount), f"Armed: alerts when available credits fall below {_grouped(amount)}"]
+
+
+def _fired(amount: str) -> list[str]:
+    return [
+        _grouped(amount),
+        "Fired: available credits are below it; armed again once they are above"
+        f" {_grouped(amount)}",
+    ]
+
+
+def _new(amount: str) -> list[str]:
+    return [_grouped(amount), "New: saved when you press Save thresholds"]
+
+
+def _deliver(app: Flask) -> dict[str, Any]:
+    """One run of the deliver-webhooks job, as the beat starts it, a moment from now."""
+    return run_job_at(app, "deliver-webhooks", datetime.now(UTC) + timedelta(seconds=1))
+
+
+def _delivery_row(page: Page) -> Locator:
+    rows = page.locator("#deliveries tbody tr")
+    expect(rows).to_have_count(1)
+    return rows
+
+
+def _delivery_cells(page: Page) -> dict[str, str]:
+    """The one delivery shown, by its column headings (but its actions)."""
+    headings = page.locator("#deliveries thead th").all_inner_texts()
+    cells = _delivery_row(page).locator("td").all_inner_texts()
+    return dict(zip(headings[1:-1], cells[1:-1], strict=True))
+
+
+def _refresh_deliveries(page: Page, path: str) -> None:
+    with page.expect_response(f"**{path}?limit=20"):
+        page.get_by_role("button", name="Refresh deliveries").click()
+
+
+def test_thresholds_an_endpoint_its_secret_once_and_its_deliveries(
+    app: Flask,
+    browsing: Browsing,  # noqa: F811 (the fixture)
+) -> None:
+    base, screenshots = browsing.base, browsing.screenshots
+    page = _sign_in(browsing)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    section = page.locator("#signals-section")
+    expect(page.locator("#signals-for")).to_have_text("For your own credits.")
+    expect(page.locator("#endpoints tbody tr")).to_have_text(["No endpoints yet."])
+    # The demo user's thresholds (the demo seeds some), as the API has them, each removed.
+    seeded = _api(base, page, "/api/credit/alerts")["thresholds"]
+    if seeded:
+        expect(page.locator("#thresholds tbody tr")).to_have_count(len(seeded))
+        assert _thresholds(page) == [
+            (_armed if each["armed"] else _fired)(each["threshold"]) for each in seeded
+        ]
+    for each in seeded:
+        label = f"Remove the threshold of {_grouped(each['threshold'])} credits"
+        page.get_by_role("button", name=label).click()
+    expect(page.locator("#thresholds tbody tr")).to_have_text(["No thresholds yet: add one below."])
+    # The page offers every event type the service posts, and only those.
+    boxes = page.locator("#endpoint-form input[name=events]")
+    assert [box.get_attribute("value") for box in boxes.all()] == list(EVENT_TYPES)
+    assert _serious_violations(page) == []
+
+    # Thresholds: two below the available credits, one above them (it starts fired); one added
+    # and removed again, one added twice (said, not added).
+    available = _api(base, page, "/api/credit/balance")["available"]
+    above = str(int(Decimal(available)) + 1000)
+    for amount in ("50", above, "10", "25"):
+        _add_threshold(page, amount)
+    assert _thresholds(page) == [_new("10"), _new("25"), _new("50"), _new(above)]
+    page.get_by_role("button", name="Remove the threshold of 25 credits").click()
+    _add_threshold(page, "50.000")
+    expect(page.locator("#alerts-said")).to_have_text("50 is a threshold already.")
+    assert _thresholds(page) == [_new("10"), _new("50"), _new(above)]
+    assert _api(base, page, "/api/credit/alerts")["thresholds"] == seeded
+    page.get_by_role("button", name="Save thresholds").click()
+    expect(page.locator("#alerts-said")).to_have_text(
+        f"Saved: an alert fires when available credits fall below 10, 50, {_grouped(above)}."
+    )
+    assert _thresholds(page) == [_armed("10"), _armed("50"), _fired(above)]
+    assert _api(base, page, "/api/credit/alerts") == {
+        "thresholds": [
+            {"threshold": "10", "armed": True},
+            {"threshold": "50", "armed": True},
+            {"threshold": above, "armed": False},
+        ],
+        "team_id": None,
+    }
+    page.reload()
+    expect(page.locator("#thresholds tbody tr")).to_have_count(3)
+    assert _thresholds(page) == [_armed("10"), _armed("50"), _fired(above)]
+
+    with WebhookReceiver() as hooks:
+        hook = hooks.url("/hooks/creditapp")
+        # An endpoint for the low-balance events and purchases: its secret shown once.
+        page.get_by_label("URL", exact=True).fill(hook)
+        page.get_by_label("purchase.completed").check()
+        page.get_by_role("button", name="Add endpoint").click()
+        box = page.locator("#new-secret")
+        expect(box).to_be_visible()
+        secret = page.locator("#new-secret-text").inner_text()
+        assert secret.startswith("whsec_") and len(secret) == len("whsec_") + 32
+        expect(box).to_contain_text("Copy it now: you will not see it again.")
+        expect(page.locator("#new-secret-for")).to_have_text(f"For {hook}.")
+        hooks.secret = secret  # the receiver verifies each delivery's signature with it
+        page.get_by_role("button", name="Copy the secret").click()
+        expect(page.locator("#copy-secret-outcome")).to_have_text("Copied to the clipboard.")
+        assert page.evaluate("navigator.clipboard.readText()") == secret
+        (endpoint,) = _api(base, page, "/api/webhook-endpoints")["items"]
+        assert "secret" not in endpoint
+        expect(page.locator("#endpoints tbody tr")).to_have_count(1)
+        events = "balance.low, balance.depleted, purchase.completed"
+        assert _rows(page, "#endpoints")[0][:3] == [hook, events, "Enabled"]
+        assert _serious_violations(page) == []
+        section.screenshot(path=str(screenshots / "dashboard-webhooks-secret.png"))
+
+        # After a reload the secret is nowhere on the page; the endpoint stays.
+        page.reload()
+        expect(page.locator("#endpoints tbody tr")).to_have_count(1)
+        expect(box).to_be_hidden()
+        assert secret not in page.content()
+
+        # A test event: its delivery waits in the log until the job posts it.
+        deliveries = f"/api/webhook-endpoints/{endpoint['id']}/deliveries"
+        with page.expect_response(f"**/api/webhook-endpoints/{endpoint['id']}/test") as sent:
+            page.get_by_role("button", name=f"Send a test event to {hook}").click()
+        assert sent.value.status == 202
+        event_id = sent.value.json()["event_id"]
+        expect(page.locator("#endpoints-said")).to_have_text(
+            f"A test event ({event_id}) is on its way to {hook}: see its delivery below."
+        )
+        (delivery,) = _api(base, page, deliveries)["items"]
+        assert delivery["event_id"] == event_id
+        expect(page.locator("#deliveries-title")).to_have_text(f"Deliveries to {hook}")
+        shown = _delivery_cells(page)
+        assert shown["Event"] == f"webhook.test {event_id}"
+        assert shown["Status"].startswith("Waiting: to be sent ")
+        assert (shown["Attempts"], shown["Last answer"]) == ("0", "\u2013")
+        assert delivery["status"] == "pending" and delivery["attempts"] == 0
+        expect(_delivery_row(page).get_by_role("button")).to_have_count(0)
+
+        # The receiver fails it once: it waits for its next attempt.
+        hooks.script(500)
+        assert _deliver(app)["retrying"] == 1
+        _refresh_deliveries(page, deliveries)
+        shown = _delivery_cells(page)
+        assert shown["Status"].startswith("Waiting: tried 1 time, next at ")
+        assert (shown["Attempts"], shown["Last answer"]) == ("1", "HTTP 500.")
+
+        # Disabled, the endpoint's waiting delivery fails; a retry asks to enable it first.
+        page.get_by_role("button", name=f"Disable {hook}").click()
+        expect(page.locator("#endpoints-said")).to_have_text(
+            f"{hook} is disabled: nothing is posted to it, and its pending deliveries failed."
+        )
+        assert _rows(page, "#endpoints")[0][2] == "Disabled"
+        expect(_delivery_row(page).locator("td.status")).to_have_text(
+            "Failed: it will not be tried again unless you retry it"
+        )
+        assert _delivery_cells(page)["Last answer"] == "The endpoint was disabled."
+        retry = f"{deliveries}/{delivery['id']}/retry"
+        with page.expect_response(f"**{retry}") as answer:
+            page.get_by_role("button", name=f"Retry the delivery of {event_id}").click()
+        assert answer.value.status == 409
+        browsing.meant_refusals.append((409, retry))
+        expect(page.locator("#deliveries [role=alert]")).to_have_text(
+            f"The delivery of {event_id} was not retried:"
+            " This endpoint is disabled: enable it first."
+        )
+        assert _serious_violations(page) == []
+        section.screenshot(path=str(screenshots / "dashboard-webhooks-failed.png"))
+
+        # Enabled and retried by hand: delivered, the same event signed with the secret.
+        page.get_by_role("button", name=f"Enable {hook}").click()
+        expect(page.locator("#endpoints-said")).to_have_text(
+            f"{hook} is enabled: events are posted to it again."
+        )
+        page.get_by_role("button", name=f"Retry the delivery of {event_id}").click()
+        # (Its attempts are kept: the schedule goes on from where it was.)
+        status = _delivery_row(page).locator("td.status")
+        expect(status).to_contain_text("Waiting: tried 1 time, next at ")
+        expect(_delivery_row(page).get_by_role("button")).to_have_count(0)
+        expect(page.locator("#deliveries [role=alert]")).to_have_text("")
+        assert _deliver(app)["delivered"] == 1
+        _refresh_deliveries(page, deliveries)
+        expect(_delivery_row(page).locator("td.status")).to_contain_text("Delivered ")
+        assert _delivery_cells(page)["Attempts"] == "2"
+        assert _delivery_cells(page)["Last answer"] == "HTTP 200"
+        assert hooks.failures == []
+        assert [each.webhook_id for each in hooks.received] == [event_id] * 2
+        assert [each.payload["type"] for each in hooks.received] == ["webhook.test"] * 2
+        assert _serious_violations(page) == []
+        section.screenshot(path=str(screenshots / "dashboard-webhooks.png"))
+        page.set_viewport_size({"width": 375, "height": 800})
+        section.screenshot(path=str(screenshots / "dashboard-webhooks-phone.png"))
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        page.set_viewport_size({"width": 1100, "height": 900})
+
+    # Deleted after a confirm: gone from the list, its log closed.
+    questions: list[str] = []
+
+    def accept(dialog: Dialog) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    page.get_by_role("button", name=f"Delete {hook}").click()
+    expect(page.locator("#endpoints tbody tr")).to_have_text(["No endpoints yet."])
+    expect(page.locator("#deliveries-section")).to_be_hidden()
+    expect(page.locator("#endpoints-said")).to_have_text(f"{hook} is deleted.")
+    assert questions == [
+        f"Delete the endpoint {hook}? Nothing more is posted to it, and its pending"
+        " deliveries fail."
+    ]
+    assert _api(base, page, "/api/webhook-endpoints")["items"] == []
+
+
+def test_a_refused_url_is_said_in_words(app: Flask, tmp_path: Path) -> None:
+    screenshots = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or tmp_path)
+    # The URL rules as in production: only https, to public hosts.
+    with browse(app, screenshots, WEBHOOK_ALLOW_PRIVATE="false") as production:
+        page = _sign_in(production)
+        form = page.locator("#endpoint-form")
+        url = page.get_by_label("URL", exact=True)
+
+        # No event chosen: said, and nothing is sent.
+        url.fill("https://hooks.example.com/creditapp")
+        for box in page.locator("#endpoint-form input[name=events]").all():
+            box.uncheck()
+        requested = len(production.requested)
+        page.get_by_role("button", name="Add endpoint").click()
+        expect(form.locator(".outcome")).to_have_text("Choose at least one event to post.")
+        assert len(production.requested) == requested
+        page.get_by_label("balance.low").check()
+
+        def refused(address: str) -> str:
+            url.fill(address)
+            with page.expect_response("**/api/webhook-endpoints") as answer:
+                page.get_by_role("button", name="Add endpoint").click()
+            assert answer.value.status == 400
+            assert answer.value.json()["error"]["code"] == "webhook_url_refused"
+            production.meant_refusals.append((400, "/api/webhook-endpoints"))
+            expect(form.locator(".outcome")).to_have_class("outcome refused")
+            expect(url).to_have_attribute("aria-invalid", "true")
+            return form.locator(".outcome").inner_text()
+
+        assert refused("http://hooks.example.com/creditapp") == (
+            "The endpoint was not added: Webhooks go only to https addresses of public hosts."
+            " The webhook URL is refused: its scheme must be https."
+        )
+        assert refused("https://127.0.0.1/hooks") == (
+            "The endpoint was not added: Webhooks go only to https addresses of public hosts."
+            " The webhook URL's host 127.0.0.1 is at 127.0.0.1, which is not a public address."
+        )
+        expect(page.locator("#new-secret")).to_be_hidden()
+        expect(page.locator("#endpoints tbody tr")).to_have_text(["No endpoints yet."])
+        assert _serious_violations(page) == []
+        page.locator("#signals-section").screenshot(
+            path=str(screenshots / "dashboard-webhooks-refused.png")
+        )
+
+
+def _as(page: Page, person: Person) -> None:
+    """The page signed in as `person`, on the same tab."""
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in as the demo user").wait_for()
+    page.evaluate(f"sessionStorage.setItem('creditapp.access_token', '{person.token}')")
+    page.reload()
+    expect(page.locator("#signals-for")).to_have_text("For your own credits.")
+
+
+def test_a_teams_alerts_are_its_managers_and_its_members_read_them(
+    browsing: Browsing,  # noqa: F811 (the fixture)
+    person_factory: Callable[..., Person],
+) -> None:
+    base = browsing.base
+    page = _sign_in(browsing)
+    owner = page.evaluate("sessionStorage.getItem('creditapp.access_token')")
+    member = person_factory(f"{secrets.token_hex(4)}@example.com")
+    name = f"Alerts {secrets.token_hex(2)}"
+
+    def post(path: str, body: dict[str, Any]) -> Any:
+        headers = {"Idempotency-Key": secrets.token_hex(8)}
+        status, _headers, answer = call(
+            "POST", f"{base}{path}", owner, json.dumps(body).encode(), headers
+        )
+        assert status == 201, answer
+        return json.loads(answer)
+
+    personal = _api(base, page, "/api/credit/alerts")["thresholds"]
+    team = post("/api/teams", {"name": name})
+    post(f"/api/teams/{team['id']}/members", {"email": member.email, "role": "member"})
+
+    # The owner chooses the team: its alerts, not theirs, are shown and saved.
+    page.reload()
+    page.locator("#team-chosen").select_option(label=f"{name} (owner)")
+    expect(page.locator("#signals-for")).to_have_text(
+        f"For the team {name}: you manage its alerts and webhooks."
+    )
+    expect(page.locator("#thresholds tbody tr")).to_have_text(["No thresholds yet: add one below."])
+    _add_threshold(page, "5")
+    page.get_by_role("button", name="Save thresholds").click()
+    expect(page.locator("#alerts-said")).to_have_text(
+        "Saved: an alert fires when available credits fall below 5."
+    )
+    # The team has no credits yet: below 5 already, the threshold starts fired.
+    assert _thresholds(page) == [_fired("5")]
+    assert _api(base, page, f"/api/credit/alerts?team_id={team['id']}") == {
+        "thresholds": [{"threshold": "5", "armed": False}],
+        "team_id": team["id"],
+    }
+    assert _api(base, page, "/api/credit/alerts")["thresholds"] == personal
+    expect(page.locator("#endpoint-form")).to_be_visible()
+
+    # Back to their own credits: theirs are shown again.
+    page.locator("#team-chosen").select_option(label="Personal: your own credits")
+    expect(page.locator("#signals-for")).to_have_text("For your own credits.")
+    expect(page.locator("#thresholds tbody tr")).to_have_count(max(len(personal), 1))
+    assert _thresholds(page) == (
+        [(_armed if each["armed"] else _fired)(each["threshold"]) for each in personal]
+        or [["No thresholds yet: add one below."]]
+    )
+
+    # The member reads the team's thresholds, and is offered nothing they may not do.
+    _as(page, member)
+    page.locator("#team-chosen").select_option(label=f"{name} (member)")
+    expect(page.locator("#signals-for")).to_have_text(
+        f"For the team {name}: you see its thresholds; only its owner and its admins change"
+        " them and manage its webhooks."
+    )
+    expect(page.locator("#thresholds tbody tr")).to_have_count(1)
+    assert _thresholds(page) == [_fired("5")]
+    expect(page.locator("#thresholds thead th")).to_have_text(["Threshold", "State", "Actions"])
+    expect(page.locator("#thresholds thead th").last).to_be_hidden()
+    expect(page.locator("#thresholds tbody button")).to_have_count(0)
+    for hidden in ("#thresholds-manage", "#endpoints-manage"):
+        expect(page.locator(hidden)).to_be_hidden()
+    expect(page.locator("#endpoints-closed")).to_be_visible()
+    assert _serious_violations(page) == []
+    page.locator("#signals-section").screenshot(
+        path=str(browsing.screenshots / "dashboard-webhooks-member.png")
+    )
