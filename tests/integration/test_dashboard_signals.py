@@ -6,8 +6,9 @@ and follows its delivery in the log as the deliver-webhooks job posts it to a re
 loopback (500, retried; the endpoint disabled, the delivery failed; enabled and retried by
 hand: delivered, with one `webhook-id` and a valid signature), then deletes it. With the URL
 rules on, a loopback or plain-http URL is refused in words. A team's owner manages the team's
-alerts; a member reads its thresholds only, and the page asks nothing it would be refused.
-axe finds nothing serious; screenshots go to DASHBOARD_SCREENSHOTS."""
+alerts and endpoints, apart from their own (a secret shown is gone once they look at their own
+credits, or sign out); a member reads its thresholds only, and the page asks nothing it would be
+refused. axe finds nothing serious; screenshots go to DASHBOARD_SCREENSHOTS."""
 
 from __future__ import annotations
 
@@ -332,9 +333,7 @@ def test_a_refused_url_is_said_in_words(app: Flask, tmp_path: Path) -> None:
 
 
 def _as(page: Page, person: Person) -> None:
-    """The page signed in as `person`, on the same tab."""
-    page.get_by_role("button", name="Sign out").click()
-    page.get_by_role("button", name="Sign in as the demo user").wait_for()
+    """The signed-out page signed in as `person`, on the same tab."""
     page.evaluate(f"sessionStorage.setItem('creditapp.access_token', '{person.token}')")
     page.reload()
     expect(page.locator("#signals-for")).to_have_text("For your own credits.")
@@ -381,9 +380,19 @@ def test_a_teams_alerts_are_its_managers_and_its_members_read_them(
         "team_id": team["id"],
     }
     assert _api(base, page, "/api/credit/alerts")["thresholds"] == personal
-    expect(page.locator("#endpoint-form")).to_be_visible()
 
-    # Back to their own credits: theirs are shown again.
+    # An endpoint of the team's (nothing is posted to it here).
+    hook = "http://127.0.0.1:9/team-hooks"
+    page.get_by_label("URL", exact=True).fill(hook)
+    page.get_by_role("button", name="Add endpoint").click()
+    expect(page.locator("#new-secret")).to_be_visible()
+    secret = page.locator("#new-secret-text").inner_text()
+    (endpoint,) = _api(base, page, f"/api/webhook-endpoints?team_id={team['id']}")["items"]
+    assert (endpoint["url"], endpoint["team_id"]) == (hook, team["id"])
+    expect(page.locator("#endpoints tbody tr")).to_have_count(1)
+    assert _rows(page, "#endpoints")[0][:3] == [hook, "balance.low, balance.depleted", "Enabled"]
+
+    # Back to their own credits: theirs are shown again, and the team's secret is gone.
     page.locator("#team-chosen").select_option(label="Personal: your own credits")
     expect(page.locator("#signals-for")).to_have_text("For your own credits.")
     expect(page.locator("#thresholds tbody tr")).to_have_count(max(len(personal), 1))
@@ -391,6 +400,28 @@ def test_a_teams_alerts_are_its_managers_and_its_members_read_them(
         [(_armed if each["armed"] else _fired)(each["threshold"]) for each in personal]
         or [["No thresholds yet: add one below."]]
     )
+    expect(page.locator("#endpoints tbody tr")).to_have_text(["No endpoints yet."])
+    expect(page.locator("#new-secret")).to_be_hidden()
+    assert secret not in page.content()
+    assert _api(base, page, "/api/webhook-endpoints")["items"] == []
+
+    # Another endpoint of the team's, its secret showing when the owner signs out: gone with them.
+    page.locator("#team-chosen").select_option(label=f"{name} (owner)")
+    expect(page.locator("#endpoints tbody tr")).to_have_count(1)
+    page.get_by_label("URL", exact=True).fill(f"{hook}/caps")
+    page.get_by_label("balance.low").uncheck()
+    page.get_by_label("balance.depleted").uncheck()
+    page.get_by_label("team.member_cap_reached").check()
+    page.get_by_role("button", name="Add endpoint").click()
+    expect(page.locator("#endpoints tbody tr")).to_have_count(2)
+    secret = page.locator("#new-secret-text").inner_text()
+    assert secret.startswith("whsec_")
+    assert _rows(page, "#endpoints")[0][:2] == [f"{hook}/caps", "team.member_cap_reached"]
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in as the demo user").wait_for()
+    assert secret not in page.content()
+    expect(page.locator("#new-secret")).to_be_hidden()
+    expect(page.locator("#endpoints tbody tr")).to_have_count(0)
 
     # The member reads the team's thresholds, and is offered nothing they may not do.
     _as(page, member)
