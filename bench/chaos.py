@@ -1310,10 +1310,12 @@ def fail_receivers(
         for receiver in receivers:
             receiver.script(*[hang] * RECEIVER_HANGS)
         # The hangs first: while `fail_for` lasts, the receiver answers nothing it was scripted.
-        stop.wait(RECEIVER_TIMEOUT_SECONDS + 1)
+        if stop.wait(RECEIVER_TIMEOUT_SECONDS + 1):
+            return
         for receiver in receivers:
             receiver.fail_for(RECEIVER_OUTAGE_SECONDS, status=500)
-        stop.wait(RECEIVER_OUTAGE_SECONDS)
+        if stop.wait(RECEIVER_OUTAGE_SECONDS):
+            return
         print(f"  {time.monotonic() - started:6.1f} s  receivers recovered", flush=True)
 
 
@@ -1397,11 +1399,13 @@ def wait_for_deliveries(url: str) -> None:
             time.sleep(1)
 
 
-def check_signals(url: str, listeners: list[Listener], found: Findings) -> None:
-    """Every committed event of an account since its endpoint was made has a delivery to it,
-    delivered, and its receiver got it (its `evt_<id>`, its type and data) with a valid
-    signature; none came under two webhook-ids (one body under two ids, or an id the outbox
-    never sent to that endpoint)."""
+def check_signals(
+    url: str, listeners: list[Listener], listening_since: datetime, found: Findings
+) -> None:
+    """Every committed event of an account since every endpoint was made has a delivery to its
+    account's, every delivery is delivered, and its receiver got it (its `evt_<id>`, its type
+    and data) with a valid signature; none came under two webhook-ids (one body under two ids,
+    or an id the outbox never sent to that endpoint)."""
     with psycopg.connect(url, autocommit=True) as db:
         events = {
             event_id: (account_id, kind, data, created_at)
@@ -1412,21 +1416,20 @@ def check_signals(url: str, listeners: list[Listener], found: Findings) -> None:
         deliveries = db.execute(
             "SELECT event_id, endpoint_id, status, attempts, last_error FROM webhook_deliveries"
         ).fetchall()
-        endpoints = {
-            endpoint_id: (account_id, enabled, disabled_reason, created_at)
-            for endpoint_id, account_id, enabled, disabled_reason, created_at in db.execute(
-                "SELECT id, account_id, enabled, disabled_reason, created_at FROM webhook_endpoints"
-                " WHERE deleted_at IS NULL"
-            ).fetchall()
-        }
+        endpoints = db.execute(
+            "SELECT id, account_id, enabled, disabled_reason FROM webhook_endpoints"
+            " WHERE deleted_at IS NULL"
+        ).fetchall()
     sent = {(endpoint_id, event_id) for event_id, endpoint_id, *_ in deliveries}
-    for endpoint_id, (account_id, enabled, reason, created_at) in endpoints.items():
+    for endpoint_id, account_id, enabled, reason in endpoints:
         if not enabled:
             found.other.append(f"endpoint {endpoint_id}: disabled ({reason})")
+        # While the endpoints were being made, a job's event (grant.expiring: thresholds
+        # made the account watched) may come before its account's endpoint.
         for event_id, (of_account, kind, _, at) in events.items():
             if (
                 of_account == account_id
-                and at >= created_at
+                and at > listening_since
                 and (endpoint_id, event_id) not in sent
             ):
                 found.lost.append(
@@ -1957,6 +1960,7 @@ def main() -> int:
             flush=True,
         )
         deployment.listeners += clients.listen()
+        listening_since = datetime.now(UTC)
         print(
             f"signals: {len(deployment.listeners)} accounts with thresholds and an endpoint, each"
             f" at a receiver of its own; retries after {RECEIVER_RETRY_SCHEDULE} s",
@@ -1998,7 +2002,7 @@ def main() -> int:
         findings = check(
             deployment.direct_url, clients, deployment, workers_at_risk * args.web_threads
         )
-        check_signals(deployment.direct_url, deployment.listeners, findings)
+        check_signals(deployment.direct_url, deployment.listeners, listening_since, findings)
         for watch in injector.watching:
             watch.join()
         findings.facts["beat locks taken over after their holder was killed"] = sum(
