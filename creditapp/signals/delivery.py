@@ -2,26 +2,32 @@
 
 A run claims a few due deliveries in a short transaction (`FOR UPDATE SKIP LOCKED` on
 PostgreSQL, so that runs at once never take the same one; SQLite runs one writer at a time)
-and moves their `next_attempt_at` past a lease, long enough for the post: no other run takes
-them meanwhile. It commits, posts them outside any transaction (no lock is held while a
-receiver answers), then records what came back in another short transaction, only where the
-lease is still its own. A run that dies while posting records nothing: once the lease ends,
-the delivery is due again and is posted with the same `webhook-id` (at least once; receivers
-drop what they have seen by that id).
+and leases them (`claimed_until`), long enough for the post: no other run takes them meanwhile,
+and a manual retry only makes them due again after it. It commits, posts them outside any
+transaction (no lock is held while a receiver answers), then records each outcome as it comes,
+in a short transaction of its own, only where the lease is still its own. A run that dies
+while posting records nothing: once the lease ends, the delivery is claimed again and posted
+with the same `webhook-id` (at least once; receivers drop what they have seen by that id).
 
 Each attempt connects to the address the URL rules just checked (`urls.destination`), never
-follows a redirect, and gives up after WEBHOOK_TIMEOUT_SECONDS to connect and as long to read.
+follows a redirect, and gives up after WEBHOOK_TIMEOUT_SECONDS to connect and as long again
+for the whole answer (a receiver that sends it a byte at a time is cut off then), well within
+the lease.
 2xx is delivered; anything else is retried on WEBHOOK_RETRY_SCHEDULE, and the attempt after
 its last entry fails the delivery for good; 410 (the receiver says it is gone) also disables
-its endpoint and fails all its pending deliveries.
+its endpoint and fails all its pending deliveries. Every run also fails what is still pending
+for an endpoint disabled or deleted meanwhile (an event that fanned out as it was disabled).
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +37,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from sqlalchemy import update
 from standardwebhooks.webhooks import Webhook
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from creditapp import ledger
 from creditapp.database import DbSession, read_time, write_transaction
@@ -58,6 +66,7 @@ CLAIM = Statement(
        JOIN webhook_endpoints e ON e.id = d.endpoint_id
        JOIN webhook_events v ON v.id = d.event_id
        WHERE d.status = 'pending' AND d.next_attempt_at <= :now
+         AND (d.claimed_until IS NULL OR d.claimed_until <= :clock)
          AND e.enabled AND e.deleted_at IS NULL
        ORDER BY d.next_attempt_at, d.id
        LIMIT :limit""",
@@ -65,35 +74,46 @@ CLAIM = Statement(
     # another run.
     lock="FOR UPDATE OF d SKIP LOCKED",
 )
-LEASE = Statement("UPDATE webhook_deliveries SET next_attempt_at = :lease WHERE id = :delivery")
+LEASE = Statement("UPDATE webhook_deliveries SET claimed_until = :lease WHERE id = :delivery")
 # Every outcome is recorded only while the lease is the run's own: a run that outlived its
-# lease (or a manual retry meanwhile) leaves the delivery to whoever took it since.
-_LEASED = "id = :delivery AND status = 'pending' AND next_attempt_at = :lease"
+# lease leaves the delivery to whoever took it since.
+_LEASED = "id = :delivery AND status = 'pending' AND claimed_until = :lease"
 RECORD_DELIVERED = Statement(
     f"""UPDATE webhook_deliveries
        SET status = 'delivered', attempts = attempts + 1, next_attempt_at = NULL,
-           last_attempt_at = :now, last_status = :http_status, last_error = NULL,
-           delivered_at = :now
+           claimed_until = NULL, last_attempt_at = :now, last_status = :http_status,
+           last_error = NULL, delivered_at = :now
        WHERE {_LEASED} RETURNING id"""
 )
 RECORD_FAILED_ATTEMPT = Statement(
     f"""UPDATE webhook_deliveries
        SET status = :status, attempts = attempts + 1, next_attempt_at = :next_attempt_at,
-           last_attempt_at = :now, last_status = :http_status, last_error = :error
+           claimed_until = NULL, last_attempt_at = :now, last_status = :http_status,
+           last_error = :error
        WHERE {_LEASED} RETURNING id"""
 )
 DISABLE_GONE_ENDPOINT = Statement(
     """UPDATE webhook_endpoints SET enabled = false, disabled_reason = :reason
        WHERE id = :endpoint AND enabled"""
 )
+# What another run is posting right now is left to it (its outcome is recorded, and the next
+# sweep fails it if it stays pending).
+_UNCLAIMED = "(claimed_until IS NULL OR claimed_until <= :clock)"
 FAIL_PENDING_OF_ENDPOINT = Statement(
-    """UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL, last_error = :error
-       WHERE endpoint_id = :endpoint AND status = 'pending'"""
+    f"""UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL, last_error = :error
+       WHERE endpoint_id = :endpoint AND status = 'pending' AND {_UNCLAIMED}"""
+)
+FAIL_PENDING_OF_DISABLED = Statement(
+    f"""UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL, last_error = :error
+       WHERE status = 'pending' AND {_UNCLAIMED}
+         AND endpoint_id IN (SELECT id FROM webhook_endpoints
+                             WHERE NOT enabled OR deleted_at IS NOT NULL)
+       RETURNING id"""
 )
 # Deliveries are found through their event's `created_at` (indexed): a delivery is created
 # with its event.
 PURGE_DELIVERIES = Statement(
-    """DELETE FROM webhook_deliveries WHERE id IN (
+    """DELETE FROM webhook_deliveries WHERE status <> 'pending' AND id IN (
          SELECT d.id FROM webhook_events v JOIN webhook_deliveries d ON d.event_id = v.id
          WHERE v.created_at < :cutoff AND d.created_at < :cutoff AND d.status <> 'pending'
          LIMIT :limit)
@@ -154,35 +174,48 @@ def run(
     allow_private = bool(settings["WEBHOOK_ALLOW_PRIVATE"])
     lease_length = timedelta(seconds=2 * timeout + LEASE_MARGIN_SECONDS)
     started = time.monotonic()
-    summary = dict.fromkeys(("delivered", "retrying", "failed", "url_refused", "lease_lost"), 0)
+    summary = dict.fromkeys(
+        ("delivered", "retrying", "failed", "url_refused", "lease_lost", "disabled"), 0
+    )
+
+    def clock() -> datetime:
+        """`now` moved on by the time the run has taken: leases run from when they are taken
+        and end when they end, however long earlier rounds waited on slow receivers."""
+        return now + timedelta(seconds=time.monotonic() - started)
+
+    with write_transaction(session):
+        sql = LedgerSql(session)
+        failed = sql.all(
+            FAIL_PENDING_OF_DISABLED,
+            error="The endpoint was disabled or deleted.",
+            clock=sql.time(clock()),
+        )
+    summary["disabled"] = len(failed)
     while True:
-        # Each round's lease runs from when it claims: a run whose earlier rounds waited on
-        # slow receivers must not claim with a lease that has already ended.
-        lease = now + timedelta(seconds=time.monotonic() - started) + lease_length
-        claimed = _claim(session, now=now, lease=lease)
+        lease = clock() + lease_length
+        claimed = _claim(session, now=now, clock=clock(), lease=lease)
         if not claimed:
             break
         with ThreadPoolExecutor(max_workers=len(claimed)) as pool:
-            attempts = list(
-                pool.map(
-                    lambda item: post(item, timeout=timeout, allow_private=allow_private), claimed
-                )
-            )
-        with write_transaction(session):
-            sql = LedgerSql(session)
-            # A 410 fails its endpoint's other pending deliveries: those posted in this round
-            # are recorded before it.
-            outcomes = [
-                _record(sql, item, attempt, now=now, lease=lease, schedule=schedule)
-                for item, attempt in sorted(
-                    zip(claimed, attempts, strict=True),
-                    key=lambda pair: pair[1].http_status == 410,
-                )
-            ]
-        for outcome in outcomes:
-            summary[outcome] += 1
-            if outcome != "lease_lost":
-                WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
+            posts = {
+                pool.submit(post, item, timeout=timeout, allow_private=allow_private): item
+                for item in claimed
+            }
+            # Each outcome is recorded as it comes: a slow receiver holds back no other's.
+            for done in as_completed(posts):
+                with write_transaction(session):
+                    outcome = _record(
+                        LedgerSql(session),
+                        posts[done],
+                        done.result(),
+                        now=now,
+                        clock=clock(),
+                        lease=lease,
+                        schedule=schedule,
+                    )
+                summary[outcome] += 1
+                if outcome != "lease_lost":
+                    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
     summary.update(_purge(session, cutoff=now - timedelta(days=settings["WEBHOOK_RETENTION_DAYS"])))
     return summary
 
@@ -220,7 +253,7 @@ def post(item: Claimed, *, timeout: int, allow_private: bool) -> Attempt:
     with requests.Session() as http:
         # No proxy and no .netrc from the environment: the post goes to the checked address.
         http.trust_env = False
-        http.mount(f"{destination.scheme}://", PinnedAddress(destination))
+        http.mount(f"{destination.scheme}://", PinnedAddress(destination, answer_within=timeout))
         try:
             # `stream`: the answer's status is all that is read, never its body.
             with http.post(
@@ -245,9 +278,10 @@ class PinnedAddress(HTTPAdapter):
     now (DNS rebinding); https still sends the URL's host as SNI and checks the certificate
     against it. The Host header is the URL's too (set by `post`)."""
 
-    def __init__(self, destination: urls.Destination):
+    def __init__(self, destination: urls.Destination, *, answer_within: float):
         self._destination = destination
         super().__init__(max_retries=0)
+        self.poolmanager.pool_classes_by_scheme = _pools_answering_within(answer_within)
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None
@@ -263,10 +297,49 @@ class PinnedAddress(HTTPAdapter):
         return host_params, pool_kwargs
 
 
-def _claim(session: DbSession, *, now: datetime, lease: datetime) -> list[Claimed]:
+def _pools_answering_within(seconds: float) -> dict[str, type[HTTPConnectionPool]]:
+    """Connection pools whose connections are cut `seconds` after they connect: the read
+    timeout bounds each wait for a byte, this bounds the whole answer."""
+
+    def cut_off(connection: HTTPConnection) -> None:
+        # Shutting the socket down wakes the thread blocked reading it (OSError: it is gone).
+        with suppress(OSError):
+            if connection.sock is not None:
+                connection.sock.shutdown(socket.SHUT_RDWR)
+
+    class Deadline:
+        _deadline: threading.Timer | None = None
+
+        def connect(self) -> None:
+            super().connect()  # type: ignore[misc]
+            self._deadline = threading.Timer(seconds, cut_off, args=(self,))
+            self._deadline.daemon = True
+            self._deadline.start()
+
+        def close(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().close()  # type: ignore[misc]
+
+    class HttpConnection(Deadline, HTTPConnection):
+        pass
+
+    class HttpsConnection(Deadline, HTTPSConnection):
+        pass
+
+    class HttpPool(HTTPConnectionPool):
+        ConnectionCls = HttpConnection
+
+    class HttpsPool(HTTPSConnectionPool):
+        ConnectionCls = HttpsConnection
+
+    return {"http": HttpPool, "https": HttpsPool}
+
+
+def _claim(session: DbSession, *, now: datetime, clock: datetime, lease: datetime) -> list[Claimed]:
     with write_transaction(session):
         sql = LedgerSql(session)
-        rows = sql.all(CLAIM, now=sql.time(now), limit=CLAIM_BATCH)
+        rows = sql.all(CLAIM, now=sql.time(now), clock=sql.time(clock), limit=CLAIM_BATCH)
         if rows:
             sql.run_many(LEASE, [{"lease": sql.time(lease), "delivery": row[0]} for row in rows])
     return [_claimed(row) for row in rows]
@@ -299,6 +372,7 @@ def _record(
     attempt: Attempt,
     *,
     now: datetime,
+    clock: datetime,
     lease: datetime,
     schedule: tuple[int, ...],
 ) -> str:
@@ -328,6 +402,7 @@ def _record(
             FAIL_PENDING_OF_ENDPOINT,
             endpoint=item.endpoint_id,
             error="The endpoint was disabled: it answered 410 Gone.",
+            clock=sql.time(clock),
         )
     if attempt.url_refused:
         return "url_refused"

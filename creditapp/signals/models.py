@@ -101,7 +101,8 @@ class WebhookEvent(db.Model):  # type: ignore[name-defined,misc]
 
 class WebhookDelivery(db.Model):  # type: ignore[name-defined,misc]
     """One event to one endpoint: `pending` until a 2xx (`delivered`) or its last attempt
-    (`failed`); `next_attempt_at` is when the delivery job may post it again."""
+    (`failed`); `next_attempt_at` is when the delivery job may post it again, `claimed_until`
+    the end of the lease of a run posting it."""
 
     __tablename__ = "webhook_deliveries"
 
@@ -115,6 +116,9 @@ class WebhookDelivery(db.Model):  # type: ignore[name-defined,misc]
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A delivery run posting it now holds it until then (its lease): no other run claims it,
+    # and only that run records the attempt. A manual retry leaves a lease alone.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The HTTP status of the last attempt, or NULL with `last_error` when none came back.
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -99,6 +99,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", TIMESTAMP, nullable=True),
+        sa.Column("claimed_until", TIMESTAMP, nullable=True),
         sa.Column("last_attempt_at", TIMESTAMP, nullable=True),
         sa.Column("last_status", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.String(200), nullable=True),

@@ -7,11 +7,15 @@ redirect followed, the purge after the retention, and the metrics of it all."""
 from __future__ import annotations
 
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from creditapp import ledger
 from creditapp.database import write_transaction
@@ -356,9 +360,9 @@ def test_a_run_killed_while_posting_is_delivered_after_its_lease_with_the_same_w
         receiver.release()
 
     row = only_delivery()
-    assert (row.status, row.attempts) == ("pending", 0)
+    assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, row.created_at)
     # The lease runs from the claim: `now` plus the moments the run took to claim it.
-    lease_ends = row.next_attempt_at
+    lease_ends = row.claimed_until
     assert lease_ends is not None
     assert now + LEASE <= lease_ends <= now + LEASE + timedelta(seconds=30)
     assert run_job_at(app, JOB, lease_ends - timedelta(seconds=1))["delivered"] == 0
@@ -478,7 +482,7 @@ def test_a_post_connects_to_the_checked_address_whatever_the_name_resolves_to(
     checked = urls.Destination(url, "http", "rebound.invalid", receiver.port, "127.0.0.1")
     with requests.Session() as http:
         http.trust_env = False
-        http.mount("http://", delivery.PinnedAddress(checked))
+        http.mount("http://", delivery.PinnedAddress(checked, answer_within=10))
         answer = http.post(url, data=b"{}", headers={"Host": f"rebound.invalid:{receiver.port}"})
     assert answer.status_code == 200
     [request] = receiver.received
@@ -515,7 +519,7 @@ def test_https_to_the_checked_address_names_the_urls_host_and_checks_its_certifi
             checked = urls.Destination(url, "https", host, receiver.port, "127.0.0.1")
             with requests.Session() as http:
                 http.trust_env = False
-                http.mount("https://", delivery.PinnedAddress(checked))
+                http.mount("https://", delivery.PinnedAddress(checked, answer_within=10))
                 return http.post(
                     url,
                     data=b"{}",
@@ -583,3 +587,105 @@ def test_the_oldest_undelivered_event_is_measured_when_scraped(
     assert 7200 <= oldest() < 7200 + 60
     run_job_at(app, JOB, utcnow())
     assert oldest() == 0
+
+
+class TricklingReceiver:
+    """A receiver that answers a byte at a time, each within the read timeout, for as long as
+    the connection stays open: only a deadline on the whole answer ends its post."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+
+    def _trickle(self, connection: socket.socket) -> None:
+        with connection, suppress(OSError):
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * 100:
+                if self._stop.wait(0.3):
+                    return
+                connection.sendall(bytes([byte]))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.listener.close()
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_and_holds_back_no_other(
+    app: Flask, person: Person, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(app.config, "WEBHOOK_TIMEOUT_SECONDS", 1)
+    trickling = TricklingReceiver()
+    try:
+        slow = new_endpoint(person, f"http://127.0.0.1:{trickling.port}/hooks")
+        fast = new_endpoint(person, receiver.url())
+        emit(person)
+        started = time.monotonic()
+        summary = run_job_at(app, JOB, utcnow())
+        took = time.monotonic() - started
+    finally:
+        trickling.close()
+    # Connected at once, cut off a second later (a busy machine may add some).
+    assert took < 10
+    assert (summary["delivered"], summary["retrying"], summary["lease_lost"]) == (1, 1, 0)
+    by_endpoint = {row.endpoint_id: row for row in deliveries()}
+    assert (by_endpoint[fast].status, by_endpoint[fast].attempts) == ("delivered", 1)
+    cut = by_endpoint[slow]
+    assert (cut.status, cut.attempts, cut.last_status) == ("pending", 1, None)
+    assert cut.last_error is not None and cut.claimed_until is None
+    assert trickling.connections == 1
+
+
+def test_a_manual_retry_never_posts_a_delivery_another_run_is_posting(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    new_endpoint(person, receiver.url())
+    emit(person)
+    receiver.script(Answer(hang=True))
+    now = utcnow()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        posting = pool.submit(run_job_at, app, JOB, now)
+        receiver.wait_for(lambda r: len(r.received) == 1, seconds=30)
+        with app.app_context():
+            with write_transaction(db.session):
+                delivery.retry(db.session, delivery_id=only_delivery().id, now=now)
+            db.session.remove()
+        # Due again, but leased: a second run leaves it to the first.
+        assert run_job_at(app, JOB, now)["delivered"] == 0
+        assert len(receiver.received) == 1
+        receiver.release()
+        assert posting.result(timeout=60)["delivered"] == 1
+    assert list(receiver.ids().values()) == [1]
+    assert (only_delivery().status, only_delivery().attempts) == ("delivered", 1)
+
+
+def test_a_pending_delivery_of_an_endpoint_disabled_meanwhile_fails_at_the_next_run(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    endpoint_id = new_endpoint(person, receiver.url())
+    emit(person)
+    # As if the event fanned out while its endpoint was being disabled.
+    with write_transaction(db.session):
+        db.session.execute(
+            update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id).values(enabled=False)
+        )
+    summary = run_job_at(app, JOB, utcnow())
+    assert (summary["disabled"], summary["delivered"]) == (1, 0)
+    row = only_delivery()
+    assert (row.status, row.next_attempt_at) == ("failed", None)
+    assert row.last_error == "The endpoint was disabled or deleted."
+    assert receiver.received == []
