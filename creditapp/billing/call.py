@@ -266,12 +266,17 @@ def _hold(
 @contextmanager
 def _refusal_announced(session: DbSession, *, now: datetime) -> Iterator[None]:
     """A hold refused by a spending cap rolls back; the cap's event is then written in a
-    transaction of its own (once per cap and period)."""
+    transaction of its own (once per cap and period). The refusal is what the caller hears:
+    if that write fails (the database just went away), the event is not written, since the
+    refusal changed nothing, and the error is logged."""
     try:
         yield
     except SpendCapReached as refused:
-        with write_transaction(session):
-            spend_caps.announce_reached(LedgerSql(session), cap_id=refused.cap_id, now=now)
+        try:
+            with write_transaction(session):
+                spend_caps.announce_reached(LedgerSql(session), cap_id=refused.cap_id, now=now)
+        except Exception as error:  # the caller is told the refusal, whatever became of this
+            log.error("cap_refusal_not_announced", cap_id=refused.cap_id, error=str(error))
         raise
 
 

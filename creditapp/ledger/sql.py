@@ -219,7 +219,10 @@ CAP_STANDING = Statement(
 CLOSE_CAP = Statement(
     "UPDATE spend_caps SET closed_at = :now WHERE id = :cap AND closed_at IS NULL"
 )
-SET_CEILING = Statement("UPDATE spend_caps SET ceiling = :ceiling WHERE id = :cap")
+# A new ceiling may be reached again: its first refusal is announced, even in this period.
+SET_CEILING = Statement(
+    "UPDATE spend_caps SET ceiling = :ceiling, reached_signalled_for = NULL WHERE id = :cap"
+)
 LOCK_CAP = Statement("SELECT period FROM spend_caps WHERE id = :cap", lock="FOR UPDATE")
 # A cap counted per another period from now on: what it spent in the new period so far is what
 # its settled holds captured since that period began (the cap row is locked first, so that a

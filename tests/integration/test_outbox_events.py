@@ -248,6 +248,16 @@ def test_a_key_limit_reached_is_announced_once_per_period(
             )
         ]
         db.session.remove()
+    # A raised limit reached again is announced again, in the same period.
+    raised = client.patch(f"/api/keys/{key['id']}", json={"limit": "8"}, headers=owner.headers)
+    assert raised.status_code == 200
+    refused = client.post(
+        "/v1/chat/completions", json=call, headers={"Authorization": f"Bearer {key['key']}"}
+    )
+    assert refused.status_code == 402
+    with app.app_context():
+        assert [data["limit"] for _, data in events(owner.account_id)] == ["5", "8"]
+        db.session.remove()
     assert fake_providers.calls("openai") == []
 
 
