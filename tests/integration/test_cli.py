@@ -116,6 +116,7 @@ def test_jobs_run_prints_its_summary_and_refuses_unknown_jobs_and_times(app: Fla
         "failed": 0,
         "url_refused": 0,
         "lease_lost": 0,
+        "disabled": 0,
         "purged_deliveries": 0,
         "purged_events": 0,
     }
