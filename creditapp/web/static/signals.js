@@ -6,8 +6,10 @@ import { $, api, button, cell, clearFieldProblems, credits, fieldProblems, json,
 // The account in view ({ teamId, name, manages }); your own credits until a team is chosen.
 let view = { teamId: null, name: "", manages: true };
 // The thresholds as the page will save them, each { amount, armed } (armed null: added, not
-// saved yet), lowest first.
-let draft = [];
+// saved yet), lowest first; null until they are read (nothing can be changed then: a save would
+// replace thresholds never seen), and `reading` while they are asked for.
+let draft = null;
+let reading = false;
 // The endpoint whose deliveries are shown, or null.
 let logOf = null;
 // Which account the section shows, counted: an answer for an account no longer in view (the
@@ -68,10 +70,15 @@ function showThresholds() {
   const heading = $("#thresholds thead th:last-child");
   heading.hidden = !view.manages;
   body.replaceChildren();
-  if (!draft.length) {
-    const none = view.manages ? "No thresholds yet: add one below." : "No thresholds.";
-    cell(body.insertRow(), none).colSpan = view.manages ? 3 : 2;
+  for (const form of ["#threshold-add", "#alerts-form"]) $(`${form} button[type=submit]`).disabled = draft === null;
+  const columns = view.manages ? 3 : 2;
+  if (draft === null) {
+    const row = body.insertRow();
+    row.className = reading ? "reading" : "unread";
+    cell(row, reading ? "Reading the thresholds…" : "The thresholds could not be read.").colSpan = columns;
+    return;
   }
+  if (!draft.length) cell(body.insertRow(), view.manages ? "No thresholds yet: add one below." : "No thresholds.").colSpan = columns;
   for (const threshold of draft) {
     const row = body.insertRow();
     row.className = threshold.armed === null ? "new" : threshold.armed ? "armed" : "fired";
@@ -89,6 +96,9 @@ async function loadThresholds(check) {
   const area = $("#thresholds");
   const mine = viewing;
   area.querySelector("[role=alert]").textContent = "";
+  draft = null;
+  reading = true;
+  showThresholds();
   try {
     const answer = await json(`/api/credit/alerts${teamQuery() ? `?${teamQuery()}` : ""}`);
     check();
@@ -96,9 +106,9 @@ async function loadThresholds(check) {
     draft = answer.thresholds.map((each) => ({ amount: each.threshold, armed: each.armed }));
   } catch (error) {
     if (error.signedOut || check.ended() || mine !== viewing) return;
-    draft = [];
     area.querySelector("[role=alert]").textContent = `The thresholds could not be read: ${error.message}`;
   }
+  reading = false;
   showThresholds();
 }
 
@@ -225,8 +235,8 @@ let endpointPages = loadEndpoints();
 async function sendTest(row, endpoint) {
   const sent = await rowRequest(row, `${endpointPath(endpoint)}/test`, { method: "POST" }, "The test event was not sent");
   if (!sent) return;
-  said($("#endpoints-said"), `A test event (${sent.event_id}) is on its way to ${endpoint.url}: see its delivery below.`);
   await showDeliveries(endpoint);
+  said($("#endpoints-said"), `A test event (${sent.event_id}) is on its way to ${endpoint.url}: see its delivery below.`);
 }
 
 async function setEnabled(row, endpoint, enabled) {
@@ -234,8 +244,9 @@ async function setEnabled(row, endpoint, enabled) {
   const changed = await rowRequest(row, endpointPath(endpoint), { method: "PATCH", body: { enabled } }, `${endpoint.url} was not ${what}`);
   if (!changed) return;
   fillEndpoint(row, changed);
-  said($("#endpoints-said"), enabled ? `${changed.url} is enabled: events are posted to it again.` : `${changed.url} is disabled: nothing is posted to it, and its pending deliveries failed.`);
+  // Its log first, as it now is (disabling failed its waiting deliveries), then what was done.
   if (logOf?.id === changed.id) await showDeliveries(changed);
+  said($("#endpoints-said"), enabled ? `${changed.url} is enabled: events are posted to it again.` : `${changed.url} is disabled: nothing is posted to it, and its pending deliveries failed.`);
 }
 
 async function deleteEndpoint(row, endpoint) {
@@ -419,7 +430,8 @@ function showView() {
 export async function showSignals(viewed) {
   viewing += 1;
   view = { teamId: viewed.teamId, name: viewed.name, manages: viewed.teamId === null || ["owner", "admin"].includes(viewed.role) };
-  draft = [];
+  draft = null;
+  reading = true;
   hideSecret();
   closeDeliveries();
   for (const form of ["#threshold-add", "#alerts-form", "#endpoint-form"]) {
@@ -441,7 +453,8 @@ export async function showSignals(viewed) {
 export function forgetSignals() {
   viewing += 1;
   view = { teamId: null, name: "", manages: true };
-  draft = [];
+  draft = null;
+  reading = false;
   hideSecret();
   closeDeliveries();
   showView();
