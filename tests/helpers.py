@@ -250,18 +250,19 @@ def clear_rate_limit_counters(app: Flask) -> None:
 
 
 def self_signed_certificate(key: CertificateIssuerPrivateKeyTypes, common_name: str) -> bytes:
-    """A PEM certificate for `key` naming `common_name`, valid from yesterday to tomorrow,
+    """A PEM certificate for `key` naming `common_name`, valid from 2000 to 2099,
     issued by itself."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=1))
+        # Valid whatever date the suite runs at (CREDITAPP_TEST_CLOCK moves Python's clock, not
+        # OpenSSL's, which checks it).
+        .not_valid_before(datetime(2000, 1, 1, tzinfo=UTC))
+        .not_valid_after(datetime(2099, 12, 31, tzinfo=UTC))
         # Its name as a TLS client checks it, and its own authority (a client trusts it alone).
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)

@@ -218,7 +218,7 @@ def test_a_key_limit_reached_is_announced_once_per_period(
     owner = person_factory(credits=1000 * CR)
     made = client.post(
         "/api/keys",
-        json={"name": "capped", "limit": "5", "limit_period": "day"},
+        json={"name": "capped", "limit": "5", "limit_period": "total"},
         headers={**owner.headers, "Idempotency-Key": "key-1"},
     )
     assert made.status_code == 201
@@ -243,7 +243,7 @@ def test_a_key_limit_reached_is_announced_once_per_period(
                     "user_id": str(owner.id),
                     "key_id": key["id"],
                     "limit": "5",
-                    "period": "day",
+                    "period": "total",
                 },
             )
         ]
