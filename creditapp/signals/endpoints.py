@@ -4,7 +4,8 @@ account (a personal account's user; a team's owner and admins).
 An endpoint listens to some of the event types; its secret (`whsec_` and the base64 of 24
 random bytes, as the Standard Webhooks libraries read it) signs every delivery and is shown
 once, when the endpoint is made. Its URL passes the rules against server-side request forgery
-(`creditapp.signals.urls`) when it is saved, and again at every delivery.
+(`creditapp.signals.urls`) when it is given, before any transaction (a `CheckedUrl` says it
+did), and again at every delivery.
 
 An endpoint that stops listening (disabled or deleted) gets no new event, and its pending
 deliveries fail at once, saying why: nothing would ever send them, and a delivery left pending
@@ -13,6 +14,12 @@ A deleted endpoint is kept (its deliveries name it) but found by no one.
 
 Someone who may not see an endpoint finds none (404), except a plain member of its team, who
 is told that only the team's owner and admins manage its endpoints (403).
+
+Locks: an endpoint to change is locked FOR NO KEY UPDATE, which leaves a ledger operation free
+to add a delivery to it (the foreign key takes KEY SHARE); what stops it listening takes its
+account's row first, as a ledger operation does, so that no fan-out is under way while its
+pending deliveries fail (one that committed is failed with them; one that follows sees it
+stopped).
 """
 
 from __future__ import annotations
@@ -102,16 +109,14 @@ def create(
     *,
     user_id: int,
     account_id: int,
-    url: str,
+    url: urls.CheckedUrl,
     events: Iterable[str],
-    allow_private: bool,
     context: ledger.AuditContext,
     now: datetime,
 ) -> WebhookEndpoint:
     """A new, enabled endpoint of `account_id` (which `user_id` manages: `managed_account`),
     with a new secret; the account is watched from now on."""
     types = listened(events)
-    urls.refuse_unsafe(url, allow_private=allow_private)
     # The account's row locked first, as a ledger operation locks it: two creations at once
     # count one after the other.
     LedgerSql(session).one(LOCK_ACCOUNT, account=account_id)
@@ -121,7 +126,7 @@ def create(
     endpoint = WebhookEndpoint(
         account_id=account_id,
         created_by=user_id,
-        url=url,
+        url=url.url,
         events=",".join(types),
         secret=new_secret(),
         enabled=True,
@@ -152,14 +157,17 @@ class Managed:
 
 def get(session: DbSession, *, endpoint_id: int, user_id: int, for_change: bool = False) -> Managed:
     """An endpoint `user_id` manages (see `managed_account`); to change it, its row is
-    locked and read as the database has it now (a concurrent delete is seen)."""
+    locked (FOR NO KEY UPDATE: see the module's "Locks") and read as the database has it now (a
+    concurrent delete is seen)."""
     query = (
         select(WebhookEndpoint, Account.user_id, Account.team_id)
         .join(Account, Account.id == WebhookEndpoint.account_id)
         .where(WebhookEndpoint.id == endpoint_id)
     )
     if for_change:
-        query = query.with_for_update(of=WebhookEndpoint).execution_options(populate_existing=True)
+        query = query.with_for_update(of=WebhookEndpoint, key_share=True).execution_options(
+            populate_existing=True
+        )
     found = session.execute(query).one_or_none()
     if found is None:
         raise NotFound(NO_SUCH_ENDPOINT)
@@ -178,19 +186,19 @@ def change(
     session: DbSession,
     endpoint: WebhookEndpoint,
     *,
-    url: str | None = None,
+    url: urls.CheckedUrl | None = None,
     events: Iterable[str] | None = None,
     enabled: bool | None = None,
-    allow_private: bool,
     context: ledger.AuditContext,
     now: datetime,
 ) -> WebhookEndpoint:
-    """Change what is given (None: unchanged). A new URL passes the URL rules; enabling clears
-    why the service had disabled it; disabling fails its pending deliveries."""
+    """Change what is given (None: unchanged). Enabling clears why the service had disabled it;
+    disabling fails its pending deliveries."""
+    if enabled is False and endpoint.enabled:
+        _lock_account(session, endpoint)
     changed: list[str] = []
-    if url is not None and url != endpoint.url:
-        urls.refuse_unsafe(url, allow_private=allow_private)
-        endpoint.url = url
+    if url is not None and url.url != endpoint.url:
+        endpoint.url = url.url
         changed.append("url")
     if events is not None:
         types = ",".join(listened(events))
@@ -221,11 +229,16 @@ def delete(
 ) -> None:
     """Delete the endpoint (kept, found by no one): its pending deliveries fail; its account is
     no longer watched for it."""
+    _lock_account(session, endpoint)
     endpoint.deleted_at = now
     session.flush()
     _fail_pending(session, endpoint, "The endpoint was deleted.", now=now)
     alerts.watch(LedgerSql(session), account_id=endpoint.account_id)
     _audit(session, endpoint, "webhook_endpoint_deleted", context=context, now=now)
+
+
+def _lock_account(session: DbSession, endpoint: WebhookEndpoint) -> None:
+    LedgerSql(session).one(LOCK_ACCOUNT, account=endpoint.account_id)
 
 
 def _fail_pending(

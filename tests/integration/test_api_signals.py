@@ -10,7 +10,10 @@ import base64
 import json
 import re
 import secrets
+import socket
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,18 +22,20 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from standardwebhooks.webhooks import Webhook
 
+from creditapp import ledger
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.idempotency import IdempotencyKey
+from creditapp.ledger import alerts
 from creditapp.ledger.models import Account
 from creditapp.money import format_credits
-from creditapp.signals import urls
+from creditapp.signals import endpoints, urls
 from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from tests.conftest import Person
-from tests.helpers import ADJUST, assert_error, scalar
+from tests.conftest import TEST_CONTEXT, Person, utcnow
+from tests.helpers import ADJUST, assert_error, new_endpoint, scalar
 
 CR = 1_000_000
 ALERTS = "/api/credit/alerts"
@@ -414,7 +419,7 @@ def test_a_retried_creation_answers_the_same_endpoint_without_its_secret(
     with app.app_context():
         stored = db.session.scalars(select(IdempotencyKey.response_body)).all()
         db.session.remove()
-    assert stored and all(made["secret"].encode() not in body for body in stored)
+    assert stored and all(made["secret"].encode() not in (body or b"") for body in stored)
 
 
 def test_endpoints_are_listed_newest_first_a_page_at_a_time(
@@ -624,6 +629,50 @@ def test_unsafe_urls_are_refused_when_private_addresses_are_not_allowed(
         endpoint_path(made), json={"events": ["balance.depleted"]}, headers=with_key(person)
     )
     assert events_only.status_code == 200, events_only.get_json()
+
+
+def test_a_refused_host_is_not_told_what_it_resolves_to(
+    app: Flask, client: FlaskClient, person_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever may add an endpoint must not learn the addresses of the service's own network."""
+    person = person_factory()
+    monkeypatch.setitem(app.config, "WEBHOOK_ALLOW_PRIVATE", False)
+    for url in ("https://localhost/hook", "https://10.1.2.3/hook"):
+        refused = client.post(
+            ENDPOINTS, json={"url": url, "events": ["balance.low"]}, headers=with_key(person)
+        )
+        error = assert_error(refused, 400, "webhook_url_refused")
+        assert error["message"] == "The webhook URL's host is not a public address."
+        assert error["details"] == {"url": url}
+
+
+def test_a_host_of_non_ascii_letters_is_kept_in_its_idna_form(
+    app: Flask, client: FlaskClient, person_factory: Any
+) -> None:
+    """The Host header and TLS name a host in ASCII: saved as given, it could never be sent."""
+    person = person_factory()
+    made = make_endpoint(client, person, url="http://b\u00fccher.example:8080/hook?q=1")
+    assert made["url"] == "http://xn--bcher-kva.example:8080/hook?q=1"
+    changed = client.patch(
+        endpoint_path(made),
+        json={"url": "http://\u00e9x\u00e4mple\u3002com/h"},
+        headers=with_key(person),
+    )
+    assert changed.status_code == 200, changed.get_json()
+    assert changed.get_json()["url"] == "http://xn--xmple-gra7a.com/h"
+    assert client.get(endpoint_path(made), headers=person.headers).get_json()["url"] == (
+        "http://xn--xmple-gra7a.com/h"
+    )
+    assert scalar(app, select(WebhookEndpoint.url)) == "http://xn--xmple-gra7a.com/h"
+
+    too_long = "http://" + "\u00e9" * 64 + ".example/hook"  # a label is at most 63 octets
+    refused = client.post(
+        ENDPOINTS, json={"url": too_long, "events": ["balance.low"]}, headers=with_key(person)
+    )
+    error = assert_error(refused, 400, "webhook_url_refused")
+    assert error["message"] == "The webhook URL is refused: its host is not a valid domain name."
+    assert error["details"] == {"url": too_long}
+    assert scalar(app, select(func.count()).select_from(WebhookEndpoint)) == 1
 
 
 # 3. Who may see and change an endpoint
@@ -874,3 +923,187 @@ def test_a_resolver_that_hangs_is_503_and_saves_nothing(
         release.set()
     assert_error(refused, 503, "service_unavailable")
     assert scalar(app, select(func.count()).select_from(WebhookEndpoint)) == 0
+
+
+# 5. Endpoints changed while the ledger runs
+
+
+def _until(done: Callable[[], bool], *, within: float = 10) -> bool:
+    deadline = time.monotonic() + within
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _waits_for_a_lock() -> bool:
+    """Whether a session of the tests' database waits for a lock (PostgreSQL; asked on a
+    connection of its own, inside an app context)."""
+    with db.engine.connect() as connection:
+        return bool(
+            connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        )
+
+
+def _account_below_its_threshold(app: Flask, person: Person, errors: list[str]) -> None:
+    """Spend 60 of the person's 100 credits, crossing their 50-credit threshold: a
+    `balance.low` event fanned out to the account's endpoints, as any ledger operation does."""
+    with app.app_context():
+        try:
+            with write_transaction(db.session):
+                ledger.adjust(
+                    db.session,
+                    account_id=person.account_id,
+                    amount=-60 * CR,
+                    reason="spend",
+                    context=TEST_CONTEXT,
+                    now=utcnow(),
+                )
+        except Exception as error:
+            errors.append(f"spend: {type(error).__name__}: {error}")
+        finally:
+            db.session.remove()
+
+
+def _watched_endpoint(app: Flask, person: Person) -> int:
+    with app.app_context():
+        endpoint_id = new_endpoint(person, HOOK, "balance.low")
+        with write_transaction(db.session):
+            alerts.set_thresholds(
+                db.session, account_id=person.account_id, amounts=[50 * CR], now=utcnow()
+            )
+        db.session.remove()
+    return endpoint_id
+
+
+def _change_while_spending(
+    app: Flask,
+    person: Person,
+    endpoint_id: int,
+    change: Callable[[WebhookEndpoint], None],
+    *,
+    spending_first: bool,
+) -> list[str]:
+    """`change` the endpoint, locked as the API locks it to change it, while the ledger spends:
+    the spending starts once the endpoint is locked, and the change is made before it or once
+    the spending is done or waits for a lock (`spending_first`); the change commits then.
+    What failed, if anything."""
+    errors: list[str] = []
+    locked = threading.Event()
+
+    def spend() -> None:
+        locked.wait(10)
+        _account_below_its_threshold(app, person, errors)
+
+    spender = threading.Thread(target=spend)
+    spender.start()
+    with app.app_context():
+        try:
+            with write_transaction(db.session):
+                endpoint = endpoints.get(
+                    db.session, endpoint_id=endpoint_id, user_id=person.id, for_change=True
+                ).endpoint
+                if not spending_first:
+                    change(endpoint)
+                locked.set()
+                if not _until(lambda: not spender.is_alive() or _waits_for_a_lock()):
+                    errors.append("the spending neither ended nor waited")
+                if spending_first:
+                    change(endpoint)
+        except Exception as error:
+            errors.append(f"change: {type(error).__name__}: {error}")
+        finally:
+            db.session.remove()
+    spender.join(30)
+    assert not spender.is_alive()
+    return errors
+
+
+@pytest.mark.postgres_only
+def test_an_endpoint_deleted_while_the_ledger_posts_it_an_event_does_not_deadlock(
+    app: Flask, person_factory: Any
+) -> None:
+    person = person_factory(credits=100 * CR)
+    endpoint_id = _watched_endpoint(app, person)
+
+    def delete(endpoint: WebhookEndpoint) -> None:
+        endpoints.delete(db.session, endpoint, context=TEST_CONTEXT, now=utcnow())
+
+    assert _change_while_spending(app, person, endpoint_id, delete, spending_first=True) == []
+    [(event_type, _data)] = events(app)
+    assert event_type == "balance.low"
+    # The delivery made before the endpoint was deleted failed with it.
+    assert [(endpoint, status) for _event, endpoint, status in deliveries(app)] == [
+        (endpoint_id, "failed")
+    ]
+
+
+@pytest.mark.postgres_only
+def test_an_endpoint_disabled_while_the_ledger_posts_it_an_event_is_left_nothing_pending(
+    app: Flask, person_factory: Any
+) -> None:
+    person = person_factory(credits=100 * CR)
+    endpoint_id = _watched_endpoint(app, person)
+
+    def disable(endpoint: WebhookEndpoint) -> None:
+        endpoints.change(db.session, endpoint, enabled=False, context=TEST_CONTEXT, now=utcnow())
+
+    assert _change_while_spending(app, person, endpoint_id, disable, spending_first=False) == []
+    # The event was written once the endpoint was disabled: for no endpoint.
+    assert [event_type for event_type, _data in events(app)] == ["balance.low"]
+    assert deliveries(app) == []
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_a_url_is_resolved_before_the_request_holds_any_lock(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+) -> None:
+    """While the host of a team's endpoint, new or changed, resolves, the team's thresholds can
+    be set (which takes the team's row, and on SQLite the database's write lock). The system's
+    resolver is the boundary here: a slow one is stood in for."""
+    owner = person_factory()
+    team_id = make_team(client, owner)
+    path = (
+        ENDPOINTS
+        if method == "POST"
+        else endpoint_path(make_endpoint(client, owner, team_id=team_id))
+    )
+    during: list[int] = []
+    answered: list[int] = []
+
+    def set_thresholds() -> None:
+        response = app.test_client().put(
+            ALERTS, json={"thresholds": ["1"], "team_id": team_id}, headers=with_key(owner)
+        )
+        answered.append(response.status_code)
+
+    other = threading.Thread(target=set_thresholds)
+
+    def slow_resolver(*_args: Any, **_kwargs: Any) -> Any:
+        other.start()
+        other.join(10)
+        during.extend(answered)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("1.1.1.1", 443))]
+
+    monkeypatch.setitem(app.config, "WEBHOOK_ALLOW_PRIVATE", False)
+    monkeypatch.setattr(urls, "RESOLVE_TIMEOUT_SECONDS", 30)
+    monkeypatch.setattr(urls.socket, "getaddrinfo", slow_resolver)
+    url = "https://hooks.example.com/h"
+    body = {"url": url, "events": ["balance.low"], "team_id": team_id}
+    if method == "PATCH":
+        body = {"url": url}
+    saved = client.open(path, method=method, json=body, headers=with_key(owner))
+    other.join(30)
+    assert saved.status_code == (201 if method == "POST" else 200), saved.get_json()
+    assert saved.get_json()["url"] == url
+    assert during == [200]
