@@ -1,7 +1,7 @@
 // The user's dashboard, over the JSON API.
 import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, instant, json, keyList, keyedTries, purchaseList, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
 import { capRefusal, forgetTeams, loadTeam, payingTeam, showTeamAmounts, showTeams, wireTeams } from "./team.js";
-import { forgetSignals, showSignals, wireSignals } from "./signals.js";
+import { forgetSignals, refreshThresholds, showSignals, wireSignals } from "./signals.js";
 
 const loadTransactions = transactionList("/api/credit/transactions", $("#transactions"), $("#receipt"));
 
@@ -401,7 +401,7 @@ async function send(event) {
     return;
   }
   if ($("#message").value === content) $("#message").value = "";
-  await Promise.all([loadCredits(), loadTransactions(), loadUsage(), team === null ? null : loadTeam()]);
+  await Promise.all([loadCredits(), loadTransactions(), loadUsage(), team === null ? null : loadTeam(), refreshThresholds()]);
 }
 
 async function startChat(event) {
@@ -605,7 +605,8 @@ async function showDashboard() {
   lastThirtyDays();
   showExample();
   showPrice();
-  await Promise.all([showTeams(), loadCredits(), loadPurchases(), loadTransactions(), loadCharacters().then(() => {
+  // Your own alerts and webhooks with the rest (the teams then choose none: nothing more to read).
+  await Promise.all([showTeams(), showSignals({ teamId: null }), loadCredits(), loadPurchases(), loadTransactions(), loadCharacters().then(() => {
       showExample();
       return loadConversations();
     }), loadUsage(), loadKeys()]);
@@ -625,7 +626,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#hide-key").addEventListener("click", hideNewKey);
   $("#buy-credits").addEventListener("input", amountChanged);
   $("#buy-form").addEventListener("submit", buy);
-  wireTeams(() => Promise.all([loadCredits(), loadTransactions()]), showSignals);
+  wireTeams(() => Promise.all([loadCredits(), loadTransactions(), refreshThresholds()]), showSignals);
   wireSignals();
   signInPage(showDashboard, undefined, forget);
 });

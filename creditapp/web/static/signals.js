@@ -13,8 +13,10 @@ let reading = false;
 // The endpoint whose deliveries are shown, or null.
 let logOf = null;
 // Which account the section shows, counted: an answer for an account no longer in view (the
-// switcher moved meanwhile) is not shown.
+// switcher moved meanwhile) is not shown. `shownFor`: the team id it shows (null: your own
+// credits; undefined: none yet, this session).
 let viewing = 0;
+let shownFor;
 
 // The query that names the team in view ("" for your own credits).
 const teamQuery = () => (view.teamId === null ? "" : `team_id=${encodeURIComponent(view.teamId)}`);
@@ -109,6 +111,25 @@ async function loadThresholds(check) {
     area.querySelector("[role=alert]").textContent = `The thresholds could not be read: ${error.message}`;
   }
   reading = false;
+  showThresholds();
+}
+
+// The thresholds' states as they now are, after credits moved (a message, a transfer): what
+// this page added or removed and has not saved stays as it is. Never throws.
+export async function refreshThresholds() {
+  if (draft === null) return;
+  const mine = viewing;
+  const check = sessionCheck();
+  let answer;
+  try {
+    answer = await json(`/api/credit/alerts${teamQuery() ? `?${teamQuery()}` : ""}`);
+    check();
+  } catch {
+    return; // what is shown stays: the next change of view reads them again
+  }
+  if (mine !== viewing || draft === null) return;
+  const armed = new Map(answer.thresholds.map((each) => [each.threshold, each.armed]));
+  draft = draft.map((each) => (each.armed === null || !armed.has(each.amount) ? each : { ...each, armed: armed.get(each.amount) }));
   showThresholds();
 }
 
@@ -212,7 +233,8 @@ function fillEndpoint(row, endpoint) {
   const actions = cell(row, "");
   actions.className = "actions";
   const url = endpoint.url;
-  if (endpoint.enabled) actions.append(button("Send test event", () => sendTest(row, endpoint), `Send a test event to ${url}`));
+  // (Not "Send…": the chat's Send button is named so.)
+  if (endpoint.enabled) actions.append(button("Post a test event", () => sendTest(row, endpoint), `Post a test event to ${url}`));
   actions.append(button("Deliveries", () => showDeliveries(endpoint), `Deliveries to ${url}`));
   const toggle = endpoint.enabled ? "Disable" : "Enable";
   actions.append(button(toggle, () => setEnabled(row, endpoint, !endpoint.enabled), `${toggle} ${url}`));
@@ -396,7 +418,7 @@ async function showDeliveries(endpoint) {
     if (logOf !== endpoint) return;
     const body = $("#deliveries tbody");
     if (!again) body.replaceChildren();
-    if (!again && !items.length) cell(body.insertRow(), "No deliveries yet: send a test event.").colSpan = 6;
+    if (!again && !items.length) cell(body.insertRow(), "No deliveries yet: post a test event.").colSpan = 6;
     for (const delivery of items) fillDelivery(body.insertRow(), delivery, endpoint);
   });
   await deliveryPages();
@@ -424,12 +446,14 @@ function showView() {
   $("#endpoints-closed").hidden = view.manages;
 }
 
-// The section for the account now in view ({ teamId, name, role }; teamId null: your own):
-// its thresholds and, for whoever manages it, its endpoints. Never throws: what cannot be read
-// is said in its place.
+// The section for the account now in view ({ teamId, name, role }; teamId null: your own),
+// unless it shows that account already: its thresholds and, for whoever manages it, its
+// endpoints. Never throws: what cannot be read is said in its place.
 export async function showSignals(viewed) {
+  if (viewed.teamId === shownFor) return;
+  shownFor = viewed.teamId;
   viewing += 1;
-  view = { teamId: viewed.teamId, name: viewed.name, manages: viewed.teamId === null || ["owner", "admin"].includes(viewed.role) };
+  view = { teamId: viewed.teamId, name: viewed.name ?? "", manages: viewed.teamId === null || ["owner", "admin"].includes(viewed.role) };
   draft = null;
   reading = true;
   hideSecret();
@@ -451,6 +475,7 @@ export async function showSignals(viewed) {
 
 // What the section keeps of a session (see signInPage's forget).
 export function forgetSignals() {
+  shownFor = undefined;
   viewing += 1;
   view = { teamId: null, name: "", manages: true };
   draft = null;
