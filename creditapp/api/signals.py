@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields, post_load, validate
 
 from creditapp import accounts
 from creditapp.accounts import teams
@@ -37,9 +37,8 @@ from creditapp.api.schemas import (
 )
 from creditapp.extensions import db
 from creditapp.ledger import alerts
-from creditapp.signals import delivery, endpoints
+from creditapp.signals import delivery, endpoints, urls
 from creditapp.signals.models import EVENT_TYPES, WebhookDelivery, WebhookEndpoint
-from creditapp.signals.urls import MAX_URL_LENGTH
 
 blp = Blueprint(
     "signals", __name__, url_prefix="/api", description="Low-balance alerts and webhooks"
@@ -92,21 +91,38 @@ def _events(**kwargs: Any) -> BoundedList:
 
 def _url(**kwargs: Any) -> Text:
     return Text(
-        max_length=MAX_URL_LENGTH,
+        max_length=urls.MAX_URL_LENGTH,
         metadata={
             "description": "https, to a public host (no loopback, private, link-local or"
-            " metadata address, checked again at every delivery)"
+            " metadata address, checked again at every delivery); a host with non-ASCII letters"
+            " is kept in its IDNA form (`xn--`)"
         },
         **kwargs,
     )
 
 
-class EndpointArgs(TeamArgs):
+def _allow_private() -> bool:
+    return bool(current_app.config["WEBHOOK_ALLOW_PRIVATE"])
+
+
+class ChecksUrl(Schema):
+    """Arguments whose `url` is checked against the URL rules as they are read, which a view
+    must do before its write transaction opens (above `idempotent`): resolving the URL's host
+    may take seconds, during which no lock may be held."""
+
+    @post_load
+    def checked_url(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
+        if "url" in data:
+            data["url"] = urls.checked(data["url"], allow_private=_allow_private())
+        return data
+
+
+class EndpointArgs(TeamArgs, ChecksUrl):
     url = _url(required=True)
     events = _events(required=True)
 
 
-class EndpointChangeArgs(Schema):
+class EndpointChangeArgs(ChecksUrl):
     url = _url()
     events = _events()
     enabled = Flag(metadata={"description": "false: no events are posted, pending deliveries fail"})
@@ -223,10 +239,6 @@ def _endpoint(endpoint: WebhookEndpoint, team_id: int | None) -> dict[str, Any]:
     }
 
 
-def _allow_private() -> bool:
-    return bool(current_app.config["WEBHOOK_ALLOW_PRIVATE"])
-
-
 def _managed(endpoint_id: str, *, for_change: bool = False) -> endpoints.Managed:
     return endpoints.get(
         db.session,
@@ -239,8 +251,8 @@ def _managed(endpoint_id: str, *, for_change: bool = False) -> endpoints.Managed
 @blp.route("/webhook-endpoints", methods=["POST"])
 @limits.limiter.limit(limits.sensitive)
 @authenticated()
-@idempotent(kept=without("secret"))
 @blp.arguments(EndpointArgs)
+@idempotent(kept=without("secret"))
 @blp.response(201, NewEndpointSchema)
 @answers(403, 404)
 def create_endpoint(args: dict[str, Any]) -> Any:
@@ -253,7 +265,6 @@ def create_endpoint(args: dict[str, Any]) -> Any:
         account_id=_account(team_id, for_change=True),
         url=args["url"],
         events=args["events"],
-        allow_private=_allow_private(),
         context=audit_context(),
         now=datetime.now(UTC),
     )
@@ -291,8 +302,8 @@ def get_endpoint(endpoint_id: str) -> Any:
 @blp.route("/webhook-endpoints/<endpoint_id>", methods=["PATCH"])
 @limits.limiter.limit(limits.sensitive)
 @authenticated()
-@idempotent()
 @blp.arguments(EndpointChangeArgs)
+@idempotent()
 @blp.response(200, EndpointSchema)
 @answers(403)
 def change_endpoint(args: dict[str, Any], endpoint_id: str) -> Any:
@@ -303,7 +314,6 @@ def change_endpoint(args: dict[str, Any], endpoint_id: str) -> Any:
         db.session,
         managed.endpoint,
         **args,
-        allow_private=_allow_private(),
         context=audit_context(),
         now=datetime.now(UTC),
     )

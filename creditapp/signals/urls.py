@@ -4,10 +4,14 @@ A webhook URL is chosen by a user, and the service posts to it from inside its n
 these rules, an endpoint naming `http://169.254.169.254/` or `http://10.0.0.5:6379/` would make
 the service probe what only it can reach (server-side request forgery). So a URL must be https
 and name a public host; a name is resolved, and every address it resolves to must be public.
-The rules run when an endpoint is saved (`refuse_unsafe`) and again at every delivery
+The rules run when an endpoint's URL is given (`checked`, before the request's write transaction
+opens: resolving a name may take seconds, which no lock may wait on) and again at every delivery
 (`destination`), whose checked address is the one connected to: a name that resolved to a
 public address when checked cannot resolve elsewhere when connected (DNS rebinding).
 `WEBHOOK_ALLOW_PRIVATE` (tests and development) keeps only the scheme and host rules.
+
+A host is kept in its ASCII (IDNA) form: the Host header and TLS name it so, and a refusal never
+says what a name resolved to (that would map the service's own network for whoever asks).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import SplitResult, urlsplit
 
@@ -41,9 +46,26 @@ class Destination(NamedTuple):
     address: str | None
 
 
+@dataclass(frozen=True)
+class CheckedUrl:
+    """A webhook URL that passed the URL rules when it was given (see `checked`): what an
+    endpoint saves and shows."""
+
+    url: str
+
+
+def checked(url: str, *, allow_private: bool) -> CheckedUrl:
+    """`url` with its host in IDNA form, if webhooks may be posted to it now; else raise
+    WebhookUrlRefused (or DependencyUnavailable, when the resolver does not answer in time)."""
+    normalized = _ascii_host(url, _parse(url, allow_private=allow_private))
+    destination(normalized, allow_private=allow_private)
+    return CheckedUrl(normalized)
+
+
 def refuse_unsafe(url: str, *, allow_private: bool) -> None:
-    """Raise WebhookUrlRefused unless webhooks may be posted to `url` (registration's check)."""
-    destination(url, allow_private=allow_private)
+    """Raise WebhookUrlRefused unless webhooks may be posted to `url` (`checked`, its value
+    unused)."""
+    checked(url, allow_private=allow_private)
 
 
 def destination(url: str, *, allow_private: bool) -> Destination:
@@ -58,8 +80,7 @@ def destination(url: str, *, allow_private: bool) -> Destination:
     for address in addresses:
         if not is_public(address):
             raise WebhookUrlRefused(
-                f"The webhook URL's host {host} is at {address}, which is not a public address.",
-                details={"url": url, "address": str(address)},
+                "The webhook URL's host is not a public address.", details={"url": url}
             )
     return Destination(url, parts.scheme, host, port, str(addresses[0]))
 
@@ -79,26 +100,41 @@ def is_public(address: Address) -> bool:
     return address.is_global and not (address.is_multicast or address.is_reserved)
 
 
-def _parse(url: str, *, allow_private: bool) -> SplitResult:
-    def refused(why: str) -> WebhookUrlRefused:
-        return WebhookUrlRefused(f"The webhook URL is refused: {why}", details={"url": url})
+def _refused(url: str, why: str) -> WebhookUrlRefused:
+    return WebhookUrlRefused(f"The webhook URL is refused: {why}", details={"url": url})
 
+
+def _ascii_host(url: str, parts: SplitResult) -> str:
+    """`url` with a host of non-ASCII letters spelled in IDNA (`xn--`), as it is sent in the
+    Host header (latin-1) and named to TLS; a host with no such spelling is refused."""
+    if parts.netloc.isascii():
+        return url
+    # No user name can be in it (`_parse`): the network location is the host, and a port.
+    host, colon, port = parts.netloc.partition(":")
+    try:
+        spelled = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise _refused(url, "its host is not a valid domain name.") from None
+    return parts._replace(netloc=spelled + colon + port).geturl()
+
+
+def _parse(url: str, *, allow_private: bool) -> SplitResult:
     if len(url) > MAX_URL_LENGTH:
-        raise refused(f"it is longer than {MAX_URL_LENGTH} characters.")
+        raise _refused(url, f"it is longer than {MAX_URL_LENGTH} characters.")
     if any(character.isspace() or not character.isprintable() for character in url):
-        raise refused("it contains spaces or control characters.")
+        raise _refused(url, "it contains spaces or control characters.")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsing the port raises on one out of range or not a number
     except ValueError as error:
-        raise refused(f"it does not parse ({error}).") from None
+        raise _refused(url, f"it does not parse ({error}).") from None
     allowed = ("http", "https") if allow_private else ("https",)
     if parts.scheme not in allowed:
-        raise refused(f"its scheme must be {' or '.join(allowed)}.")
+        raise _refused(url, f"its scheme must be {' or '.join(allowed)}.")
     if not parts.hostname:
-        raise refused("it names no host.")
+        raise _refused(url, "it names no host.")
     if "@" in parts.netloc:
-        raise refused("it contains a user name or password.")
+        raise _refused(url, "it contains a user name or password.")
     return parts
 
 
