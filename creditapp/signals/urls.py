@@ -62,14 +62,8 @@ def checked(url: str, *, allow_private: bool) -> CheckedUrl:
     return CheckedUrl(normalized)
 
 
-def refuse_unsafe(url: str, *, allow_private: bool) -> None:
-    """Raise WebhookUrlRefused unless webhooks may be posted to `url` (`checked`, its value
-    unused)."""
-    checked(url, allow_private=allow_private)
-
-
 def destination(url: str, *, allow_private: bool) -> Destination:
-    """Check `url` as `refuse_unsafe` does, resolving its host now, and say where to connect."""
+    """Check `url` as `checked` does, resolving its host now, and say where to connect."""
     parts = _parse(url, allow_private=allow_private)
     host = parts.hostname or ""
     port = parts.port or DEFAULT_PORTS[parts.scheme]
@@ -125,9 +119,11 @@ def _parse(url: str, *, allow_private: bool) -> SplitResult:
         raise _refused(url, "it contains spaces or control characters.")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - parsing the port raises on one out of range or not a number
+        port = parts.port  # parsing it raises on one out of range or not a number
     except ValueError as error:
         raise _refused(url, f"it does not parse ({error}).") from None
+    if port == 0:
+        raise _refused(url, "port 0 is no port to post to.")
     allowed = ("http", "https") if allow_private else ("https",)
     if parts.scheme not in allowed:
         raise _refused(url, f"its scheme must be {' or '.join(allowed)}.")

@@ -406,22 +406,22 @@ REFUSED = [
 @pytest.mark.parametrize("url", REFUSED)
 def test_urls_of_private_hosts_are_refused_in_production_mode(url: str) -> None:
     with pytest.raises(WebhookUrlRefused) as refused:
-        urls.refuse_unsafe(url, allow_private=False)
+        urls.checked(url, allow_private=False)
     assert refused.value.code == "webhook_url_refused"
     assert refused.value.details["url"] == url
 
 
 def test_what_the_url_rules_let_through() -> None:
-    urls.refuse_unsafe("https://8.8.8.8/hooks", allow_private=False)
-    urls.refuse_unsafe("https://[2001:4860:4860::8888]:8443/hooks", allow_private=False)
+    urls.checked("https://8.8.8.8/hooks", allow_private=False)
+    urls.checked("https://[2001:4860:4860::8888]:8443/hooks", allow_private=False)
     # Development and tests: plain http to loopback, but still only http(s) with a host.
-    urls.refuse_unsafe("http://127.0.0.1:8000/hooks", allow_private=True)
-    urls.refuse_unsafe("http://localhost/hooks", allow_private=True)
+    urls.checked("http://127.0.0.1:8000/hooks", allow_private=True)
+    urls.checked("http://localhost/hooks", allow_private=True)
     for url in ("ftp://127.0.0.1/hooks", "http:///hooks"):
         with pytest.raises(WebhookUrlRefused):
-            urls.refuse_unsafe(url, allow_private=True)
+            urls.checked(url, allow_private=True)
     with pytest.raises(WebhookUrlRefused) as unresolved:
-        urls.refuse_unsafe("https://does-not-resolve.invalid/", allow_private=False)
+        urls.checked("https://does-not-resolve.invalid/", allow_private=False)
     assert "does not resolve" in unresolved.value.message
 
 

@@ -54,3 +54,9 @@ def test_a_refusal_does_not_say_where_the_host_is(url: str) -> None:
         urls.checked(url, allow_private=False)
     assert refused.value.message == "The webhook URL's host is not a public address."
     assert refused.value.details == {"url": url}
+
+
+def test_port_zero_is_refused_even_where_private_addresses_are_allowed() -> None:
+    with pytest.raises(WebhookUrlRefused) as refused:
+        urls.checked("http://127.0.0.1:0/hooks", allow_private=True)
+    assert refused.value.message == "The webhook URL is refused: port 0 is no port to post to."
