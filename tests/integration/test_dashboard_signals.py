@@ -348,16 +348,23 @@ def test_a_refused_url_is_said_in_words(app: Flask, tmp_path: Path) -> None:
                 f" {error['message']}"
             )
             expect(url).to_have_attribute("aria-invalid", "true")
+            expect(url).to_have_attribute("aria-describedby", "endpoint-said endpoint-url-hint")
 
         refused("http://hooks.example.com/creditapp")  # not https
         refused("https://127.0.0.1/hooks")  # loopback
         refused("https://169.254.169.254/latest/meta-data/")  # the cloud's metadata service
+        assert _serious_violations(page) == []
+        screenshot = screenshots / "dashboard-webhooks-refused.png"
+        page.locator("#signals-section").screenshot(path=str(screenshot))
+
+        # Another URL: the field is as it was before the refusal.
+        url.fill("https://hooks.example.com/creditapp")
+        page.get_by_label("balance.low").uncheck()
+        page.get_by_role("button", name="Add endpoint").click()
+        expect(url).not_to_have_attribute("aria-invalid", "true")
+        expect(url).to_have_attribute("aria-describedby", "endpoint-url-hint")
         expect(page.locator("#new-secret")).to_be_hidden()
         expect(page.locator("#endpoints tbody tr")).to_have_text(["No endpoints yet."])
-        assert _serious_violations(page) == []
-        page.locator("#signals-section").screenshot(
-            path=str(screenshots / "dashboard-webhooks-refused.png")
-        )
 
 
 def _as(page: Page, person: Person) -> None:

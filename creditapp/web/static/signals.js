@@ -46,7 +46,14 @@ function signalRefusal(error, form = null) {
     rate_limited: "Too many changes at once: wait a minute, then try again.",
   }[code];
   if (words) {
-    if (form && code === "webhook_url_refused") form.elements.namedItem("url")?.setAttribute("aria-invalid", "true");
+    const url = code === "webhook_url_refused" ? form?.elements.namedItem("url") : null;
+    if (url) {
+      // Marked as fieldProblems marks a field (clearFieldProblems restores it), described by
+      // the refusal under the form.
+      url.dataset.describedBy = url.getAttribute("aria-describedby") ?? "";
+      url.setAttribute("aria-invalid", "true");
+      url.setAttribute("aria-describedby", `${form.querySelector(".outcome").id} ${url.dataset.describedBy}`.trim());
+    }
     return words;
   }
   return form ? fieldProblems(form, error) : error.message;
