@@ -75,7 +75,7 @@ def _page(template: str, *, script: str, demo_role: str, **context: Any) -> Resp
 @blp.route("/", methods=["GET"])
 def dashboard() -> Response:
     """Sign-in, then the user's credits, buying more, usage, transactions with their receipts,
-    chat and API keys."""
+    chat, API keys, teams, and alerts and webhooks."""
     return _page(
         "dashboard.html",
         script="dashboard.js",

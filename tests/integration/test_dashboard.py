@@ -471,6 +471,8 @@ LOADS = {
     "/api/credit/transactions",
     "/api/characters",
     "/api/conversations",
+    "/api/credit/alerts",
+    "/api/webhook-endpoints",
 }
 
 
