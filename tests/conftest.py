@@ -61,6 +61,8 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # on from there): no test may depend on today's date.
 TEST_CLOCK = os.environ.get("CREDITAPP_TEST_CLOCK")
 UNFUNDED_TIER = "unfunded"
+# What a process of the tests' needs for webhooks to reach a receiver on loopback.
+LOOPBACK_WEBHOOKS = {"WEBHOOK_ALLOW_PRIVATE": "true"}
 TEST_CONTEXT = ledger.AuditContext(actor_type="system", actor_id="tests")
 
 
@@ -168,8 +170,6 @@ def app(
     os.environ["PROVIDER_MAX_RETRIES"] = "0"
     os.environ["PROVIDER_TIMEOUT_SECONDS"] = "1"
     os.environ["DATABASE_URL"] = database_url
-    # The tests' webhook receivers listen on loopback; the URL rules are tested with it off.
-    os.environ["WEBHOOK_ALLOW_PRIVATE"] = "true"
     # Room for 64 threads to hold a connection each at the same moment, closed again after:
     # a burst leaves no idle connections behind for the next test to run short of.
     os.environ.setdefault("DATABASE_POOL_SIZE", "5")
@@ -182,6 +182,9 @@ def app(
         # Tasks enqueued on SQLite runs stay in this process (no worker is started there).
         os.environ["CELERY_BROKER_URL"] = "memory://"
     application = create_app()
+    # The tests' webhook receivers listen on loopback; the URL rules are tested with it off.
+    # (Set on this app, not in the environment, which production settings refuse it in.)
+    application.config["WEBHOOK_ALLOW_PRIVATE"] = True
     with application.app_context():
         upgrade(directory=str(Path(__file__).resolve().parent.parent / "migrations"))
         with write_transaction(db.session):

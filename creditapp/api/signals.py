@@ -17,7 +17,7 @@ from typing import Any
 from flask import current_app
 from marshmallow import Schema, fields, post_load, validate
 
-from creditapp import accounts
+from creditapp import accounts, ledger
 from creditapp.accounts import teams
 from creditapp.api import limits
 from creditapp.api.idempotency import idempotent, without
@@ -36,7 +36,6 @@ from creditapp.api.schemas import (
     page_of,
 )
 from creditapp.extensions import db
-from creditapp.ledger import alerts
 from creditapp.signals import delivery, endpoints, urls
 from creditapp.signals.models import EVENT_TYPES, WebhookDelivery, WebhookEndpoint
 
@@ -53,7 +52,7 @@ class AlertArgs(TeamArgs):
     thresholds = BoundedList(
         Credits(),
         required=True,
-        max_items=alerts.MAX_THRESHOLDS,
+        max_items=ledger.MAX_THRESHOLDS,
         metadata={
             "description": "the amounts of available credits to be told of when they fall below"
             " (each strictly below: one `balance.low` event per crossing); they replace the"
@@ -191,7 +190,7 @@ def _account(team_id: int | None, *, for_change: bool) -> int:
     )
 
 
-def _alerts(team_id: int | None, found: list[alerts.Threshold]) -> dict[str, Any]:
+def _alerts(team_id: int | None, found: list[ledger.Threshold]) -> dict[str, Any]:
     return {"thresholds": found, "team_id": team_id}
 
 
@@ -206,7 +205,7 @@ def set_alerts(args: dict[str, Any]) -> Any:
     new one starts armed unless available credits are already below it."""
     team_id = args["team_id"]
     account_id = _account(team_id, for_change=True)
-    found = alerts.set_thresholds(
+    found = ledger.set_thresholds(
         db.session, account_id=account_id, amounts=args["thresholds"], now=datetime.now(UTC)
     )
     return _alerts(team_id, found)
@@ -224,7 +223,7 @@ def get_alerts(args: dict[str, Any]) -> Any:
         account_id = accounts.of_user(db.session, caller().id)
     else:
         account_id = teams.reading(db.session, team_id=team_id, user_id=caller().id).account_id
-    return _alerts(team_id, alerts.thresholds(db.session, account_id=account_id))
+    return _alerts(team_id, ledger.thresholds(db.session, account_id=account_id))
 
 
 def _endpoint(endpoint: WebhookEndpoint, team_id: int | None) -> dict[str, Any]:

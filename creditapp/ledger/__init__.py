@@ -53,6 +53,7 @@ to the account (a compensation) before its ledger operation, in the same transac
 the write transaction holds the database's write lock from `BEGIN IMMEDIATE`.
 """
 
+from creditapp.ledger.alerts import MAX_THRESHOLDS, Threshold, set_thresholds, thresholds
 from creditapp.ledger.operations import (
     AuditContext,
     Balance,
@@ -92,6 +93,7 @@ from creditapp.ledger.queries import (
 from creditapp.ledger.reconcile import Drift, reconcile
 
 __all__ = [
+    "MAX_THRESHOLDS",
     "OPENING_TYPES",
     "AuditContext",
     "Balance",
@@ -101,6 +103,7 @@ __all__ = [
     "GrantStanding",
     "HoldResult",
     "Resolution",
+    "Threshold",
     "TransferResult",
     "accounts_with_expired_credits",
     "adjust",
@@ -123,7 +126,9 @@ __all__ = [
     "record_action",
     "refresh",
     "refund",
+    "set_thresholds",
     "settle",
+    "thresholds",
     "transfer",
     "void",
 ]

@@ -16,6 +16,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import LOOPBACK_WEBHOOKS
+
 ROOT = Path(__file__).resolve().parents[2]
 # How long a process a test starts may take to come up, or to end once told to. Generous: the
 # suite must pass on a machine whose every core is busy with other work (CI's can be), where a
@@ -80,7 +82,12 @@ def live_server(env: dict[str, str], workers: int = 1, threads: int = 1) -> Iter
                 "wsgi:app",
             ],
             cwd=ROOT,
-            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir, **env},
+            env={
+                **os.environ,
+                **LOOPBACK_WEBHOOKS,
+                "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+                **env,
+            },
             stdout=subprocess.DEVNULL,
             stderr=log,
         )

@@ -6,6 +6,7 @@ redirect followed, the purge after the retention, and the metrics of it all."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import ssl
@@ -38,7 +39,7 @@ from creditapp.ledger import alerts, outbox
 from creditapp.ledger.sql import LedgerSql
 from creditapp.signals import delivery, urls
 from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from tests.conftest import TEST_CONTEXT, Person, utcnow
+from tests.conftest import LOOPBACK_WEBHOOKS, TEST_CONTEXT, Person, utcnow
 from tests.helpers import (
     ENDPOINT_SECRET,
     new_endpoint,
@@ -289,6 +290,7 @@ def _python(script: str, *arguments: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", script, *arguments],
         cwd=ROOT,
+        env={**os.environ, **LOOPBACK_WEBHOOKS},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
