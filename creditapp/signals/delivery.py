@@ -231,6 +231,13 @@ def retry(session: DbSession, *, delivery_id: int, now: datetime) -> None:
     )
 
 
+def fail_pending(session: DbSession, *, endpoint_id: int, reason: str, now: datetime) -> None:
+    """Fail the endpoint's pending deliveries, saying why (it stopped listening), in the
+    caller's transaction; what a run is posting right now is left to it."""
+    sql = LedgerSql(session)
+    sql.run(FAIL_PENDING_OF_ENDPOINT, endpoint=endpoint_id, error=reason, clock=sql.time(now))
+
+
 def post(item: Claimed, *, timeout: int, allow_private: bool) -> Attempt:
     """One attempt: sign and post the delivery's body to the checked address of its URL."""
     try:

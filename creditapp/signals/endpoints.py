@@ -9,7 +9,8 @@ did), and again at every delivery.
 
 An endpoint that stops listening (disabled or deleted) gets no new event, and its pending
 deliveries fail at once, saying why: nothing would ever send them, and a delivery left pending
-forever would read as a backlog. Its owner may retry any of them once it is enabled again.
+forever would read as a backlog (one a run is posting right now is left to it, and failed by
+the next run if it is still pending then). Its owner may retry any of them once it is enabled again.
 A deleted endpoint is kept (its deliveries name it) but found by no one.
 
 Someone who may not see an endpoint finds none (404), except a plain member of its team, who
@@ -30,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select
 
 from creditapp import accounts, ledger
 from creditapp.accounts import teams
@@ -210,7 +211,9 @@ def change(
         endpoint.disabled_reason = None
         changed.append("enabled")
         if not enabled:
-            _fail_pending(session, endpoint, "The endpoint was disabled.", now=now)
+            delivery.fail_pending(
+                session, endpoint_id=endpoint.id, reason="The endpoint was disabled.", now=now
+            )
     session.flush()
     if changed:
         _audit(
@@ -232,24 +235,15 @@ def delete(
     _lock_account(session, endpoint)
     endpoint.deleted_at = now
     session.flush()
-    _fail_pending(session, endpoint, "The endpoint was deleted.", now=now)
+    delivery.fail_pending(
+        session, endpoint_id=endpoint.id, reason="The endpoint was deleted.", now=now
+    )
     alerts.watch(LedgerSql(session), account_id=endpoint.account_id)
     _audit(session, endpoint, "webhook_endpoint_deleted", context=context, now=now)
 
 
 def _lock_account(session: DbSession, endpoint: WebhookEndpoint) -> None:
     LedgerSql(session).one(LOCK_ACCOUNT, account=endpoint.account_id)
-
-
-def _fail_pending(
-    session: DbSession, endpoint: WebhookEndpoint, reason: str, *, now: datetime
-) -> None:
-    session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == "pending")
-        .values(status="failed", next_attempt_at=None, last_error=reason)
-        .execution_options(synchronize_session=False)
-    )
 
 
 def deliveries(endpoint_id: int) -> Select[WebhookDelivery, str]:
