@@ -18,15 +18,41 @@ function forgetTokens() {
   sessionStorage.removeItem(REFRESH);
 }
 
+// The Error of work whose session ended meanwhile: `signedOut` (the page has nothing more to
+// show of it) and `stale` (it is not the session on the page).
+const signedOutMeanwhile = () => Object.assign(new Error("Signed out meanwhile."), { signedOut: true, stale: true });
+
+// The requests of the session on the page, stopped together as it ends: what would answer them
+// then (a session just revoked refuses them all) is nobody's to read.
+let inFlight = new AbortController();
+
+function stopRequests() {
+  inFlight.abort();
+  inFlight = new AbortController();
+}
+
+// A request, or a body read from one, stopped by its session's end throws as work of an ended
+// session does.
+export async function unlessStopped(pending) {
+  try {
+    return await pending;
+  } catch (error) {
+    throw error.name === "AbortError" ? signedOutMeanwhile() : error;
+  }
+}
+
 function request(path, options, token) {
   const headers = { Accept: "application/json", ...(options.headers || {}) };
   if (token) headers.Authorization = `Bearer ${token}`;
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
-  return fetch(path, {
-    method: options.method || "GET",
-    headers,
-    body: options.body === undefined ? undefined : JSON.stringify(options.body),
-  });
+  return unlessStopped(
+    fetch(path, {
+      method: options.method || "GET",
+      headers,
+      body: options.body === undefined ? undefined : JSON.stringify(options.body),
+      signal: inFlight.signal,
+    }),
+  );
 }
 
 // The longest wait a Retry-After is believed for, in seconds: the service's limits ask for
@@ -84,15 +110,14 @@ function refreshTokens() {
 // nothing of the previous person's is written into the next one's page.
 let generation = 0;
 
-// A check for the work begun now: it throws once the session it was begun for has ended, an
-// Error with `signedOut` set (the page has nothing more to show of it) and `stale` (it is not
-// the session on the page). Its `ended()` says so without throwing.
+// A check for the work begun now: it throws once the session it was begun for has ended (the
+// Error of signedOutMeanwhile). Its `ended()` says so without throwing.
 export function sessionCheck() {
   const begun = generation;
   const ended = () => generation !== begun;
   return Object.assign(
     () => {
-      if (ended()) throw Object.assign(new Error("Signed out meanwhile."), { signedOut: true, stale: true });
+      if (ended()) throw signedOutMeanwhile();
     },
     { ended },
   );
@@ -575,6 +600,7 @@ function clearPage() {
 
 function signedOut(reason = "") {
   generation += 1;
+  stopRequests();
   forgetTokens();
   clearPage();
   $("#signed-in").hidden = true;
@@ -654,6 +680,8 @@ export function signInPage(whenSignedIn, demoBody, forget = () => {}) {
   };
   $("#demo-sign-in")?.addEventListener("click", () => signIn("/api/auth/demo", demoBody));
   $("#sign-out").addEventListener("click", async () => {
+    // What the session has in flight stops first: revoked, the session would refuse it.
+    stopRequests();
     try {
       await api("/api/auth/logout", { method: "POST" }); // revokes the session on the server
     } finally {

@@ -1,5 +1,5 @@
 // The user's dashboard, over the JSON API.
-import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, instant, json, keyList, keyedTries, purchaseList, refusal, sessionCheck, signInPage, transactionList, usd, when } from "./common.js";
+import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, instant, json, keyList, keyedTries, purchaseList, refusal, sessionCheck, signInPage, transactionList, unlessStopped, usd, when } from "./common.js";
 import { capRefusal, forgetTeams, loadTeam, payingTeam, showTeamAmounts, showTeams, wireTeams } from "./team.js";
 import { forgetSignals, refreshThresholds, showSignals, wireSignals } from "./signals.js";
 
@@ -318,7 +318,7 @@ async function readEvents(response, onEvent) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let pending = "";
   for (;;) {
-    const { value, done } = await reader.read();
+    const { value, done } = await unlessStopped(reader.read());
     if (done) return;
     pending += value;
     let end;
