@@ -5,6 +5,9 @@
   worker that exits is marked dead, so its live gauges stop counting. Give each gunicorn on a
   machine a directory of its own.
 - gthread workers: a streamed reply holds one of a process's GUNICORN_THREADS threads.
+- Each worker listens on a socket of its own (SO_REUSEPORT), so that connections spread over
+  the workers; systemd hears that gunicorn is ready from the first worker listening, and a
+  stopping worker leaves the spread before it finishes its requests.
 - The errors gunicorn answers itself, before the app sees the request (a request line or a
   header over its limit, a request that is not valid HTTP), come in the contract's JSON error
   body with an `X-Request-ID`, as nginx's own errors do (deploy/nginx/creditapp.conf), instead
@@ -13,11 +16,12 @@
 
 import json
 import os
+import select
 import shutil
 import uuid
 from pathlib import Path
 
-from gunicorn import util
+from gunicorn import systemd, util
 
 limit_request_line = 8190  # gunicorn's largest; nginx's large_client_header_buffers are 8k
 
@@ -25,6 +29,15 @@ limit_request_line = 8190  # gunicorn's largest; nginx's large_client_header_buf
 # carry at once, plus short requests (README, "Streams hold a thread each").
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+
+# Connections spread over the workers: each worker listens on a socket of its own and the kernel
+# gives each new connection to one of them by a hash of its addresses. On one shared socket every
+# idle worker is woken and the first to run accepts whatever is queued, so a burst of connections
+# lands on one worker, which then serves every request sent on them (nginx keeps its connections
+# to gunicorn open: docs/deploy.md, "Connections and workers"). 16 keep-alive clients on 4
+# workers, 2026-12-03: one shared socket gave 16/0/0/0 in 8 runs of 10 (6/4/3/3 and 5/5/3/3 in
+# the others); a socket per worker 5/4/4/3 to 7/4/4/1 in 10 runs of 11, and 7/6/3/0 once.
+reuse_port = True
 
 metrics_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", str(Path(__file__).resolve().parent / "instance" / "prometheus")
@@ -34,6 +47,38 @@ metrics_dir = os.environ.setdefault(
 def on_starting(server):  # type: ignore[no-untyped-def]
     shutil.rmtree(metrics_dir, ignore_errors=True)
     Path(metrics_dir).mkdir(parents=True)
+    # The master would tell systemd it is ready before any worker listens (the master holds no
+    # socket): a worker does, once it listens (post_fork; the unit's NotifyAccess=all).
+    server.notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
+
+
+def post_fork(server, worker):  # type: ignore[no-untyped-def]
+    """The worker listens now; connections wait for it to load the app. systemd takes the first
+    READY=1 and ignores the others (every worker's, and a restarted worker's)."""
+    if server.notify_socket:
+        os.environ["NOTIFY_SOCKET"] = server.notify_socket
+        systemd.sd_notify("READY=1", server.log, unset_environment=True)
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """A stopping worker closes its socket as soon as it stops accepting, having accepted what
+    was queued on it: gunicorn closes it only after the worker's last request, and until then
+    the kernel keeps giving it new connections, which nobody accepts and the close resets."""
+    set_accept_enabled = worker.set_accept_enabled
+
+    def set_accept_enabled_and_close_when_stopping(enabled):  # type: ignore[no-untyped-def]
+        set_accept_enabled(enabled)
+        if enabled or worker.alive:
+            return
+        for listener in worker.sockets:
+            # At most a backlog's worth: connections still arriving meanwhile are not waited for.
+            for _ in range(worker.cfg.backlog):
+                if not select.select([listener], [], [], 0)[0]:
+                    break
+                worker.accept(listener)
+            listener.close()
+
+    worker.set_accept_enabled = set_accept_enabled_and_close_when_stopping
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
