@@ -1,12 +1,15 @@
 """Idempotency keys: a mutating request runs once per caller and key (the key lives in the
 caller's scope, `Principal.idempotency_scope`); repeats get its response.
 
-A request first *claims* its key in a transaction of its own, so a concurrent twin sees the
-claim. The request's last transaction *completes* the claim together with its own changes and
-the response to replay: a crash can never leave the work done without the response stored, or
-the response stored without the work. A request that fails *releases* its key, so a retry runs
-again. A claim left by a killed process can be taken over after a while; the original then
-fails to complete (its claim token no longer matches) and its last transaction rolls back.
+A request first *claims* its key, in a transaction of its own (`claim`), or in its own first
+write transaction, with what it writes there (`Asking`: a metered call claims with its hold, so
+that a refusal there frees the key with no write of its own); a concurrent twin sees the claim
+once that commits. The request's last transaction *completes* the claim together with its own
+changes and the response to replay: a crash can never leave the work done without the response
+stored, or the response stored without the work. A request that fails *releases* its key, so a
+retry runs again. A claim left by a killed process can be taken over after a while; the
+original then fails to complete (its claim token no longer matches) and its last transaction
+rolls back.
 """
 
 from __future__ import annotations
@@ -127,6 +130,92 @@ def claim(
         if outcome is not None:
             return outcome
     raise RequestInProgress()
+
+
+class Replayed(Exception):
+    """The request's key has its response stored: the request is answered with it, and what
+    its transaction wrote so far is rolled back."""
+
+    def __init__(self, stored: StoredResponse) -> None:
+        super().__init__("replayed")
+        self.stored = stored
+
+
+class Asking:
+    """A key a request claims in its first write transaction (`take`), together with what it
+    writes there. The claim is the request's once that transaction commits (the caller says so
+    by calling what `take` returns: `claim`); if the transaction is refused (a 402), the key was
+    never claimed and is free, with no write to free it. A request refused before it asked
+    (`asked_yet` false) is answered as its key says (`look`): a key already used answers with
+    its response, or is still in progress."""
+
+    def __init__(
+        self,
+        *,
+        scope: str,
+        key: str,
+        request_fingerprint: str,
+        now: datetime,
+        retention: timedelta,
+        takeover_after: timedelta,
+    ) -> None:
+        self._asked = _Asked(scope, key, request_fingerprint, now, retention, takeover_after)
+        self._taken: Claim | None = None
+        self.claim: Claim | None = None
+        self.asked_yet = False
+
+    def take(self, session: DbSession) -> Callable[[], None]:
+        """Claim the key in the caller's write transaction; raises Replayed (the key's response
+        is stored), RequestInProgress or IdempotencyKeyReused. Returns what to call once that
+        transaction committed."""
+        self.asked_yet = True
+        for _attempt in range(3):
+            outcome = _claim_once(session, self._asked)
+            if isinstance(outcome, StoredResponse):
+                raise Replayed(outcome)
+            if outcome is not None:
+                self._taken = outcome
+                return self._committed
+        raise RequestInProgress()
+
+    def _committed(self) -> None:
+        self.claim = self._taken
+
+    def refused(self) -> None:
+        """The request was refused (a 4xx) before its claim's transaction committed: that
+        transaction rolled back, and the key is free."""
+        if self.claim is None:
+            self._taken = None
+
+    def to_free(self) -> Claim | None:
+        """What a failed request frees: its claim; or one whose transaction ended in doubt (its
+        commit failed, and may have reached the database): freeing is conditional on the claim
+        being ours and in progress, so it is safe either way."""
+        return self.claim or self._taken
+
+    def look(self, session: DbSession) -> StoredResponse | None:
+        """What the key says of a request refused before it asked: its stored response, None
+        if it is free, or RequestInProgress or IdempotencyKeyReused, as a claim would."""
+        existing = session.execute(
+            select(keys).where(keys.c.scope == self._asked.scope, keys.c.key == self._asked.key)
+        ).one_or_none()
+        session.rollback()  # a read: nothing to keep, and no transaction left open
+        if existing is None or existing.expires_at <= self._asked.now:
+            return None
+        if existing.fingerprint != self._asked.fingerprint:
+            raise IdempotencyKeyReused()
+        if existing.status == "completed":
+            return StoredResponse(
+                existing.response_status, existing.response_body, existing.response_content_type
+            )
+        if existing.claimed_at + self._asked.takeover_after > self._asked.now:
+            raise RequestInProgress()
+        return None  # a claim abandoned long ago: the request may run again
+
+    def complete(self, session: DbSession, *, response: StoredResponse) -> None:
+        """`complete` the claim, which committed with the request's first write."""
+        assert self.claim is not None, "completed before its claim committed"
+        complete(session, self.claim, response=response)
 
 
 def _claim_once(session: DbSession, asked: _Asked) -> Claim | StoredResponse | None:

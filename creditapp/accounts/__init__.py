@@ -17,19 +17,29 @@ from creditapp.auth.models import ApiKey, User
 from creditapp.auth.principal import Principal
 from creditapp.database import DbSession
 from creditapp.errors import InvalidApiKey, NotFound
+from creditapp.kept import Kept
 from creditapp.ledger.models import Account
 
 Columns = TypeVarTuple("Columns")
 
 
+# A personal account is its user's for good: every process keeps which it is (for a few
+# seconds, all the same: a copy read in a transaction that then rolled back must not last).
+_kept_personal: Kept[int, int] = Kept()
+
+
 def of_user(session: DbSession, user_id: int) -> int:
     """The personal account of the user."""
-    account_id = session.execute(
-        select(Account.id).where(owned_by_user(user_id))
-    ).scalar_one_or_none()
-    if account_id is None:
-        raise NotFound("No such user.")
-    return account_id
+
+    def load() -> int:
+        account_id = session.execute(
+            select(Account.id).where(owned_by_user(user_id))
+        ).scalar_one_or_none()
+        if account_id is None:
+            raise NotFound("No such user.")
+        return account_id
+
+    return _kept_personal.get(session, user_id, load)
 
 
 def owned_by_user(user_id: SQLColumnExpression[int] | int) -> ColumnElement[bool]:

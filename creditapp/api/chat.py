@@ -242,7 +242,7 @@ STREAM_EVENT = {
 @blp.route("/conversations/<conversation_id>/messages", methods=["POST"])
 @limits.limiter.limit(limits.spending)
 @authenticated()
-@idempotent(required=True, runs_own_transactions=True)
+@idempotent(required=True, runs_own_transactions=True, claims_with_first_write=True)
 @blp.arguments(MessageArgs)
 @blp.response(201, ExchangeSchema)
 @blp.alt_response(
@@ -256,7 +256,7 @@ STREAM_EVENT = {
 def send_message(
     args: dict[str, Any],
     conversation_id: str,
-    claim: idempotency.Claim,
+    claim: idempotency.Asking,
     release: Callable[[idempotency.Undo], None],
 ) -> Any:
     user = caller()
@@ -283,7 +283,7 @@ def send_message(
         commit with the charge, in the settle transaction."""
         exchange = service.store_exchange(session, sending, settled, message)
         stored = render(exchange)
-        idempotency.complete(session, claim, response=stored)
+        claim.complete(session, response=stored)
         return exchange, stored
 
     if args["stream"]:
@@ -301,6 +301,7 @@ def send_message(
             ),
             discard=service.unsend,
             release=release,
+            before_hold=claim.take,
         )
         return event_stream(_live_events(streaming))
     charged = metered_call.complete(
@@ -311,6 +312,7 @@ def send_message(
         on_settled=lambda session, settled: keep(
             session, settled, None, lambda exchange: to_store(_exchange_response(exchange))
         ),
+        before_hold=claim.take,
     )
     _exchange, stored = charged.kept
     return from_store(stored)

@@ -298,7 +298,7 @@ the stream with the usage of what was delivered, then `data: {"error": ...}`."""
 @blp.route("/chat/completions", methods=["POST"])
 @limits.limiter.limit(limits.spending)
 @key_authenticated()
-@idempotent(runs_own_transactions=True)
+@idempotent(runs_own_transactions=True, claims_with_first_write=True)
 @blp.arguments(CompletionArgs)
 @blp.response(
     200,
@@ -311,7 +311,7 @@ the stream with the usage of what was delivered, then `data: {"error": ...}`."""
 @answers(402, 403, 404, 502)
 def chat_completions(
     args: dict[str, Any],
-    claim: idempotency.Claim | None,
+    claim: idempotency.Asking | None,
     release: Callable[[idempotency.Undo], None],
 ) -> Any:
     key = request_api_key()
@@ -348,9 +348,10 @@ def chat_completions(
 
     def keep(session: DbSession, stored: idempotency.StoredResponse) -> idempotency.StoredResponse:
         if claim is not None:
-            idempotency.complete(session, claim, response=stored)
+            claim.complete(session, response=stored)
         return stored
 
+    claimed = {} if claim is None else {"before_hold": claim.take}
     try:
         if asked.stream:
             streaming = metered_call.stream(
@@ -364,6 +365,7 @@ def chat_completions(
                 ),
                 discard=lambda _made: _nothing_stored,
                 release=release,
+                **claimed,
             )
             held = {"X-Credits-Held": format_credits(streaming.held.amount)}
             return event_stream(_chunks(streaming), held)
@@ -375,6 +377,7 @@ def chat_completions(
             on_settled=lambda session, settled: keep(
                 session, _completion(generation(settled.held), settled)
             ),
+            **claimed,
         )
     except ValidationFailed as refused:
         raise asked.named_as_asked(refused) from refused

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from flask import Flask, Response, current_app, make_response, request
@@ -22,7 +22,7 @@ from creditapp.api import openapi
 from creditapp.api.errors import DATABASE_DOWN
 from creditapp.api.identity import principal
 from creditapp.database import write_transaction
-from creditapp.errors import ValidationFailed
+from creditapp.errors import CreditAppError, ValidationFailed
 from creditapp.extensions import db
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -106,6 +106,60 @@ def _release_later(app: Flask, claim: idempotency.Claim, undo: idempotency.Undo 
     log.error("idempotency_release_gave_up", claim_id=claim.id)
 
 
+class _Release(Protocol):
+    def __call__(self, undo: idempotency.Undo | None = None) -> None: ...
+
+
+def _releaser(claim_of: Callable[[], idempotency.Claim | None]) -> _Release:
+    """The `release` a view that runs its own transactions gets: frees the request's claim (if
+    it holds one by then) with `undo`, once."""
+    released = False
+
+    def release(undo: idempotency.Undo | None = None) -> None:
+        nonlocal released
+        if released:  # once: a second, without the undo, could be first to run
+            return
+        released = True
+        claim = claim_of()
+        if claim is None:
+            _no_claim(undo)
+            return
+        try:
+            _free(claim, undo)
+        except Exception:
+            if undo is None:
+                raise
+            # The undo itself failed: the key is still freed, or the client's retry would be
+            # refused until a takeover.
+            log.exception("idempotency_undo_failed", claim_id=claim.id)
+            _free(claim)
+
+    return release
+
+
+def _asking(
+    view: Callable[..., Any], asking: idempotency.Asking, *args: Any, **kwargs: Any
+) -> Response:
+    """Run a view that claims its key with its first write (see `idempotent`)."""
+    release = _releaser(asking.to_free)
+    try:
+        return make_response(view(*args, claim=asking, release=release, **kwargs))
+    except idempotency.Replayed as replayed:
+        return _replay(replayed.stored)
+    except CreditAppError as error:
+        if error.status < 500:  # a refusal, before anything committed
+            asking.refused()
+        release()
+        if not asking.asked_yet:
+            stored = asking.look(db.session)
+            if stored is not None:
+                return _replay(stored)
+        raise
+    except BaseException:
+        release()
+        raise
+
+
 def _no_claim(undo: idempotency.Undo | None = None) -> None:
     """`release` of a request sent without an Idempotency-Key: no key to free; what it
     committed is undone all the same."""
@@ -119,6 +173,7 @@ def idempotent(
     *,
     required: bool = False,
     runs_own_transactions: bool = False,
+    claims_with_first_write: bool = False,
     kept: Callable[[Response], idempotency.StoredResponse] = to_store,
 ) -> Callable[[F], F]:
     """Run the view at most once per (caller, Idempotency-Key); replay its response after.
@@ -131,6 +186,12 @@ def idempotent(
     which frees the key with an undo of what it committed (`idempotency.release`), in the same
     way: for a failure after the view returned (a stream ends in its body), or before. Sent
     without a key, such a view gets `claim` None and a `release` that frees nothing.
+
+    A view that `claims_with_first_write` (a metered call) gets `claim` as an
+    `idempotency.Asking` instead, which it takes in its first write transaction (with its hold):
+    a refusal there rolls the claim back with it, and the key stays free with no write to free
+    it. A refusal before that (a request read and found wrong) is answered as the key says: a
+    key already used answers with its response.
 
     `kept` is what is stored of the response for a replay: all of it, unless the response holds
     a secret shown once (a new API key), which a replay must not show again.
@@ -153,37 +214,23 @@ def idempotent(
                     return make_response(view(*args, **kwargs))
 
             config = current_app.config
-            outcome = idempotency.claim(
-                db.session,
-                scope=principal().idempotency_scope,
-                key=key,
-                request_fingerprint=idempotency.fingerprint(
+            asked = {
+                "scope": principal().idempotency_scope,
+                "key": key,
+                "request_fingerprint": idempotency.fingerprint(
                     request.method, request.full_path, request.get_data(cache=True)
                 ),
-                now=datetime.now(UTC),
-                retention=config["IDEMPOTENCY_RETENTION"],
-                takeover_after=config["IDEMPOTENCY_TAKEOVER"],
-            )
+                "now": datetime.now(UTC),
+                "retention": config["IDEMPOTENCY_RETENTION"],
+                "takeover_after": config["IDEMPOTENCY_TAKEOVER"],
+            }
+            if claims_with_first_write:
+                return _asking(view, idempotency.Asking(**asked), *args, **kwargs)
+            outcome = idempotency.claim(db.session, **asked)
             if isinstance(outcome, idempotency.StoredResponse):
                 return _replay(outcome)
             if runs_own_transactions:
-                released = False
-
-                def release(undo: idempotency.Undo | None = None) -> None:
-                    nonlocal released
-                    if released:  # once: a second, without the undo, could be first to run
-                        return
-                    released = True
-                    try:
-                        _free(outcome, undo)
-                    except Exception:
-                        if undo is None:
-                            raise
-                        # The undo itself failed: the key is still freed, or the client's
-                        # retry would be refused until a takeover.
-                        log.exception("idempotency_undo_failed", claim_id=outcome.id)
-                        _free(outcome)
-
+                release = _releaser(lambda: outcome)
                 try:
                     return make_response(view(*args, claim=outcome, release=release, **kwargs))
                 except BaseException:

@@ -103,10 +103,10 @@ def gateway_request() -> bool:
     return request.path == GATEWAY_PREFIX or request.path.startswith(f"{GATEWAY_PREFIX}/")
 
 
-def _key_found() -> ApiKey | InvalidApiKey:
+def _key_found() -> api_keys.LiveKey | InvalidApiKey:
     """The request's live API key, looked up once per request (never cached across requests:
     a revoked key is refused at once), or why there is none."""
-    found: ApiKey | InvalidApiKey | None = g.get(_API_KEY)
+    found: api_keys.LiveKey | InvalidApiKey | None = g.get(_API_KEY)
     if found is None:
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         try:
@@ -120,16 +120,20 @@ def _key_found() -> ApiKey | InvalidApiKey:
 
 
 def _key_principal() -> Principal:
-    key = request_api_key()
-    return Principal.with_api_key(key.id, owner=api_keys.owner_of(db.session, key))
+    live = _live_key()
+    return Principal.with_api_key(live.key.id, owner=live.owner)
 
 
-def request_api_key() -> ApiKey:
-    """This gateway request's API key, or InvalidApiKey."""
+def _live_key() -> api_keys.LiveKey:
     found = _key_found()
     if isinstance(found, InvalidApiKey):
         raise found
     return found
+
+
+def request_api_key() -> ApiKey:
+    """This gateway request's API key, or InvalidApiKey."""
+    return _live_key().key
 
 
 def key_authenticated() -> Callable[[F], F]:

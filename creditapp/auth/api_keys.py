@@ -102,8 +102,16 @@ def create(
     return IssuedKey(KeyStanding(key, limit, limit_period, 0), secret)
 
 
-def authenticate(session: DbSession, presented: str | None, *, now: datetime) -> ApiKey:
-    """The live key `presented` is, with its owner loaded, or InvalidApiKey."""
+@dataclass(frozen=True)
+class LiveKey:
+    """A key that authenticated, and its owner, read with it in one statement."""
+
+    key: ApiKey
+    owner: User
+
+
+def authenticate(session: DbSession, presented: str | None, *, now: datetime) -> LiveKey:
+    """The live key `presented` is, with its owner, or InvalidApiKey."""
     if not presented or not presented.startswith(KEY_PREFIX):
         raise InvalidApiKey()
     found = session.execute(
@@ -113,18 +121,12 @@ def authenticate(session: DbSession, presented: str | None, *, now: datetime) ->
     ).one_or_none()
     if found is None:
         raise InvalidApiKey()
-    key, _owner = found
+    key, owner = found
     if key.revoked_at is not None:
         raise InvalidApiKey("This API key has been revoked.")
     if key.expires_at is not None and key.expires_at <= now:
         raise InvalidApiKey("This API key has expired.")
-    return key
-
-
-def owner_of(session: DbSession, key: ApiKey) -> User:
-    owner = session.get(User, key.user_id)  # loaded with the key: no query
-    assert owner is not None
-    return owner
+    return LiveKey(key, owner)
 
 
 def use_unrecorded(key: ApiKey, *, now: datetime) -> bool:

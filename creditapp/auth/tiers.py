@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,22 +12,46 @@ from creditapp import ledger
 from creditapp.auth.models import Tier, User
 from creditapp.database import DbSession
 from creditapp.errors import ValidationFailed
+from creditapp.kept import Kept
 from creditapp.money import format_credits
 
-# How long a process trusts its copy of a tier's rate limits: a change made through another
-# process applies everywhere within this (at once in the process that made it).
-RATE_LIMITS_CACHE_SECONDS = 5.0
-_rate_limits: dict[str, tuple[float, dict[str, str]]] = {}
+
+@dataclass(frozen=True)
+class Terms:
+    """What a tier allows a call, as every metered call reads it (kept: `creditapp.kept`)."""
+
+    name: str
+    allowed_models: tuple[str, ...]
+    default_max_tokens: int
+    max_max_tokens: int
+    rate_limits: dict[str, str]
+
+
+_kept_terms: Kept[str, Terms | None] = Kept()
+
+
+def terms(session: DbSession, name: str) -> Terms | None:
+    """The tier's terms, or None if there is no such tier."""
+
+    def load() -> Terms | None:
+        tier = session.get(Tier, name)
+        if tier is None:
+            return None
+        return Terms(
+            tier.name,
+            tuple(tier.allowed_models),
+            tier.default_max_tokens,
+            tier.max_max_tokens,
+            dict(tier.rate_limits or {}),
+        )
+
+    return _kept_terms.get(session, name, load)
 
 
 def rate_limits(session: DbSession, name: str) -> dict[str, str]:
-    """The tier's own rate limits by kind (`default`, `spending`, `sensitive`), cached."""
-    cached = _rate_limits.get(name)
-    if cached is not None and time.monotonic() - cached[0] < RATE_LIMITS_CACHE_SECONDS:
-        return cached[1]
-    limits = session.scalar(select(Tier.rate_limits).where(Tier.name == name)) or {}
-    _rate_limits[name] = (time.monotonic(), limits)
-    return limits
+    """The tier's own rate limits by kind (`default`, `spending`, `sensitive`)."""
+    found = terms(session, name)
+    return {} if found is None else found.rate_limits
 
 
 def get_all(session: DbSession) -> list[Tier]:
@@ -65,7 +89,7 @@ def put(
     for key, value in settings.items():
         setattr(tier, key, value)
     session.flush()
-    _rate_limits.pop(name, None)
+    _kept_terms.drop(session, name)
     ledger.record_action(
         session,
         action="tier_created" if created else "tier_updated",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -34,7 +34,8 @@ import structlog
 from sqlalchemy import Select, select
 
 from creditapp import ledger
-from creditapp.auth.models import Tier, User
+from creditapp.auth import tiers
+from creditapp.auth.models import User
 from creditapp.billing import compensations
 from creditapp.billing.models import Compensation, UnbilledUsage, UsageRecord
 from creditapp.database import DbSession, write_transaction
@@ -77,7 +78,7 @@ Clock = Callable[[], datetime]
 Undo = Callable[[DbSession], None]
 
 
-def model_allowed(allowed_models: list[str], provider: str, model: str) -> bool:
+def model_allowed(allowed_models: Iterable[str], provider: str, model: str) -> bool:
     """`allowed_models` holds "provider:model", "provider:*" or "*"."""
     return bool({"*", f"{provider}:*", f"{provider}:{model}"} & set(allowed_models))
 
@@ -186,14 +187,10 @@ class _Priced:
 def _price(session: DbSession, metered: MeteredCall, *, now: datetime) -> _Priced:
     request = metered.request
     provider, model = request.provider, request.model
-    # One round trip for the tier and the price in force (it is on every call's path).
-    tier, price = session.execute(
-        select(Tier, Price)
-        .outerjoin(Price, book.in_force(provider=provider, model=model, at=now))
-        .where(Tier.name == metered.caller.tier_name)
-        .order_by(Price.effective_from.desc())
-        .limit(1)
-    ).one()
+    # Both kept by the process (`creditapp.kept`): no round trip on a warm path.
+    tier = tiers.terms(session, metered.caller.tier_name)
+    assert tier is not None, "a user's tier exists (a foreign key)"
+    price = book.kept_in_force(session, provider=provider, model=model, at=now)
     # A call refused here is counted with the model it was for.
     try:
         if not model_allowed(tier.allowed_models, provider, model):
@@ -298,6 +295,21 @@ def _provider_failed(error: ProviderError) -> ProviderFailed:
     return ProviderFailed(details={"provider": error.provider, "reason": error.reason})
 
 
+# What a caller writes first in the hold's transaction (chat and the gateway claim the
+# request's Idempotency-Key there, so that a hold refused rolls the claim back with it); it
+# returns what to call once that transaction committed.
+BeforeHold = Callable[[DbSession], Callable[[], None]]
+
+
+def _nothing_before(_session: DbSession) -> Callable[[], None]:
+    """A call that writes nothing before its hold."""
+    return _nothing_after
+
+
+def _nothing_after() -> None:
+    """Nothing to say once the hold committed."""
+
+
 def complete(
     session: DbSession,
     metered: MeteredCall,
@@ -305,10 +317,12 @@ def complete(
     meter: Meter,
     context: ledger.AuditContext,
     on_settled: Callable[[DbSession, Settled], T],
+    before_hold: BeforeHold = _nothing_before,
 ) -> Charged[T]:
     """Call the provider for the request, paid from the call's account, and charge exactly
     what the call cost.
 
+    `before_hold(session)` runs first in the hold's transaction (see `BeforeHold`).
     `on_settled(session, settled)` runs inside the settle transaction; what it returns is
     handed back in `Charged.kept`. If it fails, nothing is charged: the hold is voided and the
     call kept as unbilled.
@@ -316,7 +330,9 @@ def complete(
     asked_at = meter.clock()
     priced = _price(session, metered, now=asked_at)
     with _refusal_announced(session, now=asked_at), write_transaction(session):
+        hold_committed = before_hold(session)
         held = _hold(session, priced, meter=meter, context=context, now=asked_at)
+    hold_committed()
 
     try:
         with PROVIDER_DURATION.labels(priced.provider, priced.model).time():
@@ -449,7 +465,8 @@ def _settle(
         usage=call.usage,
         ending=call.ending,
         credits_charged=record.credits_charged,
-        balance=ledger.balance(session, account_id=call.priced.account_id, now=now),
+        balance=resolution.balance
+        or ledger.balance(session, account_id=call.priced.account_id, now=now),
         compensation=compensation,
         failure=call.failure,
         at=now,
@@ -625,14 +642,15 @@ def stream(
     on_settled: Callable[[DbSession, Settled, H], T],
     discard: Callable[[H], Undo],
     release: Callable[[Undo], None],
+    before_hold: BeforeHold = _nothing_before,
 ) -> Streaming[H, T]:
     """Call the provider for the request and stream the reply. What can fail before the provider
-    answers raises here, as in `complete` (nothing is charged, nothing kept). `on_held(session,
-    held)` runs in the hold's transaction (chat stores the user message there, so that the
-    stream can name it); `discard(started)` is the undo of what it stored, run when nothing is
-    charged. `release(undo)` frees the caller's claim and runs `undo` in the same transaction;
-    while the database is unreachable it keeps trying in the background. No transaction is open
-    while the reply flows.
+    answers raises here, as in `complete` (nothing is charged, nothing kept; `before_hold` as
+    there). `on_held(session, held)` runs in the hold's transaction (chat stores the user
+    message there, so that the stream can name it); `discard(started)` is the undo of what it
+    stored, run when nothing is charged. `release(undo)` frees the caller's claim and runs
+    `undo` in the same transaction; while the database is unreachable it keeps trying in the
+    background. No transaction is open while the reply flows.
 
     At the end, however it comes, one transaction settles what was delivered and runs
     `on_settled(session, settled, started)` (`settled.ending` says how the stream ended,
@@ -648,8 +666,10 @@ def stream(
     asked_at = meter.clock()
     priced = _price(session, metered, now=asked_at)
     with _refusal_announced(session, now=asked_at), write_transaction(session):
+        hold_committed = before_hold(session)
         held = _hold(session, priced, meter=meter, context=context, now=asked_at)
         started = on_held(session, held)
+    hold_committed()
     # Taken now, from what the hold's transaction stored: an undo may run in another session.
     streamed = _StreamedCall(
         priced,

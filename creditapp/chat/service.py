@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Select, delete, func, or_, select
+from sqlalchemy import Select, delete, func, insert, or_, select
 
 from creditapp import ledger
 from creditapp.auth.models import User
@@ -23,6 +24,7 @@ from creditapp.billing.models import Compensation, UsageRecord
 from creditapp.chat.models import Character, Conversation, Message
 from creditapp.database import DbSession
 from creditapp.errors import NotFound, ValidationFailed
+from creditapp.kept import Kept
 from creditapp.metering.providers import PROVIDER_NAMES, ChatMessage
 from creditapp.metering.usage import Usage
 from creditapp.pricing import book
@@ -136,6 +138,32 @@ def refund_message(
 
 
 @dataclass(frozen=True)
+class _Speaker:
+    """What a conversation's character brings to each of its calls."""
+
+    provider: str
+    model: str
+    system_prompt: str
+
+
+# A conversation's user and character, and a character's prompt and model, never change once
+# made: every process keeps them (for a few seconds, all the same: a copy read in a transaction
+# that then rolled back must not last).
+_kept_characters: Kept[tuple[int, int], _Speaker] = Kept()
+
+
+def _character_of(session: DbSession, conversation_id: int, user: User) -> _Speaker:
+    character = session.scalars(
+        select(Character)
+        .join(Conversation, Conversation.character_id == Character.id)
+        .where(Conversation.id == conversation_id, Conversation.user_id == user.id)
+    ).one_or_none()
+    if character is None:
+        raise NotFound("No such conversation.")
+    return _Speaker(character.provider, character.model, character.system_prompt)
+
+
+@dataclass(frozen=True)
 class MessageCall:
     """A message on its way: the metered call it makes, and what chat stores of it."""
 
@@ -156,13 +184,9 @@ def message_call(
 ) -> MessageCall:
     """The call that sends `content` to the conversation's character, with the last
     `history_messages` messages of the conversation before it."""
-    character = session.scalars(
-        select(Character)
-        .join(Conversation, Conversation.character_id == Character.id)
-        .where(Conversation.id == conversation_id, Conversation.user_id == user.id)
-    ).one_or_none()
-    if character is None:
-        raise NotFound("No such conversation.")
+    character = _kept_characters.get(
+        session, (conversation_id, user.id), lambda: _character_of(session, conversation_id, user)
+    )
     history = session.scalars(
         select(Message)
         .where(Message.conversation_id == conversation_id)
@@ -232,26 +256,39 @@ def store_exchange(
     session: DbSession, call: MessageCall, settled: Settled, message: Message | None = None
 ) -> Exchange:
     """Store the user message (new, or `message` stored when its stream began) and the reply,
-    both linked to the call's usage record, in the settle transaction."""
+    both linked to the call's usage record, in the settle transaction. New messages go in one
+    statement: on a busy database the round trip costs more than the rows."""
+
+    def row(role: str, content: str, at: datetime, *, partial: bool = False) -> dict[str, Any]:
+        return {
+            "conversation_id": call.conversation_id,
+            "role": role,
+            "content": content,
+            "partial": partial,
+            "usage_id": settled.usage_id,
+            "created_at": at,
+        }
+
+    rows = []
     if message is None:
-        message = Message(
-            conversation_id=call.conversation_id,
-            role="user",
-            content=call.content,
-            created_at=settled.held.at,
-        )
-    message.usage_id = settled.usage_id
-    session.add(message)
-    reply = None
+        rows.append(row("user", call.content, settled.held.at))
+    else:
+        # Stored by the hold's transaction, in another session: this one updates it.
+        session.add(message)
+        message.usage_id = settled.usage_id
     if settled.text:
-        reply = Message(
-            conversation_id=call.conversation_id,
-            role="assistant",
-            content=settled.text,
-            partial=settled.ending != "completed",
-            usage_id=settled.usage_id,
-            created_at=settled.at,
+        rows.append(
+            row("assistant", settled.text, settled.at, partial=settled.ending != "completed")
         )
-        session.add(reply)
+    inserted = (
+        list(
+            session.scalars(insert(Message).returning(Message, sort_by_parameter_order=True), rows)
+        )
+        if rows
+        else []
+    )
     session.flush()
+    if message is None:
+        message = inserted.pop(0)
+    reply = inserted[0] if inserted else None
     return Exchange(message, reply, settled)

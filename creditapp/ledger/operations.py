@@ -129,6 +129,9 @@ class Resolution:
     uncollected: int
     applied: bool
     late: bool = False
+    # The account once resolved, as `balance` would read it then (the resolution wrote off
+    # what had expired); None when not resolved now.
+    balance: Balance | None = None
 
 
 @dataclass
@@ -904,7 +907,7 @@ def _resolve(
         )
     if period_began is not None:
         sql.run(DATE_RESOLUTION, hold=hold_id, at=sql.time(period_began))
-    _persist(
+    after = _persist(
         sql,
         state,
         action={"settled": "settle", "voided": "void", "expired": "expire_hold"}[status],
@@ -920,7 +923,9 @@ def _resolve(
             **({"late": True} if late else {}),
         },
     )
-    return Resolution(hold_id, status, captured, actual - captured, applied=True, late=late)
+    return Resolution(
+        hold_id, status, captured, actual - captured, applied=True, late=late, balance=after
+    )
 
 
 def _unresolved(sql: LedgerSql, hold_id: int) -> Resolution:

@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 
 from creditapp.database import DbSession
 from creditapp.errors import Conflict, ModelNotPriced, PriceTooPrecise, ValidationFailed
+from creditapp.kept import Kept
 from creditapp.ledger import AuditContext, record_action
 from creditapp.metering.usage import Usage
 from creditapp.pricing.models import Price
@@ -152,6 +153,30 @@ def price_in_force(session: DbSession, *, provider: str, model: str, at: datetim
     return price
 
 
+# Every row of a model, newest first, as a metered call reads them (kept: `creditapp.kept`).
+# Rows are never edited, and one added in this process drops the model's copy at once.
+_kept_rows: Kept[tuple[str, str], tuple[Price, ...]] = Kept()
+
+
+def kept_in_force(session: DbSession, *, provider: str, model: str, at: datetime) -> Price | None:
+    """The row in force at `at`, from this process's copy of the model's rows, or None."""
+
+    def load() -> tuple[Price, ...]:
+        rows = tuple(
+            session.scalars(
+                select(Price)
+                .where(Price.provider == provider, Price.model == model)
+                .order_by(Price.effective_from.desc())
+            )
+        )
+        for row in rows:  # shared by every thread: out of this session, never expired by it
+            session.expunge(row)
+        return rows
+
+    rows = _kept_rows.get(session, (provider, model), load, worth_keeping=bool)
+    return next((row for row in rows if row.effective_from <= at), None)
+
+
 def all_in_force(*, at: datetime) -> Select[Price]:
     """The row in force at `at` of every priced model, by provider and model."""
     newest = (
@@ -237,6 +262,7 @@ def add(
     )
     session.add(price)
     session.flush()
+    _kept_rows.drop(session, (provider, model))
     return price
 
 

@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import delete, select, text, update
 
+from creditapp import kept
 from creditapp.api.limits import limiter
 from creditapp.auth.models import Tier
 from creditapp.database import write_transaction
@@ -52,5 +53,6 @@ def clean_database(
             session.execute(delete(tiers).where(tiers.c.name.not_in(names)))
             for row in seeded_tiers:
                 session.execute(update(tiers).where(tiers.c.name == row["name"]).values(**row))
+        kept.forget_everything()
         if app.config["RATELIMIT_ENABLED"]:
             limiter.reset()

@@ -344,3 +344,36 @@ def test_the_sdk_retries_are_bounded(fake_providers: FakeProviders) -> None:
     with pytest.raises(Exception, match="openai"):
         retrying.complete(request)
     assert len(fake_providers.calls("openai")) == 4
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_both_messages_of_an_exchange_name_its_charge(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    stream: bool,
+) -> None:
+    """Streamed or not, the user message and the reply point to the call's usage record (a
+    streamed user message is stored with the hold, and linked in the settle's transaction)."""
+    person = person_factory(credits=10**9)
+    add_price(app, "openai", "gpt-linked", input="1", output="2")
+    conversation = start_conversation(client, person, "openai", "gpt-linked")
+    fake_providers.script("openai", Answer(text="Linked"))
+    sent = client.post(
+        f"/api/conversations/{conversation}/messages",
+        json={"content": "Hello there", "stream": stream},
+        headers={**person.headers, "Idempotency-Key": f"linked-{stream}"},
+    )
+    assert sent.status_code == (200 if stream else 201)
+    sent.get_data()
+    with app.app_context():
+        (usage_id,) = db.session.scalars(select(UsageRecord.id)).all()
+        rows = db.session.execute(
+            select(Message.role, Message.content, Message.usage_id).order_by(Message.id)
+        ).all()
+        db.session.remove()
+    assert [tuple(row) for row in rows] == [
+        ("user", "Hello there", usage_id),
+        ("assistant", "Linked", usage_id),
+    ]

@@ -91,8 +91,11 @@ def test_settle_below_the_hold_charges_actual_and_releases_the_rest(account: int
     give(account, 10 * CR)
     held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL, reference="msg-1")
     outcome = run(ledger.settle, hold_id=held.hold_id, actual=1_500_000)
-    assert outcome == ledger.Resolution(held.hold_id, "settled", 1_500_000, 0, applied=True)
-    assert state(account) == ledger.Balance(8_500_000, 0)
+    # The account as the settle left it, as a read of it would say.
+    assert outcome == ledger.Resolution(
+        held.hold_id, "settled", 1_500_000, 0, applied=True, balance=ledger.Balance(8_500_000, 0)
+    )
+    assert state(account) == outcome.balance
     charge = db.session.execute(
         select(LedgerEntry).where(LedgerEntry.type == "charge")
     ).scalar_one()
@@ -128,8 +131,10 @@ def test_void_releases_everything_and_charges_nothing(account: int) -> None:
     give(account, 10 * CR)
     held = run(ledger.hold, account_id=account, amount=4 * CR, ttl=TTL)
     outcome = run(ledger.void, hold_id=held.hold_id)
-    assert outcome == ledger.Resolution(held.hold_id, "voided", 0, 0, applied=True)
-    assert state(account) == ledger.Balance(10 * CR, 0)
+    assert outcome == ledger.Resolution(
+        held.hold_id, "voided", 0, 0, applied=True, balance=ledger.Balance(10 * CR, 0)
+    )
+    assert state(account) == outcome.balance
     assert entry_rows(account) == [("grant", 10 * CR, 10 * CR)]
     assert_consistent(account)
 
@@ -407,13 +412,19 @@ def test_a_settle_of_nothing_and_a_late_settle_say_what_they_were(account: int) 
     give(account, 10 * CR, now=now)
     free = run(ledger.hold, account_id=account, amount=CR, ttl=TTL, now=now)
     assert run(ledger.settle, hold_id=free.hold_id, actual=0, now=now) == ledger.Resolution(
-        free.hold_id, "settled", 0, 0, applied=True, late=False
+        free.hold_id, "settled", 0, 0, applied=True, late=False, balance=ledger.Balance(10 * CR, 0)
     )
     late = run(ledger.hold, account_id=account, amount=CR, ttl=TTL, now=now)
     run(ledger.expire_hold, hold_id=late.hold_id, now=now + TTL)
     outcome = run(ledger.settle, hold_id=late.hold_id, actual=CR // 2, now=now + TTL * 2)
     assert outcome == ledger.Resolution(
-        late.hold_id, "settled", CR // 2, 0, applied=True, late=True
+        late.hold_id,
+        "settled",
+        CR // 2,
+        0,
+        applied=True,
+        late=True,
+        balance=ledger.Balance(10 * CR - CR // 2, 0),
     )
     settles = db.session.scalars(
         select(AuditRecord).where(AuditRecord.action == "settle").order_by(AuditRecord.id)

@@ -426,6 +426,9 @@ class LedgerMachine(RuleBasedStateMachine):
         outcome = self._run(ledger.settle, hold_id=hold_id, actual=actual)
         assert (outcome.applied, outcome.late) == (True, held.expired)
         assert (outcome.captured, outcome.uncollected) == (captured, actual - captured)
+        # The account as the settle left it is what a read of it says now (a metered call
+        # answers with it instead of reading it again).
+        assert outcome.balance == ledger.Balance(model.balance, model.reserved)
         again = self._run(ledger.settle, hold_id=hold_id, actual=actual + 1)
         assert (again.applied, again.captured) == (False, captured)
 
