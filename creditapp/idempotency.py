@@ -101,7 +101,7 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
 
 
 @dataclass(frozen=True)
-class _Asked:
+class Asked:
     """A request asking for its key."""
 
     scope: str
@@ -112,18 +112,8 @@ class _Asked:
     takeover_after: timedelta
 
 
-def claim(
-    session: DbSession,
-    *,
-    scope: str,
-    key: str,
-    request_fingerprint: str,
-    now: datetime,
-    retention: timedelta,
-    takeover_after: timedelta,
-) -> Claim | StoredResponse:
+def claim(session: DbSession, asked: Asked) -> Claim | StoredResponse:
     """Claim the key for this request, or return the response to replay. Commits."""
-    asked = _Asked(scope, key, request_fingerprint, now, retention, takeover_after)
     for _attempt in range(3):
         with write_transaction(session):
             outcome = _claim_once(session, asked)
@@ -149,17 +139,8 @@ class Asking:
     (`asked_yet` false) is answered as its key says (`look`): a key already used answers with
     its response, or is still in progress."""
 
-    def __init__(
-        self,
-        *,
-        scope: str,
-        key: str,
-        request_fingerprint: str,
-        now: datetime,
-        retention: timedelta,
-        takeover_after: timedelta,
-    ) -> None:
-        self._asked = _Asked(scope, key, request_fingerprint, now, retention, takeover_after)
+    def __init__(self, asked: Asked) -> None:
+        self._asked = asked
         self._taken: Claim | None = None
         self.claim: Claim | None = None
         self.asked_yet = False
@@ -218,7 +199,7 @@ class Asking:
         complete(session, self.claim, response=response)
 
 
-def _claim_once(session: DbSession, asked: _Asked) -> Claim | StoredResponse | None:
+def _claim_once(session: DbSession, asked: Asked) -> Claim | StoredResponse | None:
     token = secrets.token_hex(16)
     fresh_claim = {
         "fingerprint": asked.fingerprint,

@@ -271,6 +271,20 @@ def self_signed_certificate(key: CertificateIssuerPrivateKeyTypes, common_name: 
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
+def give_credits(account_id: int, amount: int, reason: str = "test credits") -> None:
+    """A committed promo grant of `amount` µcr to the account (in the caller's app context)."""
+    with write_transaction(db.session):
+        ledger.grant(
+            db.session,
+            account_id=account_id,
+            amount=amount,
+            source="promo",
+            reason=reason,
+            context=TEST_CONTEXT,
+            now=utcnow(),
+        )
+
+
 def new_team(
     owner_id: int, *member_ids: int, name: str = "Team", cap: int | None = None
 ) -> tuple[int, int]:

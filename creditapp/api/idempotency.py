@@ -214,19 +214,19 @@ def idempotent(
                     return make_response(view(*args, **kwargs))
 
             config = current_app.config
-            asked = {
-                "scope": principal().idempotency_scope,
-                "key": key,
-                "request_fingerprint": idempotency.fingerprint(
+            asked = idempotency.Asked(
+                scope=principal().idempotency_scope,
+                key=key,
+                fingerprint=idempotency.fingerprint(
                     request.method, request.full_path, request.get_data(cache=True)
                 ),
-                "now": datetime.now(UTC),
-                "retention": config["IDEMPOTENCY_RETENTION"],
-                "takeover_after": config["IDEMPOTENCY_TAKEOVER"],
-            }
+                now=datetime.now(UTC),
+                retention=config["IDEMPOTENCY_RETENTION"],
+                takeover_after=config["IDEMPOTENCY_TAKEOVER"],
+            )
             if claims_with_first_write:
-                return _asking(view, idempotency.Asking(**asked), *args, **kwargs)
-            outcome = idempotency.claim(db.session, **asked)
+                return _asking(view, idempotency.Asking(asked), *args, **kwargs)
+            outcome = idempotency.claim(db.session, asked)
             if isinstance(outcome, idempotency.StoredResponse):
                 return _replay(outcome)
             if runs_own_transactions:

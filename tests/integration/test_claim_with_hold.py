@@ -11,13 +11,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
-from creditapp import idempotency, ledger
+from creditapp import idempotency
 from creditapp.auth.models import User
 from creditapp.database import write_transaction
 from creditapp.extensions import db
-from tests.conftest import TEST_CONTEXT, Person, utcnow
+from tests.conftest import Person
 from tests.fake_providers import Answer, FakeProviders
-from tests.helpers import add_price, assert_error, scalar, start_conversation
+from tests.helpers import add_price, assert_error, give_credits, scalar, start_conversation
 from tests.integration.gateway_client import add_tier, make_key
 
 USAGE = {"prompt_tokens": 20, "completion_tokens": 5}
@@ -33,18 +33,9 @@ def _keys(app: Flask, key: str) -> int:
     )
 
 
-def _grant(app: Flask, person: Person, amount: int) -> None:
+def _give(app: Flask, person: Person) -> None:
     with app.app_context():
-        with write_transaction(db.session):
-            ledger.grant(
-                db.session,
-                account_id=person.account_id,
-                amount=amount,
-                source="promo",
-                reason="test credits",
-                context=TEST_CONTEXT,
-                now=utcnow(),
-            )
+        give_credits(person.account_id, CR)
         db.session.remove()
 
 
@@ -67,7 +58,7 @@ def test_a_refused_hold_leaves_its_key_free_with_nothing_written(
     assert_error(_send(client, person, conversation, key), 402, "insufficient_credits")
     assert _keys(app, key) == 0
     # The same key, once the credits are there, runs the request: it was never claimed.
-    _grant(app, person, CR)
+    _give(app, person)
     fake_providers.script("openai", Answer(usage=USAGE))
     sent = _send(client, person, conversation, key)
     assert sent.status_code == 201, sent.get_json()
@@ -129,7 +120,7 @@ def test_a_gateway_call_refused_its_hold_leaves_its_key_free(
     refused = client.post("/v1/chat/completions", json=call, headers=headers)
     assert refused.status_code == 402
     assert _keys(app, key) == 0
-    _grant(app, person, CR)
+    _give(app, person)
     fake_providers.script("openai", Answer(usage=USAGE))
     answered = client.post("/v1/chat/completions", json=call, headers=headers)
     assert answered.status_code == 200, answered.get_json()

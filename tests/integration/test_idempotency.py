@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from flask import Flask
@@ -93,12 +93,14 @@ def test_a_request_still_running_is_a_conflict(
         # The first request has claimed the key and is still working.
         idempotency.claim(
             db.session,
-            scope=f"user:{admin.id}",
-            key="busy",
-            request_fingerprint=idempotency.fingerprint("POST", f"{GRANT}?", body),
-            now=utcnow(),
-            retention=DAY,
-            takeover_after=timedelta(minutes=10),
+            idempotency.Asked(
+                scope=f"user:{admin.id}",
+                key="busy",
+                fingerprint=idempotency.fingerprint("POST", f"{GRANT}?", body),
+                now=utcnow(),
+                retention=DAY,
+                takeover_after=timedelta(minutes=10),
+            ),
         )
         db.session.remove()
     response = client.post(
@@ -110,23 +112,17 @@ def test_a_request_still_running_is_a_conflict(
 
 def test_claims_expire_and_abandoned_ones_are_taken_over(ctx) -> None:
     t0 = utcnow()
-    args = {
-        "scope": "user:1",
-        "key": "k",
-        "retention": DAY,
-        "takeover_after": timedelta(minutes=10),
-    }
-    first = idempotency.claim(db.session, request_fingerprint="a", now=t0, **args)
+
+    def asked(fingerprint: str, now: datetime) -> idempotency.Asked:
+        return idempotency.Asked("user:1", "k", fingerprint, now, DAY, timedelta(minutes=10))
+
+    first = idempotency.claim(db.session, asked("a", t0))
     assert isinstance(first, idempotency.Claim)
     with pytest.raises(RequestInProgress):
-        idempotency.claim(
-            db.session, request_fingerprint="a", now=t0 + timedelta(minutes=9), **args
-        )
+        idempotency.claim(db.session, asked("a", t0 + timedelta(minutes=9)))
     with pytest.raises(IdempotencyKeyReused):
-        idempotency.claim(db.session, request_fingerprint="b", now=t0, **args)
-    takeover = idempotency.claim(
-        db.session, request_fingerprint="a", now=t0 + timedelta(minutes=10), **args
-    )
+        idempotency.claim(db.session, asked("b", t0))
+    takeover = idempotency.claim(db.session, asked("a", t0 + timedelta(minutes=10)))
     assert isinstance(takeover, idempotency.Claim) and takeover.token != first.token
     # The abandoned request comes back: it may not complete, so its work rolls back.
     with pytest.raises(RequestInProgress):
@@ -140,12 +136,10 @@ def test_claims_expire_and_abandoned_ones_are_taken_over(ctx) -> None:
         response=idempotency.StoredResponse(201, b'{"ok": 1}', "application/json"),
     )
     db.session.commit()
-    replay = idempotency.claim(
-        db.session, request_fingerprint="a", now=t0 + DAY - timedelta(1), **args
-    )
+    replay = idempotency.claim(db.session, asked("a", t0 + DAY - timedelta(1)))
     assert replay == idempotency.StoredResponse(201, b'{"ok": 1}', "application/json")
     # After 24 hours the key is forgotten: another request may use it.
-    fresh = idempotency.claim(db.session, request_fingerprint="b", now=t0 + DAY, **args)
+    fresh = idempotency.claim(db.session, asked("b", t0 + DAY))
     assert isinstance(fresh, idempotency.Claim)
 
 

@@ -35,6 +35,7 @@ from tests.helpers import (
     add_price,
     assert_consistent,
     assert_error,
+    give_credits,
     new_team,
     send,
     start_conversation,
@@ -67,16 +68,7 @@ def make_team(
     """A team of `owner` with these members, each capped at `cap` a month, granted `credits`."""
     with app.app_context():
         team_id, account_id = new_team(owner.id, *(member.id for member in members), cap=cap)
-        with write_transaction(db.session):
-            ledger.grant(
-                db.session,
-                account_id=account_id,
-                amount=credits,
-                source="promo",
-                reason="team credits",
-                context=TEST_CONTEXT,
-                now=utcnow(),
-            )
+        give_credits(account_id, credits, "team credits")
         db.session.remove()
     return Team(team_id, account_id)
 
