@@ -198,6 +198,9 @@ def chat_server(
             "DATABASE_POOL_SIZE": str(min(threads, 16)),
             "DATABASE_MAX_OVERFLOW": str(max(threads - 16, 0)),
             "PROVIDER_MAX_RETRIES": "0",
+            # The tests' servers reach webhook receivers on loopback; production refuses that,
+            # and the benchmark sends no webhook.
+            "WEBHOOK_ALLOW_PRIVATE": "false",
         }
         os.environ.update(env)
         os.environ.pop("REDIS_URL", None)
