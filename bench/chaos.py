@@ -741,6 +741,11 @@ class Clients:
             if status == 200 and isinstance(answer, list) and not answer_finished(answer):
                 time.sleep(0.2)  # a stream cut short: ask again, the replay tells the end
                 continue
+            if status == 200 and isinstance(answer, list) and stream_unsettled(answer):
+                # The charge could not be confirmed (the database went away as it was written):
+                # as after a 503, the same key again tells how it ended.
+                time.sleep(min(0.3 * outcome.attempts, 3))
+                continue
             code = answer.get("error", {}).get("code") if isinstance(answer, dict) else None
             if status in (503, 500) or code == "request_in_progress":
                 time.sleep(min(0.3 * outcome.attempts, 3))
@@ -1150,6 +1155,11 @@ def read_events(response: http.client.HTTPResponse, *, hang_up: bool) -> list[tu
 
 def answer_finished(events: list[tuple[str, Any]]) -> bool:
     return bool(events) and events[-1][0] in ("done", "error")
+
+
+def stream_unsettled(events: list[tuple[str, Any]]) -> bool:
+    name, data = events[-1]
+    return name == "error" and data["error"]["code"] == "service_unavailable"
 
 
 def stream_message_id(events: list[tuple[str, Any]]) -> int | None:

@@ -496,7 +496,12 @@ def _keep_unbilled(
     )
     try:
         with write_transaction(session):
-            ledger.void(session, hold_id=call.held.hold_id, context=context, now=now)
+            voided = ledger.void(session, hold_id=call.held.hold_id, context=context, now=now)
+            if voided.status == "settled":
+                # The settle's commit failed as far as this process could tell, yet reached the
+                # database: the call is billed (and its answer stored for a retry to replay).
+                log.info("settle_committed_after_all", hold_id=call.held.hold_id)
+                return
             session.add(
                 UnbilledUsage(
                     **call.columns(now),
@@ -727,7 +732,13 @@ def _relay(
             # Kept as unbilled, its hold voided (`_finish`): nothing is charged, so nothing of
             # it is kept either, as when a whole reply's settle fails.
             streamed.forget()
-            return Finished(None, DependencyUnavailable("The charge could not be recorded."))
+            return Finished(
+                None,
+                DependencyUnavailable(
+                    "The charge could not be confirmed: send the request again with the same"
+                    " Idempotency-Key to learn how it ended."
+                ),
+            )
         return Finished(charged, failure)
 
     try:
