@@ -19,12 +19,15 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
     Index,
     Integer,
     LargeBinary,
+    Row,
+    Select,
     String,
     UniqueConstraint,
     delete,
@@ -177,21 +180,11 @@ class Asking:
     def look(self, session: DbSession) -> StoredResponse | None:
         """What the key says of a request refused before it asked: its stored response, None
         if it is free, or RequestInProgress or IdempotencyKeyReused, as a claim would."""
-        existing = session.execute(
-            select(keys).where(keys.c.scope == self._asked.scope, keys.c.key == self._asked.key)
-        ).one_or_none()
+        existing = session.execute(_key_of(self._asked)).one_or_none()
         session.rollback()  # a read: nothing to keep, and no transaction left open
         if existing is None or existing.expires_at <= self._asked.now:
             return None
-        if existing.fingerprint != self._asked.fingerprint:
-            raise IdempotencyKeyReused()
-        if existing.status == "completed":
-            return StoredResponse(
-                existing.response_status, existing.response_body, existing.response_content_type
-            )
-        if existing.claimed_at + self._asked.takeover_after > self._asked.now:
-            raise RequestInProgress()
-        return None  # a claim abandoned long ago: the request may run again
+        return _answer_of(existing, self._asked)  # None: abandoned, the request may run again
 
     def complete(self, session: DbSession, *, response: StoredResponse) -> None:
         """`complete` the claim, which committed with the request's first write."""
@@ -221,15 +214,30 @@ def _claim_once(session: DbSession, asked: Asked) -> Claim | StoredResponse | No
     ).scalar_one_or_none()
     if claimed is not None:
         return Claim(claimed, token)
-    existing = session.execute(
-        select(keys).where(keys.c.scope == asked.scope, keys.c.key == asked.key).with_for_update()
-    ).one_or_none()
+    existing = session.execute(_key_of(asked).with_for_update()).one_or_none()
     if existing is None:
         return None  # released by its request meanwhile: try again
     if existing.expires_at <= asked.now:
         # A key older than the retention is free for a new request.
         session.execute(update(keys).where(keys.c.id == existing.id).values(**fresh_claim))
         return Claim(existing.id, token)
+    stored = _answer_of(existing, asked)
+    if stored is not None:
+        return stored
+    session.execute(
+        update(keys).where(keys.c.id == existing.id).values(claim_token=token, claimed_at=asked.now)
+    )
+    return Claim(existing.id, token)
+
+
+def _key_of(asked: Asked) -> Select[Any]:
+    return select(keys).where(keys.c.scope == asked.scope, keys.c.key == asked.key)
+
+
+def _answer_of(existing: Row[Any], asked: Asked) -> StoredResponse | None:
+    """What a key seen before (within its retention) answers `asked`: its stored response;
+    IdempotencyKeyReused (another request's key) or RequestInProgress (its request still runs);
+    or None, a claim abandoned long enough ago to be taken over."""
     if existing.fingerprint != asked.fingerprint:
         raise IdempotencyKeyReused()
     if existing.status == "completed":
@@ -238,10 +246,7 @@ def _claim_once(session: DbSession, asked: Asked) -> Claim | StoredResponse | No
         )
     if existing.claimed_at + asked.takeover_after > asked.now:
         raise RequestInProgress()
-    session.execute(
-        update(keys).where(keys.c.id == existing.id).values(claim_token=token, claimed_at=asked.now)
-    )
-    return Claim(existing.id, token)
+    return None
 
 
 def complete(session: DbSession, held: Claim, *, response: StoredResponse) -> None:

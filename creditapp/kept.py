@@ -56,6 +56,9 @@ class Kept(Generic[K, V]):
     def _of(self, session: DbSession) -> dict[K, tuple[float, V]]:
         engine = session.get_bind()
         assert isinstance(engine, Engine)
+        copies = self._copies.get(engine)  # the usual case: no lock taken
+        if copies is not None:
+            return copies
         with self._lock:
             return self._copies.setdefault(engine, {})
 
