@@ -11,7 +11,7 @@ when it upgrades from reading, and waits for it under `busy_timeout`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -35,6 +35,8 @@ DbSession = Session | scoped_session[Any]
 
 
 RV = TypeVar("RV")
+# A statement for the driver and its parameters.
+Query = tuple[str, tuple[Any, ...]]
 # A statement running longer than its `statement_timeout` is cancelled by the server itself; a
 # server that stopped answering cannot do even that, so the client gives up this much later.
 DEADLINE_MARGIN_SECONDS = 2
@@ -61,6 +63,30 @@ class DeadlineConnection(psycopg.Connection[Any]):
     """
 
     statement_timeout_seconds: int = 0
+    # Statements of the transaction in progress not sent yet: they go with the transaction's
+    # next statement, or with its COMMIT (`send`). Each with the cursor its result is read from
+    # (`creditapp.ledger.sql.Later`), or None for a write whose result nobody reads.
+    deferred: list[tuple[Query, psycopg.Cursor[Any] | None]]
+
+    def send(self, queries: Sequence[Query] = (), *, commit: bool = False) -> list[Any]:
+        """Send the deferred writes, then `queries`, then COMMIT if asked, in one round trip
+        (one pipeline: each statement still runs after the one before it has finished); return
+        a cursor holding each query's result. A failure of any of them is raised here, and the
+        transaction is then aborted, as if it had failed on its own."""
+        deferred, self.deferred = self.deferred, []
+        with self.pipeline():
+            writes = self.cursor()
+            for (sql, params), cursor in deferred:
+                (cursor or writes).execute(sql, params)
+            cursors = []
+            for sql, params in queries:
+                cursor = self.cursor()
+                cursor.execute(sql, params)
+                cursors.append(cursor)
+            if commit:
+                # As a statement, not `commit()`, which would wait for its answer on its own.
+                writes.execute("COMMIT")
+        return cursors
 
     def wait(
         self, gen: PQGen[RV], interval: float = _WAIT_INTERVAL, timeout: float | None = None
@@ -123,12 +149,40 @@ def configure_engine(engine: Engine, *, statement_timeout_seconds: int) -> None:
             connection.exec_driver_sql("BEGIN")
 
 
+def _send_deferred(connection: Any) -> None:
+    """Send the deferred writes of a SQLAlchemy connection's driver connection, if any."""
+    if connection.invalidated:
+        return
+    driver = connection.connection.driver_connection
+    if driver.deferred:
+        driver.send()
+
+
 def _configure_postgresql(engine: Engine, statement_timeout_seconds: int) -> None:
     @event.listens_for(engine, "do_connect")
     def _connect_with_deadline(_dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
         connection = DeadlineConnection.connect(*cargs, **cparams)
         connection.statement_timeout_seconds = statement_timeout_seconds
+        connection.deferred = []
         return connection
+
+    # Whatever runs next on a connection with deferred writes runs after them.
+    @event.listens_for(engine, "before_cursor_execute")
+    def _deferred_first(connection, *_statement):  # type: ignore[no-untyped-def]
+        _send_deferred(connection)
+
+    @event.listens_for(engine, "commit")
+    def _deferred_committed(connection):  # type: ignore[no-untyped-def]
+        _send_deferred(connection)
+
+    @event.listens_for(engine, "rollback")
+    def _deferred_rolled_back(connection):  # type: ignore[no-untyped-def]
+        if not connection.invalidated:  # an invalidated one is never used again
+            connection.connection.driver_connection.deferred.clear()
+
+    @event.listens_for(engine, "reset")
+    def _deferred_reset(dbapi_connection, _record, _state):  # type: ignore[no-untyped-def]
+        dbapi_connection.deferred.clear()
 
     @event.listens_for(engine, "begin")
     def _job_statement_timeout(connection):  # type: ignore[no-untyped-def]
@@ -153,10 +207,29 @@ def write_transaction(session: DbSession) -> Iterator[Session]:
         plain.connection(execution_options={_WRITE_OPTION: True})
     try:
         yield plain
-        plain.commit()
+        _commit(plain)
     except BaseException:
         plain.rollback()
         raise
+
+
+def _commit(session: Session) -> None:
+    """Commit, sending the transaction's deferred writes (PostgreSQL) with its COMMIT: one
+    round trip for both. The session's own pending changes are written first."""
+    if session.in_transaction() and dialect_of(session) is POSTGRESQL:
+        driver = _driver_of(session)
+        if driver.deferred:
+            session.flush()  # sends the deferred writes first, if it has anything to write
+        if driver.deferred:
+            driver.send(commit=True)  # then the session's COMMIT finds nothing to commit
+    session.commit()
+
+
+def _driver_of(session: Session) -> DeadlineConnection:
+    """The psycopg connection of the session's current transaction."""
+    driver = session.connection().connection.driver_connection
+    assert isinstance(driver, DeadlineConnection)
+    return driver
 
 
 _SNAPSHOT = "creditapp.snapshot"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from creditapp.database import DbSession, read_time
 from creditapp.errors import (
@@ -44,6 +45,7 @@ from creditapp.ledger.sql import (
     SET_CEILING,
     SET_PERIOD,
     LedgerSql,
+    Statement,
 )
 from creditapp.money import format_credits
 
@@ -155,25 +157,44 @@ def close(session: DbSession, *, cap_id: int, now: datetime) -> None:
     sql.run(CLOSE_CAP, cap=cap_id, now=sql.time(now))
 
 
-def reserve(sql: LedgerSql, *, caps: tuple[int, ...], amount: int, now: datetime) -> None:
-    """Reserve a hold's amount in each cap, or raise the refused cap's error (the caller's
-    transaction then rolls back the account's reservation with it)."""
+def reserving(
+    sql: LedgerSql, *, caps: tuple[int, ...], amount: int, now: datetime
+) -> list[tuple[Statement, dict[str, Any]]]:
+    """The statements that reserve a hold's amount in each of its caps, sent with the account's
+    reservation (the caps first: every operation locks a hold's caps before its account);
+    `refuse_unreserved` reads what they returned."""
     starts = _starts(sql, now)
-    for cap_id in sorted(caps):  # one order for every hold: no deadlock between two
-        if sql.one(RESERVE_CAP, cap=cap_id, amount=amount, **starts) is None:
-            row = sql.one(CAP_STANDING, cap=cap_id, **starts)
-            if row is None:
-                raise NotFound("No such spending cap.")
-            kind, ceiling, spent, reserved, closed_at = row
-            if closed_at is not None:
-                raise _closed(kind)
-            raise REFUSALS[kind](
-                cap_id=cap_id,
-                required=amount,
-                limit=int(ceiling),
-                spent=int(spent),
-                reserved=int(reserved),
-            )
+    # One order for every hold: no deadlock between two.
+    return [(RESERVE_CAP, {"cap": cap_id, "amount": amount, **starts}) for cap_id in sorted(caps)]
+
+
+def refuse_unreserved(
+    sql: LedgerSql,
+    *,
+    caps: tuple[int, ...],
+    reserved: list[list[tuple[Any, ...]]],
+    amount: int,
+    now: datetime,
+) -> None:
+    """Raise the error of the first cap that did not reserve (`reserved`: the rows of
+    `reserving`'s statements); the caller's transaction then rolls back what the others and
+    the account reserved."""
+    for cap_id, rows in zip(sorted(caps), reserved, strict=True):
+        if rows:
+            continue
+        row = sql.one(CAP_STANDING, cap=cap_id, **_starts(sql, now))
+        if row is None:
+            raise NotFound("No such spending cap.")
+        kind, ceiling, spent, cap_reserved, closed_at = row
+        if closed_at is not None:
+            raise _closed(kind)
+        raise REFUSALS[kind](
+            cap_id=cap_id,
+            required=amount,
+            limit=int(ceiling),
+            spent=int(spent),
+            reserved=int(cap_reserved),
+        )
 
 
 def announce_reached(sql: LedgerSql, *, cap_id: int, now: datetime) -> None:
@@ -199,25 +220,37 @@ def link(sql: LedgerSql, *, hold_id: int, caps: tuple[int, ...]) -> None:
         sql.run(INSERT_HOLD_CAP, hold=hold_id, cap=cap_id)
 
 
-def most_capturable(sql: LedgerSql, *, hold_id: int, released: int, now: datetime) -> int | None:
+def room(sql: LedgerSql, *, hold_id: int, now: datetime) -> tuple[Statement, dict[str, Any]]:
+    """The statement that locks a resolving hold's caps and reads each one's room (sent with
+    the account's lock, after it: `most_capturable` reads its rows)."""
+    return CAP_ROOM, {"hold": hold_id, **_starts(sql, now)}
+
+
+def most_capturable(rows: list[tuple[Any, ...]], *, released: int) -> int | None:
     """The most a resolving hold may capture without taking any of its caps past its ceiling:
-    what it releases plus each cap's room (None: no ceiling). A hold captures its own amount
-    at least (a lowered ceiling binds new holds only); a late settle, which releases nothing,
-    only what room is left."""
-    rows = sql.all(CAP_ROOM, hold=hold_id, **_starts(sql, now))
+    what it releases plus each cap's room (`room`'s rows; None: no ceiling). A hold captures
+    its own amount at least (a lowered ceiling binds new holds only); a late settle, which
+    releases nothing, only what room is left."""
     rooms = [int(row[0]) for row in rows if row[0] is not None]
     return min((released + max(room, 0) for room in rooms), default=None)
 
 
-def resolve(
+def resolving(
     sql: LedgerSql, *, hold_id: int, released: int, captured: int, now: datetime
-) -> datetime | None:
-    """Release a resolved hold's reservation from its caps and count what it captured, in
-    each cap's current period; returns when the newest of those periods began if that is after
-    `now` (the hold's resolution time must then move to it), else None."""
-    rows = sql.all(
-        RESOLVE_CAPS, hold=hold_id, released=released, captured=captured, **_starts(sql, now)
-    )
+) -> tuple[Statement, dict[str, Any]]:
+    """The statement that releases a resolved hold's reservation from its caps and counts what
+    it captured, in each cap's current period (`period_began` reads its rows)."""
+    return RESOLVE_CAPS, {
+        "hold": hold_id,
+        "released": released,
+        "captured": captured,
+        **_starts(sql, now),
+    }
+
+
+def period_began(rows: list[tuple[Any, ...]], *, now: datetime) -> datetime | None:
+    """When the newest of the periods `resolving` counted in began, if that is after `now`
+    (the hold's resolution time must then move to it), else None."""
     starts = [start for row in rows if (start := read_time(row[0])) is not None]
     newest = max(starts, default=now)
     return newest if newest > now else None

@@ -8,7 +8,8 @@ commit together (and, for HTTP requests, together with the stored idempotent res
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import wraps
@@ -46,14 +47,19 @@ from creditapp.ledger.sql import (
     INSERT_HOLD,
     LIVE_GRANTS,
     LOCK_ACCOUNT,
+    LOCK_UNCAPPED_HOLDS_ACCOUNT,
+    NOT_REFUSED,
     OVERDUE_HOLDS,
     PERIOD_GRANT,
     READ_ACCOUNT,
     RECORD_CAPTURE,
+    REFUSABLE,
+    REFUSED,
     RESERVE,
     RESOLVE_HOLD,
     SETTLE_EXPIRED_HOLD,
     STORE_ACCOUNT,
+    UNCAPPED_HOLDS_LIVE_GRANTS,
     LedgerSql,
 )
 from creditapp.metrics import LEDGER_OPERATIONS
@@ -213,14 +219,25 @@ def _load(sql: LedgerSql, account_id: int, *, lock: bool = True) -> _AccountStat
     """Lock the account row (PostgreSQL; `lock=False` for what only looks), then read its live
     grants in draw order.
 
-    Two statements on purpose: under READ COMMITTED a statement that waited for the row lock
-    sees the locked row's newest version but every other row as of its start, so grants read
-    in the same statement could be stale. The second statement starts after the lock is ours.
+    Two statements on purpose (sent together): under READ COMMITTED a statement that waited for
+    the row lock sees the locked row's newest version but every other row as of its start, so
+    grants read in the same statement could be stale. The second statement starts after the
+    lock is ours.
     """
-    account = sql.one(LOCK_ACCOUNT if lock else READ_ACCOUNT, account=account_id)
-    if account is None:
+    account_rows, grant_rows = sql.together(
+        (LOCK_ACCOUNT if lock else READ_ACCOUNT, {"account": account_id}),
+        (LIVE_GRANTS, {"account": account_id}),
+    )
+    return _state_of(account_id, account_rows, grant_rows)
+
+
+def _state_of(
+    account_id: int, account_rows: list[tuple[Any, ...]], grant_rows: list[tuple[Any, ...]]
+) -> _AccountState:
+    """The account as `_load` reads it: its row and its live grants' rows."""
+    if not account_rows:
         raise NotFound("No such account.")
-    balance_now, reserved, last_seq, last_entry_at, watched = account
+    balance_now, reserved, last_seq, last_entry_at, watched = account_rows[0]
     return _AccountState(
         id=account_id,
         balance=balance_now,
@@ -229,7 +246,7 @@ def _load(sql: LedgerSql, account_id: int, *, lock: bool = True) -> _AccountStat
         last_entry_at=read_time(last_entry_at),
         grants=[
             _LiveGrant(grant_id, remaining, read_time(expires_at), source)
-            for grant_id, remaining, expires_at, source in sql.all(LIVE_GRANTS, account=account_id)
+            for grant_id, remaining, expires_at, source in grant_rows
         ],
         watched=bool(watched),
     )
@@ -250,10 +267,10 @@ def _audit(
     before: Balance | None,
     after: Balance | None,
     details: dict[str, Any],
-) -> int:
+) -> None:
     """Write the audit record of an operation (`before` and `after` None if it moved no
-    credits) and return its id."""
-    row = sql.one(
+    credits). Its id is not read back: entries written next name it (`INSERT_ENTRY`)."""
+    sql.run(
         INSERT_AUDIT,
         actor_type=context.actor_type,
         actor_id=context.actor_id,
@@ -268,8 +285,6 @@ def _audit(
         details=sql.json(details),
         now=sql.time(now),
     )
-    assert row is not None
-    return int(row[0])
 
 
 def _persist(
@@ -293,7 +308,7 @@ def _persist(
     """
     if state.last_entry_at is not None and state.last_entry_at > now:
         now = state.last_entry_at
-    audit_id = _audit(
+    _audit(
         sql,
         account_id=state.id,
         action=action,
@@ -322,7 +337,6 @@ def _persist(
                 "balance_after": running + pending.amount,
                 "grant": pending.grant_id,
                 "hold": hold_id,
-                "audit": audit_id,
                 "reference": reference,
                 "request_id": context.request_id,
                 # A write-off of expired credits is no one's doing, whoever's operation wrote it.
@@ -772,80 +786,86 @@ def hold(
     sql = LedgerSql(session)
     expires_at = now + ttl
     details = {"amount": format_credits(amount), "expires_at": expires_at.isoformat()}
-    # The caps first: every operation locks a hold's caps before its account (a resolution
-    # too), and the account's row, a hot one on a team, stays locked no longer for them.
-    spend_caps.reserve(sql, caps=caps, amount=amount, now=now)
-    # The common case is one conditional UPDATE: no lock is taken before it, and no row means
-    # "not enough available" or "an expired grant must be written off first".
-    reserved_row = sql.one(RESERVE, account=account_id, amount=amount, now=sql.time(now))
-    if reserved_row is not None:
-        balance_after, reserved_after, watched = reserved_row
-        after = Balance(balance_after, reserved_after)
-        hold_id = _insert_hold(sql, account_id, amount, reference, expires_at, now, caps, spender)
-        _audit(
+    # What is written before the hold knows it is refused (sent together, for one round trip)
+    # is undone if it is: a refused hold has written nothing.
+    with _refusable(sql):
+        # The common case is one conditional UPDATE of each cap and of the account, and the
+        # hold's row, sent together: no lock is taken before them, and no account row means
+        # "not enough available" or "an expired grant must be written off first" (the hold's
+        # row is then kept for the slow path below, or undone with the refusal).
+        *reserved_in_caps, reserved_rows, hold_rows = sql.together(
+            *spend_caps.reserving(sql, caps=caps, amount=amount, now=now),
+            (RESERVE, {"account": account_id, "amount": amount, "now": sql.time(now)}),
+            (
+                INSERT_HOLD,
+                {
+                    "account": account_id,
+                    "amount": amount,
+                    "reference": reference,
+                    "expires_at": sql.time(expires_at),
+                    "now": sql.time(now),
+                    "capped": bool(caps),
+                    "user": spender,
+                },
+            ),
+        )
+        spend_caps.refuse_unreserved(
+            sql, caps=caps, reserved=reserved_in_caps, amount=amount, now=now
+        )
+        hold_id = int(hold_rows[0][0])
+        spend_caps.link(sql, hold_id=hold_id, caps=caps)
+        if reserved_rows:
+            balance_after, reserved_after, watched = reserved_rows[0]
+            after = Balance(balance_after, reserved_after)
+            _audit(
+                sql,
+                account_id=account_id,
+                action="hold",
+                context=context,
+                now=now,
+                before=Balance(after.balance, after.reserved - amount),
+                after=after,
+                details={**details, **_links(hold_id, reference)},
+            )
+            if watched:
+                alerts.available_moved(
+                    sql,
+                    account_id=account_id,
+                    before=after.available + amount,
+                    after=after.available,
+                    now=now,
+                )
+            return HoldResult(hold_id, amount, expires_at, after)
+
+        state = _load(sql, account_id)
+        state.write_off_overdue(now)
+        if state.available < amount:
+            raise InsufficientCredits(required=amount, available=state.available)
+        state.reserved += amount
+        result = _persist(
             sql,
-            account_id=account_id,
+            state,
             action="hold",
             context=context,
             now=now,
-            before=Balance(after.balance, after.reserved - amount),
-            after=after,
-            details={**details, **_links(hold_id, reference)},
+            hold_id=hold_id,
+            reference=reference,
+            details=details,
         )
-        if watched:
-            alerts.available_moved(
-                sql,
-                account_id=account_id,
-                before=after.available + amount,
-                after=after.available,
-                now=now,
-            )
-        return HoldResult(hold_id, amount, expires_at, after)
-
-    state = _load(sql, account_id)
-    state.write_off_overdue(now)
-    if state.available < amount:
-        raise InsufficientCredits(required=amount, available=state.available)
-    state.reserved += amount
-    hold_id = _insert_hold(sql, account_id, amount, reference, expires_at, now, caps, spender)
-    result = _persist(
-        sql,
-        state,
-        action="hold",
-        context=context,
-        now=now,
-        hold_id=hold_id,
-        reference=reference,
-        details=details,
-    )
-    return HoldResult(hold_id, amount, expires_at, result)
+        return HoldResult(hold_id, amount, expires_at, result)
 
 
-def _insert_hold(
-    sql: LedgerSql,
-    account_id: int,
-    amount: int,
-    reference: str | None,
-    expires_at: datetime,
-    now: datetime,
-    caps: tuple[int, ...],
-    spender: int | None,
-) -> int:
-    """The hold's row, linked to the caps it reserved in."""
-    row = sql.one(
-        INSERT_HOLD,
-        account=account_id,
-        amount=amount,
-        reference=reference,
-        expires_at=sql.time(expires_at),
-        now=sql.time(now),
-        capped=bool(caps),
-        user=spender,
-    )
-    assert row is not None
-    hold_id = int(row[0])
-    spend_caps.link(sql, hold_id=hold_id, caps=caps)
-    return hold_id
+@contextmanager
+def _refusable(sql: LedgerSql) -> Iterator[None]:
+    """Undo what the block wrote if it raises a domain error (a refusal), as if it had never
+    run; the statements cost no round trip of their own (`LedgerSql.run`)."""
+    sql.run(REFUSABLE)
+    try:
+        yield
+    except CreditAppError:
+        sql.run(REFUSED)
+        raise
+    sql.run(NOT_REFUSED)
 
 
 def _resolve(
@@ -860,7 +880,16 @@ def _resolve(
     sql = LedgerSql(session)
     # The conditional UPDATE decides who resolves the hold, before the account is locked: a
     # concurrent twin waits for this row, then finds it resolved and returns our outcome.
-    resolved = sql.one(RESOLVE_HOLD, hold=hold_id, status=status, now=sql.time(now), actual=actual)
+    # The account of a hold without caps is locked and read with it (`_load`, in one round trip).
+    resolved_rows, account_rows, grant_rows = sql.together(
+        (
+            RESOLVE_HOLD,
+            {"hold": hold_id, "status": status, "now": sql.time(now), "actual": actual},
+        ),
+        (LOCK_UNCAPPED_HOLDS_ACCOUNT, {"hold": hold_id}),
+        (UNCAPPED_HOLDS_LIVE_GRANTS, {"hold": hold_id}),
+    )
+    resolved = resolved_rows[0] if resolved_rows else None
     late = False
     if resolved is None and status == "settled":
         resolved = sql.one(SETTLE_EXPIRED_HOLD, hold=hold_id, now=sql.time(now))
@@ -877,14 +906,29 @@ def _resolve(
     counted_now = capped and not late and actual <= hold_amount
     period_began = None
     most: int | None = None
-    if counted_now:
-        period_began = spend_caps.resolve(
-            sql, hold_id=hold_id, released=released, captured=actual, now=now
+    if account_rows:  # no caps: the account was locked with the hold's resolution
+        state = _state_of(account_id, account_rows, grant_rows)
+    else:
+        caps_first = []
+        if counted_now:
+            caps_first = [
+                spend_caps.resolving(
+                    sql, hold_id=hold_id, released=released, captured=actual, now=now
+                )
+            ]
+        elif capped:
+            caps_first = [spend_caps.room(sql, hold_id=hold_id, now=now)]
+        *cap_rows, account_rows, grant_rows = sql.together(
+            *caps_first,
+            (LOCK_ACCOUNT, {"account": account_id}),
+            (LIVE_GRANTS, {"account": account_id}),
         )
-    elif capped:
-        most = spend_caps.most_capturable(sql, hold_id=hold_id, released=released, now=now)
+        state = _state_of(account_id, account_rows, grant_rows)
+        if counted_now:
+            period_began = spend_caps.period_began(cap_rows[0], now=now)
+        elif capped:
+            most = spend_caps.most_capturable(cap_rows[0], released=released)
 
-    state = _load(sql, account_id)
     state.write_off_overdue(now)
     if not late:
         state.reserved -= hold_amount
@@ -902,9 +946,10 @@ def _resolve(
     if late or captured != min(actual, hold_amount):
         sql.run(RECORD_CAPTURE, hold=hold_id, captured=captured, uncollected=actual - captured)
     if capped and not counted_now:
-        period_began = spend_caps.resolve(
+        counting, params = spend_caps.resolving(
             sql, hold_id=hold_id, released=released, captured=captured, now=now
         )
+        period_began = spend_caps.period_began(sql.all(counting, **params), now=now)
     if period_began is not None:
         sql.run(DATE_RESOLUTION, hold=hold_id, at=sql.time(period_began))
     after = _persist(

@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from creditapp.database import DIALECTS, DbSession, dialect_of
+from creditapp.database import DIALECTS, POSTGRESQL, DbSession, Query, dialect_of
 
 _NAMED_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
 
 
 class Statement:
-    """SQL written with `:name` parameters; `lock` is a row-locking clause, where rows lock.
+    """SQL written with `:name` parameters; `lock` is a row-locking clause, where rows lock;
+    `expressions` what a `{name}` in it is on each database.
 
     Parameters are bound by position (psycopg would otherwise reorder a dict on every call).
     """
 
-    def __init__(self, sql: str, *, lock: str = ""):
+    def __init__(
+        self, sql: str, *, lock: str = "", expressions: dict[str, dict[str, str]] | None = None
+    ):
         text = " ".join(sql.split())
         self.names = tuple(_NAMED_PARAMETER.findall(text))
         self.sql = {
@@ -34,21 +37,41 @@ class Statement:
             + (f" {lock}" if lock and dialect.locks_rows else "")
             for dialect in DIALECTS
         }
+        for name, each in (expressions or {}).items():
+            self.sql = {
+                dialect: sql.replace(f"{{{name}}}", each[dialect])
+                for dialect, sql in self.sql.items()
+            }
 
     def values(self, params: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(params[name] for name in self.names)
 
 
 class LedgerSql:
-    """Runs statements on the connection of the session's current transaction."""
+    """Runs statements on the connection of the session's current transaction.
+
+    On PostgreSQL a write whose result is not read (`run`, `run_many`) is deferred: it is sent
+    with the transaction's next statement, whichever runs it, or with its COMMIT
+    (`creditapp.database.DeadlineConnection.send`), so that a ledger operation's writes cost one
+    round trip, not one each. Nothing reads around them: every statement still runs in order.
+    On SQLite, in the process, every statement runs at once.
+    """
 
     def __init__(self, session: DbSession):
         connection = session.connection()
         self._dialect = dialect_of(session)
-        self._cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        # A `creditapp.database.DeadlineConnection` on PostgreSQL.
+        self._driver = cast(Any, connection.connection.driver_connection)
+        self._cursor = self._driver.cursor()
+        self._deferring = self._dialect is POSTGRESQL
+
+    def _query(self, statement: Statement, params: dict[str, Any]) -> Query:
+        return statement.sql[self._dialect.name], statement.values(params)
 
     def _execute(self, statement: Statement, params: dict[str, Any]) -> Any:
-        self._cursor.execute(statement.sql[self._dialect.name], statement.values(params))
+        if self._deferring and self._driver.deferred:
+            return self._driver.send([self._query(statement, params)])[0]
+        self._cursor.execute(*self._query(statement, params))
         return self._cursor
 
     def one(self, statement: Statement, **params: Any) -> tuple[Any, ...] | None:
@@ -59,12 +82,33 @@ class LedgerSql:
         rows: list[tuple[Any, ...]] = self._execute(statement, params).fetchall()
         return rows
 
+    def together(self, *queries: tuple[Statement, dict[str, Any]]) -> list[list[tuple[Any, ...]]]:
+        """The rows of each query, run one after the other and sent together (one round trip on
+        PostgreSQL): for queries none of which needs another's result to be written."""
+        if self._deferring:
+            cursors = self._driver.send([self._query(*query) for query in queries])
+            return [cursor.fetchall() for cursor in cursors]
+        return [self.all(statement, **params) for statement, params in queries]
+
+    def later(self, statement: Statement, **params: Any) -> Later:
+        """A query sent with the transaction's next round trip (PostgreSQL), its rows read
+        when needed: for one whose result is needed after the statements that follow it."""
+        if not self._deferring:
+            return Later(self.all(statement, **params))
+        cursor = self._driver.cursor()
+        self._driver.deferred.append((self._query(statement, params), cursor))
+        return Later(cursor, self._driver)
+
     def run(self, statement: Statement, **params: Any) -> None:
-        self._execute(statement, params)
+        if self._deferring:
+            self._driver.deferred.append((self._query(statement, params), None))
+            return
+        self._cursor.execute(*self._query(statement, params))
 
     def run_many(self, statement: Statement, rows: list[dict[str, Any]]) -> None:
-        if len(rows) == 1:  # the usual case, and executemany costs more for a single row
-            self._execute(statement, rows[0])
+        if self._deferring or len(rows) == 1:  # executemany costs more for a single row
+            for row in rows:
+                self.run(statement, **row)
             return
         self._cursor.executemany(
             statement.sql[self._dialect.name], [statement.values(row) for row in rows]
@@ -78,6 +122,22 @@ class LedgerSql:
         return self._dialect.stored_json(value)
 
 
+class Later:
+    """The rows of a query `LedgerSql.later` sent, or will send, with another round trip."""
+
+    def __init__(self, result: Any, driver: Any = None) -> None:
+        self._result = result  # the rows, or the cursor they arrive on
+        self._driver = driver
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        if isinstance(self._result, list):
+            return self._result
+        if self._result.pgresult is None:  # not sent yet: nothing else went since
+            self._driver.send()
+        rows: list[tuple[Any, ...]] = self._result.fetchall()
+        return rows
+
+
 _ACCOUNT_ROW = (
     "SELECT balance, reserved, last_seq, last_entry_at, watched FROM accounts WHERE id = :account"
 )
@@ -87,11 +147,18 @@ _ACCOUNT_ROW = (
 # with another doing the same.
 LOCK_ACCOUNT = Statement(_ACCOUNT_ROW, lock="FOR NO KEY UPDATE")
 READ_ACCOUNT = Statement(_ACCOUNT_ROW)
-LIVE_GRANTS = Statement(
-    """SELECT id, remaining, expires_at, source FROM grants
-       WHERE account_id = :account AND remaining > 0
-       ORDER BY expires_at ASC NULLS LAST, created_at, id"""
+_LIVE_GRANTS = """SELECT id, remaining, expires_at, source FROM grants
+                  WHERE account_id = {account} AND remaining > 0
+                  ORDER BY expires_at ASC NULLS LAST, created_at, id"""
+LIVE_GRANTS = Statement(_LIVE_GRANTS.format(account=":account"))
+# The account of a hold without spending caps, locked, and its live grants: sent with the
+# hold's resolution, so that the account is ready once it is resolved. A hold with caps gives
+# no row: its caps are locked before its account.
+_UNCAPPED_HOLDS_ACCOUNT = "(SELECT account_id FROM holds WHERE id = :hold AND NOT capped)"
+LOCK_UNCAPPED_HOLDS_ACCOUNT = Statement(
+    _ACCOUNT_ROW.replace(":account", _UNCAPPED_HOLDS_ACCOUNT), lock="FOR NO KEY UPDATE"
 )
+UNCAPPED_HOLDS_LIVE_GRANTS = Statement(_LIVE_GRANTS.format(account=_UNCAPPED_HOLDS_ACCOUNT))
 RESERVE = Statement(
     """UPDATE accounts SET reserved = reserved + :amount
        WHERE id = :account AND balance - reserved >= :amount
@@ -124,6 +191,10 @@ SETTLE_EXPIRED_HOLD = Statement(
 RECORD_CAPTURE = Statement(
     "UPDATE holds SET captured = :captured, uncollected = :uncollected WHERE id = :hold"
 )
+# Around what an operation writes before it knows whether it is refused (`_refusable`).
+REFUSABLE = Statement("SAVEPOINT ledger_refusable")
+REFUSED = Statement("ROLLBACK TO SAVEPOINT ledger_refusable")
+NOT_REFUSED = Statement("RELEASE SAVEPOINT ledger_refusable")
 HOLD_STATE = Statement("SELECT status, captured, uncollected FROM holds WHERE id = :hold")
 PERIOD_GRANT = Statement("SELECT id FROM grants WHERE account_id = :account AND period = :period")
 OVERDUE_HOLDS = Statement(
@@ -240,13 +311,21 @@ INSERT_AUDIT = Statement(
                                  balance_after, reserved_before, reserved_after, request_id,
                                  client_ip, details, created_at)
        VALUES (:actor_type, :actor_id, :action, :account, :balance_before, :balance_after,
-               :reserved_before, :reserved_after, :request_id, :client_ip, :details, :now)
-       RETURNING id"""
+               :reserved_before, :reserved_after, :request_id, :client_ip, :details, :now)"""
 )
 INSERT_ENTRY = Statement(
     """INSERT INTO ledger_entries (account_id, seq, prev_seq, type, amount, balance_before,
                                   balance_after, grant_id, hold_id, audit_id, reference,
                                   request_id, user_id, created_at)
        VALUES (:account, :seq, :prev_seq, :type, :amount, :balance_before, :balance_after,
-               :grant, :hold, :audit, :reference, :request_id, :user, :now)"""
+               :grant, :hold, {last_audit_id}, :reference, :request_id, :user, :now)""",
+    # The audit record the operation wrote just before (`_persist`): its id is not read back,
+    # so that the audit record is a deferred write too. Only this transaction writes audit
+    # records on SQLite now (it holds the write lock).
+    expressions={
+        "last_audit_id": {
+            "postgresql": "currval(pg_get_serial_sequence('audit_records', 'id'))",
+            "sqlite": "(SELECT max(id) FROM audit_records)",
+        }
+    },
 )
