@@ -47,6 +47,7 @@ from creditapp.database import (
 )
 from creditapp.errors import IdempotencyKeyReused, RequestInProgress
 from creditapp.extensions import db
+from creditapp.ledger.sql import Later, LedgerSql, Statement
 
 KEY_STATUSES = ("in_progress", "completed")
 
@@ -147,6 +148,7 @@ class Asking:
         self._taken: Claim | None = None
         self.claim: Claim | None = None
         self.asked_yet = False
+        self._locked: Later | None = None
 
     def take(self, session: DbSession) -> Callable[[], None]:
         """Claim the key in the caller's write transaction; raises Replayed (the key's response
@@ -186,10 +188,45 @@ class Asking:
             return None
         return _answer_of(existing, self._asked)  # None: abandoned, the request may run again
 
+    def lock(self, session: DbSession) -> None:
+        """Lock the claim, still the request's, first in the transaction that will complete
+        it: sent with that transaction's next statements, not alone, and taken before anything
+        else there, as a claim is taken before its hold (no deadlock with a retry taking it
+        over). `complete` then stores the response without a read of its own."""
+        assert self.claim is not None, "locked before its claim committed"
+        self._locked = LedgerSql(session).later(
+            _LOCK_CLAIM, id=self.claim.id, token=self.claim.token
+        )
+
     def complete(self, session: DbSession, *, response: StoredResponse) -> None:
         """`complete` the claim, which committed with the request's first write."""
         assert self.claim is not None, "completed before its claim committed"
-        complete(session, self.claim, response=response)
+        locked, self._locked = self._locked, None
+        if locked is None:
+            complete(session, self.claim, response=response)
+            return
+        if not locked.rows():
+            raise RequestInProgress("This request's Idempotency-Key was taken over by a retry.")
+        LedgerSql(session).run(
+            _STORE_RESPONSE,
+            id=self.claim.id,
+            status=response.status,
+            body=response.body,
+            content_type=response.content_type,
+        )
+
+
+# A claim still the request's, locked (`Asking.lock`); and its response stored.
+_LOCK_CLAIM = Statement(
+    """SELECT id FROM idempotency_keys
+       WHERE id = :id AND claim_token = :token AND status = 'in_progress'""",
+    lock="FOR UPDATE",
+)
+_STORE_RESPONSE = Statement(
+    """UPDATE idempotency_keys SET status = 'completed', response_status = :status,
+              response_body = :body, response_content_type = :content_type
+       WHERE id = :id"""
+)
 
 
 def _claim_once(session: DbSession, asked: Asked) -> Claim | StoredResponse | None:

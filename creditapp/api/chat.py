@@ -302,6 +302,7 @@ def send_message(
             discard=service.unsend,
             release=release,
             before_hold=claim.take,
+            before_settle=claim.lock,
         )
         return event_stream(_live_events(streaming))
     charged = metered_call.complete(
@@ -313,6 +314,7 @@ def send_message(
             session, settled, None, lambda exchange: to_store(_exchange_response(exchange))
         ),
         before_hold=claim.take,
+        before_settle=claim.lock,
     )
     _exchange, stored = charged.kept
     return from_store(stored)

@@ -351,7 +351,9 @@ def chat_completions(
             claim.complete(session, response=stored)
         return stored
 
-    claimed = {} if claim is None else {"before_hold": claim.take}
+    claimed: dict[str, Any] = (
+        {} if claim is None else {"before_hold": claim.take, "before_settle": claim.lock}
+    )
     try:
         if asked.stream:
             streaming = metered_call.stream(

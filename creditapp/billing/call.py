@@ -50,7 +50,7 @@ from creditapp.errors import (
     ValidationFailed,
 )
 from creditapp.ledger import caps as spend_caps
-from creditapp.ledger.sql import LedgerSql
+from creditapp.ledger.sql import LedgerSql, Statement
 from creditapp.metering.estimate import estimate_tokens, upper_bound_tokens
 from creditapp.metering.providers import (
     ChatMessage,
@@ -61,7 +61,7 @@ from creditapp.metering.providers import (
     ReplyStream,
     Sampling,
 )
-from creditapp.metering.usage import Usage
+from creditapp.metering.usage import TOKEN_COUNTERS, Usage
 from creditapp.metrics import CREDITS_CHARGED, MESSAGES, PROVIDER_DURATION
 from creditapp.pricing import book
 from creditapp.pricing.models import Price
@@ -306,6 +306,15 @@ def _nothing_before(_session: DbSession) -> Callable[[], None]:
     return _nothing_after
 
 
+# What a caller does first in the settle's transaction (chat and the gateway lock their claim
+# of the Idempotency-Key there, before the hold and the account, as they claimed it).
+BeforeSettle = Callable[[DbSession], None]
+
+
+def _nothing_before_settle(_session: DbSession) -> None:
+    """A call that does nothing before its settle."""
+
+
 def _nothing_after() -> None:
     """Nothing to say once the hold committed."""
 
@@ -318,11 +327,13 @@ def complete(
     context: ledger.AuditContext,
     on_settled: Callable[[DbSession, Settled], T],
     before_hold: BeforeHold = _nothing_before,
+    before_settle: BeforeSettle = _nothing_before_settle,
 ) -> Charged[T]:
     """Call the provider for the request, paid from the call's account, and charge exactly
     what the call cost.
 
-    `before_hold(session)` runs first in the hold's transaction (see `BeforeHold`).
+    `before_hold(session)` runs first in the hold's transaction (see `BeforeHold`), and
+    `before_settle(session)` first in the settle's (see `BeforeSettle`).
     `on_settled(session, settled)` runs inside the settle transaction; what it returns is
     handed back in `Charged.kept`. If it fails, nothing is charged: the hold is voided and the
     call kept as unbilled.
@@ -357,7 +368,14 @@ def complete(
         usage=usage,
         cost=book.cost(priced.price, usage),
     )
-    return _finish(session, call, on_settled=on_settled, meter=meter, context=context)
+    return _finish(
+        session,
+        call,
+        on_settled=on_settled,
+        before_settle=before_settle,
+        meter=meter,
+        context=context,
+    )
 
 
 @dataclass(frozen=True)
@@ -416,6 +434,7 @@ def _finish(
     call: _AnsweredCall,
     *,
     on_settled: Callable[[DbSession, Settled], T],
+    before_settle: BeforeSettle,
     meter: Meter,
     context: ledger.AuditContext,
 ) -> Charged[T]:
@@ -424,6 +443,7 @@ def _finish(
     provider, model = call.priced.provider, call.priced.model
     try:
         with write_transaction(session):
+            before_settle(session)
             settled = _settle(session, call, context=context, now=meter.clock())
             kept = on_settled(session, settled)
     except BaseException as error:
@@ -446,25 +466,28 @@ def _settle(
     resolution = ledger.settle(
         session, hold_id=call.held.hold_id, actual=call.to_charge, context=context, now=now
     )
-    record = UsageRecord(**call.columns(now), credits_charged=resolution.captured)
-    session.add(record)
-    session.flush()
+    sql = LedgerSql(session)
+    # Sent with the settle's writes (`LedgerSql`): one round trip for both.
+    columns = call.columns(now) | {"created_at": sql.time(now)}
+    row = sql.one(INSERT_USAGE_RECORD, **columns, credits_charged=resolution.captured)
+    assert row is not None
+    usage_id = int(row[0])
     compensation = None
-    if not call.completion.text and call.ending == "completed" and record.credits_charged > 0:
+    if not call.completion.text and call.ending == "completed" and resolution.captured > 0:
         compensation = compensations.record(
             session,
-            usage=record,
+            usage=session.get_one(UsageRecord, usage_id),
             reason="the provider returned no reply",
             requested_by="system",
             now=now,
         )
     return Settled(
         held=call.held,
-        usage_id=record.id,
+        usage_id=usage_id,
         text=call.completion.text,
         usage=call.usage,
         ending=call.ending,
-        credits_charged=record.credits_charged,
+        credits_charged=resolution.captured,
         balance=resolution.balance
         or ledger.balance(session, account_id=call.priced.account_id, now=now),
         compensation=compensation,
@@ -472,6 +495,28 @@ def _settle(
         at=now,
         max_tokens=call.priced.request.max_tokens,
     )
+
+
+_USAGE_RECORD_COLUMNS = (
+    "user_id",
+    "account_id",
+    "conversation_id",
+    "hold_id",
+    "price_id",
+    "provider",
+    "model",
+    *TOKEN_COUNTERS,
+    "estimated",
+    "ending",
+    "cost",
+    "created_at",
+    "credits_charged",
+)
+# A usage record as the settle writes it (`_AnsweredCall.columns` and its charge).
+INSERT_USAGE_RECORD = Statement(
+    f"""INSERT INTO usage_records ({", ".join(_USAGE_RECORD_COLUMNS)})
+        VALUES ({", ".join(f":{column}" for column in _USAGE_RECORD_COLUMNS)}) RETURNING id"""
+)
 
 
 def _keep_unbilled(
@@ -612,6 +657,7 @@ class _StreamedCall(Generic[T]):
     priced: _Priced
     held: Held
     on_settled: Callable[[DbSession, Settled], T]
+    before_settle: BeforeSettle
     undo_started: Undo
     release: Callable[[Undo], None]
     meter: Meter
@@ -648,14 +694,15 @@ def stream(
     discard: Callable[[H], Undo],
     release: Callable[[Undo], None],
     before_hold: BeforeHold = _nothing_before,
+    before_settle: BeforeSettle = _nothing_before_settle,
 ) -> Streaming[H, T]:
     """Call the provider for the request and stream the reply. What can fail before the provider
-    answers raises here, as in `complete` (nothing is charged, nothing kept; `before_hold` as
-    there). `on_held(session, held)` runs in the hold's transaction (chat stores the user
-    message there, so that the stream can name it); `discard(started)` is the undo of what it
-    stored, run when nothing is charged. `release(undo)` frees the caller's claim and runs
-    `undo` in the same transaction; while the database is unreachable it keeps trying in the
-    background. No transaction is open while the reply flows.
+    answers raises here, as in `complete` (nothing is charged, nothing kept; `before_hold` and
+    `before_settle` as there). `on_held(session, held)` runs in the hold's transaction (chat
+    stores the user message there, so that the stream can name it); `discard(started)` is the
+    undo of what it stored, run when nothing is charged. `release(undo)` frees the caller's
+    claim and runs `undo` in the same transaction; while the database is unreachable it keeps
+    trying in the background. No transaction is open while the reply flows.
 
     At the end, however it comes, one transaction settles what was delivered and runs
     `on_settled(session, settled, started)` (`settled.ending` says how the stream ended,
@@ -680,6 +727,7 @@ def stream(
         priced,
         held,
         on_settled=lambda session, settled: on_settled(session, settled, started),
+        before_settle=before_settle,
         undo_started=discard(started),
         release=release,
         meter=meter,
@@ -725,6 +773,7 @@ def _relay(
                 session,
                 call,
                 on_settled=streamed.on_settled,
+                before_settle=streamed.before_settle,
                 meter=streamed.meter,
                 context=streamed.context,
             )
