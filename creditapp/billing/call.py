@@ -463,15 +463,17 @@ def _settle(
 ) -> Settled:
     """Charge the call, store its usage record, and owe a refund of an empty reply the provider
     billed for, in the caller's transaction."""
+    sql = LedgerSql(session)
+    # Its id taken with the settle's first statements: the record is then a write that goes
+    # with the settle's (`LedgerSql`), and the caller's rows can name it without a read.
+    new_usage_id = sql.new_id("usage_records")
     resolution = ledger.settle(
         session, hold_id=call.held.hold_id, actual=call.to_charge, context=context, now=now
     )
-    sql = LedgerSql(session)
-    # Sent with the settle's writes (`LedgerSql`): one round trip for both.
     columns = call.columns(now) | {"created_at": sql.time(now)}
-    row = sql.one(INSERT_USAGE_RECORD, **columns, credits_charged=resolution.captured)
-    assert row is not None
-    usage_id = int(row[0])
+    usage_id = sql.insert(
+        INSERT_USAGE_RECORD, new_usage_id, **columns, credits_charged=resolution.captured
+    )
     compensation = None
     if not call.completion.text and call.ending == "completed" and resolution.captured > 0:
         compensation = compensations.record(
@@ -514,8 +516,9 @@ _USAGE_RECORD_COLUMNS = (
 )
 # A usage record as the settle writes it (`_AnsweredCall.columns` and its charge).
 INSERT_USAGE_RECORD = Statement(
-    f"""INSERT INTO usage_records ({", ".join(_USAGE_RECORD_COLUMNS)})
-        VALUES ({", ".join(f":{column}" for column in _USAGE_RECORD_COLUMNS)}) RETURNING id"""
+    f"""INSERT INTO usage_records (id, {", ".join(_USAGE_RECORD_COLUMNS)})
+        VALUES (:id, {", ".join(f":{column}" for column in _USAGE_RECORD_COLUMNS)})
+        RETURNING id"""
 )
 
 

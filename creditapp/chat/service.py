@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, or_, select
+from sqlalchemy import Select, delete, func, or_, select
 
 from creditapp import ledger
 from creditapp.auth.models import User
@@ -25,6 +24,7 @@ from creditapp.chat.models import Character, Conversation, Message
 from creditapp.database import DbSession
 from creditapp.errors import NotFound, ValidationFailed
 from creditapp.kept import Kept
+from creditapp.ledger.sql import LedgerSql, Statement
 from creditapp.metering.providers import PROVIDER_NAMES, ChatMessage
 from creditapp.metering.usage import Usage
 from creditapp.pricing import book
@@ -233,10 +233,9 @@ class Exchange:
 
 def store_message(session: DbSession, call: MessageCall, held: Held) -> Message:
     """Store the user message of a streamed reply with its hold (the caller's transaction)."""
-    message = Message(
-        conversation_id=call.conversation_id, role="user", content=call.content, created_at=held.at
+    (message,) = _inserted(
+        LedgerSql(session), [_message(call, "user", call.content, held.at, usage_id=None)]
     )
-    session.add(message)
     return message
 
 
@@ -257,38 +256,73 @@ def store_exchange(
 ) -> Exchange:
     """Store the user message (new, or `message` stored when its stream began) and the reply,
     both linked to the call's usage record, in the settle transaction. New messages go in one
-    statement: on a busy database the round trip costs more than the rows."""
-
-    def row(role: str, content: str, at: datetime, *, partial: bool = False) -> dict[str, Any]:
-        return {
-            "conversation_id": call.conversation_id,
-            "role": role,
-            "content": content,
-            "partial": partial,
-            "usage_id": settled.usage_id,
-            "created_at": at,
-        }
-
-    rows = []
+    statement, sent with the settle's writes: on a busy database the round trip costs more
+    than the rows."""
+    sql = LedgerSql(session)
+    new = []
     if message is None:
-        rows.append(row("user", call.content, settled.held.at))
+        new.append(_message(call, "user", call.content, settled.held.at, settled.usage_id))
     else:
-        # Stored by the hold's transaction, in another session: this one updates it.
-        session.add(message)
+        # Stored by the hold's transaction: linked here, a write that goes with the commit.
+        sql.run(_LINK_MESSAGE, usage=settled.usage_id, id=message.id)
         message.usage_id = settled.usage_id
     if settled.text:
-        rows.append(
-            row("assistant", settled.text, settled.at, partial=settled.ending != "completed")
-        )
-    inserted = (
-        list(
-            session.scalars(insert(Message).returning(Message, sort_by_parameter_order=True), rows)
-        )
-        if rows
-        else []
-    )
-    session.flush()
+        reply = _message(call, "assistant", settled.text, settled.at, settled.usage_id)
+        reply.partial = settled.ending != "completed"
+        new.append(reply)
+    inserted = _inserted(sql, new)
     if message is None:
         message = inserted.pop(0)
-    reply = inserted[0] if inserted else None
-    return Exchange(message, reply, settled)
+    return Exchange(message, inserted[0] if inserted else None, settled)
+
+
+def _message(
+    call: MessageCall, role: str, content: str, at: datetime, usage_id: int | None
+) -> Message:
+    """A message of the call's conversation, not stored yet."""
+    return Message(
+        conversation_id=call.conversation_id,
+        role=role,
+        content=content,
+        partial=False,
+        usage_id=usage_id,
+        created_at=at,
+    )
+
+
+_MESSAGE_COLUMNS = ("conversation_id", "role", "content", "partial", "usage_id", "created_at")
+# Messages inserted in one statement, by how many (an exchange's: at most two). Their roles tell
+# which id is whose: the order of RETURNING's rows is not promised.
+_INSERT_MESSAGES = {
+    count: Statement(
+        "INSERT INTO messages ({}) VALUES {} RETURNING id, role".format(
+            ", ".join(_MESSAGE_COLUMNS),
+            ", ".join(
+                "({})".format(", ".join(f":{column}_{index}" for column in _MESSAGE_COLUMNS))
+                for index in range(count)
+            ),
+        )
+    )
+    for count in (1, 2)
+}
+_LINK_MESSAGE = Statement("UPDATE messages SET usage_id = :usage WHERE id = :id")
+
+
+def _inserted(sql: LedgerSql, messages: list[Message]) -> list[Message]:
+    """Insert `messages` (of distinct roles) in one statement; they come back with their ids,
+    as they are (not loaded in a session: nothing of them is read again)."""
+    if not messages:
+        return []
+    params = {
+        f"{column}_{index}": getattr(message, column)
+        for index, message in enumerate(messages)
+        for column in _MESSAGE_COLUMNS
+    }
+    for index, message in enumerate(messages):
+        params[f"created_at_{index}"] = sql.time(message.created_at)
+    ids = {
+        role: message_id for message_id, role in sql.all(_INSERT_MESSAGES[len(messages)], **params)
+    }
+    for message in messages:
+        message.id = ids[message.role]
+    return messages

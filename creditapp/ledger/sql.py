@@ -99,6 +99,24 @@ class LedgerSql:
         self._driver.deferred.append((self._query(statement, params), cursor))
         return Later(cursor, self._driver)
 
+    def new_id(self, table: str) -> Later | None:
+        """PostgreSQL: the next id of `table`, taken with the transaction's next round trip, so
+        that `insert` needs not read it back; None on SQLite, where `insert` reads it back."""
+        if not self._deferring:
+            return None
+        return self.later(_NEXT_ID[table])
+
+    def insert(self, statement: Statement, new_id: Later | None, **params: Any) -> int:
+        """Insert a row whose id is `new_id`'s (a deferred write), or read back (`new_id`
+        None). `statement` inserts `:id` and returns the row's id."""
+        if new_id is None:
+            row = self.one(statement, id=None, **params)
+            assert row is not None
+            return int(row[0])
+        row_id = int(new_id.rows()[0][0])
+        self.run(statement, id=row_id, **params)
+        return row_id
+
     def run(self, statement: Statement, **params: Any) -> None:
         if self._deferring:
             self._driver.deferred.append((self._query(statement, params), None))
@@ -137,6 +155,12 @@ class Later:
         rows: list[tuple[Any, ...]] = self._result.fetchall()
         return rows
 
+
+# The next id of each table whose rows `LedgerSql.insert` writes with ids taken first.
+_NEXT_ID = {
+    table: Statement(f"SELECT nextval(pg_get_serial_sequence('{table}', 'id'))")
+    for table in ("usage_records",)
+}
 
 _ACCOUNT_ROW = (
     "SELECT balance, reserved, last_seq, last_entry_at, watched FROM accounts WHERE id = :account"

@@ -12,6 +12,7 @@ from creditapp import ledger
 from creditapp.database import write_transaction
 from creditapp.errors import (
     BalanceWouldGoNegative,
+    CreditAppError,
     ExpiryNotInFuture,
     HoldNotExpired,
     InsufficientCredits,
@@ -84,6 +85,46 @@ def test_hold_reserves_and_refuses_more_than_available(account: int) -> None:
     assert (refused.value.required, refused.value.available) == (4 * CR + 1, 4 * CR)
     assert db.session.execute(select(Hold.id)).scalars().all() == [held.hold_id]
     assert state(account) == ledger.Balance(10 * CR, 6 * CR)
+    assert_consistent(account)
+
+
+@pytest.mark.parametrize("refused_by", ["balance", "cap"])
+def test_a_refused_hold_writes_nothing_even_if_its_caller_commits(
+    account: int, refused_by: str
+) -> None:
+    """A hold sends its reservations and its row together, before it knows whether it is
+    refused: a refusal undoes them, so a caller that goes on and commits commits nothing of
+    it (no hold, no audit record, nothing reserved in the account or its caps)."""
+    give(account, 10 * CR)
+    now = utcnow()
+    with write_transaction(db.session):
+        open_cap = ledger.caps.open_cap(
+            db.session, account_id=account, kind="key", ceiling=3 * CR, period="total", now=now
+        )
+        other_cap = ledger.caps.open_cap(
+            db.session, account_id=account, kind="key", ceiling=None, period="total", now=now
+        )
+    audits = db.session.execute(select(AuditRecord.id)).scalars().all()
+    amount, caps = (
+        (11 * CR, (other_cap,)) if refused_by == "balance" else (4 * CR, (other_cap, open_cap))
+    )
+    with write_transaction(db.session), pytest.raises(CreditAppError):
+        ledger.hold(
+            db.session,
+            account_id=account,
+            amount=amount,
+            ttl=TTL,
+            context=TEST_CONTEXT,
+            now=now,
+            caps=caps,
+        )
+    db.session.rollback()
+    assert db.session.execute(select(Hold.id)).scalars().all() == []
+    assert db.session.execute(select(AuditRecord.id)).scalars().all() == audits
+    assert state(account) == ledger.Balance(10 * CR, 0)
+    for cap_id in (open_cap, other_cap):
+        standing = ledger.caps.standing(db.session, cap_id=cap_id, now=utcnow())
+        assert (standing.spent, standing.reserved) == (0, 0)
     assert_consistent(account)
 
 
