@@ -63,6 +63,9 @@ class DeadlineConnection(psycopg.Connection[Any]):
     """
 
     statement_timeout_seconds: int = 0
+    # The statements whose answers the next wait covers: a pipeline's, each of which may take
+    # its statement timeout (`send`).
+    _statements_waited_for: int = 1
     # Statements of the transaction in progress not sent yet: they go with the transaction's
     # next statement, or with its COMMIT (`send`). Each with the cursor its result is read from
     # (`creditapp.ledger.sql.Later`), or None for a write whose result nobody reads.
@@ -74,18 +77,22 @@ class DeadlineConnection(psycopg.Connection[Any]):
         a cursor holding each query's result. A failure of any of them is raised here, and the
         transaction is then aborted, as if it had failed on its own."""
         deferred, self.deferred = self.deferred, []
-        with self.pipeline():
-            writes = self.cursor()
-            for (sql, params), cursor in deferred:
-                (cursor or writes).execute(sql, params)
-            cursors = []
-            for sql, params in queries:
-                cursor = self.cursor()
-                cursor.execute(sql, params)
-                cursors.append(cursor)
-            if commit:
-                # As a statement, not `commit()`, which would wait for its answer on its own.
-                writes.execute("COMMIT")
+        self._statements_waited_for = max(1, len(deferred) + len(queries) + commit)
+        try:
+            with self.pipeline():
+                writes = self.cursor()
+                for (sql, params), cursor in deferred:
+                    (cursor or writes).execute(sql, params)
+                cursors = []
+                for sql, params in queries:
+                    cursor = self.cursor()
+                    cursor.execute(sql, params)
+                    cursors.append(cursor)
+                if commit:
+                    # As a statement, not `commit()`, which would wait for its answer alone.
+                    writes.execute("COMMIT")
+        finally:
+            self._statements_waited_for = 1
         return cursors
 
     def wait(
@@ -97,7 +104,7 @@ class DeadlineConnection(psycopg.Connection[Any]):
         statement_seconds = self.statement_timeout_seconds if longer is None else longer
         if statement_seconds == 0:
             return super().wait(gen, interval, None)
-        deadline = statement_seconds + DEADLINE_MARGIN_SECONDS
+        deadline = statement_seconds * self._statements_waited_for + DEADLINE_MARGIN_SECONDS
         try:
             return super().wait(gen, interval, deadline)
         # psycopg's own exception for its `timeout` (a private name: psycopg is pinned).
@@ -149,13 +156,25 @@ def configure_engine(engine: Engine, *, statement_timeout_seconds: int) -> None:
             connection.exec_driver_sql("BEGIN")
 
 
+class DeferredWriteFailed(Exception):
+    """A deferred write failed as it was sent before another statement: the transaction is
+    aborted. Not a driver's error, so that nothing takes it for the failure of the statement
+    that sent it (an ORM insert's IntegrityError read as "a twin was first", say)."""
+
+
 def _send_deferred(connection: Any) -> None:
     """Send the deferred writes of a SQLAlchemy connection's driver connection, if any."""
     if connection.invalidated:
         return
     driver = connection.connection.driver_connection
-    if driver.deferred:
+    if not driver.deferred:
+        return
+    try:
         driver.send()
+    except psycopg.OperationalError:
+        raise  # the database gone, or a timeout: as for any statement (a 503)
+    except psycopg.Error as error:
+        raise DeferredWriteFailed(str(error)) from error
 
 
 def _configure_postgresql(engine: Engine, statement_timeout_seconds: int) -> None:

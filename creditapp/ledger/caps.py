@@ -222,7 +222,7 @@ def link(sql: LedgerSql, *, hold_id: int, caps: tuple[int, ...]) -> None:
 
 def room(sql: LedgerSql, *, hold_id: int, now: datetime) -> tuple[Statement, dict[str, Any]]:
     """The statement that locks a resolving hold's caps and reads each one's room (sent with
-    the account's lock, after it: `most_capturable` reads its rows)."""
+    the account's lock, before it: `most_capturable` reads its rows)."""
     return CAP_ROOM, {"hold": hold_id, **_starts(sql, now)}
 
 

@@ -47,7 +47,7 @@ from creditapp.ledger.sql import (
     INSERT_HOLD,
     LIVE_GRANTS,
     LOCK_ACCOUNT,
-    LOCK_UNCAPPED_HOLDS_ACCOUNT,
+    LOCK_RESOLVED_HOLDS_ACCOUNT,
     NOT_REFUSED,
     OVERDUE_HOLDS,
     PERIOD_GRANT,
@@ -57,9 +57,9 @@ from creditapp.ledger.sql import (
     REFUSED,
     RESERVE,
     RESOLVE_HOLD,
+    RESOLVED_HOLDS_LIVE_GRANTS,
     SETTLE_EXPIRED_HOLD,
     STORE_ACCOUNT,
-    UNCAPPED_HOLDS_LIVE_GRANTS,
     LedgerSql,
 )
 from creditapp.metrics import LEDGER_OPERATIONS
@@ -881,13 +881,11 @@ def _resolve(
     # The conditional UPDATE decides who resolves the hold, before the account is locked: a
     # concurrent twin waits for this row, then finds it resolved and returns our outcome.
     # The account of a hold without caps is locked and read with it (`_load`, in one round trip).
+    resolution = {"hold": hold_id, "status": status, "now": sql.time(now)}
     resolved_rows, account_rows, grant_rows = sql.together(
-        (
-            RESOLVE_HOLD,
-            {"hold": hold_id, "status": status, "now": sql.time(now), "actual": actual},
-        ),
-        (LOCK_UNCAPPED_HOLDS_ACCOUNT, {"hold": hold_id}),
-        (UNCAPPED_HOLDS_LIVE_GRANTS, {"hold": hold_id}),
+        (RESOLVE_HOLD, {**resolution, "actual": actual}),
+        (LOCK_RESOLVED_HOLDS_ACCOUNT, resolution),
+        (RESOLVED_HOLDS_LIVE_GRANTS, resolution),
     )
     resolved = resolved_rows[0] if resolved_rows else None
     late = False

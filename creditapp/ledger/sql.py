@@ -175,14 +175,17 @@ _LIVE_GRANTS = """SELECT id, remaining, expires_at, source FROM grants
                   WHERE account_id = {account} AND remaining > 0
                   ORDER BY expires_at ASC NULLS LAST, created_at, id"""
 LIVE_GRANTS = Statement(_LIVE_GRANTS.format(account=":account"))
-# The account of a hold without spending caps, locked, and its live grants: sent with the
-# hold's resolution, so that the account is ready once it is resolved. A hold with caps gives
-# no row: its caps are locked before its account.
-_UNCAPPED_HOLDS_ACCOUNT = "(SELECT account_id FROM holds WHERE id = :hold AND NOT capped)"
-LOCK_UNCAPPED_HOLDS_ACCOUNT = Statement(
-    _ACCOUNT_ROW.replace(":account", _UNCAPPED_HOLDS_ACCOUNT), lock="FOR NO KEY UPDATE"
+# The account of a hold this transaction has just resolved (its status and time are this
+# resolution's) and which has no spending caps, locked, and its live grants: sent with the
+# resolution, so that the account is ready once the hold is resolved. A hold with caps gives no
+# row (its caps are locked before its account), nor one resolved before or settled late (its
+# account is locked after it, as always).
+_RESOLVED_HOLDS_ACCOUNT = """(SELECT account_id FROM holds WHERE id = :hold AND NOT capped
+                             AND status = :status AND resolved_at = :now)"""
+LOCK_RESOLVED_HOLDS_ACCOUNT = Statement(
+    _ACCOUNT_ROW.replace(":account", _RESOLVED_HOLDS_ACCOUNT), lock="FOR NO KEY UPDATE"
 )
-UNCAPPED_HOLDS_LIVE_GRANTS = Statement(_LIVE_GRANTS.format(account=_UNCAPPED_HOLDS_ACCOUNT))
+RESOLVED_HOLDS_LIVE_GRANTS = Statement(_LIVE_GRANTS.format(account=_RESOLVED_HOLDS_ACCOUNT))
 RESERVE = Statement(
     """UPDATE accounts SET reserved = reserved + :amount
        WHERE id = :account AND balance - reserved >= :amount

@@ -3,16 +3,18 @@ connection, or with the COMMIT, never lost, never reordered, never outliving a r
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from creditapp import ledger
-from creditapp.database import write_transaction
+from creditapp.database import DeferredWriteFailed, write_transaction
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord
+from creditapp.ledger.sql import LedgerSql, Statement
 from tests.conftest import TEST_CONTEXT, utcnow
 
 pytestmark = pytest.mark.postgres_only
@@ -59,3 +61,49 @@ def test_a_rollback_drops_what_is_deferred(ctx: Flask) -> None:
         assert _deferred() == []
         _record("kept")
     assert _actions() == ["kept"]
+
+
+def test_a_deferred_write_that_fails_is_not_taken_for_the_failure_of_what_sent_it(
+    ctx: Flask, person_factory: Any
+) -> None:
+    """A deferred write refused by a constraint fails the transaction as itself, not as an
+    IntegrityError of the ORM statement it went before (which a caller could read as "a
+    concurrent twin was first")."""
+    account = person_factory().account_id
+    refused = Statement("UPDATE accounts SET reserved = -1 WHERE id = :account")
+    with pytest.raises(DeferredWriteFailed) as failed, write_transaction(db.session):
+        LedgerSql(db.session).run(refused, account=account)
+        db.session.scalar(select(func.count()).select_from(AuditRecord))
+    assert "reserved_within_balance" in str(failed.value)
+
+
+def test_resolving_a_hold_resolved_before_leaves_its_account_unlocked(
+    ctx: Flask, person_factory: Any
+) -> None:
+    """The account is locked with the hold's resolution only when this transaction resolved
+    it: a void that finds the hold settled already locks nothing while its transaction goes
+    on."""
+    account = person_factory(credits=10**7).account_id
+    with write_transaction(db.session):
+        held = ledger.hold(
+            db.session,
+            account_id=account,
+            amount=1000,
+            ttl=timedelta(minutes=5),
+            context=TEST_CONTEXT,
+            now=utcnow(),
+        )
+    with write_transaction(db.session):
+        ledger.settle(
+            db.session, hold_id=held.hold_id, actual=10, context=TEST_CONTEXT, now=utcnow()
+        )
+    with write_transaction(db.session):
+        voided = ledger.void(db.session, hold_id=held.hold_id, context=TEST_CONTEXT, now=utcnow())
+        assert not voided.applied
+        with db.engine.connect() as other:
+            locked = other.execute(
+                text("SELECT id FROM accounts WHERE id = :id FOR NO KEY UPDATE NOWAIT"),
+                {"id": account},
+            ).scalar_one()
+            other.rollback()
+        assert locked == account
