@@ -36,6 +36,7 @@ from creditapp.ledger.sql import (
     CAP_ROOM,
     CAP_STANDING,
     CLOSE_CAP,
+    COUNT_RESOLVED_HOLDS_CAPS,
     INSERT_CAP,
     INSERT_HOLD_CAP,
     LOCK_CAP,
@@ -233,6 +234,16 @@ def most_capturable(rows: list[tuple[Any, ...]], *, released: int) -> int | None
     releases nothing, only what room is left."""
     rooms = [int(row[0]) for row in rows if row[0] is not None]
     return min((released + max(room, 0) for room in rooms), default=None)
+
+
+def counting_resolved(
+    sql: LedgerSql, *, resolution: dict[str, Any], now: datetime
+) -> tuple[Statement, dict[str, Any]]:
+    """The statement sent with a hold's resolution (`resolution`: its hold, status, time and
+    actual charge) that counts the charge in its caps when this resolution may lock the
+    account at once: a capped hold resolved now within its amount. No row else (`resolving`
+    counts it later); `period_began` reads its rows."""
+    return COUNT_RESOLVED_HOLDS_CAPS, {**resolution, **_starts(sql, now)}
 
 
 def resolving(

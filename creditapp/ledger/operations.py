@@ -7,6 +7,7 @@ commit together (and, for HTTP requests, together with the stored idempotent res
 
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -880,10 +881,13 @@ def _resolve(
     sql = LedgerSql(session)
     # The conditional UPDATE decides who resolves the hold, before the account is locked: a
     # concurrent twin waits for this row, then finds it resolved and returns our outcome.
-    # The account of a hold without caps is locked and read with it (`_load`, in one round trip).
-    resolution = {"hold": hold_id, "status": status, "now": sql.time(now)}
-    resolved_rows, account_rows, grant_rows = sql.together(
-        (RESOLVE_HOLD, {**resolution, "actual": actual}),
+    # In the same round trip, a hold without caps has its account locked and read, and a
+    # capped one charged within its amount has its charge counted in its caps first, then the
+    # same (a resolution the statements do not cover locks its account below).
+    resolution = {"hold": hold_id, "actual": actual, "resolution": secrets.token_hex(8)}
+    resolved_rows, counted_cap_rows, account_rows, grant_rows = sql.together(
+        (RESOLVE_HOLD, {**resolution, "status": status, "now": sql.time(now)}),
+        spend_caps.counting_resolved(sql, resolution=resolution, now=now),
         (LOCK_RESOLVED_HOLDS_ACCOUNT, resolution),
         (RESOLVED_HOLDS_LIVE_GRANTS, resolution),
     )
@@ -894,38 +898,29 @@ def _resolve(
         late = resolved is not None
     if resolved is None:
         return _unresolved(sql, hold_id)
-    account_id, hold_amount, reference, capped, spender = resolved
+    account_id, hold_amount, reference, capped, spender = resolved[:5]  # (then RESOLVE_HOLD's mark)
     released = 0 if late else hold_amount
 
     # The caps before the account, as a hold takes them. A live hold settled within its amount
-    # captures exactly `actual` (the account has it: the hold reserved it), so it is counted
-    # in its caps now, outside the account's lock. Any other resolution locks its caps and
-    # reads their room first, then counts what it captured once the account is known.
-    counted_now = capped and not late and actual <= hold_amount
-    period_began = None
+    # captures exactly `actual` (the account has it: the hold reserved it), so it was counted
+    # in its caps with the resolution, and its account locked after them. Any other capped
+    # resolution locks its caps and reads their room first, then counts what it captured once
+    # the account is known.
+    counted_now = bool(account_rows) and capped
+    period_began = spend_caps.period_began(counted_cap_rows, now=now)
     most: int | None = None
-    if account_rows:  # no caps: the account was locked with the hold's resolution
+    if account_rows:
         state = _state_of(account_id, account_rows, grant_rows)
     else:
-        caps_first = []
-        if counted_now:
-            caps_first = [
-                spend_caps.resolving(
-                    sql, hold_id=hold_id, released=released, captured=actual, now=now
-                )
-            ]
-        elif capped:
-            caps_first = [spend_caps.room(sql, hold_id=hold_id, now=now)]
-        *cap_rows, account_rows, grant_rows = sql.together(
+        caps_first = [spend_caps.room(sql, hold_id=hold_id, now=now)] if capped else []
+        *room_rows, account_rows, grant_rows = sql.together(
             *caps_first,
             (LOCK_ACCOUNT, {"account": account_id}),
             (LIVE_GRANTS, {"account": account_id}),
         )
         state = _state_of(account_id, account_rows, grant_rows)
-        if counted_now:
-            period_began = spend_caps.period_began(cap_rows[0], now=now)
-        elif capped:
-            most = spend_caps.most_capturable(cap_rows[0], released=released)
+        if capped:
+            most = spend_caps.most_capturable(room_rows[0], released=released)
 
     state.write_off_overdue(now)
     if not late:

@@ -24,24 +24,25 @@ class Statement:
     """SQL written with `:name` parameters; `lock` is a row-locking clause, where rows lock;
     `expressions` what a `{name}` in it is on each database.
 
-    Parameters are bound by position (psycopg would otherwise reorder a dict on every call).
+    Parameters are bound by position (psycopg would otherwise reorder a dict on every call):
+    each database's expressions name the same parameters, in the same order.
     """
 
     def __init__(
         self, sql: str, *, lock: str = "", expressions: dict[str, dict[str, str]] | None = None
     ):
-        text = " ".join(sql.split())
-        self.names = tuple(_NAMED_PARAMETER.findall(text))
+        texts = {dialect.name: " ".join(sql.split()) for dialect in DIALECTS}
+        for name, each in (expressions or {}).items():
+            texts = {
+                dialect: text.replace(f"{{{name}}}", each[dialect])
+                for dialect, text in texts.items()
+            }
+        (self.names,) = {tuple(_NAMED_PARAMETER.findall(text)) for text in texts.values()}
         self.sql = {
-            dialect.name: _NAMED_PARAMETER.sub(dialect.placeholder, text)
+            dialect.name: _NAMED_PARAMETER.sub(dialect.placeholder, texts[dialect.name])
             + (f" {lock}" if lock and dialect.locks_rows else "")
             for dialect in DIALECTS
         }
-        for name, each in (expressions or {}).items():
-            self.sql = {
-                dialect: sql.replace(f"{{{name}}}", each[dialect])
-                for dialect, sql in self.sql.items()
-            }
 
     def values(self, params: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(params[name] for name in self.names)
@@ -175,17 +176,32 @@ _LIVE_GRANTS = """SELECT id, remaining, expires_at, source FROM grants
                   WHERE account_id = {account} AND remaining > 0
                   ORDER BY expires_at ASC NULLS LAST, created_at, id"""
 LIVE_GRANTS = Statement(_LIVE_GRANTS.format(account=":account"))
-# The account of a hold this transaction has just resolved (its status and time are this
-# resolution's) and which has no spending caps, locked, and its live grants: sent with the
-# resolution, so that the account is ready once the hold is resolved. A hold with caps gives no
-# row (its caps are locked before its account), nor one resolved before or settled late (its
-# account is locked after it, as always).
-_RESOLVED_HOLDS_ACCOUNT = """(SELECT account_id FROM holds WHERE id = :hold AND NOT capped
-                             AND status = :status AND resolved_at = :now)"""
-LOCK_RESOLVED_HOLDS_ACCOUNT = Statement(
-    _ACCOUNT_ROW.replace(":account", _RESOLVED_HOLDS_ACCOUNT), lock="FOR NO KEY UPDATE"
+# A hold this resolution has just resolved (RESOLVE_HOLD marked the transaction with the
+# resolution's own `:resolution` when, and only when, it changed the row: a hold resolved
+# before, even at the same instant, is not), whose account can be locked with the resolution,
+# in its round trip: one without spending caps, or one whose caps count its charge first
+# (within its amount, which they reserved: see COUNT_RESOLVED_HOLDS_CAPS). Any other gives no
+# row: a capped hold charged beyond its amount (its caps must first say how much room they
+# have), one resolved before or settled late (its account is locked after it, as always).
+# SQLite, in the process, gains nothing from this: no row there.
+_JUST_RESOLVED = "FROM holds WHERE id = :hold AND {resolved_now}"
+_RESOLVED_NOW = {
+    "resolved_now": {
+        "postgresql": "current_setting('creditapp.resolution', true) = :resolution",
+        "sqlite": ":resolution IS NULL",
+    }
+}
+_RESOLVED_HOLDS_ACCOUNT = (
+    f"(SELECT account_id {_JUST_RESOLVED} AND (NOT capped OR amount >= :actual))"
 )
-RESOLVED_HOLDS_LIVE_GRANTS = Statement(_LIVE_GRANTS.format(account=_RESOLVED_HOLDS_ACCOUNT))
+LOCK_RESOLVED_HOLDS_ACCOUNT = Statement(
+    _ACCOUNT_ROW.replace(":account", _RESOLVED_HOLDS_ACCOUNT),
+    lock="FOR NO KEY UPDATE",
+    expressions=_RESOLVED_NOW,
+)
+RESOLVED_HOLDS_LIVE_GRANTS = Statement(
+    _LIVE_GRANTS.format(account=_RESOLVED_HOLDS_ACCOUNT), expressions=_RESOLVED_NOW
+)
 RESERVE = Statement(
     """UPDATE accounts SET reserved = reserved + :amount
        WHERE id = :account AND balance - reserved >= :amount
@@ -206,7 +222,16 @@ RESOLVE_HOLD = Statement(
               captured = CASE WHEN :actual < amount THEN :actual ELSE amount END,
               uncollected = CASE WHEN :actual < amount THEN 0 ELSE :actual - amount END
        WHERE id = :hold AND status = 'pending' AND (:status <> 'expired' OR expires_at <= :now)
-       RETURNING account_id, amount, reference, capped, user_id"""
+       RETURNING account_id, amount, reference, capped, user_id, {mark}""",
+    # The transaction is marked as the one that resolved the hold, for the statements sent
+    # with this one (_RESOLVED_NOW): set only for a row this statement changed, until the
+    # transaction ends.
+    expressions={
+        "mark": {
+            "postgresql": "set_config('creditapp.resolution', :resolution, true)",
+            "sqlite": ":resolution",
+        }
+    },
 )
 # A settle that finds its hold expired still charges the call: the hold becomes settled (once),
 # and the charge comes from what is available now, since the expiry released the reservation.
@@ -288,6 +313,17 @@ RESOLVE_CAPS = Statement(
               period_start = {_NEWEST_START}, reserved = reserved - :released
        WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)
        RETURNING period_start"""
+)
+# RESOLVE_CAPS for a capped hold this transaction has just resolved within its amount (it
+# releases its whole reservation and captures `:actual`), sent with the resolution, before its
+# account's lock (LOCK_RESOLVED_HOLDS_ACCOUNT): caps before the account, as a hold takes them.
+COUNT_RESOLVED_HOLDS_CAPS = Statement(
+    f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD} + :actual,
+              period_start = {_NEWEST_START}, reserved = reserved - resolved.amount
+       FROM (SELECT amount {_JUST_RESOLVED} AND capped AND amount >= :actual) AS resolved
+       WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)
+       RETURNING period_start""",
+    expressions=_RESOLVED_NOW,
 )
 # A resolution counted in a cap's period that began after the resolution's clock read (it
 # waited for the account's lock meanwhile) is dated from that period's start: what a cap spent

@@ -118,6 +118,29 @@ def test_a_late_settle_never_takes_a_cap_past_its_ceiling(app: Flask, person_fac
     assert _standing(app, cap_id, now + 2 * TTL) == ledger.caps.CapStanding(10 * CR, 10 * CR, 0)
 
 
+def test_a_hold_settled_again_at_the_same_instant_counts_in_its_caps_once(
+    app: Flask, person_factory: Any
+) -> None:
+    """A settle counts its charge in the hold's caps in the round trip that resolves the hold,
+    only when that statement resolved it: a second settle of the same hold, even with the same
+    clock reading, finds it settled and changes nothing (its cap counted 3 once, reserves 0)."""
+    person = person_factory(credits=100 * CR)
+    cap_id = _cap(app, person.account_id, ceiling=10 * CR, period="day", now=MIDNIGHT)
+    held = _hold(app, person.account_id, cap_id, 4 * CR, MIDNIGHT)
+    first = _in_transaction(app, ledger.settle, hold_id=held, actual=3 * CR, now=MIDNIGHT)
+    again = _in_transaction(app, ledger.settle, hold_id=held, actual=1 * CR, now=MIDNIGHT)
+    assert (first.applied, first.captured, again.applied, again.captured) == (
+        True,
+        3 * CR,
+        False,
+        3 * CR,
+    )
+    assert _standing(app, cap_id, MIDNIGHT) == ledger.caps.CapStanding(10 * CR, 3 * CR, 0)
+    with app.app_context():
+        assert ledger.reconcile(db.session, account_ids=[person.account_id]) == []
+        db.session.remove()
+
+
 def test_an_open_hold_still_captures_its_amount_under_a_lowered_ceiling(
     app: Flask, person_factory: Any
 ) -> None:
