@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.abc import PQGen
 from psycopg.connection import _WAIT_INTERVAL  # the default of the `wait` overridden below
+from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.types.json import Json
 from sqlalchemy import BigInteger, ColumnElement, Date, DateTime, Integer, cast, event, func, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -40,6 +41,8 @@ Query = tuple[str, tuple[Any, ...]]
 # A statement running longer than its `statement_timeout` is cancelled by the server itself; a
 # server that stopped answering cannot do even that, so the client gives up this much later.
 DEADLINE_MARGIN_SECONDS = 2
+# Set on a psycopg pipeline that sent a BEGIN not answered yet (`DeadlineConnection`).
+_BEGUN = "creditapp_begun"
 # Set while a job or a migration runs: its statements may take this long, 0 for no limit
 # (`longer_statements`).
 _job_statement_seconds: ContextVar[int | None] = ContextVar("job_statement_seconds", default=None)
@@ -50,6 +53,26 @@ class DatabaseDeadlineExceeded(psycopg.OperationalError):
     is closed, its transaction abandoned, exactly as if the server had gone away. Nothing was
     half written: the server rolls the transaction back when it sees the connection end, or,
     if the commit had reached it, commits it whole."""
+
+
+class DeadlineCursor(psycopg.Cursor[Any]):
+    """The cursor of a `DeadlineConnection`: a transaction's first statement is sent in one
+    round trip with the BEGIN before it (psycopg would wait for the BEGIN's answer alone)."""
+
+    def begins_transaction(self) -> bool:
+        """Whether a statement executed now begins a transaction, outside a pipeline."""
+        info = self.connection.info
+        return (
+            not self.connection.autocommit
+            and info.transaction_status == TransactionStatus.IDLE
+            and info.pipeline_status == PipelineStatus.OFF
+        )
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        if not self.begins_transaction():
+            return super().execute(query, params, **kwargs)
+        with self.connection.pipeline():
+            return self.execute(query, params, **kwargs)
 
 
 class DeadlineConnection(psycopg.Connection[Any]):
@@ -70,6 +93,29 @@ class DeadlineConnection(psycopg.Connection[Any]):
     # next statement, or with its COMMIT (`send`). Each with the cursor its result is read from
     # (`creditapp.ledger.sql.Later`), or None for a write whose result nobody reads.
     deferred: list[tuple[Query, psycopg.Cursor[Any] | None]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cursor_factory = DeadlineCursor
+
+    def _start_query(self) -> PQGen[None]:
+        """Begin a transaction before a statement, if none is open. In a pipeline, psycopg
+        would send the BEGIN and wait for its answer before the statement (to learn that a
+        transaction is open); here it goes with the pipeline's statements, and the pipeline
+        remembers that it began one (its answer comes with theirs, when the pipeline ends).
+        Nothing here sends statements after a COMMIT in the same pipeline."""
+        pipeline = self._pipeline
+        if (
+            pipeline is None
+            or self.autocommit
+            or self.pgconn.transaction_status != TransactionStatus.IDLE
+        ):
+            yield from super()._start_query()
+            return
+        if getattr(pipeline, _BEGUN, False):
+            return
+        yield from self._exec_command(self._get_tx_start_command())
+        setattr(pipeline, _BEGUN, True)
 
     def send(self, queries: Sequence[Query] = (), *, commit: bool = False) -> list[Any]:
         """Send the deferred writes, then `queries`, then COMMIT if asked, in one round trip

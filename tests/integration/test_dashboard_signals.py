@@ -184,7 +184,9 @@ def test_thresholds_an_endpoint_its_secret_once_and_its_deliveries(
         assert page.evaluate("navigator.clipboard.readText()") == secret
         (endpoint,) = _api(base, page, "/api/webhook-endpoints")["items"]
         assert "secret" not in endpoint
+        # One row, and it is the endpoint's (not the "No endpoints yet." row it replaces).
         expect(page.locator("#endpoints tbody tr")).to_have_count(1)
+        expect(page.locator("#endpoints tbody tr td").first).to_have_text(hook)
         events = "balance.low, balance.depleted, purchase.completed"
         assert _rows(page, "#endpoints")[0][:3] == [hook, events, "Enabled"]
         assert _serious_violations(page) == []
@@ -193,6 +195,7 @@ def test_thresholds_an_endpoint_its_secret_once_and_its_deliveries(
         # After a reload the secret is nowhere on the page; the endpoint stays.
         page.reload()
         expect(page.locator("#endpoints tbody tr")).to_have_count(1)
+        expect(page.locator("#endpoints tbody tr td").first).to_have_text(hook)
         expect(box).to_be_hidden()
         assert secret not in page.content()
 
@@ -425,6 +428,7 @@ def test_a_teams_alerts_are_its_managers_and_its_members_read_them(
     (endpoint,) = _api(base, page, f"/api/webhook-endpoints?team_id={team['id']}")["items"]
     assert (endpoint["url"], endpoint["team_id"]) == (hook, team["id"])
     expect(page.locator("#endpoints tbody tr")).to_have_count(1)
+    expect(page.locator("#endpoints tbody tr td").first).to_have_text(hook)
     assert _rows(page, "#endpoints")[0][:3] == [hook, "balance.low, balance.depleted", "Enabled"]
 
     # Back to their own credits: theirs are shown again, and the team's secret is gone.
