@@ -57,7 +57,9 @@ class DatabaseDeadlineExceeded(psycopg.OperationalError):
 
 class DeadlineCursor(psycopg.Cursor[Any]):
     """The cursor of a `DeadlineConnection`: a transaction's first statement is sent in one
-    round trip with the BEGIN before it (psycopg would wait for the BEGIN's answer alone)."""
+    round trip with the BEGIN before it (psycopg would wait for the BEGIN's answer alone). In
+    a pipeline it is one statement (no "A; B" string), as every statement after it already
+    was: none of ours is more."""
 
     def begins_transaction(self) -> bool:
         """Whether a statement executed now begins a transaction, outside a pipeline."""

@@ -239,10 +239,10 @@ def most_capturable(rows: list[tuple[Any, ...]], *, released: int) -> int | None
 def counting_resolved(
     sql: LedgerSql, *, resolution: dict[str, Any], now: datetime
 ) -> tuple[Statement, dict[str, Any]]:
-    """The statement sent with a hold's resolution (`resolution`: its hold, status, time and
-    actual charge) that counts the charge in its caps when this resolution may lock the
-    account at once: a capped hold resolved now within its amount. No row else (`resolving`
-    counts it later); `period_began` reads its rows."""
+    """The statement sent with a hold's resolution (`resolution`: its hold, actual charge and
+    the resolution's token) that counts the charge in its caps when this resolution may lock
+    the account at once: a capped hold it resolved within its amount. No row else
+    (`resolving` counts it later); `period_began` reads its rows."""
     return COUNT_RESOLVED_HOLDS_CAPS, {**resolution, **_starts(sql, now)}
 
 

@@ -77,8 +77,10 @@ def _counting_connection(counted: Counted) -> type[DeadlineConnection]:
             return executed
 
         def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
-            super().executemany(query, params_seq, **kwargs)
-            counted.sent(" ".join(str(query).split()[:3]))
+            # psycopg sends its rows and a BEGIN in one pipeline of its own: counted as one.
+            with self.connection.pipeline():
+                super().executemany(query, params_seq, **kwargs)
+                counted.sent(" ".join(str(query).split()[:3]))
 
     class CountingConnection(DeadlineConnection):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
