@@ -79,7 +79,7 @@ class DeadlineCursor(psycopg.Cursor[Any]):
 
 class DeadlineConnection(psycopg.Connection[Any]):
     """A psycopg connection that waits for each answer at most its statement timeout and a
-    margin.
+    margin (for statements sent together, the statement timeout of each, and the margin).
 
     The server's `statement_timeout` cancels a slow statement, but a server that stopped
     answering (frozen, or behind a proxy that keeps the TCP connection open and forwards
@@ -205,9 +205,11 @@ def configure_engine(engine: Engine, *, statement_timeout_seconds: int) -> None:
 
 
 class DeferredWriteFailed(Exception):
-    """A deferred write failed as it was sent before another statement: the transaction is
-    aborted. Not a driver's error, so that nothing takes it for the failure of the statement
-    that sent it (an ORM insert's IntegrityError read as "a twin was first", say)."""
+    """A deferred write failed as it was sent before an ORM statement or a commit the session
+    made: the transaction is aborted. Not a driver's error, so that nothing takes it for the
+    failure of the statement that sent it (an ORM insert's IntegrityError read as "a twin was
+    first", say). Sent with the ledger's own statements (`DeadlineConnection.send`), it fails
+    as the driver's error, which nothing catches as a twin's: the transaction fails whole."""
 
 
 def _send_deferred(connection: Any) -> None:

@@ -242,26 +242,27 @@ def counting_resolved(
     """The statement sent with a hold's resolution (`resolution`: its hold, actual charge and
     the resolution's token) that counts the charge in its caps when this resolution may lock
     the account at once: a capped hold it resolved within its amount. No row else
-    (`resolving` counts it later); `period_began` reads its rows."""
+    (`resolve` counts it later); `period_began` reads its rows."""
     return COUNT_RESOLVED_HOLDS_CAPS, {**resolution, **_starts(sql, now)}
 
 
-def resolving(
+def resolve(
     sql: LedgerSql, *, hold_id: int, released: int, captured: int, now: datetime
-) -> tuple[Statement, dict[str, Any]]:
-    """The statement that releases a resolved hold's reservation from its caps and counts what
-    it captured, in each cap's current period (`period_began` reads its rows)."""
-    return RESOLVE_CAPS, {
-        "hold": hold_id,
-        "released": released,
-        "captured": captured,
+) -> list[tuple[Any, ...]]:
+    """Release a resolved hold's reservation from its caps and count what it captured, in each
+    cap's current period, once its account is locked; its rows are for `period_began`."""
+    return sql.all(
+        RESOLVE_CAPS,
+        hold=hold_id,
+        released=released,
+        captured=captured,
         **_starts(sql, now),
-    }
+    )
 
 
 def period_began(rows: list[tuple[Any, ...]], *, now: datetime) -> datetime | None:
-    """When the newest of the periods `resolving` counted in began, if that is after `now`
-    (the hold's resolution time must then move to it), else None."""
+    """When the newest of the periods `resolve` or `counting_resolved` counted in began, if
+    that is after `now` (the hold's resolution time must then move to it), else None."""
     starts = [start for row in rows if (start := read_time(row[0])) is not None]
     newest = max(starts, default=now)
     return newest if newest > now else None

@@ -939,10 +939,10 @@ def _resolve(
     if late or captured != min(actual, hold_amount):
         sql.run(RECORD_CAPTURE, hold=hold_id, captured=captured, uncollected=actual - captured)
     if capped and not counted_now:
-        counting, params = spend_caps.resolving(
+        counted = spend_caps.resolve(
             sql, hold_id=hold_id, released=released, captured=captured, now=now
         )
-        period_began = spend_caps.period_began(sql.all(counting, **params), now=now)
+        period_began = spend_caps.period_began(counted, now=now)
     if period_began is not None:
         sql.run(DATE_RESOLUTION, hold=hold_id, at=sql.time(period_began))
     after = _persist(

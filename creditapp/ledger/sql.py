@@ -125,7 +125,9 @@ class LedgerSql:
         self._cursor.execute(*self._query(statement, params))
 
     def run_many(self, statement: Statement, rows: list[dict[str, Any]]) -> None:
-        if self._deferring or len(rows) == 1:  # executemany costs more for a single row
+        # Deferred, each row goes with the rest of the transaction's writes; here executemany
+        # costs more for a single row.
+        if self._deferring or len(rows) == 1:
             for row in rows:
                 self.run(statement, **row)
             return
