@@ -74,7 +74,7 @@ class DeadlineCursor(psycopg.Cursor[Any]):
         if not self.begins_transaction():
             return super().execute(query, params, **kwargs)
         with self.connection.pipeline():
-            return self.execute(query, params, **kwargs)
+            return self.execute(query, params, **kwargs)  # in the pipeline now: sent with it
 
 
 class DeadlineConnection(psycopg.Connection[Any]):

@@ -310,21 +310,23 @@ RESERVE_CAP = Statement(
 INSERT_HOLD_CAP = Statement("INSERT INTO hold_caps (hold_id, cap_id) VALUES (:hold, :cap)")
 # A resolved hold's reservation leaves its caps (`:released`, 0 for a late settle, whose hold
 # released it when it expired) and what it captured counts as spent in the current period.
+_COUNT_IN_CAPS = f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD} + {{captured}},
+                           period_start = {_NEWEST_START}, reserved = reserved - {{released}}
+                    {{source}} WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)
+                    RETURNING period_start"""
 RESOLVE_CAPS = Statement(
-    f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD} + :captured,
-              period_start = {_NEWEST_START}, reserved = reserved - :released
-       WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)
-       RETURNING period_start"""
+    _COUNT_IN_CAPS.format(captured=":captured", released=":released", source="")
 )
 # RESOLVE_CAPS for a capped hold this transaction has just resolved within its amount (it
 # releases its whole reservation and captures `:actual`), sent with the resolution, before its
 # account's lock (LOCK_RESOLVED_HOLDS_ACCOUNT): caps before the account, as a hold takes them.
 COUNT_RESOLVED_HOLDS_CAPS = Statement(
-    f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD} + :actual,
-              period_start = {_NEWEST_START}, reserved = reserved - resolved.amount
-       FROM (SELECT amount {_JUST_RESOLVED} AND capped AND amount >= :actual) AS resolved
-       WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)
-       RETURNING period_start""",
+    _COUNT_IN_CAPS.format(
+        captured=":actual",
+        released="resolved.amount",
+        source=f"FROM (SELECT amount {_JUST_RESOLVED} AND capped AND amount >= :actual)"
+        " AS resolved",
+    ),
     expressions=_RESOLVED_NOW,
 )
 # A resolution counted in a cap's period that began after the resolution's clock read (it
