@@ -107,6 +107,12 @@ class Blueprint(flask_smorest.Blueprint):
         super().__init__(*args, **kwargs)
         self._prepare_doc_cbks.append(openapi.document_operation)
 
+    def arguments(self, schema: Any, **kwargs: Any) -> Any:
+        """As flask-smorest's, with a schema class made an instance once, here: webargs makes
+        one from a class on every request, and a marshmallow schema costs more to make than to
+        load a request with (its fields are copied). Loading does not change a schema."""
+        return super().arguments(schema() if isinstance(schema, type) else schema, **kwargs)
+
     def add_url_rule(
         self, rule: str, endpoint: str | None = None, view_func: Any = None, **options: Any
     ) -> None:
