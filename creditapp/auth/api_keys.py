@@ -27,6 +27,7 @@ from creditapp.database import DbSession
 from creditapp.errors import Conflict, ExpiryNotInFuture, InvalidApiKey, NotFound
 from creditapp.ledger import caps
 from creditapp.ledger.models import SpendCap
+from creditapp.ledger.sql import LedgerSql, Statement, columns_of
 
 KEY_PREFIX = "ca-"
 PREFIX_CHARS = 12
@@ -110,15 +111,18 @@ class LiveKey:
     owner: User
 
 
+_KEY_WITH_OWNER = Statement(
+    f"SELECT {columns_of(ApiKey, 'k')}, {columns_of(User, 'u')}"
+    " FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.digest = :digest"
+)
+
+
 def authenticate(session: DbSession, presented: str | None, *, now: datetime) -> LiveKey:
-    """The live key `presented` is, with its owner, or InvalidApiKey."""
+    """The live key `presented` is, with its owner, or InvalidApiKey. Read on every gateway
+    call, as plain SQL (`LedgerSql.instances`)."""
     if not presented or not presented.startswith(KEY_PREFIX):
         raise InvalidApiKey()
-    found = session.execute(
-        select(ApiKey, User)
-        .join(User, User.id == ApiKey.user_id)
-        .where(ApiKey.digest == digest(presented))
-    ).one_or_none()
+    found = LedgerSql(session).instances(_KEY_WITH_OWNER, (ApiKey, User), digest=digest(presented))
     if found is None:
         raise InvalidApiKey()
     key, owner = found

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from creditapp.auth.models import AuthSession, User
 from creditapp.database import DbSession
+from creditapp.ledger.sql import LedgerSql, Statement, columns_of
 
 
 def new_jti() -> str:
@@ -102,17 +103,19 @@ def revoke_all(session: DbSession, *, user_id: int, reason: str, now: datetime) 
     return int(revoked.rowcount)  # type: ignore[attr-defined]
 
 
+_USER_OF_LIVE_SESSION = Statement(
+    f"SELECT {columns_of(User, 'u')} FROM users u JOIN auth_sessions s ON s.user_id = u.id"
+    " WHERE u.id = :user AND s.id = :session AND s.revoked_at IS NULL"
+)
+
+
 def user_of_live_session(session: DbSession, *, user_id: int, session_id: int) -> User | None:
-    """The user, if this session of theirs is live: one query, the request's only user lookup."""
-    return session.scalars(
-        select(User)
-        .join(AuthSession, AuthSession.user_id == User.id)
-        .where(
-            User.id == user_id,
-            AuthSession.id == session_id,
-            AuthSession.revoked_at.is_(None),
-        )
-    ).one_or_none()
+    """The user, if this session of theirs is live: one query, the request's only user lookup
+    (plain SQL: `LedgerSql.instances`)."""
+    found = LedgerSql(session).instances(
+        _USER_OF_LIVE_SESSION, (User,), user=user_id, session=session_id
+    )
+    return None if found is None else found[0]
 
 
 def is_revoked(session: DbSession, *, session_id: int) -> bool:
