@@ -100,6 +100,42 @@ def test_a_failed_call_is_a_502_that_charges_and_reserves_nothing(
     assert len(fake_providers.calls(provider)) == 2
 
 
+# Chat Completions answers that are JSON but not of its documented shape.
+MISSHAPEN_OPENAI_ANSWERS = {
+    "a list": b"[]",
+    "no choices": b'{"choices": []}',
+    "content not text": b'{"choices": [{"message": {"content": 5}}]}',
+    "count not a number": b'{"choices": [{"message": {"content": "Hi"}}],'
+    b' "usage": {"prompt_tokens": "many", "completion_tokens": 1}}',
+    "details not an object": b'{"choices": [{"message": {"content": "Hi"}}],'
+    b' "usage": {"prompt_tokens": 3, "completion_tokens": 1, "prompt_tokens_details": 5}}',
+}
+
+
+@pytest.mark.parametrize("answer", list(MISSHAPEN_OPENAI_ANSWERS))
+def test_an_answer_not_of_the_documented_shape_is_a_502_that_charges_nothing(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+    answer: str,
+) -> None:
+    person: Person = person_factory(credits=CREDITS)
+    conversation = start_conversation(client, person, "openai", MODELS["openai"])
+    fake_providers.script("openai", Answer(raw_body=MISSHAPEN_OPENAI_ANSWERS[answer]))
+
+    response = send(client, person, conversation)
+
+    assert response.status_code == 502, response.get_json()
+    assert response.get_json()["error"]["details"] == {
+        "provider": "openai",
+        "reason": "unreadable response",
+    }
+    assert balance_of(client, person) == {"balance": "100", "reserved": "0", "available": "100"}
+    assert counts(app) == NOTHING
+
+
 def test_missing_usage_is_estimated_and_charged(
     client: FlaskClient, person_factory: Any, fake_providers: FakeProviders, priced: None
 ) -> None:
