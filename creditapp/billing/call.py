@@ -61,7 +61,7 @@ from creditapp.metering.providers import (
     ReplyStream,
     Sampling,
 )
-from creditapp.metering.usage import TOKEN_COUNTERS, Usage
+from creditapp.metering.usage import Usage
 from creditapp.metrics import CREDITS_CHARGED, MESSAGES, PROVIDER_DURATION
 from creditapp.pricing import book
 from creditapp.pricing.models import Price
@@ -499,20 +499,13 @@ def _settle(
     )
 
 
-_USAGE_RECORD_COLUMNS = (
-    "user_id",
-    "account_id",
-    "conversation_id",
-    "hold_id",
-    "price_id",
-    "provider",
-    "model",
-    *TOKEN_COUNTERS,
-    "estimated",
-    "ending",
-    "cost",
-    "created_at",
-    "credits_charged",
+# Every column of a usage record but its id (taken first) and `rolled_up` (the roll-up job's):
+# `_AnsweredCall.columns` and the charge. Read from the table, so that a column added to it and
+# to `columns` is written (a key `columns` lacks is a KeyError, not a column left unwritten).
+_USAGE_RECORD_COLUMNS = tuple(
+    column.name
+    for column in UsageRecord.__table__.columns
+    if column.name not in ("id", "rolled_up")
 )
 # A usage record as the settle writes it (`_AnsweredCall.columns` and its charge).
 INSERT_USAGE_RECORD = Statement(

@@ -156,14 +156,17 @@ class LedgerSql:
         the session's instances of them (a tuple; None without a row): the ones the session
         holds already, else new ones added to it, as an ORM query gives them, for about half
         its CPU. For a read every request makes (its API key and owner, its signed-in user)."""
+        session = self._session
+        if session.autoflush and (session.new or session.dirty or session.deleted):
+            session.flush()  # as before an ORM query: it reads the session's changes
         row = self.one(statement, **params)
         if row is None:
             return None
         found, start = [], 0
-        dialect = self._session.get_bind().dialect
+        dialect = session.get_bind().dialect
         for model in models:
             loading = _Loading.of(model, dialect)
-            found.append(loading.instance(self._session, row[start : start + loading.width]))
+            found.append(loading.instance(session, row[start : start + loading.width]))
             start += loading.width
         return tuple(found)
 
@@ -179,7 +182,7 @@ class _Loading:
     how its value is read (the column type's own result processor; None: as the driver gives
     it). For a model whose primary key is one column."""
 
-    _known: dict[tuple[type, str], _Loading] = {}
+    _known: dict[tuple[type, Any], _Loading] = {}  # by model and dialect (its JSON reader, say)
 
     def __init__(self, model: type, dialect: Any):
         configure_mappers()  # what the ORM does before its first query: instances need it
@@ -195,9 +198,9 @@ class _Loading:
 
     @classmethod
     def of(cls, model: type, dialect: Any) -> _Loading:
-        loading = cls._known.get((model, dialect.name))
+        loading = cls._known.get((model, dialect))
         if loading is None:
-            loading = cls._known[(model, dialect.name)] = cls(model, dialect)
+            loading = cls._known[(model, dialect)] = cls(model, dialect)
         return loading
 
     def instance(self, session: DbSession, values: tuple[Any, ...]) -> Any:

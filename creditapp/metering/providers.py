@@ -26,7 +26,8 @@ from creditapp.metering.usage import Usage
 # Called through their official SDKs (and priced by the genai-prices catalogue).
 SDK_PROVIDERS = ("openai", "anthropic", "google")
 PROVIDER_NAMES = (*SDK_PROVIDERS, "demo")
-_UNREADABLE = (ValueError, KeyError, IndexError, AttributeError, TypeError)
+# A body that is not JSON (nested too deep to read included), or not of the documented shape.
+_UNREADABLE = (ValueError, KeyError, IndexError, AttributeError, TypeError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,13 @@ def _given(**settings: Any) -> dict[str, Any]:
 
 
 def _count(value: Any) -> int:
-    return int(value or 0)
+    """A token count as the provider gave it: none is 0, and anything but an integer is not a
+    count (a string, a fraction, a boolean: the answer is unreadable, not rounded into one)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("a token count that is not an integer")
+    return value
 
 
 def _usage(provider: str, **counts: int) -> Usage:
@@ -212,7 +219,9 @@ class OpenAIProvider:
                 "/chat/completions", body=self._body(request), cast_to=self._http_response
             )
             completion = response.json()
-            text = completion["choices"][0]["message"]["content"] or ""
+            text = completion["choices"][0]["message"]["content"]
+            if text is None:  # no text: a refusal, say
+                text = ""
             if not isinstance(text, str):
                 raise TypeError("the reply's content is not text")
             usage = completion.get("usage")
@@ -237,7 +246,7 @@ class OpenAIProvider:
                     if choice.finish_reason is not None:
                         yield ENDED
                 if chunk.usage is not None:
-                    yield self._usage(chunk.usage.to_dict())
+                    yield self._usage(chunk.usage.to_dict(warnings=False))
 
         return ReplyStream(self.name, items(), self._errors, interrupt=chunks.close)
 
@@ -291,8 +300,8 @@ class AnthropicProvider:
                 "/v1/messages", body=self._body(request), cast_to=self._message_type
             )
             text = "".join(block.text for block in response.content if block.type == "text")
-        usage = response.usage
-        return Completion(text, None if usage is None else self._usage(vars(usage)))
+            usage = response.usage
+            return Completion(text, None if usage is None else self._usage(vars(usage)))
 
     def stream(self, request: ChatRequest) -> ReplyStream:
         with _as_provider_errors(self.name, self._errors):
@@ -384,7 +393,7 @@ class GoogleProvider:
             response = self._client.models.generate_content(**self._arguments(request))
             # The text of the first candidate, without its thought parts.
             text = response.text or ""
-        return Completion(text, self._usage(response.usage_metadata))
+            return Completion(text, self._usage(response.usage_metadata))
 
     def stream(self, request: ChatRequest) -> ReplyStream:
         with _as_provider_errors(self.name, self._errors):

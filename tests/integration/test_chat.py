@@ -109,6 +109,16 @@ MISSHAPEN_OPENAI_ANSWERS = {
     b' "usage": {"prompt_tokens": "many", "completion_tokens": 1}}',
     "details not an object": b'{"choices": [{"message": {"content": "Hi"}}],'
     b' "usage": {"prompt_tokens": 3, "completion_tokens": 1, "prompt_tokens_details": 5}}',
+    "content false": b'{"choices": [{"message": {"content": false}}]}',
+    **{
+        f"a count of {count.decode()}": b'{"choices": [{"message": {"content": "Hi"}}],'
+        b' "usage": {"prompt_tokens": ' + count + b', "completion_tokens": 1}}'
+        for count in (b'"12"', b"3.7", b"true", b"NaN", b"1e999")
+    },
+    "nested too deep": b'{"choices": [{"message": {"content": "Hi"}}], "usage": '
+    + b"[" * 100_000
+    + b"]" * 100_000
+    + b"}",
 }
 
 

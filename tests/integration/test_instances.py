@@ -105,3 +105,15 @@ def test_a_revoked_key_read_so_is_refused(
         with pytest.raises(InvalidApiKey, match=r"^This API key has been revoked\.$"):
             api_keys.authenticate(db.session, secret, now=datetime.now(UTC))
         db.session.rollback()
+
+
+def test_the_sessions_changes_are_written_before_the_read(
+    app: Flask, client: FlaskClient, person_factory: object
+) -> None:
+    person: Person = person_factory()  # type: ignore[operator]
+    key_id = int(make_key(client, person)[0])
+    with app.app_context():
+        held = db.session.get(ApiKey, key_id)
+        db.session.delete(held)  # not flushed: the ORM would flush it before its query
+        assert LedgerSql(db.session).instances(KEY_WITH_OWNER, (ApiKey, User), key=key_id) is None
+        db.session.rollback()
