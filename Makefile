@@ -84,6 +84,7 @@ bench: venv  ## benchmarks on PostgreSQL; see docs/benchmarks.md
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/usage.py
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/streaming.py
 	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/gateway.py
+	PG_ADMIN_URL=$(PG_ADMIN_URL) $(PY) bench/instructions.py
 
 clean:
 	rm -rf $(VENV) instance artifacts mutants .pytest_cache .mypy_cache .ruff_cache
