@@ -9,7 +9,7 @@ its own: `POST /v1/chat/completions` with an API key (the OpenAI SDK's request),
 `POST /api/conversations/<id>/messages` with a token. For each door a child process under
 callgrind starts the app, makes WARM_UP calls, then `--calls` more; another makes the warm-up
 only; the difference over `--calls` is a call's instructions (the database server's are not
-counted: it is another process). About three minutes.
+counted: it is another process). About six minutes.
 
     .venv/bin/python bench/instructions.py [--calls 200]
 """
@@ -95,7 +95,8 @@ def instructions(door: str, calls: int, doors: dict[str, Any]) -> int:
             str(calls),
         ],
         cwd=ROOT,
-        env={**os.environ, _DOORS_ENV: json.dumps(doors)},
+        # One hash seed for every child: its start costs the same in each.
+        env={**os.environ, _DOORS_ENV: json.dumps(doors), "PYTHONHASHSEED": "0"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -112,9 +113,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--child", choices=("gateway", "message"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.child:  # --calls 0 too: the warm-up alone
         child(args.child, args.calls)
         return
+    if args.calls < 1:
+        parser.error("--calls: at least 1")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed: apt-get install -y valgrind")
 
