@@ -24,6 +24,19 @@ KEY_WITH_OWNER = Statement(
 )
 
 
+@pytest.fixture
+def key_id(client: FlaskClient, person_factory: object) -> int:
+    """A new API key's id (of a new person)."""
+    return int(make_key(client, person_factory())[0])  # type: ignore[operator]
+
+
+def _read(key_id: int) -> tuple[ApiKey, User] | None:
+    found: tuple[ApiKey, User] | None = LedgerSql(db.session).instances(
+        KEY_WITH_OWNER, (ApiKey, User), key=key_id
+    )
+    return found
+
+
 def _columns(instance: object) -> dict[str, object]:
     return {
         attribute.key: getattr(instance, attribute.key)
@@ -54,7 +67,7 @@ def test_a_row_becomes_the_instances_an_orm_query_gives(
     with app.app_context():
         orm_key, orm_owner = _orm_read(key_id)
         assert orm_key["allowed_models"] == ["openai/gpt-4o-mini", "demo/*"]
-        key, owner = LedgerSql(db.session).instances(KEY_WITH_OWNER, (ApiKey, User), key=key_id)
+        key, owner = _read(key_id)
         # Every column as the ORM reads it: JSON as a list, times aware in UTC.
         assert (_columns(key), _columns(owner)) == (orm_key, orm_owner)
         assert key.expires_at.tzinfo is not None and key.expires_at.utcoffset() == timedelta(0)
@@ -67,18 +80,16 @@ def test_a_row_becomes_the_instances_an_orm_query_gives(
 
 
 def test_the_session_gives_the_instance_it_holds_read_again_where_expired(
-    app: Flask, client: FlaskClient, person_factory: object
+    app: Flask, key_id: int
 ) -> None:
-    person: Person = person_factory()  # type: ignore[operator]
-    key_id = int(make_key(client, person)[0])
     with app.app_context():
         held = db.session.get(ApiKey, key_id)
         held.name = "not flushed"
-        key, _owner = LedgerSql(db.session).instances(KEY_WITH_OWNER, (ApiKey, User), key=key_id)
+        key, _owner = _read(key_id)
         assert key is held and key.name == "not flushed"  # its own change kept, as the ORM does
         db.session.rollback()  # expires it
         db.session.execute(update(ApiKey).where(ApiKey.id == key_id).values(name="renamed"))
-        key, _owner = LedgerSql(db.session).instances(KEY_WITH_OWNER, (ApiKey, User), key=key_id)
+        key, _owner = _read(key_id)
         assert key is held and not inspect(key).unloaded  # read with the row, no query more
         assert key.name == "renamed" and not db.session.dirty
         db.session.rollback()
@@ -86,7 +97,7 @@ def test_the_session_gives_the_instance_it_holds_read_again_where_expired(
 
 def test_no_row_is_none(app: Flask) -> None:
     with app.app_context():
-        assert LedgerSql(db.session).instances(KEY_WITH_OWNER, (ApiKey, User), key=0) is None
+        assert _read(0) is None
         db.session.rollback()
 
 
@@ -107,13 +118,8 @@ def test_a_revoked_key_read_so_is_refused(
         db.session.rollback()
 
 
-def test_the_sessions_changes_are_written_before_the_read(
-    app: Flask, client: FlaskClient, person_factory: object
-) -> None:
-    person: Person = person_factory()  # type: ignore[operator]
-    key_id = int(make_key(client, person)[0])
+def test_the_sessions_changes_are_written_before_the_read(app: Flask, key_id: int) -> None:
     with app.app_context():
-        held = db.session.get(ApiKey, key_id)
-        db.session.delete(held)  # not flushed: the ORM would flush it before its query
-        assert LedgerSql(db.session).instances(KEY_WITH_OWNER, (ApiKey, User), key=key_id) is None
+        db.session.delete(db.session.get(ApiKey, key_id))  # not flushed: an ORM query would
+        assert _read(key_id) is None
         db.session.rollback()
