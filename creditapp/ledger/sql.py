@@ -16,6 +16,8 @@ its API key and owner, or its signed-in user), which the ORM would read for twic
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
 
@@ -67,22 +69,36 @@ class LedgerSql:
     """
 
     def __init__(self, session: DbSession):
-        connection = session.connection()
+        self._connection = session.connection()
         self._session = session
         self._dialect = dialect_of(session)
         # A `creditapp.database.DeadlineConnection` on PostgreSQL.
-        self._driver = cast(Any, connection.connection.driver_connection)
+        self._driver = cast(Any, self._connection.connection.driver_connection)
         self._cursor = self._driver.cursor()
         self._deferring = self._dialect is POSTGRESQL
 
     def _query(self, statement: Statement, params: dict[str, Any]) -> Query:
         return statement.sql[self._dialect.name], statement.values(params)
 
+    @contextmanager
+    def _lost_connection_invalidated(self) -> Iterator[None]:
+        """A connection lost under these statements is invalidated, as SQLAlchemy does when
+        its own statement finds it lost: the pool replaces it, and the session's rollback has
+        nothing to send (sent on the lost connection, it would fail too, and a caller that
+        rolls back after a database error, the rate limiter's, would fail with it)."""
+        try:
+            yield
+        except Exception:
+            if getattr(self._driver, "broken", False) or getattr(self._driver, "closed", False):
+                self._connection.invalidate()
+            raise
+
     def _execute(self, statement: Statement, params: dict[str, Any]) -> Any:
-        if self._deferring and self._driver.deferred:
-            return self._driver.send([self._query(statement, params)])[0]
-        self._cursor.execute(*self._query(statement, params))
-        return self._cursor
+        with self._lost_connection_invalidated():
+            if self._deferring and self._driver.deferred:
+                return self._driver.send([self._query(statement, params)])[0]
+            self._cursor.execute(*self._query(statement, params))
+            return self._cursor
 
     def one(self, statement: Statement, **params: Any) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = self._execute(statement, params).fetchone()
@@ -96,7 +112,8 @@ class LedgerSql:
         """The rows of each query, run one after the other and sent together (one round trip on
         PostgreSQL): for queries none of which needs another's result to be written."""
         if self._deferring:
-            cursors = self._driver.send([self._query(*query) for query in queries])
+            with self._lost_connection_invalidated():
+                cursors = self._driver.send([self._query(*query) for query in queries])
             return [cursor.fetchall() for cursor in cursors]
         return [self.all(statement, **params) for statement, params in queries]
 
