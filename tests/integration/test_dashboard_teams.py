@@ -74,7 +74,8 @@ def test_a_team_is_funded_and_a_capped_member_is_refused(
 ) -> None:
     base, page, screenshots = browsing.base, browsing.page, browsing.screenshots
     member = person_factory(f"{secrets.token_hex(4)}@example.com", tier="free")
-    name = f"Research {secrets.token_hex(2)}"
+    # Its second word, searched for below, is found in no other team's name and is not an id.
+    name = f"Research r{secrets.token_hex(6)}"
 
     # The demo user pays from their own credits until they choose a team.
     page.goto(f"{base}/")
