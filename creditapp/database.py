@@ -25,7 +25,7 @@ from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.types.json import Json
 from sqlalchemy import BigInteger, ColumnElement, Date, DateTime, Integer, cast, event, func, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import Session, scoped_session
 from sqlalchemy.types import TypeDecorator
 
@@ -220,7 +220,7 @@ def _send_deferred(connection: Any) -> None:
     if not driver.deferred:
         return
     try:
-        driver.send()
+        driver.send()  # under SQLAlchemy's event: a lost connection is invalidated by it
     except psycopg.OperationalError:
         raise  # the database gone, or a timeout: as for any statement (a 503)
     except psycopg.Error as error:
@@ -282,6 +282,24 @@ def write_transaction(session: DbSession) -> Iterator[Session]:
         raise
 
 
+@contextmanager
+def lost_connection_invalidated(connection: Connection) -> Iterator[None]:
+    """Statements sent on the driver's own connection (the ledger's plain SQL, deferred writes)
+    whose connection is lost invalidate it, as SQLAlchemy does when its own statement finds it
+    lost: the pool replaces it, and the session's rollback has nothing to send (sent on the
+    lost connection, it would fail too, and replace the loss with its own failure; a caller
+    that rolls back after a database error, the rate limiter's, would fail with it)."""
+    try:
+        yield
+    except Exception:
+        driver = connection.connection.driver_connection
+        # psycopg's connection says whether it is lost; SQLite's, in the process, never is.
+        lost = getattr(driver, "broken", False) or getattr(driver, "closed", False)
+        if lost and not connection.invalidated:
+            connection.invalidate()
+        raise
+
+
 def _commit(session: Session) -> None:
     """Commit, sending the transaction's deferred writes (PostgreSQL) with its COMMIT: one
     round trip for both. The session's own pending changes are written first."""
@@ -290,7 +308,9 @@ def _commit(session: Session) -> None:
         if driver.deferred:
             session.flush()  # sends the deferred writes first, if it has anything to write
         if driver.deferred:
-            driver.send(commit=True)  # then the session's COMMIT finds nothing to commit
+            # Then the session's COMMIT finds nothing to commit.
+            with lost_connection_invalidated(session.connection()):
+                driver.send(commit=True)
     session.commit()
 
 
@@ -417,9 +437,10 @@ DIALECTS = (POSTGRESQL, SQLITE)
 _BY_NAME = {dialect.name: dialect for dialect in DIALECTS}
 
 
-def dialect_of(session: DbSession) -> DatabaseDialect:
-    """What differs on the database the session talks to."""
-    return _BY_NAME[session.get_bind().dialect.name]
+def dialect_of(talking: DbSession | Connection) -> DatabaseDialect:
+    """What differs on the database a session, or a connection, talks to."""
+    dialect = talking.dialect if isinstance(talking, Connection) else talking.get_bind().dialect
+    return _BY_NAME[dialect.name]
 
 
 def read_time(value: Any) -> datetime | None:

@@ -16,8 +16,7 @@ its API key and owner, or its signed-in user), which the ORM would read for twic
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
@@ -25,7 +24,14 @@ from sqlalchemy import inspect
 from sqlalchemy.orm import Mapper, configure_mappers, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 
-from creditapp.database import DIALECTS, POSTGRESQL, DbSession, Query, dialect_of
+from creditapp.database import (
+    DIALECTS,
+    POSTGRESQL,
+    DbSession,
+    Query,
+    dialect_of,
+    lost_connection_invalidated,
+)
 
 _NAMED_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
 
@@ -71,7 +77,7 @@ class LedgerSql:
     def __init__(self, session: DbSession):
         self._connection = session.connection()
         self._session = session
-        self._dialect = dialect_of(session)
+        self._dialect = dialect_of(self._connection)
         # A `creditapp.database.DeadlineConnection` on PostgreSQL.
         self._driver = cast(Any, self._connection.connection.driver_connection)
         self._cursor = self._driver.cursor()
@@ -80,21 +86,8 @@ class LedgerSql:
     def _query(self, statement: Statement, params: dict[str, Any]) -> Query:
         return statement.sql[self._dialect.name], statement.values(params)
 
-    @contextmanager
-    def _lost_connection_invalidated(self) -> Iterator[None]:
-        """A connection lost under these statements is invalidated, as SQLAlchemy does when
-        its own statement finds it lost: the pool replaces it, and the session's rollback has
-        nothing to send (sent on the lost connection, it would fail too, and a caller that
-        rolls back after a database error, the rate limiter's, would fail with it)."""
-        try:
-            yield
-        except Exception:
-            if getattr(self._driver, "broken", False) or getattr(self._driver, "closed", False):
-                self._connection.invalidate()
-            raise
-
     def _execute(self, statement: Statement, params: dict[str, Any]) -> Any:
-        with self._lost_connection_invalidated():
+        with lost_connection_invalidated(self._connection):
             if self._deferring and self._driver.deferred:
                 return self._driver.send([self._query(statement, params)])[0]
             self._cursor.execute(*self._query(statement, params))
@@ -112,7 +105,7 @@ class LedgerSql:
         """The rows of each query, run one after the other and sent together (one round trip on
         PostgreSQL): for queries none of which needs another's result to be written."""
         if self._deferring:
-            with self._lost_connection_invalidated():
+            with lost_connection_invalidated(self._connection):
                 cursors = self._driver.send([self._query(*query) for query in queries])
             return [cursor.fetchall() for cursor in cursors]
         return [self.all(statement, **params) for statement, params in queries]
@@ -124,7 +117,11 @@ class LedgerSql:
             return Later(self.all(statement, **params))
         cursor = self._driver.cursor()
         self._driver.deferred.append((self._query(statement, params), cursor))
-        return Later(cursor, self._driver)
+        return Later(cursor, self._send_deferred)
+
+    def _send_deferred(self) -> None:
+        with lost_connection_invalidated(self._connection):
+            self._driver.send()
 
     def new_id(self, table: str) -> Later | None:
         """PostgreSQL: the next id of `table`, taken with the transaction's next round trip, so
@@ -180,7 +177,7 @@ class LedgerSql:
         if row is None:
             return None
         found, start = [], 0
-        dialect = session.get_bind().dialect
+        dialect = self._connection.dialect
         for model in models:
             loading = _Loading.of(model, dialect)
             found.append(loading.instance(session, row[start : start + loading.width]))
@@ -243,15 +240,15 @@ class _Loading:
 class Later:
     """The rows of a query `LedgerSql.later` sent, or will send, with another round trip."""
 
-    def __init__(self, result: Any, driver: Any = None) -> None:
+    def __init__(self, result: Any, send: Callable[[], None] | None = None) -> None:
         self._result = result  # the rows, or the cursor they arrive on
-        self._driver = driver
+        self._send = send  # sends what is deferred, the query with it
 
     def rows(self) -> list[tuple[Any, ...]]:
         if isinstance(self._result, list):
             return self._result
-        if self._result.pgresult is None:  # not sent yet: nothing else went since
-            self._driver.send()
+        if self._result.pgresult is None and self._send:  # not sent yet: nothing went since
+            self._send()
         rows: list[tuple[Any, ...]] = self._result.fetchall()
         return rows
 

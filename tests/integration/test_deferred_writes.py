@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from flask import Flask
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 
 from creditapp import ledger
 from creditapp.database import DeferredWriteFailed, write_transaction
@@ -107,3 +109,52 @@ def test_resolving_a_hold_resolved_before_leaves_its_account_unlocked(
             ).scalar_one()
             other.rollback()
         assert locked == account
+
+
+def _lose_the_connection() -> None:
+    """The server ends the session's connection, as a restart or a cut network would."""
+    pid = db.session.connection().connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+    with db.engine.connect() as other:
+        assert other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+
+
+def _later_read() -> None:
+    LedgerSql(db.session).later(Statement("SELECT 1")).rows()
+
+
+def _plain_read() -> None:
+    LedgerSql(db.session).one(Statement("SELECT 1"))
+
+
+def _orm_read() -> None:
+    db.session.scalar(select(func.count()).select_from(AuditRecord))
+
+
+def _written_and_committed() -> None:
+    with write_transaction(db.session):
+        _record("lost")
+
+
+def _committed_by_the_session() -> None:
+    _record("lost")
+    db.session.commit()
+
+
+@pytest.mark.parametrize(
+    "lost_under",
+    [_plain_read, _later_read, _orm_read, _written_and_committed, _committed_by_the_session],
+)
+def test_a_connection_lost_under_a_statement_is_replaced(ctx: Flask, lost_under: Any) -> None:
+    """The statement fails as the database's loss (a 503 to a request), the session's rollback
+    sends nothing on the lost connection (it would fail too), and the next statement runs on
+    a new one: whatever was deferred on the lost one is gone with its transaction."""
+    with write_transaction(db.session):
+        _record("before")
+    _record("deferred")  # a write of the transaction the loss ends
+    _lose_the_connection()
+    with pytest.raises((psycopg.OperationalError, OperationalError)) as lost:
+        lost_under()
+    # The loss itself, not a rollback's failure on the lost connection ("the connection is lost").
+    assert "server closed the connection unexpectedly" in str(lost.value)
+    db.session.rollback()
+    assert _actions() == ["before"]
