@@ -214,10 +214,15 @@ def _no_reply(exchange: service.Exchange) -> ProviderFailed:
     )
 
 
+# The bodies every message writes, by one schema instance each (marshmallow copies a schema's
+# fields whenever it makes one).
+_EXCHANGE, _MESSAGE, _AMOUNTS = ExchangeSchema(), MessageSchema(), AmountsSchema()
+
+
 def _exchange_response(exchange: service.Exchange) -> Response:
     if exchange.reply is None:
         return from_error(_no_reply(exchange))  # the stored (replayed) answer says so too
-    response = jsonify(ExchangeSchema().dump(exchange))
+    response = jsonify(_EXCHANGE.dump(exchange))
     response.status_code = 201
     return response
 
@@ -327,7 +332,7 @@ def _event(name: str, data: Any) -> bytes:
 def _last_event(exchange: service.Exchange | None, failure: CreditAppError | None) -> bytes:
     if failure is None and exchange is not None:
         if exchange.reply is not None:
-            return _event("done", ExchangeSchema().dump(exchange))
+            return _event("done", _EXCHANGE.dump(exchange))
         failure = _no_reply(exchange)
     assert failure is not None
     charged = 0 if exchange is None else exchange.credits_charged
@@ -336,13 +341,13 @@ def _last_event(exchange: service.Exchange | None, failure: CreditAppError | Non
         "credits_charged": format_credits(charged),
     }
     if exchange is not None:
-        data["balance"] = AmountsSchema().dump(exchange.balance)
+        data["balance"] = _AMOUNTS.dump(exchange.balance)
     return _event("error", data)
 
 
 def _live_events(streaming: Streaming) -> Iterator[bytes]:
     try:
-        yield _event("message", MessageSchema().dump(streaming.started))
+        yield _event("message", _MESSAGE.dump(streaming.started))
         for event in streaming.events:
             if isinstance(event, metered_call.Delta):
                 yield _event("delta", {"text": event.text})
@@ -364,7 +369,7 @@ def _stored_stream(
     exchange: service.Exchange, failure: CreditAppError | None
 ) -> idempotency.StoredResponse:
     """What a retry with the same Idempotency-Key replays: the stream in three events."""
-    body = _event("message", MessageSchema().dump(exchange.message))
+    body = _event("message", _MESSAGE.dump(exchange.message))
     if exchange.reply is not None:
         body += _event("delta", {"text": exchange.reply.content})
     body += _last_event(exchange, failure)

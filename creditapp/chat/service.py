@@ -187,13 +187,10 @@ def message_call(
     character = _kept_characters.get(
         session, (conversation_id, user.id), lambda: _character_of(session, conversation_id, user)
     )
-    history = session.scalars(
-        select(Message)
-        .where(Message.conversation_id == conversation_id)
-        .order_by(Message.id.desc())
-        .limit(history_messages)
-    ).all()
-    earlier = [ChatMessage(m.role, m.content) for m in reversed(history)]
+    history = LedgerSql(session).all(
+        _HISTORY, conversation=conversation_id, messages=history_messages
+    )
+    earlier = [ChatMessage(role, content) for role, content in reversed(history)]
     request = MeteredRequest(
         provider=character.provider,
         model=character.model,
@@ -203,6 +200,14 @@ def message_call(
     )
     origin = Origin(f"conversation:{conversation_id}", conversation_id)
     return MessageCall(conversation_id, content, request, origin)
+
+
+# The last messages of a conversation, newest first: what a message sends before it (plain SQL:
+# the ORM would make an instance of each of them, on every message).
+_HISTORY = Statement(
+    """SELECT role, content FROM messages WHERE conversation_id = :conversation
+       ORDER BY id DESC LIMIT :messages"""
+)
 
 
 @dataclass(frozen=True)
