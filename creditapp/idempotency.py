@@ -41,7 +41,6 @@ from creditapp.database import (
     BigIntId,
     DbSession,
     UTCDateTime,
-    dialect_of,
     one_of,
     write_transaction,
 )
@@ -241,16 +240,20 @@ def _claim_once(session: DbSession, asked: Asked) -> Claim | StoredResponse | No
         "response_body": None,
         "response_content_type": None,
     }
-    # The common case, a new key, is one statement; a key seen before is looked at under lock.
-    claimed = session.execute(
-        dialect_of(session)
-        .insert(keys)
-        .values(scope=asked.scope, key=asked.key, **fresh_claim)
-        .on_conflict_do_nothing(index_elements=["scope", "key"])
-        .returning(keys.c.id)
-    ).scalar_one_or_none()
+    # The common case, a new key, is one statement (plain SQL: it runs on every message); a key
+    # seen before is looked at under lock.
+    sql = LedgerSql(session)
+    claimed = sql.one(
+        _CLAIM_NEW_KEY,
+        scope=asked.scope,
+        key=asked.key,
+        fingerprint=asked.fingerprint,
+        token=token,
+        claimed_at=sql.time(asked.now),
+        expires_at=sql.time(asked.now + asked.retention),
+    )
     if claimed is not None:
-        return Claim(claimed, token)
+        return Claim(claimed[0], token)
     existing = session.execute(_key_of(asked).with_for_update()).one_or_none()
     if existing is None:
         return None  # released by its request meanwhile: try again
@@ -265,6 +268,14 @@ def _claim_once(session: DbSession, asked: Asked) -> Claim | StoredResponse | No
         update(keys).where(keys.c.id == existing.id).values(claim_token=token, claimed_at=asked.now)
     )
     return Claim(existing.id, token)
+
+
+_CLAIM_NEW_KEY = Statement(
+    """INSERT INTO idempotency_keys
+              (scope, key, fingerprint, status, claim_token, claimed_at, expires_at)
+       VALUES (:scope, :key, :fingerprint, 'in_progress', :token, :claimed_at, :expires_at)
+       ON CONFLICT (scope, key) DO NOTHING RETURNING id"""
+)
 
 
 def _key_of(asked: Asked) -> Select[Any]:
