@@ -220,7 +220,9 @@ def _send_deferred(connection: Any) -> None:
     if not driver.deferred:
         return
     try:
-        driver.send()  # under SQLAlchemy's event: a lost connection is invalidated by it
+        # As every send on the driver's own connection, whichever SQLAlchemy event it is under.
+        with lost_connection_invalidated(connection):
+            driver.send()
     except psycopg.OperationalError:
         raise  # the database gone, or a timeout: as for any statement (a 503)
     except psycopg.Error as error:
@@ -291,12 +293,13 @@ def lost_connection_invalidated(connection: Connection) -> Iterator[None]:
     that rolls back after a database error, the rate limiter's, would fail with it)."""
     try:
         yield
-    except Exception:
+    except Exception as error:
+        if connection.invalidated or connection.closed:
+            raise  # nothing to invalidate (and asking for its driver would check out another)
         driver = connection.connection.driver_connection
         # psycopg's connection says whether it is lost; SQLite's, in the process, never is.
-        lost = getattr(driver, "broken", False) or getattr(driver, "closed", False)
-        if lost and not connection.invalidated:
-            connection.invalidate()
+        if getattr(driver, "broken", False) or getattr(driver, "closed", False):
+            connection.invalidate(error)
         raise
 
 

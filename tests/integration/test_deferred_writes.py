@@ -115,7 +115,9 @@ def _lose_the_connection() -> None:
     """The server ends the session's connection, as a restart or a cut network would."""
     pid = db.session.connection().connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
     with db.engine.connect() as other:
-        assert other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        # Waits (up to 5 s) for the backend to be gone, so that the next statement finds it so.
+        ended = other.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
+        assert ended.scalar()
 
 
 def _later_read() -> None:
