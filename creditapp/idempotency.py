@@ -230,16 +230,6 @@ _STORE_RESPONSE = Statement(
 
 def _claim_once(session: DbSession, asked: Asked) -> Claim | StoredResponse | None:
     token = secrets.token_hex(16)
-    fresh_claim = {
-        "fingerprint": asked.fingerprint,
-        "status": "in_progress",
-        "claim_token": token,
-        "claimed_at": asked.now,
-        "expires_at": asked.now + asked.retention,
-        "response_status": None,
-        "response_body": None,
-        "response_content_type": None,
-    }
     # The common case, a new key, is one statement (plain SQL: it runs on every message); a key
     # seen before is looked at under lock.
     sql = LedgerSql(session)
@@ -258,8 +248,21 @@ def _claim_once(session: DbSession, asked: Asked) -> Claim | StoredResponse | No
     if existing is None:
         return None  # released by its request meanwhile: try again
     if existing.expires_at <= asked.now:
-        # A key older than the retention is free for a new request.
-        session.execute(update(keys).where(keys.c.id == existing.id).values(**fresh_claim))
+        # A key older than the retention is free for a new request: claimed as a new key is.
+        session.execute(
+            update(keys)
+            .where(keys.c.id == existing.id)
+            .values(
+                fingerprint=asked.fingerprint,
+                status="in_progress",
+                claim_token=token,
+                claimed_at=asked.now,
+                expires_at=asked.now + asked.retention,
+                response_status=None,
+                response_body=None,
+                response_content_type=None,
+            )
+        )
         return Claim(existing.id, token)
     stored = _answer_of(existing, asked)
     if stored is not None:

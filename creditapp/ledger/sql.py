@@ -247,7 +247,8 @@ class Later:
     def rows(self) -> list[tuple[Any, ...]]:
         if isinstance(self._result, list):
             return self._result
-        if self._result.pgresult is None and self._send:  # not sent yet: nothing went since
+        if self._result.pgresult is None:  # not sent yet: nothing went since
+            assert self._send is not None, "a query to send comes with what sends it"
             self._send()
         rows: list[tuple[Any, ...]] = self._result.fetchall()
         return rows
