@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     CheckConstraint,
     Index,
     Integer,
@@ -64,6 +65,10 @@ class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
     response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     response_content_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The headers a response is not whole without (`StoredResponse.headers`); None: none.
+    response_headers: Mapped[dict[str, str] | None] = mapped_column(
+        JSON(none_as_null=True), nullable=True
+    )
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
@@ -89,9 +94,28 @@ class Claim:
 
 @dataclass(frozen=True)
 class StoredResponse:
+    """A response as a replay answers it: its status, body and content type, and the headers
+    it is not whole without (a metered call's `X-Credits-*`), as the view that made it chose."""
+
     status: int
     body: bytes
     content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def stored_headers(self) -> dict[str, str] | None:
+        """The headers as the key's row keeps them (None for none)."""
+        return dict(self.headers) or None
+
+    @classmethod
+    def of(cls, row: Any) -> StoredResponse:
+        """The response a completed key's row (`idempotency_keys`) stored."""
+        return cls(
+            row.response_status,
+            row.response_body,
+            row.response_content_type,
+            tuple((row.response_headers or {}).items()),
+        )
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:
@@ -206,12 +230,15 @@ class Asking:
             return
         if not locked.rows():
             raise RequestInProgress("This request's Idempotency-Key was taken over by a retry.")
-        LedgerSql(session).run(
+        sql = LedgerSql(session)
+        headers = response.stored_headers
+        sql.run(
             _STORE_RESPONSE,
             id=self.claim.id,
             status=response.status,
             body=response.body,
             content_type=response.content_type,
+            headers=None if headers is None else sql.json(headers),
         )
 
 
@@ -223,7 +250,8 @@ _LOCK_CLAIM = Statement(
 )
 _STORE_RESPONSE = Statement(
     """UPDATE idempotency_keys SET status = 'completed', response_status = :status,
-              response_body = :body, response_content_type = :content_type
+              response_body = :body, response_content_type = :content_type,
+              response_headers = :headers
        WHERE id = :id"""
 )
 
@@ -261,6 +289,7 @@ def _claim_once(session: DbSession, asked: Asked) -> Claim | StoredResponse | No
                 response_status=None,
                 response_body=None,
                 response_content_type=None,
+                response_headers=None,
             )
         )
         return Claim(existing.id, token)
@@ -292,9 +321,7 @@ def _answer_of(existing: Row[Any], asked: Asked) -> StoredResponse | None:
     if existing.fingerprint != asked.fingerprint:
         raise IdempotencyKeyReused()
     if existing.status == "completed":
-        return StoredResponse(
-            existing.response_status, existing.response_body, existing.response_content_type
-        )
+        return StoredResponse.of(existing)
     if existing.claimed_at + asked.takeover_after > asked.now:
         raise RequestInProgress()
     return None
@@ -314,6 +341,7 @@ def complete(session: DbSession, held: Claim, *, response: StoredResponse) -> No
             response_status=response.status,
             response_body=response.body,
             response_content_type=response.content_type,
+            response_headers=response.stored_headers,
         )
     )
     if stored.rowcount != 1:  # type: ignore[attr-defined]

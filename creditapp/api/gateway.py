@@ -243,9 +243,14 @@ def _max_credits() -> int | None:
         raise ValidationFailed(details={MAX_CREDITS_HEADER: [str(error)]}) from error
 
 
-def _credit_headers(settled: metered_call.Settled) -> dict[str, str]:
+def _held_header(held: metered_call.Held) -> tuple[tuple[str, str], ...]:
+    """What a stream says before its first byte (and its replay with it)."""
+    return ((CREDIT_HEADERS[0], format_credits(held.amount)),)
+
+
+def _credit_headers(settled: metered_call.Settled) -> tuple[tuple[str, str], ...]:
     amounts = (settled.held.amount, settled.credits_charged, settled.balance.available)
-    return dict(zip(CREDIT_HEADERS, map(format_credits, amounts), strict=True))
+    return tuple(zip(CREDIT_HEADERS, map(format_credits, amounts), strict=True))
 
 
 class CompletionMessageSchema(Schema):
@@ -369,8 +374,7 @@ def chat_completions(
                 release=release,
                 **claimed,
             )
-            held = {"X-Credits-Held": format_credits(streaming.held.amount)}
-            return event_stream(_chunks(streaming), held)
+            return event_stream(_chunks(streaming), dict(_held_header(streaming.held)))
         charged = metered_call.complete(
             db.session,
             metered,
@@ -389,6 +393,8 @@ def chat_completions(
             details={"model": asked.model},
         ) from error
     response = from_store(charged.kept)
+    # As stored, but for the balance after a refund paid once the settle committed (an empty
+    # reply's): a replay says the balance the settle left.
     response.headers.update(_credit_headers(charged.settled))
     return response
 
@@ -411,10 +417,13 @@ def _completion(
     if gateway.no_reply(settled):
         failure = openai_shape(Failure.of(_no_reply(settled)))
         return idempotency.StoredResponse(
-            failure.status_code, failure.get_data(), failure.content_type
+            failure.status_code, failure.get_data(), failure.content_type, _credit_headers(settled)
         )
     return idempotency.StoredResponse(
-        200, json.dumps(made.completion(settled)).encode(), "application/json"
+        200,
+        json.dumps(made.completion(settled)).encode(),
+        "application/json",
+        _credit_headers(settled),
     )
 
 
@@ -451,7 +460,7 @@ def _stored_stream(
     if settled.text:
         body += _data(made.chunk({"content": settled.text}))
     body += _ending(made, settled, settled.failure)
-    return idempotency.StoredResponse(200, body, EVENT_STREAM)
+    return idempotency.StoredResponse(200, body, EVENT_STREAM, _held_header(settled.held))
 
 
 def _chunks(

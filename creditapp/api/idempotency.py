@@ -56,7 +56,12 @@ def without(field: str) -> Callable[[Response], idempotency.StoredResponse]:
 
 
 def from_store(stored: idempotency.StoredResponse) -> Response:
-    return Response(stored.body, status=stored.status, content_type=stored.content_type)
+    return Response(
+        stored.body,
+        status=stored.status,
+        content_type=stored.content_type,
+        headers=list(stored.headers),
+    )
 
 
 def _replay(stored: idempotency.StoredResponse) -> Response:

@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 from langchain_openai import ChatOpenAI
 from sqlalchemy import func, select
 
+from creditapp.api.gateway import CREDIT_HEADERS
 from creditapp.auth.models import ApiKey
 from creditapp.extensions import db
 from creditapp.ledger.models import Account, Hold, SpendCap
@@ -444,6 +445,12 @@ def test_an_idempotent_retry_replays_the_same_completion(
     first, again = (answer.parse() for answer in answers)
     assert first.model_dump() == again.model_dump()
     assert answers[1].headers["Idempotent-Replayed"] == "true"
+    # The credits the call held, charged and left are the replay's too.
+    credit_headers = [
+        {name: answer.headers.get(name) for name in CREDIT_HEADERS} for answer in answers
+    ]
+    assert credit_headers[0] == credit_headers[1]
+    assert credit_headers[0]["X-Credits-Charged"] == CHARGES["openai"]
     assert len(fake_providers.calls("openai")) == 1
     assert charged(app, hold_of(first.id)) == parse_credits(CHARGES["openai"])
     assert charge_count(app) == 1
@@ -457,9 +464,10 @@ def test_an_idempotent_retry_replays_the_same_completion(
         )
         chunks = list(raw.parse())
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        streams.append((chunks[0].id, text, chunks[-1].usage.model_dump()))
+        held = raw.headers.get("X-Credits-Held")
+        streams.append((chunks[0].id, text, chunks[-1].usage.model_dump(), held))
     assert raw.headers["Idempotent-Replayed"] == "true"
-    assert streams[0] == streams[1] and streams[0][1] == REPLY
+    assert streams[0] == streams[1] and streams[0][1] == REPLY and streams[0][3] is not None
     assert len(fake_providers.calls("openai")) == 2
     assert charge_count(app) == 2
 
