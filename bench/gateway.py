@@ -1,8 +1,8 @@
 """The gateway side by side with LiteLLM's proxy: what each adds to a direct provider call, and
-what each costs the server, in one run (a yardstick: there is no target yet).
+what each costs the server, in one run, with the floor under a metered call on this stack.
 
 One fake provider (tests/fake_providers.py in a process of its own, answering at once in
-OpenAI's wire format) reached through four doors:
+OpenAI's wire format) reached through five doors:
 
   (a) direct: the OpenAI SDK straight to the fake provider;
   (b) LiteLLM's proxy in front of it: litellm[proxy] pinned in a virtual environment of its
@@ -10,18 +10,21 @@ OpenAI's wire format) reached through four doors:
       afterwards; one uvicorn worker, a master key, no database;
   (c) creditapp's `POST /v1/chat/completions`, with an API key;
   (d) creditapp's `POST /api/conversations/<id>/messages`, with a JWT: JSON over a keep-alive
-      http.client connection as in bench/messages.py, since the OpenAI SDK cannot speak it.
+      http.client connection as in bench/messages.py, since the OpenAI SDK cannot speak it;
+  (e) the floor (bench/floor.py): Flask under the same gunicorn, the provider called as
+      creditapp calls it, and two one-statement transactions on creditapp's database, without
+      a ledger: what any metered call here pays before its own work.
 
-(a)-(c) are the same client type, `openai.OpenAI(...).chat.completions.create`, not streamed.
-creditapp is gunicorn (4 workers x 4 threads) on a PostgreSQL database of its own, seeded as in
-bench/messages.py.
+(a)-(c) and (e) are the same client type, `openai.OpenAI(...).chat.completions.create`, not
+streamed. creditapp is gunicorn (4 workers x 4 threads) on a PostgreSQL database of its own,
+seeded as in bench/messages.py; the floor the same gunicorn on the same database.
 
 1. Latency, one client: rounds of one call through each door, the order rotated every round;
    the median and p95 of each door, and what it adds to the direct call of the same round.
-2. Throughput, 16 clients: (b), (c), (d) in turn, the order rotated every round; calls per
+2. Throughput, 16 clients: (b) to (e) in turn, the order rotated every round; calls per
    second, and the CPU (user + system) their server spent per 1,000 calls: gunicorn's master
    and workers with the PostgreSQL backends of its database, or LiteLLM's process tree.
-3. Database transactions per call of (c) and (d): one client, from the database's statistics.
+3. Database transactions per call of (c) to (e): one client, from the database's statistics.
 
 Without API keys in creditapp (POST /api/keys answering 404), (c) is left out and said to be.
 `--load` keeps a CPU hog spinning on the last core for the whole run.
@@ -62,12 +65,20 @@ from bench.messages import (  # noqa: E402
     DIRECT_BODY,
     THREADS,
     WORKERS,
+    ChatServer,
     Chatter,
     Client,
     chat_server,
     send_message,
 )
-from tests.integration.live_server import STARTUP_SECONDS, call, free_port, stop  # noqa: E402
+from tests.integration.live_server import (  # noqa: E402
+    STARTUP_SECONDS,
+    ServerUrl,
+    call,
+    free_port,
+    live_server,
+    stop,
+)
 
 LITELLM_VERSION = "1.108.7"
 MODEL = "openai/gpt-bench"  # as the price book names it (bench/messages.py seeds it)
@@ -228,6 +239,19 @@ def litellm_proxy(provider_base: str, provider_key: str) -> Iterator[LiteLLM]:
         finally:
             stop(process, group=True)
             log.close()
+
+
+@contextmanager
+def floor_server(server: ChatServer) -> Iterator[tuple[ServerUrl, list[str]]]:
+    """bench/floor.py served as creditapp is (gunicorn with its settings, WORKERS x THREADS) on
+    creditapp's database, and the bearer of each seeded user's account (its id)."""
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{server.database}"
+    with psycopg.connect(url) as connection:
+        rows = connection.execute("SELECT id FROM accounts WHERE user_id IS NOT NULL ORDER BY id")
+        bearers = [str(account_id) for (account_id,) in rows]
+    env = {**server.provider_urls, "DATABASE_URL": url}
+    with live_server(env, workers=WORKERS, threads=THREADS, app="bench.floor:app") as base:
+        yield base, bearers
 
 
 def api_keys(base: str, chatters: list[Chatter]) -> list[str] | None:
@@ -452,6 +476,7 @@ def main() -> None:
         litellm_proxy(
             server.provider_urls["OPENAI_BASE_URL"], server.provider_urls["OPENAI_API_KEY"]
         ) as litellm,
+        floor_server(server) as (floor_base, floor_bearers),
     ):
         keys = api_keys(server.base, server.chatters)
         direct = Door(
@@ -476,7 +501,13 @@ def main() -> None:
             server.base.pid,
             server.database,
         )
-        doors = [direct, proxied, messages]
+        floor = Door(
+            "(e) floor",
+            sdk_door(f"{floor_base}/v1", floor_bearers, MODEL),
+            floor_base.pid,
+            server.database,
+        )
+        doors = [direct, proxied, messages, floor]
         if keys:
             gateway = Door(
                 "(c) /v1/chat/completions",
@@ -497,8 +528,10 @@ def main() -> None:
     print(
         f"creditapp: gunicorn {WORKERS} workers x {THREADS} threads on PostgreSQL."
         f" LiteLLM {LITELLM_VERSION}: 1 uvicorn worker, no database. One fake provider,"
-        " answering at once. (a)-(c): openai.OpenAI chat.completions.create; (d): creditapp's"
-        " message endpoint, JSON over http.client (the SDK cannot speak it)."
+        " answering at once. (a)-(c), (e): openai.OpenAI chat.completions.create; (d):"
+        " creditapp's message endpoint, JSON over http.client (the SDK cannot speak it); (e):"
+        " bench/floor.py, the floor (Flask, the provider called as creditapp calls it, two"
+        " one-statement transactions)."
     )
     print(
         f"Latency: {args.rounds} rounds, one client, order rotated. Throughput:"

@@ -61,7 +61,11 @@ class ServerUrl(str):
 
 
 @contextmanager
-def live_server(env: dict[str, str], workers: int = 1, threads: int = 1) -> Iterator[ServerUrl]:
+def live_server(
+    env: dict[str, str], workers: int = 1, threads: int = 1, app: str = "wsgi:app"
+) -> Iterator[ServerUrl]:
+    """gunicorn serving `app` with the repository's settings (gunicorn.conf.py), once its
+    `/healthz` answers."""
     port = free_port()
     # A file, not a pipe: nobody reads the log while the server runs, and a full pipe would
     # block the server on its next log line. Metrics get a directory of this server's own.
@@ -79,7 +83,7 @@ def live_server(env: dict[str, str], workers: int = 1, threads: int = 1) -> Iter
                 str(threads),
                 "--log-level",
                 "warning",
-                "wsgi:app",
+                app,
             ],
             cwd=ROOT,
             env={
