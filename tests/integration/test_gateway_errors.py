@@ -272,11 +272,22 @@ def test_an_empty_reply_the_provider_billed_is_its_failure_and_refunded(
         assert received[-1].usage.model_extra["credits"] == "0.02"
         assert failed.value.body["code"] == "provider_error"  # type: ignore[index]
     else:
+        retry = {"Idempotency-Key": "empty-reply"}
         with pytest.raises(openai.InternalServerError) as failed_whole:
-            gateway.with_raw_response.create(model=MODEL, messages=MESSAGES)
+            gateway.with_raw_response.create(model=MODEL, messages=MESSAGES, extra_headers=retry)
         refused(failed_whole.value, 502, "provider_error")
         headers = failed_whole.value.response.headers
         assert (headers["X-Credits-Charged"], headers["X-Credits-Available"]) == ("0.02", "100")
+        # Its replay: the same failure and charge, the balance as the settle left it (the
+        # refund was paid after the settle committed).
+        with pytest.raises(openai.InternalServerError) as replayed:
+            gateway.with_raw_response.create(model=MODEL, messages=MESSAGES, extra_headers=retry)
+        # Byte for byte: its body names the first request's id.
+        assert replayed.value.status_code == 502
+        assert replayed.value.body == failed_whole.value.body
+        again = replayed.value.response.headers
+        assert again["Idempotent-Replayed"] == "true"
+        assert (again["X-Credits-Charged"], again["X-Credits-Available"]) == ("0.02", "99.98")
     assert charged(app) == 20_000
     balance = client.get("/api/credit/balance", headers=person.headers).get_json()
     assert (balance["balance"], balance["reserved"]) == ("100", "0")

@@ -130,14 +130,13 @@ def test_claims_expire_and_abandoned_ones_are_taken_over(ctx) -> None:
             db.session, first, response=idempotency.StoredResponse(201, b"{}", "x")
         )
     db.session.rollback()
-    idempotency.complete(
-        db.session,
-        takeover,
-        response=idempotency.StoredResponse(201, b'{"ok": 1}', "application/json"),
+    completed = idempotency.StoredResponse(
+        201, b'{"ok": 1}', "application/json", (("X-Credits-Charged", "0.5"),)
     )
+    idempotency.complete(db.session, takeover, response=completed)
     db.session.commit()
     replay = idempotency.claim(db.session, asked("a", t0 + DAY - timedelta(1)))
-    assert replay == idempotency.StoredResponse(201, b'{"ok": 1}', "application/json")
+    assert replay == completed  # with the headers it was stored with
     # After 24 hours the key is forgotten: another request may use it.
     fresh = idempotency.claim(db.session, asked("b", t0 + DAY))
     assert isinstance(fresh, idempotency.Claim)
