@@ -102,11 +102,6 @@ class StoredResponse:
     content_type: str
     headers: tuple[tuple[str, str], ...] = ()
 
-    @property
-    def stored_headers(self) -> dict[str, str] | None:
-        """The headers as the key's row keeps them (None for none)."""
-        return dict(self.headers) or None
-
     @classmethod
     def of(cls, row: Any) -> StoredResponse:
         """The response a completed key's row (`idempotency_keys`) stored."""
@@ -229,17 +224,10 @@ class Asking:
             complete(session, self.claim, response=response)
             return
         if not locked.rows():
-            raise RequestInProgress("This request's Idempotency-Key was taken over by a retry.")
+            raise _taken_over()
+        # Still the request's, and locked: stored with the transaction's COMMIT, unread.
         sql = LedgerSql(session)
-        headers = response.stored_headers
-        sql.run(
-            _STORE_RESPONSE,
-            id=self.claim.id,
-            status=response.status,
-            body=response.body,
-            content_type=response.content_type,
-            headers=None if headers is None else sql.json(headers),
-        )
+        sql.run(_STORE_RESPONSE, **_storing(sql, self.claim, response))
 
 
 # A claim still the request's, locked (`Asking.lock`); and its response stored.
@@ -252,8 +240,26 @@ _STORE_RESPONSE = Statement(
     """UPDATE idempotency_keys SET status = 'completed', response_status = :status,
               response_body = :body, response_content_type = :content_type,
               response_headers = :headers
-       WHERE id = :id"""
+       WHERE id = :id AND claim_token = :token AND status = 'in_progress'
+       RETURNING id"""
 )
+
+
+def _storing(sql: LedgerSql, held: Claim, response: StoredResponse) -> dict[str, Any]:
+    """`_STORE_RESPONSE`'s parameters: the claim, and the response as the key's row keeps it."""
+    headers = dict(response.headers)
+    return {
+        "id": held.id,
+        "token": held.token,
+        "status": response.status,
+        "body": response.body,
+        "content_type": response.content_type,
+        "headers": sql.json(headers) if headers else None,
+    }
+
+
+def _taken_over() -> RequestInProgress:
+    return RequestInProgress("This request's Idempotency-Key was taken over by a retry.")
 
 
 def _claim_once(session: DbSession, asked: Asked) -> Claim | StoredResponse | None:
@@ -329,23 +335,9 @@ def _answer_of(existing: Row[Any], asked: Asked) -> StoredResponse | None:
 
 def complete(session: DbSession, held: Claim, *, response: StoredResponse) -> None:
     """Store the response in the caller's transaction; fails if the claim was taken over."""
-    stored = session.execute(
-        update(keys)
-        .where(
-            keys.c.id == held.id,
-            keys.c.claim_token == held.token,
-            keys.c.status == "in_progress",
-        )
-        .values(
-            status="completed",
-            response_status=response.status,
-            response_body=response.body,
-            response_content_type=response.content_type,
-            response_headers=response.stored_headers,
-        )
-    )
-    if stored.rowcount != 1:  # type: ignore[attr-defined]
-        raise RequestInProgress("This request's Idempotency-Key was taken over by a retry.")
+    sql = LedgerSql(session)
+    if not sql.all(_STORE_RESPONSE, **_storing(sql, held, response)):
+        raise _taken_over()
 
 
 # What a failed request had committed before it failed, removed as its key is freed.
