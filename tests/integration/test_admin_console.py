@@ -76,6 +76,40 @@ def _shows_beside(field: Locator, problem: str) -> None:
     expect(note).to_have_class("field-error")
 
 
+def test_a_search_overtaking_the_first_listing_is_what_the_list_shows(
+    app: Flask, tmp_path: Path
+) -> None:
+    """The console lists users as it opens; a search sent before that listing's answer came is
+    answered first here (the listing is held back), and the listing, come last, must not
+    replace the search's result with every user."""
+    with browse(app, tmp_path, RATELIMIT_ENABLED="false") as browsing:
+        page = browsing.page
+        held: list[Any] = []
+
+        def unfiltered(url: str) -> bool:
+            return "/api/admin/users?" in url and "q=" not in url
+
+        page.route(unfiltered, lambda route: held.append(route))
+        page.goto(f"{browsing.base}/admin")
+        page.get_by_role("button", name="Sign in as the demo admin").click()
+        for _ in range(600):  # the listing, asked as the console opens, is held (30 s at most)
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert held
+        page.locator("#user-query").fill(DEMO_USER)
+        page.locator("#user-search button").click()
+        expect(page.locator("#users tbody tr")).to_have_count(1)
+        with page.expect_response(lambda answer: unfiltered(answer.url)) as listing:
+            held[0].continue_()
+        listing.value.finished()
+        page.unroute(unfiltered)
+        # Two turns of the page's event loop: the listing's answer has been handled by then.
+        page.evaluate("() => new Promise((done) => setTimeout(() => setTimeout(done)))")
+        expect(page.locator("#users tbody tr")).to_have_count(1)
+        expect(page.locator("#users tbody tr td").first).to_have_text(DEMO_USER)
+
+
 def test_a_refused_action_names_its_field_beside_it(console: Browsing) -> None:
     page = console.page
     _open_demo_user(page)

@@ -1,5 +1,5 @@
 // The admin console, over the admin endpoints of the JSON API.
-import { $, accountFigures, button, clearFieldProblems, credits, fieldProblems, figures, fillTable, instant, json, keyList, keyedTries, memberOfEntry, memberTable, pagedList, purchaseList, signInPage, transactionList, when } from "./common.js";
+import { $, accountFigures, button, clearFieldProblems, credits, fieldProblems, figures, fillTable, instant, json, keyList, keyedTries, lastAsked, memberOfEntry, memberTable, pagedList, purchaseList, signInPage, transactionList, when } from "./common.js";
 
 let nextUsers = null;
 let nextAudit = null;
@@ -55,7 +55,9 @@ async function findUsers(event, again = false) {
   const query = $("#user-query").value.trim();
   const search = query ? `&q=${encodeURIComponent(query)}` : "";
   const cursor = again && nextUsers ? `&cursor=${encodeURIComponent(nextUsers)}` : "";
+  const last = lastAsked($("#users"));
   const page = await json(`/api/admin/users?limit=20${search}${cursor}`);
+  if (!last()) return;
   rows(
     "#users",
     page.items,
@@ -237,7 +239,9 @@ let nextPrices = null;
 
 async function loadPrices(page = 0) {
   const cursor = pricePages[page] ? `&cursor=${encodeURIComponent(pricePages[page])}` : "";
+  const last = lastAsked($("#prices"));
   const answer = await json(`/api/admin/pricing?limit=${PRICES_PER_PAGE}${priceQuery}${cursor}`);
+  if (!last()) return;
   rows("#prices", answer.items, (price) => [
     price.id,
     price.provider,
@@ -275,7 +279,9 @@ function olderPrices() {
 // The audit log as filtered: by a user's email (found among the users), action and dates.
 async function loadAudit(again = false) {
   const cursor = again && nextAudit ? `&cursor=${encodeURIComponent(nextAudit)}` : "";
+  const last = lastAsked($("#audit"));
   const page = await json(`/api/admin/credit/audit?limit=20${auditQuery}${cursor}`);
+  if (!last()) return;
   rows(
     "#audit",
     page.items,

@@ -486,6 +486,16 @@ export function keyList(path, area, { revokePath, use = null }) {
 // `show(items, again)` puts a page on the table (again: after the earlier ones), "Load more"
 // follows the cursor, and a page that cannot be read says so in the area's alert (naming
 // `what`). Returns the loader: load() starts again, load(true) adds the next page.
+// Marks a load as the last one asked of `list` (its element): the function returned says whether
+// it still is when its answer comes. An answer overtaken by a later load of the same list (the
+// page's first listing, answered after a search sent while it was on its way) is not shown.
+const lastLoads = new WeakMap();
+export function lastAsked(list) {
+  const load = {};
+  lastLoads.set(list, load);
+  return () => lastLoads.get(list) === load;
+}
+
 export function pagedList(path, area, what, show) {
   let next = null;
   const more = area.querySelector(".more");
@@ -494,14 +504,16 @@ export function pagedList(path, area, what, show) {
   async function load(again = false) {
     const cursor = again && next ? `&cursor=${encodeURIComponent(next)}` : "";
     const check = sessionCheck();
+    const last = lastAsked(area);
     said.textContent = "";
     let page;
     try {
       page = await json(`${path}${joined}limit=20${cursor}`);
     } catch (error) {
-      if (!error.signedOut && !check.ended()) said.textContent = `The ${what} could not be read: ${error.message}`;
+      if (!error.signedOut && !check.ended() && last()) said.textContent = `The ${what} could not be read: ${error.message}`;
       return;
     }
+    if (!last()) return;
     show(page.items, again);
     next = page.next_cursor;
     more.hidden = !next;
