@@ -167,7 +167,9 @@ async function loadCharges(again = false) {
 async function loadCompensations(event) {
   if (event) event.preventDefault();
   const status = $("#compensation-status").value;
+  const last = lastAsked($("#compensations"));
   const page = await json(`/api/admin/credit/compensations?limit=50${status ? `&status=${status}` : ""}`);
+  if (!last()) return;
   rows("#compensations", page.items, (item) => [
     when(item.created_at),
     item.user_id === null ? "a team's account" : item.user_email,

@@ -1,5 +1,5 @@
 // The user's dashboard, over the JSON API.
-import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, instant, json, keyList, keyedTries, purchaseList, refusal, sessionCheck, signInPage, transactionList, unlessStopped, usd, when } from "./common.js";
+import { $, amountCell, api, button, cell, clearFieldProblems, credits, download, fieldProblems, fillTable, instant, json, keyList, keyedTries, lastAsked, purchaseList, refusal, sessionCheck, signInPage, transactionList, unlessStopped, usd, when } from "./common.js";
 import { capRefusal, forgetTeams, loadTeam, payingTeam, showTeamAmounts, showTeams, wireTeams } from "./team.js";
 import { forgetSignals, refreshThresholds, showSignals, wireSignals } from "./signals.js";
 
@@ -229,19 +229,21 @@ function usageNote(text, refused = false) {
 async function loadUsage(event) {
   if (event) event.preventDefault();
   clearFieldProblems($("#usage-range"));
+  const last = lastAsked($("#usage-range"));
   let answers;
   try {
     answers = await Promise.all(
       ["day_model", "model", "provider"].map((grouping) => json(`/api/credit/usage?group_by=${grouping}&${usageRange()}`)),
     );
   } catch (error) {
-    if (error.signedOut) return;
+    if (error.signedOut || !last()) return;
     drawChart([], $("#usage-from").value, $("#usage-to").value);
     fillTable("#usage-models", [], () => []);
     fillTable("#usage-providers", [], () => []);
     usageNote(fieldProblems($("#usage-range"), error, { beside: false }), true);
     return;
   }
+  if (!last()) return;
   const [byDay, byModel, byProvider] = answers;
   usageNote(byDay.groups.length ? "" : "No usage in this range.");
   drawChart(byDay.groups, $("#usage-from").value, $("#usage-to").value);
