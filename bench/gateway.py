@@ -245,11 +245,10 @@ def litellm_proxy(provider_base: str, provider_key: str) -> Iterator[LiteLLM]:
 def floor_server(server: ChatServer) -> Iterator[tuple[ServerUrl, list[str]]]:
     """bench/floor.py served as creditapp is (gunicorn with its settings, WORKERS x THREADS) on
     creditapp's database, and the bearer of each seeded user's account (its id)."""
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{server.database}"
-    with psycopg.connect(url) as connection:
+    with psycopg.connect(server.database_url) as connection:
         rows = connection.execute("SELECT id FROM accounts WHERE user_id IS NOT NULL ORDER BY id")
         bearers = [str(account_id) for (account_id,) in rows]
-    env = {**server.provider_urls, "DATABASE_URL": url}
+    env = {**server.provider_urls, "DATABASE_URL": server.database_url}
     with live_server(env, workers=WORKERS, threads=THREADS, app="bench.floor:app") as base:
         yield base, bearers
 

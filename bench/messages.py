@@ -165,6 +165,7 @@ def seed(app: Any, user_count: int) -> list[Chatter]:
 class ChatServer:
     base: ServerUrl  # gunicorn's URL, knowing its master's process id
     database: str  # the name of its PostgreSQL database
+    database_url: str  # and its URL
     provider_urls: dict[str, str]  # the fake provider's, as environment variables
     chatters: list[Chatter]
 
@@ -213,7 +214,7 @@ def chat_server(
             upgrade(directory=str(MIGRATIONS_DIR))
         chatters = seed(app, users)
         with live_server(env, workers=workers, threads=threads) as base:
-            yield ChatServer(base, name, provider_urls, chatters)
+            yield ChatServer(base, name, url, provider_urls, chatters)
     finally:
         fake.terminate()
         fake.wait(timeout=10)

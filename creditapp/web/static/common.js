@@ -482,10 +482,6 @@ export function keyList(path, area, { revokePath, use = null }) {
   });
 }
 
-// A list under `path` (which may carry a query of its own) read a page at a time into `area`:
-// `show(items, again)` puts a page on the table (again: after the earlier ones), "Load more"
-// follows the cursor, and a page that cannot be read says so in the area's alert (naming
-// `what`). Returns the loader: load() starts again, load(true) adds the next page.
 // Marks a load as the last one asked of `list` (its element): the function returned says whether
 // it still is when its answer comes. An answer overtaken by a later load of the same list (the
 // page's first listing, answered after a search sent while it was on its way) is not shown.
@@ -496,6 +492,10 @@ export function lastAsked(list) {
   return () => lastLoads.get(list) === load;
 }
 
+// A list under `path` (which may carry a query of its own) read a page at a time into `area`:
+// `show(items, again)` puts a page on the table (again: after the earlier ones), "Load more"
+// follows the cursor, and a page that cannot be read says so in the area's alert (naming
+// `what`). Returns the loader: load() starts again, load(true) adds the next page.
 export function pagedList(path, area, what, show) {
   let next = null;
   const more = area.querySelector(".more");
