@@ -236,5 +236,9 @@ def test_a_team_is_funded_and_a_capped_member_is_refused(
     expect(page.locator("#team-transactions tbody tr")).to_have_count(2 + len(funded))
     assert _entry_column(page, 1) == ["charge"] * 2 + ["transfer_in"] * len(funded)
     assert _entry_column(page, 3) == [member.email] * 2 + [OWNER] * len(funded)
+    # Every column, the receipts' included, in view without scrolling sideways: the members'
+    # emails wrap after their "@".
+    entries = page.locator("#team-transactions .table-scroll")
+    assert entries.evaluate("region => region.scrollWidth <= region.clientWidth")
     assert _serious_violations(page) == []
     page.locator("#team").screenshot(path=str(screenshots / "admin-team.png"))

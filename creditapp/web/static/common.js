@@ -392,7 +392,7 @@ export function transactionList(path, area, receiptPlace, { member = null } = {}
       cell(row, when(entry.created_at));
       cell(row, entry.type);
       if (described) cell(row, entry.description || "");
-      if (member) cell(row, member(entry));
+      if (member) cell(row, "").append(wrappableEmail(member(entry)));
       amountCell(row, entry.amount);
       amountCell(row, entry.balance_after);
       if (!receiptPlace) continue;
@@ -537,6 +537,19 @@ export function memberTable(selector, members, actions = null) {
     when(member.created_at),
     ...(actions ? [actions(member)] : []),
   ]);
+}
+
+// An email address that may wrap after its "@" (a narrow table's column then takes the width of
+// its longer half, not of the whole address), as a node to put in a cell.
+function wrappableEmail(email) {
+  const at = email.lastIndexOf("@");
+  const text = document.createDocumentFragment();
+  if (at < 0) {
+    text.append(email);
+    return text;
+  }
+  text.append(email.slice(0, at + 1), document.createElement("wbr"), email.slice(at + 1));
+  return text;
 }
 
 // Who caused a team's entry, by the members known (`members`): their email, or the user's id
