@@ -4,7 +4,8 @@ thresholds (saved as the API has them, each armed or fired said in words), adds 
 endpoint whose signing secret is shown once (copied; gone after a reload), sends a test event
 and follows its delivery in the log as the deliver-webhooks job posts it to a receiver on
 loopback (500, retried; the endpoint disabled, the delivery failed; enabled and retried by
-hand: delivered, with one `webhook-id` and a valid signature), then deletes it. With the URL
+hand: delivered, with one `webhook-id` and a valid signature), then deletes it; an endpoint's
+URL and events are changed where it is listed (its next event goes to the new URL). With the URL
 rules on, a loopback or plain-http URL is refused in words. A team's owner manages the team's
 alerts and endpoints, apart from their own (a secret shown is gone once they look at their own
 credits, or sign out); a member reads its thresholds only, and the page asks nothing it would be
@@ -315,6 +316,88 @@ def test_thresholds_an_endpoint_its_secret_once_and_its_deliveries(
         " deliveries fail."
     ]
     assert _api(base, page, "/api/webhook-endpoints")["items"] == []
+
+
+def _checked_events(page: Page) -> list[str]:
+    boxes = page.locator("#endpoint-form input[name=events]:checked").all()
+    return [box.get_attribute("value") or "" for box in boxes]
+
+
+def _adding(page: Page) -> None:
+    """The endpoint form adds an endpoint, as it first did: empty, the default events chosen."""
+    expect(page.locator("#endpoint-form-title")).to_have_text("Add an endpoint")
+    expect(page.locator("#endpoint-submit")).to_have_text("Add endpoint")
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    expect(page.get_by_label("URL", exact=True)).to_have_value("")
+    assert _checked_events(page) == ["balance.low", "balance.depleted"]
+
+
+def test_an_endpoint_is_changed_where_it_is_listed(
+    app: Flask,
+    browsing: Browsing,  # noqa: F811 (the fixture)
+) -> None:
+    base = browsing.base
+    page = _sign_in(browsing)
+    title = page.locator("#endpoint-form-title")
+    url = page.get_by_label("URL", exact=True)
+    with WebhookReceiver() as hooks:
+        first, second = hooks.url("/hooks/first"), hooks.url("/hooks/second")
+        url.fill(first)
+        page.get_by_role("button", name="Add endpoint").click()
+        expect(page.locator("#new-secret")).to_be_visible()
+        hooks.secret = page.locator("#new-secret-text").inner_text()
+        expect(page.locator("#endpoints tbody tr td").first).to_have_text(first)
+        (endpoint,) = _api(base, page, "/api/webhook-endpoints")["items"]
+
+        # Edit fills the form with the endpoint as it is (the secret's box goes); Cancel
+        # changes nothing.
+        page.get_by_role("button", name=f"Edit {first}").click()
+        expect(title).to_have_text(f"Change the endpoint {first}")
+        expect(url).to_have_value(first)
+        expect(url).to_be_focused()
+        expect(page.locator("#new-secret")).to_be_hidden()
+        assert _checked_events(page) == ["balance.low", "balance.depleted"]
+        url.fill(second)
+        page.get_by_role("button", name="Cancel").click()
+        _adding(page)
+        assert _api(base, page, "/api/webhook-endpoints")["items"] == [endpoint]
+
+        # Another URL and other events: no event at all is said, and nothing is sent.
+        page.get_by_role("button", name=f"Edit {first}").click()
+        url.fill(second)
+        page.get_by_label("balance.low").uncheck()
+        page.get_by_label("balance.depleted").uncheck()
+        page.get_by_role("button", name="Save changes").click()
+        expect(page.locator("#endpoint-said")).to_have_text("Choose at least one event to post.")
+        page.get_by_label("balance.low").check()
+        page.get_by_label("key.limit_reached").check()
+        page.locator("#endpoint-form").screenshot(
+            path=str(browsing.screenshots / "dashboard-webhooks-editing.png")
+        )
+        with page.expect_response(f"**/api/webhook-endpoints/{endpoint['id']}") as answer:
+            page.get_by_role("button", name="Save changes").click()
+        assert (answer.value.request.method, answer.value.status) == ("PATCH", 200)
+        expect(page.locator("#endpoint-said")).to_have_text(
+            f"Saved: balance.low, key.limit_reached are posted to {second}."
+        )
+        _adding(page)
+        events = ["balance.low", "key.limit_reached"]
+        assert _rows(page, "#endpoints")[0][:3] == [second, ", ".join(events), "Enabled"]
+        assert _api(base, page, "/api/webhook-endpoints")["items"] == [
+            {**endpoint, "url": second, "events": events}
+        ]
+        assert _serious_violations(page) == []
+        page.locator("#signals-section").screenshot(
+            path=str(browsing.screenshots / "dashboard-webhooks-changed.png")
+        )
+
+        # What is posted next goes to the new URL, signed with the same secret.
+        page.get_by_role("button", name=f"Post a test event to {second}").click()
+        expect(page.locator("#endpoints-said")).to_contain_text(f"is on its way to {second}")
+        assert _deliver(app)["delivered"] == 1
+        (received,) = hooks.received
+        assert (received.path, received.verified) == ("/hooks/second", True)
+        assert received.payload["type"] == "webhook.test"
 
 
 def test_a_refused_url_is_said_in_words(app: Flask, tmp_path: Path) -> None:

@@ -12,6 +12,9 @@ let draft = null;
 let reading = false;
 // The endpoint whose deliveries are shown, or null.
 let logOf = null;
+// The endpoint the endpoint form changes, with its row ({ endpoint, row }), or null: the form
+// adds one.
+let editing = null;
 // Which account the section shows, counted: an answer for an account no longer in view (the
 // switcher moved meanwhile) is not shown. `shownFor`: the team id it shows (null: your own
 // credits; undefined: none yet, this session).
@@ -243,6 +246,7 @@ function fillEndpoint(row, endpoint) {
   // (Not "Send…": the chat's Send button is named so.)
   if (endpoint.enabled) actions.append(button("Post a test event", () => sendTest(row, endpoint), `Post a test event to ${url}`));
   actions.append(button("Deliveries", () => showDeliveries(endpoint), `Deliveries to ${url}`));
+  actions.append(button("Edit", () => editEndpoint(row, endpoint), `Edit ${url}`));
   const toggle = endpoint.enabled ? "Disable" : "Enable";
   actions.append(button(toggle, () => setEnabled(row, endpoint, !endpoint.enabled), `${toggle} ${url}`));
   actions.append(button("Delete", () => deleteEndpoint(row, endpoint), `Delete ${url}`));
@@ -283,6 +287,7 @@ async function deleteEndpoint(row, endpoint) {
   const gone = await rowRequest(row, endpointPath(endpoint), { method: "DELETE" }, `${endpoint.url} was not deleted`);
   if (!gone) return;
   if (logOf?.id === endpoint.id) closeDeliveries();
+  if (editing?.endpoint.id === endpoint.id) stopEditing();
   await endpointPages();
   said($("#endpoints-said"), `${endpoint.url} is deleted.`);
 }
@@ -324,7 +329,8 @@ async function copySecret() {
 // same request is tried); a replay answers the endpoint without its secret, which is then lost.
 const endpointTries = keyedTries($("#endpoint-form"));
 
-async function addEndpoint(event) {
+// The form adds an endpoint, or changes the one being edited.
+async function saveEndpoint(event) {
   event.preventDefault();
   const form = $("#endpoint-form");
   const outcome = form.querySelector(".outcome");
@@ -338,7 +344,13 @@ async function addEndpoint(event) {
     form.querySelector("input[name=events]").focus();
     return;
   }
-  const body = withTeam({ url: data.get("url").trim(), events });
+  const url = data.get("url").trim();
+  if (editing) await changeEndpoint(form, { url, events });
+  else await addEndpoint(form, withTeam({ url, events }));
+}
+
+async function addEndpoint(form, body) {
+  const outcome = form.querySelector(".outcome");
   const check = sessionCheck();
   let made;
   try {
@@ -356,6 +368,53 @@ async function addEndpoint(event) {
     said(outcome, `Added ${made.url}, but the answer carrying its secret was lost: it cannot be shown again. Delete it and add it again.`, true);
   }
   await endpointPages();
+}
+
+// The endpoint form, filled with `endpoint`'s URL and events, changes it (its row refilled).
+function editEndpoint(row, endpoint) {
+  const form = $("#endpoint-form");
+  stopEditing();
+  said(form.querySelector(".outcome"), "");
+  hideSecret();
+  editing = { endpoint, row };
+  form.elements.namedItem("url").value = endpoint.url;
+  for (const box of form.querySelectorAll("input[name=events]")) box.checked = endpoint.events.includes(box.value);
+  $("#endpoint-form-title").textContent = `Change the endpoint ${endpoint.url}`;
+  $("#endpoint-submit").textContent = "Save changes";
+  $("#endpoint-cancel").hidden = false;
+  form.elements.namedItem("url").focus();
+}
+
+// The endpoint form back to adding one, as it first was.
+function stopEditing() {
+  const form = $("#endpoint-form");
+  editing = null;
+  form.reset();
+  clearFieldProblems(form);
+  $("#endpoint-form-title").textContent = "Add an endpoint";
+  $("#endpoint-submit").textContent = "Add endpoint";
+  $("#endpoint-cancel").hidden = true;
+}
+
+async function changeEndpoint(form, body) {
+  const outcome = form.querySelector(".outcome");
+  const { endpoint, row } = editing;
+  const path = endpointPath(endpoint);
+  const check = sessionCheck();
+  let changed;
+  try {
+    changed = await endpointTries({ path, body }, (key) => json(path, { method: "PATCH", body, headers: { "Idempotency-Key": key } }));
+    check();
+  } catch (error) {
+    if (!error.signedOut && !check.ended()) said(outcome, `The endpoint was not changed: ${signalRefusal(error, form)}`, true);
+    return;
+  }
+  stopEditing();
+  // (Its row is gone if the list was read again meanwhile: then it is read once more.)
+  if (row.isConnected) fillEndpoint(row, changed);
+  else await endpointPages();
+  if (logOf?.id === changed.id) await showDeliveries(changed);
+  said(outcome, `Saved: ${changed.events.join(", ")} are posted to ${changed.url}.`);
 }
 
 // Deliveries.
@@ -465,10 +524,11 @@ export async function showSignals(viewed) {
   reading = true;
   hideSecret();
   closeDeliveries();
-  for (const form of ["#threshold-add", "#alerts-form", "#endpoint-form"]) {
+  for (const form of ["#threshold-add", "#alerts-form"]) {
     $(form).reset();
     clearFieldProblems($(form));
   }
+  stopEditing();
   said($("#alerts-said"), "");
   said($("#endpoints-said"), "");
   $("#endpoints [role=alert]").textContent = "";
@@ -489,6 +549,7 @@ export function forgetSignals() {
   reading = false;
   hideSecret();
   closeDeliveries();
+  stopEditing();
   showView();
   $("#signals-for").textContent = "";
 }
@@ -496,7 +557,11 @@ export function forgetSignals() {
 export function wireSignals() {
   $("#threshold-add").addEventListener("submit", addThreshold);
   $("#alerts-form").addEventListener("submit", saveThresholds);
-  $("#endpoint-form").addEventListener("submit", addEndpoint);
+  $("#endpoint-form").addEventListener("submit", saveEndpoint);
+  $("#endpoint-cancel").addEventListener("click", () => {
+    stopEditing();
+    said($("#endpoint-form .outcome"), "");
+  });
   $("#copy-secret").addEventListener("click", copySecret);
   $("#hide-secret").addEventListener("click", hideSecret);
   $("#deliveries-refresh").addEventListener("click", () => deliveryPages?.());
