@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from creditapp.billing.models import Compensation
 from creditapp.database import DbSession, read_time
@@ -95,8 +95,15 @@ class DatabaseCollector(Collector):
             " wait for the deliver-webhooks job, or for an endpoint that keeps failing",
         )
         undelivered.add_metric([], state["oldest_undelivered_webhook_age"])
+        overdue = GaugeMetricFamily(
+            "creditapp_webhook_overdue_seconds",
+            "How long the webhook delivery due the longest has waited for the deliver-webhooks"
+            " job (0: none due): the job is behind, or not running. An endpoint that keeps"
+            " failing is not due between its retries",
+        )
+        overdue.add_metric([], state["webhook_overdue"])
         yield from (holds, reserved, compensations, drift, oldest, runs, last_success)
-        yield from (periods, ttl, bought, sold, waiting, undelivered)
+        yield from (periods, ttl, bought, sold, waiting, undelivered, overdue)
 
 
 def database_state(session: DbSession) -> dict[str, Any]:
@@ -132,21 +139,27 @@ def database_state(session: DbSession) -> dict[str, Any]:
     oldest_purchase = read_time(
         session.scalar(select(func.min(Purchase.created_at)).where(Purchase.status == "pending"))
     )
-    # Pending deliveries of endpoints the job sends to (one disabled or deleted sends nothing).
-    oldest_undelivered = read_time(
-        session.scalar(
-            select(func.min(WebhookEvent.created_at))
-            .join(WebhookDelivery, WebhookDelivery.event_id == WebhookEvent.id)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            .where(
-                WebhookDelivery.status == "pending",
-                WebhookEndpoint.enabled,
-                WebhookEndpoint.deleted_at.is_(None),
-            )
+    # Pending deliveries of endpoints the job sends to (one disabled or deleted sends nothing):
+    # the oldest event among them, and since when the one due longest has been due (a retry
+    # scheduled for later is not due yet).
+    oldest_undelivered, longest_due = session.execute(
+        select(
+            func.min(WebhookEvent.created_at),
+            func.min(
+                case((WebhookDelivery.next_attempt_at <= now, WebhookDelivery.next_attempt_at))
+            ),
         )
-    )
+        .join(WebhookDelivery, WebhookDelivery.event_id == WebhookEvent.id)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .where(
+            WebhookDelivery.status == "pending",
+            WebhookEndpoint.enabled,
+            WebhookEndpoint.deleted_at.is_(None),
+        )
+    ).one()
     return {
-        "oldest_undelivered_webhook_age": _age(oldest_undelivered, now),
+        "oldest_undelivered_webhook_age": _age(read_time(oldest_undelivered), now),
+        "webhook_overdue": _age(read_time(longest_due), now),
         "purchases": bought,
         "credits_sold": int(credits_sold or 0),
         "oldest_pending_purchase_age": _age(oldest_purchase, now),
@@ -161,5 +174,5 @@ def database_state(session: DbSession) -> dict[str, Any]:
 
 def _age(since: datetime | None, now: datetime) -> float:
     """Seconds since `since`; 0 when there is nothing (no open hold, no pending purchase,
-    no pending delivery)."""
+    no pending or due delivery)."""
     return (now - since).total_seconds() if since is not None else 0.0
