@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -377,3 +378,27 @@ def started(
     assert made.status_code == 201, made.get_json()
     purchase_id = made.get_json()["id"]
     return purchase_id, session_of(client, person, purchase_id)
+
+
+def until(done: Callable[[], bool], *, within: float = 10) -> bool:
+    """Whether `done` came to hold within `within` seconds (asked every 20 ms)."""
+    deadline = time.monotonic() + within
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def waits_for_a_lock() -> bool:
+    """Whether a session of the tests' database waits for a lock (PostgreSQL; asked on a
+    connection of its own, inside an app context)."""
+    with db.engine.connect() as connection:
+        return bool(
+            connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        )

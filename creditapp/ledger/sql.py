@@ -405,12 +405,26 @@ RESERVE_CAP = Statement(
 INSERT_HOLD_CAP = Statement("INSERT INTO hold_caps (hold_id, cap_id) VALUES (:hold, :cap)")
 # A resolved hold's reservation leaves its caps (`:released`, 0 for a late settle, whose hold
 # released it when it expired) and what it captured counts as spent in the current period.
+# Its caps are locked in id order, as a hold takes them (RESERVE_CAP), and as strongly as the
+# UPDATE locks them (a new hold's hold_caps row can still reference them): the UPDATE alone
+# locks rows in the order its plan finds them (a sequential scan: the table's physical order,
+# which every update changes), and a settle and a hold of the same spender deadlocked. (With
+# the resolution, they are locked even where it resolved nothing: caps before the account still.)
 _COUNT_IN_CAPS = f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD} + {{captured}},
                            period_start = {_NEWEST_START}, reserved = reserved - {{released}}
-                    {{source}} WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)
-                    RETURNING period_start"""
+                    {{source}} WHERE id IN {{{{caps_in_id_order}}}} RETURNING period_start"""
+_CAPS_IN_ID_ORDER = {
+    "caps_in_id_order": {
+        "postgresql": "(SELECT id FROM spend_caps"
+        " WHERE id IN (SELECT cap_id FROM hold_caps WHERE hold_id = :hold)"
+        " ORDER BY id FOR NO KEY UPDATE)",
+        # One writer at a time: no row locks, and no order to keep.
+        "sqlite": "(SELECT cap_id FROM hold_caps WHERE hold_id = :hold)",
+    }
+}
 RESOLVE_CAPS = Statement(
-    _COUNT_IN_CAPS.format(captured=":captured", released=":released", source="")
+    _COUNT_IN_CAPS.format(captured=":captured", released=":released", source=""),
+    expressions=_CAPS_IN_ID_ORDER,
 )
 # RESOLVE_CAPS for a capped hold this transaction has just resolved within its amount (it
 # releases its whole reservation and captures `:actual`), sent with the resolution, before its
@@ -422,7 +436,7 @@ COUNT_RESOLVED_HOLDS_CAPS = Statement(
         source=f"FROM (SELECT amount {_JUST_RESOLVED} AND capped AND amount >= :actual)"
         " AS resolved",
     ),
-    expressions=_RESOLVED_NOW,
+    expressions={**_RESOLVED_NOW, **_CAPS_IN_ID_ORDER},
 )
 # A resolution counted in a cap's period that began after the resolution's clock read (it
 # waited for the account's lock meanwhile) is dated from that period's start: what a cap spent

@@ -12,7 +12,6 @@ import re
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from standardwebhooks.webhooks import Webhook
 
 from creditapp import ledger
@@ -35,7 +34,7 @@ from creditapp.money import format_credits
 from creditapp.signals import endpoints, urls
 from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.conftest import TEST_CONTEXT, Person, utcnow
-from tests.helpers import ADJUST, assert_error, new_endpoint, scalar
+from tests.helpers import ADJUST, assert_error, new_endpoint, scalar, until, waits_for_a_lock
 
 CR = 1_000_000
 ALERTS = "/api/credit/alerts"
@@ -928,29 +927,6 @@ def test_a_resolver_that_hangs_is_503_and_saves_nothing(
 # 5. Endpoints changed while the ledger runs
 
 
-def _until(done: Callable[[], bool], *, within: float = 10) -> bool:
-    deadline = time.monotonic() + within
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _waits_for_a_lock() -> bool:
-    """Whether a session of the tests' database waits for a lock (PostgreSQL; asked on a
-    connection of its own, inside an app context)."""
-    with db.engine.connect() as connection:
-        return bool(
-            connection.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-        )
-
-
 def _account_below_its_threshold(app: Flask, person: Person, errors: list[str]) -> None:
     """Spend 60 of the person's 100 credits, crossing their 50-credit threshold: a
     `balance.low` event fanned out to the account's endpoints, as any ledger operation does."""
@@ -1012,7 +988,7 @@ def _change_while_spending(
                 if not spending_first:
                     change(endpoint)
                 locked.set()
-                if not _until(lambda: not spender.is_alive() or _waits_for_a_lock()):
+                if not until(lambda: not spender.is_alive() or waits_for_a_lock()):
                     errors.append("the spending neither ended nor waited")
                 if spending_first:
                     change(endpoint)

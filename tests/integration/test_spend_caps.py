@@ -4,11 +4,14 @@ lowered under an open hold."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from creditapp import accounts, ledger
 from creditapp.accounts import teams
@@ -16,8 +19,9 @@ from creditapp.database import write_transaction
 from creditapp.errors import InvalidApiKey, KeyLimitReached, NotFound
 from creditapp.extensions import db
 from creditapp.ledger.models import Hold
+from creditapp.ledger.sql import LedgerSql
 from tests.conftest import TEST_CONTEXT
-from tests.helpers import new_team
+from tests.helpers import new_team, until, waits_for_a_lock
 
 CR = 1_000_000
 MIDNIGHT = datetime(2030, 5, 2, tzinfo=UTC)
@@ -204,3 +208,75 @@ def test_a_closed_cap_refuses_every_new_hold_and_its_open_holds_still_resolve(
     with app.app_context():
         assert ledger.reconcile(db.session) == []
         db.session.remove()
+
+
+@pytest.mark.postgres_only
+def test_a_resolution_takes_its_caps_in_id_order_whatever_the_plan(
+    app: Flask, person_factory: Any
+) -> None:
+    """A hold takes its caps in id order, then its account; a resolution counting in them must
+    take them in the same order, or a settle and a hold of the same spender deadlock. A plan
+    scanning the caps in the table's physical order (a hash join over a sequential scan, which
+    PostgreSQL picks for a small table) takes them in that order, which every update of a cap
+    changes. Here another transaction holds the lower cap and then asks for the higher one
+    while the resolution runs under such a plan: it must get it (the resolution waits for the
+    lower cap holding nothing), and both finish."""
+    person = person_factory(credits=100 * CR)
+    now = MIDNIGHT
+    lower, higher = (
+        _cap(app, person.account_id, ceiling=50 * CR, period="day", now=now) for _ in range(2)
+    )
+    held = _in_transaction(
+        app,
+        ledger.hold,
+        account_id=person.account_id,
+        amount=CR,
+        ttl=TTL,
+        now=now,
+        caps=(lower, higher),
+    )
+    errors: list[str] = []
+    counted: list[int] = []
+
+    def resolve() -> None:
+        with app.app_context():
+            try:
+                with write_transaction(db.session):
+                    for plan in ("indexscan", "bitmapscan", "nestloop", "mergejoin"):
+                        db.session.execute(text(f"SET LOCAL enable_{plan} = off"))
+                    rows = ledger.caps.resolve(
+                        LedgerSql(db.session),
+                        hold_id=held.hold_id,
+                        released=CR,
+                        captured=CR,
+                        now=now,
+                    )
+                    counted.append(len(rows))
+            except Exception as error:
+                errors.append(f"resolution: {type(error).__name__}: {error}")
+            finally:
+                db.session.remove()
+
+    with app.app_context(), db.engine.connect() as other:
+        # The lower cap's newest row version written last: a sequential scan finds it second.
+        other.execute(text("UPDATE spend_caps SET spent = spent WHERE id = :cap"), {"cap": lower})
+        other.commit()
+        other.execute(text("SET LOCAL lock_timeout = '20s'"))
+        other.execute(text("SELECT id FROM spend_caps WHERE id = :cap FOR UPDATE"), {"cap": lower})
+        resolution = threading.Thread(target=resolve)
+        resolution.start()
+        try:
+            assert until(waits_for_a_lock), "the resolution never waited for the lower cap"
+            try:
+                other.execute(
+                    text("SELECT id FROM spend_caps WHERE id = :cap FOR UPDATE"), {"cap": higher}
+                )
+            except DBAPIError as error:
+                errors.append(f"other: {type(error.orig).__name__}: {error.orig}")
+            other.commit()
+        finally:
+            resolution.join(30)
+    assert errors == []
+    assert counted == [2]
+    for cap_id in (lower, higher):
+        assert _standing(app, cap_id, now) == ledger.caps.CapStanding(50 * CR, CR, 0)
