@@ -48,15 +48,11 @@ blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Adminis
 REASON_CHARS = 500
 
 
-class GrantArgs(Schema):
+class AccountArgs(Schema):
+    """Whose account an admin's operation is on: a user's or a team's."""
+
     user_id = Id(load_default=None, metadata={"description": "exactly one of user_id and team_id"})
-    team_id = Id(load_default=None, metadata={"description": "grant to a team's account"})
-    amount = Credits(required=True)
-    reason = Text(required=True, max_length=REASON_CHARS)
-    # Which sources an admin may grant is the ledger's rule (subscription credits come only
-    # from refresh); the schema names the sources that exist.
-    source = Text(load_default="admin", max_length=32, validate=validate.OneOf(GRANT_SOURCES))
-    expires_at = UtcDateTime(load_default=None, allow_none=True)
+    team_id = Id(load_default=None, metadata={"description": "a team's account"})
 
     @validates_schema(skip_on_field_errors=False)
     def _one_owner(self, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -64,8 +60,22 @@ class GrantArgs(Schema):
             raise ValidationError("Give exactly one of user_id and team_id.", field_name="user_id")
 
 
-class AdjustArgs(Schema):
-    user_id = Id(required=True)
+def _account_of(args: dict[str, Any]) -> int:
+    if args["team_id"] is not None:
+        return accounts.of_team(db.session, args["team_id"])
+    return accounts.of_user(db.session, args["user_id"])
+
+
+class GrantArgs(AccountArgs):
+    amount = Credits(required=True)
+    reason = Text(required=True, max_length=REASON_CHARS)
+    # Which sources an admin may grant is the ledger's rule (subscription credits come only
+    # from refresh); the schema names the sources that exist.
+    source = Text(load_default="admin", max_length=32, validate=validate.OneOf(GRANT_SOURCES))
+    expires_at = UtcDateTime(load_default=None, allow_none=True)
+
+
+class AdjustArgs(AccountArgs):
     amount = Credits(required=True, signed=True, allow_zero=True)
     reason = Text(required=True, max_length=REASON_CHARS)
 
@@ -127,13 +137,9 @@ AuditPageSchema = page_of(AuditRecordSchema)
 @answers(404)
 def grant(args: dict[str, Any]) -> Any:
     now = datetime.now(UTC)
-    if args["team_id"] is not None:
-        account_id = accounts.of_team(db.session, args["team_id"])
-    else:
-        account_id = accounts.of_user(db.session, args["user_id"])
     result = ledger.grant(
         db.session,
-        account_id=account_id,
+        account_id=_account_of(args),
         amount=args["amount"],
         source=args["source"],
         reason=args["reason"],
@@ -154,7 +160,7 @@ def grant(args: dict[str, Any]) -> Any:
 def adjust(args: dict[str, Any]) -> Any:
     balance = ledger.adjust(
         db.session,
-        account_id=accounts.of_user(db.session, args["user_id"]),
+        account_id=_account_of(args),
         amount=args["amount"],
         reason=args["reason"],
         context=audit_context(),

@@ -241,4 +241,35 @@ def test_a_team_is_funded_and_a_capped_member_is_refused(
     entries = page.locator("#team-transactions .table-scroll")
     assert entries.evaluate("region => region.scrollWidth <= region.clientWidth")
     assert _serious_violations(page) == []
+
+    # The admin grants the team credits and takes some away; more than it has is refused.
+    balance = TRANSFER - spent
+    page.locator("#team-grant-amount").fill("10")
+    page.locator("#team-grant-reason").fill("launch credit")
+    page.get_by_role("button", name="Grant to the team").click()
+    expect(page.locator("#team-grant-form .outcome")).to_have_text(
+        f"Granted 10 credits: the balance is {balance + 10}."
+    )
+    expect(_figure(page, "#team-figures", "balance")).to_have_text(str(balance + 10))
+    adjust = page.get_by_role("button", name="Adjust the team's balance")
+    page.locator("#team-adjust-amount").fill(str(-(balance + 11)))
+    page.locator("#team-adjust-reason").fill("correction")
+    with page.expect_response("**/api/admin/credit/adjust") as refused:
+        adjust.click()
+    assert refused.value.status == 409
+    browsing.meant_refusals.append((409, "/api/admin/credit/adjust"))
+    expect(page.locator("#team-adjust-form .outcome")).to_contain_text("available")
+    page.locator("#team-adjust-amount").fill("-2.5")
+    adjust.click()
+    expect(page.locator("#team-adjust-form .outcome")).to_have_text(
+        f"Adjusted by -2.5 credits: the balance is {balance + Decimal('7.5')}."
+    )
+    expect(_figure(page, "#team-figures", "balance")).to_have_text(str(balance + Decimal("7.5")))
+    assert _api(base, page, f"/api/admin/teams/{team['id']}")["balance"] == str(
+        balance + Decimal("7.5")
+    )
+    expect(page.locator("#team-transactions tbody tr")).to_have_count(4 + len(funded))
+    assert _entry_column(page, 1)[:2] == ["adjust", "grant"]
+    assert _entry_column(page, 3)[:2] == ["\u2013", "\u2013"]  # caused by no member
+    assert _serious_violations(page) == []
     page.locator("#team").screenshot(path=str(screenshots / "admin-team.png"))

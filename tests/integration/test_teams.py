@@ -20,7 +20,7 @@ from creditapp.extensions import db
 from creditapp.money import format_credits
 from tests.conftest import Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.helpers import GRANT, add_price, assert_error, start_conversation
+from tests.helpers import ADJUST, GRANT, add_price, assert_error, start_conversation
 
 CR = 1_000_000
 TEAMS = "/api/teams"
@@ -403,6 +403,50 @@ def test_an_admin_grants_credits_to_a_team(
         "forbidden",
     )
     assert team_balance(client, owner, team["id"]) == "40"
+
+
+def test_an_admin_adjusts_a_teams_credits_but_never_below_zero(
+    client: FlaskClient, person_factory: Any, admin: Person
+) -> None:
+    owner = person_factory(credits=10 * CR)
+    team = make_team(client, owner)
+    fund(client, owner, team["id"], "10")
+
+    def adjust(amount: str, *, who: Person = admin, **account: str) -> TestResponse:
+        return client.post(
+            ADJUST,
+            json={"amount": amount, "reason": "correction", **(account or {"team_id": team["id"]})},
+            headers=who.headers,
+        )
+
+    up, down = adjust("5"), adjust("-12.5")
+    assert (up.status_code, down.status_code) == (200, 200)
+    assert down.get_json() == {
+        "amount": "-12.5",
+        "balance": {"balance": "2.5", "reserved": "0", "available": "2.5"},
+    }
+    error = assert_error(adjust("-2.500001"), 409, "balance_would_go_negative")
+    assert error["details"] == {"requested": "2.500001", "available": "2.5"}
+    for both_or_neither in ({"team_id": team["id"], "user_id": str(owner.id)}, {}):
+        refused = client.post(
+            ADJUST,
+            json={"amount": "1", "reason": "which?", **both_or_neither},
+            headers=admin.headers,
+        )
+        assert list(assert_error(refused, 400, "validation_error")["details"]) == ["user_id"]
+    assert_error(adjust("1", team_id=str(int(team["id"]) + 1000)), 404, "not_found")
+    assert_error(adjust("1", who=owner), 403, "forbidden")
+    # The team's account moved, on its own entries (no member caused them); the owner's did not.
+    assert team_balance(client, owner, team["id"]) == "2.5"
+    assert client.get("/api/credit/balance", headers=owner.headers).get_json()["balance"] == "0"
+    entries = client.get(f"{TEAMS}/{team['id']}/transactions", headers=owner.headers).get_json()
+    # (Taken from the team's grants one entry each, as the ledger draws them.)
+    assert [(entry["type"], entry["amount"], entry["user_id"]) for entry in entries["items"]] == [
+        ("adjust", "-2.5", None),
+        ("adjust", "-10", None),
+        ("adjust", "5", None),
+        ("transfer_in", "10", str(owner.id)),
+    ]
 
 
 def _completion(client: FlaskClient, key: str) -> TestResponse:

@@ -6,6 +6,8 @@ let nextAudit = null;
 let auditQuery = "";
 let userId = null;
 let userEmail = null;
+// The team open, by id.
+let teamId = null;
 
 // The rows of `items` into the table `selector` (after those shown, `again`); a table with none
 // says so.
@@ -86,6 +88,7 @@ function findTeams(event) {
 // A team as its owner sees it: its figures, every member with their cap and spending, and every
 // entry of its account with the member who caused it, a charge's receipt included.
 async function openTeam(id) {
+  teamId = id;
   const base = `/api/admin/teams/${encodeURIComponent(id)}`;
   const team = await json(base);
   $("#team-title").textContent = `Team ${team.name} (id ${team.id})`;
@@ -375,9 +378,35 @@ function forget() {
   $("#user-title").textContent = "User";
   $("#user-figures").replaceChildren();
   $("#user-receipt").hidden = true;
+  teamId = null;
   $("#team").hidden = true;
   $("#team-title").textContent = "Team";
   $("#team-figures").replaceChildren();
+}
+
+// The grant and adjust forms of the account open (their ids start with `prefix`): `owner()`
+// names it ({ user_id } or { team_id }), `reopen()` shows it again once changed.
+function creditForms(prefix, owner, reopen) {
+  action(
+    $(`#${prefix}grant-form`),
+    (form) => ({
+      path: "/api/admin/credit/grant",
+      method: "POST",
+      body: { ...owner(), amount: form.get("amount"), reason: form.get("reason"), expires_at: instant(form.get("expires_at")) },
+    }),
+    async (answer) => {
+      await reopen();
+      return `Granted ${credits(answer.grant.amount)} credits: the balance is ${credits(answer.balance.balance)}.`;
+    },
+  );
+  action(
+    $(`#${prefix}adjust-form`),
+    (form) => ({ path: "/api/admin/credit/adjust", method: "POST", body: { ...owner(), amount: form.get("amount"), reason: form.get("reason") } }),
+    async (answer) => {
+      await reopen();
+      return `Adjusted by ${credits(answer.amount)} credits: the balance is ${credits(answer.balance.balance)}.`;
+    },
+  );
 }
 
 async function showConsole() {
@@ -403,26 +432,8 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("#compensation-filter").addEventListener("submit", loadCompensations);
   const userPath = () => `/api/admin/users/${encodeURIComponent(userId)}`;
-  action(
-    $("#grant-form"),
-    (form) => ({
-      path: "/api/admin/credit/grant",
-      method: "POST",
-      body: { user_id: userId, amount: form.get("amount"), reason: form.get("reason"), expires_at: instant(form.get("expires_at")) },
-    }),
-    async (answer) => {
-      await openUser(userId);
-      return `Granted ${credits(answer.grant.amount)} credits: the balance is ${credits(answer.balance.balance)}.`;
-    },
-  );
-  action(
-    $("#adjust-form"),
-    (form) => ({ path: "/api/admin/credit/adjust", method: "POST", body: { user_id: userId, amount: form.get("amount"), reason: form.get("reason") } }),
-    async (answer) => {
-      await openUser(userId);
-      return `Adjusted by ${credits(answer.amount)} credits: the balance is ${credits(answer.balance.balance)}.`;
-    },
-  );
+  creditForms("", () => ({ user_id: userId }), () => openUser(userId));
+  creditForms("team-", () => ({ team_id: teamId }), () => openTeam(teamId));
   action(
     $("#tier-form"),
     (form) => ({ path: `${userPath()}/tier`, method: "PUT", body: { tier: form.get("tier") } }),
