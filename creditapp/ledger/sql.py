@@ -408,8 +408,7 @@ INSERT_HOLD_CAP = Statement("INSERT INTO hold_caps (hold_id, cap_id) VALUES (:ho
 # Its caps are locked in id order, as a hold takes them (RESERVE_CAP), and as strongly as the
 # UPDATE locks them (a new hold's hold_caps row can still reference them): the UPDATE alone
 # locks rows in the order its plan finds them (a sequential scan: the table's physical order,
-# which every update changes), and a settle and a hold of the same spender deadlocked. (With
-# the resolution, they are locked even where it resolved nothing: caps before the account still.)
+# which every update changes), and a settle and a hold of the same spender deadlocked.
 _COUNT_IN_CAPS = f"""UPDATE spend_caps SET spent = {_SPENT_THIS_PERIOD} + {{captured}},
                            period_start = {_NEWEST_START}, reserved = reserved - {{released}}
                     {{source}} WHERE id IN {{{{caps_in_id_order}}}} RETURNING period_start"""

@@ -19,7 +19,6 @@ from creditapp.database import write_transaction
 from creditapp.errors import InvalidApiKey, KeyLimitReached, NotFound
 from creditapp.extensions import db
 from creditapp.ledger.models import Hold
-from creditapp.ledger.sql import LedgerSql
 from tests.conftest import TEST_CONTEXT
 from tests.helpers import new_team, until, waits_for_a_lock
 
@@ -211,7 +210,7 @@ def test_a_closed_cap_refuses_every_new_hold_and_its_open_holds_still_resolve(
 
 
 @pytest.mark.postgres_only
-def test_a_resolution_takes_its_caps_in_id_order_whatever_the_plan(
+def test_a_settle_takes_its_caps_in_id_order_whatever_the_plan(
     app: Flask, person_factory: Any
 ) -> None:
     """A hold takes its caps in id order, then its account; a resolution counting in them must
@@ -219,8 +218,8 @@ def test_a_resolution_takes_its_caps_in_id_order_whatever_the_plan(
     scanning the caps in the table's physical order (a hash join over a sequential scan, which
     PostgreSQL picks for a small table) takes them in that order, which every update of a cap
     changes. Here another transaction holds the lower cap and then asks for the higher one
-    while the resolution runs under such a plan: it must get it (the resolution waits for the
-    lower cap holding nothing), and both finish."""
+    while a settle runs under such a plan: it must get it (the settle waits for the lower cap
+    holding no cap), and both finish."""
     person = person_factory(credits=100 * CR)
     now = MIDNIGHT
     lower, higher = (
@@ -236,24 +235,25 @@ def test_a_resolution_takes_its_caps_in_id_order_whatever_the_plan(
         caps=(lower, higher),
     )
     errors: list[str] = []
-    counted: list[int] = []
+    captured: list[int] = []
 
-    def resolve() -> None:
+    def settle() -> None:
+        """The hold settled within its amount: its caps counted with its resolution."""
         with app.app_context():
             try:
                 with write_transaction(db.session):
                     for plan in ("indexscan", "bitmapscan", "nestloop", "mergejoin"):
                         db.session.execute(text(f"SET LOCAL enable_{plan} = off"))
-                    rows = ledger.caps.resolve(
-                        LedgerSql(db.session),
+                    settled = ledger.settle(
+                        db.session,
                         hold_id=held.hold_id,
-                        released=CR,
-                        captured=CR,
+                        actual=CR,
+                        context=TEST_CONTEXT,
                         now=now,
                     )
-                    counted.append(len(rows))
+                    captured.append(settled.captured)
             except Exception as error:
-                errors.append(f"resolution: {type(error).__name__}: {error}")
+                errors.append(f"settle: {type(error).__name__}: {error}")
             finally:
                 db.session.remove()
 
@@ -263,10 +263,10 @@ def test_a_resolution_takes_its_caps_in_id_order_whatever_the_plan(
         other.commit()
         other.execute(text("SET LOCAL lock_timeout = '20s'"))
         other.execute(text("SELECT id FROM spend_caps WHERE id = :cap FOR UPDATE"), {"cap": lower})
-        resolution = threading.Thread(target=resolve)
+        resolution = threading.Thread(target=settle)
         resolution.start()
         try:
-            assert until(waits_for_a_lock), "the resolution never waited for the lower cap"
+            assert until(waits_for_a_lock), "the settle never waited for the lower cap"
             try:
                 other.execute(
                     text("SELECT id FROM spend_caps WHERE id = :cap FOR UPDATE"), {"cap": higher}
@@ -277,6 +277,6 @@ def test_a_resolution_takes_its_caps_in_id_order_whatever_the_plan(
         finally:
             resolution.join(30)
     assert errors == []
-    assert counted == [2]
+    assert captured == [CR]
     for cap_id in (lower, higher):
         assert _standing(app, cap_id, now) == ledger.caps.CapStanding(50 * CR, CR, 0)
