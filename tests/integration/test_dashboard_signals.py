@@ -349,13 +349,13 @@ def test_an_endpoint_is_changed_where_it_is_listed(
         expect(page.locator("#endpoints tbody tr td").first).to_have_text(first)
         (endpoint,) = _api(base, page, "/api/webhook-endpoints")["items"]
 
-        # Edit fills the form with the endpoint as it is (the secret's box goes); Cancel
-        # changes nothing.
+        # Edit fills the form with the endpoint as it is (the secret just shown stays: it is
+        # shown once); Cancel changes nothing.
         page.get_by_role("button", name=f"Edit {first}").click()
         expect(title).to_have_text(f"Change the endpoint {first}")
         expect(url).to_have_value(first)
         expect(url).to_be_focused()
-        expect(page.locator("#new-secret")).to_be_hidden()
+        expect(page.locator("#new-secret-text")).to_have_text(hooks.secret)
         assert _checked_events(page) == ["balance.low", "balance.depleted"]
         url.fill(second)
         page.get_by_role("button", name="Cancel").click()
@@ -398,6 +398,31 @@ def test_an_endpoint_is_changed_where_it_is_listed(
         (received,) = hooks.received
         assert (received.path, received.verified) == ("/hooks/second", True)
         assert received.payload["type"] == "webhook.test"
+
+    # A change answered once the person has moved on (Cancel, then another URL typed) leaves
+    # the form as they left it, and says nothing there; the list shows the change.
+    held: list[Any] = []
+    one = f"**/api/webhook-endpoints/{endpoint['id']}"
+    page.route(one, lambda route: held.append(route))
+    page.get_by_role("button", name=f"Edit {second}").click()
+    page.get_by_label("balance.depleted").check()
+    page.get_by_role("button", name="Save changes").click()
+    for _ in range(600):  # the change is held (30 s at most)
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held
+    page.get_by_role("button", name="Cancel").click()
+    url.fill("https://hooks.example.com/next")
+    with page.expect_response(lambda answer: answer.request.method == "PATCH"):
+        held[0].continue_()
+    page.unroute(one)
+    expect(page.locator("#endpoints tbody td.events")).to_have_text(
+        "balance.low, balance.depleted, key.limit_reached"
+    )
+    expect(url).to_have_value("https://hooks.example.com/next")
+    expect(title).to_have_text("Add an endpoint")
+    expect(page.locator("#endpoint-said")).to_have_text("")
 
 
 def test_a_refused_url_is_said_in_words(app: Flask, tmp_path: Path) -> None:

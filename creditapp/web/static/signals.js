@@ -12,8 +12,7 @@ let draft = null;
 let reading = false;
 // The endpoint whose deliveries are shown, or null.
 let logOf = null;
-// The endpoint the endpoint form changes, with its row ({ endpoint, row }), or null: the form
-// adds one.
+// The endpoint the endpoint form changes, or null: the form adds one.
 let editing = null;
 // Which account the section shows, counted: an answer for an account no longer in view (the
 // switcher moved meanwhile) is not shown. `shownFor`: the team id it shows (null: your own
@@ -246,7 +245,7 @@ function fillEndpoint(row, endpoint) {
   // (Not "Send…": the chat's Send button is named so.)
   if (endpoint.enabled) actions.append(button("Post a test event", () => sendTest(row, endpoint), `Post a test event to ${url}`));
   actions.append(button("Deliveries", () => showDeliveries(endpoint), `Deliveries to ${url}`));
-  actions.append(button("Edit", () => editEndpoint(row, endpoint), `Edit ${url}`));
+  actions.append(button("Edit", () => editEndpoint(endpoint), `Edit ${url}`));
   const toggle = endpoint.enabled ? "Disable" : "Enable";
   actions.append(button(toggle, () => setEnabled(row, endpoint, !endpoint.enabled), `${toggle} ${url}`));
   actions.append(button("Delete", () => deleteEndpoint(row, endpoint), `Delete ${url}`));
@@ -287,7 +286,7 @@ async function deleteEndpoint(row, endpoint) {
   const gone = await rowRequest(row, endpointPath(endpoint), { method: "DELETE" }, `${endpoint.url} was not deleted`);
   if (!gone) return;
   if (logOf?.id === endpoint.id) closeDeliveries();
-  if (editing?.endpoint.id === endpoint.id) stopEditing();
+  if (editing?.id === endpoint.id) stopEditing();
   await endpointPages();
   said($("#endpoints-said"), `${endpoint.url} is deleted.`);
 }
@@ -327,7 +326,9 @@ async function copySecret() {
 
 // A double click or a retry after a lost answer adds one endpoint (one Idempotency-Key while the
 // same request is tried); a replay answers the endpoint without its secret, which is then lost.
+// A change is tried with keys of its own: trying one keeps the key of an add left unanswered.
 const endpointTries = keyedTries($("#endpoint-form"));
+const endpointChangeTries = keyedTries($("#endpoint-form"));
 
 // The form adds an endpoint, or changes the one being edited.
 async function saveEndpoint(event) {
@@ -336,7 +337,6 @@ async function saveEndpoint(event) {
   const outcome = form.querySelector(".outcome");
   said(outcome, "");
   clearFieldProblems(form);
-  hideSecret();
   const data = new FormData(form);
   const events = data.getAll("events");
   if (!events.length) {
@@ -345,12 +345,13 @@ async function saveEndpoint(event) {
     return;
   }
   const url = data.get("url").trim();
-  if (editing) await changeEndpoint(form, { url, events });
+  if (editing) await changeEndpoint(form, editing, { url, events });
   else await addEndpoint(form, withTeam({ url, events }));
 }
 
 async function addEndpoint(form, body) {
   const outcome = form.querySelector(".outcome");
+  hideSecret();
   const check = sessionCheck();
   let made;
   try {
@@ -360,7 +361,8 @@ async function addEndpoint(form, body) {
     if (!error.signedOut && !check.ended()) said(outcome, `The endpoint was not added: ${signalRefusal(error, form)}`, true);
     return;
   }
-  form.reset();
+  // (An endpoint opened for a change meanwhile keeps the form.)
+  if (!editing) form.reset();
   if (made.secret) {
     said(outcome, `Added ${made.url}: copy its signing secret now.`);
     showSecret(made);
@@ -370,13 +372,13 @@ async function addEndpoint(form, body) {
   await endpointPages();
 }
 
-// The endpoint form, filled with `endpoint`'s URL and events, changes it (its row refilled).
-function editEndpoint(row, endpoint) {
+// The endpoint form, filled with `endpoint`'s URL and events, changes it. (A secret shown
+// stays: it is shown once.)
+function editEndpoint(endpoint) {
   const form = $("#endpoint-form");
   stopEditing();
   said(form.querySelector(".outcome"), "");
-  hideSecret();
-  editing = { endpoint, row };
+  editing = endpoint;
   form.elements.namedItem("url").value = endpoint.url;
   for (const box of form.querySelectorAll("input[name=events]")) box.checked = endpoint.events.includes(box.value);
   $("#endpoint-form-title").textContent = `Change the endpoint ${endpoint.url}`;
@@ -396,25 +398,28 @@ function stopEditing() {
   $("#endpoint-cancel").hidden = true;
 }
 
-async function changeEndpoint(form, body) {
+// What the form says of the change of `endpoint` it sent is said only while the form still
+// changes it (not after Cancel, another endpoint's Edit, or another account chosen).
+async function changeEndpoint(form, endpoint, body) {
   const outcome = form.querySelector(".outcome");
-  const { endpoint, row } = editing;
   const path = endpointPath(endpoint);
+  const mine = viewing;
   const check = sessionCheck();
   let changed;
   try {
-    changed = await endpointTries({ path, body }, (key) => json(path, { method: "PATCH", body, headers: { "Idempotency-Key": key } }));
+    changed = await endpointChangeTries({ path, body }, (key) => json(path, { method: "PATCH", body, headers: { "Idempotency-Key": key } }));
     check();
   } catch (error) {
-    if (!error.signedOut && !check.ended()) said(outcome, `The endpoint was not changed: ${signalRefusal(error, form)}`, true);
+    if (!error.signedOut && !check.ended() && editing === endpoint) said(outcome, `The endpoint was not changed: ${signalRefusal(error, form)}`, true);
     return;
   }
-  stopEditing();
-  // (Its row is gone if the list was read again meanwhile: then it is read once more.)
-  if (row.isConnected) fillEndpoint(row, changed);
-  else await endpointPages();
+  if (mine !== viewing) return;
+  const still = editing === endpoint;
+  if (still) stopEditing();
+  // The list read again, after the change (a reading asked before it may answer the old URL).
+  await endpointPages();
   if (logOf?.id === changed.id) await showDeliveries(changed);
-  said(outcome, `Saved: ${changed.events.join(", ")} are posted to ${changed.url}.`);
+  if (still) said(outcome, `Saved: ${changed.events.join(", ")} are posted to ${changed.url}.`);
 }
 
 // Deliveries.
