@@ -95,6 +95,12 @@ class DatabaseCollector(Collector):
             " wait for the deliver-webhooks job, or for an endpoint that keeps failing",
         )
         undelivered.add_metric([], state["oldest_undelivered_webhook_age"])
+        pending = GaugeMetricFamily(
+            "creditapp_webhook_pending_deliveries",
+            "Webhook deliveries waiting to be posted, for their first attempt or a retry, to"
+            " endpoints that are enabled",
+        )
+        pending.add_metric([], state["pending_webhook_deliveries"])
         overdue = GaugeMetricFamily(
             "creditapp_webhook_overdue_seconds",
             "How long the webhook delivery due the longest has waited for the deliver-webhooks"
@@ -103,7 +109,7 @@ class DatabaseCollector(Collector):
         )
         overdue.add_metric([], state["webhook_overdue"])
         yield from (holds, reserved, compensations, drift, oldest, runs, last_success)
-        yield from (periods, ttl, bought, sold, waiting, undelivered, overdue)
+        yield from (periods, ttl, bought, sold, waiting, pending, undelivered, overdue)
 
 
 def database_state(session: DbSession) -> dict[str, Any]:
@@ -140,10 +146,12 @@ def database_state(session: DbSession) -> dict[str, Any]:
         session.scalar(select(func.min(Purchase.created_at)).where(Purchase.status == "pending"))
     )
     # Pending deliveries of endpoints the job sends to (one disabled or deleted sends nothing):
-    # the oldest event among them, and since when the one due longest has been due (a retry
-    # scheduled for later is not due yet).
-    oldest_undelivered, longest_due = session.execute(
+    # how many, the oldest event among them, and since when the one due longest has been due
+    # (a retry scheduled for later is not due yet). The job runs in Celery workers, which are
+    # not scraped: what it did is read here.
+    pending_deliveries, oldest_undelivered, longest_due = session.execute(
         select(
+            func.count(),
             func.min(WebhookEvent.created_at),
             func.min(
                 case((WebhookDelivery.next_attempt_at <= now, WebhookDelivery.next_attempt_at))
@@ -158,6 +166,7 @@ def database_state(session: DbSession) -> dict[str, Any]:
         )
     ).one()
     return {
+        "pending_webhook_deliveries": pending_deliveries,
         "oldest_undelivered_webhook_age": _age(read_time(oldest_undelivered), now),
         "webhook_overdue": _age(read_time(longest_due), now),
         "purchases": bought,

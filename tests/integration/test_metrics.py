@@ -56,6 +56,7 @@ def test_the_database_gauges_and_the_token(
     assert _value(body, "creditapp_compensations", status="failed") == 0
     assert _value(body, "creditapp_webhook_oldest_undelivered_seconds") == 0
     assert _value(body, "creditapp_webhook_overdue_seconds") == 0
+    assert _value(body, "creditapp_webhook_pending_deliveries") == 0
 
     monkeypatch.setitem(app.config, "METRICS_TOKEN", "s3cret-scrape-token")
     refused = client.get("/metrics")

@@ -571,7 +571,7 @@ def test_deliveries_and_events_past_their_retention_are_purged(
     )
 
 
-def test_the_oldest_undelivered_event_and_the_longest_due_delivery_are_measured_when_scraped(
+def test_the_deliveries_waiting_the_oldest_event_and_the_longest_due_are_measured_when_scraped(
     app: Flask,
     client: FlaskClient,
     person: Person,
@@ -591,9 +591,13 @@ def test_the_oldest_undelivered_event_and_the_longest_due_delivery_are_measured_
     def overdue() -> float:
         return gauge("creditapp_webhook_overdue_seconds")
 
-    assert (undelivered(), overdue()) == (0, 0)
+    def pending() -> float:
+        return gauge("creditapp_webhook_pending_deliveries")
+
+    assert (pending(), undelivered(), overdue()) == (0, 0, 0)
     new_endpoint(person, receiver.url())
     emit(person, now=utcnow() - timedelta(hours=2))
+    assert pending() == 1
     assert 7200 <= undelivered() < 7200 + 60
     assert 7200 <= overdue() < 7200 + 60
     # The endpoint fails it: undelivered still, but not due before its retry, an hour on (a
@@ -601,10 +605,11 @@ def test_the_oldest_undelivered_event_and_the_longest_due_delivery_are_measured_
     monkeypatch.setitem(app.config, "WEBHOOK_RETRY_SCHEDULE", (3600,))
     receiver.script(500)
     assert run_job_at(app, JOB, utcnow())["retrying"] == 1
+    assert pending() == 1
     assert 7200 <= undelivered() < 7200 + 60
     assert overdue() == 0
     assert run_job_at(app, JOB, utcnow() + timedelta(hours=1))["delivered"] == 1
-    assert (undelivered(), overdue()) == (0, 0)
+    assert (pending(), undelivered(), overdue()) == (0, 0, 0)
 
 
 class TricklingReceiver:
