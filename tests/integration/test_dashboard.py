@@ -868,7 +868,7 @@ def test_the_admin_console(app: Flask, browsing: Browsing) -> None:
     )
 
     # A double click on Grant grants once.
-    page.get_by_label("Credits", exact=True).fill("5")
+    page.locator("#grant-form").get_by_label("Credits", exact=True).fill("5")
     page.locator("#grant-reason").fill("goodwill")
     page.get_by_role("button", name="Grant", exact=True).dblclick()
     expect(page.locator("#grant-form .outcome")).to_contain_text("Granted 5 credits")
@@ -907,13 +907,13 @@ def test_the_admin_console(app: Flask, browsing: Browsing) -> None:
     assert [g["reason"] for g in after["grants"]].count("lost answer") == 1
 
     # An adjustment, with its reason; a refusal is shown with what was wrong.
-    page.get_by_label("Credits (negative to take away)").fill("-1.5")
+    page.locator("#adjust-form").get_by_label("Credits (negative to take away)").fill("-1.5")
     page.locator("#adjust-reason").fill("correction")
     page.get_by_role("button", name="Adjust", exact=True).click()
     expect(page.locator("#adjust-form .outcome")).to_contain_text("Adjusted by -1.5 credits")
     adjusted = Decimal(after["balance"]) - Decimal("1.5")
     assert _api(base, page, credit_path)["balance"] == str(adjusted)
-    page.get_by_label("Credits (negative to take away)").fill("-100000")
+    page.locator("#adjust-form").get_by_label("Credits (negative to take away)").fill("-100000")
     page.locator("#adjust-reason").fill("too much")
     page.get_by_role("button", name="Adjust", exact=True).click()
     browsing.meant_refusals.append((409, "/api/admin/credit/adjust"))
