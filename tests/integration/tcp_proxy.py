@@ -55,6 +55,12 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                # Cut (or closed) while this connection was being made: `cut` has already
+                # closed what it knew of, and would never close these.
+                if not self._open:
+                    client.close()
+                    upstream.close()
+                    continue
                 self._sockets.update((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
