@@ -34,12 +34,14 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         state = self._read()
-        holds = GaugeMetricFamily("creditapp_open_holds", "Pending holds")
-        holds.add_metric([], state["open_holds"])
-        reserved = GaugeMetricFamily(
-            "creditapp_open_holds_reserved_microcredits", "Micro-credits reserved by pending holds"
+        holds = GaugeMetricFamily(
+            "creditapp_open_holds", "Pending holds", value=state["open_holds"]
         )
-        reserved.add_metric([], state["reserved"])
+        reserved = GaugeMetricFamily(
+            "creditapp_open_holds_reserved_microcredits",
+            "Micro-credits reserved by pending holds",
+            value=state["reserved"],
+        )
         compensations = GaugeMetricFamily(
             "creditapp_compensations", "Compensations owed, by status", labels=["status"]
         )
@@ -48,12 +50,13 @@ class DatabaseCollector(Collector):
         drift = GaugeMetricFamily(
             "creditapp_reconciliation_drift_accounts",
             "Accounts with drift in the newest reconciliation report",
+            value=state["drift_accounts"],
         )
-        drift.add_metric([], state["drift_accounts"])
         oldest = GaugeMetricFamily(
-            "creditapp_oldest_open_hold_age_seconds", "Age of the oldest pending hold (0: none)"
+            "creditapp_oldest_open_hold_age_seconds",
+            "Age of the oldest pending hold (0: none)",
+            value=state["oldest_hold_age"],
         )
-        oldest.add_metric([], state["oldest_hold_age"])
         runs = CounterMetricFamily(
             "creditapp_job_runs", "Job runs by outcome (all workers)", labels=["job", "outcome"]
         )
@@ -71,8 +74,9 @@ class DatabaseCollector(Collector):
         )
         for job, seconds in self._job_periods.items():
             periods.add_metric([job], seconds)
-        ttl = GaugeMetricFamily("creditapp_hold_ttl_seconds", "How long a hold may stay pending")
-        ttl.add_metric([], self._hold_ttl)
+        ttl = GaugeMetricFamily(
+            "creditapp_hold_ttl_seconds", "How long a hold may stay pending", value=self._hold_ttl
+        )
         bought = GaugeMetricFamily(
             "creditapp_purchases", "Purchases of credits, by status", labels=["status"]
         )
@@ -81,33 +85,33 @@ class DatabaseCollector(Collector):
         sold = CounterMetricFamily(
             "creditapp_credits_sold_microcredits",
             "Micro-credits granted by paid purchases (before any refund)",
+            value=state["credits_sold"],
         )
-        sold.add_metric([], state["credits_sold"])
         waiting = GaugeMetricFamily(
             "creditapp_oldest_pending_purchase_age_seconds",
             "Age of the oldest purchase still pending (0: none): paid ones the webhook and the"
             " sync-purchases job have not granted, and unpaid checkouts",
+            value=state["oldest_pending_purchase_age"],
         )
-        waiting.add_metric([], state["oldest_pending_purchase_age"])
         undelivered = GaugeMetricFamily(
             "creditapp_webhook_oldest_undelivered_seconds",
             "Age of the event of the oldest webhook delivery still pending (0: none): events"
             " wait for the deliver-webhooks job, or for an endpoint that keeps failing",
+            value=state["oldest_undelivered_webhook_age"],
         )
-        undelivered.add_metric([], state["oldest_undelivered_webhook_age"])
         pending = GaugeMetricFamily(
             "creditapp_webhook_pending_deliveries",
             "Webhook deliveries waiting to be posted, for their first attempt or a retry, to"
             " endpoints that are enabled",
+            value=state["pending_webhook_deliveries"],
         )
-        pending.add_metric([], state["pending_webhook_deliveries"])
         overdue = GaugeMetricFamily(
             "creditapp_webhook_overdue_seconds",
             "How long the webhook delivery due the longest has waited for the deliver-webhooks"
             " job (0: none due): the job is behind, or not running. An endpoint that keeps"
             " failing is not due between its retries",
+            value=state["webhook_overdue"],
         )
-        overdue.add_metric([], state["webhook_overdue"])
         yield from (holds, reserved, compensations, drift, oldest, runs, last_success)
         yield from (periods, ttl, bought, sold, waiting, pending, undelivered, overdue)
 

@@ -370,6 +370,17 @@ def test_a_plain_member_may_not_manage_members(client: FlaskClient, person_facto
     assert client.get(f"{TEAMS}/{team['id']}", headers=owner.headers).get_json() == before
 
 
+def _refused_without_exactly_one_account(
+    client: FlaskClient, admin: Person, path: str, team_id: str, user: Person
+) -> None:
+    """An admin's operation naming both a user and a team, or neither, is refused."""
+    for both_or_neither in ({"team_id": team_id, "user_id": str(user.id)}, {}):
+        refused = client.post(
+            path, json={"amount": "1", "reason": "which?", **both_or_neither}, headers=admin.headers
+        )
+        assert list(assert_error(refused, 400, "validation_error")["details"]) == ["user_id"]
+
+
 def test_an_admin_grants_credits_to_a_team(
     app: Flask, client: FlaskClient, person_factory: Any, admin: Person
 ) -> None:
@@ -388,13 +399,7 @@ def test_an_admin_grants_credits_to_a_team(
     assert (body["grant"]["source"], body["grant"]["amount"]) == ("promo", "40")
     assert team_balance(client, owner, team["id"]) == "40"
     assert client.get("/api/credit/balance", headers=owner.headers).get_json()["balance"] == "0"
-    for both_or_neither in ({"team_id": team["id"], "user_id": str(owner.id)}, {}):
-        refused = client.post(
-            GRANT,
-            json={"amount": "1", "reason": "which?", **both_or_neither},
-            headers=admin.headers,
-        )
-        assert list(assert_error(refused, 400, "validation_error")["details"]) == ["user_id"]
+    _refused_without_exactly_one_account(client, admin, GRANT, team["id"], owner)
     missing = {"team_id": str(int(team["id"]) + 1000), "amount": "1", "reason": "nobody"}
     assert_error(client.post(GRANT, json=missing, headers=admin.headers), 404, "not_found")
     assert_error(
@@ -427,13 +432,7 @@ def test_an_admin_adjusts_a_teams_credits_but_never_below_zero(
     }
     error = assert_error(adjust("-2.500001"), 409, "balance_would_go_negative")
     assert error["details"] == {"requested": "2.500001", "available": "2.5"}
-    for both_or_neither in ({"team_id": team["id"], "user_id": str(owner.id)}, {}):
-        refused = client.post(
-            ADJUST,
-            json={"amount": "1", "reason": "which?", **both_or_neither},
-            headers=admin.headers,
-        )
-        assert list(assert_error(refused, 400, "validation_error")["details"]) == ["user_id"]
+    _refused_without_exactly_one_account(client, admin, ADJUST, team["id"], owner)
     assert_error(adjust("1", team_id=str(int(team["id"]) + 1000)), 404, "not_found")
     assert_error(adjust("1", who=owner), 403, "forbidden")
     # The team's account moved, on its own entries (no member caused them); the owner's did not.
