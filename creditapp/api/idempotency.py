@@ -180,6 +180,7 @@ def idempotent(
     runs_own_transactions: bool = False,
     claims_with_first_write: bool = False,
     kept: Callable[[Response], idempotency.StoredResponse] = to_store,
+    first: Callable[..., None] | None = None,
 ) -> Callable[[F], F]:
     """Run the view at most once per (caller, Idempotency-Key); replay its response after.
 
@@ -200,7 +201,14 @@ def idempotent(
 
     `kept` is what is stored of the response for a replay: all of it, unless the response holds
     a secret shown once (a new API key), which a replay must not show again.
+
+    `first` (with the default transaction only) is a slow check the view needs before its write
+    transaction opens, called with the view's arguments: no lock may be held while it waits
+    (resolving a host). It runs once the key is known to be new, so that a retry of a request
+    that succeeded is replayed even if the check would now refuse it.
     """
+    if first is not None and (runs_own_transactions or claims_with_first_write):
+        raise TypeError("`first` runs before the default write transaction only")
 
     def decorator(view: F) -> F:
         @wraps(view)
@@ -215,6 +223,8 @@ def idempotent(
             if key is None and runs_own_transactions:
                 return make_response(view(*args, claim=None, release=_no_claim, **kwargs))
             if key is None:
+                if first is not None:
+                    first(*args, **kwargs)
                 with write_transaction(db.session):
                     return make_response(view(*args, **kwargs))
 
@@ -242,6 +252,8 @@ def idempotent(
                     release()
                     raise
             try:
+                if first is not None:
+                    first(*args, **kwargs)
                 with write_transaction(db.session):
                     response = make_response(view(*args, **kwargs))
                     idempotency.complete(db.session, outcome, response=kept(response))

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app
-from marshmallow import Schema, fields, post_load, validate
+from marshmallow import Schema, fields, validate
 
 from creditapp import accounts, ledger
 from creditapp.accounts import teams
@@ -104,24 +104,21 @@ def _allow_private() -> bool:
     return bool(current_app.config["WEBHOOK_ALLOW_PRIVATE"])
 
 
-class ChecksUrl(Schema):
-    """Arguments whose `url` is checked against the URL rules as they are read, which a view
-    must do before its write transaction opens (above `idempotent`): resolving the URL's host
-    may take seconds, during which no lock may be held."""
-
-    @post_load
-    def checked_url(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
-        if "url" in data:
-            data["url"] = urls.checked(data["url"], allow_private=_allow_private())
-        return data
+def _checked_url(args: dict[str, Any], *_path: Any, **_kwargs: Any) -> None:
+    """The URL checked against the URL rules, in place: `idempotent` runs this before its write
+    transaction opens (resolving the host may take seconds, during which no lock may be held),
+    for a request that runs only: the retry of one that succeeded gets its response even if
+    the host has stopped resolving since."""
+    if "url" in args:
+        args["url"] = urls.checked(args["url"], allow_private=_allow_private())
 
 
-class EndpointArgs(TeamArgs, ChecksUrl):
+class EndpointArgs(TeamArgs):
     url = _url(required=True)
     events = _events(required=True)
 
 
-class EndpointChangeArgs(ChecksUrl):
+class EndpointChangeArgs(Schema):
     url = _url()
     events = _events()
     enabled = Flag(metadata={"description": "false: no events are posted, pending deliveries fail"})
@@ -251,7 +248,7 @@ def _managed(endpoint_id: str, *, for_change: bool = False) -> endpoints.Managed
 @limits.limiter.limit(limits.sensitive)
 @authenticated()
 @blp.arguments(EndpointArgs)
-@idempotent(kept=without("secret"))
+@idempotent(kept=without("secret"), first=_checked_url)
 @blp.response(201, NewEndpointSchema)
 @answers(403, 404)
 def create_endpoint(args: dict[str, Any]) -> Any:
@@ -302,7 +299,7 @@ def get_endpoint(endpoint_id: str) -> Any:
 @limits.limiter.limit(limits.sensitive)
 @authenticated()
 @blp.arguments(EndpointChangeArgs)
-@idempotent()
+@idempotent(first=_checked_url)
 @blp.response(200, EndpointSchema)
 @answers(403)
 def change_endpoint(args: dict[str, Any], endpoint_id: str) -> Any:

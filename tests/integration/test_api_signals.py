@@ -421,6 +421,51 @@ def test_a_retried_creation_answers_the_same_endpoint_without_its_secret(
     assert stored and all(made["secret"].encode() not in (body or b"") for body in stored)
 
 
+def test_a_retry_is_replayed_even_if_the_host_no_longer_resolves(
+    app: Flask, client: FlaskClient, person_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A creation or a change that succeeded answers its retry with its response: the URL is
+    checked only for a request that runs. The system's resolver is the boundary here."""
+    person = person_factory()
+    monkeypatch.setitem(app.config, "WEBHOOK_ALLOW_PRIVATE", False)
+    resolvable = {"https://hooks.example.com/a": "93.184.215.14"}
+
+    def resolver(host: str, port: Any, *_args: Any, **_kwargs: Any) -> Any:
+        for url, address in resolvable.items():
+            if host == url.split("/")[2]:
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(urls.socket, "getaddrinfo", resolver)
+    create_key, change_key = secrets.token_hex(8), secrets.token_hex(8)
+    body = {"url": "https://hooks.example.com/a", "events": ["balance.low"]}
+    made = client.post(ENDPOINTS, json=body, headers=with_key(person, create_key))
+    assert made.status_code == 201
+    resolvable["https://hooks.example.com/b"] = "93.184.215.15"
+    change = {"url": "https://hooks.example.com/b"}
+    changed = client.patch(
+        endpoint_path(made.get_json()), json=change, headers=with_key(person, change_key)
+    )
+    assert changed.status_code == 200 and changed.get_json()["url"] == change["url"]
+
+    resolvable.clear()  # neither host resolves any more
+    again = client.post(ENDPOINTS, json=body, headers=with_key(person, create_key))
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == {k: v for k, v in made.get_json().items() if k != "secret"}
+    changed_again = client.patch(
+        endpoint_path(made.get_json()), json=change, headers=with_key(person, change_key)
+    )
+    assert changed_again.status_code == 200
+    assert changed_again.headers["Idempotent-Replayed"] == "true"
+    assert changed_again.get_json() == changed.get_json()
+    # A request that runs is checked: refused, with nothing saved and its key free again.
+    new_key = secrets.token_hex(8)
+    for _ in range(2):
+        refused = client.post(ENDPOINTS, json=body, headers=with_key(person, new_key))
+        assert_error(refused, 400, "webhook_url_refused")
+    assert scalar(app, select(func.count()).select_from(WebhookEndpoint)) == 1
+
+
 def test_endpoints_are_listed_newest_first_a_page_at_a_time(
     client: FlaskClient, person_factory: Any
 ) -> None:
