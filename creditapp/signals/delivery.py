@@ -92,6 +92,12 @@ RECORD_FAILED_ATTEMPT = Statement(
            last_error = :error
        WHERE {_LEASED} RETURNING id"""
 )
+# The account's row, locked as a ledger operation locks it (`LOCK_ACCOUNT`), found by its endpoint.
+LOCK_ENDPOINTS_ACCOUNT = Statement(
+    """SELECT id FROM accounts
+       WHERE id = (SELECT account_id FROM webhook_endpoints WHERE id = :endpoint)""",
+    lock="FOR NO KEY UPDATE",
+)
 DISABLE_GONE_ENDPOINT = Statement(
     """UPDATE webhook_endpoints SET enabled = false, disabled_reason = :reason
        WHERE id = :endpoint AND enabled"""
@@ -386,11 +392,16 @@ def _record(
     """Store the attempt's outcome and name it: delivered, retrying, failed, url_refused (not
     posted; retried as a failure is), or lease_lost (someone else has the delivery now)."""
     leased = {"delivery": item.delivery_id, "lease": sql.time(lease), "now": sql.time(now)}
+    gone = attempt.http_status == 410
+    if gone:
+        # The account's row first, as what else stops an endpoint listening takes it
+        # (`endpoints`, "Locks"): no fan-out to the endpoint is under way while its pending
+        # deliveries fail, and nothing waits for this delivery's row while holding the account.
+        sql.one(LOCK_ENDPOINTS_ACCOUNT, endpoint=item.endpoint_id)
     if attempt.delivered:
         recorded = sql.one(RECORD_DELIVERED, http_status=attempt.http_status, **leased)
         return "delivered" if recorded else "lease_lost"
     attempts = item.attempts + 1
-    gone = attempt.http_status == 410
     last = gone or attempts >= 1 + len(schedule)
     next_attempt_at = None if last else now + timedelta(seconds=schedule[attempts - 1])
     recorded = sql.one(

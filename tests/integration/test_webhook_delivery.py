@@ -36,7 +36,7 @@ from creditapp.database import write_transaction
 from creditapp.errors import WebhookUrlRefused
 from creditapp.extensions import db
 from creditapp.ledger import alerts, outbox
-from creditapp.ledger.sql import LedgerSql
+from creditapp.ledger.sql import LOCK_ACCOUNT, LedgerSql
 from creditapp.signals import delivery, urls
 from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.conftest import LOOPBACK_WEBHOOKS, TEST_CONTEXT, Person, utcnow
@@ -46,6 +46,8 @@ from tests.helpers import (
     run_job_at,
     run_job_at_once,
     self_signed_certificate,
+    until,
+    waits_for_a_lock,
 )
 from tests.integration.live_server import ROOT, stop
 from tests.webhook_receiver import Answer, WebhookReceiver
@@ -228,6 +230,48 @@ def test_410_disables_the_endpoint_and_fails_its_pending_deliveries(
     assert len(deliveries()) == 2
     assert run_job_at(app, JOB, now + timedelta(days=1))["failed"] == 0
     assert len(receiver.received) == 1
+
+
+@pytest.mark.postgres_only
+def test_a_410_while_the_ledger_posts_the_endpoint_an_event_leaves_nothing_pending(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    """A ledger operation holds the account and adds a delivery to the endpoint while a run
+    records the endpoint's 410: the run waits for it, and fails that delivery with the rest."""
+    endpoint_id = new_endpoint(person, receiver.url())
+    now = utcnow()
+    emit(person, now=now)
+    receiver.script(410)
+    fanned_out, errors = threading.Event(), []
+
+    def fan_out() -> None:
+        with app.app_context():
+            try:
+                with write_transaction(db.session):
+                    sql = LedgerSql(db.session)
+                    sql.one(LOCK_ACCOUNT, account=person.account_id)
+                    outbox.emit(
+                        sql,
+                        account_id=person.account_id,
+                        event_type="balance.low",
+                        data={"threshold": "9", "available": "0"},
+                        now=now + timedelta(hours=1),
+                    )
+                    sql.one(LOCK_ACCOUNT, account=person.account_id)  # sends the fan-out now
+                    fanned_out.set()
+                    if not until(lambda: not job.is_alive() or waits_for_a_lock()):
+                        errors.append("the run neither ended nor waited")
+            finally:
+                db.session.remove()
+
+    job = threading.Thread(target=lambda: fanned_out.wait(10) and run_job_at(app, JOB, now))
+    job.start()
+    fan_out()
+    job.join(30)
+    assert not job.is_alive() and errors == []
+    assert [(d.status, d.attempts) for d in deliveries()] == [("failed", 1), ("failed", 0)]
+    endpoint = db.session.get(WebhookEndpoint, endpoint_id, populate_existing=True)
+    assert endpoint is not None and endpoint.disabled_reason == "gone"
 
 
 def test_the_schedules_last_attempt_fails_and_a_manual_retry_sends_it_again(
