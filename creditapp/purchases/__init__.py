@@ -17,25 +17,28 @@ which reconciliation reports. Credits cost `credits / 10` US cents (1 credit = $
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, case, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from creditapp import ledger
 from creditapp.auth.models import User
-from creditapp.database import DbSession, write_transaction
+from creditapp.database import DbSession, dialect_of, write_transaction
 from creditapp.errors import NotFound, PurchasesUnavailable, ValidationFailed
 from creditapp.ledger import outbox
 from creditapp.ledger.sql import LedgerSql
 from creditapp.money import MICRO_PER_CREDIT, format_credits
 from creditapp.purchases.checkout import Checkout, Session, session_of
-from creditapp.purchases.models import Purchase, StripeEvent
+from creditapp.purchases.models import Purchase, StripeEvent, StripePaymentIntent
 
 T = TypeVar("T")
+_STRIPE_ID = re.compile(r"[A-Za-z0-9_]{1,255}")
+_LARGEST_CENTS = 2**63 - 1
 # Credits are sold in steps of 10 (one US cent).
 CREDITS_PER_CENT = 10
 MICRO_PER_CENT = CREDITS_PER_CENT * MICRO_PER_CREDIT
@@ -233,8 +236,7 @@ def _apply(
         if purchase is None:
             return Received("unknown_purchase", None)
         paid = session_of(stripe_object)
-        if paid.payment_intent:
-            purchase.payment_intent = paid.payment_intent
+        _link(session, purchase, paid.payment_intent)
         if event_type in ("checkout.session.async_payment_failed", "checkout.session.expired"):
             outcome = _failed(session, purchase, cause, context, now)
         elif event_type == "checkout.session.completed" and paid.payment_status != "paid":
@@ -243,23 +245,82 @@ def _apply(
             outcome = _paid(session, purchase, paid, cause, terms, context, now)
         return Received(outcome, purchase.id)
     if event_type in _CHARGE_EVENTS:
-        intent = stripe_object.get("payment_intent")
-        purchase = _locked(session, Purchase.payment_intent == str(intent)) if intent else None
-        if purchase is None:
+        intent = _intent_of(stripe_object.get("payment_intent"))
+        if intent is None:
             return Received("unknown_purchase", None)
         if event_type == "charge.refunded":
             refunded = stripe_object.get("amount_refunded")
-            if not isinstance(refunded, int) or refunded < 0:
-                return Received("ignored", purchase.id)
-            purchase.refunded_cents = max(
-                purchase.refunded_cents, min(refunded, purchase.amount_cents)
-            )
+            if not isinstance(refunded, int) or isinstance(refunded, bool) or refunded < 0:
+                return Received("ignored", None)
+            # More than any purchase costs means all of it: kept within the column's range.
+            said = _charge_facts(session, intent, refunded_cents=min(refunded, _LARGEST_CENTS))
         else:
-            purchase.refunded_cents = purchase.amount_cents
-            purchase.status = "disputed"
+            said = _charge_facts(session, intent, disputed=True)
+        # Not linked yet: what the event said is kept, and applied when the purchase is.
+        purchase = _locked(session, Purchase.payment_intent == intent)
+        if purchase is None:
+            return Received("unknown_purchase", None)
+        _charged_back(purchase, *said)
         _take_back(session, purchase, cause, context, now)
         return Received("clawed_back", purchase.id)
     return Received("ignored", None)
+
+
+def _charge_facts(
+    session: DbSession, intent: str, *, refunded_cents: int = 0, disputed: bool = False
+) -> tuple[int, bool]:
+    """What the charge events of the payment `intent` have said so far (the refunded cents,
+    whether disputed), this event's word included (none: zero, False). The intent's row stays
+    locked until the transaction ends: a charge event and the linking of the intent's purchase
+    run one after the other, and whichever comes second sees what the first wrote."""
+    table = StripePaymentIntent.__table__
+    insert = dialect_of(session).insert(table)
+    upsert = insert.values(
+        id=intent, refunded_cents=refunded_cents, disputed=disputed
+    ).on_conflict_do_update(
+        index_elements=["id"],
+        set_={
+            "refunded_cents": case(
+                (
+                    insert.excluded.refunded_cents > table.c.refunded_cents,
+                    insert.excluded.refunded_cents,
+                ),
+                else_=table.c.refunded_cents,
+            ),
+            "disputed": or_(table.c.disputed, insert.excluded.disputed),
+        },
+    )
+    refunded, was_disputed = session.execute(
+        upsert.returning(table.c.refunded_cents, table.c.disputed)
+    ).one()
+    return int(refunded), bool(was_disputed)
+
+
+def _intent_of(value: Any) -> str | None:
+    """A payment intent's id as Stripe writes ids (of an expanded object, its `id`), or None."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and _STRIPE_ID.fullmatch(value) else None
+
+
+def _link(session: DbSession, purchase: Purchase, payment_intent: str | None) -> None:
+    """Name the purchase's payment intent, once, with what charge events said of it before
+    (a refund or a dispute that came before the payment's own event, or the sync job)."""
+    intent = _intent_of(payment_intent)
+    if intent is None or purchase.payment_intent is not None:
+        return
+    purchase.payment_intent = intent
+    _charged_back(purchase, *_charge_facts(session, intent))
+
+
+def _charged_back(purchase: Purchase, refunded_cents: int, disputed: bool) -> None:
+    """What refunds and a dispute said of the purchase's payment: the refunded cents never go
+    down (a late, older event says less), and a dispute takes back the whole purchase.
+    `_take_back` takes the credits, once they were granted."""
+    refunded = purchase.amount_cents if disputed else min(refunded_cents, purchase.amount_cents)
+    purchase.refunded_cents = max(purchase.refunded_cents, refunded)
+    if disputed:
+        purchase.status = "disputed"
 
 
 def _locked(session: DbSession, condition: Any) -> Purchase | None:
@@ -313,7 +374,8 @@ def _paid(
         user_id=purchase.user_id,
     )
     purchase.grant_id = granted.grant_id
-    purchase.status = "paid"
+    if purchase.status != "disputed":  # disputed before the payment's event came
+        purchase.status = "paid"
     purchase.problem = None
     purchase.paid_at = now
     _announce(session, purchase, "purchase.completed", now)
@@ -441,7 +503,6 @@ def sync(
         if checkout_session is None or checkout_session.status == "expired":
             return _failed(session, purchase, "sync-purchases", context, now)
         if checkout_session.payment_status == "paid":
-            if checkout_session.payment_intent:
-                purchase.payment_intent = checkout_session.payment_intent
+            _link(session, purchase, checkout_session.payment_intent)
             return _paid(session, purchase, checkout_session, "sync-purchases", terms, context, now)
         return "still_pending"

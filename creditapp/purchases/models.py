@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from creditapp.database import BigIntId, UTCDateTime, one_of
@@ -75,3 +75,19 @@ class StripeEvent(db.Model):  # type: ignore[name-defined,misc]
     )
     outcome: Mapped[str] = mapped_column(String(32), nullable=False)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class StripePaymentIntent(db.Model):  # type: ignore[name-defined,misc]
+    """What Stripe's charge events have said of a payment intent: the refunded amount (the
+    largest `amount_refunded` seen: it is cumulative) and whether it is disputed. Kept whatever
+    order events come in, so that a refund or a dispute that arrives before its purchase is
+    linked to the intent (by its Checkout Session's event, or the sync job) is applied when it
+    is. Written by an upsert on both sides, whose row lock makes the second see the first."""
+
+    __tablename__ = "stripe_payment_intents"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    refunded_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    disputed: Mapped[bool] = mapped_column(Boolean, nullable=False)
+
+    __table_args__ = (CheckConstraint("refunded_cents >= 0", name="refunded_not_negative"),)

@@ -296,6 +296,79 @@ def test_a_dispute_takes_back_the_whole_purchase(
     assert balance(client, person) == "0"
 
 
+@pytest.mark.parametrize(
+    ("word", "status", "left"),
+    [
+        ("partial refund", "partially_refunded", "3000"),
+        ("refund", "refunded", "0"),
+        ("dispute", "disputed", "0"),
+    ],
+)
+@pytest.mark.parametrize("linked_by", ["webhook", "sync job"])
+def test_a_refund_or_dispute_before_the_payments_own_event_takes_back_once_it_comes(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_stripe: FakeStripe,
+    word: str,
+    status: str,
+    left: str,
+    linked_by: str,
+) -> None:
+    """Stripe does not keep its events in order: a charge's refund or dispute may come before
+    the payment's event (late, or lost and left to the sync job) names the charge's intent."""
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    completed = fake_stripe.pay(session_id, deliver=False)
+    early = {
+        "partial refund": lambda: fake_stripe.refund(session_id, 200, deliver=False),
+        "refund": lambda: fake_stripe.refund(session_id, deliver=False),
+        "dispute": lambda: fake_stripe.dispute(session_id, deliver=False),
+    }[word]()
+    assert deliver(client, fake_stripe, early).get_json()["outcome"] == "unknown_purchase"
+    if linked_by == "webhook":
+        assert deliver(client, fake_stripe, completed).get_json()["outcome"] == "granted"
+    else:
+        later = utcnow() + timedelta(minutes=6)
+        assert run_job_at(app, "sync-purchases", later)["granted"] == 1
+    found = purchase(client, person, purchase_id)
+    clawed_back = str(5000 - int(left))
+    assert (found["status"], found["clawed_back"], found["shortfall"]) == (status, clawed_back, "0")
+    assert balance(client, person) == left
+    assert deliver(client, fake_stripe, early).get_json()["outcome"] == "duplicate"
+    assert deliver(client, fake_stripe, completed).get_json()["outcome"] in (
+        "duplicate",
+        "already_granted",
+    )
+    assert balance(client, person) == left
+    assert_consistent(app, [person.account_id])
+
+
+def test_a_refund_and_the_payments_event_at_once_take_back_every_time(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    """Whichever of the two commits first, the second sees it (PostgreSQL: the intent's row)."""
+    person = person_factory()
+    pairs = []
+    for _ in range(6):
+        _purchase_id, session_id = started(client, fake_stripe, person)
+        completed = fake_stripe.pay(session_id, deliver=False)
+        pairs.append((completed, fake_stripe.refund(session_id, deliver=False)))
+
+    def post(event: dict[str, Any]) -> int:
+        with app.test_client() as own:
+            return int(deliver(own, fake_stripe, event).status_code)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for index, pair in enumerate(pairs):
+            ordered = pair if index % 2 else pair[::-1]
+            assert list(pool.map(post, ordered)) == [200, 200]
+    listed = client.get("/api/credit/purchases", headers=person.headers).get_json()["items"]
+    assert [item["status"] for item in listed] == ["refunded"] * 6
+    assert balance(client, person) == "0"
+    assert_consistent(app, [person.account_id])
+
+
 @pytest.mark.parametrize("failure", [ERROR, DISCONNECT])
 def test_stripe_unreachable_is_503_and_nothing_is_stored(
     app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe, failure: str
