@@ -35,6 +35,18 @@ def _integer(digits: str) -> int | Decimal:
     return int(digits) if len(digits.lstrip("-")) <= MAX_INTEGER_DIGITS else Decimal(digits)
 
 
+def _decimal(text: str) -> Decimal:
+    """A JSON number with a fraction or an exponent. Decimal refuses an exponent beyond its
+    range (`1e99999999999999999999`): the body is malformed, not the service."""
+    try:
+        return Decimal(text)
+    except ArithmeticError as error:
+        raise ValidationFailed(
+            "The JSON body has a number beyond any range.",
+            details={"body": [f"The number {text[:40]} cannot be read."]},
+        ) from error
+
+
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are all different. Python keeps the last value of a repeated
     key, other parsers (a proxy, an audit tool) the first: the request would mean one thing
@@ -75,7 +87,7 @@ def load_json(raw: bytes) -> Any:
         document = json.loads(
             raw,
             object_pairs_hook=_object,
-            parse_float=Decimal,
+            parse_float=_decimal,
             parse_int=_integer,
             parse_constant=_refuse_constant,
         )

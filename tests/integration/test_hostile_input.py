@@ -164,6 +164,23 @@ def test_numbers_of_thousands_of_digits_are_refused_naming_the_field(
     assert _fields(_raw(client, "POST", "/api/admin/credit/grant", body, admin)) == [field]
 
 
+@pytest.mark.parametrize("number", ["1e99999999999999999999", "-0E-99999999999999999999"])
+@pytest.mark.parametrize(
+    ("path", "signed_in"), [("/api/auth/google", False), ("/api/admin/credit/grant", True)]
+)
+def test_a_number_whose_exponent_is_beyond_any_range_is_refused(
+    client: FlaskClient, admin: Person, number: str, path: str, signed_in: bool
+) -> None:
+    """Read before anyone is signed in: the body is refused, the service does not fail."""
+    body = _with_raw({**GRANT, "amount": "1"}, "id_token", number)
+    response = client.post(
+        path,
+        data=body,
+        headers={**(admin.headers if signed_in else {}), "Content-Type": "application/json"},
+    )
+    assert _fields(response) == ["body"]
+
+
 def test_an_amount_of_thousands_of_leading_zeros_is_read(
     client: FlaskClient, admin: Person, person_factory: Any
 ) -> None:
