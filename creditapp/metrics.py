@@ -18,11 +18,13 @@ HTTP_REQUESTS = Counter(
 HTTP_DURATION = Histogram(
     "creditapp_http_request_duration_seconds", "Time to answer an HTTP request", ["method", "route"]
 )
+# The `model` label of a call refused for a model the price book does not have.
+UNPRICED = "(unpriced)"
 MESSAGES = Counter(
     "creditapp_messages",
     "Metered calls (chat messages and gateway completions) by outcome: charged, refunded,"
     " insufficient_credits, key_limit_reached, member_cap_reached, provider_error, refused,"
-    " settle_failed",
+    ' settle_failed; a call for a model the price book lacks is counted as model "(unpriced)"',
     ["provider", "model", "outcome"],
 )
 CREDITS_CHARGED = Counter(

@@ -62,7 +62,7 @@ from creditapp.metering.providers import (
     Sampling,
 )
 from creditapp.metering.usage import Usage
-from creditapp.metrics import CREDITS_CHARGED, MESSAGES, PROVIDER_DURATION
+from creditapp.metrics import CREDITS_CHARGED, MESSAGES, PROVIDER_DURATION, UNPRICED
 from creditapp.pricing import book
 from creditapp.pricing.models import Price
 from creditapp.stored_text import fitted
@@ -217,7 +217,9 @@ def _price(session: DbSession, metered: MeteredCall, *, now: datetime) -> _Price
         if request.max_credits is not None and hold_amount > request.max_credits:
             raise MaxCreditsExceeded(required=hold_amount, max_credits=request.max_credits)
     except CreditAppError:
-        MESSAGES.labels(provider, model, "refused").inc()
+        # An unpriced model is counted under one name: the request names it, and each new name
+        # would be a new series in every worker's metrics for as long as it runs.
+        MESSAGES.labels(provider, model if price is not None else UNPRICED, "refused").inc()
         raise
     return _Priced(
         metered.account_id,

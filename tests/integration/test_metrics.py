@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
 from creditapp.billing.models import UsageRecord
 from creditapp.database import write_transaction
 from creditapp.extensions import db
+from creditapp.metrics import UNPRICED
 from tests.conftest import Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import add_price, run_job_at, scalar, start_conversation
+from tests.integration.gateway_client import make_key
 from tests.integration.live_server import call, celery_process, live_server
 
 
@@ -123,3 +127,23 @@ def test_a_job_a_celery_worker_ran_shows_in_the_metrics(app: Flask, client: Flas
                 break
             assert time.monotonic() < deadline, "the worker's run never showed"
             time.sleep(0.2)
+
+
+def test_calls_for_models_not_priced_are_counted_under_one_name(
+    client: FlaskClient, person_factory: Any
+) -> None:
+    """A caller names the model: each new name must not add a series to every worker."""
+    _id, key = make_key(client, person_factory(credits=100 * 1_000_000))
+    refused = {"provider": "openai", "model": UNPRICED, "outcome": "refused"}
+    before = REGISTRY.get_sample_value("creditapp_messages_total", refused) or 0
+    names = [f"openai/made-up-{secrets.token_hex(4)}" for _ in range(3)]
+    for name in names:
+        answer = client.post(
+            "/v1/chat/completions",
+            json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert answer.status_code == 404, answer.get_json()
+    assert REGISTRY.get_sample_value("creditapp_messages_total", refused) == before + 3
+    exposed = client.get("/metrics").get_data(as_text=True)
+    assert not any(name.split("/")[1] in exposed for name in names)
