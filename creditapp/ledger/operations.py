@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import wraps
+from functools import partial, wraps
 from typing import Any, ParamSpec, TypeVar
 
 from creditapp.database import DbSession, read_time
@@ -50,6 +50,7 @@ from creditapp.ledger.sql import (
     LOCK_ACCOUNT,
     LOCK_RESOLVED_HOLDS_ACCOUNT,
     NOT_REFUSED,
+    OPEN_HOLDS,
     OVERDUE_HOLDS,
     PERIOD_GRANT,
     READ_ACCOUNT,
@@ -173,6 +174,8 @@ class _AccountState:
     last_entry_at: datetime | None
     grants: list[_LiveGrant]
     watched: bool
+    # When each open hold was placed, and its amount (read when needed: `write_off_overdue`).
+    open_holds: Callable[[], list[tuple[datetime, int]]]
     initial_balance: int = field(init=False)
     initial_reserved: int = field(init=False)
     pending: list[_PendingEntry] = field(default_factory=list)
@@ -190,14 +193,30 @@ class _AccountState:
         self.balance += amount
         self.pending.append(_PendingEntry(entry_type, live_grant.id, amount))
 
-    def write_off_overdue(self, now: datetime) -> None:
-        """Write off expired remainders, keeping what open holds still need."""
+    def write_off_overdue(
+        self, now: datetime, *, resolving: tuple[datetime, int] | None = None
+    ) -> None:
+        """Write off expired remainders, keeping what open holds placed before the expiry still
+        claim (an authorization made while the credits were valid is honoured). Holds draw the
+        soonest-expiring grants first, so what holds placed before a grant's expiry reserved
+        is that grant's first, in draw order; a hold placed after it claims none of it.
+        `resolving`: a hold being resolved, no longer open in the database, that has not drawn
+        yet. Never more than is available: what holds reserve stays."""
+        overdue = [g for g in self.grants if g.overdue(now) and g.remaining > 0]
+        if not overdue:
+            return
+        holds = self.open_holds() + ([resolving] if resolving is not None else [])
         writable = self.available
-        for live_grant in self.grants:
-            if writable <= 0:
-                return
-            if live_grant.overdue(now) and live_grant.remaining > 0:
-                amount = min(live_grant.remaining, writable)
+        claimed = 0  # by holds, of the grants before this one in draw order
+        for live_grant in overdue:  # in draw order: the soonest expiry first
+            assert live_grant.expires_at is not None
+            placed_before = sum(
+                amount for placed, amount in holds if placed < live_grant.expires_at
+            )
+            kept = min(live_grant.remaining, max(0, placed_before - claimed))
+            claimed += kept
+            amount = min(live_grant.remaining - kept, writable)
+            if amount > 0:
                 self.post("expire", live_grant, -amount)
                 writable -= amount
 
@@ -229,11 +248,14 @@ def _load(sql: LedgerSql, account_id: int, *, lock: bool = True) -> _AccountStat
         (LOCK_ACCOUNT if lock else READ_ACCOUNT, {"account": account_id}),
         (LIVE_GRANTS, {"account": account_id}),
     )
-    return _state_of(account_id, account_rows, grant_rows)
+    return _state_of(sql, account_id, account_rows, grant_rows)
 
 
 def _state_of(
-    account_id: int, account_rows: list[tuple[Any, ...]], grant_rows: list[tuple[Any, ...]]
+    sql: LedgerSql,
+    account_id: int,
+    account_rows: list[tuple[Any, ...]],
+    grant_rows: list[tuple[Any, ...]],
 ) -> _AccountState:
     """The account as `_load` reads it: its row and its live grants' rows."""
     if not account_rows:
@@ -250,7 +272,21 @@ def _state_of(
             for grant_id, remaining, expires_at, source in grant_rows
         ],
         watched=bool(watched),
+        open_holds=partial(_open_holds, sql, account_id),
     )
+
+
+def _open_holds(sql: LedgerSql, account_id: int) -> list[tuple[datetime, int]]:
+    return [
+        (_placed_at(created_at), int(amount))
+        for created_at, amount in sql.all(OPEN_HOLDS, account=account_id)
+    ]
+
+
+def _placed_at(created_at: Any) -> datetime:
+    placed = read_time(created_at)
+    assert placed is not None, "a hold has its created_at (NOT NULL)"
+    return placed
 
 
 def _links(hold_id: int | None, reference: str | None) -> dict[str, str]:
@@ -898,8 +934,8 @@ def _resolve(
         late = resolved is not None
     if resolved is None:
         return _unresolved(sql, hold_id)
-    account_id, hold_amount, reference, capped, spender = resolved[:5]  # (then RESOLVE_HOLD's mark)
-    released = 0 if late else hold_amount
+    account_id, hold_amount, reference, capped, spender = resolved[:5]  # (then RESOLVE_HOLD's
+    released = 0 if late else hold_amount  # `created_at` and mark)
 
     # The caps before the account, as a hold takes them. A live hold settled within its amount
     # captures exactly `actual` (the account has it: the hold reserved it), so it was counted
@@ -910,7 +946,7 @@ def _resolve(
     period_began = spend_caps.period_began(counted_cap_rows, now=now)
     most: int | None = None
     if account_rows:
-        state = _state_of(account_id, account_rows, grant_rows)
+        state = _state_of(sql, account_id, account_rows, grant_rows)
     else:
         caps_first = [spend_caps.room(sql, hold_id=hold_id, now=now)] if capped else []
         *room_rows, account_rows, grant_rows = sql.together(
@@ -918,11 +954,12 @@ def _resolve(
             (LOCK_ACCOUNT, {"account": account_id}),
             (LIVE_GRANTS, {"account": account_id}),
         )
-        state = _state_of(account_id, account_rows, grant_rows)
+        state = _state_of(sql, account_id, account_rows, grant_rows)
         if capped:
             most = spend_caps.most_capturable(room_rows[0], released=released)
 
-    state.write_off_overdue(now)
+    # A live hold still claims what it reserved (it draws below); a late one reserved nothing.
+    state.write_off_overdue(now, resolving=None if late else (_placed_at(resolved[5]), hold_amount))
     if not late:
         state.reserved -= hold_amount
     # A charge is capped at what the account can pay (above the hold, or at all once the hold
@@ -1020,9 +1057,12 @@ def balance(session: DbSession, *, account_id: int, now: datetime) -> Balance:
     if row is None:
         raise NotFound("No such account.")
     current, reserved, overdue_total = row
-    # Mirrors write_off_overdue: what open holds still need stays until they resolve.
-    pending_write_off = min(int(overdue_total), current - reserved)
-    return Balance(current - pending_write_off, reserved)
+    if not overdue_total:
+        return Balance(current, reserved)
+    # As the next operation would write it off: what open holds claim stays until they resolve.
+    state = _load(sql, account_id, lock=False)
+    state.write_off_overdue(now)  # in memory only: nothing is persisted
+    return Balance(state.balance, state.reserved)
 
 
 @dataclass(frozen=True)

@@ -319,7 +319,7 @@ RESOLVE_HOLD = Statement(
               captured = CASE WHEN :actual < amount THEN :actual ELSE amount END,
               uncollected = CASE WHEN :actual < amount THEN 0 ELSE :actual - amount END
        WHERE id = :hold AND status = 'pending' AND (:status <> 'expired' OR expires_at <= :now)
-       RETURNING account_id, amount, reference, capped, user_id, {mark}""",
+       RETURNING account_id, amount, reference, capped, user_id, created_at, {mark}""",
     # The transaction is marked as the one that resolved the hold, for the statements sent
     # with this one (_RESOLVED_NOW): set only for a row this statement changed, until the
     # transaction ends.
@@ -344,6 +344,11 @@ RECORD_CAPTURE = Statement(
 REFUSABLE = Statement("SAVEPOINT ledger_refusable")
 REFUSED = Statement("ROLLBACK TO SAVEPOINT ledger_refusable")
 NOT_REFUSED = Statement("RELEASE SAVEPOINT ledger_refusable")
+# An account's open holds, for what they claim of grants that expired after they were placed
+# (only read when the account has such grants).
+OPEN_HOLDS = Statement(
+    "SELECT created_at, amount FROM holds WHERE account_id = :account AND resolved_at IS NULL"
+)
 HOLD_STATE = Statement("SELECT status, captured, uncollected FROM holds WHERE id = :hold")
 PERIOD_GRANT = Statement("SELECT id FROM grants WHERE account_id = :account AND period = :period")
 OVERDUE_HOLDS = Statement(

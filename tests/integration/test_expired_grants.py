@@ -54,7 +54,7 @@ def _held_past_expiry(app: Flask, person: Person) -> datetime:
         past + timedelta(minutes=10),
         ledger.hold,
         account_id=account,
-        amount=6 * CR,
+        amount=3 * CR,
         ttl=timedelta(hours=10),
     )
     return past
@@ -66,14 +66,15 @@ def test_grants_show_their_status_and_never_expired_credits_as_spendable(
     person = person_factory()
     _held_past_expiry(app, person)
     items = client.get("/api/credit/grants", headers=person.headers).get_json()["items"]
-    # The open hold needs 6: the never-expiring grant gives 4, so the expired grant keeps 2.
+    # The open hold, placed before the expiry, claims 3 of the expired grant (it would have
+    # drawn them first): they stay until it resolves, never spendable by anything else.
     assert [(g["reason"], g["status"], g["amount"], g["remaining"]) for g in items] == [
         ("keeps", "active", "4", "4"),
-        ("expires", "expired", "5", "2"),
+        ("expires", "expired", "5", "3"),
         ("used", "used_up", "1", "0"),
     ]
     balance = client.get("/api/credit/balance", headers=person.headers).get_json()
-    assert (balance["balance"], balance["reserved"], balance["available"]) == ("6", "6", "0")
+    assert (balance["balance"], balance["reserved"], balance["available"]) == ("7", "3", "4")
 
 
 def _expired_entries(app: Flask, account_id: int) -> list[int]:
@@ -127,12 +128,12 @@ def test_the_job_writes_off_idle_accounts_keeping_what_open_holds_need(
 
         with ThreadPoolExecutor(max_workers=2) as pool:
             summaries = list(pool.map(one, range(2)))
-        assert sum(s["written_off"] for s in summaries) == 10 * CR
+        assert sum(s["written_off"] for s in summaries) == 9 * CR
     else:
-        assert _run(app, now) == {"accounts": 2, "written_off": 10 * CR, "expiring_announced": 0}
+        assert _run(app, now) == {"accounts": 2, "written_off": 9 * CR, "expiring_announced": 0}
     assert _run(app, now) == {"accounts": 0, "written_off": 0, "expiring_announced": 0}
 
-    assert _expired_entries(app, holding.account_id) == [-3 * CR]
+    assert _expired_entries(app, holding.account_id) == [-2 * CR]
     assert _expired_entries(app, idle.account_id) == [-7 * CR]
     assert _expired_entries(app, untouched.account_id) == []
     # What clients see did not change: expired credits were never shown as spendable.

@@ -300,17 +300,18 @@ def test_a_hold_that_first_writes_off_expired_credits_adds_to_what_is_reserved(
     # A minute later the first grant has expired: this hold writes it off before reserving.
     later = now + timedelta(minutes=2)
     second = run(ledger.hold, account_id=account, amount=2 * CR, ttl=TTL, now=later)
+    # The first hold, placed before the expiry, claims 3 of the expired grant: the rest goes.
     assert (first.balance, second.balance) == (
         ledger.Balance(15 * CR, 3 * CR),
-        ledger.Balance(10 * CR, 5 * CR),
+        ledger.Balance(13 * CR, 5 * CR),
     )
-    assert state(account, later) == ledger.Balance(10 * CR, 5 * CR)
+    assert state(account, later) == ledger.Balance(13 * CR, 5 * CR)
     holds = db.session.scalars(
         select(AuditRecord).where(AuditRecord.action == "hold").order_by(AuditRecord.id)
     ).all()
     assert [
         (h.balance_before, h.balance_after, h.reserved_before, h.reserved_after) for h in holds
-    ] == [(15 * CR, 15 * CR, 0, 3 * CR), (15 * CR, 10 * CR, 3 * CR, 5 * CR)]
+    ] == [(15 * CR, 15 * CR, 0, 3 * CR), (15 * CR, 13 * CR, 3 * CR, 5 * CR)]
     assert [h.details["hold_id"] for h in holds] == [str(first.hold_id), str(second.hold_id)]
     assert [h.details["amount"] for h in holds] == ["3", "2"]
     assert_consistent(account)
@@ -385,15 +386,15 @@ def test_expired_grants_are_written_off_in_draw_order_to_the_last_microcredit(
     first = give(account, 3 * CR, now=now, expires_at=expiry).grant_id
     second = give(account, 4 * CR, now=now, expires_at=expiry).grant_id
     lasting = give(account, 2 * CR, now=now).grant_id
-    # Reserved before the expiry: all but 1 µcr of what the unexpired grant cannot cover.
+    # Reserved before the expiry: claims the grants in draw order, all but 1 credit + 2 µcr.
     held = run(ledger.hold, account_id=account, amount=6 * CR - 1, ttl=TTL * 12, now=now)
     later = expiry + timedelta(minutes=1)
     run(ledger.expire_grants, account_id=account, now=later)
     remaining = dict(db.session.execute(select(Grant.id, Grant.remaining)).all())
-    # 9 µcr... written off: the 1 µcr grant, the first whole, 1 µcr of the second; the hold's
-    # need (6 credits - 1 µcr, less the 2 unexpired credits) stays in the second.
-    assert remaining == {tiny: 0, first: 0, second: 4 * CR - 1, lasting: 2 * CR}
-    assert state(account, later) == ledger.Balance(6 * CR - 1, 6 * CR - 1)
+    # The hold claims the 1 µcr grant, the first whole and 3 credits - 2 µcr of the second;
+    # the rest of the second is written off; the unexpired grant is all available.
+    assert remaining == {tiny: 1, first: 3 * CR, second: 3 * CR - 2, lasting: 2 * CR}
+    assert state(account, later) == ledger.Balance(8 * CR - 1, 6 * CR - 1)
     # Settling spends the expired credits it kept first; what is left of them goes.
     outcome = run(ledger.settle, hold_id=held.hold_id, actual=4 * CR - 1, now=later)
     assert outcome.captured == 4 * CR - 1
@@ -402,28 +403,65 @@ def test_expired_grants_are_written_off_in_draw_order_to_the_last_microcredit(
     assert_consistent(account)
 
 
-def test_a_settle_draws_past_a_grant_it_just_wrote_off(account: int) -> None:
+def test_a_settle_after_an_expiry_draws_the_expired_credits_its_hold_claimed(
+    account: int,
+) -> None:
+    """As it would have drawn them just before the expiry: a late answer costs the account
+    none of its lasting credits for what the hold reserved of the expiring ones."""
     now = utcnow()
     expiring = give(account, CR, now=now, expires_at=now + timedelta(hours=1)).grant_id
     crumb = give(account, 1, now=now, expires_at=now + timedelta(days=1)).grant_id
     lasting = give(account, 10 * CR, now=now).grant_id
     held = run(ledger.hold, account_id=account, amount=2 * CR, ttl=TTL * 12, now=now)
-    # Two hours on, the settle first writes the expired grant off (the hold does not need
-    # it), then draws in order: the 1 µcr crumb, then the lasting grant.
+    # Two hours on (the hold open all along), the balance keeps what the hold claimed.
+    assert state(account, now + timedelta(hours=2)) == ledger.Balance(11 * CR + 1, 2 * CR)
     outcome = run(ledger.settle, hold_id=held.hold_id, actual=CR + 1, now=now + timedelta(hours=2))
     assert outcome.captured == CR + 1
     remaining = dict(db.session.execute(select(Grant.id, Grant.remaining)).all())
-    assert remaining == {expiring: 0, crumb: 0, lasting: 9 * CR}
-    assert [row[:2] for row in entry_rows(account)[-3:]] == [
-        ("expire", -CR),
-        ("charge", -1),
-        ("charge", -CR),
-    ]
+    assert remaining == {expiring: 0, crumb: 0, lasting: 10 * CR}
+    assert [row[:2] for row in entry_rows(account)[-2:]] == [("charge", -CR), ("charge", -1)]
+    assert "expire" not in [row[0] for row in entry_rows(account)]
     # The smallest positive adjustment is a grant of its own.
     run(ledger.adjust, account_id=account, amount=1, reason="give", now=now + timedelta(hours=2))
-    assert entry_rows(account)[-1] == ("adjust", 1, 9 * CR + 1)
+    assert entry_rows(account)[-1] == ("adjust", 1, 10 * CR + 1)
     newest = db.session.scalars(select(Grant).order_by(Grant.id.desc()).limit(1)).one()
     assert (newest.source, newest.amount, newest.remaining) == ("admin", 1, 1)
+    assert_consistent(account)
+
+
+def test_only_holds_placed_before_an_expiry_claim_the_expired_credits(account: int) -> None:
+    """A hold placed before a grant expired claims it (in draw order), to be settled from it
+    a second or an hour later; a hold placed after it claims nothing of it."""
+    now = utcnow()
+    expiry = now + timedelta(hours=1)
+    promo = give(account, 100 * CR, now=now, expires_at=expiry).grant_id
+    lasting = give(account, 100 * CR, now=now).grant_id
+    before = run(
+        ledger.hold,
+        account_id=account,
+        amount=100 * CR,
+        ttl=TTL * 12,
+        now=expiry - timedelta(seconds=1),
+    )
+    after = run(
+        ledger.hold,
+        account_id=account,
+        amount=50 * CR,
+        ttl=TTL * 12,
+        now=expiry + timedelta(seconds=1),
+    )
+    assert after.balance == ledger.Balance(200 * CR, 150 * CR)
+    # The first settles below its hold: what it leaves of the expired grant goes, and the
+    # second hold, placed after the expiry, takes nothing of it.
+    run(ledger.settle, hold_id=before.hold_id, actual=60 * CR, now=expiry + timedelta(seconds=2))
+    remaining = dict(db.session.execute(select(Grant.id, Grant.remaining)).all())
+    assert remaining == {promo: 0, lasting: 100 * CR}
+    assert [row[:2] for row in entry_rows(account)[-2:]] == [
+        ("charge", -60 * CR),
+        ("expire", -40 * CR),
+    ]
+    run(ledger.settle, hold_id=after.hold_id, actual=50 * CR, now=expiry + timedelta(seconds=3))
+    assert state(account, expiry + timedelta(seconds=3)) == ledger.Balance(50 * CR, 0)
     assert_consistent(account)
 
 

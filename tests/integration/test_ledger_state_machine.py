@@ -4,7 +4,8 @@ after every step, compares it grant by grant with a model of its own.
 The model knows the rules of contract section 2 and nothing of the code: grants with an amount,
 an expiry and a remainder, drawn soonest-expiring first (never-expiring last), then oldest; holds
 that reserve; expired credits written off by the next operation on the account, except what
-open holds placed before the expiry still need; late settles that take what is available. Time
+open holds placed before the expiry claim of them (a hold draws the soonest-expiring grants
+first: its reservation falls on them in draw order); late settles that take what is available. Time
 moves by seconds, hours or days, so expiries fall between, on and just after operations.
 
 A team's account is one more in the programs. The owners of the personal accounts fund it by
@@ -116,6 +117,8 @@ class ModelAccount:
 
     grants: list[ModelGrant] = field(default_factory=list)  # in the order they were made
     reserved: int = 0
+    # The open holds on the account: when each was placed, and its amount.
+    open_holds: dict[int, tuple[datetime, int]] = field(default_factory=dict)
     written_off: int = 0
     # Low-balance alerts: the armed thresholds, available when last looked at, and the events
     # (type, threshold, available) its operations must have emitted so far. Opened at zero,
@@ -154,17 +157,23 @@ class ModelAccount:
         return sorted(self.grants, key=lambda g: g.expires_at or far_future)
 
     def write_off(self, now: datetime) -> None:
-        """Expired remainders go, in draw order, except what open holds still need of them:
-        the part of `reserved` that the unexpired grants cannot cover."""
+        """Expired remainders go, in draw order, except what open holds placed before a grant's
+        expiry claim of it: their reservations fall on the grants in draw order (what earlier
+        grants keep for them is not claimed again); never more than is available."""
         expired = [g for g in self.draw_order() if g.expired(now)]
-        unexpired = sum(g.remaining for g in self.grants if not g.expired(now))
-        needed = max(self.reserved - unexpired, 0)
-        to_write_off = max(sum(g.remaining for g in expired) - needed, 0)
+        writable = self.available
+        claimed = 0
         for grant in expired:
-            written = min(grant.remaining, to_write_off)
+            assert grant.expires_at is not None
+            placed_before = sum(
+                amount for placed, amount in self.open_holds.values() if placed < grant.expires_at
+            )
+            kept = min(grant.remaining, max(placed_before - claimed, 0))
+            claimed += kept
+            written = min(grant.remaining - kept, writable)
             grant.remaining -= written
             self.written_off += written
-            to_write_off -= written
+            writable -= written
 
     def draw(
         self, amount: int, now: datetime, *, expired_too: bool
@@ -312,6 +321,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return multiple()
         assert amount <= model.available
         model.reserved += amount
+        model.open_holds[held.hold_id] = (self.now, amount)
         self.model[account] = model
         self.model_holds[held.hold_id] = ModelHold(account, amount, self.now + HOLD_TTL)
         return held.hold_id
@@ -346,6 +356,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert amount <= model.available
         assert spent + reserved + amount <= MEMBER_CAPS[member]
         model.reserved += amount
+        model.open_holds[held.hold_id] = (self.now, amount)
         self.model[TEAM] = model
         self.model_holds[held.hold_id] = ModelHold(TEAM, amount, self.now + HOLD_TTL, member=member)
         standing = self._cap_standing(member)
@@ -416,6 +427,7 @@ class LedgerMachine(RuleBasedStateMachine):
         model.write_off(self.now)
         if not held.expired:
             model.reserved -= held.amount
+            del model.open_holds[hold_id]
         captured = min(actual, model.available, cap_allows)
         if held.member is not None:
             self.member_settles[held.member].append((self.now, captured))
@@ -441,16 +453,18 @@ class LedgerMachine(RuleBasedStateMachine):
             model = self.model[held.account]
             model.write_off(self.now)
             model.reserved -= held.amount
+            del model.open_holds[hold_id]
             model.write_off(self.now)
 
     @rule()
     def expire_holds(self) -> None:
         self._job("expire-holds")
-        for held in sorted(self.model_holds.values(), key=lambda h: h.expires_at):
+        for hold_id, held in sorted(self.model_holds.items(), key=lambda item: item[1].expires_at):
             if not held.expired and held.expires_at <= self.now:
                 model = self.model[held.account]
                 model.write_off(self.now)
                 model.reserved -= held.amount
+                del model.open_holds[hold_id]
                 model.write_off(self.now)
                 model.alert()  # one operation per hold
                 held.expired = True
