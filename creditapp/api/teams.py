@@ -9,7 +9,7 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
-from creditapp import accounts
+from creditapp import accounts, ledger
 from creditapp.accounts import teams
 from creditapp.accounts.models import MEMBER_CAP_PERIODS, Team, TeamMember
 from creditapp.api import csv_export, limits
@@ -128,13 +128,14 @@ def _amounts(balance: Balance) -> dict[str, int]:
     }
 
 
-def _summary(team: Team, account: Account) -> dict[str, Any]:
-    """A team in a list: its name and its account's figures."""
+def _summary(team: Team, account: Account, now: datetime) -> dict[str, Any]:
+    """A team in a list: its name and its account's figures as of `now` (expired credits not
+    yet written off are not shown as spendable)."""
     return {
         "id": team.id,
         "name": team.name,
         "created_at": team.created_at,
-        **_amounts(Balance(account.balance, account.reserved)),
+        **_amounts(ledger.balance(db.session, account_id=account.id, now=now)),
     }
 
 
@@ -166,12 +167,13 @@ def create_team(args: dict[str, Any]) -> Any:
 @blp.response(200, page_of(TeamSummarySchema))
 def list_teams(args: dict[str, Any]) -> Any:
     """The teams you are a member of, newest first."""
+    now = datetime.now(UTC)
     return keyset_page(
         db.session,
         teams.of_user(caller().id),
         key=Team.id,
         args=args,
-        item=lambda row: {**_summary(row[0], row[2]), "role": row[1]},
+        item=lambda row: {**_summary(row[0], row[2], now), "role": row[1]},
         position=lambda team: team["id"],
     )
 
@@ -378,12 +380,13 @@ class AdminTeamSummarySchema(AmountsSchema):
 @blp.response(200, page_of(AdminTeamSummarySchema))
 def admin_teams(args: dict[str, Any]) -> Any:
     """Teams whose name contains `q` or whose id it is, newest first."""
+    now = datetime.now(UTC)
     return keyset_page(
         db.session,
         teams.named(args["q"]),
         key=Team.id,
         args=args,
-        item=lambda row: _summary(row[0], row[1]),
+        item=lambda row: _summary(row[0], row[1], now),
         position=lambda team: team["id"],
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,9 +17,11 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from creditapp import ledger
+from creditapp.accounts import teams
+from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.money import format_credits
-from tests.conftest import Person, utcnow
+from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import ADJUST, GRANT, add_price, assert_error, start_conversation
 
@@ -167,6 +170,36 @@ def test_teams_are_listed_newest_first_a_page_at_a_time_and_only_ones_own(
         "items": [],
         "next_cursor": None,
     }
+
+
+def test_lists_of_teams_never_show_expired_credits_as_spendable(
+    app: Flask, client: FlaskClient, person_factory: Any, admin: Person
+) -> None:
+    """Credits that expired and were not yet written off (no operation on the team since)."""
+    owner = person_factory()
+    team = make_team(client, owner)
+    past = utcnow() - timedelta(hours=2)
+    with app.app_context():
+        with write_transaction(db.session):
+            ledger.grant(
+                db.session,
+                account_id=teams.of_team(db.session, int(team["id"])),
+                amount=5 * CR,
+                source="promo",
+                reason="expired since",
+                context=TEST_CONTEXT,
+                now=past,
+                expires_at=past + timedelta(hours=1),
+            )
+        db.session.remove()
+    figures = ("balance", "reserved", "available")
+    shown = client.get(f"{TEAMS}/{team['id']}", headers=owner.headers).get_json()
+    assert [shown[name] for name in figures] == ["0", "0", "0"]
+    [listed] = client.get(TEAMS, headers=owner.headers).get_json()["items"]
+    [found] = client.get(f"/api/admin/teams?q={team['id']}", headers=admin.headers).get_json()[
+        "items"
+    ]
+    assert [listed[name] for name in figures] == [found[name] for name in figures] == ["0"] * 3
 
 
 # 2. Members
