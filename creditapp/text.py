@@ -3,6 +3,8 @@ query, whether it came in a request's body (`creditapp.api.schemas.Text`) or as 
 
 from __future__ import annotations
 
+import re
+
 UNSTORABLE = "Text may not contain NUL characters or unpaired surrogates."
 
 
@@ -16,6 +18,17 @@ def storable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+_UNSTORABLE_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+
+
+def made_storable(text: str) -> str:
+    """`text` with each character neither database can store (NUL, an unpaired surrogate: a
+    str holds paired ones as one character) replaced by U+FFFD, as a UTF-8 decoder replaces
+    what it cannot read: for text the service must keep whatever it holds (a provider's reply),
+    where a request's text is refused instead."""
+    return _UNSTORABLE_CHARACTERS.sub("\ufffd", text)
 
 
 def is_text(value: object, *, max_length: int, min_length: int = 1) -> bool:

@@ -160,7 +160,8 @@ _EVENTS = {"openai": _openai_events, "anthropic": _anthropic_events, "google": _
 def _default_usage(provider: str, body: dict[str, Any], text: str) -> dict[str, Any]:
     prompt = json.dumps(body.get("messages") or body.get("contents") or [])
     prompt_tokens = len(prompt.encode()) // 4 + 1
-    output_tokens = len(text.encode()) // 4 + 1
+    # A scripted text may hold what UTF-8 cannot (an unpaired surrogate, sent JSON-escaped).
+    output_tokens = len(text.encode("utf-8", "surrogatepass")) // 4 + 1
     if provider == "openai":
         return {"prompt_tokens": prompt_tokens, "completion_tokens": output_tokens}
     if provider == "anthropic":

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from creditapp.errors import InconsistentUsage
 from creditapp.metering.estimate import estimate_tokens
 from creditapp.metering.usage import Usage
+from creditapp.text import made_storable
 
 # Called through their official SDKs (and priced by the genai-prices catalogue).
 SDK_PROVIDERS = ("openai", "anthropic", "google")
@@ -56,8 +57,14 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class Completion:
+    """A whole reply. Its text is kept as both databases can store it (`made_storable`): a
+    provider's answer is outside input, and the call is charged whatever it holds."""
+
     text: str
     usage: Usage | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", made_storable(self.text))
 
 
 class ProviderError(Exception):
@@ -114,7 +121,7 @@ class ReplyStream:
                     elif isinstance(item, Usage):
                         self.usage = item
                     elif item:
-                        yield item
+                        yield made_storable(item)
             finally:
                 self._items.close()
             if not ended:

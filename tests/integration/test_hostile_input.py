@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import secrets
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,8 +16,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from creditapp.money import parse_credits
 from tests.conftest import Person, utcnow
-from tests.helpers import assert_error
+from tests.fake_providers import Answer, FakeProviders
+from tests.helpers import add_price, assert_error, start_conversation
 from tests.integration.live_server import live_server
 
 ADMIN_PATHS = {
@@ -24,6 +27,9 @@ ADMIN_PATHS = {
     "pricing": "/api/admin/pricing",
     "tiers": "/api/admin/tiers",
 }
+
+
+CR = 1_000_000
 
 
 def _fields(response: Any, status: int = 400, code: str = "validation_error") -> list[str]:
@@ -303,3 +309,34 @@ def test_a_chunked_body_over_64_kib_is_413_not_cut(app: Flask, admin: Person) ->
         answer = json.loads(response.read())
         connection.close()
     assert (response.status, answer["error"]["code"]) == (413, "payload_too_large")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "google"])
+def test_a_reply_neither_database_can_store_is_kept_readable_and_charged(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    provider: str,
+    stream: bool,
+) -> None:
+    """A provider's answer is outside input too: a NUL or an unpaired surrogate in it (JSON
+    escapes both) is kept as U+FFFD, and the call is charged as any other."""
+    person = person_factory(credits=10 * CR)
+    add_price(app, provider, "odd-model", input="1", output="1")
+    conversation = start_conversation(client, person, provider, "odd-model")
+    fake_providers.script(provider, Answer(text="a\x00b\ud800c"))
+    sent = client.post(
+        f"/api/conversations/{conversation}/messages",
+        json={"content": "Say something odd", "stream": stream},
+        headers={**person.headers, "Idempotency-Key": secrets.token_hex(8)},
+    )
+    shown = sent.get_data(as_text=True)  # a stream's body read to its end
+    assert sent.status_code in (200, 201), shown
+    assert ("a\\ufffdb\\ufffdc" in shown) or ("a\ufffdb\ufffdc" in shown), shown
+    listed = client.get(f"/api/conversations/{conversation}/messages", headers=person.headers)
+    replies = [m["content"] for m in listed.get_json()["items"] if m["role"] == "assistant"]
+    assert replies == ["a\ufffdb\ufffdc"]
+    balance = client.get("/api/credit/balance", headers=person.headers).get_json()
+    assert balance["reserved"] == "0" and parse_credits(balance["balance"]) < 10 * CR
