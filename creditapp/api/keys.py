@@ -19,7 +19,7 @@ from creditapp.api.identity import audit_context, authenticated, caller, princip
 from creditapp.api.openapi import answers
 from creditapp.api.pagination import keyset_page
 from creditapp.api.parsing import Blueprint, path_id
-from creditapp.api.schemas import Credits, Id, PageArgs, Text, UtcDateTime, page_of
+from creditapp.api.schemas import Credits, Id, PageArgs, Pattern, Text, UtcDateTime, page_of
 from creditapp.auth import api_keys, users
 from creditapp.auth.models import ApiKey
 from creditapp.extensions import db
@@ -34,7 +34,7 @@ MODEL_PATTERN = rf"^({'|'.join(PROVIDER_NAMES)})/(\*|[^\s*]{{1,200}})$"
 
 def _allowed_models(**kwargs: Any) -> fields.List:
     return fields.List(
-        Text(max_length=300, validate=validate.Regexp(MODEL_PATTERN)),
+        Text(max_length=300, validate=Pattern(MODEL_PATTERN)),
         validate=validate.Length(min=1, max=100),
         allow_none=True,
         metadata={"description": '"provider/model" or "provider/*"; null: all the tier allows'},

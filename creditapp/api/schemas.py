@@ -14,6 +14,17 @@ from creditapp.money import AmountError, format_credits, parse_credits
 from creditapp.text import UNSTORABLE, storable
 
 
+class Pattern(validate.Regexp):
+    """A regular expression the whole value matches: `re.match` lets `$` match before a final
+    newline, so `Regexp("^[a-z]+$")` would take "pro\\n" as a second name beside "pro". The
+    pattern is documented as written (`^...$`, which JSON Schema reads as whole)."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 class Credits(fields.Field):
     """An amount: micro-credits inside, a credit decimal string on the wire."""
 

@@ -13,7 +13,7 @@ from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
 from creditapp.api.identity import audit_context, authenticated
 from creditapp.api.parsing import Blueprint, path_id
-from creditapp.api.schemas import Credits, Id, Text
+from creditapp.api.schemas import Credits, Id, Pattern, Text
 from creditapp.auth import tiers, users
 from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
@@ -22,12 +22,12 @@ blp = Blueprint("tiers", __name__, url_prefix="/api/admin", description="Tiers")
 
 
 class TierArgs(Schema):
-    name = Text(required=True, max_length=64, validate=validate.Regexp(r"^[a-z0-9_-]+$"))
+    name = Text(required=True, max_length=64, validate=Pattern(r"^[a-z0-9_-]+$"))
     monthly_credits = Credits(required=True, allow_zero=True)
     allowed_models = fields.List(
         Text(
             max_length=300,
-            validate=validate.Regexp(rf"^(\*|({'|'.join(PROVIDER_NAMES)}):(\*|[^\s:*]{{1,200}}))$"),
+            validate=Pattern(rf"^(\*|({'|'.join(PROVIDER_NAMES)}):(\*|[^\s:*]{{1,200}}))$"),
         ),
         required=True,
         validate=validate.Length(max=500),
@@ -42,7 +42,7 @@ class TierArgs(Schema):
         keys=Text(max_length=16, validate=validate.OneOf(["default", "spending", "sensitive"])),
         values=Text(
             max_length=40,
-            validate=validate.Regexp(r"^[0-9]{1,6} per [0-9]{0,4} ?(second|minute|hour|day)s?$"),
+            validate=Pattern(r"^[0-9]{1,6} per [0-9]{0,4} ?(second|minute|hour|day)s?$"),
         ),
         load_default=None,
         allow_none=True,

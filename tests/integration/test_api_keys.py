@@ -254,6 +254,7 @@ BAD_KEYS = [
     ('"limit_period": "year"', "limit_period"),
     ('"allowed_models": ["gpt-4o"]', "allowed_models"),
     ('"allowed_models": ["nope/x"]', "allowed_models"),
+    ('"allowed_models": ["openai/gpt-4o\\n"]', "allowed_models"),  # `$` before a newline
     ('"allowed_models": []', "allowed_models"),
     ('"name": "   "', "name"),
     ('"name": null', "name"),

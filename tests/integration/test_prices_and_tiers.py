@@ -192,6 +192,9 @@ def test_tiers_are_created_updated_listed_and_assigned(
     ("change", "field"),
     [
         ({"name": "Has Spaces"}, "name"),
+        ({"name": "pro\n"}, "name"),  # a second "pro", were `$` allowed before a newline
+        ({"allowed_models": ["openai:gpt-4\n"]}, "allowed_models"),
+        ({"rate_limits": {"spending": "5 per minute\n"}}, "rate_limits"),
         ({"monthly_credits": "-1"}, "monthly_credits"),
         ({"allowed_models": ["gpt-4"]}, "allowed_models"),
         ({"allowed_models": "*"}, "allowed_models"),
