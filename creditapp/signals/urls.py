@@ -11,7 +11,8 @@ public address when checked cannot resolve elsewhere when connected (DNS rebindi
 `WEBHOOK_ALLOW_PRIVATE` (tests and development) keeps only the scheme and host rules.
 
 A host is kept in its ASCII (IDNA) form: the Host header and TLS name it so, and a refusal never
-says what a name resolved to (that would map the service's own network for whoever asks).
+says what a name resolved to, nor whether it resolved at all (that would map the service's own
+network, or its internal names, for whoever asks): one message for both.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from urllib.parse import SplitResult, urlsplit
 from creditapp.errors import DependencyUnavailable, WebhookUrlRefused
 
 MAX_URL_LENGTH = 2048
+NOT_PUBLIC = "The webhook URL's host is not a public address (or does not resolve)."
 RESOLVE_TIMEOUT_SECONDS = 3
 _RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -73,9 +75,7 @@ def destination(url: str, *, allow_private: bool) -> Destination:
     addresses = [literal] if literal is not None else _resolve(url, host, port)
     for address in addresses:
         if not is_public(address):
-            raise WebhookUrlRefused(
-                "The webhook URL's host is not a public address.", details={"url": url}
-            )
+            raise WebhookUrlRefused(NOT_PUBLIC, details={"url": url})
     return Destination(url, parts.scheme, host, port, str(addresses[0]))
 
 
@@ -154,15 +154,9 @@ def _resolve(url: str, host: str, port: int) -> list[Address]:
             details={"dns": "unavailable"},
         ) from None
     except (OSError, UnicodeError):
-        raise WebhookUrlRefused(
-            f"The webhook URL's host {host} does not resolve to an address.",
-            details={"url": url},
-        ) from None
+        raise WebhookUrlRefused(NOT_PUBLIC, details={"url": url}) from None
     # A scope (`fe80::1%eth0`) is no part of the address judged.
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
     if not addresses:
-        raise WebhookUrlRefused(
-            f"The webhook URL's host {host} does not resolve to an address.",
-            details={"url": url},
-        )
+        raise WebhookUrlRefused(NOT_PUBLIC, details={"url": url})
     return addresses

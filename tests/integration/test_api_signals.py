@@ -686,7 +686,7 @@ def test_a_refused_host_is_not_told_what_it_resolves_to(
             ENDPOINTS, json={"url": url, "events": ["balance.low"]}, headers=with_key(person)
         )
         error = assert_error(refused, 400, "webhook_url_refused")
-        assert error["message"] == "The webhook URL's host is not a public address."
+        assert error["message"] == urls.NOT_PUBLIC
         assert error["details"] == {"url": url}
 
 

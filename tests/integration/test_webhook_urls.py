@@ -3,6 +3,9 @@ non-ASCII letters in its IDNA form, and what a refusal says."""
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
 import pytest
 
 from creditapp.errors import WebhookUrlRefused
@@ -52,8 +55,31 @@ def test_a_host_with_no_ascii_spelling_is_refused(given: str, message: str) -> N
 def test_a_refusal_does_not_say_where_the_host_is(url: str) -> None:
     with pytest.raises(WebhookUrlRefused) as refused:
         urls.checked(url, allow_private=False)
-    assert refused.value.message == "The webhook URL's host is not a public address."
+    assert refused.value.message == urls.NOT_PUBLIC
     assert refused.value.details == {"url": url}
+
+
+def test_a_name_that_does_not_resolve_is_refused_as_a_private_one_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Else the refusals would tell which internal names exist. The system's resolver is the
+    boundary here: one that knows one private name is stood in for."""
+
+    def resolver(host: str, port: Any, *_args: Any, **_kwargs: Any) -> Any:
+        if host == "db.internal":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port))]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(urls.socket, "getaddrinfo", resolver)
+    refusals = []
+    for url in ("https://db.internal/hook", "https://nope.internal/hook"):
+        with pytest.raises(WebhookUrlRefused) as refused:
+            urls.checked(url, allow_private=False)
+        refusals.append((refused.value.message, refused.value.details))
+    assert refusals == [
+        (urls.NOT_PUBLIC, {"url": "https://db.internal/hook"}),
+        (urls.NOT_PUBLIC, {"url": "https://nope.internal/hook"}),
+    ]
 
 
 def test_port_zero_is_refused_even_where_private_addresses_are_allowed() -> None:
