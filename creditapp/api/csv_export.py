@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -15,7 +16,14 @@ from creditapp.api.schemas import Text
 
 CSV = "text/csv; charset=utf-8"
 CHUNK_CHARS = 64 * 1024
-DESCRIPTION = "With `format=csv` or `Accept: text/csv`: the same rows as CSV, a header first."
+DESCRIPTION = (
+    "With `format=csv` or `Accept: text/csv`: the same rows as CSV, a header first; a text cell"
+    " a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, a tab or a carriage return"
+    " first, and not a number) starts with `'`."
+)
+# What a spreadsheet reads as the start of a formula (CSV injection), and what is only a number.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
 
 
 def format_field() -> Text:
@@ -43,7 +51,7 @@ def response(filename: str, header: list[str], rows: Iterable[Iterable[Any]]) ->
         writer = csv.writer(buffer)
         writer.writerow(header)
         for row in rows:
-            writer.writerow(row)
+            writer.writerow([_cell(value) for value in row])
             if buffer.tell() >= CHUNK_CHARS:
                 yield _drain(buffer)
         yield _drain(buffer)
@@ -51,6 +59,14 @@ def response(filename: str, header: list[str], rows: Iterable[Iterable[Any]]) ->
     answer = Response(stream_with_context(chunks()), content_type=CSV)
     answer.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return answer
+
+
+def _cell(value: Any) -> Any:
+    """A text a spreadsheet would run as a formula, made text ("'" first): an email or a name
+    is someone's choice, and opening the export must not run it. Numbers are left as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def _drain(buffer: io.StringIO) -> str:

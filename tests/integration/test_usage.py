@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import timedelta
 from typing import Any
 
@@ -193,3 +195,40 @@ def test_what_a_team_paid_is_in_the_teams_report_not_in_the_members_own(
             f"/api/teams/{team_id}/usage?group_by=model", headers=spender.headers
         ).get_json()
         assert mine_in_team["groups"] == [{"key": "openai:gpt-test", **team_paid}]
+
+
+def test_a_members_email_a_spreadsheet_would_run_is_exported_as_text(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    """A member chose their address: the team's CSV must not hand the owner's spreadsheet a
+    formula. Numbers (a negative amount) stay numbers."""
+    add_price(app, "openai", "gpt-test", input="1", output="2")
+    owner, member = person_factory(), person_factory(email="=1+2@example.com")
+    with app.app_context():
+        team_id, team_account = new_team(owner.id, member.id)
+        with write_transaction(db.session):
+            ledger.grant(
+                db.session,
+                account_id=team_account,
+                amount=10_000_000,
+                source="promo",
+                reason="team credits",
+                context=TEST_CONTEXT,
+                now=utcnow(),
+            )
+        db.session.remove()
+    fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 10}))
+    conversation = start_conversation(client, member, "openai", "gpt-test")
+    assert send(client, member, conversation, team_id=str(team_id)).status_code == 201
+    exported = client.get(
+        f"/api/teams/{team_id}/usage?group_by=member&format=csv", headers=owner.headers
+    )
+    assert exported.status_code == 200
+    [row] = list(csv.DictReader(io.StringIO(exported.get_data(as_text=True))))
+    assert row["key"] == "'=1+2@example.com"
+    assert row["credits"] == "0.12"
+    entries = client.get(
+        f"/api/teams/{team_id}/transactions?format=csv", headers=owner.headers
+    ).get_data(as_text=True)
+    amounts = [entry["amount"] for entry in csv.DictReader(io.StringIO(entries))]
+    assert sorted(amounts) == ["-0.12", "10"], amounts
