@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -46,11 +47,14 @@ MAX_USAGE_RANGE = timedelta(days=366)
 COUNTED = ROLLUP_SUMS[:-1]  # every field but credits, which goes out as a credit string
 
 
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 class DateOrDateTime(fields.Field):
     """A date (a whole UTC day) or an ISO 8601 datetime; loads as (start, end) of the span."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if isinstance(value, str) and len(value) == 10:
+        if isinstance(value, str) and _DAY.fullmatch(value):
             day = fields.Date()._deserialize(value, attr, data, **kwargs)
             start = in_range(datetime(day.year, day.month, day.day, tzinfo=UTC))
             return start, start + timedelta(days=1) - timedelta(microseconds=1)

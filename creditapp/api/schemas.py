@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import UTC, datetime
 from typing import Any
@@ -137,6 +138,13 @@ def in_range(moment: datetime) -> datetime:
     return moment
 
 
+_ISO_MOMENT = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?"
+)
+NOT_A_MOMENT = "Not a date-time: YYYY-MM-DD, or YYYY-MM-DDTHH:MM[:SS[.ffffff]] and Z or +HH:MM."
+
+
 class UtcDateTime(fields.DateTime):
     """ISO 8601 timestamps, always UTC with a trailing Z; naive input is read as UTC."""
 
@@ -146,6 +154,10 @@ class UtcDateTime(fields.DateTime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        # Python reads more than ISO 8601's extended form: "20260101", week dates, any
+        # character between date and time (a NUL among them). One spelling, or a 400.
+        if not isinstance(value, str) or _ISO_MOMENT.fullmatch(value) is None:
+            raise ValidationError(NOT_A_MOMENT)
         parsed = super()._deserialize(value, attr, data, **kwargs)
         try:
             moment = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -213,9 +213,16 @@ def test_a_cursor_beyond_a_bigint_is_refused(client: FlaskClient, admin: Person)
         "0001-01-01T00:00:00+05:00",
         "9999-12-31T23:59:59Z",
         "1969-12-31",
+        # Spellings Python reads and ISO 8601's extended form does not have.
+        "20270101",
+        "2027-W01-1",
+        "2027-01-01\x0012:00",
+        "2027-01-01T12",
+        "2027-01-01T12:00:00+05",
+        "\uff12027-01-01",
     ],
 )
-def test_timestamps_out_of_range_are_refused_naming_the_field(
+def test_timestamps_out_of_range_or_not_iso_are_refused_naming_the_field(
     client: FlaskClient, admin: Person, moment: str
 ) -> None:
     grant = client.post(
