@@ -94,6 +94,15 @@ class NotTeamManager(Forbidden):
     message = "Only the team's owner and admins may do this."
 
 
+class TeamOwnerOnly(Forbidden):
+    """An admin manages the team's members, but neither their own membership nor the owner's:
+    an admin's role and cap, and the owner's cap, are the owner's to change (a cap its admin
+    could lift would bind nothing)."""
+
+    code = "team_owner_only"
+    message = "Only the team's owner may change this member."
+
+
 class AlreadyTeamMember(CreditAppError):
     """A user is a member of a team once, with one role and one cap."""
 

@@ -31,6 +31,7 @@ from creditapp.errors import (
     NotFound,
     NotTeamManager,
     TeamOwnerFixed,
+    TeamOwnerOnly,
     UserNotFound,
 )
 from creditapp.ledger import caps
@@ -339,9 +340,12 @@ def change_member(
     cap_period: str | None = None,
 ) -> MemberStanding:
     """Change a member's role (admin or member: the owner's stays) or cap. A new cap binds the
-    holds placed from now on; a new period counts this period's spending from the charges."""
-    managing(session, team_id=team_id, user_id=actor_id)
+    holds placed from now on; a new period counts this period's spending from the charges.
+    An admin changes neither themselves nor the owner (TeamOwnerOnly)."""
+    actor = managing(session, team_id=team_id, user_id=actor_id)
     member = _member_of(session, team_id=team_id, user_id=user_id)
+    if actor.role != "owner" and (member.user_id == actor_id or member.role == "owner"):
+        raise TeamOwnerOnly()
     changed: dict[str, str | None] = {}
     if role is not None and role != member.role:
         if member.role == "owner":

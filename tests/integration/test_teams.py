@@ -328,13 +328,13 @@ def test_the_owner_can_be_neither_removed_nor_given_another_role(
             "team_owner_fixed",
         )
         for role in ("admin", "member"):
-            assert_error(
-                client.patch(
-                    member_path(team["id"], owner), json={"role": role}, headers=manager.headers
-                ),
-                409,
-                "team_owner_fixed",
+            refused = client.patch(
+                member_path(team["id"], owner), json={"role": role}, headers=manager.headers
             )
+            if manager is owner:
+                assert_error(refused, 409, "team_owner_fixed")
+            else:  # an admin does not change the owner at all
+                assert_error(refused, 403, "team_owner_only")
     assert member_row(client, owner, team["id"], owner)["role"] == "owner"
     # An admin can be removed (by another manager), and is then no member.
     removed = client.delete(member_path(team["id"], helper), headers=owner.headers)
@@ -343,6 +343,39 @@ def test_the_owner_can_be_neither_removed_nor_given_another_role(
     assert_error(
         client.delete(member_path(team["id"], helper), headers=owner.headers), 404, "not_found"
     )
+
+
+def test_an_admin_changes_neither_themselves_nor_the_owner(
+    client: FlaskClient, person_factory: Any
+) -> None:
+    """A cap its admin could lift would bind nothing: the owner sets an admin's cap and role,
+    and only the owner changes the owner's cap."""
+    owner, helper, member = person_factory(), person_factory(), person_factory()
+    team = make_team(client, owner)
+    added(client, owner, team["id"], helper, role="admin", cap="20", cap_period="day")
+    added(client, owner, team["id"], member)
+    before = client.get(f"{TEAMS}/{team['id']}", headers=owner.headers).get_json()
+
+    for target, change in (
+        (helper, {"cap": None}),
+        (helper, {"cap": "1000"}),
+        (helper, {"role": "member"}),
+        (owner, {"cap": "1"}),
+    ):
+        refused = client.patch(member_path(team["id"], target), json=change, headers=helper.headers)
+        assert_error(refused, 403, "team_owner_only")
+    assert client.get(f"{TEAMS}/{team['id']}", headers=owner.headers).get_json() == before
+
+    capped = client.patch(
+        member_path(team["id"], member), json={"cap": "3"}, headers=helper.headers
+    )
+    assert capped.status_code == 200 and capped.get_json()["cap"] == "3"
+    lifted = client.patch(
+        member_path(team["id"], helper), json={"cap": None}, headers=owner.headers
+    )
+    assert lifted.status_code == 200 and lifted.get_json()["cap"] is None
+    own = client.patch(member_path(team["id"], owner), json={"cap": "50"}, headers=owner.headers)
+    assert own.status_code == 200 and own.get_json()["cap"] == "50"
 
 
 # 3. Who may see and do what

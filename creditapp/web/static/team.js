@@ -44,6 +44,7 @@ function teamRefusal(form, error, who = "") {
     already_team_member: `${who} is already a member of this team.`,
     team_owner_fixed: "The team's owner stays its owner: they cannot be removed, and their role cannot change.",
     team_managers_only: "Only the team's owner and its admins can manage its members.",
+    team_owner_only: "Only the team's owner can change an admin's own role and cap, or the owner's cap.",
     insufficient_credits: details && `Not enough credits: the transfer needs ${credits(details.required ?? "")} and you have ${credits(details.available ?? "")} available of your own.`,
   }[code];
   return words || fieldProblems(form, error);
@@ -108,11 +109,15 @@ async function remove(member) {
   await loadTeam();
 }
 
-// Each member's buttons, for the owner and admins: change (into the form), and remove (never the
-// owner: the service refuses it).
+// Each member's buttons, for the owner and admins: change (into the form; an admin changes
+// neither themselves nor the owner), and remove (never the owner: the service refuses both).
+function changeable(member) {
+  return chosen.role === "owner" || (member.role !== "owner" && member.user_id !== me.id);
+}
+
 function memberActions(member) {
   const place = document.createElement("span");
-  place.append(button("Change", () => toChange(member), `Change ${member.email}`));
+  if (changeable(member)) place.append(button("Change", () => toChange(member), `Change ${member.email}`));
   if (member.role !== "owner") place.append(button("Remove", () => remove(member), `Remove ${member.email}`));
   return place;
 }
@@ -134,7 +139,7 @@ export async function loadTeam() {
   $("#team-manage").hidden = !managing;
   const members = $("#change-member");
   const kept = members.value;
-  members.replaceChildren(...team.members.map((member) => new Option(`${member.email} (${member.role})`, String(member.user_id))));
+  members.replaceChildren(...team.members.filter(changeable).map((member) => new Option(`${member.email} (${member.role})`, String(member.user_id))));
   if (kept) members.value = kept;
   fillChange();
   showPayer();
