@@ -212,7 +212,9 @@ def receive(
     except IntegrityError:
         session.rollback()
         twin = session.get(StripeEvent, event_id)
-        return Received("duplicate", None if twin is None else twin.purchase_id)
+        if twin is None:  # not a concurrent twin's id: a fault, not a duplicate (Stripe retries)
+            raise
+        return Received("duplicate", twin.purchase_id)
     return received
 
 
