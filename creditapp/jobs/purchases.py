@@ -13,6 +13,9 @@ from creditapp import ledger, purchases
 from creditapp.database import DbSession
 from creditapp.errors import PaymentProviderUnavailable, PurchasesUnavailable
 
+# Purchases read at a time (each is then asked of Stripe with no transaction open).
+BATCH = 200
+
 
 def run(
     session: DbSession, *, now: datetime, context: ledger.AuditContext, settings: Any
@@ -23,14 +26,23 @@ def run(
         return {"looked_up": 0}  # purchases are not configured: nothing can be pending
     terms = purchases.terms_of(settings)
     outcomes: Counter[str] = Counter()
-    purchase_ids = purchases.pending_too_long(session, terms=terms, now=now)
+    looked_up = 0
+    after = None
+    # Every pending purchase, a batch at a time: those still open at Stripe (a buyer has a day
+    # to pay) must not keep the ones after them from being looked at.
+    while batch := purchases.pending_too_long(
+        session, terms=terms, now=now, after=after, limit=BATCH
+    ):
+        session.rollback()
+        for _created_at, purchase_id in batch:
+            try:
+                outcome = purchases.sync(
+                    session, purchase_id, checkout=checkout, terms=terms, context=context, now=now
+                )
+            except PaymentProviderUnavailable:
+                outcome = "stripe_unavailable"  # the next run asks again
+            outcomes[outcome] += 1
+        looked_up += len(batch)
+        after = batch[-1]
     session.rollback()
-    for purchase_id in purchase_ids:
-        try:
-            outcome = purchases.sync(
-                session, purchase_id, checkout=checkout, terms=terms, context=context, now=now
-            )
-        except PaymentProviderUnavailable:
-            outcome = "stripe_unavailable"  # the next run asks again
-        outcomes[outcome] += 1
-    return {"looked_up": len(purchase_ids), **outcomes}
+    return {"looked_up": looked_up, **outcomes}

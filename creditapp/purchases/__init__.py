@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, case, or_, select
+from sqlalchemy import Select, case, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from creditapp import ledger
@@ -467,17 +467,26 @@ def _announce(session: DbSession, purchase: Purchase, event_type: str, now: date
 
 
 def pending_too_long(
-    session: DbSession, *, terms: Terms, now: datetime, limit: int = 200
-) -> list[int]:
-    """Pending purchases older than `terms.sync_after`, oldest first."""
-    return list(
-        session.scalars(
-            select(Purchase.id)
-            .where(Purchase.status == "pending", Purchase.created_at <= now - terms.sync_after)
-            .order_by(Purchase.created_at)
-            .limit(limit)
-        )
+    session: DbSession,
+    *,
+    terms: Terms,
+    now: datetime,
+    after: tuple[datetime, int] | None = None,
+    limit: int = 200,
+) -> list[tuple[datetime, int]]:
+    """Pending purchases older than `terms.sync_after`, oldest first, after the position
+    `after` (a purchase's `created_at` and id): each with its position, to page through them
+    all. One flagged for an amount Stripe took that is not its price is left to an admin:
+    asking again would flag it again."""
+    query = select(Purchase.created_at, Purchase.id).where(
+        Purchase.status == "pending",
+        Purchase.created_at <= now - terms.sync_after,
+        Purchase.problem.is_(None),
     )
+    if after is not None:
+        query = query.where(tuple_(Purchase.created_at, Purchase.id) > tuple_(*after))
+    query = query.order_by(Purchase.created_at, Purchase.id).limit(limit)
+    return [(created_at, purchase_id) for created_at, purchase_id in session.execute(query)]
 
 
 def sync(

@@ -15,7 +15,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from creditapp.extensions import db
-from creditapp.ledger.models import Grant
+from creditapp.jobs import purchases as sync_job
+from creditapp.ledger.models import AuditRecord, Grant
 from creditapp.purchases.models import Purchase, StripeEvent
 from tests.conftest import Person, utcnow
 from tests.fake_stripe import DISCONNECT, ERROR, FakeStripe, event_body
@@ -216,6 +217,34 @@ def test_a_lost_webhook_is_recovered_by_the_job_once_even_run_twice_at_once(
     assert balance(client, person) == "5000"
     assert purchase(client, person, purchase_id)["status"] == "paid"
     assert_consistent(app, [person.account_id])
+
+
+def test_the_job_looks_past_purchases_still_open_and_leaves_a_flagged_one_to_an_admin(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_stripe: FakeStripe,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Buyers who never pay keep their purchases pending for a day: they must not keep the
+    job from a paid purchase after them. One a batch, to need several."""
+    monkeypatch.setattr(sync_job, "BATCH", 1)
+    person = person_factory()
+    flagged_id, flagged_session = started(client, fake_stripe, person)
+    mismatched = fake_stripe.pay(flagged_session, deliver=False)
+    mismatched["data"]["object"]["amount_total"] = 1
+    assert deliver(client, fake_stripe, mismatched).get_json()["outcome"] == "amount_mismatch"
+    for _ in range(2):
+        started(client, fake_stripe, person)  # open at Stripe: never paid
+    paid_id, paid_session = started(client, fake_stripe, person)
+    fake_stripe.pay(paid_session, deliver=False)  # its webhook never arrives
+
+    summary = run_job_at(app, "sync-purchases", utcnow() + timedelta(minutes=6))
+    assert summary == {"looked_up": 3, "still_pending": 2, "granted": 1}
+    assert purchase(client, person, paid_id)["status"] == "paid"
+    assert purchase(client, person, flagged_id)["problem"] == "amount_mismatch"
+    flagged_audits = select(func.count()).where(AuditRecord.action == "purchase_amount_mismatch")
+    assert scalar(app, flagged_audits) == 1
 
 
 def test_partial_then_full_refund_takes_the_credits_back(
