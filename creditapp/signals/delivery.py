@@ -85,11 +85,15 @@ RECORD_DELIVERED = Statement(
            last_error = NULL, delivered_at = :now
        WHERE {_LEASED} RETURNING id"""
 )
+# A retry its owner asked for while the attempt was under way (`retry` made it due after the
+# run's `now`, when it was claimed) stands: the delivery stays pending, due then.
+_RETRIED = "next_attempt_at > :now"
 RECORD_FAILED_ATTEMPT = Statement(
     f"""UPDATE webhook_deliveries
-       SET status = :status, attempts = attempts + 1, next_attempt_at = :next_attempt_at,
-           claimed_until = NULL, last_attempt_at = :now, last_status = :http_status,
-           last_error = :error
+       SET status = CASE WHEN {_RETRIED} THEN 'pending' ELSE :status END,
+           next_attempt_at = CASE WHEN {_RETRIED} THEN next_attempt_at ELSE :next_attempt_at END,
+           attempts = attempts + 1, claimed_until = NULL, last_attempt_at = :now,
+           last_status = :http_status, last_error = :error
        WHERE {_LEASED} RETURNING id"""
 )
 # The account's row, locked as a ledger operation locks it (`LOCK_ACCOUNT`), found by its endpoint.

@@ -274,6 +274,33 @@ def test_a_410_while_the_ledger_posts_the_endpoint_an_event_leaves_nothing_pendi
     assert endpoint is not None and endpoint.disabled_reason == "gone"
 
 
+def test_a_retry_asked_for_while_an_attempt_is_under_way_stands_when_it_fails(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    """The owner asks for a retry while a run posts the delivery: the run's failure is
+    recorded, and the delivery stays due when the owner asked, not at the schedule's next."""
+    new_endpoint(person, receiver.url())
+    now = utcnow()
+    emit(person, now=now)
+    receiver.script(Answer(status=500, hang=True))
+    summaries: list[dict[str, Any]] = []
+    run = threading.Thread(target=lambda: summaries.append(run_job_at(app, JOB, now)))
+    run.start()
+    try:
+        receiver.wait_for(lambda r: len(r.received) == 1)
+        retried_at = utcnow()
+        with write_transaction(db.session):
+            delivery.retry(db.session, delivery_id=only_delivery().id, now=retried_at)
+    finally:
+        receiver.release()
+        run.join(30)
+    assert [summary["retrying"] for summary in summaries] == [1]
+    found = only_delivery()
+    assert (found.status, found.attempts, found.last_status) == ("pending", 1, 500)
+    assert found.next_attempt_at == retried_at
+    assert run_job_at(app, JOB, retried_at)["delivered"] == 1
+
+
 def test_the_schedules_last_attempt_fails_and_a_manual_retry_sends_it_again(
     app: Flask, person: Person, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
