@@ -381,6 +381,15 @@ class ProviderFailed(CreditAppError):
     message = "The AI provider failed; nothing was charged."
 
 
+class StreamClosedEarly(CreditAppError):
+    """A stream its client closed before its first word is charged for its input (the provider
+    was asked), and nothing is refunded: what a retry with its Idempotency-Key replays says so."""
+
+    code = "stream_closed"
+    status = 499
+    message = "The stream was closed before its reply came: its input is charged."
+
+
 class AlreadyRefunded(CreditAppError):
     """A message's charge is refunded at most once."""
 

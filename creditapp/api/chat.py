@@ -36,7 +36,7 @@ from creditapp.billing import call as metered_call
 from creditapp.chat import service
 from creditapp.chat.models import Character, Conversation, Message
 from creditapp.database import DbSession
-from creditapp.errors import CreditAppError, ProviderFailed
+from creditapp.errors import CreditAppError, ProviderFailed, StreamClosedEarly
 from creditapp.extensions import db
 from creditapp.metering.providers import PROVIDER_NAMES
 from creditapp.money import format_credits
@@ -302,7 +302,7 @@ def send_message(
                 session,
                 settled,
                 message,
-                lambda exchange: _stored_stream(exchange, settled.failure),
+                lambda exchange: _stored_stream(exchange, settled),
             ),
             discard=service.unsend,
             release=release,
@@ -329,11 +329,14 @@ def _event(name: str, data: Any) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def _last_event(exchange: service.Exchange | None, failure: CreditAppError | None) -> bytes:
+def _last_event(
+    exchange: service.Exchange | None, failure: CreditAppError | None, ending: str = "completed"
+) -> bytes:
     if failure is None and exchange is not None:
         if exchange.reply is not None:
             return _event("done", _EXCHANGE.dump(exchange))
-        failure = _no_reply(exchange)
+        # No reply: the provider gave none (refunded), or the client closed the stream first.
+        failure = StreamClosedEarly() if ending == "client_closed" else _no_reply(exchange)
     assert failure is not None
     charged = 0 if exchange is None else exchange.credits_charged
     data = {
@@ -366,11 +369,11 @@ def _live_events(streaming: Streaming) -> Iterator[bytes]:
 
 
 def _stored_stream(
-    exchange: service.Exchange, failure: CreditAppError | None
+    exchange: service.Exchange, settled: metered_call.Settled
 ) -> idempotency.StoredResponse:
     """What a retry with the same Idempotency-Key replays: the stream in three events."""
     body = _event("message", _MESSAGE.dump(exchange.message))
     if exchange.reply is not None:
         body += _event("delta", {"text": exchange.reply.content})
-    body += _last_event(exchange, failure)
+    body += _last_event(exchange, settled.failure, settled.ending)
     return idempotency.StoredResponse(200, body, EVENT_STREAM)

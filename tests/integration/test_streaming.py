@@ -313,19 +313,22 @@ def test_the_same_key_replays_the_stream_in_three_events(
     assert len(fake_providers.calls("google")) == 1 and counts(app)["charges"] == 1
 
 
+STREAM_BODY = json.dumps({"content": "Tell me a long story", "stream": True})
+
+
 @contextmanager
 def _open_stream(
-    base: str, person: Person, conversation: str
+    base: str, person: Person, conversation: str, key: str | None = None
 ) -> Iterator[http.client.HTTPResponse]:
     connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=30)
     connection.request(
         "POST",
         f"/api/conversations/{conversation}/messages",
-        body=json.dumps({"content": "Tell me a long story", "stream": True}),
+        body=STREAM_BODY,
         headers={
             **person.headers,
             "Content-Type": "application/json",
-            "Idempotency-Key": secrets.token_hex(8),
+            "Idempotency-Key": key or secrets.token_hex(8),
         },
     )
     try:
@@ -400,6 +403,43 @@ def test_a_client_that_disconnects_pays_for_what_it_was_sent(
     assert_consistent(app)
     reconciled = run_job_at(app, "reconcile", utcnow())
     assert (reconciled["drift"], reconciled["unbilled_calls"]) == (0, 0)
+
+
+@pytest.mark.real_clock
+def test_a_stream_closed_before_its_first_word_replays_as_closed_not_refunded(
+    app: Flask, client: FlaskClient, fake_providers: FakeProviders, chat: Any
+) -> None:
+    """Its input is charged (the provider was asked) and nothing is refunded: the replay must
+    not say the provider gave no reply and the charge is refunded."""
+    user, conversation = chat("openai")
+    # The close is seen at the second keep-alive written after it, long before the first word.
+    fake_providers.script("openai", Answer(text="late words", piece_delay=10))
+    key = secrets.token_hex(8)
+    env = {
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "STREAM_KEEPALIVE_SECONDS": "1",
+        "PROVIDER_TIMEOUT_SECONDS": "30",
+    }
+    with live_server(env, threads=4) as base:
+        with _open_stream(base, user, conversation, key) as response:
+            assert _next_event(response)[0] == "message"
+            response.close()  # its socket is the connection's: both are closed
+        _wait_for(lambda: bool(usage_records(app)))
+    (record,) = usage_records(app)
+    assert record.ending == "client_closed" and record.credits_charged > 0
+    replayed = client.post(
+        f"/api/conversations/{conversation}/messages",
+        data=STREAM_BODY,
+        content_type="application/json",
+        headers={**user.headers, "Idempotency-Key": key},
+    )
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    events = events_of(replayed.get_data())
+    assert [name for name, _ in events] == ["message", "error"]
+    closed = events[1][1]
+    assert closed["error"]["code"] == "stream_closed"
+    assert closed["credits_charged"] == format_credits(record.credits_charged)
+    assert replies(app) == []
 
 
 @pytest.mark.real_clock
