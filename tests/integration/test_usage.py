@@ -154,16 +154,10 @@ def test_bad_ranges_are_400(
     assert field in error["details"]
 
 
-def test_what_a_team_paid_is_in_the_teams_report_not_in_the_members_own(
-    app: Flask,
-    client: FlaskClient,
-    spender: Person,
-    person_factory: Any,
-    fake_providers: FakeProviders,
-) -> None:
-    owner = person_factory()
+def _team_with_credits(app: Flask, owner: Person, member: Person) -> int:
+    """A team of the owner and the member, with 10 credits; its id."""
     with app.app_context():
-        team_id, team_account = new_team(owner.id, spender.id)
+        team_id, team_account = new_team(owner.id, member.id)
         with write_transaction(db.session):
             ledger.grant(
                 db.session,
@@ -175,6 +169,18 @@ def test_what_a_team_paid_is_in_the_teams_report_not_in_the_members_own(
                 now=utcnow(),
             )
         db.session.remove()
+    return int(team_id)
+
+
+def test_what_a_team_paid_is_in_the_teams_report_not_in_the_members_own(
+    app: Flask,
+    client: FlaskClient,
+    spender: Person,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+) -> None:
+    owner = person_factory()
+    team_id = _team_with_credits(app, owner, spender)
     # 100*1000 + 10*2000 = 120000 µcr, paid by the team.
     fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 10}))
     conversation = start_conversation(client, spender, "openai", "gpt-test")
@@ -204,19 +210,7 @@ def test_a_members_email_a_spreadsheet_would_run_is_exported_as_text(
     formula. Numbers (a negative amount) stay numbers."""
     add_price(app, "openai", "gpt-test", input="1", output="2")
     owner, member = person_factory(), person_factory(email="=1+2@example.com")
-    with app.app_context():
-        team_id, team_account = new_team(owner.id, member.id)
-        with write_transaction(db.session):
-            ledger.grant(
-                db.session,
-                account_id=team_account,
-                amount=10_000_000,
-                source="promo",
-                reason="team credits",
-                context=TEST_CONTEXT,
-                now=utcnow(),
-            )
-        db.session.remove()
+    team_id = _team_with_credits(app, owner, member)
     fake_providers.script("openai", Answer(usage={"prompt_tokens": 100, "completion_tokens": 10}))
     conversation = start_conversation(client, member, "openai", "gpt-test")
     assert send(client, member, conversation, team_id=str(team_id)).status_code == 201
