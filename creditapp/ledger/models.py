@@ -174,6 +174,13 @@ class Hold(db.Model):  # type: ignore[name-defined,misc]
             postgresql_where=text("resolved_at IS NULL"),
             sqlite_where=text("resolved_at IS NULL"),
         ),
+        # An account's open holds, read when it has expired credits they may claim.
+        Index(
+            "ix_holds_unresolved_account",
+            "account_id",
+            postgresql_where=text("resolved_at IS NULL"),
+            sqlite_where=text("resolved_at IS NULL"),
+        ),
     )
 
 

@@ -152,6 +152,14 @@ class _LiveGrant:
     def overdue(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
+    def drawable(self, now: datetime, held_since: datetime | None) -> bool:
+        """Unexpired, or expired after the hold being settled was placed (`held_since`)."""
+        if not self.overdue(now):
+            return True
+        return (
+            held_since is not None and self.expires_at is not None and held_since < self.expires_at
+        )
+
 
 @dataclass
 class _PendingEntry:
@@ -174,11 +182,12 @@ class _AccountState:
     last_entry_at: datetime | None
     grants: list[_LiveGrant]
     watched: bool
-    # When each open hold was placed, and its amount (read when needed: `write_off_overdue`).
+    # When each open hold was placed, and its amount (read once, when needed: `holds_open`).
     open_holds: Callable[[], list[tuple[datetime, int]]]
     initial_balance: int = field(init=False)
     initial_reserved: int = field(init=False)
     pending: list[_PendingEntry] = field(default_factory=list)
+    _holds_read: list[tuple[datetime, int]] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.initial_balance = self.balance
@@ -193,6 +202,13 @@ class _AccountState:
         self.balance += amount
         self.pending.append(_PendingEntry(entry_type, live_grant.id, amount))
 
+    def holds_open(self) -> list[tuple[datetime, int]]:
+        """The account's open holds, read once: none is placed or resolved while it is locked
+        (a resolving hold is no longer open: `write_off_overdue`'s `resolving`)."""
+        if self._holds_read is None:
+            self._holds_read = self.open_holds()
+        return self._holds_read
+
     def write_off_overdue(
         self, now: datetime, *, resolving: tuple[datetime, int] | None = None
     ) -> None:
@@ -205,7 +221,7 @@ class _AccountState:
         overdue = [g for g in self.grants if g.overdue(now) and g.remaining > 0]
         if not overdue:
             return
-        holds = self.open_holds() + ([resolving] if resolving is not None else [])
+        holds = self.holds_open() + ([resolving] if resolving is not None else [])
         writable = self.available
         claimed = 0  # by holds, of the grants before this one in draw order
         for live_grant in overdue:  # in draw order: the soonest expiry first
@@ -220,13 +236,17 @@ class _AccountState:
                 self.post("expire", live_grant, -amount)
                 writable -= amount
 
-    def draw(self, amount: int, entry_type: str, now: datetime, *, include_overdue: bool) -> None:
-        """Take `amount` from the grants in draw order. Callers check it is there."""
+    def draw(
+        self, amount: int, entry_type: str, now: datetime, *, held_since: datetime | None = None
+    ) -> None:
+        """Take `amount` from the grants in draw order. Callers check it is there. An expired
+        grant is drawn only by a live hold placed before it expired (`held_since`: when the
+        hold being settled was placed): it reserved those credits while they were valid."""
         left = amount
         for live_grant in self.grants:
             if left == 0:
                 break
-            if live_grant.remaining == 0 or (live_grant.overdue(now) and not include_overdue):
+            if live_grant.remaining == 0 or not live_grant.drawable(now, held_since):
                 continue
             taken = min(live_grant.remaining, left)
             self.post(entry_type, live_grant, -taken)
@@ -558,7 +578,7 @@ def claw_back(
     state.write_off_overdue(now)
     taken = min(up_to, state.available)
     if taken:
-        state.draw(taken, "adjust", now, include_overdue=False)
+        state.draw(taken, "adjust", now)
     _persist(
         sql,
         state,
@@ -617,7 +637,7 @@ def transfer(
     if source.available < amount:
         raise InsufficientCredits(required=amount, available=source.available)
     drawn_from = len(source.pending)
-    source.draw(amount, "transfer_out", now, include_overdue=False)
+    source.draw(amount, "transfer_out", now)
     expiries = {live_grant.id: live_grant.expires_at for live_grant in source.grants}
     arriving: dict[datetime | None, int] = defaultdict(int)
     for drawn in source.pending[drawn_from:]:
@@ -691,7 +711,7 @@ def adjust(
     else:
         if -amount > state.available:
             raise BalanceWouldGoNegative(requested=-amount, available=state.available)
-        state.draw(-amount, "adjust", now, include_overdue=False)
+        state.draw(-amount, "adjust", now)
     return _persist(sql, state, action="adjust", context=context, now=now, details=details)
 
 
@@ -959,7 +979,8 @@ def _resolve(
             most = spend_caps.most_capturable(room_rows[0], released=released)
 
     # A live hold still claims what it reserved (it draws below); a late one reserved nothing.
-    state.write_off_overdue(now, resolving=None if late else (_placed_at(resolved[5]), hold_amount))
+    placed = None if late else _placed_at(resolved[5])
+    state.write_off_overdue(now, resolving=None if placed is None else (placed, hold_amount))
     if not late:
         state.reserved -= hold_amount
     # A charge is capped at what the account can pay (above the hold, or at all once the hold
@@ -968,9 +989,10 @@ def _resolve(
     if most is not None:
         captured = min(captured, most)
     if captured:
-        # A live hold may spend the expired credits it reserved; a late settle reserved none,
-        # and after the write-off above what is available lies in unexpired grants.
-        state.draw(captured, "charge", now, include_overdue=not late)
+        # A live hold may spend what expired after it was placed (it reserved those credits);
+        # a late settle reserved none. What it may not draw (expired credits other holds
+        # claim) is within what they reserve, so what is available is there to draw.
+        state.draw(captured, "charge", now, held_since=placed)
     # What the hold kept of expired grants is no longer needed.
     state.write_off_overdue(now)
     if late or captured != min(actual, hold_amount):

@@ -465,6 +465,41 @@ def test_only_holds_placed_before_an_expiry_claim_the_expired_credits(account: i
     assert_consistent(account)
 
 
+def test_a_hold_placed_after_an_expiry_never_spends_what_another_hold_claims(
+    account: int,
+) -> None:
+    """The expired credits a hold placed before the expiry claims are that hold's: a hold placed
+    after it pays from lasting credits, and when the first is voided the claim is written off."""
+    now = utcnow()
+    expiry = now + timedelta(hours=1)
+    promo = give(account, 100 * CR, now=now, expires_at=expiry).grant_id
+    lasting = give(account, 100 * CR, now=now).grant_id
+    before = run(
+        ledger.hold,
+        account_id=account,
+        amount=100 * CR,
+        ttl=TTL * 12,
+        now=expiry - timedelta(seconds=1),
+    )
+    after = run(
+        ledger.hold,
+        account_id=account,
+        amount=100 * CR,
+        ttl=TTL * 12,
+        now=expiry + timedelta(seconds=1),
+    )
+    run(ledger.settle, hold_id=after.hold_id, actual=100 * CR, now=expiry + timedelta(seconds=2))
+    remaining = dict(db.session.execute(select(Grant.id, Grant.remaining)).all())
+    assert remaining == {promo: 100 * CR, lasting: 0}
+    run(ledger.void, hold_id=before.hold_id, now=expiry + timedelta(seconds=3))
+    assert state(account, expiry + timedelta(seconds=3)) == ledger.Balance(0, 0)
+    assert [row[:2] for row in entry_rows(account)[-2:]] == [
+        ("charge", -100 * CR),
+        ("expire", -100 * CR),
+    ]
+    assert_consistent(account)
+
+
 def test_adjustments_and_refunds_write_off_expired_credits_first(account: int) -> None:
     now = utcnow()
     give(account, 2 * CR, now=now, expires_at=now + timedelta(hours=1))

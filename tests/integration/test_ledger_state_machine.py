@@ -176,12 +176,17 @@ class ModelAccount:
             writable -= written
 
     def draw(
-        self, amount: int, now: datetime, *, expired_too: bool
+        self, amount: int, now: datetime, *, held_since: datetime | None = None
     ) -> list[tuple[datetime | None, int]]:
         """Take `amount` in draw order; the parts taken, with their grant's expiry."""
         parts = []
         for grant in self.draw_order():
-            if grant.expired(now) and not expired_too:
+            # An expired grant only for a live hold placed while it was valid.
+            if grant.expired(now) and not (
+                held_since is not None
+                and grant.expires_at is not None
+                and held_since < grant.expires_at
+            ):
                 continue
             taken = min(grant.remaining, amount)
             grant.remaining -= taken
@@ -303,7 +308,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.granted += amount
         else:
             assert -amount <= model.available
-            model.draw(-amount, self.now, expired_too=False)
+            model.draw(-amount, self.now)
             self.taken -= amount
         self.model[account] = model
 
@@ -392,7 +397,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert 0 < amount <= source.available
         # Each part arrives as a grant of its own expiry, in the order they were drawn.
         arriving: dict[datetime | None, int] = {}
-        for expires_at, part in source.draw(amount, self.now, expired_too=False):
+        for expires_at, part in source.draw(amount, self.now):
             arriving[expires_at] = arriving.get(expires_at, 0) + part
         with self.app.app_context():
             try:
@@ -425,15 +430,16 @@ class LedgerMachine(RuleBasedStateMachine):
         del self.model_holds[hold_id]
         model = self.model[held.account]
         model.write_off(self.now)
+        placed = None
         if not held.expired:
             model.reserved -= held.amount
-            del model.open_holds[hold_id]
+            placed, _amount = model.open_holds.pop(hold_id)
         captured = min(actual, model.available, cap_allows)
         if held.member is not None:
             self.member_settles[held.member].append((self.now, captured))
         self.charged += captured
-        # A live hold may spend expired credits it reserved; a late settle reserved none.
-        model.draw(captured, self.now, expired_too=not held.expired)
+        # A live hold may spend what expired after it was placed; a late settle, nothing expired.
+        model.draw(captured, self.now, held_since=placed)
         model.write_off(self.now)
         outcome = self._run(ledger.settle, hold_id=hold_id, actual=actual)
         assert (outcome.applied, outcome.late) == (True, held.expired)
