@@ -94,9 +94,13 @@ RECORD_FAILED_ATTEMPT = Statement(
            next_attempt_at = CASE WHEN {_RETRIED} THEN next_attempt_at ELSE :next_attempt_at END,
            attempts = attempts + 1, claimed_until = NULL, last_attempt_at = :now,
            last_status = :http_status, last_error = :error
-       WHERE {_LEASED} RETURNING id"""
+       WHERE {_LEASED} RETURNING status"""
 )
-# The account's row, locked as a ledger operation locks it (`LOCK_ACCOUNT`), found by its endpoint.
+# An endpoint that stops listening is locked as its owner's change locks it (`endpoints`,
+# "Locks"): the endpoint's row, then its account's, as a ledger operation locks it.
+LOCK_ENDPOINT = Statement(
+    "SELECT account_id FROM webhook_endpoints WHERE id = :endpoint", lock="FOR NO KEY UPDATE"
+)
 LOCK_ENDPOINTS_ACCOUNT = Statement(
     """SELECT id FROM accounts
        WHERE id = (SELECT account_id FROM webhook_endpoints WHERE id = :endpoint)""",
@@ -398,10 +402,13 @@ def _record(
     leased = {"delivery": item.delivery_id, "lease": sql.time(lease), "now": sql.time(now)}
     gone = attempt.http_status == 410
     if gone:
-        # The account's row first, as what else stops an endpoint listening takes it
-        # (`endpoints`, "Locks"): no fan-out to the endpoint is under way while its pending
-        # deliveries fail, and nothing waits for this delivery's row while holding the account.
-        sql.one(LOCK_ENDPOINTS_ACCOUNT, endpoint=item.endpoint_id)
+        # Before the delivery's row, in the order an owner's disabling takes them (`endpoints`,
+        # "Locks"): the endpoint, then its account, so that no fan-out to the endpoint is under
+        # way while its pending deliveries fail, and no two stoppings wait for each other.
+        sql.together(
+            (LOCK_ENDPOINT, {"endpoint": item.endpoint_id}),
+            (LOCK_ENDPOINTS_ACCOUNT, {"endpoint": item.endpoint_id}),
+        )
     if attempt.delivered:
         recorded = sql.one(RECORD_DELIVERED, http_status=attempt.http_status, **leased)
         return "delivered" if recorded else "lease_lost"
@@ -428,7 +435,8 @@ def _record(
         )
     if attempt.url_refused:
         return "url_refused"
-    return "failed" if last else "retrying"
+    # Pending still (a retry asked for meanwhile stands), or failed for good (410: with the rest).
+    return "retrying" if recorded[0] == "pending" and not gone else "failed"
 
 
 def _error(attempt: Attempt) -> str | None:

@@ -37,7 +37,7 @@ from creditapp.errors import WebhookUrlRefused
 from creditapp.extensions import db
 from creditapp.ledger import alerts, outbox
 from creditapp.ledger.sql import LOCK_ACCOUNT, LedgerSql
-from creditapp.signals import delivery, urls
+from creditapp.signals import delivery, endpoints, urls
 from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.conftest import LOOPBACK_WEBHOOKS, TEST_CONTEXT, Person, utcnow
 from tests.helpers import (
@@ -299,6 +299,36 @@ def test_a_retry_asked_for_while_an_attempt_is_under_way_stands_when_it_fails(
     assert (found.status, found.attempts, found.last_status) == ("pending", 1, 500)
     assert found.next_attempt_at == retried_at
     assert run_job_at(app, JOB, retried_at)["delivered"] == 1
+
+
+@pytest.mark.postgres_only
+def test_a_410_while_the_owner_disables_the_endpoint_waits_for_it_and_neither_fails(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    """Both stop the endpoint listening, and take its row and then its account's in that order:
+    the run waits for the owner's change instead of a deadlock aborting one of them."""
+    endpoint_id = new_endpoint(person, receiver.url())
+    now = utcnow()
+    emit(person, now=now)
+    receiver.script(410)
+    summaries: list[dict[str, Any]] = []
+    run = threading.Thread(target=lambda: summaries.append(run_job_at(app, JOB, now)))
+    with app.app_context():
+        with write_transaction(db.session):
+            managed = endpoints.get(
+                db.session, endpoint_id=endpoint_id, user_id=person.id, for_change=True
+            )
+            run.start()
+            assert until(lambda: not run.is_alive() or waits_for_a_lock())
+            endpoints.change(
+                db.session, managed.endpoint, enabled=False, context=TEST_CONTEXT, now=utcnow()
+            )
+        db.session.remove()
+    run.join(30)
+    assert [summary["failed"] for summary in summaries] == [1]
+    assert [(d.status, d.last_status) for d in deliveries()] == [("failed", 410)]
+    endpoint = db.session.get(WebhookEndpoint, endpoint_id, populate_existing=True)
+    assert endpoint is not None and not endpoint.enabled
 
 
 def test_the_schedules_last_attempt_fails_and_a_manual_retry_sends_it_again(
