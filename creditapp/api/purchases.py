@@ -98,7 +98,6 @@ def buy(
     """Start a purchase: answers its Stripe Checkout `checkout_url`, where the buyer pays. The
     credits are granted once Stripe says the payment went through."""
     settings = current_app.config
-    checkout = purchases.checkout_of(settings)
 
     def respond(session: DbSession, purchase: Purchase) -> idempotency.StoredResponse:
         """The answer, kept for a retry in the transaction that records the session."""
@@ -109,17 +108,18 @@ def buy(
             idempotency.complete(session, claim, response=stored)
         return stored
 
-    stored = purchases.start(
-        db.session,
-        buyer=caller(),
-        account_id=paying_account(db.session, principal(), args["team_id"]),
-        team_id=args["team_id"],
-        credits=args["credits"],
-        terms=purchases.terms_of(settings),
-        checkout=checkout,
-        now=datetime.now(UTC),
-        on_started=respond,
-    )
+    with purchases.checkout_of(settings) as checkout:
+        stored = purchases.start(
+            db.session,
+            buyer=caller(),
+            account_id=paying_account(db.session, principal(), args["team_id"]),
+            team_id=args["team_id"],
+            credits=args["credits"],
+            terms=purchases.terms_of(settings),
+            checkout=checkout,
+            now=datetime.now(UTC),
+            on_started=respond,
+        )
     return from_store(stored)
 
 

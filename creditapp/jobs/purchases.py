@@ -24,12 +24,25 @@ def run(
         checkout = purchases.checkout_of(settings)
     except PurchasesUnavailable:
         return {"looked_up": 0}  # purchases are not configured: nothing can be pending
-    terms = purchases.terms_of(settings)
+    with checkout:
+        outcomes = _look_up(session, checkout, purchases.terms_of(settings), context, now)
+    session.rollback()
+    return {"looked_up": sum(outcomes.values()), **outcomes}
+
+
+def _look_up(
+    session: DbSession,
+    checkout: purchases.Checkout,
+    terms: purchases.Terms,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> Counter[str]:
+    """Every pending purchase, a batch at a time (those still open at Stripe, where a buyer
+    has a day to pay, must not keep the ones after them from being looked at); each outcome
+    counted. Stripe unavailable: the run stops there, and the next asks again, rather than
+    wait on Stripe for each."""
     outcomes: Counter[str] = Counter()
-    looked_up = 0
     after = None
-    # Every pending purchase, a batch at a time: those still open at Stripe (a buyer has a day
-    # to pay) must not keep the ones after them from being looked at.
     while batch := purchases.pending_too_long(
         session, terms=terms, now=now, after=after, limit=BATCH
     ):
@@ -40,9 +53,8 @@ def run(
                     session, purchase_id, checkout=checkout, terms=terms, context=context, now=now
                 )
             except PaymentProviderUnavailable:
-                outcome = "stripe_unavailable"  # the next run asks again
+                outcomes["stripe_unavailable"] += 1
+                return outcomes
             outcomes[outcome] += 1
-        looked_up += len(batch)
         after = batch[-1]
-    session.rollback()
-    return {"looked_up": looked_up, **outcomes}
+    return outcomes

@@ -46,15 +46,24 @@ def session_of(stripe_object: Any) -> Session:
 
 
 class Checkout:
-    """Stripe's Checkout Sessions, for one secret key (one client per process)."""
+    """Stripe's Checkout Sessions, for one secret key. Used in a `with` block: its connection
+    to Stripe is closed at the block's end (left to the garbage collector, every request that
+    starts a purchase would leave a socket open until then)."""
 
     def __init__(self, *, secret_key: str, api_base: str | None, timeout_seconds: int):
+        self._http = stripe.RequestsClient(timeout=timeout_seconds)
         self._client = stripe.StripeClient(
             secret_key,
             base_addresses={"api": api_base} if api_base else None,
-            http_client=stripe.RequestsClient(timeout=timeout_seconds),
+            http_client=self._http,
             max_network_retries=1,
         )
+
+    def __enter__(self) -> Checkout:
+        return self
+
+    def __exit__(self, *_exc_info: object) -> None:
+        self._http.close()
 
     def create_session(
         self,

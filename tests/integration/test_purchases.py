@@ -413,6 +413,25 @@ def test_stripe_unreachable_is_503_and_nothing_is_stored(
     assert scalar(app, stored) == 0
 
 
+def test_the_job_stops_at_the_first_purchase_stripe_does_not_answer_for(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    """Stripe down: one lookup, not one timeout per pending purchase; the next run asks."""
+    person = person_factory()
+    for _ in range(3):
+        started(client, fake_stripe, person)
+    later = utcnow() + timedelta(minutes=6)
+    asked_before = len(fake_stripe.calls())
+    fake_stripe.failure = ERROR
+    try:
+        summary = run_job_at(app, "sync-purchases", later)
+    finally:
+        fake_stripe.failure = None
+    assert summary == {"looked_up": 1, "stripe_unavailable": 1}
+    assert len(fake_stripe.calls()) - asked_before == 2  # one lookup, and the SDK's one retry
+    assert run_job_at(app, "sync-purchases", later) == {"looked_up": 3, "still_pending": 3}
+
+
 @pytest.mark.parametrize(
     "credits", ["4990", "1000010", "5005", "5000.5", 0, -5000, True, "5e3", 5000.0]
 )
