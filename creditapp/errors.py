@@ -95,9 +95,10 @@ class NotTeamManager(Forbidden):
 
 
 class TeamOwnerOnly(Forbidden):
-    """An admin manages the team's members, but neither their own membership nor the owner's:
-    an admin's role and cap, and the owner's cap, are the owner's to change (a cap its admin
-    could lift would bind nothing)."""
+    """An admin manages the team's plain members; the admins are the owner's: adding an admin,
+    making a member one, and changing an admin's role or cap (their own included) or the
+    owner's cap are the owner's to do (a cap an admin, or an admin they made, could lift would
+    bind nothing)."""
 
     code = "team_owner_only"
     message = "Only the team's owner may change this member."

@@ -137,6 +137,19 @@ def membership(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
     return member
 
 
+def staying_member(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
+    """The caller's membership, with the team's row held (FOR SHARE) until the transaction
+    ends: what they make for the team meanwhile (an API key) is made before a removal of them,
+    which then undoes it, or refused after it."""
+    held = session.execute(
+        select(Team.id).where(Team.id == team_id).with_for_update(read=True)
+    ).scalar_one_or_none()
+    member = None if held is None else _member_now(session, team_id=team_id, user_id=user_id)
+    if member is None:
+        raise NotFound("No such team.")
+    return member
+
+
 def managing(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
     """The caller's membership, when it lets them manage the team (owner or admin).
 
@@ -297,8 +310,11 @@ def add_member(
     context: ledger.AuditContext,
     now: datetime,
 ) -> MemberStanding:
-    """Add the user with this email (they must have signed up) as an admin or a member."""
-    managing(session, team_id=team_id, user_id=actor_id)
+    """Add the user with this email (they must have signed up) as an admin (by the owner: see
+    TeamOwnerOnly) or a member."""
+    actor = managing(session, team_id=team_id, user_id=actor_id)
+    if role == "admin" and actor.role != "owner":
+        raise TeamOwnerOnly()
     user = users.find_by_email(session, email)
     if user is None:
         raise UserNotFound()
@@ -341,10 +357,10 @@ def change_member(
 ) -> MemberStanding:
     """Change a member's role (admin or member: the owner's stays) or cap. A new cap binds the
     holds placed from now on; a new period counts this period's spending from the charges.
-    An admin changes neither themselves nor the owner (TeamOwnerOnly)."""
+    An admin changes plain members only, and makes none an admin (TeamOwnerOnly)."""
     actor = managing(session, team_id=team_id, user_id=actor_id)
     member = _member_of(session, team_id=team_id, user_id=user_id)
-    if actor.role != "owner" and (member.user_id == actor_id or member.role == "owner"):
+    if actor.role != "owner" and (member.role != "member" or role == "admin"):
         raise TeamOwnerOnly()
     changed: dict[str, str | None] = {}
     if role is not None and role != member.role:

@@ -12,7 +12,7 @@ from typing import Any
 from flask import jsonify
 from marshmallow import Schema, fields, validate
 
-from creditapp.accounts import paying_account
+from creditapp.accounts import paying_account, teams
 from creditapp.api import limits
 from creditapp.api.idempotency import idempotent, without
 from creditapp.api.identity import audit_context, authenticated, caller, principal
@@ -95,6 +95,8 @@ KeyPageSchema = page_of(KeySchema)
 @answers(404)
 def create_key(args: dict[str, Any]) -> Any:
     team_id = args.pop("team_id")
+    if team_id is not None:  # not made while a removal of the caller from the team runs
+        teams.staying_member(db.session, team_id=team_id, user_id=caller().id)
     issued = api_keys.create(
         db.session,
         owner=caller(),

@@ -23,7 +23,15 @@ from creditapp.extensions import db
 from creditapp.money import format_credits
 from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.helpers import ADJUST, GRANT, add_price, assert_error, start_conversation
+from tests.helpers import (
+    ADJUST,
+    GRANT,
+    add_price,
+    assert_error,
+    start_conversation,
+    until,
+    waits_for_a_lock,
+)
 
 CR = 1_000_000
 TEAMS = "/api/teams"
@@ -345,14 +353,15 @@ def test_the_owner_can_be_neither_removed_nor_given_another_role(
     )
 
 
-def test_an_admin_changes_neither_themselves_nor_the_owner(
+def test_an_admin_manages_plain_members_and_the_admins_are_the_owners(
     client: FlaskClient, person_factory: Any
 ) -> None:
-    """A cap its admin could lift would bind nothing: the owner sets an admin's cap and role,
-    and only the owner changes the owner's cap."""
-    owner, helper, member = person_factory(), person_factory(), person_factory()
+    """A cap an admin could lift, themselves or through an admin they made, would bind
+    nothing: the owner adds and makes admins and sets their caps and roles, and their own."""
+    owner, helper, other_admin, member = (person_factory() for _ in range(4))
     team = make_team(client, owner)
     added(client, owner, team["id"], helper, role="admin", cap="20", cap_period="day")
+    added(client, owner, team["id"], other_admin, role="admin", cap="20", cap_period="day")
     added(client, owner, team["id"], member)
     before = client.get(f"{TEAMS}/{team['id']}", headers=owner.headers).get_json()
 
@@ -360,10 +369,15 @@ def test_an_admin_changes_neither_themselves_nor_the_owner(
         (helper, {"cap": None}),
         (helper, {"cap": "1000"}),
         (helper, {"role": "member"}),
+        (other_admin, {"cap": None}),
+        (member, {"role": "admin"}),
         (owner, {"cap": "1"}),
     ):
         refused = client.patch(member_path(team["id"], target), json=change, headers=helper.headers)
         assert_error(refused, 403, "team_owner_only")
+    newcomer = person_factory()
+    refused = add(client, helper, team["id"], newcomer.email, role="admin")
+    assert_error(refused, 403, "team_owner_only")
     assert client.get(f"{TEAMS}/{team['id']}", headers=owner.headers).get_json() == before
 
     capped = client.patch(
@@ -529,6 +543,42 @@ def _team_key(client: FlaskClient, person: Person, team_id: str) -> dict[str, An
     assert made.status_code == 201, made.get_json()
     key: dict[str, Any] = made.get_json()
     return key
+
+
+@pytest.mark.postgres_only
+def test_a_key_asked_for_while_its_maker_is_removed_is_refused(
+    app: Flask, client: FlaskClient, person_factory: Any
+) -> None:
+    """The removal holds the team's row; the key waits for it, then finds no membership: no
+    key of the team is left to a user outside it (it would work again were they re-added)."""
+    owner, member = person_factory(), person_factory()
+    team = make_team(client, owner)
+    added(client, owner, team["id"], member)
+    answers: list[Any] = []
+
+    def ask_for_a_key() -> None:
+        with app.test_client() as own:
+            body = {"name": "racing", "team_id": team["id"]}
+            answers.append(own.post("/api/keys", json=body, headers=with_key(member)))
+
+    asking = threading.Thread(target=ask_for_a_key)
+    with app.app_context():
+        with write_transaction(db.session):
+            teams.remove_member(
+                db.session,
+                team_id=int(team["id"]),
+                actor_id=owner.id,
+                user_id=member.id,
+                context=TEST_CONTEXT,
+                now=utcnow(),
+            )
+            asking.start()
+            assert until(lambda: not asking.is_alive() or waits_for_a_lock())
+        db.session.remove()
+    asking.join(30)
+    [answer] = answers
+    assert_error(answer, 404, "not_found")
+    assert client.get("/api/keys", headers=member.headers).get_json()["items"] == []
 
 
 def test_a_removed_members_key_stops_spending_at_the_next_request(

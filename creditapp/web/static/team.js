@@ -44,7 +44,7 @@ function teamRefusal(form, error, who = "") {
     already_team_member: `${who} is already a member of this team.`,
     team_owner_fixed: "The team's owner stays its owner: they cannot be removed, and their role cannot change.",
     team_managers_only: "Only the team's owner and its admins can manage its members.",
-    team_owner_only: "Only the team's owner can change an admin's own role and cap, or the owner's cap.",
+    team_owner_only: "Only the team's owner can add or make admins, or change an admin's or the owner's role and cap.",
     insufficient_credits: details && `Not enough credits: the transfer needs ${credits(details.required ?? "")} and you have ${credits(details.available ?? "")} available of your own.`,
   }[code];
   return words || fieldProblems(form, error);
@@ -110,9 +110,9 @@ async function remove(member) {
 }
 
 // Each member's buttons, for the owner and admins: change (into the form; an admin changes
-// neither themselves nor the owner), and remove (never the owner: the service refuses both).
+// plain members only), and remove (never the owner: the service refuses both).
 function changeable(member) {
-  return chosen.role === "owner" || (member.role !== "owner" && member.user_id !== me.id);
+  return chosen.role === "owner" || member.role === "member";
 }
 
 function memberActions(member) {
@@ -137,6 +137,10 @@ export async function loadTeam() {
   showTeamAmounts(team);
   memberTable("#team-members", team.members, managing ? memberActions : null);
   $("#team-manage").hidden = !managing;
+  // Admins are the owner's to add and make.
+  for (const select of ["#member-role", "#change-role"]) {
+    $(select).querySelector('option[value="admin"]').disabled = team.role !== "owner";
+  }
   const members = $("#change-member");
   const kept = members.value;
   members.replaceChildren(...team.members.filter(changeable).map((member) => new Option(`${member.email} (${member.role})`, String(member.user_id))));
