@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -429,27 +429,28 @@ def test_a_settle_after_an_expiry_draws_the_expired_credits_its_hold_claimed(
     assert_consistent(account)
 
 
-def test_only_holds_placed_before_an_expiry_claim_the_expired_credits(account: int) -> None:
-    """A hold placed before a grant expired claims it (in draw order), to be settled from it
-    a second or an hour later; a hold placed after it claims nothing of it."""
+def _held_across_an_expiry(account: int, after_amount: int) -> tuple[datetime, int, int, Any, Any]:
+    """100 credits expiring in an hour and 100 lasting; a hold of 100 placed a second before
+    the expiry, and one of `after_amount` a second after it: the expiry, both grants' ids and
+    both holds."""
     now = utcnow()
     expiry = now + timedelta(hours=1)
     promo = give(account, 100 * CR, now=now, expires_at=expiry).grant_id
     lasting = give(account, 100 * CR, now=now).grant_id
-    before = run(
-        ledger.hold,
-        account_id=account,
-        amount=100 * CR,
-        ttl=TTL * 12,
-        now=expiry - timedelta(seconds=1),
-    )
-    after = run(
-        ledger.hold,
-        account_id=account,
-        amount=50 * CR,
-        ttl=TTL * 12,
-        now=expiry + timedelta(seconds=1),
-    )
+    holds = [
+        run(ledger.hold, account_id=account, amount=amount, ttl=TTL * 12, now=expiry + offset)
+        for amount, offset in (
+            (100 * CR, -timedelta(seconds=1)),
+            (after_amount, timedelta(seconds=1)),
+        )
+    ]
+    return expiry, promo, lasting, holds[0], holds[1]
+
+
+def test_only_holds_placed_before_an_expiry_claim_the_expired_credits(account: int) -> None:
+    """A hold placed before a grant expired claims it (in draw order), to be settled from it
+    a second or an hour later; a hold placed after it claims nothing of it."""
+    expiry, promo, lasting, before, after = _held_across_an_expiry(account, 50 * CR)
     assert after.balance == ledger.Balance(200 * CR, 150 * CR)
     # The first settles below its hold: what it leaves of the expired grant goes, and the
     # second hold, placed after the expiry, takes nothing of it.
@@ -470,24 +471,7 @@ def test_a_hold_placed_after_an_expiry_never_spends_what_another_hold_claims(
 ) -> None:
     """The expired credits a hold placed before the expiry claims are that hold's: a hold placed
     after it pays from lasting credits, and when the first is voided the claim is written off."""
-    now = utcnow()
-    expiry = now + timedelta(hours=1)
-    promo = give(account, 100 * CR, now=now, expires_at=expiry).grant_id
-    lasting = give(account, 100 * CR, now=now).grant_id
-    before = run(
-        ledger.hold,
-        account_id=account,
-        amount=100 * CR,
-        ttl=TTL * 12,
-        now=expiry - timedelta(seconds=1),
-    )
-    after = run(
-        ledger.hold,
-        account_id=account,
-        amount=100 * CR,
-        ttl=TTL * 12,
-        now=expiry + timedelta(seconds=1),
-    )
+    expiry, promo, lasting, before, after = _held_across_an_expiry(account, 100 * CR)
     run(ledger.settle, hold_id=after.hold_id, actual=100 * CR, now=expiry + timedelta(seconds=2))
     remaining = dict(db.session.execute(select(Grant.id, Grant.remaining)).all())
     assert remaining == {promo: 100 * CR, lasting: 0}
