@@ -391,6 +391,16 @@ class StreamClosedEarly(CreditAppError):
     message = "The stream was closed before its reply came: its input is charged."
 
 
+class StreamTimedOut(CreditAppError):
+    """A stream is settled by its deadline (a tenth of its hold's life before the hold
+    expires), for what it delivered by then, however much is still to come: its reply is cut
+    there. Only ever the last event of a stream, never a response's status."""
+
+    code = "stream_timed_out"
+    status = 504
+    message = "The reply was not taken in time and is cut here: what it delivered is charged."
+
+
 class AlreadyRefunded(CreditAppError):
     """A message's charge is refunded at most once."""
 

@@ -23,8 +23,9 @@ UNPRICED = "(unpriced)"
 MESSAGES = Counter(
     "creditapp_messages",
     "Metered calls (chat messages and gateway completions) by outcome: charged, refunded,"
-    " insufficient_credits, key_limit_reached, member_cap_reached, provider_error, refused,"
-    ' settle_failed; a call for a model the price book lacks is counted as model "(unpriced)"',
+    " client_closed, timed_out, insufficient_credits, key_limit_reached, member_cap_reached,"
+    " provider_error, refused, settle_failed; a call for a model the price book lacks is"
+    ' counted as model "(unpriced)"',
     ["provider", "model", "outcome"],
 )
 CREDITS_CHARGED = Counter(

@@ -32,7 +32,7 @@ from creditapp.api.schemas import (
 )
 from creditapp.auth import users
 from creditapp.billing import receipts, usage_report
-from creditapp.billing.models import ROLLUP_SUMS
+from creditapp.billing.models import CALL_ENDINGS, ROLLUP_SUMS
 from creditapp.billing.usage_report import GROUPINGS
 from creditapp.chat import statements
 from creditapp.extensions import db
@@ -349,10 +349,7 @@ class ReceiptSchema(Schema):
             "estimated": receipt.usage.estimated,
         }
     )
-    ending = fields.String(
-        attribute="usage.ending",
-        metadata={"enum": ["completed", "client_closed", "provider_failed"]},
-    )
+    ending = fields.String(attribute="usage.ending", metadata={"enum": list(CALL_ENDINGS)})
     is_partial = fields.Function(
         lambda receipt: receipt.usage.ending != "completed", data_key="partial"
     )

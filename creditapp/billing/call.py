@@ -47,6 +47,7 @@ from creditapp.errors import (
     ModelNotAllowed,
     ProviderFailed,
     SpendCapReached,
+    StreamTimedOut,
     ValidationFailed,
 )
 from creditapp.ledger import caps as spend_caps
@@ -92,6 +93,19 @@ class Meter:
     hold_ttl: timedelta
     clock: Clock
     silence: float
+    # Runs work with a database session of its own, in the calling thread: a stream past its
+    # deadline is settled from a timer's thread while the request's may be blocked writing.
+    in_own_session: Callable[[Callable[[DbSession], Any]], Any]
+
+    @property
+    def stream_deadline(self) -> timedelta:
+        """How long after its hold a stream is settled at the latest, whatever is still to
+        come: a tenth of the hold's life is left for that settle, before the expiry job voids
+        the hold and a retry with the same Idempotency-Key may take the call over (a client
+        that reads slowly, or a provider that trickles, would otherwise outlive both: the
+        late settle would find the hold expired, and the retry would call the provider
+        again)."""
+        return self.hold_ttl - self.hold_ttl / 10
 
 
 @dataclass(frozen=True)
@@ -144,7 +158,8 @@ class Held:
 class Settled:
     """A charged call, as its settle transaction sees it: the usage record, the reply's text
     (empty when the provider gave none: then `compensation` refunds a charge), how the call
-    ended, and the failure of a provider that cut a stream short."""
+    ended, and what cut a stream short: a provider's failure, or its deadline
+    (`StreamTimedOut`)."""
 
     held: Held
     usage_id: int
@@ -154,7 +169,7 @@ class Settled:
     credits_charged: int
     balance: ledger.Balance
     compensation: Compensation | None
-    failure: ProviderFailed | None
+    failure: CreditAppError | None
     at: datetime
     max_tokens: int  # the most output the call was allowed (asked for, or the tier's default)
 
@@ -390,7 +405,7 @@ class _AnsweredCall:
     usage: Usage
     cost: int
     ending: str = "completed"  # or how a stream ended early (CALL_ENDINGS)
-    failure: ProviderFailed | None = None
+    failure: CreditAppError | None = None
 
     @property
     def to_charge(self) -> int:
@@ -428,6 +443,7 @@ _OUTCOMES = {
     "completed": "charged",
     "client_closed": "client_closed",
     "provider_failed": "provider_error",
+    "timed_out": "timed_out",
 }
 
 
@@ -748,22 +764,33 @@ def _relay(
     session: DbSession, reply: ReplyStream, streamed: _StreamedCall[T]
 ) -> Iterator[StreamEvent[T]]:
     priced = streamed.priced
+    meter = streamed.meter
     delivered: list[str] = []
+    # The stream's end, settled once: by this generator, or by its deadline's timer while the
+    # generator waits on its client. A piece is delivered only while the stream has not ended.
+    ending = threading.Lock()
+    ended: list[Finished[T]] = []
 
-    def finish(ending: str, failure: ProviderFailed | None = None) -> Finished[T]:
+    def finish(session: DbSession, how: str, failure: CreditAppError | None = None) -> Finished[T]:
+        with ending:
+            if not ended:
+                ended.append(settle(session, how, failure))
+            return ended[0]
+
+    def settle(session: DbSession, how: str, failure: CreditAppError | None) -> Finished[T]:
         reply.close()
         text = "".join(delivered)
         if failure is not None and not text:
             streamed.drop()
             return Finished(None, failure)
-        usage = _streamed_usage(reply.usage, priced.request, text, whole=ending == "completed")
+        usage = _streamed_usage(reply.usage, priced.request, text, whole=how == "completed")
         call = _AnsweredCall(
             priced=priced,
             held=streamed.held,
             completion=Completion(text, usage),
             usage=usage,
             cost=book.cost(priced.price, usage),
-            ending=ending,
+            ending=how,
             failure=failure,
         )
         try:
@@ -772,7 +799,7 @@ def _relay(
                 call,
                 on_settled=streamed.on_settled,
                 before_settle=streamed.before_settle,
-                meter=streamed.meter,
+                meter=meter,
                 context=streamed.context,
             )
         except Exception:
@@ -788,22 +815,33 @@ def _relay(
             )
         return Finished(charged, failure)
 
+    def at_deadline() -> None:
+        if not ended:
+            meter.in_own_session(lambda own: finish(own, "timed_out", StreamTimedOut()))
+
+    left = streamed.held.at + meter.stream_deadline - meter.clock()
+    deadline = threading.Timer(max(left.total_seconds(), 0), at_deadline)
+    deadline.daemon = True
+    deadline.start()
     try:
         yield Silence()  # taken by `stream`, to start the generator
         with PROVIDER_DURATION.labels(priced.provider, priced.model).time():
-            for piece in _pieces(reply, streamed.meter.silence):
-                if piece is None:
-                    yield Silence()
-                    continue
-                delivered.append(piece)
-                yield Delta(piece)
+            for piece in _pieces(reply, meter.silence):
+                with ending:
+                    if ended:
+                        break
+                    if piece is not None:
+                        delivered.append(piece)
+                yield Silence() if piece is None else Delta(piece)
     except ProviderError as error:
-        finished = finish("provider_failed", _provider_failed(error))
+        finished = finish(session, "provider_failed", _provider_failed(error))
     except BaseException:  # the client went away (GeneratorExit), or the server failed
-        finish("client_closed")
+        finish(session, "client_closed")
         raise
     else:
-        finished = finish("completed")
+        finished = finish(session, "completed")
+    finally:
+        deadline.cancel()
     yield finished
 
 

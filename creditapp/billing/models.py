@@ -28,8 +28,9 @@ from creditapp.metering.usage import TOKEN_COUNTERS
 
 COMPENSATION_STATUSES = ("pending", "processing", "completed", "failed")
 # How a provider call ended: its reply whole, the client gone mid-stream, the provider failing
-# mid-stream (the last two are charged for what was delivered).
-CALL_ENDINGS = ("completed", "client_closed", "provider_failed")
+# mid-stream, the stream's deadline passed (all but the first are charged for what was
+# delivered).
+CALL_ENDINGS = ("completed", "client_closed", "provider_failed", "timed_out")
 # What a roll-up sums of its usage records: how many, their token counts, the credits charged.
 ROLLUP_SUMS = ("requests", *TOKEN_COUNTERS, "credits")
 

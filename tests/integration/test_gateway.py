@@ -7,10 +7,12 @@ call's receipt, and an Idempotency-Key's replay."""
 from __future__ import annotations
 
 import functools
+import json
 import operator
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import openai
@@ -373,6 +375,55 @@ def test_an_abandoned_stream_is_charged_for_what_was_delivered_and_releases_ever
         db.session.remove()
     assert (reserved, spent) == (0, delivered)
     assert balance_of(client, person)["balance"] == format_credits(CREDITS - delivered)
+    assert_consistent(app)
+
+
+def _sse_data(body: bytes) -> list[Any]:
+    """The `data:` payloads of a gateway stream's body, JSON decoded (`[DONE]` as is)."""
+    found: list[Any] = []
+    for block in body.decode().split("\n\n"):
+        if block.startswith("data: "):
+            data = block.removeprefix("data: ")
+            found.append(data if data == "[DONE]" else json.loads(data))
+    return found
+
+
+def test_a_stream_read_slower_than_its_hold_lives_ends_by_its_deadline(
+    app: Flask,
+    client: FlaskClient,
+    fake_providers: FakeProviders,
+    caller: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the chat endpoint's: settled by its deadline for what it delivered, before its hold
+    expires and its key may be taken over; the slow client then reads the usage of what it
+    got and the error `stream_timed_out`, which a retry with the key replays."""
+    monkeypatch.setitem(app.config, "HOLD_TTL_SECONDS", 2)
+    monkeypatch.setitem(app.config, "IDEMPOTENCY_TAKEOVER", timedelta(seconds=2))
+    person, key = caller()
+    fake_providers.script("openai", Answer(text=REPLY, usage=STREAMED_USAGES["openai"]))
+
+    def post() -> Any:
+        return client.post(
+            "/v1/chat/completions",
+            json={"model": "openai/gpt-test", "messages": messages(), "stream": True},
+            headers={"Authorization": f"Bearer {key}", "Idempotency-Key": "slow-reader"},
+        )
+
+    chunks = iter(post().response)
+    role, first = _sse_data(next(chunks) + next(chunks))
+    hold_id = hold_of(role["id"])
+    wait_for(lambda: scalar(app, select(Hold.status).where(Hold.id == hold_id)) == "settled")
+    *_, usage, failure = rest = _sse_data(b"".join(chunks))
+    assert rest[:-2] == [] and usage["choices"] == []
+    assert failure["error"]["code"] == "stream_timed_out"
+    assert first["choices"][0]["delta"]["content"] == REPLY.split(" ")[0]
+    assert charged(app, hold_id) == parse_credits(usage["usage"]["credits"]) > 0
+    replayed = post()
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert _sse_data(replayed.get_data())[-1]["error"]["code"] == "stream_timed_out"
+    assert len(fake_providers.calls("openai")) == 1
+    assert balance_of(client, person)["balance"] == format_credits(CREDITS - charged(app, hold_id))
     assert_consistent(app)
 
 

@@ -12,6 +12,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from creditapp import accounts, ledger
+from creditapp.api.metered import in_own_session
 from creditapp.auth.models import User
 from creditapp.billing import call
 from creditapp.billing.models import UnbilledUsage, UsageRecord
@@ -45,6 +46,7 @@ def _meter(app: Flask) -> call.Meter:
         hold_ttl=timedelta(minutes=5),
         clock=utcnow,
         silence=1.0,
+        in_own_session=in_own_session(app),
     )
 
 

@@ -504,6 +504,63 @@ def test_the_same_key_while_the_stream_runs_is_in_progress(
     assert len(fake_providers.calls("openai")) == 1
 
 
+def test_a_stream_read_slower_than_its_hold_lives_is_settled_by_its_deadline(
+    app: Flask,
+    client: FlaskClient,
+    fake_providers: FakeProviders,
+    chat: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that takes the first word and then reads nothing for longer than the hold
+    lives: the stream is settled by its deadline (a tenth of the hold's life before it
+    expires) for what it delivered, so the expiry job finds nothing to expire and a retry with
+    the same key replays the charge; it does not call the provider a second time. The slow
+    client, reading on, gets the rest of its stream as `stream_timed_out`."""
+    monkeypatch.setitem(app.config, "HOLD_TTL_SECONDS", 2)
+    monkeypatch.setitem(app.config, "IDEMPOTENCY_TAKEOVER", timedelta(seconds=2))
+    user, conversation = chat("openai")
+    fake_providers.script("openai", *(Answer(text=REPLY, usage=USAGES["openai"]) for _ in range(2)))
+    started = time.monotonic()
+    running = stream(client, user, conversation, key="slow-reader")
+    events = iter(running.response)
+    assert [name for name, _ in events_of(next(events) + next(events))] == ["message", "delta"]
+    _wait_for(lambda: bool(usage_records(app)))  # settled while the client reads nothing
+    time.sleep(max(0.0, started + 2.5 - time.monotonic()))  # the hold's life is over
+    assert run_job_at(app, "expire-holds", utcnow())["expired"] == 0
+    retried = stream(client, user, conversation, key="slow-reader")
+    rest = events_of(b"".join(events))
+
+    (record,) = usage_records(app)
+    assert record.ending == "timed_out"
+    # The provider's counts (larger than the word delivered: it had sent them all), within
+    # the hold, as for any stream cut short.
+    with app.app_context():
+        held = db.session.scalars(select(Hold.amount)).one()
+        db.session.remove()
+    assert record.credits_charged == min(record.cost, held)
+    (reply,) = replies(app)
+    assert reply.partial and reply.content == REPLY.split(" ")[0]
+    assert [name for name, _ in rest] == ["error"]
+    timed_out = rest[0][1]
+    assert (timed_out["error"]["code"], timed_out["credits_charged"]) == (
+        "stream_timed_out",
+        format_credits(record.credits_charged),
+    )
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    replayed = events_of(retried.get_data())
+    assert [name for name, _ in replayed] == ["message", "delta", "error"]
+    assert replayed[1][1]["text"] == reply.content
+    # As the slow client heard it (the request id aside: in the test client the retry ran
+    # while the slow stream's request was still open, in the same thread).
+    for ending in (replayed[2][1], timed_out):
+        ending["error"].pop("request_id")
+    assert replayed[2][1] == timed_out
+    assert len(fake_providers.calls("openai")) == 1
+    assert holds(app) == [("settled", record.credits_charged)]
+    assert balance_of(client, user)["balance"] == format_credits(CREDITS - record.credits_charged)
+    assert_consistent(app)
+
+
 def test_a_silent_provider_gets_keep_alive_comments(
     app: Flask,
     client: FlaskClient,
