@@ -229,6 +229,8 @@ def _price(session: DbSession, metered: MeteredCall, *, now: datetime) -> _Price
         )
         input_bound = upper_bound_tokens([chat.system_prompt, *(m.content for m in chat.messages)])
         hold_amount = book.worst_case(price, input_tokens=input_bound, max_output_tokens=max_tokens)
+        if hold_amount == 0:  # input and output free: a catalogue's row, or an old one
+            raise book.priced_at_zero(provider=provider, model=model)
         if request.max_credits is not None and hold_amount > request.max_credits:
             raise MaxCreditsExceeded(required=hold_amount, max_credits=request.max_credits)
     except CreditAppError:

@@ -140,6 +140,14 @@ def not_priced(*, provider: str, model: str) -> ModelNotPriced:
     )
 
 
+def priced_at_zero(*, provider: str, model: str) -> ModelNotPriced:
+    return ModelNotPriced(
+        f"{provider}:{model} is priced at zero, input and output: a call is never charged"
+        " nothing, so it cannot be called.",
+        details={"provider": provider, "model": model},
+    )
+
+
 def price_in_force(session: DbSession, *, provider: str, model: str, at: datetime) -> Price:
     """The newest row that took effect at or before `at`, or ModelNotPriced."""
     price = session.scalars(

@@ -4,6 +4,7 @@ hold and the charge."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from creditapp.auth.models import User
 from creditapp.billing import call
 from creditapp.billing.models import UnbilledUsage, UsageRecord
 from creditapp.database import DbSession, write_transaction
-from creditapp.errors import MaxCreditsExceeded, ProviderFailed
+from creditapp.errors import MaxCreditsExceeded, ModelNotPriced, ProviderFailed
 from creditapp.extensions import db
 from creditapp.ledger.models import Hold
 from creditapp.metering.providers import ChatMessage
@@ -242,3 +243,20 @@ def test_a_stream_the_provider_fails_at_once_is_undone_in_the_release(
     assert (hold.status, hold.captured) == ("voided", 0)
     assert db.session.scalar(select(func.count()).select_from(UsageRecord)) == 0
     assert _available(person) == 10 * CR
+
+
+def test_a_model_priced_at_zero_is_refused_before_anything_is_held(
+    app: Flask, person: Person, fake_providers: FakeProviders
+) -> None:
+    """A row of the catalogue, or one older than the rule that a price charges something:
+    refused as unpriced, in words that say why (a hold of nothing was a 400 about an amount
+    the caller never sent)."""
+    add_price(app, "openai", "gpt-free", input="0", output="0", cached_input="0")
+    with pytest.raises(ModelNotPriced) as refused:
+        _complete(app, person, replace(_request(), model="gpt-free"))
+    assert str(refused.value) == (
+        "openai:gpt-free is priced at zero, input and output: a call is never charged nothing,"
+        " so it cannot be called."
+    )
+    assert db.session.scalar(select(func.count()).select_from(Hold)) == 0
+    assert fake_providers.calls("openai") == []

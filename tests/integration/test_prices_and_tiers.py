@@ -81,6 +81,7 @@ def test_admins_add_price_rows_and_old_rows_stay(
         ({"input": True}, "input"),
         ({"output": None}, "output"),
         ({"cached_input": "-0.1"}, "cached_input"),
+        ({"input": "0", "output": "0.000"}, "output"),  # a call would be charged nothing
         ({"effective_from": "2020-01-01T00:00:00Z"}, "effective_from"),
         ({"effective_from": "yesterday"}, "effective_from"),
     ],
