@@ -96,9 +96,10 @@ class NotTeamManager(Forbidden):
 
 class TeamOwnerOnly(Forbidden):
     """An admin manages the team's plain members; the admins are the owner's: adding an admin,
-    making a member one, and changing an admin's role or cap (their own included) or the
-    owner's cap are the owner's to do (a cap an admin, or an admin they made, could lift would
-    bind nothing)."""
+    making a member one, changing an admin's role or cap (their own included) or the owner's
+    cap, and removing another admin are the owner's to do (a cap an admin, or an admin they
+    made, could lift would bind nothing; the admins the owner chose stay until the owner says
+    otherwise, or they leave)."""
 
     code = "team_owner_only"
     message = "Only the team's owner may change this member."

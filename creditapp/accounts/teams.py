@@ -400,12 +400,15 @@ def remove_member(
     context: ledger.AuditContext,
     now: datetime,
 ) -> None:
-    """Remove a member (never the owner). Their keys for the team are revoked with it, so that
-    every worker refuses them from the next request; their open holds settle as usual."""
-    managing(session, team_id=team_id, user_id=actor_id)
+    """Remove a member (never the owner; another admin by the owner only: TeamOwnerOnly; an
+    admin may leave). Their keys for the team are revoked with it, so that every worker refuses
+    them from the next request; their open holds settle as usual."""
+    actor = managing(session, team_id=team_id, user_id=actor_id)
     member = _member_of(session, team_id=team_id, user_id=user_id)
     if member.role == "owner":
         raise TeamOwnerFixed()
+    if member.role == "admin" and actor.role != "owner" and user_id != actor_id:
+        raise TeamOwnerOnly()
     caps.close(session, cap_id=member.cap_id, now=now)
     session.delete(member)
     session.flush()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
+from flask.testing import FlaskClient
 from playwright.sync_api import Locator, Page, expect
 
 from tests.conftest import Person
@@ -26,6 +27,7 @@ from tests.integration.test_dashboard import (
     _serious_violations,
     browsing,  # noqa: F401 (the fixture)
 )
+from tests.integration.test_teams import add, make_team
 
 pytestmark = pytest.mark.real_clock
 OWNER = "user@demo.creditapp"  # the demo user
@@ -273,3 +275,65 @@ def test_a_team_is_funded_and_a_capped_member_is_refused(
     assert _entry_column(page, 3)[:2] == ["\u2013", "\u2013"]  # caused by no member
     assert _serious_violations(page) == []
     page.locator("#team").screenshot(path=str(screenshots / "admin-team.png"))
+
+
+def test_a_team_admin_manages_its_plain_members_only(
+    browsing: Browsing,  # noqa: F811 (the fixture)
+    client: FlaskClient,
+    person_factory: Callable[..., Person],
+) -> None:
+    """What a team's admin is offered is what the service lets them do: Change on plain
+    members' rows only (not on the owner's, another admin's or their own), Remove on plain
+    members' and their own (to leave), and the admin role never to give; a plain member's cap
+    they change, and leaving, they pay from their own credits again."""
+    base, page, screenshots = browsing.base, browsing.page, browsing.screenshots
+    owner, admin, other_admin, member = (
+        person_factory(f"{role}-{secrets.token_hex(4)}@example.com")
+        for role in ("owner", "admin", "second", "member")
+    )
+    name = f"Managed t{secrets.token_hex(6)}"
+    team = make_team(client, owner, name)
+    for who, role in ((admin, "admin"), (other_admin, "admin"), (member, "member")):
+        assert add(client, owner, team["id"], who.email, role=role).status_code == 201
+
+    page.goto(f"{base}/")
+    page.evaluate(f"sessionStorage.setItem('creditapp.access_token', '{admin.token}')")
+    page.reload()
+    page.locator("#team-chosen").select_option(label=f"{name} (admin)")
+    expect(page.locator("#team-members tbody tr")).to_have_count(4)
+    expect(page.locator("#team-standing")).to_have_text(
+        "You are its admin: you see every member and manage them."
+    )
+    buttons = {
+        row.locator("td").first.inner_text(): row.get_by_role("button").all_inner_texts()
+        for row in page.locator("#team-members tbody tr").all()
+    }
+    assert buttons == {
+        owner.email: [],
+        admin.email: ["Remove"],
+        other_admin.email: [],
+        member.email: ["Change", "Remove"],
+    }
+    expect(page.locator('#member-role option[value="admin"]')).to_be_disabled()
+    expect(page.locator('#change-role option[value="admin"]')).to_be_disabled()
+    expect(page.locator("#change-member option")).to_have_text([f"{member.email} (member)"])
+
+    page.get_by_role("button", name=f"Change {member.email}").click()
+    page.locator("#change-cap").fill("5")
+    page.locator("#change-period").select_option("month")
+    with page.expect_response(f"**/api/teams/{team['id']}/members/*") as changed:
+        page.locator("#member-change button[type=submit]").click()
+    assert changed.value.status == 200, changed.value.text()
+    expect(page.locator("#team-members tbody tr").filter(has_text=member.email)).to_contain_text(
+        "5 a month"
+    )
+    assert _serious_violations(page) == []
+    page.locator("#team").screenshot(path=str(screenshots / "dashboard-team-admin.png"))
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    with page.expect_response(f"**/api/teams/{team['id']}/members/*") as left:
+        page.get_by_role("button", name=f"Remove {admin.email}").click()
+    assert left.value.status == 204
+    expect(page.locator("#team")).to_be_hidden()
+    expect(page.locator("#team-chosen option")).to_have_text(["Personal: your own credits"])
+    expect(page.locator("#chat-payer")).to_have_text("Messages are paid from your own credits.")

@@ -390,6 +390,16 @@ def test_an_admin_manages_plain_members_and_the_admins_are_the_owners(
     assert lifted.status_code == 200 and lifted.get_json()["cap"] is None
     own = client.patch(member_path(team["id"], owner), json={"cap": "50"}, headers=owner.headers)
     assert own.status_code == 200 and own.get_json()["cap"] == "50"
+    # Another admin is the owner's to remove; a plain member is an admin's, and so is leaving.
+    refused = client.delete(member_path(team["id"], other_admin), headers=helper.headers)
+    assert_error(refused, 403, "team_owner_only")
+    for target in (member, helper):
+        gone = client.delete(member_path(team["id"], target), headers=helper.headers)
+        assert gone.status_code == 204, gone.get_json()
+    standing = client.get(f"{TEAMS}/{team['id']}", headers=owner.headers).get_json()
+    assert sorted(each["user_id"] for each in standing["members"]) == sorted(
+        [str(owner.id), str(other_admin.id)]
+    )
 
 
 # 3. Who may see and do what

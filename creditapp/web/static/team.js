@@ -44,7 +44,7 @@ function teamRefusal(form, error, who = "") {
     already_team_member: `${who} is already a member of this team.`,
     team_owner_fixed: "The team's owner stays its owner: they cannot be removed, and their role cannot change.",
     team_managers_only: "Only the team's owner and its admins can manage its members.",
-    team_owner_only: "Only the team's owner can add or make admins, or change an admin's or the owner's role and cap.",
+    team_owner_only: "Only the team's owner can add, make or remove admins, or change an admin's or the owner's role and cap.",
     insufficient_credits: details && `Not enough credits: the transfer needs ${credits(details.required ?? "")} and you have ${credits(details.available ?? "")} available of your own.`,
   }[code];
   return words || fieldProblems(form, error);
@@ -106,19 +106,26 @@ async function remove(member) {
     if (!error.signedOut && !check.ended()) alert.textContent = `${member.email} was not removed: ${teamRefusal($("#member-change"), error)}`;
     return;
   }
-  await loadTeam();
+  // Having left it, you pay from your own credits again, and the team is no longer listed.
+  if (member.user_id === me.id) await readTeams(() => loadTeams(null));
+  else await loadTeam();
 }
 
-// Each member's buttons, for the owner and admins: change (into the form; an admin changes
-// plain members only), and remove (never the owner: the service refuses both).
+// Each member's buttons, for the owner and admins, as the service allows them: change (into
+// the form; an admin changes plain members only), and remove (never the owner; an admin
+// removes plain members, and themselves).
 function changeable(member) {
   return chosen.role === "owner" || member.role === "member";
+}
+
+function removable(member) {
+  return member.role !== "owner" && (changeable(member) || member.user_id === me.id);
 }
 
 function memberActions(member) {
   const place = document.createElement("span");
   if (changeable(member)) place.append(button("Change", () => toChange(member), `Change ${member.email}`));
-  if (member.role !== "owner") place.append(button("Remove", () => remove(member), `Remove ${member.email}`));
+  if (removable(member)) place.append(button("Remove", () => remove(member), `Remove ${member.email}`));
   return place;
 }
 
