@@ -204,13 +204,18 @@ class Config:
                 ("google", "GOOGLE_GEMINI", "GEMINI"),
             )
         }
+        # A stream is settled by then, whatever is still to come: a tenth of its hold's life is
+        # left for that settle, before the expiry job voids the hold and a retry with the same
+        # Idempotency-Key may take the call over (`creditapp.billing.call.Meter`).
+        self.STREAM_DEADLINE_SECONDS = self.HOLD_TTL_SECONDS * 9 / 10
         longest_call = longest_provider_call_seconds(
             self.PROVIDER_TIMEOUT_SECONDS, self.PROVIDER_MAX_RETRIES
         )
-        if longest_call >= self.HOLD_TTL_SECONDS:
+        if longest_call >= self.STREAM_DEADLINE_SECONDS:
             raise ConfigurationError(
                 f"HOLD_TTL_SECONDS ({self.HOLD_TTL_SECONDS}) must be longer than the longest "
-                f"provider call can take: {longest_call} s with PROVIDER_TIMEOUT_SECONDS="
+                f"provider call can take, by a ninth of it (a stream ends a tenth of a hold's "
+                f"life before its hold): {longest_call} s with PROVIDER_TIMEOUT_SECONDS="
                 f"{self.PROVIDER_TIMEOUT_SECONDS} and PROVIDER_MAX_RETRIES="
                 f"{self.PROVIDER_MAX_RETRIES}"
             )

@@ -230,7 +230,8 @@ def _exchange_response(exchange: service.Exchange) -> Response:
 STREAM_DESCRIPTION = """With `"stream": true`: Server-Sent Events. `message` (the stored user
 message), then `delta` (`{"text"}`) for each piece of the reply, and last `done` (the object
 answered without streaming) or `error` (the error object, `credits_charged` for the part
-delivered, `balance`). `: keep-alive` comments while the provider is silent."""
+delivered, `balance`; `stream_timed_out` at the stream's deadline, a tenth of the hold's life
+before the hold expires). `: keep-alive` comments while the provider is silent."""
 
 
 # OpenAPI 3.0 has no schema for an event stream: this is the schema of each event.

@@ -297,7 +297,8 @@ CREDIT_HEADERS = ("X-Credits-Held", "X-Credits-Charged", "X-Credits-Available")
 STREAM_DESCRIPTION = """With `"stream": true`: `data: <chat.completion.chunk>` lines, then
 `data: [DONE]`. The last chunk before `[DONE]` always carries `usage` (with `credits`);
 `X-Credits-Held` comes before the first byte. A provider failure after part of the reply ends
-the stream with the usage of what was delivered, then `data: {"error": ...}`."""
+the stream with the usage of what was delivered, then `data: {"error": ...}`; so does the
+stream's deadline (`stream_timed_out`), a tenth of the hold's life before the hold expires."""
 
 
 @blp.route("/chat/completions", methods=["POST"])

@@ -27,6 +27,7 @@ def meter() -> metered_call.Meter:
         clock=lambda: datetime.now(UTC),
         silence=config["STREAM_KEEPALIVE_SECONDS"],
         in_own_session=in_own_session(current_app._get_current_object()),  # type: ignore[attr-defined]
+        stream_deadline=timedelta(seconds=config["STREAM_DEADLINE_SECONDS"]),
     )
 
 

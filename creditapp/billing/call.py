@@ -96,16 +96,11 @@ class Meter:
     # Runs work with a database session of its own, in the calling thread: a stream past its
     # deadline is settled from a timer's thread while the request's may be blocked writing.
     in_own_session: Callable[[Callable[[DbSession], Any]], Any]
-
-    @property
-    def stream_deadline(self) -> timedelta:
-        """How long after its hold a stream is settled at the latest, whatever is still to
-        come: a tenth of the hold's life is left for that settle, before the expiry job voids
-        the hold and a retry with the same Idempotency-Key may take the call over (a client
-        that reads slowly, or a provider that trickles, would otherwise outlive both: the
-        late settle would find the hold expired, and the retry would call the provider
-        again)."""
-        return self.hold_ttl - self.hold_ttl / 10
+    # How long after its hold a stream is settled at the latest, whatever is still to come (a
+    # client that reads slowly, or a provider that trickles, would otherwise outlive the hold
+    # and its Idempotency-Key's claim: the late settle would find the hold expired, and a retry
+    # would call the provider again). Shorter than `hold_ttl` by the time that settle needs.
+    stream_deadline: timedelta
 
 
 @dataclass(frozen=True)
@@ -782,7 +777,7 @@ def _relay(
     def settle(session: DbSession, how: str, failure: CreditAppError | None) -> Finished[T]:
         reply.close()
         text = "".join(delivered)
-        if failure is not None and not text:
+        if isinstance(failure, ProviderFailed) and not text:
             streamed.drop()
             return Finished(None, failure)
         usage = _streamed_usage(reply.usage, priced.request, text, whole=how == "completed")
@@ -818,14 +813,18 @@ def _relay(
         return Finished(charged, failure)
 
     def at_deadline() -> None:
-        if not ended:
+        if ended:
+            return
+        try:
             meter.in_own_session(lambda own: finish(own, "timed_out", StreamTimedOut()))
+        except Exception:  # a thread of its own: said here, or nowhere
+            log.exception("stream_deadline_failed", hold_id=streamed.held.hold_id)
 
     left = streamed.held.at + meter.stream_deadline - meter.clock()
     deadline = threading.Timer(max(left.total_seconds(), 0), at_deadline)
     deadline.daemon = True
-    deadline.start()
     try:
+        deadline.start()
         yield Silence()  # taken by `stream`, to start the generator
         with PROVIDER_DURATION.labels(priced.provider, priced.model).time():
             for piece in _pieces(reply, meter.silence):
@@ -835,9 +834,17 @@ def _relay(
                     if piece is not None:
                         delivered.append(piece)
                 yield Silence() if piece is None else Delta(piece)
-    except ProviderError as error:
-        finished = finish(session, "provider_failed", _provider_failed(error))
-    except BaseException:  # the client went away (GeneratorExit), or the server failed
+    except Exception as error:
+        with ending:
+            cut = ended[0] if ended else None
+        if cut is not None:  # the deadline's settle closed the provider's stream under its reader
+            finished = cut
+        elif isinstance(error, ProviderError):
+            finished = finish(session, "provider_failed", _provider_failed(error))
+        else:  # the server failed
+            finish(session, "client_closed")
+            raise
+    except BaseException:  # the client went away (GeneratorExit)
         finish(session, "client_closed")
         raise
     else:

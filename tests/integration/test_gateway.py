@@ -399,6 +399,7 @@ def test_a_stream_read_slower_than_its_hold_lives_ends_by_its_deadline(
     expires and its key may be taken over; the slow client then reads the usage of what it
     got and the error `stream_timed_out`, which a retry with the key replays."""
     monkeypatch.setitem(app.config, "HOLD_TTL_SECONDS", 2)
+    monkeypatch.setitem(app.config, "STREAM_DEADLINE_SECONDS", 1.8)
     monkeypatch.setitem(app.config, "IDEMPOTENCY_TAKEOVER", timedelta(seconds=2))
     person, key = caller()
     fake_providers.script("openai", Answer(text=REPLY, usage=STREAMED_USAGES["openai"]))

@@ -4,6 +4,7 @@ hold and the charge."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from creditapp.auth.models import User
 from creditapp.billing import call
 from creditapp.billing.models import UnbilledUsage, UsageRecord
 from creditapp.database import DbSession, write_transaction
-from creditapp.errors import MaxCreditsExceeded, ModelNotPriced, ProviderFailed
+from creditapp.errors import MaxCreditsExceeded, ModelNotPriced, ProviderFailed, StreamTimedOut
 from creditapp.extensions import db
 from creditapp.ledger.models import Hold
 from creditapp.metering.providers import ChatMessage
@@ -48,6 +49,7 @@ def _meter(app: Flask) -> call.Meter:
         clock=utcnow,
         silence=1.0,
         in_own_session=in_own_session(app),
+        stream_deadline=timedelta(minutes=4),
     )
 
 
@@ -260,3 +262,44 @@ def test_a_model_priced_at_zero_is_refused_before_anything_is_held(
     )
     assert db.session.scalar(select(func.count()).select_from(Hold)) == 0
     assert fake_providers.calls("openai") == []
+
+
+def test_a_stream_at_its_deadline_before_its_first_word_is_charged_its_input(
+    ctx: Flask, person: Person, fake_providers: FakeProviders
+) -> None:
+    """As a stream its client closed before the first word: the provider was asked, so its
+    input is charged, and nothing is undone (a retry with its key replays it, it does not call
+    the provider again)."""
+    fake_providers.script("openai", Answer(text="Late words.", usage=USAGE, piece_delay=0.5))
+    undone: list[str] = []
+    streaming = call.stream(
+        db.session,
+        _streamed_call(person),
+        meter=replace(_meter(ctx), stream_deadline=timedelta(0)),
+        context=CONTEXT,
+        on_held=lambda _session, held: held.hold_id,
+        on_settled=lambda _session, settled, _started: settled.usage_id,
+        discard=lambda _hold_id: lambda _session: undone.append("discarded"),
+        release=lambda _undo: undone.append("released"),
+    )
+
+    def hold_status() -> str:
+        db.session.rollback()  # a new snapshot each time
+        return db.session.scalars(select(Hold.status)).one()
+
+    deadline = time.monotonic() + 15
+    while hold_status() == "pending":
+        assert time.monotonic() < deadline, "the stream's deadline settled nothing"
+        time.sleep(0.05)
+    events = list(streaming.events)
+
+    assert not any(isinstance(event, call.Delta) for event in events)
+    finished = events[-1]
+    assert isinstance(finished, call.Finished) and isinstance(finished.failure, StreamTimedOut)
+    assert finished.charged is not None
+    record = db.session.get_one(UsageRecord, finished.charged.kept)
+    # Its input (estimated: OpenAI counts at the end), no output, 1 USD per 1M tokens in.
+    assert (record.ending, record.output_tokens) == ("timed_out", 0)
+    assert record.credits_charged == record.cost == record.input_tokens * 1_000 > 0
+    assert undone == []
+    assert _available(person) == 10 * CR - record.credits_charged

@@ -517,6 +517,7 @@ def test_a_stream_read_slower_than_its_hold_lives_is_settled_by_its_deadline(
     the same key replays the charge; it does not call the provider a second time. The slow
     client, reading on, gets the rest of its stream as `stream_timed_out`."""
     monkeypatch.setitem(app.config, "HOLD_TTL_SECONDS", 2)
+    monkeypatch.setitem(app.config, "STREAM_DEADLINE_SECONDS", 1.8)
     monkeypatch.setitem(app.config, "IDEMPOTENCY_TAKEOVER", timedelta(seconds=2))
     user, conversation = chat("openai")
     fake_providers.script("openai", *(Answer(text=REPLY, usage=USAGES["openai"]) for _ in range(2)))

@@ -94,15 +94,16 @@ def test_bad_settings_are_named(monkeypatch) -> None:
 def test_a_hold_must_outlive_the_longest_provider_call(monkeypatch, environment: str) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://db/x")
     monkeypatch.setenv("JWT_SECRET_KEY", "k" * 40)
-    # 20 s a try, 3 tries, 2 waits of up to 60 s between them, 30 s to spare: 210 s.
+    # 20 s a try, 3 tries, 2 waits of up to 60 s between them, 30 s to spare: 210 s; a stream
+    # ends at nine tenths of its hold's life, which must be longer.
     monkeypatch.setenv("PROVIDER_TIMEOUT_SECONDS", "20")
     monkeypatch.setenv("PROVIDER_MAX_RETRIES", "2")
-    monkeypatch.setenv("HOLD_TTL_SECONDS", "210")
-    with pytest.raises(ConfigurationError, match=r"HOLD_TTL_SECONDS \(210\) must be longer"):
+    monkeypatch.setenv("HOLD_TTL_SECONDS", "233")
+    with pytest.raises(ConfigurationError, match=r"HOLD_TTL_SECONDS \(233\) must be longer"):
         load_config(environment)
-    monkeypatch.setenv("HOLD_TTL_SECONDS", "211")
-    assert load_config(environment).HOLD_TTL_SECONDS == 211
-    # The defaults agree with each other: 120 s x 3 + 120 s + 30 s = 510 s < 600 s.
+    monkeypatch.setenv("HOLD_TTL_SECONDS", "234")
+    assert load_config(environment).STREAM_DEADLINE_SECONDS == 210.6
+    # The defaults agree with each other: 120 s x 3 + 120 s + 30 s = 510 s < 540 s of 600 s.
     for name in ("HOLD_TTL_SECONDS", "PROVIDER_TIMEOUT_SECONDS", "PROVIDER_MAX_RETRIES"):
         monkeypatch.delenv(name)
     assert load_config(environment).HOLD_TTL_SECONDS == 600
