@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import SplitResult, urlsplit
 
 from creditapp.errors import DependencyUnavailable, WebhookUrlRefused
@@ -29,7 +30,12 @@ from creditapp.errors import DependencyUnavailable, WebhookUrlRefused
 MAX_URL_LENGTH = 2048
 NOT_PUBLIC = "The webhook URL's host is not a public address (or does not resolve)."
 RESOLVE_TIMEOUT_SECONDS = 3
-_RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook-dns")
+# Lookups under way in this process at most, each in a thread of its own: a lookup that hangs
+# keeps its thread until the system's resolver gives up (tens of seconds), and lookups that
+# queued behind a few such (a shared pool's) would time out while waiting, whatever host they
+# were for. Past the bound a lookup is refused at once (503) rather than queued.
+MAX_LOOKUPS_IN_FLIGHT = 64
+_in_flight = threading.BoundedSemaphore(MAX_LOOKUPS_IN_FLIGHT)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # The well-known NAT64 prefix: its addresses reach the IPv4 address in their last 32 bits.
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -144,15 +150,32 @@ def _ip_literal(host: str) -> Address | None:
 def _resolve(url: str, host: str, port: int) -> list[Address]:
     """The host's addresses, asked of the system's resolver for at most RESOLVE_TIMEOUT_SECONDS:
     a resolver that hangs must not hold a request (or a delivery run) with it. The lookup
-    itself cannot be cancelled; it ends in its thread, of which a few serve every lookup."""
-    lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    itself cannot be cancelled; it ends in its thread (see MAX_LOOKUPS_IN_FLIGHT)."""
+    unresolved = DependencyUnavailable(
+        f"The webhook URL's host {host} could not be resolved in time: try again.",
+        details={"dns": "unavailable"},
+    )
+    if not _in_flight.acquire(blocking=False):
+        raise unresolved
+    lookup: Future[list[Any]] = Future()
+
+    def resolve() -> None:
+        try:
+            lookup.set_result(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as error:  # handed to the waiting caller, if it still waits
+            lookup.set_exception(error)
+        finally:
+            _in_flight.release()
+
+    try:
+        threading.Thread(target=resolve, name="webhook-dns", daemon=True).start()
+    except BaseException:
+        _in_flight.release()
+        raise
     try:
         found = lookup.result(timeout=RESOLVE_TIMEOUT_SECONDS)
     except TimeoutError:
-        raise DependencyUnavailable(
-            f"The webhook URL's host {host} could not be resolved in time: try again.",
-            details={"dns": "unavailable"},
-        ) from None
+        raise unresolved from None
     except (OSError, UnicodeError):
         raise WebhookUrlRefused(NOT_PUBLIC, details={"url": url}) from None
     # A scope (`fe80::1%eth0`) is no part of the address judged.

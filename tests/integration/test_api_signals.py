@@ -969,6 +969,42 @@ def test_a_resolver_that_hangs_is_503_and_saves_nothing(
     assert scalar(app, select(func.count()).select_from(WebhookEndpoint)) == 0
 
 
+def test_lookups_that_hang_do_not_hold_up_another_hosts_lookup(
+    app: Flask, client: FlaskClient, person_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lookups of a host whose resolver never answers keep their threads; another host is
+    looked up at once beside them, until as many lookups are under way as the process allows:
+    then one more is a 503 at once, and none is saved."""
+    person = person_factory()
+    release = threading.Event()
+
+    def resolver(host: str, *_args: Any, **_kwargs: Any) -> Any:
+        if host == "hung.example.com":
+            release.wait(30)
+            raise OSError("resolver gave up")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("1.1.1.1", 443))]
+
+    monkeypatch.setitem(app.config, "WEBHOOK_ALLOW_PRIVATE", False)
+    monkeypatch.setattr(urls, "RESOLVE_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(urls.socket, "getaddrinfo", resolver)
+    monkeypatch.setattr(urls, "_in_flight", threading.BoundedSemaphore(12))
+
+    def endpoint(host: str) -> Any:
+        body = {"url": f"https://{host}/h", "events": ["balance.low"]}
+        return client.post(ENDPOINTS, json=body, headers=with_key(person))
+
+    try:
+        for _ in range(11):  # more than a shared pool of 8 threads had
+            assert_error(endpoint("hung.example.com"), 503, "service_unavailable")
+        assert endpoint("hooks.example.com").status_code == 201
+        assert_error(endpoint("hung.example.com"), 503, "service_unavailable")  # the 12th
+        refused = assert_error(endpoint("hooks.example.com"), 503, "service_unavailable")
+        assert refused["details"] == {"dns": "unavailable"}
+    finally:
+        release.set()
+    assert scalar(app, select(func.count()).select_from(WebhookEndpoint)) == 1
+
+
 # 5. Endpoints changed while the ledger runs
 
 
