@@ -189,9 +189,11 @@ def request_user() -> User | None:
     except RuntimeError:  # not verified yet in this request
         pass
     try:
-        verify_jwt_in_request(optional=True)
+        verified = verify_jwt_in_request(optional=True)
     except (JWTExtendedException, PyJWTError):
         return None  # refused by the view, in the chosen error shape
+    if verified is None:  # no token; or an OPTIONS request, which flask-jwt-extended skips
+        return None
     loaded: User | None = get_current_user()
     return loaded
 

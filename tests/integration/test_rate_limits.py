@@ -148,3 +148,16 @@ def test_redis_coming_and_going_under_load_never_answers_500(app: Flask, person_
     finally:
         proxy.close()
     assert set(statuses) <= {200, 429}, statuses
+
+
+@pytest.mark.postgres_only  # the half with Redis
+def test_an_options_request_leaves_the_limits_counted_in_redis(app: Flask) -> None:
+    """flask-jwt-extended verifies nothing for OPTIONS: the caller was then read as if
+    verified, which raised inside the limiter, and the limiter took that for Redis failing and
+    went on counting in each process's memory."""
+    env = {"RATELIMIT_ENABLED": "true", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
+    with live_server(env, threads=1) as base:
+        for path in ("/api/me", "/api/credit/balance", "/v1/models"):
+            assert call("OPTIONS", f"{base}{path}")[0] == 200
+        ready = json.loads(call("GET", f"{base}/readyz")[2])
+        assert ready["rate_limits"] == "redis"
