@@ -78,8 +78,8 @@ GATEWAY_ERROR_STATUSES = {
     413: ERROR_STATUSES[413],
     414: ERROR_STATUSES[414],
     415: ERROR_STATUSES[415],
-    429: "Rate limited (`rate_limited`, the key's tier's limits per key); `Retry-After` says "
-    "when to come back.",
+    429: "Rate limited (`rate_limited`, the tier's limits per user, all their keys together); "
+    "`Retry-After` says when to come back.",
     431: ERROR_STATUSES[431],
     502: "The AI provider failed (`provider_error`): nothing was charged, or what it billed "
     "was refunded.",

@@ -52,7 +52,7 @@ class Principal:
 
     @property
     def identity(self) -> str:
-        """Who this is, for logs and rate limits: `user:<id>`, `key:<id>`, `webhook:<sender>`."""
+        """Who this is, for logs: `user:<id>`, `key:<id>`, `webhook:<sender>`."""
         if self.kind == "api_key":
             return f"key:{self.api_key_id}"
         if self.kind == "webhook":
@@ -61,7 +61,10 @@ class Principal:
 
     @property
     def rate_limit_key(self) -> str:
-        """A key's calls are counted per key; a user's across every session of theirs."""
+        """A user's calls are counted together, across every session and API key of theirs
+        (contract, section 4: limits are keyed by user id): a new key buys no new budget."""
+        if self.kind == "api_key":
+            return f"user:{self.user_id}"
         return self.identity
 
     @property

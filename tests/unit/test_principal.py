@@ -14,7 +14,7 @@ def _user(user_id: int, role: str = "user") -> User:
     return User(id=user_id, email=f"u{user_id}@example.com", role=role, tier_name="free")
 
 
-def test_each_door_counts_and_scopes_its_own_calls() -> None:
+def test_each_door_scopes_its_own_calls_and_a_user_counts_as_one() -> None:
     user = _user(7)
     doors = [
         Principal.signed_in(user),
@@ -24,12 +24,11 @@ def test_each_door_counts_and_scopes_its_own_calls() -> None:
         Principal.verified_sender("github"),
         Principal.signed_in(_user(8)),
     ]
-    assert len({door.rate_limit_key for door in doors}) == len(doors)
     assert len({door.idempotency_scope for door in doors}) == len(doors)
     assert [door.rate_limit_key for door in doors] == [
         "user:7",
-        "key:7",
-        "key:8",
+        "user:7",
+        "user:7",
         "webhook:stripe",
         "webhook:github",
         "user:8",
@@ -41,7 +40,6 @@ def test_a_user_and_their_api_key_never_share_an_idempotency_scope() -> None:
     signed_in, with_key = Principal.signed_in(user), Principal.with_api_key(3, owner=user)
     assert signed_in.user_id == with_key.user_id == 7
     assert signed_in.idempotency_scope != with_key.idempotency_scope
-    assert signed_in.rate_limit_key != with_key.rate_limit_key
 
 
 def test_a_user_is_one_caller_across_sessions() -> None:
