@@ -493,6 +493,17 @@ class PaymentProviderUnavailable(DependencyUnavailable):
     message = "The payment provider cannot be reached; nothing was charged. Try again later."
 
 
+class CheckoutSessionUnknown(CreditAppError):
+    """Stripe refuses to look up a purchase's Checkout Session (a 4xx of its own: no such
+    session, as when the secret key is another account's, or test and live modes mixed): that
+    purchase cannot be settled from Stripe's side and is left to an admin; Stripe still answers
+    for the others."""
+
+    code = "checkout_session_unknown"
+    status = 502
+    message = "Stripe does not know this purchase's Checkout Session."
+
+
 class PurchasesUnavailable(DependencyUnavailable):
     """Credits are sold only where Stripe is configured: STRIPE_SECRET_KEY to start a purchase
     and STRIPE_WEBHOOK_SECRET to learn that it was paid, both."""

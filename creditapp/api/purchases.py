@@ -68,7 +68,10 @@ class PurchaseSchema(Schema):
     status = fields.String(metadata={"enum": list(purchases.models.PURCHASE_STATUSES)})
     problem = fields.String(
         allow_none=True,
-        metadata={"description": "amount_mismatch: Stripe was paid another amount; not granted"},
+        metadata={
+            "description": "amount_mismatch: Stripe was paid another amount; not granted."
+            " session_unknown: Stripe does not know its Checkout Session; left to an admin"
+        },
     )
     checkout_url = fields.String(allow_none=True)
     team_id = Id(allow_none=True)

@@ -29,7 +29,12 @@ from sqlalchemy.exc import IntegrityError
 from creditapp import ledger
 from creditapp.auth.models import User
 from creditapp.database import DbSession, dialect_of, write_transaction
-from creditapp.errors import NotFound, PurchasesUnavailable, ValidationFailed
+from creditapp.errors import (
+    CheckoutSessionUnknown,
+    NotFound,
+    PurchasesUnavailable,
+    ValidationFailed,
+)
 from creditapp.ledger import outbox
 from creditapp.ledger.sql import LedgerSql
 from creditapp.money import MICRO_PER_CREDIT, format_credits
@@ -386,6 +391,35 @@ def _paid(
     return "granted"
 
 
+def _unknown_to_stripe(
+    session: DbSession,
+    purchase_id: int,
+    unknown: CheckoutSessionUnknown,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> str:
+    """Flag a pending purchase whose session Stripe does not know (`problem`
+    session_unknown): the sync job looks at it no more, and an admin finds it audited."""
+    with write_transaction(session):
+        purchase = _locked(session, Purchase.id == purchase_id)
+        if purchase is None or purchase.status != "pending":
+            return "settled_meanwhile"
+        purchase.problem = "session_unknown"
+        ledger.record_action(
+            session,
+            action="purchase_session_unknown",
+            context=context,
+            now=now,
+            account_id=purchase.account_id,
+            details={
+                "purchase_id": str(purchase.id),
+                "checkout_session_id": str(purchase.checkout_session_id),
+                "stripe": str(unknown.details.get("stripe", "")),
+            },
+        )
+    return "session_unknown"
+
+
 def _failed(
     session: DbSession,
     purchase: Purchase,
@@ -506,7 +540,10 @@ def sync(
     session.rollback()  # the read's transaction ends before Stripe is asked
     # None: its Checkout Session was never made (the process died before Stripe answered).
     # Stripe is asked with no transaction open.
-    checkout_session = None if session_id is None else checkout.retrieve_session(session_id)
+    try:
+        checkout_session = None if session_id is None else checkout.retrieve_session(session_id)
+    except CheckoutSessionUnknown as unknown:
+        return _unknown_to_stripe(session, purchase_id, unknown, context, now)
     with write_transaction(session):
         purchase = _locked(session, Purchase.id == purchase_id)
         if purchase is None or purchase.status != "pending":

@@ -11,7 +11,7 @@ from typing import Any
 
 import stripe
 
-from creditapp.errors import PaymentProviderUnavailable
+from creditapp.errors import CheckoutSessionUnknown, PaymentProviderUnavailable
 
 # What a Checkout Session buys: one line item of this name.
 PRODUCT_NAME = "creditapp credits"
@@ -98,11 +98,20 @@ class Checkout:
         return self._call(lambda: self._client.v1.checkout.sessions.create(params, options))
 
     def retrieve_session(self, session_id: str) -> Session:
-        return self._call(lambda: self._client.v1.checkout.sessions.retrieve(session_id))
+        try:
+            return session_of(self._client.v1.checkout.sessions.retrieve(session_id))
+        except stripe.InvalidRequestError as error:  # this session's: Stripe answers the rest
+            raise CheckoutSessionUnknown(details={"stripe": error.code or ""}) from error
+        except stripe.StripeError as error:
+            raise _unavailable(error) from error
 
     @staticmethod
     def _call(request: Any) -> Session:
         try:
             return session_of(request())
         except stripe.StripeError as error:
-            raise PaymentProviderUnavailable(details={"stripe": type(error).__name__}) from error
+            raise _unavailable(error) from error
+
+
+def _unavailable(error: stripe.StripeError) -> PaymentProviderUnavailable:
+    return PaymentProviderUnavailable(details={"stripe": type(error).__name__})

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from creditapp.extensions import db
 from creditapp.jobs import purchases as sync_job
@@ -245,6 +245,42 @@ def test_the_job_looks_past_purchases_still_open_and_leaves_a_flagged_one_to_an_
     assert purchase(client, person, flagged_id)["problem"] == "amount_mismatch"
     flagged_audits = select(func.count()).where(AuditRecord.action == "purchase_amount_mismatch")
     assert scalar(app, flagged_audits) == 1
+
+
+def test_a_session_stripe_does_not_know_is_flagged_and_the_job_looks_past_it(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    """Stripe's 404 for one session (its secret key now another account's, say) is that
+    purchase's, not Stripe being down: the job flags it for an admin and goes on to a paid
+    purchase after it, whose webhook was lost; the next run asks nothing more of it."""
+    person = person_factory()
+    unknown_id, _session = started(client, fake_stripe, person)
+    with app.app_context():
+        db.session.execute(
+            update(Purchase)
+            .where(Purchase.id == int(unknown_id))
+            .values(checkout_session_id="cs_test_" + secrets.token_hex(8))
+        )
+        db.session.commit()
+        db.session.remove()
+    paid_id, paid_session = started(client, fake_stripe, person)
+    fake_stripe.pay(paid_session, deliver=False)
+
+    later = utcnow() + timedelta(minutes=6)
+    summary = run_job_at(app, "sync-purchases", later)
+    assert summary == {"looked_up": 2, "session_unknown": 1, "granted": 1}
+    assert purchase(client, person, paid_id)["status"] == "paid"
+    flagged = purchase(client, person, unknown_id)
+    assert (flagged["status"], flagged["problem"]) == ("pending", "session_unknown")
+    with app.app_context():
+        (details,) = db.session.scalars(
+            select(AuditRecord.details).where(AuditRecord.action == "purchase_session_unknown")
+        ).all()
+        db.session.remove()
+    assert (details["purchase_id"], details["stripe"]) == (unknown_id, "resource_missing")
+    assert run_job_at(app, "sync-purchases", later) == {"looked_up": 0}
+    assert balance(client, person) == "5000"
+    assert_consistent(app, [person.account_id])
 
 
 def test_partial_then_full_refund_takes_the_credits_back(

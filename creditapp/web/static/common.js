@@ -577,6 +577,7 @@ export function dollars(cents) {
 // held back (not granted) whatever its status says.
 export function purchaseStatus(purchase) {
   if (purchase.problem === "amount_mismatch") return "Paid another amount: held for review";
+  if (purchase.problem === "session_unknown") return "Unknown to Stripe: held for review";
   return {
     pending: "Not paid yet",
     paid: "Paid",

@@ -13,6 +13,7 @@ let timer = null;
 function state(purchase, gaveUp) {
   const amount = `${credits(purchase.credits)} credits`;
   if (purchase.problem === "amount_mismatch") return `Stripe was paid another amount than this purchase's price: the ${amount} are held back until it is looked into.`;
+  if (purchase.problem === "session_unknown") return `Stripe no longer knows this purchase's payment page: it is held for review, and nothing more is asked of Stripe for it.`;
   switch (purchase.status) {
     case "paid":
       return `Payment received: ${amount} added.`;
