@@ -8,7 +8,7 @@ A period is named by the month it starts in ("2026-11"), which is unique per use
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from dateutil.relativedelta import relativedelta
 
@@ -26,7 +26,10 @@ def _months_after(anchor: datetime, months: int) -> datetime:
 
 
 def period_at(anchor: datetime, now: datetime) -> Period:
-    """The period containing `now` (the first period if `now` is before the anchor)."""
+    """The period containing `now` (the first period if `now` is before the anchor). Months
+    are counted in UTC, as anchors are stored: `now` in another offset is converted, or its
+    year and month could be the previous period's."""
+    now = now.astimezone(UTC)
     months = max((now.year - anchor.year) * 12 + now.month - anchor.month, 0)
     while months > 0 and _months_after(anchor, months) > now:
         months -= 1

@@ -63,7 +63,9 @@ def run_job(
     name: str, session: DbSession, *, now: datetime, actor: str, settings: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Run one job to completion as of `now` and return its summary; its outcome is counted
-    (`job_outcomes`, for `/metrics`) in a transaction of its own."""
+    (`job_outcomes`, for `/metrics`) in a transaction of its own. `now` is taken in UTC (a
+    naive one as UTC): periods and days are UTC's, whatever offset a catch-up run was given."""
+    now = now.astimezone(UTC) if now.tzinfo is not None else now.replace(tzinfo=UTC)
     context = ledger.AuditContext(actor_type="job", actor_id=f"{name}:{actor}")
     started = time.perf_counter()
     try:

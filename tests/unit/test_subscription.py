@@ -37,3 +37,12 @@ def at(text: str) -> datetime:
 def test_periods(anchor: str, now: str, label: str, start: str, end: str) -> None:
     period = period_at(at(anchor), at(now))
     assert (period.label, period.start, period.end) == (label, at(start), at(end))
+
+
+def test_a_moment_in_another_offset_is_in_the_period_its_utc_time_is_in() -> None:
+    """20:00 at -05:00 on January 31st is February 1st in UTC: the second period, whose
+    start has passed (read as January, the period was one already over)."""
+    evening = datetime.fromisoformat("2026-01-31T20:00:00-05:00")
+    period = period_at(at("2026-01-01 00:00"), evening)
+    assert (period.label, period.start) == ("2026-02", at("2026-02-01 00:00"))
+    assert period.start <= evening < period.end
