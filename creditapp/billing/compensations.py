@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, case, select, update
 from sqlalchemy.exc import IntegrityError
 
 from creditapp import ledger
@@ -73,7 +73,15 @@ def pay(
             Compensation.id == compensation_id,
             Compensation.status.in_(("pending", "processing")),
         )
-        .values(status="completed", completed_at=now, attempts=Compensation.attempts + 1)
+        .values(
+            status="completed",
+            completed_at=now,
+            # A run's claim (`processing`) counted its attempt already; paying at once did not.
+            attempts=case(
+                (Compensation.status == "pending", Compensation.attempts + 1),
+                else_=Compensation.attempts,
+            ),
+        )
         .returning(
             Compensation.account_id,
             Compensation.amount,

@@ -53,6 +53,11 @@ def test_pending_compensations_are_paid_once(
     )
     assert sum(result["paid"] for result in results) == 4
     assert run_job_at(app, "compensations", now + timedelta(hours=1))["paid"] == 0
+    # Each paid at its first attempt, and counted once (the run's claim counts it).
+    attempts = select(Compensation.status, Compensation.attempts)
+    with app.app_context():
+        assert db.session.execute(attempts).all() == [("completed", 1)] * 4
+        db.session.remove()
     refunds = scalar(
         app, select(func.count()).select_from(LedgerEntry).where(LedgerEntry.type == "refund")
     )
