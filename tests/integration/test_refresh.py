@@ -10,10 +10,13 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
+from creditapp import ledger
+from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.ledger.models import Grant
 from tests.conftest import Person, utcnow
 from tests.helpers import (
+    TEST_CONTEXT,
     assert_consistent,
     run_job_at,
     run_job_at_once,
@@ -51,6 +54,34 @@ def test_refresh_renews_at_the_end_of_each_period_and_ends_the_old_grant(
     assert run_job_at(app, "refresh", joined + timedelta(days=200))["granted"] == 1
     assert len(subscription_grants(app, person)) == 3
     assert run_job_at(app, "refresh", joined + timedelta(days=200))["granted"] == 0
+    assert_consistent(app)
+
+
+def test_a_run_as_of_an_earlier_time_leaves_a_later_period_granted(
+    app: Flask, person_factory: Any
+) -> None:
+    """Two runs overlapping (one as of an earlier time, from a slow run or a clock behind):
+    the earlier one's period, coming second, neither ends the later period's credits nor adds
+    its own, already over."""
+    person = person_factory(tier="free")
+    joined = utcnow()
+    assert run_job_at(app, "refresh", joined + timedelta(days=40))["granted"] == 1
+    before = subscription_grants(app, person)
+    with app.app_context():
+        with write_transaction(db.session):
+            late = ledger.refresh(
+                db.session,
+                account_id=person.account_id,
+                period="an earlier one",
+                amount=100 * CREDIT,
+                expires_at=joined + timedelta(days=20),
+                context=TEST_CONTEXT,
+                now=joined + timedelta(days=1),
+            )
+        db.session.remove()
+    assert not late.created
+    assert subscription_grants(app, person) == before
+    assert before[-1][2] == 100 * CREDIT
     assert_consistent(app)
 
 
