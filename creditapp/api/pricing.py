@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate
 
 from creditapp.api import limits
 from creditapp.api.idempotency import idempotent
@@ -57,14 +57,6 @@ class PriceArgs(Schema):
     cached_input = UsdPerMillion(load_default=None, allow_none=True)
     cache_write = UsdPerMillion(load_default=None, allow_none=True)
     effective_from = UtcDateTime(load_default=None, allow_none=True)
-
-    @validates_schema
-    def _charges_something(self, data: dict[str, Any], **_kwargs: Any) -> None:
-        if data["input"] == 0 and data["output"] == 0:
-            raise ValidationError(
-                "Input and output cannot both be 0: a call is never charged nothing.",
-                field_name="output",
-            )
 
 
 class PriceListArgs(PageArgs):

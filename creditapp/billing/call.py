@@ -219,13 +219,13 @@ def _price(session: DbSession, metered: MeteredCall, *, now: datetime) -> _Price
             )
         if price is None:
             raise book.not_priced(provider=provider, model=model)
+        if book.charges_nothing(price):  # a catalogue's row, or one from before it was refused
+            raise book.priced_at_zero(provider=provider, model=model)
         chat = ChatRequest(
             model, request.system_prompt, request.messages, max_tokens, request.sampling
         )
         input_bound = upper_bound_tokens([chat.system_prompt, *(m.content for m in chat.messages)])
         hold_amount = book.worst_case(price, input_tokens=input_bound, max_output_tokens=max_tokens)
-        if hold_amount == 0:  # input and output free: a catalogue's row, or an old one
-            raise book.priced_at_zero(provider=provider, model=model)
         if request.max_credits is not None and hold_amount > request.max_credits:
             raise MaxCreditsExceeded(required=hold_amount, max_credits=request.max_credits)
     except CreditAppError:

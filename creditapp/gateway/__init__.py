@@ -65,7 +65,7 @@ def callable_models(
     session: DbSession, *, caller: User, key_allowed: list[str] | None, at: datetime
 ) -> list[Price]:
     """The price rows in force of the models a key may call: those its owner's tier allows,
-    and the key's own allow-list, if it has one."""
+    and the key's own allow-list, if it has one (a model priced at zero cannot be called)."""
     tier = session.get(Tier, caller.tier_name)
     assert tier is not None  # users.tier_name is a foreign key
     return [
@@ -73,6 +73,7 @@ def callable_models(
         for price in session.scalars(book.all_in_force(at=at))
         if model_allowed(tier.allowed_models, price.provider, price.model)
         and api_keys.models_allowed(key_allowed, price.provider, price.model)
+        and not book.charges_nothing(price)
     ]
 
 

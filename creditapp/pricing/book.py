@@ -73,6 +73,11 @@ class Rates:
             rate for rate in (self.input, self.cached_input, self.cache_write) if rate is not None
         )
 
+    @property
+    def free(self) -> bool:
+        """Every rate 0: a call would be charged nothing."""
+        return self.highest_input == 0 and self.output == 0
+
 
 def _decimal_or_none(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
@@ -140,10 +145,16 @@ def not_priced(*, provider: str, model: str) -> ModelNotPriced:
     )
 
 
+def charges_nothing(price: Price) -> bool:
+    """Whether a call of the row's model would be charged nothing whatever it sends: it is
+    not callable (a call is never charged zero, and a hold must reserve something)."""
+    return all(rates.free for _threshold, rates in tiers_of(price))
+
+
 def priced_at_zero(*, provider: str, model: str) -> ModelNotPriced:
     return ModelNotPriced(
-        f"{provider}:{model} is priced at zero, input and output: a call is never charged"
-        " nothing, so it cannot be called.",
+        f"{provider}:{model} is priced at zero: a call is never charged nothing, so it cannot"
+        " be called.",
         details={"provider": provider, "model": model},
     )
 
@@ -290,6 +301,10 @@ def put(
 ) -> Price:
     """An admin's new price row, audited: it takes effect at `effective_from` (default now),
     never in the past, and never at a moment another row of the model takes effect."""
+    if rates.free:
+        raise ValidationFailed(
+            details={"output": ["Every rate cannot be 0: a call is never charged nothing."]}
+        )
     effective_from = effective_from or now
     if effective_from < now - EFFECTIVE_FROM_SKEW:
         raise ValidationFailed(details={"effective_from": ["Must not be in the past."]})

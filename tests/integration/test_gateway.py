@@ -438,6 +438,7 @@ def test_models_lists_what_the_tier_and_the_key_allow_with_prices(
 ) -> None:
     add_price(app, "openai", "gpt-other", input="3", output="4")
     add_price(app, "anthropic", "claude-other", input="3", output="4")
+    add_price(app, "openai", "gpt-free", input="0", output="0")  # not callable: not listed
     add_tier(app, "narrow", allowed_models=["openai:*", "demo:echo"])
     person = person_factory(tier="narrow", credits=CREDITS)
     _id, every = make_key(client, person)

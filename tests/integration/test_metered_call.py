@@ -257,8 +257,8 @@ def test_a_model_priced_at_zero_is_refused_before_anything_is_held(
     with pytest.raises(ModelNotPriced) as refused:
         _complete(app, person, replace(_request(), model="gpt-free"))
     assert str(refused.value) == (
-        "openai:gpt-free is priced at zero, input and output: a call is never charged nothing,"
-        " so it cannot be called."
+        "openai:gpt-free is priced at zero: a call is never charged nothing, so it cannot be"
+        " called."
     )
     assert db.session.scalar(select(func.count()).select_from(Hold)) == 0
     assert fake_providers.calls("openai") == []

@@ -97,6 +97,13 @@ def test_bad_prices_are_400_naming_the_field(
     assert field in error["details"]
 
 
+def test_a_price_of_cache_writes_only_charges_something(client: FlaskClient, admin: Person) -> None:
+    """Input and output free but cache writes not: a call holds (every input token at the
+    highest input rate) and is charged for what it writes, so the row is not refused."""
+    row = {**PRICE, "input": "0", "output": "0", "cached_input": "0", "cache_write": "0.5"}
+    assert client.put("/api/admin/pricing", json=row, headers=admin.headers).status_code == 201
+
+
 # Decimals `int` and `Decimal` read and the contract refuses; "-0" was stored and echoed back.
 NOT_ASCII_DECIMALS = ["\uff11\uff12", "\u0663", "1_000", "+5", " 5 ", "5\n", "-0", "-0.0"]
 
