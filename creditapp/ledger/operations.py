@@ -46,6 +46,7 @@ from creditapp.ledger.sql import (
     INSERT_ENTRY,
     INSERT_GRANT,
     INSERT_HOLD,
+    LATER_PERIOD_GRANT,
     LIVE_GRANTS,
     LOCK_ACCOUNT,
     LOCK_RESOLVED_HOLDS_ACCOUNT,
@@ -770,17 +771,11 @@ def refresh(
     existing = sql.one(PERIOD_GRANT, account=account_id, period=period)
     if existing is not None:
         return GrantResult(int(existing[0]), False, Balance(state.balance, state.reserved))
-    later = [
-        live_grant.id
-        for live_grant in state.grants
-        if live_grant.source == "subscription"
-        and live_grant.expires_at is not None
-        and live_grant.expires_at > expires_at
-    ]
-    if later:
+    later = sql.one(LATER_PERIOD_GRANT, account=account_id, end=sql.time(expires_at))
+    if later is not None:
         # A later period is granted already (a run as of a later time got here first): this
         # period is over, and ending the later one's credits would leave the user without.
-        return GrantResult(later[0], False, Balance(state.balance, state.reserved))
+        return GrantResult(int(later[0]), False, Balance(state.balance, state.reserved))
     # Earlier periods' subscription credits end now, as if they had expired.
     for live_grant in state.grants:
         if live_grant.source == "subscription" and (

@@ -351,6 +351,12 @@ OPEN_HOLDS = Statement(
 )
 HOLD_STATE = Statement("SELECT status, captured, uncollected FROM holds WHERE id = :hold")
 PERIOD_GRANT = Statement("SELECT id FROM grants WHERE account_id = :account AND period = :period")
+# A subscription grant of a period that ends after `:end` (spent or not).
+LATER_PERIOD_GRANT = Statement(
+    """SELECT id FROM grants
+       WHERE account_id = :account AND source = 'subscription' AND expires_at > :end
+       LIMIT 1"""
+)
 OVERDUE_HOLDS = Statement(
     """SELECT id FROM holds WHERE resolved_at IS NULL AND expires_at <= :now
        ORDER BY expires_at LIMIT :limit"""

@@ -57,15 +57,28 @@ def test_refresh_renews_at_the_end_of_each_period_and_ends_the_old_grant(
     assert_consistent(app)
 
 
+@pytest.mark.parametrize("spent", [False, True])
 def test_a_run_as_of_an_earlier_time_leaves_a_later_period_granted(
-    app: Flask, person_factory: Any
+    app: Flask, person_factory: Any, spent: bool
 ) -> None:
     """Two runs overlapping (one as of an earlier time, from a slow run or a clock behind):
     the earlier one's period, coming second, neither ends the later period's credits nor adds
-    its own, already over."""
+    its own, already over; whether the later period's credits are spent or not."""
     person = person_factory(tier="free")
     joined = utcnow()
     assert run_job_at(app, "refresh", joined + timedelta(days=40))["granted"] == 1
+    with app.app_context():
+        if spent:
+            with write_transaction(db.session):
+                ledger.adjust(
+                    db.session,
+                    account_id=person.account_id,
+                    amount=-100 * CREDIT,
+                    reason="spent",
+                    context=TEST_CONTEXT,
+                    now=joined + timedelta(days=41),
+                )
+        db.session.remove()
     before = subscription_grants(app, person)
     with app.app_context():
         with write_transaction(db.session):
@@ -81,7 +94,7 @@ def test_a_run_as_of_an_earlier_time_leaves_a_later_period_granted(
         db.session.remove()
     assert not late.created
     assert subscription_grants(app, person) == before
-    assert before[-1][2] == 100 * CREDIT
+    assert before[-1][2] == (0 if spent else 100 * CREDIT)
     assert_consistent(app)
 
 
