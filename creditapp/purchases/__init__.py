@@ -44,6 +44,10 @@ from creditapp.purchases.models import Purchase, StripeEvent, StripePaymentInten
 T = TypeVar("T")
 _STRIPE_ID = re.compile(r"[A-Za-z0-9_]{1,255}")
 _LARGEST_CENTS = 2**63 - 1
+# How long after its purchase a Checkout Session that Stripe does not know is flagged: past a
+# session's life (Stripe's default, 24 h, which Checkout keeps here), it was never paid there,
+# or with another key; before that it is asked about again on every run.
+SESSION_UNKNOWN_AFTER = timedelta(hours=25)
 # Credits are sold in steps of 10 (one US cent).
 CREDITS_PER_CENT = 10
 MICRO_PER_CENT = CREDITS_PER_CENT * MICRO_PER_CREDIT
@@ -510,8 +514,8 @@ def pending_too_long(
 ) -> list[tuple[datetime, int]]:
     """Pending purchases older than `terms.sync_after`, oldest first, after the position
     `after` (a purchase's `created_at` and id): each with its position, to page through them
-    all. One flagged for an amount Stripe took that is not its price is left to an admin:
-    asking again would flag it again."""
+    all. One flagged (an amount Stripe took that is not its price, a session Stripe does not
+    know) is left to an admin: asking again would flag it again."""
     query = select(Purchase.created_at, Purchase.id).where(
         Purchase.status == "pending",
         Purchase.created_at <= now - terms.sync_after,
@@ -534,15 +538,19 @@ def sync(
 ) -> str:
     """Ask Stripe how a pending purchase's session ended and apply it as its webhook would
     have: paid → granted (once, whoever gets there first), expired → failed."""
-    session_id = session.scalar(
-        select(Purchase.checkout_session_id).where(Purchase.id == purchase_id)
-    )
+    session_id, created_at = session.execute(
+        select(Purchase.checkout_session_id, Purchase.created_at).where(Purchase.id == purchase_id)
+    ).one()
     session.rollback()  # the read's transaction ends before Stripe is asked
     # None: its Checkout Session was never made (the process died before Stripe answered).
     # Stripe is asked with no transaction open.
     try:
         checkout_session = None if session_id is None else checkout.retrieve_session(session_id)
     except CheckoutSessionUnknown as unknown:
+        if created_at > now - SESSION_UNKNOWN_AFTER:
+            # Its session could still be paid: asked again next run (a key set wrong for a
+            # while must not flag every purchase), the purchases after it asked now.
+            return "stripe_refused"
         return _unknown_to_stripe(session, purchase_id, unknown, context, now)
     with write_transaction(session):
         purchase = _locked(session, Purchase.id == purchase_id)

@@ -251,8 +251,9 @@ def test_a_session_stripe_does_not_know_is_flagged_and_the_job_looks_past_it(
     app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
 ) -> None:
     """Stripe's 404 for one session (its secret key now another account's, say) is that
-    purchase's, not Stripe being down: the job flags it for an admin and goes on to a paid
-    purchase after it, whose webhook was lost; the next run asks nothing more of it."""
+    purchase's, not Stripe being down: the job goes on to a paid purchase after it, whose
+    webhook was lost. Asked about again while the session could still be paid, it is flagged
+    for an admin once it could not, and the job asks nothing more of it."""
     person = person_factory()
     unknown_id, _session = started(client, fake_stripe, person)
     with app.app_context():
@@ -266,10 +267,12 @@ def test_a_session_stripe_does_not_know_is_flagged_and_the_job_looks_past_it(
     paid_id, paid_session = started(client, fake_stripe, person)
     fake_stripe.pay(paid_session, deliver=False)
 
-    later = utcnow() + timedelta(minutes=6)
-    summary = run_job_at(app, "sync-purchases", later)
-    assert summary == {"looked_up": 2, "session_unknown": 1, "granted": 1}
+    summary = run_job_at(app, "sync-purchases", utcnow() + timedelta(minutes=6))
+    assert summary == {"looked_up": 2, "stripe_refused": 1, "granted": 1}
     assert purchase(client, person, paid_id)["status"] == "paid"
+    assert purchase(client, person, unknown_id)["problem"] is None
+    later = utcnow() + timedelta(hours=25, minutes=1)
+    assert run_job_at(app, "sync-purchases", later) == {"looked_up": 1, "session_unknown": 1}
     flagged = purchase(client, person, unknown_id)
     assert (flagged["status"], flagged["problem"]) == ("pending", "session_unknown")
     with app.app_context():
