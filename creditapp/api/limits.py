@@ -1,8 +1,9 @@
 """Rate limits (contract section 4): who a request counts against, and the limits by kind of
 operation: the service-wide settings, or what the caller's tier says instead.
 
-The caller is the request's principal (its `rate_limit_key`): today the user of a valid access
-token, loaded once per request (the view reuses it); else the client's IP. A tier's
+The caller is the request's principal (its `rate_limit_key`): the user of a valid access token
+or the owner of a valid API key, loaded once per request (the view reuses it); else the
+client's IP. A tier's
 `rate_limits` come from a short in-process cache of the tiers, never a query per request.
 """
 
@@ -43,7 +44,8 @@ def _counted_principal() -> Principal | None:
 
 
 def rate_limit_key() -> str:
-    """Limits count per caller (`user:<id>` for a valid access token), else per IP."""
+    """Limits count per caller (`user:<id>` for a valid access token or API key), else per
+    IP."""
     who = _counted_principal()
     return client_ip() if who is None else who.rate_limit_key
 

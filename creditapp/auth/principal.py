@@ -42,7 +42,8 @@ class Principal:
 
     @classmethod
     def with_api_key(cls, api_key_id: int, *, owner: User) -> Principal:
-        """A call made with an API key: it spends as the key's owner, but counts as the key."""
+        """A call made with an API key: it spends, and is rate limited, as the key's owner (the
+        member who made it, for a team's key); its Idempotency-Keys are the key's own."""
         return cls("api_key", user=owner, api_key_id=api_key_id)
 
     @classmethod

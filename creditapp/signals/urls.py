@@ -155,7 +155,8 @@ def _resolve(url: str, host: str, port: int) -> list[Address]:
         f"The webhook URL's host {host} could not be resolved in time: try again.",
         details={"dns": "unavailable"},
     )
-    if not _in_flight.acquire(blocking=False):
+    gate = _in_flight  # released by the lookup's thread, whenever it ends
+    if not gate.acquire(blocking=False):
         raise unresolved
     lookup: Future[list[Any]] = Future()
 
@@ -165,12 +166,12 @@ def _resolve(url: str, host: str, port: int) -> list[Address]:
         except BaseException as error:  # handed to the waiting caller, if it still waits
             lookup.set_exception(error)
         finally:
-            _in_flight.release()
+            gate.release()
 
     try:
         threading.Thread(target=resolve, name="webhook-dns", daemon=True).start()
     except BaseException:
-        _in_flight.release()
+        gate.release()
         raise
     try:
         found = lookup.result(timeout=RESOLVE_TIMEOUT_SECONDS)
