@@ -355,21 +355,16 @@ def _paid(
     if purchase.grant_id is not None:
         return "already_granted"
     if checkout_session.amount_total != purchase.amount_cents:
-        purchase.problem = "amount_mismatch"
-        ledger.record_action(
+        return _flagged(
             session,
-            action="purchase_amount_mismatch",
-            context=context,
-            now=now,
-            account_id=purchase.account_id,
-            details={
-                "purchase_id": str(purchase.id),
-                "cause": cause,
-                "expected_cents": str(purchase.amount_cents),
-                "paid_cents": str(checkout_session.amount_total),
-            },
+            purchase,
+            "amount_mismatch",
+            context,
+            now,
+            cause=cause,
+            expected_cents=str(purchase.amount_cents),
+            paid_cents=str(checkout_session.amount_total),
         )
-        return "amount_mismatch"
     expires_at = now + timedelta(days=terms.expiry_days) if terms.expiry_days else None
     granted = ledger.grant(
         session,
@@ -408,20 +403,36 @@ def _unknown_to_stripe(
         purchase = _locked(session, Purchase.id == purchase_id)
         if purchase is None or purchase.status != "pending":
             return "settled_meanwhile"
-        purchase.problem = "session_unknown"
-        ledger.record_action(
+        return _flagged(
             session,
-            action="purchase_session_unknown",
-            context=context,
-            now=now,
-            account_id=purchase.account_id,
-            details={
-                "purchase_id": str(purchase.id),
-                "checkout_session_id": str(purchase.checkout_session_id),
-                "stripe": str(unknown.details.get("stripe", "")),
-            },
+            purchase,
+            "session_unknown",
+            context,
+            now,
+            checkout_session_id=str(purchase.checkout_session_id),
+            stripe=str(unknown.details.get("stripe", "")),
         )
-    return "session_unknown"
+
+
+def _flagged(
+    session: DbSession,
+    purchase: Purchase,
+    problem: str,
+    context: ledger.AuditContext,
+    now: datetime,
+    **details: str,
+) -> str:
+    """Flag the purchase with `problem`, left to an admin, audited as `purchase_<problem>`."""
+    purchase.problem = problem
+    ledger.record_action(
+        session,
+        action=f"purchase_{problem}",
+        context=context,
+        now=now,
+        account_id=purchase.account_id,
+        details={"purchase_id": str(purchase.id), **details},
+    )
+    return problem
 
 
 def _failed(
