@@ -152,7 +152,7 @@ def key(key_id: str) -> Any:
 def change_key(args: dict[str, Any], key_id: str) -> Any:
     now = datetime.now(UTC)
     standing = api_keys.get(
-        db.session, key_id=path_id(key_id, "key_id"), user_id=caller().id, now=now
+        db.session, key_id=path_id(key_id, "key_id"), user_id=caller().id, now=now, to_change=True
     )
     return api_keys.change(db.session, standing, context=audit_context(), now=now, **args)
 
@@ -168,7 +168,9 @@ def revoke_key(key_id: str) -> Any:
 
 def _revoke(key_id: str, *, user_id: int | None) -> None:
     now = datetime.now(UTC)
-    standing = api_keys.get(db.session, key_id=path_id(key_id, "key_id"), user_id=user_id, now=now)
+    standing = api_keys.get(
+        db.session, key_id=path_id(key_id, "key_id"), user_id=user_id, now=now, to_change=True
+    )
     api_keys.revoke(db.session, standing.key, context=audit_context(), now=now)
 
 

@@ -171,12 +171,18 @@ def standing_of(key: ApiKey, cap: SpendCap, *, now: datetime) -> KeyStanding:
     return KeyStanding(key, cap.ceiling, cap.period, caps.spent_this_period(cap, now=now))
 
 
-def get(session: DbSession, *, key_id: int, user_id: int | None, now: datetime) -> KeyStanding:
-    """One key, of `user_id` (None: anyone's, for admins); another's is NotFound."""
+def get(
+    session: DbSession, *, key_id: int, user_id: int | None, now: datetime, to_change: bool = False
+) -> KeyStanding:
+    """One key, of `user_id` (None: anyone's, for admins); another's is NotFound. One
+    `to_change` is locked until the caller's transaction ends: of two changes or revocations at
+    once, the second sees what the first did (both read it live, and both were audited)."""
     query = select(ApiKey, SpendCap).join(SpendCap, SpendCap.id == ApiKey.cap_id)
     query = query.where(ApiKey.id == key_id)
     if user_id is not None:
         query = query.where(ApiKey.user_id == user_id)
+    if to_change:
+        query = query.with_for_update(of=ApiKey)
     found = session.execute(query).one_or_none()
     if found is None:
         raise NotFound("No such API key.")

@@ -21,7 +21,7 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select, update
 from werkzeug.test import TestResponse
 
 from creditapp import ledger
@@ -29,10 +29,18 @@ from creditapp.accounts.models import Team
 from creditapp.auth.models import ApiKey
 from creditapp.database import write_transaction
 from creditapp.extensions import db
+from creditapp.ledger.models import AuditRecord
 from creditapp.money import parse_credits
 from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.helpers import add_price, assert_error, new_team
+from tests.helpers import (
+    add_price,
+    assert_error,
+    new_team,
+    scalar,
+    until,
+    waits_for_a_lock,
+)
 from tests.integration.live_server import live_server
 
 CR = 1_000_000
@@ -603,3 +611,32 @@ def test_a_key_made_to_expire_in_the_past_is_refused_as_a_key(
     )
     error = assert_error(refused, 400, "expiry_not_in_future")
     assert error["message"] == "An API key must expire in the future."
+
+
+@pytest.mark.postgres_only
+def test_a_key_revoked_meanwhile_is_revoked_and_audited_once(
+    app: Flask, client: FlaskClient, person_factory: Any, demo_price: None
+) -> None:
+    """Its owner revokes a key while an admin's revocation holds its row: the owner's waits,
+    then finds it revoked, and changes nothing (it overwrote the revocation's time, and a
+    second `api_key_revoked` was audited)."""
+    owner = person_factory()
+    key_id = int(make_key(client, owner)["id"])
+    first = utcnow() - timedelta(minutes=1)
+    row = select(ApiKey).where(ApiKey.id == key_id)
+    with (
+        app.app_context(),
+        db.engine.connect() as admins,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        admins.execute(row.with_for_update())
+        revoking = pool.submit(
+            lambda: app.test_client().delete(f"/api/keys/{key_id}", headers=owner.headers)
+        )
+        assert until(waits_for_a_lock), "the owner's revocation did not reach the key's row"
+        admins.execute(update(ApiKey).where(ApiKey.id == key_id).values(revoked_at=first))
+        admins.commit()
+        assert revoking.result(timeout=30).status_code == 204
+    revoked = select(ApiKey.revoked_at).where(ApiKey.id == key_id)
+    audited = select(func.count()).where(AuditRecord.action == "api_key_revoked")
+    assert (scalar(app, revoked), scalar(app, audited)) == (first, 0)
