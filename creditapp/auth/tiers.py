@@ -18,13 +18,15 @@ from creditapp.money import format_credits
 
 @dataclass(frozen=True)
 class Terms:
-    """What a tier allows a call, as every metered call reads it (kept: `creditapp.kept`)."""
+    """What a tier allows a call, as every metered call reads it (kept: `creditapp.kept`), and
+    whether it grants credits every period (a call refused for credits may be renewing)."""
 
     name: str
     allowed_models: tuple[str, ...]
     default_max_tokens: int
     max_max_tokens: int
     rate_limits: dict[str, str]
+    grants_credits: bool
 
 
 _kept_terms: Kept[str, Terms | None] = Kept()
@@ -43,6 +45,7 @@ def terms(session: DbSession, name: str) -> Terms | None:
             tier.default_max_tokens,
             tier.max_max_tokens,
             dict(tier.rate_limits or {}),
+            tier.monthly_credits > 0,
         )
 
     return _kept_terms.get(session, name, load)

@@ -83,6 +83,18 @@ def refresh_subscription(
     )
 
 
+def subscription_due(session: DbSession, *, user: User, account_id: int, now: datetime) -> bool:
+    """Whether the user's tier grants credits and their personal account (`account_id`) holds
+    no grant yet for the period containing `now`: the refresh job has not come by since the
+    period began."""
+    tier = session.get(Tier, user.tier_name)
+    if tier is None or tier.monthly_credits == 0:
+        return False
+    period = period_at(user.period_anchor, now)
+    granted = select(Grant.id).where(Grant.account_id == account_id, Grant.period == period.label)
+    return session.execute(granted).first() is None
+
+
 def create(
     session: DbSession,
     *,

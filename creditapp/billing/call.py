@@ -33,8 +33,8 @@ from typing import Any, Generic, TypeVar
 import structlog
 from sqlalchemy import Select, select
 
-from creditapp import ledger
-from creditapp.auth import tiers
+from creditapp import accounts, ledger
+from creditapp.auth import tiers, users
 from creditapp.auth.models import User
 from creditapp.billing import compensations
 from creditapp.billing.models import Compensation, UnbilledUsage, UsageRecord
@@ -192,6 +192,7 @@ class _Priced:
     hold_amount: int
     max_credits: int | None
     caps: tuple[int, ...]
+    renews: bool  # the caller's tier grants credits every period
 
 
 def _price(session: DbSession, metered: MeteredCall, *, now: datetime) -> _Priced:
@@ -244,6 +245,7 @@ def _price(session: DbSession, metered: MeteredCall, *, now: datetime) -> _Price
         hold_amount,
         request.max_credits,
         metered.caps,
+        tier.grants_credits,
     )
 
 
@@ -256,22 +258,63 @@ def _hold(
     now: datetime,
 ) -> Held:
     """Reserve the call's worst case (inside the caller's transaction)."""
+    held = ledger.hold(
+        session,
+        account_id=priced.account_id,
+        amount=priced.hold_amount,
+        ttl=meter.hold_ttl,
+        context=context,
+        now=now,
+        reference=priced.origin.reference,
+        caps=priced.caps,
+        spender=priced.user_id,
+    )
+    return Held(held.hold_id, held.amount, now)
+
+
+def _placed(
+    session: DbSession,
+    metered: MeteredCall,
+    priced: _Priced,
+    place: Callable[[], T],
+    *,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> T:
+    """`place()`: the hold's transaction, and what it returns. Refused for credits just after
+    the caller's subscription period ended, before the refresh job came by (it comes every few
+    minutes): the new period's credits are granted at once, as the job would, and the hold
+    placed again, once. A refusal is counted with the call's model."""
     try:
-        held = ledger.hold(
-            session,
-            account_id=priced.account_id,
-            amount=priced.hold_amount,
-            ttl=meter.hold_ttl,
-            context=context,
-            now=now,
-            reference=priced.origin.reference,
-            caps=priced.caps,
-            spender=priced.user_id,
-        )
+        try:
+            return place()
+        except InsufficientCredits:
+            if not (priced.renews and _renewed(session, metered, context=context, now=now)):
+                raise
+        return place()
     except (InsufficientCredits, SpendCapReached) as refused:
         MESSAGES.labels(priced.provider, priced.model, refused.code).inc()
         raise
-    return Held(held.hold_id, held.amount, now)
+
+
+def _renewed(
+    session: DbSession, metered: MeteredCall, *, context: ledger.AuditContext, now: datetime
+) -> bool:
+    """Whether the caller's subscription credits for the period containing `now` were due
+    (paid from their own account, their tier grants credits, none granted for the period yet),
+    and are now granted."""
+    caller = metered.caller
+    due = metered.account_id == accounts.of_user(session, caller.id) and users.subscription_due(
+        session, user=caller, account_id=metered.account_id, now=now
+    )
+    session.rollback()  # the reads end here; the grant takes a write transaction of its own
+    if not due:
+        return False
+    with write_transaction(session):
+        renewed = users.refresh_subscription(
+            session, user=caller, account_id=metered.account_id, context=context, now=now
+        )
+    return renewed is not None and renewed.created
 
 
 @contextmanager
@@ -354,9 +397,15 @@ def complete(
     """
     asked_at = meter.clock()
     priced = _price(session, metered, now=asked_at)
-    with _refusal_announced(session, now=asked_at), write_transaction(session):
-        hold_committed = before_hold(session)
-        held = _hold(session, priced, meter=meter, context=context, now=asked_at)
+
+    def place() -> tuple[Callable[[], None], Held]:
+        with _refusal_announced(session, now=asked_at), write_transaction(session):
+            hold_committed = before_hold(session)
+            return hold_committed, _hold(
+                session, priced, meter=meter, context=context, now=asked_at
+            )
+
+    hold_committed, held = _placed(session, metered, priced, place, context=context, now=asked_at)
     hold_committed()
 
     try:
@@ -728,10 +777,16 @@ def stream(
     """
     asked_at = meter.clock()
     priced = _price(session, metered, now=asked_at)
-    with _refusal_announced(session, now=asked_at), write_transaction(session):
-        hold_committed = before_hold(session)
-        held = _hold(session, priced, meter=meter, context=context, now=asked_at)
-        started = on_held(session, held)
+
+    def place() -> tuple[Callable[[], None], Held, H]:
+        with _refusal_announced(session, now=asked_at), write_transaction(session):
+            hold_committed = before_hold(session)
+            held = _hold(session, priced, meter=meter, context=context, now=asked_at)
+            return hold_committed, held, on_held(session, held)
+
+    hold_committed, held, started = _placed(
+        session, metered, priced, place, context=context, now=asked_at
+    )
     hold_committed()
     # Taken now, from what the hold's transaction stored: an undo may run in another session.
     streamed = _StreamedCall(

@@ -8,18 +8,25 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from creditapp import ledger
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.ledger.models import Grant
+from creditapp.money import parse_credits
 from tests.conftest import Person, utcnow
+from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import (
     TEST_CONTEXT,
+    add_price,
     assert_consistent,
+    assert_error,
     run_job_at,
     run_job_at_once,
+    send,
+    start_conversation,
 )
 
 postgres_only = pytest.mark.postgres_only
@@ -122,4 +129,45 @@ def test_refresh_three_times_at_once_grants_once(app: Flask, person_factory: Any
     assert sum(result["granted"] for result in results) == 20
     for person in people:
         assert len(subscription_grants(app, person)) == 2
+    assert_consistent(app)
+
+
+def test_a_call_just_after_the_period_ends_is_paid_by_the_next_periods_credits(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    """The refresh job comes every few minutes: between a period's end and its run, a user
+    whose credits are all subscription credits was refused (402). The refusal grants the new
+    period's credits at once, as the job would, and the call goes on; the job then finds
+    nothing to do, and a user who is simply out of credits is still refused."""
+    # 100 credits a month; the first period, granted when they joined, is over.
+    person = person_factory(tier="free", joined_at=utcnow() - timedelta(days=40))
+    add_price(app, "openai", "gpt-renewal", input="1", output="2")
+    conversation = start_conversation(client, person, "openai", "gpt-renewal")
+    usage = {"prompt_tokens": 100, "completion_tokens": 50}
+    fake_providers.script("openai", Answer(usage=usage))
+
+    sent = send(client, person, conversation)
+    assert sent.status_code == 201, sent.get_json()
+    assert run_job_at(app, "refresh", utcnow())["granted"] == 0
+    charge = parse_credits(sent.get_json()["credits_charged"])
+    assert charge == 200_000  # 100 in at 1 USD, 50 out at 2 USD per 1M tokens
+    grants = subscription_grants(app, person)
+    assert [(amount, remaining) for _period, amount, remaining in grants] == [
+        (100 * CREDIT, 0),  # written off when it expired
+        (100 * CREDIT, 100 * CREDIT - charge),
+    ]
+    with app.app_context():
+        with write_transaction(db.session):
+            ledger.adjust(
+                db.session,
+                account_id=person.account_id,
+                amount=charge - 100 * CREDIT,
+                reason="spent the rest",
+                context=TEST_CONTEXT,
+                now=utcnow(),
+            )
+        db.session.remove()
+    assert_error(send(client, person, conversation), 402, "insufficient_credits")
+    assert len(subscription_grants(app, person)) == 2
+    assert len(fake_providers.calls("openai")) == 1
     assert_consistent(app)
