@@ -302,7 +302,7 @@ def _renewed(
 ) -> bool:
     """Whether the caller's subscription credits for the period containing `now` were due
     (paid from their own account, their tier grants credits, none granted for the period yet),
-    and are now granted."""
+    and are now granted: here, or by a concurrent call that got there first."""
     caller = metered.caller
     due = metered.account_id == accounts.of_user(session, caller.id) and users.subscription_due(
         session, user=caller, account_id=metered.account_id, now=now
@@ -314,7 +314,7 @@ def _renewed(
         renewed = users.refresh_subscription(
             session, user=caller, account_id=metered.account_id, context=context, now=now
         )
-    return renewed is not None and renewed.created
+    return renewed is not None
 
 
 @contextmanager
