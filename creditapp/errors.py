@@ -381,6 +381,7 @@ class ProviderFailed(CreditAppError):
     code = "provider_error"
     status = 502
     message = "The AI provider failed; nothing was charged."
+    message_after_words = "The AI provider failed during the reply: what it delivered is charged."
 
 
 class StreamClosedEarly(CreditAppError):

@@ -832,9 +832,11 @@ def _relay(
     def settle(session: DbSession, how: str, failure: CreditAppError | None) -> Finished[T]:
         reply.close()
         text = "".join(delivered)
-        if isinstance(failure, ProviderFailed) and not text:
-            streamed.drop()
-            return Finished(None, failure)
+        if isinstance(failure, ProviderFailed):
+            if not text:
+                streamed.drop()
+                return Finished(None, failure)
+            failure = ProviderFailed(failure.message_after_words, details=failure.details)
         usage = _streamed_usage(reply.usage, priced.request, text, whole=how == "completed")
         call = _AnsweredCall(
             priced=priced,

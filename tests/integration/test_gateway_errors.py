@@ -211,6 +211,9 @@ def test_a_provider_failing_mid_stream_raises_and_the_delivered_part_is_charged(
         for chunk in stream:
             received.append(chunk)
     assert failed.value.body["code"] == "provider_error"  # type: ignore[index]
+    assert failed.value.message == (
+        "The AI provider failed during the reply: what it delivered is charged."
+    )
     text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
     assert text == " ".join(REPLY.split(" ")[:3])
     usage = received[-1].usage

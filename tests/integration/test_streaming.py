@@ -187,7 +187,10 @@ def test_a_provider_failing_mid_stream_is_charged_for_what_was_delivered(
     events = events_of(stream(client, user, conversation).get_data())
     assert [name for name, _ in events] == ["message", "delta", "delta", "delta", "error"]
     error = events[-1][1]
-    assert error["error"]["code"] == "provider_error"
+    assert (error["error"]["code"], error["error"]["message"]) == (
+        "provider_error",
+        "The AI provider failed during the reply: what it delivered is charged.",
+    )
     delivered = "".join(data["text"] for name, data in events if name == "delta")
     assert delivered == " ".join(REPLY.split(" ")[:3])
     (record,) = usage_records(app)
