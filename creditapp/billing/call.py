@@ -336,13 +336,26 @@ def _refusal_announced(session: DbSession, *, now: datetime) -> Iterator[None]:
 
 def _usage_of(completion: Completion, request: ChatRequest) -> Usage:
     if completion.usage is not None:
-        return completion.usage
+        return _reported(completion.usage, request)
     prompt = [request.system_prompt, *(m.content for m in request.messages)]
     return Usage(
         input_tokens=estimate_tokens(prompt),
         output_tokens=estimate_tokens([completion.text]) if completion.text else 0,
         estimated=True,
     )
+
+
+def _reported(usage: Usage, request: ChatRequest) -> Usage:
+    """The provider's usage, its output counted as at most the call's `max_tokens` (a report
+    of more is the provider's error, logged, and not the caller's to pay)."""
+    within = usage.output_within(request.max_tokens)
+    if within is not usage:
+        log.warning(
+            "provider_usage_above_max_tokens",
+            output_tokens=usage.output_tokens,
+            max_tokens=request.max_tokens,
+        )
+    return within
 
 
 def _provider_failed(error: ProviderError) -> ProviderFailed:
@@ -923,6 +936,7 @@ def _streamed_usage(
     if reported is None:
         prompt = [request.system_prompt, *(m.content for m in request.messages)]
         return Usage(input_tokens=estimate_tokens(prompt), output_tokens=delivered, estimated=True)
+    reported = _reported(reported, request)
     return Usage(
         input_tokens=reported.input_tokens,
         cached_tokens=reported.cached_tokens,

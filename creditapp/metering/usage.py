@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from creditapp.errors import InconsistentUsage
 
@@ -14,6 +14,10 @@ TOKEN_COUNTERS = (
     "output_tokens",
     "reasoning_tokens",
 )
+
+# More tokens than any model reads or writes in one call; a count above it is not a count (and
+# priced, even at the highest price a row may have, it would not fit an amount's column).
+MOST_TOKENS = 10**9
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,13 @@ class Usage:
     estimated: bool = False
 
     def __post_init__(self) -> None:
-        if any(not isinstance(count, int) or count < 0 for count in self.counts().values()):
-            raise InconsistentUsage(f"Token counts must be whole numbers >= 0: {self}")
+        if any(
+            not isinstance(count, int) or not 0 <= count <= MOST_TOKENS
+            for count in self.counts().values()
+        ):
+            raise InconsistentUsage(
+                f"Token counts must be whole numbers from 0 to {MOST_TOKENS:,}: {self}"
+            )
         if self.cached_tokens + self.cache_write_tokens > self.input_tokens:
             raise InconsistentUsage(
                 f"Cached and cache-write tokens exceed the input tokens: {self}"
@@ -50,3 +59,14 @@ class Usage:
     @property
     def uncached_input_tokens(self) -> int:
         return self.input_tokens - self.cached_tokens - self.cache_write_tokens
+
+    def output_within(self, max_tokens: int) -> Usage:
+        """The usage with its output counted as at most `max_tokens`: a call asked for no more
+        (reasoning included, by every provider), so a report of more is charged as that."""
+        if self.output_tokens <= max_tokens:
+            return self
+        return replace(
+            self,
+            output_tokens=max_tokens,
+            reasoning_tokens=min(self.reasoning_tokens, max_tokens),
+        )

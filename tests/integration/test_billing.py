@@ -18,6 +18,7 @@ from creditapp.money import parse_credits
 from tests.conftest import Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import MILLION_CREDITS, add_price, send, start_conversation
+from tests.integration.gateway_client import add_tier
 
 GEMINI_TIERS = [
     {
@@ -352,7 +353,10 @@ def test_a_call_is_charged_exactly_its_cost(
     normalized: dict[str, Any],
     charge: int,
 ) -> None:
-    person: Person = person_factory(credits=MILLION_CREDITS)
+    # A tier whose calls may write every case's output (a provider writes no more than a
+    # call's max_tokens, and a report of more is charged as max_tokens).
+    add_tier(app, "long-answers", default_max_tokens=10_000, max_max_tokens=10_000)
+    person: Person = person_factory(credits=MILLION_CREDITS, tier="long-answers")
     conversation = start_conversation(client, person, provider, model)
     fake_providers.script(provider, Answer(text="Fine, thanks.", usage=wire_usage))
 

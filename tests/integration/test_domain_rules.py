@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from creditapp import errors, ledger
+from creditapp.billing.models import UsageRecord
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.ledger.models import Grant, LedgerEntry
@@ -115,9 +116,42 @@ def test_a_model_is_priced_by_its_own_providers_row(app: Flask) -> None:
         db.session.remove()
 
 
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "completion_tokens_details": {"reasoning_tokens": 6},
+        },
+        # More than any call reads: priced, it would not fit an amount's column.
+        {"prompt_tokens": 10**17, "completion_tokens": 5},
+        {"prompt_tokens": 10**9 + 1, "completion_tokens": 5},
+    ],
+    ids=["reasoning-above-output", "input-past-any-amount", "input-past-a-billion"],
+)
 def test_usage_that_contradicts_itself_is_a_provider_error_and_charges_nothing(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    usage: dict[str, Any],
+) -> None:
+    person = person_factory(credits=10 * CR)
+    add_price(app, "openai", "gpt-rules", input="1", output="1")
+    conversation = start_conversation(client, person, "openai", "gpt-rules")
+    fake_providers.script("openai", Answer(usage=usage))
+    error = assert_error(send(client, person, conversation), 502, "provider_error")
+    assert error["details"]["reason"].startswith("inconsistent usage")
+    balance = client.get("/api/credit/balance", headers=person.headers).get_json()
+    assert (balance["balance"], balance["reserved"]) == ("10", "0")
+
+
+def test_output_reported_above_max_tokens_is_charged_as_max_tokens(
     app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
 ) -> None:
+    """A provider writes at most what it was asked for, reasoning included: a report of a
+    billion output tokens for a call of 10 is charged as 10, not the caller's whole balance."""
     person = person_factory(credits=10 * CR)
     add_price(app, "openai", "gpt-rules", input="1", output="1")
     conversation = start_conversation(client, person, "openai", "gpt-rules")
@@ -125,16 +159,22 @@ def test_usage_that_contradicts_itself_is_a_provider_error_and_charges_nothing(
         "openai",
         Answer(
             usage={
-                "prompt_tokens": 10,
-                "completion_tokens": 5,
-                "completion_tokens_details": {"reasoning_tokens": 6},
+                "prompt_tokens": 100,
+                "completion_tokens": 10**9,
+                "completion_tokens_details": {"reasoning_tokens": 10**9},
             }
         ),
     )
-    error = assert_error(send(client, person, conversation), 502, "provider_error")
-    assert error["details"]["reason"].startswith("inconsistent usage")
+    response = send(client, person, conversation, max_tokens=10)
+    assert response.status_code == 201
+    # 100 input and 10 output tokens at 1 USD per 1M tokens: 0.00011 USD, 0.11 credits.
+    assert response.get_json()["credits_charged"] == "0.11"
+    with app.app_context():
+        (record,) = db.session.scalars(select(UsageRecord)).all()
+        assert (record.input_tokens, record.output_tokens, record.reasoning_tokens) == (100, 10, 10)
+        db.session.remove()
     balance = client.get("/api/credit/balance", headers=person.headers).get_json()
-    assert (balance["balance"], balance["reserved"]) == ("10", "0")
+    assert (balance["balance"], balance["reserved"]) == ("9.89", "0")
 
 
 @pytest.fixture

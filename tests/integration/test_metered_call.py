@@ -161,16 +161,16 @@ def test_no_charge_exceeds_max_credits(
     with pytest.raises(MaxCreditsExceeded) as refused:
         _complete(ctx, person, _request(max_credits=1))
     worst_case = parse_credits(refused.value.details["required"])
-    # The provider reports far more output than asked for: the cost is above the hold.
+    # The provider counts far more input than the hold's estimate: the cost is above the hold.
     fake_providers.script(
         "openai",
-        Answer(text="A long reply.", usage={"prompt_tokens": 30, "completion_tokens": 900}),
+        Answer(text="A long reply.", usage={"prompt_tokens": 3000, "completion_tokens": 20}),
     )
 
     charged = _complete(ctx, person, _request(max_credits=worst_case))
 
     record = db.session.get_one(UsageRecord, charged.kept)
-    assert record.cost == 30 * 1_000 + 900 * 2_000 > worst_case
+    assert record.cost == 3000 * 1_000 + 20 * 2_000 > worst_case
     assert charged.settled.held.amount == worst_case
     assert record.credits_charged == charged.settled.credits_charged == worst_case
     assert _available(person) == 10 * CR - worst_case

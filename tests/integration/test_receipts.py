@@ -18,13 +18,13 @@ from tests.integration.test_streaming import MODELS, PROVIDERS, USAGES, events_o
 CREDITS = 100 * 1_000_000
 # USAGES at 1 USD per 1M input tokens, 0.5 cached, 1.25 cache writes and 2 output.
 LINES = {
-    "openai": [("input", 200, "0.2"), ("cached_input", 1000, "0.5"), ("cache_write", 0, "0")],
+    "openai": [("input", 400, "0.4"), ("cached_input", 1000, "0.5"), ("cache_write", 0, "0")],
     "anthropic": [
-        ("input", 0, "0"),
+        ("input", 200, "0.2"),
         ("cached_input", 1000, "0.5"),
         ("cache_write", 200, "0.25"),
     ],
-    "google": [("input", 200, "0.2"), ("cached_input", 1000, "0.5"), ("cache_write", 0, "0")],
+    "google": [("input", 400, "0.4"), ("cached_input", 1000, "0.5"), ("cache_write", 0, "0")],
 }
 
 
@@ -68,7 +68,7 @@ def test_a_charge_is_explained_line_by_line(
     assert receipt["usage"] == exchange["usage"]
     assert [(line["bucket"], line["tokens"], line["credits"]) for line in receipt["lines"]] == [
         *LINES[provider],
-        ("output", 300, "0.6"),
+        ("output", 200, "0.4"),
     ]
     assert [line["usd_per_million"] for line in receipt["lines"]] == ["1", "0.5", "1.25", "2"]
     assert receipt["exact"] == receipt["rounded_up"] == receipt["charged"]

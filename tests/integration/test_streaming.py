@@ -42,24 +42,25 @@ from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_chat import MODELS, PROVIDERS, balance_of, counts
 
 CREDITS = 100 * 1_000_000
-# The provider's own counts, with cache and reasoning tokens, in each one's field names.
+# The provider's own counts, with cache and reasoning tokens, in each one's field names; 200
+# output tokens, within the 256 a message may have by default (a provider writes no more).
 USAGES = {
     "openai": {
-        "prompt_tokens": 1200,
-        "completion_tokens": 300,
+        "prompt_tokens": 1400,
+        "completion_tokens": 200,
         "prompt_tokens_details": {"cached_tokens": 1000},
         "completion_tokens_details": {"reasoning_tokens": 100},
     },
     "anthropic": {
-        "input_tokens": 0,
+        "input_tokens": 200,
         "cache_read_input_tokens": 1000,
         "cache_creation_input_tokens": 200,
-        "output_tokens": 300,
+        "output_tokens": 200,
     },
     "google": {
-        "promptTokenCount": 1200,
+        "promptTokenCount": 1400,
         "cachedContentTokenCount": 1000,
-        "candidatesTokenCount": 200,
+        "candidatesTokenCount": 100,
         "thoughtsTokenCount": 100,
     },
 }

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from creditapp.errors import InconsistentUsage
-from creditapp.metering.usage import Usage
+from creditapp.metering.usage import MOST_TOKENS, Usage
 
 
 @pytest.mark.parametrize(
@@ -21,6 +21,8 @@ from creditapp.metering.usage import Usage
         {"input_tokens": 1, "output_tokens": 5, "reasoning_tokens": 6},
         {"input_tokens": 1.5, "output_tokens": 0},
         {"input_tokens": "1", "output_tokens": 0},
+        {"input_tokens": MOST_TOKENS + 1, "output_tokens": 0},
+        {"input_tokens": 0, "output_tokens": 10**17},
     ],
 )
 def test_inconsistent_usage_is_refused(counts: dict[str, object]) -> None:
@@ -28,7 +30,8 @@ def test_inconsistent_usage_is_refused(counts: dict[str, object]) -> None:
         Usage(**counts)  # type: ignore[arg-type]
 
 
-counts = st.integers(min_value=0, max_value=10**9)
+# Parts whose wholes are still counts.
+counts = st.integers(min_value=0, max_value=MOST_TOKENS // 3)
 
 
 @given(cached=counts, written=counts, uncached=counts, reasoning=counts, answering=counts)
@@ -51,3 +54,11 @@ def test_the_parts_add_up_to_what_is_charged(
         "reasoning_tokens": reasoning,
     }
     assert not usage.estimated
+
+
+def test_output_within_a_limit_keeps_reasoning_a_part_of_it() -> None:
+    usage = Usage(input_tokens=5, output_tokens=900, reasoning_tokens=700, cached_tokens=2)
+    assert usage.output_within(1000) is usage
+    assert usage.output_within(500) == Usage(
+        input_tokens=5, output_tokens=500, reasoning_tokens=500, cached_tokens=2
+    )
