@@ -4,6 +4,7 @@ query, whether it came in a request's body (`creditapp.api.schemas.Text`) or as 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 UNSTORABLE = "Text may not contain NUL characters or unpaired surrogates."
 
@@ -35,3 +36,18 @@ def is_text(value: object, *, max_length: int, min_length: int = 1) -> bool:
     """Whether `value` is a string of `min_length` to `max_length` characters both databases
     can store: what a request's `Text` field accepts."""
     return isinstance(value, str) and min_length <= len(value) <= max_length and storable(value)
+
+
+# Characters that show nothing although they are not whitespace: Hangul fillers and the blank
+# Braille pattern (besides the invisible format characters, Unicode category Cf).
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+BLANK = "Must contain more than spaces and invisible characters."
+
+
+def blank(text: str) -> bool:
+    """Whether `text` shows nothing: only whitespace (any of Unicode's, as `str.isspace` says),
+    invisible format characters (zero-width spaces and joiners, the byte-order mark, ...) and
+    fillers. The empty string is blank too."""
+    return all(
+        char.isspace() or char in _INVISIBLE or unicodedata.category(char) == "Cf" for char in text
+    )

@@ -249,6 +249,22 @@ def _error(provider: str, status: int) -> dict[str, Any]:
 _BODIES = {"openai": _openai, "anthropic": _anthropic, "google": _google}
 
 
+def _refusal(provider: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The 400 the provider answers a request with a text it refuses: Anthropic a message of
+    no text (or only whitespace), Gemini any empty text part, its system instruction's too."""
+    if provider == "anthropic" and any(
+        not str(m.get("content", "")).strip() for m in body.get("messages", [])
+    ):
+        message = "messages: text content blocks must contain non-whitespace text"
+        return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+    if provider == "google":
+        contents = [*body.get("contents", []), body.get("systemInstruction") or {}]
+        if any(part.get("text") == "" for content in contents for part in content.get("parts", [])):
+            message = "Unable to submit request because it has an empty text parameter."
+            return {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}
+    return None
+
+
 class FakeProviders:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -341,11 +357,17 @@ class FakeProviders:
             return
         provider, path_model, google_stream = route
         body = json.loads(raw or b"{}")
+        refusal = _refusal(provider, body)
         with self._lock:
             self._calls[provider].append(
                 {"path": path, "headers": dict(handler.headers), "body": body}
             )
-            answer = self._scripts[provider].popleft() if self._scripts[provider] else None
+            answer = None
+            if refusal is None and self._scripts[provider]:
+                answer = self._scripts[provider].popleft()
+        if refusal is not None:
+            self._send(handler, 400, json.dumps(refusal).encode())
+            return
         if answer is None:
             last = json.dumps((body.get("messages") or body.get("contents") or [{}])[-1])
             text = f"Fake reply to {last[:80]}"

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from marshmallow.exceptions import SCHEMA as WHOLE_BODY
 
 from creditapp import accounts, gateway, idempotency
@@ -45,6 +45,7 @@ from creditapp.errors import (
 )
 from creditapp.extensions import db
 from creditapp.money import AmountError, format_credits, parse_credits
+from creditapp.text import BLANK, blank
 
 blp = Blueprint(
     "gateway", __name__, url_prefix=GATEWAY_PREFIX, description="OpenAI-compatible gateway"
@@ -183,8 +184,16 @@ class ChatMessageArgs(Schema):
         required=True,
         validate=validate.OneOf([*gateway.SYSTEM_ROLES, *gateway.CONVERSATION_ROLES]),
     )
-    content = Content()
+    content = Content(metadata={"description": "blank only in a system or developer message"})
     name = Text(max_length=64, load_default=None)
+
+    @validates_schema
+    def said_something(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        """A user's or assistant's message of no text is refused, as the chat endpoint refuses
+        one (Anthropic and Gemini refuse an empty text: a 400 now, not a 502 after a hold); a
+        blank system message says nothing, and is left out."""
+        if data["role"] in gateway.CONVERSATION_ROLES and blank(gateway.text_of(data["content"])):
+            raise ValidationError({"content": [BLANK]})
 
 
 class StreamOptionsArgs(Schema):

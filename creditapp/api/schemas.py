@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +11,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 from creditapp.ids import NOT_AN_ID, parse_id
 from creditapp.metering.usage import TOKEN_COUNTERS
 from creditapp.money import AmountError, format_credits, parse_credits
-from creditapp.text import UNSTORABLE, storable
+from creditapp.text import BLANK, UNSTORABLE, blank, storable
 
 
 class Pattern(validate.Regexp):
@@ -49,21 +48,6 @@ class Credits(fields.Field):
             return parse_credits(value, signed=self.signed, allow_zero=self.allow_zero)
         except AmountError as error:
             raise ValidationError(str(error)) from error
-
-
-# Characters that show nothing although they are not whitespace: Hangul fillers and the blank
-# Braille pattern (besides the invisible format characters, Unicode category Cf).
-_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
-BLANK = "Must contain more than spaces and invisible characters."
-
-
-def blank(text: str) -> bool:
-    """Whether `text` shows nothing: only whitespace (any of Unicode's, as `str.isspace` says),
-    invisible format characters (zero-width spaces and joiners, the byte-order mark, ...) and
-    fillers. The empty string is blank too."""
-    return all(
-        char.isspace() or char in _INVISIBLE or unicodedata.category(char) == "Cf" for char in text
-    )
 
 
 class Text(fields.String):

@@ -77,7 +77,8 @@ def callable_models(
     ]
 
 
-def _text(content: str | list[dict[str, Any]]) -> str:
+def text_of(content: str | list[dict[str, Any]]) -> str:
+    """A message's text: its string, or its text parts joined."""
     if isinstance(content, str):
         return content
     return "".join(part["text"] for part in content)
@@ -113,9 +114,9 @@ class CompletionRequest:
 
     def metered(self, *, max_credits: int | None) -> MeteredRequest:
         provider, model = provider_and_model(self.model)
-        system = [_text(m["content"]) for m in self.messages if m["role"] in SYSTEM_ROLES]
+        system = [text_of(m["content"]) for m in self.messages if m["role"] in SYSTEM_ROLES]
         conversation = tuple(
-            ChatMessage(m["role"], _text(m["content"]))
+            ChatMessage(m["role"], text_of(m["content"]))
             for m in self.messages
             if m["role"] in CONVERSATION_ROLES
         )
@@ -130,7 +131,8 @@ class CompletionRequest:
         return MeteredRequest(
             provider=provider,
             model=model,
-            system_prompt="\n\n".join(system),
+            # A blank system message says nothing (and providers refuse an empty text).
+            system_prompt="\n\n".join(text for text in system if text.strip()),
             messages=conversation,
             # OpenAI's newer name wins where a client sends both.
             max_tokens=self.max_completion_tokens or self.max_tokens,

@@ -204,7 +204,9 @@ class OpenAIProvider:
 
     @staticmethod
     def _body(request: ChatRequest) -> dict[str, Any]:
-        messages = [{"role": "system", "content": request.system_prompt}]
+        messages = (
+            [{"role": "system", "content": request.system_prompt}] if request.system_prompt else []
+        )
         messages += [{"role": m.role, "content": m.content} for m in request.messages]
         sampling = request.sampling
         return {
@@ -294,7 +296,7 @@ class AnthropicProvider:
         return {
             "model": request.model,
             "max_tokens": request.max_tokens,
-            "system": request.system_prompt,
+            **({"system": request.system_prompt} if request.system_prompt else {}),
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             **_given(temperature=sampling.temperature, top_p=sampling.top_p),
             **({"stop_sequences": list(sampling.stop)} if sampling.stop else {}),
@@ -387,7 +389,7 @@ class GoogleProvider:
             "model": request.model,
             "contents": contents,
             "config": types.GenerateContentConfig(
-                system_instruction=request.system_prompt,
+                system_instruction=request.system_prompt or None,
                 max_output_tokens=request.max_tokens,
                 temperature=request.sampling.temperature,
                 top_p=request.sampling.top_p,
@@ -409,6 +411,10 @@ class GoogleProvider:
         def items() -> Generator[str | Usage | _Ended]:
             # The SDK's stream is a generator: closing it closes the HTTP response, and only
             # the thread that reads it may (no `interrupt`: ReplyStream closes this in it).
+            # It sends its request when first read (by the reader, after the stream began: a
+            # refusal is the stream's error event, where the other SDKs' is a 502 before it),
+            # and hands over nothing before the first words: reading it here would hold back
+            # the stream, keep-alive comments included, for as long as the model thinks.
             try:
                 for chunk in chunks:
                     yield chunk.text or ""

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from creditapp.api.schemas import blank
+from creditapp.text import blank
 from tests.conftest import Person
 from tests.helpers import add_price, assert_error, start_conversation
 

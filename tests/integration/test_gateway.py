@@ -37,6 +37,7 @@ from tests.integration.gateway_client import (
     charged,
     hold_of,
     make_key,
+    refused,
 )
 from tests.integration.live_server import ServerUrl, live_server
 
@@ -306,6 +307,64 @@ def test_the_request_reaches_the_provider_as_asked(
         config = body["generationConfig"]
         assert (config["maxOutputTokens"], config["stopSequences"]) == (40, ["END", "STOP"])
         assert (config["temperature"], config["topP"]) == (0.5, 0.25)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("provider", SDK_PROVIDERS)
+def test_a_request_without_a_system_message_sends_none(
+    fake_providers: FakeProviders,
+    server: ServerUrl,
+    sdk: OpenAIClients,
+    caller: Any,
+    provider: str,
+    stream: bool,
+) -> None:
+    """Most callers send no system message, some a blank one: the provider gets no system
+    text at all (Gemini refuses an empty one)."""
+    _person, key = caller()
+    for asked in ([], [{"role": "system", "content": " "}]):
+        fake_providers.reset()
+        answer = sdk(server, key).chat.completions.create(
+            model=f"{provider}/{MODELS[provider]}",
+            messages=[*asked, {"role": "user", "content": "Hello"}],
+            stream=stream,
+        )
+        if stream:
+            assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
+        else:
+            assert answer.choices[0].message.content
+        (sent,) = fake_providers.calls(provider)
+        body = sent["body"]
+        if provider == "openai":
+            assert body["messages"] == [{"role": "user", "content": "Hello"}]
+        else:
+            assert not {"system", "systemInstruction"} & set(body)
+
+
+@pytest.mark.parametrize("content", ["", " \n", [], [{"type": "text", "text": "\u200b"}]])
+@pytest.mark.parametrize("role", ["user", "assistant"])
+def test_a_message_of_no_text_is_refused_before_any_hold(
+    app: Flask,
+    client: FlaskClient,
+    fake_providers: FakeProviders,
+    server: ServerUrl,
+    sdk: OpenAIClients,
+    caller: Any,
+    role: str,
+    content: Any,
+) -> None:
+    person, key = caller()
+    conversation = [{"role": "user", "content": "Hello"}, {"role": role, "content": content}]
+    with pytest.raises(openai.BadRequestError) as failed:
+        sdk(server, key).chat.completions.create(
+            model="anthropic/claude-test", messages=conversation
+        )
+    body = refused(failed.value, 400, "validation_error")
+    assert (body["type"], body["param"]) == ("invalid_request_error", "messages")
+    assert "Must contain more than spaces" in body["message"]
+    assert fake_providers.calls("anthropic") == []
+    assert balance_of(client, person)["balance"] == format_credits(CREDITS)
+    assert scalar(app, select(func.count()).select_from(Hold)) == 0
 
 
 def test_max_tokens_alone_is_the_output_allowed(
