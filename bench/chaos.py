@@ -547,6 +547,7 @@ def seed(url: str, jwt_secret: str, args: argparse.Namespace) -> Seeded:
                     rates=book.Rates(Decimal("1"), Decimal("2"), Decimal("0.5"), Decimal("1.25")),
                     effective_from=now - timedelta(days=62),
                     source="chaos",
+                    context=context,
                     now=now,
                 )
             admin = users.create(
@@ -566,6 +567,7 @@ def seed(url: str, jwt_secret: str, args: argparse.Namespace) -> Seeded:
                     provider=provider,
                     model=model,
                     public=True,
+                    context=context,
                     now=now,
                 )
                 for provider, model in MODELS.items()

@@ -121,6 +121,7 @@ def seed(app: Any, user_count: int) -> list[Chatter]:
                 rates=book.Rates(Decimal("1"), Decimal("2")),
                 effective_from=now - timedelta(minutes=1),
                 source="bench",
+                context=context,
                 now=now,
             )
         for index in range(user_count):
@@ -145,6 +146,7 @@ def seed(app: Any, user_count: int) -> list[Chatter]:
                     provider="openai",
                     model="gpt-bench",
                     public=False,
+                    context=context,
                     now=now,
                 )
                 conversation_ids = [

@@ -24,10 +24,11 @@ from creditapp.errors import CreditAppError
 from creditapp.extensions import db
 from creditapp.jobs import JOBS, run_job
 from creditapp.ledger import alerts
-from creditapp.ledger.models import ADMIN_GRANT_SOURCES
+from creditapp.ledger.models import ADMIN_GRANT_SOURCES, REASON_CHARS
 from creditapp.money import AmountError, format_credits, parse_credits
 from creditapp.pricing import book, catalogue
 from creditapp.pricing.models import Price
+from creditapp.text import blank, is_text
 
 CLI_CONTEXT = ledger.AuditContext(actor_type="admin", actor_id="cli")
 
@@ -54,16 +55,26 @@ def _fail_on_domain_error(error: CreditAppError) -> click.ClickException:
 @click.option("--admin", is_flag=True, help="Give the user the admin role.")
 @click.option("--tier", "tier_name", default=users.DEFAULT_TIER, show_default=True)
 def create_user(email: str, admin: bool, tier_name: str) -> None:
-    """Create a user with their account and first subscription grant; print it as JSON."""
+    """Create a user with their account and first subscription grant, audited as
+    `user_created` (an admin's role is given here only); print it as JSON."""
     try:
         with write_transaction(db.session):
+            now = datetime.now(UTC)
             user = users.create(
                 db.session,
                 email=email,
                 role="admin" if admin else "user",
                 tier_name=tier_name,
                 context=CLI_CONTEXT,
-                now=datetime.now(UTC),
+                now=now,
+            )
+            ledger.record_action(
+                db.session,
+                action="user_created",
+                context=CLI_CONTEXT,
+                now=now,
+                account_id=accounts.of_user(db.session, user.id),
+                details={"user_id": str(user.id), "role": user.role, "tier": user.tier_name},
             )
     except CreditAppError as error:
         raise _fail_on_domain_error(error) from error
@@ -74,12 +85,20 @@ def create_user(email: str, admin: bool, tier_name: str) -> None:
 @click.option("--email", required=True)
 @click.option("--hours", default=24, show_default=True, type=click.IntRange(1, 24 * 30))
 def user_token(email: str, hours: int) -> None:
-    """Print an access token for the user (of a session of its own)."""
+    """Print an access token for the user (of a session of its own), audited as
+    `access_token_issued`: whoever holds it acts as the user until it expires."""
     try:
         with write_transaction(db.session):
+            now = datetime.now(UTC)
             user = users.get_by_email(db.session, email)
-            token = issue_access_token(
-                db.session, user, now=datetime.now(UTC), expires_in=timedelta(hours=hours)
+            token = issue_access_token(db.session, user, now=now, expires_in=timedelta(hours=hours))
+            ledger.record_action(
+                db.session,
+                action="access_token_issued",
+                context=CLI_CONTEXT,
+                now=now,
+                account_id=accounts.of_user(db.session, user.id),
+                details={"expires_at": (now + timedelta(hours=hours)).isoformat()},
             )
     except CreditAppError as error:
         raise _fail_on_domain_error(error) from error
@@ -93,8 +112,13 @@ def revoke_user_sessions(email: str) -> None:
     try:
         with write_transaction(db.session):
             user = users.get_by_email(db.session, email)
-            revoked = sessions.revoke_all(
-                db.session, user_id=user.id, reason="cli", now=datetime.now(UTC)
+            revoked = sessions.revoke_everywhere(
+                db.session,
+                user_id=user.id,
+                account_id=accounts.of_user(db.session, user.id),
+                reason="cli",
+                context=CLI_CONTEXT,
+                now=datetime.now(UTC),
             )
     except CreditAppError as error:
         raise _fail_on_domain_error(error) from error
@@ -117,6 +141,11 @@ def grant_credit(email: str, amount: str, reason: str, source: str) -> None:
         micro = parse_credits(amount)
     except AmountError as error:
         raise click.BadParameter(str(error), param_hint="--amount") from error
+    # The API's rule for a reason: 1 to 500 characters the databases store, not only spaces.
+    if not is_text(reason, max_length=REASON_CHARS) or blank(reason):
+        raise click.BadParameter(
+            f"1 to {REASON_CHARS} characters, not only spaces, with no NUL", param_hint="--reason"
+        )
     try:
         with write_transaction(db.session):
             user = users.get_by_email(db.session, email)
@@ -162,7 +191,7 @@ def reconcile_credit() -> None:
 def sync_pricing() -> None:
     """Add the bundled genai-prices catalogue's prices to the price book (never rewrites)."""
     with write_transaction(db.session):
-        result = catalogue.sync(db.session, now=datetime.now(UTC))
+        result = catalogue.sync(db.session, context=CLI_CONTEXT, now=datetime.now(UTC))
     click.echo(json.dumps(vars(result)))
 
 
@@ -234,6 +263,7 @@ def _seed_demo_chat(admin: User, now: datetime) -> Character:
             rates=DEMO_RATES,
             effective_from=now,
             source="demo seed",
+            context=CLI_CONTEXT,
             now=now,
         )
     character = db.session.scalar(
@@ -248,6 +278,7 @@ def _seed_demo_chat(admin: User, now: datetime) -> Character:
             provider="demo",
             model=DEMO_MODEL,
             public=True,
+            context=CLI_CONTEXT,
             now=now,
         )
     return character

@@ -141,6 +141,7 @@ def add_price(
                 effective_from=effective_from or utcnow() - timedelta(hours=1),
                 prompt_tiers=prompt_tiers,
                 source="tests",
+                context=TEST_CONTEXT,
                 now=utcnow(),
             )
         price_id = price.id

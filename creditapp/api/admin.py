@@ -41,11 +41,9 @@ from creditapp.auth.models import User
 from creditapp.billing import receipts
 from creditapp.chat import service as chat
 from creditapp.extensions import db
-from creditapp.ledger.models import GRANT_SOURCES, AuditRecord, Grant
+from creditapp.ledger.models import GRANT_SOURCES, REASON_CHARS, AuditRecord, Grant
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Administration")
-
-REASON_CHARS = 500
 
 
 class AccountArgs(Schema):
@@ -307,15 +305,13 @@ class RevokedSchema(Schema):
 def revoke_sessions(user_id: str) -> Any:
     """Sign the user out everywhere: every token of every session is refused from now on."""
     user = users.get(db.session, path_id(user_id, "user_id"))
-    now = datetime.now(UTC)
-    revoked = sessions.revoke_all(db.session, user_id=user.id, reason="admin", now=now)
-    ledger.record_action(
+    revoked = sessions.revoke_everywhere(
         db.session,
-        action="sessions_revoked",
-        context=audit_context(),
-        now=now,
+        user_id=user.id,
         account_id=accounts.of_user(db.session, user.id),
-        details={"revoked_sessions": revoked},
+        reason="admin",
+        context=audit_context(),
+        now=datetime.now(UTC),
     )
     return {"user_id": user.id, "revoked_sessions": revoked}
 

@@ -150,7 +150,9 @@ def characters(args: dict[str, Any]) -> Any:
 @blp.arguments(CharacterArgs)
 @blp.response(201, CharacterSchema)
 def create_character(args: dict[str, Any]) -> Any:
-    return service.create_character(db.session, owner=caller(), now=datetime.now(UTC), **args)
+    return service.create_character(
+        db.session, owner=caller(), context=audit_context(), now=datetime.now(UTC), **args
+    )
 
 
 @blp.route("/characters/<character_id>", methods=["GET"])

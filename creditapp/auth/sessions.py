@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from creditapp.auth.models import AuthSession, User
 from creditapp.database import DbSession
+from creditapp.ledger import AuditContext, record_action
 from creditapp.ledger.sql import LedgerSql, Statement, columns_of
 
 
@@ -101,6 +102,29 @@ def revoke_all(session: DbSession, *, user_id: int, reason: str, now: datetime) 
         .values(revoked_at=now, revoked_reason=reason)
     )
     return int(revoked.rowcount)  # type: ignore[attr-defined]
+
+
+def revoke_everywhere(
+    session: DbSession,
+    *,
+    user_id: int,
+    account_id: int,
+    reason: str,
+    context: AuditContext,
+    now: datetime,
+) -> int:
+    """An admin signs the user out everywhere (the API or the CLI), audited as
+    `sessions_revoked`; returns how many sessions were live."""
+    revoked = revoke_all(session, user_id=user_id, reason=reason, now=now)
+    record_action(
+        session,
+        action="sessions_revoked",
+        context=context,
+        now=now,
+        account_id=account_id,
+        details={"revoked_sessions": revoked},
+    )
+    return revoked
 
 
 _USER_OF_LIVE_SESSION = Statement(

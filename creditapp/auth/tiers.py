@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from creditapp import ledger
 from creditapp.auth.models import Tier, User
-from creditapp.database import DbSession
+from creditapp.database import DbSession, dialect_of
 from creditapp.errors import ValidationFailed
 from creditapp.kept import Kept
 from creditapp.money import format_credits
@@ -73,15 +73,11 @@ def put(
     context: ledger.AuditContext,
     now: datetime,
 ) -> Tier:
-    """Create the tier or replace its settings. A new `monthly_credits` applies from each
-    user's next subscription period; models and token limits apply to the next message."""
+    """Create the tier or replace its settings; models and token limits apply to the next
+    message. A period has one subscription grant: a new `monthly_credits` changes none made,
+    and a period of its users that has none yet (the tier had no credits) gets one."""
     if max_max_tokens < default_max_tokens:
         raise ValidationFailed(details={"max_max_tokens": ["Must be at least default_max_tokens."]})
-    tier = session.get(Tier, name)
-    created = tier is None
-    if tier is None:
-        tier = Tier(name=name)
-        session.add(tier)
     settings: dict[str, Any] = {
         "monthly_credits": monthly_credits,
         "allowed_models": sorted(set(allowed_models)),
@@ -89,9 +85,24 @@ def put(
         "max_max_tokens": max_max_tokens,
         "rate_limits": rate_limits,
     }
-    for key, value in settings.items():
-        setattr(tier, key, value)
-    session.flush()
+    # Inserted, or else locked and updated: of two admins creating one tier at once, the second
+    # updates what the first created (a look first, then an insert, would fail on the key).
+    created = (
+        session.execute(
+            dialect_of(session)
+            .insert(Tier)
+            .values(name=name, **settings)
+            .on_conflict_do_nothing(index_elements=["name"])
+            .returning(Tier.name)
+        ).first()
+        is not None
+    )
+    tier = session.get(Tier, name, with_for_update=True, populate_existing=True)
+    assert tier is not None
+    if not created:
+        for key, value in settings.items():
+            setattr(tier, key, value)
+        session.flush()
     _kept_terms.drop(session, name)
     ledger.record_action(
         session,
@@ -116,9 +127,11 @@ def assign(
     context: ledger.AuditContext,
     now: datetime,
 ) -> User:
-    """Move a user to another tier. Its models and limits apply at once; its monthly credits
-    from the user's next period (credits already granted for this period stay). The audit
-    record names the user's personal account (`account_id`)."""
+    """Move a user to another tier. Its models and limits apply at once. A period has one
+    subscription grant: one already made for this period stays as it is, and the new tier's
+    credits come with the next; a period with none yet (the user was on a tier without
+    credits) gets the new tier's now. The audit record names the user's personal account
+    (`account_id`)."""
     if session.get(Tier, tier_name) is None:
         raise ValidationFailed(details={"tier": [f"No tier named {tier_name!r}."]})
     previous = user.tier_name

@@ -52,8 +52,11 @@ def create_character(
     provider: str,
     model: str,
     public: bool,
+    context: ledger.AuditContext,
     now: datetime,
 ) -> Character:
+    """A character of the owner's; a public one (an admin's: every user may chat with it) is
+    audited."""
     if public and not owner.is_admin:
         raise ValidationFailed(details={"public": ["Only admins may create public characters."]})
     if provider not in PROVIDER_NAMES:
@@ -72,6 +75,19 @@ def create_character(
     )
     session.add(character)
     session.flush()
+    if public:
+        ledger.record_action(
+            session,
+            action="public_character_created",
+            context=context,
+            now=now,
+            details={
+                "character_id": str(character.id),
+                "name": name,
+                "provider": provider,
+                "model": model,
+            },
+        )
     return character
 
 

@@ -98,6 +98,10 @@ class Account(db.Model):  # type: ignore[name-defined,misc]
     )
 
 
+# The most characters an admin's reason for a grant or adjustment has.
+REASON_CHARS = 500
+
+
 class Grant(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "grants"
 
@@ -108,7 +112,7 @@ class Grant(db.Model):  # type: ignore[name-defined,misc]
     remaining: Mapped[int] = mapped_column(BigInteger, nullable=False)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     period: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(REASON_CHARS), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     # `grant.expiring` was emitted for this grant (once, days before it expires).
     expiry_signalled: Mapped[bool] = mapped_column(

@@ -13,6 +13,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy.exc import IntegrityError
 
 from creditapp.database import DbSession
 from creditapp.errors import Conflict, ModelNotPriced, PriceTooPrecise, ValidationFailed
@@ -258,10 +259,11 @@ def add(
     rates: Rates,
     effective_from: datetime,
     source: str,
+    context: AuditContext,
     now: datetime,
     prompt_tiers: list[dict[str, Any]] | None = None,
 ) -> Price:
-    """Add a row to the book (the caller's transaction; rows are never edited)."""
+    """Add a row to the book, audited (the caller's transaction; rows are never edited)."""
     for field_name in RATE_NAMES:
         _check_precision(field_name, getattr(rates, field_name))
     for tier in prompt_tiers or ():
@@ -282,6 +284,20 @@ def add(
     session.add(price)
     session.flush()
     _kept_rows.drop(session, (provider, model))
+    record_action(
+        session,
+        action="price_added",
+        context=context,
+        now=now,
+        details={
+            "price_id": str(price.id),
+            "provider": provider,
+            "model": model,
+            **{name: _usd(getattr(rates, name)) for name in RATE_NAMES},
+            "effective_from": effective_from.isoformat(),
+            "source": source,
+        },
+    )
     return price
 
 
@@ -308,35 +324,19 @@ def put(
     effective_from = effective_from or now
     if effective_from < now - EFFECTIVE_FROM_SKEW:
         raise ValidationFailed(details={"effective_from": ["Must not be in the past."]})
-    taken = session.scalar(
-        select(Price.id).where(
-            Price.provider == provider,
-            Price.model == model,
-            Price.effective_from == effective_from,
-        )
-    )
-    if taken is not None:
-        raise Conflict("A price for this model takes effect at that moment already.")
-    price = add(
-        session,
-        provider=provider,
-        model=model,
-        rates=rates,
-        effective_from=effective_from,
-        source=f"{context.actor_type}:{context.actor_id}",
-        now=now,
-    )
-    record_action(
-        session,
-        action="price_added",
-        context=context,
-        now=now,
-        details={
-            "price_id": str(price.id),
-            "provider": provider,
-            "model": model,
-            **{name: _usd(getattr(rates, name)) for name in RATE_NAMES},
-            "effective_from": effective_from.isoformat(),
-        },
-    )
-    return price
+    try:
+        # The model's row at that moment is refused by its unique key (a look first would let
+        # two admins' requests at once both pass, and the second fail on the key).
+        with session.begin_nested():
+            return add(
+                session,
+                provider=provider,
+                model=model,
+                rates=rates,
+                effective_from=effective_from,
+                source=f"{context.actor_type}:{context.actor_id}",
+                context=context,
+                now=now,
+            )
+    except IntegrityError as error:
+        raise Conflict("A price for this model takes effect at that moment already.") from error

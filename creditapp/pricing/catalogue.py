@@ -20,6 +20,7 @@ from genai_prices.types import ConditionalPrice, ModelPrice, StartDateConstraint
 from sqlalchemy import select
 
 from creditapp.database import DbSession
+from creditapp.ledger import AuditContext
 from creditapp.metering.providers import SDK_PROVIDERS
 from creditapp.pricing import book
 from creditapp.pricing.models import Price
@@ -143,8 +144,8 @@ def _same(price: Price, row: CataloguePrice) -> bool:
     )
 
 
-def sync(session: DbSession, *, now: datetime) -> SyncReport:
-    """Add the catalogue's prices to the book (the caller's transaction)."""
+def sync(session: DbSession, *, context: AuditContext, now: datetime) -> SyncReport:
+    """Add the catalogue's prices to the book, each audited (the caller's transaction)."""
     source = catalogue_version()
     rows, skipped = catalogue_prices()
     by_model: dict[tuple[str, str], list[CataloguePrice]] = {}
@@ -186,6 +187,7 @@ def sync(session: DbSession, *, now: datetime) -> SyncReport:
                 effective_from=row.effective_from,
                 prompt_tiers=row.prompt_tiers,
                 source=source,
+                context=context,
                 now=now,
             )
             added += 1

@@ -12,7 +12,7 @@ from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.pricing import catalogue
 from creditapp.pricing.models import Price
-from tests.conftest import utcnow
+from tests.conftest import TEST_CONTEXT, utcnow
 from tests.helpers import add_price
 
 
@@ -20,9 +20,11 @@ def test_the_catalogue_sync_seeds_dated_and_tiered_prices_once(app: Flask) -> No
     now = utcnow()
     with app.app_context():
         with write_transaction(db.session):
-            first = catalogue.sync(db.session, now=now)
+            first = catalogue.sync(db.session, context=TEST_CONTEXT, now=now)
         with write_transaction(db.session):
-            second = catalogue.sync(db.session, now=now + timedelta(minutes=1))
+            second = catalogue.sync(
+                db.session, context=TEST_CONTEXT, now=now + timedelta(minutes=1)
+            )
         assert first.catalogue_version.startswith("genai-prices ")
         assert first.added > 100 and second.added == 0
         rows = db.session.scalars(
@@ -59,7 +61,7 @@ def test_the_sync_never_rewrites_history_and_adds_a_changed_current_price(app: F
     now = utcnow()
     with app.app_context():
         with write_transaction(db.session):
-            catalogue.sync(db.session, now=now)
+            catalogue.sync(db.session, context=TEST_CONTEXT, now=now)
         rows = db.session.execute(
             select(Price.id, Price.input, Price.effective_from)
             .where(Price.provider == "anthropic", Price.model == "claude-3-5-sonnet")

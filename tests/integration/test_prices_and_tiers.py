@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -10,11 +13,16 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from creditapp.auth import tiers
+from creditapp.auth.models import Tier
+from creditapp.database import write_transaction
+from creditapp.errors import Conflict
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord
+from creditapp.pricing import book
 from creditapp.pricing.models import Price
-from tests.conftest import Person, utcnow
-from tests.helpers import assert_error
+from tests.conftest import TEST_CONTEXT, Person, utcnow
+from tests.helpers import assert_error, run_job_at
 
 PRICE = {"provider": "openai", "model": "gpt-new", "input": "2.5", "output": "10"}
 TIER = {
@@ -66,6 +74,27 @@ def test_admins_add_price_rows_and_old_rows_stay(
         headers=admin.headers,
     )
     assert_error(duplicate, 409, "conflict")
+
+
+def test_a_period_has_one_grant_of_the_tier_the_user_was_on_when_it_was_made(
+    app: Flask, client: FlaskClient, admin: Person, person_factory: Any
+) -> None:
+    """Moved to `pro`, a user granted `free`'s 100 credits for the period keeps them until the
+    period ends; a user whose period had no grant (a tier without credits) gets `pro`'s 5,000
+    for the period in progress, from the next refresh."""
+    on_free = person_factory(tier="free")
+    unfunded = person_factory()
+    for person in (on_free, unfunded):
+        moved = client.put(
+            f"/api/admin/users/{person.id}/tier", json={"tier": "pro"}, headers=admin.headers
+        )
+        assert moved.status_code == 200
+    assert run_job_at(app, "refresh", utcnow()) == {"checked": 1, "granted": 1}
+    balances = [
+        client.get("/api/credit/balance", headers=person.headers).get_json()
+        for person in (on_free, unfunded)
+    ]
+    assert [(b["tier"], b["balance"]) for b in balances] == [("pro", "100"), ("pro", "5000")]
 
 
 @pytest.mark.parametrize(
@@ -220,3 +249,85 @@ def test_bad_tiers_are_400(
         "validation_error",
     )
     assert field in error["details"]
+
+
+def _second_while_first_is_open(app: Flask, first: Any, second: Any) -> Any:
+    """`second` (in a thread, a transaction of its own) starts while `first`'s transaction has
+    written and not committed: what `second` returned, or raised."""
+    outcome: list[Any] = []
+
+    def run_second() -> None:
+        with app.app_context():
+            try:
+                with write_transaction(db.session):
+                    outcome.append(second(db.session))
+            except Exception as error:  # the outcome tested
+                outcome.append(error)
+            finally:
+                db.session.remove()
+
+    with app.app_context():
+        with write_transaction(db.session):
+            first(db.session)
+            other = threading.Thread(target=run_second)
+            other.start()
+            time.sleep(0.5)  # the second waits on the first's row, or would pass it
+        db.session.remove()
+    other.join(timeout=30)
+    (result,) = outcome
+    return result
+
+
+@pytest.mark.postgres_only
+def test_two_admins_creating_one_tier_at_once_both_succeed(app: Flask) -> None:
+    def put(credits: int) -> Any:
+        def apply(session: Any) -> Any:
+            return tiers.put(
+                session,
+                name="rush",
+                monthly_credits=credits,
+                allowed_models=["*"],
+                default_max_tokens=10,
+                max_max_tokens=20,
+                rate_limits=None,
+                context=TEST_CONTEXT,
+                now=utcnow(),
+            )
+
+        return apply
+
+    second = _second_while_first_is_open(app, put(1), put(2))
+    assert not isinstance(second, Exception), second
+    with app.app_context():
+        tier = db.session.get(Tier, "rush")
+        assert tier is not None and tier.monthly_credits == 2
+        actions = db.session.scalars(
+            select(AuditRecord.action).where(AuditRecord.action.like("tier_%"))
+        ).all()
+        assert sorted(actions) == ["tier_created", "tier_updated"]
+        db.session.remove()
+
+
+@pytest.mark.postgres_only
+def test_two_prices_of_one_model_at_one_moment_at_once_are_a_409(app: Flask) -> None:
+    moment = utcnow() + timedelta(hours=1)
+
+    def put(session: Any) -> Any:
+        return book.put(
+            session,
+            provider="openai",
+            model="gpt-rush",
+            rates=book.Rates(Decimal("1"), Decimal("2")),
+            effective_from=moment,
+            context=TEST_CONTEXT,
+            now=utcnow(),
+        )
+
+    second = _second_while_first_is_open(app, put, put)
+    assert isinstance(second, Conflict)
+    with app.app_context():
+        rows = db.session.scalar(
+            select(func.count()).select_from(Price).where(Price.model == "gpt-rush")
+        )
+        assert rows == 1
+        db.session.remove()
