@@ -341,6 +341,9 @@ class Config:
             "worker_hijack_root_logger": False,
             # A request that queues a job fails fast (503) when the broker is unreachable.
             "broker_connection_timeout": self.REDIS_TIMEOUT_SECONDS,
+            # A worker process takes the next task only once it is free: a task queued behind
+            # a long one is left to another worker, not held in this one's buffer.
+            "worker_prefetch_multiplier": 1,
         }
         if not self.CELERY_BROKER_URL:
             return {

@@ -25,7 +25,7 @@ from creditapp.config import JOB_PERIODS
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.ledger.models import Grant
-from tasks.jobs import run
+from tasks.jobs import job_lock_key, run
 from tests.conftest import Person, utcnow
 from tests.fake_providers import FakeProviders
 from tests.helpers import charged_messages, owe
@@ -157,6 +157,25 @@ def test_a_worker_killed_half_way_through_refresh_leaves_nothing_lost_or_doubled
         assert per_user == []
         assert ledger.reconcile(db.session) == []
         assert db.session.scalar(select(func.count()).select_from(User)) == users
+        db.session.remove()
+
+
+def test_a_run_of_a_job_already_under_way_ends_at_once(app: Flask) -> None:
+    """Runs of one job never overlap: the second ends without doing anything (a job slower
+    than its period takes one worker, not all), and the job runs again once the first ended."""
+    _many_users(app, 5)
+    later = (utcnow() + timedelta(days=40)).isoformat()
+    celery = app.extensions["celery"]
+    with app.app_context(), db.engine.connect() as holder:
+        holder = holder.execution_options(isolation_level="AUTOCOMMIT")
+        key = {"key": job_lock_key("refresh")}
+        holder.scalar(text("SELECT pg_advisory_lock(:key)"), key)  # a run under way elsewhere
+        with worker(app):
+            skipped = celery.send_task(run.name, args=("refresh", later))
+            assert skipped.get(timeout=60) == {"skipped": "another run of this job is under way"}
+            holder.scalar(text("SELECT pg_advisory_unlock(:key)"), key)
+            ran = celery.send_task(run.name, args=("refresh", later))
+            assert ran.get(timeout=60) == {"checked": 5, "granted": 5}
         db.session.remove()
 
 

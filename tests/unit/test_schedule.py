@@ -15,7 +15,12 @@ def test_every_job_is_scheduled_at_its_default_period(monkeypatch) -> None:  # t
     schedule = beat_schedule(load_config("development").JOB_PERIODS)
     assert set(JOB_PERIODS) == set(JOBS)
     assert schedule == {
-        f"job:{job}": {"task": run.name, "schedule": timedelta(seconds=seconds), "args": (job,)}
+        f"job:{job}": {
+            "task": run.name,
+            "schedule": timedelta(seconds=seconds),
+            "args": (job,),
+            "options": {"expires": seconds},
+        }
         for job, seconds in {
             "refresh": 300,
             "compensations": 60,
