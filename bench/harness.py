@@ -1,10 +1,25 @@
-"""What the benchmarks share: work on threads started together, its rate, percentiles."""
+"""What the benchmarks share: production's settings, work on threads started together, its
+rate, percentiles."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
+
+
+def production_settings() -> dict[str, str]:
+    """The settings production starts with (creditapp.config.ProductionConfig), as a benchmark
+    runs it: no rate limits, Redis for its broker only (TEST_REDIS_URL's, else database 14)."""
+    return {
+        "CREDITAPP_ENV": "production",
+        "JWT_SECRET_KEY": secrets.token_hex(32),
+        "RATELIMIT_ENABLED": "false",
+        "REDIS_URL": os.environ.get("TEST_REDIS_URL") or "redis://127.0.0.1:6379/14",
+        "METRICS_TOKEN": secrets.token_hex(16),
+    }
 
 
 def rate(work: Callable[[int, threading.Event], int], threads: int, seconds: float) -> float:

@@ -33,7 +33,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import rate  # noqa: E402
+from bench.harness import production_settings, rate  # noqa: E402
 
 THREADS = 8
 ACCOUNTS = 10_000  # per side: the ledger uses 1..ACCOUNTS, raw SQL the next ACCOUNTS
@@ -330,12 +330,9 @@ def main() -> None:
     try:
         os.environ.update(
             DATABASE_URL=url,
-            CREDITAPP_ENV="production",
             DATABASE_POOL_SIZE=str(THREADS),
-            JWT_SECRET_KEY=secrets.token_hex(32),
-            RATELIMIT_ENABLED="false",
+            **production_settings(),
         )
-        os.environ.pop("REDIS_URL", None)
         from flask_migrate import upgrade
 
         from creditapp import MIGRATIONS_DIR, create_app

@@ -35,7 +35,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import rate  # noqa: E402
+from bench.harness import production_settings, rate  # noqa: E402
 from tests.integration.live_server import ServerUrl, live_server  # noqa: E402
 
 ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -195,9 +195,7 @@ def chat_server(
         env = {
             **provider_urls,
             "DATABASE_URL": url,
-            "CREDITAPP_ENV": "production",
-            "JWT_SECRET_KEY": secrets.token_hex(32),
-            "RATELIMIT_ENABLED": "false",
+            **production_settings(),
             "DATABASE_POOL_SIZE": str(min(threads, 16)),
             "DATABASE_MAX_OVERFLOW": str(max(threads - 16, 0)),
             "PROVIDER_MAX_RETRIES": "0",
@@ -206,7 +204,6 @@ def chat_server(
             "WEBHOOK_ALLOW_PRIVATE": "false",
         }
         os.environ.update(env)
-        os.environ.pop("REDIS_URL", None)
         from flask_migrate import upgrade
 
         from creditapp import MIGRATIONS_DIR, create_app

@@ -33,7 +33,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import percentile  # noqa: E402
+from bench.harness import percentile, production_settings  # noqa: E402
 from tests.integration.live_server import live_server  # noqa: E402
 
 ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -164,10 +164,7 @@ def main() -> None:
     parser.add_argument("--small-rows", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=500)
     args = parser.parse_args()
-    os.environ.update(
-        CREDITAPP_ENV="production", JWT_SECRET_KEY=secrets.token_hex(32), RATELIMIT_ENABLED="false"
-    )
-    os.environ.pop("REDIS_URL", None)
+    os.environ.update(production_settings())
 
     large, small = create_database(args.rows), create_database(args.small_rows)
     try:

@@ -404,7 +404,13 @@ class ProductionConfig(Config):
 
     def __init__(self) -> None:
         super().__init__()
-        missing = [name for name in ("JWT_SECRET_KEY", "DATABASE_URL") if not os.environ.get(name)]
+        # Without Redis, each process would count rate limits in its own memory and queue jobs
+        # in its own machine's files, and every beat would run every job; /metrics shows
+        # revenue; Stripe sends buyers back to PUBLIC_BASE_URL, whose default is this machine.
+        needed = ["JWT_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "METRICS_TOKEN"]
+        if self.STRIPE_SECRET_KEY:
+            needed.append("PUBLIC_BASE_URL")
+        missing = [name for name in needed if not os.environ.get(name)]
         if missing:
             raise ConfigurationError(f"production needs {', '.join(missing)} in the environment")
         if self.DEMO_MODE:

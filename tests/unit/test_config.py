@@ -10,6 +10,24 @@ from creditapp import create_app
 from creditapp.config import load_config, sqlalchemy_url
 from creditapp.errors import ConfigurationError
 
+# What production needs to start, each test changing one of them.
+PRODUCTION_NEEDS = {
+    "DATABASE_URL": "postgresql://db/x",
+    "JWT_SECRET_KEY": "k" * 40,
+    "REDIS_URL": "redis://cache:6379/0",
+    "METRICS_TOKEN": "a-scraper's-token",
+    "PUBLIC_BASE_URL": "https://app.example",
+}
+
+
+def needs_met(monkeypatch: pytest.MonkeyPatch, **changed: str | None) -> None:
+    """The environment production starts with, but for `changed` (None: unset)."""
+    for name, value in {**PRODUCTION_NEEDS, **changed}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
 
 def test_development_defaults_to_an_sqlite_file_and_memory_limits(monkeypatch) -> None:
     for name in (
@@ -62,18 +80,25 @@ def test_postgres_urls_use_the_psycopg_driver() -> None:
 
 
 @pytest.mark.parametrize(
-    ("env", "message"),
+    ("changed", "message"),
     [
-        ({"DATABASE_URL": "postgresql://db/x"}, "JWT_SECRET_KEY"),
-        ({"JWT_SECRET_KEY": "k" * 40}, "DATABASE_URL"),
-        ({"DATABASE_URL": "postgresql://db/x", "JWT_SECRET_KEY": "short"}, "at least 32"),
+        ({"JWT_SECRET_KEY": None}, "production needs JWT_SECRET_KEY"),
+        ({"DATABASE_URL": None}, "production needs DATABASE_URL"),
+        ({"JWT_SECRET_KEY": "short"}, "at least 32"),
+        # Without Redis each process counts rate limits in its own memory and queues jobs in
+        # its own machine's files.
+        ({"REDIS_URL": None}, "production needs REDIS_URL"),
+        ({"REDIS_URL": ""}, "production needs REDIS_URL"),
+        # /metrics shows revenue and runs queries: not for anyone who asks.
+        ({"METRICS_TOKEN": None}, "production needs METRICS_TOKEN"),
+        # Stripe sends buyers back to PUBLIC_BASE_URL, whose default is this machine.
+        ({"STRIPE_SECRET_KEY": "sk_live_x", "PUBLIC_BASE_URL": None}, "needs PUBLIC_BASE_URL"),
     ],
 )
-def test_production_refuses_to_start_without_secure_settings(monkeypatch, env, message) -> None:
-    for name in ("DATABASE_URL", "JWT_SECRET_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+def test_production_refuses_to_start_without_secure_settings(
+    monkeypatch: pytest.MonkeyPatch, changed: dict[str, str | None], message: str
+) -> None:
+    needs_met(monkeypatch, **changed)
     monkeypatch.setenv("CREDITAPP_ENV", "production")
     with pytest.raises(ConfigurationError, match=message):
         create_app()
@@ -92,8 +117,7 @@ def test_bad_settings_are_named(monkeypatch) -> None:
 
 @pytest.mark.parametrize("environment", ["development", "testing", "production"])
 def test_a_hold_must_outlive_the_longest_provider_call(monkeypatch, environment: str) -> None:
-    monkeypatch.setenv("DATABASE_URL", "postgresql://db/x")
-    monkeypatch.setenv("JWT_SECRET_KEY", "k" * 40)
+    needs_met(monkeypatch)
     # 20 s a try, 3 tries, 2 waits of up to 60 s between them, 30 s to spare: 210 s; a stream
     # ends at nine tenths of its hold's life, which must be longer.
     monkeypatch.setenv("PROVIDER_TIMEOUT_SECONDS", "20")
@@ -110,11 +134,10 @@ def test_a_hold_must_outlive_the_longest_provider_call(monkeypatch, environment:
 
 
 def test_production_with_secure_settings_loads(monkeypatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", "postgresql://db/x")
-    monkeypatch.setenv("JWT_SECRET_KEY", "k" * 40)
-    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    needs_met(monkeypatch, CELERY_BROKER_URL=None)
     config = load_config("production")
+    needs_met(monkeypatch, STRIPE_SECRET_KEY="sk_live_x")
+    assert load_config("production").PUBLIC_BASE_URL == "https://app.example"
     assert config.SQLALCHEMY_DATABASE_URI == "postgresql+psycopg://db/x"
     assert config.RATELIMIT_STORAGE_URI == "redis://cache:6379/0"
     assert config.CELERY_BROKER_URL == "redis://cache:6379/0"
@@ -171,7 +194,11 @@ def test_celery_uses_redis_in_production_and_a_serverless_broker_embedded(tmp_pa
     assert broker(CREDITAPP_ENV="development") == "filesystem://"
     assert (
         broker(
-            CREDITAPP_ENV="production", JWT_SECRET_KEY="k" * 40, REDIS_URL="redis://cache:6379/0"
+            **{
+                **PRODUCTION_NEEDS,
+                "CREDITAPP_ENV": "production",
+                "DATABASE_URL": base["DATABASE_URL"],
+            }
         )
         == "redis://cache:6379/0"
     )
@@ -182,8 +209,7 @@ def test_demo_mode_is_off_unless_set_and_refused_in_production(monkeypatch) -> N
     assert not load_config("development").DEMO_MODE
     monkeypatch.setenv("DEMO_MODE", "true")
     assert load_config("development").DEMO_MODE
-    monkeypatch.setenv("DATABASE_URL", "postgresql://db/x")
-    monkeypatch.setenv("JWT_SECRET_KEY", "k" * 40)
+    needs_met(monkeypatch)
     with pytest.raises(ConfigurationError, match="DEMO_MODE"):
         load_config("production")
 
