@@ -134,7 +134,10 @@ def database_state(session: DbSession) -> dict[str, Any]:
             .group_by(Compensation.status)
         ).all()
     )
-    drifted = {item["user_id"] for item in reconciliation.latest(session).drift}
+    # An account is its owner: a user, or a team (whose drift names no user).
+    drifted = {
+        (item["user_id"], item.get("team_id")) for item in reconciliation.latest(session).drift
+    }
     runs = {
         (row.job, row.outcome): (row.runs, row.last_at.timestamp())
         for row in session.scalars(select(JobOutcome))

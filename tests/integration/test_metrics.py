@@ -17,13 +17,14 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
+from creditapp import ledger
 from creditapp.billing.models import UsageRecord
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.metrics import UNPRICED
-from tests.conftest import Person, utcnow
+from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.helpers import add_price, run_job_at, scalar, start_conversation
+from tests.helpers import add_price, new_team, run_job_at, scalar, start_conversation
 from tests.integration.gateway_client import make_key
 from tests.integration.live_server import call, celery_process, live_server
 
@@ -45,15 +46,29 @@ def test_the_database_gauges_and_the_token(
 ) -> None:
     person = person_factory(credits=5_000_000)
     with app.app_context():
+        # A user's account and two teams' accounts drift: three accounts (no team's names a user).
+        teams = [new_team(person.id, name=name)[1] for name in ("One", "Two")]
         with write_transaction(db.session):
-            db.session.execute(
-                text("UPDATE grants SET remaining = remaining - 1 WHERE account_id = :id"),
-                {"id": person.account_id},
-            )
+            for team_account in teams:
+                ledger.grant(
+                    db.session,
+                    account_id=team_account,
+                    amount=1_000_000,
+                    source="promo",
+                    reason="tests",
+                    context=TEST_CONTEXT,
+                    now=utcnow(),
+                )
+        with write_transaction(db.session):
+            for account_id in (person.account_id, *teams):
+                db.session.execute(
+                    text("UPDATE grants SET remaining = remaining - 1 WHERE account_id = :id"),
+                    {"id": account_id},
+                )
         db.session.remove()
     run_job_at(app, "reconcile", utcnow())
     body = client.get("/metrics").get_data(as_text=True)
-    assert _value(body, "creditapp_reconciliation_drift_accounts") == 1
+    assert _value(body, "creditapp_reconciliation_drift_accounts") == 3
     assert _value(body, "creditapp_job_runs_total", job="reconcile", outcome="success") == 1
     assert _value(body, "creditapp_job_last_success_timestamp_seconds", job="reconcile") > 0
     assert _value(body, "creditapp_open_holds") == 0
