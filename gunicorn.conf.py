@@ -39,6 +39,13 @@ threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 # the others); a socket per worker 5/4/4/3 to 7/4/4/1 in 10 runs of 11, and 7/6/3/0 once.
 reuse_port = True
 
+# A stopping worker (`systemctl reload`, a stop) finishes what it serves: a provider's call and
+# a stream each end within a hold's life (a stream at its deadline, a tenth of it before the
+# hold expires). Killed sooner, it would leave their charges to the hold's expiry, which
+# charges nothing: the words streamed until then would never be paid for. It accepts nothing
+# new meanwhile (post_worker_init), and a reload's new workers serve from the start.
+graceful_timeout = int(os.environ.get("HOLD_TTL_SECONDS", "600"))
+
 metrics_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", str(Path(__file__).resolve().parent / "instance" / "prometheus")
 )

@@ -136,6 +136,23 @@ def test_the_web_unit_starts_gunicorn_on_wsgi_app_with_options_it_takes(tmp_path
     assert checked.returncode == 0, checked.stderr
 
 
+def test_a_stopping_web_worker_finishes_its_streams_before_it_is_killed(tmp_path: Path) -> None:
+    """A reload or a stop lets each worker finish what it serves, streams included, for as long
+    as a hold lives (every provider call and stream ends within it): a worker killed sooner
+    leaves its streams' words to the hold's expiry, which charges nothing."""
+    local = [_installed_here(word, tmp_path) for word in _exec_start("creditapp-web.service")]
+    printed = _run([*local[:1], "--print-config", *local[1:]], _entry_point_env(tmp_path))
+    assert printed.returncode == 0, printed.stderr
+    settings = {
+        name.strip(): value.strip()
+        for name, _, value in (line.partition("=") for line in printed.stdout.splitlines())
+    }
+    graceful = int(settings["graceful_timeout"])
+    assert graceful == 600  # HOLD_TTL_SECONDS's default
+    (stop_timeout,) = _unit("creditapp-web.service")["TimeoutStopSec"]
+    assert int(stop_timeout) > graceful
+
+
 @pytest.mark.real_clock
 def test_the_web_unit_tells_systemd_when_it_is_ready(tmp_path: Path) -> None:
     """`Type=notify`: systemd waits for gunicorn's READY=1 on NOTIFY_SOCKET, which the unit's
