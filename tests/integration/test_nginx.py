@@ -143,6 +143,22 @@ def test_nginx_answers_oversized_requests_in_json(app: Flask, admin: Person) -> 
             413,
             "payload_too_large",
         )
+        # Under /v1, OpenAI's shape, which OpenAI's SDKs read.
+        status, answer_headers, answer = _request(
+            nginx, "POST", "/v1/chat/completions", body=body, headers=headers
+        )
+        assert (status, json.loads(answer)) == (
+            413,
+            {
+                "error": {
+                    "message": "The request body is larger than 64 KiB.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "payload_too_large",
+                    "request_id": answer_headers["X-Request-ID"],
+                }
+            },
+        )
         # The client's own sane request id is kept, by nginx's errors and the app alike.
         status, answer_headers, _ = _request(
             nginx,
