@@ -375,8 +375,9 @@ class ModelNotAllowed(CreditAppError):
 
 
 class ProviderFailed(CreditAppError):
-    """The AI provider failed, timed out or answered something unusable; nothing is charged
-    unless `details` says what was charged and refunded."""
+    """The AI provider failed, timed out or answered something unusable; nothing is charged,
+    unless it failed during a streamed reply (what it delivered is charged, as the message
+    says) or `details` says what was charged and refunded."""
 
     code = "provider_error"
     status = 502

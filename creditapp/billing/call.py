@@ -338,9 +338,10 @@ def _usage_of(completion: Completion, request: ChatRequest) -> Usage:
     if completion.usage is not None:
         return _reported(completion.usage, request)
     prompt = [request.system_prompt, *(m.content for m in request.messages)]
+    written = estimate_tokens([completion.text]) if completion.text else 0
     return Usage(
         input_tokens=estimate_tokens(prompt),
-        output_tokens=estimate_tokens([completion.text]) if completion.text else 0,
+        output_tokens=min(written, request.max_tokens),
         estimated=True,
     )
 

@@ -176,8 +176,15 @@ def _count(value: Any) -> int:
     return value
 
 
+# More tokens than any model reads or writes in one call: a provider's count above it is not a
+# count (priced, even at the highest price a row may have, it would not fit an amount's column).
+MOST_TOKENS = 10**9
+
+
 def _usage(provider: str, **counts: int) -> Usage:
     try:
+        if any(count > MOST_TOKENS for count in counts.values()):
+            raise InconsistentUsage(f"a count above {MOST_TOKENS:,}: {counts}")
         return Usage(**counts)  # type: ignore[arg-type]
     except (TypeError, InconsistentUsage) as error:
         raise ProviderError(provider, f"inconsistent usage: {error}") from error

@@ -177,6 +177,19 @@ def test_output_reported_above_max_tokens_is_charged_as_max_tokens(
     assert (balance["balance"], balance["reserved"]) == ("9.89", "0")
 
 
+def test_output_estimated_from_a_reply_is_at_most_max_tokens(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    """A provider that reports no usage is charged an estimate from the text, and a call of
+    max_tokens 1 wrote at most 1 token, however long the text looks."""
+    person = person_factory(credits=10 * CR)
+    add_price(app, "openai", "gpt-rules", input="1", output="1")
+    conversation = start_conversation(client, person, "openai", "gpt-rules")
+    fake_providers.script("openai", Answer(text="A reply of many words " * 20, usage=None))
+    body = send(client, person, conversation, max_tokens=1).get_json()
+    assert (body["usage"]["output_tokens"], body["usage"]["estimated"]) == (1, True)
+
+
 @pytest.fixture
 def account(ctx: Flask, person_factory: Any) -> int:
     return int(person_factory(credits=10 * CR).account_id)

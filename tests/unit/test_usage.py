@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from creditapp.errors import InconsistentUsage
-from creditapp.metering.usage import MOST_TOKENS, Usage
+from creditapp.metering.usage import Usage
 
 
 @pytest.mark.parametrize(
@@ -21,8 +21,6 @@ from creditapp.metering.usage import MOST_TOKENS, Usage
         {"input_tokens": 1, "output_tokens": 5, "reasoning_tokens": 6},
         {"input_tokens": 1.5, "output_tokens": 0},
         {"input_tokens": "1", "output_tokens": 0},
-        {"input_tokens": MOST_TOKENS + 1, "output_tokens": 0},
-        {"input_tokens": 0, "output_tokens": 10**17},
     ],
 )
 def test_inconsistent_usage_is_refused(counts: dict[str, object]) -> None:
@@ -30,8 +28,7 @@ def test_inconsistent_usage_is_refused(counts: dict[str, object]) -> None:
         Usage(**counts)  # type: ignore[arg-type]
 
 
-# Parts whose wholes are still counts.
-counts = st.integers(min_value=0, max_value=MOST_TOKENS // 3)
+counts = st.integers(min_value=0, max_value=10**9)
 
 
 @given(cached=counts, written=counts, uncached=counts, reasoning=counts, answering=counts)
