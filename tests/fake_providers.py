@@ -250,13 +250,19 @@ _BODIES = {"openai": _openai, "anthropic": _anthropic, "google": _google}
 
 
 def _refusal(provider: str, body: dict[str, Any]) -> dict[str, Any] | None:
-    """The 400 the provider answers a request with a text it refuses: Anthropic a message of
-    no text (or only whitespace), Gemini any empty text part, its system instruction's too."""
-    if provider == "anthropic" and any(
-        not str(m.get("content", "")).strip() for m in body.get("messages", [])
-    ):
-        message = "messages: text content blocks must contain non-whitespace text"
-        return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+    """The 400 the provider answers a request it refuses: Anthropic a message of no text (or
+    only whitespace), temperature with top_p (its current models) or a stop sequence of only
+    whitespace; Gemini any empty text part, its system instruction's too."""
+    if provider == "anthropic":
+        message = None
+        if any(not str(m.get("content", "")).strip() for m in body.get("messages", [])):
+            message = "messages: text content blocks must contain non-whitespace text"
+        elif "temperature" in body and "top_p" in body:
+            message = "`temperature` and `top_p` cannot both be specified for this model."
+        elif any(not sequence.strip() for sequence in body.get("stop_sequences", [])):
+            message = "stop_sequences: each stop sequence must contain non-whitespace"
+        if message:
+            return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
     if provider == "google":
         contents = [*body.get("contents", []), body.get("systemInstruction") or {}]
         if any(part.get("text") == "" for content in contents for part in content.get("parts", [])):

@@ -137,6 +137,7 @@ class Content(fields.Field):
         kwargs.setdefault(
             "metadata",
             {
+                "description": "blank only in a system or developer message",
                 "oneOf": [
                     {"type": "string"},
                     {
@@ -150,7 +151,7 @@ class Content(fields.Field):
                             },
                         },
                     },
-                ]
+                ],
             },
         )
         super().__init__(required=True, **kwargs)
@@ -184,7 +185,7 @@ class ChatMessageArgs(Schema):
         required=True,
         validate=validate.OneOf([*gateway.SYSTEM_ROLES, *gateway.CONVERSATION_ROLES]),
     )
-    content = Content(metadata={"description": "blank only in a system or developer message"})
+    content = Content()
     name = Text(max_length=64, load_default=None)
 
     @validates_schema

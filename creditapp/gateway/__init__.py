@@ -33,8 +33,6 @@ GENERATION_PREFIX = "gen-"
 # OpenAI's roles that become the system prompt, and those that are the conversation.
 SYSTEM_ROLES = ("system", "developer")
 CONVERSATION_ROLES = ("user", "assistant")
-# Providers whose temperature goes from 0 to 1 (OpenAI's and Gemini's go to 2).
-TEMPERATURE_UP_TO_1 = ("anthropic",)
 
 
 def generation_id(hold_id: int) -> str:
@@ -112,6 +110,22 @@ class CompletionRequest:
         }
         return ValidationFailed(refused.message, details=details)
 
+    def _refused_by(self, provider: str, stop: tuple[str, ...]) -> dict[str, list[str]]:
+        """What the provider refuses of the settings the others take (a 400 now, not a 502
+        after a hold): Anthropic's temperature goes to 1 (OpenAI's and Gemini's to 2), its
+        current models take temperature or top_p but not both, and a stop sequence must have
+        more than whitespace."""
+        if provider != "anthropic":
+            return {}
+        refused = {}
+        if (self.temperature or 0) > 1:
+            refused["temperature"] = ["At most 1 for anthropic models."]
+        if self.temperature is not None and self.top_p is not None:
+            refused["top_p"] = ["Anthropic's models take temperature or top_p, not both."]
+        if any(not sequence.strip() for sequence in stop):
+            refused["stop"] = ["Anthropic refuses a stop sequence of only whitespace."]
+        return refused
+
     def metered(self, *, max_credits: int | None) -> MeteredRequest:
         provider, model = provider_and_model(self.model)
         system = [text_of(m["content"]) for m in self.messages if m["role"] in SYSTEM_ROLES]
@@ -124,10 +138,10 @@ class CompletionRequest:
             raise ValidationFailed(
                 details={"messages": ["At least one user or assistant message is needed."]}
             )
-        if provider in TEMPERATURE_UP_TO_1 and (self.temperature or 0) > 1:
-            # The provider would refuse it: a 400 now, not a 502 after a hold.
-            raise ValidationFailed(details={"temperature": [f"At most 1 for {provider} models."]})
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        refused = self._refused_by(provider, stop)
+        if refused:
+            raise ValidationFailed(details=refused)
         return MeteredRequest(
             provider=provider,
             model=model,

@@ -97,8 +97,11 @@ def test_nul_bytes_and_lone_surrogates_are_refused(
         ({"n": 2}, "n"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),
         ({"model": None}, "model"),
-        # Anthropic takes a temperature up to 1: refused here, not by the provider (a 502).
+        # What Anthropic refuses is refused here, not by the provider (a 502 after a hold): a
+        # temperature above 1, temperature with top_p, a stop sequence of only whitespace.
         ({"model": "anthropic/claude-test", "temperature": 1.5}, "temperature"),
+        ({"model": "anthropic/claude-test", "temperature": 0.5, "top_p": 0.5}, "top_p"),
+        ({"model": "anthropic/claude-test", "stop": ["END", "\n"]}, "stop"),
     ],
 )
 def test_out_of_range_and_unknown_parameters_are_named(

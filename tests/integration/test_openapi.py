@@ -173,3 +173,9 @@ def test_the_message_endpoint_documents_its_money_statuses(document: dict[str, A
     assert list(operation["responses"]["200"]["content"]) == ["text/event-stream"]  # streamed
     assert operation["responses"]["402"] == {"$ref": "#/components/responses/PAYMENT_REQUIRED"}
     assert operation["responses"]["502"] == {"$ref": "#/components/responses/BAD_GATEWAY"}
+
+
+def test_a_gateway_messages_content_is_a_string_or_text_parts(document: dict[str, Any]) -> None:
+    content = document["components"]["schemas"]["ChatMessageArgs"]["properties"]["content"]
+    assert [choice["type"] for choice in content["oneOf"]] == ["string", "array"]
+    assert content["description"] == "blank only in a system or developer message"
