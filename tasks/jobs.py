@@ -52,21 +52,24 @@ def _alone(name: str) -> Iterator[bool]:
     if db.engine.dialect.name != "postgresql":
         yield True
         return
-    key = job_lock_key(name)
+    key_of = {"key": job_lock_key(name)}
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        if not connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+        if not connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), key_of):
             yield False
             return
         try:
             yield True
         finally:
             try:
-                connection.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                released = connection.scalar(text("SELECT pg_advisory_unlock(:key)"), key_of)
             except Exception:
+                released = False
+            if not released:
                 # A connection whose lock may still be held never goes back to the pool:
-                # closing it lets go of the lock.
+                # closing it lets go of the lock (unless a pooler in transaction mode sent the
+                # unlock to another server connection: docs/deploy.md, "PgBouncer").
                 connection.invalidate()
-                log.exception("job_lock_not_released", job=name)
+                log.error("job_lock_not_released", job=name)
 
 
 def job_lock_key(name: str) -> int:
