@@ -419,6 +419,8 @@ class ProductionConfig(Config):
             )
         if len(self.JWT_SECRET_KEY) < 32:
             raise ConfigurationError("JWT_SECRET_KEY must be at least 32 characters in production")
+        if len(self.METRICS_TOKEN or "") < 32:
+            raise ConfigurationError("METRICS_TOKEN must be at least 32 characters in production")
         previous = self.JWT_PREVIOUS_SECRET_KEY
         if previous is not None and len(previous) < 32:
             raise ConfigurationError(

@@ -47,7 +47,7 @@ PRODUCTION_ENV = {
     "CELERY_BROKER_URL": "memory://",
     # Nothing here connects to it: the entry points start, and /healthz asks nothing of it.
     "REDIS_URL": "redis://127.0.0.1:9/0",
-    "METRICS_TOKEN": "a-scraper's-token",
+    "METRICS_TOKEN": "a-scrapers-token-of-enough-length-0123",
     "PUBLIC_BASE_URL": "https://creditapp.example.com",
 }
 

@@ -151,7 +151,7 @@ def test_production_refuses_a_weak_or_unchanged_previous_key(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://creditapp@db/creditapp")
     monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
-    monkeypatch.setenv("METRICS_TOKEN", "a-scraper's-token")
+    monkeypatch.setenv("METRICS_TOKEN", "a-scrapers-token-of-enough-length-0123")
     monkeypatch.setenv("PUBLIC_BASE_URL", "https://app.example")
     monkeypatch.setenv("DEMO_MODE", "false")
     monkeypatch.setenv("JWT_SECRET_KEY", NEW_KEY)

@@ -15,7 +15,7 @@ PRODUCTION_NEEDS = {
     "DATABASE_URL": "postgresql://db/x",
     "JWT_SECRET_KEY": "k" * 40,
     "REDIS_URL": "redis://cache:6379/0",
-    "METRICS_TOKEN": "a-scraper's-token",
+    "METRICS_TOKEN": "a-scrapers-token-of-enough-length-0123",
     "PUBLIC_BASE_URL": "https://app.example",
 }
 
@@ -91,6 +91,7 @@ def test_postgres_urls_use_the_psycopg_driver() -> None:
         ({"REDIS_URL": ""}, "production needs REDIS_URL"),
         # /metrics shows revenue and runs queries: not for anyone who asks.
         ({"METRICS_TOKEN": None}, "production needs METRICS_TOKEN"),
+        ({"METRICS_TOKEN": "CHANGE-ME"}, "METRICS_TOKEN must be at least 32"),
         # Stripe sends buyers back to PUBLIC_BASE_URL, whose default is this machine.
         ({"STRIPE_SECRET_KEY": "sk_live_x", "PUBLIC_BASE_URL": None}, "needs PUBLIC_BASE_URL"),
     ],
