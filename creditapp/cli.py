@@ -50,6 +50,18 @@ def _fail_on_domain_error(error: CreditAppError) -> click.ClickException:
     return click.ClickException(f"{error.code}: {error.message}{detail}")
 
 
+def _audit(user: User, action: str, now: datetime, details: dict[str, str]) -> None:
+    """Audit what the CLI did to a user, on their personal account."""
+    ledger.record_action(
+        db.session,
+        action=action,
+        context=CLI_CONTEXT,
+        now=now,
+        account_id=accounts.of_user(db.session, user.id),
+        details=details,
+    )
+
+
 @users_cli.command("create")
 @click.option("--email", required=True)
 @click.option("--admin", is_flag=True, help="Give the user the admin role.")
@@ -68,13 +80,11 @@ def create_user(email: str, admin: bool, tier_name: str) -> None:
                 context=CLI_CONTEXT,
                 now=now,
             )
-            ledger.record_action(
-                db.session,
-                action="user_created",
-                context=CLI_CONTEXT,
-                now=now,
-                account_id=accounts.of_user(db.session, user.id),
-                details={"user_id": str(user.id), "role": user.role, "tier": user.tier_name},
+            _audit(
+                user,
+                "user_created",
+                now,
+                {"user_id": str(user.id), "role": user.role, "tier": user.tier_name},
             )
     except CreditAppError as error:
         raise _fail_on_domain_error(error) from error
@@ -92,14 +102,8 @@ def user_token(email: str, hours: int) -> None:
             now = datetime.now(UTC)
             user = users.get_by_email(db.session, email)
             token = issue_access_token(db.session, user, now=now, expires_in=timedelta(hours=hours))
-            ledger.record_action(
-                db.session,
-                action="access_token_issued",
-                context=CLI_CONTEXT,
-                now=now,
-                account_id=accounts.of_user(db.session, user.id),
-                details={"expires_at": (now + timedelta(hours=hours)).isoformat()},
-            )
+            expires_at = now + timedelta(hours=hours)
+            _audit(user, "access_token_issued", now, {"expires_at": expires_at.isoformat()})
     except CreditAppError as error:
         raise _fail_on_domain_error(error) from error
     click.echo(token)

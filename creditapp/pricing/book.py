@@ -295,6 +295,7 @@ def add(
             "model": model,
             **{name: _usd(getattr(rates, name)) for name in RATE_NAMES},
             "effective_from": effective_from.isoformat(),
+            "prompt_tiers": prompt_tiers,
             "source": source,
         },
     )
