@@ -20,7 +20,7 @@ from google.auth.transport.requests import Request
 from google.oauth2 import id_token
 from sqlalchemy import select
 
-from creditapp import ledger
+from creditapp import accounts, ledger
 from creditapp.auth import users
 from creditapp.auth.models import User
 from creditapp.database import DbSession
@@ -124,10 +124,11 @@ def user_of(
 ) -> User:
     """The user a verified Google identity signs in as (the caller's transaction): matched by
     Google's `sub`; else the user who already has this email and no Google identity yet, now
-    linked, if Google vouches for the address and they are no admin (else AccountExists); else
-    a new user of the default tier with their first grant. Two first sign-ins at once make one
-    user: the unique email and `google_sub` keys refuse the second (IntegrityError), or it finds
-    the first user's email taken (Conflict); its caller retries once and then finds the first."""
+    linked (audited: `google_account_linked`), if Google vouches for the address and they are
+    no admin (else AccountExists); else a new user of the default tier with their first grant.
+    Two first sign-ins at once make one user: the unique email and `google_sub` keys refuse the
+    second (IntegrityError), or it finds the first user's email taken (Conflict); its caller
+    retries once and then finds the first."""
     user = session.scalars(select(User).where(User.google_sub == identity.sub)).one_or_none()
     if user is not None:
         return user
@@ -145,4 +146,13 @@ def user_of(
         raise AccountExists(user_id=user.id, refusal="google_not_authoritative")
     user.google_sub = identity.sub
     session.flush()
+    # Whoever holds this Google account signs in as the user from now on: audited.
+    ledger.record_action(
+        session,
+        action="google_account_linked",
+        context=context,
+        now=now,
+        account_id=accounts.of_user(session, user.id),
+        details={"google_sub": identity.sub, "email": identity.email},
+    )
     return user

@@ -19,7 +19,8 @@ from sqlalchemy import func, select
 
 from creditapp.auth.google import GOOGLE_CERTS_TIMEOUT_SECONDS
 from creditapp.auth.models import AuthSession, User
-from creditapp.ledger.models import Grant
+from creditapp.extensions import db
+from creditapp.ledger.models import AuditRecord, Grant
 from tests.conftest import utcnow
 from tests.helpers import assert_error, scalar
 from tests.integration.google_certs import CLIENT_ID, GoogleCertificates
@@ -81,6 +82,14 @@ def test_an_address_google_is_authoritative_for_links_to_its_existing_user(
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["user"]["id"] == str(person.id)
     assert scalar(app, select(User.google_sub).where(User.id == person.id)) == "4242"
+    linked = select(AuditRecord.account_id, AuditRecord.details).where(
+        AuditRecord.action == "google_account_linked"
+    )
+    with app.app_context():
+        assert db.session.execute(linked).all() == [
+            (person.account_id, {"google_sub": "4242", "email": email})
+        ]
+        db.session.remove()
 
 
 @pytest.mark.parametrize("hosted_domain", [None, "other.example"])
