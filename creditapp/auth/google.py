@@ -20,7 +20,7 @@ from google.auth.transport.requests import Request
 from google.oauth2 import id_token
 from sqlalchemy import select
 
-from creditapp import accounts, ledger
+from creditapp import ledger
 from creditapp.auth import users
 from creditapp.auth.models import User
 from creditapp.database import DbSession
@@ -31,6 +31,7 @@ from creditapp.errors import (
     InvalidIdToken,
     ValidationFailed,
 )
+from creditapp.ledger.models import Account
 from creditapp.text import is_text
 
 ISSUERS = ("accounts.google.com", "https://accounts.google.com")
@@ -135,14 +136,17 @@ def user_of(
     user = users.find_by_email(session, identity.email)
     if user is None:
         user = users.create(session, email=identity.email, context=context, now=now)
-    # The same `sub` here means a sign-in that raced this one committed after the lookup above.
-    elif user.google_sub == identity.sub:
+        user.google_sub = identity.sub
+        session.flush()
         return user
-    elif user.google_sub is not None:
+    # The same `sub` here means a sign-in that raced this one committed after the lookup above.
+    if user.google_sub == identity.sub:
+        return user
+    if user.google_sub is not None:
         raise Conflict("This email belongs to a user of another Google account.")
-    elif user.is_admin:
+    if user.is_admin:
         raise AccountExists(user_id=user.id, refusal="admin")
-    elif not identity.vouches_for_email:
+    if not identity.vouches_for_email:
         raise AccountExists(user_id=user.id, refusal="google_not_authoritative")
     user.google_sub = identity.sub
     session.flush()
@@ -152,7 +156,8 @@ def user_of(
         action="google_account_linked",
         context=context,
         now=now,
-        account_id=accounts.of_user(session, user.id),
+        # The personal account (`creditapp.accounts` is above this room: its condition here).
+        account_id=session.scalar(select(Account.id).where(Account.user_id == user.id)),
         details={"google_sub": identity.sub, "email": identity.email},
     )
     return user

@@ -130,7 +130,8 @@ def assign(
     """Move a user to another tier. Its models and limits apply at once. A period has one
     subscription grant: one already made for this period stays as it is, and the new tier's
     credits come with the next; a period with none yet (the user was on a tier without
-    credits) gets the new tier's now. The audit record names the user's personal account
+    credits) gets the new tier's from the refresh job, or at once on a call refused for
+    credits (nothing here grants). The audit record names the user's personal account
     (`account_id`)."""
     if session.get(Tier, tier_name) is None:
         raise ValidationFailed(details={"tier": [f"No tier named {tier_name!r}."]})

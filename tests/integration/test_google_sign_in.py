@@ -52,6 +52,9 @@ def test_a_first_sign_in_creates_the_user_with_the_tiers_first_grant(
     assert me.get_json()["id"] == body["user"]["id"]
     subscription = select(func.count()).where(Grant.source == "subscription")
     assert scalar(app, subscription) == 1
+    # A new user, not one a Google account was linked to.
+    linked = select(func.count()).where(AuditRecord.action == "google_account_linked")
+    assert scalar(app, linked) == 0
     # Signing in again is the same person, and grants nothing more; another client id works.
     again = _sign_in(client, google.id_token(aud="creditapp-ios.example")).get_json()
     assert again["user"]["id"] == body["user"]["id"]
