@@ -251,14 +251,12 @@ _BODIES = {"openai": _openai, "anthropic": _anthropic, "google": _google}
 
 def _refusal(provider: str, body: dict[str, Any]) -> dict[str, Any] | None:
     """The 400 the provider answers a request it refuses: Anthropic a message of no text (or
-    only whitespace), temperature with top_p (its current models) or a stop sequence of only
-    whitespace; Gemini any empty text part, its system instruction's too."""
+    only whitespace) or a stop sequence of only whitespace; Gemini any empty text part, its
+    system instruction's too."""
     if provider == "anthropic":
         message = None
         if any(not str(m.get("content", "")).strip() for m in body.get("messages", [])):
             message = "messages: text content blocks must contain non-whitespace text"
-        elif "temperature" in body and "top_p" in body:
-            message = "`temperature` and `top_p` cannot both be specified for this model."
         elif any(not sequence.strip() for sequence in body.get("stop_sequences", [])):
             message = "stop_sequences: each stop sequence must contain non-whitespace"
         if message:

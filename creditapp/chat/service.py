@@ -206,7 +206,9 @@ def message_call(
     history = LedgerSql(session).all(
         _HISTORY, conversation=conversation_id, messages=history_messages
     )
-    earlier = [ChatMessage(role, content) for role, content in reversed(history)]
+    # A reply of only whitespace (a stream cut after a space, a reply of max_tokens 1) says
+    # nothing, and Anthropic refuses a message of no text: it is not sent again.
+    earlier = [ChatMessage(role, text) for role, text in reversed(history) if text.strip()]
     request = MeteredRequest(
         provider=character.provider,
         model=character.model,

@@ -112,16 +112,14 @@ class CompletionRequest:
 
     def _refused_by(self, provider: str, stop: tuple[str, ...]) -> dict[str, list[str]]:
         """What the provider refuses of the settings the others take (a 400 now, not a 502
-        after a hold): Anthropic's temperature goes to 1 (OpenAI's and Gemini's to 2), its
-        current models take temperature or top_p but not both, and a stop sequence must have
-        more than whitespace."""
+        after a hold): Anthropic's temperature goes to 1 (OpenAI's and Gemini's to 2), and its
+        stop sequences must have more than whitespace. (Its newest models also refuse
+        temperature with top_p, which its older ones take: that is left to the model.)"""
         if provider != "anthropic":
             return {}
         refused = {}
         if (self.temperature or 0) > 1:
             refused["temperature"] = ["At most 1 for anthropic models."]
-        if self.temperature is not None and self.top_p is not None:
-            refused["top_p"] = ["Anthropic's models take temperature or top_p, not both."]
         if any(not sequence.strip() for sequence in stop):
             refused["stop"] = ["Anthropic refuses a stop sequence of only whitespace."]
         return refused

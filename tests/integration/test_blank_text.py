@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from creditapp.text import blank
 from tests.conftest import Person
+from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import add_price, assert_error, start_conversation
 
 # Every character Python (and so the API) counts as whitespace, the Unicode spaces among them
@@ -118,3 +119,27 @@ def test_text_with_something_to_show_is_kept_as_sent(
     )
     assert response.status_code == 201, response.get_json()
     assert response.get_json()["message"]["content"] == "\u3000 hi \u200b"
+
+
+def test_a_reply_of_only_spaces_is_not_sent_again_with_the_next_message(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    """A reply of whitespace (a reply of max_tokens 1, a stream cut after a space) is kept, as
+    charged; it says nothing, and Anthropic refuses a message of no text: the conversation's
+    next message is sent without it, not refused (a 502 after each hold)."""
+    user = person_factory(credits=10 * 1_000_000)
+    add_price(app, "anthropic", "claude-blank", input="1", output="1")
+    conversation = start_conversation(client, user, "anthropic", "claude-blank")
+    fake_providers.script("anthropic", Answer(text="\n"), Answer(text="Hello."))
+    for content in ("Say nothing", "Now say something"):
+        response = client.post(
+            f"/api/conversations/{conversation}/messages",
+            json={"content": content},
+            headers={**user.headers, "Idempotency-Key": secrets.token_hex(8)},
+        )
+        assert response.status_code == 201, response.get_json()
+    last = fake_providers.calls("anthropic")[-1]["body"]["messages"]
+    assert last == [
+        {"role": "user", "content": "Say nothing"},
+        {"role": "user", "content": "Now say something"},
+    ]

@@ -280,8 +280,7 @@ def test_the_request_reaches_the_provider_as_asked(
         max_tokens=50,
         max_completion_tokens=40,
         temperature=0.5,
-        # Anthropic's models take one of them (the gateway refuses both: hostile tests).
-        **({} if provider == "anthropic" else {"top_p": 0.25}),
+        top_p=0.25,
     )
     (sent,) = fake_providers.calls(provider)
     body = sent["body"]
@@ -298,7 +297,7 @@ def test_the_request_reaches_the_provider_as_asked(
         assert body["system"] == system
         assert body["messages"] == [{"role": r, "content": t} for r, t in conversation]
         assert (body["max_tokens"], body["stop_sequences"]) == (40, ["END", "STOP"])
-        assert body["temperature"] == 0.5 and "top_p" not in body
+        assert (body["temperature"], body["top_p"]) == (0.5, 0.25)
     else:
         assert body["systemInstruction"]["parts"] == [{"text": system}]
         roles = {"user": "user", "assistant": "model"}

@@ -98,9 +98,8 @@ def test_nul_bytes_and_lone_surrogates_are_refused(
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),
         ({"model": None}, "model"),
         # What Anthropic refuses is refused here, not by the provider (a 502 after a hold): a
-        # temperature above 1, temperature with top_p, a stop sequence of only whitespace.
+        # temperature above 1, a stop sequence of only whitespace.
         ({"model": "anthropic/claude-test", "temperature": 1.5}, "temperature"),
-        ({"model": "anthropic/claude-test", "temperature": 0.5, "top_p": 0.5}, "top_p"),
         ({"model": "anthropic/claude-test", "stop": ["END", "\n"]}, "stop"),
     ],
 )
