@@ -298,6 +298,10 @@ class FakeProviders:
                 fake._answer(self, raw)
 
         class Server(ThreadingHTTPServer):
+            # Fifty streams connect at once (socketserver listens with a backlog of 5: on a busy
+            # machine, connections past it were reset, and the calls failed as the provider's).
+            request_queue_size = 128
+
             def handle_error(self, request: Any, client_address: Any) -> None:
                 pass  # a client that gave up (a timeout test) closed the socket first
 
