@@ -4,6 +4,7 @@ tokens signed by them as Google would sign them (RS256, `kid` in the header)."""
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +29,9 @@ class GoogleCertificates:
     def __init__(self) -> None:
         self.key, certificate = _key_and_certificate()
         self.kid = "test-key-1"
+        # The service caches the certificates by URL for their max-age: a later instance on a
+        # port an earlier one had (ports are reused) must not be served the earlier's keys.
+        self._path = f"/oauth2/v1/certs/{secrets.token_hex(8)}"
         self.fetches = 0
         certificates = json.dumps({self.kid: certificate}).encode()
         served = self
@@ -54,7 +58,7 @@ class GoogleCertificates:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/oauth2/v1/certs"
+        return f"http://127.0.0.1:{self.port}{self._path}"
 
     def id_token(self, *, key: Any = None, kid: str | None = None, **claims: Any) -> str:
         """An ID token as Google issues it; `claims` override or (as None) remove the defaults."""
