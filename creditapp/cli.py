@@ -116,10 +116,9 @@ def revoke_user_sessions(email: str) -> None:
     try:
         with write_transaction(db.session):
             user = users.get_by_email(db.session, email)
-            revoked = sessions.revoke_everywhere(
+            revoked = sessions.revoke_all(
                 db.session,
                 user_id=user.id,
-                account_id=accounts.of_user(db.session, user.id),
                 reason="cli",
                 context=CLI_CONTEXT,
                 now=datetime.now(UTC),

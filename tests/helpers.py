@@ -32,7 +32,7 @@ from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.jobs import run_job
 from creditapp.ledger import alerts
-from creditapp.ledger.models import LedgerEntry
+from creditapp.ledger.models import AuditRecord, LedgerEntry
 from creditapp.ledger.sql import LedgerSql
 from creditapp.pricing import book
 from creditapp.purchases.models import Purchase
@@ -65,6 +65,17 @@ def scalar(app: Flask, query: Any) -> Any:
         value = db.session.scalar(query)
         db.session.remove()
     return value
+
+
+def audited(app: Flask, *actions: str) -> list[tuple[str, str, str, dict[str, object]]]:
+    """The audit records of these actions, oldest first: (action, actor type, actor, details)."""
+    with app.app_context():
+        records = db.session.scalars(
+            select(AuditRecord).where(AuditRecord.action.in_(actions)).order_by(AuditRecord.id)
+        ).all()
+        found = [(r.action, r.actor_type, r.actor_id, r.details) for r in records]
+        db.session.remove()
+    return found
 
 
 def ledger_rows(app: Flask) -> list[tuple[str, int, int]]:

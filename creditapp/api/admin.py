@@ -305,10 +305,9 @@ class RevokedSchema(Schema):
 def revoke_sessions(user_id: str) -> Any:
     """Sign the user out everywhere: every token of every session is refused from now on."""
     user = users.get(db.session, path_id(user_id, "user_id"))
-    revoked = sessions.revoke_everywhere(
+    revoked = sessions.revoke_all(
         db.session,
         user_id=user.id,
-        account_id=accounts.of_user(db.session, user.id),
         reason="admin",
         context=audit_context(),
         now=datetime.now(UTC),

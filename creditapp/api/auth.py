@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from creditapp import ledger
 from creditapp.api import limits
-from creditapp.api.identity import authenticated, caller
+from creditapp.api.identity import audit_context, authenticated, caller
 from creditapp.api.me import UserSchema
 from creditapp.api.openapi import answers, declares
 from creditapp.api.parsing import Blueprint
@@ -140,6 +140,8 @@ def refresh() -> Any:
             claims=get_jwt(),
             now=datetime.now(UTC),
             reuse_grace=reuse_grace,
+            # Not the caller's doing: the service revokes a session whose copy is abroad.
+            context=_sign_in_context(),
         )
     if issued is None:  # a copy of a rotated-away token: the session is revoked now
         security_event("refresh_token_reused", session_id=get_jwt()["sid"])
@@ -154,7 +156,12 @@ def logout() -> None:
     """Revoke this session: its access and refresh tokens are refused from now on."""
     with write_transaction(db.session):
         sessions.revoke(
-            db.session, session_id=get_jwt()["sid"], reason="logout", now=datetime.now(UTC)
+            db.session,
+            user_id=caller().id,
+            session_id=get_jwt()["sid"],
+            reason="logout",
+            context=audit_context(),
+            now=datetime.now(UTC),
         )
 
 
@@ -165,5 +172,9 @@ def logout_all() -> None:
     """Revoke every session of the caller."""
     with write_transaction(db.session):
         sessions.revoke_all(
-            db.session, user_id=caller().id, reason="logout_all", now=datetime.now(UTC)
+            db.session,
+            user_id=caller().id,
+            reason="logout_all",
+            context=audit_context(),
+            now=datetime.now(UTC),
         )

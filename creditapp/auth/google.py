@@ -31,7 +31,6 @@ from creditapp.errors import (
     InvalidIdToken,
     ValidationFailed,
 )
-from creditapp.ledger.models import Account
 from creditapp.text import is_text
 
 ISSUERS = ("accounts.google.com", "https://accounts.google.com")
@@ -156,8 +155,7 @@ def user_of(
         action="google_account_linked",
         context=context,
         now=now,
-        # The personal account (`creditapp.accounts` is above this room: its condition here).
-        account_id=session.scalar(select(Account.id).where(Account.user_id == user.id)),
+        account_id=users.personal_account_id(session, user.id),
         details={"google_sub": identity.sub, "email": identity.email},
     )
     return user

@@ -15,8 +15,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, true, update
 
+from creditapp.auth import users
 from creditapp.auth.models import AuthSession, User
 from creditapp.database import DbSession
 from creditapp.ledger import AuditContext, record_action
@@ -46,14 +47,17 @@ class Rotation:
 def rotate(
     session: DbSession,
     *,
+    user_id: int,
     session_id: int,
     presented_jti: str,
     now: datetime,
     reuse_grace: timedelta,
+    context: AuditContext,
 ) -> Rotation | None:
     """Replace the session's refresh token and return the new one. The token rotated away last,
     presented again within `reuse_grace` of its rotation, returns that same rotation. Any other
-    refresh token that is not the current one (a rotated-away copy) revokes the session: None."""
+    refresh token that is not the current one (a rotated-away copy) revokes the session
+    (audited, as `context`): None."""
     rotation = Rotation(refresh_jti=new_jti(), issued_at=now)
     rotated = session.execute(
         update(AuthSession)
@@ -82,49 +86,74 @@ def rotate(
     ).one_or_none()
     if just_rotated is not None:
         return Rotation(refresh_jti=just_rotated.refresh_jti, issued_at=just_rotated.rotated_at)
-    revoke(session, session_id=session_id, reason="refresh_reused", now=now)
+    revoke(
+        session,
+        user_id=user_id,
+        session_id=session_id,
+        reason="refresh_reused",
+        context=context,
+        now=now,
+    )
     return None
 
 
-def revoke(session: DbSession, *, session_id: int, reason: str, now: datetime) -> None:
-    session.execute(
-        update(AuthSession)
-        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
-        .values(revoked_at=now, revoked_reason=reason)
-    )
-
-
-def revoke_all(session: DbSession, *, user_id: int, reason: str, now: datetime) -> int:
-    """Revoke every live session of the user; returns how many."""
-    revoked = session.execute(
-        update(AuthSession)
-        .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
-        .values(revoked_at=now, revoked_reason=reason)
-    )
-    return int(revoked.rowcount)  # type: ignore[attr-defined]
-
-
-def revoke_everywhere(
+def revoke(
     session: DbSession,
     *,
     user_id: int,
-    account_id: int,
+    session_id: int,
     reason: str,
     context: AuditContext,
     now: datetime,
 ) -> int:
-    """An admin signs the user out everywhere (the API or the CLI), audited as
+    """Revoke one session of the user (a sign-out, a reused refresh token), audited as
+    `sessions_revoked`; returns 1 if it was live, else 0."""
+    return _revoke_audited(
+        session,
+        AuthSession.id == session_id,
+        user_id=user_id,
+        reason=reason,
+        context=context,
+        now=now,
+    )
+
+
+def revoke_all(
+    session: DbSession, *, user_id: int, reason: str, context: AuditContext, now: datetime
+) -> int:
+    """Sign the user out everywhere (the user, an admin through the API or the CLI), audited as
     `sessions_revoked`; returns how many sessions were live."""
-    revoked = revoke_all(session, user_id=user_id, reason=reason, now=now)
+    return _revoke_audited(
+        session, true(), user_id=user_id, reason=reason, context=context, now=now
+    )
+
+
+def _revoke_audited(
+    session: DbSession,
+    which: ColumnElement[bool],
+    *,
+    user_id: int,
+    reason: str,
+    context: AuditContext,
+    now: datetime,
+) -> int:
+    """Every session of the user is revoked by one of these, and each revocation is audited:
+    tokens refused from a moment on are explained by who refused them, and why."""
+    revoked = session.execute(
+        update(AuthSession)
+        .where(AuthSession.user_id == user_id, which, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+    )
+    count = int(revoked.rowcount)  # type: ignore[attr-defined]
     record_action(
         session,
         action="sessions_revoked",
         context=context,
         now=now,
-        account_id=account_id,
-        details={"revoked_sessions": revoked},
+        account_id=users.personal_account_id(session, user_id),
+        details={"revoked_sessions": count, "reason": reason},
     )
-    return revoked
+    return count
 
 
 _USER_OF_LIVE_SESSION = Statement(

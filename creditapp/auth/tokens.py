@@ -32,6 +32,7 @@ from creditapp.config import previous_jwt_secret_key
 from creditapp.database import DbSession
 from creditapp.extensions import db
 from creditapp.ids import parse_id
+from creditapp.ledger import AuditContext
 from creditapp.text import is_text
 
 # flask-jwt-extended would read a token without `type` as an access token and one without
@@ -127,17 +128,20 @@ def refresh(
     claims: dict[str, Any],
     now: datetime,
     reuse_grace: timedelta,
+    context: AuditContext,
 ) -> Tokens | None:
     """New tokens for the session of a verified refresh token, whose refresh token rotates. The
     token just rotated away, presented again within `reuse_grace` (a second tab, a retry), gets
     the pair its first presentation got. Presented later, or any older one, it revokes its
-    session: None (the caller commits that, then refuses the request)."""
+    session, audited as `context`: None (the caller commits that, then refuses the request)."""
     rotation = sessions.rotate(
         session,
+        user_id=user.id,
         session_id=claims["sid"],
         presented_jti=claims["jti"],
         now=now,
         reuse_grace=reuse_grace,
+        context=context,
     )
     if rotation is None:
         return None

@@ -13,7 +13,7 @@ from creditapp.auth.models import Tier, User
 from creditapp.auth.subscription import period_at
 from creditapp.database import DbSession
 from creditapp.errors import Conflict, NotFound, ValidationFailed
-from creditapp.ledger.models import Grant
+from creditapp.ledger.models import Account, Grant
 from creditapp.text import is_text
 
 DEFAULT_TIER = "free"
@@ -35,6 +35,12 @@ def get(session: DbSession, user_id: int) -> User:
     if user is None:
         raise NotFound("No such user.")
     return user
+
+
+def personal_account_id(session: DbSession, user_id: int) -> int | None:
+    """The user's personal account, for the audit records of what auth does to the user
+    (`creditapp.accounts`, which keeps it per process, is a room above this one)."""
+    return session.scalar(select(Account.id).where(Account.user_id == user_id))
 
 
 def find_by_email(session: DbSession, email: str) -> User | None:

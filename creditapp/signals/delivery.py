@@ -108,7 +108,7 @@ LOCK_ENDPOINTS_ACCOUNT = Statement(
 )
 DISABLE_GONE_ENDPOINT = Statement(
     """UPDATE webhook_endpoints SET enabled = false, disabled_reason = :reason
-       WHERE id = :endpoint AND enabled"""
+       WHERE id = :endpoint AND enabled RETURNING account_id"""
 )
 # What another run is posting right now is left to it (its outcome is recorded, and the next
 # sweep fails it if it stays pending).
@@ -219,13 +219,14 @@ def run(
             for done in as_completed(posts):
                 with write_transaction(session):
                     outcome = _record(
-                        LedgerSql(session),
+                        session,
                         posts[done],
                         done.result(),
                         now=now,
                         clock=clock(),
                         lease=lease,
                         schedule=schedule,
+                        context=context,
                     )
                 summary[outcome] += 1
                 if outcome != "lease_lost":
@@ -388,7 +389,7 @@ def _claimed(row: tuple[Any, ...]) -> Claimed:
 
 
 def _record(
-    sql: LedgerSql,
+    session: DbSession,
     item: Claimed,
     attempt: Attempt,
     *,
@@ -396,9 +397,12 @@ def _record(
     clock: datetime,
     lease: datetime,
     schedule: tuple[int, ...],
+    context: ledger.AuditContext,
 ) -> str:
     """Store the attempt's outcome and name it: delivered, retrying, failed, url_refused (not
-    posted; retried as a failure is), or lease_lost (someone else has the delivery now)."""
+    posted; retried as a failure is), or lease_lost (someone else has the delivery now). An
+    endpoint it disables (410) is audited as its owner's disabling is, as `context`."""
+    sql = LedgerSql(session)
     leased = {"delivery": item.delivery_id, "lease": sql.time(lease), "now": sql.time(now)}
     gone = attempt.http_status == 410
     if gone:
@@ -426,7 +430,20 @@ def _record(
     if not recorded:
         return "lease_lost"
     if gone:
-        sql.run(DISABLE_GONE_ENDPOINT, endpoint=item.endpoint_id, reason=GONE)
+        disabled = sql.one(DISABLE_GONE_ENDPOINT, endpoint=item.endpoint_id, reason=GONE)
+        if disabled is not None:  # not already disabled by an earlier attempt or its owner
+            ledger.record_action(
+                session,
+                action="webhook_endpoint_changed",
+                context=context,
+                now=now,
+                account_id=int(disabled[0]),
+                details={
+                    "endpoint_id": str(item.endpoint_id),
+                    "changed": "enabled",
+                    "disabled_reason": GONE,
+                },
+            )
         sql.run(
             FAIL_PENDING_OF_ENDPOINT,
             endpoint=item.endpoint_id,

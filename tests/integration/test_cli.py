@@ -7,12 +7,12 @@ import json
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from creditapp.cli import DEMO_ADMIN, DEMO_USER
 from creditapp.database import write_transaction
 from creditapp.extensions import db
-from creditapp.ledger.models import AuditRecord
+from tests.helpers import audited
 
 
 def cli(app: Flask, *args: str):  # type: ignore[no-untyped-def]
@@ -141,25 +141,14 @@ def test_pricing_sync_adds_the_catalogue_once(app: Flask) -> None:
     assert rows == added["added"] and openai >= 1
 
 
-def _audited(app: Flask, *actions: str) -> list[tuple[str, str, str, dict[str, object]]]:
-    """The audit records of these actions, oldest first: (action, actor type, actor, details)."""
-    with app.app_context():
-        records = db.session.scalars(
-            select(AuditRecord).where(AuditRecord.action.in_(actions)).order_by(AuditRecord.id)
-        ).all()
-        found = [(r.action, r.actor_type, r.actor_id, r.details) for r in records]
-        db.session.remove()
-    return found
-
-
-def test_what_an_operator_does_through_the_cli_is_audited(app: Flask) -> None:
+def test_what_an_operator_does_through_the_cli_isaudited(app: Flask) -> None:
     """An admin made, a token issued (whoever holds it acts as the user), every session
     revoked, and the catalogue's prices: each an audit record of the CLI's."""
     user = json.loads(cli(app, "users", "create", "--email", "op@example.com", "--admin").stdout)
     assert cli(app, "users", "token", "--email", "op@example.com", "--hours", "2").exit_code == 0
     revoked = cli(app, "users", "revoke", "--email", "op@example.com")
     assert json.loads(revoked.stdout) == {"email": "op@example.com", "revoked_sessions": 1}
-    created, issued, signed_out = _audited(
+    created, issued, signed_out = audited(
         app, "user_created", "access_token_issued", "sessions_revoked"
     )
     assert created == (
@@ -170,9 +159,14 @@ def test_what_an_operator_does_through_the_cli_is_audited(app: Flask) -> None:
     )
     assert issued[:3] == ("access_token_issued", "admin", "cli")
     assert set(issued[3]) == {"expires_at"}
-    assert signed_out == ("sessions_revoked", "admin", "cli", {"revoked_sessions": 1})
+    assert signed_out == (
+        "sessions_revoked",
+        "admin",
+        "cli",
+        {"revoked_sessions": 1, "reason": "cli"},
+    )
     added = json.loads(cli(app, "pricing", "sync").stdout)["added"]
-    prices = _audited(app, "price_added")
+    prices = audited(app, "price_added")
     assert len(prices) == added
     assert {(action, actor) for action, _type, actor, _ in prices} == {("price_added", "cli")}
     assert all(str(details["source"]).startswith("genai-prices ") for *_, details in prices)
@@ -185,4 +179,4 @@ def test_credit_grant_refuses_a_reason_the_api_refuses(app: Flask, reason: str) 
         app, "credit", "grant", "--email", "r@example.com", "--amount", "5", "--reason", reason
     )
     assert refused.exit_code == 2 and "--reason" in refused.output
-    assert _audited(app, "grant") == []
+    assert audited(app, "grant") == []

@@ -17,12 +17,13 @@ import redis
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from creditapp.auth.models import AuthSession
-from creditapp.ledger.models import AuditRecord
+from creditapp.extensions import db
+from creditapp.ledger.models import Account, AuditRecord
 from tests.conftest import Person, utcnow
-from tests.helpers import assert_error, scalar
+from tests.helpers import assert_error, audited, scalar
 from tests.integration.live_server import call, live_server
 
 
@@ -85,6 +86,15 @@ def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_session(
         for token in (rotated["access_token"], first["access_token"]):
             assert_error(_me(client, token), 401, "token_revoked")
         assert_error(_refresh(client, rotated["refresh_token"]), 401, "token_revoked")
+    # The service revoked it, not its user: audited so, with why.
+    assert audited(app, "sessions_revoked") == [
+        (
+            "sessions_revoked",
+            "system",
+            "sign-in",
+            {"revoked_sessions": 1, "reason": "refresh_reused"},
+        )
+    ]
 
 
 def test_two_tabs_refreshing_with_the_same_token_at_once_both_get_the_same_new_pair(
@@ -210,6 +220,29 @@ def test_logout_ends_one_session_and_logout_all_every_one(
     assert everywhere.status_code == 204
     for device in (phone, tablet):
         assert_error(_me(client, device["access_token"]), 401, "token_revoked")
+    user_id = laptop["user"]["id"]
+    # Every live one: the phone's, the tablet's, and those the demo seeds made.
+    everywhere_count = scalar(
+        app, select(func.count()).where(AuthSession.revoked_reason == "logout_all")
+    )
+    assert everywhere_count >= 2
+    assert audited(app, "sessions_revoked") == [
+        ("sessions_revoked", "user", user_id, {"revoked_sessions": 1, "reason": "logout"}),
+        (
+            "sessions_revoked",
+            "user",
+            user_id,
+            {"revoked_sessions": everywhere_count, "reason": "logout_all"},
+        ),
+    ]
+    # On the user's account: found by the audit log's user filter.
+    personal = scalar(app, select(Account.id).where(Account.user_id == int(user_id)))
+    with app.app_context():
+        on = db.session.scalars(
+            select(AuditRecord.account_id).where(AuditRecord.action == "sessions_revoked")
+        ).all()
+        db.session.remove()
+    assert on == [personal, personal]
 
 
 def test_an_admin_revokes_a_users_sessions(
@@ -219,7 +252,9 @@ def test_an_admin_revokes_a_users_sessions(
     revoked = client.post(f"/api/admin/users/{user.id}/revoke-sessions", headers=admin.headers)
     assert revoked.get_json() == {"user_id": str(user.id), "revoked_sessions": 1}
     assert_error(client.get("/api/me", headers=user.headers), 401, "token_revoked")
-    assert scalar(app, select(AuditRecord.action).where(AuditRecord.action == "sessions_revoked"))
+    assert audited(app, "sessions_revoked") == [
+        ("sessions_revoked", "admin", str(admin.id), {"revoked_sessions": 1, "reason": "admin"})
+    ]
     assert_error(
         client.post(f"/api/admin/users/{user.id}/revoke-sessions", headers=user.headers),
         401,

@@ -36,15 +36,18 @@ from creditapp.database import write_transaction
 from creditapp.errors import WebhookUrlRefused
 from creditapp.extensions import db
 from creditapp.ledger import alerts, outbox
+from creditapp.ledger.models import AuditRecord
 from creditapp.ledger.sql import LOCK_ACCOUNT, LedgerSql
 from creditapp.signals import delivery, endpoints, urls
 from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.conftest import LOOPBACK_WEBHOOKS, TEST_CONTEXT, Person, utcnow
 from tests.helpers import (
     ENDPOINT_SECRET,
+    audited,
     new_endpoint,
     run_job_at,
     run_job_at_once,
+    scalar,
     self_signed_certificate,
     until,
     waits_for_a_lock,
@@ -226,6 +229,22 @@ def test_410_disables_the_endpoint_and_fails_its_pending_deliveries(
     endpoint = db.session.get(WebhookEndpoint, endpoint_id, populate_existing=True)
     assert endpoint is not None
     assert (endpoint.enabled, endpoint.disabled_reason) == (False, "gone")
+    # The service's disabling is audited as an owner's is, on the owner's account.
+    assert audited(app, "webhook_endpoint_changed") == [
+        (
+            "webhook_endpoint_changed",
+            "job",
+            "deliver-webhooks:tests",
+            {"endpoint_id": str(endpoint_id), "changed": "enabled", "disabled_reason": "gone"},
+        )
+    ]
+    assert (
+        scalar(
+            app,
+            select(AuditRecord.account_id).where(AuditRecord.action == "webhook_endpoint_changed"),
+        )
+        == person.account_id
+    )
     emit(person, now=now)  # a disabled endpoint gets no new delivery
     assert len(deliveries()) == 2
     assert run_job_at(app, JOB, now + timedelta(days=1))["failed"] == 0
