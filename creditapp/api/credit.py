@@ -161,6 +161,8 @@ def grants(args: dict[str, Any]) -> Any:
 
 
 CSV_ANSWER = {"type": "string", "format": "binary"}
+# Ledger entries a CSV export reads at a time.
+CSV_PAGE = 1000
 TRANSACTIONS_CSV = csv_export.DESCRIPTION + (
     " Every entry of the range: `limit` and `cursor` do not apply."
 )
@@ -269,20 +271,42 @@ def transactions_of(account_id: int, args: dict[str, Any], *, user_id: int | Non
     if csv_export.wanted(args):
         moment = UtcDateTime()
 
-        def rows() -> Iterator[list[Any]]:
-            # Read while the answer is written: what the view read is gone by then (the
-            # request's session closes before its streamed body is sent).
-            ordered = query.order_by(LedgerEntry.seq.desc()).execution_options(yield_per=1000)
-            for entry in db.session.scalars(ordered):
-                yield [
-                    entry.id,
-                    moment._serialize(entry.created_at, None, None),
-                    entry.type,
-                    format_credits(entry.amount),
-                    format_credits(entry.balance_after),
-                    entry.reference or "",
-                    "" if entry.user_id is None else entry.user_id,
+        def page_below(seq: int | None) -> list[list[Any]]:
+            """The next CSV_PAGE entries below `seq`, as rows; the session let go after it, so
+            that a slow download holds no connection between pages. Entries never change and
+            new ones come above the first, so pages read at different moments still join."""
+            below = query if seq is None else query.where(LedgerEntry.seq < seq)
+            try:
+                entries = db.session.scalars(
+                    below.order_by(LedgerEntry.seq.desc()).limit(CSV_PAGE)
+                ).all()
+                return [
+                    [
+                        entry.seq,
+                        entry.id,
+                        moment._serialize(entry.created_at, None, None),
+                        entry.type,
+                        format_credits(entry.amount),
+                        format_credits(entry.balance_after),
+                        entry.reference or "",
+                        "" if entry.user_id is None else entry.user_id,
+                    ]
+                    for entry in entries
                 ]
+            finally:
+                db.session.close()
+
+        # The first page is read before the answer starts: a database that fails it gets the
+        # request its 503, where a failure inside the streamed body could only cut it short.
+        first = page_below(None)
+
+        def rows() -> Iterator[list[Any]]:
+            page = first
+            while True:
+                yield from (row[1:] for row in page)
+                if len(page) < CSV_PAGE:
+                    return
+                page = page_below(page[-1][0])
 
         return csv_export.response(
             "transactions.csv",

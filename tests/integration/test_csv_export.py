@@ -6,9 +6,13 @@ import csv
 import io
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 
+from creditapp.api import credit
+from creditapp.extensions import db
 from tests.conftest import Person
 from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import add_price, assert_error, send, start_conversation
@@ -104,3 +108,43 @@ def test_other_formats_are_refused(client: FlaskClient, person_factory: Any) -> 
         "validation_error",
     )
     assert "format" in error["details"]
+
+
+@pytest.mark.parametrize("page", [1, 2, 3])
+def test_transactions_as_csv_read_page_by_page_are_every_entry_once(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    monkeypatch: pytest.MonkeyPatch,
+    page: int,
+) -> None:
+    user = chatted(app, client, person_factory, fake_providers)
+    whole = rows_of(client.get("/api/credit/transactions?format=csv", headers=user.headers))
+    assert len(whole) > 3
+    monkeypatch.setattr(credit, "CSV_PAGE", page)
+    assert rows_of(client.get("/api/credit/transactions?format=csv", headers=user.headers)) == whole
+    # The range's filter holds on every page.
+    charges = rows_of(
+        client.get("/api/credit/transactions?format=csv&type=charge", headers=user.headers)
+    )
+    assert [row["amount"] for row in charges] == ["-0.2"] * 3
+
+
+@pytest.mark.postgres_only
+def test_an_export_the_database_cannot_start_answers_503_not_a_cut_body(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    """A table held by a migration's lock past the lock timeout: the export's first read fails
+    before the answer starts, so it is the request's 503 in the API's shape."""
+    user = chatted(app, client, person_factory, fake_providers)
+    with app.app_context(), db.engine.connect() as locker:
+        locker.execute(text("LOCK TABLE ledger_entries IN ACCESS EXCLUSIVE MODE"))
+        refused = client.get(
+            "/api/credit/transactions?format=csv",
+            headers={**user.headers, "X-Request-ID": "csv-export-locked"},
+        )
+        locker.rollback()
+    assert_error(refused, 503, "service_unavailable")
+    assert refused.headers["X-Request-ID"] == "csv-export-locked"
+    assert len(rows_of(client.get("/api/credit/transactions?format=csv", headers=user.headers))) > 3
