@@ -182,8 +182,8 @@ TRANSACTIONS_CSV = csv_export.DESCRIPTION + (
 def usage(args: dict[str, Any]) -> Any:
     report = usage_report.report(
         db.session,
-        user_id=caller().id,
         account_id=accounts.paying_account(db.session, principal()),
+        user_id=caller().id,
         start=args["start"],
         end=args["end"],
         group_by=args["group_by"],

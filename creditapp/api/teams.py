@@ -349,7 +349,7 @@ def transaction(team_id: str, entry_id: str) -> Any:
 def usage(args: dict[str, Any], team_id: str) -> Any:
     """Calls paid by the team (a member's own for a member), grouped by member, model or day."""
     read = _reader(team_id)
-    report = usage_report.account_report(
+    report = usage_report.report(
         db.session,
         account_id=read.account_id,
         user_id=read.only_user,

@@ -33,6 +33,8 @@ COMPENSATION_STATUSES = ("pending", "processing", "completed", "failed")
 CALL_ENDINGS = ("completed", "client_closed", "provider_failed", "timed_out")
 # What a roll-up sums of its usage records: how many, their token counts, the credits charged.
 ROLLUP_SUMS = ("requests", *TOKEN_COUNTERS, "credits")
+# What a team's report groups roll-ups by besides their day (the member, the model).
+ROLLUP_KEY_PARTS = ("user_id", "provider", "model")
 
 
 class TokenCounts:
@@ -99,6 +101,14 @@ class UsageRecord(ProviderCall, db.Model):  # type: ignore[name-defined,misc]
         Index(
             "ix_usage_records_not_rolled_up",
             "user_id",
+            "created_at",
+            postgresql_where=text("NOT rolled_up"),
+            sqlite_where=text("NOT rolled_up"),
+        ),
+        # ... and for a team's report, all its members' calls.
+        Index(
+            "ix_usage_records_account_not_rolled_up",
+            "account_id",
             "created_at",
             postgresql_where=text("NOT rolled_up"),
             sqlite_where=text("NOT rolled_up"),
@@ -187,5 +197,12 @@ class UsageRollup(TokenCounts, db.Model):  # type: ignore[name-defined,misc]
             "model",
             unique=True,
             postgresql_include=list(ROLLUP_SUMS),
+        ),
+        # A team's report of all its members: its year from the index alone too.
+        Index(
+            "ix_usage_rollups_account_day",
+            "account_id",
+            "day",
+            postgresql_include=[*ROLLUP_KEY_PARTS, *ROLLUP_SUMS],
         ),
     )

@@ -5,7 +5,8 @@ calls paid from one account (a team's), also by member.
 Whole UTC days inside the range are read from the roll-ups plus the records not rolled up yet;
 the partial days at the ends of the range from the records. Either way every record counts
 once, so the report always equals the sums of the raw records. One statement adds it all up.
-An account's report reads its records only (roll-ups are by user, not by account).
+Roll-ups are by user and account, so a team's report (all its members, or one) reads them as a
+user's does.
 """
 
 from __future__ import annotations
@@ -68,25 +69,6 @@ def _whole_days(start: datetime, end: datetime) -> tuple[date, date]:
     return first, max(first, stop)
 
 
-def account_report(
-    session: DbSession,
-    *,
-    account_id: int,
-    user_id: int | None,
-    start: datetime,
-    end: datetime,
-    group_by: str,
-) -> UsageReport:
-    """Usage of the calls paid from the account (made by `user_id` only, when given) at or
-    after `start` and at or before `end`."""
-    r = UsageRecord.__table__.c
-    conditions = [r.account_id == account_id, r.created_at >= start, r.created_at <= end]
-    if user_id is not None:
-        conditions.append(r.user_id == user_id)
-    records = _records(session, group_by, *conditions)
-    return _summed(session, records, start=start, end=end, group_by=group_by)
-
-
 def _records(session: DbSession, group_by: str, *conditions: Any) -> Any:
     """The usage records meeting `conditions`, as rows of a report."""
     records = UsageRecord.__table__
@@ -101,18 +83,24 @@ def _records(session: DbSession, group_by: str, *conditions: Any) -> Any:
 def report(
     session: DbSession,
     *,
-    user_id: int,
     account_id: int,
+    user_id: int | None,
     start: datetime,
     end: datetime,
     group_by: str,
 ) -> UsageReport:
-    """Usage of the user's calls paid from `account_id` (their personal account: what they
-    spent from a team is in the team's report) made at or after `start` and at or before
-    `end`."""
+    """Usage of the calls paid from `account_id` (made by `user_id` only, when given) at or
+    after `start` and at or before `end`. A user's own report is of their personal account:
+    what they spent from a team is in the team's report."""
     first, stop = _whole_days(start, end)
     day_start = datetime(first.year, first.month, first.day, tzinfo=UTC)
     day_stop = datetime(stop.year, stop.month, stop.day, tzinfo=UTC)
+
+    def paid(table: Any) -> list[ColumnElement[bool]]:
+        conditions = [table.c.account_id == account_id]
+        if user_id is not None:
+            conditions.append(table.c.user_id == user_id)
+        return conditions
 
     r = UsageRecord.__table__.c
 
@@ -120,8 +108,7 @@ def report(
         return _records(
             session,
             group_by,
-            r.user_id == user_id,
-            r.account_id == account_id,
+            *paid(UsageRecord.__table__),
             r.created_at >= start,
             r.created_at <= end,
             *conditions,
@@ -139,12 +126,7 @@ def report(
         select(
             *_keys(session, rollups, group_by),
             *(rollups.c[name].label(name) for name in ROLLUP_SUMS),
-        ).where(
-            rollups.c.user_id == user_id,
-            rollups.c.account_id == account_id,
-            rollups.c.day >= first,
-            rollups.c.day < stop,
-        )
+        ).where(*paid(rollups), rollups.c.day >= first, rollups.c.day < stop)
     )
     return _summed(session, union_all(*parts), start=start, end=end, group_by=group_by)
 

@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import update
 from werkzeug.test import TestResponse
 
 from creditapp import ledger
 from creditapp.accounts import teams
+from creditapp.billing.models import UsageRollup
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.money import format_credits
@@ -28,6 +30,7 @@ from tests.helpers import (
     GRANT,
     add_price,
     assert_error,
+    run_job_at,
     start_conversation,
     until,
     waits_for_a_lock,
@@ -791,6 +794,47 @@ def test_team_usage_sums_exactly_by_member_model_and_day(
     with app.app_context():
         assert ledger.reconcile(db.session) == []
         db.session.remove()
+
+
+def test_a_teams_usage_of_whole_days_comes_from_the_roll_ups_as_a_users_does(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_providers: FakeProviders,
+    priced: None,
+) -> None:
+    """A team of many members' calls over a year is read from its roll-ups, not summed from
+    every record: the same report before and after the roll-up job, whose sums it then shows."""
+    owner, member = person_factory(credits=10 * CR), person_factory()
+    team = make_team(client, owner)
+    added(client, owner, team["id"], member)
+    fund(client, owner, team["id"], "10")
+    spend(client, fake_providers, owner, team["id"])
+    spend(client, fake_providers, member, team["id"], times=2)
+    today = utcnow().date()
+
+    def by_member(person: Person) -> dict[str, tuple[int, str]]:
+        answer = client.get(
+            f"{TEAMS}/{team['id']}/usage?group_by=member&from={today}&to={today}",
+            headers=person.headers,
+        )
+        assert answer.status_code == 200, answer.get_json()
+        groups = answer.get_json()["groups"]
+        return {group["key"]: (group["requests"], group["credits"]) for group in groups}
+
+    before = {person.email: by_member(person) for person in (owner, member)}
+    assert before[owner.email] == {owner.email: (1, "0.2"), member.email: (2, "0.4")}
+    assert before[member.email] == {member.email: (2, "0.4")}
+    assert run_job_at(app, "rollup", utcnow())["rolled_up"] == 3
+    assert {person.email: by_member(person) for person in (owner, member)} == before
+    # Today is a whole day of the range: its sums are the roll-ups', as the job wrote them.
+    with app.app_context():
+        db.session.execute(
+            update(UsageRollup).where(UsageRollup.user_id == member.id).values(requests=20)
+        )
+        db.session.commit()
+    assert by_member(owner) == {owner.email: (1, "0.2"), member.email: (20, "0.4")}
+    assert by_member(member) == {member.email: (20, "0.4")}
 
 
 def test_a_removed_member_can_no_longer_pay_from_the_team(
