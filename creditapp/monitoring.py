@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
@@ -19,21 +20,38 @@ from creditapp.ledger.models import Hold
 from creditapp.purchases.models import PURCHASE_STATUSES, Purchase
 from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
+log = structlog.get_logger(__name__)
+
 
 class DatabaseCollector(Collector):
     """Metrics read from the database at scrape time. `read` runs the queries (in a session
     the caller provides) and returns the rows this turns into metric families. The settings
-    alert rules compare with (each job's period, the holds' time to live) come along."""
+    alert rules compare with (each job's period, the holds' time to live) come along. A read
+    that raises one of `unavailable` (the database down, a query past its timeout) gives only
+    `creditapp_database_up 0`: the scrape still has the process's own metrics, which are what
+    an outage shows (its 503s)."""
 
     def __init__(
-        self, read: Callable[[], dict[str, Any]], *, job_periods: dict[str, int], hold_ttl: int
+        self,
+        read: Callable[[], dict[str, Any]],
+        *,
+        job_periods: dict[str, int],
+        hold_ttl: int,
+        unavailable: tuple[type[Exception], ...],
     ):
         self._read = read
         self._job_periods = job_periods
         self._hold_ttl = hold_ttl
+        self._unavailable = unavailable
 
     def collect(self) -> Iterator[Any]:
-        state = self._read()
+        try:
+            state = self._read()
+        except self._unavailable as error:
+            log.warning("metrics_database_unavailable", error=type(error).__name__)
+            yield _database_up(0)
+            return
+        yield _database_up(1)
         holds = GaugeMetricFamily(
             "creditapp_open_holds", "Pending holds", value=state["open_holds"]
         )
@@ -58,19 +76,21 @@ class DatabaseCollector(Collector):
             value=state["oldest_hold_age"],
         )
         runs = CounterMetricFamily(
-            "creditapp_job_runs", "Job runs by outcome (all workers)", labels=["job", "outcome"]
+            "creditapp_job_runs",
+            "Job runs by outcome (all workers)",
+            labels=["job_name", "outcome"],
         )
         last_success = GaugeMetricFamily(
             "creditapp_job_last_success_timestamp_seconds",
             "When each job last finished without error",
-            labels=["job"],
+            labels=["job_name"],
         )
         for (job, outcome), (count, last_at) in state["job_runs"].items():
             runs.add_metric([job, outcome], count)
             if outcome == "success":
                 last_success.add_metric([job], last_at)
         periods = GaugeMetricFamily(
-            "creditapp_job_period_seconds", "How often beat runs each job", labels=["job"]
+            "creditapp_job_period_seconds", "How often beat runs each job", labels=["job_name"]
         )
         for job, seconds in self._job_periods.items():
             periods.add_metric([job], seconds)
@@ -186,6 +206,12 @@ def database_state(session: DbSession) -> dict[str, Any]:
         "drift_accounts": len(drifted),
         "job_runs": runs,
     }
+
+
+def _database_up(up: int) -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "creditapp_database_up", "Whether the database answered this scrape's queries", value=up
+    )
 
 
 def _age(since: datetime | None, now: datetime) -> float:

@@ -24,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from creditapp.api import limits
+from creditapp.api.errors import DATABASE_DOWN
 from creditapp.api.openapi import declares
 from creditapp.api.parsing import Blueprint
 from creditapp.errors import DependencyUnavailable, Unauthorized
@@ -91,6 +92,7 @@ def metrics() -> Any:
             lambda: database_state(db.session),
             job_periods=current_app.config["JOB_PERIODS"],
             hold_ttl=current_app.config["HOLD_TTL_SECONDS"],
+            unavailable=DATABASE_DOWN,
         )
     )
     try:

@@ -27,6 +27,7 @@ from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import add_price, new_team, run_job_at, scalar, start_conversation
 from tests.integration.gateway_client import make_key
 from tests.integration.live_server import call, celery_process, live_server
+from tests.integration.tcp_proxy import TcpProxy
 
 
 def _samples(body: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -68,9 +69,10 @@ def test_the_database_gauges_and_the_token(
         db.session.remove()
     run_job_at(app, "reconcile", utcnow())
     body = client.get("/metrics").get_data(as_text=True)
+    assert _value(body, "creditapp_database_up") == 1
     assert _value(body, "creditapp_reconciliation_drift_accounts") == 3
-    assert _value(body, "creditapp_job_runs_total", job="reconcile", outcome="success") == 1
-    assert _value(body, "creditapp_job_last_success_timestamp_seconds", job="reconcile") > 0
+    assert _value(body, "creditapp_job_runs_total", job_name="reconcile", outcome="success") == 1
+    assert _value(body, "creditapp_job_last_success_timestamp_seconds", job_name="reconcile") > 0
     assert _value(body, "creditapp_open_holds") == 0
     assert _value(body, "creditapp_compensations", status="failed") == 0
     assert _value(body, "creditapp_webhook_oldest_undelivered_seconds") == 0
@@ -138,7 +140,7 @@ def test_a_job_a_celery_worker_ran_shows_in_the_metrics(app: Flask, client: Flas
         deadline = time.monotonic() + 60
         while True:
             body = client.get("/metrics").get_data(as_text=True)
-            if _value(body, "creditapp_job_runs_total", job="expire-holds", outcome="success"):
+            if _value(body, "creditapp_job_runs_total", job_name="expire-holds", outcome="success"):
                 break
             assert time.monotonic() < deadline, "the worker's run never showed"
             time.sleep(0.2)
@@ -162,3 +164,41 @@ def test_calls_for_models_not_priced_are_counted_under_one_name(
     assert REGISTRY.get_sample_value("creditapp_messages_total", refused) == before + 3
     exposed = client.get("/metrics").get_data(as_text=True)
     assert not any(name.split("/")[1] in exposed for name in names)
+
+
+@pytest.mark.postgres_only
+def test_with_the_database_cut_the_scrape_still_has_the_requests_and_says_so(
+    app: Flask, person_factory: Any
+) -> None:
+    """An outage's 503s are what the scrape must show: the process's own metrics answer
+    without the database, with `creditapp_database_up 0` for the gauges that need it."""
+    person = person_factory(credits=1_000_000)
+    proxy = TcpProxy.in_front_of(app.config["SQLALCHEMY_DATABASE_URI"])
+    try:
+        with live_server({"DATABASE_URL": proxy.url}, threads=2) as base:
+            assert call("GET", f"{base}/api/credit/balance", person.token)[0] == 200
+            proxy.cut()
+            assert call("GET", f"{base}/api/credit/balance", person.token)[0] == 503
+            status, _headers, scraped = call("GET", f"{base}/metrics")
+            proxy.restore()
+            assert status == 200, scraped
+            body = scraped.decode()
+            assert _value(body, "creditapp_database_up") == 0
+            assert "creditapp_open_holds" not in body
+            answered = {
+                status: _value(
+                    body,
+                    "creditapp_http_requests_total",
+                    method="GET",
+                    route="/api/credit/balance",
+                    status=status,
+                )
+                for status in ("200", "503")
+            }
+            assert answered == {"200": 1, "503": 1}
+            deadline = time.monotonic() + 20
+            while _value(call("GET", f"{base}/metrics")[2].decode(), "creditapp_database_up") != 1:
+                assert time.monotonic() < deadline, "the scrape never found the database again"
+                time.sleep(0.25)
+    finally:
+        proxy.close()
