@@ -91,6 +91,11 @@ def _schedule_env(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
     return schedule
 
 
+# A statement's error names its SQL, not its values: an error is logged (`database_unavailable`,
+# `job_run`), and the values of an insert are secrets (a webhook endpoint's), emails, messages.
+NO_PARAMETERS_IN_ERRORS = {"hide_parameters": True}
+
+
 @dataclass(frozen=True)
 class ProviderSettings:
     base_url: str | None
@@ -303,6 +308,7 @@ class Config:
             # connection the server dropped fails one request with 503 and SQLAlchemy then
             # replaces the whole pool; recycling keeps connections from going stale quietly.
             self.SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any] = {
+                **NO_PARAMETERS_IN_ERRORS,
                 "pool_size": _int_env("DATABASE_POOL_SIZE", 10),
                 # Connections beyond the pool are closed when returned: a burst does not
                 # leave the process holding them.
@@ -330,7 +336,7 @@ class Config:
             if (env.get("DATABASE_PREPARED_STATEMENTS") or "true").lower() == "false":
                 self.SQLALCHEMY_ENGINE_OPTIONS["connect_args"]["prepare_threshold"] = None
         else:
-            self.SQLALCHEMY_ENGINE_OPTIONS = {}
+            self.SQLALCHEMY_ENGINE_OPTIONS = dict(NO_PARAMETERS_IN_ERRORS)
 
     def _celery_settings(self) -> dict[str, Any]:
         """Celery's own settings (`celery.config_from_object`): Redis and redbeat when a broker
@@ -339,6 +345,9 @@ class Config:
         common = {
             "task_ignore_result": False,
             "worker_hijack_root_logger": False,
+            # Our log lines are JSON on stderr, as the web's: Celery's redirect would prefix
+            # each with its own text and log it again at WARNING, whatever its level.
+            "worker_redirect_stdouts": False,
             # A request that queues a job fails fast (503) when the broker is unreachable.
             "broker_connection_timeout": self.REDIS_TIMEOUT_SECONDS,
             # A worker process takes the next task only once it is free: a task queued behind

@@ -3,6 +3,7 @@ endpoint and killed with SIGKILL half way through a job; two beats, of which one
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -54,7 +55,7 @@ def empty_queue(app: Flask) -> Iterator[None]:
 
 
 @contextmanager
-def worker(app: Flask) -> Iterator[subprocess.Popen[bytes]]:
+def worker(app: Flask, output: Any = subprocess.DEVNULL) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
@@ -62,7 +63,9 @@ def worker(app: Flask) -> Iterator[subprocess.Popen[bytes]]:
         "DATABASE_POOL_SIZE": "4",
     }
     arguments = ("worker", "--concurrency", "1", "--loglevel", "WARNING")
-    with celery_process(*arguments, "--without-mingle", "--without-gossip", env=env) as process:
+    with celery_process(
+        *arguments, "--without-mingle", "--without-gossip", env=env, output=output
+    ) as process:
         yield process
 
 
@@ -80,13 +83,15 @@ def test_the_admin_endpoint_enqueues_and_a_worker_pays(
     person_factory: Any,
     admin: Person,
     fake_providers: FakeProviders,
+    tmp_path: Path,
 ) -> None:
     person = person_factory(credits=10 * CREDIT)
     charged_messages(app, client, person, fake_providers, 3)
     owe(app, 3)
     assert client.get("/api/credit/balance", headers=person.headers).get_json()["balance"] == "9.4"
 
-    with worker(app):
+    logged = tmp_path / "worker.log"
+    with logged.open("wb") as output, worker(app, output):
         response = client.post("/api/admin/credit/process-compensations", headers=admin.headers)
         assert response.status_code == 202 and response.get_json()["pending"] == 3
 
@@ -97,7 +102,11 @@ def test_the_admin_endpoint_enqueues_and_a_worker_pays(
             return len(listed.get_json()["items"]) == 3
 
         wait_for(completed)
+        wait_for(lambda: b'"job_run"' in logged.read_bytes())
     assert client.get("/api/credit/balance", headers=person.headers).get_json()["balance"] == "10"
+    # The worker's log lines are JSON, at their own level, as the web's are.
+    [run] = [json.loads(line) for line in logged.read_text().splitlines() if '"job_run"' in line]
+    assert (run["job"], run["outcome"], run["level"]) == ("compensations", "success", "info")
 
 
 def _many_users(app: Flask, count: int) -> None:

@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 from flask import Flask
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from creditapp.config import load_config
 from creditapp.database import write_transaction
@@ -57,3 +58,13 @@ def test_prepared_statements_can_be_switched_off_for_pgbouncer(
             assert connection.connection.driver_connection.prepare_threshold == threshold
     finally:
         engine.dispose()
+
+
+def test_a_statements_error_names_its_sql_but_not_its_values(ctx: Flask) -> None:
+    """Errors are logged whole (`database_unavailable`, `job_run`): a value in one, such as a
+    webhook endpoint's secret on its insert, would be written to the logs."""
+    with pytest.raises(DBAPIError) as failed:
+        db.session.execute(text("SELECT :secret FROM no_such_table"), {"secret": "whsec_abc123"})
+    db.session.rollback()
+    assert "no_such_table" in str(failed.value)
+    assert "whsec_abc123" not in str(failed.value)
