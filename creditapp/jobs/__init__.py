@@ -72,9 +72,13 @@ def run_job(
         with longer_statements(settings["JOB_STATEMENT_TIMEOUT_SECONDS"]):
             summary = JOBS[name](session, now=now, context=context, **_options(name, settings))
     except Exception as error:
-        session.rollback()
-        _count(session, name, "failure")
+        # Logged first: counting it needs the database, which may be what failed the run.
         log.error("job_run", job=name, outcome="failure", actor=actor, error=str(error))
+        session.rollback()
+        try:
+            _count(session, name, "failure")
+        except Exception as uncounted:  # the run's own error is the one raised
+            log.warning("job_outcome_not_counted", job=name, error=type(uncounted).__name__)
         raise
     _count(session, name, "success")
     took_ms = round((time.perf_counter() - started) * 1000)

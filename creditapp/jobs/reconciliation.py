@@ -43,7 +43,9 @@ def run(session: DbSession, *, now: datetime, context: ledger.AuditContext) -> d
     for item in drift:
         log.error(
             "ledger_drift",
+            account_id=item.account_id,
             user_id=item.user_id,
+            team_id=item.team_id,
             invariant=item.invariant,
             expected=item.expected,
             actual=item.actual,

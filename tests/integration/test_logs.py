@@ -9,9 +9,14 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy.exc import OperationalError
 
+from creditapp import create_app
+from creditapp.extensions import db
+from creditapp.jobs import run_job
 from tests.conftest import Person, utcnow
 from tests.helpers import run_job_at
+from tests.integration.tcp_proxy import TcpProxy
 
 
 def _lines(captured: str) -> list[dict[str, Any]]:
@@ -48,3 +53,30 @@ def test_each_request_job_run_and_security_event_is_one_json_line(
     ]
     events = [line for line in lines if line["event"] == "security_event"]
     assert [(event["reason"], event["level"]) for event in events] == [("token_revoked", "warning")]
+
+
+@pytest.mark.postgres_only
+def test_a_job_the_database_failed_is_logged_and_raises_its_own_error(
+    app: Flask, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Counting a failed run needs the database too: when it is the database that failed, the
+    run's line is still written and its own error raised, not the counting's."""
+    proxy = TcpProxy.in_front_of(app.config["SQLALCHEMY_DATABASE_URI"])
+    cut_off = create_app({"SQLALCHEMY_DATABASE_URI": proxy.url})
+    try:
+        proxy.cut()
+        capsys.readouterr()
+        with cut_off.app_context(), pytest.raises(OperationalError):
+            try:
+                run_job(
+                    "expire-holds", db.session, now=utcnow(), actor="tests", settings=app.config
+                )
+            finally:
+                db.session.remove()
+    finally:
+        proxy.close()
+    lines = _lines(capsys.readouterr().err)
+    [run] = [line for line in lines if line["event"] == "job_run"]
+    assert (run["job"], run["outcome"], run["level"]) == ("expire-holds", "failure", "error")
+    [uncounted] = [line for line in lines if line["event"] == "job_outcome_not_counted"]
+    assert uncounted["job"] == "expire-holds"

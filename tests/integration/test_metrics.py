@@ -43,12 +43,17 @@ def _value(body: str, name: str, **labels: str) -> float:
 
 
 def test_the_database_gauges_and_the_token(
-    app: Flask, client: FlaskClient, person_factory: Any, monkeypatch: pytest.MonkeyPatch
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     person = person_factory(credits=5_000_000)
     with app.app_context():
         # A user's account and two teams' accounts drift: three accounts (no team's names a user).
-        teams = [new_team(person.id, name=name)[1] for name in ("One", "Two")]
+        team_ids = [new_team(person.id, name=name) for name in ("One", "Two")]
+        teams = [account for _team, account in team_ids]
         with write_transaction(db.session):
             for team_account in teams:
                 ledger.grant(
@@ -67,7 +72,18 @@ def test_the_database_gauges_and_the_token(
                     {"id": account_id},
                 )
         db.session.remove()
+    capsys.readouterr()
     run_job_at(app, "reconcile", utcnow())
+    # Each drifting account's log line names its owner, a user or a team.
+    drifted = [
+        json.loads(line)
+        for line in capsys.readouterr().err.splitlines()
+        if '"ledger_drift"' in line
+    ]
+    assert {(line["account_id"], line["user_id"], line["team_id"]) for line in drifted} == {
+        (person.account_id, person.id, None),
+        *((account, None, team) for team, account in team_ids),
+    }
     body = client.get("/metrics").get_data(as_text=True)
     assert _value(body, "creditapp_database_up") == 1
     assert _value(body, "creditapp_reconciliation_drift_accounts") == 3
