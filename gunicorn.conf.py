@@ -1,9 +1,9 @@
 """gunicorn's settings for creditapp (read from the working directory).
 
 - Prometheus metrics in multiprocess mode, so that `/metrics` adds up every worker's samples:
-  PROMETHEUS_MULTIPROC_DIR (default instance/prometheus) is emptied when gunicorn starts, and a
-  worker that exits is marked dead, so its live gauges stop counting. Give each gunicorn on a
-  machine a directory of its own.
+  PROMETHEUS_MULTIPROC_DIR (default instance/prometheus) loses its samples (`*.db`, nothing else)
+  when gunicorn starts, and a worker that exits is marked dead, so its live gauges stop
+  counting. Give each gunicorn on a machine a directory of its own.
 - gthread workers: a streamed reply holds one of a process's GUNICORN_THREADS threads.
 - Each worker listens on a socket of its own (SO_REUSEPORT), so that connections spread over
   the workers; systemd hears that gunicorn is ready from the first worker listening, and a
@@ -17,7 +17,6 @@
 import json
 import os
 import select
-import shutil
 import uuid
 from pathlib import Path
 
@@ -52,8 +51,10 @@ metrics_dir = os.environ.setdefault(
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    Path(metrics_dir).mkdir(parents=True)
+    # Only the samples' files: the directory may be one an operator shares with other things.
+    Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+    for samples in Path(metrics_dir).glob("*.db"):
+        samples.unlink(missing_ok=True)
     # The master would tell systemd it is ready before any worker listens (the master holds no
     # socket): a worker does, once it listens (post_fork; the unit's NotifyAccess=all).
     server.notify_socket = os.environ.pop("NOTIFY_SOCKET", None)

@@ -131,15 +131,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _services(port: int) -> dict[str, list[str]]:
     return {
-        # One process (in-memory rate limits are per process), a few threads.
+        # One process (in-memory rate limits are per process), with gunicorn.conf.py's threads:
+        # a streamed reply holds one while it flows, and a few tabs streaming must not hold
+        # the dashboard's every other request.
         "web": [
             str(BIN / "gunicorn"),
             "--bind",
             f"{HOST}:{port}",
             "--workers",
             "1",
-            "--threads",
-            "4",
             "--graceful-timeout",
             str(STOP_SECONDS),
             "wsgi:app",

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -218,3 +219,16 @@ def test_with_the_database_cut_the_scrape_still_has_the_requests_and_says_so(
                 time.sleep(0.25)
     finally:
         proxy.close()
+
+
+def test_gunicorn_empties_the_metrics_directory_of_samples_only(tmp_path: Path) -> None:
+    """A dead run's samples go (they would count again); anything else an operator keeps in
+    the directory stays."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "keep.txt").write_text("an operator's")
+    (shared / "counter_999999.db").write_bytes(b"a dead worker's samples")
+    with live_server({"PROMETHEUS_MULTIPROC_DIR": str(shared)}, threads=1) as base:
+        assert call("GET", f"{base}/healthz")[0] == 200
+        assert (shared / "keep.txt").read_text() == "an operator's"
+        assert not (shared / "counter_999999.db").exists()
