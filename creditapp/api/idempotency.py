@@ -6,6 +6,7 @@ view that runs its own transactions is handed the claim instead, and completes i
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 import time
@@ -88,9 +89,10 @@ def _free(claim: idempotency.Claim, undo: idempotency.Undo | None = None) -> Non
     except DATABASE_DOWN as error:
         log.warning("idempotency_release_deferred", claim_id=claim.id, error=str(error))
         app = current_app._get_current_object()  # type: ignore[attr-defined]
+        # In a copy of this context: its log lines carry the request's id.
         threading.Thread(
-            target=_release_later,
-            args=(app, claim, undo),
+            target=contextvars.copy_context().run,
+            args=(_release_later, app, claim, undo),
             name="idempotency-release",
             daemon=True,
         ).start()

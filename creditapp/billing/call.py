@@ -22,6 +22,7 @@ in the hold's `reference`, and a conversation in `conversation_id`.
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import structlog
+from prometheus_client import Histogram
 from sqlalchemy import Select, select
 
 from creditapp import accounts, ledger
@@ -696,15 +698,17 @@ class Streaming(Generic[H, T]):
 _END = object()
 
 
-def _pieces(reply: ReplyStream, silence: float) -> Iterator[str | None]:
+def _pieces(reply: ReplyStream, silence: float, duration: Histogram) -> Iterator[str | None]:
     """The reply's pieces, read in a thread of its own, and None each time the provider stays
-    silent for `silence` seconds. The provider's failure is raised here."""
+    silent for `silence` seconds. The provider's failure is raised here. The reader observes
+    the provider's `duration`: its time to the last piece, not the client's to read them."""
     pending: queue.Queue[object] = queue.Queue()
 
     def read() -> None:
         try:
-            for piece in reply:
-                pending.put(piece)
+            with duration.time():
+                for piece in reply:
+                    pending.put(piece)
             pending.put(_END)
         except BaseException as error:  # handed to the reader, or dropped once it is gone
             pending.put(error)
@@ -892,19 +896,22 @@ def _relay(
             log.exception("stream_deadline_failed", hold_id=streamed.held.hold_id)
 
     left = streamed.held.at + meter.stream_deadline - meter.clock()
-    deadline = threading.Timer(max(left.total_seconds(), 0), at_deadline)
+    # In a copy of this context: its log lines carry the request's id, as the request's do.
+    deadline = threading.Timer(
+        max(left.total_seconds(), 0), contextvars.copy_context().run, args=(at_deadline,)
+    )
     deadline.daemon = True
     try:
         deadline.start()
         yield Silence()  # taken by `stream`, to start the generator
-        with PROVIDER_DURATION.labels(priced.provider, priced.model).time():
-            for piece in _pieces(reply, meter.silence):
-                with ending:
-                    if ended:
-                        break
-                    if piece is not None:
-                        delivered.append(piece)
-                yield Silence() if piece is None else Delta(piece)
+        duration = PROVIDER_DURATION.labels(priced.provider, priced.model)
+        for piece in _pieces(reply, meter.silence, duration):
+            with ending:
+                if ended:
+                    break
+                if piece is not None:
+                    delivered.append(piece)
+            yield Silence() if piece is None else Delta(piece)
     except Exception as error:
         with ending:
             cut = ended[0] if ended else None

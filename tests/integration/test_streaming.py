@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from creditapp.billing.models import UnbilledUsage, UsageRecord
@@ -711,3 +712,40 @@ def test_an_empty_streamed_reply_is_charged_then_refunded_as_without_streaming(
     assert error["balance"]["balance"] == "100"  # refunded at once
     assert balance_of(client, user)["balance"] == "100"
     assert_consistent(app)
+
+
+@pytest.mark.real_clock
+def test_a_streams_provider_duration_is_the_providers_time_not_its_readers(
+    client: FlaskClient, fake_providers: FakeProviders, chat: Any
+) -> None:
+    """The provider's latency histogram measures the provider: a client that reads its stream
+    slowly (or keeps it open) does not make the provider look slow."""
+    user, conversation = chat("openai")
+    fake_providers.script("openai", Answer(text=REPLY))
+    labels = {"provider": "openai", "model": MODELS["openai"]}
+
+    def observed() -> tuple[float, float]:
+        return tuple(  # type: ignore[return-value]
+            REGISTRY.get_sample_value(f"creditapp_provider_request_duration_seconds_{part}", labels)
+            or 0.0
+            for part in ("count", "sum")
+        )
+
+    count, total = observed()
+    response = client.post(
+        f"/api/conversations/{conversation}/messages",
+        json={"content": "Hello", "stream": True},
+        headers={**user.headers, "Idempotency-Key": secrets.token_hex(8)},
+        buffered=False,
+    )
+    assert response.status_code == 200
+    chunks = iter(response.response)
+    read = b""
+    while b"event: delta" not in read:
+        read += next(chunks)
+    time.sleep(2)  # a slow reader, from the first word on
+    body = read + b"".join(chunks)
+    assert events_of(body)[-1][0] == "done"
+    after_count, after_total = observed()
+    assert after_count == count + 1
+    assert after_total - total < 1
