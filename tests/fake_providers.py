@@ -48,6 +48,13 @@ class Answer:
     # Streaming: the body ends without the provider's terminal event (OpenAI's `finish_reason`
     # chunk and `data: [DONE]`, Anthropic's `message_stop`, Gemini's `finishReason`).
     unterminated: bool = False
+    # Gemini: the reply stops at the model's per-request limit, resumable (finishReason
+    # CONTINUATION with a continuationToken), as its newest models do.
+    continued: bool = False
+
+
+# How Gemini ends a reply a further request may resume.
+_CONTINUED = {"finishReason": "CONTINUATION", "continuationToken": "cmVzdW1lLWhlcmU="}
 
 
 @dataclass
@@ -130,6 +137,9 @@ def _anthropic_events(
 def _google_events(payload: dict[str, Any], words: list[str], *, terminated: bool) -> list[Event]:
     usage = payload.get("usageMetadata")
     candidate = payload["candidates"][0]
+    ending = {
+        key: candidate[key] for key in ("finishReason", "continuationToken") if key in candidate
+    }
     thoughts = [part for part in candidate["content"]["parts"] if part.get("thought")]
     events: list[Event] = []
     pieces: list[list[dict[str, Any]]] = [thoughts] if thoughts else []
@@ -142,7 +152,7 @@ def _google_events(payload: dict[str, Any], words: list[str], *, terminated: boo
                 {
                     "content": {"parts": parts, "role": "model"},
                     "index": 0,
-                    **({"finishReason": "STOP"} if last and terminated else {}),
+                    **(ending if last and terminated else {}),
                 }
             ],
         }
@@ -221,7 +231,11 @@ def _google(model: str, answer: Answer, usage: dict[str, Any] | None) -> dict[st
         parts.append({"text": answer.text})
     body: dict[str, Any] = {
         "candidates": [
-            {"content": {"parts": parts, "role": "model"}, "finishReason": "STOP", "index": 0}
+            {
+                "content": {"parts": parts, "role": "model"},
+                "index": 0,
+                **(_CONTINUED if answer.continued else {"finishReason": "STOP"}),
+            }
         ],
         "modelVersion": model,
         "responseId": "fake",

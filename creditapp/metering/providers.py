@@ -401,6 +401,11 @@ class GoogleProvider:
                 temperature=request.sampling.temperature,
                 top_p=request.sampling.top_p,
                 stop_sequences=list(request.sampling.stop) or None,
+                # One request a call: the SDK would otherwise resume a reply cut at the model's
+                # per-request limit with more requests, each reading the prompt again, and add
+                # their usage up (a prompt read twice priced at the long prompts' tier, and a
+                # cost past the hold).
+                automatic_continuation=False,
             ),
         }
 

@@ -749,3 +749,28 @@ def test_a_streams_provider_duration_is_the_providers_time_not_its_readers(
     after_count, after_total = observed()
     assert after_count == count + 1
     assert after_total - total < 1
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_gemini_reply_cut_at_its_per_request_limit_is_one_request_charged_once(
+    app: Flask,
+    client: FlaskClient,
+    fake_providers: FakeProviders,
+    chat: Any,
+    streamed: bool,
+) -> None:
+    """Gemini's CONTINUATION: what the one request said is what is charged, as Google bills
+    it; no second request reads the prompt again behind the hold's back."""
+    user, conversation = chat("google")
+    fake_providers.script("google", Answer(text=REPLY, usage=USAGES["google"], continued=True))
+    sent = send(client, user, conversation, content="Tell me", stream=streamed)
+    assert sent.status_code == (200 if streamed else 201), sent.get_data()
+    if streamed:
+        assert events_of(sent.get_data())[-1][0] == "done"
+    (call,) = fake_providers.calls("google")
+    # The setting is the SDK's own: Gemini refuses a field it does not know.
+    assert "ontinuation" not in json.dumps(call["body"])
+    (record,) = usage_records(app)
+    assert (record.input_tokens, record.cached_tokens) == (1400, 1000)
+    assert record.credits_charged == parse_credits(CHARGES["google"])
+    assert_consistent(app)
