@@ -76,8 +76,9 @@ class Rates:
 
     @property
     def free(self) -> bool:
-        """Every rate 0: a call would be charged nothing."""
-        return self.highest_input == 0 and self.output == 0
+        """Input and output 0: a call that reads and writes no cache would be charged nothing
+        (cache rates alone do not make a price)."""
+        return self.input == 0 and self.output == 0
 
 
 def _decimal_or_none(value: Any) -> Decimal | None:
@@ -320,7 +321,9 @@ def put(
     never in the past, and never at a moment another row of the model takes effect."""
     if rates.free:
         raise ValidationFailed(
-            details={"output": ["Every rate cannot be 0: a call is never charged nothing."]}
+            details={
+                "output": ["Input and output cannot both be 0: a call is never charged nothing."]
+            }
         )
     effective_from = effective_from or now
     if effective_from < now - EFFECTIVE_FROM_SKEW:

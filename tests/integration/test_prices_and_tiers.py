@@ -126,11 +126,19 @@ def test_bad_prices_are_400_naming_the_field(
     assert field in error["details"]
 
 
-def test_a_price_of_cache_writes_only_charges_something(client: FlaskClient, admin: Person) -> None:
-    """Input and output free but cache writes not: a call holds (every input token at the
-    highest input rate) and is charged for what it writes, so the row is not refused."""
-    row = {**PRICE, "input": "0", "output": "0", "cached_input": "0", "cache_write": "0.5"}
-    assert client.put("/api/admin/pricing", json=row, headers=admin.headers).status_code == 201
+@pytest.mark.parametrize("cache", [{"cache_write": "0.5"}, {"cached_input": "0.1"}])
+def test_a_price_of_cache_rates_only_is_refused(
+    client: FlaskClient, admin: Person, cache: dict[str, str]
+) -> None:
+    """Input and output free: every call that reads and writes no cache, most of them, would
+    be charged nothing."""
+    row = {**PRICE, "input": "0", "output": "0", "cached_input": "0", **cache}
+    error = assert_error(
+        client.put("/api/admin/pricing", json=row, headers=admin.headers), 400, "validation_error"
+    )
+    assert error["details"] == {
+        "output": ["Input and output cannot both be 0: a call is never charged nothing."]
+    }
 
 
 # Decimals `int` and `Decimal` read and the contract refuses; "-0" was stored and echoed back.
