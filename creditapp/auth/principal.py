@@ -43,7 +43,7 @@ class Principal:
     @classmethod
     def with_api_key(cls, api_key_id: int, *, owner: User) -> Principal:
         """A call made with an API key: it spends, and is rate limited, as the key's owner (the
-        member who made it, for a team's key); its Idempotency-Keys are the key's own."""
+        member who made it, for a team's key); its Idempotency-Keys are its owner's."""
         return cls("api_key", user=owner, api_key_id=api_key_id)
 
     @classmethod
@@ -70,8 +70,10 @@ class Principal:
 
     @property
     def idempotency_scope(self) -> str:
-        """Idempotency-Keys are the caller's own: the same key from two callers never meets."""
-        return self.identity
+        """Idempotency-Keys are the user's (contract, section 4: "same user + key"), whichever
+        session or API key of theirs sends them: a retry through another key is the same
+        request, not a second charge. Two users' keys never meet."""
+        return self.rate_limit_key
 
     @property
     def actor(self) -> tuple[str, str]:

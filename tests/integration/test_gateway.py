@@ -585,6 +585,40 @@ def test_an_idempotent_retry_replays_the_same_completion(
     assert charge_count(app) == 2
 
 
+def test_a_retry_through_another_key_of_the_same_user_is_the_same_request(
+    app: Flask,
+    client: FlaskClient,
+    fake_providers: FakeProviders,
+    server: ServerUrl,
+    sdk: OpenAIClients,
+    caller: Any,
+) -> None:
+    """Contract section 4: the same user and Idempotency-Key is one request, whichever of
+    their keys sends it (a tool that rotated its key mid-retry): replayed, charged once."""
+    person, first_key = caller()
+    second_key = make_key(client, person, name="rotated")[1]
+    fake_providers.script("openai", Answer(text=REPLY, usage=USAGES["openai"]))
+    retry = {"Idempotency-Key": secrets.token_hex(8)}
+    answers = [
+        sdk(server, key).chat.completions.with_raw_response.create(
+            model="openai/gpt-test", messages=messages(), extra_headers=retry
+        )
+        for key in (first_key, second_key)
+    ]
+    assert answers[1].headers["Idempotent-Replayed"] == "true"
+    assert answers[0].parse().model_dump() == answers[1].parse().model_dump()
+    assert len(fake_providers.calls("openai")) == 1
+    assert charge_count(app) == 1
+    # Another user's same key is theirs alone.
+    _stranger, strangers_key = caller()
+    fake_providers.script("openai", Answer(text=REPLY, usage=USAGES["openai"]))
+    theirs = sdk(server, strangers_key).chat.completions.with_raw_response.create(
+        model="openai/gpt-test", messages=messages(), extra_headers=retry
+    )
+    assert "Idempotent-Replayed" not in theirs.headers
+    assert charge_count(app) == 2
+
+
 def test_langchain_invokes_and_streams_through_the_gateway(
     app: Flask, fake_providers: FakeProviders, server: ServerUrl, caller: Any
 ) -> None:

@@ -1,5 +1,6 @@
 """One principal per door: what follows from it (rate-limit key, Idempotency-Key scope, audit
-actor) is derived in one place, and two doors never share a budget or a key's scope."""
+actor) is derived in one place; a user's doors share one budget and one scope of keys, and
+two users' never meet."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def _user(user_id: int, role: str = "user") -> User:
     return User(id=user_id, email=f"u{user_id}@example.com", role=role, tier_name="free")
 
 
-def test_each_door_scopes_its_own_calls_and_a_user_counts_as_one() -> None:
+def test_a_user_counts_as_one_caller_whichever_door() -> None:
     user = _user(7)
     doors = [
         Principal.signed_in(user),
@@ -24,22 +25,18 @@ def test_each_door_scopes_its_own_calls_and_a_user_counts_as_one() -> None:
         Principal.verified_sender("github"),
         Principal.signed_in(_user(8)),
     ]
-    assert len({door.idempotency_scope for door in doors}) == len(doors)
-    assert [door.rate_limit_key for door in doors] == [
-        "user:7",
-        "user:7",
-        "user:7",
-        "webhook:stripe",
-        "webhook:github",
-        "user:8",
-    ]
+    expected = ["user:7", "user:7", "user:7", "webhook:stripe", "webhook:github", "user:8"]
+    assert [door.rate_limit_key for door in doors] == expected
+    assert [door.idempotency_scope for door in doors] == expected
 
 
-def test_a_user_and_their_api_key_never_share_an_idempotency_scope() -> None:
+def test_a_user_and_their_api_keys_share_an_idempotency_scope() -> None:
+    """Contract section 4: the same user and key is the same request, whether it came signed
+    in or through any of their API keys."""
     user = _user(7)
-    signed_in, with_key = Principal.signed_in(user), Principal.with_api_key(3, owner=user)
-    assert signed_in.user_id == with_key.user_id == 7
-    assert signed_in.idempotency_scope != with_key.idempotency_scope
+    signed_in = Principal.signed_in(user)
+    keys = [Principal.with_api_key(key_id, owner=user) for key_id in (3, 4)]
+    assert {door.idempotency_scope for door in (signed_in, *keys)} == {"user:7"}
 
 
 def test_a_user_is_one_caller_across_sessions() -> None:
