@@ -127,7 +127,7 @@ AuditPageSchema = page_of(AuditRecordSchema)
 
 
 @blp.route("/credit/grant", methods=["POST"])
-@limits.limiter.limit(limits.sensitive)
+@limits.admin_mutation
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(GrantArgs)
@@ -149,7 +149,7 @@ def grant(args: dict[str, Any]) -> Any:
 
 
 @blp.route("/credit/adjust", methods=["POST"])
-@limits.limiter.limit(limits.sensitive)
+@limits.admin_mutation
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(AdjustArgs)
@@ -181,7 +181,7 @@ class RefundSchema(Schema):
 
 
 @blp.route("/credit/refund", methods=["POST"])
-@limits.limiter.limit(limits.sensitive)
+@limits.admin_mutation
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(RefundArgs)
@@ -298,7 +298,7 @@ class RevokedSchema(Schema):
 
 
 @blp.route("/users/<user_id>/revoke-sessions", methods=["POST"])
-@limits.limiter.limit(limits.sensitive)
+@limits.admin_mutation
 @authenticated(admin=True)
 @idempotent()
 @blp.response(200, RevokedSchema)

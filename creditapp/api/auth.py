@@ -78,7 +78,7 @@ def _sign_in_context() -> ledger.AuditContext:
 
 
 @blp.route("/google", methods=["POST"])
-@limits.limiter.limit(limits.sensitive, key_func=limits.client_ip)
+@limits.sign_in
 @blp.arguments(GoogleArgs)
 @blp.response(200, SignInSchema)
 @answers(401, 409)

@@ -248,7 +248,7 @@ STREAM_EVENT = {
 
 
 @blp.route("/conversations/<conversation_id>/messages", methods=["POST"])
-@limits.limiter.limit(limits.spending)
+@limits.spending_operation
 @authenticated()
 @idempotent(required=True, runs_own_transactions=True, claims_with_first_write=True)
 @blp.arguments(MessageArgs)

@@ -56,7 +56,7 @@ class ProcessingSchema(Schema):
 
 
 @blp.route("/process-compensations", methods=["POST"])
-@limits.limiter.limit(limits.sensitive)
+@limits.admin_mutation
 @authenticated(admin=True)
 @idempotent()
 @blp.response(202, ProcessingSchema)

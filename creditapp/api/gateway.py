@@ -312,7 +312,7 @@ stream's deadline (`stream_timed_out`), a tenth of the hold's life before the ho
 
 
 @blp.route("/chat/completions", methods=["POST"])
-@limits.limiter.limit(limits.spending)
+@limits.spending_operation
 @key_authenticated()
 @idempotent(runs_own_transactions=True, claims_with_first_write=True)
 @blp.arguments(CompletionArgs)

@@ -185,7 +185,7 @@ def user_keys(args: dict[str, Any], user_id: str) -> Any:
 
 
 @blp.route("/admin/keys/<key_id>", methods=["DELETE"])
-@limits.limiter.limit(limits.sensitive)
+@limits.admin_mutation
 @authenticated(admin=True)
 @idempotent()
 @blp.response(204)

@@ -86,6 +86,13 @@ def spending() -> str:
 
 limiter = Limiter(key_func=rate_limit_key, application_limits=[everything])
 
+# One budget per kind of operation, across every endpoint of the kind (contract, section 4): a
+# user's chat messages and gateway calls spend the same 30 a minute, an admin's grants, adjusts,
+# prices and tiers the same 10 per 5 minutes. Sign-in counts in the sensitive budget per IP.
+spending_operation = limiter.shared_limit(spending, scope="spending")
+admin_mutation = limiter.shared_limit(sensitive, scope="sensitive")
+sign_in = limiter.shared_limit(sensitive, scope="sensitive", key_func=client_ip)
+
 
 @limiter.request_filter
 def _caller_unknown_database_down() -> bool:

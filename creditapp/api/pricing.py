@@ -96,7 +96,7 @@ def prices(args: dict[str, Any]) -> Any:
 
 
 @blp.route("/pricing", methods=["PUT"])
-@limits.limiter.limit(limits.sensitive)
+@limits.admin_mutation
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(PriceArgs)

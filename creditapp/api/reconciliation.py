@@ -104,7 +104,7 @@ class ReconciliationRunSchema(Schema):
 
 
 @blp.route("/reconciliation/run", methods=["POST"])
-@limits.limiter.limit(limits.sensitive)
+@limits.admin_mutation
 @authenticated(admin=True)
 @idempotent()
 @blp.response(202, ReconciliationRunSchema)

@@ -79,7 +79,7 @@ def tier_list() -> Any:
 
 
 @blp.route("/tiers", methods=["PUT"])
-@limits.limiter.limit(limits.sensitive)
+@limits.admin_mutation
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(TierArgs)
@@ -89,7 +89,7 @@ def put_tier(args: dict[str, Any]) -> Any:
 
 
 @blp.route("/users/<user_id>/tier", methods=["PUT"])
-@limits.limiter.limit(limits.sensitive)
+@limits.admin_mutation
 @authenticated(admin=True)
 @idempotent()
 @blp.arguments(UserTierArgs)

@@ -12,6 +12,7 @@ import pytest
 from flask import Flask
 
 from tests.helpers import add_price, clear_rate_limit_counters, start_conversation
+from tests.integration.gateway_client import make_key
 from tests.integration.live_server import call, live_server
 from tests.integration.tcp_proxy import TcpProxy
 
@@ -54,11 +55,13 @@ def test_limits_per_user_with_headers_and_retry_after(app: Flask, person_factory
         ready = json.loads(call("GET", f"{base}/readyz")[2])
         assert ready["rate_limits"] == ("redis" if app.config["REDIS_URL"] else "memory")
 
-        # Admin mutations are sensitive: 10 per 5 minutes.
+        # Admin mutations are sensitive: 10 per 5 minutes, one budget across them all.
         grant = json.dumps({"user_id": str(user.id), "amount": "1", "reason": "x"}).encode()
         results = [
-            call("POST", f"{base}/api/admin/credit/grant", admin.token, grant) for _ in range(11)
+            call("POST", f"{base}/api/admin/credit/grant", admin.token, grant) for _ in range(10)
         ]
+        adjust = json.dumps({"user_id": str(user.id), "amount": "-1", "reason": "x"}).encode()
+        results.append(call("POST", f"{base}/api/admin/credit/adjust", admin.token, adjust))
         assert [status for status, _headers, _body in results] == [201] * 10 + [429]
         assert ["Retry-After" in headers for _status, headers, _body in results] == [False] * 10 + [
             True
@@ -86,6 +89,7 @@ def test_spending_is_limited_to_30_a_minute(app: Flask, client, person_factory) 
     user = person_factory(credits=1_000 * 1_000_000)
     add_price(app, "openai", "gpt-limits", input="1", output="1")
     conversation = start_conversation(client, user, "openai", "gpt-limits")
+    key = make_key(client, user)[1]
     env = {"RATELIMIT_ENABLED": "true", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
     body = b'{"content": "Hello", "max_tokens": 5}'
     path = f"/api/conversations/{conversation}/messages"
@@ -95,6 +99,12 @@ def test_spending_is_limited_to_30_a_minute(app: Flask, client, person_factory) 
             for n in range(31)
         ]
         assert statuses == [201] * 30 + [429]
+        # One budget across the doors that spend: the gateway's calls count with the messages.
+        completion = json.dumps(
+            {"model": "openai/gpt-limits", "messages": [{"role": "user", "content": "Hi"}]}
+        ).encode()
+        status, _headers, answer = call("POST", f"{base}/v1/chat/completions", key, completion)
+        assert status == 429, answer
         # Spending is limited apart: reading the balance still works.
         assert call("GET", f"{base}/api/credit/balance", user.token)[0] == 200
 
