@@ -171,3 +171,22 @@ def test_an_options_request_leaves_the_limits_counted_in_redis(app: Flask) -> No
             assert call("OPTIONS", f"{base}{path}")[0] == 200
         ready = json.loads(call("GET", f"{base}/readyz")[2])
         assert ready["rate_limits"] == "redis"
+
+
+def test_only_a_rate_limit_refusal_says_when_to_come_back(app: Flask, person_factory) -> None:  # type: ignore[no-untyped-def]
+    """The limiter's window reset is no hint for a dependency that failed: a 503 has no
+    Retry-After."""
+    user = person_factory()
+    env = {
+        "RATELIMIT_ENABLED": "true",
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "STRIPE_SECRET_KEY": "",
+    }
+    with live_server(env) as base:
+        body = json.dumps({"credits": "100"}).encode()
+        status, headers, answer = call(
+            "POST", f"{base}/api/credit/purchases", user.token, body, {"Idempotency-Key": "b1"}
+        )
+        assert status == 503, answer
+        assert json.loads(answer)["error"]["code"] == "purchases_unavailable"
+        assert "Retry-After" not in headers and "X-RateLimit-Remaining" in headers
