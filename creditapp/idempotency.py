@@ -185,6 +185,13 @@ class Asking:
     def _committed(self) -> None:
         self.claim = self._taken
 
+    def complete_taken(self, session: DbSession, *, response: StoredResponse) -> None:
+        """`complete` the claim in the transaction that took it, still open: a request that
+        runs whole in one transaction claims, runs and stores its response there, and leaves
+        no claim behind if it fails or its process dies before the commit."""
+        assert self._taken is not None, "completed before it was taken"
+        complete(session, self._taken, response=response)
+
     def refused(self) -> None:
         """The request was refused (a 4xx) before its claim's transaction committed: that
         transaction rolled back, and the key is free."""

@@ -167,6 +167,29 @@ def _asking(
         raise
 
 
+def _in_one_transaction(
+    view: Callable[..., Any],
+    asked: idempotency.Asked,
+    kept: Callable[[Response], idempotency.StoredResponse],
+    *args: Any,
+    **kwargs: Any,
+) -> Response:
+    """The default: the key claimed, the view run and its response stored in one write
+    transaction. A failure rolls the claim back with the rest, and a process that dies before
+    the commit leaves nothing: a retry runs at once (with a claim committed first, it was
+    refused as in progress until the takeover time, though nothing had run). A twin request
+    waits for the first one's commit, then replays its response."""
+    asking = idempotency.Asking(asked)
+    try:
+        with write_transaction(db.session):
+            asking.take(db.session)
+            response = make_response(view(*args, **kwargs))
+            asking.complete_taken(db.session, response=kept(response))
+    except idempotency.Replayed as replayed:
+        return _replay(replayed.stored)
+    return response
+
+
 def _no_claim(undo: idempotency.Undo | None = None) -> None:
     """`release` of a request sent without an Idempotency-Key: no key to free; what it
     committed is undone all the same."""
@@ -187,13 +210,14 @@ def idempotent(
     """Run the view at most once per (caller, Idempotency-Key); replay its response after.
 
     Must sit inside `authenticated` (or a view whose principal is established before it runs):
-    keys belong to the principal's `idempotency_scope`. By default the view runs
-    in one write transaction, which also stores its response. A view that `runs_own_transactions`
-    (it must not hold one across a slow call) gets the claim as its `claim` argument and
-    completes it in its last transaction; if it fails, its key is freed. It also gets `release`,
-    which frees the key with an undo of what it committed (`idempotency.release`), in the same
-    way: for a failure after the view returned (a stream ends in its body), or before. Sent
-    without a key, such a view gets `claim` None and a `release` that frees nothing.
+    keys belong to the principal's `idempotency_scope`. By default the view runs in one write
+    transaction, which also claims the key and stores its response. A view that
+    `runs_own_transactions` (it must not hold one across a slow call) gets the claim as its
+    `claim` argument and completes it in its last transaction; if it fails, its key is freed.
+    It also gets `release`, which frees the key with an undo of what it committed
+    (`idempotency.release`), in the same way: for a failure after the view returned (a stream
+    ends in its body), or before. Sent without a key, such a view gets `claim` None and a
+    `release` that frees nothing.
 
     A view that `claims_with_first_write` (a metered call) gets `claim` as an
     `idempotency.Asking` instead, which it takes in its first write transaction (with its hold):
@@ -243,6 +267,8 @@ def idempotent(
             )
             if claims_with_first_write:
                 return _asking(view, idempotency.Asking(asked), *args, **kwargs)
+            if first is None and not runs_own_transactions:
+                return _in_one_transaction(view, asked, kept, *args, **kwargs)
             outcome = idempotency.claim(db.session, asked)
             if isinstance(outcome, idempotency.StoredResponse):
                 return _replay(outcome)
@@ -254,8 +280,8 @@ def idempotent(
                     release()
                     raise
             try:
-                if first is not None:
-                    first(*args, **kwargs)
+                assert first is not None
+                first(*args, **kwargs)
                 with write_transaction(db.session):
                     response = make_response(view(*args, **kwargs))
                     idempotency.complete(db.session, outcome, response=kept(response))

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 
 from creditapp import idempotency
 from creditapp.errors import IdempotencyKeyReused, RequestInProgress
 from creditapp.extensions import db
 from tests.conftest import utcnow
-from tests.helpers import ADJUST, GRANT, assert_error, ledger_rows
+from tests.helpers import ADJUST, GRANT, assert_error, ledger_rows, until, waits_for_a_lock
+from tests.integration.live_server import call, live_server
 
 DAY = timedelta(hours=24)
 
@@ -164,4 +173,47 @@ def test_the_same_key_sent_concurrently_runs_once(app: Flask, admin, person_fact
         for r in results
         if r not in ran
     )
+    assert ledger_rows(app) == [("grant", 1_000_000, 1_000_000)]
+
+
+@pytest.mark.postgres_only
+@pytest.mark.real_clock
+def test_a_request_whose_worker_died_leaves_its_key_free(app: Flask, admin, person_factory) -> None:
+    """A worker killed while an admin's grant runs (here, waiting for a row someone holds):
+    its key was claimed in the grant's own transaction, which died with it, so the retry runs
+    at once, and once (a claim committed first answered 409 for the takeover time, 10 minutes,
+    though nothing had run)."""
+    user = person_factory()
+    body = json.dumps({"user_id": str(user.id), "amount": "1", "reason": "x"}).encode()
+    key = {"Idempotency-Key": "worker-died"}
+    env = {
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "DATABASE_LOCK_TIMEOUT_SECONDS": "30",
+    }
+    with live_server(env, threads=2) as base:
+        with app.app_context(), db.engine.connect() as holder:
+            holder.execute(
+                text("SELECT id FROM accounts WHERE user_id = :user FOR UPDATE"),
+                {"user": user.id},
+            )
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                sending = pool.submit(call, "POST", f"{base}{GRANT}", admin.token, body, key)
+                assert until(waits_for_a_lock), "the grant never reached the account's row"
+                worker = int(
+                    Path(f"/proc/{base.pid}/task/{base.pid}/children").read_text().split()[0]
+                )
+                os.kill(worker, signal.SIGKILL)
+                with pytest.raises((OSError, http.client.HTTPException)):
+                    sending.result(timeout=30)
+            holder.rollback()
+        deadline = time.monotonic() + 30
+        while True:  # gunicorn's master starts another worker
+            with suppress(OSError, http.client.HTTPException):
+                status, headers, answer = call("POST", f"{base}{GRANT}", admin.token, body, key)
+                if status != 503:
+                    break
+            assert time.monotonic() < deadline, "no worker came back"
+            time.sleep(0.25)
+        assert status == 201, answer
+        assert "Idempotent-Replayed" not in headers
     assert ledger_rows(app) == [("grant", 1_000_000, 1_000_000)]
