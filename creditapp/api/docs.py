@@ -15,8 +15,15 @@ from creditapp.api import limits
 from creditapp.api.openapi import declares
 from creditapp.api.parsing import Blueprint
 
-# The page is an operation of the API document; the files it loads are not.
-blp = Blueprint("docs", __name__, url_prefix="/api/docs", description="API documentation")
+# The page is an operation of the API document; the files it loads are not. A page's link may
+# carry a query of its own (a campaign's, a browser's): not refused as an operation's would be.
+blp = Blueprint(
+    "docs",
+    __name__,
+    url_prefix="/api/docs",
+    description="API documentation",
+    query_checked=False,
+)
 assets = flask.Blueprint("docs_assets", __name__, url_prefix="/api/docs")
 
 # Swagger UI sets inline styles and draws icons as data: images; scripts stay 'self' only.

@@ -13,7 +13,7 @@ from typing import Any
 
 import flask_smorest
 import marshmallow as ma
-from flask import Request
+from flask import Request, current_app, request
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
@@ -109,15 +109,33 @@ class RequestParser(FlaskParser):
         return load_json(req.get_data(cache=True))
 
 
+def _query_as_declared() -> None:
+    """A query parameter is given once, and only to an operation that takes it. The parser
+    refuses one its operation's schema does not name; an operation without query arguments
+    has no schema, and `?team_id=` there was ignored (the caller read their own balance for a
+    team's). A repeated one was read as its first, where another reader takes the last."""
+    if not request.args:
+        return
+    repeated = [name for name, values in request.args.lists() if len(values) > 1]
+    if repeated:
+        raise ValidationFailed(details={name: ["Given more than once."] for name in repeated})
+    view = current_app.view_functions.get(request.endpoint or "")
+    declared = getattr(view, "_apidoc", {}).get("arguments") or {}
+    if not any(argument["in"] == "query" for argument in declared.get("parameters", [])):
+        raise ValidationFailed(details={name: ["Unknown field."] for name in request.args})
+
+
 class Blueprint(flask_smorest.Blueprint):
     """Every view's blueprint: requests parsed as above, and OpenAPI operations completed from
     what the views declare (`creditapp.api.openapi`)."""
 
     ARGUMENTS_PARSER = RequestParser()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, query_checked: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._prepare_doc_cbks.append(openapi.document_operation)
+        if query_checked:
+            self.before_request(_query_as_declared)
 
     def arguments(self, schema: Any, **kwargs: Any) -> Any:
         """As flask-smorest's, with a schema class made an instance once, here: webargs makes

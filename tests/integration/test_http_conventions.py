@@ -14,6 +14,7 @@ from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord
 from tests.conftest import Person
 from tests.helpers import assert_error
+from tests.integration.gateway_client import make_key
 from tests.integration.live_server import call, live_server
 
 
@@ -168,3 +169,35 @@ def test_a_connecting_address_that_is_not_one_is_not_recorded(
     with app.app_context():
         assert db.session.scalars(recorded).all() == [None]
         db.session.remove()
+
+
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [
+        # An operation without query arguments: a team's balance asked of it is no silent
+        # answer of the caller's own.
+        ("/api/credit/balance?team_id=1", "team_id"),
+        ("/api/me?fields=all", "fields"),
+        # One value each: readers disagree on which of two counts.
+        ("/api/credit/transactions?limit=1&limit=2", "limit"),
+        ("/api/credit/transactions?format=csv&format=json", "format"),
+    ],
+)
+def test_a_query_parameter_is_given_once_and_only_where_it_is_taken(
+    client: FlaskClient, user: Person, path: str, named: str
+) -> None:
+    error = assert_error(client.get(path, headers=user.headers), 400, "validation_error")
+    assert list(error["details"]) == [named]
+
+
+def test_the_gateway_names_an_unknown_query_parameter_as_openai_does(
+    client: FlaskClient, user: Person
+) -> None:
+    key = make_key(client, user)[1]
+    refused = client.get("/v1/models?limit=5", headers={"Authorization": f"Bearer {key}"})
+    assert refused.status_code == 400
+    assert refused.get_json()["error"]["param"] == "limit"
+
+
+def test_a_page_takes_any_query(client: FlaskClient) -> None:
+    assert client.get("/api/docs?utm_source=readme").status_code == 200
