@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -33,7 +34,17 @@ class Character(db.Model):  # type: ignore[name-defined,misc]
     public: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
-    __table_args__ = (Index("ix_characters_owner_id", "owner_id"),)
+    # The characters a user sees (`chat.service.visible_characters`), newest first: their own
+    # by the first index, the public ones by the second, each in id order.
+    __table_args__ = (
+        Index("ix_characters_owner_id", "owner_id", "id"),
+        Index(
+            "ix_characters_public",
+            "id",
+            postgresql_where=text("public"),
+            sqlite_where=text("public"),
+        ),
+    )
 
 
 class Conversation(db.Model):  # type: ignore[name-defined,misc]
@@ -44,7 +55,8 @@ class Conversation(db.Model):  # type: ignore[name-defined,misc]
     character_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("characters.id"), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
-    __table_args__ = (Index("ix_conversations_user_id", "user_id"),)
+    # A user's conversations newest first, a page at a time.
+    __table_args__ = (Index("ix_conversations_user_id", "user_id", "id"),)
 
 
 class Message(db.Model):  # type: ignore[name-defined,misc]

@@ -33,7 +33,9 @@ from creditapp.pricing import book
 
 
 def visible_characters(user: User) -> Select[tuple[Character]]:
-    return select(Character).where(or_(Character.public.is_(True), Character.owner_id == user.id))
+    """The public characters and the user's own: each side read by an index of its own
+    (`public` as the partial index says it), not the whole table."""
+    return select(Character).where(or_(Character.public, Character.owner_id == user.id))
 
 
 def get_character(session: DbSession, *, user: User, character_id: int) -> Character:

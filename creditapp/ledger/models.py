@@ -131,7 +131,8 @@ class Grant(db.Model):  # type: ignore[name-defined,misc]
         UniqueConstraint("account_id", "period", name="uq_grants_account_period"),
         # Draw order and the expiry check read the few grants of one account. The index names
         # no column a draw changes, so PostgreSQL can update `remaining` in place (HOT).
-        Index("ix_grants_account_id", "account_id"),
+        # With the id: an account's grants listed newest first, a page at a time.
+        Index("ix_grants_account_id", "account_id", "id"),
         # The expire-grants job's search for expired credits; `expires_at` never changes.
         Index("ix_grants_expires_at", "expires_at"),
     )
