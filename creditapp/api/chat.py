@@ -149,6 +149,7 @@ def characters(args: dict[str, Any]) -> Any:
 @idempotent()
 @blp.arguments(CharacterArgs)
 @blp.response(201, CharacterSchema)
+@answers(403)
 def create_character(args: dict[str, Any]) -> Any:
     return service.create_character(
         db.session, owner=caller(), context=audit_context(), now=datetime.now(UTC), **args

@@ -22,7 +22,7 @@ from creditapp.billing.call import Held, MeteredRequest, Origin, Settled, Undo
 from creditapp.billing.models import Compensation, UsageRecord
 from creditapp.chat.models import Character, Conversation, Message
 from creditapp.database import DbSession
-from creditapp.errors import NotFound, ValidationFailed
+from creditapp.errors import Forbidden, NotFound, ValidationFailed
 from creditapp.kept import Kept
 from creditapp.ledger.sql import LedgerSql, Statement
 from creditapp.metering.providers import PROVIDER_NAMES, ChatMessage
@@ -59,8 +59,8 @@ def create_character(
 ) -> Character:
     """A character of the owner's; a public one (an admin's: every user may chat with it) is
     audited."""
-    if public and not owner.is_admin:
-        raise ValidationFailed(details={"public": ["Only admins may create public characters."]})
+    if public and not owner.is_admin:  # a role's refusal (contract, section 4: 403)
+        raise Forbidden("Only admins may create public characters.")
     if provider not in PROVIDER_NAMES:
         raise ValidationFailed(
             details={"provider": [f"Must be one of {', '.join(PROVIDER_NAMES)}."]}

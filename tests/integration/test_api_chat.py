@@ -71,7 +71,6 @@ def test_users_see_public_characters_and_their_own(
         ({"model": ""}, "model"),
         ({"public": "yes"}, "public"),
         ({"public": 1}, "public"),
-        ({"public": True}, "public"),
         ({"extra": 1}, "extra"),
     ],
 )
@@ -84,6 +83,15 @@ def test_bad_characters_are_400_naming_the_field(
         "validation_error",
     )
     assert field in error["details"]
+
+
+def test_only_an_admin_makes_a_public_character(client: FlaskClient, user: Person) -> None:
+    """A role's refusal: 403, not a field's 400 (the field is well formed)."""
+    refused = client.post(
+        "/api/characters", json={**CHARACTER, "public": True}, headers=user.headers
+    )
+    error = assert_error(refused, 403, "forbidden")
+    assert error["message"] == "Only admins may create public characters."
 
 
 def test_an_unpriced_model_is_refused(client: FlaskClient, user: Person) -> None:
