@@ -42,7 +42,11 @@ class TierArgs(Schema):
         keys=Text(max_length=16, validate=validate.OneOf(["default", "spending", "sensitive"])),
         values=Text(
             max_length=40,
-            validate=Pattern(r"^[0-9]{1,6} per [0-9]{0,4} ?(second|minute|hour|day)s?$"),
+            # At least one request in at least one unit: "0 per minute" refused every call
+            # of the tier's users, and "10 per 0 minutes" was read as per minute.
+            validate=Pattern(
+                r"^[1-9][0-9]{0,5} per ([1-9][0-9]{0,3} )?(second|minute|hour|day)s?$"
+            ),
         ),
         load_default=None,
         allow_none=True,

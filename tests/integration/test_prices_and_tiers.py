@@ -246,6 +246,9 @@ def test_tiers_are_created_updated_listed_and_assigned(
         ({"default_max_tokens": 0}, "default_max_tokens"),
         ({"max_max_tokens": 50}, "max_max_tokens"),
         ({"rate_limits": {"spending": "lots"}}, "rate_limits"),
+        ({"rate_limits": {"spending": "0 per minute"}}, "rate_limits"),
+        ({"rate_limits": {"default": "10 per 0 minutes"}}, "rate_limits"),
+        ({"rate_limits": {"default": "010 per minute"}}, "rate_limits"),
     ],
 )
 def test_bad_tiers_are_400(
