@@ -142,25 +142,70 @@ class OwnGrantSchema(GrantSchema):
     )
 
 
+CSV_ANSWER = {"type": "string", "format": "binary"}
+
+
+class GrantListArgs(PageArgs):
+    format = csv_export.format_field()
+
+
+# A grant's CSV row: OwnGrantSchema's fields, in its order.
+GRANT_COLUMNS = [
+    "id",
+    "source",
+    "amount",
+    "remaining",
+    "expires_at",
+    "period",
+    "reason",
+    "created_at",
+    "status",
+    "origin",
+]
+
+
 @blp.route("/grants", methods=["GET"])
 @authenticated()
-@blp.arguments(PageArgs, location="query")
+@blp.arguments(GrantListArgs, location="query")
 @blp.response(200, page_of(OwnGrantSchema))
+@blp.alt_response(
+    200,
+    success=True,
+    schema=CSV_ANSWER,
+    content_type="text/csv",
+    description=csv_export.DESCRIPTION + " Every grant: `limit` and `cursor` do not apply.",
+)
 def grants(args: dict[str, Any]) -> Any:
     account_id = accounts.paying_account(db.session, principal())
     query = ledger.grants_of(account_id)
+    if csv_export.wanted(args):
+        # An account's grants are few (one a subscription period, and what admins and
+        # purchases add): read at once.
+        every = db.session.scalars(query.order_by(Grant.id.desc())).all()
+        dumped = OwnGrantSchema().dump(_with_standing(account_id, list(every)), many=True)
+        return csv_export.response(
+            "grants.csv",
+            GRANT_COLUMNS,
+            # A grant without an expiry or a reason: an empty cell (csv writes None so).
+            ([item[name] for name in GRANT_COLUMNS] for item in dumped),
+        )
     page = keyset_page(db.session, query, key=Grant.id, args=args, position=lambda g: g.id)
-    standings = ledger.grant_standings(
-        db.session, account_id=account_id, grants=page["items"], now=datetime.now(UTC)
-    )
-    origins = ledger.grant_origins(db.session, grant_ids=[standing.id for standing in standings])
-    page["items"] = [
-        {**vars(standing), "origin": origins.get(standing.id, "grant")} for standing in standings
-    ]
+    page["items"] = _with_standing(account_id, page["items"])
     return page
 
 
-CSV_ANSWER = {"type": "string", "format": "binary"}
+def _with_standing(account_id: int, grants: list[Grant]) -> list[dict[str, Any]]:
+    """The grants as they stand now (what is left of each, whether it expired), each with
+    the entry that opened it."""
+    standings = ledger.grant_standings(
+        db.session, account_id=account_id, grants=grants, now=datetime.now(UTC)
+    )
+    origins = ledger.grant_origins(db.session, grant_ids=[standing.id for standing in standings])
+    return [
+        {**vars(standing), "origin": origins.get(standing.id, "grant")} for standing in standings
+    ]
+
+
 # Ledger entries a CSV export reads at a time.
 CSV_PAGE = 1000
 TRANSACTIONS_CSV = csv_export.DESCRIPTION + (

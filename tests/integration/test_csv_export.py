@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,9 +12,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
+from creditapp import ledger
 from creditapp.api import credit
+from creditapp.database import write_transaction
 from creditapp.extensions import db
-from tests.conftest import Person
+from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
 from tests.helpers import add_price, assert_error, send, start_conversation
 
@@ -86,6 +89,38 @@ def test_a_date_range_bounds_the_transactions(
         400,
         "validation_error",
     )
+
+
+def test_grants_as_csv_are_the_json_grants(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_providers: FakeProviders
+) -> None:
+    """Contract, section 5: both list endpoints answer CSV, the grants too."""
+    user = chatted(app, client, person_factory, fake_providers)
+    with app.app_context():
+        with write_transaction(db.session):
+            ledger.grant(
+                db.session,
+                account_id=user.account_id,
+                amount=2_000_000,
+                source="promo",
+                reason="=HYPERLINK(1)",  # an admin's words: text in a spreadsheet
+                expires_at=utcnow() + timedelta(days=30),
+                context=TEST_CONTEXT,
+                now=utcnow(),
+            )
+        db.session.remove()
+    listed = client.get("/api/credit/grants", headers=user.headers).get_json()["items"]
+    assert len(listed) == 2
+    expected = [
+        {name: "" if grant[name] is None else str(grant[name]) for name in grant}
+        for grant in listed
+    ]
+    expected[0]["reason"] = "'=HYPERLINK(1)"
+    by_format = client.get("/api/credit/grants?format=csv", headers=user.headers)
+    assert by_format.headers["Content-Disposition"] == 'attachment; filename="grants.csv"'
+    assert rows_of(by_format) == expected
+    by_accept = client.get("/api/credit/grants", headers={**user.headers, "Accept": "text/csv"})
+    assert rows_of(by_accept) == expected
 
 
 def test_usage_as_csv_is_the_json_report(
