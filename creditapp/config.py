@@ -102,6 +102,20 @@ class ProviderSettings:
     api_key: str | None
 
 
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks_env(name: str, default: str) -> tuple[IpNetwork, ...]:
+    """Comma-separated addresses or networks (`127.0.0.1,10.0.0.0/8,::1`)."""
+    raw = os.environ.get(name) or default
+    try:
+        return tuple(ipaddress.ip_network(part.strip()) for part in raw.split(","))
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{name} must be IP addresses or networks, comma-separated"
+        ) from exc
+
+
 def _int_env(name: str, default: int, *, minimum: int = 1) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -192,6 +206,10 @@ class Config:
         # Proxies in front whose X-Forwarded-For / -Proto entries are believed (nginx: 1); with
         # 0 the client is whoever connected, and forwarded headers are ignored.
         self.TRUSTED_PROXY_HOPS = _int_env("TRUSTED_PROXY_HOPS", 0, minimum=0)
+        # ... and only from a connection of these (the nginx on this machine; a Unix socket's
+        # connections are always this machine's): a client that reaches gunicorn itself (a
+        # port opened for Prometheus) writes those headers as it likes.
+        self.TRUSTED_PROXY_ADDRESSES = _networks_env("TRUSTED_PROXY_ADDRESSES", "127.0.0.1,::1")
         # When set, `/metrics` answers only `Authorization: Bearer <METRICS_TOKEN>`.
         self.METRICS_TOKEN = env.get("METRICS_TOKEN") or None
         self.HOLD_TTL_SECONDS = _int_env("HOLD_TTL_SECONDS", 600)

@@ -167,6 +167,26 @@ def _token_user_id() -> str | None:
     return None if subject is None else str(subject)
 
 
+class FromTrustedProxies:
+    """WSGI middleware: a request is `proxied` (its forwarded headers believed) when it comes
+    from a trusted proxy's address, or over a Unix socket (only this machine reaches one);
+    else it goes `direct`, whatever forwarded headers it wrote."""
+
+    def __init__(self, direct: Any, proxied: Any, proxies: tuple[Any, ...]):
+        self.direct = direct
+        self.proxied = proxied
+        self.proxies = proxies
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        try:
+            peer = ipaddress.ip_address(environ.get("REMOTE_ADDR") or "")
+        except ValueError:  # no address: a Unix socket's connection
+            trusted = True
+        else:
+            trusted = any(peer in network for network in self.proxies)
+        return (self.proxied if trusted else self.direct)(environ, start_response)  # type: ignore[no-any-return]
+
+
 def register_request_context(app: Flask) -> None:
     app.wsgi_app = BoundedBody(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
     app.wsgi_app = ClientAddress(app.wsgi_app)  # type: ignore[method-assign]
@@ -174,6 +194,10 @@ def register_request_context(app: Flask) -> None:
     if hops:
         # The client's address and scheme as the trusted proxies saw them (rate limits, audit
         # records, HSTS); what the client itself sends in those headers is not believed.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+        app.wsgi_app = FromTrustedProxies(  # type: ignore[method-assign]
+            app.wsgi_app,
+            ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops),
+            app.config["TRUSTED_PROXY_ADDRESSES"],
+        )
     app.before_request(_begin_request)
     app.after_request(_finish_response)

@@ -154,6 +154,36 @@ def test_a_forwarded_address_is_recorded_only_when_it_is_one(app: Flask, admin: 
         db.session.remove()
 
 
+@pytest.mark.real_clock
+@pytest.mark.parametrize(
+    ("proxies", "recorded"),
+    [("127.0.0.1,::1", "203.0.113.7"), ("192.0.2.0/24", "127.0.0.1")],
+)
+def test_forwarded_headers_are_believed_only_from_a_trusted_proxys_address(
+    app: Flask, admin: Person, proxies: str, recorded: str
+) -> None:
+    """A client that reaches gunicorn itself (a port opened for Prometheus) is not a proxy: what
+    it writes in X-Forwarded-For would be any address it likes to the per-IP limits."""
+    env = {
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "TRUSTED_PROXY_HOPS": "1",
+        "TRUSTED_PROXY_ADDRESSES": proxies,
+    }
+    body = json.dumps({"user_id": str(admin.id), "amount": "1", "reason": "from"}).encode()
+    with live_server(env) as base:
+        status, _headers, answer = call(
+            "POST",
+            f"{base}/api/admin/credit/grant",
+            admin.token,
+            body,
+            headers={"X-Forwarded-For": "203.0.113.7"},
+        )
+    assert status == 201, answer
+    with app.app_context():
+        assert db.session.scalars(select(AuditRecord.client_ip)).all() == [recorded]
+        db.session.remove()
+
+
 @pytest.mark.parametrize("connected", ["203.0.113.7\x00", "d" * 100, "/run/gunicorn.sock", ""])
 def test_a_connecting_address_that_is_not_one_is_not_recorded(
     app: Flask, client: FlaskClient, admin: Person, connected: str
