@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     JSON,
     CheckConstraint,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from creditapp.database import (
@@ -270,6 +272,18 @@ def _taken_over() -> RequestInProgress:
 
 
 def _claim_once(session: DbSession, asked: Asked) -> Claim | StoredResponse | None:
+    """One try at the key (see `claim`). Its row may be another request's, written in a
+    transaction still running (a request that claims in its one transaction): waited for up to
+    the lock timeout, and past it, that request is still in progress, not a database down."""
+    try:
+        return _claim_or_look(session, asked)
+    except (OperationalError, psycopg.errors.LockNotAvailable) as error:
+        if isinstance(getattr(error, "orig", error), psycopg.errors.LockNotAvailable):
+            raise RequestInProgress() from error
+        raise
+
+
+def _claim_or_look(session: DbSession, asked: Asked) -> Claim | StoredResponse | None:
     token = secrets.token_hex(16)
     # The common case, a new key, is one statement (plain SQL: it runs on every message); a key
     # seen before is looked at under lock.

@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 
 from creditapp import idempotency
+from creditapp.database import write_transaction
 from creditapp.errors import IdempotencyKeyReused, RequestInProgress
 from creditapp.extensions import db
 from tests.conftest import utcnow
@@ -217,3 +218,35 @@ def test_a_request_whose_worker_died_leaves_its_key_free(app: Flask, admin, pers
         assert status == 201, answer
         assert "Idempotent-Replayed" not in headers
     assert ledger_rows(app) == [("grant", 1_000_000, 1_000_000)]
+
+
+@pytest.mark.postgres_only
+def test_a_key_claimed_in_a_transaction_still_running_is_in_progress_past_the_lock_timeout(
+    app: Flask,
+) -> None:
+    """A request that claims its key in its one transaction holds the key's row until it
+    commits: a twin that waits past the lock timeout is told the first is in progress (409),
+    not that the database is down (503)."""
+    asked = idempotency.Asked("user:1", "slow", "a", utcnow(), DAY, timedelta(minutes=10))
+    with app.app_context():
+        first = db.session
+        with write_transaction(first):
+            idempotency.Asking(asked).take(first)
+            twin_error: list[BaseException] = []
+
+            def twin() -> None:
+                with app.app_context():
+                    try:
+                        with write_transaction(db.session):
+                            db.session.execute(text("SET LOCAL lock_timeout = '300ms'"))
+                            idempotency.Asking(asked).take(db.session)
+                    except BaseException as error:
+                        twin_error.append(error)
+                    finally:
+                        db.session.remove()
+
+            waiting = threading.Thread(target=twin)
+            waiting.start()
+            waiting.join(timeout=30)
+        db.session.remove()
+    assert [type(error) for error in twin_error] == [RequestInProgress]
