@@ -88,10 +88,12 @@ limiter = Limiter(key_func=rate_limit_key, application_limits=[everything])
 
 # One budget per kind of operation, across every endpoint of the kind (contract, section 4): a
 # user's chat messages and gateway calls spend the same 30 a minute, an admin's grants, adjusts,
-# prices and tiers the same 10 per 5 minutes. Sign-in counts in the sensitive budget per IP.
+# prices and tiers the same 10 per 5 minutes. Sign-in has the sensitive limit per IP, in a
+# budget of its own: an admin's mutation sent with an expired token (refused, and counted per
+# IP) must not spend the sign-ins of its address.
 spending_operation = limiter.shared_limit(spending, scope="spending")
 admin_mutation = limiter.shared_limit(sensitive, scope="sensitive")
-sign_in = limiter.shared_limit(sensitive, scope="sensitive", key_func=client_ip)
+sign_in = limiter.shared_limit(sensitive, scope="sign_in", key_func=client_ip)
 
 
 @limiter.request_filter

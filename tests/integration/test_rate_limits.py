@@ -190,3 +190,20 @@ def test_only_a_rate_limit_refusal_says_when_to_come_back(app: Flask, person_fac
         assert status == 503, answer
         assert json.loads(answer)["error"]["code"] == "purchases_unavailable"
         assert "Retry-After" not in headers and "X-RateLimit-Remaining" in headers
+
+
+def test_admin_mutations_refused_for_their_token_spend_no_sign_in_of_the_address(
+    app: Flask,
+) -> None:
+    """An admin's page retrying with an expired token: its refusals count per IP, in the
+    admin mutations' budget, and the address can still sign in."""
+    env = {"RATELIMIT_ENABLED": "true", "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"]}
+    grant = json.dumps({"user_id": "1", "amount": "1", "reason": "x"}).encode()
+    sign_in = json.dumps({"id_token": "not-a-token"}).encode()
+    with live_server(env) as base:
+        refused = [
+            call("POST", f"{base}/api/admin/credit/grant", "expired", grant)[0] for _ in range(11)
+        ]
+        assert refused == [401] * 10 + [429]
+        status, _headers, answer = call("POST", f"{base}/api/auth/google", None, sign_in)
+        assert (status, json.loads(answer)["error"]["code"]) == (401, "invalid_id_token")
