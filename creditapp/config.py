@@ -91,8 +91,10 @@ def _schedule_env(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
     return schedule
 
 
-# A statement's error names its SQL, not its values: an error is logged (`database_unavailable`,
-# `job_run`), and the values of an insert are secrets (a webhook endpoint's), emails, messages.
+# A statement's error names its SQL, not its bound values: an error is logged whole
+# (`database_unavailable`, `job_run`), and the values of an insert are secrets (a webhook
+# endpoint's), emails, messages. (PostgreSQL's own message may still quote a key's value, as a
+# unique violation's DETAIL does: no secret has a unique key.)
 NO_PARAMETERS_IN_ERRORS = {"hide_parameters": True}
 
 

@@ -1122,3 +1122,51 @@ def test_downgrade_from_team_wallets_drops_member_caps_in_use(filled_0011: Flask
         f" WHERE m.team_id = {TEAM} AND m.user_id = {OTHER_USER}",
     ) == [(0, 0)]
     assert_consistent(filled_0011)
+
+
+def test_upgrade_to_keys_by_user_moves_an_api_keys_idempotency_keys_to_its_owner(
+    filled_0011: Flask,
+) -> None:
+    """A `/v1` retry after the upgrade looks for its key in the owner's scope: the keys stored
+    under an API key's own move there, but for one the owner already used (theirs stays)."""
+    upgrade(filled_0011, "0019")
+
+    def key(key_id: int, scope: str, name: str) -> dict[str, Any]:
+        return {
+            "id": key_id,
+            "scope": scope,
+            "key": name,
+            "fingerprint": "f" * 64,
+            "status": "completed",
+            "claim_token": "c" * 32,
+            "response_status": 200,
+            "response_body": b"{}",
+            "response_content_type": "application/json",
+            "response_headers": None,
+            "claimed_at": at(30),
+            "expires_at": at(30) + timedelta(days=1),
+        }
+
+    with engine_of(filled_0011).begin() as connection:
+        insert(
+            connection,
+            {
+                "idempotency_keys": [
+                    key(9, f"user:{USER}", "retry-1"),
+                    key(10, f"key:{PERSONAL_KEY_CAP}", "gen-1"),
+                    key(11, f"key:{TEAM_KEY_CAP}", "retry-1"),  # the owner's own "retry-1"
+                    key(12, f"key:{OTHER_TEAM_KEY_CAP}", "gen-1"),
+                    key(13, "webhook:stripe", "evt-1"),
+                ]
+            },
+        )
+    upgrade(filled_0011, HEAD)
+    assert query(
+        engine_of(filled_0011), "SELECT id, scope, key FROM idempotency_keys ORDER BY id"
+    ) == [
+        (9, f"user:{USER}", "retry-1"),
+        (10, f"user:{USER}", "gen-1"),
+        (11, f"key:{TEAM_KEY_CAP}", "retry-1"),
+        (12, f"user:{OTHER_USER}", "gen-1"),
+        (13, "webhook:stripe", "evt-1"),
+    ]
