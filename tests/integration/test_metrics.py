@@ -184,6 +184,7 @@ def test_calls_for_models_not_priced_are_counted_under_one_name(
 
 
 @pytest.mark.postgres_only
+@pytest.mark.real_clock
 def test_with_the_database_cut_the_scrape_still_has_the_requests_and_says_so(
     app: Flask, person_factory: Any
 ) -> None:
