@@ -1,7 +1,6 @@
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from logging.config import fileConfig
 
 from alembic import context
 from flask import current_app
@@ -12,9 +11,10 @@ from creditapp.database import longer_statements
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-# This line sets up loggers basically.
-fileConfig(config.config_file_name)
+# The app's JSON logging stays (alembic.ini's text handler would replace it, and disable every
+# logger made before): each step of an upgrade is one line at INFO.
+for name in ("alembic", "flask_migrate"):
+    logging.getLogger(name).setLevel(logging.INFO)
 logger = logging.getLogger("alembic.env")
 
 

@@ -4,9 +4,11 @@ id, request id), one per job run, and security events at warning level."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
+import structlog
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.exc import OperationalError
@@ -80,3 +82,32 @@ def test_a_job_the_database_failed_is_logged_and_raises_its_own_error(
     assert (run["job"], run["outcome"], run["level"]) == ("expire-holds", "failure", "error")
     [uncounted] = [line for line in lines if line["event"] == "job_outcome_not_counted"]
     assert uncounted["job"] == "expire-holds"
+
+
+def test_the_libraries_warnings_are_json_lines_with_the_request_id(
+    app: Flask, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Flask, SQLAlchemy, Celery and the SDKs log through the standard library: their warnings
+    and errors come as the same JSON lines as creditapp's own, their INFO lines not at all."""
+    capsys.readouterr()
+    with structlog.contextvars.bound_contextvars(request_id="trace-9"):
+        logging.getLogger("sqlalchemy.pool").warning("connection %s invalidated", "c1")
+        app.logger.error("a library's error")
+        logging.getLogger("httpx").info("HTTP Request: POST https://provider.example/")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [
+        {key: line[key] for key in ("event", "logger", "level", "request_id")} for line in lines
+    ] == [
+        {
+            "event": "connection c1 invalidated",
+            "logger": "sqlalchemy.pool",
+            "level": "warning",
+            "request_id": "trace-9",
+        },
+        {
+            "event": "a library's error",
+            "logger": "creditapp",
+            "level": "error",
+            "request_id": "trace-9",
+        },
+    ]
