@@ -150,18 +150,7 @@ class GrantListArgs(PageArgs):
 
 
 # A grant's CSV row: OwnGrantSchema's fields, in its order.
-GRANT_COLUMNS = [
-    "id",
-    "source",
-    "amount",
-    "remaining",
-    "expires_at",
-    "period",
-    "reason",
-    "created_at",
-    "status",
-    "origin",
-]
+GRANT_COLUMNS = list(OwnGrantSchema().fields)
 
 
 @blp.route("/grants", methods=["GET"])

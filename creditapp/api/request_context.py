@@ -23,7 +23,6 @@ from creditapp.metrics import HTTP_DURATION, HTTP_REQUESTS
 log = structlog.get_logger("creditapp.access")
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-RETRY_AFTER_STATUSES = (429,)
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 _CSP = "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
@@ -116,7 +115,7 @@ def _begin_request() -> None:
 
 
 def _finish_response(response: Response) -> Response:
-    if response.status_code not in RETRY_AFTER_STATUSES:
+    if response.status_code != 429:
         # The rate limiter adds it to every response, its window's reset: only its refusal
         # says when to come back (on a 503 it would tell clients, OpenAI's SDKs among them, to
         # wait for a window that has nothing to do with what failed).
