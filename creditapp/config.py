@@ -373,6 +373,9 @@ class Config:
             # A worker process takes the next task only once it is free: a task queued behind
             # a long one is left to another worker, not held in this one's buffer.
             "worker_prefetch_multiplier": 1,
+            # Beat's schedule without redbeat (no REDIS_URL): a file under instance/, not in
+            # whatever directory beat was started from.
+            "beat_schedule_filename": str(INSTANCE_DIR / "celery-beat-schedule"),
         }
         if not self.CELERY_BROKER_URL:
             return {
@@ -385,7 +388,6 @@ class Config:
                     "control_folder": str(INSTANCE_DIR / "celery-control"),
                 },
                 "result_backend": None,
-                "beat_schedule_filename": str(INSTANCE_DIR / "celery-beat-schedule"),
             }
         settings: dict[str, Any] = {
             **common,

@@ -233,3 +233,18 @@ def test_a_bad_demo_sign_in_limit_stops_the_start(monkeypatch) -> None:
         create_app()
     monkeypatch.setenv("DEMO_SIGN_IN_LIMIT", "50 per 5 minutes")
     assert load_config("development").DEMO_SIGN_IN_LIMIT == "50 per 5 minutes"
+
+
+def test_beat_keeps_its_schedule_under_instance_whatever_the_broker(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Without REDIS_URL there is no redbeat: beat's schedule file is under instance/, also
+    with a broker of its own (it was written into whatever directory beat started from)."""
+    from creditapp.config import INSTANCE_DIR
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    for broker in (None, "amqp://guest@127.0.0.1//"):
+        if broker:
+            monkeypatch.setenv("CELERY_BROKER_URL", broker)
+        else:
+            monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+        settings = load_config("development").CELERY
+        assert settings["beat_schedule_filename"] == str(INSTANCE_DIR / "celery-beat-schedule")
