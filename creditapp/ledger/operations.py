@@ -238,13 +238,21 @@ class _AccountState:
                 writable -= amount
 
     def draw(
-        self, amount: int, entry_type: str, now: datetime, *, held_since: datetime | None = None
+        self,
+        amount: int,
+        entry_type: str,
+        now: datetime,
+        *,
+        held_since: datetime | None = None,
+        first_grant_id: int | None = None,
     ) -> None:
-        """Take `amount` from the grants in draw order. Callers check it is there. An expired
-        grant is drawn only by a live hold placed before it expired (`held_since`: when the
-        hold being settled was placed): it reserved those credits while they were valid."""
+        """Take `amount` from the grants in draw order (`first_grant_id`'s first, when given).
+        Callers check it is there. An expired grant is drawn only by a live hold placed before
+        it expired (`held_since`: when the hold being settled was placed): it reserved those
+        credits while they were valid."""
         left = amount
-        for live_grant in self.grants:
+        # sorted is stable: the other grants keep their draw order.
+        for live_grant in sorted(self.grants, key=lambda grant: grant.id != first_grant_id):
             if left == 0:
                 break
             if live_grant.remaining == 0 or not live_grant.drawable(now, held_since):
@@ -567,9 +575,12 @@ def claw_back(
     now: datetime,
     audit_details: dict[str, str] | None = None,
     user_id: int | None = None,
+    grant_id: int | None = None,
 ) -> int:
     """Take back up to `up_to` (credits paid for and then refunded or disputed) from what is
-    available: never below zero, never what open holds reserved. Returns what was taken (an
+    available: never below zero, never what open holds reserved. `grant_id`, the purchase's
+    grant, is drawn first: a refund takes back what it paid for, not the credits soonest to
+    expire (which would turn expiring credits into lasting ones). Returns what was taken (an
     `adjust` entry naming `user_id`, the buyer); the rest is the caller's to record as a
     shortfall. Audited either way."""
     if up_to <= 0:
@@ -579,7 +590,7 @@ def claw_back(
     state.write_off_overdue(now)
     taken = min(up_to, state.available)
     if taken:
-        state.draw(taken, "adjust", now)
+        state.draw(taken, "adjust", now, first_grant_id=grant_id)
     _persist(
         sql,
         state,

@@ -481,6 +481,7 @@ def _take_back(
             now=now,
             audit_details={"purchase_id": str(purchase.id), "cause": cause},
             user_id=purchase.user_id,
+            grant_id=purchase.grant_id,
         )
         purchase.clawed_back += taken
         purchase.shortfall += due - taken

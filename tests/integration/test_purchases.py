@@ -309,6 +309,38 @@ def test_partial_then_full_refund_takes_the_credits_back(
     assert_consistent(app, [person.account_id])
 
 
+def test_a_refund_takes_back_the_purchases_own_credits_not_the_soonest_to_expire(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe, admin: Person
+) -> None:
+    """Credits are drawn soonest expiry first, and bought ones never expire: a refund drawn in
+    that order took the expiring credits and left bought ones, lasting, in their place."""
+    person = person_factory()
+    granted = client.post(
+        "/api/admin/credit/grant",
+        json={
+            "user_id": str(person.id),
+            "amount": "1000",
+            "reason": "a promotion",
+            "expires_at": (utcnow() + timedelta(days=1)).isoformat(),
+        },
+        headers=admin.headers,
+    )
+    assert granted.status_code == 201, granted.get_json()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    deliver(client, fake_stripe, fake_stripe.pay(session_id, deliver=False))
+    deliver(client, fake_stripe, fake_stripe.refund(session_id, deliver=False))
+    assert purchase(client, person, purchase_id)["clawed_back"] == "5000"
+    with app.app_context():
+        remaining = db.session.execute(
+            select(Grant.source, Grant.remaining).where(Grant.account_id == person.account_id)
+        ).all()
+        db.session.remove()
+    assert sorted(remaining) == [("admin", CR * 1000), ("purchase", 0)]
+    run_job_at(app, "expire-grants", utcnow() + timedelta(days=2))
+    assert balance(client, person) == "0"
+    assert_consistent(app, [person.account_id])
+
+
 def test_a_refund_after_the_credits_were_spent_records_the_shortfall(
     app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe, admin: Person
 ) -> None:
