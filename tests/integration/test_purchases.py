@@ -124,8 +124,9 @@ def test_every_event_twice_both_kinds_and_ten_at_once_grant_once(
         {"timestamp": 1},  # stale: far past the 300 s tolerance
         {"body": b'{"id": "evt_altered", "type": "checkout.session.completed"}'},
         {"signature": "t=abc,v1=zz"},  # garbage
+        {"signature": "t=1,v1=\u00e9"},  # not ASCII: hmac cannot compare it
     ],
-    ids=["forged", "missing", "stale", "altered", "garbage"],
+    ids=["forged", "missing", "stale", "altered", "garbage", "not-ascii"],
 )
 def test_a_bad_signature_is_refused_and_changes_nothing(
     app: Flask,
