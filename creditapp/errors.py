@@ -452,6 +452,17 @@ class DependencyUnavailable(CreditAppError):
     message = "A service this request needs is unavailable."
 
 
+class CapChangedMeanwhile(CreditAppError):
+    """A spending cap that did not reserve a hold is read again to say why; when it was changed
+    in between (its ceiling lifted or raised, PostgreSQL: an update that matched no row locked
+    none), the hold is tried again, since a call that fits a cap is never refused. A cap that
+    keeps changing under every try is a 503, for the client to retry."""
+
+    code = "spending_cap_changed"
+    status = 503
+    message = "A spending cap changed while the call was being held; try again."
+
+
 class TokenRevoked(CreditAppError):
     """A token of a session that was signed out, revoked by an admin, or whose rotated-away
     refresh token was presented again (a stolen copy), is refused."""

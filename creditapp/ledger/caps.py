@@ -23,6 +23,7 @@ from typing import Any
 
 from creditapp.database import DbSession, read_time
 from creditapp.errors import (
+    CapChangedMeanwhile,
     CreditAppError,
     InvalidApiKey,
     KeyLimitReached,
@@ -189,6 +190,8 @@ def refuse_unreserved(
         kind, ceiling, spent, cap_reserved, closed_at = row
         if closed_at is not None:
             raise _closed(kind)
+        if ceiling is None or int(spent) + int(cap_reserved) + amount <= int(ceiling):
+            raise CapChangedMeanwhile()
         raise REFUSALS[kind](
             cap_id=cap_id,
             required=amount,

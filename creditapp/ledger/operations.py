@@ -20,6 +20,7 @@ from creditapp.database import DbSession, read_time
 from creditapp.errors import (
     AmountNotPositive,
     BalanceWouldGoNegative,
+    CapChangedMeanwhile,
     CreditAppError,
     ExpiryNotInFuture,
     HoldNotExpired,
@@ -839,6 +840,10 @@ def accounts_with_expired_credits(
     return [int(row[0]) for row in rows]
 
 
+# Tries of a hold whose cap changed between its reservation and its reading.
+HOLD_TRIES = 3
+
+
 @_counted("hold")
 def hold(
     session: DbSession,
@@ -855,6 +860,38 @@ def hold(
     """Reserve `amount` for a spend in flight, or raise InsufficientCredits; and in each of
     `caps` (`creditapp.ledger.caps`), or raise the refused cap's error. `spender` is the user
     who spends (a team's member): the entries of the hold's resolution name them."""
+    try_hold = partial(
+        _hold,
+        session,
+        account_id=account_id,
+        amount=amount,
+        ttl=ttl,
+        context=context,
+        now=now,
+        reference=reference,
+        caps=caps,
+        spender=spender,
+    )
+    for _ in range(HOLD_TRIES - 1):
+        try:
+            return try_hold()
+        except CapChangedMeanwhile:
+            continue  # the refusal's savepoint undid the try: nothing is reserved twice
+    return try_hold()
+
+
+def _hold(
+    session: DbSession,
+    *,
+    account_id: int,
+    amount: int,
+    ttl: timedelta,
+    context: AuditContext,
+    now: datetime,
+    reference: str | None,
+    caps: tuple[int, ...],
+    spender: int | None,
+) -> HoldResult:
     if amount <= 0:
         raise AmountNotPositive("A hold's amount must be positive.")
     sql = LedgerSql(session)

@@ -684,3 +684,55 @@ def test_random_holds_settles_and_voids_keep_the_key_within_its_limit(app: Flask
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("new_ceiling", [None, 50 * CR], ids=["lifted", "raised"])
+def test_a_hold_refused_by_a_ceiling_changed_meanwhile_is_tried_again(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, new_ceiling: int | None
+) -> None:
+    """A reservation that matched no cap row locked none, so the ceiling can change before the
+    refusal reads it (PostgreSQL): lifted, it read as no ceiling, a 500; raised, the call that
+    fits now was refused. The hold is tried again against the cap as it is now."""
+    now = utcnow()
+    person = create_person(app, "cap-race@example.com", credits=100 * CR, joined_at=now)
+    with app.app_context():
+        with write_transaction(db.session):
+            cap_id = caps.open_cap(
+                db.session,
+                account_id=person.account_id,
+                kind="key",
+                ceiling=5 * CR,
+                period="day",
+                now=now,
+            )
+        db.session.remove()
+    sent_together = ledger.sql.LedgerSql.together
+    changed: list[int | None] = []
+
+    def together_then_the_ceiling_changes(self: Any, *queries: Any) -> Any:
+        rows = sent_together(self, *queries)
+        if not changed:  # the first reservation's round trip, before its refusal is read
+            changed.append(new_ceiling)
+            with app.app_context():
+                with write_transaction(db.session):
+                    caps.set_ceiling(db.session, cap_id=cap_id, ceiling=new_ceiling)
+                db.session.remove()
+        return rows
+
+    monkeypatch.setattr(ledger.sql.LedgerSql, "together", together_then_the_ceiling_changes)
+    held = resolve_directly(
+        app,
+        ledger.hold,
+        now,
+        account_id=person.account_id,
+        amount=10 * CR,
+        ttl=timedelta(minutes=10),
+        caps=(cap_id,),
+    )
+    monkeypatch.undo()
+    assert held.amount == 10 * CR
+    with app.app_context():
+        assert caps.standing(db.session, cap_id=cap_id, now=now).reserved == 10 * CR
+        db.session.remove()
+    assert_consistent(app, [person.account_id])
