@@ -135,7 +135,10 @@ class EndpointSchema(Schema):
     enabled = fields.Boolean()
     disabled_reason = fields.String(
         allow_none=True,
-        metadata={"description": "`gone`: the service disabled it when it answered 410"},
+        metadata={
+            "description": "`gone`: the service disabled it when it answered 410;"
+            " `creator_left`: the team member who made it left or no longer manages the team"
+        },
     )
     team_id = Id(allow_none=True)
     created_at = UtcDateTime()

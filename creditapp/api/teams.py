@@ -34,6 +34,7 @@ from creditapp.billing import receipts, usage_report
 from creditapp.extensions import db
 from creditapp.ledger import Balance
 from creditapp.ledger.models import Account
+from creditapp.signals import endpoints
 
 blp = Blueprint("teams", __name__, url_prefix="/api", description="Teams: shared wallets")
 
@@ -244,16 +245,24 @@ def add_member(args: dict[str, Any], team_id: str) -> Any:
 @blp.response(200, MemberSchema)
 @answers(403, 404, 409)
 def change_member(args: dict[str, Any], team_id: str, user_id: str) -> Any:
-    """Change a member's role or cap (owner and admins). A new cap binds calls from now on."""
-    return teams.change_member(
+    """Change a member's role or cap (owner and admins). A new cap binds calls from now on.
+    An admin made a plain member has the team's webhook endpoints they made disabled."""
+    team, member = _team_id(team_id), path_id(user_id, "user_id")
+    context, now = audit_context(), datetime.now(UTC)
+    changed = teams.change_member(
         db.session,
-        team_id=_team_id(team_id),
+        team_id=team,
         actor_id=caller().id,
-        user_id=path_id(user_id, "user_id"),
+        user_id=member,
         **args,
-        context=audit_context(),
-        now=datetime.now(UTC),
+        context=context,
+        now=now,
     )
+    if changed.role == "member":
+        endpoints.stop_of_former_manager(
+            db.session, team_id=team, user_id=member, context=context, now=now
+        )
+    return changed
 
 
 @blp.route("/teams/<team_id>/members/<user_id>", methods=["DELETE"])
@@ -263,14 +272,15 @@ def change_member(args: dict[str, Any], team_id: str, user_id: str) -> Any:
 @blp.response(204)
 @answers(403, 404, 409)
 def remove_member(team_id: str, user_id: str) -> Any:
-    """Remove a member (owner and admins; never the owner): their keys for the team stop."""
+    """Remove a member (owner and admins; never the owner): their keys for the team stop, and
+    the team's webhook endpoints they made are disabled."""
+    team, member = _team_id(team_id), path_id(user_id, "user_id")
+    context, now = audit_context(), datetime.now(UTC)
     teams.remove_member(
-        db.session,
-        team_id=_team_id(team_id),
-        actor_id=caller().id,
-        user_id=path_id(user_id, "user_id"),
-        context=audit_context(),
-        now=datetime.now(UTC),
+        db.session, team_id=team, actor_id=caller().id, user_id=member, context=context, now=now
+    )
+    endpoints.stop_of_former_manager(
+        db.session, team_id=team, user_id=member, context=context, now=now
     )
 
 

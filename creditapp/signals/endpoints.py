@@ -65,6 +65,8 @@ NO_SUCH_ENDPOINT = "No such webhook endpoint."
 # Endpoints an account may have (deleted ones aside): each event is posted to every listener.
 MAX_ENDPOINTS = 10
 NO_SUCH_DELIVERY = "No such delivery."
+# An endpoint disabled because the team member who made it no longer manages the team.
+CREATOR_LEFT = "creator_left"
 
 
 def new_secret() -> str:
@@ -192,9 +194,10 @@ def change(
     enabled: bool | None = None,
     context: ledger.AuditContext,
     now: datetime,
+    disabled_reason: str | None = None,
 ) -> WebhookEndpoint:
     """Change what is given (None: unchanged). Enabling clears why the service had disabled it;
-    disabling fails its pending deliveries."""
+    disabling fails its pending deliveries (`disabled_reason`: why the service disables it)."""
     if enabled is False and endpoint.enabled:
         _lock_account(session, endpoint)
     changed: list[str] = []
@@ -208,7 +211,7 @@ def change(
             changed.append("events")
     if enabled is not None and enabled != endpoint.enabled:
         endpoint.enabled = enabled
-        endpoint.disabled_reason = None
+        endpoint.disabled_reason = None if enabled else disabled_reason
         changed.append("enabled")
         if not enabled:
             delivery.fail_pending(
@@ -223,6 +226,7 @@ def change(
             context=context,
             now=now,
             changed=",".join(changed),
+            **({"disabled_reason": endpoint.disabled_reason} if endpoint.disabled_reason else {}),
         )
     return endpoint
 
@@ -240,6 +244,35 @@ def delete(
     )
     alerts.watch(LedgerSql(session), account_id=endpoint.account_id)
     _audit(session, endpoint, "webhook_endpoint_deleted", context=context, now=now)
+
+
+def stop_of_former_manager(
+    session: DbSession,
+    *,
+    team_id: int,
+    user_id: int,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> None:
+    """Disable the team's endpoints `user_id` made, in the transaction that removes them from
+    the team or makes them a plain member (`disabled_reason` `creator_left`): their URL is the
+    one they chose, perhaps their own server, and the team's events (balances, purchases,
+    members' caps) are no longer theirs to see. The team's managers may enable them again."""
+    account_id = accounts.of_team(session, team_id)
+    made = session.scalars(
+        of_account(account_id)
+        .where(WebhookEndpoint.created_by == user_id, WebhookEndpoint.enabled.is_(True))
+        .order_by(WebhookEndpoint.id)
+    ).all()
+    for endpoint in made:
+        change(
+            session,
+            endpoint,
+            enabled=False,
+            context=context,
+            now=now,
+            disabled_reason=CREATOR_LEFT,
+        )
 
 
 def _lock_account(session: DbSession, endpoint: WebhookEndpoint) -> None:

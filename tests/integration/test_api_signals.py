@@ -29,7 +29,7 @@ from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.idempotency import IdempotencyKey
 from creditapp.ledger import alerts
-from creditapp.ledger.models import Account
+from creditapp.ledger.models import Account, AuditRecord
 from creditapp.money import format_credits
 from creditapp.signals import endpoints, urls
 from creditapp.signals.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -808,6 +808,59 @@ def test_a_teams_endpoints_are_managed_by_its_owner_and_admins_only(
         ]
         == []
     )
+
+
+def test_the_endpoints_of_an_admin_who_leaves_or_is_made_a_member_are_disabled(
+    app: Flask, client: FlaskClient, person_factory: Any
+) -> None:
+    """A team's endpoint posts the team's events to the URL its maker chose: once they no
+    longer manage the team (removed, left, made a plain member), what they made stops."""
+    owner, removed, leaving, demoted = (person_factory() for _ in range(4))
+    team_id = make_team(client, owner, admin=removed)
+    for person in (leaving, demoted):
+        added = client.post(
+            f"{TEAMS}/{team_id}/members",
+            json={"email": person.email, "role": "admin"},
+            headers=with_key(owner),
+        )
+        assert added.status_code == 201, added.get_json()
+    owners = make_endpoint(client, owner, team_id=team_id)
+    made = {
+        person.id: make_endpoint(client, person, team_id=team_id)
+        for person in (removed, leaving, demoted)
+    }
+    members = f"{TEAMS}/{team_id}/members"
+    assert client.delete(f"{members}/{removed.id}", headers=with_key(owner)).status_code == 204
+    assert client.delete(f"{members}/{leaving.id}", headers=with_key(leaving)).status_code == 204
+    changed = client.patch(
+        f"{members}/{demoted.id}", json={"role": "member"}, headers=with_key(owner)
+    )
+    assert changed.status_code == 200, changed.get_json()
+
+    listed = client.get(ENDPOINTS, query_string={"team_id": team_id}, headers=owner.headers)
+    standing = {
+        item["id"]: (item["enabled"], item["disabled_reason"])
+        for item in listed.get_json()["items"]
+    }
+    assert standing == {
+        owners["id"]: (True, None),
+        **{endpoint["id"]: (False, "creator_left") for endpoint in made.values()},
+    }
+    with app.app_context():
+        audited = db.session.scalars(
+            select(AuditRecord.details)
+            .where(AuditRecord.action == "webhook_endpoint_changed")
+            .order_by(AuditRecord.id)
+        ).all()
+        db.session.remove()
+    assert [(entry["endpoint_id"], entry["disabled_reason"]) for entry in audited] == [
+        (made[person.id]["id"], "creator_left") for person in (removed, leaving, demoted)
+    ]
+    # The owner may take one back: enabled, it no longer says why it was stopped.
+    enabled = client.patch(
+        endpoint_path(made[removed.id]), json={"enabled": True}, headers=with_key(owner)
+    )
+    assert (enabled.get_json()["enabled"], enabled.get_json()["disabled_reason"]) == (True, None)
 
 
 # 4. Deliveries, retry and the test event
