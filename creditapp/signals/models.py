@@ -96,6 +96,9 @@ class WebhookEvent(db.Model):  # type: ignore[name-defined,misc]
     __table_args__ = (
         CheckConstraint(one_of("type", (*EVENT_TYPES, TEST_EVENT_TYPE)), name="type_known"),
         Index("ix_webhook_events_created_at", "created_at"),
+        # Ids outlive the purge (SQLite would give the largest left + 1): `evt_<id>` is a
+        # `webhook-id`, which receivers deduplicate on. PostgreSQL's sequence never repeats.
+        {"sqlite_autoincrement": True},
     )
 
 
@@ -141,4 +144,5 @@ class WebhookDelivery(db.Model):  # type: ignore[name-defined,misc]
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
+        {"sqlite_autoincrement": True},  # a delivery's id is the API's: never given twice
     )

@@ -691,6 +691,29 @@ def test_deliveries_and_events_past_their_retention_are_purged(
     )
 
 
+def test_a_webhook_id_is_never_given_again_after_the_purge(
+    app: Flask, person: Person, receiver: WebhookReceiver
+) -> None:
+    """Receivers drop a `webhook-id` they have seen: once the purge emptied the tables, SQLite
+    gave the next event the first one's id again, and its receiver dropped it as a duplicate."""
+    new_endpoint(person, receiver.url())
+    long_ago = utcnow() - timedelta(days=31)
+    [first] = emit(person, now=long_ago)
+    run_job_at(app, JOB, long_ago)
+    summary = run_job_at(app, JOB, utcnow())
+    assert (summary["purged_deliveries"], summary["purged_events"]) == (1, 1)
+    [then] = emit(person)
+    run_job_at(app, JOB, utcnow())
+    assert then > first
+    assert [post.headers["webhook-id"] for post in receiver.received] == [
+        f"evt_{first}",
+        f"evt_{then}",
+    ]
+    db.session.rollback()
+    delivery_ids = db.session.scalars(select(WebhookDelivery.id)).all()
+    assert len(delivery_ids) == 1 and delivery_ids[0] > 1
+
+
 def test_the_deliveries_waiting_the_oldest_event_and_the_longest_due_are_measured_when_scraped(
     app: Flask,
     client: FlaskClient,
