@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Select, func, or_, select
 
 from creditapp import ledger
 from creditapp.accounts import of_team
-from creditapp.accounts.models import MANAGING_ROLES, Team, TeamMember
+from creditapp.accounts.models import MANAGING_ROLES, MEMBER_CAP_PERIODS, Team, TeamMember
 from creditapp.auth import api_keys, users
 from creditapp.auth.models import User
 from creditapp.database import DbSession
@@ -169,6 +169,22 @@ def managing(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
     return member
 
 
+def _within_own_cap(
+    session: DbSession, admin: TeamMember, cap: int | None, cap_period: str, *, now: datetime
+) -> bool:
+    """Whether an admin may give a member this cap (see TeamOwnerOnly): any, when the admin has
+    no ceiling; else one no higher than theirs, over a period no shorter (a member's 20 a day
+    is 600 a month)."""
+    own = member_standing(session, team_id=admin.team_id, user_id=admin.user_id, now=now)
+    if own.cap is None:
+        return True
+    return (
+        cap is not None
+        and cap <= own.cap
+        and MEMBER_CAP_PERIODS.index(cap_period) >= MEMBER_CAP_PERIODS.index(own.cap_period)
+    )
+
+
 def _member_now(session: DbSession, *, team_id: int, user_id: int) -> TeamMember | None:
     """A membership as the database has it now, not as the session last loaded it."""
     return session.execute(
@@ -313,7 +329,9 @@ def add_member(
     """Add the user with this email (they must have signed up) as an admin (by the owner: see
     TeamOwnerOnly) or a member."""
     actor = managing(session, team_id=team_id, user_id=actor_id)
-    if role == "admin" and actor.role != "owner":
+    if actor.role != "owner" and (
+        role == "admin" or not _within_own_cap(session, actor, cap, cap_period, now=now)
+    ):
         raise TeamOwnerOnly()
     user = users.find_by_email(session, email)
     if user is None:
@@ -362,6 +380,11 @@ def change_member(
     member = _member_of(session, team_id=team_id, user_id=user_id)
     if actor.role != "owner" and (member.role != "member" or role == "admin"):
         raise TeamOwnerOnly()
+    if actor.role != "owner" and (cap is not _UNCHANGED or cap_period is not None):
+        current = member_standing(session, team_id=team_id, user_id=user_id, now=now)
+        ceiling = current.cap if cap is _UNCHANGED else cast(int | None, cap)
+        if not _within_own_cap(session, actor, ceiling, cap_period or current.cap_period, now=now):
+            raise TeamOwnerOnly()
     changed: dict[str, str | None] = {}
     if role is not None and role != member.role:
         if member.role == "owner":

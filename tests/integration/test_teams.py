@@ -325,6 +325,35 @@ def test_a_members_role_and_cap_change_and_a_null_cap_lifts_it(
     )
 
 
+def test_a_capped_admin_gives_no_member_more_than_their_own_cap(
+    client: FlaskClient, person_factory: Any
+) -> None:
+    """A member a capped admin adds or uncaps may be the admin under another account: what they
+    give is at most their own ceiling, over a period no shorter. An uncapped admin gives any."""
+    owner, capped, free, member = (person_factory() for _ in range(4))
+    team = make_team(client, owner)
+    added(client, owner, team["id"], capped, role="admin", cap="20", cap_period="month")
+    added(client, owner, team["id"], free, role="admin")
+    added(client, owner, team["id"], member, cap="5", cap_period="month")
+    newcomer = person_factory()
+    for fields in ({}, {"cap": "21", "cap_period": "month"}, {"cap": "20", "cap_period": "day"}):
+        refused = add(client, capped, team["id"], newcomer.email, **fields)
+        assert_error(refused, 403, "team_owner_only")
+    for change in ({"cap": None}, {"cap": "21"}, {"cap_period": "day"}):
+        refused = client.patch(member_path(team["id"], member), json=change, headers=capped.headers)
+        assert_error(refused, 403, "team_owner_only")
+    assert member_row(client, owner, team["id"], member)["cap"] == "5"
+
+    joined = added(client, capped, team["id"], newcomer, cap="20", cap_period="month")
+    assert (joined["cap"], joined["cap_period"]) == ("20", "month")
+    raised = client.patch(
+        member_path(team["id"], member), json={"cap": "20"}, headers=capped.headers
+    )
+    assert raised.status_code == 200 and raised.get_json()["cap"] == "20"
+    lifted = client.patch(member_path(team["id"], member), json={"cap": None}, headers=free.headers)
+    assert lifted.status_code == 200 and lifted.get_json()["cap"] is None
+
+
 def test_the_owner_can_be_neither_removed_nor_given_another_role(
     client: FlaskClient, person_factory: Any
 ) -> None:
