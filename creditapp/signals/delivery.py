@@ -5,7 +5,10 @@ PostgreSQL, so that runs at once never take the same one; SQLite runs one writer
 and leases them (`claimed_until`), long enough for the post: no other run takes them meanwhile,
 and a manual retry only makes them due again after it. It commits, posts them outside any
 transaction (no lock is held while a receiver answers), then records each outcome as it comes,
-in a short transaction of its own, only where the lease is still its own. A run that dies
+in a short transaction of its own, only where the lease is still its own. It keeps up to
+POSTS_AT_ONCE posts under way, each slot that frees taking the next due delivery, and one post
+an endpoint at a time: a receiver that never answers holds one slot until its timeout, not the
+deliveries of every other account due after its own. A run that dies
 while posting records nothing: once the lease ends, the delivery is claimed again and posted
 with the same `webhook-id` (at least once; receivers drop what they have seen by that id).
 
@@ -26,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,8 +51,8 @@ from creditapp.metrics import WEBHOOK_DELIVERIES
 from creditapp.signals import urls
 from creditapp.signals.models import WebhookDelivery
 
-# Deliveries claimed, and posted at once, by one round of a run.
-CLAIM_BATCH = 10
+# Posts a run has under way at once; a slot that frees is filled from what is due at once.
+POSTS_AT_ONCE = 10
 # A lease outlives the longest post (connecting, then reading, each up to the timeout) by
 # this much: the time to record its outcome on a busy database.
 LEASE_MARGIN_SECONDS = 30
@@ -68,6 +71,9 @@ CLAIM = Statement(
        WHERE d.status = 'pending' AND d.next_attempt_at <= :now
          AND (d.claimed_until IS NULL OR d.claimed_until <= :clock)
          AND e.enabled AND e.deleted_at IS NULL
+         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries posting
+                         WHERE posting.endpoint_id = d.endpoint_id
+                           AND posting.status = 'pending' AND posting.claimed_until > :clock)
        ORDER BY d.next_attempt_at, d.id
        LIMIT :limit""",
     # Only the deliveries: locking their endpoint would hide its other deliveries from
@@ -205,23 +211,34 @@ def run(
             clock=sql.time(clock()),
         )
     summary["disabled"] = len(failed)
-    while True:
-        lease = clock() + lease_length
-        claimed = _claim(session, now=now, clock=clock(), lease=lease)
-        if not claimed:
-            break
-        with ThreadPoolExecutor(max_workers=len(claimed)) as pool:
-            posts = {
-                pool.submit(post, item, timeout=timeout, allow_private=allow_private): item
-                for item in claimed
-            }
-            # Each outcome is recorded as it comes: a slow receiver holds back no other's.
-            for done in as_completed(posts):
+    # A rolling pool: each slot that frees takes the next due delivery, and each outcome is
+    # recorded as it comes, so a receiver that hangs holds one slot, not the deliveries of
+    # every other account behind it; an endpoint has one post under way at a time.
+    posting: dict[Future[Attempt], tuple[Claimed, datetime]] = {}
+    with ThreadPoolExecutor(max_workers=POSTS_AT_ONCE) as pool:
+        while True:
+            while len(posting) < POSTS_AT_ONCE:
+                lease = clock() + lease_length
+                # Each claim leaves out the endpoints the last ones took: claimed again until
+                # the slots are full or nothing more is due.
+                claimed = _claim(
+                    session, now=now, clock=clock(), lease=lease, most=POSTS_AT_ONCE - len(posting)
+                )
+                if not claimed:
+                    break
+                for item in claimed:
+                    posted = pool.submit(post, item, timeout=timeout, allow_private=allow_private)
+                    posting[posted] = (item, lease)
+            if not posting:
+                break
+            done, _ = wait(posting, return_when=FIRST_COMPLETED)
+            for finished in done:
+                item, lease = posting.pop(finished)
                 with write_transaction(session):
                     outcome = _record(
                         session,
-                        posts[done],
-                        done.result(),
+                        item,
+                        finished.result(),
                         now=now,
                         clock=clock(),
                         lease=lease,
@@ -358,13 +375,20 @@ def _pools_answering_within(seconds: float) -> dict[str, type[HTTPConnectionPool
     return {"http": HttpPool, "https": HttpsPool}
 
 
-def _claim(session: DbSession, *, now: datetime, clock: datetime, lease: datetime) -> list[Claimed]:
+def _claim(
+    session: DbSession, *, now: datetime, clock: datetime, lease: datetime, most: int
+) -> list[Claimed]:
+    """Lease up to `most` due deliveries, one an endpoint (CLAIM leaves out endpoints with a
+    post under way; of several due for one endpoint, the soonest is taken, the rest stay)."""
     with write_transaction(session):
         sql = LedgerSql(session)
-        rows = sql.all(CLAIM, now=sql.time(now), clock=sql.time(clock), limit=CLAIM_BATCH)
-        if rows:
-            sql.run_many(LEASE, [{"lease": sql.time(lease), "delivery": row[0]} for row in rows])
-    return [_claimed(row) for row in rows]
+        taken: list[tuple[Any, ...]] = []
+        for row in sql.all(CLAIM, now=sql.time(now), clock=sql.time(clock), limit=most):
+            if all(row[2] != other[2] for other in taken):  # its endpoint's soonest only
+                taken.append(row)
+        if taken:
+            sql.run_many(LEASE, [{"lease": sql.time(lease), "delivery": row[0]} for row in taken])
+    return [_claimed(row) for row in taken]
 
 
 def _claimed(row: tuple[Any, ...]) -> Claimed:

@@ -816,6 +816,29 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_and_holds_back_no_other(
     assert trickling.connections == 1
 
 
+def test_a_receiver_that_hangs_holds_one_post_and_no_other_accounts_deliveries(
+    app: Flask, person: Person, person_factory: Any, receiver: WebhookReceiver
+) -> None:
+    """A run posts ten at once, each slot taking the next due delivery as it frees, one post an
+    endpoint at a time: twelve events due first for an endpoint that never answers held every
+    slot for the timeout (and the next round as long), and another account's event waited."""
+    other: Person = person_factory(credits=100 * CR)
+    with WebhookReceiver(SECRET, default=Answer(hang=True)) as hanging:
+        new_endpoint(person, hanging.url())
+        new_endpoint(other, receiver.url())
+        emit(person, 12, now=utcnow() - timedelta(minutes=1))
+        [awaited] = emit(other)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            running = pool.submit(run_job_at, app, JOB, utcnow())
+            # Within the hung post's timeout (10 s): a busy machine has room.
+            receiver.wait_for(lambda r: len(r.received) == 1, seconds=8)
+            assert len(hanging.received) == 1  # one post to that endpoint under way
+            hanging.release()
+            summary = running.result(timeout=60)
+    assert [post.webhook_id for post in receiver.received] == [f"evt_{awaited}"]
+    assert summary["delivered"] == 13 and len(hanging.received) == 12
+
+
 def test_a_manual_retry_never_posts_a_delivery_another_run_is_posting(
     app: Flask, person: Person, receiver: WebhookReceiver
 ) -> None:
