@@ -299,9 +299,12 @@ class Config:
         for name in ("PURCHASE_MIN_CREDITS", "PURCHASE_MAX_CREDITS"):
             if getattr(self, name) % 10:
                 raise ConfigurationError(f"{name} must be a multiple of 10 credits (a cent)")
-        if not self.PURCHASE_MIN_CREDITS <= self.PURCHASE_MAX_CREDITS <= 1_000_000_000:
+        # What Stripe charges in US dollars: $0.50 at least, $999,999.99 at most (a purchase
+        # outside it is refused by Stripe every time, which would read as Stripe being down).
+        if not 500 <= self.PURCHASE_MIN_CREDITS <= self.PURCHASE_MAX_CREDITS <= 999_999_990:
             raise ConfigurationError(
-                "PURCHASE_MIN_CREDITS <= PURCHASE_MAX_CREDITS <= 1000000000 is needed"
+                "500 <= PURCHASE_MIN_CREDITS <= PURCHASE_MAX_CREDITS <= 999999990 is needed"
+                " (Stripe charges $0.50 to $999,999.99)"
             )
         # Outgoing webhooks may go to plain http and to loopback, private, link-local and
         # metadata addresses (tests and development only: production refuses to start with it).

@@ -248,3 +248,20 @@ def test_beat_keeps_its_schedule_under_instance_whatever_the_broker(monkeypatch)
             monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
         settings = load_config("development").CELERY
         assert settings["beat_schedule_filename"] == str(INSTANCE_DIR / "celery-beat-schedule")
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [("490", "5000"), ("5000", "1000000000"), ("5000", "4000")],
+    ids=["below Stripe's least", "above Stripe's most", "crossed"],
+)
+def test_purchase_bounds_are_what_stripe_charges(monkeypatch, bounds: tuple[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """Stripe refuses a charge under $0.50 or over $999,999.99: such a bound would make every
+    purchase at it a 503 that reads as Stripe being down."""
+    monkeypatch.setenv("PURCHASE_MIN_CREDITS", bounds[0])
+    monkeypatch.setenv("PURCHASE_MAX_CREDITS", bounds[1])
+    with pytest.raises(ConfigurationError, match=r"\$0\.50 to \$999,999\.99"):
+        load_config("development")
+    monkeypatch.setenv("PURCHASE_MIN_CREDITS", "500")
+    monkeypatch.setenv("PURCHASE_MAX_CREDITS", "999999990")
+    assert load_config("development").PURCHASE_MAX_CREDITS == 999_999_990
