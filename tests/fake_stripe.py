@@ -9,7 +9,8 @@ It serves:
 
 - `POST /v1/checkout/sessions`: a `checkout.session` whose `url` is this server's own payment
   page; parameters it does not know are refused (400 `parameter_unknown`), as Stripe does.
-- `GET /v1/checkout/sessions/<id>`: the session as it is now (unknown: 404 `resource_missing`).
+- `GET /v1/checkout/sessions/<id>`: the session as it is now (unknown: 404 `resource_missing`),
+  its `payment_intent` an object with its `status` when `expand[]=payment_intent` asks.
 - `POST /v1/checkout/sessions/<id>/expire`: Stripe's expire call (sends the `expired` event).
 
 The payment page `GET /checkout/<id>` is plain HTML a browser can use: "Pay" posts to
@@ -243,6 +244,7 @@ class FakeStripe:
         self._sessions: dict[str, dict[str, Any]] = {}
         self._charges: dict[str, dict[str, Any]] = {}  # by session id, once paid
         self._settling: set[str] = set()  # sessions paid by a method that settles later
+        self._intent_status: dict[str, str] = {}  # each payment intent's, by its id
         self._replays: dict[tuple[str, str], tuple[dict[str, Any], bytes]] = {}
         self._calls: list[dict[str, Any]] = []
         self._deliveries: list[Delivery] = []
@@ -311,6 +313,7 @@ class FakeStripe:
             self._sessions.clear()
             self._charges.clear()
             self._settling.clear()
+            self._intent_status.clear()
             self._replays.clear()
             self._calls.clear()
             self._deliveries.clear()
@@ -342,6 +345,7 @@ class FakeStripe:
             )
             if asynchronous:
                 self._settling.add(session_id)
+                self._intent_status[session["payment_intent"]] = "processing"
             else:
                 self._charge(session)
             event = self._event("checkout.session.completed", session)
@@ -361,6 +365,8 @@ class FakeStripe:
         complete and unpaid, as at Stripe)."""
         with self._lock:
             session = self._settled(session_id)
+            # Stripe's payment intent asks for another payment method again.
+            self._intent_status[session["payment_intent"]] = "requires_payment_method"
             event = self._event("checkout.session.async_payment_failed", session)
         return self._deliver(event) if deliver else event
 
@@ -501,6 +507,7 @@ class FakeStripe:
         return session
 
     def _charge(self, session: dict[str, Any]) -> None:
+        self._intent_status[session["payment_intent"]] = "succeeded"
         self._charges[session["id"]] = {
             "id": stripe_id("ch_"),
             "object": "charge",
@@ -699,7 +706,17 @@ class FakeStripe:
             return copy.deepcopy(session)
         route = SESSION_PATH.fullmatch(path)
         if route and method == "GET" and not route["expire"]:
-            return copy.deepcopy(self._session(route["id"]))
+            found = copy.deepcopy(self._session(route["id"]))
+            if "payment_intent" in params.get("expand", []) and found["payment_intent"]:
+                intent = found["payment_intent"]
+                found["payment_intent"] = {
+                    "id": intent,
+                    "object": "payment_intent",
+                    "amount": found["amount_total"],
+                    "currency": found["currency"],
+                    "status": self._intent_status[intent],
+                }
+            return found
         if route and method == "POST" and route["expire"]:
             session = self._session(route["id"])
             if session["status"] != "open":

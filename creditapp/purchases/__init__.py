@@ -549,7 +549,8 @@ def sync(
     now: datetime,
 ) -> str:
     """Ask Stripe how a pending purchase's session ended and apply it as its webhook would
-    have: paid → granted (once, whoever gets there first), expired → failed."""
+    have: paid → granted (once, whoever gets there first), expired or its delayed payment
+    failed → failed."""
     session_id, created_at = session.execute(
         select(Purchase.checkout_session_id, Purchase.created_at).where(Purchase.id == purchase_id)
     ).one()
@@ -568,7 +569,11 @@ def sync(
         purchase = _locked(session, Purchase.id == purchase_id)
         if purchase is None or purchase.status != "pending":
             return "settled_meanwhile"
-        if checkout_session is None or checkout_session.status == "expired":
+        if (
+            checkout_session is None
+            or checkout_session.status == "expired"
+            or checkout_session.payment_failed  # its async_payment_failed event was lost
+        ):
             return _failed(session, purchase, "sync-purchases", context, now)
         if checkout_session.payment_status == "paid":
             _link(session, purchase, checkout_session.payment_intent)

@@ -27,6 +27,14 @@ class Session:
     payment_status: str | None  # paid, unpaid, no_payment_required
     amount_total: int | None
     payment_intent: str | None
+    # The payment intent's status, when it came expanded (`retrieve_session`): a delayed
+    # payment that failed leaves the session complete and unpaid, and its intent
+    # `requires_payment_method` (or `canceled`).
+    payment_intent_status: str | None = None
+
+    @property
+    def payment_failed(self) -> bool:
+        return self.payment_intent_status in ("requires_payment_method", "canceled")
 
 
 def session_of(stripe_object: Any) -> Session:
@@ -42,6 +50,7 @@ def session_of(stripe_object: Any) -> Session:
         payment_status=get("payment_status"),
         amount_total=get("amount_total"),
         payment_intent=intent if isinstance(intent, str) or intent is None else intent.get("id"),
+        payment_intent_status=intent.get("status") if isinstance(intent, dict) else None,
     )
 
 
@@ -99,7 +108,11 @@ class Checkout:
 
     def retrieve_session(self, session_id: str) -> Session:
         try:
-            return session_of(self._client.v1.checkout.sessions.retrieve(session_id))
+            return session_of(
+                self._client.v1.checkout.sessions.retrieve(
+                    session_id, {"expand": ["payment_intent"]}
+                )
+            )
         except stripe.InvalidRequestError as error:  # this session's: Stripe answers the rest
             raise CheckoutSessionUnknown(details={"stripe": error.code or ""}) from error
         except stripe.StripeError as error:

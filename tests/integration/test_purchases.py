@@ -220,6 +220,29 @@ def test_a_lost_webhook_is_recovered_by_the_job_once_even_run_twice_at_once(
     assert_consistent(app, [person.account_id])
 
 
+def test_a_lost_failure_of_a_delayed_payment_is_found_by_the_job(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    """The session of a delayed payment that failed stays complete and unpaid at Stripe: its
+    lost `async_payment_failed` left the purchase pending for good, asked about at every run.
+    The job reads the payment intent with it; one still processing stays pending."""
+    person = person_factory()
+    failing, failing_session = started(client, fake_stripe, person)
+    settling, settling_session = started(client, fake_stripe, person)
+    for session_id in (failing_session, settling_session):
+        deliver(client, fake_stripe, fake_stripe.pay(session_id, asynchronous=True, deliver=False))
+    fake_stripe.fail_async(failing_session, deliver=False)  # its webhook never arrives
+    summary = run_job_at(app, "sync-purchases", utcnow() + timedelta(minutes=6))
+    assert (summary.get("failed"), summary.get("still_pending")) == (1, 1)
+    assert [purchase(client, person, found)["status"] for found in (failing, settling)] == [
+        "failed",
+        "pending",
+    ]
+    retrieved = [call["params"] for call in fake_stripe.calls() if call["method"] == "GET"]
+    assert retrieved and all(asked == {"expand": ["payment_intent"]} for asked in retrieved)
+    assert balance(client, person) == "0"
+
+
 def test_the_job_looks_past_purchases_still_open_and_leaves_a_flagged_one_to_an_admin(
     app: Flask,
     client: FlaskClient,
