@@ -108,10 +108,17 @@ class DatabaseCollector(Collector):
             value=state["credits_sold"],
         )
         waiting = GaugeMetricFamily(
-            "creditapp_oldest_pending_purchase_age_seconds",
-            "Age of the oldest purchase still pending (0: none): paid ones the webhook and the"
-            " sync-purchases job have not granted, and unpaid checkouts",
-            value=state["oldest_pending_purchase_age"],
+            "creditapp_pending_purchase_unanswered_seconds",
+            "Longest a pending purchase has gone without word from Stripe (0: none): since it"
+            " was made, or since the sync-purchases job last had Stripe's answer about it"
+            " (flagged ones aside, creditapp_purchases_flagged)",
+            value=state["pending_purchase_unanswered"],
+        )
+        flagged = GaugeMetricFamily(
+            "creditapp_purchases_flagged",
+            "Pending purchases the sync-purchases job leaves to an admin (an amount Stripe took"
+            " that is not its price, a session Stripe does not know)",
+            value=state["purchases_flagged"],
         )
         undelivered = GaugeMetricFamily(
             "creditapp_webhook_oldest_undelivered_seconds",
@@ -133,7 +140,7 @@ class DatabaseCollector(Collector):
             value=state["webhook_overdue"],
         )
         yield from (holds, reserved, compensations, drift, oldest, runs, last_success)
-        yield from (periods, ttl, bought, sold, waiting, pending, undelivered, overdue)
+        yield from (periods, ttl, bought, sold, waiting, flagged, pending, undelivered, overdue)
 
 
 def database_state(session: DbSession) -> dict[str, Any]:
@@ -169,8 +176,19 @@ def database_state(session: DbSession) -> dict[str, Any]:
     credits_sold = session.scalar(
         select(func.coalesce(func.sum(Purchase.credits), 0)).where(Purchase.grant_id.is_not(None))
     )
-    oldest_purchase = read_time(
-        session.scalar(select(func.min(Purchase.created_at)).where(Purchase.status == "pending"))
+    # A pending purchase is known as of Stripe's last answer about it: an abandoned checkout
+    # stays pending until Stripe expires its session a day later, asked about at every run.
+    unanswered_since = read_time(
+        session.scalar(
+            select(func.min(func.coalesce(Purchase.looked_up_at, Purchase.created_at))).where(
+                Purchase.status == "pending", Purchase.problem.is_(None)
+            )
+        )
+    )
+    purchases_flagged = session.scalar(
+        select(func.count())
+        .select_from(Purchase)
+        .where(Purchase.status == "pending", Purchase.problem.is_not(None))
     )
     # Pending deliveries of endpoints the job sends to (one disabled or deleted sends nothing):
     # how many, the oldest event among them, and since when the one due longest has been due
@@ -198,7 +216,8 @@ def database_state(session: DbSession) -> dict[str, Any]:
         "webhook_overdue": _age(read_time(longest_due), now),
         "purchases": bought,
         "credits_sold": int(credits_sold or 0),
-        "oldest_pending_purchase_age": _age(oldest_purchase, now),
+        "pending_purchase_unanswered": _age(unanswered_since, now),
+        "purchases_flagged": purchases_flagged,
         "open_holds": count,
         "reserved": int(reserved),
         "oldest_hold_age": _age(oldest_hold, now),

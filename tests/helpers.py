@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import NameOID
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, text
 from werkzeug.test import TestResponse
 
@@ -414,3 +415,16 @@ def waits_for_a_lock() -> bool:
                 )
             )
         )
+
+
+def metric_value(body: str, name: str, **labels: str) -> float:
+    """A sample's value in a /metrics body (0: not there)."""
+    return next(
+        (
+            sample.value
+            for family in text_string_to_metric_families(body)
+            for sample in family.samples
+            if sample.name == name and sample.labels == labels
+        ),
+        0.0,
+    )

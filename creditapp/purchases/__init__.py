@@ -569,6 +569,7 @@ def sync(
         purchase = _locked(session, Purchase.id == purchase_id)
         if purchase is None or purchase.status != "pending":
             return "settled_meanwhile"
+        purchase.looked_up_at = now
         if (
             checkout_session is None
             or checkout_session.status == "expired"

@@ -40,6 +40,9 @@ class Purchase(db.Model):  # type: ignore[name-defined,misc]
     shortfall: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When the sync-purchases job last had Stripe's answer about it (None: never asked): a
+    # pending purchase is one whose state is known as of then, however old it is.
+    looked_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         CheckConstraint(one_of("status", PURCHASE_STATUSES), name="status_known"),

@@ -15,7 +15,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
 from creditapp import ledger
@@ -25,22 +24,17 @@ from creditapp.extensions import db
 from creditapp.metrics import UNPRICED
 from tests.conftest import TEST_CONTEXT, Person, utcnow
 from tests.fake_providers import Answer, FakeProviders
-from tests.helpers import add_price, new_team, run_job_at, scalar, start_conversation
+from tests.helpers import (
+    add_price,
+    metric_value,
+    new_team,
+    run_job_at,
+    scalar,
+    start_conversation,
+)
 from tests.integration.gateway_client import make_key
 from tests.integration.live_server import call, celery_process, live_server
 from tests.integration.tcp_proxy import TcpProxy
-
-
-def _samples(body: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-    }
-
-
-def _value(body: str, name: str, **labels: str) -> float:
-    return _samples(body).get((name, frozenset(labels.items())), 0.0)
 
 
 def test_the_database_gauges_and_the_token(
@@ -86,15 +80,19 @@ def test_the_database_gauges_and_the_token(
         *((account, None, team) for team, account in team_ids),
     }
     body = client.get("/metrics").get_data(as_text=True)
-    assert _value(body, "creditapp_database_up") == 1
-    assert _value(body, "creditapp_reconciliation_drift_accounts") == 3
-    assert _value(body, "creditapp_job_runs_total", job_name="reconcile", outcome="success") == 1
-    assert _value(body, "creditapp_job_last_success_timestamp_seconds", job_name="reconcile") > 0
-    assert _value(body, "creditapp_open_holds") == 0
-    assert _value(body, "creditapp_compensations", status="failed") == 0
-    assert _value(body, "creditapp_webhook_oldest_undelivered_seconds") == 0
-    assert _value(body, "creditapp_webhook_overdue_seconds") == 0
-    assert _value(body, "creditapp_webhook_pending_deliveries") == 0
+    assert metric_value(body, "creditapp_database_up") == 1
+    assert metric_value(body, "creditapp_reconciliation_drift_accounts") == 3
+    assert (
+        metric_value(body, "creditapp_job_runs_total", job_name="reconcile", outcome="success") == 1
+    )
+    assert (
+        metric_value(body, "creditapp_job_last_success_timestamp_seconds", job_name="reconcile") > 0
+    )
+    assert metric_value(body, "creditapp_open_holds") == 0
+    assert metric_value(body, "creditapp_compensations", status="failed") == 0
+    assert metric_value(body, "creditapp_webhook_oldest_undelivered_seconds") == 0
+    assert metric_value(body, "creditapp_webhook_overdue_seconds") == 0
+    assert metric_value(body, "creditapp_webhook_pending_deliveries") == 0
 
     monkeypatch.setitem(app.config, "METRICS_TOKEN", "s3cret-scrape-token")
     refused = client.get("/metrics")
@@ -134,16 +132,21 @@ def test_messages_and_credits_add_up_across_gunicorn_workers(
         scraped = call("GET", f"{base}/metrics")[2].decode()
     labels = {"provider": "openai", "model": "gpt-metrics"}
     charged = scalar(app, select(func.sum(UsageRecord.credits_charged)))
-    assert _value(scraped, "creditapp_messages_total", outcome="charged", **labels) == 7
-    assert _value(scraped, "creditapp_credits_charged_microcredits_total", **labels) == charged
-    assert _value(scraped, "creditapp_provider_request_duration_seconds_count", **labels) == 7
+    assert metric_value(scraped, "creditapp_messages_total", outcome="charged", **labels) == 7
+    assert (
+        metric_value(scraped, "creditapp_credits_charged_microcredits_total", **labels) == charged
+    )
+    assert metric_value(scraped, "creditapp_provider_request_duration_seconds_count", **labels) == 7
     route = "/api/conversations/<conversation_id>/messages"
     assert (
-        _value(scraped, "creditapp_http_requests_total", method="POST", route=route, status="201")
+        metric_value(
+            scraped, "creditapp_http_requests_total", method="POST", route=route, status="201"
+        )
         == 7
     )
     assert (
-        _value(scraped, "creditapp_ledger_operations_total", operation="settle", outcome="ok") == 7
+        metric_value(scraped, "creditapp_ledger_operations_total", operation="settle", outcome="ok")
+        == 7
     )
 
 
@@ -157,7 +160,9 @@ def test_a_job_a_celery_worker_ran_shows_in_the_metrics(app: Flask, client: Flas
         deadline = time.monotonic() + 60
         while True:
             body = client.get("/metrics").get_data(as_text=True)
-            if _value(body, "creditapp_job_runs_total", job_name="expire-holds", outcome="success"):
+            if metric_value(
+                body, "creditapp_job_runs_total", job_name="expire-holds", outcome="success"
+            ):
                 break
             assert time.monotonic() < deadline, "the worker's run never showed"
             time.sleep(0.2)
@@ -201,10 +206,10 @@ def test_with_the_database_cut_the_scrape_still_has_the_requests_and_says_so(
             proxy.restore()
             assert status == 200, scraped
             body = scraped.decode()
-            assert _value(body, "creditapp_database_up") == 0
+            assert metric_value(body, "creditapp_database_up") == 0
             assert "creditapp_open_holds" not in body
             answered = {
-                status: _value(
+                status: metric_value(
                     body,
                     "creditapp_http_requests_total",
                     method="GET",
@@ -215,7 +220,10 @@ def test_with_the_database_cut_the_scrape_still_has_the_requests_and_says_so(
             }
             assert answered == {"200": 1, "503": 1}
             deadline = time.monotonic() + 20
-            while _value(call("GET", f"{base}/metrics")[2].decode(), "creditapp_database_up") != 1:
+            while (
+                metric_value(call("GET", f"{base}/metrics")[2].decode(), "creditapp_database_up")
+                != 1
+            ):
                 assert time.monotonic() < deadline, "the scrape never found the database again"
                 time.sleep(0.25)
     finally:

@@ -14,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
+from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.jobs import purchases as sync_job
 from creditapp.ledger.models import AuditRecord, Grant
@@ -26,6 +27,7 @@ from tests.helpers import (
     buy,
     deliver,
     ledger_rows,
+    metric_value,
     new_team,
     run_job_at,
     scalar,
@@ -241,6 +243,40 @@ def test_a_lost_failure_of_a_delayed_payment_is_found_by_the_job(
     retrieved = [call["params"] for call in fake_stripe.calls() if call["method"] == "GET"]
     assert retrieved and all(asked == {"expand": ["payment_intent"]} for asked in retrieved)
     assert balance(client, person) == "0"
+
+
+def test_the_alerts_gauge_is_the_longest_a_pending_purchase_had_no_word_from_stripe(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    """An abandoned checkout stays pending, open at Stripe, for a day: measured by its age, the
+    pending-purchase alert fired for every one. Once the sync job has Stripe's answer, it is
+    known; a flagged purchase is counted apart, for an admin."""
+    person = person_factory()
+    open_one, _session = started(client, fake_stripe, person)
+    flagged, _other = started(client, fake_stripe, person)
+    with app.app_context():
+        with write_transaction(db.session):
+            db.session.execute(update(Purchase).values(created_at=utcnow() - timedelta(hours=2)))
+            db.session.execute(
+                update(Purchase)
+                .where(Purchase.id == int(flagged))
+                .values(problem="amount_mismatch")
+            )
+        db.session.remove()
+
+    def gauges() -> tuple[float, float]:
+        body = client.get("/metrics").get_data(as_text=True)
+        return (
+            metric_value(body, "creditapp_pending_purchase_unanswered_seconds"),
+            metric_value(body, "creditapp_purchases_flagged"),
+        )
+
+    unanswered, flagged_count = gauges()
+    assert 2 * 3600 - 60 < unanswered < 2 * 3600 + 600 and flagged_count == 1
+    assert run_job_at(app, "sync-purchases", utcnow())["still_pending"] == 1
+    unanswered, flagged_count = gauges()
+    assert unanswered < 600 and flagged_count == 1
+    assert purchase(client, person, open_one)["status"] == "pending"
 
 
 def test_the_job_looks_past_purchases_still_open_and_leaves_a_flagged_one_to_an_admin(
