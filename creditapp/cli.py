@@ -23,7 +23,6 @@ from creditapp.database import write_transaction
 from creditapp.errors import CreditAppError
 from creditapp.extensions import db
 from creditapp.jobs import JOBS, run_job
-from creditapp.ledger import alerts
 from creditapp.ledger.models import ADMIN_GRANT_SOURCES, REASON_CHARS
 from creditapp.money import AmountError, format_credits, parse_credits
 from creditapp.pricing import book, catalogue
@@ -310,8 +309,12 @@ def seed_demo() -> None:
                     context=CLI_CONTEXT,
                     now=now,
                 )
-                alerts.set_thresholds(
-                    db.session, account_id=account_id, amounts=DEMO_ALERT_THRESHOLDS, now=now
+                ledger.set_thresholds(
+                    db.session,
+                    account_id=account_id,
+                    amounts=DEMO_ALERT_THRESHOLDS,
+                    context=CLI_CONTEXT,
+                    now=now,
                 )
         admin = users.get_by_email(db.session, DEMO_ADMIN)
         character = _seed_demo_chat(admin, now)

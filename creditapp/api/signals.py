@@ -206,7 +206,11 @@ def set_alerts(args: dict[str, Any]) -> Any:
     team_id = args["team_id"]
     account_id = _account(team_id, for_change=True)
     found = ledger.set_thresholds(
-        db.session, account_id=account_id, amounts=args["thresholds"], now=datetime.now(UTC)
+        db.session,
+        account_id=account_id,
+        amounts=args["thresholds"],
+        context=audit_context(),
+        now=datetime.now(UTC),
     )
     return _alerts(team_id, found)
 

@@ -53,7 +53,7 @@ to the account (a compensation) before its ledger operation, in the same transac
 the write transaction holds the database's write lock from `BEGIN IMMEDIATE`.
 """
 
-from creditapp.ledger.alerts import MAX_THRESHOLDS, Threshold, set_thresholds, thresholds
+from creditapp.ledger.alerts import MAX_THRESHOLDS, Threshold, thresholds
 from creditapp.ledger.operations import (
     AuditContext,
     Balance,
@@ -76,6 +76,7 @@ from creditapp.ledger.operations import (
     record_action,
     refresh,
     refund,
+    set_thresholds,
     settle,
     transfer,
     void,

@@ -463,6 +463,37 @@ def record_action(
     )
 
 
+def set_thresholds(
+    session: DbSession,
+    *,
+    account_id: int,
+    amounts: list[int],
+    context: AuditContext,
+    now: datetime,
+) -> list[alerts.Threshold]:
+    """Replace the account's low-balance thresholds (`alerts.set_thresholds`), audited
+    (`alert_thresholds_set`) with what they were and what they are."""
+    sql = LedgerSql(session)
+    if sql.one(LOCK_ACCOUNT, account=account_id) is None:
+        raise NotFound("No such account.")
+    before = alerts.thresholds(session, account_id=account_id)
+    after = alerts.set_thresholds(session, account_id=account_id, amounts=amounts, now=now)
+    _audit(
+        sql,
+        account_id=account_id,
+        action="alert_thresholds_set",
+        context=context,
+        now=now,
+        before=None,
+        after=None,
+        details={
+            "before": [format_credits(threshold.amount) for threshold in before],
+            "after": [format_credits(threshold.amount) for threshold in after],
+        },
+    )
+    return after
+
+
 def open_account(
     session: DbSession, *, user_id: int | None = None, team_id: int | None = None, now: datetime
 ) -> int:

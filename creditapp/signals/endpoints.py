@@ -139,7 +139,15 @@ def create(
     session.add(endpoint)
     session.flush()
     alerts.watch(LedgerSql(session), account_id=account_id)
-    _audit(session, endpoint, "webhook_endpoint_created", context=context, now=now)
+    _audit(
+        session,
+        endpoint,
+        "webhook_endpoint_created",
+        context=context,
+        now=now,
+        url=endpoint.url,
+        events=endpoint.events,
+    )
     return endpoint
 
 
@@ -201,12 +209,17 @@ def change(
     if enabled is False and endpoint.enabled:
         _lock_account(session, endpoint)
     changed: list[str] = []
+    # Where the events went before and where they go now: the audit trail of a URL changed
+    # and changed back still says where they were sent meanwhile.
+    was: dict[str, str] = {}
     if url is not None and url.url != endpoint.url:
+        was.update(url_before=endpoint.url, url=url.url)
         endpoint.url = url.url
         changed.append("url")
     if events is not None:
         types = ",".join(listened(events))
         if types != endpoint.events:
+            was.update(events_before=endpoint.events, events=types)
             endpoint.events = types
             changed.append("events")
     if enabled is not None and enabled != endpoint.enabled:
@@ -226,6 +239,7 @@ def change(
             context=context,
             now=now,
             changed=",".join(changed),
+            **was,
             **({"disabled_reason": endpoint.disabled_reason} if endpoint.disabled_reason else {}),
         )
     return endpoint

@@ -78,6 +78,16 @@ def make_endpoint(client: FlaskClient, person: Person, **body: Any) -> dict[str,
     return made
 
 
+def audited_details(app: Flask, action: str) -> list[dict[str, Any]]:
+    """The details of every audit record of `action`, oldest first."""
+    with app.app_context():
+        found = db.session.scalars(
+            select(AuditRecord.details).where(AuditRecord.action == action).order_by(AuditRecord.id)
+        ).all()
+        db.session.remove()
+    return list(found)
+
+
 def endpoint_path(endpoint: dict[str, Any], tail: str = "") -> str:
     return f"{ENDPOINTS}/{endpoint['id']}{tail}"
 
@@ -169,6 +179,11 @@ def test_thresholds_are_set_and_read_lowest_first_armed_unless_already_below(
     assert cleared.get_json() == {"thresholds": [], "team_id": None}
     assert client.get(ALERTS, headers=person.headers).get_json() == cleared.get_json()
     assert not watched(app, person.account_id)
+    # Each change is audited with what the thresholds were and what they are.
+    assert audited_details(app, "alert_thresholds_set") == [
+        {"before": [], "after": ["5.5", "20", "100"]},
+        {"before": ["5.5", "20", "100"], "after": []},
+    ]
 
 
 def test_a_teams_thresholds_are_set_by_its_managers_and_read_by_its_members(
@@ -499,6 +514,23 @@ def test_an_endpoint_is_changed_and_enabling_it_clears_why_it_was_disabled(
     assert set(changed.get_json()) == ENDPOINT_FIELDS
     assert changed.get_json()["url"] == "http://127.0.0.1:10/other"
     assert changed.get_json()["events"] == ["purchase.completed"]
+    # The audit trail says where the events went, before and after.
+    created, moved = audited_details(app, "webhook_endpoint_created") + audited_details(
+        app, "webhook_endpoint_changed"
+    )
+    assert created == {
+        "endpoint_id": made["id"],
+        "url": HOOK,
+        "events": ",".join(made["events"]),
+    }
+    assert moved == {
+        "endpoint_id": made["id"],
+        "changed": "url,events",
+        "url_before": HOOK,
+        "url": "http://127.0.0.1:10/other",
+        "events_before": ",".join(made["events"]),
+        "events": "purchase.completed",
+    }
 
     with app.app_context():
         with write_transaction(db.session):
@@ -846,13 +878,7 @@ def test_the_endpoints_of_an_admin_who_leaves_or_is_made_a_member_are_disabled(
         owners["id"]: (True, None),
         **{endpoint["id"]: (False, "creator_left") for endpoint in made.values()},
     }
-    with app.app_context():
-        audited = db.session.scalars(
-            select(AuditRecord.details)
-            .where(AuditRecord.action == "webhook_endpoint_changed")
-            .order_by(AuditRecord.id)
-        ).all()
-        db.session.remove()
+    audited = audited_details(app, "webhook_endpoint_changed")
     assert [(entry["endpoint_id"], entry["disabled_reason"]) for entry in audited] == [
         (made[person.id]["id"], "creator_left") for person in (removed, leaving, demoted)
     ]
