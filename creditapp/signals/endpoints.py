@@ -20,7 +20,8 @@ Locks: an endpoint to change is locked FOR NO KEY UPDATE, which leaves a ledger 
 to add a delivery to it (the foreign key takes KEY SHARE); what stops it listening takes its
 account's row first, as a ledger operation does, so that no fan-out is under way while its
 pending deliveries fail (one that committed is failed with them; one that follows sees it
-stopped).
+stopped). A team's endpoint is locked after the team's row, as a member's removal, which
+disables the endpoints they made, takes them: team, endpoint, account.
 """
 
 from __future__ import annotations
@@ -169,27 +170,32 @@ class Managed:
 def get(session: DbSession, *, endpoint_id: int, user_id: int, for_change: bool = False) -> Managed:
     """An endpoint `user_id` manages (see `managed_account`); to change it, its row is
     locked (FOR NO KEY UPDATE: see the module's "Locks") and read as the database has it now (a
-    concurrent delete is seen)."""
+    concurrent delete is seen), after its team's row when it is a team's."""
     query = (
         select(WebhookEndpoint, Account.user_id, Account.team_id)
         .join(Account, Account.id == WebhookEndpoint.account_id)
         .where(WebhookEndpoint.id == endpoint_id)
     )
-    if for_change:
-        query = query.with_for_update(of=WebhookEndpoint, key_share=True).execution_options(
-            populate_existing=True
-        )
     found = session.execute(query).one_or_none()
     if found is None:
         raise NotFound(NO_SUCH_ENDPOINT)
     endpoint, owner_id, team_id = found
-    if endpoint.deleted_at is not None or (team_id is None and owner_id != user_id):
+    if team_id is None and owner_id != user_id:
         raise NotFound(NO_SUCH_ENDPOINT)
     if team_id is not None:
         try:
             managed_account(session, user_id=user_id, team_id=team_id, for_change=for_change)
         except NotFound:
             raise NotFound(NO_SUCH_ENDPOINT) from None
+    if for_change:
+        endpoint = session.execute(
+            select(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoint_id)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        ).scalar_one()
+    if endpoint.deleted_at is not None:
+        raise NotFound(NO_SUCH_ENDPOINT)
     return Managed(endpoint, team_id)
 
 
@@ -273,10 +279,14 @@ def stop_of_former_manager(
     one they chose, perhaps their own server, and the team's events (balances, purchases,
     members' caps) are no longer theirs to see. The team's managers may enable them again."""
     account_id = accounts.of_team(session, team_id)
+    # All of them locked first, in id order, then the account (by the first `change`): an
+    # endpoint before its account, as everywhere (module docstring, "Locks").
     made = session.scalars(
         of_account(account_id)
         .where(WebhookEndpoint.created_by == user_id, WebhookEndpoint.enabled.is_(True))
         .order_by(WebhookEndpoint.id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
     ).all()
     for endpoint in made:
         change(
