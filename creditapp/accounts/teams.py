@@ -459,8 +459,10 @@ def fund(
     context: ledger.AuditContext,
     now: datetime,
 ) -> ledger.TransferResult:
-    """Move `amount` from the member's personal account to the team's (any member may)."""
-    membership(session, team_id=team_id, user_id=user_id)
+    """Move `amount` from the member's personal account to the team's (any member may). The
+    team's row is held (`staying_member`): a removal of the member commits before the transfer
+    (which is then refused) or after it, never between the check and the move."""
+    staying_member(session, team_id=team_id, user_id=user_id)
     return ledger.transfer(
         session,
         from_account=personal_account,

@@ -18,12 +18,21 @@ from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from creditapp import ledger
+from creditapp.accounts import teams
 from creditapp.database import write_transaction
 from creditapp.extensions import db
 from creditapp.ledger.models import AuditRecord, Grant, LedgerEntry
 from creditapp.money import parse_credits
 from tests.conftest import TEST_CONTEXT, Person, utcnow
-from tests.helpers import GRANT, assert_consistent, assert_error, new_team, scalar
+from tests.helpers import (
+    GRANT,
+    assert_consistent,
+    assert_error,
+    new_team,
+    scalar,
+    until,
+    waits_for_a_lock,
+)
 
 CR = 1_000_000
 
@@ -359,3 +368,59 @@ def test_of_twenty_transfers_at_once_exactly_as_many_pass_as_the_balance_holds(
     assert audit_actions(app, team_account).count("transfer_in") == fits
     assert_consistent(app, [member.account_id, team_account])
     assert_consistent(app)
+
+
+@pytest.mark.postgres_only
+def test_a_transfer_and_the_removal_of_its_member_run_one_after_the_other(
+    app: Flask, person_factory: Any
+) -> None:
+    """The transfer holds the team's row from its membership check to its commit: a removal
+    of the member waits for it (the credits moved while they were a member), where it could
+    commit in between and the credits went to a team they were no longer in."""
+    owner, member = person_factory(), person_factory(credits=10 * CR)
+    team_id, team_account = team_of(app, owner, member)
+    moved, release = threading.Event(), threading.Event()
+
+    def fund() -> None:
+        with app.app_context():
+            with write_transaction(db.session):
+                teams.fund(
+                    db.session,
+                    team_id=team_id,
+                    user_id=member.id,
+                    personal_account=member.account_id,
+                    amount=CR,
+                    context=TEST_CONTEXT,
+                    now=utcnow(),
+                )
+                moved.set()
+                release.wait(10)
+            db.session.remove()
+
+    def remove() -> None:
+        with app.app_context():
+            with write_transaction(db.session):
+                teams.remove_member(
+                    db.session,
+                    team_id=team_id,
+                    actor_id=owner.id,
+                    user_id=member.id,
+                    context=TEST_CONTEXT,
+                    now=utcnow(),
+                )
+            db.session.remove()
+
+    funding = threading.Thread(target=fund)
+    funding.start()
+    try:
+        assert moved.wait(10)
+        removing = threading.Thread(target=remove)
+        removing.start()
+        with app.app_context():
+            assert until(waits_for_a_lock), "the removal did not wait for the transfer"
+        assert removing.is_alive()
+    finally:
+        release.set()
+        funding.join()
+    removing.join()
+    assert balance_of(app, team_account) == ledger.Balance(CR, 0)
