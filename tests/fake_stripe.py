@@ -245,6 +245,7 @@ class FakeStripe:
         self._charges: dict[str, dict[str, Any]] = {}  # by session id, once paid
         self._settling: set[str] = set()  # sessions paid by a method that settles later
         self._intent_status: dict[str, str] = {}  # each payment intent's, by its id
+        self._disputes: dict[str, dict[str, Any]] = {}  # by session id
         self._replays: dict[tuple[str, str], tuple[dict[str, Any], bytes]] = {}
         self._calls: list[dict[str, Any]] = []
         self._deliveries: list[Delivery] = []
@@ -314,6 +315,7 @@ class FakeStripe:
             self._charges.clear()
             self._settling.clear()
             self._intent_status.clear()
+            self._disputes.clear()
             self._replays.clear()
             self._calls.clear()
             self._deliveries.clear()
@@ -422,7 +424,21 @@ class FakeStripe:
                 "reason": "fraudulent",
                 "status": "needs_response",
             }
+            self._disputes[session_id] = dispute
             event = self._event("charge.dispute.created", dispute)
+        return self._deliver(event) if deliver else event
+
+    def close_dispute(
+        self, session_id: str, status: str = "won", *, deliver: bool = True
+    ) -> dict[str, Any]:
+        """The charge's dispute ends: `charge.dispute.closed` with its `status`, "won" (the
+        merchant keeps the money), "warning_closed" (an inquiry that never became a
+        chargeback) or "lost"."""
+        with self._lock:
+            dispute = self._disputes[session_id]
+            previous = {"status": dispute["status"]}
+            dispute["status"] = status
+            event = self._event("charge.dispute.closed", dispute, previous)
         return self._deliver(event) if deliver else event
 
     # Webhooks

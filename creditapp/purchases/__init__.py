@@ -190,7 +190,9 @@ _SESSION_EVENTS = (
     "checkout.session.async_payment_failed",
     "checkout.session.expired",
 )
-_CHARGE_EVENTS = ("charge.refunded", "charge.dispute.created")
+_CHARGE_EVENTS = ("charge.refunded", "charge.dispute.created", "charge.dispute.closed")
+# How a closed dispute leaves the money with the merchant: its credits are the buyer's again.
+_DISPUTE_WON = ("won", "warning_closed")
 
 
 def receive(
@@ -259,35 +261,45 @@ def _apply(
         intent = _intent_of(stripe_object.get("payment_intent"))
         if intent is None:
             return Received("unknown_purchase", None)
+        won = False
         if event_type == "charge.refunded":
             refunded = stripe_object.get("amount_refunded")
             if not isinstance(refunded, int) or isinstance(refunded, bool) or refunded < 0:
                 return Received("ignored", None)
             # More than any purchase costs means all of it: kept within the column's range.
             said = _charge_facts(session, intent, refunded_cents=min(refunded, _LARGEST_CENTS))
-        else:
-            said = _charge_facts(session, intent, disputed=True)
+        else:  # a dispute, opened, or closed (lost: as opened; won: its credits come back)
+            won = event_type == "charge.dispute.closed" and stripe_object.get("status") in (
+                _DISPUTE_WON
+            )
+            said = _charge_facts(session, intent, disputed=True, dispute_won=won)
         # Not linked yet: what the event said is kept, and applied when the purchase is.
         purchase = _locked(session, Purchase.payment_intent == intent)
         if purchase is None:
             return Received("unknown_purchase", None)
         _charged_back(purchase, *said)
         _take_back(session, purchase, cause, context, now)
-        return Received("clawed_back", purchase.id)
+        return Received("dispute_won" if won else "clawed_back", purchase.id)
     return Received("ignored", None)
 
 
 def _charge_facts(
-    session: DbSession, intent: str, *, refunded_cents: int = 0, disputed: bool = False
-) -> tuple[int, bool]:
+    session: DbSession,
+    intent: str,
+    *,
+    refunded_cents: int = 0,
+    disputed: bool = False,
+    dispute_won: bool = False,
+) -> tuple[int, bool, bool]:
     """What the charge events of the payment `intent` have said so far (the refunded cents,
-    whether disputed), this event's word included (none: zero, False). The intent's row stays
+    whether disputed, whether the dispute was won), this event's word included (none: zero,
+    False, False). The intent's row stays
     locked until the transaction ends: a charge event and the linking of the intent's purchase
     run one after the other, and whichever comes second sees what the first wrote."""
     table = StripePaymentIntent.__table__
     insert = dialect_of(session).insert(table)
     upsert = insert.values(
-        id=intent, refunded_cents=refunded_cents, disputed=disputed
+        id=intent, refunded_cents=refunded_cents, disputed=disputed, dispute_won=dispute_won
     ).on_conflict_do_update(
         index_elements=["id"],
         set_={
@@ -299,12 +311,13 @@ def _charge_facts(
                 else_=table.c.refunded_cents,
             ),
             "disputed": or_(table.c.disputed, insert.excluded.disputed),
+            "dispute_won": or_(table.c.dispute_won, insert.excluded.dispute_won),
         },
     )
-    refunded, was_disputed = session.execute(
-        upsert.returning(table.c.refunded_cents, table.c.disputed)
+    refunded, was_disputed, won = session.execute(
+        upsert.returning(table.c.refunded_cents, table.c.disputed, table.c.dispute_won)
     ).one()
-    return int(refunded), bool(was_disputed)
+    return int(refunded), bool(was_disputed), bool(won)
 
 
 def _intent_of(value: Any) -> str | None:
@@ -324,14 +337,23 @@ def _link(session: DbSession, purchase: Purchase, payment_intent: str | None) ->
     _charged_back(purchase, *_charge_facts(session, intent))
 
 
-def _charged_back(purchase: Purchase, refunded_cents: int, disputed: bool) -> None:
+def _charged_back(
+    purchase: Purchase, refunded_cents: int, disputed: bool, dispute_won: bool
+) -> None:
     """What refunds and a dispute said of the purchase's payment: the refunded cents never go
-    down (a late, older event says less), and a dispute takes back the whole purchase.
-    `_take_back` takes the credits, once they were granted."""
-    refunded = purchase.amount_cents if disputed else min(refunded_cents, purchase.amount_cents)
-    purchase.refunded_cents = max(purchase.refunded_cents, refunded)
-    if disputed:
+    down (a late, older event says less), and a dispute takes back the whole purchase until it
+    is won, when only the refunds count again. `_take_back` takes the credits (or gives back
+    what a won dispute had taken), once they were granted."""
+    refunds = min(refunded_cents, purchase.amount_cents)
+    if disputed and not dispute_won:
+        purchase.refunded_cents = purchase.amount_cents
         purchase.status = "disputed"
+    elif dispute_won and purchase.status == "disputed":
+        purchase.refunded_cents = refunds
+        # Its refunds, if any, set it apart again in `_take_back`.
+        purchase.status = "paid" if purchase.grant_id is not None else "pending"
+    else:
+        purchase.refunded_cents = max(purchase.refunded_cents, refunds)
 
 
 def _locked(session: DbSession, condition: Any) -> Purchase | None:
@@ -464,11 +486,15 @@ def _take_back(
     now: datetime,
 ) -> None:
     """Take back the credits of what was refunded so far and not yet taken back (nothing
-    before the credits were granted); what the account does not have is the shortfall."""
+    before the credits were granted); what the account does not have is the shortfall. A won
+    dispute owes less than was taken: the shortfall is forgiven first, then what was taken
+    is granted back."""
     if purchase.grant_id is None:
         return
     owed = min(purchase.refunded_cents * MICRO_PER_CENT, purchase.credits)
     due = owed - purchase.clawed_back - purchase.shortfall
+    if due < 0:
+        _give_back(session, purchase, -due, cause, context, now)
     if due > 0:
         why = "disputed" if purchase.status == "disputed" else "refunded"
         taken = ledger.claw_back(
@@ -490,6 +516,36 @@ def _take_back(
         purchase.status = "refunded" if whole else "partially_refunded"
     if due > 0:
         _announce(session, purchase, "purchase.refunded", now)
+
+
+def _give_back(
+    session: DbSession,
+    purchase: Purchase,
+    excess: int,
+    cause: str,
+    context: ledger.AuditContext,
+    now: datetime,
+) -> None:
+    """A dispute won: what it took beyond what is refunded is the buyer's again, as a new grant
+    of the purchase (never expiring: the credits it took may have come from grants that have
+    expired since, as a refund's do)."""
+    forgiven = min(purchase.shortfall, excess)
+    purchase.shortfall -= forgiven
+    returned = min(purchase.clawed_back, excess - forgiven)
+    purchase.clawed_back -= returned
+    if returned:
+        ledger.grant(
+            session,
+            account_id=purchase.account_id,
+            amount=returned,
+            source="purchase",
+            reason=f"purchase {purchase.id} dispute won",
+            context=context,
+            now=now,
+            reference=f"purchase:{purchase.id}",
+            audit_details={"purchase_id": str(purchase.id), "cause": cause},
+            user_id=purchase.user_id,
+        )
 
 
 def _announce(session: DbSession, purchase: Purchase, event_type: str, now: datetime) -> None:

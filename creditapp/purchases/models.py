@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, String, text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, String, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from creditapp.database import BigIntId, UTCDateTime, one_of
@@ -82,7 +82,9 @@ class StripeEvent(db.Model):  # type: ignore[name-defined,misc]
 
 class StripePaymentIntent(db.Model):  # type: ignore[name-defined,misc]
     """What Stripe's charge events have said of a payment intent: the refunded amount (the
-    largest `amount_refunded` seen: it is cumulative) and whether it is disputed. Kept whatever
+    largest `amount_refunded` seen: it is cumulative), whether it was disputed, and whether the
+    dispute closed in the merchant's favour (won, or an inquiry closed with a warning: the money
+    stays, and so do the credits). Both flags only ever become true. Kept whatever
     order events come in, so that a refund or a dispute that arrives before its purchase is
     linked to the intent (by its Checkout Session's event, or the sync job) is applied when it
     is. Written by an upsert on both sides, whose row lock makes the second see the first."""
@@ -92,5 +94,8 @@ class StripePaymentIntent(db.Model):  # type: ignore[name-defined,misc]
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     refunded_cents: Mapped[int] = mapped_column(BigInteger, nullable=False)
     disputed: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    dispute_won: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
 
     __table_args__ = (CheckConstraint("refunded_cents >= 0", name="refunded_not_negative"),)

@@ -456,6 +456,80 @@ def test_a_dispute_takes_back_the_whole_purchase(
     assert balance(client, person) == "0"
 
 
+@pytest.mark.parametrize("closed_as", ["won", "warning_closed"])
+def test_a_dispute_won_gives_back_what_it_took_and_forgives_the_shortfall(
+    app: Flask,
+    client: FlaskClient,
+    person_factory: Any,
+    fake_stripe: FakeStripe,
+    admin: Person,
+    closed_as: str,
+) -> None:
+    """The merchant kept the money: the credits the dispute took are the buyer's again, and
+    what it could not take (spent already) is no longer owed; a partial refund still counts.
+    A won dispute was ignored: paid for, and taken back for good."""
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    deliver(client, fake_stripe, fake_stripe.pay(session_id, deliver=False))
+    deliver(client, fake_stripe, fake_stripe.refund(session_id, 100, deliver=False))  # $1
+    spent = client.post(
+        "/api/admin/credit/adjust",
+        json={"user_id": str(person.id), "amount": "-1500", "reason": "spent"},
+        headers=admin.headers,
+    )
+    assert spent.status_code == 200, spent.get_json()
+    deliver(client, fake_stripe, fake_stripe.dispute(session_id, deliver=False))
+    found = purchase(client, person, purchase_id)
+    assert (found["status"], found["clawed_back"], found["shortfall"]) == (
+        "disputed",
+        "3500",
+        "1500",
+    )
+    closed = deliver(
+        client, fake_stripe, fake_stripe.close_dispute(session_id, closed_as, deliver=False)
+    )
+    assert closed.get_json()["outcome"] == "dispute_won"
+    found = purchase(client, person, purchase_id)
+    # $1 of $5 refunded: 1000 credits owed back, taken with the refund; the rest returns.
+    assert (found["status"], found["clawed_back"], found["shortfall"]) == (
+        "partially_refunded",
+        "1000",
+        "0",
+    )
+    assert balance(client, person) == "2500"  # 5000 - 1000 refunded - 1500 spent
+    assert_consistent(app, [person.account_id])
+
+
+def test_a_dispute_won_before_it_was_opened_takes_nothing_and_a_lost_one_stays(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
+) -> None:
+    """Stripe does not keep its events in order: the won dispute's event first, then its
+    opening, takes nothing. A dispute lost changes nothing more."""
+    person = person_factory()
+    won_purchase, won_session = started(client, fake_stripe, person)
+    lost_purchase, lost_session = started(client, fake_stripe, person)
+    for session_id in (won_session, lost_session):
+        deliver(client, fake_stripe, fake_stripe.pay(session_id, deliver=False))
+    opened = fake_stripe.dispute(won_session, deliver=False)
+    deliver(client, fake_stripe, fake_stripe.close_dispute(won_session, deliver=False))
+    deliver(client, fake_stripe, opened)
+    deliver(client, fake_stripe, fake_stripe.dispute(lost_session, deliver=False))
+    lost = deliver(
+        client, fake_stripe, fake_stripe.close_dispute(lost_session, "lost", deliver=False)
+    )
+    assert lost.get_json()["outcome"] == "clawed_back"
+    standing = [
+        (found["status"], found["clawed_back"])
+        for found in (
+            purchase(client, person, won_purchase),
+            purchase(client, person, lost_purchase),
+        )
+    ]
+    assert standing == [("paid", "0"), ("disputed", "5000")]
+    assert balance(client, person) == "5000"
+    assert_consistent(app, [person.account_id])
+
+
 @pytest.mark.parametrize(
     ("word", "status", "left"),
     [
