@@ -341,7 +341,7 @@ class FakeStripe:
             session.update(
                 status="complete",
                 url=None,
-                payment_intent=stripe_id("pi_"),
+                payment_intent=session["payment_intent"] or stripe_id("pi_"),
                 payment_status="unpaid" if asynchronous else "paid",
                 customer_details={"email": session["customer_email"] or "buyer@example.com"},
             )
@@ -352,6 +352,15 @@ class FakeStripe:
                 self._charge(session)
             event = self._event("checkout.session.completed", session)
         return self._deliver(event) if deliver else event
+
+    def decline(self, session_id: str) -> None:
+        """The buyer's card is declined: the session stays open with its payment intent back at
+        `requires_payment_method` (the buyer may pay with another card; no event)."""
+        with self._lock:
+            session = self._session(session_id)
+            self._require(session, status="open")
+            session["payment_intent"] = session["payment_intent"] or stripe_id("pi_")
+            self._intent_status[session["payment_intent"]] = "requires_payment_method"
 
     def settle_async(self, session_id: str, *, deliver: bool = True) -> dict[str, Any]:
         """A delayed payment succeeds: `checkout.session.async_payment_succeeded`."""

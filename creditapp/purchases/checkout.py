@@ -34,7 +34,14 @@ class Session:
 
     @property
     def payment_failed(self) -> bool:
-        return self.payment_intent_status in ("requires_payment_method", "canceled")
+        """A completed checkout whose delayed payment failed. Only a completed one: while the
+        session is open, a declined card leaves its intent `requires_payment_method` too, and
+        the buyer may still pay with another."""
+        return (
+            self.status == "complete"
+            and self.payment_status == "unpaid"
+            and self.payment_intent_status in ("requires_payment_method", "canceled")
+        )
 
 
 def session_of(stripe_object: Any) -> Session:
