@@ -99,9 +99,9 @@ class TeamOwnerOnly(Forbidden):
     making a member one, changing an admin's role or cap (their own included) or the owner's
     cap, and removing another admin are the owner's to do (a cap an admin, or an admin they
     made, could lift would bind nothing; the admins the owner chose stay until the owner says
-    otherwise, or they leave). An admin with a cap of their own gives the members they add or
-    change a cap no higher than theirs, over a period no shorter: a member they add or uncap
-    may be themselves under another account, and their cap would bind nothing either."""
+    otherwise, or they leave). So are adding members and changing members' caps when the admin
+    has a cap of their own: a member they add or uncap may be themselves under another account
+    (as many as they like), and their cap would bind nothing either."""
 
     code = "team_owner_only"
     message = "Only the team's owner may change this member."

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Select, func, or_, select
 
 from creditapp import ledger
 from creditapp.accounts import of_team
-from creditapp.accounts.models import MANAGING_ROLES, MEMBER_CAP_PERIODS, Team, TeamMember
+from creditapp.accounts.models import MANAGING_ROLES, Team, TeamMember
 from creditapp.auth import api_keys, users
 from creditapp.auth.models import User
 from creditapp.database import DbSession
@@ -42,6 +42,14 @@ from creditapp.money import format_credits
 TO_TEAM, FROM_USER = "team:", "user:"
 # A new member's cap counts per calendar month unless told otherwise.
 DEFAULT_CAP_PERIOD = "month"
+
+
+@dataclass(frozen=True)
+class MemberChange:
+    """A member as a change left them, and whether it made an admin a plain member."""
+
+    standing: MemberStanding
+    demoted: bool
 
 
 @dataclass(frozen=True)
@@ -169,20 +177,9 @@ def managing(session: DbSession, *, team_id: int, user_id: int) -> TeamMember:
     return member
 
 
-def _within_own_cap(
-    session: DbSession, admin: TeamMember, cap: int | None, cap_period: str, *, now: datetime
-) -> bool:
-    """Whether an admin may give a member this cap (see TeamOwnerOnly): any, when the admin has
-    no ceiling; else one no higher than theirs, over a period no shorter (a member's 20 a day
-    is 600 a month)."""
-    own = member_standing(session, team_id=admin.team_id, user_id=admin.user_id, now=now)
-    if own.cap is None:
-        return True
-    return (
-        cap is not None
-        and cap <= own.cap
-        and MEMBER_CAP_PERIODS.index(cap_period) >= MEMBER_CAP_PERIODS.index(own.cap_period)
-    )
+def _capped(session: DbSession, member: TeamMember, *, now: datetime) -> bool:
+    """Whether the member's own spending has a ceiling (see TeamOwnerOnly)."""
+    return caps.standing(session, cap_id=member.cap_id, now=now).ceiling is not None
 
 
 def _member_now(session: DbSession, *, team_id: int, user_id: int) -> TeamMember | None:
@@ -329,9 +326,7 @@ def add_member(
     """Add the user with this email (they must have signed up) as an admin (by the owner: see
     TeamOwnerOnly) or a member."""
     actor = managing(session, team_id=team_id, user_id=actor_id)
-    if actor.role != "owner" and (
-        role == "admin" or not _within_own_cap(session, actor, cap, cap_period, now=now)
-    ):
+    if actor.role != "owner" and (role == "admin" or _capped(session, actor, now=now)):
         raise TeamOwnerOnly()
     user = users.find_by_email(session, email)
     if user is None:
@@ -372,19 +367,20 @@ def change_member(
     role: str | None = None,
     cap: int | object | None = _UNCHANGED,
     cap_period: str | None = None,
-) -> MemberStanding:
+) -> MemberChange:
     """Change a member's role (admin or member: the owner's stays) or cap. A new cap binds the
     holds placed from now on; a new period counts this period's spending from the charges.
     An admin changes plain members only, and makes none an admin (TeamOwnerOnly)."""
     actor = managing(session, team_id=team_id, user_id=actor_id)
     member = _member_of(session, team_id=team_id, user_id=user_id)
-    if actor.role != "owner" and (member.role != "member" or role == "admin"):
+    changes_cap = cap is not _UNCHANGED or cap_period is not None
+    if actor.role != "owner" and (
+        member.role != "member"
+        or role == "admin"
+        or (changes_cap and _capped(session, actor, now=now))
+    ):
         raise TeamOwnerOnly()
-    if actor.role != "owner" and (cap is not _UNCHANGED or cap_period is not None):
-        current = member_standing(session, team_id=team_id, user_id=user_id, now=now)
-        ceiling = current.cap if cap is _UNCHANGED else cast(int | None, cap)
-        if not _within_own_cap(session, actor, ceiling, cap_period or current.cap_period, now=now):
-            raise TeamOwnerOnly()
+    demoted = member.role == "admin" and role == "member"
     changed: dict[str, str | None] = {}
     if role is not None and role != member.role:
         if member.role == "owner":
@@ -411,7 +407,9 @@ def change_member(
         )
     # The cap row was changed by SQL: read it again, not from the session's identity map.
     session.expire_all()
-    return member_standing(session, team_id=team_id, user_id=user_id, now=now)
+    return MemberChange(
+        member_standing(session, team_id=team_id, user_id=user_id, now=now), demoted=demoted
+    )
 
 
 def remove_member(

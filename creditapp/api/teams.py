@@ -249,7 +249,7 @@ def change_member(args: dict[str, Any], team_id: str, user_id: str) -> Any:
     An admin made a plain member has the team's webhook endpoints they made disabled."""
     team, member = _team_id(team_id), path_id(user_id, "user_id")
     context, now = audit_context(), datetime.now(UTC)
-    changed = teams.change_member(
+    change = teams.change_member(
         db.session,
         team_id=team,
         actor_id=caller().id,
@@ -258,11 +258,11 @@ def change_member(args: dict[str, Any], team_id: str, user_id: str) -> Any:
         context=context,
         now=now,
     )
-    if changed.role == "member":
+    if change.demoted:
         endpoints.stop_of_former_manager(
             db.session, team_id=team, user_id=member, context=context, now=now
         )
-    return changed
+    return change.standing
 
 
 @blp.route("/teams/<team_id>/members/<user_id>", methods=["DELETE"])

@@ -882,11 +882,14 @@ def test_the_endpoints_of_an_admin_who_leaves_or_is_made_a_member_are_disabled(
     assert [(entry["endpoint_id"], entry["disabled_reason"]) for entry in audited] == [
         (made[person.id]["id"], "creator_left") for person in (removed, leaving, demoted)
     ]
-    # The owner may take one back: enabled, it no longer says why it was stopped.
-    enabled = client.patch(
-        endpoint_path(made[removed.id]), json={"enabled": True}, headers=with_key(owner)
-    )
+    # The owner may take one back: enabled, it no longer says why it was stopped, and a later
+    # change of its maker, a plain member now, leaves it so.
+    retaken = endpoint_path(made[demoted.id])
+    enabled = client.patch(retaken, json={"enabled": True}, headers=with_key(owner))
     assert (enabled.get_json()["enabled"], enabled.get_json()["disabled_reason"]) == (True, None)
+    recapped = client.patch(f"{members}/{demoted.id}", json={"cap": "5"}, headers=with_key(owner))
+    assert recapped.status_code == 200, recapped.get_json()
+    assert client.get(retaken, headers=owner.headers).get_json()["enabled"] is True
 
 
 # 4. Deliveries, retry and the test event
