@@ -11,6 +11,7 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
+from sqlalchemy.orm import aliased
 
 from creditapp.billing.models import Compensation
 from creditapp.database import DbSession, read_time
@@ -194,12 +195,29 @@ def database_state(session: DbSession) -> dict[str, Any]:
     # how many, the oldest event among them, and since when the one due longest has been due
     # (a retry scheduled for later is not due yet). The job runs in Celery workers, which are
     # not scraped: what it did is read here.
+    # A delivery whose endpoint has a post under way waits for it (one post an endpoint at a
+    # time), not for the job: it is not overdue, however long the endpoint's backlog.
+    posting = aliased(WebhookDelivery)
+    endpoint_busy = (
+        select(posting.id)
+        .where(
+            posting.endpoint_id == WebhookDelivery.endpoint_id,
+            posting.status == "pending",
+            posting.claimed_until > now,
+        )
+        .exists()
+    )
     pending_deliveries, oldest_undelivered, longest_due = session.execute(
         select(
             func.count(),
             func.min(WebhookEvent.created_at),
             func.min(
-                case((WebhookDelivery.next_attempt_at <= now, WebhookDelivery.next_attempt_at))
+                case(
+                    (
+                        (WebhookDelivery.next_attempt_at <= now) & ~endpoint_busy,
+                        WebhookDelivery.next_attempt_at,
+                    )
+                )
             ),
         )
         .join(WebhookDelivery, WebhookDelivery.event_id == WebhookEvent.id)

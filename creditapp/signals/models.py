@@ -144,5 +144,13 @@ class WebhookDelivery(db.Model):  # type: ignore[name-defined,misc]
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
+        # An endpoint's pending deliveries: whether one is under way (a claim posts one an
+        # endpoint at a time; the overdue gauge leaves out those waiting for their endpoint).
+        Index(
+            "ix_webhook_deliveries_pending_endpoint",
+            "endpoint_id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
         {"sqlite_autoincrement": True},  # a delivery's id is the API's: never given twice
     )

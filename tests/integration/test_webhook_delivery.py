@@ -753,6 +753,17 @@ def test_the_deliveries_waiting_the_oldest_event_and_the_longest_due_are_measure
     assert overdue() == 0
     assert run_job_at(app, JOB, utcnow() + timedelta(hours=1))["delivered"] == 1
     assert (pending(), undelivered(), overdue()) == (0, 0, 0)
+    # An endpoint with a post under way: its other deliveries wait for that post (one an
+    # endpoint at a time), not for the job, and are not overdue.
+    emit(person, 2, now=utcnow() - timedelta(hours=2))
+    posted = min(row.id for row in deliveries() if row.status == "pending")
+    with write_transaction(db.session):
+        db.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == posted)
+            .values(claimed_until=utcnow() + timedelta(minutes=1))
+        )
+    assert (pending(), overdue()) == (2, 0)
 
 
 class TricklingReceiver:
