@@ -39,6 +39,7 @@ from creditapp.ledger.models import GRANT_SOURCES, Grant
 from creditapp.ledger.sql import (
     BALANCE_AS_OF,
     CHANGE_GRANT,
+    CLAWED_BACK,
     DATE_RESOLUTION,
     EXPIRED_CREDIT_ACCOUNTS,
     HOLD_STATE,
@@ -639,6 +640,15 @@ def claw_back(
         },
     )
     return taken
+
+
+def clawed_back_from(
+    session: DbSession, *, account_id: int, reference: str
+) -> list[tuple[int, datetime | None]]:
+    """What the claw-backs of `reference` took, per grant drawn, newest first: the amount and
+    when that grant expires (None: never), so that what is given back keeps its expiry."""
+    rows = LedgerSql(session).all(CLAWED_BACK, account=account_id, reference=reference)
+    return [(int(amount), read_time(expires_at)) for amount, expires_at in rows]
 
 
 @dataclass(frozen=True)

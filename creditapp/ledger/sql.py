@@ -499,6 +499,13 @@ INSERT_AUDIT = Statement(
        VALUES (:actor_type, :actor_id, :action, :account, :balance_before, :balance_after,
                :reserved_before, :reserved_after, :request_id, :client_ip, :details, :now)"""
 )
+# What the claw-backs of a reference took, per grant, newest first, with the grant's expiry.
+CLAWED_BACK = Statement(
+    """SELECT -e.amount, g.expires_at FROM ledger_entries e JOIN grants g ON g.id = e.grant_id
+       WHERE e.account_id = :account AND e.reference = :reference AND e.type = 'adjust'
+         AND e.amount < 0
+       ORDER BY e.seq DESC"""
+)
 INSERT_ENTRY = Statement(
     """INSERT INTO ledger_entries (account_id, seq, prev_seq, type, amount, balance_before,
                                   balance_after, grant_id, hold_id, audit_id, reference,

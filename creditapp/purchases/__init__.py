@@ -526,22 +526,34 @@ def _give_back(
     context: ledger.AuditContext,
     now: datetime,
 ) -> None:
-    """A dispute won: what it took beyond what is refunded is the buyer's again, as a new grant
-    of the purchase (never expiring: the credits it took may have come from grants that have
-    expired since, as a refund's do)."""
+    """A dispute won: what it took beyond what is refunded is the buyer's again. Its shortfall
+    is forgiven first; then what the claw-backs took, newest first, is granted back with the
+    expiry of the grant it was taken from (a promotion's credits stay a promotion's), but for
+    what has expired since, which the buyer would have lost anyway."""
     forgiven = min(purchase.shortfall, excess)
     purchase.shortfall -= forgiven
     returned = min(purchase.clawed_back, excess - forgiven)
     purchase.clawed_back -= returned
-    if returned:
+    back: dict[datetime | None, int] = {}
+    for amount, expires_at in ledger.clawed_back_from(
+        session, account_id=purchase.account_id, reference=f"purchase:{purchase.id}"
+    ):
+        part = min(amount, returned)
+        returned -= part
+        if expires_at is None or expires_at > now:
+            back[expires_at] = back.get(expires_at, 0) + part
+        if not returned:
+            break
+    for expires_at, amount in back.items():
         ledger.grant(
             session,
             account_id=purchase.account_id,
-            amount=returned,
+            amount=amount,
             source="purchase",
             reason=f"purchase {purchase.id} dispute won",
             context=context,
             now=now,
+            expires_at=expires_at,
             reference=f"purchase:{purchase.id}",
             audit_details={"purchase_id": str(purchase.id), "cause": cause},
             user_id=purchase.user_id,

@@ -504,6 +504,40 @@ def test_a_dispute_won_gives_back_what_it_took_and_forgives_the_shortfall(
     assert_consistent(app, [person.account_id])
 
 
+def test_a_dispute_won_gives_back_what_it_took_with_the_expiry_it_had(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe, admin: Person
+) -> None:
+    """A dispute takes the purchase's own credits first, then others (here a week's promotion,
+    the purchase's being spent): won, what it took from the promotion comes back expiring with
+    it, not as lasting bought credits."""
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    deliver(client, fake_stripe, fake_stripe.pay(session_id, deliver=False))
+    for body in (
+        {"amount": "-4000", "reason": "spent"},
+        {
+            "amount": "4000",
+            "reason": "a promotion",
+            "expires_at": (utcnow() + timedelta(days=7)).isoformat(),
+        },
+    ):
+        path = (
+            "/api/admin/credit/adjust"
+            if body["amount"].startswith("-")
+            else "/api/admin/credit/grant"
+        )
+        done = client.post(path, json={"user_id": str(person.id), **body}, headers=admin.headers)
+        assert done.status_code in (200, 201), done.get_json()
+    deliver(client, fake_stripe, fake_stripe.dispute(session_id, deliver=False))
+    assert balance(client, person) == "0"
+    deliver(client, fake_stripe, fake_stripe.close_dispute(session_id, deliver=False))
+    assert balance(client, person) == "5000"
+    run_job_at(app, "expire-grants", utcnow() + timedelta(days=8))
+    assert balance(client, person) == "1000"
+    assert purchase(client, person, purchase_id)["status"] == "paid"
+    assert_consistent(app, [person.account_id])
+
+
 def test_a_dispute_won_before_it_was_opened_takes_nothing_and_a_lost_one_stays(
     app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe
 ) -> None:
