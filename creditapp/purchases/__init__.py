@@ -12,7 +12,9 @@ transaction of its effect, so a duplicate delivery does nothing.
 A refund (`charge.refunded`, cumulative) or a dispute (`charge.dispute.created`, the whole
 purchase) takes the credits back from what the account has available (`ledger.claw_back`),
 never making a balance negative: what could not be taken back is the purchase's `shortfall`,
-which reconciliation reports. Credits cost `credits / 10` US cents (1 credit = $0.001).
+which reconciliation reports. A dispute closed in the merchant's favour
+(`charge.dispute.closed`, won) gives back what it took. Credits cost `credits / 10` US cents
+(1 credit = $0.001).
 """
 
 from __future__ import annotations

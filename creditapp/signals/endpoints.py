@@ -31,6 +31,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from sqlalchemy import Select, func, select
 
@@ -146,7 +147,7 @@ def create(
         "webhook_endpoint_created",
         context=context,
         now=now,
-        url=endpoint.url,
+        url_host=_host(endpoint.url),
         events=endpoint.events,
     )
     return endpoint
@@ -215,11 +216,11 @@ def change(
     if enabled is False and endpoint.enabled:
         _lock_account(session, endpoint)
     changed: list[str] = []
-    # Where the events went before and where they go now: the audit trail of a URL changed
-    # and changed back still says where they were sent meanwhile.
+    # Where the events went before and where they go now (the hosts): the audit trail of a URL
+    # changed and changed back still says where they were sent meanwhile.
     was: dict[str, str] = {}
     if url is not None and url.url != endpoint.url:
-        was.update(url_before=endpoint.url, url=url.url)
+        was.update(url_host_before=_host(endpoint.url), url_host=_host(url.url))
         endpoint.url = url.url
         changed.append("url")
     if events is not None:
@@ -246,7 +247,11 @@ def change(
             now=now,
             changed=",".join(changed),
             **was,
-            **({"disabled_reason": endpoint.disabled_reason} if endpoint.disabled_reason else {}),
+            **(
+                {"disabled_reason": disabled_reason}
+                if "enabled" in changed and disabled_reason
+                else {}
+            ),
         )
     return endpoint
 
@@ -297,6 +302,11 @@ def stop_of_former_manager(
             now=now,
             disabled_reason=CREATOR_LEFT,
         )
+
+
+def _host(url: str) -> str:
+    """A URL's host (and port) for the audit trail: its path may hold the receiver's token."""
+    return urlsplit(url).netloc
 
 
 def _lock_account(session: DbSession, endpoint: WebhookEndpoint) -> None:
