@@ -479,14 +479,12 @@ def set_thresholds(
         raise NotFound("No such account.")
     before = alerts.thresholds(session, account_id=account_id)
     after = alerts.set_thresholds(session, account_id=account_id, amounts=amounts, now=now)
-    _audit(
-        sql,
-        account_id=account_id,
+    record_action(
+        session,
         action="alert_thresholds_set",
         context=context,
         now=now,
-        before=None,
-        after=None,
+        account_id=account_id,
         details={
             "before": [format_credits(threshold.amount) for threshold in before],
             "after": [format_credits(threshold.amount) for threshold in after],

@@ -390,20 +390,9 @@ def _paid(
             paid_cents=str(checkout_session.amount_total),
         )
     expires_at = now + timedelta(days=terms.expiry_days) if terms.expiry_days else None
-    granted = ledger.grant(
-        session,
-        account_id=purchase.account_id,
-        amount=purchase.credits,
-        source="purchase",
-        reason=f"purchase {purchase.id}",
-        context=context,
-        now=now,
-        expires_at=expires_at,
-        reference=f"purchase:{purchase.id}",
-        audit_details={"purchase_id": str(purchase.id), "cause": cause},
-        user_id=purchase.user_id,
-    )
-    purchase.grant_id = granted.grant_id
+    purchase.grant_id = _grant(
+        session, purchase, purchase.credits, expires_at, cause, context, now
+    ).grant_id
     if purchase.status != "disputed":  # disputed before the payment's event came
         purchase.status = "paid"
     purchase.problem = None
@@ -520,6 +509,34 @@ def _take_back(
         _announce(session, purchase, "purchase.refunded", now)
 
 
+def _grant(
+    session: DbSession,
+    purchase: Purchase,
+    amount: int,
+    expires_at: datetime | None,
+    cause: str,
+    context: ledger.AuditContext,
+    now: datetime,
+    *,
+    why: str = "",
+) -> ledger.GrantResult:
+    """A `purchase` grant of the purchase's buyer, naming the purchase (its credits, or what a
+    won dispute gives back: `why`)."""
+    return ledger.grant(
+        session,
+        account_id=purchase.account_id,
+        amount=amount,
+        source="purchase",
+        reason=f"purchase {purchase.id} {why}".rstrip(),
+        context=context,
+        now=now,
+        expires_at=expires_at,
+        reference=f"purchase:{purchase.id}",
+        audit_details={"purchase_id": str(purchase.id), "cause": cause},
+        user_id=purchase.user_id,
+    )
+
+
 def _give_back(
     session: DbSession,
     purchase: Purchase,
@@ -547,19 +564,7 @@ def _give_back(
         if not returned:
             break
     for expires_at, amount in back.items():
-        ledger.grant(
-            session,
-            account_id=purchase.account_id,
-            amount=amount,
-            source="purchase",
-            reason=f"purchase {purchase.id} dispute won",
-            context=context,
-            now=now,
-            expires_at=expires_at,
-            reference=f"purchase:{purchase.id}",
-            audit_details={"purchase_id": str(purchase.id), "cause": cause},
-            user_id=purchase.user_id,
-        )
+        _grant(session, purchase, amount, expires_at, cause, context, now, why="dispute won")
 
 
 def _announce(session: DbSession, purchase: Purchase, event_type: str, now: datetime) -> None:
