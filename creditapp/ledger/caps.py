@@ -180,16 +180,19 @@ def refuse_unreserved(
 ) -> None:
     """Raise the error of the first cap that did not reserve (`reserved`: the rows of
     `reserving`'s statements); the caller's transaction then rolls back what the others and
-    the account reserved."""
+    the account reserved. A closed cap comes first, a key's before a member's: a team key
+    whose owner left the team is a revoked key (401), whichever cap is older."""
+    standings = []
     for cap_id, rows in zip(sorted(caps), reserved, strict=True):
-        if rows:
-            continue
-        row = sql.one(CAP_STANDING, cap=cap_id, **_starts(sql, now))
-        if row is None:
-            raise NotFound("No such spending cap.")
-        kind, ceiling, spent, cap_reserved, closed_at = row
-        if closed_at is not None:
-            raise _closed(kind)
+        if not rows:
+            row = sql.one(CAP_STANDING, cap=cap_id, **_starts(sql, now))
+            if row is None:
+                raise NotFound("No such spending cap.")
+            standings.append((cap_id, row))
+    closed = sorted(row[0] for _cap_id, row in standings if row[4] is not None)
+    if closed:
+        raise _closed(closed[0])  # "key" sorts before "member"
+    for cap_id, (kind, ceiling, spent, cap_reserved, _closed_at) in standings:
         if ceiling is None or int(spent) + int(cap_reserved) + amount <= int(ceiling):
             raise CapChangedMeanwhile()
         raise REFUSALS[kind](

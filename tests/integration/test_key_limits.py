@@ -37,7 +37,7 @@ from werkzeug.test import TestResponse
 from creditapp import ledger
 from creditapp.auth.models import ApiKey
 from creditapp.database import write_transaction
-from creditapp.errors import KeyLimitReached
+from creditapp.errors import InvalidApiKey, KeyLimitReached
 from creditapp.extensions import db
 from creditapp.ledger import caps
 from creditapp.ledger.models import Hold, LedgerEntry
@@ -736,3 +736,38 @@ def test_a_hold_refused_by_a_ceiling_changed_meanwhile_is_tried_again(
         assert caps.standing(db.session, cap_id=cap_id, now=now).reserved == 10 * CR
         db.session.remove()
     assert_consistent(app, [person.account_id])
+
+
+def test_a_hold_through_a_closed_key_is_refused_as_a_revoked_key_whatever_cap_is_older(
+    app: Flask,
+) -> None:
+    """A team key's owner removed while their call is held: both of its caps are closed, and
+    the member's, older, answered "no such team" (404) where the key is revoked (401)."""
+    now = utcnow()
+    person = create_person(app, "closed-caps@example.com", credits=100 * CR, joined_at=now)
+    with app.app_context():
+        with write_transaction(db.session):
+            opened = [
+                caps.open_cap(
+                    db.session,
+                    account_id=person.account_id,
+                    kind=kind,
+                    ceiling=None,
+                    period="month",
+                    now=now,
+                )
+                for kind in ("member", "key")
+            ]
+            for cap_id in opened:
+                caps.close(db.session, cap_id=cap_id, now=now)
+        db.session.remove()
+    with pytest.raises(InvalidApiKey):
+        resolve_directly(
+            app,
+            ledger.hold,
+            now,
+            account_id=person.account_id,
+            amount=CR,
+            ttl=timedelta(minutes=10),
+            caps=tuple(opened),
+        )
