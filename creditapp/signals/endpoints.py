@@ -181,7 +181,7 @@ def get(session: DbSession, *, endpoint_id: int, user_id: int, for_change: bool 
     if found is None:
         raise NotFound(NO_SUCH_ENDPOINT)
     endpoint, owner_id, team_id = found
-    if team_id is None and owner_id != user_id:
+    if endpoint.deleted_at is not None or (team_id is None and owner_id != user_id):
         raise NotFound(NO_SUCH_ENDPOINT)
     if team_id is not None:
         try:
@@ -195,8 +195,8 @@ def get(session: DbSession, *, endpoint_id: int, user_id: int, for_change: bool 
             .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         ).scalar_one()
-    if endpoint.deleted_at is not None:
-        raise NotFound(NO_SUCH_ENDPOINT)
+        if endpoint.deleted_at is not None:  # deleted meanwhile
+            raise NotFound(NO_SUCH_ENDPOINT)
     return Managed(endpoint, team_id)
 
 
