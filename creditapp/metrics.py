@@ -56,7 +56,6 @@ WEBHOOK_DELIVERIES = Counter(
     "creditapp_webhook_deliveries",
     "Webhook delivery attempts by outcome: delivered (2xx), retrying (failed, due again),"
     " failed (the last attempt, or 410 Gone), url_refused (not posted: the URL rules refused"
-    " its address at delivery time; retried as a failure is), postponed (not posted: every"
-    " lookup of a host was taken by resolvers that hang; due again soon, not counted)",
+    " its address at delivery time; retried as a failure is)",
     ["outcome"],
 )

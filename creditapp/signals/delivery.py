@@ -56,8 +56,6 @@ POSTS_AT_ONCE = 10
 # A lease outlives the longest post (connecting, then reading, each up to the timeout) by
 # this much: the time to record its outcome on a busy database.
 LEASE_MARGIN_SECONDS = 30
-# A delivery postponed for want of a lookup is due again this much later (a later run's).
-POSTPONED_SECONDS = 10
 PURGE_BATCH = 1000
 USER_AGENT = "creditapp-webhooks/1.0"
 # An endpoint that answered 410 Gone is disabled for this reason (`disabled_reason`).
@@ -91,11 +89,6 @@ RECORD_DELIVERED = Statement(
        SET status = 'delivered', attempts = attempts + 1, next_attempt_at = NULL,
            claimed_until = NULL, last_attempt_at = :now, last_status = :http_status,
            last_error = NULL, delivered_at = :now
-       WHERE {_LEASED} RETURNING id"""
-)
-# Not attempted (`Attempt.postponed`): due again a little later, its attempts as they were.
-RECORD_POSTPONED = Statement(
-    f"""UPDATE webhook_deliveries SET claimed_until = NULL, next_attempt_at = :next_attempt_at
        WHERE {_LEASED} RETURNING id"""
 )
 # A retry its owner asked for while the attempt was under way (`retry` made it due after the
@@ -181,9 +174,6 @@ class Attempt:
     http_status: int | None
     error: str | None = None
     url_refused: bool = False
-    # Not attempted: every lookup of a host was taken (by resolvers that hang, perhaps of
-    # another account's endpoints): due again soon, its attempts not counted.
-    postponed: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -205,8 +195,7 @@ def run(
     lease_length = timedelta(seconds=2 * timeout + LEASE_MARGIN_SECONDS)
     started = time.monotonic()
     summary = dict.fromkeys(
-        ("delivered", "retrying", "failed", "url_refused", "postponed", "lease_lost", "disabled"),
-        0,
+        ("delivered", "retrying", "failed", "url_refused", "lease_lost", "disabled"), 0
     )
 
     def clock() -> datetime:
@@ -288,8 +277,7 @@ def post(item: Claimed, *, timeout: int, allow_private: bool) -> Attempt:
     except WebhookUrlRefused as refused:
         return Attempt(None, refused.message, url_refused=True)
     except DependencyUnavailable as unresolved:  # the resolver hung: retried as a failure
-        postponed = unresolved.details.get("dns") == urls.LOOKUPS_BUSY
-        return Attempt(None, unresolved.message, postponed=postponed)
+        return Attempt(None, unresolved.message)
     # The signature's time is the wall clock's, whatever time the run is "as of": receivers
     # refuse a timestamp more than five minutes from their own clock.
     sent_at = datetime.now(UTC)
@@ -452,10 +440,6 @@ def _record(
     if attempt.delivered:
         recorded = sql.one(RECORD_DELIVERED, http_status=attempt.http_status, **leased)
         return "delivered" if recorded else "lease_lost"
-    if attempt.postponed:
-        later = clock + timedelta(seconds=POSTPONED_SECONDS)
-        recorded = sql.one(RECORD_POSTPONED, next_attempt_at=sql.time(later), **leased)
-        return "postponed" if recorded else "lease_lost"
     attempts = item.attempts + 1
     last = gone or attempts >= 1 + len(schedule)
     next_attempt_at = None if last else now + timedelta(seconds=schedule[attempts - 1])

@@ -36,9 +36,6 @@ RESOLVE_TIMEOUT_SECONDS = 3
 # were for. Past the bound a lookup is refused at once (503) rather than queued.
 MAX_LOOKUPS_IN_FLIGHT = 64
 _in_flight = threading.BoundedSemaphore(MAX_LOOKUPS_IN_FLIGHT)
-# What a lookup refused for want of a free one says (`details["dns"]`): nothing was asked of
-# the host's resolver, so nothing is known of it.
-LOOKUPS_BUSY = "busy"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # The well-known NAT64 prefix: its addresses reach the IPv4 address in their last 32 bits.
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -160,10 +157,7 @@ def _resolve(url: str, host: str, port: int) -> list[Address]:
     )
     gate = _in_flight  # released by the lookup's thread, whenever it ends
     if not gate.acquire(blocking=False):
-        raise DependencyUnavailable(
-            "Too many lookups of webhook hosts are under way: try again.",
-            details={"dns": LOOKUPS_BUSY},
-        )
+        raise unresolved
     lookup: Future[list[Any]] = Future()
 
     def resolve() -> None:

@@ -850,31 +850,6 @@ def test_a_receiver_that_hangs_holds_one_post_and_no_other_accounts_deliveries(
     assert summary["delivered"] == 13 and len(hanging.received) == 12
 
 
-def test_a_delivery_with_no_lookup_free_is_postponed_not_counted_as_an_attempt(
-    app: Flask, person: Person, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Resolvers that hang (of one account's endpoints, perhaps) can hold every lookup a
-    process allows: another account's delivery then made no attempt, yet it was counted as a
-    failed one, spending its retries. It is postponed, its attempts as they were."""
-    monkeypatch.setitem(app.config, "WEBHOOK_ALLOW_PRIVATE", False)  # hosts are looked up
-    new_endpoint(person, "https://hooks.example.com/h")
-    emit(person)
-    monkeypatch.setattr(urls, "_in_flight", threading.BoundedSemaphore(1))
-    urls._in_flight.acquire()  # the one lookup allowed is under way
-    now = utcnow()
-    summary = run_job_at(app, JOB, now)
-    assert (summary["postponed"], summary["retrying"]) == (1, 0)
-    row = only_delivery()
-    assert (row.status, row.attempts, row.last_error, row.claimed_until) == (
-        "pending",
-        0,
-        None,
-        None,
-    )
-    assert row.next_attempt_at is not None and row.next_attempt_at > now
-    urls._in_flight.release()
-
-
 def test_a_manual_retry_never_posts_a_delivery_another_run_is_posting(
     app: Flask, person: Person, receiver: WebhookReceiver
 ) -> None:
