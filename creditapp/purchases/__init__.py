@@ -554,6 +554,8 @@ def _give_back(
     returned = min(purchase.clawed_back, excess - forgiven)
     purchase.clawed_back -= returned
     back: dict[datetime | None, int] = {}
+    if not returned:  # all of it was forgiven: nothing to look up or give
+        return
     for amount, expires_at in ledger.clawed_back_from(
         session, account_id=purchase.account_id, reference=f"purchase:{purchase.id}"
     ):

@@ -504,6 +504,35 @@ def test_a_dispute_won_gives_back_what_it_took_and_forgives_the_shortfall(
     assert_consistent(app, [person.account_id])
 
 
+def test_a_dispute_won_that_took_nothing_forgives_its_shortfall(
+    app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe, admin: Person
+) -> None:
+    """A partial refund taken back, the rest spent, then a dispute that could take nothing:
+    won, there is only its shortfall to forgive (a grant of nothing was refused, and every
+    retry of Stripe's event with it)."""
+    person = person_factory()
+    purchase_id, session_id = started(client, fake_stripe, person)
+    deliver(client, fake_stripe, fake_stripe.pay(session_id, deliver=False))
+    deliver(client, fake_stripe, fake_stripe.refund(session_id, 100, deliver=False))
+    spent = client.post(
+        "/api/admin/credit/adjust",
+        json={"user_id": str(person.id), "amount": "-4000", "reason": "spent"},
+        headers=admin.headers,
+    )
+    assert spent.status_code == 200, spent.get_json()
+    deliver(client, fake_stripe, fake_stripe.dispute(session_id, deliver=False))
+    closed = deliver(client, fake_stripe, fake_stripe.close_dispute(session_id, deliver=False))
+    assert closed.status_code == 200, closed.get_json()
+    found = purchase(client, person, purchase_id)
+    assert (found["status"], found["clawed_back"], found["shortfall"]) == (
+        "partially_refunded",
+        "1000",
+        "0",
+    )
+    assert balance(client, person) == "0"
+    assert_consistent(app, [person.account_id])
+
+
 def test_a_dispute_won_gives_back_what_it_took_with_the_expiry_it_had(
     app: Flask, client: FlaskClient, person_factory: Any, fake_stripe: FakeStripe, admin: Person
 ) -> None:
