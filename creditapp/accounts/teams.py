@@ -326,8 +326,10 @@ def add_member(
     """Add the user with this email (they must have signed up) as an admin (by the owner: see
     TeamOwnerOnly) or a member."""
     actor = managing(session, team_id=team_id, user_id=actor_id)
-    if actor.role != "owner" and (role == "admin" or _capped(session, actor, now=now)):
+    if actor.role != "owner" and role == "admin":
         raise TeamOwnerOnly()
+    if actor.role != "owner" and _capped(session, actor, now=now):
+        raise TeamOwnerOnly("Only the team's owner may add members while your spending is capped.")
     user = users.find_by_email(session, email)
     if user is None:
         raise UserNotFound()

@@ -302,4 +302,14 @@ class LedgerEntry(db.Model):  # type: ignore[name-defined,misc]
             ["ledger_entries.account_id", "ledger_entries.seq", "ledger_entries.balance_after"],
             name="fk_ledger_entries_continues_previous",
         ),
+        # What the claw-backs of a purchase took (`CLAWED_BACK`, when a dispute is won): the
+        # only lookup by reference, of adjust entries only, which are few (no write cost on
+        # holds and settles).
+        Index(
+            "ix_ledger_entries_adjust_reference",
+            "account_id",
+            "reference",
+            postgresql_where=text("type = 'adjust'"),
+            sqlite_where=text("type = 'adjust'"),
+        ),
     )

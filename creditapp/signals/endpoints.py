@@ -216,8 +216,8 @@ def change(
     if enabled is False and endpoint.enabled:
         _lock_account(session, endpoint)
     changed: list[str] = []
-    # Where the events went before and where they go now (the hosts): the audit trail of a URL
-    # changed and changed back still says where they were sent meanwhile.
+    # Where the events went before and where they go now, by host (a path may hold the
+    # receiver's token): a URL moved to another server and back leaves that in the trail.
     was: dict[str, str] = {}
     if url is not None and url.url != endpoint.url:
         was.update(url_host_before=_host(endpoint.url), url_host=_host(url.url))
