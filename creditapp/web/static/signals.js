@@ -203,6 +203,9 @@ async function saveThresholds(event) {
 function endpointStatus(endpoint) {
   if (endpoint.enabled) return "Enabled";
   if (endpoint.disabled_reason === "gone") return "Disabled: it answered 410 Gone";
+  if (endpoint.disabled_reason === "creator_left") {
+    return "Disabled: the admin who made it left the team or no longer manages it";
+  }
   return "Disabled";
 }
 
