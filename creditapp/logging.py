@@ -30,20 +30,22 @@ def configure_logging(level: str = "INFO") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    rendered: list[structlog.types.Processor] = [
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(),
+    ]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=[*shared, *rendered],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    _route_library_lines(shared)
+    _route_library_lines(shared, rendered)
 
 
-def _route_library_lines(shared: list[structlog.types.Processor]) -> None:
+def _route_library_lines(
+    shared: list[structlog.types.Processor], rendered: list[structlog.types.Processor]
+) -> None:
     """One handler on the root logger, whatever number of apps a process creates. The root
     stays at WARNING: the libraries' INFO lines (httpx's one per provider request) are noise
     beside creditapp's own line per request."""
@@ -52,11 +54,7 @@ def _route_library_lines(shared: list[structlog.types.Processor]) -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(),
-            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendered],
         )
     )
     root.handlers = [kept for kept in root.handlers if not isinstance(kept, _LibraryLines)]

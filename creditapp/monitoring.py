@@ -179,18 +179,21 @@ def database_state(session: DbSession) -> dict[str, Any]:
     )
     # A pending purchase is known as of Stripe's last answer about it: an abandoned checkout
     # stays pending until Stripe expires its session a day later, asked about at every run.
-    unanswered_since = read_time(
-        session.scalar(
-            select(func.min(func.coalesce(Purchase.looked_up_at, Purchase.created_at))).where(
-                Purchase.status == "pending", Purchase.problem.is_(None)
-            )
-        )
-    )
-    purchases_flagged = session.scalar(
-        select(func.count())
-        .select_from(Purchase)
-        .where(Purchase.status == "pending", Purchase.problem.is_not(None))
-    )
+    # Flagged ones are counted apart (an admin's to look at).
+    unanswered, purchases_flagged = session.execute(
+        select(
+            func.min(
+                case(
+                    (
+                        Purchase.problem.is_(None),
+                        func.coalesce(Purchase.looked_up_at, Purchase.created_at),
+                    )
+                )
+            ),
+            func.count(Purchase.problem),
+        ).where(Purchase.status == "pending")
+    ).one()
+    unanswered_since = read_time(unanswered)
     # Pending deliveries of endpoints the job sends to (one disabled or deleted sends nothing):
     # how many, the oldest event among them, and since when the one due longest has been due
     # (a retry scheduled for later is not due yet). The job runs in Celery workers, which are

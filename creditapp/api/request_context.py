@@ -69,9 +69,9 @@ def _ip_address(text: str | None) -> str | None:
 class ClientAddress:
     """WSGI middleware, inside ProxyFix: REMOTE_ADDR, which rate limits, audit records and logs
     take as the client's address, is a valid IP address or absent. Behind trusted proxies it
-    comes from X-Forwarded-For, which a client that reaches gunicorn directly writes itself: an
-    entry that is not an address (any text, of any length) is not believed, and the address
-    that connected is used instead."""
+    comes from X-Forwarded-For, passed on from the client by the proxy (only a trusted proxy's
+    is read: FromTrustedProxies): an entry that is not an address (any text, of any length) is
+    not believed, and the address that connected is used instead."""
 
     def __init__(self, wsgi_app: Any):
         self.wsgi_app = wsgi_app

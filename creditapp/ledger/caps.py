@@ -189,19 +189,21 @@ def refuse_unreserved(
             if row is None:
                 raise NotFound("No such spending cap.")
             standings.append((cap_id, row))
-    closed = sorted(row[0] for _cap_id, row in standings if row[4] is not None)
+    if not standings:
+        return
+    closed = [row[0] for _cap_id, row in standings if row[4] is not None]
     if closed:
-        raise _closed(closed[0])  # "key" sorts before "member"
-    for cap_id, (kind, ceiling, spent, cap_reserved, _closed_at) in standings:
-        if ceiling is None or int(spent) + int(cap_reserved) + amount <= int(ceiling):
-            raise CapChangedMeanwhile()
-        raise REFUSALS[kind](
-            cap_id=cap_id,
-            required=amount,
-            limit=int(ceiling),
-            spent=int(spent),
-            reserved=int(cap_reserved),
-        )
+        raise _closed(min(closed))  # "key" comes before "member"
+    cap_id, (kind, ceiling, spent, cap_reserved, _closed_at) = standings[0]
+    if ceiling is None or int(spent) + int(cap_reserved) + amount <= int(ceiling):
+        raise CapChangedMeanwhile()
+    raise REFUSALS[kind](
+        cap_id=cap_id,
+        required=amount,
+        limit=int(ceiling),
+        spent=int(spent),
+        reserved=int(cap_reserved),
+    )
 
 
 def announce_reached(sql: LedgerSql, *, cap_id: int, now: datetime) -> None:

@@ -253,8 +253,10 @@ class _AccountState:
         it expired (`held_since`: when the hold being settled was placed): it reserved those
         credits while they were valid."""
         left = amount
-        # sorted is stable: the other grants keep their draw order.
-        for live_grant in sorted(self.grants, key=lambda grant: grant.id != first_grant_id):
+        grants = self.grants
+        if first_grant_id is not None:  # sorted is stable: the others keep their draw order
+            grants = sorted(grants, key=lambda grant: grant.id != first_grant_id)
+        for live_grant in grants:
             if left == 0:
                 break
             if live_grant.remaining == 0 or not live_grant.drawable(now, held_since):

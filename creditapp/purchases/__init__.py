@@ -486,14 +486,14 @@ def _take_back(
     due = owed - purchase.clawed_back - purchase.shortfall
     if due < 0:
         _give_back(session, purchase, -due, cause, context, now)
-    if due > 0:
+    elif due > 0:
         why = "disputed" if purchase.status == "disputed" else "refunded"
         taken = ledger.claw_back(
             session,
             account_id=purchase.account_id,
             up_to=due,
             reason=f"purchase {purchase.id} {why}",
-            reference=f"purchase:{purchase.id}",
+            reference=_reference(purchase),
             context=context,
             now=now,
             audit_details={"purchase_id": str(purchase.id), "cause": cause},
@@ -507,6 +507,11 @@ def _take_back(
         purchase.status = "refunded" if whole else "partially_refunded"
     if due > 0:
         _announce(session, purchase, "purchase.refunded", now)
+
+
+def _reference(purchase: Purchase) -> str:
+    """What the ledger's entries of the purchase (its grants, its claw-backs) are named by."""
+    return f"purchase:{purchase.id}"
 
 
 def _grant(
@@ -531,7 +536,7 @@ def _grant(
         context=context,
         now=now,
         expires_at=expires_at,
-        reference=f"purchase:{purchase.id}",
+        reference=_reference(purchase),
         audit_details={"purchase_id": str(purchase.id), "cause": cause},
         user_id=purchase.user_id,
     )
@@ -553,11 +558,11 @@ def _give_back(
     purchase.shortfall -= forgiven
     returned = min(purchase.clawed_back, excess - forgiven)
     purchase.clawed_back -= returned
-    back: dict[datetime | None, int] = {}
     if not returned:  # all of it was forgiven: nothing to look up or give
         return
+    back: dict[datetime | None, int] = {}
     for amount, expires_at in ledger.clawed_back_from(
-        session, account_id=purchase.account_id, reference=f"purchase:{purchase.id}"
+        session, account_id=purchase.account_id, reference=_reference(purchase)
     ):
         part = min(amount, returned)
         returned -= part

@@ -200,7 +200,7 @@ def run(
 
     def clock() -> datetime:
         """`now` moved on by the time the run has taken: leases run from when they are taken
-        and end when they end, however long earlier rounds waited on slow receivers."""
+        and end when they end, however long the run waited on slow receivers before."""
         return now + timedelta(seconds=time.monotonic() - started)
 
     with write_transaction(session):
@@ -211,9 +211,7 @@ def run(
             clock=sql.time(clock()),
         )
     summary["disabled"] = len(failed)
-    # A rolling pool: each slot that frees takes the next due delivery, and each outcome is
-    # recorded as it comes, so a receiver that hangs holds one slot, not the deliveries of
-    # every other account behind it; an endpoint has one post under way at a time.
+    # A rolling pool (module docstring): each outcome is recorded as it comes.
     posting: dict[Future[Attempt], tuple[Claimed, datetime]] = {}
     with ThreadPoolExecutor(max_workers=POSTS_AT_ONCE) as pool:
         while True:
@@ -383,8 +381,10 @@ def _claim(
     with write_transaction(session):
         sql = LedgerSql(session)
         taken: list[tuple[Any, ...]] = []
+        endpoints: set[int] = set()
         for row in sql.all(CLAIM, now=sql.time(now), clock=sql.time(clock), limit=most):
-            if all(row[2] != other[2] for other in taken):  # its endpoint's soonest only
+            if row[2] not in endpoints:  # its endpoint's soonest only
+                endpoints.add(row[2])
                 taken.append(row)
         if taken:
             sql.run_many(LEASE, [{"lease": sql.time(lease), "delivery": row[0]} for row in taken])

@@ -234,6 +234,8 @@ def change(
         endpoint.disabled_reason = None if enabled else disabled_reason
         changed.append("enabled")
         if not enabled:
+            if disabled_reason:
+                was["disabled_reason"] = disabled_reason
             delivery.fail_pending(
                 session, endpoint_id=endpoint.id, reason="The endpoint was disabled.", now=now
             )
@@ -247,11 +249,6 @@ def change(
             now=now,
             changed=",".join(changed),
             **was,
-            **(
-                {"disabled_reason": disabled_reason}
-                if "enabled" in changed and disabled_reason
-                else {}
-            ),
         )
     return endpoint
 
